@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv at the repo root on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+WORLD_DIR ?= world
+APT_WORLD := openclipart-png fonts-liberation fonts-freefont-ttf fonts-dejavu-core
+
+.PHONY: demo test world train venv clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[words,web,distributed,test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15
+
+demo: $(STAMP)
+	$(VENV)/bin/neuronscope demo
+
+# Rebuild the mini CLIP's world from Debian's openclipart (only the world
+# builder and trainer need these packages; tests and the demo do not).
+world: $(STAMP)
+	@dpkg -s $(APT_WORLD) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(APT_WORLD))
+	$(VENV)/bin/neuronscope world build --out $(WORLD_DIR)
+
+train: world
+	$(VENV)/bin/neuronscope world train --world $(WORLD_DIR) --out runs/mini-clip

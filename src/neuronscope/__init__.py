@@ -1,0 +1,3 @@
+"""neuronscope: find and explain the neurons of CLIP models."""
+
+__version__ = "0.1.0"
