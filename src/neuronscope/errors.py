@@ -1,0 +1,35 @@
+"""The errors neuronscope raises for things a user can fix.
+
+Every message says what went wrong *and* what to do next; the command line
+prints it as one line (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class NeuronscopeError(Exception):
+    """Base class of the errors whose message is meant for the user."""
+
+
+class UnknownModelError(NeuronscopeError, LookupError):
+    """A model name that is neither registered nor an open_clip architecture."""
+
+
+class WeightsError(NeuronscopeError):
+    """Weights that cannot be had: unknown tag, missing file, failed download."""
+
+
+class BundledModelMissing(WeightsError):
+    """The bundled mini CLIP's files are not (yet) in the package."""
+
+
+class LayerNotFoundError(NeuronscopeError, LookupError):
+    """A layer name, alias or wildcard that matches nothing in the model."""
+
+
+class UnitsError(NeuronscopeError, ValueError):
+    """A unit list that does not parse or does not fit the layer."""
+
+
+class DeviceError(NeuronscopeError):
+    """A device or precision that this machine cannot provide."""

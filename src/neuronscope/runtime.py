@@ -1,0 +1,239 @@
+"""Run-time choices shared by every model-running command: device, precision,
+seed, and the one parser for unit lists.
+
+Nothing here picks a device at import time; callers pass one (or "auto").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+from neuronscope.errors import DeviceError, UnitsError
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- units
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_units(units: str | int | Sequence[int], n_units: int | None = None) -> list[int]:
+    """Parse a unit list: ``"0-31,550"`` (inclusive ranges, commas) or ``"all"``.
+
+    Args:
+        units: the text form, a single index, or a sequence of indices.
+        n_units: the layer's number of units (channels). Needed for ``"all"``;
+            when given, every index is checked against it.
+
+    Returns:
+        The indices in the order written, duplicates dropped.
+    """
+    if isinstance(units, bool):
+        raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550' or 'all'")
+    if isinstance(units, int):
+        indices = [units]
+    elif isinstance(units, str):
+        text = units.strip()
+        if text.lower() == "all":
+            if n_units is None:
+                raise UnitsError("'all' units needs the layer's size; pass n_units (or list the units, e.g. '0-31')")
+            return list(range(n_units))
+        if not text:
+            raise UnitsError("empty unit list: write indices like '0-31,550' or 'all'")
+        indices = []
+        for part in text.split(","):
+            match = _RANGE.match(part)
+            if match is None:
+                raise UnitsError(f"bad unit list {units!r}: {part.strip()!r} is not an index or a range like '0-31'")
+            first = int(match.group(1))
+            last = int(match.group(2)) if match.group(2) is not None else first
+            if last < first:
+                raise UnitsError(f"bad unit list {units!r}: range {first}-{last} runs backwards (write {last}-{first})")
+            indices.extend(range(first, last + 1))
+    else:
+        indices = [int(u) for u in units]
+
+    if any(u < 0 for u in indices):
+        raise UnitsError(f"bad unit list {units!r}: unit indices start at 0")
+    if n_units is not None and indices and max(indices) >= n_units:
+        raise UnitsError(f"unit {max(indices)} is out of range: the layer has {n_units} units (0-{n_units - 1})")
+    return list(dict.fromkeys(indices))
+
+
+def format_units(units: Sequence[int]) -> str:
+    """Inverse of :func:`parse_units` for sorted runs: ``[0,1,2,5]`` -> ``"0-2,5"``."""
+    parts: list[str] = []
+    ordered = sorted(set(units))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------- device
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a device this machine has.
+
+    ``auto`` (and ``None``) means the first CUDA GPU when there is one, else the CPU.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} asked for, but this torch sees no CUDA GPU; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0-cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif resolved.type not in ("cpu", "mps"):
+        raise DeviceError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
+    return resolved
+
+
+# --------------------------------------------------------------------------- precision
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-weights")
+Family = Literal["conv", "vit", "other"]
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` runs bf16 natively, and the evidence, for the log."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device)
+        return ok, f"{name} {'supports' if ok else 'lacks'} bf16"
+    if device.type == "cpu":
+        # oneDNN's own check: AVX512-BF16 or AMX. Without it bf16 is emulated and
+        # slower than fp32, so auto must not pick it.
+        try:
+            ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            ok = False
+        return ok, f"oneDNN reports {'native' if ok else 'no native'} bf16 on this CPU"
+    return False, f"bf16 is not measured on {device.type}"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: weights dtype, autocast dtype and memory format.
+
+    ``fp32``, ``bf16`` and ``fp16`` keep fp32 weights and autocast the forward
+    (``bf16``/``fp16``); ``bf16-weights`` stores the weights in bf16 and feeds
+    bf16 inputs (no autocast), which is the faster choice for ViTs on CPUs with
+    native bf16.
+    """
+
+    name: Literal["fp32", "bf16", "fp16", "bf16-weights"]
+    requested: str
+    reason: str
+    channels_last: bool = False
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.name == "bf16-weights" else torch.float32
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Cast ``module``'s weights and memory format in place; returns it."""
+        module.to(dtype=self.weight_dtype)
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def cast_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` [B, 3, H, W] in the dtype and memory format the weights expect."""
+        pixels = pixels.to(dtype=self.weight_dtype)
+        if self.channels_last and pixels.ndim == 4:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The autocast context for a forward on ``device`` (a no-op without autocast)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+def resolve_precision(requested: str, device: torch.device, family: Family = "other") -> Precision:
+    """Resolve ``auto|fp32|bf16|fp16|bf16-weights`` for ``device`` and a model family.
+
+    ``auto`` picks bf16 only where the device runs it natively, and logs why:
+    on a GPU, bf16 autocast; on a CPU, bf16 autocast + channels_last for
+    ResNets and bf16 weights for ViTs. Everywhere else, fp32. ResNets get
+    channels_last with any autocast (oneDNN/cuDNN's fast layout for convs).
+    """
+    requested = requested.strip().lower()
+    if requested not in PRECISIONS:
+        raise DeviceError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    conv_net = family == "conv"
+    if requested == "auto":
+        ok, why = bf16_support(device)
+        if not ok:
+            choice = Precision("fp32", requested, f"auto: fp32 because {why}")
+        elif device.type == "cpu" and family == "vit":
+            choice = Precision("bf16-weights", requested, f"auto: bf16 weights because {why} (ViT)")
+        else:
+            choice = Precision("bf16", requested, f"auto: bf16 autocast because {why}", channels_last=conv_net)
+        log.info("precision %s", choice.reason)
+        return choice
+    if requested in ("bf16", "bf16-weights"):
+        ok, why = bf16_support(device)
+        note = "" if ok else f" (forced although {why}; expect it to be slow)"
+        channels_last = conv_net and requested == "bf16"
+        return Precision(requested, requested, f"{requested} as asked{note}", channels_last=channels_last)  # type: ignore[arg-type]
+    if requested == "fp16":
+        return Precision("fp16", requested, "fp16 autocast as asked", channels_last=conv_net)
+    return Precision("fp32", requested, "fp32 as asked")
+
+
+# --------------------------------------------------------------------------- seed
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch on every device."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (``None`` leaves it)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

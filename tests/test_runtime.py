@@ -1,0 +1,82 @@
+"""The unit parser, device resolution and the precision helper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuronscope.errors import DeviceError, UnitsError
+from neuronscope.runtime import bf16_support, format_units, parse_units, resolve_device, resolve_precision
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0-3,550", [0, 1, 2, 3, 550]),
+        ("7", [7]),
+        (" 2 - 4 , 9 ", [2, 3, 4, 9]),
+        ("5,1-2,5", [5, 1, 2]),  # order as written, duplicates dropped
+        (3, [3]),
+        ([4, 1, 4], [4, 1]),
+    ],
+)
+def test_parse_units(text, expected):
+    assert parse_units(text) == expected
+
+
+def test_parse_units_all_needs_the_layer_size():
+    assert parse_units("all", n_units=4) == [0, 1, 2, 3]
+    assert parse_units("ALL", n_units=2) == [0, 1]
+    with pytest.raises(UnitsError, match="n_units"):
+        parse_units("all")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "empty"), ("3-1", "backwards"), ("a", "not an index"), ("1,,2", "not an index"), ("-1", "not an index"),
+])
+def test_parse_units_rejects_bad_lists(text, message):
+    with pytest.raises(UnitsError, match=message):
+        parse_units(text)
+
+
+def test_parse_units_checks_the_range():
+    with pytest.raises(UnitsError, match="out of range.*2560"):
+        parse_units("0-2560", n_units=2560)
+
+
+def test_format_units_round_trips():
+    assert format_units([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert parse_units(format_units([9, 3, 4])) == [3, 4, 9]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(DeviceError, match="cpu, cuda"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda:0")
+
+
+def test_auto_precision_follows_native_bf16_and_says_why():
+    cpu = torch.device("cpu")
+    native, _ = bf16_support(cpu)
+    conv, vit = resolve_precision("auto", cpu, "conv"), resolve_precision("auto", cpu, "vit")
+    if native:
+        assert (conv.name, conv.channels_last) == ("bf16", True)
+        assert vit.name == "bf16-weights"
+    else:
+        assert conv.name == vit.name == "fp32"
+    assert "oneDNN" in conv.reason
+
+
+def test_explicit_precisions():
+    cpu = torch.device("cpu")
+    bf16 = resolve_precision("bf16", cpu, "conv")
+    assert bf16.autocast_dtype == torch.bfloat16 and bf16.channels_last and bf16.weight_dtype == torch.float32
+    weights = resolve_precision("bf16-weights", cpu, "vit")
+    assert weights.autocast_dtype is None and weights.weight_dtype == torch.bfloat16
+    assert resolve_precision("fp32", cpu, "conv").autocast_dtype is None
+    with pytest.raises(DeviceError, match="auto, fp32"):
+        resolve_precision("int8", cpu)
