@@ -1,0 +1,95 @@
+"""The open_clip adapter: architecture configs, pretrained tags, building.
+
+open_clip is imported lazily (it takes seconds), so ``neuronscope --help``
+and the tiny test models do not pay for it more than once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's root-logger chatter ("Model initialized randomly").
+
+    open_clip logs through ``logging.warning``, which also installs a handler
+    on the root logger when it has none; a NullHandler keeps the user's
+    logging configuration untouched.
+    """
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard is not None:
+        root.addHandler(guard)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
+            yield
+    finally:
+        logging.disable(previous)
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+def architectures() -> list[str]:
+    """Every open_clip architecture name (``open_clip.list_models()``)."""
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def model_config(name: str) -> dict[str, Any] | None:
+    """The open_clip config of a built-in architecture, or None."""
+    import open_clip
+
+    return open_clip.get_model_config(name)
+
+
+def pretrained_tags(name: str) -> dict[str, dict[str, Any]]:
+    """``{tag: pretrained cfg}`` for an architecture: url, hf_hub, mean, std, quick_gelu..."""
+    import open_clip
+
+    return {tag: dict(open_clip.get_pretrained_cfg(name, tag)) for tag in open_clip.list_pretrained_tags_by_model(name)}
+
+
+def build_named(name: str, quick_gelu: bool) -> nn.Module:
+    """A random-init open_clip model of a built-in architecture, on the CPU in fp32."""
+    import open_clip
+
+    with quiet_open_clip():
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+
+
+def build_from_cfg(model_cfg: Mapping[str, Any], quick_gelu: bool) -> nn.Module:
+    """A random-init ``open_clip.model.CLIP(**model_cfg)`` (CustomTextCLIP when asked)."""
+    import open_clip
+
+    cfg = dict(model_cfg)
+    cfg["quick_gelu"] = quick_gelu
+    custom_text = cfg.pop("custom_text", False)
+    model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    return model_class(**cfg)
+
+
+def build_from_dir(directory: Path, load_weights: bool) -> nn.Module:
+    """An open_clip model from a folder holding ``open_clip_config.json`` (and weights)."""
+    import open_clip
+
+    with quiet_open_clip():
+        return open_clip.create_model(f"local-dir:{directory}", load_weights=load_weights, device="cpu")
+
+
+def build_from_openai_state_dict(state_dict: dict) -> nn.Module:
+    """Infer and build the CLIP that an OpenAI state dict belongs to (QuickGELU), fp32."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None)
+    return model.float()

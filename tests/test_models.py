@@ -1,0 +1,301 @@
+"""The registry and load_model: contracts, local files, caches, fast offline failure."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from neuronscope.errors import BundledModelMissing, NeuronscopeError, UnknownModelError, WeightsError
+from neuronscope.models import (
+    Architecture,
+    LoadedModel,
+    Preprocess,
+    get_architecture,
+    list_architectures,
+    load_model,
+    register,
+    unregister,
+)
+from neuronscope.models import download
+from neuronscope.models.tiny import TINY_RN
+from tests.conftest import write_config_dir
+
+SHA_KEY = re.compile(r"^[\w.-]+@sha256:[0-9a-f]{12}$")
+
+
+def image_embedding(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.encode_images(pixels)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_tiny_models_build_fast_with_their_contract():
+    start = time.perf_counter()
+    rn, vit = load_model("tiny-rn"), load_model("tiny-vit")  # tiny models default to random
+    assert time.perf_counter() - start < 2.0
+    assert (rn.key, vit.key) == ("tiny-rn@random", "tiny-vit@random")
+    assert rn.preprocess.image_size == (64, 64) and rn.family == "conv" and vit.family == "vit"
+    assert sum(p.numel() for p in rn.module.parameters()) < 10_000_000
+    assert not any(p.requires_grad for p in rn.module.parameters()) and not rn.module.training
+    assert image_embedding(rn, torch.randn(2, 3, 64, 64)).shape == (2, 64)
+
+
+def test_weights_carry_their_contract_without_building():
+    openai = get_architecture("RN50x4").spec("openai")
+    assert openai.key == "RN50x4@openai"
+    assert openai.preprocess.image_size == (288, 288) and openai.preprocess.interpolation == "bicubic"
+    assert openai.activation == "quick_gelu"  # OpenAI weights were trained with QuickGELU
+    assert get_architecture("RN50x4").spec("random").activation == "gelu"
+    assert get_architecture("ViT-B-32").spec("openai").preprocess.mean[0] == pytest.approx(0.48145466)
+
+
+def test_every_open_clip_tag_is_listed():
+    import open_clip
+
+    names = {arch.name: arch for arch in list_architectures()}
+    for arch, tag in open_clip.list_pretrained():
+        assert tag in names[arch].weight_choices()
+    assert {"mini-clip", "tiny-rn", "tiny-vit"} <= set(names)
+    assert [a.name for a in list_architectures("rn50x4*")] == ["RN50x4", "RN50x4-quickgelu"]
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="did you mean RN50x4"):
+        load_model("RN50x5")
+
+
+def test_name_at_weights_and_conflicts():
+    assert load_model("tiny-rn@random").key == "tiny-rn@random"
+    assert load_model("tiny-rn", weights=None).key == "tiny-rn@random"
+    with pytest.raises(WeightsError, match="give one"):
+        load_model("tiny-rn@random", weights="openai")
+    with pytest.raises(WeightsError, match="random, or PATH"):
+        load_model("tiny-rn", weights="openai")
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        load_model("RN50x4@sha256:0123456789ab")
+
+
+def test_omitted_weights_without_cache_lists_the_choices(tmp_path):
+    with pytest.raises(WeightsError) as info:
+        load_model("RN50x4", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "random" in message and "openai" in message and "PATH" in message
+
+
+# --------------------------------------------------------------------------- offline
+
+
+@pytest.fixture
+def silent_server():
+    """A local port that accepts connections and never answers (a black-holed network)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"https://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.mark.parametrize("dead", ["refused", "silent"])
+def test_missing_download_fails_fast_naming_a_local_file(monkeypatch, tmp_path, silent_server, dead):
+    # No offline flag: the probe itself must give up quickly on a dead or silent host.
+    endpoint = "https://127.0.0.1:9" if dead == "refused" else silent_server
+    for name in ("NEURONSCOPE_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(download, "_hf_endpoint", lambda: endpoint)
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        load_model("RN50", weights="openai", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 5.0
+    assert "RN50@openai" in str(info.value) and "--weights PATH" in str(info.value)
+
+
+def test_offline_flag_fails_at_once(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match="NEURONSCOPE_OFFLINE=1"):
+        load_model("RN50x4", weights="openai", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 1.0
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("a cached or local load touched the network")
+
+
+@pytest.fixture
+def cached_arch():
+    """A registered architecture whose two tags point at the HF cache and at a URL cache."""
+    arch = register(Architecture(
+        name="tiny-rn-cached", source="config", model_cfg=TINY_RN, preprocess=Preprocess(image_size=64),
+        tags={"hub": {"hf_hub": "neuronscope-test/tiny-rn/"},
+              "url": {"url": "https://example.invalid/weights/tiny-rn-v1.pt", "quick_gelu": True}},
+    ), replace=True)
+    yield arch
+    unregister(arch.name)
+
+
+def _fake_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
+    """The huggingface_hub cache layout: refs/main -> snapshots/<commit>/<file>."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+
+
+def test_cached_weights_load_without_network(monkeypatch, tmp_path, tiny_rn, cached_arch):
+    from safetensors.torch import save
+
+    monkeypatch.setattr(download, "unreachable_reason", _no_network)
+    state = {k: v.contiguous() for k, v in tiny_rn.module.state_dict().items()}
+    _fake_hf_cache(tmp_path, "neuronscope-test/tiny-rn", {"open_clip_model.safetensors": save(state)})
+    torch.save(state, tmp_path / "tiny-rn-v1.pt")  # where open_clip keeps URL downloads
+
+    pixels = torch.randn(1, 3, 64, 64)
+    expected = image_embedding(tiny_rn, pixels)
+    from_hub = load_model("tiny-rn-cached", weights="hub", cache_dir=tmp_path)
+    assert from_hub.key == "tiny-rn-cached@hub"
+    torch.testing.assert_close(image_embedding(from_hub, pixels), expected)
+    from_url = load_model("tiny-rn-cached@url", cache_dir=tmp_path)
+    assert from_url.spec.activation == "quick_gelu"
+    torch.testing.assert_close(image_embedding(from_url, pixels), expected)
+    # Omitted weights: the first tag found in the local cache.
+    assert load_model("tiny-rn-cached", cache_dir=tmp_path).key == "tiny-rn-cached@hub"
+
+
+def test_cached_hf_hub_repo_loads_without_network(monkeypatch, tmp_path, tiny_rn):
+    from safetensors.torch import save
+
+    monkeypatch.setattr(download, "unreachable_reason", _no_network)
+    config = {"model_cfg": TINY_RN, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    state = {k: v.contiguous() for k, v in tiny_rn.module.state_dict().items()}
+    _fake_hf_cache(tmp_path, "org/tiny", {"open_clip_config.json": json.dumps(config).encode(),
+                                          "open_clip_model.safetensors": save(state)})
+    model = load_model("hf-hub:org/tiny", cache_dir=tmp_path)
+    assert model.key == "hf-hub:org/tiny@hub" and model.preprocess.mean == (0.5, 0.5, 0.5)
+    pixels = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_rn, pixels))
+    with pytest.raises(WeightsError, match="NEURONSCOPE_OFFLINE"):
+        monkeypatch.setattr(download, "unreachable_reason", lambda url: "NEURONSCOPE_OFFLINE=1 is set")
+        load_model("hf-hub:org/other", weights="hub", cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- local files
+
+
+@pytest.mark.parametrize("form", ["plain.pt", "wrapped.pt", "ddp.bin", "weights.safetensors"])
+def test_local_checkpoint_files_load(tmp_path, tiny_rn, form):
+    state = tiny_rn.module.state_dict()
+    path = tmp_path / form
+    if form == "weights.safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif form == "wrapped.pt":
+        torch.save({"epoch": 3, "state_dict": state}, path)
+    elif form == "ddp.bin":
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
+    model = load_model("tiny-rn", weights=str(path))
+    assert SHA_KEY.match(model.key) and model.weights_path == path
+    pixels = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_rn, pixels))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.trace.*:FutureWarning")
+def test_openai_torchscript_archive_loads(tmp_path, tiny_rn):
+    """An archive shaped like OpenAI's: a traced CLIP with input_resolution & co. in its state."""
+    import open_clip
+
+    clip = open_clip.CLIP(**TINY_RN)
+    clip.load_state_dict(tiny_rn.module.state_dict())
+    clip.eval()
+    for key, value in (("input_resolution", 64), ("context_length", 77), ("vocab_size", 49408)):
+        if hasattr(clip, key):
+            delattr(clip, key)  # open_clip keeps these as ints; OpenAI's archives store tensors
+        clip.register_buffer(key, torch.tensor(value))
+    with torch.no_grad():
+        archive = torch.jit.trace(clip, (torch.randn(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)),
+                                  check_trace=False)
+    path = tmp_path / "RN-tiny.pt"
+    archive.save(str(path))
+
+    pixels = torch.randn(2, 3, 64, 64)
+    expected = image_embedding(tiny_rn, pixels)
+    inferred = load_model(str(path))  # OpenAI archives need no architecture name
+    assert re.match(r"^RN-tiny@sha256:[0-9a-f]{12}$", inferred.key)
+    assert inferred.spec.activation == "quick_gelu" and inferred.preprocess.image_size == (64, 64)
+    torch.testing.assert_close(image_embedding(inferred, pixels), expected)
+    named = load_model("tiny-rn", weights=path)
+    assert named.spec.activation == "quick_gelu"
+    torch.testing.assert_close(image_embedding(named, pixels), expected)
+    assert named.layer_aliases["neurons"] == "visual.layer4.1.act3:input"
+
+
+def test_weights_for_another_architecture_say_so(tmp_path, tiny_vit):
+    path = tmp_path / "vit.pt"
+    torch.save(tiny_vit.module.state_dict(), path)
+    with pytest.raises(WeightsError, match="do not fit this architecture.*missing"):
+        load_model("tiny-rn", weights=path)
+    with pytest.raises(WeightsError, match="which architecture"):
+        load_model(str(path))
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model("tiny-rn", weights=tmp_path / "nope.pt")
+
+
+# --------------------------------------------------------------------------- mini CLIP
+
+
+def test_mini_clip_missing_is_a_clear_error():
+    with pytest.raises(BundledModelMissing, match="NEURONSCOPE_MINI_CLIP_DIR"):
+        load_model("mini-clip")
+
+
+def test_mini_clip_loads_from_its_folder_in_fp32(monkeypatch, tmp_path, tiny_rn):
+    folder = write_config_dir(tmp_path / "mini_clip", tiny_rn, fp16=True)
+    monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(folder))
+    start = time.perf_counter()
+    model = load_model("mini-clip")
+    assert time.perf_counter() - start < 2.0
+    assert model.key == "mini-clip@bundled" and load_model("mini-clip@bundled").key == "mini-clip@bundled"
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+    reference = tiny_rn.module.state_dict()["visual.layer4.1.conv2.weight"].half().float()
+    torch.testing.assert_close(model.module.state_dict()["visual.layer4.1.conv2.weight"], reference)
+    assert model.layer_aliases["neurons"] == "visual.layer4.1.act3:input"
+    assert load_model("mini-clip", weights="random").key == "mini-clip@random"
+    # The same layout works as a --weights folder.
+    assert SHA_KEY.match(load_model("tiny-rn", weights=folder).key)
+
+
+# --------------------------------------------------------------------------- any module
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_any_module_with_a_preprocessing_spec():
+    net = SmallNet()
+    model = load_model(net, preprocess=Preprocess(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3), name="small")
+    assert SHA_KEY.match(model.key) and model.key.startswith("small@")
+    assert model.image_module is net and model.spec.image_tower == ""
+    assert image_embedding(model, torch.randn(1, 3, 32, 32)).shape == (1, 2)
+    with pytest.raises(NeuronscopeError, match="preprocess=Preprocess"):
+        load_model(SmallNet())
