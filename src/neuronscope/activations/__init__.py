@@ -1,0 +1,39 @@
+"""Activations: layer names, the Recorder (capture and edit), reductions.
+
+    from neuronscope.activations import record
+    acts = record(model, images, ["neurons", "visual.layer3.*"])
+    acts["visual.layer4.5.act3:input"].shape   # [B, 2560, 9, 9] on RN50x4
+"""
+
+from neuronscope.activations.catalog import LayerInfo, list_layers
+from neuronscope.activations.edits import Edit, mean_ablate, set_units, zero_units
+from neuronscope.activations.names import (
+    INPUT,
+    LayerRef,
+    aliases_by_layer,
+    all_layer_names,
+    resolve_layer,
+    resolve_layers,
+    split_layer_list,
+)
+from neuronscope.activations.record import record
+from neuronscope.activations.recorder import Recorder
+from neuronscope.activations.reduce import (
+    REDUCTIONS,
+    centre,
+    cls_token,
+    reduce_units,
+    spatial_max,
+    spatial_mean,
+    unit_axis,
+    unit_count,
+    unit_maps,
+)
+
+__all__ = [
+    "INPUT", "REDUCTIONS",
+    "Edit", "LayerInfo", "LayerRef", "Recorder",
+    "aliases_by_layer", "all_layer_names", "centre", "cls_token", "list_layers", "mean_ablate", "record",
+    "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",
+    "split_layer_list", "unit_axis", "unit_count", "unit_maps", "zero_units",
+]

@@ -1,0 +1,287 @@
+"""The Recorder: capture (and edit) chosen layers during a forward.
+
+    with Recorder(model, ["neurons", "visual.layer3.*"], early_stop=True) as rec:
+        acts = rec.run(images)          # {canonical name: tensor}, e.g.
+                                        # acts["visual.layer4.5.act3:input"]  # [B, 2560, 9, 9]
+
+Guarantees:
+
+- only the requested (and edited) layers are hooked, plus one pre-hook per
+  top-level submodule that contains them (``visual``) to mark where a
+  forward starts;
+- exactly the hooks it added are removed on exit, also when the forward
+  raised; hooks of anyone else stay;
+- every captured tensor is a clone: ``act3`` is an in-place ReLU, so even a
+  pre-hook's input would otherwise change under us after the hook returns;
+- with ``early_stop`` the forward is abandoned (a private exception, caught
+  by :meth:`Recorder.run`) as soon as every requested layer is captured;
+- a hooked module that runs twice within one call of its top-level
+  submodule triggers a warning, and the first call is kept (as early stop
+  would).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from neuronscope.activations.edits import Edit
+from neuronscope.activations.names import INPUT, LayerRef, resolve_layer, resolve_layers
+from neuronscope.errors import LayerNotFoundError
+from neuronscope.models.aliases import structural_aliases
+from neuronscope.models.loader import LoadedModel
+
+Images = Tensor | Image.Image | Sequence[Image.Image]
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested layer is captured; caught by ``Recorder.run``."""
+
+
+def _first_tensor(value: Any) -> tuple[Tensor | None, int | None]:
+    """The tensor a module returned, or the first tensor of a tuple/list it returned (and its index)."""
+    if isinstance(value, Tensor):
+        return value, None
+    if isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            if isinstance(item, Tensor):
+                return item, index
+    return None, None
+
+
+class Recorder:
+    """Capture the activations of chosen layers, and optionally edit units.
+
+    Args:
+        model: a :class:`LoadedModel` (aliases, preprocessing and precision
+            come with it) or a plain ``nn.Module``.
+        layers: names, aliases or wildcards (see :mod:`neuronscope.activations.names`).
+        edits: :class:`Edit` s active while the recorder is attached.
+        early_stop: let :meth:`run` stop the forward once all layers are captured.
+        detach: store detached clones (default); ``False`` keeps them in the
+            autograd graph, for objectives that need gradients.
+        capture_fn: applied to each captured tensor inside the hook, e.g. a
+            reduction to [B, C] so that big maps are never kept. Its result is
+            cloned when it shares memory with the module's tensor.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module,
+        layers: str | Sequence[str] = (),
+        *,
+        edits: Iterable[Edit] = (),
+        early_stop: bool = False,
+        detach: bool = True,
+        capture_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if isinstance(model, LoadedModel):
+            self.model: LoadedModel | None = model
+            self.root = model.module
+            self.aliases = model.layer_aliases
+            self._key = model.key
+        else:
+            self.model = None
+            self.root = model
+            self.aliases = structural_aliases(model)
+            self._key = type(model).__name__
+        self.layers: list[str] = resolve_layers(self.root, layers, self.aliases, model_key=self._key) if layers else []
+        self.edits: dict[str, list[Edit]] = {}
+        for edit in edits:
+            name = resolve_layer(self.root, edit.layer, self.aliases, model_key=self._key)
+            self.edits.setdefault(name, []).append(edit)
+        self.early_stop = early_stop
+        self.detach = detach
+        self.capture_fn = capture_fn
+        self.activations: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._calls: dict[str, int] = {}
+        self._pending: set[str] = set()
+        self._warned: set[str] = set()
+        self._armed = False
+
+    # ------------------------------------------------------------------ attach / remove
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "Recorder":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def attach(self) -> None:
+        """Register the hooks (``with`` does this). Partial registration is undone on error."""
+        if self._handles:
+            raise RuntimeError("this Recorder is already attached; use one `with` block at a time")
+        wanted = [*self.layers, *(name for name in self.edits if name not in self.layers)]
+        refs = [LayerRef.parse(name) for name in wanted]
+        try:
+            # Boundaries first: hooks of one module run in registration order, and a
+            # boundary must reset the call counts before this call's capture.
+            for top in dict.fromkeys(ref.path.split(".")[0] for ref in refs):
+                self._handles.append(self.root.get_submodule(top).register_forward_pre_hook(partial(self._boundary, top)))
+            for path in dict.fromkeys(ref.path for ref in refs):
+                module = self.root.get_submodule(path)
+                ports = {ref.port for ref in refs if ref.path == path}
+                if "input" in ports:
+                    hook = partial(self._on_input, path + INPUT)
+                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                if "output" in ports:
+                    self._handles.append(module.register_forward_hook(partial(self._on_output, path)))
+        except BaseException:
+            self.remove()
+            raise
+        self._reset()
+
+    def remove(self) -> None:
+        """Remove exactly the hooks this recorder added."""
+        while self._handles:
+            self._handles.pop().remove()
+        self._armed = False
+
+    # ------------------------------------------------------------------ hooks
+
+    def _reset(self, top: str | None = None) -> None:
+        for name in self.layers:
+            if top is None or name.split(".")[0].split(":")[0] == top:
+                self._calls[name] = 0
+                self._pending.add(name)
+
+    def _boundary(self, top: str, module: nn.Module, args: tuple) -> None:
+        self._reset(top)
+
+    def _on_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        if args:
+            tensor, _ = _first_tensor(args[0])
+            key = None
+        else:
+            key = next((k for k, v in kwargs.items() if isinstance(v, Tensor)), None)
+            tensor = kwargs[key] if key is not None else None
+        if tensor is None:
+            return None
+        edited = self._edit(name, tensor)
+        if name in self._calls:
+            self._capture(name, edited)
+        if edited is tensor:
+            return None
+        if key is None:
+            return (edited, *args[1:]), kwargs
+        return args, {**kwargs, key: edited}
+
+    def _on_output(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
+        tensor, index = _first_tensor(output)
+        if tensor is None:
+            return None
+        edited = self._edit(name, tensor)
+        if name in self._calls:
+            self._capture(name, edited)
+        if edited is tensor:
+            return None
+        if index is None:
+            return edited
+        items = list(output)
+        items[index] = edited
+        return type(output)(items)
+
+    def _edit(self, name: str, tensor: Tensor) -> Tensor:
+        for edit in self.edits.get(name, ()):
+            tensor = edit.apply(tensor)
+        return tensor
+
+    def _capture(self, name: str, tensor: Tensor) -> None:
+        self._calls[name] += 1
+        if self._calls[name] > 1:
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"layer {name} ran {self._calls[name]} times in one forward; the recorder keeps the first call "
+                    f"(the module is reused: hook a module that runs once)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return
+        kept = tensor.detach() if self.detach else tensor
+        if self.capture_fn is not None:
+            kept = self.capture_fn(kept)
+        if kept.device.type != "meta" and kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+            # Clone what shares the module's memory: act3 is an in-place ReLU, so even a
+            # pre-hook's input changes under us once the hook returns.
+            kept = kept.clone()
+        self.activations[name] = kept
+        self._pending.discard(name)
+        if self._armed and not self._pending:
+            raise _StopForward
+
+    # ------------------------------------------------------------------ use
+
+    def __getitem__(self, name: str) -> Tensor:
+        """The last capture of a layer, by canonical name or alias."""
+        canonical = self.aliases.get(name, name)
+        try:
+            return self.activations[canonical]
+        except KeyError:
+            raise LayerNotFoundError(
+                f"{name!r} has no capture: recorded layers are {', '.join(self.layers) or 'none'}"
+            ) from None
+
+    def run(self, images: Images, *, grad: bool = False, require_all: bool = True) -> dict[str, Tensor]:
+        """One forward of the image tower; returns ``{layer: activations}`` for the requested layers.
+
+        Args:
+            images: a normalised tensor [B, 3, H, W] or PIL image(s) (preprocessed
+                by the model's contract; needs a :class:`LoadedModel`).
+            grad: run with autograd on (for objectives); default off.
+            require_all: raise if a requested layer did not run (e.g. a
+                text-tower layer in an image forward).
+
+        Attaches for the duration of the call when not already inside ``with``.
+        """
+        pixels = self._prepare(images)
+        attached_here = not self.attached
+        if attached_here:
+            self.attach()
+        self.activations.clear()
+        self._reset()
+        self._armed = self.early_stop and bool(self.layers)
+        try:
+            with torch.set_grad_enabled(grad):
+                try:
+                    self._forward(pixels)
+                except _StopForward:
+                    pass
+        finally:
+            self._armed = False
+            if attached_here:
+                self.remove()
+        missing = [name for name in self.layers if name not in self.activations]
+        if missing and require_all:
+            raise LayerNotFoundError(
+                f"layer(s) {', '.join(missing)} did not run in the image forward of {self._key} "
+                f"(text-tower layers need a text forward)"
+            )
+        return {name: self.activations[name] for name in self.layers if name in self.activations}
+
+    def _prepare(self, images: Images) -> Tensor:
+        if self.model is not None:
+            return self.model.prepare_images(images)
+        if not isinstance(images, Tensor):
+            raise TypeError("a plain nn.Module takes a normalised tensor [B, 3, H, W]; wrap it with load_model "
+                            "(and its preprocessing) to pass PIL images")
+        parameter = next(self.root.parameters(), None)
+        return images.to(parameter.device) if parameter is not None else images
+
+    def _forward(self, pixels: Tensor) -> Any:
+        if self.model is not None:
+            return self.model.encode_images(pixels)
+        return self.root(pixels)

@@ -1,0 +1,98 @@
+"""Per-unit reductions of captured activations.
+
+Layouts, batch first:
+
+- conv maps ``[B, C, H, W]``: units are channels (dim 1), cells are (row, col);
+- ViT tokens ``[B, T, D]``: units are the last dim; the first
+  ``prefix_tokens`` tokens are class tokens (open_clip ViTs: 1, the CLS token
+  first), the remaining ``T - prefix_tokens`` are patches on a ``grid``
+  (rows, cols) in row-major order. "Spatial" reductions run over the patch
+  tokens only; :func:`cls_token` takes the class token;
+- vectors ``[B, D]``: units are the last dim, one cell.
+
+:func:`unit_maps` brings all three to ``[B, C, H, W]``, so every reduction is
+written once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def unit_axis(acts: Tensor) -> int:
+    """The units' dim: 1 for maps [B, C, H, W], the last for tokens [B, T, D] and vectors [B, D]."""
+    return 1 if acts.ndim == 4 else acts.ndim - 1
+
+
+def unit_count(acts: Tensor) -> int:
+    return acts.shape[unit_axis(acts)]
+
+
+def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+    """Any layout -> maps [B, C, H, W] (tokens: patch tokens only, laid on ``grid``)."""
+    if acts.ndim == 4:
+        return acts
+    if acts.ndim == 2:
+        return acts[:, :, None, None]
+    if acts.ndim != 3:
+        raise ValueError(f"cannot read units from a tensor of shape {tuple(acts.shape)}")
+    patches = acts[:, prefix_tokens:, :]  # [B, H*W, D]
+    count = patches.shape[1]
+    if grid is None:
+        side = math.isqrt(count)
+        if side * side != count:
+            raise ValueError(f"{count} patch tokens are not a square grid; pass grid=(rows, cols)")
+        grid = (side, side)
+    if grid[0] * grid[1] != count:
+        raise ValueError(f"grid {grid} does not hold {count} patch tokens")
+    return patches.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], *grid)
+
+
+def spatial_mean(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+    """Mean over space (maps) or patch tokens (ViTs): [B, C]. The feature-vis objective."""
+    return unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid).mean(dim=(2, 3))
+
+
+def spatial_max(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Max over space and where it is: values [B, C] and cells [B, C, 2] as (row, col).
+
+    How dataset examples are ranked: by the max, keeping the argmax cell.
+    Ties go to the first cell in row-major order.
+    """
+    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid)
+    width = maps.shape[3]
+    values, flat = maps.flatten(2).max(dim=2)  # [B, C], [B, C]
+    cells = torch.stack((flat // width, flat % width), dim=-1)  # [B, C, 2]
+    return values, cells
+
+
+def centre(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+    """The centre cell, (H // 2, W // 2): [B, C]. For even sizes, the lower-right of the middle four."""
+    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid)
+    return maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
+
+
+def cls_token(acts: Tensor) -> Tensor:
+    """The class token of ViT tokens [B, T, D] -> [B, D] (open_clip puts it first)."""
+    if acts.ndim != 3:
+        raise ValueError(f"cls_token needs tokens [B, T, D], got shape {tuple(acts.shape)}")
+    return acts[:, 0, :]
+
+
+REDUCTIONS = ("mean", "max", "centre", "cls")
+
+
+def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+    """One value per unit [B, C] by ``how`` in ``mean|max|centre|cls`` (max drops the cell)."""
+    if how == "mean":
+        return spatial_mean(acts, prefix_tokens=prefix_tokens, grid=grid)
+    if how == "max":
+        return spatial_max(acts, prefix_tokens=prefix_tokens, grid=grid)[0]
+    if how in ("centre", "center"):
+        return centre(acts, prefix_tokens=prefix_tokens, grid=grid)
+    if how == "cls":
+        return cls_token(acts)
+    raise ValueError(f"unknown reduction {how!r}: use one of {', '.join(REDUCTIONS)}")
