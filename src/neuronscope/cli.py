@@ -1,0 +1,45 @@
+"""``neuronscope``: the command line.
+
+Commands live in small modules under :mod:`neuronscope.commands`, each with a
+``register(app)``; sub-apps (``world``) are mounted with ``add_typer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typer
+
+from neuronscope.commands.common import DebugOpt, set_global_debug
+
+COMMAND_MODULES = (
+    "neuronscope.commands.models",
+    "neuronscope.commands.layers",
+    "neuronscope.commands.demo",
+)
+
+app = typer.Typer(
+    name="neuronscope",
+    help="Find and explain the neurons of CLIP models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(debug: DebugOpt = False) -> None:
+    """Find and explain the neurons of CLIP models (Goh et al., Multimodal Neurons, 2021)."""
+    set_global_debug(debug)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+from neuronscope.world.cli import app as world_app  # noqa: E402 - mounted after the core commands
+
+app.add_typer(world_app, name="world")
+
+
+def main() -> None:
+    """Console entry point (``neuronscope``)."""
+    app()

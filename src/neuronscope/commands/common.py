@@ -1,0 +1,107 @@
+"""What every command shares: the options, error handling, JSON and model loading.
+
+Options are ``Annotated`` types, so a command declares them in its signature:
+
+    def scan(model: ModelOpt = None, weights: WeightsOpt = None, ...): ...
+
+Errors a user can fix print as one line on stderr and exit 1; the traceback
+only shows with ``--debug`` (or ``NEURONSCOPE_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from neuronscope.errors import NeuronscopeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model: NAME, NAME@WEIGHTS, hf-hub:ORG/REPO or a checkpoint PATH.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    "--weights", "-w", help="random, a registry tag (openai...), or PATH to a local file. "
+                            "Omitted: the bundled or locally cached weights.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto|fp32|bf16|fp16|bf16-weights (auto: bf16 only where the device runs it natively).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights and sampling.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+
+
+class _Invocation:
+    """Options given to ``neuronscope`` itself (before the command); set by the app's callback."""
+
+    debug = False
+
+
+def set_global_debug(debug: bool) -> None:
+    _Invocation.debug = debug
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """``--debug`` on the command or on ``neuronscope`` itself, or ``NEURONSCOPE_DEBUG=1``."""
+    env = os.environ.get("NEURONSCOPE_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    return flag or env or _Invocation.debug
+
+
+def configure_logging(debug: bool) -> None:
+    """Logs go to stderr (stdout stays clean for --json): warnings, or everything with --debug."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def cli_command(func: F) -> F:
+    """Wrap a command: logging set-up, and errors as one line on stderr with exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = debug_requested(bool(kwargs.get("debug", False)))
+        configure_logging(debug)
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own exits and usage errors (typer.Exit is a RuntimeError)
+        except NeuronscopeError as err:
+            if debug:
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as err:  # noqa: BLE001 - the one place that turns crashes into one line
+            if debug:
+                raise
+            message = str(err).splitlines()[0] if str(err) else ""
+            typer.echo(f"error: {type(err).__name__}: {message} (run with --debug for the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(payload: Any) -> None:
+    """One JSON document on stdout."""
+    typer.echo(json.dumps(payload, indent=2))
+
+
+def choose_model(argument: str | None, option: str | None, default: str | None = None) -> str:
+    """A command's model from ``MODEL`` or ``--model`` (not both, unless equal)."""
+    if argument and option and argument != option:
+        raise NeuronscopeError(f"two models given ({argument!r} and --model {option!r}); give one")
+    chosen = argument or option or default
+    if not chosen:
+        raise NeuronscopeError("no model given: pass MODEL or --model NAME (`neuronscope models` lists them)")
+    return chosen

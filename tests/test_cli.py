@@ -1,0 +1,111 @@
+"""The command line, in-process (typer's runner): layers, models, demo, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from neuronscope.cli import app
+from neuronscope.commands import layers as layers_command
+from tests.conftest import write_config_dir
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_layers_rn50x4_json_shows_the_papers_layer(monkeypatch, rn50x4):
+    asked = []
+
+    def session_model(name, weights, **kwargs):
+        asked.append((name, weights))
+        return rn50x4  # RN50x4 is built once per session; the command must ask for random weights
+
+    monkeypatch.setattr(layers_command, "load_model", session_model)
+    result = invoke("layers", "RN50x4", "--json")
+    assert result.exit_code == 0, result.output
+    assert asked == [("RN50x4", "random")]
+    entries = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    pre_relu = entries["visual.layer4.5.act3:input"]
+    assert pre_relu["shape"] == [2560, 9, 9]
+    assert "image_block_4/5/Add_6" in pre_relu["aliases"] and "neurons" in pre_relu["aliases"]
+    assert entries["visual.layer4.5.act3"]["shape"] == [2560, 9, 9]
+    assert entries["visual.layer3.7"]["aliases"] == ["image_block_3/7/Relu_2"]
+    assert entries["visual"]["shape"] == [640]
+    assert not any(name.startswith("transformer.") for name in entries)  # the text tower does not run
+
+
+def test_layers_text_output_and_filter():
+    result = invoke("layers", "--model", "tiny-vit", "--match", "*resblocks.1.mlp*")
+    assert result.exit_code == 0, result.output
+    assert "tiny-vit@random" in result.stdout
+    assert "visual.transformer.resblocks.1.mlp.gelu" in result.stdout and "= neurons" in result.stdout
+    assert "17x256" in result.stdout
+
+
+def test_models_lists_architectures_and_tags():
+    result = invoke("models", "RN50x4")
+    assert result.exit_code == 0
+    assert "RN50x4" in result.stdout and "openai" in result.stdout and "random" in result.stdout
+    rows = json.loads(invoke("models", "tiny-*", "--json").stdout)
+    assert {row["name"]: row["default"] for row in rows} == {"tiny-rn": "random", "tiny-vit": "random"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("layers", "RN50x5"), "did you mean RN50x4"),
+    (("layers", "tiny-rn", "--weights", "openai"), "PATH"),
+    (("layers", "tiny-rn", "--device", "tpu"), "cpu, cuda"),
+    (("layers", "tiny-rn", "--precision", "int4"), "auto, fp32"),
+    (("demo", "--model", "RN50", "--weights", "openai"), "--weights PATH"),
+])
+def test_errors_are_one_line_without_traceback(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_real_exception():
+    from neuronscope.errors import UnknownModelError
+
+    result = invoke("--debug", "layers", "RN50x5")
+    assert result.exit_code != 0 and isinstance(result.exception, UnknownModelError)
+    result = invoke("layers", "RN50x5", "--debug")
+    assert isinstance(result.exception, UnknownModelError)
+
+
+def test_demo_falls_back_to_tiny_rn_when_the_mini_clip_is_not_shipped():
+    result = invoke("demo", "--images", "3", "--top", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "not in this installation" in result.stderr and "tiny-rn" in result.stderr
+    assert "model tiny-rn@random" in result.stdout and "synthetic" in result.stdout
+    assert "visual.layer4.1.act3:input" in result.stdout
+
+
+def test_demo_uses_the_mini_clip_and_its_test_split(monkeypatch, tmp_path, tiny_rn):
+    folder = write_config_dir(tmp_path / "mini_clip", tiny_rn)
+    with tarfile.open(folder / "test_split.tar", "w") as archive:
+        for index, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+            info = tarfile.TarInfo(f"images/{index:03d}.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            archive.addfile(info, buffer)
+    monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(folder))
+    result = invoke("demo", "--json", "--images", "2", "--top", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == "mini-clip@bundled" and report["layer"] == "visual.layer4.1.act3:input"
+    assert [item["image"] for item in report["images"]] == ["images/000.png", "images/001.png"]
+    assert len(report["top_units"]) == 3 and set(report["top_units"][0]) == {"unit", "score"}
+    assert set(report["images"][0]["top"][0]) == {"unit", "activation", "cell"}
+    assert report["stats"]["min"] < 0  # the pre-ReLU sum
