@@ -10,7 +10,7 @@ import torch
 
 from neuronscope.activations.names import aliases_by_layer, all_layer_names
 from neuronscope.activations.recorder import Recorder
-from neuronscope.models.loader import LoadedModel
+from neuronscope.models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.recorder import Images, Recorder
 from neuronscope.activations.reduce import reduce_units
-from neuronscope.models.loader import LoadedModel
+from neuronscope.models.loaded import LoadedModel
 
 
 def _batches(images: Images, batch_size: int | None) -> list[Tensor | list[Image.Image]]:

@@ -36,7 +36,7 @@ from neuronscope.activations.edits import Edit
 from neuronscope.activations.names import INPUT, LayerRef, resolve_layer, resolve_layers
 from neuronscope.errors import LayerNotFoundError
 from neuronscope.models.aliases import structural_aliases
-from neuronscope.models.loader import LoadedModel
+from neuronscope.models.loaded import LoadedModel
 
 Images = Tensor | Image.Image | Sequence[Image.Image]
 

@@ -7,7 +7,8 @@
     model.layer_aliases  # {"neurons": "visual.layer4.5.act3:input", ...}
 """
 
-from neuronscope.models.loader import DEFAULT, HUB, LoadedModel, build, load_model
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loader import DEFAULT, HUB, build, load_model
 from neuronscope.models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from neuronscope.models.registry import (
     Architecture,

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
-from PIL import Image
 from torch import nn
 
 from neuronscope.errors import NeuronscopeError, WeightsError
 from neuronscope.models import bundled, download, openclip
-from neuronscope.models.aliases import model_family, structural_aliases
+from neuronscope.models.aliases import model_family
+from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.models.registry import Architecture, get_architecture, split_model_name
 from neuronscope.models.spec import BUNDLED, RANDOM, Activation, ModelSpec
@@ -35,7 +33,7 @@ from neuronscope.models.weights import (
     sha256_file,
     sha256_state_dict,
 )
-from neuronscope.runtime import Precision, resolve_device, resolve_precision
+from neuronscope.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,91 +41,6 @@ DEFAULT = "default"
 """``weights=DEFAULT`` (the default): the bundled or locally cached weights, else an error."""
 HUB = "hub"
 """The weights stored in an ``hf-hub:`` repository."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to run, with the contract its weights carry.
-
-    Attributes:
-        module: the whole model (for CLIPs both towers), in eval mode, frozen
-            (``requires_grad=False``; gradients still flow to inputs).
-        spec: architecture, weights and preprocessing contract.
-        device: where ``module`` lives.
-        precision: how forwards run (see :mod:`neuronscope.runtime`).
-        weights_path: the file the weights came from, if any.
-    """
-
-    module: nn.Module
-    spec: ModelSpec
-    device: torch.device
-    precision: Precision
-    weights_path: Path | None = None
-    _state_sha256: str | None = field(default=None, repr=False)
-
-    @property
-    def key(self) -> str:
-        """``name@weights``, e.g. ``RN50x4@openai`` or ``mini-clip@bundled``."""
-        return self.spec.key
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return self.spec.preprocess
-
-    @property
-    def image_module(self) -> nn.Module:
-        """The image encoder (``module.visual`` for CLIPs)."""
-        return self.module.get_submodule(self.spec.image_tower) if self.spec.image_tower else self.module
-
-    @cached_property
-    def family(self) -> str:
-        """``conv``, ``vit`` or ``other`` (see :func:`neuronscope.models.aliases.model_family`)."""
-        return model_family(self.image_module)
-
-    @cached_property
-    def layer_aliases(self) -> dict[str, str]:
-        """``{alias: canonical layer}``: structural aliases plus the spec's own."""
-        return {**structural_aliases(self.module), **self.spec.layer_aliases}
-
-    @cached_property
-    def weights_sha256(self) -> str | None:
-        """Full sha256 of the weights' file (or of the state dict for in-memory modules); None for random."""
-        if self.weights_path is not None and self.weights_path.is_file():
-            return sha256_file(self.weights_path)
-        return self._state_sha256
-
-    @property
-    def token_grid(self) -> tuple[int, int] | None:
-        """(rows, cols) of a ViT's patch tokens; None for conv nets."""
-        grid = getattr(self.image_module, "grid_size", None)
-        return tuple(grid) if grid is not None else None  # type: ignore[return-value]
-
-    def prepare_images(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
-        """PIL image(s) or an already normalised tensor [B, 3, H, W] -> input on the model's device."""
-        if isinstance(images, torch.Tensor):
-            pixels = images if images.ndim == 4 else images.unsqueeze(0)
-        else:
-            pixels = self.preprocess(images)
-        return pixels.to(self.device)
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Run the image tower on normalised ``pixels`` [B, 3, H, W] in the model's precision.
-
-        Returns the tower's output (for CLIPs the image embedding [B, D]).
-        Gradient mode is the caller's: wrap in ``torch.no_grad()`` for inference.
-        """
-        pixels = self.precision.cast_input(pixels.to(self.device))
-        with self.precision.autocast(self.device):
-            return self.image_module(pixels)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready summary of the model, its contract and how it runs."""
-        return {**self.spec.to_dict(), "device": str(self.device), "precision": self.precision.name,
-                "precision_reason": self.precision.reason}
 
 
 # --------------------------------------------------------------------------- public entry
