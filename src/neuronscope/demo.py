@@ -38,6 +38,7 @@ class DemoReport:
     model: str
     layer: str
     precision: str
+    precision_reason: str
     image_source: str
     layers: list[LayerInfo]
     stats: dict[str, float]
@@ -47,7 +48,8 @@ class DemoReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "layer": self.layer, "precision": self.precision, "note": self.note,
+            "model": self.model, "layer": self.layer, "precision": self.precision,
+            "precision_reason": self.precision_reason, "note": self.note,
             "image_source": self.image_source, "stats": self.stats,
             "top_units": [{"unit": u.unit, "score": u.score} for u in self.top_units],
             "images": [{"image": i.image, "top": i.top} for i in self.images],
@@ -112,7 +114,8 @@ def demo_report(model: LoadedModel, images: list[tuple[str, Image.Image]], *, im
     stats = {"mean": float(acts.mean()), "std": float(acts.std()), "max": float(acts.max()), "min": float(acts.min()),
              "units": int(means.shape[1]), "images": len(names)}
     return DemoReport(
-        model=model.key, layer=canonical, precision=model.precision.name, image_source=image_source,
+        model=model.key, layer=canonical, precision=model.precision.name,
+        precision_reason=model.precision.reason, image_source=image_source,
         layers=list_layers(model), stats={k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
         top_units=[UnitScore(int(u), round(float(v), 4)) for v, u in zip(best.values, best.indices)],
         images=per_image, note=note,

@@ -11,7 +11,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -223,17 +223,3 @@ def seed_everything(seed: int) -> None:
         import numpy as np
 
         np.random.seed(seed % 2**32)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None`` leaves it)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

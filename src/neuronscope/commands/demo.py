@@ -44,7 +44,7 @@ def _load(model: str | None, weights: str | None, device: str, precision: str) -
 
 def _print(report: DemoReport) -> None:
     echo = typer.echo
-    echo(f"model {report.model}  precision {report.precision}")
+    echo(f"model {report.model}  precision {report.precision} ({report.precision_reason})")
     main = [info for info in report.layers if info.aliases or info.name.count(".") <= 2 and ":" not in info.name]
     echo(f"\n{len(report.layers)} hookable layers; the main ones (`neuronscope layers {report.model}` lists all):")
     width = max(len(info.name) for info in main)
@@ -66,7 +66,7 @@ def demo(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 8,
     seed: SeedOpt = 0,
     images: Annotated[int, typer.Option("--images", min=1, help="How many images to summarise.")] = 8,
