@@ -42,10 +42,15 @@ def hook_count(module: nn.Module) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test reads the real bundled folder or downloads: offline unless a test says otherwise."""
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test downloads: every test runs offline unless it says otherwise."""
     monkeypatch.setenv("NEURONSCOPE_OFFLINE", "1")
-    monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(tmp_path_factory.getbasetemp() / "no-mini-clip"))
+
+
+@pytest.fixture
+def no_mini_clip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pretend the mini CLIP is not shipped (an empty bundled folder)."""
+    monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(tmp_path / "no-mini-clip"))
 
 
 @pytest.fixture

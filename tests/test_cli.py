@@ -82,7 +82,7 @@ def test_debug_shows_the_real_exception():
     assert isinstance(result.exception, UnknownModelError)
 
 
-def test_demo_falls_back_to_tiny_rn_when_the_mini_clip_is_not_shipped():
+def test_demo_falls_back_to_tiny_rn_when_the_mini_clip_is_not_shipped(no_mini_clip):
     result = invoke("demo", "--images", "3", "--top", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "not in this installation" in result.stderr and "tiny-rn" in result.stderr

@@ -257,7 +257,7 @@ def test_weights_for_another_architecture_say_so(tmp_path, tiny_vit):
 # --------------------------------------------------------------------------- mini CLIP
 
 
-def test_mini_clip_missing_is_a_clear_error():
+def test_mini_clip_missing_is_a_clear_error(no_mini_clip):
     with pytest.raises(BundledModelMissing, match="NEURONSCOPE_MINI_CLIP_DIR"):
         load_model("mini-clip")
 

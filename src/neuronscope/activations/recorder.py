@@ -176,6 +176,9 @@ class Recorder:
         if edited is tensor:
             return None
         if key is None:
+            if not isinstance(args[0], Tensor):
+                raise TypeError(f"cannot edit {name}: the module's first argument is a "
+                                f"{type(args[0]).__name__}, not a tensor; edit the output of the module before it")
             return (edited, *args[1:]), kwargs
         return args, {**kwargs, key: edited}
 

@@ -69,6 +69,7 @@ def load_model(
             ``"random"`` = random init (never touches the network); a registry
             tag (``"openai"``: from the local cache, else downloaded, failing
             within seconds when offline); or a PATH to a local file/folder.
+            For an ``nn.Module``: omitted (its own weights) or a PATH to load.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: ``auto|fp32|bf16|fp16|bf16-weights`` (see
             :func:`neuronscope.runtime.resolve_precision`).
@@ -280,7 +281,9 @@ def _from_module(
 ) -> tuple[nn.Module, ModelSpec, Path | None, str]:
     """Any ``nn.Module``: used in place (not copied), with the given preprocessing contract."""
     path = None
-    if weights not in (DEFAULT, None, RANDOM):
+    if weights == RANDOM:
+        raise WeightsError("an nn.Module comes with its own weights: pass nothing, or PATH to load into it")
+    if weights not in (DEFAULT, None):
         path = Path(os.fspath(weights))
         load_into(module, read_state_dict(path), what=str(path))
     tower = "visual" if isinstance(getattr(module, "visual", None), nn.Module) else ""
