@@ -1,0 +1,153 @@
+"""Opening image files safely: one set of reasons for every file we skip.
+
+Scans and the world builder both read collections where some files are
+broken. They never crash on one: :func:`open_image` returns either a decoded
+RGB(A) image or the reason it was skipped, from one shared vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Why a file was skipped. Shared by scans and the world builder.
+SKIP_REASONS = ("zero_byte", "truncated", "not_image", "too_many_pixels", "unreadable", "missing", "duplicate")
+
+#: Pillow's own decompression-bomb limit; scans default to it.
+PILLOW_MAX_PIXELS = 89_478_485
+
+
+class SkippedFile(Exception):
+    """A file that cannot be used, with one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, path: str | os.PathLike, detail: str = ""):
+        assert reason in SKIP_REASONS, reason
+        self.reason = reason
+        self.path = str(path)
+        super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
+
+
+@dataclass
+class SkipCounts:
+    """Counts of skipped files by reason, plus a few example paths per reason."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, skipped: SkippedFile) -> None:
+        self.counts[skipped.reason] += 1
+        examples = self.examples.setdefault(skipped.reason, [])
+        if len(examples) < 5:
+            examples.append(skipped.path)
+
+    def as_dict(self) -> dict[str, int]:
+        return {reason: int(self.counts.get(reason, 0)) for reason in SKIP_REASONS}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _own_pixel_limit():
+    """Switch off Pillow's decompression-bomb check: we apply our own limit from the header."""
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = PILLOW_MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
+    """Decode an image file fully, or raise :class:`SkippedFile` with the reason.
+
+    The pixel count is read from the header *before* decoding, so a
+    decompression bomb costs nothing. EXIF rotation is honoured; animated
+    images give their first frame; every mode is converted to RGB (or RGBA
+    when ``keep_alpha``; palette transparency becomes alpha).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SkippedFile("missing", path)
+    if path.stat().st_size == 0:
+        raise SkippedFile("zero_byte", path)
+    try:
+        with _own_pixel_limit():
+            image = Image.open(path)
+    except UnidentifiedImageError:
+        raise SkippedFile("not_image", path) from None
+    except OSError as error:
+        raise SkippedFile("unreadable", path, str(error)) from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise SkippedFile("too_many_pixels", path, f"{width}x{height} > {max_pixels} pixels")
+        try:
+            with _own_pixel_limit():
+                image.seek(0)
+                image.load()
+        except OSError as error:
+            reason = "truncated" if "truncated" in str(error) or "broken data stream" in str(error) else "unreadable"
+            raise SkippedFile(reason, path, str(error)) from None
+        except (SyntaxError, ValueError) as error:
+            raise SkippedFile("unreadable", path, str(error)) from None
+        image = ImageOps.exif_transpose(image)
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        if keep_alpha and has_alpha:
+            return image.convert("RGBA")
+        if image.mode == "I;16" or image.mode.startswith("I"):
+            # 16-bit greyscale: scale to 8 bits rather than clip.
+            image = image.point(lambda value: value / 256).convert("L")
+        return image.convert("RGBA" if keep_alpha else "RGB")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def iter_images(sources: list[str], max_pixels: int = PILLOW_MAX_PIXELS):
+    """Yield ``(image_id, image_or_skip)`` for files, folders (recursive, sorted) and tar shards.
+
+    ``image_or_skip`` is an RGB :class:`PIL.Image.Image`, or the
+    :class:`SkippedFile` saying why that file could not be used. Tar members
+    are named ``SHARD.tar::member``.
+    """
+    import io
+    import tarfile
+    import tempfile
+
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.suffix == ".tar" and path.is_file():
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    if not (member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES):
+                        continue
+                    image_id = f"{source}::{member.name}"
+                    with tempfile.NamedTemporaryFile(suffix=Path(member.name).suffix) as handle:
+                        handle.write(tar.extractfile(member).read())
+                        handle.flush()
+                        try:
+                            yield image_id, open_image(handle.name, max_pixels)
+                        except SkippedFile as skipped:
+                            yield image_id, SkippedFile(skipped.reason, image_id)
+            continue
+        else:
+            files = [path]
+        for file in files:
+            try:
+                yield str(file), open_image(file, max_pixels)
+            except SkippedFile as skipped:
+                yield str(file), skipped
