@@ -1,0 +1,127 @@
+"""`neuronscope world ...`: build the mini CLIP's world, train, evaluate."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .train import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+app = typer.Typer(help="The mini CLIP's clipart-and-words world: build, train, eval, concepts.", no_args_is_help=True)
+
+
+@app.command()
+def concepts() -> None:
+    """Print the world's concept names, exactly as the captions use them, one a line."""
+    from .concepts import concept_names
+
+    for name in concept_names():
+        typer.echo(name)
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(Path("world"), help="Directory to write the world into."),
+    seed: int = typer.Option(0, help="Seed of the split and of every rendered image."),
+    size: int = typer.Option(64, help="Image size of the test split, in pixels."),
+    root: Path = typer.Option(Path("/usr/share/openclipart/png"), help="Root of Debian's openclipart-png."),
+    max_pixels: int = typer.Option(16_000_000, help="Skip files with more pixels than this (read from the header)."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Collect, clean and split the clipart, and render the held-out test split."""
+    from .build import build_world
+
+    world = build_world(out, seed=seed, size=size, root=root, max_pixels=max_pixels)
+    summary = {"world": str(out), "concepts": len(world["concepts"]), "drawings": len(world["drawings"]),
+               "reading_words": len(world["reading_words"]), "skipped": world["skipped"]}
+    typer.echo(json.dumps(summary) if json_output else
+               f"world at {out}: {summary['concepts']} concepts, {summary['drawings']} drawings, "
+               f"{summary['reading_words']} reading words; skipped {world['skipped']}")
+
+
+@app.command()
+def train(
+    world: Path = typer.Option(Path("world"), help="A directory made by `world build`."),
+    out: Path = typer.Option(Path("runs/mini-clip"), help="Run directory (checkpoints; resumes if present)."),
+    steps: int = typer.Option(_DEFAULTS.steps),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size),
+    lr: float = typer.Option(_DEFAULTS.lr),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast; only faster on CPUs with native bf16)."),
+    export: Optional[Path] = typer.Option(None, help="Also export the final weights to this directory."),
+) -> None:
+    """Train the mini CLIP (seeded; resumes after a kill; progress bar with loss and ETA)."""
+    from .train import export_weights
+    from .train import train as run_training
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision)
+    with _progress_reporter(steps) as on_step:
+        checkpoint = run_training(world, out, config, on_step)
+    if export is not None:
+        export_weights(checkpoint, export)
+        typer.echo(f"exported weights to {export}")
+
+
+@contextmanager
+def _progress_reporter(total: int, every: int = 50):
+    """A rich progress bar on a terminal; a plain line every ``every`` steps in a log file."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        def log_line(report) -> None:
+            if report.step % every == 0 or report.step == report.steps:
+                eta = (report.steps - report.step) * report.seconds_per_step
+                typer.echo(f"step {report.step}/{report.steps} loss {report.loss:.4f} "
+                           f"{report.seconds_per_step:.2f} s/step eta {eta / 60:.1f} min", err=True)
+        yield log_line
+        return
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[sps]:.2f} s/step"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("train", total=total, loss=float("nan"), sps=0.0)
+        yield lambda report: progress.update(task, completed=report.step, loss=report.loss,
+                                             sps=report.seconds_per_step)
+
+
+def _load_for_eval(weights: Optional[str]):
+    """The bundled mini CLIP, a model folder, or a training checkpoint (exported to a temp folder)."""
+    import tempfile
+
+    from ..models import load_model
+
+    if weights and Path(weights).is_file() and Path(weights).suffix == ".pt":
+        from .train import export_weights
+
+        folder = Path(tempfile.mkdtemp(prefix="mini-clip-"))
+        export_weights(weights, folder)
+        return load_model(folder, precision="fp32", name="mini-clip")
+    return load_model("mini-clip", weights=weights, precision="fp32")
+
+
+@app.command("eval")
+def eval_command(
+    weights: Optional[str] = typer.Option(None, help="A model folder or a training checkpoint.pt; default: the bundled weights."),
+    split: Optional[Path] = typer.Option(None, help="A test split tar; default: the one shipped with the package."),
+    seeds: int = typer.Option(3, help="Seeds of each control (untrained network, deranged labels)."),
+    card_images: Optional[Path] = typer.Option(None, help="Also write PNG sheets of the top multimodal units here."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Evaluate the mini CLIP on the held-out split (fp32, through the recorder)."""
+    from .card import card_tables, write_unit_sheets
+    from .evaluate import evaluate_world
+    from .split import load_test_split
+
+    model = _load_for_eval(weights)
+    test_split = load_test_split(split)
+    report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)))
+    if card_images is not None:
+        write_unit_sheets(model, test_split, report, card_images)
+    typer.echo(json.dumps(report, indent=1) if json_output else card_tables(report))

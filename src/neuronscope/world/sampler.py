@@ -1,0 +1,109 @@
+"""Training batches of the world, rendered on the fly from the step number.
+
+A batch is a pure function of (world, seed, step): a killed run that resumes
+at step s sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .build import unpack_drawing
+from .concepts import CAPTION_TEMPLATES
+from .render import TRAIN_FONTS, font_path, render_drawing, render_labelled, render_word
+
+KINDS = ("drawing", "word", "composite", "reading")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of each kind of training image (they need not sum to 1)."""
+
+    drawing: float = 0.3
+    word: float = 0.2
+    composite: float = 0.2
+    reading: float = 0.3
+
+    def probabilities(self) -> np.ndarray:
+        shares = np.array([self.drawing, self.word, self.composite, self.reading], dtype=float)
+        return shares / shares.sum()
+
+
+class WorldSampler:
+    """Renders training batches: images [B, H, W, 3] uint8, captions, and a concept key per sample.
+
+    The key is the concept's index for drawings, words and composites, and
+    ``n_concepts + word index`` for reading text; the trainer counts samples
+    with equal keys as positives of each other.
+    """
+
+    def __init__(self, world_dir: str | Path, size: int, seed: int = 0, mix: Mix = Mix()):
+        world_dir = Path(world_dir)
+        world = json.loads((world_dir / "world.json").read_text())
+        packed = np.load(world_dir / "drawings.npz")
+        self.size, self.seed, self.mix = size, seed, mix
+        self.concepts: list[str] = world["concepts"]
+        self.reading_words: list[str] = world["reading_words"]
+        self.drawings_by_concept = [[d["id"] for d in world["drawings"] if d["concept"] == c and d["split"] == "train"]
+                                    for c in self.concepts]
+        self._pixels, self._sizes = packed["pixels"], packed["sizes"]
+        self._fonts = [font_path(name) for name in TRAIN_FONTS]
+        self._cache: dict[int, object] = {}
+
+    def _drawing(self, drawing_id: int):
+        if drawing_id not in self._cache:
+            self._cache[drawing_id] = unpack_drawing(self._pixels[drawing_id], self._sizes[drawing_id])
+        return self._cache[drawing_id]
+
+    def sample(self, step: int, index: int) -> tuple[np.ndarray, str, int]:
+        """One training sample: image [H, W, 3] uint8, caption, concept key."""
+        rng = np.random.default_rng([self.seed, step, index])
+        kind = KINDS[int(rng.choice(len(KINDS), p=self.mix.probabilities()))]
+        template = CAPTION_TEMPLATES[kind]
+        caption_template = template[int(rng.integers(len(template)))]
+        font = self._fonts[int(rng.integers(len(self._fonts)))]
+        if kind == "reading":
+            word_index = int(rng.integers(len(self.reading_words)))
+            word = self.reading_words[word_index]
+            image = render_word(word, font, rng, self.size)
+            return np.asarray(image), caption_template.format(word, word), len(self.concepts) + word_index
+        concept_index = int(rng.integers(len(self.concepts)))
+        concept = self.concepts[concept_index]
+        if kind == "word":
+            image = render_word(concept, font, rng, self.size)
+        else:
+            choices = self.drawings_by_concept[concept_index]
+            drawing = self._drawing(choices[int(rng.integers(len(choices)))])
+            image = (render_drawing(drawing, rng, self.size) if kind == "drawing"
+                     else render_labelled(drawing, concept, font, rng, self.size))
+        return np.asarray(image), caption_template.format(concept, concept), concept_index
+
+    def batch(self, step: int, batch_size: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Batch ``step``: images [B, H, W, 3] uint8, B captions, keys [B] int64."""
+        samples = [self.sample(step, i) for i in range(batch_size)]
+        images = np.stack([s[0] for s in samples])
+        return images, [s[1] for s in samples], np.array([s[2] for s in samples], dtype=np.int64)
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Batches ``start_step, start_step + 1, ...`` for a DataLoader worker (tokenized there too)."""
+
+    def __init__(self, world_dir: str | Path, size: int, seed: int, mix: Mix, batch_size: int,
+                 start_step: int, end_step: int, context_length: int):
+        self.args = (world_dir, size, seed, mix)
+        self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
+        self.context_length = context_length
+
+    def __iter__(self):
+        import open_clip
+
+        sampler = WorldSampler(*self.args)
+        for step in range(self.start_step, self.end_step):
+            images, captions, keys = sampler.batch(step, self.batch_size)
+            tokens = open_clip.tokenize(captions, context_length=self.context_length)
+            yield step, torch.from_numpy(images), tokens, torch.from_numpy(keys)

@@ -1,0 +1,216 @@
+"""Training the mini CLIP from scratch on the world, contrastively, on captions only.
+
+The image tower is open_clip's ModifiedResNet (so the paper's layer
+conventions apply), the text tower a small transformer with the real BPE
+tokenizer. Samples whose captions name the same concept (or the same
+reading word) count as positives of each other (soft targets); nothing else
+tells the model what a concept is, so no unit is planted.
+
+Checkpoints are written atomically every few minutes; ``train`` started
+again on the same directory resumes from the last one, and because every
+batch is a function of its step the result does not depend on where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .sampler import BatchStream, Mix
+
+CHECKPOINT = "checkpoint.pt"
+# CLIP's own normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN / STD).
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the trained weights (with the world and the seed)."""
+
+    image_size: int = 64
+    vision_width: int = 16
+    vision_layers: tuple[int, int, int, int] = (2, 2, 2, 2)
+    embed_dim: int = 128
+    text_width: int = 128
+    text_heads: int = 4
+    text_layers: int = 2
+    context_length: int = 16
+    steps: int = 4500
+    batch_size: int = 256
+    lr: float = 1.5e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 250
+    seed: int = 0
+    mix: Mix = field(default_factory=Mix)
+    precision: str = "fp32"  # "bf16" uses autocast; slower than fp32 on CPUs without native bf16
+    checkpoint_seconds: float = 180.0
+
+    def model_cfg(self) -> dict:
+        """Keyword arguments of ``open_clip.model.CLIP`` for this architecture."""
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {"image_size": self.image_size, "layers": list(self.vision_layers),
+                           "width": self.vision_width, "head_width": 32},
+            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
+                         "heads": self.text_heads, "layers": self.text_layers},
+            "quick_gelu": False,
+        }
+
+    def preprocess(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        data["mix"] = Mix(**data.get("mix", {}))
+        data["vision_layers"] = tuple(data.get("vision_layers", (2, 2, 2, 2)))
+        return cls(**data)
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """A randomly initialised mini CLIP (seeded by ``config.seed``)."""
+    import open_clip
+
+    torch.manual_seed(config.seed)
+    return open_clip.model.CLIP(**config.model_cfg())
+
+
+def soft_target_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                     keys: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss where samples with equal keys are all positives.
+
+    image_features, text_features: [B, D] L2-normalised; keys: [B] concept keys.
+    """
+    logits = logit_scale * image_features @ text_features.T  # [B, B]
+    positives = (keys[:, None] == keys[None, :]).float()
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → float [B, 3, H, W] normalised with CLIP's mean and std."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainProgress:
+    """What the trainer reports after each step."""
+
+    step: int
+    steps: int
+    loss: float
+    seconds_per_step: float
+
+
+def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
+          on_step: Callable[[TrainProgress], None] | None = None) -> Path:
+    """Train (or resume) into ``out_dir``; returns the path of the final checkpoint.
+
+    ``out_dir/config.json`` pins the config: resuming with a different one is an error.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "config.json"
+    config_dict = json.loads(json.dumps(asdict(config)))
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        saved.pop("checkpoint_seconds", None), config_dict.pop("checkpoint_seconds", None)
+        if saved != config_dict:
+            raise ValueError(f"{out_dir} holds a run with another config; use a new --out or the same settings")
+    else:
+        config_path.write_text(json.dumps(asdict(config), indent=1))
+
+    model = build_model(config).to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)
+    checkpoint_path = out_dir / CHECKPOINT
+    start_step, log = 0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, log = state["step"], state["log"]
+    model.train()
+
+    stream = BatchStream(world_dir, config.image_size, config.seed, config.mix, config.batch_size,
+                         start_step, config.steps, config.context_length)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
+    last_save = time.monotonic()
+    started = time.monotonic()
+    seconds_before = log[-1]["seconds"] if log else 0.0  # training time of earlier segments
+
+    def save(step: int) -> None:
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                      "log": log, "config": asdict(config)}, checkpoint_path)
+
+    for step, images, tokens, keys in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        x = normalise(images).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            image_features, text_features, logit_scale = model(x, tokens)
+            loss = soft_target_loss(image_features.float(), text_features.float(), logit_scale.float(), keys)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        seconds = (time.monotonic() - started) / (step + 1 - start_step)
+        log.append({"step": step, "loss": round(loss.item(), 5),
+                    "seconds": round(seconds_before + time.monotonic() - started, 2)})
+        if on_step is not None:
+            on_step(TrainProgress(step + 1, config.steps, log[-1]["loss"], seconds))
+        if time.monotonic() - last_save > config.checkpoint_seconds:
+            save(step + 1)
+            last_save = time.monotonic()
+    save(config.steps)
+    return checkpoint_path
+
+
+def export_weights(checkpoint_path: str | Path, out_dir: str | Path) -> None:
+    """Write ``config.json`` and fp16 ``weights.safetensors`` (the bundled format) from a checkpoint."""
+    from safetensors.torch import save_file
+
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(state["config"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+               for name, tensor in state["model"].items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out_dir / "weights.safetensors"))
+    meta = {"model_cfg": config.model_cfg(), "preprocess": config.preprocess(), "train_config": state["config"],
+            "steps_trained": state["step"], "train_seconds": state["log"][-1]["seconds"] if state["log"] else None}
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=1))
