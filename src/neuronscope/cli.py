@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.models",
     "neuronscope.commands.layers",
     "neuronscope.commands.demo",
+    "neuronscope.commands.zeroshot",
 )
 
 app = typer.Typer(

@@ -1,0 +1,111 @@
+"""``neuronscope zeroshot``: the top classes of images by zero-shot CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    WeightsOpt,
+    cli_command,
+    print_json,
+)
+from neuronscope.errors import NeuronscopeError
+from neuronscope.imagefiles import SkippedFile, iter_images
+from neuronscope.models import load_model
+from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from neuronscope.runtime import seed_everything
+
+
+def read_classes(classes: str | None, classes_file: Path | None) -> list[str]:
+    """Class names from ``--classes a,b,c`` or ``--classes-file`` (one a line), verbatim."""
+    if classes and classes_file:
+        raise NeuronscopeError("give --classes or --classes-file, not both")
+    if classes_file is not None:
+        if not classes_file.is_file():
+            raise NeuronscopeError(f"--classes-file {classes_file} does not exist")
+        return [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+    return [name.strip() for name in (classes or "").split(",") if name.strip()]
+
+
+def world_prompt_set(model_key: str) -> tuple[list[str], str] | None:
+    """The mini CLIP's own classes and template (its world's concepts, ``a {}``); None for other models."""
+    if not model_key.startswith("mini-clip@"):
+        return None
+    from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
+    from neuronscope.world.split import load_test_split
+
+    return load_test_split().concepts, ZEROSHOT_TEMPLATE
+
+
+def zeroshot(
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
+                                                help="Image files, folders (recursive) or tar shards.")],
+    model: ModelOpt = "mini-clip",
+    weights: WeightsOpt = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help=f"Prompt with {{}} for the class. Default: the model's own prompt set "
+                           f"(mini-clip: 'a {{}}'), else '{DEFAULT_TEMPLATE}'.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Classes printed per image.")] = 5,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchSizeOpt = 64,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Zero-shot classify images; prints the top classes per image with probabilities."""
+    seed_everything(seed)
+    loaded = load_model(model or "mini-clip", weights=weights, device=device, precision=precision)
+    names = read_classes(classes, classes_file)
+    own = world_prompt_set(loaded.key)
+    if not names:
+        if own is None:
+            raise NeuronscopeError("no classes given: pass --classes a,b,c or --classes-file FILE")
+        names = own[0]
+    chosen_template = template or (own[1] if own is not None else DEFAULT_TEMPLATE)
+    classifier = ZeroShotClassifier.build(loaded, names, chosen_template)
+
+    results, skipped = [], []
+    batch: list = []
+
+    def flush() -> None:
+        pixels = loaded.preprocess.to_pixels([image for _, image in batch])
+        for (image_id, _), best in zip(batch, classifier.top(pixels, top)):
+            results.append({"image": image_id, "top": best})
+        batch.clear()
+
+    for image_id, image in iter_images(images):
+        if isinstance(image, SkippedFile):
+            skipped.append({"image": image_id, "reason": image.reason})
+            continue
+        batch.append((image_id, image))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not results and not skipped:
+        raise NeuronscopeError(f"no images found in {', '.join(images)}")
+    if json_out:
+        print_json(results)
+    else:
+        for result in results:
+            best = ", ".join(f"{c['class']} {c['prob']:.3f}" for c in result["top"])
+            typer.echo(f"{result['image']}: {best}")
+    for item in skipped:
+        typer.echo(f"skipped {item['image']}: {item['reason']}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("zeroshot")(cli_command(zeroshot))

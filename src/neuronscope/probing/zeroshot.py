@@ -1,0 +1,88 @@
+"""Zero-shot classification with a CLIP: class names → prompts → text embeddings.
+
+The classifier is the cosine similarity between an image embedding and each
+class's prompt embedding, softmaxed at the model's logit scale, as in CLIP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.loader import LoadedModel
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """BPE tokens [N, context_length] for the model's text tower."""
+    import open_clip
+
+    context_length = getattr(model.module, "context_length", 77)
+    return open_clip.tokenize(texts, context_length=context_length).to(model.device)
+
+
+@torch.no_grad()
+def encode_texts(model: LoadedModel, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised text embeddings [N, D], in fp32."""
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        with model.precision.autocast(model.device):
+            features = model.module.encode_text(tokenize(model, texts[start:start + batch_size]))
+        chunks.append(torch.nn.functional.normalize(features.float(), dim=-1))
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised image embeddings [N, D] of ``pixels`` [N, 3, H, W] in [0, 1] (fp32 out)."""
+    chunks = []
+    for start in range(0, len(pixels), batch_size):
+        inputs = model.preprocess.normalize(pixels[start:start + batch_size].to(model.device))
+        chunks.append(torch.nn.functional.normalize(model.encode_images(inputs).float(), dim=-1))
+    return torch.cat(chunks)
+
+
+@dataclass
+class ZeroShotClassifier:
+    """Zero-shot weights of a set of classes.
+
+    Attributes:
+        classes: class names, echoed verbatim in results.
+        template: prompt with ``{}`` for the class name.
+        text_features: [C, D] L2-normalised prompt embeddings.
+        logit_scale: the model's temperature (exp of its learned log scale).
+    """
+
+    model: LoadedModel
+    classes: list[str]
+    template: str
+    text_features: torch.Tensor
+    logit_scale: float
+
+    @classmethod
+    def build(cls, model: LoadedModel, classes: list[str], template: str = DEFAULT_TEMPLATE) -> "ZeroShotClassifier":
+        if not classes:
+            raise ValueError("no classes given: pass --classes a,b,c or --classes-file FILE")
+        if "{}" not in template:
+            raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+        features = encode_texts(model, [template.format(name) for name in classes])
+        scale = float(model.module.logit_scale.exp()) if hasattr(model.module, "logit_scale") else 100.0
+        return cls(model, list(classes), template, features, scale)
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1]."""
+        logits = self.logit_scale * encode_pixels(self.model, pixels) @ self.text_features.T
+        return logits.softmax(dim=-1)
+
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Top-1 class index [N]."""
+        return self.probabilities(pixels).argmax(dim=-1)
+
+    def top(self, pixels: torch.Tensor, k: int = 5) -> list[list[dict]]:
+        """Per image, the ``k`` best classes as ``[{"class", "prob"}]``, best first."""
+        probabilities = self.probabilities(pixels)
+        values, indices = probabilities.topk(min(k, len(self.classes)), dim=-1)
+        return [[{"class": self.classes[int(i)], "prob": round(float(p), 6)} for p, i in zip(row_p, row_i)]
+                for row_p, row_i in zip(values, indices)]

@@ -1,0 +1,74 @@
+"""The mini CLIP's model card: tables from ``world eval``, pictures of its multimodal units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models.loader import LoadedModel
+from .evaluate import layer_responses
+from .split import TestSplit
+
+
+def top_images_sheet(model: LoadedModel, split: TestSplit, layer: str, unit: int, per_row: int = 8,
+                     scale: int = 2) -> Image.Image:
+    """Two rows: the unit's top held-out drawings (renders), then its top held-out-font words."""
+    rows = []
+    for kind in ("drawing", "word"):
+        index = split.indices(kind)
+        responses = layer_responses(model, split.pixels(index), [layer])
+        values = next(iter(responses.values()))[:, unit]
+        best = index[values.argsort(descending=True)[:per_row].numpy()]
+        rows.append(np.concatenate([split.images[i] for i in best], axis=1))
+    sheet = Image.fromarray(np.concatenate(rows, axis=0))
+    return sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def card_tables(report: dict) -> str:
+    """Markdown tables of a ``world eval`` report."""
+    zeroshot, reading, multimodal = report["zeroshot"], report["reading"], report["multimodal"]
+    parts = [
+        "### Zero-shot (template `a {}`, all concepts)",
+        _table(["held-out drawings", "held-out-font words", "typographic attack success"],
+               [[f"{zeroshot['drawings']:.1%}", f"{zeroshot['words_heldout_font']:.1%}",
+                 f"{zeroshot['attack_success']:.1%}"]]),
+        f"### Reading ({reading['gallery']} reading captions, held-out fonts)",
+        _table(["top-1", "top-5", "median rank"],
+               [[f"{reading['top1']:.1%}", f"{reading['top5']:.1%}", reading["median_rank"]]]),
+        "### Concepts with a multimodal unit, by layer",
+        _table(["layer", "trained 0.85", "trained 0.90", "trained 0.95", "untrained 0.90 (3 seeds)",
+                "deranged labels 0.90 (3 seeds)"],
+               [[name, c["trained"]["0.85"], c["trained"]["0.9"], c["trained"]["0.95"],
+                 ", ".join(map(str, c.get("untrained", []))), ", ".join(map(str, c.get("shuffled", [])))]
+                for name, c in multimodal["by_layer"].items()]),
+        f"Best layer: `{multimodal['layer']}`; live units of the untrained controls there: "
+        + ", ".join(f"{share:.1%}" for share in multimodal["untrained_live"]) + ".",
+        f"### Multimodal units on `{multimodal['layer']}` (AUROC ≥ 0.90, one best unit per concept)",
+        _table(["concept", "unit", "AUROC drawings", "AUROC words"],
+               [[u["concept"], u["unit"], f"{u['auroc_drawings']:.3f}", f"{u['auroc_words']:.3f}"]
+                for u in multimodal["units"]]),
+    ]
+    return "\n\n".join(parts)
+
+
+def write_unit_sheets(model: LoadedModel, split: TestSplit, report: dict, out_dir: str | Path,
+                      count: int = 4) -> list[Path]:
+    """PNG sheets of the top held-out drawings and words of the first ``count`` multimodal units."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with torch.no_grad():
+        for unit in report["multimodal"]["units"][:count]:
+            path = out_dir / f"unit_{unit['unit']}_{unit['concept']}.png"
+            top_images_sheet(model, split, unit["layer"], unit["unit"]).save(path)
+            paths.append(path)
+    return paths

@@ -1,0 +1,241 @@
+"""``world eval``: how well the mini CLIP sees, reads, and whether it grew multimodal units.
+
+Everything runs on the shipped held-out test split, in fp32, through the
+recorder. The multimodal criterion is exactly this: unit u is multimodal
+for concept c when its AUROC for c against all other concepts is at least
+the threshold on held-out drawings (a drawing's response = the unit's
+spatial mean, averaged over the drawing's renders) *and* on held-out-font
+words, and c is the concept with u's highest mean response both among
+drawings and among words.
+
+Two controls say how often that passes by chance: an untrained network of
+the same architecture (with each block's last BatchNorm switched on and
+every BatchNorm's statistics re-estimated on the split), and the trained
+network with the drawings' concept labels deranged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..activations import record
+from ..analysis import auroc_per_class
+from ..models.loader import LoadedModel, build
+from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
+from .concepts import ZEROSHOT_TEMPLATE
+from .split import TestSplit
+
+THRESHOLDS = (0.85, 0.9, 0.95)
+STAGES = ("visual.layer1", "visual.layer2", "visual.layer3", "visual.layer4", "neurons")
+READING_TEMPLATE = "{}"
+BN_ESTIMATE_IMAGES = 1000
+LIVE_STD = 1e-6
+
+
+@dataclass
+class SplitResponses:
+    """Unit responses (spatial means) of one layer on the split's drawings and words.
+
+    drawings: [n_drawings, U], averaged over each drawing's renders; drawing_labels: [n_drawings].
+    words: [n_words, U]; word_labels: [n_words].
+    """
+
+    drawings: torch.Tensor
+    drawing_labels: torch.Tensor
+    words: torch.Tensor
+    word_labels: torch.Tensor
+
+
+@torch.no_grad()
+def layer_responses(model: LoadedModel, pixels: torch.Tensor, layers: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Spatial-mean response [N, U] of every unit of ``layers`` to ``pixels`` [N, 3, H, W] in [0, 1]."""
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(pixels), batch_size):
+        inputs = model.preprocess.normalize(pixels[start:start + batch_size])
+        for name, acts in record(model, inputs, layers, reduce="mean").items():
+            chunks.setdefault(name, []).append(acts.cpu())
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def split_responses(model: LoadedModel, split: TestSplit, layers: list[str]) -> dict[str, SplitResponses]:
+    """Responses of each layer to the split's drawings (averaged per drawing) and words."""
+    drawing_index, word_index = split.indices("drawing"), split.indices("word")
+    responses = layer_responses(model, split.pixels(np.concatenate([drawing_index, word_index])), layers)
+    drawing_ids = torch.tensor([split.entries[i]["drawing"] for i in drawing_index])
+    unique_ids, group = drawing_ids.unique(return_inverse=True)
+    first_render = torch.zeros(len(unique_ids), dtype=torch.long).scatter_(0, group, torch.arange(len(group)))
+    drawing_labels = split.concept_labels(drawing_index)[first_render]
+    word_labels = split.concept_labels(word_index)
+    out = {}
+    for name, values in responses.items():
+        drawing_values = values[: len(drawing_index)]
+        sums = torch.zeros(len(unique_ids), values.shape[1]).index_add_(0, group, drawing_values)
+        counts = torch.bincount(group, minlength=len(unique_ids)).unsqueeze(1)
+        out[name] = SplitResponses(sums / counts, drawing_labels, values[len(drawing_index):], word_labels)
+    return out
+
+
+def multimodal_units(responses: SplitResponses, n_concepts: int, threshold: float) -> list[dict]:
+    """Units that pass the multimodal criterion at ``threshold``: ``[{"concept_index", "unit", "auroc_drawings", "auroc_words"}]``."""
+    auroc_drawings = auroc_per_class(responses.drawings, responses.drawing_labels, n_concepts)  # [C, U]
+    auroc_words = auroc_per_class(responses.words, responses.word_labels, n_concepts)  # [C, U]
+    top_drawings = _class_means(responses.drawings, responses.drawing_labels, n_concepts).argmax(dim=0)  # [U]
+    top_words = _class_means(responses.words, responses.word_labels, n_concepts).argmax(dim=0)  # [U]
+    units = torch.arange(responses.drawings.shape[1])
+    a_d, a_w = auroc_drawings[top_drawings, units], auroc_words[top_drawings, units]
+    passing = (top_drawings == top_words) & (a_d >= threshold) & (a_w >= threshold)
+    return [{"concept_index": int(top_drawings[u]), "unit": int(u), "auroc_drawings": round(float(a_d[u]), 4),
+             "auroc_words": round(float(a_w[u]), 4)} for u in passing.nonzero().flatten()]
+
+
+def _class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Mean of ``values`` [N, U] per class → [n_classes, U] (-inf for an empty class)."""
+    sums = torch.zeros(n_classes, values.shape[1]).index_add_(0, labels, values)
+    counts = torch.bincount(labels, minlength=n_classes).unsqueeze(1).float()
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf")))
+
+
+def concepts_with_units(responses: SplitResponses, n_concepts: int, threshold: float) -> int:
+    """How many concepts have at least one multimodal unit at ``threshold``."""
+    return len({u["concept_index"] for u in multimodal_units(responses, n_concepts, threshold)})
+
+
+def best_unit_per_concept(units: list[dict], concepts: list[str], layer: str) -> list[dict]:
+    """One unit per concept: the one whose weaker AUROC is highest."""
+    best: dict[int, dict] = {}
+    for unit in units:
+        score = min(unit["auroc_drawings"], unit["auroc_words"])
+        current = best.get(unit["concept_index"])
+        if current is None or score > min(current["auroc_drawings"], current["auroc_words"]):
+            best[unit["concept_index"]] = unit
+    return [{"concept": concepts[c], "unit": u["unit"], "layer": layer, "auroc_drawings": u["auroc_drawings"],
+             "auroc_words": u["auroc_words"]} for c, u in sorted(best.items())]
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation of ``range(n)`` with no fixed point."""
+    rng = np.random.default_rng(seed)
+    while True:
+        permutation = rng.permutation(n)
+        if not (permutation == np.arange(n)).any():
+            return torch.from_numpy(permutation)
+
+
+def deranged(responses: SplitResponses, n_concepts: int, seed: int) -> SplitResponses:
+    """The same responses with the drawings' concept labels deranged (words keep theirs)."""
+    permutation = derangement(n_concepts, seed)
+    return dataclasses.replace(responses, drawing_labels=permutation[responses.drawing_labels])
+
+
+@torch.no_grad()
+def untrained_model(model: LoadedModel, split: TestSplit, seed: int, n_images: int = BN_ESTIMATE_IMAGES) -> LoadedModel:
+    """An untrained network of ``model``'s architecture, made alive.
+
+    open_clip zero-initialises each block's last BatchNorm, which silences
+    the residual branches; those weights are set to 1, and every BatchNorm's
+    running statistics are re-estimated on ``n_images`` of the split (train
+    mode, no gradients, cumulative averages).
+    """
+    torch.manual_seed(seed)
+    module = build(model.spec)
+    visual = module.visual
+    for name, child in visual.named_modules():
+        if name.endswith("bn3"):
+            torch.nn.init.ones_(child.weight)
+    batch_norms = [m for m in visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in batch_norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every image counts the same
+    visual.train()
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(split.entries))[:n_images]
+    pixels = split.pixels(np.sort(chosen))
+    for start in range(0, len(pixels), 250):
+        visual(model.preprocess.normalize(pixels[start:start + 250]))
+    module.eval()
+    module.requires_grad_(False)
+    return dataclasses.replace(model, module=module.to(model.device))
+
+
+def live_share(responses: SplitResponses) -> float:
+    """Share of units whose response varies over the split (std > 1e-6)."""
+    values = torch.cat([responses.drawings, responses.words])
+    return float((values.std(dim=0) > LIVE_STD).float().mean())
+
+
+def zeroshot_scores(model: LoadedModel, split: TestSplit) -> dict:
+    """Zero-shot top-1 on held-out drawings and held-out-font words; typographic attack success."""
+    classifier = ZeroShotClassifier.build(model, split.concepts, ZEROSHOT_TEMPLATE)
+    scores = {}
+    for kind, key in (("drawing", "drawings"), ("word", "words_heldout_font")):
+        index = split.indices(kind)
+        predicted = classifier.predict(split.pixels(index))
+        scores[key] = round(float((predicted == split.concept_labels(index)).float().mean()), 4)
+    attacks = split.indices("attack")
+    predicted = classifier.predict(split.pixels(attacks))
+    position = {c: i for i, c in enumerate(split.concepts)}
+    attack_targets = torch.tensor([position[split.entries[i]["attack_word"]] for i in attacks])
+    scores["attack_success"] = round(float((predicted == attack_targets).float().mean()), 4)
+    return scores
+
+
+def reading_scores(model: LoadedModel, split: TestSplit) -> dict:
+    """Held-out-font renders of reading words, retrieved among all reading captions."""
+    gallery = split.meta["reading_gallery"]
+    index = split.indices("reading")
+    text_features = encode_texts(model, [READING_TEMPLATE.format(w) for w in gallery])  # [G, D]
+    image_features = encode_pixels(model, split.pixels(index))  # [N, D]
+    similarity = image_features @ text_features.T
+    position = {w: i for i, w in enumerate(gallery)}
+    truth = torch.tensor([position[split.entries[i]["word"]] for i in index])
+    true_score = similarity[torch.arange(len(index)), truth].unsqueeze(1)
+    rank = (similarity > true_score).sum(dim=1) + 1  # 1 = retrieved first
+    return {"top1": round(float((rank == 1).float().mean()), 4), "top5": round(float((rank <= 5).float().mean()), 4),
+            "median_rank": float(rank.float().median()), "gallery": len(gallery)}
+
+
+def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[int, ...] = (0, 1, 2),
+                   layers: tuple[str, ...] = STAGES) -> dict:
+    """The full evaluation, as ``world eval --json`` prints it."""
+    n_concepts = len(split.concepts)
+    trained = split_responses(model, split, list(layers))
+    layer_names = list(trained)
+    by_layer = {name: {"trained": {str(t): concepts_with_units(trained[name], n_concepts, t) for t in THRESHOLDS}}
+                for name in layer_names}
+    best_layer = max(layer_names, key=lambda name: (by_layer[name]["trained"]["0.9"], by_layer[name]["trained"]["0.85"]))
+
+    untrained_counts, untrained_live = [], []
+    for seed in control_seeds:
+        control = split_responses(untrained_model(model, split, seed), split, list(layers))
+        for name in layer_names:
+            by_layer[name].setdefault("untrained", []).append(concepts_with_units(control[name], n_concepts, 0.9))
+        untrained_counts.append(concepts_with_units(control[best_layer], n_concepts, 0.9))
+        untrained_live.append(round(live_share(control[best_layer]), 4))
+    shuffled_counts = []
+    for seed in control_seeds:
+        for name in layer_names:
+            count = concepts_with_units(deranged(trained[name], n_concepts, seed), n_concepts, 0.9)
+            by_layer[name].setdefault("shuffled", []).append(count)
+        shuffled_counts.append(by_layer[best_layer]["shuffled"][-1])
+
+    units = best_unit_per_concept(multimodal_units(trained[best_layer], n_concepts, 0.9), split.concepts, best_layer)
+    return {
+        "model": model.key,
+        "zeroshot": zeroshot_scores(model, split),
+        "reading": reading_scores(model, split),
+        "multimodal": {
+            "threshold": 0.9,
+            "layer": best_layer,
+            "trained": by_layer[best_layer]["trained"]["0.9"],
+            "untrained": untrained_counts,
+            "untrained_live": untrained_live,
+            "shuffled": max(shuffled_counts),
+            "shuffled_seeds": shuffled_counts,
+            "units": units,
+            "by_layer": by_layer,
+        },
+    }

@@ -1,0 +1,80 @@
+"""The mini CLIP's held-out test split: a tar shard of PNGs with an ``index.json``.
+
+It ships inside the package, so ``world eval``, ``scan``, ``zeroshot``, the
+demo and the tests need neither openclipart nor a font package.
+
+Each ``index.json`` entry has ``file`` and ``kind``: ``drawing`` (``concept``,
+``drawing`` id, ``render``), ``word`` (``concept``, ``font``), ``attack``
+(``concept`` of the drawing, ``attack_word``, ``font``) or ``reading``
+(``word``, ``font``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models.bundled import TEST_SPLIT_FILE, bundled_dir
+
+
+@dataclass
+class TestSplit:
+    """The split in memory.
+
+    Attributes:
+        meta: ``seed``, ``image_size``, ``concepts`` (the world's, in order), ``reading_gallery``.
+        entries: one dict per image (see the module docstring).
+        images: [N, H, W, 3] uint8, in the order of ``entries``.
+    """
+
+    meta: dict
+    entries: list[dict]
+    images: np.ndarray
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def concepts(self) -> list[str]:
+        return self.meta["concepts"]
+
+    def indices(self, kind: str) -> np.ndarray:
+        """Positions of the images of one kind."""
+        return np.array([i for i, e in enumerate(self.entries) if e["kind"] == kind], dtype=np.int64)
+
+    def concept_labels(self, indices: np.ndarray) -> torch.Tensor:
+        """Concept index [len(indices)] of the given images."""
+        position = {c: i for i, c in enumerate(self.concepts)}
+        return torch.tensor([position[self.entries[i]["concept"]] for i in indices])
+
+    def pixels(self, indices: np.ndarray | None = None) -> torch.Tensor:
+        """Images as float [N, 3, H, W] in [0, 1] (all of them when ``indices`` is None)."""
+        chosen = self.images if indices is None else self.images[indices]
+        return torch.from_numpy(chosen).permute(0, 3, 1, 2).float().div(255)
+
+    def pil(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+
+def bundled_test_split_path() -> Path:
+    return bundled_dir() / TEST_SPLIT_FILE
+
+
+def load_test_split(path: str | Path | None = None) -> TestSplit:
+    """Read a test split tar (the bundled one by default)."""
+    path = Path(path) if path is not None else bundled_test_split_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no test split at {path}; build one with `neuronscope world build` "
+                                "or reinstall neuronscope (it ships with the package)")
+    with tarfile.open(path) as tar:
+        index = json.loads(tar.extractfile("index.json").read())
+        entries = index.pop("images")
+        images = np.stack([np.asarray(Image.open(io.BytesIO(tar.extractfile(e["file"]).read())).convert("RGB"))
+                           for e in entries])
+    return TestSplit(meta=index, entries=entries, images=images)
