@@ -8,6 +8,7 @@ RGB(A) image or the reason it was skipped, from one shared vocabulary.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import Counter
 from contextlib import contextmanager
@@ -82,30 +83,50 @@ def open_image(path: str | os.PathLike, max_pixels: int = PILLOW_MAX_PIXELS, kee
         raise SkippedFile("missing", path)
     if path.stat().st_size == 0:
         raise SkippedFile("zero_byte", path)
+    return _decode(path, path, max_pixels, keep_alpha)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = PILLOW_MAX_PIXELS,
+                       keep_alpha: bool = False) -> Image.Image:
+    """:func:`open_image` for bytes already read (a tar member, a file read once to hash it).
+
+    ``name`` is only used in the :class:`SkippedFile` raised for bad data.
+    """
+    if not data:
+        raise SkippedFile("zero_byte", name)
+    return _decode(io.BytesIO(data), name, max_pixels, keep_alpha)
+
+
+def _decode(stream: Path | io.BytesIO, name: str | os.PathLike, max_pixels: int, keep_alpha: bool) -> Image.Image:
+    """Header check, full decode and mode conversion shared by files and bytes."""
     try:
         with _own_pixel_limit():
-            image = Image.open(path)
+            image = Image.open(stream)
     except UnidentifiedImageError:
-        raise SkippedFile("not_image", path) from None
+        raise SkippedFile("not_image", name) from None
     except OSError as error:
-        raise SkippedFile("unreadable", path, str(error)) from None
+        raise SkippedFile("unreadable", name, str(error)) from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise SkippedFile("too_many_pixels", path, f"{width}x{height} > {max_pixels} pixels")
+            raise SkippedFile("too_many_pixels", name, f"{width}x{height} > {max_pixels} pixels")
         try:
             with _own_pixel_limit():
                 image.seek(0)
                 image.load()
         except OSError as error:
             reason = "truncated" if "truncated" in str(error) or "broken data stream" in str(error) else "unreadable"
-            raise SkippedFile(reason, path, str(error)) from None
+            raise SkippedFile(reason, name, str(error)) from None
         except (SyntaxError, ValueError) as error:
-            raise SkippedFile("unreadable", path, str(error)) from None
+            raise SkippedFile("unreadable", name, str(error)) from None
         image = ImageOps.exif_transpose(image)
         has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
         if keep_alpha and has_alpha:
             return image.convert("RGBA")
+        if has_alpha and image.mode == "P":
+            # Through RGBA: Pillow warns when a palette with transparency goes straight to RGB
+            # (the colours are the same either way; the alpha is dropped).
+            image = image.convert("RGBA")
         if image.mode == "I;16" or image.mode.startswith("I"):
             # 16-bit greyscale: scale to 8 bits rather than clip.
             image = image.point(lambda value: value / 256).convert("L")
