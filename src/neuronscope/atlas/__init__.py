@@ -1,0 +1,14 @@
+"""The atlas store: ``atlas.sqlite`` (the catalogue) plus arrays and thumbnails beside it.
+
+    from neuronscope.atlas import Atlas
+    with Atlas("my-atlas") as atlas:
+        atlas.unit("mini-clip", "neurons", 7)          # what `neuronscope show --json` prints
+        atlas.set_label("mini-clip@bundled", "visual.layer4.1.act3:input", 7, "cat", source="user")
+"""
+
+from neuronscope.atlas.schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, schema_version
+from neuronscope.atlas.store import Atlas, AtlasError, library_versions
+from neuronscope.atlas.thumbnails import THUMB_SIZE, marked_thumbnail, thumbnail_name
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "THUMB_SIZE", "Atlas", "AtlasError", "ensure_schema",
+           "library_versions", "marked_thumbnail", "schema_version", "thumbnail_name"]

@@ -1,0 +1,415 @@
+"""The atlas: a directory with ``atlas.sqlite`` (the catalogue) and files beside it.
+
+    atlas/
+      atlas.sqlite          runs, images, layers, units, examples, labels, ... (WAL)
+      arrays/               histograms (.npz) per model and layer
+      thumbs/               top-example thumbnails with the firing cell marked
+      checkpoints/          state of scans in progress (deleted when a scan finishes)
+
+Every command writes through :class:`Atlas`. Writes are transactional: a
+layer's results, its histogram file and the run's status change together or
+not at all (the file is written first under a fresh name, the catalogue then
+points at it in one transaction, the old file is removed last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuronscope.atlas.schema import ensure_schema
+from neuronscope.errors import NeuronscopeError
+
+DB_NAME = "atlas.sqlite"
+
+
+class AtlasError(NeuronscopeError, LookupError):
+    """An atlas that is missing, or asked for a model, layer or unit it does not hold."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded with every run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import PIL
+    import torch
+
+    try:
+        neuronscope_version = version("neuronscope")
+    except PackageNotFoundError:
+        neuronscope_version = "unknown"
+    try:
+        import open_clip
+
+        open_clip_version = open_clip.__version__
+    except ImportError:
+        open_clip_version = "missing"
+    return {"torch": torch.__version__, "open_clip": open_clip_version, "pillow": PIL.__version__,
+            "numpy": np.__version__, "neuronscope": neuronscope_version, "python": platform.python_version()}
+
+
+def layer_slug(layer: str) -> str:
+    """A layer name usable as a file name (``:`` is awkward on some systems)."""
+    return layer.replace(":", "~").replace("/", "~")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+class Atlas:
+    """An atlas directory, opened (and created when ``create``).
+
+    Use as a context manager, or call :meth:`close`. One ``Atlas`` per
+    process; SQLite's WAL lets readers (the microscope) read while a scan writes.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not (self.path / DB_NAME).is_file():
+            if not create:
+                raise AtlasError(f"{self.path} is not an atlas (no {DB_NAME}); fill one with `neuronscope scan --out`")
+            self.path.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
+        self.db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        ensure_schema(self.db)
+
+    # ------------------------------------------------------------------ basics
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Atlas":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside commit together, or none (also on exceptions and kills)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.path / "thumbs"
+
+    @property
+    def arrays_dir(self) -> Path:
+        return self.path / "arrays"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, *, command: str, config: Mapping[str, Any], config_key: str, model: str,
+                  weights_sha256: str | None, layers: list[dict], dataset: Mapping[str, Any] | None,
+                  precision: str) -> int:
+        """Record a new run (status ``running``); returns its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (command, config, config_key, model, weights_sha256, layers, dataset, precision,"
+                " versions, status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                (command, json.dumps(config, sort_keys=True), config_key, model, weights_sha256, json.dumps(layers),
+                 json.dumps(dataset), precision, json.dumps(library_versions()), _now()))
+            return int(cursor.lastrowid)
+
+    def unfinished_run(self, config_key: str) -> int | None:
+        """The latest run with this config that did not finish (a killed scan), if any."""
+        row = self.db.execute("SELECT id FROM runs WHERE config_key = ? AND status != 'finished' "
+                              "ORDER BY id DESC LIMIT 1", (config_key,)).fetchone()
+        return int(row["id"]) if row else None
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        """A run's record with its JSON fields decoded."""
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise AtlasError(f"no run {run_id} in {self.path}")
+        record = dict(row)
+        for key in ("config", "layers", "dataset", "versions", "skipped"):
+            if record.get(key) is not None:
+                record[key] = json.loads(record[key])
+        return record
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [self.run(row["id"]) for row in self.db.execute("SELECT id FROM runs ORDER BY id")]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_path(self, config_key: str) -> Path:
+        return self.checkpoints_dir / f"{config_key}.npz"
+
+    def save_checkpoint(self, config_key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Atomically replace the checkpoint of a scan in progress (arrays plus a JSON ``meta``)."""
+        payload = {**arrays, "__meta__": np.array(json.dumps(meta))}
+        atomic_write_bytes(self._checkpoint_path(config_key), _npz_bytes(payload))
+
+    def load_checkpoint(self, config_key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        path = self._checkpoint_path(config_key)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files if name != "__meta__"}
+            meta = json.loads(str(data["__meta__"]))
+        return arrays, meta
+
+    def drop_checkpoint(self, config_key: str) -> None:
+        self._checkpoint_path(config_key).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ thumbnails
+
+    def thumbnail_path(self, name: str) -> Path:
+        return self.thumbs_dir / name
+
+    def save_thumbnail(self, name: str, image: Any) -> str:
+        """Write a PNG thumbnail (idempotent: the name says what it shows); returns its atlas-relative path."""
+        import io
+
+        path = self.thumbnail_path(name)
+        if not path.is_file():
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            atomic_write_bytes(path, buffer.getvalue())
+        return path.relative_to(self.path).as_posix()
+
+    # ------------------------------------------------------------------ scan results
+
+    def write_scan(self, run_id: int, layer_scans: list, images: Mapping[str, Any], skipped: Mapping[str, int],
+                   image_count: int, thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
+        """Store a finished scan: every layer's units, examples and histogram, its images, and the run's end.
+
+        A rescan of the same (model, layer) replaces that layer's rows; images are
+        keyed by id (content-hashed), so scanning the same images again adds none.
+
+        Args:
+            layer_scans: :class:`neuronscope.mining.results.LayerScan` s.
+            images: ``{image id: ImageRecord}`` for every image the results name.
+            thumbs: ``{(sha256, rows, cols, row, col): relative path}`` of marked thumbnails.
+        """
+        thumbs = thumbs or {}
+        old_files, new_files = [], []
+        try:
+            for scan in layer_scans:
+                new_files.append(self._write_histogram_file(run_id, scan))
+            with self.transaction() as db:
+                db.executemany("INSERT OR IGNORE INTO images (id, source, name, sha256, width, height) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               [(r.id, r.source, r.name, r.sha256, r.width, r.height) for r in images.values()])
+                for scan, histogram_file in zip(layer_scans, new_files):
+                    old = db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?",
+                                     (scan.model, scan.layer)).fetchone()
+                    if old is not None and old["path"] != histogram_file:
+                        old_files.append(old["path"])
+                    self._write_layer_rows(db, run_id, scan, images, thumbs, histogram_file)
+                db.execute("UPDATE runs SET status = 'finished', finished_at = ?, skipped = ?, images = ? WHERE id = ?",
+                           (_now(), json.dumps(dict(skipped)), image_count, run_id))
+        except BaseException:
+            for name in new_files:
+                if name not in old_files:
+                    (self.path / name).unlink(missing_ok=True)
+            raise
+        for name in old_files:
+            (self.path / name).unlink(missing_ok=True)
+
+    def _write_histogram_file(self, run_id: int, scan: Any) -> str:
+        histogram = scan.histogram
+        sample_ids = sorted({i for i in histogram.samples.reshape(-1) if i is not None})
+        index = {image: position for position, image in enumerate(sample_ids)}
+        samples = np.vectorize(lambda i: -1 if i is None else index[i], otypes=[np.int32])(histogram.samples) \
+            if histogram.samples.size else np.zeros(histogram.samples.shape, np.int32)
+        relative = f"arrays/{layer_slug(scan.model)}/{layer_slug(scan.layer)}.run{run_id}.npz"
+        atomic_write_bytes(self.path / relative, _npz_bytes({
+            "exponent": histogram.exponent, "first": histogram.first, "counts": histogram.counts,
+            "samples": samples, "sample_ids": np.array(sample_ids, dtype=str), "nonfinite": histogram.nonfinite,
+            "seed": np.array(histogram.seed)}))
+        return relative
+
+    def _write_layer_rows(self, db: sqlite3.Connection, run_id: int, scan: Any, images: Mapping[str, Any],
+                          thumbs: Mapping, histogram_file: str) -> None:
+        key = (scan.model, scan.layer)
+        for table in ("units", "examples"):
+            db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ?", key)
+        db.execute("INSERT OR REPLACE INTO layers (model, layer, aliases, units, grid_rows, grid_cols, run_id) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, json.dumps(scan.aliases), scan.units, *scan.grid, run_id))
+        db.execute("INSERT OR REPLACE INTO histograms (model, layer, run_id, path, n_bins, reservoir) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (*key, run_id, histogram_file, scan.histogram.counts.shape[1], scan.histogram.samples.shape[2]))
+        db.executemany(
+            "INSERT INTO units (model, layer, unit, run_id, mean, std, max, min, count, map_mean, nonfinite) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*key, unit, run_id, float(scan.mean[unit]), float(scan.std[unit]), float(scan.max[unit]),
+              float(scan.min[unit]), scan.count, float(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
+             for unit in range(scan.units)])
+        rows = []
+        for kind, examples in (("top", scan.top), ("bottom", scan.bottom)):
+            for unit in range(scan.units):
+                for rank, image in enumerate(examples.ids[unit]):
+                    if image is None:
+                        break
+                    row, col = (int(v) for v in examples.cells[unit, rank])
+                    thumb = thumbs.get((images[image].sha256, *scan.grid, row, col)) if kind == "top" else None
+                    rows.append((*key, unit, kind, rank, image, float(examples.values[unit, rank]), row, col, thumb))
+        db.executemany("INSERT INTO examples (model, layer, unit, kind, rank, image_id, activation, cell_row, "
+                       "cell_col, thumb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    # ------------------------------------------------------------------ labels and other writers
+
+    def set_label(self, model: str, layer: str, unit: int, text: str, *, source: str = "user") -> None:
+        """Set (or replace) a unit's label; ``source`` says who wrote it (user, world-card, auto:...)."""
+        if not text.strip():
+            raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
+
+    # ------------------------------------------------------------------ reading
+
+    def models(self) -> list[str]:
+        """Model keys the atlas holds (layers scanned or labelled)."""
+        rows = self.db.execute("SELECT model FROM layers UNION SELECT model FROM labels ORDER BY model")
+        return [row["model"] for row in rows]
+
+    def resolve_model(self, model: str | None) -> str:
+        """A model key from a key, a bare name (``mini-clip``) or None when the atlas holds one model."""
+        known = self.models()
+        if not known:
+            raise AtlasError(f"{self.path} holds no scanned layers yet; run `neuronscope scan --out {self.path}`")
+        if model is None:
+            if len(known) > 1:
+                raise AtlasError(f"{self.path} holds several models ({', '.join(known)}); pass --model")
+            return known[0]
+        if model in known:
+            return model
+        matches = [key for key in known if key.split("@")[0] == model]
+        if len(matches) == 1:
+            return matches[0]
+        raise AtlasError(f"model {model!r} is not in {self.path}; it holds {', '.join(known)}")
+
+    def layers(self, model: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM layers WHERE model = ? ORDER BY layer", (model,)).fetchall()
+        return [{**dict(row), "aliases": json.loads(row["aliases"])} for row in rows]
+
+    def resolve_layer(self, model: str, layer: str) -> dict[str, Any]:
+        """The stored layer named by its canonical name or an alias (``~`` may stand for ``/``)."""
+        wanted = layer.replace("~", "/") if ":" not in layer else layer
+        stored = self.layers(model)
+        for entry in stored:
+            if layer in (entry["layer"], *entry["aliases"]) or wanted in entry["aliases"]:
+                return entry
+        names = ", ".join(entry["layer"] for entry in stored) or "none"
+        raise AtlasError(f"layer {layer!r} of {model} is not in {self.path} (scanned layers: {names})")
+
+    def unit(self, model: str | None, layer: str, unit: int) -> dict[str, Any]:
+        """One unit's record, the shape ``show --json`` prints (see CONVENTIONS.md).
+
+        ``top`` and ``bottom`` are sorted best first (ties by image id), each
+        ``{"image", "activation", "cell": [row, col], "thumb"}``; parts not computed are ``[]``/``None``.
+        """
+        model = self.resolve_model(model)
+        entry = self.resolve_layer(model, layer)
+        canonical = entry["layer"]
+        if not 0 <= unit < entry["units"]:
+            raise AtlasError(f"unit {unit} is out of range: {canonical} of {model} has {entry['units']} units "
+                             f"(0-{entry['units'] - 1})")
+        key = (model, canonical, unit)
+        stats = self.db.execute("SELECT mean, std, max, min, count, map_mean FROM units "
+                                "WHERE model = ? AND layer = ? AND unit = ?", key).fetchone()
+        label = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?", key).fetchone()
+        return {
+            "model": model,
+            "layer": canonical,
+            "aliases": entry["aliases"],
+            "unit": unit,
+            "top": self._examples(key, "top"),
+            "bottom": self._examples(key, "bottom"),
+            "stats": dict(stats) if stats else None,
+            "histogram": self.histogram(model, canonical, unit),
+            "label": label["text"] if label else None,
+            "featurevis": [dict(row) for row in self.db.execute(
+                "SELECT kind, path, objective FROM featurevis WHERE model = ? AND layer = ? AND unit = ? "
+                "ORDER BY kind, path", key)],
+            "words": [dict(row) for row in self.db.execute(
+                "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
+                "ORDER BY score DESC, word", key)],
+            "texts": [dict(row) for row in self.db.execute(
+                "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? "
+                "ORDER BY score DESC, text", key)],
+        }
+
+    def _examples(self, key: tuple[str, str, int], kind: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT image_id, activation, cell_row, cell_col, thumb FROM examples "
+                               "WHERE model = ? AND layer = ? AND unit = ? AND kind = ? ORDER BY rank",
+                               (*key, kind))
+        return [{"image": row["image_id"], "activation": row["activation"],
+                 "cell": [row["cell_row"], row["cell_col"]], "thumb": row["thumb"]} for row in rows]
+
+    def histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
+        """A unit's histogram trimmed to its occupied bins: ``{"edges", "counts", "samples", "seed"}``.
+
+        ``edges`` has one more entry than ``counts``; ``samples[i]`` are the
+        reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first.
+        """
+        row = self.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", (model, layer)).fetchone()
+        if row is None:
+            return None
+        with np.load(self.path / row["path"], allow_pickle=False) as data:
+            counts = data["counts"][unit]
+            occupied = np.flatnonzero(counts)
+            if occupied.size == 0:
+                return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"])}
+            low, high = int(occupied[0]), int(occupied[-1]) + 1
+            width = float(np.ldexp(1.0, int(data["exponent"][unit])))
+            first = int(data["first"][unit])
+            sample_ids = data["sample_ids"]
+            samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0] for bin_samples in data["samples"][unit][low:high]]
+            return {"edges": [(first + i) * width for i in range(low, high + 1)],
+                    "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}

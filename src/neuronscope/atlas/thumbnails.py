@@ -1,0 +1,35 @@
+"""Thumbnails of dataset examples with the firing cell marked."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+#: Side of a thumbnail in pixels (64 px inputs are enlarged so the mark is visible).
+THUMB_SIZE = 128
+MARK_COLOUR = (255, 40, 40)
+
+
+def marked_thumbnail(pixels: np.ndarray, cell: tuple[int, int], grid: tuple[int, int],
+                     size: int = THUMB_SIZE) -> Image.Image:
+    """The image as the model saw it, with the cell that fired outlined.
+
+    Args:
+        pixels: [H, W, 3] uint8, the model's input before normalisation.
+        cell: (row, col) of the unit's max on the layer's grid.
+        grid: (rows, cols) of the layer's map; a cell covers ``H / rows`` x ``W / cols`` pixels.
+        size: side of the square thumbnail.
+    """
+    image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+    rows, cols = grid
+    row, col = cell
+    if rows * cols > 1:  # a 1x1 map (a pooled vector) has no cell worth marking
+        cell_h, cell_w = size / rows, size / cols
+        box = (round(col * cell_w), round(row * cell_h), round((col + 1) * cell_w) - 1, round((row + 1) * cell_h) - 1)
+        ImageDraw.Draw(image).rectangle(box, outline=MARK_COLOUR, width=max(1, size // 64))
+    return image
+
+
+def thumbnail_name(sha256: str, grid: tuple[int, int], cell: tuple[int, int]) -> str:
+    """File name of a marked thumbnail: one per (image content, grid, cell), shared by every unit."""
+    return f"{sha256[:16]}_g{grid[0]}x{grid[1]}_r{cell[0]}c{cell[1]}.png"
