@@ -1,0 +1,95 @@
+"""Everything a scan keeps about one layer, updated batch by batch.
+
+Per unit: top-k and bottom-k images by max-over-space activation (with the
+argmax cell), moments, and a histogram with reservoir samples. The
+reductions over space run where the activations are (the GPU, when there is
+one), so only ``[B, C]`` values and cells come back to the CPU; memory is
+bounded by units x k and does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuronscope.activations.reduce import spatial_max, unit_maps
+from neuronscope.mining.histogram import StreamingHistogram
+from neuronscope.mining.moments import StreamingMoments
+from neuronscope.mining.topk import StreamingTopK
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What a scan keeps per unit; part of the run's config (a resumed scan must match)."""
+
+    top_k: int = 48
+    bottom_k: int = 48
+    n_bins: int = 128
+    reservoir: int = 4
+    seed: int = 0
+
+
+def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's activations -> per image and unit: max over space, its cell, mean over space.
+
+    Args:
+        acts: maps [B, C, H, W], ViT tokens [B, T, D] (patch tokens laid on
+            ``grid``) or vectors [B, D].
+
+    Returns:
+        ``values`` [B, C] float32, ``cells`` [B, C, 2] int16 (row, col),
+        ``map_means`` [B, C] float32, as NumPy arrays on the CPU.
+    """
+    maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None)  # [B, C, H, W]
+    values, cells = spatial_max(maps)
+    map_means = maps.mean(dim=(2, 3))
+    return values.cpu().numpy(), cells.to(torch.int16).cpu().numpy(), map_means.cpu().numpy()
+
+
+class LayerAccumulator:
+    """Streaming statistics of every unit of one layer.
+
+    Args:
+        units: number of units C.
+        grid: (rows, cols) of the layer's spatial map (cells are on this grid).
+        settings: k, histogram bins, reservoir size, seed.
+    """
+
+    def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings) -> None:
+        self.units = units
+        self.grid = grid
+        self.settings = settings
+        self.top = StreamingTopK(units, settings.top_k, largest=True)
+        self.bottom = StreamingTopK(units, settings.bottom_k, largest=False)
+        self.moments = StreamingMoments(units)
+        self.histogram = StreamingHistogram(units, settings.n_bins, settings.reservoir)
+
+    def update(self, values: np.ndarray, cells: np.ndarray, map_means: np.ndarray, ordinals: np.ndarray,
+               hashes: np.ndarray) -> None:
+        """Merge one batch (see :func:`reduce_batch` for ``values``, ``cells``, ``map_means``).
+
+        ``ordinals`` [B] int64 break ties; ``hashes`` [B] int64 pick reservoir samples.
+        """
+        if values.shape[1] != self.units:
+            raise ValueError(f"batch has {values.shape[1]} units, the layer {self.units}")
+        self.top.update(values, ordinals, cells)
+        self.bottom.update(values, ordinals, cells)
+        self.moments.update(values, map_means)
+        self.histogram.update(values, ordinals, hashes)
+
+    def live_ordinals(self) -> np.ndarray:
+        """Ordinals of every image some unit still holds (top, bottom or a reservoir)."""
+        return np.union1d(np.union1d(self.top.live_ordinals(), self.bottom.live_ordinals()),
+                          self.histogram.live_ordinals())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**self.top.state_dict("top."), **self.bottom.state_dict("bottom."),
+                **self.moments.state_dict("moments."), **self.histogram.state_dict("histogram.")}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.top.load_state_dict(state, "top.")
+        self.bottom.load_state_dict(state, "bottom.")
+        self.moments.load_state_dict(state, "moments.")
+        self.histogram.load_state_dict(state, "histogram.")

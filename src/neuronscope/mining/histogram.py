@@ -1,0 +1,166 @@
+"""Streaming histograms whose range is not known in advance, with per-bin reservoir samples.
+
+Why this design: a scan must give the same histogram whatever the order and
+batching of its images (and on however many workers), without a second pass.
+So bins live on a fixed dyadic grid: bin ``J`` at exponent ``e`` covers
+``[J * 2**e, (J + 1) * 2**e)``. Each unit keeps ``n_bins`` consecutive bins
+starting at ``first = floor(min / 2**e)``. When a value falls outside, the
+exponent grows by exact doublings (bin ``J`` becomes ``J >> 1``: two bins
+merge, no count is split or guessed) until the whole range fits. The final
+exponent is the smallest ``e >= MIN_EXPONENT`` whose grid holds the data's
+range in ``n_bins`` bins: a function of the set of values only, so the counts
+are identical for any arrival order.
+
+Each bin also keeps a reservoir: the ``reservoir`` images with the smallest
+``hash(id, seed)`` among those that fell in it. "The r smallest hashes of a
+set" is order-free and merges exactly when two bins merge, so reservoir ids
+are identical too. Uniform buckets for conditional-probability plots (the
+paper's "SDs from zero") are unions of these bins, with the r smallest
+hashes of the union as their sample.
+
+Memory: units x n_bins x (1 + 2 x reservoir) int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from neuronscope.mining.topk import EMPTY
+
+#: Finest bin width is 2**MIN_EXPONENT (~6e-8): a constant unit keeps one bin there.
+MIN_EXPONENT = -24
+
+
+def sample_hash(image_id: str, seed: int) -> int:
+    """A 63-bit hash of ``(seed, image id)``: reservoir samples keep the smallest."""
+    digest = hashlib.blake2b(f"{seed}\0{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _smallest_per_cell(cells: np.ndarray, hashes: np.ndarray, ordinals: np.ndarray, n_cells: int,
+                       keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """For entries ``(cell, hash, ordinal)``, the ``keep`` smallest (hash, ordinal) of each cell.
+
+    Returns ``hashes`` and ``ordinals`` [n_cells, keep], padded with EMPTY.
+    """
+    out_hash = np.full((n_cells, keep), EMPTY, np.int64)
+    out_ord = np.full((n_cells, keep), EMPTY, np.int64)
+    real = hashes != EMPTY
+    cells, hashes, ordinals = cells[real], hashes[real], ordinals[real]
+    if cells.size == 0:
+        return out_hash, out_ord
+    order = np.lexsort((ordinals, hashes, cells))
+    cells, hashes, ordinals = cells[order], hashes[order], ordinals[order]
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    rank = np.arange(cells.size) - np.repeat(starts, np.diff(np.r_[starts, cells.size]))
+    kept = rank < keep
+    out_hash[cells[kept], rank[kept]] = hashes[kept]
+    out_ord[cells[kept], rank[kept]] = ordinals[kept]
+    return out_hash, out_ord
+
+
+class StreamingHistogram:
+    """Per-unit dyadic histograms with per-bin reservoirs (see the module docstring).
+
+    Arrays: ``exponent`` [C] int64, ``first`` [C] int64 (grid index of bin 0),
+    ``counts`` [C, n_bins] int64, ``sample_hashes`` / ``sample_ordinals``
+    [C, n_bins, reservoir] int64 (EMPTY where a bin holds fewer images),
+    ``lo`` / ``hi`` [C] float64 (finite range seen), ``nonfinite`` [C] int64.
+    """
+
+    def __init__(self, units: int, n_bins: int = 128, reservoir: int = 4) -> None:
+        self.n_bins = n_bins
+        self.reservoir = reservoir
+        self.exponent = np.full(units, MIN_EXPONENT, np.int64)
+        self.first = np.zeros(units, np.int64)
+        self.counts = np.zeros((units, n_bins), np.int64)
+        self.sample_hashes = np.full((units, n_bins, reservoir), EMPTY, np.int64)
+        self.sample_ordinals = np.full((units, n_bins, reservoir), EMPTY, np.int64)
+        self.lo = np.full(units, np.inf)
+        self.hi = np.full(units, -np.inf)
+        self.nonfinite = np.zeros(units, np.int64)
+
+    # ------------------------------------------------------------------ growing the range
+
+    def _grid_index(self, values: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
+        # Scaling by a power of two is exact, so floor() gives the true bin.
+        return np.floor(values * np.ldexp(1.0, -np.asarray(exponent))).astype(np.int64)
+
+    def _rebin(self, unit: int, lo: float, hi: float) -> None:
+        """Grow unit ``unit``'s window to hold ``[lo, hi]``: shift it, and double the width as needed."""
+        old_exponent, old_first = int(self.exponent[unit]), int(self.first[unit])
+        exponent = old_exponent
+        while int(self._grid_index(hi, exponent)) - int(self._grid_index(lo, exponent)) + 1 > self.n_bins:
+            exponent += 1
+        first = int(self._grid_index(lo, exponent))
+        shift = exponent - old_exponent
+        # Old bin i is grid index old_first + i at old_exponent; >> shift is floor division by 2**shift.
+        new_index = ((old_first + np.arange(self.n_bins, dtype=np.int64)) >> shift) - first
+        occupied = self.counts[unit] > 0
+        counts = np.zeros(self.n_bins, np.int64)
+        np.add.at(counts, new_index[occupied], self.counts[unit][occupied])
+        cells = np.repeat(new_index, self.reservoir)
+        hashes, ordinals = self.sample_hashes[unit].reshape(-1), self.sample_ordinals[unit].reshape(-1)
+        live = hashes != EMPTY
+        self.sample_hashes[unit], self.sample_ordinals[unit] = _smallest_per_cell(
+            cells[live], hashes[live], ordinals[live], self.n_bins, self.reservoir)
+        self.counts[unit] = counts
+        self.exponent[unit], self.first[unit] = exponent, first
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, values: np.ndarray, ordinals: np.ndarray, hashes: np.ndarray) -> None:
+        """Add one batch: ``values`` [B, C], ``ordinals`` [B] int64, ``hashes`` [B] int64 (:func:`sample_hash`)."""
+        values = values.astype(np.float64)
+        finite = np.isfinite(values)
+        self.nonfinite += (~finite).sum(axis=0)
+        batch_lo = np.where(finite, values, np.inf).min(axis=0)
+        batch_hi = np.where(finite, values, -np.inf).max(axis=0)
+        lo, hi = np.minimum(self.lo, batch_lo), np.maximum(self.hi, batch_hi)
+        has_data = np.isfinite(lo)
+        low_index = self._grid_index(np.where(has_data, lo, 0.0), self.exponent)
+        high_index = self._grid_index(np.where(has_data, hi, 0.0), self.exponent)
+        outside = has_data & ((low_index < self.first) | (high_index >= self.first + self.n_bins)
+                              | ~np.isfinite(self.lo))
+        for unit in np.flatnonzero(outside):
+            self._rebin(int(unit), float(lo[unit]), float(hi[unit]))
+        self.lo, self.hi = lo, hi
+
+        units = values.shape[1]
+        rows, cols = np.nonzero(finite)  # image b, unit c
+        bins = self._grid_index(values[rows, cols], self.exponent[cols]) - self.first[cols]
+        flat = cols * self.n_bins + bins  # [N] flat (unit, bin) cell
+        self.counts += np.bincount(flat, minlength=units * self.n_bins).reshape(units, self.n_bins)
+
+        # Reservoirs: only candidates that beat their bin's current largest kept hash matter.
+        cand_hash, cand_ord = hashes[rows], ordinals[rows]
+        kept_hash = self.sample_hashes.reshape(-1, self.reservoir)
+        kept_ord = self.sample_ordinals.reshape(-1, self.reservoir)
+        worst_hash, worst_ord = kept_hash[flat, -1], kept_ord[flat, -1]
+        better = (cand_hash < worst_hash) | ((cand_hash == worst_hash) & (cand_ord < worst_ord))
+        if not better.any():
+            return
+        touched = np.unique(flat[better])
+        local = np.searchsorted(touched, flat[better])
+        cells = np.concatenate([np.repeat(np.arange(touched.size), self.reservoir), local])
+        merged_hash, merged_ord = _smallest_per_cell(
+            cells,
+            np.concatenate([kept_hash[touched].reshape(-1), cand_hash[better]]),
+            np.concatenate([kept_ord[touched].reshape(-1), cand_ord[better]]),
+            touched.size, self.reservoir)
+        kept_hash[touched], kept_ord[touched] = merged_hash, merged_ord
+
+    # ------------------------------------------------------------------ reading
+
+    def live_ordinals(self) -> np.ndarray:
+        return np.unique(self.sample_ordinals[self.sample_ordinals != EMPTY])
+
+    def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
+        names = ("exponent", "first", "counts", "sample_hashes", "sample_ordinals", "lo", "hi", "nonfinite")
+        return {f"{prefix}{name}": getattr(self, name) for name in names}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], prefix: str) -> None:
+        for name in ("exponent", "first", "counts", "sample_hashes", "sample_ordinals", "lo", "hi", "nonfinite"):
+            setattr(self, name, state[f"{prefix}{name}"].copy())

@@ -1,0 +1,124 @@
+"""Reading, decoding and resizing images in worker processes.
+
+A torch ``DataLoader`` over a source's entries: each worker reads an entry's
+bytes, hashes them (the id's content part), decodes through
+:mod:`neuronscope.imagefiles` (bad files become a skip reason, never an
+exception) and resizes to the model's input by its preprocessing contract.
+Pixels travel between processes as uint8 ``[3, H, W]`` (4x less than float);
+normalisation happens on the model's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
+from neuronscope.mining.sources import Entry, content_sha256, image_id
+from neuronscope.models.preprocess import Preprocess
+
+
+@dataclass
+class DecodedImage:
+    """One entry after the worker: pixels or the reason it was skipped."""
+
+    ordinal: int
+    name: str
+    sha256: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) of the file, after EXIF rotation
+    pixels: torch.Tensor | None = None  # [3, H, W] uint8 at the model's input size
+    skip_reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        assert self.sha256 is not None, "a skipped entry has no id"
+        return image_id(self.name, self.sha256)
+
+
+@dataclass
+class Batch:
+    """What the loader yields: decoded images (in ordinal order) and the entries skipped."""
+
+    ordinals: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    sha256s: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    pixels: torch.Tensor | None = None  # [B, 3, H, W] uint8
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (ordinal, name, reason)
+
+    @property
+    def last_ordinal(self) -> int:
+        return max([*self.ordinals, *(ordinal for ordinal, _, _ in self.skipped)], default=-1)
+
+
+def decode_entry(entry: Entry, ordinal: int, preprocess: Preprocess, max_pixels: int) -> DecodedImage:
+    """Read, hash, decode and resize one entry (runs in a worker)."""
+    try:
+        data = entry.read()
+    except FileNotFoundError:
+        return DecodedImage(ordinal, entry.name, skip_reason="missing")
+    except OSError:
+        return DecodedImage(ordinal, entry.name, skip_reason="unreadable")
+    try:
+        image = decode_image_bytes(data, entry.name, max_pixels)
+    except SkippedFile as skipped:
+        return DecodedImage(ordinal, entry.name, skip_reason=skipped.reason)
+    size = image.size
+    pixels = np.asarray(preprocess.resize(image), dtype=np.uint8)  # [H, W, 3]
+    return DecodedImage(ordinal, entry.name, content_sha256(data), size,
+                        torch.from_numpy(pixels.copy()).permute(2, 0, 1))
+
+
+class EntryDataset(Dataset):
+    """Entries ``first..`` of a source, decoded on access (indexable, so workers keep order)."""
+
+    def __init__(self, entries: tuple[Entry, ...], preprocess: Preprocess, *, first: int = 0,
+                 max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+        self.entries = entries
+        self.preprocess = preprocess
+        self.first = first
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.first
+
+    def __getitem__(self, index: int) -> DecodedImage:
+        ordinal = self.first + index
+        return decode_entry(self.entries[ordinal], ordinal, self.preprocess, self.max_pixels)
+
+
+def collate(items: list[DecodedImage]) -> Batch:
+    """Stack the decoded images of a batch; keep the skipped ones aside."""
+    batch = Batch()
+    tensors = []
+    for item in items:
+        if item.skip_reason is not None:
+            batch.skipped.append((item.ordinal, item.name, item.skip_reason))
+            continue
+        batch.ordinals.append(item.ordinal)
+        batch.ids.append(item.id)
+        batch.sha256s.append(item.sha256)  # type: ignore[arg-type]
+        batch.sizes.append(item.size)  # type: ignore[arg-type]
+        tensors.append(item.pixels)
+    if tensors:
+        batch.pixels = torch.stack(tensors)
+    return batch
+
+
+def iter_batches(entries: tuple[Entry, ...], preprocess: Preprocess, *, batch_size: int, workers: int,
+                 first: int = 0, max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[Batch]:
+    """Batches of entries ``first..`` in ordinal order, decoded by ``workers`` processes (0: in this one).
+
+    Each batch covers ``batch_size`` consecutive entries, so a skipped file makes
+    its batch smaller rather than shifting the rest.
+    """
+    dataset = EntryDataset(entries, preprocess, first=first, max_pixels=max_pixels)
+    if len(dataset) <= 0:
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    yield from loader

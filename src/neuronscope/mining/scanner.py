@@ -1,0 +1,335 @@
+"""The streaming scan: every unit of one or more layers, one forward per batch, resumable.
+
+    outcome = scan(model, open_source("photos/"), atlas, ["neurons"])
+
+How a scan runs:
+
+1. The source is listed (names and sizes); each entry's position is its
+   ordinal. The run's config (model, weights, layers, source fingerprint, k,
+   bins, seed, precision) is hashed into a key: the same command gives the
+   same key, whatever ``batch_size`` or ``workers``.
+2. If the atlas has an unfinished run with that key and its checkpoint, the
+   scan restores the checkpoint and continues at the next entry (a batch
+   boundary); otherwise it starts afresh.
+3. Workers decode batches of consecutive entries; files already seen (same
+   content) are skipped as ``duplicate``; one forward records every layer;
+   each layer's :class:`LayerAccumulator` merges the batch.
+4. Every ``checkpoint_every`` entries the whole state (a few arrays, bounded
+   by units x k) is written atomically into the atlas.
+5. At the end, thumbnails of the top examples are drawn and everything is
+   written to the catalogue in one transaction; the checkpoint is removed.
+
+The streaming statistics do not depend on batch size, order or resume
+points (see :mod:`neuronscope.mining.topk` and
+:mod:`neuronscope.mining.histogram`), so a killed and resumed scan ends
+identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from neuronscope.activations.names import aliases_by_layer, resolve_layers
+from neuronscope.activations.recorder import Recorder
+from neuronscope.atlas.store import Atlas
+from neuronscope.atlas.thumbnails import marked_thumbnail, thumbnail_name
+from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
+from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
+from neuronscope.mining.histogram import sample_hash
+from neuronscope.mining.loader import Batch, decode_entry, iter_batches
+from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
+from neuronscope.mining.sources import ImageSource
+from neuronscope.mining.topk import EMPTY
+from neuronscope.models.loaded import LoadedModel
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """Reported after every batch: entries done (scanned + skipped) of ``total``, since ``resumed_from``."""
+
+    done: int
+    total: int
+    images: int
+    skipped: int
+    resumed_from: int
+    seconds: float
+
+
+ProgressHook = Callable[[ScanProgress], None]
+
+
+def _content_key(sha256: str) -> int:
+    """64 bits of a sha256, enough to recognise a file seen before (collisions: ~1 in 10^19 per pair)."""
+    return int(sha256[:16], 16)
+
+
+class _ScanState:
+    """Everything a scan carries between batches, and its checkpoint form."""
+
+    def __init__(self, accumulators: dict[str, LayerAccumulator]) -> None:
+        self.accumulators = accumulators
+        self.next_ordinal = 0
+        self.images = 0
+        self.skipped: Counter[str] = Counter()
+        self.seen: set[int] = set()  # content keys, for duplicates
+        self.records: dict[int, ImageRecord] = {}  # ordinal -> image, for ordinals some unit still holds
+
+    def prune_records(self) -> None:
+        """Forget images no unit holds any more (keeps memory bounded by units x k)."""
+        live: set[int] = set()
+        for accumulator in self.accumulators.values():
+            live.update(int(o) for o in accumulator.live_ordinals())
+        self.records = {ordinal: record for ordinal, record in self.records.items() if ordinal in live}
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        self.prune_records()
+        arrays: dict[str, np.ndarray] = {}
+        for index, accumulator in enumerate(self.accumulators.values()):
+            arrays.update({f"L{index}.{name}": value for name, value in accumulator.state_dict().items()})
+        ordinals = sorted(self.records)
+        records = [self.records[o] for o in ordinals]
+        arrays["records.ordinal"] = np.array(ordinals, np.int64)
+        arrays["records.json"] = np.array(json.dumps([asdict(r) for r in records]))
+        arrays["seen"] = np.array(sorted(self.seen), np.uint64)
+        meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped)}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        for index, accumulator in enumerate(self.accumulators.values()):
+            prefix = f"L{index}."
+            accumulator.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        records = [ImageRecord(**r) for r in json.loads(str(arrays["records.json"]))]
+        self.records = dict(zip((int(o) for o in arrays["records.ordinal"]), records))
+        self.seen = {int(key) for key in arrays["seen"]}
+        self.next_ordinal, self.images = int(meta["next_ordinal"]), int(meta["images"])
+        self.skipped = Counter(meta["skipped"])
+
+
+def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, settings: ScanSettings,
+                max_pixels: int) -> tuple[dict, str]:
+    """The options that change a scan's results, and their key (batch size and workers do not)."""
+    config = {
+        "model": model.key,
+        "weights_sha256": model.weights_sha256,
+        "layers": list(layers),
+        "dataset": {"kind": source.kind, "name": source.name, "entries": len(source),
+                    "fingerprint": source.fingerprint()},
+        "settings": asdict(settings),
+        "precision": model.precision.name,
+        "max_pixels": max_pixels,
+    }
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+    return config, key
+
+
+def _layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, tuple[int, tuple[int, int]]]:
+    """Units and grid of every layer, from one dummy forward at the model's input size."""
+    height, width = model.preprocess.image_size
+    with torch.no_grad():
+        acts = recorder.run(torch.zeros(1, 3, height, width))
+    shapes = {}
+    for name, tensor in acts.items():
+        values, _, _ = reduce_batch(tensor, model.token_grid)
+        if tensor.ndim == 4:
+            grid = (tensor.shape[2], tensor.shape[3])
+        elif tensor.ndim == 3:
+            grid = model.token_grid or (1, 1)
+        else:
+            grid = (1, 1)
+        shapes[name] = (values.shape[1], (int(grid[0]), int(grid[1])))
+    return shapes
+
+
+def scan(
+    model: LoadedModel,
+    source: ImageSource,
+    atlas: Atlas,
+    layers: str | Sequence[str],
+    *,
+    settings: ScanSettings = ScanSettings(),
+    batch_size: int = 32,
+    workers: int = 0,
+    checkpoint_every: int = 2048,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+    thumbnails: bool = True,
+    command: str = "scan",
+    on_batch: ProgressHook | None = None,
+) -> ScanOutcome:
+    """Scan ``source`` through ``model`` and store every unit of ``layers`` in ``atlas``.
+
+    Args:
+        layers: names, aliases or wildcards; all are recorded in one forward per batch.
+        settings: top/bottom k, histogram bins, reservoir size, seed.
+        batch_size: images per forward (results do not depend on it).
+        workers: decoding processes (0: decode in this process).
+        checkpoint_every: entries between checkpoints (state saved atomically in the atlas).
+        max_pixels: larger images (by their header) are skipped as ``too_many_pixels``.
+        thumbnails: draw the top examples' thumbnails with the firing cell marked.
+        command: recorded in the run (the CLI passes its command line).
+        on_batch: called after every batch (progress bars; tests raise in it to simulate a kill).
+
+    Returns:
+        A :class:`ScanOutcome`; the results are in ``atlas`` (``Atlas.unit``).
+    """
+    started = time.perf_counter()
+    canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
+    aliases = aliases_by_layer(model.layer_aliases)
+    config, config_key = scan_config(model, canonical, source, settings, max_pixels)
+
+    with Recorder(model, canonical, early_stop=True) as recorder:
+        shapes = _layer_shapes(recorder, model)
+        state = _ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
+        run_id = _start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
+        resumed_from = state.next_ordinal
+        try:
+            _scan_batches(model, recorder, source, atlas, state, config_key, run_id, settings.seed,
+                          batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
+                          max_pixels=max_pixels, started=started, resumed_from=resumed_from, on_batch=on_batch)
+        except BaseException:
+            atlas.set_run_status(run_id, "interrupted")
+            raise
+
+    state.prune_records()
+    layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, settings.seed)
+                   for name, accumulator in state.accumulators.items()]
+    thumbs = _draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels) if thumbnails else {}
+    image_records = {record.id: record for record in state.records.values()}
+    skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
+    atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
+    atlas.drop_checkpoint(config_key)
+    return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
+                       seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
+
+
+def _start_or_resume(atlas: Atlas, state: _ScanState, config: dict, config_key: str, command: str,
+                     model: LoadedModel, canonical: list[str], aliases: dict[str, list[str]]) -> int:
+    """The run to write into: a killed run of the same config (restoring its checkpoint), or a new one."""
+    run_id = atlas.unfinished_run(config_key)
+    checkpoint = atlas.load_checkpoint(config_key)
+    if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id:
+        state.load_state_dict(*checkpoint)
+        atlas.set_run_status(run_id, "running")
+        return run_id
+    atlas.drop_checkpoint(config_key)  # stale: from a run that finished or was never recorded
+    if run_id is not None:
+        atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
+        return run_id
+    return atlas.start_run(
+        command=command, config=config, config_key=config_key, model=model.key,
+        weights_sha256=model.weights_sha256,
+        layers=[{"layer": name, "aliases": aliases.get(name, [])} for name in canonical],
+        dataset=config["dataset"], precision=model.precision.name)
+
+
+def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, atlas: Atlas, state: _ScanState,
+                  config_key: str, run_id: int, seed: int, *, batch_size: int, workers: int, checkpoint_every: int,
+                  max_pixels: int, started: float, resumed_from: int, on_batch: ProgressHook | None) -> None:
+    since_checkpoint = 0
+
+    def checkpoint() -> None:
+        arrays, meta = state.state_dict()
+        atlas.save_checkpoint(config_key, arrays, {**meta, "run_id": run_id})
+
+    batches = iter_batches(source.entries, model.preprocess, batch_size=batch_size, workers=workers,
+                           first=state.next_ordinal, max_pixels=max_pixels)
+    for batch in batches:
+        _scan_one(model, recorder, source, state, batch, seed)
+        since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
+        state.next_ordinal = batch.last_ordinal + 1
+        if since_checkpoint >= checkpoint_every or state.next_ordinal == len(source):
+            checkpoint()
+            since_checkpoint = 0
+        if on_batch is not None:
+            on_batch(ScanProgress(state.next_ordinal, len(source), state.images, sum(state.skipped.values()),
+                                  resumed_from, time.perf_counter() - started))
+
+
+def _scan_one(model: LoadedModel, recorder: Recorder, source: ImageSource, state: _ScanState, batch: Batch,
+              seed: int) -> None:
+    """Count the batch's skipped files, drop duplicates, run one forward and merge every layer."""
+    for _ordinal, _name, reason in batch.skipped:
+        state.skipped[reason] += 1
+    keep = []
+    for position, sha256 in enumerate(batch.sha256s):
+        key = _content_key(sha256)
+        if key in state.seen:
+            state.skipped["duplicate"] += 1
+            continue
+        state.seen.add(key)
+        keep.append(position)
+    if not keep:
+        return
+    ordinals = np.array([batch.ordinals[p] for p in keep], np.int64)
+    ids = [batch.ids[p] for p in keep]
+    hashes = np.array([sample_hash(image_id, seed) for image_id in ids], np.int64)
+    pixels = batch.pixels[keep].to(model.device).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
+    with torch.no_grad():
+        acts = recorder.run(model.preprocess.normalize(pixels))
+    for name, accumulator in state.accumulators.items():
+        values, cells, map_means = reduce_batch(acts[name], model.token_grid)
+        accumulator.update(values, cells, map_means, ordinals, hashes)
+    for position, ordinal in zip(keep, ordinals):
+        width, height = batch.sizes[position]
+        state.records[int(ordinal)] = ImageRecord(batch.ids[position], source.name, source.entries[ordinal].name,
+                                                  batch.sha256s[position], int(width), int(height))
+    state.images += len(keep)
+    if len(state.records) > 4 * sum(a.units * (a.settings.top_k + a.settings.bottom_k)
+                                    for a in state.accumulators.values()) + 4096:
+        state.prune_records()
+
+
+def _ids(ordinals: np.ndarray, records: dict[int, ImageRecord]) -> np.ndarray:
+    """Ordinals -> image ids (None for EMPTY slots), same shape, dtype object."""
+    flat = [None if o == EMPTY else records[int(o)].id for o in ordinals.reshape(-1)]
+    return np.array(flat, dtype=object).reshape(ordinals.shape)
+
+
+def _layer_scan(model_key: str, layer: str, aliases: list[str], accumulator: LayerAccumulator,
+                records: dict[int, ImageRecord], seed: int) -> LayerScan:
+    moments, histogram = accumulator.moments, accumulator.histogram
+    return LayerScan(
+        model=model_key, layer=layer, aliases=aliases, units=accumulator.units, grid=accumulator.grid,
+        count=moments.count, mean=moments.mean.copy(), std=moments.std, max=moments.max.copy(),
+        min=moments.min.copy(), map_mean=moments.map_mean,
+        top=Examples(_ids(accumulator.top.ordinals, records), accumulator.top.values.copy(),
+                     accumulator.top.cells.copy()),
+        bottom=Examples(_ids(accumulator.bottom.ordinals, records), accumulator.bottom.values.copy(),
+                        accumulator.bottom.cells.copy()),
+        histogram=HistogramArrays(histogram.exponent.copy(), histogram.first.copy(), histogram.counts.copy(),
+                                  _ids(histogram.sample_ordinals, records), histogram.nonfinite.copy(), seed),
+    )
+
+
+def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, layer_scans: list[LayerScan],
+                     records: dict[int, ImageRecord], max_pixels: int) -> dict[tuple, str]:
+    """One marked PNG per (image, grid, cell) among the top examples; returns their atlas paths."""
+    ordinal_of = {record.id: ordinal for ordinal, record in records.items()}
+    wanted: dict[int, set[tuple[int, int, int, int]]] = {}
+    for layer_scan in layer_scans:
+        rows, cols = layer_scan.grid
+        for unit_ids, unit_cells in zip(layer_scan.top.ids, layer_scan.top.cells):
+            for image_id, (row, col) in zip(unit_ids, unit_cells):
+                if image_id is not None:
+                    wanted.setdefault(ordinal_of[image_id], set()).add((rows, cols, int(row), int(col)))
+    thumbs: dict[tuple, str] = {}
+    for ordinal, cells in sorted(wanted.items()):
+        record = records[ordinal]
+        missing = [cell for cell in cells if not atlas.thumbnail_path(
+            thumbnail_name(record.sha256, cell[:2], cell[2:])).is_file()]
+        decoded = decode_entry(source.entries[ordinal], ordinal, model.preprocess, max_pixels) if missing else None
+        for cell in cells:
+            name = thumbnail_name(record.sha256, cell[:2], cell[2:])
+            if cell in missing and decoded is not None and decoded.pixels is not None:
+                image = marked_thumbnail(decoded.pixels.permute(1, 2, 0).numpy(), cell[2:], cell[:2])
+                atlas.save_thumbnail(name, image)
+            if atlas.thumbnail_path(name).is_file():
+                thumbs[(record.sha256, *cell)] = f"thumbs/{name}"
+    return thumbs

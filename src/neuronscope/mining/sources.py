@@ -1,0 +1,152 @@
+"""Image sources: a folder (recursive), a tar shard, or a text file of paths.
+
+A source is listed once, up front, into :class:`Entry` s in a fixed order
+(sorted by their path relative to the source). An entry's position in that
+list is its *ordinal*: the scanner breaks activation ties by ordinal, which is
+the order of the relative paths, i.e. of the image ids (``relpath#sha12``).
+Listing is cheap (names and sizes only); reading and decoding happen in the
+loader's worker processes.
+
+Image ids never hold absolute paths (they would leak into static exports):
+they are the path relative to the source plus 12 hex of the content's sha256,
+``cats/001.png#3fa2c1d09e4b``; a tar member is ``SHARD.tar::member#...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.imagefiles import IMAGE_SUFFIXES
+
+#: Hex digits of the content sha256 kept in an image id.
+ID_HASH_CHARS = 12
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One candidate image of a source, before it is read.
+
+    Attributes:
+        name: the path relative to the source (``SHARD.tar::member`` for tar members).
+        path: the file to read (absolute; never stored in the atlas).
+        offset, size: for tar members, where the member's bytes are in ``path``;
+            ``offset`` is None for plain files.
+    """
+
+    name: str
+    path: str
+    offset: int | None = None
+    size: int | None = None
+
+    def read(self) -> bytes:
+        """The entry's bytes (raises OSError / FileNotFoundError for the loader to classify)."""
+        with open(self.path, "rb") as handle:
+            if self.offset is None:
+                return handle.read()
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+
+def image_id(name: str, sha256_hex: str) -> str:
+    """The atlas id of an image: ``relpath#<12 hex of its sha256>``."""
+    return f"{name}#{sha256_hex[:ID_HASH_CHARS]}"
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A listed source: its kind, a display name (no absolute path) and its entries in ordinal order."""
+
+    kind: str  # folder | tar | list
+    name: str
+    root: str
+    entries: tuple[Entry, ...]
+
+    def fingerprint(self) -> str:
+        """A hash of the listing (names and sizes): a resumed scan checks the source did not change."""
+        digest = hashlib.sha256(self.kind.encode())
+        for entry in self.entries:
+            digest.update(f"\0{entry.name}\0{entry.size}".encode())
+        return digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _has_image_suffix(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_folder(root: Path) -> ImageSource:
+    """Every file with an image suffix under ``root`` (recursive), sorted by relative path.
+
+    Broken links are kept (they are counted as ``missing`` when read).
+    """
+    entries = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for filename in filenames:
+            if not _has_image_suffix(filename):
+                continue
+            path = Path(dirpath) / filename
+            size = path.stat().st_size if path.exists() else None
+            entries.append(Entry(path.relative_to(root).as_posix(), str(path), None, size))
+    entries.sort(key=lambda entry: entry.name)
+    return ImageSource("folder", root.name, str(root), tuple(entries))
+
+
+def list_tar(shard: Path) -> ImageSource:
+    """The image members of an uncompressed tar shard, sorted by member name.
+
+    Members are read by offset, so workers never reopen the tar index.
+    """
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and _has_image_suffix(m.name)]
+    except tarfile.ReadError as error:
+        raise NeuronscopeError(f"{shard} is not an uncompressed tar shard ({error}); "
+                               f"unpack it or give a folder") from None
+    entries = [Entry(f"{shard.name}::{m.name}", str(shard), m.offset_data, m.size) for m in members]
+    entries.sort(key=lambda entry: entry.name)
+    return ImageSource("tar", shard.name, str(shard), tuple(entries))
+
+
+def list_paths_file(listing: Path) -> ImageSource:
+    """A text file with one image path a line (``#`` comments, blanks ignored).
+
+    Relative paths are read relative to the list's folder; names in ids are
+    relative to it too (``../`` where a path lies outside it).
+    """
+    base = listing.parent.resolve()
+    entries = {}
+    for line in listing.read_text().splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        path = Path(text) if Path(text).is_absolute() else base / text
+        name = Path(os.path.relpath(path, base)).as_posix()
+        size = path.stat().st_size if path.exists() else None
+        entries[name] = Entry(name, str(path), None, size)  # a path listed twice is one entry
+    return ImageSource("list", listing.name, str(base), tuple(sorted(entries.values(), key=lambda e: e.name)))
+
+
+def open_source(source: str | os.PathLike) -> ImageSource:
+    """List a folder, a ``.tar`` shard or a text file of paths (``.txt``/``.lst``)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return list_folder(path.resolve())
+    if not path.is_file():
+        raise NeuronscopeError(f"--images {source}: no such folder or file (give a folder, a .tar shard "
+                               f"or a text file of paths)")
+    if path.suffix.lower() == ".tar":
+        return list_tar(path.resolve())
+    if path.suffix.lower() in (".txt", ".lst", ".list"):
+        return list_paths_file(path.resolve())
+    raise NeuronscopeError(f"--images {source}: not a folder, a .tar shard or a .txt list of paths")

@@ -1,0 +1,133 @@
+"""The streaming statistics equal brute force over all stored activations, whatever the batching and order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuronscope.activations import Recorder, spatial_max
+from neuronscope.mining import LayerAccumulator, ScanSettings, reduce_batch, sample_hash
+from neuronscope.mining.histogram import MIN_EXPONENT
+from neuronscope.mining.topk import EMPTY
+
+SETTINGS = ScanSettings(top_k=6, bottom_k=4, n_bins=16, reservoir=3, seed=5)
+
+
+def accumulate(values, cells, map_means, *, batch_size: int, order: np.ndarray, grid=(3, 5)) -> LayerAccumulator:
+    """Feed per-image values [N, C] in ``order``, ``batch_size`` at a time."""
+    ordinals = np.arange(len(values), dtype=np.int64)
+    hashes = np.array([sample_hash(f"img{i:03d}", SETTINGS.seed) for i in ordinals], np.int64)
+    accumulator = LayerAccumulator(values.shape[1], grid, SETTINGS)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        accumulator.update(values[chosen], cells[chosen], map_means[chosen], ordinals[chosen], hashes[chosen])
+    return accumulator
+
+
+def brute_histogram(column: np.ndarray, n_bins: int) -> tuple[int, int, np.ndarray]:
+    """The smallest dyadic exponent whose grid holds the values in n_bins bins, its first bin, the counts."""
+    exponent = MIN_EXPONENT
+    while True:
+        index = np.floor(column.astype(np.float64) * 2.0 ** -exponent).astype(np.int64)
+        if index.max() - index.min() + 1 <= n_bins:
+            return exponent, int(index.min()), np.bincount(index - index.min(), minlength=n_bins)
+        exponent += 1
+
+
+@pytest.fixture(scope="module")
+def synthetic_maps():
+    """Non-square maps [N, C, 3, 5] with units of very different scales, ties and a constant unit."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(60, 6, 3, 5, generator=generator) * torch.tensor([1.0, 30.0, 1e-3, 1.0, 1.0, 0.0]).view(1, 6, 1, 1)
+    maps[:, 3] = maps[:, 3].round()  # many ties
+    maps[:, 4] = torch.relu(maps[:, 4]) - 0.5  # negative values
+    return maps
+
+
+def test_streaming_equals_brute_force_on_non_square_maps(synthetic_maps):
+    values, cells, map_means = reduce_batch(synthetic_maps)
+    accumulator = accumulate(values, cells, map_means, batch_size=7, order=np.arange(len(values)))
+    ordinals = np.arange(len(values))
+    hashes = np.array([sample_hash(f"img{i:03d}", SETTINGS.seed) for i in ordinals])
+    flat = synthetic_maps.flatten(2)  # [N, C, 15]
+    for unit in range(values.shape[1]):
+        column = flat[:, unit].max(dim=1).values.numpy()
+        best = np.lexsort((ordinals, -column))[:SETTINGS.top_k]  # ties by id (= ordinal)
+        assert accumulator.top.ordinals[unit].tolist() == best.tolist()
+        np.testing.assert_array_equal(accumulator.top.values[unit], column[best])
+        argmax = flat[best, unit].argmax(dim=1).numpy()  # first max in row-major order
+        np.testing.assert_array_equal(accumulator.top.cells[unit], np.stack([argmax // 5, argmax % 5], axis=1))
+        worst = np.lexsort((ordinals, column))[:SETTINGS.bottom_k]
+        assert accumulator.bottom.ordinals[unit].tolist() == worst.tolist()
+
+        assert accumulator.moments.mean[unit] == pytest.approx(column.astype(np.float64).mean(), rel=1e-9, abs=1e-12)
+        assert accumulator.moments.std[unit] == pytest.approx(column.astype(np.float64).std(), rel=1e-9, abs=1e-12)
+        assert accumulator.moments.max[unit] == column.max() and accumulator.moments.min[unit] == column.min()
+        assert accumulator.moments.map_mean[unit] == pytest.approx(synthetic_maps[:, unit].double().mean().item(),
+                                                                   rel=1e-6, abs=1e-9)
+
+        exponent, first, counts = brute_histogram(column, SETTINGS.n_bins)
+        histogram = accumulator.histogram
+        assert (histogram.exponent[unit], histogram.first[unit]) == (exponent, first)
+        np.testing.assert_array_equal(histogram.counts[unit], counts)
+        index = np.floor(column.astype(np.float64) * 2.0 ** -exponent).astype(np.int64) - first
+        for bin_index in range(SETTINGS.n_bins):
+            members = np.flatnonzero(index == bin_index)
+            expected = members[np.lexsort((members, hashes[members]))][:SETTINGS.reservoir]
+            kept = histogram.sample_ordinals[unit, bin_index]
+            assert kept[kept != EMPTY].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(("batch_size", "seed"), [(1, 1), (13, 2), (60, 3)])
+def test_batch_size_and_order_do_not_change_anything(synthetic_maps, batch_size, seed):
+    values, cells, map_means = reduce_batch(synthetic_maps)
+    reference = accumulate(values, cells, map_means, batch_size=7, order=np.arange(len(values))).state_dict()
+    shuffled = np.random.default_rng(seed).permutation(len(values))
+    other = accumulate(values, cells, map_means, batch_size=batch_size, order=shuffled).state_dict()
+    assert reference.keys() == other.keys()
+    for name, array in reference.items():
+        if array.dtype.kind == "f":
+            np.testing.assert_allclose(other[name], array, rtol=1e-12, atol=1e-15, err_msg=name)
+        else:
+            np.testing.assert_array_equal(other[name], array, err_msg=name)
+
+
+def test_state_dict_round_trip_resumes_exactly(synthetic_maps):
+    values, cells, map_means = reduce_batch(synthetic_maps)
+    whole = accumulate(values, cells, map_means, batch_size=10, order=np.arange(60))
+    first_half = accumulate(values, cells, map_means, batch_size=10, order=np.arange(30))
+    resumed = LayerAccumulator(values.shape[1], (3, 5), SETTINGS)
+    resumed.load_state_dict(first_half.state_dict())
+    rest = np.arange(30, 60)
+    hashes = np.array([sample_hash(f"img{i:03d}", SETTINGS.seed) for i in rest], np.int64)
+    resumed.update(values[rest], cells[rest], map_means[rest], rest.astype(np.int64), hashes)
+    for name, array in whole.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[name], array, rtol=1e-12, err_msg=name)
+
+
+def test_tiny_rn_non_square_input_cells_match_spatial_max(tiny_rn):
+    """Non-square inputs reach layer4 of a ResNet: 64x96 pixels give 2x3 maps."""
+    pixels = torch.randn(10, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with Recorder(tiny_rn, "neurons", early_stop=True) as recorder:
+        maps = recorder.run(pixels)["visual.layer4.1.act3:input"]
+    assert maps.shape[2:] == (2, 3)
+    values, cells, map_means = reduce_batch(maps)
+    expected_values, expected_cells = spatial_max(maps)
+    np.testing.assert_array_equal(values, expected_values.numpy())
+    np.testing.assert_array_equal(cells, expected_cells.numpy())
+    accumulator = accumulate(values, cells, map_means, batch_size=3, order=np.arange(10)[::-1].copy(), grid=(2, 3))
+    for unit in range(0, values.shape[1], 37):
+        best = np.lexsort((np.arange(10), -values[:, unit]))[:SETTINGS.top_k]
+        assert accumulator.top.ordinals[unit].tolist() == best.tolist()
+        np.testing.assert_array_equal(accumulator.top.cells[unit], expected_cells[best, unit].numpy())
+
+
+def test_vit_tokens_reduce_on_the_patch_grid(tiny_vit):
+    with Recorder(tiny_vit, "neurons", early_stop=True) as recorder:
+        tokens = next(iter(recorder.run(torch.randn(2, 3, 64, 64)).values()))  # [B, 17, D]
+    values, cells, map_means = reduce_batch(tokens, tiny_vit.token_grid)
+    patches = tokens[:, 1:, :]  # the class token is not a place
+    np.testing.assert_allclose(values, patches.max(dim=1).values.numpy())
+    flat = patches.argmax(dim=1).numpy()
+    np.testing.assert_array_equal(cells[..., 0] * 4 + cells[..., 1], flat)
