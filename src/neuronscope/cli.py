@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "neuronscope.commands.layers",
     "neuronscope.commands.demo",
     "neuronscope.commands.zeroshot",
+    "neuronscope.commands.scan",
+    "neuronscope.commands.show",
 )
 
 app = typer.Typer(

@@ -1,0 +1,142 @@
+"""``neuronscope scan``: dataset examples, histograms and stats of every unit of some layers, into an atlas."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.activations.names import split_layer_list
+from neuronscope.atlas import Atlas
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    WeightsOpt,
+    cli_command,
+    print_json,
+)
+from neuronscope.errors import NeuronscopeError
+from neuronscope.imagefiles import PILLOW_MAX_PIXELS
+from neuronscope.mining import ScanProgress, ScanSettings, open_source, scan as run_scan
+from neuronscope.models import load_model
+from neuronscope.runtime import seed_everything
+
+
+class ProgressReport:
+    """Images/s and ETA on stderr: a rich bar on a terminal, a plain line every few seconds elsewhere."""
+
+    def __init__(self, total: int, *, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.every_s = every_s
+        self.last_line = 0.0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("scan"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("scan", total=total, rate="-")
+            self.bar.start()
+
+    def __call__(self, progress: ScanProgress) -> None:
+        if self.quiet:
+            return
+        done_here = progress.done - progress.resumed_from
+        rate = done_here / progress.seconds if progress.seconds > 0 else 0.0
+        if self.bar is not None:
+            self.bar.update(self.task, completed=progress.done, rate=f"{rate:.1f}")
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s or progress.done == progress.total:
+            self.last_line = now
+            eta = (progress.total - progress.done) / rate if rate > 0 else float("nan")
+            typer.echo(f"scan {progress.done}/{progress.total} files, {progress.images} images, "
+                       f"{progress.skipped} skipped, {rate:.1f} files/s, ETA {eta:.0f} s", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _command_line(model_key: str, layers: str, source_name: str, out: str, top_k: int, precision: str, seed: int,
+                  max_pixels: int) -> str:
+    """The command as recorded in the run: the options that matter, the source by name (no absolute paths)."""
+    parts = ["neuronscope", "scan", "--model", model_key, "--layers", layers, "--images", source_name,
+             "--out", Path(out).name, "--top-k", str(top_k), "--precision", precision, "--seed", str(seed)]
+    if max_pixels != PILLOW_MAX_PIXELS:
+        parts += ["--max-pixels", str(max_pixels)]
+    return shlex.join(parts)
+
+
+def scan(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Layers: names, aliases (neurons) or wildcards, "
+                                                                "comma-separated; all in one forward.")] = "neurons",
+    images: Annotated[str, typer.Option("--images", "-i", help="A folder (recursive), a .tar shard or a .txt "
+                                                                "list of paths.")] = "",
+    out: Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")] = "",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Top (and bottom) examples kept per unit.")] = 48,
+    batch_size: BatchSizeOpt = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: in the main one).")] = 2,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1,
+                                                  help="Files between checkpoints.")] = 2048,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1,
+                                            help="Skip larger images (read from the header).")] = PILLOW_MAX_PIXELS,
+    thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",
+                                             help="Draw top-example thumbnails.")] = True,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Scan images through a model: per unit the top-k images (with the cell that fired), bottom-k, stats
+    and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes."""
+    if not images or not out:
+        raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
+    if model is None:
+        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    seed_everything(seed)
+    source = open_source(images)
+    if len(source) == 0:
+        raise NeuronscopeError(f"--images {images}: no image files found (looked for .jpg .png .webp .gif .bmp .tif)")
+    loaded = load_model(model, weights=weights, device=device, precision=precision)
+    report = ProgressReport(len(source), quiet=json_out and not sys.stderr.isatty())
+    settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
+    try:
+        with Atlas(out) as atlas:
+            outcome = run_scan(loaded, source, atlas, split_layer_list(layers), settings=settings,
+                               batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
+                               max_pixels=max_pixels, thumbnails=thumbnails,
+                               command=_command_line(loaded.key, layers, source.name, out, top_k, precision,
+                                                     seed, max_pixels), on_batch=report)
+    finally:
+        report.close()
+    units = sum(layer.units for layer in outcome.layers)
+    if json_out:
+        print_json({"atlas": out, "run_id": outcome.run_id, "model": outcome.model,
+                    "layers": [layer.layer for layer in outcome.layers], "units": units,
+                    "seconds": round(outcome.seconds, 3), "skipped": outcome.skipped})
+        return
+    resumed = f" (resumed at file {outcome.resumed_from})" if outcome.resumed_from else ""
+    skipped = ", ".join(f"{reason} {count}" for reason, count in outcome.skipped.items() if count) or "none"
+    typer.echo(f"{outcome.model}: scanned {outcome.images} images{resumed} into {out} (run {outcome.run_id}), "
+               f"{units} units of {', '.join(layer.layer for layer in outcome.layers)} "
+               f"in {outcome.seconds:.1f} s; skipped: {skipped}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scan")(cli_command(scan))

@@ -1,0 +1,75 @@
+"""``neuronscope show`` and ``neuronscope label``: read a unit from an atlas, or label it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from neuronscope.atlas import Atlas
+from neuronscope.commands.common import DebugOpt, JsonOpt, ModelOpt, cli_command, print_json
+from neuronscope.runtime import parse_units
+
+AtlasArg = Annotated[str, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
+LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
+
+
+def show(
+    atlas: AtlasArg,
+    layer: LayerOpt = "neurons",
+    unit: Annotated[str, typer.Option("--unit", "-u", help="Unit(s): 7, 0-3,9 or all.")] = "0",
+    model: ModelOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Examples printed per unit (text output).")] = 8,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show units of an atlas: top examples with the firing cell, stats, label, words.
+
+    With --json: the unit's object (see CONVENTIONS.md); for a list of units, a list of objects."""
+    with Atlas(atlas, create=False) as store:
+        model_key = store.resolve_model(model)
+        entry = store.resolve_layer(model_key, layer)
+        records = [store.unit(model_key, entry["layer"], index) for index in parse_units(unit, entry["units"])]
+    if json_out:
+        # One unit asked (``--unit 7``): its object, the web API's shape; a list or range: a list of them.
+        print_json(records[0] if unit.strip().isdigit() else records)
+        return
+    for record in records:
+        stats = record["stats"] or {}
+        label = f'  "{record["label"]}"' if record["label"] else ""
+        typer.echo(f"{record['model']} {record['layer']} unit {record['unit']}{label}")
+        if stats:
+            typer.echo(f"  mean {stats['mean']:.4g}  std {stats['std']:.4g}  min {stats['min']:.4g}  "
+                       f"max {stats['max']:.4g}  over {stats['count']} images")
+        for example in record["top"][:top]:
+            typer.echo(f"  {example['activation']:10.4f}  cell {tuple(example['cell'])}  {example['image']}")
+        if record["words"]:
+            typer.echo("  words: " + ", ".join(w["word"] for w in record["words"][:top]))
+
+
+def label(
+    atlas: AtlasArg,
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The label, e.g. \"cat (drawn or written)\".")],
+    layer: LayerOpt = "neurons",
+    unit: Annotated[int, typer.Option("--unit", "-u", min=0, help="The unit to label.")] = 0,
+    model: ModelOpt = None,
+    source: Annotated[str, typer.Option("--source", help="Who wrote the label.")] = "user",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Set a unit's label in an atlas (replaces the previous one)."""
+    with Atlas(atlas, create=False) as store:
+        model_key = store.resolve_model(model)
+        entry = store.resolve_layer(model_key, layer)
+        store.unit(model_key, entry["layer"], unit)  # checks the unit exists, with a clear error
+        store.set_label(model_key, entry["layer"], unit, text, source=source)
+    if json_out:
+        print_json({"model": model_key, "layer": entry["layer"], "unit": unit, "label": text.strip(),
+                    "source": source})
+    else:
+        typer.echo(f"{model_key} {entry['layer']} unit {unit}: \"{text.strip()}\"")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("show")(cli_command(show))
+    app.command("label")(cli_command(label))

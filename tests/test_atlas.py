@@ -1,0 +1,149 @@
+"""The atlas store: schema and migrations, transactions, labels, and the scan / show / label commands."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from neuronscope.atlas import SCHEMA_VERSION, Atlas, AtlasError, ensure_schema, schema_version
+from neuronscope.cli import app
+from neuronscope.errors import NeuronscopeError
+from neuronscope.mining import ScanSettings, open_source, scan
+from tests.test_scan import make_images
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def scanned(tiny_rn, tmp_path):
+    """A small atlas: tiny-rn's `neurons` over 12 images, k = 4."""
+    make_images(tmp_path / "images", count=12)
+    with Atlas(tmp_path / "atlas") as atlas:
+        scan(tiny_rn, open_source(tmp_path / "images"), atlas, ["neurons"],
+             settings=ScanSettings(top_k=4, bottom_k=4), batch_size=6, thumbnails=False)
+    return tmp_path / "atlas"
+
+
+def test_new_atlas_has_schema_version_wal_and_every_table(tmp_path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert schema_version(atlas.db) == SCHEMA_VERSION
+        assert atlas.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {row[0] for row in atlas.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables >= {"meta", "runs", "images", "layers", "units", "examples", "histograms", "labels", "words",
+                      "texts", "featurevis", "families"}
+
+
+def test_migrations_run_in_order_and_newer_atlases_are_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / "atlas.sqlite", isolation_level=None)
+    assert ensure_schema(db) == 0
+    steps = []
+
+    def add_scores(connection):
+        steps.append(1)
+        connection.execute("ALTER TABLE units ADD COLUMN multimodality REAL")
+
+    assert ensure_schema(db, migrations={1: add_scores}, target=2) == 1
+    assert steps == [1] and schema_version(db) == 2
+    assert "multimodality" in [row[1] for row in db.execute("PRAGMA table_info(units)")]
+    with pytest.raises(NeuronscopeError, match="upgrade neuronscope"):
+        ensure_schema(db)  # version 2 > this code's 1
+
+    def broken(connection):
+        connection.execute("ALTER TABLE units ADD COLUMN half_done REAL")
+        raise RuntimeError("migration failed")
+
+    with pytest.raises(RuntimeError):
+        ensure_schema(db, migrations={2: broken}, target=3)
+    assert schema_version(db) == 2  # rolled back, column included
+    assert "half_done" not in [row[1] for row in db.execute("PRAGMA table_info(units)")]
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(ValueError), atlas.transaction() as db:
+            db.execute("INSERT INTO labels VALUES ('m', 'l', 0, 'x', 'user', 'now')")
+            raise ValueError
+        assert atlas.db.execute("SELECT count(*) FROM labels").fetchone()[0] == 0
+
+
+def test_unit_record_shape_label_and_errors(scanned):
+    with Atlas(scanned, create=False) as atlas:
+        atlas.set_label("tiny-rn@random", "visual.layer4.1.act3:input", 3, "a blob, top left", source="test")
+        record = atlas.unit("tiny-rn", "image_block_4~1~Add_6", 3)  # bare model name, alias with ~
+        assert record["layer"] == "visual.layer4.1.act3:input" and record["label"] == "a blob, top left"
+        assert set(record) >= {"model", "layer", "unit", "top", "bottom", "stats", "histogram", "label",
+                               "featurevis", "words", "texts"}
+        assert record["featurevis"] == record["words"] == record["texts"] == []
+        with pytest.raises(AtlasError, match="has 512 units"):
+            atlas.unit(None, "neurons", 512)
+        with pytest.raises(AtlasError, match="scanned layers: visual.layer4.1.act3:input"):
+            atlas.unit(None, "visual.layer3.0", 0)
+        with pytest.raises(AtlasError, match="holds tiny-rn@random"):
+            atlas.unit("RN50", "neurons", 0)
+    with pytest.raises(AtlasError, match="not an atlas"):
+        Atlas(scanned.parent / "nowhere", create=False)
+
+
+def test_show_json_shape_sorted_best_first(scanned):
+    result = runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--unit", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["model"] == "tiny-rn@random" and record["layer"] == "visual.layer4.1.act3:input"
+    assert record["unit"] == 7 and len(record["top"]) == 4 and record["label"] is None
+    for example in record["top"]:
+        assert set(example) >= {"image", "activation", "cell"} and len(example["cell"]) == 2
+    keys = [(-e["activation"], e["image"]) for e in record["top"]]
+    assert keys == sorted(keys)
+    assert set(record["stats"]) >= {"mean", "std", "max", "min", "count"} and record["stats"]["count"] == 12
+    assert sum(record["histogram"]["counts"]) == 12
+    assert len(record["histogram"]["edges"]) == len(record["histogram"]["counts"]) + 1
+    assert record["words"] == [] and record["featurevis"] == [] and record["texts"] == []
+    several = json.loads(runner.invoke(app, ["show", str(scanned), "--unit", "0-2", "--json"]).stdout)
+    assert [r["unit"] for r in several] == [0, 1, 2]
+
+
+def test_label_command_then_show(scanned):
+    result = runner.invoke(app, ["label", str(scanned), "--layer", "visual.layer4.1.act3:input", "--unit", "5",
+                                 "stripes"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(runner.invoke(app, ["show", str(scanned), "--unit", "5", "--json"]).stdout)
+    assert record["label"] == "stripes"
+    text = runner.invoke(app, ["show", str(scanned), "--unit", "5"]).stdout
+    assert '"stripes"' in text and "unit 5" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["show", "{atlas}", "--unit", "9999"], "out of range"),
+    (["show", "{atlas}", "--layer", "visual.layer2"], "not in"),
+    (["show", "{atlas}/../missing"], "not an atlas"),
+    (["label", "{atlas}", "--unit", "600", "x"], "out of range"),
+])
+def test_show_errors_are_one_line(scanned, args, message):
+    result = runner.invoke(app, [arg.format(atlas=scanned) for arg in args])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_scan_command_json(tmp_path):
+    make_images(tmp_path / "images", count=8)
+    args = ["scan", "--model", "tiny-rn", "--weights", "random", "--layers", "neurons,visual.layer3.0",
+            "--images", str(tmp_path / "images"), "--out", str(tmp_path / "atlas"), "--top-k", "3",
+            "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--device", "cpu", "--no-thumbnails",
+            "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"atlas", "run_id", "model", "layers", "units", "seconds", "skipped"}
+    assert payload["model"] == "tiny-rn@random" and payload["run_id"] == 1
+    assert payload["layers"] == ["visual.layer4.1.act3:input", "visual.layer3.0"] and payload["units"] == 512 + 256
+    assert payload["skipped"]["zero_byte"] == 0
+    text = runner.invoke(app, args[:-1])  # again, plain output: a second run, plain progress lines on stderr
+    assert text.exit_code == 0 and "scanned 8 images" in text.stdout and "scan 8/8 files" in text.stderr
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
+    missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
+    assert missing.exit_code == 1 and "no such folder" in missing.stderr
