@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -147,3 +148,16 @@ def test_scan_command_json(tmp_path):
         assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
     missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
     assert missing.exit_code == 1 and "no such folder" in missing.stderr
+
+
+def test_numpy_export_matches_show(scanned, tmp_path):
+    result = runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--export", str(tmp_path / "n.npz")])
+    assert result.exit_code == 0, result.output
+    data = np.load(tmp_path / "n.npz")
+    assert data["top_ids"].shape == (512, 4) and data["top_cells"].shape == (512, 4, 2)
+    assert data["histogram_counts"].shape[0] == 512 and (data["count"] == 12).all()
+    with Atlas(scanned, create=False) as atlas:
+        record = atlas.unit(None, "neurons", 9)
+    assert data["top_ids"][9].tolist() == [e["image"] for e in record["top"]]
+    np.testing.assert_allclose(data["top_values"][9], [e["activation"] for e in record["top"]], rtol=1e-6)
+    assert data["mean"][9] == pytest.approx(record["stats"]["mean"])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, export_numpy
 from neuronscope.commands.common import DebugOpt, JsonOpt, ModelOpt, cli_command, print_json
 from neuronscope.runtime import parse_units
 
@@ -20,6 +21,8 @@ def show(
     unit: Annotated[str, typer.Option("--unit", "-u", help="Unit(s): 7, 0-3,9 or all.")] = "0",
     model: ModelOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Examples printed per unit (text output).")] = 8,
+    export: Annotated[Optional[Path], typer.Option(
+        "--export", help="Write the whole layer's stats and top/bottom examples to this .npz instead.")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -29,6 +32,13 @@ def show(
     with Atlas(atlas, create=False) as store:
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
+        if export is not None:
+            written = export_numpy(store, model_key, entry["layer"], export)
+            typer.echo(f"{model_key} {entry['layer']}: {entry['units']} units written to {written}", err=json_out)
+            if json_out:
+                print_json({"model": model_key, "layer": entry["layer"], "units": entry["units"],
+                            "path": str(written)})
+            return
         records = [store.unit(model_key, entry["layer"], index) for index in parse_units(unit, entry["units"])]
     if json_out:
         # One unit asked (``--unit 7``): its object, the web API's shape; a list or range: a list of them.

@@ -1,0 +1,77 @@
+"""Per-unit statistics and top/bottom examples of a layer as NumPy arrays, for users' own analysis.
+
+    from neuronscope.atlas import Atlas, export_numpy
+    with Atlas("my-atlas") as atlas:
+        export_numpy(atlas, "mini-clip", "neurons", "neurons.npz")
+    data = np.load("neurons.npz")
+    data["top_ids"][7]      # [k] image ids of unit 7, best first ("" where fewer images)
+
+Parquet is not offered: pyarrow is not a dependency, and one ``.npz`` of
+flat arrays loads anywhere NumPy does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from neuronscope.atlas.store import Atlas, atomic_write_bytes
+
+
+def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.ndarray]:
+    """A layer's results as arrays.
+
+    Returns:
+        ``units`` [C]; ``mean``, ``std``, ``max``, ``min``, ``map_mean`` [C] float64; ``count`` [C];
+        for ``top`` and ``bottom``: ``{kind}_ids`` [C, k] str (``""`` where empty),
+        ``{kind}_values`` [C, k] float32 (NaN where empty), ``{kind}_cells`` [C, k, 2] int16 (row, col);
+        ``histogram_counts`` [C, n_bins], ``histogram_exponent`` / ``histogram_first`` [C]
+        (bin i of unit c covers [(first + i) * 2**exponent, (first + i + 1) * 2**exponent)).
+    """
+    model_key = atlas.resolve_model(model)
+    entry = atlas.resolve_layer(model_key, layer)
+    key = (model_key, entry["layer"])
+    units = entry["units"]
+    arrays: dict[str, np.ndarray] = {"units": np.arange(units)}
+    rows = atlas.db.execute("SELECT unit, mean, std, max, min, count, map_mean FROM units "
+                            "WHERE model = ? AND layer = ? ORDER BY unit", key).fetchall()
+    for column in ("mean", "std", "max", "min", "map_mean"):
+        values = np.full(units, np.nan)
+        values[[r["unit"] for r in rows]] = [r[column] for r in rows]
+        arrays[column] = values
+    arrays["count"] = np.zeros(units, np.int64)
+    arrays["count"][[r["unit"] for r in rows]] = [r["count"] for r in rows]
+    for kind in ("top", "bottom"):
+        depth = atlas.db.execute("SELECT max(rank) FROM examples WHERE model = ? AND layer = ? AND kind = ?",
+                                 (*key, kind)).fetchone()[0]
+        k = 0 if depth is None else depth + 1
+        ids = np.full((units, k), "", dtype=object)
+        values = np.full((units, k), np.nan, np.float32)
+        cells = np.zeros((units, k, 2), np.int16)
+        for row in atlas.db.execute("SELECT unit, rank, image_id, activation, cell_row, cell_col FROM examples "
+                                    "WHERE model = ? AND layer = ? AND kind = ?", (*key, kind)):
+            ids[row["unit"], row["rank"]] = row["image_id"]
+            values[row["unit"], row["rank"]] = row["activation"]
+            cells[row["unit"], row["rank"]] = (row["cell_row"], row["cell_col"])
+        arrays[f"{kind}_ids"] = ids.astype(str)
+        arrays[f"{kind}_values"] = values
+        arrays[f"{kind}_cells"] = cells
+    histogram = atlas.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", key).fetchone()
+    if histogram is not None:
+        with np.load(atlas.path / histogram["path"], allow_pickle=False) as data:
+            for name in ("counts", "exponent", "first"):
+                arrays[f"histogram_{name}"] = data[name]
+    return arrays
+
+
+def export_numpy(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
+    """Write :func:`layer_arrays` to ``path`` (``.npz``, atomically); returns the path."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **layer_arrays(atlas, model, layer))
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
