@@ -237,3 +237,51 @@ def test_tar_shard_and_path_list_sources(tiny_rn, images, tmp_path):
     for top in tops[1:]:
         assert [e["image"].split("::")[-1].removeprefix("images/") for e in top] == [e["image"] for e in tops[0]]
         assert [e["activation"] for e in top] == [e["activation"] for e in tops[0]]
+
+
+KILLED_SCAN = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+from tests.conftest import randomize_last_bn
+from tests.test_scan import LAYERS, SETTINGS
+from neuronscope.atlas import Atlas
+from neuronscope.mining import open_source, scan
+from neuronscope.models import load_model
+from neuronscope.runtime import seed_everything
+
+seed_everything(0)
+model = load_model("tiny-rn", weights="random")
+randomize_last_bn(model.module)
+with Atlas({atlas!r}) as atlas:
+    scan(model, open_source({images!r}), atlas, LAYERS, settings=SETTINGS, batch_size=4, checkpoint_every=4,
+         thumbnails=False, on_batch=lambda progress: time.sleep(0.3))  # slow enough to be killed mid-scan
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_scan_resumes_identical(tiny_rn, images, tmp_path):
+    """A real SIGKILL (no cleanup, no status update) in the middle of a scan, then the same scan again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    script = KILLED_SCAN.format(root=root, atlas=str(tmp_path / "killed"), images=str(images))
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "killed" / "checkpoints").glob("*.npz")):
+        assert process.poll() is None and time.monotonic() < deadline, "the scan ended before its first checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with Atlas(tmp_path / "killed") as atlas:
+        assert atlas.runs()[0]["status"] == "running"  # killed: nobody marked it
+    outcome = run_scan(tiny_rn, images, tmp_path / "killed", batch_size=4, checkpoint_every=4)
+    assert 0 < outcome.resumed_from < 24 and outcome.images == 24 and outcome.run_id == 1
+    run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
+    units = range(0, 512, 5)
+    assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "killed", "neurons", units))
