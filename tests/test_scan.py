@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from neuronscope.activations import record, spatial_max
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import THUMB_SIZE, Atlas
+from neuronscope.atlas.thumbnails import MARK_COLOUR
 from neuronscope.imagefiles import file_sha256, open_image
 from neuronscope.mining import ScanSettings, open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
@@ -31,8 +33,6 @@ def make_images(folder: Path, count: int = 24) -> list[Path]:
         image[top:top + 12, left:left + 14] = 255 - index * 5
         path = folder / ("b" if index % 3 else "a") / f"img{index:02d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
@@ -129,8 +129,11 @@ def test_scan_equals_brute_force_over_all_activations(tiny_rn, images, tmp_path)
         assert histogram["edges"][0] <= column.min() and column.max() < histogram["edges"][-1]
         # Thumbnails: one per top example, the firing cell outlined in red.
         for example in unit_record["top"]:
-            thumb = tmp_path / "atlas" / example["thumb"]
-            assert thumb.is_file()
+            thumb = Image.open(tmp_path / "atlas" / example["thumb"]).convert("RGB")
+            row, col = example["cell"]  # a 2x2 grid on a 128 px thumbnail: cells of 64 px
+            assert thumb.size == (THUMB_SIZE, THUMB_SIZE)
+            assert thumb.getpixel((col * 64 + 1, row * 64 + 1)) == MARK_COLOUR
+            assert thumb.getpixel(((1 - col) * 64 + 1, (1 - row) * 64 + 1)) != MARK_COLOUR
     with Atlas(tmp_path / "atlas", create=False) as atlas:
         run = atlas.run(outcome.run_id)
     assert run["status"] == "finished" and run["images"] == 24 and run["precision"] == "fp32"
@@ -246,7 +249,8 @@ torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 from tests.conftest import randomize_last_bn
 from tests.test_scan import LAYERS, SETTINGS
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import THUMB_SIZE, Atlas
+from neuronscope.atlas.thumbnails import MARK_COLOUR
 from neuronscope.mining import open_source, scan
 from neuronscope.models import load_model
 from neuronscope.runtime import seed_everything
@@ -285,3 +289,31 @@ def test_sigkilled_scan_resumes_identical(tiny_rn, images, tmp_path):
     run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
     units = range(0, 512, 5)
     assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "killed", "neurons", units))
+
+
+def test_conditional_buckets_hold_the_smallest_hashes_of_their_images(tiny_rn, images, tmp_path):
+    from neuronscope.mining import sample_hash
+
+    run_scan(tiny_rn, images, tmp_path / "atlas")
+    paths = sorted(images.rglob("*.png"), key=lambda p: p.relative_to(images).as_posix())
+    ids = [f"{p.relative_to(images).as_posix()}#{file_sha256(p)[:12]}" for p in paths]
+    pixels = tiny_rn.preprocess.to_pixels([open_image(p) for p in paths])
+    with torch.no_grad():
+        values = spatial_max(record(tiny_rn, tiny_rn.preprocess.normalize(pixels), [NEURONS])[NEURONS])[0]
+    with Atlas(tmp_path / "atlas") as atlas:
+        for unit in (1, 2, 3, 10):
+            record_ = atlas.unit(None, "neurons", unit)
+            buckets = atlas.conditional_buckets(None, "neurons", unit, n_buckets=4)
+            assert sum(b["count"] for b in buckets) == 24
+            edges, std = record_["histogram"]["edges"], record_["stats"]["std"]
+            width = (edges[-1] - edges[0]) / std / 4
+            for position, bucket in enumerate(buckets):
+                assert bucket["from_sd"] == pytest.approx(edges[0] / std + position * width)
+                members = []
+                for image, value in zip(ids, values[:, unit].tolist()):
+                    bin_index = max(i for i in range(len(edges) - 1) if edges[i] <= value)
+                    centre = (bin_index + 0.5) / (len(edges) - 1) * 4  # in buckets; on an edge: the upper
+                    if int(centre) == position:
+                        members.append(image)
+                assert len(members) == bucket["count"]
+                assert bucket["samples"] == sorted(members, key=lambda i: sample_hash(i, 0))[:SETTINGS.reservoir]

@@ -210,16 +210,15 @@ class Atlas:
     def thumbnail_path(self, name: str) -> Path:
         return self.thumbs_dir / name
 
-    def save_thumbnail(self, name: str, image: Any) -> str:
-        """Write a PNG thumbnail (idempotent: the name says what it shows); returns its atlas-relative path."""
-        import io
+    def thumbnail_relpath(self, name: str) -> str:
+        return self.thumbnail_path(name).relative_to(self.path).as_posix()
 
+    def save_thumbnail(self, name: str, png: bytes) -> str:
+        """Write a PNG thumbnail (idempotent: its name says what it shows); returns its atlas-relative path."""
         path = self.thumbnail_path(name)
         if not path.is_file():
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            atomic_write_bytes(path, buffer.getvalue())
-        return path.relative_to(self.path).as_posix()
+            atomic_write_bytes(path, png)
+        return self.thumbnail_relpath(name)
 
     # ------------------------------------------------------------------ scan results
 
@@ -413,3 +412,14 @@ class Atlas:
             samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0] for bin_samples in data["samples"][unit][low:high]]
             return {"edges": [(first + i) * width for i in range(low, high + 1)],
                     "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
+
+    def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
+        """Uniform buckets in SDs from zero with sample images (see :func:`neuronscope.mining.histogram.uniform_buckets`)."""
+        from neuronscope.mining.histogram import uniform_buckets
+
+        record = self.unit(model, layer, unit)
+        histogram = record["histogram"]
+        if not histogram or not record["stats"]:
+            return []
+        return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
+                               std=record["stats"]["std"], n_buckets=n_buckets)

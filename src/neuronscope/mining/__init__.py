@@ -9,7 +9,7 @@
 """
 
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
-from neuronscope.mining.histogram import StreamingHistogram, sample_hash
+from neuronscope.mining.histogram import StreamingHistogram, sample_hash, uniform_buckets
 from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.moments import StreamingMoments
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
@@ -20,5 +20,5 @@ from neuronscope.mining.topk import StreamingTopK
 __all__ = [
     "Entry", "Examples", "HistogramArrays", "ImageRecord", "ImageSource", "LayerAccumulator", "LayerScan",
     "ScanOutcome", "ScanProgress", "ScanSettings", "StreamingHistogram", "StreamingMoments", "StreamingTopK",
-    "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config",
+    "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config", "uniform_buckets",
 ]

@@ -164,3 +164,47 @@ class StreamingHistogram:
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str) -> None:
         for name in ("exponent", "first", "counts", "sample_hashes", "sample_ordinals", "lo", "hi", "nonfinite"):
             setattr(self, name, state[f"{prefix}{name}"].copy())
+
+
+def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
+                    std: float, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
+    """Uniform buckets from min to max, in SDs from zero, for conditional-probability plots.
+
+    The paper's plots: activations in standard deviations from zero, uniform
+    buckets between the smallest and largest, a fixed number of images per
+    bucket. Buckets are unions of the dyadic bins (each bin goes to the bucket
+    holding its centre, the upper one on a tie; bucket edges are exact to one bin width); a
+    bucket's sample is the ``per_bucket`` images with the smallest
+    ``hash(id, seed)`` among its bins' reservoirs, which is exactly the
+    reservoir the union would have kept.
+
+    Args:
+        edges, counts, samples, seed: a unit's histogram as ``Atlas.histogram`` returns it.
+        std: the unit's standard deviation (``stats["std"]``); 0 gives one bucket.
+        per_bucket: images per bucket (at most, and by default, the reservoir size).
+
+    Returns:
+        ``[{"from_sd", "to_sd", "count", "samples": [image ids]}]``, low to high.
+    """
+    if not counts:
+        return []
+    reservoir = max((len(s) for s in samples), default=0)
+    # More than a bin's reservoir per bucket would not be the union's smallest hashes any more.
+    per_bucket = min(per_bucket or reservoir, reservoir)
+    scale = std if std > 0 else 1.0
+    low, high = edges[0] / scale, edges[-1] / scale
+    if std <= 0 or n_buckets == 1 or high <= low:
+        n_buckets = 1
+    width = (high - low) / n_buckets
+    buckets = [{"from_sd": low + i * width, "to_sd": low + (i + 1) * width, "count": 0, "samples": []}
+               for i in range(n_buckets)]
+    pooled: list[list[str]] = [[] for _ in range(n_buckets)]
+    for index, count in enumerate(counts):
+        # Bins are equal in width, so the bucket of a bin's centre is integer arithmetic (no rounding at
+        # bucket edges): centre (index + 1/2) of len(counts) bins, in units of a bucket.
+        bucket = (2 * index + 1) * n_buckets // (2 * len(counts))
+        buckets[bucket]["count"] += count
+        pooled[bucket].extend(samples[index])
+    for bucket, ids in zip(buckets, pooled):
+        bucket["samples"] = sorted(ids, key=lambda image: (sample_hash(image, seed), image))[:per_bucket]
+    return buckets

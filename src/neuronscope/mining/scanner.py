@@ -40,13 +40,14 @@ import torch
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
 from neuronscope.atlas.store import Atlas
-from neuronscope.atlas.thumbnails import marked_thumbnail, thumbnail_name
+from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
 from neuronscope.mining.histogram import sample_hash
-from neuronscope.mining.loader import Batch, decode_entry, iter_batches
+from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
 from neuronscope.mining.sources import ImageSource
+from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
 from neuronscope.models.loaded import LoadedModel
 
@@ -200,7 +201,8 @@ def scan(
     state.prune_records()
     layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, settings.seed)
                    for name, accumulator in state.accumulators.items()]
-    thumbs = _draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels) if thumbnails else {}
+    thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers)
+              if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
     skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
     atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
@@ -309,8 +311,8 @@ def _layer_scan(model_key: str, layer: str, aliases: list[str], accumulator: Lay
 
 
 def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, layer_scans: list[LayerScan],
-                     records: dict[int, ImageRecord], max_pixels: int) -> dict[tuple, str]:
-    """One marked PNG per (image, grid, cell) among the top examples; returns their atlas paths."""
+                     records: dict[int, ImageRecord], max_pixels: int, workers: int) -> dict[tuple, str]:
+    """One marked PNG per (image, grid, cell) among the top examples; returns ``{(sha256, *cell): path}``."""
     ordinal_of = {record.id: ordinal for ordinal, record in records.items()}
     wanted: dict[int, set[tuple[int, int, int, int]]] = {}
     for layer_scan in layer_scans:
@@ -320,16 +322,18 @@ def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, laye
                 if image_id is not None:
                     wanted.setdefault(ordinal_of[image_id], set()).add((rows, cols, int(row), int(col)))
     thumbs: dict[tuple, str] = {}
+    jobs = []
     for ordinal, cells in sorted(wanted.items()):
-        record = records[ordinal]
-        missing = [cell for cell in cells if not atlas.thumbnail_path(
-            thumbnail_name(record.sha256, cell[:2], cell[2:])).is_file()]
-        decoded = decode_entry(source.entries[ordinal], ordinal, model.preprocess, max_pixels) if missing else None
-        for cell in cells:
-            name = thumbnail_name(record.sha256, cell[:2], cell[2:])
-            if cell in missing and decoded is not None and decoded.pixels is not None:
-                image = marked_thumbnail(decoded.pixels.permute(1, 2, 0).numpy(), cell[2:], cell[:2])
-                atlas.save_thumbnail(name, image)
-            if atlas.thumbnail_path(name).is_file():
-                thumbs[(record.sha256, *cell)] = f"thumbs/{name}"
+        sha256 = records[ordinal].sha256
+        missing = []
+        for cell in sorted(cells):
+            name = thumbnail_name(sha256, cell[:2], cell[2:])
+            if atlas.thumbnail_path(name).is_file():  # drawn by an earlier (or killed) scan
+                thumbs[(sha256, *cell)] = atlas.thumbnail_relpath(name)
+            else:
+                missing.append(cell)
+        if missing:
+            jobs.append(ThumbnailJob(source.entries[ordinal], ordinal, sha256, tuple(missing)))
+    for sha256, cell, name, png in render_thumbnails(jobs, model.preprocess, workers=workers, max_pixels=max_pixels):
+        thumbs[(sha256, *cell)] = atlas.save_thumbnail(name, png)
     return thumbs

@@ -1,0 +1,64 @@
+"""Drawing the top examples' thumbnails in worker processes (decode, resize, mark the cell, encode PNG).
+
+The scanner asks for the (grid, cell)s of every image some unit keeps in its
+top-k; workers return PNG bytes with deterministic names, and only the
+atlas writes them to disk.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch.utils.data import DataLoader, Dataset
+
+from neuronscope.atlas.thumbnails import marked_thumbnail, thumbnail_name
+from neuronscope.imagefiles import PILLOW_MAX_PIXELS
+from neuronscope.mining.loader import decode_entry
+from neuronscope.mining.sources import Entry
+from neuronscope.models.preprocess import Preprocess
+
+Cell = tuple[int, int, int, int]  # grid rows, grid cols, row, col
+
+
+@dataclass(frozen=True)
+class ThumbnailJob:
+    """One image and the cells to mark on it (one PNG per cell)."""
+
+    entry: Entry
+    ordinal: int
+    sha256: str
+    cells: tuple[Cell, ...]
+
+
+class _Jobs(Dataset):
+    def __init__(self, jobs: list[ThumbnailJob], preprocess: Preprocess, max_pixels: int) -> None:
+        self.jobs, self.preprocess, self.max_pixels = jobs, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> list[tuple[Cell, str, bytes]]:
+        job = self.jobs[index]
+        decoded = decode_entry(job.entry, job.ordinal, self.preprocess, self.max_pixels)
+        if decoded.pixels is None or decoded.sha256 != job.sha256:
+            return []  # gone or changed since the scan: no thumbnail rather than a wrong one
+        pixels = decoded.pixels.permute(1, 2, 0).numpy()  # [H, W, 3] uint8
+        drawn = []
+        for cell in job.cells:
+            buffer = io.BytesIO()
+            marked_thumbnail(pixels, cell[2:], cell[:2]).save(buffer, format="PNG")
+            drawn.append((cell, thumbnail_name(job.sha256, cell[:2], cell[2:]), buffer.getvalue()))
+        return drawn
+
+
+def render_thumbnails(jobs: list[ThumbnailJob], preprocess: Preprocess, *, workers: int = 0,
+                      max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[tuple[str, Cell, str, bytes]]:
+    """Yield ``(sha256, cell, file name, PNG bytes)`` for every job's cells, drawn by ``workers`` processes."""
+    if not jobs:
+        return
+    loader = DataLoader(_Jobs(jobs, preprocess, max_pixels), batch_size=None, shuffle=False, num_workers=workers)
+    for job, drawn in zip(jobs, loader):
+        for cell, name, png in drawn:
+            yield job.sha256, cell, name, png
