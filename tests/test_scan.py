@@ -130,10 +130,10 @@ def test_scan_equals_brute_force_over_all_activations(tiny_rn, images, tmp_path)
         # Thumbnails: one per top example, the firing cell outlined in red.
         for example in unit_record["top"]:
             thumb = Image.open(tmp_path / "atlas" / example["thumb"]).convert("RGB")
-            row, col = example["cell"]  # a 2x2 grid on a 128 px thumbnail: cells of 64 px
-            assert thumb.size == (THUMB_SIZE, THUMB_SIZE)
-            assert thumb.getpixel((col * 64 + 1, row * 64 + 1)) == MARK_COLOUR
-            assert thumb.getpixel(((1 - col) * 64 + 1, (1 - row) * 64 + 1)) != MARK_COLOUR
+            row, col = example["cell"]  # a 2x2 grid on a 64 px thumbnail (the input's size): cells of 32 px
+            assert thumb.size == (64, 64) and THUMB_SIZE >= 64
+            assert thumb.getpixel((col * 32, row * 32)) == MARK_COLOUR
+            assert thumb.getpixel(((1 - col) * 32, (1 - row) * 32)) != MARK_COLOUR
     with Atlas(tmp_path / "atlas", create=False) as atlas:
         run = atlas.run(outcome.run_id)
     assert run["status"] == "finished" and run["images"] == 24 and run["precision"] == "fp32"
