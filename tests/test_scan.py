@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from neuronscope.activations import record, spatial_max
 from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
+from neuronscope.cli import app
 from neuronscope.imagefiles import file_sha256, open_image
 from neuronscope.mining import ScanSettings, open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
@@ -251,6 +254,7 @@ from tests.conftest import randomize_last_bn
 from tests.test_scan import LAYERS, SETTINGS
 from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
+from neuronscope.cli import app
 from neuronscope.mining import open_source, scan
 from neuronscope.models import load_model
 from neuronscope.runtime import seed_everything
@@ -317,3 +321,31 @@ def test_conditional_buckets_hold_the_smallest_hashes_of_their_images(tiny_rn, i
                         members.append(image)
                 assert len(members) == bucket["count"]
                 assert bucket["samples"] == sorted(members, key=lambda i: sample_hash(i, 0))[:SETTINGS.reservoir]
+
+
+def test_vit_tokens_and_pooled_vectors_scan(tiny_vit, images, tmp_path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        outcome = scan(tiny_vit, open_source(images), atlas, ["neurons", "visual"], settings=SETTINGS, batch_size=8,
+                       thumbnails=False)
+        tokens, pooled = outcome.layers
+        assert (tokens.units, tokens.grid) == (256, (4, 4)) and (pooled.units, pooled.grid) == (64, (1, 1))
+        record_ = atlas.unit(None, "visual", 5)
+        assert len(record_["top"]) == 5 and all(e["cell"] == [0, 0] for e in record_["top"])
+        assert max(max(e["cell"]) for u in range(0, 256, 16)
+                   for e in atlas.unit(None, "neurons", u)["top"]) <= 3
+
+
+def test_a_folder_of_only_broken_files_gives_empty_units(tiny_rn, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name, (data, _reason) in broken_files().items():
+        (folder / name).write_bytes(data)
+    outcome = run_scan(tiny_rn, folder, tmp_path / "atlas")
+    assert outcome.images == 0 and sum(outcome.skipped.values()) == 4
+    result = CliRunner().invoke(app, ["show", str(tmp_path / "atlas"), "--unit", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    record_ = json.loads(result.stdout)  # valid JSON: no Infinity for the min/max of nothing
+    assert record_["top"] == [] and record_["stats"]["count"] == 0 and record_["stats"]["max"] is None
+    assert record_["histogram"]["counts"] == []
+    text = CliRunner().invoke(app, ["show", str(tmp_path / "atlas"), "--unit", "3"])
+    assert text.exit_code == 0 and "no images were scanned" in text.stdout

@@ -62,6 +62,12 @@ def library_versions() -> dict[str, str]:
             "numpy": np.__version__, "neuronscope": neuronscope_version, "python": platform.python_version()}
 
 
+def _finite(value: float) -> float | None:
+    """A float for the catalogue, None (NULL, JSON null) for the inf/NaN of an empty or broken unit."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
 def layer_slug(layer: str) -> str:
     """A layer name usable as a file name (``:`` is awkward on some systems)."""
     return layer.replace(":", "~").replace("/", "~")
@@ -290,8 +296,8 @@ class Atlas:
         db.executemany(
             "INSERT INTO units (model, layer, unit, run_id, mean, std, max, min, count, map_mean, nonfinite) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*key, unit, run_id, float(scan.mean[unit]), float(scan.std[unit]), float(scan.max[unit]),
-              float(scan.min[unit]), scan.count, float(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
+            [(*key, unit, run_id, _finite(scan.mean[unit]), _finite(scan.std[unit]), _finite(scan.max[unit]),
+              _finite(scan.min[unit]), scan.count, _finite(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
              for unit in range(scan.units)])
         rows = []
         for kind, examples in (("top", scan.top), ("bottom", scan.bottom)):

@@ -48,9 +48,11 @@ def show(
         stats = record["stats"] or {}
         label = f'  "{record["label"]}"' if record["label"] else ""
         typer.echo(f"{record['model']} {record['layer']} unit {record['unit']}{label}")
-        if stats:
+        if stats and stats["count"]:
             typer.echo(f"  mean {stats['mean']:.4g}  std {stats['std']:.4g}  min {stats['min']:.4g}  "
                        f"max {stats['max']:.4g}  over {stats['count']} images")
+        elif stats:
+            typer.echo("  no images were scanned (see the run's skipped counts)")
         for example in record["top"][:top]:
             typer.echo(f"  {example['activation']:10.4f}  cell {tuple(example['cell'])}  {example['image']}")
         if record["words"]:
