@@ -72,7 +72,7 @@ def test_transaction_rolls_back_on_error(tmp_path):
 
 def test_unit_record_shape_label_and_errors(scanned):
     with Atlas(scanned, create=False) as atlas:
-        atlas.set_label("tiny-rn@random", "visual.layer4.1.act3:input", 3, "a blob, top left", source="test")
+        atlas.set_label("tiny-rn", "neurons", 3, "a blob, top left", source="test")  # resolved to key, canonical
         record = atlas.unit("tiny-rn", "image_block_4~1~Add_6", 3)  # bare model name, alias with ~
         assert record["layer"] == "visual.layer4.1.act3:input" and record["label"] == "a blob, top left"
         assert set(record) >= {"model", "layer", "unit", "top", "bottom", "stats", "histogram", "label",

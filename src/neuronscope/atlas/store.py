@@ -314,9 +314,23 @@ class Atlas:
     # ------------------------------------------------------------------ labels and other writers
 
     def set_label(self, model: str, layer: str, unit: int, text: str, *, source: str = "user") -> None:
-        """Set (or replace) a unit's label; ``source`` says who wrote it (user, world-card, auto:...)."""
+        """Set (or replace) a unit's label; ``source`` says who wrote it (user, world-card, auto:...).
+
+        ``model`` and ``layer`` should be the key and canonical name; a bare model
+        name or an alias is resolved when the atlas already holds that layer
+        (a label may also be written before any scan, e.g. by ``world eval``).
+        """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
+        known = self.models()
+        if model not in known:
+            matches = [key for key in known if key.split("@")[0] == model]
+            model = matches[0] if len(matches) == 1 else model
+        if model in known:
+            try:
+                layer = self.resolve_layer(model, layer)["layer"]
+            except AtlasError:
+                pass  # a layer no scan has written yet: stored as given
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
