@@ -88,26 +88,37 @@ class StreamingHistogram:
         # Scaling by a power of two is exact, so floor() gives the true bin.
         return np.floor(values * np.ldexp(1.0, -np.asarray(exponent))).astype(np.int64)
 
-    def _rebin(self, unit: int, lo: float, hi: float) -> None:
-        """Grow unit ``unit``'s window to hold ``[lo, hi]``: shift it, and double the width as needed."""
-        old_exponent, old_first = int(self.exponent[unit]), int(self.first[unit])
-        exponent = old_exponent
-        while int(self._grid_index(hi, exponent)) - int(self._grid_index(lo, exponent)) + 1 > self.n_bins:
-            exponent += 1
-        first = int(self._grid_index(lo, exponent))
+    def _rebin(self, units: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Grow the windows of ``units`` to hold ``[lo, hi]`` (one entry per unit): shift, and double as needed.
+
+        Vectorised over units: the first batches rebin every unit of a layer.
+        """
+        old_exponent, old_first = self.exponent[units], self.first[units]
+        exponent = old_exponent.copy()
+        while True:
+            too_wide = self._grid_index(hi, exponent) - self._grid_index(lo, exponent) + 1 > self.n_bins
+            if not too_wide.any():
+                break
+            exponent += too_wide
+        first = self._grid_index(lo, exponent)
         shift = exponent - old_exponent
         # Old bin i is grid index old_first + i at old_exponent; >> shift is floor division by 2**shift.
-        new_index = ((old_first + np.arange(self.n_bins, dtype=np.int64)) >> shift) - first
-        occupied = self.counts[unit] > 0
-        counts = np.zeros(self.n_bins, np.int64)
-        np.add.at(counts, new_index[occupied], self.counts[unit][occupied])
-        cells = np.repeat(new_index, self.reservoir)
-        hashes, ordinals = self.sample_hashes[unit].reshape(-1), self.sample_ordinals[unit].reshape(-1)
+        bins = np.arange(self.n_bins, dtype=np.int64)
+        new_index = ((old_first[:, None] + bins[None, :]) >> shift[:, None]) - first[:, None]  # [U, n_bins]
+        old_counts = self.counts[units]
+        occupied = old_counts > 0
+        rows = np.broadcast_to(np.arange(len(units))[:, None], new_index.shape)
+        flat = rows[occupied] * self.n_bins + new_index[occupied]
+        counts = np.bincount(flat, weights=old_counts[occupied], minlength=len(units) * self.n_bins)
+        hashes, ordinals = self.sample_hashes[units], self.sample_ordinals[units]  # [U, n_bins, r]
         live = hashes != EMPTY
-        self.sample_hashes[unit], self.sample_ordinals[unit] = _smallest_per_cell(
-            cells[live], hashes[live], ordinals[live], self.n_bins, self.reservoir)
-        self.counts[unit] = counts
-        self.exponent[unit], self.first[unit] = exponent, first
+        cells = np.broadcast_to((rows * self.n_bins + new_index)[:, :, None], hashes.shape)
+        merged_hash, merged_ord = _smallest_per_cell(cells[live], hashes[live], ordinals[live],
+                                                     len(units) * self.n_bins, self.reservoir)
+        self.sample_hashes[units] = merged_hash.reshape(len(units), self.n_bins, self.reservoir)
+        self.sample_ordinals[units] = merged_ord.reshape(len(units), self.n_bins, self.reservoir)
+        self.counts[units] = counts.reshape(len(units), self.n_bins).astype(np.int64)
+        self.exponent[units], self.first[units] = exponent, first
 
     # ------------------------------------------------------------------ update
 
@@ -124,8 +135,9 @@ class StreamingHistogram:
         high_index = self._grid_index(np.where(has_data, hi, 0.0), self.exponent)
         outside = has_data & ((low_index < self.first) | (high_index >= self.first + self.n_bins)
                               | ~np.isfinite(self.lo))
-        for unit in np.flatnonzero(outside):
-            self._rebin(int(unit), float(lo[unit]), float(hi[unit]))
+        growing = np.flatnonzero(outside)
+        if growing.size:
+            self._rebin(growing, lo[growing], hi[growing])
         self.lo, self.hi = lo, hi
 
         units = values.shape[1]
