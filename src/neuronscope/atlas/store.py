@@ -121,6 +121,7 @@ class Atlas:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         ensure_schema(self.db)
+        self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ basics
 
@@ -425,18 +426,28 @@ class Atlas:
         row = self.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", (model, layer)).fetchone()
         if row is None:
             return None
-        with np.load(self.path / row["path"], allow_pickle=False) as data:
-            counts = data["counts"][unit]
-            occupied = np.flatnonzero(counts)
-            if occupied.size == 0:
-                return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"])}
-            low, high = int(occupied[0]), int(occupied[-1]) + 1
-            width = float(np.ldexp(1.0, int(data["exponent"][unit])))
-            first = int(data["first"][unit])
-            sample_ids = data["sample_ids"]
-            samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0] for bin_samples in data["samples"][unit][low:high]]
-            return {"edges": [(first + i) * width for i in range(low, high + 1)],
-                    "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
+        data = self._histogram_arrays(row["path"])
+        counts = data["counts"][unit]
+        occupied = np.flatnonzero(counts)
+        if occupied.size == 0:
+            return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"])}
+        low, high = int(occupied[0]), int(occupied[-1]) + 1
+        width = float(np.ldexp(1.0, int(data["exponent"][unit])))
+        first = int(data["first"][unit])
+        sample_ids = data["sample_ids"]
+        samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0] for bin_samples in data["samples"][unit][low:high]]
+        return {"edges": [(first + i) * width for i in range(low, high + 1)],
+                "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
+
+    def _histogram_arrays(self, relative: str) -> dict[str, np.ndarray]:
+        """A layer's histogram file, loaded once per Atlas (``show --unit all`` reads it per unit).
+
+        The file name carries the run id, so a rescan's new file is never served from an old entry.
+        """
+        if relative not in self._histogram_cache:
+            with np.load(self.path / relative, allow_pickle=False) as data:
+                self._histogram_cache = {relative: {name: data[name] for name in data.files}}  # keep one layer
+        return self._histogram_cache[relative]
 
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
         """Uniform buckets in SDs from zero with sample images (see :func:`neuronscope.mining.histogram.uniform_buckets`)."""
