@@ -97,6 +97,7 @@ def scan(
                                             help="Skip larger images (read from the header).")] = PILLOW_MAX_PIXELS,
     thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",
                                              help="Draw top-example thumbnails.")] = True,
+    backend: Annotated[str, typer.Option("--backend", help="local (Ray is not in this version).")] = "local",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     seed: SeedOpt = 0,
@@ -107,6 +108,9 @@ def scan(
     and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes."""
     if not images or not out:
         raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
+    if backend != "local":
+        raise NeuronscopeError(f"--backend {backend}: only the local backend is in this version "
+                               f"(Ray is planned); run with --backend local")
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
     seed_everything(seed)
