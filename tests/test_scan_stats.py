@@ -39,7 +39,8 @@ def brute_histogram(column: np.ndarray, n_bins: int) -> tuple[int, int, np.ndarr
 def synthetic_maps():
     """Non-square maps [N, C, 3, 5] with units of very different scales, ties and a constant unit."""
     generator = torch.Generator().manual_seed(0)
-    maps = torch.randn(60, 6, 3, 5, generator=generator) * torch.tensor([1.0, 30.0, 1e-3, 1.0, 1.0, 0.0]).view(1, 6, 1, 1)
+    scales = torch.tensor([1.0, 30.0, 1e-3, 1.0, 1.0, 0.0]).view(1, 6, 1, 1)
+    maps = torch.randn(60, 6, 3, 5, generator=generator) * scales
     maps[:, 3] = maps[:, 3].round()  # many ties
     maps[:, 4] = torch.relu(maps[:, 4]) - 0.5  # negative values
     return maps

@@ -23,12 +23,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neuronscope.atlas.schema import ensure_schema
 from neuronscope.errors import NeuronscopeError
+
+if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imports the scanner at run time
+    from neuronscope.mining.results import ImageRecord, LayerScan
 
 DB_NAME = "atlas.sqlite"
 
@@ -234,8 +237,8 @@ class Atlas:
 
     # ------------------------------------------------------------------ scan results
 
-    def write_scan(self, run_id: int, layer_scans: list, images: Mapping[str, Any], skipped: Mapping[str, int],
-                   image_count: int, thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
+    def write_scan(self, run_id: int, layer_scans: list[LayerScan], images: Mapping[str, ImageRecord],
+                   skipped: Mapping[str, int], image_count: int, thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
         """Store a finished scan: every layer's units, examples and histogram, its images, and the run's end.
 
         A rescan of the same (model, layer) replaces that layer's rows; images are
@@ -271,7 +274,7 @@ class Atlas:
         for name in old_files:
             (self.path / name).unlink(missing_ok=True)
 
-    def _write_histogram_file(self, run_id: int, scan: Any) -> str:
+    def _write_histogram_file(self, run_id: int, scan: LayerScan) -> str:
         histogram = scan.histogram
         sample_ids = sorted({i for i in histogram.samples.reshape(-1) if i is not None})
         index = {image: position for position, image in enumerate(sample_ids)}
@@ -284,7 +287,7 @@ class Atlas:
             "seed": np.array(histogram.seed)}))
         return relative
 
-    def _write_layer_rows(self, db: sqlite3.Connection, run_id: int, scan: Any, images: Mapping[str, Any],
+    def _write_layer_rows(self, db: sqlite3.Connection, run_id: int, scan: LayerScan, images: Mapping[str, ImageRecord],
                           thumbs: Mapping, histogram_file: str) -> None:
         key = (scan.model, scan.layer)
         for table in ("units", "examples"):
@@ -435,7 +438,8 @@ class Atlas:
         width = float(np.ldexp(1.0, int(data["exponent"][unit])))
         first = int(data["first"][unit])
         sample_ids = data["sample_ids"]
-        samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0] for bin_samples in data["samples"][unit][low:high]]
+        samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0]
+                   for bin_samples in data["samples"][unit][low:high]]
         return {"edges": [(first + i) * width for i in range(low, high + 1)],
                 "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
 
@@ -450,7 +454,10 @@ class Atlas:
         return self._histogram_cache[relative]
 
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
-        """Uniform buckets in SDs from zero with sample images (see :func:`neuronscope.mining.histogram.uniform_buckets`)."""
+        """Uniform buckets in SDs from zero with sample images.
+
+        See :func:`neuronscope.mining.histogram.uniform_buckets`.
+        """
         from neuronscope.mining.histogram import uniform_buckets
 
         record = self.unit(model, layer, unit)
