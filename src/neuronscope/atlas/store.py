@@ -238,7 +238,8 @@ class Atlas:
     # ------------------------------------------------------------------ scan results
 
     def write_scan(self, run_id: int, layer_scans: list[LayerScan], images: Mapping[str, ImageRecord],
-                   skipped: Mapping[str, int], image_count: int, thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
+                   skipped: Mapping[str, int], image_count: int,
+                   thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
         """Store a finished scan: every layer's units, examples and histogram, its images, and the run's end.
 
         A rescan of the same (model, layer) replaces that layer's rows; images are
