@@ -30,5 +30,10 @@ world: $(STAMP)
 	@dpkg -s $(APT_WORLD) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(APT_WORLD))
 	$(VENV)/bin/neuronscope world build --out $(WORLD_DIR)
 
+# Retrain the bundled mini CLIP (about 80 minutes on 2 cores), ship its
+# weights and test split, and rewrite its card's JSON.
+MINI_CLIP_DIR := src/neuronscope/data/mini_clip
 train: world
-	$(VENV)/bin/neuronscope world train --world $(WORLD_DIR) --out runs/mini-clip
+	$(VENV)/bin/neuronscope world train --world $(WORLD_DIR) --out runs/mini-clip --export $(MINI_CLIP_DIR)
+	cp $(WORLD_DIR)/test_split.tar $(MINI_CLIP_DIR)/test_split.tar
+	$(VENV)/bin/neuronscope world eval --json --card-images docs/img > $(MINI_CLIP_DIR)/mini_clip_card.json

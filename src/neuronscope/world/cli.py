@@ -55,8 +55,14 @@ def train(
     seed: int = typer.Option(0),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast; only faster on CPUs with native bf16)."),
     export: Optional[Path] = typer.Option(None, help="Also export the final weights to this directory."),
+    threads: int = typer.Option(0, help="Intra-op threads (0: torch's default). On a busy 2-core machine "
+                                        "1 is faster: spinning OpenMP threads stall when a core is taken."),
 ) -> None:
     """Train the mini CLIP (seeded; resumes after a kill; progress bar with loss and ETA)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
     from .train import export_weights
     from .train import train as run_training
 
@@ -112,6 +118,7 @@ def eval_command(
     split: Optional[Path] = typer.Option(None, help="A test split tar; default: the one shipped with the package."),
     seeds: int = typer.Option(3, help="Seeds of each control (untrained network, deranged labels)."),
     card_images: Optional[Path] = typer.Option(None, help="Also write PNG sheets of the top multimodal units here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="An atlas to label the multimodal units in (label = concept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Evaluate the mini CLIP on the held-out split (fp32, through the recorder)."""
@@ -124,4 +131,17 @@ def eval_command(
     report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)))
     if card_images is not None:
         write_unit_sheets(model, test_split, report, card_images)
+    if out is not None:
+        label_card_units(out, model.key, report)
     typer.echo(json.dumps(report, indent=1) if json_output else card_tables(report))
+
+
+def label_card_units(atlas_path: Path, model_key: str, report: dict) -> int:
+    """Write each multimodal unit's concept as its label in an atlas (source ``world-card``); returns the count."""
+    from ..atlas import Atlas
+
+    units = report["multimodal"]["units"]
+    with Atlas(atlas_path) as atlas:
+        for unit in units:
+            atlas.set_label(model_key, unit["layer"], unit["unit"], unit["concept"], source="world-card")
+    return len(units)

@@ -233,7 +233,7 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
             "trained": by_layer[best_layer]["trained"]["0.9"],
             "untrained": untrained_counts,
             "untrained_live": untrained_live,
-            "shuffled": max(shuffled_counts),
+            "shuffled": max(shuffled_counts, default=0),
             "shuffled_seeds": shuffled_counts,
             "units": units,
             "by_layer": by_layer,

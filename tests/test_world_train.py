@@ -1,0 +1,63 @@
+"""The trainer: a run killed mid-way and resumed ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuronscope.world import build as world_build
+from neuronscope.world import render, sampler
+from neuronscope.world.build import build_world
+from neuronscope.world.train import CHECKPOINT, TrainConfig, train
+
+from test_world_build import CONCEPTS, clipart_tree  # noqa: F401  (fixture)
+
+DEJAVU = ("dejavu/DejaVuSans.ttf", "dejavu/DejaVuSansMono.ttf")
+
+
+@pytest.fixture
+def small_world(tmp_path, clipart_tree, monkeypatch):  # noqa: F811
+    # Only DejaVu is sure to be on a test machine; the real world uses more fonts.
+    monkeypatch.setattr(world_build, "HELDOUT_FONTS", DEJAVU)
+    monkeypatch.setattr(sampler, "TRAIN_FONTS", DEJAVU)
+    monkeypatch.setattr(render, "TRAIN_FONTS", DEJAVU)
+    out = tmp_path / "world"
+    build_world(out, seed=0, size=32, root=clipart_tree, concepts=CONCEPTS, n_reading=40)
+    return out
+
+
+def _config() -> TrainConfig:
+    return TrainConfig(image_size=32, vision_width=8, vision_layers=(1, 1, 1, 1), embed_dim=16, text_width=32,
+                       text_heads=2, text_layers=1, steps=4, batch_size=12, warmup_steps=2, checkpoint_seconds=0.0)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, small_world) -> None:
+    straight = torch.load(train(small_world, tmp_path / "straight", _config()), weights_only=False)
+
+    def kill_at_step_three(report) -> None:
+        if report.step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small_world, tmp_path / "resumed", _config(), kill_at_step_three)
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["step"] == 2
+    resumed = torch.load(train(small_world, tmp_path / "resumed", _config()), weights_only=False)
+
+    assert resumed["step"] == straight["step"] == 4
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(tensor.float(), resumed["model"][name].float(), atol=1e-6), name
+    losses = lambda state: [round(entry["loss"], 4) for entry in state["log"]]  # noqa: E731
+    assert losses(resumed)[:2] == losses(straight)[:2]
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, small_world) -> None:
+    with pytest.raises(Killed):
+        train(small_world, tmp_path / "run", _config(), lambda report: (_ for _ in ()).throw(Killed()))
+    other = _config()
+    other.lr = 0.1
+    with pytest.raises(ValueError, match="another config"):
+        train(small_world, tmp_path / "run", other)
