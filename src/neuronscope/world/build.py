@@ -17,7 +17,7 @@ import json
 import platform
 import tarfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +240,7 @@ def build_world(out: str | Path, seed: int = 0, size: int = 64, root: str | Path
         "seed": seed,
         "image_size": size,
         "concepts": concept_words,
-        "drawings": [d.__dict__ for d in drawings],
+        "drawings": [asdict(d) for d in drawings],
         "reading_words": words,
         "skipped": skipped.as_dict(),
         "skipped_examples": skipped.examples,

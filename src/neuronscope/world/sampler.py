@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .build import unpack_drawing
 from .concepts import CAPTION_TEMPLATES
@@ -53,9 +54,9 @@ class WorldSampler:
                                     for c in self.concepts]
         self._pixels, self._sizes = packed["pixels"], packed["sizes"]
         self._fonts = [font_path(name) for name in TRAIN_FONTS]
-        self._cache: dict[int, object] = {}
+        self._cache: dict[int, Image.Image] = {}
 
-    def _drawing(self, drawing_id: int):
+    def _drawing(self, drawing_id: int) -> Image.Image:
         if drawing_id not in self._cache:
             self._cache[drawing_id] = unpack_drawing(self._pixels[drawing_id], self._sizes[drawing_id])
         return self._cache[drawing_id]

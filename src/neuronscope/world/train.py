@@ -148,8 +148,9 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     config_dict = json.loads(json.dumps(asdict(config)))
     if config_path.exists():
         saved = json.loads(config_path.read_text())
-        saved.pop("checkpoint_seconds", None), config_dict.pop("checkpoint_seconds", None)
-        if saved != config_dict:
+        # How often to checkpoint does not change the weights: it may differ on resume.
+        saved.pop("checkpoint_seconds", None)
+        if saved != {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"}:
             raise ValueError(f"{out_dir} holds a run with another config; use a new --out or the same settings")
     else:
         config_path.write_text(json.dumps(asdict(config), indent=1))
