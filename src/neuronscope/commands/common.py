@@ -105,3 +105,14 @@ def choose_model(argument: str | None, option: str | None, default: str | None =
     if not chosen:
         raise NeuronscopeError("no model given: pass MODEL or --model NAME (`neuronscope models` lists them)")
     return chosen
+
+
+def load_cli_model(model: str, weights: str | None, device: str, precision: str):
+    """``load_model`` for a command: an omitted ``--weights`` means the default weights, never random.
+
+    (In the Python API ``weights=None`` is random init; on the command line
+    random must be asked for with ``--weights random``.)
+    """
+    from neuronscope.models import DEFAULT, load_model
+
+    return load_model(model, weights=weights or DEFAULT, device=device, precision=precision)

@@ -22,12 +22,12 @@ from neuronscope.commands.common import (
     SeedOpt,
     WeightsOpt,
     cli_command,
+    load_cli_model,
     print_json,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining import ScanProgress, ScanSettings, open_source, scan as run_scan
-from neuronscope.models import load_model
 from neuronscope.runtime import seed_everything
 
 
@@ -117,7 +117,7 @@ def scan(
     source = open_source(images)
     if len(source) == 0:
         raise NeuronscopeError(f"--images {images}: no image files found (looked for .jpg .png .webp .gif .bmp .tif)")
-    loaded = load_model(model, weights=weights, device=device, precision=precision)
+    loaded = load_cli_model(model, weights, device, precision)
     report = ProgressReport(len(source), quiet=json_out and not sys.stderr.isatty())
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:

@@ -17,11 +17,11 @@ from neuronscope.commands.common import (
     SeedOpt,
     WeightsOpt,
     cli_command,
+    load_cli_model,
     print_json,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile, iter_images
-from neuronscope.models import load_model
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 from neuronscope.runtime import seed_everything
 
@@ -67,7 +67,7 @@ def zeroshot(
 ) -> None:
     """Zero-shot classify images; prints the top classes per image with probabilities."""
     seed_everything(seed)
-    loaded = load_model(model or "mini-clip", weights=weights, device=device, precision=precision)
+    loaded = load_cli_model(model or "mini-clip", weights, device, precision)
     names = read_classes(classes, classes_file)
     own = world_prompt_set(loaded.key)
     if not names:

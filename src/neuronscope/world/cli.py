@@ -101,7 +101,7 @@ def _load_for_eval(weights: Optional[str]):
     """The bundled mini CLIP, a model folder, or a training checkpoint (exported to a temp folder)."""
     import tempfile
 
-    from ..models import load_model
+    from ..models import DEFAULT, load_model
 
     if weights and Path(weights).is_file() and Path(weights).suffix == ".pt":
         from .train import export_weights
@@ -109,7 +109,7 @@ def _load_for_eval(weights: Optional[str]):
         folder = Path(tempfile.mkdtemp(prefix="mini-clip-"))
         export_weights(weights, folder)
         return load_model(folder, precision="fp32", name="mini-clip")
-    return load_model("mini-clip", weights=weights, precision="fp32")
+    return load_model("mini-clip", weights=weights or DEFAULT, precision="fp32")  # None would mean random
 
 
 @app.command("eval")

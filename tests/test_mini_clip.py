@@ -1,0 +1,122 @@
+"""The bundled mini CLIP: loads offline, reproduces its card, and its multimodal units are real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neuronscope.cli import app
+from neuronscope.models import load_model
+from neuronscope.models.bundled import bundled_dir
+from neuronscope.world.concepts import concept_names
+from neuronscope.world.evaluate import (
+    concepts_with_units,
+    multimodal_units,
+    split_responses,
+    untrained_model,
+    zeroshot_scores,
+)
+from neuronscope.world.split import load_test_split
+
+CARD = "mini_clip_card.json"
+
+
+@pytest.fixture(scope="module")
+def mini_clip():
+    return load_model("mini-clip", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_test_split()
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((bundled_dir() / CARD).read_text())
+
+
+def test_loads_offline_with_its_contract(mini_clip) -> None:
+    assert mini_clip.key == "mini-clip@bundled"
+    assert mini_clip.preprocess.image_size == (64, 64)
+    assert mini_clip.layer_aliases["neurons"] == "visual.layer4.1.act3:input"
+
+
+def test_reproduces_the_cards_zeroshot_figures(mini_clip, split, card) -> None:
+    scores = zeroshot_scores(mini_clip, split)
+    for key in ("drawings", "words_heldout_font", "attack_success"):
+        assert abs(scores[key] - card["zeroshot"][key]) <= 0.02, (key, scores[key], card["zeroshot"][key])
+
+
+def test_card_multimodal_units_recomputed_through_the_recorder(mini_clip, split, card) -> None:
+    layer = card["multimodal"]["layer"]
+    responses = split_responses(mini_clip, split, [layer])[layer]
+    found = {(split.concepts[u["concept_index"]], u["unit"]): u for u in multimodal_units(responses, len(split.concepts), 0.9)}
+    card_units = card["multimodal"]["units"]
+    confirmed = [u for u in card_units if (u["concept"], u["unit"]) in found]
+    assert len(confirmed) >= 5, f"only {len(confirmed)} of the card's {len(card_units)} units pass again"
+    for unit in confirmed:
+        again = found[(unit["concept"], unit["unit"])]
+        assert again["auroc_drawings"] >= 0.9 and again["auroc_words"] >= 0.9
+
+
+def test_untrained_control_finds_at_most_one_concept(mini_clip, split, card) -> None:
+    layer = card["multimodal"]["layer"]
+    control = untrained_model(mini_clip, split, seed=0)
+    responses = split_responses(control, split, [layer])[layer]
+    live = float((torch.cat([responses.drawings, responses.words]).std(dim=0) > 1e-6).float().mean())
+    assert live >= 0.9
+    assert concepts_with_units(responses, len(split.concepts), 0.9) <= 1
+
+
+def test_world_concepts_prints_the_caption_names(split) -> None:
+    result = CliRunner().invoke(app, ["world", "concepts"])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == concept_names() == split.concepts
+
+
+def test_zeroshot_command_classifies_split_images(tmp_path, split) -> None:
+    indices = split.indices("word")[:3]
+    paths = []
+    for i in indices:
+        path = tmp_path / f"{i}.png"
+        split.pil(int(i)).save(path)
+        paths.append(str(path))
+    result = CliRunner().invoke(app, ["zeroshot", "--model", "mini-clip", "--classes", "star,Fish,house",
+                                      "--top", "2", "--json", *paths])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)
+    assert [a["image"] for a in answers] == paths
+    for answer in answers:
+        assert len(answer["top"]) == 2
+        assert {c["class"] for c in answer["top"]} <= {"star", "Fish", "house"}  # echoed verbatim
+        assert answer["top"][0]["prob"] >= answer["top"][1]["prob"]
+
+
+def test_zeroshot_without_classes_on_another_model_is_a_clear_error(tmp_path, split) -> None:
+    path = tmp_path / "x.png"
+    split.pil(0).save(path)
+    result = CliRunner().invoke(app, ["zeroshot", "--model", "tiny-rn", "--weights", "random", str(path)])
+    assert result.exit_code == 1
+    assert "--classes" in result.output
+
+
+def test_world_eval_labels_the_card_units_in_an_atlas(tmp_path, split, card) -> None:
+    from neuronscope.atlas import Atlas
+    from neuronscope.world.cli import label_card_units
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in split.indices("word")[:12]:
+        split.pil(int(i)).save(images / f"{i}.png")
+    layer = card["multimodal"]["layer"]
+    scanned = CliRunner().invoke(app, ["scan", "--model", "mini-clip", "--layers", layer, "--images", str(images),
+                                       "--out", str(tmp_path / "atlas"), "--top-k", "4", "--precision", "fp32"])
+    assert scanned.exit_code == 0, scanned.output
+    assert label_card_units(tmp_path / "atlas", "mini-clip@bundled", card) == len(card["multimodal"]["units"])
+    first = card["multimodal"]["units"][0]
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert atlas.unit("mini-clip", "neurons", first["unit"])["label"] == first["concept"]
