@@ -170,9 +170,7 @@ class Recorder:
             tensor = kwargs[key] if key is not None else None
         if tensor is None:
             return None
-        edited = self._edit(name, tensor)
-        if name in self._calls:
-            self._capture(name, edited)
+        edited = self._edit_and_capture(name, tensor)
         if edited is tensor:
             return None
         if key is None:
@@ -182,13 +180,18 @@ class Recorder:
             return (edited, *args[1:]), kwargs
         return args, {**kwargs, key: edited}
 
+    def _edit_and_capture(self, name: str, tensor: Tensor) -> Tensor:
+        """Apply this layer's edits, then capture what the model will see (edited values)."""
+        edited = self._edit(name, tensor)
+        if name in self._calls:
+            self._capture(name, edited)
+        return edited
+
     def _on_output(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
         tensor, index = _first_tensor(output)
         if tensor is None:
             return None
-        edited = self._edit(name, tensor)
-        if name in self._calls:
-            self._capture(name, edited)
+        edited = self._edit_and_capture(name, tensor)
         if edited is tensor:
             return None
         if index is None:

@@ -21,6 +21,7 @@ from neuronscope.commands.common import (
     SeedOpt,
     WeightsOpt,
     cli_command,
+    load_cli_model,
     print_json,
 )
 from neuronscope.demo import DemoReport, demo_report, images_from_tar, synthetic_images
@@ -34,9 +35,9 @@ FALLBACK = "tiny-rn"
 
 def _load(model: str | None, weights: str | None, device: str, precision: str) -> tuple[LoadedModel, str | None]:
     if model is not None:
-        return load_model(model, weights=weights or "default", device=device, precision=precision), None
+        return load_cli_model(model, weights, device, precision), None
     try:
-        return load_model("mini-clip", weights=weights or "default", device=device, precision=precision), None
+        return load_cli_model("mini-clip", weights, device, precision), None
     except BundledModelMissing as missing:
         note = f"{missing}. Showing {FALLBACK} with random weights instead."
         return load_model(FALLBACK, weights=RANDOM, device=device, precision=precision), note
