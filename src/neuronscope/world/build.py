@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import tarfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL
 from PIL import Image
 
 from ..imagefiles import SkipCounts, SkippedFile, file_sha256, open_image
@@ -216,10 +214,12 @@ def write_test_split(path: str | Path, entries: list[dict], images: list[Image.I
 
 
 def library_versions() -> dict[str, str]:
-    import wordfreq
+    """The versions a run records, plus wordfreq's (it chooses the reading words)."""
+    from importlib.metadata import version
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__,
-            "wordfreq": getattr(wordfreq, "__version__", "unknown")}
+    from ..atlas.store import library_versions as run_versions
+
+    return {**run_versions(), "wordfreq": version("wordfreq")}
 
 
 def build_world(out: str | Path, seed: int = 0, size: int = 64, root: str | Path = CLIPART_ROOT,
