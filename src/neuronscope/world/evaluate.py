@@ -144,7 +144,7 @@ def untrained_model(model: LoadedModel, split: TestSplit, seed: int, n_images: i
     module = build(model.spec)
     visual = module.visual
     for name, child in visual.named_modules():
-        if name.endswith("bn3"):
+        if name.startswith("layer") and name.endswith(".bn3"):  # residual blocks only, not the stem
             torch.nn.init.ones_(child.weight)
     batch_norms = [m for m in visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in batch_norms:
