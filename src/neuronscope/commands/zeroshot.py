@@ -21,7 +21,8 @@ from neuronscope.commands.common import (
     print_json,
 )
 from neuronscope.errors import NeuronscopeError
-from neuronscope.imagefiles import SkippedFile, iter_images
+from neuronscope.imagefiles import SkippedFile
+from neuronscope.mining.sources import iter_decoded
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 from neuronscope.runtime import seed_everything
 
@@ -86,7 +87,7 @@ def zeroshot(
             results.append({"image": image_id, "top": best})
         batch.clear()
 
-    for image_id, image in iter_images(images):
+    for image_id, image in iter_decoded(images):
         if isinstance(image, SkippedFile):
             skipped.append({"image": image_id, "reason": image.reason})
             continue

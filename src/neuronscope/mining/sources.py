@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.imagefiles import IMAGE_SUFFIXES
+from neuronscope.imagefiles import IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
 
 #: Hex digits of the content sha256 kept in an image id.
 ID_HASH_CHARS = 12
@@ -150,3 +150,27 @@ def open_source(source: str | os.PathLike) -> ImageSource:
     if path.suffix.lower() in (".txt", ".lst", ".list"):
         return list_paths_file(path.resolve())
     raise NeuronscopeError(f"--images {source}: not a folder, a .tar shard or a .txt list of paths")
+
+
+def iter_decoded(sources: list[str], max_pixels: int = PILLOW_MAX_PIXELS):
+    """Yield ``(name, image_or_skip)`` for image files, folders, tar shards or path lists, decoded here.
+
+    For small jobs that need no worker processes (``zeroshot``). A folder's
+    images are named ``FOLDER/relative/path``, tar members ``SHARD.tar::member``;
+    ``image_or_skip`` is an RGB image or the :class:`SkippedFile` saying why not.
+    """
+    for source in sources:
+        path = Path(source)
+        if path.is_file() and _has_image_suffix(path.name):
+            entries: tuple[Entry, ...] = (Entry(str(source), str(path)),)
+        else:
+            listed = open_source(path)
+            entries = tuple(replace(entry, name=os.path.join(source, entry.name)) if listed.kind == "folder"
+                            else entry for entry in listed.entries)
+        for entry in entries:
+            try:
+                yield entry.name, decode_image_bytes(entry.read(), entry.name, max_pixels)
+            except SkippedFile as skipped:
+                yield entry.name, skipped
+            except FileNotFoundError:
+                yield entry.name, SkippedFile("missing", entry.name)
