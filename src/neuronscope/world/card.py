@@ -13,15 +13,17 @@ from .evaluate import layer_responses
 from .split import TestSplit
 
 
-def top_images_sheet(model: LoadedModel, split: TestSplit, layer: str, unit: int, per_row: int = 8,
+def top_images_sheet(split: TestSplit, responses: dict[str, torch.Tensor], unit: int, per_row: int = 8,
                      scale: int = 2) -> Image.Image:
-    """Two rows: the unit's top held-out drawings (renders), then its top held-out-font words."""
+    """Two rows: the unit's top held-out drawings (renders), then its top held-out-font words.
+
+    ``responses`` maps ``"drawing"`` and ``"word"`` to the layer's responses [N_kind, U]
+    to that kind's images, in the split's order.
+    """
     rows = []
     for kind in ("drawing", "word"):
         index = split.indices(kind)
-        responses = layer_responses(model, split.pixels(index), [layer])
-        values = next(iter(responses.values()))[:, unit]
-        best = index[values.argsort(descending=True)[:per_row].numpy()]
+        best = index[responses[kind][:, unit].argsort(descending=True)[:per_row].numpy()]
         rows.append(np.concatenate([split.images[i] for i in best], axis=1))
     sheet = Image.fromarray(np.concatenate(rows, axis=0))
     return sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
@@ -65,10 +67,15 @@ def write_unit_sheets(model: LoadedModel, split: TestSplit, report: dict, out_di
     """PNG sheets of the top held-out drawings and words of the first ``count`` multimodal units."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    units = report["multimodal"]["units"][:count]
+    if not units:
+        return []
+    layer = units[0]["layer"]  # one best layer for every reported unit
+    responses = {kind: next(iter(layer_responses(model, split.pixels(split.indices(kind)), [layer]).values()))
+                 for kind in ("drawing", "word")}  # one forward per kind, shared by every sheet
     paths = []
-    with torch.no_grad():
-        for unit in report["multimodal"]["units"][:count]:
-            path = out_dir / f"unit_{unit['unit']}_{unit['concept']}.png"
-            top_images_sheet(model, split, unit["layer"], unit["unit"]).save(path)
-            paths.append(path)
+    for unit in units:
+        path = out_dir / f"unit_{unit['unit']}_{unit['concept']}.png"
+        top_images_sheet(split, responses, unit["unit"]).save(path)
+        paths.append(path)
     return paths
