@@ -39,7 +39,7 @@ def test_new_atlas_has_schema_version_wal_and_every_table(tmp_path):
 
 def test_migrations_run_in_order_and_newer_atlases_are_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "atlas.sqlite", isolation_level=None)
-    assert ensure_schema(db) == 0
+    assert ensure_schema(db, target=1) == 0
     steps = []
 
     def add_scores(connection):
@@ -50,7 +50,7 @@ def test_migrations_run_in_order_and_newer_atlases_are_refused(tmp_path):
     assert steps == [1] and schema_version(db) == 2
     assert "multimodality" in [row[1] for row in db.execute("PRAGMA table_info(units)")]
     with pytest.raises(NeuronscopeError, match="upgrade neuronscope"):
-        ensure_schema(db)  # version 2 > this code's 1
+        ensure_schema(db, target=1)  # version 2 > a neuronscope that knows 1
 
     def broken(connection):
         connection.execute("ALTER TABLE units ADD COLUMN half_done REAL")
@@ -163,3 +163,43 @@ def test_numpy_export_matches_show(scanned, tmp_path):
     assert data["top_ids"][9].tolist() == [e["image"] for e in record["top"]]
     np.testing.assert_allclose(data["top_values"][9], [e["activation"] for e in record["top"]], rtol=1e-6)
     assert data["mean"][9] == pytest.approx(record["stats"]["mean"])
+
+
+def test_renders_words_and_artifacts_are_stored_for_a_layer_never_scanned(tmp_path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = atlas.start_run(command="visualize", config={}, config_key="k", model="tiny-rn@random",
+                                 weights_sha256=None, layers=[], dataset=None, precision="fp32")
+        atlas.register_layer("tiny-rn@random", "visual.layer4.1.act3:input", aliases=["neurons"], units=4,
+                             grid=(2, 2), run_id=run_id)
+        paths = atlas.write_featurevis(run_id, "tiny-rn@random", "visual.layer4.1.act3:input", [
+            {"unit": 1, "kind": "plain", "png": b"png-1", "objective": 2.5, "description": "Channel [neurons, 1]"},
+            {"unit": 1, "kind": "diverse", "index": 3, "png": b"png-2", "objective": float("nan")}])
+        atlas.write_unit_texts("words", run_id, "tiny-rn@random", "visual.layer4.1.act3:input",
+                               {1: [("cat", 0.5), ("dog", 0.9)]})
+        atlas.write_unit_texts("words", run_id, "tiny-rn@random", "visual.layer4.1.act3:input", {1: [("owl", 0.1)]})
+        atlas.save_artifact("tiny-rn@random", "visual.layer4.1.act3:input", "emotions", "codes",
+                            data={"happy": [1]}, file_bytes=b"plot", suffix=".png", run_id=run_id)
+        atlas.finish_run(run_id)
+        record = atlas.unit("tiny-rn", "neurons", 1)
+        artifact = atlas.artifact("tiny-rn@random", "visual.layer4.1.act3:input", "emotions", "codes")
+        assert atlas.run(run_id)["status"] == "finished"
+    assert [(r["kind"], r["objective"]) for r in record["featurevis"]] == [("diverse", None), ("plain", 2.5)]
+    assert (tmp_path / "atlas" / paths[0]).read_bytes() == b"png-1"
+    assert record["words"] == [{"word": "owl", "score": 0.1}]  # a rewrite replaces the unit's words
+    assert record["top"] == [] and record["histogram"] is None
+    assert artifact["data"] == {"happy": [1]} and (tmp_path / "atlas" / artifact["path"]).read_bytes() == b"plot"
+
+
+def test_a_version_1_atlas_is_migrated_to_hold_artifacts(tmp_path):
+    import sqlite3
+
+    from neuronscope.atlas.schema import SCHEMA_V1
+
+    path = tmp_path / "old" / "atlas.sqlite"
+    path.parent.mkdir()
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_V1 + "INSERT INTO meta VALUES ('schema_version', '1');")
+    db.close()
+    with Atlas(path.parent) as atlas:
+        assert schema_version(atlas.db) == SCHEMA_VERSION == 2
+        assert atlas.artifacts("m", "l") == []

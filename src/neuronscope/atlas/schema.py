@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from neuronscope.errors import NeuronscopeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,8 +132,37 @@ CREATE TABLE IF NOT EXISTS families (
 );
 """
 
+SCHEMA_V2 = """
+-- v2: the value a render reached is a number (v1 declared TEXT, and nothing wrote it), and
+-- the objective's readable description sits beside it.
+DROP TABLE IF EXISTS featurevis;
+CREATE TABLE featurevis (
+    model TEXT NOT NULL, layer TEXT NOT NULL, unit INTEGER NOT NULL,
+    kind TEXT NOT NULL,              -- plain | diverse | facet:NAME
+    path TEXT NOT NULL,              -- PNG relative to the atlas
+    objective REAL,                  -- the objective's value at the last step
+    description TEXT,                -- e.g. "Channel [neurons, 7]"
+    run_id INTEGER,
+    PRIMARY KEY (model, layer, unit, kind, path)
+);
+-- Whatever a command computes per layer that is not per unit: facet probes, emotion
+-- codes and their plots, NMF atlases. ``path`` is a file relative to the atlas, ``data`` JSON.
+CREATE TABLE IF NOT EXISTS artifacts (
+    model TEXT NOT NULL, layer TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    path TEXT, data TEXT, run_id INTEGER, created_at TEXT NOT NULL,
+    PRIMARY KEY (model, layer, kind, name)
+);
+"""
+
+
+def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA_V2.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
 #: ``MIGRATIONS[v]`` upgrades a version-``v`` atlas to ``v + 1`` inside the open transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
 
 
 def schema_version(connection: sqlite3.Connection) -> int:

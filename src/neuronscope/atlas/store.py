@@ -4,6 +4,8 @@
       atlas.sqlite          runs, images, layers, units, examples, labels, ... (WAL)
       arrays/               histograms (.npz) per model and layer
       thumbs/               top-example thumbnails with the firing cell marked
+      featurevis/           feature visualizations per model and layer (PNG)
+      artifacts/            per-layer results that are not per unit (facet probes, emotion plots)
       checkpoints/          state of scans in progress (deleted when a scan finishes)
 
 Every command writes through :class:`Atlas`. Writes are transactional: a
@@ -340,6 +342,104 @@ class Atlas:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
 
+    # ------------------------------------------------------------------ other writers: layers, renders, words
+
+    def register_layer(self, model: str, layer: str, *, aliases: list[str], units: int, grid: tuple[int, int],
+                       run_id: int | None = None) -> None:
+        """Make a layer known before (or without) a scan, so its renders and words can be read.
+
+        A scan of the same layer later replaces this row with its own; an existing row is kept.
+        """
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO layers (model, layer, aliases, units, grid_rows, grid_cols, run_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (model, layer, json.dumps(aliases), int(units), *grid, run_id))
+
+    def finish_run(self, run_id: int, *, images: int | None = None, skipped: Mapping[str, int] | None = None) -> None:
+        """Mark a run finished (commands other than scan call this after their last write)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'finished', finished_at = ?, images = COALESCE(?, images), "
+                       "skipped = COALESCE(?, skipped) WHERE id = ?",
+                       (_now(), images, json.dumps(dict(skipped)) if skipped is not None else None, run_id))
+
+    def featurevis_relpath(self, model: str, layer: str, unit: int, kind: str, index: int = 0) -> str:
+        """Where a render is stored: ``featurevis/<model>/<layer>/<unit>_<kind>_<index>.png``."""
+        return f"featurevis/{layer_slug(model)}/{layer_slug(layer)}/{unit}_{layer_slug(kind)}_{index}.png"
+
+    def write_featurevis(self, run_id: int | None, model: str, layer: str,
+                         renders: list[Mapping[str, Any]]) -> list[str]:
+        """Store renders: PNG files first, then their rows in one transaction; returns their relative paths.
+
+        Args:
+            renders: ``{"unit", "kind" ("plain" | "diverse" | "facet:NAME"), "index" (0 unless diverse),
+                "png" (bytes), "objective" (float reached), "description" (str)}`` each. A render of the
+                same (unit, kind, index) replaces the old one.
+        """
+        paths = []
+        for render in renders:
+            relative = self.featurevis_relpath(model, layer, int(render["unit"]), render["kind"],
+                                               int(render.get("index", 0)))
+            atomic_write_bytes(self.path / relative, render["png"], durable=False)
+            paths.append(relative)
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO featurevis (model, layer, unit, kind, path, objective, description, run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(model, layer, int(r["unit"]), r["kind"], path, _finite(r["objective"]), r.get("description"),
+                  run_id) for r, path in zip(renders, paths)])
+        return paths
+
+    def write_unit_texts(self, table: str, run_id: int | None, model: str, layer: str,
+                         scored: Mapping[int, list[tuple[str, float]]]) -> None:
+        """Replace the top words (``table="words"``) or texts (``"texts"``) of the given units.
+
+        Args:
+            scored: ``{unit: [(word or text, score), ...]}``; order does not matter (readers sort by score).
+        """
+        if table not in ("words", "texts"):
+            raise ValueError(f"table must be 'words' or 'texts', not {table!r}")
+        column = table[:-1]
+        with self.transaction() as db:
+            for unit, entries in scored.items():
+                db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND unit = ?", (model, layer, int(unit)))
+                db.executemany(f"INSERT OR REPLACE INTO {table} (model, layer, unit, {column}, score, run_id) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               [(model, layer, int(unit), text, float(score), run_id) for text, score in entries])
+
+    def save_artifact(self, model: str, layer: str, kind: str, name: str, *, data: Any = None,
+                      file_bytes: bytes | None = None, suffix: str = ".bin", run_id: int | None = None) -> dict:
+        """Store a per-layer result (``data``: JSON-able; ``file_bytes``: a file beside the catalogue).
+
+        ``kind`` groups artifacts (``facet-probe``, ``emotions``, ...); ``name`` keys one of them
+        (a facet probe's cache key, ``codes``, ``nmf-7``). Replaces an artifact of the same key.
+        """
+        relative = None
+        if file_bytes is not None:
+            relative = f"artifacts/{layer_slug(model)}/{layer_slug(layer)}/{layer_slug(kind)}_{layer_slug(name)}{suffix}"
+            atomic_write_bytes(self.path / relative, file_bytes)
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts (model, layer, kind, name, path, data, run_id, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (model, layer, kind, name, relative, None if data is None else json.dumps(data), run_id, _now()))
+        return self.artifact(model, layer, kind, name)
+
+    def artifact(self, model: str, layer: str, kind: str, name: str) -> dict[str, Any] | None:
+        """One artifact ``{"kind", "name", "path", "data", "run_id", "created_at"}`` or None."""
+        row = self.db.execute("SELECT * FROM artifacts WHERE model = ? AND layer = ? AND kind = ? AND name = ?",
+                              (model, layer, kind, name)).fetchone()
+        return None if row is None else self._artifact_record(row)
+
+    def artifacts(self, model: str, layer: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """A layer's artifacts (of one kind, or all), by kind and name."""
+        rows = self.db.execute("SELECT * FROM artifacts WHERE model = ? AND layer = ? AND (? IS NULL OR kind = ?) "
+                               "ORDER BY kind, name", (model, layer, kind, kind))
+        return [self._artifact_record(row) for row in rows]
+
+    @staticmethod
+    def _artifact_record(row: sqlite3.Row) -> dict[str, Any]:
+        record = {key: row[key] for key in ("kind", "name", "path", "run_id", "created_at")}
+        record["data"] = None if row["data"] is None else json.loads(row["data"])
+        return record
+
     # ------------------------------------------------------------------ reading
 
     def models(self) -> list[str]:
@@ -404,8 +504,8 @@ class Atlas:
             "histogram": self.histogram(model, canonical, unit),
             "label": label["text"] if label else None,
             "featurevis": [dict(row) for row in self.db.execute(
-                "SELECT kind, path, objective FROM featurevis WHERE model = ? AND layer = ? AND unit = ? "
-                "ORDER BY kind, path", key)],
+                "SELECT kind, path, objective, description FROM featurevis WHERE model = ? AND layer = ? "
+                "AND unit = ? ORDER BY kind, path", key)],
             "words": [dict(row) for row in self.db.execute(
                 "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, word", key)],
