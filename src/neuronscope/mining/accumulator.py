@@ -79,6 +79,20 @@ class LayerAccumulator:
         self.moments.update(values, map_means)
         self.histogram.update(values, ordinals, hashes)
 
+    def merge(self, other: LayerAccumulator) -> None:
+        """Fold in the statistics of other images of the same layer (a partial result, e.g. a Ray worker's).
+
+        Every piece merges associatively and commutatively, so partial results
+        merged in any order and grouping equal one pass over all the images.
+        """
+        if (other.units, other.grid, other.settings) != (self.units, self.grid, self.settings):
+            raise ValueError(f"cannot merge a layer of {other.units} units on {other.grid} ({other.settings}) "
+                             f"into {self.units} units on {self.grid} ({self.settings})")
+        self.top.merge(other.top)
+        self.bottom.merge(other.bottom)
+        self.moments.merge(other.moments)
+        self.histogram.merge(other.histogram)
+
     def live_ordinals(self) -> np.ndarray:
         """Ordinals of every image some unit still holds (top, bottom or a reservoir)."""
         return np.union1d(np.union1d(self.top.live_ordinals(), self.bottom.live_ordinals()),

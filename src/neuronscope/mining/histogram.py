@@ -14,9 +14,10 @@ are identical for any arrival order.
 Each bin also keeps a reservoir: the ``reservoir`` images with the smallest
 ``hash(id, seed)`` among those that fell in it. "The r smallest hashes of a
 set" is order-free and merges exactly when two bins merge, so reservoir ids
-are identical too. Uniform buckets for conditional-probability plots (the
-paper's "SDs from zero") are unions of these bins, with the r smallest
-hashes of the union as their sample.
+are identical too. The same holds when partial histograms of other images
+are merged (:meth:`StreamingHistogram.merge`, for the Ray backend). Uniform
+buckets for conditional-probability plots (the paper's "SDs from zero") are
+unions of these bins, with the r smallest hashes of the union as their sample.
 
 Memory: units x n_bins x (1 + 2 x reservoir) int64.
 """
@@ -88,37 +89,59 @@ class StreamingHistogram:
         # Scaling by a power of two is exact, so floor() gives the true bin.
         return np.floor(values * np.ldexp(1.0, -np.asarray(exponent))).astype(np.int64)
 
-    def _rebin(self, units: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-        """Grow the windows of ``units`` to hold ``[lo, hi]`` (one entry per unit): shift, and double as needed.
-
-        Vectorised over units: the first batches rebin every unit of a layer.
-        """
-        old_exponent, old_first = self.exponent[units], self.first[units]
-        exponent = old_exponent.copy()
+    def _fit(self, lo: np.ndarray, hi: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The window holding ``[lo, hi]`` (one entry per unit): the smallest exponent ``>= exponent`` whose
+        grid holds the range in ``n_bins`` bins, and its first bin. Returns ``(exponent, first)`` [U] int64."""
+        exponent = exponent.copy()
         while True:
             too_wide = self._grid_index(hi, exponent) - self._grid_index(lo, exponent) + 1 > self.n_bins
             if not too_wide.any():
                 break
             exponent += too_wide
-        first = self._grid_index(lo, exponent)
-        shift = exponent - old_exponent
-        # Old bin i is grid index old_first + i at old_exponent; >> shift is floor division by 2**shift.
+        return exponent, self._grid_index(lo, exponent)
+
+    def _pool(self, units: np.ndarray, exponent: np.ndarray, first: np.ndarray,
+              parts: list[tuple[np.ndarray, ...]]) -> None:
+        """Set the windows of ``units`` to ``(exponent, first)`` [U] and fill them with the bins of ``parts``.
+
+        Each part is ``(exponent [U], first [U], counts [U, n_bins], hashes, ordinals [U, n_bins, r])``: bins
+        on a grid as fine or finer, lying inside the new window. Bin ``i`` of a part is grid index
+        ``first + i`` at its exponent, and ``>> shift`` is floor division by ``2**shift``: whole bins merge,
+        no count is split. Vectorised over units: the first batches re-bin every unit of a layer.
+        """
+        rows = np.arange(len(units))[:, None]
         bins = np.arange(self.n_bins, dtype=np.int64)
-        new_index = ((old_first[:, None] + bins[None, :]) >> shift[:, None]) - first[:, None]  # [U, n_bins]
-        old_counts = self.counts[units]
-        occupied = old_counts > 0
-        rows = np.broadcast_to(np.arange(len(units))[:, None], new_index.shape)
-        flat = rows[occupied] * self.n_bins + new_index[occupied]
-        counts = np.bincount(flat, weights=old_counts[occupied], minlength=len(units) * self.n_bins)
-        hashes, ordinals = self.sample_hashes[units], self.sample_ordinals[units]  # [U, n_bins, r]
-        live = hashes != EMPTY
-        cells = np.broadcast_to((rows * self.n_bins + new_index)[:, :, None], hashes.shape)
-        merged_hash, merged_ord = _smallest_per_cell(cells[live], hashes[live], ordinals[live],
-                                                     len(units) * self.n_bins, self.reservoir)
+        count_cells, count_weights, sample_cells, sample_hashes, sample_ordinals = [], [], [], [], []
+        for part_exponent, part_first, counts, hashes, ordinals in parts:
+            shift = exponent - part_exponent
+            if (shift < 0).any():
+                raise ValueError("a histogram cannot be re-binned onto a finer grid")
+            new_index = ((part_first[:, None] + bins[None, :]) >> shift[:, None]) - first[:, None]  # [U, n_bins]
+            cells = rows * self.n_bins + new_index
+            occupied = counts > 0
+            count_cells.append(cells[occupied])
+            count_weights.append(counts[occupied])
+            live = hashes != EMPTY
+            sample_cells.append(np.broadcast_to(cells[:, :, None], hashes.shape)[live])
+            sample_hashes.append(hashes[live])
+            sample_ordinals.append(ordinals[live])
+        n_cells = len(units) * self.n_bins
+        counts = np.bincount(np.concatenate(count_cells), weights=np.concatenate(count_weights), minlength=n_cells)
+        merged_hash, merged_ord = _smallest_per_cell(np.concatenate(sample_cells), np.concatenate(sample_hashes),
+                                                     np.concatenate(sample_ordinals), n_cells, self.reservoir)
         self.sample_hashes[units] = merged_hash.reshape(len(units), self.n_bins, self.reservoir)
         self.sample_ordinals[units] = merged_ord.reshape(len(units), self.n_bins, self.reservoir)
         self.counts[units] = counts.reshape(len(units), self.n_bins).astype(np.int64)
         self.exponent[units], self.first[units] = exponent, first
+
+    def _own_bins(self, units: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (self.exponent[units], self.first[units], self.counts[units], self.sample_hashes[units],
+                self.sample_ordinals[units])
+
+    def _rebin(self, units: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Grow the windows of ``units`` to hold ``[lo, hi]`` (one entry per unit): shift, and double as needed."""
+        exponent, first = self._fit(lo, hi, self.exponent[units])
+        self._pool(units, exponent, first, [self._own_bins(units)])
 
     # ------------------------------------------------------------------ update
 
@@ -163,6 +186,26 @@ class StreamingHistogram:
             np.concatenate([kept_ord[touched].reshape(-1), cand_ord[better]]),
             touched.size, self.reservoir)
         kept_hash[touched], kept_ord[touched] = merged_hash, merged_ord
+
+    def merge(self, other: StreamingHistogram) -> None:
+        """Fold in the histogram of other images (a partial result), as if their values had come in a batch.
+
+        Each window's exponent is the smallest that holds its own values, so it
+        is at most the union's: the union's window is reached by exact
+        doublings of both, counts add and each bin keeps the ``reservoir``
+        smallest hashes of both. Merging in any order and grouping equals one pass.
+        """
+        if (other.n_bins, other.reservoir, other.counts.shape) != (self.n_bins, self.reservoir, self.counts.shape):
+            raise ValueError(f"cannot merge a histogram of shape {other.counts.shape} (reservoir {other.reservoir})"
+                             f" into {self.counts.shape} (reservoir {self.reservoir})")
+        units = np.flatnonzero(np.isfinite(other.lo))  # units with finite values on the other side
+        if units.size:
+            lo = np.minimum(self.lo[units], other.lo[units])
+            hi = np.maximum(self.hi[units], other.hi[units])
+            exponent, first = self._fit(lo, hi, np.maximum(self.exponent[units], other.exponent[units]))
+            self._pool(units, exponent, first, [self._own_bins(units), other._own_bins(units)])
+            self.lo[units], self.hi[units] = lo, hi
+        self.nonfinite = self.nonfinite + other.nonfinite
 
     # ------------------------------------------------------------------ reading
 

@@ -1,7 +1,8 @@
 """Streaming mean, standard deviation, min, max and count per unit, in float64.
 
-Batches are merged with Chan et al.'s parallel update (count, mean, M2), so
-the result does not depend on how images are split into batches beyond
+Batches, and partial results of other images (:meth:`StreamingMoments.merge`,
+for the Ray backend), are merged with Chan et al.'s parallel update (count,
+mean, M2), so the result does not depend on how images are split beyond
 float64 rounding (~1e-15 relative), far inside the 1e-6 the scans promise.
 """
 
@@ -42,6 +43,21 @@ class StreamingMoments:
         self.min = np.minimum(self.min, batch.min(axis=0))
         self.max = np.maximum(self.max, batch.max(axis=0))
         self.map_sum += map_means.astype(np.float64).sum(axis=0)
+
+    def merge(self, other: StreamingMoments) -> None:
+        """Fold in the moments of other images (Chan et al.'s pairwise update; order-free up to float64 rounding)."""
+        if other.mean.shape != self.mean.shape:
+            raise ValueError(f"cannot merge moments of {other.mean.size} units into {self.mean.size}")
+        if other.count == 0:
+            return
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        self.count = total
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+        self.map_sum = self.map_sum + other.map_sum
 
     @property
     def std(self) -> np.ndarray:

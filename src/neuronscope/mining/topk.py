@@ -40,9 +40,25 @@ class StreamingTopK:
             cells: [B, C, 2] (row, col) of each value.
         """
         units = self.values.shape[0]
-        all_values = np.concatenate([self.values, values.T.astype(np.float32)], axis=1)  # [C, k + B]
-        all_ordinals = np.concatenate([self.ordinals, np.broadcast_to(ordinals, (units, len(ordinals)))], axis=1)
-        all_cells = np.concatenate([self.cells, cells.transpose(1, 0, 2).astype(np.int16)], axis=1)  # [C, k+B, 2]
+        self._keep_best(values.T.astype(np.float32), np.broadcast_to(ordinals, (units, len(ordinals))),
+                        cells.transpose(1, 0, 2).astype(np.int16))
+
+    def merge(self, other: StreamingTopK) -> None:
+        """Fold in another top-k of the same units and direction (a partial result of other images).
+
+        The k best of the union of two sets is the k best of their k bests, so
+        merging partial results in any order and grouping equals one pass.
+        """
+        if other.k != self.k or other.largest != self.largest or other.values.shape != self.values.shape:
+            raise ValueError(f"cannot merge a top-{other.k} of {other.values.shape[0]} units "
+                             f"(largest={other.largest}) into a top-{self.k} of {self.values.shape[0]}")
+        self._keep_best(other.values, other.ordinals, other.cells)
+
+    def _keep_best(self, values: np.ndarray, ordinals: np.ndarray, cells: np.ndarray) -> None:
+        """Keep the k best of those kept and the candidates ``values`` [C, n], ``ordinals`` [C, n], ``cells`` [C, n, 2]."""
+        all_values = np.concatenate([self.values, values], axis=1)  # [C, k + n]
+        all_ordinals = np.concatenate([self.ordinals, ordinals], axis=1)
+        all_cells = np.concatenate([self.cells, cells], axis=1)  # [C, k + n, 2]
         primary = -all_values if self.largest else all_values
         # lexsort: last key is primary. NaN (a broken forward) sorts last either way.
         order = np.lexsort((all_ordinals, primary), axis=-1)[:, : self.k]  # [C, k]
