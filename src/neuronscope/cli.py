@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "neuronscope.commands.zeroshot",
     "neuronscope.commands.scan",
     "neuronscope.commands.show",
+    "neuronscope.commands.words",
+    "neuronscope.commands.reproduce",
 )
 
 app = typer.Typer(

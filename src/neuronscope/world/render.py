@@ -135,6 +135,26 @@ def draw_text(canvas: Image.Image, text: str, font_file: str, ink: tuple[int, in
     ImageDraw.Draw(canvas).text((x, y), text, font=font, fill=ink)
 
 
+def render_word_at(text: str, font_file: str, size: int, width_fraction: float, position: tuple[float, float],
+                   *, max_height_fraction: float = 0.9, background: tuple[int, int, int] = (255, 255, 255),
+                   ink: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """``text`` at ``width_fraction`` of a ``size`` px square, placed deterministically (no randomness).
+
+    The font is the largest at which the text spans ``width_fraction`` of the
+    width and at most ``max_height_fraction`` of the height (short words are
+    capped by height). ``position`` = (x, y) in [0, 1]: where the text sits in
+    the room left around it (0: left/top edge, 0.5: centred, 1: right/bottom).
+    """
+    canvas = Image.new("RGB", (size, size), background)
+    font = _fit_font(text, font_file, size * width_fraction, size * max_height_fraction)
+    left, top, right, bottom = font.getbbox(text)
+    room_x, room_y = max(0, size - (right - left)), max(0, size - (bottom - top))
+    x = round(room_x * position[0]) - left
+    y = round(room_y * position[1]) - top
+    ImageDraw.Draw(canvas).text((x, y), text, font=font, fill=ink)
+    return canvas
+
+
 def render_word(text: str, font_file: str, rng: np.random.Generator, size: int,
                 width_fraction: float | None = None, ink: tuple[int, int, int] | None = None) -> Image.Image:
     """A word in ``font_file`` on a light background, 45-95% of the width wide unless given."""

@@ -1,0 +1,95 @@
+"""``neuronscope reproduce``: checks of our tools against the article's published results.
+
+``reproduce words --weights RN50x4.pt`` probes RN50x4's ``image_block_4/5/Add_6``
+with rastered words and reports how its top words agree with the article's
+table, overall and for the 109 units the article names.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    cli_command,
+    load_cli_model,
+    print_json,
+)
+from neuronscope.commands.words import (
+    FontsOpt,
+    PositionsOpt,
+    SizesOpt,
+    VocabOpt,
+    WorkersOpt,
+    _progress,
+    raster_settings,
+    vocabulary_name,
+)
+from neuronscope.errors import NeuronscopeError
+
+app = typer.Typer(help="Compare our results with the article's (needs the real weights).", no_args_is_help=True)
+
+
+@app.command("words")
+@cli_command
+def reproduce_words(
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", "-w", help="PATH to OpenAI's RN50x4 (RN50x4.pt or an open_clip state dict); "
+                                "random gives the chance figure.")] = None,
+    vocab: VocabOpt = "english-10k",
+    sizes: SizesOpt = "0.5,0.7,0.9",
+    positions: PositionsOpt = "0.1:0.1,0.5:0.5,0.9:0.9",
+    fonts: FontsOpt = "dejavu/DejaVuSans.ttf",
+    top_k: Annotated[int, typer.Option("--top-k", min=3, help="Our top words kept per unit (the paper "
+                                                              "top-1 is looked for among them).")] = 20,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Also store the top words in this atlas.")] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="Named units printed (text output).")] = 20,
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Probe RN50x4 image_block_4/5/Add_6 with rastered words and compare with the article's top-3 words."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
+    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.words import probe_words, save_word_probe
+
+    if not weights:
+        raise NeuronscopeError("reproduce words needs --weights PATH to OpenAI's RN50x4 weights "
+                               "(or --weights random for the chance figure)")
+    settings = raster_settings(sizes, positions, fonts)
+    vocabulary = load_vocabulary(vocab)
+    loaded = load_cli_model(PAPER_MODEL, weights, device, precision)
+    probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
+                        on_batch=_progress(json_out and not sys.stderr.isatty()))
+    comparison = compare_with_paper(probe, k=top_k)
+    payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
+    if out:
+        with Atlas(out) as atlas:
+            payload["run_id"] = save_word_probe(atlas, probe, loaded, vocabulary=vocabulary_name(vocab), top_k=top_k)
+        payload["atlas"] = out
+    if json_out:
+        print_json(payload)
+        return
+    for name, stats in (("all units", comparison.overall), ("named units", comparison.named)):
+        typer.echo(f"{name} ({stats.units}): top-3 overlap {stats.top3_overlap:.3f}, at least one shared "
+                   f"{stats.any_top3:.3f}, paper's top-1 in our top {stats.k} {stats.paper_top1_in_top_k:.3f}")
+    typer.echo(f"(vocabulary {len(probe.words)} words, holding {comparison.paper_words_in_vocabulary:.1%} of the "
+               f"article's; {probe.seconds:.0f} s)")
+    for entry in comparison.named_units[:top]:
+        typer.echo(f"  {entry['unit']:5d} {entry['label'][:28]:28s} paper: {', '.join(entry['paper']):34s} "
+                   f"ours: {', '.join(entry['ours'])}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="reproduce")

@@ -1,0 +1,181 @@
+"""``neuronscope words`` (rastered-word probing into an atlas) and ``neuronscope wordvec`` (word embeddings)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.atlas import Atlas
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    WeightsOpt,
+    cli_command,
+    load_cli_model,
+    print_json,
+)
+from neuronscope.errors import NeuronscopeError
+
+LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
+VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, "
+                                                       "or a FILE with one word or phrase a line.")]
+SizesOpt = Annotated[str, typer.Option("--sizes", help="Text widths as fractions of the input width, "
+                                                       "comma-separated (mean over sizes).")]
+PositionsOpt = Annotated[str, typer.Option("--positions", help="Text positions x:y in [0, 1], comma-separated "
+                                                               "(max over positions).")]
+FontsOpt = Annotated[str, typer.Option("--fonts", help="Font files (family_dir/file.ttf under "
+                                                       "/usr/share/fonts/truetype, or paths), comma-separated.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Rendering processes (0: in the main one).")]
+
+
+def vocabulary_name(vocab: str) -> str:
+    """How a vocabulary is named in the atlas: a built-in's name, or a file's stem."""
+    from neuronscope.probing.vocab import VOCABULARIES
+
+    return vocab if vocab in VOCABULARIES else Path(vocab).stem
+
+
+def raster_settings(sizes: str, positions: str, fonts: str):
+    """``RasterSettings`` from the command line's comma-separated lists, with a clear error."""
+    from neuronscope.probing.raster import RasterSettings
+
+    try:
+        size_values = tuple(float(s) for s in sizes.split(",") if s.strip())
+        position_values = tuple(tuple(float(v) for v in p.split(":")) for p in positions.split(",") if p.strip())
+        if any(len(p) != 2 for p in position_values):
+            raise ValueError("a position is x:y")
+        return RasterSettings(fonts=tuple(f.strip() for f in fonts.split(",") if f.strip()), sizes=size_values,
+                              positions=position_values)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise NeuronscopeError(f"bad raster settings ({err}): --sizes 0.5,0.7,0.9 --positions "
+                               "0.1:0.1,0.5:0.5,0.9:0.9") from None
+
+
+def _progress(quiet: bool):
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if not quiet and (now - last[0] >= 10 or done == total):
+            last[0] = now
+            typer.echo(f"words {done}/{total}", err=True)
+
+    return report
+
+
+def words(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "neurons",
+    vocab: VocabOpt = "english-10k",
+    sizes: SizesOpt = "0.5,0.7,0.9",
+    positions: PositionsOpt = "0.1:0.1,0.5:0.5,0.9:0.9",
+    fonts: FontsOpt = "dejavu/DejaVuSans.ttf",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Top words stored per unit.")] = 20,
+    out: Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")] = "",
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Raster every word of a vocabulary as images and store each unit's top words in an atlas
+    (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
+    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.words import probe_words, save_word_probe
+
+    if not out:
+        raise NeuronscopeError("words needs --out ATLAS (the atlas directory to write into)")
+    if model is None:
+        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    settings = raster_settings(sizes, positions, fonts)
+    vocabulary = load_vocabulary(vocab)
+    name = vocabulary_name(vocab)
+    loaded = load_cli_model(model, weights, device, precision)
+    quiet = json_out and not sys.stderr.isatty()
+    probe = probe_words(loaded, layer, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
+                        on_batch=_progress(quiet))
+    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", probe.layer, "--vocab", name,
+                          "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
+                          "--out", Path(out).name, "--precision", precision])
+    with Atlas(out) as atlas:
+        run_id = save_word_probe(atlas, probe, loaded, vocabulary=name, top_k=top_k, command=command)
+    if json_out:
+        print_json({"atlas": out, "run_id": run_id, "model": probe.model, "layers": [probe.layer],
+                    "units": probe.units, "seconds": round(probe.seconds, 3), "skipped": {},
+                    "vocabulary": name, "words": len(probe.words), "images": len(probe.words) * settings.variants})
+        return
+    typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "
+               f"(run {run_id}), top {top_k} words of {probe.units} units of {probe.layer} in {probe.seconds:.1f} s")
+
+
+def wordvec(
+    atlas: Annotated[str, typer.Argument(metavar="ATLAS", help="An atlas with a word probe (`neuronscope words`).")],
+    layer: LayerOpt = "neurons",
+    model: ModelOpt = None,
+    vocab: Annotated[Optional[str], typer.Option("--vocab", help="Which stored probe (omit when one).")] = None,
+    nearest: Annotated[Optional[str], typer.Option("--nearest", help="Words nearest to this word.")] = None,
+    plus: Annotated[str, typer.Option("--plus", help="Word arithmetic: words to add, comma-separated.")] = "",
+    minus: Annotated[str, typer.Option("--minus", help="Word arithmetic: words to subtract.")] = "",
+    cosine: Annotated[str, typer.Option("--cosine", help="Two words A,B: their cosine.")] = "",
+    mask_lexical: Annotated[bool, typer.Option("--mask-lexical", help="Leave out units whose top words share "
+                                                                      "a prefix or suffix (-ing, un-).")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Do not subtract the vocabulary's mean.")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Words printed.")] = 10,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Image-based word embeddings from a stored word probe: nearest words, word arithmetic, cosines
+    (the layer's response to a rastered word minus the mean over the vocabulary)."""
+    from neuronscope.probing.embedding import WordEmbedding, lexical_units
+    from neuronscope.probing.words import load_word_scores
+
+    plus_words = [w.strip() for w in plus.split(",") if w.strip()]
+    minus_words = [w.strip() for w in minus.split(",") if w.strip()]
+    pair = [w.strip() for w in cosine.split(",") if w.strip()]
+    if sum([nearest is not None, bool(plus_words or minus_words), bool(pair)]) != 1:
+        raise NeuronscopeError("give one of --nearest WORD, --plus A,B [--minus C] or --cosine A,B")
+    if pair and len(pair) != 2:
+        raise NeuronscopeError(f"--cosine takes two words A,B, got {cosine!r}")
+    with Atlas(atlas, create=False) as store:
+        model_key, canonical, name, vocabulary, scores = load_word_scores(store, model, layer, vocab)
+    masked = lexical_units(vocabulary, scores) if mask_lexical else {}
+    embedding = WordEmbedding(vocabulary, scores, center=not raw, mask_units=list(masked))
+    try:
+        if pair:
+            value = embedding.cosine(*pair)
+            result = {"cosine": {"a": pair[0], "b": pair[1], "value": round(value, 4)}}
+        elif nearest is not None:
+            result = {"query": {"nearest": nearest}, "words": embedding.nearest(nearest, top)}
+        else:
+            result = {"query": {"plus": plus_words, "minus": minus_words},
+                      "words": embedding.arithmetic(plus_words, minus_words, top)}
+    except KeyError as err:
+        raise NeuronscopeError(str(err.args[0])) from None
+    if "words" in result:
+        result["words"] = [{"word": w, "score": round(s, 4)} for w, s in result["words"]]
+    payload = {"model": model_key, "layer": canonical, "vocabulary": name, "centered": not raw,
+               "masked_units": len(masked), **result}
+    if json_out:
+        print_json(payload)
+        return
+    if pair:
+        typer.echo(f"cos({pair[0]}, {pair[1]}) = {payload['cosine']['value']:.4f}")
+        return
+    for entry in payload["words"]:
+        typer.echo(f"{entry['score']:8.4f}  {entry['word']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("words")(cli_command(words))
+    app.command("wordvec")(cli_command(wordvec))

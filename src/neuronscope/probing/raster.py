@@ -1,0 +1,108 @@
+"""Rastering words: each word as a few images (fonts x sizes x positions), rendered in workers.
+
+Sizes are fractions of the input width (the text spans that share of the
+width, its height capped at ``max_height`` of it), so the same settings
+serve a 64 px and a 288 px model. Positions are (x, y) in [0, 1]: where the
+text sits in the room left around it. Black text on white, like the paper's
+rastered words; everything is deterministic (no random jitter).
+
+Fonts are files on disk, found under ``/usr/share/fonts/truetype`` by
+``family_dir/file.ttf`` (or given as a path). The default, DejaVu Sans
+(Debian ``fonts-dejavu-core``), is under the Bitstream Vera Fonts licence
+with DejaVu's changes in the public domain; Liberation fonts
+(``fonts-liberation``) are under the SIL Open Font License 1.1, GNU
+FreeFont (``fonts-freefont-ttf``) under the GPL v3 with the font exception.
+Rendered images are not redistributed by neuronscope, only scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..world.render import font_path, render_word_at
+
+DEFAULT_FONTS = ("dejavu/DejaVuSans.ttf",)
+DEFAULT_SIZES = (0.5, 0.7, 0.9)
+#: Top-left, centre, bottom-right of the room around the text.
+DEFAULT_POSITIONS = ((0.1, 0.1), (0.5, 0.5), (0.9, 0.9))
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    """How each word becomes images: ``len(fonts) * len(sizes) * len(positions)`` of them.
+
+    Attributes:
+        fonts: font files, ``family_dir/file.ttf`` under the system font folder or a path.
+        sizes: text width as a fraction of the image width.
+        positions: (x, y) in [0, 1], where the text sits in the room around it.
+        max_height: the text's height is capped at this fraction of the image (short words).
+    """
+
+    fonts: tuple[str, ...] = DEFAULT_FONTS
+    sizes: tuple[float, ...] = DEFAULT_SIZES
+    positions: tuple[tuple[float, float], ...] = DEFAULT_POSITIONS
+    max_height: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.fonts or not self.sizes or not self.positions:
+            raise ValueError("RasterSettings needs at least one font, one size and one position")
+        if not all(0 < s <= 1 for s in self.sizes):
+            raise ValueError(f"sizes are fractions of the image width in (0, 1], got {self.sizes}")
+        if not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in self.positions):
+            raise ValueError(f"positions are (x, y) in [0, 1], got {self.positions}")
+
+    @property
+    def variants(self) -> int:
+        """Images per word."""
+        return len(self.fonts) * len(self.sizes) * len(self.positions)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(fonts, sizes, positions): the shape a word's images reshape to."""
+        return len(self.fonts), len(self.sizes), len(self.positions)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "positions": [list(p) for p in self.positions]}
+
+
+def resolve_font(name: str) -> str:
+    """A font file's absolute path: a path as given, else ``family_dir/file.ttf`` under the system fonts."""
+    return name if os.path.isfile(name) else font_path(name)
+
+
+def render_word_images(word: str, settings: RasterSettings, size: int, font_files: Sequence[str]) -> np.ndarray:
+    """Every variant of ``word``: uint8 [fonts * sizes * positions, size, size, 3], positions fastest."""
+    images = [np.asarray(render_word_at(word, font, size, fraction, position, max_height_fraction=settings.max_height))
+              for font in font_files for fraction in settings.sizes for position in settings.positions]
+    return np.stack(images)
+
+
+class WordImages(Dataset):
+    """A vocabulary as a dataset: item i is word i's images, uint8 [variants, 3, size, size]."""
+
+    def __init__(self, words: Sequence[str], settings: RasterSettings, size: int) -> None:
+        self.words = list(words)
+        self.settings = settings
+        self.size = size
+        self.font_files = [resolve_font(f) for f in settings.fonts]  # fails here, not in a worker
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        images = render_word_images(self.words[index], self.settings, self.size, self.font_files)
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def iter_word_batches(words: Sequence[str], settings: RasterSettings, size: int, *, words_per_batch: int,
+                      workers: int) -> DataLoader:
+    """Batches of consecutive words' images, uint8 [words, variants, 3, size, size], rendered by ``workers``
+    processes (0: in this one). Order is the vocabulary's."""
+    return DataLoader(WordImages(words, settings, size), batch_size=words_per_batch, shuffle=False,
+                      num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -1,0 +1,217 @@
+"""Rastered-word probing: the words that most excite each unit when written as images.
+
+    probe = probe_words(model, "neurons", load_vocabulary("english-10k"))
+    probe.top_words(550, k=5)      # [("spider", 3.1), ...]
+
+Every word is rastered as a few images (:mod:`neuronscope.probing.raster`:
+fonts x sizes x positions), rendered in worker processes; the model runs on
+batches of them in its own precision (``load_model(..., precision=)``, the
+scanner's rules: :func:`neuronscope.runtime.resolve_precision`). A unit's
+response to one image is its spatial mean over the layer's grid (the
+paper's neuron objective). Per word, as the paper did: the max over
+positions, then the mean over sizes (and fonts).
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..activations.names import aliases_by_layer, resolve_layer
+from ..activations.recorder import Recorder
+from ..activations.reduce import reduce_units
+from ..atlas.store import Atlas
+from ..models.loaded import LoadedModel
+from .raster import RasterSettings, iter_word_batches
+
+DEFAULT_TOP_K = 20
+
+
+@dataclass
+class WordProbe:
+    """Scores of every word of a vocabulary for every unit of one layer.
+
+    Attributes:
+        model: the model's key (``mini-clip@bundled``).
+        layer: the canonical layer name.
+        words: the vocabulary, in order; row i of ``scores`` is word i.
+        scores: float32 [words, units]: per word and unit, the max over positions
+            of the mean over sizes and fonts of the unit's spatial-mean response.
+        settings: how the words were rastered.
+        grid: (rows, cols) of the layer's map.
+        precision: the precision the forwards ran in.
+        seconds: wall time of the probe.
+    """
+
+    model: str
+    layer: str
+    words: list[str]
+    scores: torch.Tensor
+    settings: RasterSettings
+    grid: tuple[int, int]
+    precision: str
+    seconds: float = 0.0
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def units(self) -> int:
+        return self.scores.shape[1]
+
+    def index(self, word: str) -> int:
+        """Row of ``word``; a clear error when it is not in the vocabulary."""
+        if not self._index:
+            self._index = {w: i for i, w in enumerate(self.words)}
+        if word not in self._index:
+            raise KeyError(f"{word!r} is not in the probed vocabulary ({len(self.words)} words); "
+                           "add it to the vocabulary and probe again")
+        return self._index[word]
+
+    def top_words(self, unit: int, k: int = DEFAULT_TOP_K) -> list[tuple[str, float]]:
+        """The unit's ``k`` best words with their scores, best first (ties by vocabulary order)."""
+        column = self.scores[:, unit]
+        order = torch.argsort(-column, stable=True)[:k]
+        return [(self.words[i], float(column[i])) for i in order]
+
+    def top_words_all(self, k: int = DEFAULT_TOP_K) -> dict[int, list[tuple[str, float]]]:
+        """``{unit: top_words(unit, k)}`` for every unit."""
+        k = min(k, len(self.words))
+        values, order = torch.topk(self.scores, k, dim=0)  # [k, units]
+        return {unit: [(self.words[int(i)], float(v)) for i, v in zip(order[:, unit], values[:, unit])]
+                for unit in range(self.units)}
+
+    def rank(self, word: str, unit: int) -> int:
+        """Rank of ``word`` among the vocabulary for ``unit`` (1 = its best word; ties count against it)."""
+        column = self.scores[:, unit]
+        return int((column > column[self.index(word)]).sum()) + 1
+
+    def to_npz(self) -> bytes:
+        """The score matrix (float16, [words, units]) and the words, as .npz bytes (the atlas stores these)."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, scores=self.scores.numpy().astype(np.float16), words=np.array(self.words))
+        return buffer.getvalue()
+
+
+ProgressHook = Callable[[int, int], None]
+
+
+def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
+    """[words * variants, units] image responses -> [words, units]: max over positions, mean over sizes and fonts."""
+    fonts, sizes, positions = settings.grid
+    per_variant = values.view(-1, fonts, sizes, positions, values.shape[-1])
+    return per_variant.amax(dim=3).mean(dim=(1, 2))
+
+
+def _layer_grid(recorder: Recorder, model: LoadedModel, layer: str) -> tuple[int, int]:
+    """(rows, cols) of ``layer``'s map, from one forward of a blank image (the capture_fn is bypassed)."""
+    height, width = model.preprocess.image_size
+    capture_fn, recorder.capture_fn = recorder.capture_fn, None
+    try:
+        with torch.no_grad():
+            acts = recorder.run(torch.zeros(1, 3, height, width))[layer]
+    finally:
+        recorder.capture_fn = capture_fn
+    if acts.ndim == 4:
+        return int(acts.shape[2]), int(acts.shape[3])
+    return tuple(model.token_grid) if acts.ndim == 3 and model.token_grid else (1, 1)  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, settings: RasterSettings = RasterSettings(),
+                batch_size: int = 64, workers: int = 0, on_batch: ProgressHook | None = None) -> WordProbe:
+    """Raster every word and score it for every unit of ``layer``.
+
+    Args:
+        model: a loaded model; its precision decides how the forwards run.
+        layer: a layer name or alias (``neurons``).
+        words: the vocabulary (see :func:`neuronscope.probing.vocab.load_vocabulary`).
+        settings: fonts, sizes (fractions of the input width) and positions.
+        batch_size: images per forward (rounded down to whole words, at least one word).
+        workers: rendering processes (0: render in this process).
+        on_batch: called with (words done, words total) after every batch.
+
+    Returns:
+        A :class:`WordProbe` with scores float32 [len(words), units].
+    """
+    if not words:
+        raise ValueError("probe_words needs at least one word")
+    started = time.perf_counter()
+    canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    height, width = model.preprocess.image_size
+    if height != width:
+        raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
+    grid_tokens = model.token_grid
+
+    def spatial_mean(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
+        return reduce_units(acts, "mean", grid=grid_tokens if acts.ndim == 3 else None)
+
+    words_per_batch = max(1, batch_size // settings.variants)
+    chunks = []
+    done = 0
+    with Recorder(model, canonical, early_stop=True, capture_fn=spatial_mean) as recorder:
+        grid = _layer_grid(recorder, model, canonical)
+        for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
+            n_words = batch.shape[0]
+            pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
+            values = recorder.run(model.preprocess.normalize(pixels))[canonical].float()  # [words * variants, U]
+            chunks.append(_reduce_word_images(values, settings).cpu())
+            done += n_words
+            if on_batch is not None:
+                on_batch(done, len(words))
+    return WordProbe(model=model.key, layer=canonical, words=list(words), scores=torch.cat(chunks),
+                     settings=settings, grid=grid, precision=model.precision.name,
+                     seconds=time.perf_counter() - started)
+
+
+def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocabulary: str,
+                    top_k: int = DEFAULT_TOP_K, command: str | None = None) -> int:
+    """Store a probe in ``atlas``: a run, the layer (registered if no scan wrote it), each unit's top-k
+    words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns the run id."""
+    aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
+    config = {"vocabulary": vocabulary, "words": len(probe.words), "settings": probe.settings.to_dict(),
+              "reduce": "spatial mean; max over positions, mean over sizes and fonts", "top_k": top_k}
+    run_id = atlas.start_run(
+        command=command or shlex.join(["neuronscope", "words", "--model", probe.model, "--layer", probe.layer,
+                                       "--vocab", vocabulary, "--top-k", str(top_k)]),
+        config=config, config_key=f"words:{probe.model}:{probe.layer}:{vocabulary}", model=probe.model,
+        weights_sha256=model.weights_sha256, layers=[{"layer": probe.layer, "aliases": aliases}],
+        dataset={"kind": "vocabulary", "name": vocabulary, "entries": len(probe.words)}, precision=probe.precision)
+    atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
+    atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
+    atlas.save_artifact(probe.model, probe.layer, "words", vocabulary, file_bytes=probe.to_npz(), suffix=".npz",
+                        data={**config, "precision": probe.precision}, run_id=run_id)
+    atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
+    return run_id
+
+
+def load_word_scores(atlas: Atlas, model: str | None, layer: str,
+                     vocabulary: str | None = None) -> tuple[str, str, str, list[str], torch.Tensor]:
+    """A stored probe's matrix: ``(model key, canonical layer, vocabulary, words, scores float32 [words, units])``.
+
+    ``vocabulary`` may be omitted when the layer has one stored probe.
+    """
+    from ..atlas.store import AtlasError
+
+    model_key = atlas.resolve_model(model)
+    canonical = atlas.resolve_layer(model_key, layer)["layer"]
+    stored = {a["name"]: a for a in atlas.artifacts(model_key, canonical, "words") if a["path"]}
+    if not stored:
+        raise AtlasError(f"{atlas.path} has no word probe of {model_key} {canonical}; "
+                         f"run `neuronscope words --model {model_key} --layer {canonical} --out {atlas.path}`")
+    if vocabulary is None:
+        if len(stored) > 1:
+            raise AtlasError(f"{canonical} has word probes of several vocabularies ({', '.join(sorted(stored))}); "
+                             "pass --vocab NAME")
+        vocabulary = next(iter(stored))
+    if vocabulary not in stored:
+        raise AtlasError(f"no word probe of vocabulary {vocabulary!r} for {canonical}; "
+                         f"stored: {', '.join(sorted(stored))}")
+    with np.load(atlas.path / stored[vocabulary]["path"]) as arrays:
+        words = [str(w) for w in arrays["words"]]
+        scores = torch.from_numpy(arrays["scores"].astype(np.float32))
+    return model_key, canonical, vocabulary, words, scores
