@@ -148,8 +148,8 @@ def test_scan_command_json(tmp_path):
         assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
     missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
     assert missing.exit_code == 1 and "no such folder" in missing.stderr
-    ray = runner.invoke(app, [*args[:-1], "--backend", "ray"])
-    assert ray.exit_code == 1 and "only the local backend" in ray.stderr
+    unknown = runner.invoke(app, [*args[:-1], "--backend", "spark"])  # --backend ray: tests/test_scan_ray.py
+    assert unknown.exit_code == 1 and "choose local or ray" in unknown.stderr
 
 
 def test_numpy_export_matches_show(scanned, tmp_path):

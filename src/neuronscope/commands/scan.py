@@ -28,6 +28,7 @@ from neuronscope.commands.common import (
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining import ScanProgress, ScanSettings, open_source, scan as run_scan
+from neuronscope.mining.ray_backend import import_ray, scan_ray
 from neuronscope.runtime import seed_everything
 
 
@@ -90,14 +91,19 @@ def scan(
     out: Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")] = "",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Top (and bottom) examples kept per unit.")] = 48,
     batch_size: BatchSizeOpt = 32,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: in the main one).")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="local: decoding processes (0: in the main one); "
+                                                                  "ray: model replicas (0: one per GPU, or per CPU "
+                                                                  "without GPUs).")] = 2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1,
                                                   help="Files between checkpoints.")] = 2048,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1,
                                             help="Skip larger images (read from the header).")] = PILLOW_MAX_PIXELS,
     thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",
                                              help="Draw top-example thumbnails.")] = True,
-    backend: Annotated[str, typer.Option("--backend", help="local (Ray is not in this version).")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="local, or ray: the same scan by model replicas on a "
+                                                           "Ray cluster (same results).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (default: "
+                                                                              "RAY_ADDRESS, else a local Ray).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     seed: SeedOpt = 0,
@@ -105,12 +111,14 @@ def scan(
     debug: DebugOpt = False,
 ) -> None:
     """Scan images through a model: per unit the top-k images (with the cell that fired), bottom-k, stats
-    and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes."""
+    and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes.
+    ``--backend ray`` runs it on Ray (pip install 'neuronscope[distributed]')."""
     if not images or not out:
         raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
-    if backend != "local":
-        raise NeuronscopeError(f"--backend {backend}: only the local backend is in this version "
-                               f"(Ray is planned); run with --backend local")
+    if backend not in ("local", "ray"):
+        raise NeuronscopeError(f"--backend {backend}: choose local or ray")
+    if backend == "ray":
+        import_ray()  # before loading the model: a missing Ray is the first thing to say
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
     seed_everything(seed)
@@ -122,11 +130,14 @@ def scan(
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:
         with Atlas(out) as atlas:
-            outcome = run_scan(loaded, source, atlas, split_layer_list(layers), settings=settings,
-                               batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
-                               max_pixels=max_pixels, thumbnails=thumbnails,
-                               command=_command_line(loaded.key, layers, source.name, out, top_k, precision,
-                                                     seed, max_pixels), on_batch=report)
+            options = dict(settings=settings, batch_size=batch_size, workers=workers,
+                           checkpoint_every=checkpoint_every, max_pixels=max_pixels, thumbnails=thumbnails,
+                           command=_command_line(loaded.key, layers, source.name, out, top_k, precision, seed,
+                                                 max_pixels), on_batch=report)
+            if backend == "ray":
+                outcome = scan_ray(loaded, source, atlas, split_layer_list(layers), address=ray_address, **options)
+            else:
+                outcome = run_scan(loaded, source, atlas, split_layer_list(layers), **options)
     finally:
         report.close()
     units = sum(layer.units for layer in outcome.layers)

@@ -10,7 +10,7 @@ normalisation happens on the model's device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,9 +74,13 @@ def decode_entry(entry: Entry, ordinal: int, preprocess: Preprocess, max_pixels:
 
 
 class EntryDataset(Dataset):
-    """Entries ``first..`` of a source, decoded on access (indexable, so workers keep order)."""
+    """Entries ``first..`` of a source, decoded on access (indexable, so workers keep order).
 
-    def __init__(self, entries: tuple[Entry, ...], preprocess: Preprocess, *, first: int = 0,
+    ``entries`` is indexed by ordinal: a source's whole listing, or any
+    sequence that answers for ordinals ``first..len - 1`` (a Ray shard's).
+    """
+
+    def __init__(self, entries: Sequence[Entry], preprocess: Preprocess, *, first: int = 0,
                  max_pixels: int = PILLOW_MAX_PIXELS) -> None:
         self.entries = entries
         self.preprocess = preprocess
@@ -109,7 +113,7 @@ def collate(items: list[DecodedImage]) -> Batch:
     return batch
 
 
-def iter_batches(entries: tuple[Entry, ...], preprocess: Preprocess, *, batch_size: int, workers: int,
+def iter_batches(entries: Sequence[Entry], preprocess: Preprocess, *, batch_size: int, workers: int,
                  first: int = 0, max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[Batch]:
     """Batches of entries ``first..`` in ordinal order, decoded by ``workers`` processes (0: in this one).
 

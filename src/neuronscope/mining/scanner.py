@@ -67,13 +67,17 @@ class ScanProgress:
 ProgressHook = Callable[[ScanProgress], None]
 
 
-def _content_key(sha256: str) -> int:
+def content_key(sha256: str) -> int:
     """64 bits of a sha256, enough to recognise a file seen before (collisions: ~1 in 10^19 per pair)."""
     return int(sha256[:16], 16)
 
 
-class _ScanState:
-    """Everything a scan carries between batches, and its checkpoint form."""
+class ScanState:
+    """Everything a scan carries between batches, and its checkpoint form.
+
+    The Ray backend keeps one per shard on its workers and merges them
+    (:meth:`merge`) on the driver.
+    """
 
     def __init__(self, accumulators: dict[str, LayerAccumulator]) -> None:
         self.accumulators = accumulators
@@ -82,6 +86,19 @@ class _ScanState:
         self.skipped: Counter[str] = Counter()
         self.seen: set[int] = set()  # content keys, for duplicates
         self.records: dict[int, ImageRecord] = {}  # ordinal -> image, for ordinals some unit still holds
+
+    def merge(self, other: ScanState) -> None:
+        """Fold in the state of a scan of other entries (same layers and settings): every statistic, the
+        image records, counts and skip reasons. Order-free, like the statistics it merges."""
+        if other.accumulators.keys() != self.accumulators.keys():
+            raise ValueError(f"cannot merge a scan of {list(other.accumulators)} into {list(self.accumulators)}")
+        for name, accumulator in self.accumulators.items():
+            accumulator.merge(other.accumulators[name])
+        self.records.update(other.records)
+        self.seen.update(other.seen)
+        self.images += other.images
+        self.skipped.update(other.skipped)
+        self.prune_records()
 
     def prune_records(self) -> None:
         """Forget images no unit holds any more (keeps memory bounded by units x k)."""
@@ -131,7 +148,7 @@ def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, 
     return config, key
 
 
-def _layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, tuple[int, tuple[int, int]]]:
+def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, tuple[int, tuple[int, int]]]:
     """Units and grid of every layer, from one dummy forward at the model's input size."""
     height, width = model.preprocess.image_size
     with torch.no_grad():
@@ -186,9 +203,9 @@ def scan(
     config, config_key = scan_config(model, canonical, source, settings, max_pixels)
 
     with Recorder(model, canonical, early_stop=True) as recorder:
-        shapes = _layer_shapes(recorder, model)
-        state = _ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
-        run_id = _start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
+        shapes = layer_shapes(recorder, model)
+        state = ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
+        run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
         resumed_from = state.next_ordinal
         try:
             _scan_batches(model, recorder, source, atlas, state, config_key, run_id, settings.seed,
@@ -198,40 +215,56 @@ def scan(
             atlas.set_run_status(run_id, "interrupted")
             raise
 
+    return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
+                       thumbnails=thumbnails, max_pixels=max_pixels, workers=workers, started=started,
+                       resumed_from=resumed_from)
+
+
+def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
+                checkpoint_key: str, seed: int, aliases: dict[str, list[str]], *, thumbnails: bool, max_pixels: int,
+                workers: int, started: float, resumed_from: int) -> ScanOutcome:
+    """Turn a complete state into results: thumbnails, one ``Atlas.write_scan`` transaction, checkpoint removed."""
     state.prune_records()
-    layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, settings.seed)
+    layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, seed)
                    for name, accumulator in state.accumulators.items()]
     thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers)
               if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
     skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
     atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
-    atlas.drop_checkpoint(config_key)
+    atlas.drop_checkpoint(checkpoint_key)
     return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
                        seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
 
 
-def _start_or_resume(atlas: Atlas, state: _ScanState, config: dict, config_key: str, command: str,
-                     model: LoadedModel, canonical: list[str], aliases: dict[str, list[str]]) -> int:
-    """The run to write into: a killed run of the same config (restoring its checkpoint), or a new one."""
+def start_or_resume(atlas: Atlas, state: ScanState, config: dict, config_key: str, command: str,
+                    model: LoadedModel, canonical: list[str], aliases: dict[str, list[str]],
+                    checkpoint_key: str | None = None) -> tuple[int, dict | None]:
+    """The run to write into: a killed run of the same config (restoring its checkpoint), or a new one.
+
+    ``checkpoint_key`` (default ``config_key``) names the checkpoint: each
+    backend keeps its own, so neither ever reads the other's. Returns the run
+    id and the restored checkpoint's meta (None when starting afresh).
+    """
+    checkpoint_key = checkpoint_key or config_key
     run_id = atlas.unfinished_run(config_key)
-    checkpoint = atlas.load_checkpoint(config_key)
+    checkpoint = atlas.load_checkpoint(checkpoint_key)
     if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id:
         state.load_state_dict(*checkpoint)
         atlas.set_run_status(run_id, "running")
-        return run_id
-    atlas.drop_checkpoint(config_key)  # stale: from a run that finished or was never recorded
+        return run_id, checkpoint[1]
+    atlas.drop_checkpoint(checkpoint_key)  # stale: from a run that finished or was never recorded
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
-        return run_id
+        return run_id, None
     return atlas.start_run(
         command=command, config=config, config_key=config_key, model=model.key,
         weights_sha256=model.weights_sha256,
         layers=[{"layer": name, "aliases": aliases.get(name, [])} for name in canonical],
-        dataset=config["dataset"], precision=model.precision.name)
+        dataset=config["dataset"], precision=model.precision.name), None
 
 
-def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, atlas: Atlas, state: _ScanState,
+def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, atlas: Atlas, state: ScanState,
                   config_key: str, run_id: int, seed: int, *, batch_size: int, workers: int, checkpoint_every: int,
                   max_pixels: int, started: float, resumed_from: int, on_batch: ProgressHook | None) -> None:
     since_checkpoint = 0
@@ -243,7 +276,7 @@ def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, a
     batches = iter_batches(source.entries, model.preprocess, batch_size=batch_size, workers=workers,
                            first=state.next_ordinal, max_pixels=max_pixels)
     for batch in batches:
-        _scan_one(model, recorder, source, state, batch, seed)
+        scan_batch(model, recorder, source, state, batch, seed)
         since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
         state.next_ordinal = batch.last_ordinal + 1
         if since_checkpoint >= checkpoint_every or state.next_ordinal == len(source):
@@ -254,14 +287,14 @@ def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, a
                                   resumed_from, time.perf_counter() - started))
 
 
-def _scan_one(model: LoadedModel, recorder: Recorder, source: ImageSource, state: _ScanState, batch: Batch,
-              seed: int) -> None:
+def scan_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
+               seed: int) -> None:
     """Count the batch's skipped files, drop duplicates, run one forward and merge every layer."""
     for _ordinal, _name, reason in batch.skipped:
         state.skipped[reason] += 1
     keep = []
     for position, sha256 in enumerate(batch.sha256s):
-        key = _content_key(sha256)
+        key = content_key(sha256)
         if key in state.seen:
             state.skipped["duplicate"] += 1
             continue
