@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.show",
     "neuronscope.commands.words",
     "neuronscope.commands.reproduce",
+    "neuronscope.commands.microscope",
 )
 
 app = typer.Typer(

@@ -113,20 +113,47 @@ class Atlas:
     process; SQLite's WAL lets readers (the microscope) read while a scan writes.
     """
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False) -> None:
+        """Open (or create) the atlas at ``path``.
+
+        ``read_only`` (the microscope) opens the catalogue with SQLite's ``mode=ro``: nothing is
+        created or migrated, every write raises, and a scan writing at the same time (WAL) is read
+        up to its last commit.
+        """
         self.path = Path(path)
+        self.read_only = read_only
         if not (self.path / DB_NAME).is_file():
-            if not create:
+            if not create or read_only:
                 raise AtlasError(f"{self.path} is not an atlas (no {DB_NAME}); fill one with `neuronscope scan --out`")
             self.path.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
-        self.db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        ensure_schema(self.db)
+        if read_only:
+            # check_same_thread=False: a server may open it in one thread and read in another (one at a time).
+            uri = f"{(self.path / DB_NAME).resolve().as_uri()}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA query_only=ON")
+            self._check_readable_schema()
+        else:
+            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
+            self.db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            ensure_schema(self.db)
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def _check_readable_schema(self) -> None:
+        """A read-only atlas cannot be migrated: refuse an older or newer schema with what to do."""
+        from neuronscope.atlas.schema import SCHEMA_VERSION, schema_version
+
+        found = schema_version(self.db)
+        if found != SCHEMA_VERSION:
+            self.db.close()
+            action = ("open it once with a writing command (e.g. `neuronscope show`) to migrate it"
+                      if found < SCHEMA_VERSION else "upgrade neuronscope to read it")
+            raise AtlasError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
+                             f"{SCHEMA_VERSION}: {action}")
 
     # ------------------------------------------------------------------ basics
 
@@ -513,6 +540,12 @@ class Atlas:
                 "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, text", key)],
         }
+
+    def unit_view(self, model: str | None, layer: str, unit: int):
+        """:meth:`unit` as a :class:`neuronscope.web.UnitView`: shows as an HTML card in Jupyter."""
+        from neuronscope.web.notebook import UnitView
+
+        return UnitView.read(self, model, layer, unit)
 
     def _examples(self, key: tuple[str, str, int], kind: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT image_id, activation, cell_row, cell_col, thumb FROM examples "

@@ -1,0 +1,151 @@
+"""Bulk reads for browsing an atlas: a layer's grid in a few queries, counts, search, provenance.
+
+:meth:`Atlas.unit` reads one unit fully (about ten queries); a page that
+shows 2560 units needs each table read once for the whole layer instead.
+These functions only read, so they work on an atlas opened ``read_only``.
+
+    from neuronscope.atlas import Atlas
+    from neuronscope.atlas.browse import layer_grid, search_units
+    with Atlas("my-atlas", read_only=True) as atlas:
+        cards = layer_grid(atlas, "mini-clip@bundled", "visual.layer4.1.act3:input")
+        hits = search_units(atlas, "star")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuronscope.atlas.store import Atlas
+
+#: Top words kept per unit on a grid card (the unit page shows them all).
+GRID_WORDS = 3
+#: Order in which a unit's renders are preferred for its grid thumbnail.
+_KIND_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END"
+
+
+def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
+    """Every stored layer with what it holds, by model then layer.
+
+    Returns:
+        ``[{"model", "layer", "aliases", "units", "grid", "scanned", "featurevis", "words", "texts",
+        "labels"}]``: ``scanned`` etc. count units that have that part.
+    """
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for part, table in (("scanned", "units"), ("featurevis", "featurevis"), ("words", "words"),
+                        ("texts", "texts"), ("labels", "labels")):
+        for row in atlas.db.execute(f"SELECT model, layer, count(DISTINCT unit) AS n FROM {table} "
+                                    "GROUP BY model, layer"):
+            counts.setdefault((row["model"], row["layer"]), {})[part] = row["n"]
+    layers = []
+    for model in atlas.models():
+        for entry in atlas.layers(model):
+            found = counts.get((model, entry["layer"]), {})
+            layers.append({"model": model, "layer": entry["layer"], "aliases": entry["aliases"],
+                           "units": entry["units"], "grid": [entry["grid_rows"], entry["grid_cols"]],
+                           **{part: found.get(part, 0) for part in ("scanned", "featurevis", "words", "texts",
+                                                                     "labels")}})
+    return layers
+
+
+def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
+    """One card per unit of a stored layer, in unit order, read with one query per table.
+
+    ``model`` and ``layer`` are the key and canonical name (see :meth:`Atlas.resolve_layer`).
+
+    Returns:
+        ``[{"unit", "max", "mean", "label", "words": [str] (best first, at most GRID_WORDS),
+        "featurevis": path | None, "thumb": path | None}]``; paths are relative to the atlas.
+    """
+    entry = atlas.resolve_layer(model, layer)
+    key = (model, entry["layer"])
+    cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None, "thumb": None}
+             for unit in range(entry["units"])]
+
+    def rows(sql: str):
+        return ((row, cards[row["unit"]]) for row in atlas.db.execute(sql, key) if 0 <= row["unit"] < len(cards))
+
+    for row, card in rows("SELECT unit, max, mean FROM units WHERE model = ? AND layer = ?"):
+        card["max"], card["mean"] = row["max"], row["mean"]
+    for row, card in rows("SELECT unit, text FROM labels WHERE model = ? AND layer = ?"):
+        card["label"] = row["text"]
+    # Window functions keep the per-unit limit inside SQLite: a 2560-unit layer with 100 words each
+    # would otherwise send 256k rows to Python.
+    for row, card in rows(f"SELECT unit, word FROM (SELECT unit, word, row_number() OVER (PARTITION BY unit "
+                          f"ORDER BY score DESC, word) AS position FROM words WHERE model = ? AND layer = ?) "
+                          f"WHERE position <= {GRID_WORDS} ORDER BY unit, position"):
+        card["words"].append(row["word"])
+    for row, card in rows(f"SELECT unit, path FROM (SELECT unit, path, row_number() OVER (PARTITION BY unit "
+                          f"ORDER BY {_KIND_ORDER}, kind, path) AS position FROM featurevis "
+                          f"WHERE model = ? AND layer = ?) WHERE position = 1"):
+        card["featurevis"] = row["path"]
+    for row, card in rows("SELECT unit, thumb FROM examples WHERE model = ? AND layer = ? AND kind = 'top' "
+                          "AND rank = 0"):
+        card["thumb"] = row["thumb"]
+    return cards
+
+
+def search_units(atlas: Atlas, query: str, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Units whose stored top words, label or texts match ``query`` (case-insensitive substring).
+
+    Exact matches come first, then by the match's score (a word's or text's rank score; labels
+    score 0), then by model, layer and unit.
+
+    Returns:
+        ``[{"model", "layer", "unit", "match" ("word" | "label" | "text"), "text", "score", "exact"}]``.
+    """
+    needle = query.strip().lower()
+    if not needle:
+        return []
+    pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    hits: list[dict[str, Any]] = []
+    for match, table, column, score in (("word", "words", "word", "score"), ("label", "labels", "text", "0.0"),
+                                        ("text", "texts", "text", "score")):
+        for row in atlas.db.execute(
+                f"SELECT model, layer, unit, {column} AS text, {score} AS score FROM {table} "
+                f"WHERE lower({column}) LIKE ? ESCAPE '\\' ORDER BY (lower({column}) = ?) DESC, {score} DESC "
+                f"LIMIT ?", (pattern, needle, limit)):
+            hits.append({"model": row["model"], "layer": row["layer"], "unit": row["unit"], "match": match,
+                         "text": row["text"], "score": row["score"], "exact": row["text"].lower() == needle})
+    hits.sort(key=lambda hit: (not hit["exact"], -(hit["score"] or 0.0), hit["model"], hit["layer"], hit["unit"]))
+    return hits[:limit]
+
+
+def search_index(atlas: Atlas) -> list[dict[str, Any]]:
+    """Every unit that has words or a label, for a client-side search (the static export).
+
+    Returns:
+        ``[{"model", "layer", "unit", "label", "words": [str]}]`` (all of a unit's words, best first).
+    """
+    units: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+    def entry(row) -> dict[str, Any]:
+        key = (row["model"], row["layer"], row["unit"])
+        return units.setdefault(key, {"model": key[0], "layer": key[1], "unit": key[2], "label": None, "words": []})
+
+    for row in atlas.db.execute("SELECT model, layer, unit, word FROM words ORDER BY model, layer, unit, "
+                                "score DESC, word"):
+        entry(row)["words"].append(row["word"])
+    for row in atlas.db.execute("SELECT model, layer, unit, text FROM labels"):
+        entry(row)["label"] = row["text"]
+    return [units[key] for key in sorted(units)]
+
+
+def unit_runs(atlas: Atlas, model: str, layer: str, unit: int) -> list[dict[str, Any]]:
+    """The runs that wrote a unit's parts (scan, renders, words, texts), oldest first, with what each wrote."""
+    key = (model, layer, unit)
+    wrote: dict[int, set[str]] = {}
+    for part, sql in (("scan", "SELECT run_id FROM units WHERE model = ? AND layer = ? AND unit = ?"),
+                      ("featurevis", "SELECT DISTINCT run_id FROM featurevis WHERE model = ? AND layer = ? AND unit = ?"),
+                      ("words", "SELECT DISTINCT run_id FROM words WHERE model = ? AND layer = ? AND unit = ?"),
+                      ("texts", "SELECT DISTINCT run_id FROM texts WHERE model = ? AND layer = ? AND unit = ?")):
+        for row in atlas.db.execute(sql, key):
+            if row["run_id"] is not None:
+                wrote.setdefault(row["run_id"], set()).add(part)
+    runs = []
+    for run_id in sorted(wrote):
+        try:
+            record = atlas.run(run_id)
+        except LookupError:
+            continue  # a row naming a run that is gone: show the parts without provenance
+        runs.append({**record, "parts": sorted(wrote[run_id])})
+    return runs

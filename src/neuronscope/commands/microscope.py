@@ -1,0 +1,64 @@
+"""``neuronscope serve`` and ``neuronscope export``: browse an atlas in the microscope, or write it as a site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neuronscope.commands.common import DebugOpt, JsonOpt, cli_command, print_json
+
+AtlasArg = Annotated[Path, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
+
+
+def _web():
+    """The web extra, or an error that says how to install it."""
+    try:
+        import neuronscope.web as web
+    except ImportError as err:
+        from neuronscope.errors import NeuronscopeError
+
+        raise NeuronscopeError(f"the microscope needs the web extra ({err.name} is missing): "
+                               "pip install 'neuronscope[web]'") from err
+    return web
+
+
+def serve(
+    atlas: AtlasArg,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the atlas to the network.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8000,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the microscope over ATLAS (read-only) until Ctrl-C; prints the URL."""
+    web = _web()
+    web.serve(atlas, host=host, port=port, log_level="info" if debug else "warning")
+
+
+def export(
+    atlas: AtlasArg,
+    site: Annotated[Path, typer.Option("--site", help="Folder for the static site (new, empty, or an earlier export).")],
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw each unit's histogram and conditional plot.")]
+    = True,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the microscope's pages of ATLAS as plain HTML + images for any static host (relative links)."""
+    from rich.progress import Progress
+
+    web = _web()
+    with Progress(transient=True, disable=json_out) as bar:
+        task = bar.add_task("exporting units", total=None)
+        summary = web.export_site(atlas, site, plots=plots,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if json_out:
+        print_json({"atlas": str(atlas), **summary.to_dict()})
+    else:
+        typer.echo(f"{summary.pages} pages and {summary.files} images for {summary.units} units written to "
+                   f"{summary.site} in {summary.seconds:.1f} s; open {summary.site / 'index.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(cli_command(serve))
+    app.command("export")(cli_command(export))

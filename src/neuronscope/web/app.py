@@ -1,0 +1,219 @@
+"""The microscope's web app: server-rendered pages over a read-only atlas, and a JSON API beside them.
+
+    from neuronscope.web import create_app, serve
+    app = create_app("my-atlas")                 # an ASGI app (FastAPI)
+    serve("my-atlas", port=8000)                  # http://127.0.0.1:8000/
+
+Pages (``{model}`` a registry name such as ``mini-clip``, ``{layer}`` a canonical
+dot path or any alias, ``~`` for ``/``; a non-canonical name answers 301):
+
+    /                                     models and layers with counts
+    /m/{model}/l/{layer}?q=&sort=&page=   unit grid: filter by word or label, sort by unit or max
+    /m/{model}/l/{layer}/u/{unit}         one unit (plots at .../histogram.svg, .../conditional.svg)
+    /search?q=                            units whose words, labels or texts match
+    /files/{path}                         the atlas's images (thumbnails, renders, artifacts)
+
+The API mirrors them: ``/api/models``, ``/api/m/{model}/l/{layer}``,
+``/api/m/{model}/l/{layer}/u/{unit}`` (exactly :meth:`Atlas.unit`'s object)
+and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
+"""
+
+
+import hashlib
+import os
+from typing import Any
+
+from neuronscope.atlas import AtlasError
+from neuronscope.web import pages
+from neuronscope.web.files import atlas_file, media_type
+from neuronscope.web.links import Links, segment
+from neuronscope.web.pages import BadRequest, LayerQuery, parse_unit
+from neuronscope.web.plots import PLOT_KINDS, conditional_svg, histogram_svg
+from neuronscope.web.reader import AtlasReader
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: Thumbnails are named by their content (image hash, grid, cell): they never change.
+IMMUTABLE = "public, max-age=31536000, immutable"
+#: Renders and plots can be redone in place: cache briefly, then revalidate by ETag.
+REVALIDATE = "public, max-age=60, must-revalidate"
+
+
+def create_app(atlas_path: str | os.PathLike) -> "Any":
+    """The microscope as a FastAPI app over the atlas at ``atlas_path`` (opened read-only).
+
+    Raises :class:`~neuronscope.atlas.AtlasError` when ``atlas_path`` is not a readable atlas.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    reader = AtlasReader(atlas_path)
+    app = FastAPI(title="neuronscope microscope", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.reader = reader
+    app.router.on_shutdown.append(reader.close)
+    static_dir = os.path.join(os.path.dirname(__file__), "static")
+    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+
+    def links() -> Links:
+        return Links(reader.read(lambda atlas: atlas.models()))
+
+    def page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(pages.render(template, links(), **context), status_code=status_code)
+
+    def redirect(request: Request, model_key: str, layer: str | None, rest: str = "") -> RedirectResponse:
+        """301 to the canonical spelling of the same URL (query string kept)."""
+        prefix = "/api" if request.url.path.startswith("/api/") else ""
+        url = f"{prefix}/m/{segment(links().slug(model_key))}"
+        if layer is not None:
+            url += f"/l/{segment(layer)}"
+        url += rest
+        if request.url.query:
+            url += f"?{request.url.query}"
+        return RedirectResponse(url, status_code=301)
+
+    def is_api(request: Request) -> bool:
+        return request.url.path.startswith("/api/")
+
+    def error(request: Request, status: int, title: str, message: str) -> Response:
+        if is_api(request):
+            return JSONResponse({"error": title, "detail": message, "status": status}, status_code=status)
+        return page("error.html", status, status=status, title=title, message=message)
+
+    @app.exception_handler(AtlasError)
+    async def not_in_atlas(request: Request, exc: AtlasError) -> Response:
+        return error(request, 404, "not found", str(exc))
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> Response:
+        return error(request, 400, "bad request", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        title = "not found" if exc.status_code == 404 else "error"
+        message = f"{request.url.path} is not a page of this atlas" if exc.status_code == 404 else str(exc.detail)
+        return error(request, exc.status_code, title, message)
+
+    # ------------------------------------------------------------------ pages
+
+    @app.get("/", response_class=HTMLResponse)
+    def home() -> Response:
+        return page("home.html", **reader.read(pages.home_data))
+
+    @app.get("/m/{model}")
+    def model_page(model: str) -> Response:
+        reader.resolve(model)  # 404 when unknown
+        return RedirectResponse("/", status_code=302)
+
+    def layer_context(request: Request, model: str, layer: str) -> dict[str, Any] | Response:
+        params = request.query_params
+        query = LayerQuery.parse(params.get("q"), params.get("sort"), params.get("page"), params.get("per_page"))
+        model_key, canonical, ok = reader.resolve(model, layer)
+        if not ok:
+            return redirect(request, model_key, canonical)
+        return reader.read(lambda atlas: pages.layer_data(atlas, model_key, canonical, query,
+                                                          cards=reader.layer_cards(model_key, canonical)))
+
+    @app.get("/m/{model}/l/{layer}", response_class=HTMLResponse)
+    def layer_page(request: Request, model: str, layer: str) -> Response:
+        context = layer_context(request, model, layer)
+        return context if isinstance(context, Response) else page("layer.html", **context)
+
+    def unit_target(request: Request, model: str, layer: str, unit: str, rest: str = "") -> tuple | Response:
+        index = parse_unit(unit)
+        model_key, canonical, ok = reader.resolve(model, layer)
+        if not ok:
+            return redirect(request, model_key, canonical, f"/u/{index}{rest}")
+        return model_key, canonical, index
+
+    @app.get("/m/{model}/l/{layer}/u/{unit}", response_class=HTMLResponse)
+    def unit_page(request: Request, model: str, layer: str, unit: str) -> Response:
+        target = unit_target(request, model, layer, unit)
+        if isinstance(target, Response):
+            return target
+        return page("unit.html", **reader.read(lambda atlas: pages.unit_data(atlas, *target)))
+
+    @app.get("/m/{model}/l/{layer}/u/{unit}/{plot}")
+    def unit_plot(request: Request, model: str, layer: str, unit: str, plot: str) -> Response:
+        kind = plot.removesuffix(".svg")
+        if not plot.endswith(".svg") or kind not in PLOT_KINDS:
+            return error(request, 404, "not found", f"no plot {plot!r}: plots are "
+                         + ", ".join(f"{k}.svg" for k in PLOT_KINDS))
+        target = unit_target(request, model, layer, unit, f"/{plot}")
+        if isinstance(target, Response):
+            return target
+        model_key, canonical, index = target
+
+        def draw() -> bytes:
+            if kind == "histogram":
+                return histogram_svg(reader.read(lambda atlas: atlas.unit(model_key, canonical, index)))
+            return conditional_svg(reader.read(lambda atlas: atlas.conditional_buckets(model_key, canonical, index)))
+
+        data = reader.plot((model_key, canonical, index, kind), draw)
+        return cached(request, data, "image/svg+xml", REVALIDATE)
+
+    @app.get("/search", response_class=HTMLResponse)
+    def search_page(q: str = "") -> Response:
+        return page("search.html", search_q=q, **reader.read(lambda atlas: pages.search_data(atlas, q)))
+
+    @app.get("/files/{path:path}")
+    def atlas_files(request: Request, path: str) -> Response:
+        found = atlas_file(reader.root, path)
+        if found is None:
+            return error(request, 404, "not found", f"{path!r} is not an image of this atlas")
+        policy = IMMUTABLE if path.startswith("thumbs/") else REVALIDATE
+        return cached(request, found.read_bytes(), media_type(found), policy)
+
+    # ------------------------------------------------------------------ JSON API
+
+    @app.get("/api/models")
+    def api_models() -> Response:
+        return JSONResponse(reader.read(pages.home_data))
+
+    @app.get("/api/m/{model}/l/{layer}")
+    def api_layer(request: Request, model: str, layer: str) -> Response:
+        context = layer_context(request, model, layer)
+        if isinstance(context, Response):
+            return context
+        return JSONResponse({key: context[key] for key in ("model", "layer", "total", "page", "pages", "per_page",
+                                                           "q", "sort", "cards", "artifacts")}
+                            | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"]})
+
+    @app.get("/api/m/{model}/l/{layer}/u/{unit}")
+    def api_unit(request: Request, model: str, layer: str, unit: str) -> Response:
+        target = unit_target(request, model, layer, unit)
+        if isinstance(target, Response):
+            return target
+        return JSONResponse(reader.read(lambda atlas: atlas.unit(*target)))
+
+    @app.get("/api/search")
+    def api_search(q: str = "") -> Response:
+        return JSONResponse(reader.read(lambda atlas: pages.search_data(atlas, q)))
+
+    @app.get("/api/{rest:path}")
+    def api_unknown(request: Request, rest: str) -> Response:
+        return error(request, 404, "not found", f"/api/{rest} is not an API path")
+
+    return app
+
+
+def cached(request: "Any", data: bytes, media: str, policy: str) -> "Any":
+    """``data`` with an ETag and Cache-Control; 304 when the client already holds it."""
+    from fastapi.responses import Response
+
+    etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": policy}
+    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=media, headers=headers)
+
+
+def serve(atlas_path: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+          log_level: str = "warning") -> None:
+    """Serve the microscope until interrupted (blocks). Bound to 127.0.0.1 unless ``host`` says otherwise."""
+    import uvicorn
+
+    app = create_app(atlas_path)
+    print(f"neuronscope microscope: http://{host}:{port}/  (atlas {atlas_path}; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

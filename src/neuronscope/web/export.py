@@ -1,0 +1,175 @@
+"""``neuronscope export ATLAS --site DIR``: the microscope's pages as plain files for any static host.
+
+    from neuronscope.web import export_site
+    summary = export_site("my-atlas", "site/")     # then open site/index.html, or upload site/
+
+The site holds the same pages as the server (home, layer grids paged in unit
+order, unit pages with their plots, search) with relative links only, the
+images they show copied under ``files/``, and nothing else of the atlas.
+Search runs in the browser over the units' words and labels (an index in
+``static/search-index.js``, a script rather than JSON so it loads from
+``file://`` too); filtering, sorting, texts search and the JSON API need the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from neuronscope.atlas import Atlas, AtlasError
+from neuronscope.atlas.browse import layer_grid, search_index
+from neuronscope.web import pages
+from neuronscope.web.files import atlas_file
+from neuronscope.web.links import StaticLinks, model_slug, static_page_path
+from neuronscope.web.plots import conditional_svg, histogram_svg
+
+#: Written at the site's root; a non-empty folder without it is not overwritten.
+MARKER = ".neuronscope-site"
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    site: Path
+    pages: int
+    files: int
+    units: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": str(self.site), "pages": self.pages, "files": self.files, "units": self.units,
+                "seconds": round(self.seconds, 3)}
+
+
+class _Site:
+    """The folder being written, and which atlas files have been copied into it."""
+
+    def __init__(self, root: Path, atlas: Atlas) -> None:
+        self.root = root
+        self.atlas_root = atlas.path.resolve()
+        self.known = atlas.models()
+        self.copied: set[str] = set()
+        self.pages = 0
+
+    def links(self, here: str) -> StaticLinks:
+        return StaticLinks(self.known, here)
+
+    def write(self, relative: str, data: str | bytes) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            path.write_text(data, encoding="utf-8")
+            self.pages += relative.endswith(".html")
+        else:
+            path.write_bytes(data)
+
+    def page(self, relative: str, template: str, **context: Any) -> None:
+        self.write(relative, pages.render(template, self.links(relative), **context))
+
+    def copy(self, relative: str | None) -> None:
+        """Copy an atlas file a page shows (only files the server would serve)."""
+        if not relative or relative in self.copied:
+            return
+        source = atlas_file(self.atlas_root, relative)
+        if source is None:
+            return  # missing on disk: the page's image shows as broken, as on the server
+        target = self.root / "files" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        self.copied.add(relative)
+
+
+def _prepare(site_dir: Path) -> None:
+    if site_dir.exists() and any(site_dir.iterdir()) and not (site_dir / MARKER).is_file():
+        raise AtlasError(f"{site_dir} is not empty and is not a neuronscope site: give an empty or new folder")
+    if (site_dir / MARKER).is_file():
+        shutil.rmtree(site_dir)  # an earlier export: replaced whole, so no stale page survives
+    site_dir.mkdir(parents=True, exist_ok=True)
+    (site_dir / MARKER).write_text("written by `neuronscope export`; the whole folder is replaced on re-export\n")
+
+
+def export_site(atlas: Atlas | str | os.PathLike, site_dir: str | os.PathLike, *, plots: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> ExportSummary:
+    """Write the atlas's microscope pages as a static site in ``site_dir``.
+
+    Args:
+        atlas: an open :class:`Atlas` or an atlas directory (opened read-only).
+        site_dir: a new or empty folder, or an earlier export (replaced).
+        plots: write each unit's histogram and conditional plot (SVG).
+        progress: called with ``(units done, units in all)`` after each unit page.
+    """
+    started = time.perf_counter()
+    store = atlas if isinstance(atlas, Atlas) else Atlas(atlas, create=False, read_only=True)
+    try:
+        site_dir = Path(site_dir)
+        _prepare(site_dir)
+        site = _Site(site_dir, store)
+        (site_dir / "static").mkdir()
+        for name in ("style.css", "app.js"):
+            shutil.copyfile(STATIC_DIR / name, site_dir / "static" / name)
+        home = pages.home_data(store)
+        site.page("index.html", "home.html", **home)
+        layers = [layer for group in home["models"] for layer in group["layers"]]
+        total = sum(layer["units"] for layer in layers)
+        done = 0
+        for layer in layers:
+            done = _export_layer(store, site, layer["model"], layer["layer"], plots, done, total, progress)
+        _export_search(store, site)
+        return ExportSummary(site_dir, site.pages, len(site.copied), total, time.perf_counter() - started)
+    finally:
+        if store is not atlas:
+            store.close()
+
+
+def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool, done: int, total: int,
+                  progress: Callable[[int, int], None] | None) -> int:
+    slug = model_slug(model, site.known)
+    folder = f"m/{slug}/l/{layer}"
+    cards = layer_grid(store, model, layer)
+    query = pages.LayerQuery()
+    first = pages.layer_data(store, model, layer, query, cards=cards)
+    for number in range(1, first["pages"] + 1):
+        data = first if number == 1 else pages.layer_data(store, model, layer,
+                                                          pages.LayerQuery(page=number), cards=cards)
+        name = "index.html" if number == 1 else f"page-{number}.html"
+        site.page(f"{folder}/{name}", "layer.html", **data)
+    for artifact in first["artifacts"]:
+        if artifact["image"]:
+            site.copy(artifact["path"])
+    for card in cards:
+        site.copy(card["featurevis"] or card["thumb"])
+    for unit in range(len(cards)):
+        data = pages.unit_data(store, model, layer, unit)
+        record = data["record"]
+        unit_folder = f"{folder}/u/{unit}"
+        for render in record["featurevis"]:
+            site.copy(render["path"])
+        for example in record["top"][:data["top_examples"]]:
+            site.copy(example["thumb"])
+        has_plots = plots and bool(record["histogram"])
+        if has_plots:
+            site.write(f"{unit_folder}/histogram.svg", histogram_svg(record))
+            site.write(f"{unit_folder}/conditional.svg",
+                       conditional_svg(store.conditional_buckets(model, layer, unit)))
+        site.page(f"{unit_folder}/index.html", "unit.html", plots=has_plots, **data)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
+def _export_search(store: Atlas, site: _Site) -> None:
+    links = site.links("search.html")
+    units = [{**entry, "href": links.unit(entry["model"], entry["layer"], entry["unit"])}
+             for entry in search_index(store)]
+    index = json.dumps({"units": units}, separators=(",", ":"))
+    site.write("static/search-index.js", f"window.NEURONSCOPE_INDEX = {index};\n")
+    site.page(static_page_path("search"), "search.html", q="", hits=[])
+

@@ -1,0 +1,144 @@
+"""Where a page links to: the server's URLs, or relative paths inside a static export.
+
+Pages are rendered from the same templates in three places; only the links
+differ. The server links from its root (``/m/mini-clip/l/LAYER/u/7``); the
+static export links relatively (``../../u/7/index.html``) so that the site
+works from any folder of any static host, ``file://`` included; a notebook
+card inlines images as data URIs.
+
+URL segments are canonical names: a model's bare registry name when the atlas
+holds only one model of that name (``mini-clip``), else its key
+(``RN50x4@openai``); a layer's dot path (``visual.layer4.1.act3:input``).
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+#: Characters kept as they are in a URL segment (``:`` and ``@`` are legal in a path segment).
+_SAFE = ":@"
+
+
+def model_slug(model_key: str, known: list[str]) -> str:
+    """The URL name of a model: its bare name when unambiguous among ``known`` keys, else its key."""
+    bare = model_key.split("@")[0]
+    return bare if sum(1 for key in known if key.split("@")[0] == bare) == 1 else model_key
+
+
+def segment(name: str) -> str:
+    return quote(name, safe=_SAFE)
+
+
+class Links:
+    """The server's links: paths from the site's root."""
+
+    static_site = False
+
+    def __init__(self, known_models: list[str]) -> None:
+        self.known_models = known_models
+
+    def slug(self, model: str) -> str:
+        return model_slug(model, self.known_models)
+
+    def _page(self, *parts: str) -> str:
+        return "/" + "/".join(parts)
+
+    def home(self) -> str:
+        return self._page("")
+
+    def search(self, query: str | None = None) -> str:
+        base = self._page("search")
+        return f"{base}?{urlencode({'q': query})}" if query else base
+
+    def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str:
+        params = {key: value for key, value in query.items() if value not in (None, "")}
+        if page > 1:
+            params["page"] = page
+        base = self._page("m", segment(self.slug(model)), "l", segment(layer))
+        return f"{base}?{urlencode(params)}" if params else base
+
+    def unit(self, model: str, layer: str, unit: int) -> str:
+        return self._page("m", segment(self.slug(model)), "l", segment(layer), "u", str(unit))
+
+    def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
+        return f"{self.unit(model, layer, unit)}/{kind}.svg"
+
+    def file(self, relative: str | None) -> str | None:
+        """An atlas file (thumbnail, render, artifact) by its atlas-relative path."""
+        return None if not relative else self._page("files", *(segment(part) for part in relative.split("/")))
+
+    def static(self, name: str) -> str:
+        return self._page("static", name)
+
+    def api_unit(self, model: str, layer: str, unit: int) -> str | None:
+        return "/api" + self.unit(model, layer, unit)
+
+
+class StaticLinks(Links):
+    """Relative links from one exported file (``here``, a path inside the site) to the others."""
+
+    static_site = True
+
+    def __init__(self, known_models: list[str], here: str) -> None:
+        super().__init__(known_models)
+        self.here = here
+
+    def _relative(self, target: str) -> str:
+        relative = posixpath.relpath(target, posixpath.dirname(self.here) or ".")
+        # "./" keeps a first segment with ":" (a layer name) from reading as a URL scheme.
+        return relative if relative.startswith("../") else f"./{relative}"
+
+    def _page(self, *parts: str) -> str:
+        return self._relative(static_page_path(*parts))
+
+    def search(self, query: str | None = None) -> str:
+        base = self._page("search")
+        return f"{base}#{quote(query)}" if query else base
+
+    def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str:
+        name = "index.html" if page <= 1 else f"page-{page}.html"
+        return self._relative("/".join(("m", segment(self.slug(model)), "l", segment(layer), name)))
+
+    def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
+        return self._relative("/".join(("m", segment(self.slug(model)), "l", segment(layer), "u", str(unit),
+                                        f"{kind}.svg")))
+
+    def file(self, relative: str | None) -> str | None:
+        return None if not relative else self._relative("files/" + "/".join(segment(p) for p in relative.split("/")))
+
+    def static(self, name: str) -> str:
+        return self._relative(f"static/{name}")
+
+    def api_unit(self, model: str, layer: str, unit: int) -> str | None:
+        return None  # a static site has no API
+
+
+def static_page_path(*parts: str) -> str:
+    """The exported file of a server path given as segments: a page is a folder's ``index.html``."""
+    parts = tuple(part for part in parts if part)
+    if parts == ("search",):
+        return "search.html"
+    return "/".join((*parts, "index.html"))
+
+
+class InlineLinks(Links):
+    """Links for a notebook card: images inline as data URIs, pages not linked."""
+
+    def __init__(self, known_models: list[str], atlas_path: Path) -> None:
+        super().__init__(known_models)
+        self.atlas_path = atlas_path
+
+    def file(self, relative: str | None) -> str | None:
+        if not relative:
+            return None
+        path = self.atlas_path / relative
+        if not path.is_file():
+            return None
+        mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(path.suffix, "image/png")
+        return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+    def api_unit(self, model: str, layer: str, unit: int) -> str | None:
+        return None

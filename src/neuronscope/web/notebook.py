@@ -1,0 +1,105 @@
+"""Atlas objects that display as HTML cards in Jupyter (``_repr_html_``), as the microscope shows them.
+
+    from neuronscope.atlas import Atlas
+    with Atlas("my-atlas", read_only=True) as atlas:
+        atlas.unit_view("mini-clip", "neurons", 473)      # feature vis, top examples, words inline
+        layer_view(atlas, "mini-clip", "neurons")          # the first units of the layer's grid
+
+The data is read when the view is made (a view outlives its ``Atlas``); the
+card inlines the images as data URIs, so a saved notebook keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.browse import layer_grid
+from neuronscope.web import pages
+from neuronscope.web.links import InlineLinks
+
+#: Units a layer card shows (the microscope pages the rest).
+LAYER_CARD_UNITS = 48
+
+
+def _open(atlas: Atlas | str | os.PathLike) -> tuple[Atlas, bool]:
+    if isinstance(atlas, Atlas):
+        return atlas, False
+    return Atlas(atlas, create=False, read_only=True), True
+
+
+@dataclass
+class UnitView:
+    """One unit of an atlas: ``record`` is :meth:`Atlas.unit`'s object; displays as the unit page's card."""
+
+    atlas_path: Path
+    models: list[str]
+    data: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def read(cls, atlas: Atlas, model: str | None, layer: str, unit: int) -> "UnitView":
+        model_key = atlas.resolve_model(model)
+        return cls(atlas.path, atlas.models(), pages.unit_data(atlas, model_key, layer, unit))
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.data["record"]
+
+    def __repr__(self) -> str:
+        label = f" {self.record['label']!r}" if self.record["label"] else ""
+        return f"UnitView({self.data['model']} {self.data['layer']} unit {self.data['unit']}{label})"
+
+    def _repr_html_(self) -> str:
+        return pages.render("notebook_unit.html", InlineLinks(self.models, self.atlas_path), **self.data)
+
+
+@dataclass
+class LayerView:
+    """A layer's first units as grid cards (feature vis or top example, label, words)."""
+
+    atlas_path: Path
+    models: list[str]
+    model: str
+    layer: str
+    units: int
+    cards: list[dict[str, Any]] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"LayerView({self.model} {self.layer}, {self.units} units)"
+
+    def _repr_html_(self) -> str:
+        links = InlineLinks(self.models, self.atlas_path)
+        cards = "".join(pages.render("_card.html", links, model=self.model, layer=self.layer, card=card)
+                        for card in self.cards)
+        more = f"<p>{self.units - len(self.cards)} more units: <code>neuronscope serve</code> pages them.</p>" \
+            if self.units > len(self.cards) else ""
+        return (f"<div class='neuronscope-layer' style='font-family: sans-serif'><strong>{self.model} · "
+                f"{self.layer} · {self.units} units</strong><div style='display: grid; grid-template-columns: "
+                f"repeat(auto-fill, minmax(110px, 1fr)); gap: 6px'>{cards}</div>{more}</div>")
+
+
+def unit_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str, unit: int) -> UnitView:
+    """A unit's :class:`UnitView` from an open :class:`Atlas` or an atlas directory."""
+    store, opened = _open(atlas)
+    try:
+        return UnitView.read(store, model, layer, unit)
+    finally:
+        if opened:
+            store.close()
+
+
+def layer_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str,
+               units: int = LAYER_CARD_UNITS) -> LayerView:
+    """A layer's :class:`LayerView` (its first ``units`` cards)."""
+    store, opened = _open(atlas)
+    try:
+        model_key = store.resolve_model(model)
+        entry = store.resolve_layer(model_key, layer)
+        cards = layer_grid(store, model_key, entry["layer"])[:units]
+        return LayerView(store.path, store.models(), model_key, entry["layer"], entry["units"], cards)
+    finally:
+        if opened:
+            store.close()

@@ -1,0 +1,164 @@
+"""The microscope's pages: what each shows (a context dict), and the templates that draw it.
+
+One function per page reads the atlas and returns plain data; the server,
+the static export and the notebook cards render the same templates with
+different :mod:`~neuronscope.web.links`. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.browse import layer_counts, layer_grid, search_units, unit_runs
+from neuronscope.web.files import MEDIA_TYPES
+from neuronscope.web.links import Links
+
+SORTS = ("unit", "max")
+#: How much of a unit a page shows (the JSON API has everything).
+TOP_EXAMPLES = 24
+TOP_WORDS = 30
+PER_PAGE = 120
+MAX_PER_PAGE = 1000
+
+
+class BadRequest(ValueError):
+    """A malformed parameter (answered 400)."""
+
+
+@dataclass(frozen=True)
+class LayerQuery:
+    """A layer page's filter, sort and page, validated."""
+
+    q: str = ""
+    sort: str = "unit"
+    page: int = 1
+    per_page: int = PER_PAGE
+
+    @classmethod
+    def parse(cls, q: str | None, sort: str | None, page: str | None, per_page: str | None) -> "LayerQuery":
+        sort = sort or "unit"
+        if sort not in SORTS:
+            raise BadRequest(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        return cls(q=(q or "").strip()[:200], sort=sort, page=_positive(page, "page", 1, None),
+                   per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE))
+
+
+def _positive(value: str | None, name: str, default: int, largest: int | None) -> int:
+    if value in (None, ""):
+        return default
+    if not value.isdigit() or int(value) < 1 or (largest is not None and int(value) > largest):
+        bound = f" up to {largest}" if largest else ""
+        raise BadRequest(f"{name} must be a whole number from 1{bound}, not {value!r}")
+    return int(value)
+
+
+def parse_unit(value: str) -> int:
+    """A unit index from a URL segment (``7``); anything else is a bad request."""
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"a unit is a whole number such as 7, not {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------- page data
+
+def home_data(atlas: Atlas) -> dict[str, Any]:
+    """``{"models": [{"model", "layers": [layer_counts entries]}]}``."""
+    models: dict[str, list[dict]] = {}
+    for entry in layer_counts(atlas):
+        models.setdefault(entry["model"], []).append(entry)
+    return {"models": [{"model": model, "layers": layers} for model, layers in models.items()]}
+
+
+def filter_cards(cards: list[dict[str, Any]], query: LayerQuery) -> dict[str, Any]:
+    """A layer page's slice of ``cards`` (from :func:`layer_grid`): filtered, sorted and paged.
+
+    Returns:
+        ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort"}``.
+    """
+    chosen = cards
+    if query.q:
+        needle = query.q.lower()
+        chosen = [card for card in cards if (card["label"] and needle in card["label"].lower())
+                  or any(needle in word.lower() for word in card["words"])]
+    if query.sort == "max":
+        # Units without a scan have no max: they go last.
+        chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
+    pages = max(1, math.ceil(len(chosen) / query.per_page))
+    start = (query.page - 1) * query.per_page
+    return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
+            "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort}
+
+
+def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
+               cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A layer page: the layer's entry, one page of unit cards and the layer's artifacts.
+
+    ``cards`` may be given when the caller caches :func:`layer_grid` (the server does).
+    """
+    entry = atlas.resolve_layer(model, layer)
+    cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
+    artifacts = [{**artifact, "image": bool(artifact["path"]) and _is_image(artifact["path"])}
+                 for artifact in atlas.artifacts(model, entry["layer"])]
+    return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query),
+            "artifacts": artifacts}
+
+
+def _is_image(path: str) -> bool:
+    return "." + path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
+
+
+def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Renders grouped plain, diverse, then facets by name: ``[{"kind", "title", "renders"}]``."""
+    groups: dict[str, list[dict]] = {}
+    for render in renders:
+        groups.setdefault(render["kind"], []).append(render)
+
+    def order(kind: str) -> tuple[int, str]:
+        return ({"plain": 0, "diverse": 1}.get(kind, 2), kind)
+
+    titles = {"plain": "plain", "diverse": "diverse"}
+    return [{"kind": kind, "title": titles.get(kind, kind.replace("facet:", "facet: ")), "renders": groups[kind]}
+            for kind in sorted(groups, key=order)]
+
+
+def unit_data(atlas: Atlas, model: str, layer: str, unit: int) -> dict[str, Any]:
+    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, neighbours and provenance."""
+    record = atlas.unit(model, layer, unit)
+    units = atlas.resolve_layer(record["model"], record["layer"])["units"]
+    return {"model": record["model"], "layer": record["layer"], "unit": unit, "record": record,
+            "featurevis_groups": _featurevis_groups(record["featurevis"]),
+            "previous": unit - 1 if unit > 0 else None, "next": unit + 1 if unit + 1 < units else None,
+            "runs": unit_runs(atlas, record["model"], record["layer"], unit),
+            "top_examples": TOP_EXAMPLES, "top_words": TOP_WORDS}
+
+
+def search_data(atlas: Atlas, query: str, *, limit: int = 200) -> dict[str, Any]:
+    """The search page: ``{"q", "hits"}`` (see :func:`search_units`)."""
+    return {"q": query.strip(), "hits": search_units(atlas, query, limit=limit) if query.strip() else []}
+
+
+# ---------------------------------------------------------------------------- templates
+
+@lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment (autoescaped: labels and words are user data)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("neuronscope.web", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["num"] = _number
+    return env
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def render(template: str, links: Links, **context: Any) -> str:
+    """Render a page template with its links."""
+    return environment().get_template(template).render(links=links, **context)

@@ -1,0 +1,91 @@
+"""The server's one read-only view of an atlas: a lock around its connection, and caches.
+
+SQLite connections are not for concurrent use, and the server answers
+requests from a thread pool, so every read holds :attr:`AtlasReader.lock`
+(reads take milliseconds; templates render outside it). A layer's grid and a
+unit's plots are cached until the catalogue changes: ``PRAGMA data_version``
+moves whenever another connection (a scan still writing) commits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.browse import layer_grid
+from neuronscope.web.links import model_slug
+
+T = TypeVar("T")
+#: Plots kept in memory (an SVG is ~20-40 kB).
+PLOT_CACHE_SIZE = 512
+
+
+class AtlasReader:
+    """A read-only atlas shared by the server's threads."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.atlas = Atlas(path, create=False, read_only=True)
+        self.root = Path(path).resolve()
+        self.lock = threading.Lock()
+        self._version: int | None = None
+        self._grids: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._plots: OrderedDict[tuple, bytes] = OrderedDict()
+        self._plot_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.atlas.close()
+
+    def read(self, function: Callable[[Atlas], T]) -> T:
+        """Run ``function(atlas)`` holding the lock (after dropping caches if the atlas changed)."""
+        with self.lock:
+            self._check_version()
+            return function(self.atlas)
+
+    def _check_version(self) -> None:
+        version = self.atlas.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._grids.clear()
+            with self._plot_lock:
+                self._plots.clear()
+
+    def layer_cards(self, model: str, layer: str) -> list[dict[str, Any]]:
+        """:func:`layer_grid` of a stored layer, cached (call inside :meth:`read`)."""
+        key = (model, layer)
+        if key not in self._grids:
+            self._grids[key] = layer_grid(self.atlas, model, layer)
+        return self._grids[key]
+
+    def plot(self, key: tuple, draw: Callable[[], bytes]) -> bytes:
+        """A plot's bytes by key, drawn once (LRU); ``key`` must name the unit and the plot's kind."""
+        with self._plot_lock:
+            if key in self._plots:
+                self._plots.move_to_end(key)
+                return self._plots[key]
+        data = draw()
+        with self._plot_lock:
+            self._plots[key] = data
+            while len(self._plots) > PLOT_CACHE_SIZE:
+                self._plots.popitem(last=False)
+        return data
+
+    def resolve(self, model: str, layer: str | None = None) -> tuple[str, str | None, bool]:
+        """``(model key, canonical layer, canonical?)`` for URL segments; ``canonical`` False means redirect.
+
+        Raises :class:`~neuronscope.atlas.AtlasError` (a 404) for a model or layer the atlas lacks.
+        """
+        def resolve(atlas: Atlas) -> tuple[str, str | None, bool]:
+            known = atlas.models()
+            key = atlas.resolve_model(model)
+            canonical = model == model_slug(key, known)
+            if layer is None:
+                return key, None, canonical
+            entry = atlas.resolve_layer(key, layer)
+            return key, entry["layer"], canonical and layer == entry["layer"]
+
+        return self.read(resolve)

@@ -1,0 +1,62 @@
+"""A small atlas for the microscope's tests: a real scan of tiny-rn plus rows written through the Atlas writers.
+
+The scan gives real top examples (with marked thumbnails), histograms and a
+run; feature vis, words, texts, labels and an emotions plot are synthetic
+rows, written the way the commands that compute them write.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from neuronscope.atlas import Atlas
+from neuronscope.mining import ScanSettings, open_source, scan
+from tests.test_scan import make_images
+
+MODEL = "tiny-rn@random"
+LAYER = "visual.layer4.1.act3:input"
+#: Units that get renders, words, texts and labels (the rest stay bare: "missing" must show as missing).
+DRESSED = (0, 1, 2, 3)
+
+
+def png(seed: int, size: int = 32) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_web_atlas(model, folder: Path) -> Path:
+    """Scan ``model``'s ``neurons`` over 12 images (thumbnails on), then add the other parts for DRESSED."""
+    make_images(folder / "images", count=12)
+    path = folder / "atlas"
+    with Atlas(path) as atlas:
+        scan(model, open_source(folder / "images"), atlas, ["neurons"],
+             settings=ScanSettings(top_k=4, bottom_k=2), batch_size=6, thumbnails=True)
+        run_id = atlas.start_run(command="visualize", config={"steps": 4}, config_key="fv-test", model=MODEL,
+                                 weights_sha256=None, layers=[{"layer": LAYER, "aliases": ["neurons"]}],
+                                 dataset=None, precision="fp32")
+        renders = []
+        for unit in DRESSED:
+            renders.append({"unit": unit, "kind": "plain", "index": 0, "png": png(unit), "objective": 1.5 + unit,
+                            "description": f"Channel [neurons, {unit}]"})
+            renders += [{"unit": unit, "kind": "diverse", "index": i, "png": png(100 + 10 * unit + i),
+                         "objective": 1.0, "description": "diverse"} for i in range(2)]
+            renders.append({"unit": unit, "kind": "facet:text", "index": 0, "png": png(200 + unit),
+                            "objective": 0.5, "description": "facet text"})
+        atlas.write_featurevis(run_id, MODEL, LAYER, renders)
+        atlas.finish_run(run_id)
+        words = {0: [("star", 3.0), ("stars", 2.5), ("planet", 1.0)], 1: [("puzzle", 2.0), ("piece", 1.5)],
+                 2: [("diagram", 2.2), ("chart", 1.1)], 3: [("bubble", 1.9), ("star", 0.4)]}
+        atlas.write_unit_texts("words", run_id, MODEL, LAYER, words)
+        atlas.write_unit_texts("texts", run_id, MODEL, LAYER, {1: [("a jigsaw puzzle", 0.8)],
+                                                               2: [("a diagram <b>bold</b>", 0.6)]})
+        atlas.set_label(MODEL, LAYER, 0, "star (drawn or written)", source="test")
+        atlas.set_label(MODEL, LAYER, 3, "bubble", source="test")
+        atlas.save_artifact(MODEL, LAYER, "emotions", "codes", data={"codes": 3}, file_bytes=png(7),
+                            suffix=".png", run_id=run_id)
+    return path
