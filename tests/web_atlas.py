@@ -8,9 +8,14 @@ rows, written the way the commands that compute them write.
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from neuronscope.atlas import Atlas
@@ -60,3 +65,38 @@ def build_web_atlas(model, folder: Path) -> Path:
         atlas.save_artifact(MODEL, LAYER, "emotions", "codes", data={"codes": 3}, file_bytes=png(7),
                             suffix=".png", run_id=run_id)
     return path
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def web_atlas(tmp_path_factory) -> Path:
+    """The atlas of :func:`build_web_atlas`, built once per test module (import this fixture to use it)."""
+    from neuronscope.models import load_model
+    from neuronscope.runtime import seed_everything
+    from tests.conftest import randomize_last_bn
+
+    seed_everything(0)
+    model = load_model("tiny-rn", weights="random")
+    randomize_last_bn(model.module)
+    return build_web_atlas(model, tmp_path_factory.mktemp("web"))

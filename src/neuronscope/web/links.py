@@ -54,7 +54,9 @@ class Links:
         return f"{base}?{urlencode({'q': query})}" if query else base
 
     def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str:
-        params = {key: value for key, value in query.items() if value not in (None, "")}
+        # Defaults are left out, so that one page has one URL.
+        params = {key: value for key, value in query.items() if value not in (None, "") and
+                  not (key == "sort" and value == "unit")}
         if page > 1:
             params["page"] = page
         base = self._page("m", segment(self.slug(model)), "l", segment(layer))

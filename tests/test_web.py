@@ -1,0 +1,260 @@
+"""The microscope server: pages, JSON API, redirects, 404/400, file safety, caching, concurrency, notebook cards."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import sqlite3
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from neuronscope.atlas import Atlas, AtlasError
+from neuronscope.atlas.browse import layer_counts, layer_grid, search_units
+from neuronscope.cli import app as cli_app
+from neuronscope.web import create_app, layer_view, unit_view
+from tests.web_atlas import LAYER, MODEL, running_server, web_atlas  # noqa: F401 - web_atlas is a fixture
+
+LAYER_URL = f"/m/tiny-rn/l/{LAYER}"
+
+
+@pytest.fixture(scope="module")
+def client(web_atlas):
+    with TestClient(create_app(web_atlas)) as test_client:
+        yield test_client
+
+
+def test_home_lists_models_and_layers_with_counts(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert f'href="{LAYER_URL}"' in page.text and MODEL in page.text
+    models = client.get("/api/models").json()["models"]
+    layer = models[0]["layers"][0]
+    assert models[0]["model"] == MODEL and layer["layer"] == LAYER and "neurons" in layer["aliases"]
+    assert (layer["units"], layer["scanned"], layer["featurevis"], layer["words"], layer["texts"], layer["labels"]) \
+        == (512, 512, 4, 4, 2, 2)
+
+
+def test_layer_page_pages_filters_and_sorts(client):
+    first = client.get(LAYER_URL).text
+    assert first.count('class="card"') == 120 and "page 1 of 5" in first  # 512 units, 120 a page
+    assert f'href="{LAYER_URL}/u/0"' in first and "star (drawn or written)" in first
+    assert f'href="{LAYER_URL}?page=2"' in first
+    page = client.get(f"/api{LAYER_URL}", params={"per_page": "10", "page": "3"}).json()
+    assert [card["unit"] for card in page["cards"]] == list(range(20, 30)) and page["pages"] == 52
+    filtered = client.get(f"/api{LAYER_URL}", params={"q": "STAR"}).json()  # words or label, any case
+    assert [card["unit"] for card in filtered["cards"]] == [0, 3] and filtered["total"] == 2
+    by_label = client.get(f"/api{LAYER_URL}", params={"q": "bubble"}).json()
+    assert [card["unit"] for card in by_label["cards"]] == [3]
+    ranked = client.get(f"/api{LAYER_URL}", params={"sort": "max", "per_page": "1000"}).json()["cards"]
+    maxima = [card["max"] for card in ranked]
+    assert maxima == sorted(maxima, reverse=True) and len(ranked) == 512
+    html = client.get(LAYER_URL, params={"q": "star", "sort": "max"}).text
+    assert html.count('class="card"') == 2 and "2 units match" in html
+
+
+def test_layer_page_shows_layer_artifacts(client):
+    html = client.get(LAYER_URL).text
+    assert "emotions · codes" in html and 'src="/files/artifacts/' in html
+
+
+def test_unit_page_shows_every_part_and_missing_parts_as_missing(client, web_atlas):
+    html = client.get(f"{LAYER_URL}/u/2").text
+    for part in ("plain", "diverse", "facet: text", "diagram", "Top dataset examples", "histogram.svg",
+                 "conditional.svg", "run 1: scan", "run 2: visualize"):
+        assert part in html, part
+    assert "a diagram &lt;b&gt;bold&lt;/b&gt;" in html  # user data is escaped
+    assert html.count('src="/files/thumbs/') == 4  # k = 4 top examples, cells marked in the thumbnails
+    bare = client.get(f"{LAYER_URL}/u/100").text
+    for missing in ("No feature visualization in this atlas.", "No rastered words in this atlas.",
+                    "No text-side texts in this atlas."):
+        assert missing in bare
+    for image in ("histogram", "conditional"):
+        plot = client.get(f"{LAYER_URL}/u/2/{image}.svg")
+        assert plot.status_code == 200 and plot.headers["content-type"] == "image/svg+xml"
+        assert plot.content.startswith(b"<svg") and b"<rect" in plot.content
+
+
+def test_api_unit_is_the_show_json_object(client, web_atlas):
+    answer = client.get(f"/api{LAYER_URL}/u/0").json()
+    with Atlas(web_atlas, create=False) as atlas:
+        assert answer == json.loads(json.dumps(atlas.unit(MODEL, LAYER, 0)))
+    assert answer["label"] == "star (drawn or written)" and answer["words"][0] == {"word": "star", "score": 3.0}
+    assert {render["kind"] for render in answer["featurevis"]} == {"plain", "diverse", "facet:text"}
+
+
+def test_search_matches_words_labels_and_texts(client):
+    hits = client.get("/api/search", params={"q": "star"}).json()["hits"]
+    assert [(hit["unit"], hit["match"], hit["text"]) for hit in hits[:2]] == [(0, "word", "star"), (3, "word", "star")]
+    assert {(hit["unit"], hit["match"]) for hit in hits} >= {(0, "label"), (0, "word")}
+    assert [hit["unit"] for hit in client.get("/api/search", params={"q": "jigsaw"}).json()["hits"]] == [1]
+    assert client.get("/api/search", params={"q": "no such word"}).json()["hits"] == []
+    html = client.get("/search", params={"q": "puzzle"}).text
+    assert f'href="{LAYER_URL}/u/1"' in html and "word: puzzle" in html
+
+
+@pytest.mark.parametrize("url, location", [
+    ("/m/tiny-rn/l/neurons", LAYER_URL),
+    ("/m/tiny-rn/l/image_block_4~1~Add_6/u/3", f"{LAYER_URL}/u/3"),
+    ("/m/tiny-rn@random/l/neurons/u/3/histogram.svg", f"{LAYER_URL}/u/3/histogram.svg"),
+    (f"/m/tiny-rn@random/l/{LAYER}?q=star&sort=max", f"{LAYER_URL}?q=star&sort=max"),
+    ("/api/m/tiny-rn/l/neurons/u/0", f"/api{LAYER_URL}/u/0"),
+])
+def test_aliases_and_model_keys_redirect_to_canonical_urls(client, url, location):
+    answer = client.get(url, follow_redirects=False)
+    assert answer.status_code == 301 and answer.headers["location"] == location
+
+
+@pytest.mark.parametrize("url", ["/m/nope/l/neurons", "/m/tiny-rn/l/visual.layer9", f"{LAYER_URL}/u/512",
+                                 f"{LAYER_URL}/u/0/other.svg", "/nothing/here", "/m/nope"])
+def test_unknown_names_answer_a_404_page(client, url):
+    answer = client.get(url)
+    assert answer.status_code == 404 and "404" in answer.text and "text/html" in answer.headers["content-type"]
+
+
+def test_unknown_names_in_the_api_answer_json_404(client):
+    for url in ("/api/m/nope/l/neurons/u/0", f"/api{LAYER_URL}/u/9999", "/api/nothing"):
+        answer = client.get(url)
+        assert answer.status_code == 404 and answer.json()["status"] == 404
+
+
+@pytest.mark.parametrize("url", [f"{LAYER_URL}/u/abc", f"{LAYER_URL}/u/-1", f"{LAYER_URL}?page=0",
+                                 f"{LAYER_URL}?page=x", f"{LAYER_URL}?sort=random", f"{LAYER_URL}?per_page=100000",
+                                 f"/api{LAYER_URL}/u/1.5"])
+def test_malformed_parameters_answer_400(client, url):
+    assert client.get(url).status_code == 400
+
+
+def test_images_carry_caching_headers_and_revalidate(client):
+    record = client.get(f"/api{LAYER_URL}/u/0").json()
+    thumb = client.get(f"/files/{record['top'][0]['thumb']}")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    assert "immutable" in thumb.headers["cache-control"] and thumb.headers["etag"]
+    again = client.get(f"/files/{record['top'][0]['thumb']}", headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    render = client.get(f"/files/{record['featurevis'][0]['path']}")
+    assert render.status_code == 200 and "must-revalidate" in render.headers["cache-control"]
+    plot = client.get(f"{LAYER_URL}/u/0/histogram.svg")
+    assert plot.headers["etag"] and plot.headers["cache-control"]
+
+
+def raw_get(base: str, path: str) -> int:
+    """GET ``path`` exactly as written (no client-side normalising of ``..`` or escapes)."""
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_only_atlas_images_are_served(web_atlas, tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"not yours")
+    (web_atlas / "thumbs" / "escape.png").symlink_to(outside)
+    (web_atlas / "thumbs" / "db.png").symlink_to(web_atlas / "atlas.sqlite")
+    try:
+        with Atlas(web_atlas, create=False) as atlas:
+            thumb = atlas.unit(MODEL, LAYER, 0)["top"][0]["thumb"]
+            histogram = atlas.db.execute("SELECT path FROM histograms").fetchone()[0]
+        with running_server(create_app(web_atlas)) as base:
+            assert raw_get(base, f"/files/{thumb}") == 200
+            refused = ["/files/atlas.sqlite", f"/files/{histogram}", "/files/../atlas.sqlite",
+                       "/files/thumbs/../atlas.sqlite", "/files/thumbs/%2e%2e/atlas.sqlite",
+                       "/files/thumbs/%2E%2E/%2E%2E/%2E%2E/etc/passwd", "/files/%2e%2e%2fatlas.sqlite",
+                       "/files/thumbs/..%2f..%2fatlas.sqlite", "/files/thumbs/%252e%252e/atlas.sqlite",
+                       "/files//etc/passwd", "/files/%2fetc%2fpasswd", f"/files/{outside}",
+                       "/files/thumbs/escape.png", "/files/thumbs/db.png", "/files/thumbs/",
+                       "/files/thumbs/..\\atlas.sqlite", "/files/thumbs/missing.png", "/static/../atlas.sqlite",
+                       "/static/%2e%2e/app.py"]
+            assert {path: raw_get(base, path) for path in refused} == {path: 404 for path in refused}
+    finally:
+        (web_atlas / "thumbs" / "escape.png").unlink()
+        (web_atlas / "thumbs" / "db.png").unlink()
+
+
+def test_keeps_serving_under_200_concurrent_requests(web_atlas):
+    urls = ["/", LAYER_URL, f"{LAYER_URL}/u/1", f"/api{LAYER_URL}/u/2", "/search?q=star", f"{LAYER_URL}/u/3/histogram.svg"]
+
+    async def hammer(base: str) -> list[int]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+            answers = await asyncio.gather(*(http.get(urls[i % len(urls)]) for i in range(200)))
+        return [answer.status_code for answer in answers]
+
+    with running_server(create_app(web_atlas)) as base:
+        assert asyncio.run(hammer(base)) == [200] * 200
+        assert httpx.get(base + "/").status_code == 200  # and still serving after
+
+
+def test_server_is_read_only_and_sees_new_writes(web_atlas):
+    with Atlas(web_atlas, create=False, read_only=True) as reader:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.set_label(MODEL, LAYER, 5, "written by a reader")
+    with TestClient(create_app(web_atlas)) as test_client:
+        assert "a label written later" not in test_client.get(LAYER_URL).text
+        with Atlas(web_atlas, create=False) as writer:  # a command writing while the microscope runs
+            writer.set_label(MODEL, LAYER, 5, "a label written later", source="test")
+        try:
+            assert "a label written later" in test_client.get(LAYER_URL).text  # the cached grid was dropped
+        finally:
+            with Atlas(web_atlas, create=False) as writer, writer.transaction() as db:
+                db.execute("DELETE FROM labels WHERE unit = 5")
+
+
+def test_read_only_atlas_refuses_missing_and_old_atlases(tmp_path):
+    with pytest.raises(AtlasError, match="not an atlas"):
+        Atlas(tmp_path / "none", read_only=True)
+    assert not (tmp_path / "none").exists()
+    db = sqlite3.connect(tmp_path / "atlas.sqlite", isolation_level=None)
+    from neuronscope.atlas import ensure_schema
+
+    ensure_schema(db, target=1)
+    db.close()
+    with pytest.raises(AtlasError, match="open it once with a writing command"):
+        Atlas(tmp_path, read_only=True)
+
+
+def test_layer_grid_agrees_with_unit_records(web_atlas):
+    with Atlas(web_atlas, create=False, read_only=True) as atlas:
+        cards = layer_grid(atlas, MODEL, LAYER)
+        assert len(cards) == 512
+        for card in cards[:6] + cards[-2:]:
+            record = atlas.unit(MODEL, LAYER, card["unit"])
+            assert card["max"] == record["stats"]["max"] and card["label"] == record["label"]
+            assert card["words"] == [w["word"] for w in record["words"][:3]]
+            assert card["thumb"] == record["top"][0]["thumb"]
+            plain = [r["path"] for r in record["featurevis"] if r["kind"] == "plain"]
+            assert card["featurevis"] == (plain[0] if plain else None)
+        assert [entry["layer"] for entry in layer_counts(atlas)] == [LAYER]
+        assert search_units(atlas, "100%") == [] and search_units(atlas, "st_r") == []  # LIKE wildcards escaped
+
+
+def test_notebook_cards_inline_the_unit(web_atlas):
+    with Atlas(web_atlas, create=False, read_only=True) as atlas:
+        view = atlas.unit_view("tiny-rn", "neurons", 0)
+        assert isinstance(atlas.unit(MODEL, LAYER, 0), dict)  # the CLI's record is unchanged
+    html = view._repr_html_()  # usable after the atlas is closed
+    assert html.count("data:image/png;base64,") == 4 + 4 and "star (drawn or written)" in html
+    assert view.record["words"][0]["word"] == "star" and "unit 0" in repr(view)
+    bare = unit_view(web_atlas, None, "neurons", 100)._repr_html_()
+    assert "No feature visualization in this atlas." in bare
+    grid = layer_view(web_atlas, "tiny-rn", "neurons", units=8)
+    assert grid._repr_html_().count('class="card"') == 8 and "504 more units" in grid._repr_html_()
+
+
+def test_serve_command_binds_localhost_by_default(web_atlas, monkeypatch):
+    calls = []
+    monkeypatch.setattr("neuronscope.web.serve", lambda atlas, **options: calls.append((atlas, options)))
+    result = CliRunner().invoke(cli_app, ["serve", str(web_atlas)])
+    assert result.exit_code == 0, result.output
+    assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
+    monkeypatch.undo()
+    missing = CliRunner().invoke(cli_app, ["serve", str(web_atlas / "nope")])  # fails before binding anything
+    assert missing.exit_code == 1
