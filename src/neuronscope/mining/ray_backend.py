@@ -40,6 +40,7 @@ only when a Ray scan starts.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -363,7 +364,8 @@ def scan_ray(
         if size % batch_size:
             raise NeuronscopeError(f"shard size {size} is not a multiple of the batch size {batch_size}")
         ranges = shard_ranges(len(source), done, size)
-        shipped = model if model.device.type == "cpu" else replace(model, module=model.module.cpu(),
+        # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
+        shipped = model if model.device.type == "cpu" else replace(model, module=copy.deepcopy(model.module).cpu(),
                                                                      device=torch.device("cpu"))
         partials = _run_shards(ray, shipped, source, canonical, settings, ranges, replicas=replicas, gpus=gpus,
                                batch_size=batch_size, max_pixels=max_pixels)
