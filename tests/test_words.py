@@ -1,0 +1,280 @@
+"""Rastered-word probing, image-based word embeddings, vocabularies and the paper reproduction.
+
+Behaviour is tested on the bundled mini CLIP: over english-10k plus the
+world's concepts (one size, one position: ~10k images a network), the median
+rank of each card unit's concept among its rastered words is within the top
+2%, with an untrained network of the same architecture reported beside it.
+Real architectures run with random weights only for plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neuronscope.cli import app
+from neuronscope.models import DEFAULT, load_model
+from neuronscope.models.bundled import bundled_dir
+from neuronscope.probing.embedding import LexicalRule, WordEmbedding, lexical_units, shared_affix
+from neuronscope.probing.paper import PAPER_UNITS, compare_with_paper, paper_named_units, paper_top_words
+from neuronscope.probing.raster import RasterSettings, render_word_images, resolve_font
+from neuronscope.probing.vocab import VOCABULARIES, VocabularyError, load_vocabulary
+from neuronscope.probing.words import WordProbe, _reduce_word_images, probe_words
+from neuronscope.world.concepts import concept_names
+from neuronscope.world.evaluate import untrained_model
+from neuronscope.world.split import load_test_split
+
+runner = CliRunner()
+#: One size and one position keep the mini CLIP's 10k-word probe near 30 s a network here.
+QUICK = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+def test_builtin_vocabularies_load_offline() -> None:
+    english = load_vocabulary("english-10k")
+    assert len(english) == 10_000 == len(set(english))
+    assert english[:3] == ["the", "to", "and"] and all(w.isalpha() and w.isascii() for w in english)
+    assert {"France", "Japan", "Brazil"} <= set(load_vocabulary("countries"))
+    cities = load_vocabulary("cities")
+    assert len(cities) == 1000 and "Tokyo" in cities[:50]
+    emotions = load_vocabulary("emotions")
+    assert emotions[:7] == ["happy", "sad", "disgusted", "angry", "fearful", "bad", "surprised"]
+    assert {"lonely", "out of control", "awe"} <= set(emotions) and len(emotions) == len(set(emotions))
+    assert {"red", "yellow", "blue"} <= set(load_vocabulary("colours"))
+    assert set(VOCABULARIES) == {"english-10k", "countries", "cities", "emotions", "colours"}
+
+
+def test_vocabulary_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.txt"
+    path.write_text("# my words\nspider man\n\n  cat \ncat\nteddy bear\n", encoding="utf-8")
+    assert load_vocabulary(str(path)) == ["spider man", "cat", "teddy bear"]
+    with pytest.raises(VocabularyError, match="no vocabulary file"):
+        load_vocabulary(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(VocabularyError, match="has no words"):
+        load_vocabulary(tmp_path / "empty.txt")
+
+
+# --------------------------------------------------------------------------- rendering and reduction
+
+
+def _ink_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the dark pixels of an [H, W, 3] image."""
+    rows, cols = np.nonzero(image.mean(axis=-1) < 128)
+    return cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+
+
+def test_sizes_are_fractions_of_the_width_and_positions_move_the_text() -> None:
+    settings = RasterSettings(sizes=(0.7,), positions=((0.0, 0.0), (1.0, 1.0)))
+    fonts = [resolve_font(f) for f in settings.fonts]
+    shares = []
+    for size in (64, 288):
+        top_left, bottom_right = render_word_images("elephant", settings, size, fonts)
+        left, top, right, _ = _ink_box(top_left)
+        shares.append((right - left) / size)
+        edge = 2 + 0.02 * size  # anti-aliased glyph edges fall under the ink threshold
+        assert left <= edge and top <= 0.1 * size
+        assert _ink_box(bottom_right)[2] >= size - edge and _ink_box(bottom_right)[3] >= 0.9 * size
+    assert shares[0] == pytest.approx(0.7, abs=0.06) and shares[1] == pytest.approx(0.7, abs=0.03)
+
+
+def test_per_word_reduction_is_max_over_positions_then_mean_over_sizes() -> None:
+    settings = RasterSettings(sizes=(0.5, 0.9), positions=((0.1, 0.1), (0.5, 0.5), (0.9, 0.9)))
+    # one word, one unit: size 0.5 gives 1, 5, 2 at the three positions; size 0.9 gives 3, 0, 1
+    values = torch.tensor([1.0, 5.0, 2.0, 3.0, 0.0, 1.0]).view(6, 1)
+    assert _reduce_word_images(values, settings).item() == pytest.approx((5.0 + 3.0) / 2)
+
+
+# --------------------------------------------------------------------------- the mini CLIP
+
+
+@pytest.fixture(scope="module")
+def mini_clip_probes():
+    """The card; english-10k + the world's concepts probed through the trained mini CLIP, and a seeded
+    2,000 of those words + the concepts through an untrained one."""
+    card = json.loads((bundled_dir() / "mini_clip_card.json").read_text())
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    words = list(dict.fromkeys(load_vocabulary("english-10k") + concept_names()))
+    layer = card["multimodal"]["layer"]
+    trained = probe_words(model, layer, words, settings=QUICK, batch_size=256, workers=1)
+    # The control's figure is a rank share, so a seeded fifth of the vocabulary (plus the concepts) estimates
+    # it at a fifth of the cost.
+    rng = np.random.default_rng(0)
+    sample = [words[i] for i in sorted(rng.choice(len(words), 2000, replace=False))]
+    control = untrained_model(model, load_test_split(), seed=0)
+    untrained = probe_words(control, layer, list(dict.fromkeys(sample + concept_names())), settings=QUICK,
+                            batch_size=256, workers=1)
+    return card, trained, untrained
+
+
+def _median_rank_share(probe: WordProbe, card_units: list[dict]) -> float:
+    """Median over card units of (rank of the unit's concept among its words) / vocabulary size."""
+    return statistics.median(probe.rank(u["concept"], u["unit"]) / len(probe.words) for u in card_units)
+
+
+def test_card_units_rank_their_concept_word_in_the_top_2_percent(mini_clip_probes, record_property) -> None:
+    card, trained, untrained = mini_clip_probes
+    units = card["multimodal"]["units"]
+    trained_share = _median_rank_share(trained, units)
+    untrained_share = _median_rank_share(untrained, units)
+    record_property("median_rank_share_trained", trained_share)
+    record_property("median_rank_share_untrained", untrained_share)
+    print(f"median concept rank share: trained {trained_share:.2%} of {len(trained.words)} rastered words, "
+          f"untrained {untrained_share:.2%} of {len(untrained.words)}")
+    assert trained_share <= 0.02
+    assert untrained_share > 0.1  # an untrained network does not read: its figure is near chance (50%)
+
+
+def test_mean_subtraction_lowers_spurious_cosines(mini_clip_probes) -> None:
+    _, trained, _ = mini_clip_probes
+    raw = WordEmbedding.from_probe(trained, center=False)
+    centred = WordEmbedding.from_probe(trained)
+    rng = np.random.default_rng(0)
+    pairs = [tuple(rng.choice(len(trained.words), 2, replace=False)) for _ in range(200)]
+    raw_cos = [raw.cosine(trained.words[a], trained.words[b]) for a, b in pairs]
+    centred_cos = [centred.cosine(trained.words[a], trained.words[b]) for a, b in pairs]
+    print(f"mean cosine of 200 random word pairs: raw {statistics.mean(raw_cos):.3f}, "
+          f"centred {statistics.mean(centred_cos):.3f}")
+    # every rastered word is dark text on white: raw vectors share that, centred ones do not
+    assert statistics.mean(raw_cos) > 0.25
+    assert abs(statistics.mean(centred_cos)) < 0.05
+
+
+def test_mean_subtraction_on_a_constructed_case() -> None:
+    common = torch.tensor([10.0, 10.0, 10.0, 10.0])  # what every word shares
+    responses = common + torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                                       [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    words = ["terrorist", "muslims", "cat", "dog"]
+    raw = WordEmbedding(words, responses, center=False)
+    centred = WordEmbedding(words, responses)
+    assert raw.cosine("terrorist", "muslims") > 0.95
+    assert centred.cosine("terrorist", "muslims") < 0.0  # unrelated once the shared part is gone
+
+
+# --------------------------------------------------------------------------- lexical units
+
+
+def test_shared_affix_finds_prefixes_and_suffixes() -> None:
+    assert shared_affix(["running", "jumping", "singing", "walking", "cat"]) == "-ing"
+    assert shared_affix(["unhappy", "unkind", "unfair", "untie", "dog"]) == "un-"
+    assert shared_affix(["spider", "web", "insect", "bug", "legs"]) is None
+
+
+def test_masking_lexical_units_keeps_the_embedding_about_meaning() -> None:
+    words = ["running", "jumping", "singing", "walking", "unhappy", "unkind", "unfair", "untrue",
+             "sprint", "race", "song", "choir", "cat", "dog", "bird", "fish"]
+    n = len(words)
+    scores = torch.zeros(n, 4)
+    for i, word in enumerate(words):
+        scores[i, 0] = 3.0 if word.endswith("ing") else 0.0  # a spelling ("-ing") unit
+        scores[i, 1] = 3.0 if word.startswith("un") else 0.0  # a spelling ("un-") unit
+    scores[[words.index(w) for w in ("running", "sprint", "race")], 2] = 1.0  # a meaning unit: speed
+    scores[[words.index(w) for w in ("singing", "song", "choir")], 3] = 1.0  # a meaning unit: song
+    rule = LexicalRule(top_k=4, min_share=0.75)
+    assert lexical_units(words, scores, rule) == {0: "-ing", 1: "un-"}
+
+    spelled = WordEmbedding(words, scores)
+    assert spelled.nearest("running", k=1)[0][0] in {"jumping", "singing", "walking"}
+    meaning = WordEmbedding(words, scores, mask_units=list(lexical_units(words, scores, rule)))
+    assert meaning.units.tolist() == [2, 3]
+    assert {w for w, _ in meaning.nearest("running", k=2)} == {"sprint", "race"}
+    assert meaning.arithmetic(plus=["running", "song"], minus=["race"], k=1)[0][0] in {"singing", "choir"}
+
+
+# --------------------------------------------------------------------------- CLI and atlas
+
+
+def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path) -> None:
+    vocab = tmp_path / "small.txt"
+    vocab.write_text("\n".join(concept_names() + ["king", "queen", "walking", "running"]))
+    out = tmp_path / "atlas"
+    result = runner.invoke(app, ["words", "--model", "mini-clip", "--layer", "neurons", "--vocab", str(vocab),
+                                 "--sizes", "0.8", "--positions", "0.5:0.5", "--top-k", "5", "--out", str(out),
+                                 "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["layers"] == ["visual.layer4.1.act3:input"] and summary["units"] == 512
+    assert summary["words"] == len(concept_names()) + 4 and summary["vocabulary"] == "small"
+
+    shown = json.loads(runner.invoke(app, ["show", str(out), "--layer", "neurons", "--unit", "473",
+                                           "--json"]).stdout)
+    scores = [w["score"] for w in shown["words"]]
+    assert len(shown["words"]) == 5 and scores == sorted(scores, reverse=True)
+    assert shown["model"] == "mini-clip@bundled"
+
+    nearest = runner.invoke(app, ["wordvec", str(out), "--nearest", "star", "--top", "3", "--json"])
+    assert nearest.exit_code == 0, nearest.output
+    payload = json.loads(nearest.stdout)
+    assert payload["centered"] and len(payload["words"]) == 3 and "star" not in [w["word"] for w in payload["words"]]
+    missing = runner.invoke(app, ["wordvec", str(out), "--nearest", "zebra"])
+    assert missing.exit_code == 1 and "not in the embedding's vocabulary" in missing.output
+
+
+# --------------------------------------------------------------------------- the paper
+
+
+def test_the_paper_tables_ship_with_the_package() -> None:
+    table = paper_top_words()
+    assert len(table) == PAPER_UNITS and table[550][:1] == ["spider"]
+    named = paper_named_units()
+    by_unit = {n["unit"]: n for n in named}
+    assert len(named) == 109 and by_unit[89]["label"] == "Donald Trump" and by_unit[550]["words"][0] == "spider"
+
+
+def test_compare_with_paper_scores_a_perfect_and_a_shuffled_probe() -> None:
+    table = paper_top_words()
+    words = sorted({w for ws in table.values() for w in ws})
+    position = {w: i for i, w in enumerate(words)}
+    scores = torch.zeros(len(words), PAPER_UNITS)
+    for unit, top in table.items():
+        for rank, word in enumerate(top):
+            scores[position[word], unit] = 3.0 - rank
+    perfect = WordProbe("RN50x4@test", "visual.layer4.5.act3:input", words, scores, QUICK, (9, 9), "fp32")
+    result = compare_with_paper(perfect)
+    assert result.overall.top3_overlap == 1.0 and result.named.units == 109 and result.named.any_top3 == 1.0
+    shuffled = WordProbe("RN50x4@test", "visual.layer4.5.act3:input", words, scores[:, torch.randperm(PAPER_UNITS,
+                         generator=torch.Generator().manual_seed(0))], QUICK, (9, 9), "fp32")
+    assert compare_with_paper(shuffled).overall.top3_overlap < 0.05
+
+
+def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path) -> None:
+    """Plumbing only: random weights, 16 words, one image a word (CONVENTIONS: at most 16 images a test on a
+    real architecture; RN50x4 runs ~4 images/s here, so the issue's 200 words would take ~1 min alone)."""
+    vocab = tmp_path / "words16.txt"
+    vocab.write_text("\n".join(load_vocabulary("english-10k")[:16]))
+    result = runner.invoke(app, ["reproduce", "words", "--weights", "random", "--vocab", str(vocab),
+                                 "--sizes", "0.8", "--positions", "0.5:0.5", "--workers", "0", "--batch-size", "8",
+                                 "--out", str(tmp_path / "atlas"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["model"] == "RN50x4@random" and payload["layer"] == "visual.layer4.5.act3:input"
+    assert payload["overall"]["units"] == PAPER_UNITS and payload["named"]["units"] == 109
+    assert 0.0 <= payload["overall"]["top3_overlap"] <= 1.0 and payload["vocabulary_words"] == 16
+    assert len(payload["named_units"]) == 109 and all(len(u["ours"]) == 3 for u in payload["named_units"])
+
+
+def test_reproduce_words_needs_weights() -> None:
+    result = runner.invoke(app, ["reproduce", "words"])
+    assert result.exit_code == 1 and "--weights PATH" in result.output
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not os.environ.get("NEURONSCOPE_RN50X4"), reason="set NEURONSCOPE_RN50X4=PATH to RN50x4 weights")
+def test_reproduces_the_papers_top_words_with_real_weights(tmp_path: Path) -> None:
+    """Opt-in: the full english-10k probe of OpenAI's RN50x4 (hours on a CPU, minutes on a GPU)."""
+    result = runner.invoke(app, ["reproduce", "words", "--weights", os.environ["NEURONSCOPE_RN50X4"], "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    print(json.dumps({k: payload[k] for k in ("overall", "named", "paper_words_in_vocabulary")}, indent=2))
+    # Our vocabulary and fonts differ from the article's, so exact top-3 agreement is not expected; the
+    # named units' paper top-1 word should be among our top 20 far more often than chance (20/10,000).
+    assert payload["named"]["paper_top1_in_top_k"] >= 0.2
