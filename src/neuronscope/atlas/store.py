@@ -587,14 +587,16 @@ class Atlas:
                 self._histogram_cache = {relative: {name: data[name] for name in data.files}}  # keep one layer
         return self._histogram_cache[relative]
 
-    def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
+    def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10, *,
+                            record: dict[str, Any] | None = None) -> list[dict]:
         """Uniform buckets in SDs from zero with sample images.
 
-        See :func:`neuronscope.mining.histogram.uniform_buckets`.
+        See :func:`neuronscope.mining.histogram.uniform_buckets`. ``record``: the unit's
+        :meth:`unit` record when the caller has it already (the static export), to skip re-reading it.
         """
         from neuronscope.mining.histogram import uniform_buckets
 
-        record = self.unit(model, layer, unit)
+        record = self.unit(model, layer, unit) if record is None else record
         histogram = record["histogram"]
         if not histogram or not record["stats"]:
             return []

@@ -35,8 +35,14 @@ def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def _label(value: float) -> str:
-    return f"{value:.3g}"
+def _label(value: float, step: float | None = None) -> str:
+    """A tick label with as many digits as the ticks' spacing needs (ticks 0.08515 and 0.0852 differ)."""
+    if step is None or step <= 0 or not math.isfinite(step):
+        return f"{value:.3g}"
+    digits = max(0, -math.floor(math.log10(step)))
+    if abs(value) >= 1e5 or (value != 0 and digits > 6):
+        return f"{value:.{max(3, digits + math.floor(math.log10(abs(value) or 1)) + 1)}g}"
+    return f"{value:.{digits}f}"
 
 
 class _Chart:
@@ -47,7 +53,8 @@ class _Chart:
             pad = abs(x_low) * 0.05 or 0.5
             x_low, x_high = x_low - pad, x_high + pad
         self.x_low, self.x_high = x_low, x_high
-        self.decades = max(1, math.ceil(math.log10(max(max_count, 1) + 1)))
+        # y is log10(count + 1) (0 stays on the axis); the axis reaches the next power of ten.
+        self.decades = max(1, math.ceil(math.log10(max(max_count, 1))))
         self.parts: list[str] = []
         self.x_title = x_title
 
@@ -56,7 +63,7 @@ class _Chart:
 
     def y(self, count: float) -> float:
         height = HEIGHT - TOP - BOTTOM
-        return HEIGHT - BOTTOM - (math.log10(count + 1) / self.decades) * height if count > 0 else HEIGHT - BOTTOM
+        return HEIGHT - BOTTOM - (math.log10(count + 1) / math.log10(10 ** self.decades + 1)) * height
 
     def bar(self, left: float, right: float, count: int, colour: str) -> None:
         x0, x1 = self.x(left), self.x(right)
@@ -75,16 +82,17 @@ class _Chart:
     def svg(self) -> bytes:
         axes = [f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" stroke="#444"/>',
                 f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" stroke="#444"/>']
-        for tick in _nice_ticks(self.x_low, self.x_high):
+        ticks = _nice_ticks(self.x_low, self.x_high)
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else None
+        for tick in ticks:
             x = self.x(tick)
             axes.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM + 4}" '
                         f'stroke="#444"/><text x="{x:.2f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">'
-                        f'{_label(tick)}</text>')
-        for power in range(self.decades + 1):
-            y = self.y(10 ** power - 1) if power else HEIGHT - BOTTOM
+                        f'{_label(tick, step)}</text>')
+        for count in (0, *(10 ** power for power in range(self.decades + 1))):
+            y = self.y(count)
             axes.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y:.2f}" y2="{y:.2f}" stroke="#444"/>'
-                        f'<text x="{LEFT - 6}" y="{y + 3:.2f}" text-anchor="end">{10 ** power - 1 if power else 0}'
-                        f'</text>')
+                        f'<text x="{LEFT - 6}" y="{y + 3:.2f}" text-anchor="end">{count:,}</text>')
         axes.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
                     f'{escape(self.x_title)}</text>')
         axes.append(f'<text transform="translate(12 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '

@@ -1,0 +1,99 @@
+"""The static export: the same pages as plain files, relative links that all resolve, atlas internals left out."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from typer.testing import CliRunner
+
+from neuronscope.atlas import AtlasError
+from neuronscope.cli import app as cli_app
+from neuronscope.web import export_site
+from tests.web_atlas import LAYER, web_atlas  # noqa: F401 - web_atlas is a fixture
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src") and value is not None:
+                self.links.append(value)
+
+
+def page_links(page: Path) -> list[str]:
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.links
+
+
+@pytest.fixture(scope="module")
+def site(web_atlas, tmp_path_factory) -> Path:
+    result = CliRunner().invoke(cli_app, ["export", str(web_atlas), "--site",
+                                          str(tmp_path_factory.mktemp("export") / "site"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["units"] == 512 and summary["pages"] == 1 + 5 + 512 + 1  # home, 5 layer pages, units, search
+    return Path(summary["site"])
+
+
+def test_every_link_of_every_page_points_to_a_file_of_the_export(site):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == 519
+    checked = 0
+    for page in pages:
+        for link in page_links(page):
+            parts = urlsplit(link)
+            assert not parts.scheme and not parts.netloc and not link.startswith("/"), f"{page}: {link}"
+            if not parts.path:
+                continue  # a fragment on the same page
+            target = (page.parent / unquote(parts.path)).resolve()
+            assert target.is_relative_to(site.resolve()) and target.is_file(), f"{page}: {link}"
+            checked += 1
+    assert checked > 5000
+
+
+def test_export_holds_the_pages_and_images_but_no_atlas_internals(site):
+    layer = site / "m" / "tiny-rn" / "l" / LAYER
+    unit = (layer / "u" / "2" / "index.html").read_text()
+    assert "facet: text" in unit and "diagram" in unit and "histogram.svg" in unit
+    assert (layer / "u" / "2" / "histogram.svg").read_bytes().startswith(b"<svg")
+    assert "No text-side texts in this atlas." in (layer / "u" / "100" / "index.html").read_text()
+    assert "Filtering and sorting need" in (layer / "index.html").read_text()
+    assert (layer / "page-5.html").is_file() and not (layer / "page-6.html").exists()
+    names = {path.name for path in site.rglob("*") if path.is_file()}
+    assert not {name for name in names if name.endswith((".sqlite", ".npz", ".sqlite-wal"))}
+    assert len(list((site / "files" / "featurevis").rglob("*.png"))) == 16  # 4 units x 4 renders
+    assert list((site / "files" / "artifacts").rglob("*.png"))
+
+
+def test_search_index_has_words_and_labels_and_says_what_it_searches(site):
+    script = (site / "static" / "search-index.js").read_text()
+    index = json.loads(re.match(r"window\.NEURONSCOPE_INDEX = (.*);\s*$", script, re.S).group(1))
+    by_unit = {entry["unit"]: entry for entry in index["units"]}
+    assert set(by_unit) == {0, 1, 2, 3}
+    assert by_unit[0]["label"] == "star (drawn or written)" and by_unit[0]["words"][0] == "star"
+    assert (site / by_unit[0]["href"]).resolve() == (site / "m/tiny-rn/l" / LAYER / "u/0/index.html").resolve()
+    assert "searches the units' top words and labels only" in (site / "search.html").read_text()
+
+
+def test_re_export_replaces_an_export_but_never_a_foreign_folder(web_atlas, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(AtlasError, match="not empty"):
+        export_site(web_atlas, foreign, plots=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    site = tmp_path / "site"
+    export_site(web_atlas, site, plots=False)
+    (site / "stale.html").write_text("from before")
+    summary = export_site(web_atlas, site, plots=False)
+    assert not (site / "stale.html").exists() and summary.pages == 519
+    assert "Plots were left out of this export." in (site / "m/tiny-rn/l" / LAYER / "u/0/index.html").read_text()

@@ -1,0 +1,115 @@
+"""The microscope in a real browser: Debian's Chromium, headless, driven by Selenium.
+
+Skips, saying why, when Selenium, ``chromium`` or ``chromium-driver`` is
+missing (``make test`` installs them with apt-get where it can). No browser
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from neuronscope.web import create_app, export_site
+from tests.web_atlas import LAYER, running_server, web_atlas  # noqa: F401 - web_atlas is a fixture
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no Chromium: `apt-get install chromium chromium-driver` (make test does this when it can)")
+
+#: Reports every <img> on the page that has not loaded (naturalWidth 0) once all have settled.
+BROKEN_IMAGES = """
+const images = Array.from(document.images);
+images.forEach(img => img.loading = 'eager');
+return images.filter(img => !(img.complete && img.naturalWidth > 0)).map(img => img.src);
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000", "--allow-file-access-from-files"):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    except Exception as error:  # noqa: BLE001 - any failure to start a browser is a reason to skip, stated
+        pytest.skip(f"Chromium would not start headless: {type(error).__name__}: {str(error).splitlines()[0]}")
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def images_loaded(driver) -> list[str]:
+    """Wait until every image on the page is loaded (or give up after 20 s); returns the broken ones."""
+    try:
+        WebDriverWait(driver, 20).until(lambda d: not d.execute_script(BROKEN_IMAGES))
+    except Exception:  # noqa: BLE001 - the assertion below says which images failed
+        pass
+    return driver.execute_script(BROKEN_IMAGES)
+
+
+def test_browse_home_layer_unit_and_search(browser, web_atlas, tmp_path):
+    with running_server(create_app(web_atlas)) as base:
+        browser.get(base + "/")
+        assert "neuronscope" in browser.title
+        browser.find_element(By.LINK_TEXT, LAYER).click()
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".grid .card"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".grid .card")) == 120
+        assert images_loaded(browser) == []
+
+        box = browser.find_element(By.CSS_SELECTOR, "form.controls input[name=q]")
+        box.send_keys("star")
+        box.submit()
+        WebDriverWait(browser, 20).until(lambda d: "q=star" in d.current_url)
+        cards = browser.find_elements(By.CSS_SELECTOR, ".grid .card")
+        assert [card.get_attribute("data-unit") for card in cards] == ["0", "3"]
+
+        cards[0].click()
+        WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/u/0"))
+        assert "star (drawn or written)" in browser.find_element(By.TAG_NAME, "h1").text
+        shown = browser.find_elements(By.CSS_SELECTOR, ".featurevis img, .examples img, .plots img")
+        assert len(shown) == 4 + 4 + 2  # renders, top examples, histogram and conditional plot
+        assert images_loaded(browser) == []
+        browser.save_screenshot(str(tmp_path / "unit.png"))
+        assert (tmp_path / "unit.png").stat().st_size > 10_000
+
+        search = browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]")
+        search.send_keys("puzzle")
+        search.submit()
+        WebDriverWait(browser, 20).until(lambda d: "/search" in d.current_url)
+        hits = browser.find_elements(By.CSS_SELECTOR, "ol.hits li a")
+        assert hits and hits[0].get_attribute("href").endswith("/u/1")
+        hits[0].click()
+        WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/u/1"))
+
+
+def test_static_export_works_from_file_urls(browser, web_atlas, tmp_path):
+    site = tmp_path / "site"
+    export_site(web_atlas, site)
+    browser.get((site / "index.html").as_uri())
+    browser.find_element(By.LINK_TEXT, LAYER).click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".grid .card"))
+    assert images_loaded(browser) == []
+    browser.find_element(By.CSS_SELECTOR, '.grid .card[data-unit="2"]').click()
+    WebDriverWait(browser, 20).until(lambda d: "/u/2/" in d.current_url)
+    assert images_loaded(browser) == []
+    search = browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]")
+    search.send_keys("star")
+    search.submit()  # client-side: search.html reads the query and the index in the browser
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li"))
+    units = [link.text.rsplit(" ", 1)[-1] for link in browser.find_elements(By.CSS_SELECTOR, "#hits li a")]
+    assert units[:2] == ["0", "3"]
+    browser.find_elements(By.CSS_SELECTOR, "#hits li a")[0].click()
+    WebDriverWait(browser, 20).until(lambda d: "/u/0/" in d.current_url)
+    browser.save_screenshot(str(tmp_path / "static-unit.png"))
+    assert Path(tmp_path / "static-unit.png").stat().st_size > 10_000
