@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 WORLD_DIR ?= world
 APT_WORLD := openclipart-png fonts-liberation fonts-freefont-ttf fonts-dejavu-core
 
-.PHONY: demo test world train venv clean-venv
+.PHONY: demo test browser world train venv clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The microscope's browser tests drive Debian's Chromium; installed here when missing and we may
+# (root with apt-get), never downloaded otherwise. Without it those tests skip and say why.
+APT_BROWSER := chromium chromium-driver
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq $(APT_BROWSER); } || \
+	  echo "no chromium/chromedriver and no root apt-get to install them: browser tests will skip"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -x --durations=15
 
 demo: $(STAMP)
