@@ -21,6 +21,7 @@ and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
 
 import hashlib
 import os
+import threading
 from typing import Any
 
 from neuronscope.atlas import AtlasError
@@ -39,9 +40,11 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, max-age=60, must-revalidate"
 
 
-def create_app(atlas_path: str | os.PathLike) -> "Any":
+def create_app(atlas_path: str | os.PathLike, *, warm: bool = True) -> "Any":
     """The microscope as a FastAPI app over the atlas at ``atlas_path`` (opened read-only).
 
+    ``warm``: on startup, read every layer's grid in a background thread (the first visit
+    to a 2560-unit layer then finds it cached).
     Raises :class:`~neuronscope.atlas.AtlasError` when ``atlas_path`` is not a readable atlas.
     """
     from fastapi import FastAPI, Request
@@ -53,6 +56,8 @@ def create_app(atlas_path: str | os.PathLike) -> "Any":
     app = FastAPI(title="neuronscope microscope", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.reader = reader
     app.router.on_shutdown.append(reader.close)
+    if warm:
+        app.router.on_startup.append(lambda: threading.Thread(target=reader.warm, daemon=True).start())
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
@@ -99,7 +104,7 @@ def create_app(atlas_path: str | os.PathLike) -> "Any":
 
     @app.get("/", response_class=HTMLResponse)
     def home() -> Response:
-        return page("home.html", **reader.read(pages.home_data))
+        return page("home.html", **reader.read(lambda atlas: reader.memo(("home",), lambda: pages.home_data(atlas))))
 
     @app.get("/m/{model}")
     def model_page(model: str) -> Response:
@@ -169,7 +174,7 @@ def create_app(atlas_path: str | os.PathLike) -> "Any":
 
     @app.get("/api/models")
     def api_models() -> Response:
-        return JSONResponse(reader.read(pages.home_data))
+        return JSONResponse(reader.read(lambda atlas: reader.memo(("home",), lambda: pages.home_data(atlas))))
 
     @app.get("/api/m/{model}/l/{layer}")
     def api_layer(request: Request, model: str, layer: str) -> Response:

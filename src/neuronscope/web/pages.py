@@ -150,7 +150,8 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("neuronscope.web", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+                             auto_reload=False)  # templates ship with the package: no stat per include
     env.filters["num"] = _number
     return env
 
