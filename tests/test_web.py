@@ -258,3 +258,18 @@ def test_serve_command_binds_localhost_by_default(web_atlas, monkeypatch):
     monkeypatch.undo()
     missing = CliRunner().invoke(cli_app, ["serve", str(web_atlas / "nope")])  # fails before binding anything
     assert missing.exit_code == 1
+
+
+def test_search_attributes_new_prompts_when_the_model_is_loaded(web_atlas, tiny_rn, client):
+    pytest.importorskip("neuronscope.probing.attribution", reason="the text-side attribution module is not there")
+    assert client.get("/api/search", params={"q": "a red star"}).json()["attribution"] is None  # no model: none
+    with TestClient(create_app(web_atlas, model=tiny_rn, warm=False)) as with_model:
+        answer = with_model.get("/api/search", params={"q": "a red star"}).json()
+        html = with_model.get("/search", params={"q": "a red star"}).text
+    [layer] = answer["attribution"]
+    scores = [entry["score"] for entry in layer["units"]]
+    assert layer["layer"] == LAYER and layer["prompt"] == "a red star" and len(scores) == 20
+    assert scores == sorted(scores, reverse=True)
+    assert "Units the prompt reads from" in html and f'href="{LAYER_URL}/u/{layer["units"][0]["unit"]}"' in html
+    with pytest.raises(AtlasError, match="--model loads"):
+        create_app(web_atlas, model=type("Other", (), {"key": "mini-clip@bundled"})())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.commands.common import DebugOpt, JsonOpt, cli_command, print_json
+from neuronscope.commands.common import (DebugOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, cli_command,
+                                         load_cli_model, print_json)
 
 AtlasArg = Annotated[Path, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
 
@@ -29,11 +30,20 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the atlas to the network.")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8000,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Load the atlas's model (NAME or NAME@WEIGHTS) so that search also attributes "
+                              "new prompts to units through its text tower.")] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    """Serve the microscope over ATLAS (read-only) until Ctrl-C; prints the URL."""
+    """Serve the microscope over ATLAS (read-only) until Ctrl-C; prints the URL.
+
+    Without --model the microscope needs no model: search matches the atlas's stored words, labels and texts."""
     web = _web()
-    web.serve(atlas, host=host, port=port, log_level="info" if debug else "warning")
+    loaded = load_cli_model(model, weights, device, precision) if model else None
+    web.serve(atlas, host=host, port=port, model=loaded, log_level="info" if debug else "warning")
 
 
 def export(

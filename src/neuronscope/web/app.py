@@ -40,11 +40,16 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, max-age=60, must-revalidate"
 
 
-def create_app(atlas_path: str | os.PathLike, *, warm: bool = True) -> "Any":
+def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool = True) -> "Any":
     """The microscope as a FastAPI app over the atlas at ``atlas_path`` (opened read-only).
 
-    ``warm``: on startup, read every layer's grid in a background thread (the first visit
-    to a 2560-unit layer then finds it cached).
+    Args:
+        model: the atlas's model, loaded (a :class:`~neuronscope.models.LoadedModel`): search then
+            also attributes the prompt to the units of the atlas's layers of that model
+            (:mod:`neuronscope.web.prompts`). Without it, search matches stored words, labels, texts.
+        warm: on startup, read every layer's grid in a background thread (the first visit
+            to a 2560-unit layer then finds it cached).
+
     Raises :class:`~neuronscope.atlas.AtlasError` when ``atlas_path`` is not a readable atlas.
     """
     from fastapi import FastAPI, Request
@@ -55,6 +60,14 @@ def create_app(atlas_path: str | os.PathLike, *, warm: bool = True) -> "Any":
     reader = AtlasReader(atlas_path)
     app = FastAPI(title="neuronscope microscope", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.reader = reader
+    prompts = None
+    if model is not None:
+        from neuronscope.web.prompts import PromptAttributor
+
+        if model.key not in reader.read(lambda atlas: atlas.models()):
+            raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds "
+                             f"{', '.join(reader.read(lambda atlas: atlas.models())) or 'no model'}")
+        prompts = PromptAttributor(model, [entry["layer"] for entry in reader.read(lambda atlas: atlas.layers(model.key))])
     app.router.on_shutdown.append(reader.close)
     if warm:
         app.router.on_startup.append(lambda: threading.Thread(target=reader.warm, daemon=True).start())
@@ -158,9 +171,15 @@ def create_app(atlas_path: str | os.PathLike, *, warm: bool = True) -> "Any":
         data = reader.plot((model_key, canonical, index, kind), draw)
         return cached(request, data, "image/svg+xml", REVALIDATE)
 
+    def search(q: str) -> dict[str, Any]:
+        found = reader.read(lambda atlas: pages.search_data(atlas, q))
+        # ``null``: no model loaded (the atlas alone cannot attribute a new prompt).
+        found["attribution"] = prompts.attribute(q) if prompts is not None and q.strip() else None
+        return found
+
     @app.get("/search", response_class=HTMLResponse)
     def search_page(q: str = "") -> Response:
-        return page("search.html", search_q=q, **reader.read(lambda atlas: pages.search_data(atlas, q)))
+        return page("search.html", search_q=q, prompts=prompts is not None, **search(q))
 
     @app.get("/files/{path:path}")
     def atlas_files(request: Request, path: str) -> Response:
@@ -194,7 +213,7 @@ def create_app(atlas_path: str | os.PathLike, *, warm: bool = True) -> "Any":
 
     @app.get("/api/search")
     def api_search(q: str = "") -> Response:
-        return JSONResponse(reader.read(lambda atlas: pages.search_data(atlas, q)))
+        return JSONResponse(search(q))
 
     @app.get("/api/{rest:path}")
     def api_unknown(request: Request, rest: str) -> Response:
@@ -215,10 +234,13 @@ def cached(request: "Any", data: bytes, media: str, policy: str) -> "Any":
 
 
 def serve(atlas_path: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-          log_level: str = "warning") -> None:
-    """Serve the microscope until interrupted (blocks). Bound to 127.0.0.1 unless ``host`` says otherwise."""
+          model: "Any" = None, log_level: str = "warning") -> None:
+    """Serve the microscope until interrupted (blocks). Bound to 127.0.0.1 unless ``host`` says otherwise.
+
+    ``model``: the atlas's model, loaded, to attribute new prompts in search (see :func:`create_app`).
+    """
     import uvicorn
 
-    app = create_app(atlas_path)
+    app = create_app(atlas_path, model=model)
     print(f"neuronscope microscope: http://{host}:{port}/  (atlas {atlas_path}; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,50 @@
+"""New prompts in the microscope's search (``serve --model M``): text → units through the text tower.
+
+The atlas alone can only match stored words, labels and texts. With the
+atlas's model loaded, a prompt the atlas never saw is attributed to the units
+of every layer the atlas holds for that model, with
+:func:`neuronscope.probing.attribution.attribute_texts` (one backward pass
+per prompt over its image sample; seconds on a CPU for the mini CLIP).
+Results are cached per prompt; one attribution runs at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from neuronscope.errors import NeuronscopeError
+
+#: Units listed per layer, and prompts remembered.
+TOP_UNITS = 20
+CACHE_SIZE = 128
+
+
+class PromptAttributor:
+    """Attributes prompts to the units of ``layers`` of a loaded model (a :class:`LoadedModel`)."""
+
+    def __init__(self, model: Any, layers: list[str]) -> None:
+        from neuronscope.probing.attribution import default_image_sample
+
+        if not layers:
+            raise NeuronscopeError(f"the atlas holds no layer of {model.key}: --model must be the atlas's model")
+        self.model = model
+        self.layers = layers
+        self.sample = default_image_sample()
+        self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def attribute(self, prompt: str) -> list[dict[str, Any]]:
+        """``[{"model", "layer", "prompt", "units": [{"unit", "score"}]}]``, one per layer, best units first."""
+        from neuronscope.probing.attribution import attribute_texts
+
+        prompt = prompt.strip()
+        with self._lock:  # torch runs one backward at a time here; a second request waits (or hits the cache)
+            if prompt not in self._cache:
+                self._cache[prompt] = [attribute_texts(self.model, layer, [prompt], self.sample).to_json(0, TOP_UNITS)
+                                       for layer in self.layers]
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(prompt)
+            return self._cache[prompt]
