@@ -70,6 +70,10 @@ class Recorder:
         capture_fn: applied to each captured tensor inside the hook, e.g. a
             reduction to [B, C] so that big maps are never kept. Its result is
             cloned when it shares memory with the module's tensor.
+        clone: ``False`` keeps the very tensor the forward goes on with (with
+            ``detach=False``: gradients *with respect to the layer* then exist,
+            as faceted feature visualization needs). Only for layers no
+            in-place module changes afterwards (not ``act3:input``).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Recorder:
         early_stop: bool = False,
         detach: bool = True,
         capture_fn: Callable[[Tensor], Tensor] | None = None,
+        clone: bool = True,
     ) -> None:
         if isinstance(model, LoadedModel):
             self.model: LoadedModel | None = model
@@ -100,6 +105,7 @@ class Recorder:
         self.early_stop = early_stop
         self.detach = detach
         self.capture_fn = capture_fn
+        self.clone = clone
         self.activations: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._calls: dict[str, int] = {}
@@ -220,7 +226,7 @@ class Recorder:
         kept = tensor.detach() if self.detach else tensor
         if self.capture_fn is not None:
             kept = self.capture_fn(kept)
-        if kept.device.type != "meta" and kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+        if self.clone and kept.device.type != "meta" and kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
             # Clone what shares the module's memory: act3 is an in-place ReLU, so even a
             # pre-hook's input changes under us once the hook returns.
             kept = kept.clone()

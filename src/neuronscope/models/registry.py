@@ -36,6 +36,7 @@ class Architecture:
             ``random``, or None = the first tag found in the local cache.
         model_cfg, preprocess, quick_gelu: the random-init contract of a
             ``config`` architecture.
+        probe_layers: where facet probes are trained (see :class:`ModelSpec`).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Architecture:
     preprocess: Preprocess | None = None
     quick_gelu: bool = False
     description: str = ""
+    probe_layers: tuple[str, ...] = ()
 
     def weight_choices(self) -> list[str]:
         """What ``weights=`` accepts besides a PATH, in display order."""
@@ -65,6 +67,7 @@ class Architecture:
                 name=self.name, weights=weights, preprocess=config.preprocess,
                 activation="quick_gelu" if config.model_cfg.get("quick_gelu") else "gelu",
                 source="config", model_cfg=config.model_cfg, description=self.description,
+                probe_layers=self.probe_layers,
             )
         if self.source == "config":
             if weights != RANDOM and weights not in self.tags:
@@ -75,7 +78,7 @@ class Architecture:
             return ModelSpec(
                 name=self.name, weights=weights, preprocess=preprocess,
                 activation="quick_gelu" if quick_gelu else "gelu", source="config",
-                model_cfg=self.model_cfg, description=self.description,
+                model_cfg=self.model_cfg, description=self.description, probe_layers=self.probe_layers,
             )
         # open_clip: image size from the architecture, the rest from the tag.
         config = openclip.model_config(self.name) or {}
@@ -88,7 +91,7 @@ class Architecture:
         return ModelSpec(
             name=self.name, weights=weights, preprocess=_merge_preprocess(base, tag_cfg),
             activation="quick_gelu" if quick_gelu else "gelu", source="open_clip",
-            description=self.description,
+            description=self.description, probe_layers=self.probe_layers,
         )
 
     def unknown_weights(self, weights: str) -> WeightsError:
@@ -129,6 +132,7 @@ def unregister(name: str) -> None:
 register(Architecture(
     name="mini-clip", source="bundled", default_weights=BUNDLED,
     description="the bundled mini CLIP, trained on a clipart-and-words world (64 px ModifiedResNet)",
+    probe_layers=("visual.layer3.{0,1}",),
 ))
 register(Architecture(
     name="tiny-rn", source="config", default_weights=RANDOM, model_cfg=tiny.TINY_RN,
@@ -140,10 +144,21 @@ register(Architecture(
 ))
 
 
+# Facet-probe layers of open_clip architectures (the paper's, for RN50x4: layer3 blocks 0,2,4,6,8 post-ReLU).
+OPEN_CLIP_PROBE_LAYERS: dict[str, tuple[str, ...]] = {
+    "RN50": ("visual.layer3.{0,2,4}",),
+    "RN101": ("visual.layer3.{0,4,8,12,16,20}",),
+    "RN50x4": ("visual.layer3.{0,2,4,6,8}",),
+    "RN50x16": ("visual.layer3.{0,3,6,9,12,15}",),
+    "RN50x64": ("visual.layer3.{0,4,8,12,16,20,24,28,32}",),
+}
+
+
 def _open_clip_architecture(name: str) -> Architecture | None:
     if openclip.model_config(name) is None:
         return None
-    return Architecture(name=name, source="open_clip", tags=openclip.pretrained_tags(name))
+    return Architecture(name=name, source="open_clip", tags=openclip.pretrained_tags(name),
+                        probe_layers=OPEN_CLIP_PROBE_LAYERS.get(name, ()))
 
 
 def get_architecture(name: str) -> Architecture:

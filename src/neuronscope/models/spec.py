@@ -36,6 +36,10 @@ class ModelSpec:
             (``""`` when the whole module is the image model).
         layer_aliases: extra layer aliases for this model, on top of the
             structural ones every ModifiedResNet / ViT gets.
+        probe_layers: the layers faceted feature visualization trains its
+            facet probes on (names or wildcards, e.g. RN50x4's
+            ``visual.layer3.{0,2,4,6,8}``, post-ReLU block outputs). Empty: a
+            structural default (see :mod:`neuronscope.visualize.facets`).
     """
 
     name: str
@@ -47,6 +51,7 @@ class ModelSpec:
     image_tower: str = "visual"
     layer_aliases: Mapping[str, str] = field(default_factory=dict, compare=False)
     description: str = ""
+    probe_layers: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,175 @@
+"""The Objective algebra: what a render maximizes, composable like numbers.
+
+    obj = 0.5 * channel("neurons", 7) - channel("neurons", 9)
+    obj.layers         # ("neurons",): the only layer the render hooks
+    str(obj)           # "0.5 * Channel [neurons, 7] - Channel [neurons, 9]"
+
+An objective maps a :class:`Context` (the captured activations of one
+forward, with autograd on) to one value **per image** [B]. Keeping the batch
+axis is what lets one batch render many units: image ``i`` can be scored by
+unit ``i`` and the images never mix. Objectives are **maximized**; write a
+penalty with a minus sign (``channel(...) - 0.1 * l2()``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from neuronscope.errors import LayerNotFoundError
+
+Number = int | float
+
+
+@dataclass
+class Context:
+    """What an objective can read during one optimisation step.
+
+    Attributes:
+        acts: ``{layer name as the objective wrote it: activations}``, in the
+            autograd graph ([B, C, H, W] maps, [B, T, D] ViT tokens, [B, D] vectors).
+        image: the parameterised image before transforms, [B, C, H, W] in [0, 1]
+            (what the penalties L1/L2/TV read; C = 4 with alpha).
+        step: the optimiser step (0-based).
+        token_grid: (rows, cols) of a ViT's patch tokens; None for conv nets.
+    """
+
+    acts: Mapping[str, Tensor]
+    image: Tensor
+    step: int = 0
+    token_grid: tuple[int, int] | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.image.shape[0]
+
+    def __getitem__(self, layer: str) -> Tensor:
+        try:
+            return self.acts[layer]
+        except KeyError:
+            raise LayerNotFoundError(f"layer {layer!r} was not recorded; an objective must list it in its "
+                                     f"layers (recorded: {', '.join(self.acts) or 'none'})") from None
+
+
+def _needs_parens(description: str) -> bool:
+    """Whether a description must be bracketed as an operand of ``*`` or ``/``."""
+    depth = 0
+    for i, char in enumerate(description):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif depth == 0 and char in "+-" and description[i - 1:i] == " ":
+            return True  # a top-level binary + or -
+    return False
+
+
+def _operand(description: str) -> str:
+    return f"({description})" if _needs_parens(description) else description
+
+
+def _number(value: Number) -> str:
+    return f"{value:g}"
+
+
+class Objective:
+    """A differentiable score per image, with the layers it needs and a readable description.
+
+    Args:
+        fn: ``Context -> Tensor [B]``.
+        layers: layer names or aliases the render must hook (only these are).
+        description: e.g. ``"Channel [neurons, 7]"``.
+        live_layers: layers read as the very tensor the forward goes on with
+            (not a clone), for objectives that differentiate *with respect to*
+            a layer (faceted visualization). Never an in-place module's input.
+    """
+
+    def __init__(self, fn: Callable[[Context], Tensor], layers: Sequence[str] = (), description: str = "",
+                 live_layers: Sequence[str] = ()) -> None:
+        self.fn = fn
+        self.layers: tuple[str, ...] = tuple(dict.fromkeys(layers))
+        self.live_layers: tuple[str, ...] = tuple(dict.fromkeys(live_layers))
+        self.description = description or getattr(fn, "__name__", "objective")
+
+    def _derive(self, fn: Callable[[Context], Tensor], description: str, *others: "Objective") -> "Objective":
+        """A new objective computed from this one (and ``others``): their layers together."""
+        parents = (self, *others)
+        return Objective(fn, [name for p in parents for name in p.layers], description,
+                         [name for p in parents for name in p.live_layers])
+
+    def __call__(self, context: Context) -> Tensor:
+        value = self.fn(context)
+        if value.ndim == 0:
+            value = value.expand(context.batch)
+        if value.shape != (context.batch,):
+            raise ValueError(f"objective {self} returned shape {tuple(value.shape)}; expected one value per "
+                             f"image [{context.batch}]")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Objective({self.description!r}, layers={list(self.layers)})"
+
+    def __str__(self) -> str:
+        return self.description
+
+    # ------------------------------------------------------------------ algebra
+
+    @staticmethod
+    def _combine(left: "Objective", right: "Objective", op: Callable[[Tensor, Tensor], Tensor],
+                 description: str) -> "Objective":
+        return left._derive(lambda ctx: op(left(ctx), right(ctx)), description, right)
+
+    def __add__(self, other: "Objective | Number") -> "Objective":
+        if isinstance(other, Objective):
+            return self._combine(self, other, torch.add, f"{self} + {other}")
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: self(ctx) + other, f"{self} + {_number(other)}")
+        return NotImplemented
+
+    def __radd__(self, other: Number) -> "Objective":
+        if isinstance(other, numbers.Real) and other == 0:
+            return self  # so that builtin sum() starts cleanly
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: other + self(ctx), f"{_number(other)} + {self}")
+        return NotImplemented
+
+    def __neg__(self) -> "Objective":
+        return self._derive(lambda ctx: -self(ctx), f"-{_operand(str(self))}")
+
+    def __sub__(self, other: "Objective | Number") -> "Objective":
+        if isinstance(other, Objective):
+            return self._combine(self, other, torch.sub, f"{self} - {_operand(str(other))}")
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: self(ctx) - other, f"{self} - {_number(other)}")
+        return NotImplemented
+
+    def __rsub__(self, other: Number) -> "Objective":
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: other - self(ctx), f"{_number(other)} - {_operand(str(self))}")
+        return NotImplemented
+
+    def __mul__(self, other: "Objective | Number") -> "Objective":
+        if isinstance(other, Objective):
+            return self._combine(self, other, torch.mul, f"{_operand(str(self))} * {_operand(str(other))}")
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: self(ctx) * other, f"{_number(other)} * {_operand(str(self))}")
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: "Objective | Number") -> "Objective":
+        if isinstance(other, Objective):
+            return self._combine(self, other, torch.div, f"{_operand(str(self))} / {_operand(str(other))}")
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: self(ctx) / other, f"{_operand(str(self))} / {_number(other)}")
+        return NotImplemented
+
+    def __rtruediv__(self, other: Number) -> "Objective":
+        if isinstance(other, numbers.Real):
+            return self._derive(lambda ctx: other / self(ctx), f"{_number(other)} / {_operand(str(self))}")
+        return NotImplemented

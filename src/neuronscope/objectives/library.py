@@ -1,0 +1,202 @@
+"""The objective library: units, directions, prompts, batch relations and image penalties.
+
+Every function returns an :class:`Objective` whose value is one number per
+image [B]. ``unit`` arguments take one index (every image is scored by it) or
+one index per image (image ``i`` by ``unit[i]``): the latter is how one batch
+renders many units. ``batch`` restricts an objective to some images (the
+others score 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neuronscope.activations.reduce import spatial_mean, unit_maps
+from neuronscope.errors import NeuronscopeError
+from neuronscope.objectives.base import Context, Objective
+
+Units = int | Sequence[int]
+Batch = int | Sequence[int] | None
+
+
+def _maps(ctx: Context, layer: str) -> Tensor:
+    """The layer as maps [B, C, H, W] (ViTs: patch tokens on their grid), in fp32."""
+    return unit_maps(ctx[layer].float(), grid=ctx.token_grid)
+
+
+def _per_image(values: Tensor, units: Units) -> Tensor:
+    """Pick ``units`` from per-unit values [B, C]: one unit for all, or one per image -> [B]."""
+    if isinstance(units, int):
+        return values[:, units]
+    index = torch.as_tensor(list(units), device=values.device)
+    if index.numel() != values.shape[0]:
+        raise ValueError(f"{index.numel()} units for {values.shape[0]} images: give one unit, or one per image")
+    return values.gather(1, index[:, None])[:, 0]
+
+
+def _masked(values: Tensor, batch: Batch) -> Tensor:
+    """Zero every image but those in ``batch`` (None: keep all)."""
+    if batch is None:
+        return values
+    keep = torch.zeros_like(values)
+    keep[list([batch] if isinstance(batch, int) else batch)] = 1
+    return values * keep
+
+
+def _units_text(units: Units) -> str:
+    if isinstance(units, int):
+        return str(units)
+    listed = list(units)
+    return ",".join(str(u) for u in listed) if len(listed) <= 4 else f"{listed[0]},...,{listed[-1]} ({len(listed)})"
+
+
+def _batch_text(batch: Batch) -> str:
+    return "" if batch is None else f", batch {batch}"
+
+
+def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
+    """The spatial mean of a unit (ViTs: the mean over patch tokens): the paper's neuron objective."""
+    def value(ctx: Context) -> Tensor:
+        means = spatial_mean(ctx[layer].float(), grid=ctx.token_grid)  # [B, C]
+        return _masked(_per_image(means, unit), batch)
+
+    return Objective(value, [layer], f"Channel [{layer}, {_units_text(unit)}{_batch_text(batch)}]")
+
+
+def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batch: Batch = None) -> Objective:
+    """A unit at one spatial cell (row, col); the centre cell by default."""
+    def value(ctx: Context) -> Tensor:
+        maps = _maps(ctx, layer)  # [B, C, H, W]
+        row, col = cell if cell is not None else (maps.shape[2] // 2, maps.shape[3] // 2)
+        return _masked(_per_image(maps[:, :, row, col], unit), batch)
+
+    where = "centre" if cell is None else f"{cell[0]},{cell[1]}"
+    return Objective(value, [layer], f"Neuron [{layer}, {_units_text(unit)} @ {where}{_batch_text(batch)}]")
+
+
+def direction(layer: str, vector: Tensor, *, cossim_pow: float = 0.0, batch: Batch = None) -> Objective:
+    """A direction in the layer's unit space, as Lucid's ``direction_neuron_cossim``.
+
+    At every cell: ``dot(a, v) * max(cos(a, v), 0.1) ** cossim_pow``, then the mean
+    over cells. ``cossim_pow = 0`` is the plain dot product; higher powers reward
+    pointing *along* ``v`` rather than just far (Lucid used 1 to 4).
+
+    Args:
+        vector: [C], one weight per unit.
+    """
+    target = vector.detach().float().flatten()
+
+    def value(ctx: Context) -> Tensor:
+        maps = _maps(ctx, layer)  # [B, C, H, W]
+        v = target.to(maps.device)
+        if v.numel() != maps.shape[1]:
+            raise ValueError(f"direction of {v.numel()} values for {layer} with {maps.shape[1]} units")
+        dot = torch.einsum("bchw,c->bhw", maps, v)
+        if cossim_pow:
+            cos = dot / (maps.norm(dim=1) * v.norm() + 1e-6)
+            dot = dot * cos.clamp(min=0.1) ** cossim_pow
+        return _masked(dot.mean(dim=(1, 2)), batch)
+
+    power = f", cossim^{cossim_pow:g}" if cossim_pow else ""
+    return Objective(value, [layer], f"Direction [{layer}{power}{_batch_text(batch)}]")
+
+
+def text_direction(model, prompt: str, *, cossim_pow: float = 1.0, batch: Batch = None) -> Objective:
+    """The image embedding pointing along a prompt's text embedding (via the model's text tower).
+
+    The layer is the image tower's output (the embedding CLIP compares with
+    text), so the forward runs to the end.
+
+    Args:
+        model: a :class:`neuronscope.models.LoadedModel` with a text tower.
+    """
+    from neuronscope.probing.zeroshot import encode_texts
+
+    if not hasattr(model.module, "encode_text"):
+        raise NeuronscopeError(f"{model.key} has no text tower; text_direction needs a CLIP")
+    text = encode_texts(model, [prompt])[0]  # [D], L2-normalised
+    layer = model.spec.image_tower or "visual"
+    objective = direction(layer, text, cossim_pow=cossim_pow, batch=batch)
+    objective.description = f"Text [{prompt!r}{_batch_text(batch)}]"
+    return objective
+
+
+def _gram(maps: Tensor) -> Tensor:
+    """Per image, the channels' Gram matrix flattened and L2-normalised: [B, C*C]."""
+    flat = maps.flatten(2)  # [B, C, HW]
+    gram = flat @ flat.transpose(1, 2) / flat.shape[2]
+    return F.normalize(gram.flatten(1), dim=1)
+
+
+def diversity(layer: str) -> Objective:
+    """Lucid's diversity: minus each image's mean cosine similarity of Gram matrices to the others.
+
+    Higher is more diverse. With one image it is 0.
+    """
+    def value(ctx: Context) -> Tensor:
+        grams = _gram(_maps(ctx, layer))  # [B, C*C]
+        count = grams.shape[0]
+        if count < 2:
+            return grams.new_zeros(count)
+        similarity = grams @ grams.T  # [B, B]
+        others = similarity.sum(dim=1) - similarity.diagonal()
+        return -others / (count - 1)
+
+    return Objective(value, [layer], f"Diversity [{layer}]")
+
+
+def alignment(layer: str, *, decay_ratio: float = 2.0) -> Objective:
+    """Lucid's alignment: neighbouring images in the batch have close activations (for interpolations).
+
+    Per image, minus the squared distances to the images ``d`` places away,
+    weighted by ``decay_ratio ** -d``. Higher is better aligned.
+    """
+    def value(ctx: Context) -> Tensor:
+        maps = _maps(ctx, layer)
+        penalty = maps.new_zeros(maps.shape[0])
+        for distance in range(1, maps.shape[0]):
+            gap = (maps[distance:] - maps[:-distance]).pow(2).mean(dim=(1, 2, 3)) / decay_ratio ** distance
+            penalty = penalty.index_add(0, torch.arange(distance, maps.shape[0], device=maps.device), gap)
+            penalty = penalty.index_add(0, torch.arange(0, maps.shape[0] - distance, device=maps.device), gap)
+        return -penalty
+
+    return Objective(value, [layer], f"Alignment [{layer}, decay {decay_ratio:g}]")
+
+
+def l1(constant: float = 0.5) -> Objective:
+    """Mean absolute distance of the image from ``constant`` grey: [B]. Subtract it as a penalty."""
+    return Objective(lambda ctx: (ctx.image - constant).abs().mean(dim=(1, 2, 3)), (), f"L1 [image - {constant:g}]")
+
+
+def l2(constant: float = 0.5) -> Objective:
+    """Root mean square distance of the image from ``constant`` grey: [B]. Subtract it as a penalty."""
+    def value(ctx: Context) -> Tensor:
+        return (ctx.image - constant).pow(2).mean(dim=(1, 2, 3)).add(1e-12).sqrt()
+
+    return Objective(value, (), f"L2 [image - {constant:g}]")
+
+
+def total_variation() -> Objective:
+    """Mean absolute difference of neighbouring pixels: [B]. Subtract it as a penalty (smoother images)."""
+    def value(ctx: Context) -> Tensor:
+        image = ctx.image
+        rows = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))
+        cols = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
+        return rows + cols
+
+    return Objective(value, (), "TV [image]")
+
+
+def as_objective(spec: "Objective | str") -> Objective:
+    """An objective, or the shorthand ``"layer:unit"`` (a channel): ``"neurons:7"``,
+    ``"visual.layer4.1.act3:input:473"``."""
+    if isinstance(spec, Objective):
+        return spec
+    layer, _, unit = str(spec).rpartition(":")
+    if not layer or not unit.strip().isdigit():
+        raise NeuronscopeError(f"objective {spec!r}: write 'layer:unit', e.g. 'neurons:7'")
+    return channel(layer, int(unit))

@@ -1,0 +1,305 @@
+"""Faceted feature visualization (Goh et al. 2021): steer a unit's render towards a facet.
+
+A *facet probe* is a linear classifier per probe layer (flattened spatial
+activations, facet images vs generic images, class-balanced, L-BFGS). The
+render maximises
+
+    f(g(x)) + strength * sum_L  w_L . (g_L(x) * relu(d f / d g_L))
+
+where ``f`` is the unit's channel objective and ``g_L`` the probe layers:
+of what the unit uses at layer L, the probe's facet direction is
+rewarded. The paper ramps the strength over a batch (0.1 -> 5) and adds an
+L2 penalty (10 x the mean squared distance from grey).
+
+The probe layers are a per-model registry entry (``ModelSpec.probe_layers``);
+the mini CLIP's built-in facets ``text`` and ``drawing`` come from its
+bundled test split, so facets work offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from neuronscope.activations.names import resolve_layers
+from neuronscope.activations.record import record
+from neuronscope.errors import NeuronscopeError
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.objectives import Context, Objective, channel, l2
+from neuronscope.visualize.render import render
+from neuronscope.visualize.results import RenderConfig, UnitRender
+from neuronscope.visualize.units import chunks
+
+BUILTIN_FACETS = ("text", "drawing")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+# The paper's faceted settings.
+FACET_STRENGTHS = (0.1, 5.0)
+FACET_L2 = 10.0
+FACET_LR = 0.02
+
+
+# --------------------------------------------------------------------------- probe layers
+
+
+def probe_layers(model: LoadedModel) -> list[str]:
+    """The model's facet-probe layers, canonical: its registry entry, else every other block of layer3.
+
+    Raises:
+        NeuronscopeError: the model has neither an entry nor a ``layer3`` (a ViT without one).
+    """
+    patterns = list(model.spec.probe_layers)
+    if not patterns:
+        if model.family == "conv":
+            patterns = [f"{model.spec.image_tower}.layer3.*"]
+            layers = resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
+            return layers[::2]
+        if model.family == "vit":
+            blocks = resolve_layers(model.module, [f"{model.spec.image_tower}.transformer.resblocks.*"],
+                                    model.layer_aliases, model_key=model.key)
+            return blocks[len(blocks) // 3: 2 * len(blocks) // 3 + 1]
+        raise NeuronscopeError(f"{model.key} has no facet-probe layers; register them as "
+                               f"ModelSpec.probe_layers (e.g. 'visual.layer3.{{0,2,4}}')")
+    return resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
+
+
+# --------------------------------------------------------------------------- facet images
+
+
+@dataclass
+class FacetImages:
+    """Facet and generic images for training a probe.
+
+    Attributes:
+        name: the facet's name (``text``, or a folder's name).
+        facet, generic: [N, 3, H, W] in [0, 1] at the model's input size.
+        hashes: sha256 of every facet and generic image (the cache key's content).
+    """
+
+    name: str
+    facet: Tensor
+    generic: Tensor
+    hashes: list[str]
+
+
+def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 400, seed: int = 0) -> FacetImages:
+    """The mini CLIP world's facets, from its bundled test split.
+
+    ``text``: word and reading images vs drawings; ``drawing``: drawings vs word
+    and reading images. At most ``per_class`` of each, a seeded draw. Images are
+    brought to the model's input size by its own preprocessing.
+    """
+    from neuronscope.world.split import load_test_split
+
+    if name not in BUILTIN_FACETS:
+        raise NeuronscopeError(f"no built-in facet {name!r}: built-in facets are {', '.join(BUILTIN_FACETS)}; "
+                               f"or pass a folder of facet images with --facet DIR --generic DIR")
+    split = load_test_split()
+    text = np.concatenate([split.indices("word"), split.indices("reading")])
+    drawings = split.indices("drawing")
+    facet_idx, generic_idx = (text, drawings) if name == "text" else (drawings, text)
+    rng = np.random.default_rng(seed)
+    facet_idx = np.sort(rng.choice(facet_idx, min(per_class, len(facet_idx)), replace=False))
+    generic_idx = np.sort(rng.choice(generic_idx, min(per_class, len(generic_idx)), replace=False))
+    hashes = [hashlib.sha256(split.images[i].tobytes()).hexdigest() for i in (*facet_idx, *generic_idx)]
+
+    def prepared(indices: np.ndarray) -> Tensor:
+        return model.preprocess.to_pixels([split.pil(int(i)) for i in indices])
+
+    return FacetImages(name, prepared(facet_idx), prepared(generic_idx), hashes)
+
+
+def folder_images(folder: str | Path, model: LoadedModel, *, limit: int = 2000) -> tuple[Tensor, list[str]]:
+    """Images of a folder (recursive, sorted) as [N, 3, H, W] in [0, 1] at the model's size, and their sha256."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise NeuronscopeError(f"{folder}: not a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not files:
+        raise NeuronscopeError(f"{folder}: no images found (looked for {' '.join(IMAGE_SUFFIXES)})")
+    images, hashes = [], []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        except Exception as err:  # noqa: BLE001 - a bad file is reported with its name
+            raise NeuronscopeError(f"{path}: cannot read it as an image ({err})") from None
+        hashes.append(hashlib.sha256(data).hexdigest())
+    return model.preprocess.to_pixels(images), hashes
+
+
+def facet_from_folders(facet_dir: str | Path, generic_dir: str | Path, model: LoadedModel) -> FacetImages:
+    """A user's facet: a folder of facet images against a folder of generic ones."""
+    facet, facet_hashes = folder_images(facet_dir, model)
+    generic, generic_hashes = folder_images(generic_dir, model)
+    return FacetImages(Path(facet_dir).name, facet, generic, facet_hashes + generic_hashes)
+
+
+# --------------------------------------------------------------------------- probes
+
+
+@dataclass
+class FacetProbe:
+    """Linear facet probes, one per probe layer.
+
+    Attributes:
+        name: the facet.
+        model: the model key the probe was trained on.
+        layers: canonical probe layers.
+        weights: ``{layer: [C, H, W]}``: the probe's weight on each activation.
+        biases: ``{layer: float}``.
+        accuracy: ``{layer: balanced training accuracy}``.
+        key: the cache key (model, layers, image hashes).
+    """
+
+    name: str
+    model: str
+    layers: list[str]
+    weights: dict[str, Tensor]
+    biases: dict[str, float]
+    accuracy: dict[str, float]
+    key: str
+
+    @torch.no_grad()
+    def score(self, model: LoadedModel, pixels: Tensor, *, batch_size: int = 64) -> Tensor:
+        """The probes' mean logit (facet vs generic) for ``pixels`` [N, 3, H, W] in [0, 1]: [N]."""
+        acts = record(model, model.preprocess.normalize(pixels), self.layers, batch_size=batch_size)
+        logits = [acts[layer].flatten(1) @ self.weights[layer].flatten().to(acts[layer].device) + self.biases[layer]
+                  for layer in self.layers]
+        return torch.stack(logits).mean(dim=0).cpu()
+
+    def to_bytes(self) -> bytes:
+        """The probe as an ``.npz`` (weights per layer; metadata in ``meta``)."""
+        import json
+
+        arrays = {f"w{i}": self.weights[layer].numpy() for i, layer in enumerate(self.layers)}
+        meta = {"name": self.name, "model": self.model, "layers": self.layers, "biases": self.biases,
+                "accuracy": self.accuracy, "key": self.key}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FacetProbe":
+        import json
+
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            weights = {layer: torch.from_numpy(npz[f"w{i}"]) for i, layer in enumerate(meta["layers"])}
+        return cls(meta["name"], meta["model"], meta["layers"], weights, meta["biases"], meta["accuracy"], meta["key"])
+
+
+def probe_cache_key(model_key: str, layers: Sequence[str], hashes: Sequence[str]) -> str:
+    """A probe's identity: the model, its probe layers and the content of every image (order-free)."""
+    text = "\n".join([model_key, ",".join(layers), *sorted(hashes)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequence[str] | None = None,
+                      batch_size: int = 64, max_iter: int = 1000, C: float = 1.0) -> FacetProbe:
+    """Fit one class-balanced logistic regression (L-BFGS) per probe layer on flattened activations.
+
+    Args:
+        images: facet vs generic images (see :func:`builtin_facet`, :func:`facet_from_folders`).
+        layers: probe layers (default: :func:`probe_layers` of the model).
+        C: inverse L2 strength of the logistic regression (scikit-learn's).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    layers = list(layers) if layers is not None else probe_layers(model)
+    if len(images.facet) == 0 or len(images.generic) == 0:
+        raise NeuronscopeError(f"facet {images.name!r} needs facet and generic images (got {len(images.facet)} "
+                               f"and {len(images.generic)})")
+    pixels = torch.cat([images.facet, images.generic])
+    labels = np.r_[np.ones(len(images.facet)), np.zeros(len(images.generic))]
+    acts = record(model, model.preprocess.normalize(pixels), layers, batch_size=batch_size)
+    weights, biases, accuracy = {}, {}, {}
+    for layer in layers:
+        features = acts[layer].flatten(1).cpu().numpy().astype(np.float64)
+        classifier = LogisticRegression(C=C, solver="lbfgs", class_weight="balanced", max_iter=max_iter)
+        classifier.fit(features, labels)
+        weights[layer] = torch.from_numpy(classifier.coef_[0].astype(np.float32)).reshape(acts[layer].shape[1:])
+        biases[layer] = float(classifier.intercept_[0])
+        predicted = classifier.predict(features)
+        accuracy[layer] = float(np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1)]))
+    return FacetProbe(images.name, model.key, layers, weights, biases, accuracy,
+                      probe_cache_key(model.key, layers, images.hashes))
+
+
+# --------------------------------------------------------------------------- the objective and the render
+
+
+def facet_objective(unit_objective: Objective, probe: FacetProbe, strength: float | Tensor) -> Objective:
+    """``f + strength * sum_L w_L . (g_L * relu(df/dg_L))`` (the paper's faceted objective).
+
+    Args:
+        unit_objective: ``f``, e.g. ``channel(layer, units)``.
+        strength: a number, or one per image [B].
+    """
+    def facet_term(ctx: Context) -> Tensor:
+        unit_values = unit_objective(ctx)  # [B]
+        acts = [ctx[layer] for layer in probe.layers]
+        # relu(df/dg) is a constant weighting (no second-order graph): which of g's parts f uses.
+        grads = torch.autograd.grad(unit_values.sum(), acts, retain_graph=True)
+        term = sum((a.float() * g.float().clamp(min=0)).flatten(1) @ probe.weights[layer].flatten().to(a.device)
+                   for layer, a, g in zip(probe.layers, acts, grads))
+        scale = torch.as_tensor(strength, dtype=term.dtype, device=term.device)
+        return term * scale
+
+    term = Objective(facet_term, unit_objective.layers, f"Facet [{probe.name}]", live_layers=probe.layers)
+    return unit_objective + term
+
+
+def facet_strengths(count: int, low: float = FACET_STRENGTHS[0], high: float = FACET_STRENGTHS[1]) -> list[float]:
+    """The paper's ramp over a batch: ``count`` strengths from ``low`` to ``high`` (one image: ``high``)."""
+    if count == 1:
+        return [high]
+    return torch.linspace(low, high, count).tolist()
+
+
+def render_faceted(
+    model: LoadedModel,
+    layer: str,
+    units: Sequence[int],
+    probe: FacetProbe,
+    *,
+    strengths: Sequence[float] = (FACET_STRENGTHS[1],),
+    batch_size: int = 16,
+    l2_weight: float = FACET_L2,
+    config: RenderConfig = RenderConfig(lr=FACET_LR),
+    on_step: Callable[[int, int], None] | None = None,
+    on_pass: Callable[[list[UnitRender]], None] | None = None,
+) -> list[UnitRender]:
+    """Each unit rendered once per strength (the paper's ramp: ``facet_strengths(9)``), batched.
+
+    Images are (unit, strength) pairs, ``batch_size`` per pass. Returns
+    :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
+    """
+    if probe.model != model.key:
+        raise NeuronscopeError(f"facet probe {probe.name!r} was trained on {probe.model}, not {model.key}")
+    pairs = [(unit, k, float(s)) for unit in units for k, s in enumerate(strengths)]
+    passes = chunks(list(range(len(pairs))), batch_size)
+    total = len(passes) * config.steps
+    renders: list[UnitRender] = []
+    for number, positions in enumerate(passes):
+        chosen = [pairs[p] for p in positions]
+        unit_objective = channel(layer, [unit for unit, _, _ in chosen])
+        strength = torch.tensor([s for _, _, s in chosen])
+        objective = facet_objective(unit_objective, probe, strength) - l2_weight * (l2() * l2())
+        step_hook = None if on_step is None else (lambda done, _, n=number: on_step(n * config.steps + done, total))
+        result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook)
+        batch = [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], result.curve[:, i],
+                            f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {l2_weight:g} * L2^2",
+                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
+        renders.extend(batch)
+        if on_pass is not None:
+            on_pass(batch)
+    return renders

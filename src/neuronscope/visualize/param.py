@@ -1,0 +1,121 @@
+"""Image parameterizations: *what is optimized* (an ``nn.Parameter``) and *how it becomes an image*.
+
+Lucid's recipe, rewritten for torch:
+
+- :class:`FFTImage`: the image's spectrum, scaled by ``1 / frequency ** decay_power``
+  so that low frequencies move first (decay power 1, init sd 0.01);
+- :class:`PixelImage`: the pixels themselves (init sd 0.01);
+- both pass through a decorrelated colour space (ImageNet's colour-correlation
+  square root, normalised by its largest column norm) and a sigmoid to [0, 1];
+- optional alpha: a fourth channel, its own sigmoid.
+
+A parameterization is an ``nn.Module`` whose ``forward()`` returns images
+[B, C, H, W] in [0, 1] (C = 3, or 4 with alpha). Its tensors live on the
+device given at construction; nothing is chosen at import time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ImageNet colour correlation, square root (Lucid's ``color_correlation_svd_sqrt``).
+COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02],
+                                       [0.27, 0.00, -0.05],
+                                       [0.27, -0.09, 0.03]])
+
+
+def decorrelated_to_rgb(channels: Tensor) -> Tensor:
+    """Decorrelated colour [B, 3, H, W] -> RGB logits [B, 3, H, W] (before the sigmoid)."""
+    matrix = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
+    # A 1x1 convolution: the same product as an einsum, without einsum's slow batched matmul on CPU.
+    return F.conv2d(channels, matrix.to(channels.device, channels.dtype)[:, :, None, None])
+
+
+def fft_frequencies(height: int, width: int) -> Tensor:
+    """Radial frequency of each rfft2 coefficient: [H, W // 2 + 1]."""
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    return (fy ** 2 + fx ** 2).sqrt()
+
+
+class ImageParam(nn.Module):
+    """Base: turns its raw tensor [B, C, H, W] into an image in [0, 1] (colour, sigmoid, alpha)."""
+
+    def __init__(self, batch: int, size: tuple[int, int], *, decorrelate: bool, alpha: bool) -> None:
+        super().__init__()
+        self.batch, self.size = batch, size
+        self.decorrelate, self.alpha = decorrelate, alpha
+        self.channels = 4 if alpha else 3
+
+    def raw(self) -> Tensor:
+        """The unconstrained image [B, C, H, W] (subclasses)."""
+        raise NotImplementedError
+
+    def forward(self) -> Tensor:
+        """Images [B, C, H, W] in [0, 1]."""
+        raw = self.raw()
+        colour = raw[:, :3]
+        if self.decorrelate:
+            colour = decorrelated_to_rgb(colour)
+        if self.alpha:
+            return torch.cat([colour, raw[:, 3:]], dim=1).sigmoid()
+        return colour.sigmoid()
+
+
+class FFTImage(ImageParam):
+    """Lucid's Fourier parameterization: ``irfft2(spectrum / max(f, 1/size) ** decay_power)``.
+
+    Args:
+        batch: images.
+        size: (height, width).
+        sd: init standard deviation of the spectrum (Lucid: 0.01).
+        decay_power: 1 (Lucid): a 1/f spectrum, the statistics of natural images.
+        generator: a seeded ``torch.Generator`` on the CPU (init is drawn there,
+            so a seed gives the same start on every device).
+    """
+
+    def __init__(self, batch: int, size: tuple[int, int], *, sd: float = 0.01, decay_power: float = 1.0,
+                 decorrelate: bool = True, alpha: bool = False, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(batch, size, decorrelate=decorrelate, alpha=alpha)
+        height, width = size
+        frequencies = fft_frequencies(height, width)
+        # Why sqrt(H*W) with an orthonormal inverse: Lucid's unnormalised irfft times sqrt(H*W).
+        scale = 1.0 / frequencies.clamp(min=1.0 / max(height, width)) ** decay_power * math.sqrt(height * width)
+        self.register_buffer("scale", scale.to(device))
+        init = torch.randn(2, batch, self.channels, *frequencies.shape, generator=generator) * sd
+        self.spectrum = nn.Parameter(init.to(device))  # [2 (re, im), B, C, H, W//2+1]
+
+    def raw(self) -> Tensor:
+        spectrum = torch.complex(self.spectrum[0], self.spectrum[1]) * self.scale
+        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        return image / 4.0  # Lucid's constant: keeps the initial image near grey after the sigmoid
+
+
+class PixelImage(ImageParam):
+    """Pixels as the parameter (init sd 0.01); the baseline Lucid compares FFT against."""
+
+    def __init__(self, batch: int, size: tuple[int, int], *, sd: float = 0.01, decorrelate: bool = True,
+                 alpha: bool = False, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(batch, size, decorrelate=decorrelate, alpha=alpha)
+        init = torch.randn(batch, self.channels, *size, generator=generator) * sd
+        self.pixels = nn.Parameter(init.to(device))
+
+    def raw(self) -> Tensor:
+        return self.pixels
+
+
+PARAMETERIZATIONS = {"fft": FFTImage, "pixel": PixelImage}
+
+
+def make_param(kind: str, batch: int, size: tuple[int, int], **options) -> ImageParam:
+    """``fft`` or ``pixel`` parameterization of ``batch`` images of ``size``."""
+    try:
+        return PARAMETERIZATIONS[kind](batch, size, **options)
+    except KeyError:
+        raise ValueError(f"unknown parameterization {kind!r}: use {' or '.join(PARAMETERIZATIONS)}") from None

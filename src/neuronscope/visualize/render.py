@@ -1,0 +1,135 @@
+"""The optimiser loop: parameterised images, random transforms, the model's own preprocessing, Adam.
+
+    result = render(model, channel("neurons", [3, 5, 8]), batch=3)   # one image per unit
+    result.images        # [3, 3, 64, 64] in [0, 1]
+    result.curve[-1]     # each image's objective at the last step
+
+Only the objective's layers are hooked (through :class:`Recorder`), and the
+forward stops once they are captured. The model is frozen and in eval mode
+for the duration; everything the loop changes is restored when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from neuronscope.activations.names import resolve_layer
+from neuronscope.activations.recorder import Recorder
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
+from neuronscope.visualize.param import make_param
+from neuronscope.visualize.relu import redirect_relus
+from neuronscope.visualize.results import RenderConfig, RenderResult
+from neuronscope.visualize.transforms import CropOrPad, Transforms, standard_transforms
+
+StepCallback = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no weight gradients within the block; the module's own settings come back after."""
+    was_training = module.training
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    module.eval()
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        module.train(was_training)
+
+
+def _canonical(model: LoadedModel, names: tuple[str, ...]) -> dict[str, str]:
+    """``{name as the objective wrote it: canonical layer}``."""
+    return {name: resolve_layer(model.module, name, model.layer_aliases, model_key=model.key) for name in names}
+
+
+def full_objective(objective: Objective | str, config: RenderConfig) -> Objective:
+    """The objective plus the config's image penalties (L2, TV), as maximised."""
+    total = as_objective(objective)
+    if config.l2:
+        total = total - config.l2 * l2()
+    if config.tv:
+        total = total - config.tv * total_variation()
+    return total
+
+
+def render(
+    model: LoadedModel,
+    objective: Objective | str,
+    *,
+    batch: int = 1,
+    config: RenderConfig = RenderConfig(),
+    transforms: nn.Module | None = None,
+    on_step: StepCallback | None = None,
+) -> RenderResult:
+    """Optimise ``batch`` images to maximise ``objective``.
+
+    Args:
+        model: a loaded model; its device, precision and preprocessing are used.
+        objective: an :class:`Objective` (value per image [B]) or ``"layer:unit"``.
+        batch: images optimised together (each gets its own random init).
+        config: steps, lr, size, parameterization, penalties, seed (Lucid's defaults).
+        transforms: a custom transform module (default: the config's ``transforms``).
+        on_step: called with (steps done, total) after every step (progress bars).
+
+    Returns:
+        A :class:`RenderResult` with the images, per-image objective curves and the config.
+    """
+    objective = full_objective(objective, config)
+    device = model.device
+    input_size = model.preprocess.image_size
+    size = (config.size, config.size) if config.size else input_size
+    generator = torch.Generator().manual_seed(config.seed)
+    param = make_param(config.param, batch, size, sd=config.sd, decorrelate=config.decorrelate, alpha=config.alpha,
+                       device=device, generator=generator,
+                       **({"decay_power": config.decay_power} if config.param == "fft" else {}))
+    if transforms is None:
+        transforms = (standard_transforms(size, pad=config.pad, jitter=config.jitter, scales=config.scales,
+                                          angles=config.angles)
+                      if config.transforms == "standard" else Transforms())
+    if isinstance(transforms, Transforms):
+        transforms.use_generator(generator)
+    fit = CropOrPad(input_size)
+    names = _canonical(model, objective.layers + objective.live_layers)
+    live = {name: names[name] for name in objective.live_layers}
+    optimizer = torch.optim.Adam(param.parameters(), lr=config.lr)
+    curve = torch.empty(config.steps, batch)
+    started = time.perf_counter()
+
+    recorder = Recorder(model, list(dict.fromkeys(names.values())), early_stop=True, detach=False)
+    live_recorder = Recorder(model, list(dict.fromkeys(live.values())), detach=False, clone=False) if live else None
+    with frozen(model.module), recorder, (live_recorder or contextlib.nullcontext()):
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            image = param()  # [B, C, H, W] in [0, 1]
+            pixels = _composite(image, generator) if config.alpha else image
+            inputs = model.preprocess.normalize(fit(transforms(pixels)))
+            with redirect_relus(model.image_module, enabled=step < config.redirect_steps):
+                captured = recorder.run(inputs, grad=True)
+            acts = {name: captured[canonical] for name, canonical in names.items()}
+            if live_recorder is not None:
+                acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
+            values = objective(Context(acts, image, step, model.token_grid))  # [B]
+            (-values.sum()).backward()
+            optimizer.step()
+            curve[step] = values.detach().float().cpu()
+            if on_step is not None:
+                on_step(step + 1, config.steps)
+        with torch.no_grad():
+            images = param().float().cpu()
+    return RenderResult(images, curve, str(objective), config, time.perf_counter() - started)
+
+
+def _composite(image: Tensor, generator: torch.Generator) -> Tensor:
+    """RGBA [B, 4, H, W] over uniform noise -> RGB [B, 3, H, W]: what is transparent must not matter."""
+    background = torch.rand(image.shape[0], 3, *image.shape[2:], generator=generator).to(image.device, image.dtype)
+    alpha = image[:, 3:]
+    return image[:, :3] * alpha + background * (1 - alpha)

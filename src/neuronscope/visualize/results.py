@@ -1,0 +1,127 @@
+"""Result objects of renders; saving and showing live elsewhere (the CLI, the atlas)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How a render runs. Defaults are Lucid's.
+
+    Attributes:
+        steps: optimiser steps (Lucid 512; Microscope 4096).
+        lr: Adam's learning rate (Lucid 0.05).
+        size: image side (None: the model's input size). A different size
+            meets the model by centre crop or grey pad, never by resizing.
+        param: ``fft`` or ``pixel``.
+        decorrelate: optimise in decorrelated colour.
+        alpha: add an alpha channel (composited over random noise each step).
+        sd, decay_power: the parameterization's init sd and spectrum decay.
+        transforms: ``standard`` (Lucid's stack scaled to ``size``) or ``none``.
+        pad, jitter, scales, angles: override the standard stack's amounts
+            (pixels; scale factors; degrees). None: Lucid's, scaled to ``size``.
+        redirect_steps: steps with redirected ReLU gradients (Lucid 16).
+        l2, tv: weights of an L2 / total-variation penalty on the image (0: off).
+        seed: seeds the init and every random transform.
+    """
+
+    steps: int = 512
+    lr: float = 0.05
+    size: int | None = None
+    param: str = "fft"
+    decorrelate: bool = True
+    alpha: bool = False
+    sd: float = 0.01
+    decay_power: float = 1.0
+    transforms: str = "standard"
+    pad: int | None = None
+    jitter: int | None = None
+    scales: tuple[float, ...] | None = None
+    angles: tuple[float, ...] | None = None
+    redirect_steps: int = 16
+    l2: float = 0.0
+    tv: float = 0.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """One image [C, H, W] in [0, 1] (C = 3 or 4) -> an RGB or RGBA PIL image."""
+    array = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """One image [C, H, W] in [0, 1] as PNG bytes (lossless: reading it back gives the 8-bit pixels)."""
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class RenderResult:
+    """One optimised batch.
+
+    Attributes:
+        images: [B, C, H, W] in [0, 1], float32 on the CPU (C = 4 with alpha).
+        curve: [steps, B]: each image's objective at each step (on its transformed view).
+        description: the objective's description.
+        config: the :class:`RenderConfig` used.
+        seconds: wall time of the optimisation.
+    """
+
+    images: Tensor
+    curve: Tensor
+    description: str
+    config: RenderConfig
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> Tensor:
+        """The objective each image reached at the last step: [B]."""
+        return self.curve[-1]
+
+    def pil(self, index: int) -> Image.Image:
+        return to_pil(self.images[index])
+
+
+@dataclass
+class UnitRender:
+    """One unit's image out of a batched render.
+
+    Attributes:
+        unit: the unit (channel) index in ``layer``.
+        kind: ``plain``, ``diverse`` or ``facet:NAME``.
+        index: which of a unit's several images (diverse renders, facet strengths); 0 otherwise.
+        image: [C, H, W] in [0, 1].
+        curve: [steps] this image's objective per step.
+        description: the objective of this image.
+        extra: e.g. ``{"strength": 5.0}`` for a faceted render.
+    """
+
+    layer: str
+    unit: int
+    kind: str
+    index: int
+    image: Tensor
+    curve: Tensor
+    description: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> float:
+        """The value reached at the last step."""
+        return float(self.curve[-1])
+
+    def png(self) -> bytes:
+        return png_bytes(self.image)

@@ -1,0 +1,124 @@
+"""Feature visualizations into an atlas: the run, the layer, each pass's renders, cached facet probes.
+
+The render functions (:mod:`.units`, :mod:`.facets`) return result objects;
+this module is the one place that turns them into atlas rows, shared by
+``neuronscope visualize`` and the demo.
+
+    with Atlas("my-atlas") as atlas:
+        writer = FeatureVisWriter.start(atlas, model, "neurons", kind="plain", settings={...}, command="...")
+        render_units(model, writer.layer, writer.missing(range(512)), on_pass=writer)
+        writer.finish()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuronscope.activations import record, resolve_layer, unit_count, unit_maps
+from neuronscope.activations.names import aliases_by_layer
+from neuronscope.atlas import Atlas
+from neuronscope.errors import NeuronscopeError
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.visualize import facets
+from neuronscope.visualize.results import UnitRender
+
+
+def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
+    """Units and (rows, cols) of a layer, from one forward of a grey image."""
+    height, width = model.preprocess.image_size
+    grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
+    acts = record(model, grey, [layer])[layer]
+    maps = unit_maps(acts, grid=model.token_grid)
+    return unit_count(acts), (int(maps.shape[2]), int(maps.shape[3]))
+
+
+def facet_probe(model: LoadedModel, facet: str, generic: str | None = None,
+                atlas: Atlas | None = None) -> facets.FacetProbe:
+    """A built-in facet's probe, or one trained on ``facet`` (a folder) vs ``generic`` (a folder).
+
+    With an atlas, the probe is cached there, keyed by model, probe layers and
+    the images' hashes: the same facet is trained once per atlas.
+    """
+    if Path(facet).is_dir():
+        if not generic:
+            raise NeuronscopeError(f"--facet {facet} is a folder: give the contrast images with --generic DIR")
+        images = facets.facet_from_folders(facet, generic, model)
+    elif generic:
+        raise NeuronscopeError(f"--generic goes with a facet folder; the built-in facet {facet!r} brings its own")
+    else:
+        images = facets.builtin_facet(facet, model)
+    layers = facets.probe_layers(model)
+    key = facets.probe_cache_key(model.key, layers, images.hashes)
+    scope = ",".join(layers)
+    if atlas is not None:
+        cached = atlas.artifact(model.key, scope, "facet-probe", key)
+        if cached is not None and cached["path"] and (atlas.path / cached["path"]).is_file():
+            return facets.FacetProbe.from_bytes((atlas.path / cached["path"]).read_bytes())
+    probe = facets.train_facet_probe(model, images, layers=layers)
+    if atlas is not None:
+        atlas.save_artifact(model.key, scope, "facet-probe", key, file_bytes=probe.to_bytes(), suffix=".npz",
+                            data={"facet": probe.name, "layers": layers, "accuracy": probe.accuracy,
+                                  "images": {"facet": len(images.facet), "generic": len(images.generic)}})
+    return probe
+
+
+@dataclass
+class FeatureVisWriter:
+    """Stores each render pass as soon as it finishes (pass it as ``on_pass``): a killed render keeps its passes.
+
+    Attributes:
+        layer: the canonical layer name.
+        kind: ``plain``, ``diverse`` or ``facet:NAME``.
+        written: ``{"unit", "kind", "index", "objective", "path"}`` per stored render.
+    """
+
+    atlas: Atlas
+    model: LoadedModel
+    layer: str
+    kind: str
+    run_id: int
+    written: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, atlas: Atlas, model: LoadedModel, layer: str, *, kind: str, settings: Mapping[str, Any],
+              command: str) -> "FeatureVisWriter":
+        """Record a run (resuming a killed one with the same settings) and register the layer."""
+        canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+        n_units, grid = layer_shape(model, canonical)
+        config = {**settings, "kind": kind}
+        config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,
+                                                              default=str).encode()).hexdigest()[:16]
+        run_id = atlas.unfinished_run(config_key)
+        if run_id is None:
+            run_id = atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
+                                     weights_sha256=model.weights_sha256,
+                                     layers=[{"layer": canonical,
+                                              "aliases": aliases_by_layer(model.layer_aliases).get(canonical, [])}],
+                                     dataset=None, precision=model.precision.name)
+        atlas.register_layer(model.key, canonical, aliases=aliases_by_layer(model.layer_aliases).get(canonical, []),
+                             units=n_units, grid=grid, run_id=run_id)
+        return cls(atlas, model, canonical, kind, run_id)
+
+    def missing(self, units: Iterable[int]) -> list[int]:
+        """Of ``units``, those the atlas holds no render of this kind for (what a resumed job still owes)."""
+        done = self.atlas.rendered_units(self.model.key, self.layer, self.kind)
+        return [unit for unit in units if unit not in done]
+
+    def __call__(self, batch: list[UnitRender]) -> list[str]:
+        """Store one pass; returns the renders' atlas-relative paths."""
+        paths = self.atlas.write_featurevis(self.run_id, self.model.key, self.layer, [
+            {"unit": r.unit, "kind": r.kind, "index": r.index, "png": r.png(), "objective": r.objective,
+             "description": r.description} for r in batch])
+        self.written.extend({"unit": r.unit, "kind": r.kind, "index": r.index, "objective": round(r.objective, 6),
+                             "path": path} for r, path in zip(batch, paths))
+        return paths
+
+    def finish(self) -> None:
+        self.atlas.finish_run(self.run_id, images=len(self.written))

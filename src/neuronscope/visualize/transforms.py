@@ -1,0 +1,159 @@
+"""Random transforms applied to the image before every forward (transformation robustness).
+
+Each is an ``nn.Module`` on images [B, C, H, W]; each takes the device and
+dtype from its input, and draws its random numbers on the CPU from its
+``generator`` (seeded by the render), so a seed means the same sequence on
+every device. Lucid's standard stack at 224 px is pad 12 -> jitter 8 ->
+scale 0.9..1.1 -> rotate -10..10 deg -> jitter 4; :func:`standard_transforms`
+scales the pixel amounts with the image size (a 64 px mini CLIP does not
+want 12 px of padding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RandomTransform(nn.Module):
+    """Base: holds the generator random draws come from (None: torch's global one)."""
+
+    generator: torch.Generator | None = None
+
+    def _randint(self, low: int, high: int, count: int = 1) -> list[int]:
+        """``count`` integers in [low, high] inclusive."""
+        return torch.randint(low, high + 1, (count,), generator=self.generator).tolist()
+
+    def _choice(self, values: Sequence[float], count: int = 1) -> list[float]:
+        picks = torch.randint(0, len(values), (count,), generator=self.generator).tolist()
+        return [values[i] for i in picks]
+
+
+class Pad(nn.Module):
+    """Pad every side by ``pixels`` with a constant (Lucid: grey 0.5), so jitter can move content out."""
+
+    def __init__(self, pixels: int, value: float = 0.5) -> None:
+        super().__init__()
+        self.pixels, self.value = pixels, value
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.pad(images, [self.pixels] * 4, mode="constant", value=self.value) if self.pixels else images
+
+    def extra_repr(self) -> str:
+        return f"pixels={self.pixels}, value={self.value}"
+
+
+class Jitter(RandomTransform):
+    """A random crop ``pixels`` smaller in each dimension (one offset for the batch, as Lucid)."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.pixels = pixels
+
+    def forward(self, images: Tensor) -> Tensor:
+        if not self.pixels:
+            return images
+        dy, dx = self._randint(0, self.pixels, 2)
+        height, width = images.shape[2] - self.pixels, images.shape[3] - self.pixels
+        return images[:, :, dy:dy + height, dx:dx + width]
+
+    def extra_repr(self) -> str:
+        return f"pixels={self.pixels}"
+
+
+class RandomScale(RandomTransform):
+    """Resize by a factor picked from ``scales`` (bilinear; one factor for the batch, the size changes)."""
+
+    def __init__(self, scales: Sequence[float]) -> None:
+        super().__init__()
+        self.scales = tuple(scales)
+
+    def forward(self, images: Tensor) -> Tensor:
+        (scale,) = self._choice(self.scales)
+        if scale == 1:
+            return images
+        size = [max(1, round(side * scale)) for side in images.shape[2:]]
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"scales={min(self.scales):g}..{max(self.scales):g}"
+
+
+class RandomRotate(RandomTransform):
+    """Rotate each image by an angle (degrees) picked from ``angles``, about its centre; corners fill grey."""
+
+    def __init__(self, angles: Sequence[float], fill: float = 0.5) -> None:
+        super().__init__()
+        self.angles, self.fill = tuple(angles), fill
+
+    def forward(self, images: Tensor) -> Tensor:
+        radians = torch.tensor(self._choice(self.angles, images.shape[0])) * (math.pi / 180)
+        cos, sin = radians.cos(), radians.sin()
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+        grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+        # Rotate (image - fill) so that the zeros grid_sample brings in become `fill`.
+        rotated = F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return rotated + self.fill
+
+    def extra_repr(self) -> str:
+        return f"angles={min(self.angles):g}..{max(self.angles):g} deg"
+
+
+class CropOrPad(nn.Module):
+    """Centre-crop or grey-pad to ``size`` (H, W): how a render meets the model's input size, never by resizing."""
+
+    def __init__(self, size: tuple[int, int], value: float = 0.5) -> None:
+        super().__init__()
+        self.size, self.value = tuple(size), value
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[2:]
+        want_h, want_w = self.size
+        if (height, width) == (want_h, want_w):
+            return images
+        pad_h, pad_w = max(0, want_h - height), max(0, want_w - width)
+        if pad_h or pad_w:
+            images = F.pad(images, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2],
+                           mode="constant", value=self.value)
+        top, left = (images.shape[2] - want_h) // 2, (images.shape[3] - want_w) // 2
+        return images[:, :, top:top + want_h, left:left + want_w]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+class Transforms(nn.Sequential):
+    """A stack of transforms that share one generator (see :meth:`use_generator`)."""
+
+    def use_generator(self, generator: torch.Generator | None) -> "Transforms":
+        for module in self.modules():
+            if isinstance(module, RandomTransform):
+                module.generator = generator
+        return self
+
+
+def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, jitter: int | None = None,
+                        scales: Sequence[float] | None = None, angles: Sequence[float] | None = None) -> Transforms:
+    """Lucid's standard transforms, their pixel amounts scaled to the image's side (224 px = Lucid's).
+
+    pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02, angles -10..10 deg (0 five more
+    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px.
+    """
+    side = size if isinstance(size, int) else max(size)
+    ratio = side / 224
+
+    def scaled(pixels: int) -> int:
+        return max(1, round(pixels * ratio))
+
+    return Transforms(
+        Pad(scaled(12) if pad is None else pad),
+        Jitter(scaled(8) if jitter is None else jitter),
+        RandomScale(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)]),
+        RandomRotate(angles if angles is not None else [*range(-10, 11), *[0] * 5]),
+        Jitter(scaled(4) if jitter is None else max(1, jitter // 2)),
+    )

@@ -1,0 +1,94 @@
+"""Whole layers, unit by unit: plain and diverse renders, batched.
+
+    renders = render_units(model, "neurons", range(32), batch_size=16)   # 2 passes of 16 units
+    renders[0].unit, renders[0].image.shape, renders[0].objective
+
+A plain render puts one unit in each image of the batch (image ``i``
+maximises ``units[i]``), so a layer takes units / batch_size passes. A
+diverse render gives one unit a whole batch of N images, pushed apart by
+Lucid's diversity objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.objectives import channel, diversity
+from neuronscope.visualize.render import render
+from neuronscope.visualize.results import RenderConfig, UnitRender
+
+PassCallback = Callable[[int, int], None]
+
+
+def chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    """``items`` in consecutive pieces of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, not {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def render_units(
+    model: LoadedModel,
+    layer: str,
+    units: Iterable[int],
+    *,
+    batch_size: int = 16,
+    config: RenderConfig = RenderConfig(),
+    on_step: PassCallback | None = None,
+    on_pass: Callable[[list[UnitRender]], None] | None = None,
+) -> list[UnitRender]:
+    """One image per unit, ``batch_size`` units per pass.
+
+    Args:
+        layer: a layer name or alias (``neurons``).
+        units: unit indices; rendered in this order.
+        on_step: called with (steps done, total) over all passes.
+        on_pass: called with each pass's renders as soon as it finishes (to store them).
+
+    Returns:
+        One :class:`UnitRender` (kind ``plain``) per unit, in order.
+    """
+    units = list(units)
+    passes = chunks(units, batch_size)
+    total = len(passes) * config.steps
+    renders: list[UnitRender] = []
+    for number, piece in enumerate(passes):
+        step_hook = None if on_step is None else (lambda done, _, n=number: on_step(n * config.steps + done, total))
+        result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook)
+        batch = [UnitRender(layer, unit, "plain", 0, result.images[i], result.curve[:, i],
+                            f"Channel [{layer}, {unit}]") for i, unit in enumerate(piece)]
+        renders.extend(batch)
+        if on_pass is not None:
+            on_pass(batch)
+    return renders
+
+
+def render_diverse(
+    model: LoadedModel,
+    layer: str,
+    unit: int,
+    count: int,
+    *,
+    weight: float = 1.0,
+    diversity_layer: str | None = None,
+    config: RenderConfig = RenderConfig(),
+    on_step: PassCallback | None = None,
+) -> list[UnitRender]:
+    """``count`` different images of one unit: its channel plus ``weight`` x Lucid's diversity.
+
+    Args:
+        weight: the diversity term's weight, relative to the channel's mean
+            activation (Lucid used 1e2 with activations of a different scale;
+            the curve's channel part tells how much it cost).
+        diversity_layer: where Gram matrices are compared (default: ``layer``).
+
+    Returns:
+        ``count`` :class:`UnitRender` s of kind ``diverse``, index 0..count-1.
+    """
+    if count < 2:
+        raise ValueError("a diverse render needs at least 2 images; use render_units for one")
+    objective = channel(layer, unit) + weight * diversity(diversity_layer or layer)
+    result = render(model, objective, batch=count, config=config, on_step=on_step)
+    return [UnitRender(layer, unit, "diverse", k, result.images[k], result.curve[:, k], str(objective))
+            for k in range(count)]

@@ -1,0 +1,146 @@
+"""Objectives: the algebra, descriptions, declared layers, and the property every objective must have:
+a few optimiser steps on a tiny random model raise it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import hook_count
+from neuronscope.errors import NeuronscopeError
+from neuronscope.objectives import (
+    Context,
+    Objective,
+    alignment,
+    as_objective,
+    channel,
+    direction,
+    diversity,
+    l1,
+    l2,
+    neuron,
+    text_direction,
+    total_variation,
+)
+from neuronscope.visualize import RenderConfig, render
+
+
+def _context(acts: torch.Tensor) -> Context:
+    """A context whose layer "x" holds ``acts`` [B, C, H, W] and whose image is grey."""
+    return Context({"x": acts}, torch.full((acts.shape[0], 3, 4, 4), 0.5))
+
+
+def test_channel_is_the_spatial_mean_and_takes_one_unit_per_image():
+    acts = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    ctx = _context(acts)
+    assert torch.equal(channel("x", 1)(ctx), acts[:, 1].mean(dim=(1, 2)))
+    per_image = channel("x", [2, 0])(ctx)
+    assert torch.equal(per_image, torch.stack([acts[0, 2].mean(), acts[1, 0].mean()]))
+    assert torch.equal(channel("x", 1, batch=1)(ctx), torch.stack([torch.tensor(0.0), acts[1, 1].mean()]))
+    with pytest.raises(ValueError, match="one per image"):
+        channel("x", [0, 1, 2])(ctx)
+
+
+def test_neuron_reads_one_cell():
+    acts = torch.randn(2, 3, 3, 3)
+    assert torch.equal(neuron("x", 2)(_context(acts)), acts[:, 2, 1, 1])
+    assert torch.equal(neuron("x", 0, cell=(0, 2))(_context(acts)), acts[:, 0, 0, 2])
+
+
+def test_algebra_values_layers_and_descriptions():
+    acts = torch.randn(2, 4, 2, 2)
+    ctx = _context(acts)
+    a, b = channel("x", 7 % 4), channel("x", 1)
+    combined = 0.5 * a - b
+    assert torch.allclose(combined(ctx), 0.5 * a(ctx) - b(ctx))
+    assert str(combined) == "0.5 * Channel [x, 3] - Channel [x, 1]"
+    assert combined.layers == ("x",)
+    assert str(2 * (a + b)) == "2 * (Channel [x, 3] + Channel [x, 1])"
+    assert torch.allclose((a / 2 + 1)(ctx), a(ctx) / 2 + 1)
+    assert torch.allclose((1 - a)(ctx), 1 - a(ctx))
+    assert torch.allclose((a * b)(ctx), a(ctx) * b(ctx))
+    assert torch.allclose((-a)(ctx), -a(ctx))
+    assert torch.allclose(sum([a, b, a])(ctx), 2 * a(ctx) + b(ctx))
+    assert str(-(a - b)) == "-(Channel [x, 3] - Channel [x, 1])"
+    other = Objective(lambda c: c["y"].sum(dim=1), ["y"], "Y")
+    assert (a + other).layers == ("x", "y")
+    assert (a - l2()).layers == ("x",)
+
+
+def test_shorthand_and_its_errors():
+    objective = as_objective("visual.layer4.1.act3:input:473")
+    assert objective.layers == ("visual.layer4.1.act3:input",)
+    assert str(as_objective("neurons:7")) == "Channel [neurons, 7]"
+    for bad in ("neurons", "neurons:x", ":3"):
+        with pytest.raises(NeuronscopeError, match="layer:unit"):
+            as_objective(bad)
+
+
+def test_an_objective_must_return_one_value_per_image():
+    broken = Objective(lambda ctx: ctx["x"].mean(dim=(2, 3)), ["x"], "per unit")
+    with pytest.raises(ValueError, match="one value per"):
+        broken(_context(torch.randn(2, 3, 2, 2)))
+
+
+def test_a_missing_layer_says_which_layers_were_recorded():
+    with pytest.raises(NeuronscopeError, match="recorded: x"):
+        channel("y", 0)(_context(torch.randn(1, 2, 2, 2)))
+
+
+def test_direction_cossim_power_rewards_alignment():
+    v = torch.tensor([1.0, 0.0])
+    along = torch.tensor([[2.0, 0.0]])[:, :, None, None]
+    oblique = torch.tensor([[2.0, 2.0]])[:, :, None, None]
+    plain = direction("x", v)
+    powered = direction("x", v, cossim_pow=2)
+    assert plain(_context(along)) == plain(_context(oblique))  # same dot product
+    assert powered(_context(along)) > powered(_context(oblique))
+
+
+def _objectives(model) -> dict:
+    """Every library objective, built for tiny-rn (batch 2 where it compares images)."""
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "channel": (channel("neurons", 3), 1),
+        "channels per image": (channel("neurons", [3, 5]), 2),
+        "neuron": (neuron("neurons", 4), 1),
+        "direction": (direction("neurons", torch.randn(512, generator=generator), cossim_pow=1), 1),
+        "text direction": (text_direction(model, "a photo of a cat"), 1),
+        "diversity": (diversity("visual.layer3.1"), 2),
+        "alignment": (alignment("neurons"), 2),
+        "l1": (l1(), 1),
+        "l2": (l2(), 1),
+        "total variation": (total_variation(), 1),
+        "algebra": (0.5 * channel("neurons", 3) - 0.1 * channel("neurons", 9), 1),
+    }
+
+
+def test_every_objective_rises_in_a_few_steps(tiny_rn):
+    """The property test: from random init, 12 Adam steps (no random transforms, so the curve is the objective
+    itself) raise each objective, and no render leaves a hook behind."""
+    hooks_before = hook_count(tiny_rn.module)
+    config = RenderConfig(steps=12, transforms="none", sd=0.3, seed=1)
+    for name, (objective, batch) in _objectives(tiny_rn).items():
+        result = render(tiny_rn, objective, batch=batch, config=config)
+        start, end = float(result.curve[0].sum()), float(result.curve[-1].sum())
+        assert end > start, f"{name} ({objective}) went from {start} to {end}"
+    assert hook_count(tiny_rn.module) == hooks_before
+
+
+def test_render_hooks_only_the_objective_layers_and_stops_the_forward_early(tiny_rn):
+    """The attention pool after layer4 never runs when the objective reads layer3."""
+    calls = {"attnpool": 0, "layer3.0": 0}
+    handles = [tiny_rn.module.visual.attnpool.register_forward_hook(lambda *a: calls.__setitem__(
+                   "attnpool", calls["attnpool"] + 1)),
+               tiny_rn.module.visual.layer3[0].register_forward_hook(lambda *a: calls.__setitem__(
+                   "layer3.0", calls["layer3.0"] + 1))]
+    try:
+        seen: list[int] = []
+        original = tiny_rn.module.visual.layer4.register_forward_hook(lambda *a: seen.append(1))
+        render(tiny_rn, channel("visual.layer3.1", 2), config=RenderConfig(steps=3, transforms="none"))
+        original.remove()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == {"attnpool": 0, "layer3.0": 3}
+    assert seen == []
