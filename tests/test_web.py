@@ -180,7 +180,8 @@ def test_only_atlas_images_are_served(web_atlas, tmp_path):
 
 
 def test_keeps_serving_under_200_concurrent_requests(web_atlas):
-    urls = ["/", LAYER_URL, f"{LAYER_URL}/u/1", f"/api{LAYER_URL}/u/2", "/search?q=star", f"{LAYER_URL}/u/3/histogram.svg"]
+    urls = ["/", LAYER_URL, f"{LAYER_URL}/u/1", f"/api{LAYER_URL}/u/2", "/search?q=star",
+            f"{LAYER_URL}/u/3/histogram.svg"]
 
     async def hammer(base: str) -> list[int]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
@@ -273,3 +274,9 @@ def test_search_attributes_new_prompts_when_the_model_is_loaded(web_atlas, tiny_
     assert "Units the prompt reads from" in html and f'href="{LAYER_URL}/u/{layer["units"][0]["unit"]}"' in html
     with pytest.raises(AtlasError, match="--model loads"):
         create_app(web_atlas, model=type("Other", (), {"key": "mini-clip@bundled"})())
+
+
+def test_pager_links_keep_the_filter_sort_and_page_size(client):
+    html = client.get(LAYER_URL, params={"sort": "max", "per_page": "50", "page": "2"}).text
+    assert f'href="{LAYER_URL}?sort=max&amp;per_page=50&amp;page=3"' in html
+    assert f'href="{LAYER_URL}?sort=max&amp;per_page=50"' in html  # page 1 has no page parameter

@@ -134,11 +134,9 @@ def unit_runs(atlas: Atlas, model: str, layer: str, unit: int) -> list[dict[str,
     """The runs that wrote a unit's parts (scan, renders, words, texts), oldest first, with what each wrote."""
     key = (model, layer, unit)
     wrote: dict[int, set[str]] = {}
-    for part, sql in (("scan", "SELECT run_id FROM units WHERE model = ? AND layer = ? AND unit = ?"),
-                      ("featurevis", "SELECT DISTINCT run_id FROM featurevis WHERE model = ? AND layer = ? AND unit = ?"),
-                      ("words", "SELECT DISTINCT run_id FROM words WHERE model = ? AND layer = ? AND unit = ?"),
-                      ("texts", "SELECT DISTINCT run_id FROM texts WHERE model = ? AND layer = ? AND unit = ?")):
-        for row in atlas.db.execute(sql, key):
+    for part, table in (("scan", "units"), ("featurevis", "featurevis"), ("words", "words"), ("texts", "texts")):
+        for row in atlas.db.execute(f"SELECT DISTINCT run_id FROM {table} WHERE model = ? AND layer = ? AND unit = ?",
+                                    key):
             if row["run_id"] is not None:
                 wrote.setdefault(row["run_id"], set()).add(part)
     runs = []

@@ -48,7 +48,8 @@ def serve(
 
 def export(
     atlas: AtlasArg,
-    site: Annotated[Path, typer.Option("--site", help="Folder for the static site (new, empty, or an earlier export).")],
+    site: Annotated[Path, typer.Option(
+        "--site", help="Folder for the static site (new, empty, or an earlier export).")],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw each unit's histogram and conditional plot.")]
     = True,
     json_out: JsonOpt = False,

@@ -67,7 +67,8 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
         if model.key not in reader.read(lambda atlas: atlas.models()):
             raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds "
                              f"{', '.join(reader.read(lambda atlas: atlas.models())) or 'no model'}")
-        prompts = PromptAttributor(model, [entry["layer"] for entry in reader.read(lambda atlas: atlas.layers(model.key))])
+        layers = reader.read(lambda atlas: atlas.layers(model.key))
+        prompts = PromptAttributor(model, [entry["layer"] for entry in layers])
     app.router.on_shutdown.append(reader.close)
     if warm:
         app.router.on_startup.append(lambda: threading.Thread(target=reader.warm, daemon=True).start())

@@ -90,7 +90,9 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery) -> dict[str, An
     pages = max(1, math.ceil(len(chosen) / query.per_page))
     start = (query.page - 1) * query.per_page
     return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
-            "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort}
+            "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort,
+            # what the pager's links carry: a page size other than the default
+            "per_page_param": query.per_page if query.per_page != PER_PAGE else None}
 
 
 def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
