@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.words",
     "neuronscope.commands.reproduce",
     "neuronscope.commands.microscope",
+    "neuronscope.commands.textside",
 )
 
 app = typer.Typer(

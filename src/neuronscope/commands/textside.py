@@ -1,0 +1,265 @@
+"""The text side on the command line: ``attribute`` (text → units, unit → texts), ``textvis``, ``emotions``."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.atlas import Atlas
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    WeightsOpt,
+    cli_command,
+    load_cli_model,
+    print_json,
+)
+from neuronscope.errors import NeuronscopeError
+
+LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
+ImagesOpt = Annotated[Optional[str], typer.Option(
+    "--images", "-i", help="Images to average attributions over: a folder, .tar shard or .txt list. "
+                           "Omitted: the mini CLIP's bundled test split (drawings and rendered words).")]
+SampleOpt = Annotated[int, typer.Option("--sample", min=1, help="Images drawn from the sample source.")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")]
+
+
+def _image_sample(model, images: str | None, count: int, seed: int):
+    """``count`` images of ``--images``, or of the bundled split when it is omitted."""
+    from neuronscope.probing.attribution import default_image_sample, image_sample_from
+
+    if images:
+        return image_sample_from(images, count, seed, size=model.preprocess.image_size[0])
+    return default_image_sample(count, seed)
+
+
+def _require(model: str | None, out: str | None = "", what: str = "") -> None:
+    if model is None:
+        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    if out is not None and not out:
+        raise NeuronscopeError(f"{what} needs --out ATLAS (the atlas directory to write into)")
+
+
+def _fill_report(out: str, run_id: int, model: str, layer: str, units: int, started: float, **extra) -> dict:
+    return {"atlas": out, "run_id": run_id, "model": model, "layers": [layer], "units": units,
+            "seconds": round(time.monotonic() - started, 3), "skipped": {}, **extra}
+
+
+def attribute(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "neurons",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="A text, e.g. 'a photo of a spider'.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Units printed for --prompt.")] = 20,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Store each unit's top texts of --vocab "
+                                                                   "in this atlas.")] = None,
+    vocab: Annotated[str, typer.Option("--vocab", help="Texts scored for --out: english-10k, countries, cities, "
+                                                       "emotions, colours or a FILE.")] = "english-10k",
+    template: Annotated[str, typer.Option("--template", help="Prompt around each vocabulary entry, "
+                                                             "with {} for it.")] = "{}",
+    units: Annotated[str, typer.Option("--units", help="Units whose texts are stored (0-31,550 or all).")] = "all",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Texts stored per unit.")] = 20,
+    images: ImagesOpt = None,
+    sample: SampleOpt = 256,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Text -> units: the units of a layer that a prompt reads from (gradient x activation of the image-text
+    logit, averaged over an image sample weighted by how much the prompt retrieves each image). With --out,
+    unit -> texts: every vocabulary entry is scored once and each unit's top texts are stored in the atlas."""
+    from neuronscope.probing.attribution import attribute_texts, compute_basis
+
+    _require(model, None)
+    if prompt is None and not out:
+        raise NeuronscopeError("give --prompt TEXT (which units it reads from) and/or --out ATLAS "
+                               "(store each unit's top texts of --vocab)")
+    if "{}" not in template:
+        raise NeuronscopeError(f"--template {template!r} has no {{}} for the vocabulary entry")
+    started = time.monotonic()
+    loaded = load_cli_model(model, weights, device, precision)
+    image_sample = _image_sample(loaded, images, sample, seed)
+    if prompt is not None:
+        result = attribute_texts(loaded, layer, [prompt], image_sample, batch_size=batch_size)
+        payload = result.to_json(0, top)
+        if not out:
+            if json_out:
+                print_json(payload)
+            else:
+                typer.echo(f"{result.model} {result.layer}: units that {prompt!r} reads from")
+                for entry in payload["units"]:
+                    typer.echo(f"  unit {entry['unit']:>6}  {entry['score']:+.4f}")
+            return
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.zeroshot import encode_texts
+    from neuronscope.runtime import parse_units
+
+    basis = compute_basis(loaded, layer, image_sample, batch_size=batch_size)
+    chosen = parse_units(units, basis.units)
+    entries = load_vocabulary(vocab)
+    texts = [template.format(entry) for entry in entries]
+    vocab_name = vocab if "/" not in vocab else Path(vocab).stem
+    command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
+                          vocab_name, "--template", template, "--units", units, "--top-k", str(top_k),
+                          "--sample", str(sample), "--out", Path(out).name])
+    with Atlas(out) as atlas:
+        run_id = start_text_run(atlas, loaded, basis, command=command, kind="attribute",
+                                config={"vocab": vocab_name, "template": template, "top_k": top_k, "seed": seed,
+                                        "sample": sample},
+                                dataset={"kind": "vocabulary", "name": vocab_name, "entries": len(texts)})
+        scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
+        merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
+        atlas.finish_run(run_id, images=len(image_sample.pixels))
+    report = _fill_report(out, run_id, basis.model, basis.layer, len(chosen), started, vocabulary=vocab_name,
+                          texts=len(texts))
+    if prompt is not None:
+        report["prompt"] = payload
+    if json_out:
+        print_json(report)
+        return
+    typer.echo(f"{basis.model}: top {top_k} of {len(texts)} texts ({vocab_name}) for {len(chosen)} units of "
+               f"{basis.layer} into {out} (run {run_id}) in {report['seconds']:.1f} s")
+
+
+def textvis(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "neurons",
+    units: Annotated[str, typer.Option("--units", help="Units to visualize (0-31,550 or all).")] = "0",
+    out: OutOpt = "",
+    lengths: Annotated[str, typer.Option("--lengths", help="Text lengths in BPE tokens, comma-separated.")] = "1,2,3",
+    restarts: Annotated[int, typer.Option("--restarts", min=1, help="Random starts per length.")] = 2,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Most accepted moves per climb.")] = 24,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Tokens tried per position "
+                                                                        "and step.")] = 16,
+    prior: Annotated[float, typer.Option("--prior", min=0.0, help="Weight of the word-frequency prior "
+                                                                  "(x sum of log10 word frequencies; 0: off).")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Texts stored per unit.")] = 10,
+    images: ImagesOpt = None,
+    sample: SampleOpt = 256,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
+    store them in the atlas's texts (`neuronscope show` lists them under "texts")."""
+    from neuronscope.probing.attribution import compute_basis
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+    from neuronscope.probing.textvis import TextVisSettings, optimize_text
+    from neuronscope.runtime import parse_units
+
+    _require(model, out, "textvis")
+    try:
+        length_values = tuple(int(v) for v in lengths.split(",") if v.strip())
+    except ValueError:
+        raise NeuronscopeError(f"--lengths {lengths!r}: give token counts like 1,2,3") from None
+    started = time.monotonic()
+    loaded = load_cli_model(model, weights, device, precision)
+    basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
+    chosen = parse_units(units, basis.units)
+    settings = TextVisSettings(lengths=length_values, restarts=restarts, steps=steps, candidates=candidates,
+                               prior_weight=prior, keep=top_k, seed=seed)
+    results = [optimize_text(loaded, basis, unit, settings) for unit in chosen]
+    command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units", units,
+                          "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
+                          "--prior", str(prior), "--out", Path(out).name])
+    with Atlas(out) as atlas:
+        run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis",
+                                config={"lengths": list(length_values), "restarts": restarts, "steps": steps,
+                                        "candidates": candidates, "prior": prior, "seed": seed, "sample": sample})
+        merge_unit_texts(atlas, run_id, basis.model, basis.layer,
+                         {r.unit: [(text, score) for text, score, _ in r.texts] for r in results})
+        atlas.finish_run(run_id, images=len(basis.image_embeddings))
+    if json_out:
+        print_json(_fill_report(out, run_id, basis.model, basis.layer, len(chosen), started,
+                                texts=[{"unit": r.unit, "texts": r.to_json()["texts"]} for r in results]))
+        return
+    for r in results:
+        text, score, _ = r.best
+        typer.echo(f"unit {r.unit}: {text!r} ({score:+.4f})")
+    typer.echo(f"{basis.model}: texts of {len(chosen)} units of {basis.layer} into {out} (run {run_id})")
+
+
+def emotions(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "neurons",
+    out: OutOpt = "",
+    vocab: Annotated[str, typer.Option("--vocab", help="Emotion words: emotions (the feeling wheel) "
+                                                       "or a FILE.")] = "emotions",
+    max_units: Annotated[int, typer.Option("--max-units", min=1, help="The most units per emotion's "
+                                                                      "code.")] = 5,
+    drop_lexical: Annotated[bool, typer.Option("--drop-lexical", help="Leave out units whose top "
+                                                                      "english-10k texts share a prefix or "
+                                                                      "suffix.")] = False,
+    images: ImagesOpt = None,
+    sample: SampleOpt = 256,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Emotion codes: feeling-wheel words x the paper's 3 prompts -> unit attributions -> sparse L1 logistic
+    regression (each emotion as a few units) and NMF atlases (2 and 7 factors), stored in the atlas with a
+    PNG of the map."""
+    from neuronscope.analysis.emotion_plot import plot_emotion_atlas
+    from neuronscope.analysis.emotions import emotion_atlas, text_lexical_units
+    from neuronscope.probing.attribution import compute_basis
+    from neuronscope.probing.text_store import start_text_run
+    from neuronscope.probing.vocab import load_vocabulary
+
+    _require(model, out, "emotions")
+    started = time.monotonic()
+    loaded = load_cli_model(model, weights, device, precision)
+    words = load_vocabulary(vocab)
+    basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
+    dropped = text_lexical_units(loaded, basis, load_vocabulary("english-10k")) if drop_lexical else {}
+    result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
+    png = plot_emotion_atlas(result)
+    vocab_name = vocab if "/" not in vocab else Path(vocab).stem
+    command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
+                          vocab_name, "--max-units", str(max_units), *(["--drop-lexical"] if drop_lexical else []),
+                          "--out", Path(out).name])
+    with Atlas(out) as atlas:
+        run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
+                                config={"vocab": vocab_name, "max_units": max_units, "drop_lexical": drop_lexical,
+                                        "seed": seed, "sample": sample},
+                                dataset={"kind": "vocabulary", "name": vocab_name, "entries": len(words)})
+        codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
+                                    run_id=run_id)
+        plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png, suffix=".png",
+                                   data={"factors": [2, 7]}, run_id=run_id)
+        atlas.finish_run(run_id, images=len(basis.image_embeddings))
+    if json_out:
+        print_json(_fill_report(out, run_id, basis.model, basis.layer, basis.units, started, emotions=len(words),
+                                dropped_units=len(dropped), plot=plot["path"], codes=codes["data"]["codes"]))
+        return
+    for entry in result.to_json()["codes"][:10]:
+        units_text = ", ".join(f"{u['unit']} ({u['weight']:+.2f})" for u in entry["units"]) or "-"
+        typer.echo(f"{entry['class']:>14}: {units_text}")
+    typer.echo(f"{basis.model}: codes of {len(words)} emotions at {basis.layer} into {out} (run {run_id}); "
+               f"plot {plot['path']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attribute")(cli_command(attribute))
+    app.command("textvis")(cli_command(textvis))
+    app.command("emotions")(cli_command(emotions))

@@ -1,0 +1,48 @@
+"""Writing the text side into an atlas: unit → texts, text feature visualizations, emotion codes.
+
+The compute modules (:mod:`.attribution`, :mod:`.textvis`,
+:mod:`neuronscope.analysis.emotions`) return result objects; this module
+is the one place that turns them into atlas rows.
+
+Texts from vocabulary scoring and from text feature visualization share
+the atlas's ``texts`` table (the scores are the same attribution, read on
+the same kind of image sample), so a write *merges* with a unit's stored
+texts instead of replacing them, keeping the best ``keep`` by score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from neuronscope.activations.names import aliases_by_layer
+from neuronscope.atlas import Atlas
+from neuronscope.models.loaded import LoadedModel
+from neuronscope.probing.attribution import AttributionBasis
+
+
+def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *, command: str, kind: str,
+                   config: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> int:
+    """Record a text-side run and make its layer known to the atlas; returns the run id."""
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
+    run_id = atlas.start_run(command=command, config={**config, "sample": basis.sample},
+                             config_key=f"{kind}:{basis.model}:{basis.layer}:{key}", model=basis.model,
+                             weights_sha256=model.weights_sha256,
+                             layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
+                             precision=model.precision.name)
+    atlas.register_layer(basis.model, basis.layer, aliases=aliases, units=basis.units, grid=basis.grid, run_id=run_id)
+    return run_id
+
+
+def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
+                     scored: Mapping[int, list[tuple[str, float]]], keep: int = 50) -> None:
+    """Add texts to units' stored texts: the same text keeps its newest score; the best ``keep`` stay."""
+    merged: dict[int, list[tuple[str, float]]] = {}
+    for unit, entries in scored.items():
+        stored = {row["text"]: float(row["score"]) for row in atlas.unit(model, layer, int(unit))["texts"]}
+        stored.update({text: float(score) for text, score in entries})
+        merged[int(unit)] = sorted(stored.items(), key=lambda item: -item[1])[:keep]
+    atlas.write_unit_texts("texts", run_id, model, layer, merged)
