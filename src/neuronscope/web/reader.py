@@ -10,6 +10,7 @@ moves whenever another connection (a scan still writing) commits.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -66,9 +67,12 @@ class AtlasReader:
 
     def warm(self) -> None:
         """Read every layer's grid now (a 2560-unit layer takes ~0.1-0.5 s), so no visitor waits for it."""
-        for model in self.read(lambda atlas: atlas.models()):
-            for entry in self.read(lambda atlas: atlas.layers(model)):
-                self.read(lambda atlas: self.layer_cards(model, entry["layer"]))
+        try:
+            for model in self.read(lambda atlas: atlas.models()):
+                for entry in self.read(lambda atlas: atlas.layers(model)):
+                    self.read(lambda atlas: self.layer_cards(model, entry["layer"]))
+        except sqlite3.ProgrammingError:
+            pass  # the server stopped (and closed the atlas) before warming finished: nothing to warm for
 
     def plot(self, key: tuple, draw: Callable[[], bytes]) -> bytes:
         """A plot's bytes by key, drawn once (LRU); ``key`` must name the unit and the plot's kind."""
