@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..world.render import font_path, render_word_at
+from ..world.render import font_path, render_word_positions
 
 DEFAULT_FONTS = ("dejavu/DejaVuSans.ttf",)
 DEFAULT_SIZES = (0.5, 0.7, 0.9)
@@ -78,8 +78,9 @@ def resolve_font(name: str) -> str:
 
 def render_word_images(word: str, settings: RasterSettings, size: int, font_files: Sequence[str]) -> np.ndarray:
     """Every variant of ``word``: uint8 [fonts * sizes * positions, size, size, 3], positions fastest."""
-    images = [np.asarray(render_word_at(word, font, size, fraction, position, max_height_fraction=settings.max_height))
-              for font in font_files for fraction in settings.sizes for position in settings.positions]
+    images = [np.asarray(image) for font in font_files for fraction in settings.sizes
+              for image in render_word_positions(word, font, size, fraction, list(settings.positions),
+                                                 max_height_fraction=settings.max_height)]
     return np.stack(images)
 
 

@@ -145,14 +145,26 @@ def render_word_at(text: str, font_file: str, size: int, width_fraction: float, 
     capped by height). ``position`` = (x, y) in [0, 1]: where the text sits in
     the room left around it (0: left/top edge, 0.5: centred, 1: right/bottom).
     """
-    canvas = Image.new("RGB", (size, size), background)
+    return render_word_positions(text, font_file, size, width_fraction, [position],
+                                 max_height_fraction=max_height_fraction, background=background, ink=ink)[0]
+
+
+def render_word_positions(text: str, font_file: str, size: int, width_fraction: float,
+                          positions: list[tuple[float, float]], *, max_height_fraction: float = 0.9,
+                          background: tuple[int, int, int] = (255, 255, 255),
+                          ink: tuple[int, int, int] = (0, 0, 0)) -> list[Image.Image]:
+    """:func:`render_word_at` at several positions: the text is drawn once and pasted at each."""
     font = _fit_font(text, font_file, size * width_fraction, size * max_height_fraction)
     left, top, right, bottom = font.getbbox(text)
-    room_x, room_y = max(0, size - (right - left)), max(0, size - (bottom - top))
-    x = round(room_x * position[0]) - left
-    y = round(room_y * position[1]) - top
-    ImageDraw.Draw(canvas).text((x, y), text, font=font, fill=ink)
-    return canvas
+    tile = Image.new("RGB", (max(1, right - left), max(1, bottom - top)), background)
+    ImageDraw.Draw(tile).text((-left, -top), text, font=font, fill=ink)
+    room_x, room_y = max(0, size - tile.width), max(0, size - tile.height)
+    images = []
+    for x, y in positions:
+        canvas = Image.new("RGB", (size, size), background)
+        canvas.paste(tile, (round(room_x * x), round(room_y * y)))
+        images.append(canvas)
+    return images
 
 
 def render_word(text: str, font_file: str, rng: np.random.Generator, size: int,
