@@ -84,7 +84,8 @@ def _overlap(ours: dict[int, list[str]], paper: dict[int, list[str]], units: lis
     shared = [len(set(ours[u][:3]) & set(paper[u])) for u in units]
     listed = [max(1, len(set(paper[u]))) for u in units]  # 47 rows of the table list only two words
     top1 = [bool(paper[u]) and paper[u][0] in ours[u][:k] for u in units]
-    return OverlapStats(units=len(units), top3_overlap=round(sum(s / n for s, n in zip(shared, listed)) / len(units), 4),
+    overlap = sum(s / n for s, n in zip(shared, listed)) / len(units)
+    return OverlapStats(units=len(units), top3_overlap=round(overlap, 4),
                         any_top3=round(sum(s > 0 for s in shared) / len(units), 4),
                         paper_top1_in_top_k=round(sum(top1) / len(units), 4), k=k)
 

@@ -26,7 +26,7 @@ import torch
 from ..activations.names import aliases_by_layer, resolve_layer
 from ..activations.recorder import Recorder
 from ..activations.reduce import reduce_units
-from ..atlas.store import Atlas
+from ..atlas.store import Atlas, AtlasError
 from ..models.loaded import LoadedModel
 from .raster import RasterSettings, iter_word_batches
 
@@ -195,8 +195,6 @@ def load_word_scores(atlas: Atlas, model: str | None, layer: str,
 
     ``vocabulary`` may be omitted when the layer has one stored probe.
     """
-    from ..atlas.store import AtlasError
-
     model_key = atlas.resolve_model(model)
     canonical = atlas.resolve_layer(model_key, layer)["layer"]
     stored = {a["name"]: a for a in atlas.artifacts(model_key, canonical, "words") if a["path"]}
