@@ -89,7 +89,7 @@ class _Chart:
             axes.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM + 4}" '
                         f'stroke="#444"/><text x="{x:.2f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">'
                         f'{_label(tick, step)}</text>')
-        for count in (0, *(10 ** power for power in range(self.decades + 1))):
+        for count in (10 ** power for power in range(self.decades + 1)):  # the baseline is 0
             y = self.y(count)
             axes.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y:.2f}" y2="{y:.2f}" stroke="#444"/>'
                         f'<text x="{LEFT - 6}" y="{y + 3:.2f}" text-anchor="end">{count:,}</text>')
