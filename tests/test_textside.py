@@ -74,7 +74,9 @@ def test_basis_and_per_prompt_paths_agree_and_leave_no_hooks(tiny_rn):
     assert hook_count(tiny_rn.module) == hooks_before
     assert direct.scores.shape == (2, basis.units)
     assert direct.layer == basis.layer == tiny_rn.layer_aliases["neurons"]
-    torch.testing.assert_close(basis.scores(encode_texts(tiny_rn, prompts)), direct.scores, rtol=1e-4, atol=1e-6)
+    features = encode_texts(tiny_rn, prompts)
+    torch.testing.assert_close(basis.scores(features), direct.scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(basis.scores(features, [5, 2]), direct.scores[:, [5, 2]], rtol=1e-4, atol=1e-6)
     top = direct.top(0, 5)
     assert [entry["score"] for entry in top] == sorted((entry["score"] for entry in top), reverse=True)
 
@@ -166,10 +168,10 @@ def vocabulary_scores(mini, basis):
 def test_text_feature_vis_finds_a_text_at_least_as_strong_as_the_best_vocabulary_word(mini, basis, card_units,
                                                                                       vocabulary_scores):
     words, features = vocabulary_scores
-    units = [entry["unit"] for entry in card_units[:2]]
+    units = [card_units[0]["unit"]]  # the star unit
     best_words = basis.top_texts(words, features, units, k=1)
     for unit in units:
-        result = optimize_text(mini, basis, unit, TextVisSettings(lengths=(1, 2, 3), restarts=2, seed=0))
+        result = optimize_text(mini, basis, unit, TextVisSettings(lengths=(1, 2, 3), restarts=1, seed=0))
         word, word_score = best_words[unit][0]
         text, score, _ = result.best
         print(f"unit {unit}: best word {word!r} {word_score:.3f}; text vis {text!r} {score:.3f}")
@@ -256,9 +258,17 @@ def _invoke(*args: str):
     return result
 
 
-def test_attribute_prints_units_sorted_by_score():
+@pytest.mark.parametrize("own_images", [False, True])
+def test_attribute_prints_units_sorted_by_score(tmp_path, own_images):
+    images = []
+    if own_images:  # a user's folder instead of the bundled sample
+        from PIL import Image
+
+        for i in range(3):
+            Image.new("RGB", (40 + 10 * i, 50), (60 * i, 100, 200)).save(tmp_path / f"{i}.png")
+        images = ["--images", str(tmp_path)]
     result = _invoke("attribute", "--model", "tiny-rn", "--weights", "random", "--layer", "neurons", "--prompt",
-                     "a photo of a spider", "--top", "7", "--sample", "8", "--json")
+                     "a photo of a spider", "--top", "7", "--sample", "8", *images, "--json")
     payload = json.loads(result.stdout)
     assert payload["prompt"] == "a photo of a spider" and payload["model"] == "tiny-rn@random"
     assert payload["layer"].endswith("act3:input")

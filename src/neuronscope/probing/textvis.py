@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.probing.attribution import AttributionBasis, retrieval_weights
+from neuronscope.probing.attribution import AttributionBasis
 
 FREQUENCY_FLOOR = 1e-8
 
@@ -133,9 +133,7 @@ def _requires_grad(parameter: torch.nn.Parameter) -> Iterator[None]:
 
 def unit_score(basis: AttributionBasis, text_features: Tensor, unit: int) -> Tensor:
     """Attribution of texts [P, D] (L2-normalised) to one unit: [P], differentiable."""
-    weights = retrieval_weights(basis.image_embeddings, text_features, basis.logit_scale)  # [N, P]
-    per_image = basis.per_image[:, unit, :] @ text_features.T  # [N, P]
-    return (weights * per_image).sum(dim=0)
+    return basis.scores(text_features, [unit])[:, 0]
 
 
 def _encode(model: LoadedModel, tokens: Tensor) -> Tensor:
