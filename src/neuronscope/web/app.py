@@ -64,9 +64,11 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
     if model is not None:
         from neuronscope.web.prompts import PromptAttributor
 
-        if model.key not in reader.read(lambda atlas: atlas.models()):
-            raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds "
-                             f"{', '.join(reader.read(lambda atlas: atlas.models())) or 'no model'}")
+        held = reader.read(lambda atlas: atlas.models())
+        if model.key not in held:
+            reader.close()
+            raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds {', '.join(held) or 'no model'}: "
+                             "load the model the atlas was made with")
         layers = reader.read(lambda atlas: atlas.layers(model.key))
         prompts = PromptAttributor(model, [entry["layer"] for entry in layers])
     app.router.on_shutdown.append(reader.close)
