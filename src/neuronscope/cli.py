@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.zeroshot",
     "neuronscope.commands.scan",
     "neuronscope.commands.show",
+    "neuronscope.commands.visualize",
     "neuronscope.commands.words",
     "neuronscope.commands.reproduce",
     "neuronscope.commands.microscope",

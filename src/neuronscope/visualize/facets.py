@@ -90,7 +90,7 @@ class FacetImages:
     hashes: list[str]
 
 
-def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 400, seed: int = 0) -> FacetImages:
+def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: int = 0) -> FacetImages:
     """The mini CLIP world's facets, from its bundled test split.
 
     ``text``: word and reading images vs drawings; ``drawing``: drawings vs word

@@ -1,0 +1,193 @@
+"""``neuronscope visualize``: feature visualizations of units (plain, diverse or faceted), into an atlas or PNGs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.activations.names import resolve_layer
+from neuronscope.atlas import Atlas
+from neuronscope.commands.common import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    WeightsOpt,
+    cli_command,
+    load_cli_model,
+    print_json,
+)
+from neuronscope.errors import NeuronscopeError
+from neuronscope.runtime import parse_units, seed_everything
+from neuronscope.visualize import RenderConfig, UnitRender, render_diverse, render_units
+from neuronscope.visualize import facets
+from neuronscope.visualize.store import FeatureVisWriter, facet_probe, layer_shape
+
+
+class StepProgress:
+    """Steps/s and ETA on stderr: a rich bar on a terminal, a plain line every few seconds elsewhere."""
+
+    def __init__(self, label: str, *, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.label, self.quiet, self.every_s = label, quiet, every_s
+        self.started = self.last_line = time.monotonic()
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=None)
+            self.bar.start()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s or done == total:
+            self.last_line = now
+            rate = done / max(now - self.started, 1e-9)
+            typer.echo(f"{self.label}: step {done}/{total}, {rate:.1f} steps/s, "
+                       f"ETA {(total - done) / max(rate, 1e-9):.0f} s", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _png_name(render: UnitRender, multiple: bool) -> str:
+    if render.kind == "plain":
+        return f"{render.unit}.png"
+    if render.kind == "diverse":
+        return f"{render.unit}_{render.index}.png"
+    facet_name = render.kind.split(":", 1)[1]
+    return f"{render.unit}_{facet_name}_{render.index}.png" if multiple else f"{render.unit}_{facet_name}.png"
+
+
+def visualize(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer: name or alias (neurons).")] = "neurons",
+    units: Annotated[str, typer.Option("--units", "-u", help="Units: 0-31,550 or all.")] = "",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (Lucid: 512).")] = 512,
+    size: Annotated[Optional[int], typer.Option("--size", min=8, help="Image side (default: the model's input "
+                                                                      "size; never resized to fit).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per pass.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (Lucid 0.05; facets 0.02).")] = 0.0,
+    l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image.")] = 0.0,
+    tv: Annotated[float, typer.Option("--tv", min=0.0, help="Weight of a total-variation penalty.")] = 0.0,
+    facet: Annotated[Optional[str], typer.Option("--facet", help="Faceted render: a built-in facet "
+                                                               "(text, drawing) or a folder of facet images.")] = None,
+    generic: Annotated[Optional[str], typer.Option("--generic", help="Folder of generic images (with --facet DIR).")
+                       ] = None,
+    facet_strengths: Annotated[int, typer.Option("--facet-strengths", min=1,
+                                                 help="Images per unit, facet strength ramped 0.1 to 5 "
+                                                      "(1: strength 5 only).")] = 1,
+    diverse: Annotated[int, typer.Option("--diverse", min=0, help="N different images per unit (Lucid's "
+                                                                  "diversity objective); 0: off.")] = 0,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Atlas directory to store renders in.")] = None,
+    png: Annotated[Optional[str], typer.Option("--png", help="Folder for <unit>.png files (no atlas needed).")
+                   ] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Render feature visualizations: images optimised to make each unit fire (Lucid's recipe), one image per
+    unit, many units per pass. --diverse N: N different images per unit. --facet: steered towards a facet."""
+    if not out and not png:
+        raise NeuronscopeError("visualize needs --out ATLAS, --png DIR, or both")
+    if not units:
+        raise NeuronscopeError("no units given: pass --units, e.g. 0-31,550 or all")
+    if facet and diverse:
+        raise NeuronscopeError("--facet and --diverse are separate renders; run them one at a time")
+    if diverse == 1:
+        raise NeuronscopeError("--diverse needs at least 2 images per unit (or 0 for a plain render)")
+    if model is None:
+        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    seed_everything(seed)
+    loaded = load_cli_model(model, weights, device, precision)
+    canonical = resolve_layer(loaded.module, layer, loaded.layer_aliases, model_key=loaded.key)
+    n_units, _ = layer_shape(loaded, canonical)
+    chosen = parse_units(units, n_units)
+    default_lr = facets.FACET_LR if facet else 0.05
+    config = RenderConfig(steps=steps, lr=lr or default_lr, size=size, l2=l2, tv=tv, seed=seed)
+    kind = f"facet:{Path(facet).name if Path(facet).is_dir() else facet}" if facet else \
+        ("diverse" if diverse else "plain")
+    png_dir = Path(png) if png else None
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    written: list[dict] = []
+    atlas = Atlas(out) if out else None
+    progress = StepProgress(f"visualize {kind}", quiet=json_out and not sys.stderr.isatty())
+    writer = None
+    multiple = facet_strengths > 1
+    try:
+        if atlas is not None:
+            command = shlex.join(["neuronscope", "visualize", "--model", loaded.key, "--layer", canonical,
+                                  "--units", units, "--steps", str(steps), "--batch-size", str(batch_size),
+                                  "--seed", str(seed), "--precision", precision, "--out", Path(out).name,
+                                  *(["--facet", facet] if facet else []),
+                                  *(["--diverse", str(diverse)] if diverse else [])])
+            settings = {**config.to_dict(), "units": chosen, "batch_size": batch_size,
+                        "facet_strengths": facet_strengths if facet else None, "diverse": diverse}
+            writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)
+
+        def store(batch: list[UnitRender]) -> None:
+            """Write each pass as soon as it is done: a killed render keeps what it finished."""
+            paths = writer(batch) if writer is not None else [None] * len(batch)
+            for render, path in zip(batch, paths):
+                entry = {"unit": render.unit, "kind": render.kind, "index": render.index,
+                         "objective": round(render.objective, 6), "path": path}
+                if png_dir is not None:
+                    file = png_dir / _png_name(render, multiple)
+                    file.write_bytes(render.png())
+                    entry["png"] = str(file)
+                written.append(entry)
+
+        if facet:
+            probe = facet_probe(loaded, facet, generic, atlas)
+            facets.render_faceted(loaded, canonical, chosen, probe,
+                                  strengths=facets.facet_strengths(facet_strengths), batch_size=batch_size,
+                                  config=config, on_step=progress, on_pass=store)
+        elif diverse:
+            for number, unit in enumerate(chosen):
+                def step_hook(done: int, total: int, n: int = number) -> None:
+                    progress(n * total + done, len(chosen) * total)
+                store(render_diverse(loaded, canonical, unit, diverse, config=config, on_step=step_hook))
+        else:
+            render_units(loaded, canonical, chosen, batch_size=batch_size, config=config, on_step=progress,
+                         on_pass=store)
+        if writer is not None:
+            writer.finish()
+    finally:
+        progress.close()
+        if atlas is not None:
+            atlas.close()
+    run_id = writer.run_id if writer is not None else None
+    seconds = time.perf_counter() - started
+    if json_out:
+        print_json({"atlas": out, "run_id": run_id, "model": loaded.key, "layers": [canonical],
+                    "units": len(chosen), "seconds": round(seconds, 3), "skipped": {}, "kind": kind,
+                    "renders": written})
+        return
+    where = " and ".join(filter(None, [f"{out} (run {run_id})" if out else None, png]))
+    typer.echo(f"{loaded.key}: {len(written)} {kind} render(s) of {len(chosen)} unit(s) of {canonical} "
+               f"in {seconds:.1f} s ({steps} steps) -> {where}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("visualize")(cli_command(visualize))
