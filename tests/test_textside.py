@@ -65,16 +65,18 @@ def split():
 # ---------------------------------------------------------------------------- text -> units
 
 
-def test_basis_and_per_prompt_paths_agree_and_leave_no_hooks(tiny_rn):
+@pytest.mark.parametrize("model_fixture", ["tiny_rn", "tiny_vit"])
+def test_basis_and_per_prompt_paths_agree_and_leave_no_hooks(request, model_fixture):
+    model = request.getfixturevalue(model_fixture)  # a ResNet's act3:input maps or a ViT's mlp.gelu tokens
     sample = ImageSample(torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)), [], "noise")
-    hooks_before = hook_count(tiny_rn.module)
+    hooks_before = hook_count(model.module)
     prompts = ["a photo of a spider", "a diagram"]
-    direct = attribute_texts(tiny_rn, "neurons", prompts, sample, batch_size=4)  # two image batches
-    basis = compute_basis(tiny_rn, "neurons", sample, batch_size=4)
-    assert hook_count(tiny_rn.module) == hooks_before
+    direct = attribute_texts(model, "neurons", prompts, sample, batch_size=4)  # two image batches
+    basis = compute_basis(model, "neurons", sample, batch_size=4)
+    assert hook_count(model.module) == hooks_before
     assert direct.scores.shape == (2, basis.units)
-    assert direct.layer == basis.layer == tiny_rn.layer_aliases["neurons"]
-    features = encode_texts(tiny_rn, prompts)
+    assert direct.layer == basis.layer == model.layer_aliases["neurons"]
+    features = encode_texts(model, prompts)
     torch.testing.assert_close(basis.scores(features), direct.scores, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(basis.scores(features, [5, 2]), direct.scores[:, [5, 2]], rtol=1e-4, atol=1e-6)
     top = direct.top(0, 5)
