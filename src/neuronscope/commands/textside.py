@@ -23,6 +23,7 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
+from neuronscope.commands.words import vocabulary_name
 from neuronscope.errors import NeuronscopeError
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
@@ -111,7 +112,7 @@ def attribute(
     chosen = parse_units(units, basis.units)
     entries = load_vocabulary(vocab)
     texts = [template.format(entry) for entry in entries]
-    vocab_name = vocab if "/" not in vocab else Path(vocab).stem
+    vocab_name = vocabulary_name(vocab)
     command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
                           vocab_name, "--template", template, "--units", units, "--top-k", str(top_k),
                           "--sample", str(sample), "--out", Path(out).name])
@@ -234,7 +235,7 @@ def emotions(
     dropped = text_lexical_units(loaded, basis, load_vocabulary("english-10k")) if drop_lexical else {}
     result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
     png = plot_emotion_atlas(result)
-    vocab_name = vocab if "/" not in vocab else Path(vocab).stem
+    vocab_name = vocabulary_name(vocab)
     command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
                           vocab_name, "--max-units", str(max_units), *(["--drop-lexical"] if drop_lexical else []),
                           "--out", Path(out).name])
