@@ -26,6 +26,7 @@ from neuronscope.probing.attribution import (
     attribute_texts,
     compute_basis,
     default_image_sample,
+    image_sample_from,
 )
 from neuronscope.probing.textvis import TextVisSettings, optimize_text
 from neuronscope.probing.vocab import load_vocabulary
@@ -81,6 +82,19 @@ def test_basis_and_per_prompt_paths_agree_and_leave_no_hooks(request, model_fixt
     torch.testing.assert_close(basis.scores(features, [5, 2]), direct.scores[:, [5, 2]], rtol=1e-4, atol=1e-6)
     top = direct.top(0, 5)
     assert [entry["score"] for entry in top] == sorted((entry["score"] for entry in top), reverse=True)
+
+
+def test_image_sample_from_a_folder_decodes_the_drawn_files_and_passes_over_bad_ones(tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (30 + 5 * i, 20), (50 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"")
+    sample = image_sample_from(str(tmp_path), n=3, seed=0, size=32)
+    assert sample.pixels.shape == (3, 3, 32, 32) and 0 <= float(sample.pixels.min()) <= float(sample.pixels.max()) <= 1
+    assert "broken.png" not in sample.names and len(set(sample.names)) == 3
+    everything = image_sample_from(str(tmp_path), n=10, seed=1, size=32)
+    assert sorted(everything.names) == [f"{i}.png" for i in range(4)]
 
 
 def test_gradient_is_taken_on_the_layer_the_forward_used(tiny_rn):

@@ -99,21 +99,32 @@ def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0) -> ImageSa
 def image_sample_from(source: str, n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, size: int = 224) -> ImageSample:
     """Up to ``n`` images of a folder, ``.tar`` shard or path list, drawn at random (seeded).
 
+    Only the drawn files are decoded (unreadable ones are passed over for the
+    next in the draw), so a large folder costs its listing, not its pixels.
     Images are resized to ``size`` (square) here only so that they stack; the
     model's own contract resizes them again when they are encoded.
     """
     from PIL import Image
 
-    from neuronscope.imagefiles import SkippedFile
-    from neuronscope.mining.sources import iter_decoded
+    from neuronscope.imagefiles import SkippedFile, decode_image_bytes
+    from neuronscope.mining.sources import open_source
 
-    decoded = [(name, image) for name, image in iter_decoded([source]) if not isinstance(image, SkippedFile)]
-    if not decoded:
+    listed = open_source(source)
+    picked: list[tuple[int, str, Image.Image]] = []
+    for index in np.random.default_rng(seed).permutation(len(listed.entries)):
+        entry = listed.entries[int(index)]
+        try:
+            picked.append((int(index), entry.name, decode_image_bytes(entry.read(), entry.name)))
+        except (SkippedFile, OSError):
+            continue
+        if len(picked) == n:
+            break
+    if not picked:
         raise NeuronscopeError(f"--images {source}: no readable images; give a folder, .tar shard or .txt list")
-    picks = np.sort(np.random.default_rng(seed).choice(len(decoded), size=min(n, len(decoded)), replace=False))
-    arrays = [np.asarray(decoded[i][1].convert("RGB").resize((size, size), Image.BICUBIC)) for i in picks]
+    picked.sort(key=lambda item: item[0])  # listing order, like the bundled sample
+    arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC)) for _, _, image in picked]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
-    return ImageSample(pixels, [decoded[i][0] for i in picks], source)
+    return ImageSample(pixels, [name for _, name, _ in picked], listed.name)
 
 
 # ---------------------------------------------------------------------------- gradients w.r.t. the layer
