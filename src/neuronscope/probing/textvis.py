@@ -24,6 +24,7 @@ random proposals instead.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -86,27 +87,40 @@ class TextVisResult:
                 "texts": [{"text": t, "score": round(s, 6), "objective": round(o, 6)} for t, s, o in self.texts]}
 
 
+@functools.lru_cache(maxsize=1)
+def _word_tokens() -> tuple[Tensor, tuple[str, ...]]:
+    """Ids [V] of the BPE's whole alphabetic words and the words, ascending by id (the tokenizer is global)."""
+    import open_clip
+
+    tokenizer = open_clip.tokenizer._tokenizer  # the BPE that open_clip.tokenize (and encode_texts) uses
+    pairs = sorted((i, token[:-4]) for token, i in tokenizer.encoder.items()
+                   if token.endswith("</w>") and token[:-4].isalpha())
+    return torch.tensor([i for i, _ in pairs]), tuple(word for _, word in pairs)
+
+
+@functools.lru_cache(maxsize=1)
+def _log10_frequencies() -> Tensor:
+    """log10 of each word token's English frequency in wordfreq, floored: [V]."""
+    from wordfreq import word_frequency
+
+    return torch.tensor([max(word_frequency(word, "en"), FREQUENCY_FLOOR) for word in _word_tokens()[1]]).log10()
+
+
 class _TokenSpace:
     """The tokens a climb may use (whole alphabetic words), their embeddings and prior terms."""
 
     def __init__(self, model: LoadedModel, prior_weight: float) -> None:
         import open_clip
 
-        tokenizer = open_clip.tokenizer._tokenizer  # the BPE open_clip's CLIP towers use
-        self.decoder = tokenizer.decoder
+        tokenizer = open_clip.tokenizer._tokenizer
         self.sot = tokenizer.encoder["<start_of_text>"]
         self.eot = tokenizer.encoder["<end_of_text>"]
-        ids = [i for token, i in tokenizer.encoder.items() if token.endswith("</w>") and token[:-4].isalpha()]
-        self.ids = torch.tensor(sorted(ids))  # [V]
+        self.ids, self.words = _word_tokens()  # [V], V words
         self.context_length = int(getattr(model.module, "context_length", 77))
         embedding = getattr(model.module, "token_embedding", None)
         self.embeddings = embedding.weight.detach()[self.ids].float() if embedding is not None else None  # [V, d]
-        self.log_prior = torch.zeros(len(self.ids))  # [V] log10 frequency, 0 when the prior is off
-        if prior_weight:
-            from wordfreq import word_frequency
-
-            self.log_prior = torch.tensor([
-                max(word_frequency(self.decoder[int(i)][:-4], "en"), FREQUENCY_FLOOR) for i in self.ids]).log10()
+        # [V] log10 frequency; zeros when the prior is off (no wordfreq lookups)
+        self.log_prior = _log10_frequencies() if prior_weight else torch.zeros(len(self.ids))
 
     def token_rows(self, choices: Tensor) -> Tensor:
         """Token ids [K, context] for rows of vocabulary positions [K, L]: <sot> tokens <eot> padding."""
@@ -117,7 +131,7 @@ class _TokenSpace:
         return rows
 
     def text(self, choice: Tensor) -> str:
-        return " ".join(self.decoder[int(self.ids[int(c)])][:-4] for c in choice)
+        return " ".join(self.words[int(c)] for c in choice)
 
 
 @contextmanager
