@@ -25,6 +25,7 @@ from neuronscope.visualize import (
     CropOrPad,
     FFTImage,
     Jitter,
+    RandomAffine,
     RandomRotate,
     RandomScale,
     RenderConfig,
@@ -49,14 +50,16 @@ def test_fft_image_starts_near_grey_and_alpha_adds_a_channel():
 
 def test_transforms_keep_dtype_and_device_and_standard_amounts_scale_with_size():
     images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
-    for transform in (Jitter(3), RandomScale([0.9, 1.1]), RandomRotate([-10, 10]), CropOrPad((50, 70))):
+    for transform in (Jitter(3), RandomScale([0.9, 1.1]), RandomRotate([-10, 10]), RandomAffine([0.9], [5]),
+                      CropOrPad((50, 70))):
         out = transform(images)
         assert out.dtype == images.dtype and out.device == images.device
     assert Jitter(3)(images).shape == (2, 3, 61, 61)
     assert CropOrPad((50, 70))(images).shape == (2, 3, 50, 70)
     small, large = standard_transforms(64), standard_transforms(224)
-    assert (small[0].pixels, small[1].pixels, small[4].pixels) == (3, 2, 1)
-    assert (large[0].pixels, large[1].pixels, large[4].pixels) == (12, 8, 4)
+    assert (small[0].pixels, small[1].pixels, small[3].pixels) == (3, 2, 1)
+    assert (large[0].pixels, large[1].pixels, large[3].pixels) == (12, 8, 4)
+    assert (min(small[2].scales), max(small[2].scales), min(small[2].angles)) == (0.9, 1.1, -10)
 
 
 def test_redirected_relu_lets_a_dead_unit_take_off_and_keeps_a_live_gradient():

@@ -22,6 +22,7 @@ from neuronscope.visualize.transforms import (
     CropOrPad,
     Jitter,
     Pad,
+    RandomAffine,
     RandomRotate,
     RandomScale,
     Transforms,
@@ -30,7 +31,7 @@ from neuronscope.visualize.transforms import (
 from neuronscope.visualize.units import render_diverse, render_units
 
 __all__ = [
-    "CropOrPad", "FFTImage", "Jitter", "Pad", "PixelImage", "RandomRotate", "RandomScale", "RenderConfig",
+    "CropOrPad", "FFTImage", "Jitter", "Pad", "PixelImage", "RandomAffine", "RandomRotate", "RandomScale", "RenderConfig",
     "RenderResult", "Transforms", "UnitRender",
     "frozen", "make_param", "png_bytes", "redirect_relus", "redirected_relu", "render", "render_diverse",
     "render_units", "standard_transforms", "to_pil",

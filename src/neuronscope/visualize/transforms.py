@@ -104,6 +104,34 @@ class RandomRotate(RandomTransform):
         return f"angles={min(self.angles):g}..{max(self.angles):g} deg"
 
 
+class RandomAffine(RandomTransform):
+    """Scale and rotate each image in one resample (a scale from ``scales``, an angle in degrees from ``angles``).
+
+    Lucid resized, then rotated: two resamples. One affine grid does both at a
+    third of the cost of the pair's backward, and keeps the canvas size (a
+    zoom-out fills with grey, a zoom-in crops): the standard stack uses this.
+    """
+
+    def __init__(self, scales: Sequence[float], angles: Sequence[float], fill: float = 0.5) -> None:
+        super().__init__()
+        self.scales, self.angles, self.fill = tuple(scales), tuple(angles), fill
+
+    def forward(self, images: Tensor) -> Tensor:
+        count = images.shape[0]
+        scale = torch.tensor(self._choice(self.scales, count))
+        radians = torch.tensor(self._choice(self.angles, count)) * (math.pi / 180)
+        cos, sin = radians.cos() / scale, radians.sin() / scale  # output -> input coordinates: shrink to zoom in
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+        grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+        return F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False) + self.fill
+
+    def extra_repr(self) -> str:
+        return (f"scales={min(self.scales):g}..{max(self.scales):g}, "
+                f"angles={min(self.angles):g}..{max(self.angles):g} deg")
+
+
 class CropOrPad(nn.Module):
     """Centre-crop or grey-pad to ``size`` (H, W): how a render meets the model's input size, never by resizing."""
 
@@ -141,8 +169,8 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
                         scales: Sequence[float] | None = None, angles: Sequence[float] | None = None) -> Transforms:
     """Lucid's standard transforms, their pixel amounts scaled to the image's side (224 px = Lucid's).
 
-    pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02, angles -10..10 deg (0 five more
-    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px.
+    pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02 with angles -10..10 deg (0 five more
+    times) in one :class:`RandomAffine`, jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px.
     """
     side = size if isinstance(size, int) else max(size)
     ratio = side / 224
@@ -153,7 +181,7 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
     return Transforms(
         Pad(scaled(12) if pad is None else pad),
         Jitter(scaled(8) if jitter is None else jitter),
-        RandomScale(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)]),
-        RandomRotate(angles if angles is not None else [*range(-10, 11), *[0] * 5]),
+        RandomAffine(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)],
+                     angles if angles is not None else [*range(-10, 11), *[0] * 5]),
         Jitter(scaled(4) if jitter is None else max(1, jitter // 2)),
     )
