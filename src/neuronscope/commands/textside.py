@@ -139,7 +139,7 @@ def textvis(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
-    units: Annotated[str, typer.Option("--units", help="Units to visualize (0-31,550 or all).")] = "0",
+    units: Annotated[str, typer.Option("--units", help="Units to visualize (0-31,550 or all).")] = "",
     out: OutOpt = "",
     lengths: Annotated[str, typer.Option("--lengths", help="Text lengths in BPE tokens, comma-separated.")] = "1,2,3",
     restarts: Annotated[int, typer.Option("--restarts", min=1, help="Random starts per length.")] = 2,
@@ -166,6 +166,8 @@ def textvis(
     from neuronscope.runtime import parse_units
 
     _require(model, out, "textvis")
+    if not units:
+        raise NeuronscopeError("textvis needs --units (e.g. 0-31,550 or all): which units' texts to optimize")
     try:
         length_values = tuple(int(v) for v in lengths.split(",") if v.strip())
     except ValueError:
