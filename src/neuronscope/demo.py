@@ -1,122 +1,256 @@
-"""The interim main job: load a model, list its layers, summarise its neurons on a few images.
+"""The main job: an atlas of the bundled mini CLIP, built stage by stage, then browsed.
 
-Compute only; ``neuronscope demo`` prints the :class:`DemoReport`.
+    from neuronscope.demo import DemoSettings, build_demo_atlas
+    outcome = build_demo_atlas(load_model("mini-clip"), "demo-atlas", DemoSettings(steps=128))
+
+Stages, in order, each storing its results in the atlas as it goes:
+
+    scan        the bundled test split through the ``neurons`` layer: top examples, histograms
+    labels      the model card's multimodal units, labelled with their concepts
+    featurevis  a plain feature visualization of every unit
+    facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units
+    words       rastered-word probing over a vocabulary
+    texts       each unit's top texts by text-side attribution
+
+A stage whose results are already in the atlas (from the same settings) is
+reused, and the feature-vis stages render only the units still missing, so a
+demo that was killed, started again, goes on where it stopped. Compute lives
+in the modules each stage calls; this module only orders them.
 """
 
 from __future__ import annotations
 
-import io
-import random
-import tarfile
-from dataclasses import dataclass, field
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image, ImageDraw
-
-from neuronscope.activations import LayerInfo, Recorder, list_layers, spatial_max, spatial_mean
+from neuronscope.activations.names import resolve_layer
+from neuronscope.atlas import Atlas
 from neuronscope.models import LoadedModel
+from neuronscope.models.bundled import TEST_SPLIT_FILE, bundled_dir
+
+#: ``progress(stage, done, total)``: the command draws bars from it.
+StageProgress = Callable[[str, int, int], None]
+
+STAGES = ("scan", "labels", "featurevis", "facets", "words", "texts")
 
 
 @dataclass(frozen=True)
-class UnitScore:
-    unit: int
-    score: float
+class DemoSettings:
+    """What the demo builds. The defaults take about 10 minutes on a 2-core CPU (see the README).
+
+    Attributes:
+        layer: the layer mapped (``neurons``: the last block's pre-ReLU sum).
+        steps: optimiser steps per feature visualization (Lucid's 512; 128 keeps the demo short).
+        units: units rendered (``all`` or ``0-31,40``); scan and words always cover the whole layer.
+        images: scan an evenly spaced subset of this many split images (None: all of them).
+        vocabulary: the rastered-word vocabulary (``english-10k``, another built-in, or a file).
+        facets: built-in facets rendered for the card's units.
+        skip: stages not to run.
+        batch_size: images per forward / units per render pass.
+        seed: seeds renders and sampling.
+    """
+
+    layer: str = "neurons"
+    steps: int = 128
+    units: str = "all"
+    images: int | None = None
+    vocabulary: str = "english-10k"
+    facets: tuple[str, ...] = ("text", "drawing")
+    skip: tuple[str, ...] = ()
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.skip) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown demo stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
 
 
 @dataclass(frozen=True)
-class ImageTop:
-    """The units an image excites most: max over space, with the cell (row, col)."""
+class StageReport:
+    """What one stage did: ``built`` (computed now), ``reused`` (already in the atlas) or ``skipped``."""
 
-    image: str
-    top: list[dict[str, Any]]
+    stage: str
+    status: str
+    seconds: float
+    summary: str
 
 
 @dataclass
-class DemoReport:
+class DemoOutcome:
+    """The atlas the demo built and what each stage did."""
+
+    atlas: Path
     model: str
     layer: str
-    precision: str
-    precision_reason: str
-    image_source: str
-    layers: list[LayerInfo]
-    stats: dict[str, float]
-    top_units: list[UnitScore]
-    images: list[ImageTop] = field(default_factory=list)
-    note: str | None = None
+    settings: DemoSettings
+    stages: list[StageReport] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(stage.seconds for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "layer": self.layer, "precision": self.precision,
-            "precision_reason": self.precision_reason, "note": self.note,
-            "image_source": self.image_source, "stats": self.stats,
-            "top_units": [{"unit": u.unit, "score": u.score} for u in self.top_units],
-            "images": [{"image": i.image, "top": i.top} for i in self.images],
-            "layers": [info.to_dict() for info in self.layers],
-        }
+        return {"atlas": str(self.atlas), "model": self.model, "layer": self.layer,
+                "settings": asdict(self.settings), "seconds": round(self.seconds, 3),
+                "stages": [asdict(stage) for stage in self.stages]}
 
 
-def images_from_tar(path: Path, count: int) -> list[tuple[str, Image.Image]]:
-    """The first ``count`` PNGs of a tar shard (member name, RGB image), in archive order."""
-    found: list[tuple[str, Image.Image]] = []
-    with tarfile.open(path) as archive:
-        for member in archive:
-            if len(found) >= count:
-                break
-            if member.isfile() and member.name.lower().endswith(".png"):
-                data = archive.extractfile(member)
-                if data is not None:
-                    found.append((member.name, Image.open(io.BytesIO(data.read())).convert("RGB")))
-    return found
+def test_split_path() -> Path:
+    """The bundled mini CLIP's held-out split (a tar shard of PNGs), which the demo scans."""
+    return bundled_dir() / TEST_SPLIT_FILE
 
 
-def synthetic_images(count: int, size: int, seed: int) -> list[tuple[str, Image.Image]]:
-    """Seeded shapes on plain backgrounds: stand-ins when no test split is shipped."""
-    rng = random.Random(seed)
-    images = []
-    for index in range(count):
-        background = tuple(rng.randrange(256) for _ in range(3))
-        image = Image.new("RGB", (size, size), background)
-        draw = ImageDraw.Draw(image)
-        for _ in range(rng.randint(1, 4)):
-            colour = tuple(rng.randrange(256) for _ in range(3))
-            x0, y0 = rng.randrange(size // 2), rng.randrange(size // 2)
-            x1, y1 = x0 + rng.randint(size // 8, size // 2), y0 + rng.randint(size // 8, size // 2)
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-        images.append((f"synthetic-{index:02d}", image))
-    return images
+def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoSettings = DemoSettings(), *,
+                     progress: StageProgress | None = None) -> DemoOutcome:
+    """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
+    layer = resolve_layer(model.module, settings.layer, model.layer_aliases, model_key=model.key)
+    outcome = DemoOutcome(Path(atlas_path), model.key, layer, settings)
+    report = progress or (lambda stage, done, total: None)
+    steps: dict[str, Callable[[Atlas], tuple[str, str]]] = {
+        "scan": lambda atlas: _scan(model, atlas, layer, settings, report),
+        "labels": lambda atlas: _labels(model, atlas),
+        "featurevis": lambda atlas: _featurevis(model, atlas, layer, settings, report),
+        "facets": lambda atlas: _facets(model, atlas, layer, settings, report),
+        "words": lambda atlas: _words(model, atlas, layer, settings, report),
+        "texts": lambda atlas: _texts(model, atlas, layer, settings, report),
+    }
+    with Atlas(atlas_path) as atlas:
+        for stage in STAGES:
+            started = time.perf_counter()
+            if stage in settings.skip:
+                status, summary = "skipped", "--skip"
+            else:
+                status, summary = steps[stage](atlas)
+            outcome.stages.append(StageReport(stage, status, round(time.perf_counter() - started, 3), summary))
+    return outcome
 
 
-def demo_report(model: LoadedModel, images: list[tuple[str, Image.Image]], *, image_source: str,
-                layer: str = "neurons", top: int = 5, batch_size: int = 8, note: str | None = None) -> DemoReport:
-    """Layers of ``model`` and a summary of ``layer`` over ``images``."""
-    names = [name for name, _ in images]
-    maps: list[torch.Tensor] = []
-    with Recorder(model, layer, early_stop=True) as recorder:
-        canonical = recorder.layers[0]
-        for start in range(0, len(images), batch_size):
-            batch = [image for _, image in images[start:start + batch_size]]
-            maps.append(recorder.run(batch)[canonical].float().cpu())
-    acts = torch.cat(maps)  # [N, C, H, W] (or tokens [N, T, D])
-    grid = model.token_grid if acts.ndim == 3 else None
-    means = spatial_mean(acts, grid=grid)  # [N, C]
-    peaks, cells = spatial_max(acts, grid=grid)  # [N, C], [N, C, 2]
-    overall = means.mean(dim=0)  # [C]
-    best = overall.topk(min(top, overall.numel()))
-    per_image = []
-    for row, name in enumerate(names):
-        values, units = peaks[row].topk(min(top, peaks.shape[1]))
-        per_image.append(ImageTop(name, [
-            {"unit": int(u), "activation": round(float(v), 4), "cell": [int(c) for c in cells[row, u]]}
-            for v, u in zip(values, units)
-        ]))
-    stats = {"mean": float(acts.mean()), "std": float(acts.std()), "max": float(acts.max()), "min": float(acts.min()),
-             "units": int(means.shape[1]), "images": len(names)}
-    return DemoReport(
-        model=model.key, layer=canonical, precision=model.precision.name,
-        precision_reason=model.precision.reason, image_source=image_source,
-        layers=list_layers(model), stats={k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-        top_units=[UnitScore(int(u), round(float(v), 4)) for v, u in zip(best.values, best.indices)],
-        images=per_image, note=note,
-    )
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+          report: StageProgress) -> tuple[str, str]:
+    from neuronscope.imagefiles import PILLOW_MAX_PIXELS
+    from neuronscope.mining import ScanSettings, open_source, scan
+    from neuronscope.mining.scanner import scan_config
+
+    source = open_source(test_split_path())
+    if settings.images is not None and settings.images < len(source):
+        stride = len(source) / settings.images
+        source = replace(source, entries=tuple(source.entries[int(i * stride)] for i in range(settings.images)))
+    scan_settings = ScanSettings(top_k=48, bottom_k=48, seed=settings.seed)
+    _, config_key = scan_config(model, [layer], source, scan_settings, PILLOW_MAX_PIXELS)
+    if atlas.finished_run(config_key) is not None:
+        return "reused", f"{len(source)} images scanned earlier"
+    outcome = scan(model, source, atlas, [layer], settings=scan_settings, batch_size=settings.batch_size,
+                   workers=1, command=f"neuronscope demo (scan of {source.name})",
+                   on_batch=lambda p: report("scan", p.done, p.total))
+    return "built", f"{outcome.images} images, {outcome.layers[0].units} units"
+
+
+def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
+    from neuronscope.models.bundled import load_card
+
+    card = load_card()
+    units = card["multimodal"]["units"]
+    for unit in units:
+        atlas.set_label(model.key, unit["layer"], unit["unit"], unit["concept"], source="world-card")
+    return "built", f"{len(units)} card units labelled with their concepts"
+
+
+def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+                report: StageProgress) -> tuple[str, str]:
+    from neuronscope.runtime import parse_units
+    from neuronscope.visualize import RenderConfig, render_units
+    from neuronscope.visualize.store import FeatureVisWriter, layer_shape
+
+    config = RenderConfig(steps=settings.steps, seed=settings.seed)
+    units = parse_units(settings.units, layer_shape(model, layer)[0])
+    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings={**config.to_dict(), "units": units},
+                                    command=f"neuronscope demo (visualize --units {settings.units} "
+                                            f"--steps {settings.steps})")
+    missing = writer.missing(units)
+    if missing:
+        render_units(model, layer, missing, batch_size=settings.batch_size, config=config, on_pass=writer,
+                     on_step=lambda done, total: report("featurevis", done, total))
+    writer.finish()
+    if not missing:
+        return "reused", f"{len(units)} units rendered earlier"
+    return "built", f"{len(missing)} units rendered ({len(units) - len(missing)} earlier), {settings.steps} steps"
+
+
+def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+            report: StageProgress) -> tuple[str, str]:
+    from neuronscope.models.bundled import load_card
+    from neuronscope.visualize import RenderConfig
+    from neuronscope.visualize.facets import FACET_LR, render_faceted
+    from neuronscope.visualize.store import FeatureVisWriter, facet_probe
+
+    units = [entry["unit"] for entry in load_card()["multimodal"]["units"] if entry["layer"] == layer]
+    config = RenderConfig(steps=settings.steps, lr=FACET_LR, seed=settings.seed)
+    rendered, summaries = 0, []
+    for facet in settings.facets:
+        writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
+                                        settings={**config.to_dict(), "units": units},
+                                        command=f"neuronscope demo (visualize --facet {facet})")
+        missing = writer.missing(units)
+        if missing:
+            probe = facet_probe(model, facet, atlas=atlas)
+            render_faceted(model, layer, missing, probe, batch_size=settings.batch_size, config=config,
+                           on_pass=writer, on_step=lambda done, total, f=facet: report(f"facet {f}", done, total))
+            summaries.append(f"{facet} (probe accuracy {min(probe.accuracy.values()):.2f} or better)")
+        writer.finish()
+        rendered += len(missing)
+    if not rendered:
+        return "reused", f"facets {', '.join(settings.facets)} of {len(units)} card units rendered earlier"
+    return "built", f"{rendered} faceted renders of the card's units: {', '.join(summaries)}"
+
+
+def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+           report: StageProgress) -> tuple[str, str]:
+    from neuronscope.commands.words import vocabulary_name
+    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.words import probe_words, save_word_probe
+
+    name = vocabulary_name(settings.vocabulary)
+    if atlas.artifact(model.key, layer, "words", name) is not None:
+        return "reused", f"words of {name} probed earlier"
+    words = load_vocabulary(settings.vocabulary)
+    probe = probe_words(model, layer, words, batch_size=256, workers=1,
+                        on_batch=lambda done, total: report("words", done, total))
+    save_word_probe(atlas, probe, model, vocabulary=name, command=f"neuronscope demo (words --vocab {name})")
+    return "built", f"{len(words)} words of {name} rastered, {probe.settings.variants} images each"
+
+
+def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+           report: StageProgress) -> tuple[str, str]:
+    from neuronscope.commands.words import vocabulary_name
+    from neuronscope.probing.attribution import compute_basis
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.zeroshot import encode_texts
+    from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
+
+    name = vocabulary_name(settings.vocabulary)
+    config = {"vocab": name, "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed}
+    key_prefix = f"attribute:{model.key}:{layer}:"
+    done = [run for run in atlas.runs() if run["config_key"].startswith(key_prefix)
+            and run["status"] == "finished" and {k: run["config"].get(k) for k in config} == config]
+    if done:
+        return "reused", f"texts of {name} attributed earlier"
+    report("texts", 0, 1)
+    basis = compute_basis(model, layer)
+    texts = [ZEROSHOT_TEMPLATE.format(word) for word in load_vocabulary(settings.vocabulary)]
+    run_id = start_text_run(atlas, model, basis, command=f"neuronscope demo (attribute --vocab {name})",
+                            kind="attribute", config=config,
+                            dataset={"kind": "vocabulary", "name": name, "entries": len(texts)})
+    scored = basis.top_texts(texts, encode_texts(model, texts), list(range(basis.units)), config["top_k"])
+    merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
+    atlas.finish_run(run_id)
+    report("texts", 1, 1)
+    return "built", f"top texts of {len(texts)} prompts for {basis.units} units"

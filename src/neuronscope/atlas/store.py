@@ -209,6 +209,12 @@ class Atlas:
                               "ORDER BY id DESC LIMIT 1", (config_key,)).fetchone()
         return int(row["id"]) if row else None
 
+    def finished_run(self, config_key: str) -> int | None:
+        """The latest finished run with this config (a command whose results are already here), if any."""
+        row = self.db.execute("SELECT id FROM runs WHERE config_key = ? AND status = 'finished' "
+                              "ORDER BY id DESC LIMIT 1", (config_key,)).fetchone()
+        return int(row["id"]) if row else None
+
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
@@ -414,6 +420,12 @@ class Atlas:
                 [(model, layer, int(r["unit"]), r["kind"], path, _finite(r["objective"]), r.get("description"),
                   run_id) for r, path in zip(renders, paths)])
         return paths
+
+    def rendered_units(self, model: str, layer: str, kind: str) -> set[int]:
+        """Units of a layer that hold at least one render of ``kind`` (a resumed render skips them)."""
+        rows = self.db.execute("SELECT DISTINCT unit FROM featurevis WHERE model = ? AND layer = ? AND kind = ?",
+                               (model, layer, kind))
+        return {int(row["unit"]) for row in rows}
 
     def write_unit_texts(self, table: str, run_id: int | None, model: str, layer: str,
                          scored: Mapping[int, list[tuple[str, float]]]) -> None:

@@ -1,13 +1,17 @@
-"""``neuronscope demo``: the interim main job (``make demo``).
+"""``neuronscope demo``: the main job (``make demo``).
 
-Loads the bundled mini CLIP (or, until it ships, ``tiny-rn`` with random
-weights, saying so), prints its main layers and a summary of its ``neurons``
-layer over a few images of the shipped test split (or synthetic images).
+Builds (or completes) an atlas of the bundled mini CLIP over its bundled test
+split: scan, labels, feature visualization of every unit of ``neurons``,
+faceted renders, rastered words and text-side texts; then serves it in the
+microscope (``--no-serve`` only builds; ``--site DIR`` also writes a static site).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -24,73 +28,99 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
-from neuronscope.demo import DemoReport, demo_report, images_from_tar, synthetic_images
-from neuronscope.errors import BundledModelMissing
-from neuronscope.models import RANDOM, LoadedModel, load_model
-from neuronscope.models.bundled import TEST_SPLIT_FILE, bundled_dir
+from neuronscope.demo import STAGES, DemoSettings, build_demo_atlas
 from neuronscope.runtime import seed_everything
 
-FALLBACK = "tiny-rn"
 
+class StageBars:
+    """One progress bar per stage on a terminal; elsewhere a line per stage every ``every_s`` seconds."""
 
-def _load(model: str | None, weights: str | None, device: str, precision: str) -> tuple[LoadedModel, str | None]:
-    if model is not None:
-        return load_cli_model(model, weights, device, precision), None
-    try:
-        return load_cli_model("mini-clip", weights, device, precision), None
-    except BundledModelMissing as missing:
-        note = f"{missing}. Showing {FALLBACK} with random weights instead."
-        return load_model(FALLBACK, weights=RANDOM, device=device, precision=precision), note
+    def __init__(self, quiet: bool, every_s: float = 15.0) -> None:
+        self.quiet = quiet
+        self.every_s = every_s
+        self.tasks: dict[str, int] = {}
+        self.last_line: dict[str, float] = {}
+        self.bars = None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+            self.bars.start()
 
-def _print(report: DemoReport) -> None:
-    echo = typer.echo
-    echo(f"model {report.model}  precision {report.precision} ({report.precision_reason})")
-    main = [info for info in report.layers if info.aliases or info.name.count(".") <= 2 and ":" not in info.name]
-    echo(f"\n{len(report.layers)} hookable layers; the main ones (`neuronscope layers {report.model}` lists all):")
-    width = max(len(info.name) for info in main)
-    for info in main:
-        aliases = f"  = {', '.join(info.aliases)}" if info.aliases else ""
-        echo(f"  {info.name:<{width}}  {'x'.join(map(str, info.shape))}{aliases}")
-    stats = report.stats
-    echo(f"\n{report.layer} over {stats['images']} images ({report.image_source}): "
-         f"mean {stats['mean']:.4f}  std {stats['std']:.4f}  max {stats['max']:.4f}  min {stats['min']:.4f}  "
-         f"({stats['units']} units)")
-    echo("top units by mean activation: " + ", ".join(f"{u.unit} ({u.score:.3f})" for u in report.top_units))
-    echo("per image, top units by max activation (unit: value @ row,col):")
-    for item in report.images:
-        tops = ", ".join(f"{t['unit']}: {t['activation']:.3f} @ {t['cell'][0]},{t['cell'][1]}" for t in item.top)
-        echo(f"  {item.image}: {tops}")
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bars is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bars.add_task(stage, total=total)
+            self.bars.update(self.tasks[stage], completed=done, total=total)
+            return
+        now = time.monotonic()
+        if now - self.last_line.get(stage, 0.0) >= self.every_s or done == total:
+            self.last_line[stage] = now
+            typer.echo(f"demo {stage}: {done}/{total}", err=True)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
 
 
 def demo(
-    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The atlas to build or complete.")] = Path("demo-atlas"),
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Feature-vis optimiser steps (Lucid: 512).")] = 128,
+    units: Annotated[str, typer.Option("--units", "-u", help="Units to render: all or 0-31,40.")] = "all",
+    images: Annotated[Optional[int], typer.Option("--images", min=1, help="Scan an evenly spaced subset of this "
+                                                                          "many split images (default: all).")] = None,
+    vocab: Annotated[str, typer.Option("--vocab", help="Rastered-word vocabulary: english-10k, ... or a FILE.")]
+    = "english-10k",
+    skip: Annotated[str, typer.Option("--skip", help=f"Stages not to run, comma-separated: {', '.join(STAGES)}.")]
+    = "",
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the microscope when built.")] = True,
+    site: Annotated[Optional[Path], typer.Option("--site", help="Also export a static site to DIR.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address the microscope binds.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The microscope's port.")] = 8000,
+    model: ModelOpt = "mini-clip",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = 32,
     seed: SeedOpt = 0,
-    images: Annotated[int, typer.Option("--images", min=1, help="How many images to summarise.")] = 8,
-    top: Annotated[int, typer.Option("--top", min=1, help="How many units to print.")] = 5,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Load the mini CLIP, print its layers and a summary of its neurons on a few images."""
+    """Build an atlas of the bundled mini CLIP (scan, labels, feature vis, facets, words, texts) and browse it.
+
+    Started again, it reuses what the atlas already holds and goes on where it stopped."""
     seed_everything(seed)
-    loaded, note = _load(model, weights, device, precision)
-    if note:
-        typer.echo(f"note: {note}", err=True)
-    split = bundled_dir() / TEST_SPLIT_FILE
-    if split.is_file():
-        pictures, source = images_from_tar(split, images), f"test split {split.name}"
-    else:
-        size = loaded.preprocess.image_size[0]
-        pictures, source = synthetic_images(images, size, seed), "synthetic shapes (no test split shipped)"
-    report = demo_report(loaded, pictures, image_source=source, top=top, batch_size=batch_size, note=note)
+    settings = DemoSettings(steps=steps, units=units, images=images, vocabulary=vocab,
+                            skip=tuple(s.strip() for s in skip.split(",") if s.strip()), batch_size=batch_size,
+                            seed=seed)
+    loaded = load_cli_model(model or "mini-clip", weights, device, precision)
+    typer.echo(f"building {out} from {loaded.key} ({loaded.precision.name}: {loaded.precision.reason})", err=True)
+    bars = StageBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        outcome = build_demo_atlas(loaded, out, settings, progress=bars)
+    finally:
+        bars.close()
+    summary = outcome.to_dict()
+    if site is not None:
+        from neuronscope.web import export_site
+
+        exported = export_site(out, site)
+        summary["site"] = str(site)
+        typer.echo(f"static site: {exported.pages} pages in {site}; open {site / 'index.html'}", err=True)
     if json_out:
-        print_json(report.to_dict())
+        print_json(summary)
     else:
-        _print(report)
+        for stage in outcome.stages:
+            typer.echo(f"  {stage.stage:<11} {stage.status:<8} {stage.seconds:7.1f} s  {stage.summary}")
+        typer.echo(f"atlas {out}: {outcome.model} {outcome.layer}, built in {outcome.seconds:.0f} s")
+    if serve:
+        from neuronscope.web import serve as serve_microscope
+
+        serve_microscope(out, host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:

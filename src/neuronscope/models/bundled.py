@@ -7,6 +7,7 @@ Contract of the folder (``src/neuronscope/data/mini_clip/``):
   "mean": [...], "std": [...], "interpolation": "bicubic"}}``
 - ``weights.safetensors``: the fp16 state dict of ``open_clip.model.CLIP(**model_cfg)``
 - ``test_split.tar``: the held-out split (read by the demo and the tests)
+- ``mini_clip_card.json``: its card, the output of ``world eval --json`` for these weights
 
 The same layout works for any folder passed with ``--weights DIR``. Tests and
 developers point ``NEURONSCOPE_MINI_CLIP_DIR`` at another folder.
@@ -27,6 +28,7 @@ DIR_ENV = "NEURONSCOPE_MINI_CLIP_DIR"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 TEST_SPLIT_FILE = "test_split.tar"
+CARD_FILE = "mini_clip_card.json"
 
 
 def bundled_dir() -> Path:
@@ -35,6 +37,15 @@ def bundled_dir() -> Path:
     if override:
         return Path(override).expanduser()
     return Path(__file__).resolve().parent.parent / "data" / "mini_clip"
+
+
+def load_card() -> dict[str, Any]:
+    """The bundled mini CLIP's card (``card["multimodal"]["units"]`` are its multimodal units)."""
+    path = bundled_dir() / CARD_FILE
+    if not path.is_file():
+        raise BundledModelMissing(f"the mini CLIP's card {path} is missing; reinstall neuronscope, or rebuild it "
+                                  f"with `neuronscope world eval --json > {path}`")
+    return json.loads(path.read_text())
 
 
 @dataclass(frozen=True)
