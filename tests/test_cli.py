@@ -1,18 +1,14 @@
-"""The command line, in-process (typer's runner): layers, models, demo, errors."""
+"""The command line, in-process (typer's runner): layers, models, errors."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
 from neuronscope.commands import layers as layers_command
-from tests.conftest import write_config_dir
 
 runner = CliRunner()
 
@@ -80,32 +76,3 @@ def test_debug_shows_the_real_exception():
     assert result.exit_code != 0 and isinstance(result.exception, UnknownModelError)
     result = invoke("layers", "RN50x5", "--debug")
     assert isinstance(result.exception, UnknownModelError)
-
-
-def test_demo_falls_back_to_tiny_rn_when_the_mini_clip_is_not_shipped(no_mini_clip):
-    result = invoke("demo", "--images", "3", "--top", "2", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    assert "not in this installation" in result.stderr and "tiny-rn" in result.stderr
-    assert "model tiny-rn@random" in result.stdout and "synthetic" in result.stdout
-    assert "visual.layer4.1.act3:input" in result.stdout
-
-
-def test_demo_uses_the_mini_clip_and_its_test_split(monkeypatch, tmp_path, tiny_rn):
-    folder = write_config_dir(tmp_path / "mini_clip", tiny_rn)
-    with tarfile.open(folder / "test_split.tar", "w") as archive:
-        for index, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-            buffer = io.BytesIO()
-            Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
-            info = tarfile.TarInfo(f"images/{index:03d}.png")
-            info.size = buffer.tell()
-            buffer.seek(0)
-            archive.addfile(info, buffer)
-    monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(folder))
-    result = invoke("demo", "--json", "--images", "2", "--top", "3", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["model"] == "mini-clip@bundled" and report["layer"] == "visual.layer4.1.act3:input"
-    assert [item["image"] for item in report["images"]] == ["images/000.png", "images/001.png"]
-    assert len(report["top_units"]) == 3 and set(report["top_units"][0]) == {"unit", "score"}
-    assert set(report["images"][0]["top"][0]) == {"unit", "activation", "cell"}
-    assert report["stats"]["min"] < 0  # the pre-ReLU sum

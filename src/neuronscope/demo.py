@@ -156,11 +156,13 @@ def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
     from neuronscope.models.bundled import load_card
 
-    card = load_card()
-    units = card["multimodal"]["units"]
-    for unit in units:
-        atlas.set_label(model.key, unit["layer"], unit["unit"], unit["concept"], source="world-card")
-    return "built", f"{len(units)} card units labelled with their concepts"
+    units = load_card()["multimodal"]["units"]
+    unlabelled = [entry for entry in units if atlas.label(model.key, entry["layer"], entry["unit"]) is None]
+    for entry in unlabelled:  # a label already there (a user's own) is kept
+        atlas.set_label(model.key, entry["layer"], entry["unit"], entry["concept"], source="world-card")
+    if not unlabelled:
+        return "reused", f"{len(units)} card units labelled earlier"
+    return "built", f"{len(unlabelled)} card units labelled with their concepts"
 
 
 def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,

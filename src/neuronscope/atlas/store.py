@@ -481,6 +481,12 @@ class Atlas:
 
     # ------------------------------------------------------------------ reading
 
+    def label(self, model: str, layer: str, unit: int) -> str | None:
+        """A unit's label by model key and canonical layer, or None (no scan of the layer needed)."""
+        row = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?",
+                              (model, layer, int(unit))).fetchone()
+        return row["text"] if row else None
+
     def models(self) -> list[str]:
         """Model keys the atlas holds (layers scanned or labelled)."""
         rows = self.db.execute("SELECT model FROM layers UNION SELECT model FROM labels ORDER BY model")
@@ -531,7 +537,6 @@ class Atlas:
         key = (model, canonical, unit)
         stats = self.db.execute("SELECT mean, std, max, min, count, map_mean FROM units "
                                 "WHERE model = ? AND layer = ? AND unit = ?", key).fetchone()
-        label = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?", key).fetchone()
         return {
             "model": model,
             "layer": canonical,
@@ -541,7 +546,7 @@ class Atlas:
             "bottom": self._examples(key, "bottom"),
             "stats": dict(stats) if stats else None,
             "histogram": self.histogram(model, canonical, unit),
-            "label": label["text"] if label else None,
+            "label": self.label(*key),
             "featurevis": [dict(row) for row in self.db.execute(
                 "SELECT kind, path, objective, description FROM featurevis WHERE model = ? AND layer = ? "
                 "AND unit = ? ORDER BY kind, path", key)],
