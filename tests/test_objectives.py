@@ -144,3 +144,11 @@ def test_render_hooks_only_the_objective_layers_and_stops_the_forward_early(tiny
             handle.remove()
     assert calls == {"attnpool": 0, "layer3.0": 3}
     assert seen == []
+
+
+def test_vit_channel_is_the_mean_over_patch_tokens_and_rises(tiny_vit):
+    tokens = torch.randn(2, 17, 8)  # [B, 1 class token + 4x4 patches, D]
+    ctx = Context({"x": tokens}, torch.zeros(2, 3, 4, 4), token_grid=(4, 4))
+    assert torch.allclose(channel("x", 5)(ctx), tokens[:, 1:, 5].mean(dim=1))
+    result = render(tiny_vit, channel("neurons", 3), config=RenderConfig(steps=8, transforms="none", sd=0.3))
+    assert float(result.curve[-1, 0]) > float(result.curve[0, 0])
