@@ -1,12 +1,14 @@
 """``--backend ray``: the same scan on a local Ray (started here, 2 CPUs) equals the local backend's.
 
-Ray starts slowly on 2 cores (~10 s, then seconds per actor pool), so the
-module shares one Ray session and runs three Ray scans in all.
+Ray starts slowly on 2 cores (~10 s, then ~15 s per pool of actors), so the
+module shares one Ray session and runs two Ray scans in all: one killed
+after its first shard, and the same command again.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import shutil
 import sys
@@ -14,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
 import neuronscope
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
+from neuronscope.commands.scan import ProgressReport
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models import load_model
-from neuronscope.mining import ScanOutcome, open_source, scan
-from neuronscope.mining.ray_backend import hash_entries, import_ray, scan_ray, seen_before, shard_ranges, size_twins
+from neuronscope.mining import ScanProgress, open_source
+from neuronscope.mining.ray_backend import hash_entries, import_ray, seen_before, shard_ranges, size_twins
 from neuronscope.runtime import seed_everything
 from tests.conftest import randomize_last_bn
-from tests.test_scan import LAYERS, SETTINGS, dump, make_images
+from tests.test_scan import LAYERS, dump, make_images
 from tests.test_scan_imagefiles import broken_files
 
 UNITS = range(0, 512, 3)  # tiny-rn's neurons: 512 units
@@ -57,25 +62,6 @@ def salted_images(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_rn_module():
-    """tiny-rn as the ``tiny_rn`` fixture builds it, once for the module (fp32, as the issue asks)."""
-    seed_everything(0)
-    model = load_model("tiny-rn", weights="random", precision="fp32")
-    randomize_last_bn(model.module)
-    return model
-
-
-@pytest.fixture(scope="module")
-def local_atlas(salted_images, tmp_path_factory, tiny_rn_module) -> tuple[Path, ScanOutcome]:
-    """The local backend's scan of the salted folder, the reference for every Ray scan."""
-    atlas_dir = tmp_path_factory.mktemp("local") / "atlas"
-    with Atlas(atlas_dir) as atlas:
-        outcome = scan(tiny_rn_module, open_source(salted_images), atlas, LAYERS, settings=SETTINGS, batch_size=4,
-                       thumbnails=False)
-    return atlas_dir, outcome
-
-
 def assert_identical(left: list[dict], right: list[dict]) -> None:
     """CONVENTIONS.md: the same top/bottom ids and cells, histogram counts and reservoir ids; values within 1e-5."""
     for a, b in zip(left, right, strict=True):
@@ -95,44 +81,64 @@ def assert_same_scan(local_dir: Path, ray_dir: Path) -> None:
         assert_identical(dump(local_dir, layer, units), dump(ray_dir, layer, units))
 
 
-def test_ray_scan_equals_local_scan(ray_session, salted_images, local_atlas, tiny_rn_module, tmp_path):
-    local_dir, local = local_atlas
-    with Atlas(tmp_path / "ray") as atlas:
-        outcome = scan_ray(tiny_rn_module, open_source(salted_images), atlas, LAYERS, settings=SETTINGS,
-                           batch_size=4, workers=2, shard_size=8, thumbnails=False)
-        assert atlas.run(outcome.run_id)["skipped"] == local.skipped
-        assert [run["status"] for run in atlas.runs()] == ["finished"]
-    assert outcome.images == local.images == 24
-    assert local.skipped == {"zero_byte": 1, "truncated": 2, "not_image": 1, "too_many_pixels": 0,
-                             "unreadable": 1, "missing": 0, "duplicate": 2}
-    assert outcome.skipped == local.skipped
-    assert_same_scan(local_dir, tmp_path / "ray")
-    assert not list((tmp_path / "ray" / "checkpoints").glob("*.npz"))
-
-
 class Killed(Exception):
-    """Stands for a killed driver: raised from the progress hook after the first merged shard."""
+    """Stands for a killed scan: raised from the progress report after the first merged shard."""
 
 
-def test_killed_ray_scan_resumes_on_other_workers_and_ends_identical(ray_session, salted_images, local_atlas,
-                                                                      tiny_rn_module, tmp_path):
-    def kill(progress) -> None:
+def test_scan_command_on_ray_resumes_and_equals_the_local_backend(ray_session, salted_images, tmp_path,
+                                                                  monkeypatch):
+    """``neuronscope scan --backend ray`` on the module's Ray against ``--backend local``, fp32.
+
+    The Ray scan is killed after its first shard (1 replica, shards of 2 batches), then the same command runs
+    again on 2 replicas (shards of 1 batch): it resumes, and ends with the local backend's skip counts, top and
+    bottom ids and cells, histogram counts and reservoir ids, values within 1e-5, and thumbnails.
+    """
+    seed_everything(0)
+    model = load_model("tiny-rn", weights="random")
+    randomize_last_bn(model.module)  # residual sums that go negative: bottom-k and histograms have work to do
+    torch.save(model.module.state_dict(), tmp_path / "tiny-rn.pt")
+
+    def run(backend: str, workers: int) -> Result:
+        return CliRunner().invoke(app, [
+            "scan", "--model", "tiny-rn", "--weights", str(tmp_path / "tiny-rn.pt"), "--layers", ",".join(LAYERS),
+            "--images", str(salted_images), "--out", str(tmp_path / backend), "--top-k", "5", "--batch-size", "4",
+            "--workers", str(workers), "--precision", "fp32", "--device", "cpu", "--checkpoint-every", "1",
+            "--backend", backend, "--json"])
+
+    local = run("local", 2)
+    assert local.exit_code == 0, local.output
+    def kill(report: ProgressReport, progress: ScanProgress) -> None:
         raise Killed
 
-    options = {"settings": SETTINGS, "batch_size": 4, "thumbnails": False}
-    with Atlas(tmp_path / "ray") as atlas, pytest.raises(Killed):
-        scan_ray(tiny_rn_module, open_source(salted_images), atlas, LAYERS, workers=1, shard_size=12,
-                 checkpoint_every=1, on_batch=kill, **options)
+    with monkeypatch.context() as patch:
+        patch.setattr(ProgressReport, "__call__", kill)
+        killed = run("ray", 1)
+    assert killed.exit_code == 1 and "Killed" in killed.stderr, killed.output
     with Atlas(tmp_path / "ray") as atlas:
-        assert atlas.runs()[0]["status"] == "interrupted"
-        assert len(list((tmp_path / "ray" / "checkpoints").glob("*-ray.npz"))) == 1
-        # The same command again, on two workers and another shard layout: it continues and ends identical.
-        outcome = scan_ray(tiny_rn_module, open_source(salted_images), atlas, LAYERS, workers=2, shard_size=8,
-                           **options)
-        assert [run["status"] for run in atlas.runs()] == ["finished"]
-    assert outcome.run_id == 1 and outcome.resumed_from == 12
-    assert outcome.skipped == local_atlas[1].skipped and outcome.images == local_atlas[1].images
-    assert_same_scan(local_atlas[0], tmp_path / "ray")
+        assert [record["status"] for record in atlas.runs()] == ["interrupted"]
+    assert len(list((tmp_path / "ray" / "checkpoints").glob("*-ray.npz"))) == 1
+
+    reports: list[ScanProgress] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(ProgressReport, "__call__", lambda report, progress: reports.append(progress))
+        resumed = run("ray", 2)
+    assert resumed.exit_code == 0, resumed.output
+    assert 0 < reports[0].resumed_from < reports[0].total  # it continued from the first shard's checkpoint
+    local_json, ray_json = json.loads(local.stdout), json.loads(resumed.stdout)
+
+    # Duplicates: the copies of img00 (in another shard) and img01 (next to it); half.png's copy is truncated.
+    assert local_json["skipped"] == {"zero_byte": 1, "truncated": 2, "not_image": 1, "too_many_pixels": 0,
+                                     "unreadable": 1, "missing": 0, "duplicate": 2}
+    assert ray_json["skipped"] == local_json["skipped"]
+    assert {key: ray_json[key] for key in ("model", "layers", "units", "run_id")} == \
+        {key: local_json[key] for key in ("model", "layers", "units", "run_id")}
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert sorted(path.name for path in (tmp_path / "ray" / "thumbs").iterdir()) == \
+        sorted(path.name for path in (tmp_path / "local" / "thumbs").iterdir())
+    with Atlas(tmp_path / "ray") as atlas:
+        assert [record["status"] for record in atlas.runs()] == ["finished"]  # the killed run, completed
+        assert atlas.runs()[0]["skipped"] == local_json["skipped"]
+        assert min(atlas.unit(None, "neurons", unit)["stats"]["min"] for unit in UNITS) < 0
     assert not list((tmp_path / "ray" / "checkpoints").glob("*.npz"))
 
 

@@ -102,8 +102,8 @@ def scan(
                                              help="Draw top-example thumbnails.")] = True,
     backend: Annotated[str, typer.Option("--backend", help="local, or ray: the same scan by model replicas on a "
                                                            "Ray cluster (same results).")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (default: "
-                                                                              "RAY_ADDRESS, else a local Ray).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     seed: SeedOpt = 0,

@@ -6,12 +6,15 @@
     with Atlas("my-atlas") as atlas:
         outcome = scan(model, open_source("photos/"), atlas, ["neurons"], settings=ScanSettings(top_k=48))
         atlas.unit(model.key, "neurons", 7)["top"]   # [{"image", "activation", "cell"}, ...]
+
+``scan_ray`` (same arguments, plus ``workers``/``address``) runs the same scan on Ray.
 """
 
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
 from neuronscope.mining.histogram import StreamingHistogram, sample_hash, uniform_buckets
 from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.moments import StreamingMoments
+from neuronscope.mining.ray_backend import scan_ray  # imports Ray only when a Ray scan starts
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
 from neuronscope.mining.scanner import ScanProgress, scan, scan_config
 from neuronscope.mining.sources import Entry, ImageSource, image_id, open_source
@@ -20,5 +23,6 @@ from neuronscope.mining.topk import StreamingTopK
 __all__ = [
     "Entry", "Examples", "HistogramArrays", "ImageRecord", "ImageSource", "LayerAccumulator", "LayerScan",
     "ScanOutcome", "ScanProgress", "ScanSettings", "StreamingHistogram", "StreamingMoments", "StreamingTopK",
-    "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config", "uniform_buckets",
+    "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config", "scan_ray",
+    "uniform_buckets",
 ]

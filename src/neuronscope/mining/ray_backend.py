@@ -40,6 +40,7 @@ only when a Ray scan starts.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -370,28 +371,31 @@ def scan_ray(
         partials = _run_shards(ray, shipped, source, canonical, settings, ranges, replicas=replicas, gpus=gpus,
                                batch_size=batch_size, max_pixels=max_pixels)
         since_checkpoint = 0
-        for start, stop, partial in partials:
-            state.merge(partial)
-            done = merge_ranges([*done, (start, stop)])
-            since_checkpoint += stop - start
-            finished = sum(b - a for a, b in done)
-            if since_checkpoint >= checkpoint_every or finished == len(source):
-                arrays, state_meta = state.state_dict()
-                atlas.save_checkpoint(checkpoint_key, arrays,
-                                      {**state_meta, "run_id": run_id, "backend": "ray", "done": done})
-                since_checkpoint = 0
-            if on_batch is not None:
-                on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
-                                      resumed_from, time.perf_counter() - started))
+        with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
+            for start, stop, partial in partials:
+                state.merge(partial)
+                done = merge_ranges([*done, (start, stop)])
+                since_checkpoint += stop - start
+                finished = sum(b - a for a, b in done)
+                if since_checkpoint >= checkpoint_every or finished == len(source):
+                    arrays, state_meta = state.state_dict()
+                    atlas.save_checkpoint(checkpoint_key, arrays,
+                                          {**state_meta, "run_id": run_id, "backend": "ray", "done": done})
+                    since_checkpoint = 0
+                if on_batch is not None:
+                    on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
+                                          resumed_from, time.perf_counter() - started))
     except BaseException:
         atlas.set_run_status(run_id, "interrupted")
         raise
     finally:
         if started_ray:
             ray.shutdown()
-    return finish_scan(model, source, atlas, state, run_id, checkpoint_key, settings.seed, aliases,
-                       thumbnails=thumbnails, max_pixels=max_pixels, workers=min(workers, os.cpu_count() or 1),
-                       started=started, resumed_from=resumed_from)
+    outcome = finish_scan(model, source, atlas, state, run_id, checkpoint_key, settings.seed, aliases,
+                          thumbnails=thumbnails, max_pixels=max_pixels, workers=min(workers, os.cpu_count() or 1),
+                          started=started, resumed_from=resumed_from)
+    atlas.drop_checkpoint(config_key)  # a local scan's of this run, if it was killed and rerun here: stale now
+    return outcome
 
 
 def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, layers: list[str], settings: ScanSettings,
@@ -414,5 +418,9 @@ def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, layers: list[
         num_gpus=gpus, num_cpus=1,  # a CPU decodes for each replica, on GPU nodes too
         fn_constructor_kwargs={"model": model, "layers": layers, "settings": settings, "batch_size": batch_size,
                                "max_pixels": max_pixels, "source": listing})
-    for row in dataset.iter_rows():
-        yield pickle.loads(row["partial"])
+    rows = iter(dataset.iter_rows())
+    try:
+        for row in rows:
+            yield pickle.loads(row["partial"])
+    finally:
+        rows.close()  # on an early exit, stop the pipeline and free its actors now, not at garbage collection

@@ -55,7 +55,8 @@ class StreamingTopK:
         self._keep_best(other.values, other.ordinals, other.cells)
 
     def _keep_best(self, values: np.ndarray, ordinals: np.ndarray, cells: np.ndarray) -> None:
-        """Keep the k best of those kept and the candidates ``values`` [C, n], ``ordinals`` [C, n], ``cells`` [C, n, 2]."""
+        """Keep the k best of those kept and the candidates: ``values`` [C, n], ``ordinals`` [C, n],
+        ``cells`` [C, n, 2]."""
         all_values = np.concatenate([self.values, values], axis=1)  # [C, k + n]
         all_ordinals = np.concatenate([self.ordinals, ordinals], axis=1)
         all_cells = np.concatenate([self.cells, cells], axis=1)  # [C, k + n, 2]
