@@ -12,6 +12,10 @@
     first 16 of 512).
 (c) RN50x4 seconds per step at batch 1 and 8, bf16 autocast (forced) vs fp32.
 All ratios are measured side by side in one run; figures go in benchmarks/RESULTS.md.
+
+Times are this process's CPU seconds (``time.process_time``), not wall time: on a shared machine other
+processes' load inflates wall time unevenly between the two sides of a ratio, while the CPU time of a
+one-thread run is what the work costs. ``--wall`` switches to wall time (use it on a quiet machine or a GPU).
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from neuronscope.objectives import channel
 from neuronscope.runtime import seed_everything
 from neuronscope.visualize import RenderConfig, render, render_units
 
+clock = time.process_time
+
 
 def seconds_per_step(model: LoadedModel, units: list[int], steps: int, layer: str = "neurons") -> float:
     """Wall seconds per step of one render of ``units`` (one image each), redirect steps excluded."""
     config = RenderConfig(steps=steps, redirect_steps=0)
-    started = time.perf_counter()
+    started = clock()
     render(model, channel(layer, units), batch=len(units), config=config)
-    return (time.perf_counter() - started) / steps
+    return (clock() - started) / steps
 
 
 def batched_vs_single(model: LoadedModel, steps: int, singles: int) -> tuple[float, float, float]:
@@ -42,12 +48,12 @@ def batched_vs_single(model: LoadedModel, steps: int, singles: int) -> tuple[flo
     units = list(range(16))
     config = RenderConfig(steps=steps)
     render_units(model, "neurons", units[:1], batch_size=1, config=RenderConfig(steps=2))  # warm-up
-    started = time.perf_counter()
+    started = clock()
     render_units(model, "neurons", units, batch_size=16, config=config)
-    batched = time.perf_counter() - started
-    started = time.perf_counter()
+    batched = clock() - started
+    started = clock()
     render_units(model, "neurons", units[:singles], batch_size=1, config=config)
-    single = (time.perf_counter() - started) * 16 / singles
+    single = (clock() - started) * 16 / singles
     return batched, single, batched / single
 
 
@@ -58,24 +64,29 @@ def bare_step(model: LoadedModel, batch: int, steps: int, layer: str = "neurons"
     with Recorder(model, [layer], early_stop=True, detach=False) as recorder:
         (name,) = recorder.layers
         recorder.run(inputs, grad=True)[name].mean().backward()  # warm-up
-        started = time.perf_counter()
+        started = clock()
         for _ in range(steps):
             recorder.run(inputs, grad=True)[name].mean().backward()
-    return (time.perf_counter() - started) / steps
+    return (clock() - started) / steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32, help="steps per render on the mini CLIP")
     parser.add_argument("--rn50x4-steps", type=int, default=2, help="steps per render on RN50x4")
+    parser.add_argument("--bf16-batches", default="1,8", help="RN50x4 batches timed in bf16 (slow on CPUs "
+                                                              "without native bf16)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats on the mini CLIP (fastest kept)")
     parser.add_argument("--skip-rn50x4", action="store_true")
+    parser.add_argument("--wall", action="store_true", help="time wall seconds instead of CPU seconds")
     args = parser.parse_args()
+    global clock
+    clock = time.perf_counter if args.wall else time.process_time
     torch.set_num_threads(args.threads)
     seed_everything(0)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU cores: {os.cpu_count()}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}; {'wall' if args.wall else 'CPU'} seconds")
 
     mini = load_model("mini-clip", weights="bundled", precision="fp32")
     print(f"\nmini CLIP ({mini.key}, neurons, 64 px, fp32), {args.steps} steps per render, "
@@ -103,7 +114,8 @@ def main() -> None:
                   f"(timed on 4, x4) = {ratio:.3f}")
             step, bare = seconds_per_step(rn, list(range(8)), args.rn50x4_steps), bare_step(rn, 8, args.rn50x4_steps)
             print(f"(b) render step {step:.2f} s / bare forward+backward {bare:.2f} s (batch 8) = {step / bare:.3f}")
-        for batch in (1, 8):
+        batches = [1, 8] if precision == "fp32" else [int(b) for b in args.bf16_batches.split(",") if b]
+        for batch in batches:
             per_step = seconds_per_step(rn, list(range(batch)), args.rn50x4_steps)
             print(f"(c) {precision} ({rn.precision.reason}) batch {batch}: {per_step:.2f} s/step, "
                   f"{batch / per_step:.2f} images*steps/s")
