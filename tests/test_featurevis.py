@@ -280,6 +280,32 @@ def test_cli_png_and_atlas(tmp_path: Path):
         assert store.run(payload["run_id"])["status"] == "finished"
 
 
+def test_cli_into_an_atlas_renders_only_what_the_same_settings_have_not(tmp_path: Path, monkeypatch):
+    """Killed after its first pass, the same command renders only the rest; more units add only the new ones."""
+    from neuronscope.visualize import units as units_module
+
+    atlas = tmp_path / "atlas"
+    real_render = units_module.render
+    calls = []
+
+    def killed_after_first_pass(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(units_module, "render", killed_after_first_pass)
+    assert _invoke("--units", "0-3", "--batch-size", "2", "--out", str(atlas)).exit_code == 130
+    monkeypatch.setattr(units_module, "render", real_render)
+    resumed = json.loads(_invoke("--units", "0-3", "--batch-size", "2", "--out", str(atlas), "--json").stdout)
+    assert resumed["already_rendered"] == 2 and [r["unit"] for r in resumed["renders"]] == [2, 3]
+    more = json.loads(_invoke("--units", "0-5", "--batch-size", "2", "--out", str(atlas), "--json").stdout)
+    assert more["already_rendered"] == 4 and [r["unit"] for r in more["renders"]] == [4, 5]
+    assert more["run_id"] == resumed["run_id"]
+    longer = json.loads(_invoke("--units", "0", "--steps", "4", "--out", str(atlas), "--json").stdout)
+    assert longer["already_rendered"] == 0 and longer["run_id"] != resumed["run_id"]  # other settings: a new run
+
+
 def test_cli_diverse_writes_unit_k_pngs(tmp_path: Path):
     result = _invoke("--units", "4", "--diverse", "3", "--png", str(tmp_path))
     assert result.exit_code == 0, result.output

@@ -173,7 +173,7 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSett
 
     config = RenderConfig(steps=settings.steps, seed=settings.seed)
     units = parse_units(settings.units, layer_shape(model, layer)[0])
-    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings={**config.to_dict(), "units": units},
+    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings=config.to_dict(),
                                     command=f"neuronscope demo (visualize --units {settings.units} "
                                             f"--steps {settings.steps})")
     missing = writer.missing(units)
@@ -198,7 +198,7 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
-                                        settings={**config.to_dict(), "units": units},
+                                        settings=config.to_dict(),
                                         command=f"neuronscope demo (visualize --facet {facet})")
         missing = writer.missing(units)
         if missing:

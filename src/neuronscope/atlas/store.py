@@ -421,10 +421,15 @@ class Atlas:
                   run_id) for r, path in zip(renders, paths)])
         return paths
 
-    def rendered_units(self, model: str, layer: str, kind: str) -> set[int]:
-        """Units of a layer that hold at least one render of ``kind`` (a resumed render skips them)."""
-        rows = self.db.execute("SELECT DISTINCT unit FROM featurevis WHERE model = ? AND layer = ? AND kind = ?",
-                               (model, layer, kind))
+    def rendered_units(self, model: str, layer: str, kind: str, config_key: str | None = None) -> set[int]:
+        """Units of a layer that hold a render of ``kind`` (from runs with ``config_key``, when given).
+
+        A render job started again skips these: same settings and seed give the same images.
+        """
+        rows = self.db.execute(
+            "SELECT DISTINCT f.unit FROM featurevis f LEFT JOIN runs r ON r.id = f.run_id "
+            "WHERE f.model = ? AND f.layer = ? AND f.kind = ? AND (? IS NULL OR r.config_key = ?)",
+            (model, layer, kind, config_key, config_key))
         return {int(row["unit"]) for row in rows}
 
     def write_unit_texts(self, table: str, run_id: int | None, model: str, layer: str,

@@ -134,6 +134,7 @@ def visualize(
     atlas = Atlas(out) if out else None
     progress = StepProgress(f"visualize {kind}", quiet=json_out and not sys.stderr.isatty())
     writer = None
+    already = 0  # units found rendered with these settings in the atlas
     multiple = facet_strengths > 1
     try:
         if atlas is not None:
@@ -142,9 +143,12 @@ def visualize(
                                   "--seed", str(seed), "--precision", precision, "--out", Path(out).name,
                                   *(["--facet", facet] if facet else []),
                                   *(["--diverse", str(diverse)] if diverse else [])])
-            settings = {**config.to_dict(), "units": chosen, "batch_size": batch_size,
-                        "facet_strengths": facet_strengths if facet else None, "diverse": diverse}
+            settings = {**config.to_dict(), "facet_strengths": facet_strengths if facet else None,
+                        "diverse": diverse}
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)
+            if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
+                todo = writer.missing(chosen)
+                already, chosen = len(chosen) - len(todo), todo
 
         def store(batch: list[UnitRender]) -> None:
             """Write each pass as soon as it is done: a killed render keeps what it finished."""
@@ -182,11 +186,12 @@ def visualize(
     if json_out:
         print_json({"atlas": out, "run_id": run_id, "model": loaded.key, "layers": [canonical],
                     "units": len(chosen), "seconds": round(seconds, 3), "skipped": {}, "kind": kind,
-                    "renders": written})
+                    "already_rendered": already, "renders": written})
         return
     where = " and ".join(filter(None, [f"{out} (run {run_id})" if out else None, png]))
+    earlier = f" ({already} unit(s) rendered earlier with these settings kept)" if already else ""
     typer.echo(f"{loaded.key}: {len(written)} {kind} render(s) of {len(chosen)} unit(s) of {canonical} "
-               f"in {seconds:.1f} s ({steps} steps) -> {where}")
+               f"in {seconds:.1f} s ({steps} steps) -> {where}{earlier}")
 
 
 def register(app: typer.Typer) -> None:

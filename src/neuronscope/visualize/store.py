@@ -76,6 +76,7 @@ class FeatureVisWriter:
     Attributes:
         layer: the canonical layer name.
         kind: ``plain``, ``diverse`` or ``facet:NAME``.
+        run_id, config_key: the run written into, and the key of its settings.
         written: ``{"unit", "kind", "index", "objective", "path"}`` per stored render.
     """
 
@@ -84,18 +85,24 @@ class FeatureVisWriter:
     layer: str
     kind: str
     run_id: int
+    config_key: str
     written: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def start(cls, atlas: Atlas, model: LoadedModel, layer: str, *, kind: str, settings: Mapping[str, Any],
               command: str) -> "FeatureVisWriter":
-        """Record a run (resuming a killed one with the same settings) and register the layer."""
+        """Record a run and register the layer.
+
+        ``settings`` are what changes the images (render config, seed, facet...), not the
+        units: a job with the same settings, killed or finished, is continued in its run,
+        and :meth:`missing` tells which units it still owes.
+        """
         canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
         n_units, grid = layer_shape(model, canonical)
         config = {**settings, "kind": kind}
         config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,
                                                               default=str).encode()).hexdigest()[:16]
-        run_id = atlas.unfinished_run(config_key)
+        run_id = atlas.unfinished_run(config_key) or atlas.finished_run(config_key)
         if run_id is None:
             run_id = atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
                                      weights_sha256=model.weights_sha256,
@@ -104,11 +111,11 @@ class FeatureVisWriter:
                                      dataset=None, precision=model.precision.name)
         atlas.register_layer(model.key, canonical, aliases=aliases_by_layer(model.layer_aliases).get(canonical, []),
                              units=n_units, grid=grid, run_id=run_id)
-        return cls(atlas, model, canonical, kind, run_id)
+        return cls(atlas, model, canonical, kind, run_id, config_key)
 
     def missing(self, units: Iterable[int]) -> list[int]:
-        """Of ``units``, those the atlas holds no render of this kind for (what a resumed job still owes)."""
-        done = self.atlas.rendered_units(self.model.key, self.layer, self.kind)
+        """Of ``units``, those with no render from these settings yet (what a resumed job still owes)."""
+        done = self.atlas.rendered_units(self.model.key, self.layer, self.kind, self.config_key)
         return [unit for unit in units if unit not in done]
 
     def __call__(self, batch: list[UnitRender]) -> list[str]:
