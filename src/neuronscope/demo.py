@@ -37,6 +37,11 @@ StageProgress = Callable[[str, int, int], None]
 
 STAGES = ("scan", "labels", "featurevis", "facets", "words", "texts")
 
+#: Lucid's recipe with the transforms scaled down for a 64 px input, a lower learning rate and
+#: small L2 / TV penalties: the settings that reached the highest activations on the mini CLIP
+#: (benchmarks/RESULTS.md, "Feature visualization"; 1.1-1.35x Lucid's defaults at 128 steps).
+DEMO_RENDER = dict(lr=0.02, l2=1.0, tv=1.0, pad=2, jitter=1, scales=(0.95, 1.0, 1.05), angles=(-5.0, 0.0, 5.0))
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -44,7 +49,8 @@ class DemoSettings:
 
     Attributes:
         layer: the layer mapped (``neurons``: the last block's pre-ReLU sum).
-        steps: optimiser steps per feature visualization (Lucid's 512; 128 keeps the demo short).
+        steps: optimiser steps per feature visualization (Lucid's 512; 128 keeps the demo short);
+            the other render settings are :data:`DEMO_RENDER`.
         units: units rendered (``all`` or ``0-31,40``); scan and words always cover the whole layer.
         images: scan an evenly spaced subset of this many split images (None: all of them).
         vocabulary: the rastered-word vocabulary (``english-10k``, another built-in, or a file).
@@ -171,7 +177,7 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSett
     from neuronscope.visualize import RenderConfig, render_units
     from neuronscope.visualize.store import FeatureVisWriter, layer_shape
 
-    config = RenderConfig(steps=settings.steps, seed=settings.seed)
+    config = RenderConfig(steps=settings.steps, seed=settings.seed, **DEMO_RENDER)
     units = parse_units(settings.units, layer_shape(model, layer)[0])
     writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings=config.to_dict(),
                                     command=f"neuronscope demo (visualize --units {settings.units} "
