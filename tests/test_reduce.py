@@ -40,3 +40,11 @@ def test_units_axis_and_reduce_names():
     assert reduce_units(torch.ones(1, 2, 3, 3), "centre").shape == (1, 2)
     with pytest.raises(ValueError, match="mean, max"):
         reduce_units(vectors, "median")
+
+
+def test_map_grid_of_maps_tokens_and_vectors():
+    from neuronscope.activations import map_grid
+
+    assert map_grid(torch.zeros(2, 8, 3, 5)) == (3, 5)
+    assert map_grid(torch.zeros(2, 17, 8), grid=(4, 4)) == (4, 4)
+    assert map_grid(torch.zeros(2, 17, 8)) == (1, 1) and map_grid(torch.zeros(2, 8)) == (1, 1)

@@ -20,7 +20,6 @@ in the modules each stage calls; this module only orders them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace

@@ -22,6 +22,7 @@ from neuronscope.activations.reduce import (
     REDUCTIONS,
     centre,
     cls_token,
+    map_grid,
     reduce_units,
     spatial_max,
     spatial_mean,
@@ -33,7 +34,7 @@ from neuronscope.activations.reduce import (
 __all__ = [
     "INPUT", "REDUCTIONS",
     "Edit", "LayerInfo", "LayerRef", "Recorder",
-    "aliases_by_layer", "all_layer_names", "centre", "cls_token", "list_layers", "mean_ablate", "record",
+    "aliases_by_layer", "all_layer_names", "centre", "cls_token", "list_layers", "map_grid", "mean_ablate", "record",
     "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",
     "split_layer_list", "unit_axis", "unit_count", "unit_maps", "zero_units",
 ]

@@ -31,6 +31,16 @@ def unit_count(acts: Tensor) -> int:
     return acts.shape[unit_axis(acts)]
 
 
+def map_grid(acts: Tensor, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(rows, cols) of a layer's map: (H, W) of [B, C, H, W]; a ViT's patch ``grid`` for tokens [B, T, D];
+    (1, 1) for a pooled vector [B, D] (or tokens without a known grid)."""
+    if acts.ndim == 4:
+        return int(acts.shape[2]), int(acts.shape[3])
+    if acts.ndim == 3 and grid:
+        return int(grid[0]), int(grid[1])
+    return 1, 1
+
+
 def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
     """Any layout -> maps [B, C, H, W] (tokens: patch tokens only, laid on ``grid``)."""
     if acts.ndim == 4:

@@ -39,6 +39,7 @@ import torch
 
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
+from neuronscope.activations.reduce import map_grid
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
@@ -156,13 +157,7 @@ def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, tuple[int,
     shapes = {}
     for name, tensor in acts.items():
         values, _, _ = reduce_batch(tensor, model.token_grid)
-        if tensor.ndim == 4:
-            grid = (tensor.shape[2], tensor.shape[3])
-        elif tensor.ndim == 3:
-            grid = model.token_grid or (1, 1)
-        else:
-            grid = (1, 1)
-        shapes[name] = (values.shape[1], (int(grid[0]), int(grid[1])))
+        shapes[name] = (values.shape[1], map_grid(tensor, model.token_grid))
     return shapes
 
 

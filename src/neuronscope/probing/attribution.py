@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronscope.activations import Recorder, resolve_layer, unit_axis
+from neuronscope.activations import Recorder, map_grid, resolve_layer, unit_axis
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.zeroshot import encode_texts
@@ -148,15 +148,6 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def _grid(model: LoadedModel, acts: Tensor) -> tuple[int, int]:
-    """(rows, cols) of a layer's map: [B, C, H, W] maps, ViT tokens on the model's grid, else (1, 1)."""
-    if acts.ndim == 4:
-        return int(acts.shape[2]), int(acts.shape[3])
-    if acts.ndim == 3 and model.token_grid:
-        return tuple(model.token_grid)  # type: ignore[return-value]
-    return 1, 1
-
-
 def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
                   directions: Sequence[Tensor] | None, batch_size: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """Gradient × activation of ``e · direction`` per image, for several directions.
@@ -181,7 +172,7 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
             capture = recorder[layer]
         edge = _layer_gradient_edge(capture)
         acts = capture.detach().float()
-        grid = _grid(model, acts)
+        grid = map_grid(acts, model.token_grid)
         count = embeddings.shape[1] if directions is None else len(directions)
         per_direction = []
         for k in range(count):

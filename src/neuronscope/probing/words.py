@@ -25,7 +25,7 @@ import torch
 
 from ..activations.names import aliases_by_layer, resolve_layer
 from ..activations.recorder import Recorder
-from ..activations.reduce import reduce_units
+from ..activations.reduce import map_grid, reduce_units
 from ..atlas.store import Atlas, AtlasError
 from ..models.loaded import LoadedModel
 from .raster import RasterSettings, iter_word_batches
@@ -116,9 +116,7 @@ def _layer_grid(recorder: Recorder, model: LoadedModel, layer: str) -> tuple[int
             acts = recorder.run(torch.zeros(1, 3, height, width))[layer]
     finally:
         recorder.capture_fn = capture_fn
-    if acts.ndim == 4:
-        return int(acts.shape[2]), int(acts.shape[3])
-    return tuple(model.token_grid) if acts.ndim == 3 and model.token_grid else (1, 1)  # type: ignore[return-value]
+    return map_grid(acts, model.token_grid)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from neuronscope.activations import record, resolve_layer, unit_count, unit_maps
+from neuronscope.activations import map_grid, record, resolve_layer, unit_count
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
 from neuronscope.errors import NeuronscopeError
@@ -35,8 +35,7 @@ def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
     height, width = model.preprocess.image_size
     grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
     acts = record(model, grey, [layer])[layer]
-    maps = unit_maps(acts, grid=model.token_grid)
-    return unit_count(acts), (int(maps.shape[2]), int(maps.shape[3]))
+    return unit_count(acts), map_grid(acts, model.token_grid)
 
 
 def facet_probe(model: LoadedModel, facet: str, generic: str | None = None,
