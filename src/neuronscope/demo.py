@@ -238,17 +238,14 @@ def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.commands.words import vocabulary_name
     from neuronscope.probing.attribution import compute_basis
-    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key
     from neuronscope.probing.vocab import load_vocabulary
     from neuronscope.probing.zeroshot import encode_texts
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
 
     name = vocabulary_name(settings.vocabulary)
     config = {"vocab": name, "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed}
-    key_prefix = f"attribute:{model.key}:{layer}:"
-    done = [run for run in atlas.runs() if run["config_key"].startswith(key_prefix)
-            and run["status"] == "finished" and {k: run["config"].get(k) for k in config} == config]
-    if done:
+    if atlas.finished_run(text_run_key(model.key, layer, "attribute", config)) is not None:
         return "reused", f"texts of {name} attributed earlier"
     report("texts", 0, 1)
     basis = compute_basis(model, layer)

@@ -23,13 +23,18 @@ from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis
 
 
+def text_run_key(model: str, layer: str, kind: str, config: Mapping[str, Any]) -> str:
+    """The config key of a text-side run (``Atlas.finished_run`` finds an earlier one by it)."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{kind}:{model}:{layer}:{digest}"
+
+
 def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *, command: str, kind: str,
                    config: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> int:
     """Record a text-side run and make its layer known to the atlas; returns the run id."""
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
     run_id = atlas.start_run(command=command, config={**config, "sample": basis.sample},
-                             config_key=f"{kind}:{basis.model}:{basis.layer}:{key}", model=basis.model,
+                             config_key=text_run_key(basis.model, basis.layer, kind, config), model=basis.model,
                              weights_sha256=model.weights_sha256,
                              layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
                              precision=model.precision.name)
