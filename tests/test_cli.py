@@ -76,3 +76,15 @@ def test_debug_shows_the_real_exception():
     assert result.exit_code != 0 and isinstance(result.exception, UnknownModelError)
     result = invoke("layers", "RN50x5", "--debug")
     assert isinstance(result.exception, UnknownModelError)
+
+
+def test_threads_sets_torchs_intra_op_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = invoke("--threads", "2", "models", "tiny-rn")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -7,6 +7,8 @@ Commands live in small modules under :mod:`neuronscope.commands`, each with a
 from __future__ import annotations
 
 import importlib
+from typing import Annotated, Optional
+
 import typer
 
 from neuronscope.commands.common import DebugOpt, set_global_debug
@@ -35,9 +37,19 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(debug: DebugOpt = False) -> None:
+def _root(
+    debug: DebugOpt = False,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, envvar="NEURONSCOPE_THREADS",
+        help="torch's intra-op threads (default: one per core). On a machine other jobs share, 1 is often "
+             "much faster: idle OpenMP threads spin against the other jobs.")] = None,
+) -> None:
     """Find and explain the neurons of CLIP models (Goh et al., Multimodal Neurons, 2021)."""
     set_global_debug(debug)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 for _name in COMMAND_MODULES:
