@@ -88,3 +88,21 @@ def test_threads_sets_torchs_intra_op_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_progress_bars_write_a_line_per_label_off_a_terminal(capsys):
+    from neuronscope.commands.common import ProgressBars
+
+    bars = ProgressBars(every_s=3600.0)
+    step = bars.track("visualize plain (steps)")
+    step(1, 4)  # the first report of a label prints; then nothing until every_s or the end
+    step(2, 4)
+    bars("words", 10, 10)
+    step(4, 4)
+    bars.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["visualize plain (steps): 1/4", "words: 10/10",
+                                                      "visualize plain (steps): 4/4"]
+    assert all("/s, ETA" in line for line in lines)
+    ProgressBars(quiet=True)("words", 1, 2)
+    assert capsys.readouterr().err == ""

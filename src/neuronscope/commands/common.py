@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
@@ -90,6 +91,55 @@ def cli_command(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class ProgressBars:
+    """Progress of long jobs on stderr, one bar per label: a rich bar on a terminal, elsewhere (logs, CI)
+    a line per label every ``every_s`` seconds with its rate and ETA. ``quiet`` prints nothing.
+
+        bars = ProgressBars(quiet=False)
+        render_units(..., on_step=bars.track("visualize plain"))   # a (done, total) callback
+        bars("words", 300, 10000)                                   # or report a label directly
+        bars.close()
+    """
+
+    def __init__(self, *, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.quiet, self.every_s = quiet, every_s
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.last_line: dict[str, float] = {}
+        self.bars = None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.bars.start()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        self.started.setdefault(label, now)
+        if self.bars is not None:
+            if label not in self.tasks:
+                self.tasks[label] = self.bars.add_task(label, total=total)
+            self.bars.update(self.tasks[label], completed=done, total=total)
+            return
+        if now - self.last_line.get(label, 0.0) >= self.every_s or done == total:
+            self.last_line[label] = now
+            rate = done / max(now - self.started[label], 1e-9)
+            typer.echo(f"{label}: {done}/{total}, {rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s",
+                       err=True)
+
+    def track(self, label: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback reporting under ``label``."""
+        return functools.partial(self, label)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
 
 
 def print_json(payload: Any) -> None:

@@ -9,7 +9,6 @@ microscope (``--no-serve`` only builds; ``--site DIR`` also writes a static site
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +21,7 @@ from neuronscope.commands.common import (
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
@@ -30,41 +30,6 @@ from neuronscope.commands.common import (
 )
 from neuronscope.demo import STAGES, DemoSettings, build_demo_atlas
 from neuronscope.runtime import seed_everything
-
-
-class StageBars:
-    """One progress bar per stage on a terminal; elsewhere a line per stage every ``every_s`` seconds."""
-
-    def __init__(self, quiet: bool, every_s: float = 15.0) -> None:
-        self.quiet = quiet
-        self.every_s = every_s
-        self.tasks: dict[str, int] = {}
-        self.last_line: dict[str, float] = {}
-        self.bars = None
-        if not quiet and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True))
-            self.bars.start()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bars is not None:
-            if stage not in self.tasks:
-                self.tasks[stage] = self.bars.add_task(stage, total=total)
-            self.bars.update(self.tasks[stage], completed=done, total=total)
-            return
-        now = time.monotonic()
-        if now - self.last_line.get(stage, 0.0) >= self.every_s or done == total:
-            self.last_line[stage] = now
-            typer.echo(f"demo {stage}: {done}/{total}", err=True)
-
-    def close(self) -> None:
-        if self.bars is not None:
-            self.bars.stop()
 
 
 def demo(
@@ -99,7 +64,7 @@ def demo(
                             seed=seed)
     loaded = load_cli_model(model or "mini-clip", weights, device, precision)
     typer.echo(f"building {out} from {loaded.key} ({loaded.precision.name}: {loaded.precision.reason})", err=True)
-    bars = StageBars(quiet=json_out and not sys.stderr.isatty())
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty(), every_s=15.0)
     try:
         outcome = build_demo_atlas(loaded, out, settings, progress=bars)
     finally:

@@ -18,6 +18,7 @@ from neuronscope.commands.common import (
     DeviceOpt,
     JsonOpt,
     PrecisionOpt,
+    ProgressBars,
     cli_command,
     load_cli_model,
     print_json,
@@ -28,7 +29,6 @@ from neuronscope.commands.words import (
     SizesOpt,
     VocabOpt,
     WorkersOpt,
-    _progress,
     raster_settings,
     vocabulary_name,
 )
@@ -70,8 +70,12 @@ def reproduce_words(
     settings = raster_settings(sizes, positions, fonts)
     vocabulary = load_vocabulary(vocab)
     loaded = load_cli_model(PAPER_MODEL, weights, device, precision)
-    probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
-                        on_batch=_progress(json_out and not sys.stderr.isatty()))
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,
+                            workers=workers, on_batch=bars.track("words"))
+    finally:
+        bars.close()
     comparison = compare_with_paper(probe, k=top_k)
     payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
     if out:

@@ -18,6 +18,7 @@ from neuronscope.commands.common import (
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
@@ -29,40 +30,6 @@ from neuronscope.runtime import parse_units, seed_everything
 from neuronscope.visualize import RenderConfig, UnitRender, render_diverse, render_units
 from neuronscope.visualize import facets
 from neuronscope.visualize.store import FeatureVisWriter, facet_probe, layer_shape
-
-
-class StepProgress:
-    """Steps/s and ETA on stderr: a rich bar on a terminal, a plain line every few seconds elsewhere."""
-
-    def __init__(self, label: str, *, quiet: bool = False, every_s: float = 10.0) -> None:
-        self.label, self.quiet, self.every_s = label, quiet, every_s
-        self.started = self.last_line = time.monotonic()
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task(label, total=None)
-            self.bar.start()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
-            return
-        now = time.monotonic()
-        if now - self.last_line >= self.every_s or done == total:
-            self.last_line = now
-            rate = done / max(now - self.started, 1e-9)
-            typer.echo(f"{self.label}: step {done}/{total}, {rate:.1f} steps/s, "
-                       f"ETA {(total - done) / max(rate, 1e-9):.0f} s", err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _png_name(render: UnitRender, multiple: bool) -> str:
@@ -132,7 +99,8 @@ def visualize(
     started = time.perf_counter()
     written: list[dict] = []
     atlas = Atlas(out) if out else None
-    progress = StepProgress(f"visualize {kind}", quiet=json_out and not sys.stderr.isatty())
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    progress = bars.track(f"visualize {kind} (steps)")
     writer = None
     already = 0  # units found rendered with these settings in the atlas
     multiple = facet_strengths > 1
@@ -178,7 +146,7 @@ def visualize(
         if writer is not None:
             writer.finish()
     finally:
-        progress.close()
+        bars.close()
         if atlas is not None:
             atlas.close()
     run_id = writer.run_id if writer is not None else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +17,7 @@ from neuronscope.commands.common import (
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     WeightsOpt,
     cli_command,
     load_cli_model,
@@ -60,18 +60,6 @@ def raster_settings(sizes: str, positions: str, fonts: str):
                                "0.1:0.1,0.5:0.5,0.9:0.9") from None
 
 
-def _progress(quiet: bool):
-    last = [0.0]
-
-    def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if not quiet and (now - last[0] >= 10 or done == total):
-            last[0] = now
-            typer.echo(f"words {done}/{total}", err=True)
-
-    return report
-
-
 def words(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
@@ -102,9 +90,12 @@ def words(
     vocabulary = load_vocabulary(vocab)
     name = vocabulary_name(vocab)
     loaded = load_cli_model(model, weights, device, precision)
-    quiet = json_out and not sys.stderr.isatty()
-    probe = probe_words(loaded, layer, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
-                        on_batch=_progress(quiet))
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        probe = probe_words(loaded, layer, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
+                            on_batch=bars.track("words"))
+    finally:
+        bars.close()
     command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", probe.layer, "--vocab", name,
                           "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
                           "--out", Path(out).name, "--precision", precision])
