@@ -328,3 +328,27 @@ def test_cli_facet_probe_is_cached_in_the_atlas(tmp_path: Path, monkeypatch):
 
     with Atlas(atlas, create=False) as store:
         assert [a["kind"] for a in store.artifacts("tiny-rn@random", "visual.layer3.0")] == ["facet-probe"]
+
+
+def test_facet_folders_are_read_like_a_scan_and_a_bad_file_is_named(tiny_rn, tmp_path: Path):
+    import hashlib
+
+    from neuronscope.errors import NeuronscopeError
+
+    for folder, colour in (("faces", (200, 40, 40)), ("generic", (40, 40, 200))):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        for index in range(3):
+            Image.new("RGB", (80, 48), tuple(c + index for c in colour)).save(tmp_path / folder / "sub" / f"{index}.png")
+        (tmp_path / folder / "notes.txt").write_text("not an image, not listed")
+    images = facets.facet_from_folders(tmp_path / "faces", tmp_path / "generic", tiny_rn)
+    assert images.name == "faces" and images.facet.shape == images.generic.shape == (3, 3, 64, 64)
+    expected = [hashlib.sha256((tmp_path / f / "sub" / f"{i}.png").read_bytes()).hexdigest()
+                for f in ("faces", "generic") for i in range(3)]
+    assert images.hashes == expected
+    assert images.facet[:, 0].mean() > images.facet[:, 2].mean()  # red facet, blue generic
+    (tmp_path / "faces" / "sub" / "3.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(NeuronscopeError, match=r"3\.png: cannot read it as an image"):
+        facets.facet_from_folders(tmp_path / "faces", tmp_path / "generic", tiny_rn)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NeuronscopeError, match="no images found"):
+        facets.folder_images(tmp_path / "empty", tiny_rn)

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from neuronscope.activations.names import resolve_layers
 from neuronscope.activations.record import record
 from neuronscope.errors import NeuronscopeError
+from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
+from neuronscope.mining.sources import content_sha256, list_folder
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.visualize.render import render
@@ -39,7 +40,6 @@ from neuronscope.visualize.results import RenderConfig, UnitRender
 from neuronscope.visualize.units import chunks
 
 BUILTIN_FACETS = ("text", "drawing")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # The paper's faceted settings.
 FACET_STRENGTHS = (0.1, 5.0)
@@ -118,21 +118,24 @@ def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: 
 
 
 def folder_images(folder: str | Path, model: LoadedModel, *, limit: int = 2000) -> tuple[Tensor, list[str]]:
-    """Images of a folder (recursive, sorted) as [N, 3, H, W] in [0, 1] at the model's size, and their sha256."""
+    """Images of a folder (recursive, sorted) as [N, 3, H, W] in [0, 1] at the model's size, and their sha256.
+
+    Listed and decoded the way a scan reads a folder (same suffixes, EXIF rotation, modes, pixel limit).
+    """
     root = Path(folder)
     if not root.is_dir():
         raise NeuronscopeError(f"{folder}: not a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
-    if not files:
+    entries = list_folder(root).entries[:limit]
+    if not entries:
         raise NeuronscopeError(f"{folder}: no images found (looked for {' '.join(IMAGE_SUFFIXES)})")
     images, hashes = [], []
-    for path in files:
-        data = path.read_bytes()
+    for entry in entries:
         try:
-            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
-        except Exception as err:  # noqa: BLE001 - a bad file is reported with its name
-            raise NeuronscopeError(f"{path}: cannot read it as an image ({err})") from None
-        hashes.append(hashlib.sha256(data).hexdigest())
+            data = entry.read()
+            images.append(decode_image_bytes(data, entry.path))
+        except (OSError, SkippedFile) as err:  # a facet's images are chosen by hand: say which one is bad
+            raise NeuronscopeError(f"{entry.path}: cannot read it as an image ({err})") from None
+        hashes.append(content_sha256(data))
     return model.preprocess.to_pixels(images), hashes
 
 
