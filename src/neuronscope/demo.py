@@ -220,7 +220,7 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
 
 def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
-    from neuronscope.commands.words import vocabulary_name
+    from neuronscope.probing.vocab import vocabulary_name
     from neuronscope.probing.vocab import load_vocabulary
     from neuronscope.probing.words import probe_words, save_word_probe
 
@@ -236,7 +236,7 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 
 def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
-    from neuronscope.commands.words import vocabulary_name
+    from neuronscope.probing.vocab import vocabulary_name
     from neuronscope.probing.attribution import compute_basis
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key
     from neuronscope.probing.vocab import load_vocabulary

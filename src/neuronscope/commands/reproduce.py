@@ -30,7 +30,6 @@ from neuronscope.commands.words import (
     VocabOpt,
     WorkersOpt,
     raster_settings,
-    vocabulary_name,
 )
 from neuronscope.errors import NeuronscopeError
 
@@ -61,7 +60,7 @@ def reproduce_words(
     """Probe RN50x4 image_block_4/5/Add_6 with rastered words and compare with the article's top-3 words."""
     from neuronscope.atlas import Atlas
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
-    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.words import probe_words, save_word_probe
 
     if not weights:

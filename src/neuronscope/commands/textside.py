@@ -23,7 +23,7 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
-from neuronscope.commands.words import vocabulary_name
+from neuronscope.probing.vocab import vocabulary_name
 from neuronscope.errors import NeuronscopeError
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]

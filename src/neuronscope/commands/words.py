@@ -37,13 +37,6 @@ FontsOpt = Annotated[str, typer.Option("--fonts", help="Font files (family_dir/f
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Rendering processes (0: in the main one).")]
 
 
-def vocabulary_name(vocab: str) -> str:
-    """How a vocabulary is named in the atlas: a built-in's name, or a file's stem."""
-    from neuronscope.probing.vocab import VOCABULARIES
-
-    return vocab if vocab in VOCABULARIES else Path(vocab).stem
-
-
 def raster_settings(sizes: str, positions: str, fonts: str):
     """``RasterSettings`` from the command line's comma-separated lists, with a clear error."""
     from neuronscope.probing.raster import RasterSettings
@@ -79,7 +72,7 @@ def words(
 ) -> None:
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
-    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.words import probe_words, save_word_probe
 
     if not out:

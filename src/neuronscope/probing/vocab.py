@@ -186,3 +186,8 @@ def load_vocabulary(name_or_path: str | Path) -> list[str]:
     if isinstance(name_or_path, str) and name_or_path in VOCABULARIES:
         return VOCABULARIES[name_or_path]()
     return read_vocabulary_file(name_or_path)
+
+
+def vocabulary_name(name_or_path: str | Path) -> str:
+    """How a vocabulary is named in the atlas: a built-in's name, or a file's stem (never a path)."""
+    return str(name_or_path) if str(name_or_path) in VOCABULARIES else Path(name_or_path).stem
