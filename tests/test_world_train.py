@@ -61,3 +61,13 @@ def test_resuming_with_another_config_is_refused(tmp_path, small_world) -> None:
     other.lr = 0.1
     with pytest.raises(ValueError, match="another config"):
         train(small_world, tmp_path / "run", other)
+
+
+def test_more_loader_workers_render_the_same_batches_in_order(tmp_path, small_world) -> None:
+    """Each worker renders every W-th step; the trainer still gets steps 0, 1, 2, ... and the same weights."""
+    one = torch.load(train(small_world, tmp_path / "one", _config()), weights_only=False)
+    three = torch.load(train(small_world, tmp_path / "three", _config(), loader_workers=3), weights_only=False)
+    assert [entry["step"] for entry in three["log"]] == [0, 1, 2, 3]
+    assert [entry["loss"] for entry in three["log"]] == [entry["loss"] for entry in one["log"]]
+    for name, tensor in one["model"].items():
+        assert torch.equal(tensor, three["model"][name]), name

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .sampler import Mix
 from .train import TrainConfig
 
 _DEFAULTS = TrainConfig()
+
+
+def _mix_text(mix: Mix) -> str:
+    return ",".join(f"{share:g}" for share in astuple(mix))
+
+
+def _parse_mix(text: str) -> Mix:
+    try:
+        shares = [float(part) for part in text.split(",")]
+        if len(shares) != 4 or min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"--mix takes four non-negative shares, drawing,word,composite,reading "
+                                 f"(e.g. {_mix_text(Mix())}); got {text!r}") from None
+    return Mix(*shares)
 
 app = typer.Typer(help="The mini CLIP's clipart-and-words world: build, train, eval, concepts.", no_args_is_help=True)
 
@@ -54,7 +71,14 @@ def train(
     lr: float = typer.Option(_DEFAULTS.lr),
     seed: int = typer.Option(0),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast; only faster on CPUs with native bf16)."),
+    mix: str = typer.Option(_mix_text(_DEFAULTS.mix), help="Shares of drawings, words, composites and reading "
+                                                          "text in a batch (need not sum to 1)."),
+    vision_width: int = typer.Option(_DEFAULTS.vision_width, help="Width of the ResNet's first stage (each "
+                                                                  "later stage doubles it)."),
     export: Optional[Path] = typer.Option(None, help="Also export the final weights to this directory."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]. A GPU trains the same batches faster; its weights "
+                                          "are close to, not bit-equal to, the CPU's (the shipped ones are CPU's)."),
+    loader_workers: int = typer.Option(1, help="Processes rendering batches (about 0.25 s of one core a batch)."),
     threads: int = typer.Option(0, help="Intra-op threads (0: torch's default). On a busy 2-core machine "
                                         "1 is faster: spinning OpenMP threads stall when a core is taken."),
 ) -> None:
@@ -66,9 +90,10 @@ def train(
     from .train import export_weights
     from .train import train as run_training
 
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision,
+                         mix=_parse_mix(mix), vision_width=vision_width)
     with _progress_reporter(steps) as on_step:
-        checkpoint = run_training(world, out, config, on_step)
+        checkpoint = run_training(world, out, config, on_step, device=device, loader_workers=loader_workers)
     if export is not None:
         export_weights(checkpoint, export)
         typer.echo(f"exported weights to {export}")

@@ -92,7 +92,11 @@ class WorldSampler:
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Batches ``start_step, start_step + 1, ...`` for a DataLoader worker (tokenized there too)."""
+    """Batches ``start_step, start_step + 1, ...`` (tokenized in the loader's workers).
+
+    With W workers, worker w renders steps ``start_step + w, + w + W, ...``; the DataLoader takes
+    one batch from each worker in turn, so the trainer still sees the steps in order.
+    """
 
     def __init__(self, world_dir: str | Path, size: int, seed: int, mix: Mix, batch_size: int,
                  start_step: int, end_step: int, context_length: int):
@@ -104,7 +108,9 @@ class BatchStream(torch.utils.data.IterableDataset):
         import open_clip
 
         sampler = WorldSampler(*self.args)
-        for step in range(self.start_step, self.end_step):
+        worker = torch.utils.data.get_worker_info()
+        first, stride = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for step in range(self.start_step + first, self.end_step, stride):
             images, captions, keys = sampler.batch(step, self.batch_size)
             tokens = open_clip.tokenize(captions, context_length=self.context_length)
             yield step, torch.from_numpy(images), tokens, torch.from_numpy(keys)

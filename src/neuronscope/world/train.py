@@ -100,8 +100,8 @@ def soft_target_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] → float [B, 3, H, W] normalised with CLIP's mean and std."""
     x = images.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -137,10 +137,13 @@ class TrainProgress:
 
 
 def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
-          on_step: Callable[[TrainProgress], None] | None = None) -> Path:
+          on_step: Callable[[TrainProgress], None] | None = None, *, device: str = "cpu",
+          loader_workers: int = 1) -> Path:
     """Train (or resume) into ``out_dir``; returns the path of the final checkpoint.
 
-    ``out_dir/config.json`` pins the config: resuming with a different one is an error.
+    ``out_dir/config.json`` pins the config: resuming with a different one is an error. ``device``
+    and ``loader_workers`` (processes rendering batches) change speed, not the batches; weights
+    trained on a GPU are close to, not bit-equal to, the CPU's.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,12 +158,12 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     else:
         config_path.write_text(json.dumps(asdict(config), indent=1))
 
-    model = build_model(config).to(memory_format=torch.channels_last)
+    model = build_model(config).to(device=device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
     checkpoint_path = out_dir / CHECKPOINT
     start_step, log = 0, []
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, log = state["step"], state["log"]
@@ -168,7 +171,9 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
 
     stream = BatchStream(world_dir, config.image_size, config.seed, config.mix, config.batch_size,
                          start_step, config.steps, config.context_length)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers, prefetch_factor=4,
+                                         pin_memory=device != "cpu")
+    device_type = torch.device(device).type
     last_save = time.monotonic()
     started = time.monotonic()
     seconds_before = log[-1]["seconds"] if log else 0.0  # training time of earlier segments
@@ -177,11 +182,15 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                       "log": log, "config": asdict(config)}, checkpoint_path)
 
+    expected = start_step
     for step, images, tokens, keys in loader:
+        assert step == expected, f"batch {step} arrived where {expected} was due"
+        expected += 1
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
+        images, tokens, keys = (t.to(device, non_blocking=True) for t in (images, tokens, keys))
         x = normalise(images).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             image_features, text_features, logit_scale = model(x, tokens)
             loss = soft_target_loss(image_features.float(), text_features.float(), logit_scale.float(), keys)
         optimizer.zero_grad(set_to_none=True)

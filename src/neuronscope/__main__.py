@@ -1,0 +1,5 @@
+"""``python -m neuronscope``: the same command line as ``neuronscope``."""
+
+from neuronscope.cli import main
+
+main()
