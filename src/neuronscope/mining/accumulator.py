@@ -2,9 +2,10 @@
 
 Per unit: top-k and bottom-k images by max-over-space activation (with the
 argmax cell), moments, and a histogram with reservoir samples. The
-reductions over space run where the activations are (the GPU, when there is
-one), so only ``[B, C]`` values and cells come back to the CPU; memory is
-bounded by units x k and does not grow with the number of images.
+reductions over space and the top-k run where the activations are (the GPU,
+when there is one); only ``[B, C]`` maxima and means come back to the CPU,
+for the moments and histograms. Memory is bounded by units x k and does not
+grow with the number of images.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class ScanSettings:
     seed: int = 0
 
 
-def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's activations -> per image and unit: max over space, its cell, mean over space.
 
     Args:
@@ -40,12 +42,15 @@ def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None) -> tup
 
     Returns:
         ``values`` [B, C] float32, ``cells`` [B, C, 2] int16 (row, col),
-        ``map_means`` [B, C] float32, as NumPy arrays on the CPU.
+        ``map_means`` [B, C] float32, on the activations' device.
     """
     maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None)  # [B, C, H, W]
     values, cells = spatial_max(maps)
-    map_means = maps.mean(dim=(2, 3))
-    return values.cpu().numpy(), cells.to(torch.int16).cpu().numpy(), map_means.cpu().numpy()
+    return values, cells.to(torch.int16), maps.mean(dim=(2, 3))
+
+
+def _numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    return array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
 class LayerAccumulator:
@@ -55,20 +60,22 @@ class LayerAccumulator:
         units: number of units C.
         grid: (rows, cols) of the layer's spatial map (cells are on this grid).
         settings: k, histogram bins, reservoir size, seed.
+        device: where the top-k and bottom-k live (the model's device).
     """
 
-    def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings) -> None:
+    def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings,
+                 device: str | torch.device = "cpu") -> None:
         self.units = units
         self.grid = grid
         self.settings = settings
-        self.top = StreamingTopK(units, settings.top_k, largest=True)
-        self.bottom = StreamingTopK(units, settings.bottom_k, largest=False)
+        self.top = StreamingTopK(units, settings.top_k, largest=True, device=device)
+        self.bottom = StreamingTopK(units, settings.bottom_k, largest=False, device=device)
         self.moments = StreamingMoments(units)
         self.histogram = StreamingHistogram(units, settings.n_bins, settings.reservoir)
 
-    def update(self, values: np.ndarray, cells: np.ndarray, map_means: np.ndarray, ordinals: np.ndarray,
-               hashes: np.ndarray) -> None:
-        """Merge one batch (see :func:`reduce_batch` for ``values``, ``cells``, ``map_means``).
+    def update(self, values: np.ndarray | torch.Tensor, cells: np.ndarray | torch.Tensor,
+               map_means: np.ndarray | torch.Tensor, ordinals: np.ndarray, hashes: np.ndarray) -> None:
+        """Merge one batch (see :func:`reduce_batch` for ``values``, ``cells``, ``map_means``; tensors or arrays).
 
         ``ordinals`` [B] int64 break ties; ``hashes`` [B] int64 pick reservoir samples.
         """
@@ -76,8 +83,15 @@ class LayerAccumulator:
             raise ValueError(f"batch has {values.shape[1]} units, the layer {self.units}")
         self.top.update(values, ordinals, cells)
         self.bottom.update(values, ordinals, cells)
-        self.moments.update(values, map_means)
+        values = _numpy(values)
+        self.moments.update(values, _numpy(map_means))
         self.histogram.update(values, ordinals, hashes)
+
+    def to(self, device: str | torch.device) -> LayerAccumulator:
+        """Move the device-resident part (top-k, bottom-k); returns ``self``."""
+        self.top.to(device)
+        self.bottom.to(device)
+        return self
 
     def merge(self, other: LayerAccumulator) -> None:
         """Fold in the statistics of other images of the same layer (a partial result, e.g. a Ray worker's).

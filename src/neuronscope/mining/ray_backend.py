@@ -274,7 +274,7 @@ class ShardScanner:
 
     def scan_shard(self, shard: Shard) -> ScanState:
         """The partial state of one shard, computed with the local scanner's batch step."""
-        state = ScanState({name: LayerAccumulator(units, grid, self.settings)
+        state = ScanState({name: LayerAccumulator(units, grid, self.settings, self.model.device)
                            for name, (units, grid) in self.shapes.items()})
         state.seen = set(shard.seen_before)
         entries = ShardEntries(shard)
@@ -286,6 +286,8 @@ class ShardScanner:
         state.seen = set()  # the driver needs no keys: duplicates were settled before the scan
         state.next_ordinal = shard.stop
         state.prune_records()
+        for accumulator in state.accumulators.values():
+            accumulator.to("cpu")  # the driver may have no GPU
         return state
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -32,6 +32,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -100,6 +101,15 @@ class ScanState:
         self.images += other.images
         self.skipped.update(other.skipped)
         self.prune_records()
+
+    def merge_batch(self, update: BatchUpdate) -> None:
+        """Merge one batch into every layer, then keep its records (pruning those no unit holds any more)."""
+        for name, accumulator in self.accumulators.items():
+            accumulator.update(*update.reduced[name], update.ordinals, update.hashes)
+        self.records.update(update.records)
+        if len(self.records) > 4 * sum(a.units * (a.settings.top_k + a.settings.bottom_k)
+                                       for a in self.accumulators.values()) + 4096:
+            self.prune_records()
 
     def prune_records(self) -> None:
         """Forget images no unit holds any more (keeps memory bounded by units x k)."""
@@ -199,7 +209,8 @@ def scan(
 
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
-        state = ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
+        state = ScanState({name: LayerAccumulator(units, grid, settings, model.device)
+                           for name, (units, grid) in shapes.items()})
         run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
         resumed_from = state.next_ordinal
         try:
@@ -270,21 +281,45 @@ def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, a
 
     batches = iter_batches(source.entries, model.preprocess, batch_size=batch_size, workers=workers,
                            first=state.next_ordinal, max_pixels=max_pixels)
-    for batch in batches:
-        scan_batch(model, recorder, source, state, batch, seed)
-        since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
-        state.next_ordinal = batch.last_ordinal + 1
-        if since_checkpoint >= checkpoint_every or state.next_ordinal == len(source):
-            checkpoint()
-            since_checkpoint = 0
-        if on_batch is not None:
-            on_batch(ScanProgress(state.next_ordinal, len(source), state.images, sum(state.skipped.values()),
-                                  resumed_from, time.perf_counter() - started))
+    # The merges of batch i (NumPy, on the CPU) run in a thread while batch i + 1 is decoded and sent
+    # through the model: on a GPU they would otherwise cost as much as the forward. Merges still run one
+    # at a time and in order, so the results are those of a sequential scan.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-merge") as merger:
+        pending: Future | None = None
+        for batch in batches:
+            update = forward_batch(model, recorder, source, state, batch, seed)
+            if pending is not None:
+                pending.result()
+            pending = merger.submit(state.merge_batch, update) if update is not None else None
+            since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
+            state.next_ordinal = batch.last_ordinal + 1
+            if since_checkpoint >= checkpoint_every or state.next_ordinal == len(source):
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                checkpoint()
+                since_checkpoint = 0
+            if on_batch is not None:
+                on_batch(ScanProgress(state.next_ordinal, len(source), state.images, sum(state.skipped.values()),
+                                      resumed_from, time.perf_counter() - started))
+        if pending is not None:
+            pending.result()
 
 
-def scan_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
-               seed: int) -> None:
-    """Count the batch's skipped files, drop duplicates, run one forward and merge every layer."""
+@dataclass
+class BatchUpdate:
+    """One batch's reduced activations, ready to merge: per layer ``(values, cells, map_means)`` (see
+    :func:`reduce_batch`), the kept images' ``ordinals`` [B] and reservoir ``hashes`` [B], and their records."""
+
+    reduced: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ordinals: np.ndarray
+    hashes: np.ndarray
+    records: dict[int, ImageRecord]
+
+
+def forward_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
+                  seed: int) -> BatchUpdate | None:
+    """Count the batch's skipped files, drop duplicates and run one forward; None when nothing is left."""
     for _ordinal, _name, reason in batch.skipped:
         state.skipped[reason] += 1
     keep = []
@@ -296,24 +331,28 @@ def scan_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, stat
         state.seen.add(key)
         keep.append(position)
     if not keep:
-        return
+        return None
     ordinals = np.array([batch.ordinals[p] for p in keep], np.int64)
-    ids = [batch.ids[p] for p in keep]
-    hashes = np.array([sample_hash(image_id, seed) for image_id in ids], np.int64)
+    hashes = np.array([sample_hash(batch.ids[p], seed) for p in keep], np.int64)
     pixels = batch.pixels[keep].to(model.device).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
     with torch.no_grad():
         acts = recorder.run(model.preprocess.normalize(pixels))
-    for name, accumulator in state.accumulators.items():
-        values, cells, map_means = reduce_batch(acts[name], model.token_grid)
-        accumulator.update(values, cells, map_means, ordinals, hashes)
+    reduced = {name: reduce_batch(acts[name], model.token_grid) for name in state.accumulators}
+    records = {}
     for position, ordinal in zip(keep, ordinals):
         width, height = batch.sizes[position]
-        state.records[int(ordinal)] = ImageRecord(batch.ids[position], source.name, source.entries[ordinal].name,
-                                                  batch.sha256s[position], int(width), int(height))
+        records[int(ordinal)] = ImageRecord(batch.ids[position], source.name, source.entries[ordinal].name,
+                                            batch.sha256s[position], int(width), int(height))
     state.images += len(keep)
-    if len(state.records) > 4 * sum(a.units * (a.settings.top_k + a.settings.bottom_k)
-                                    for a in state.accumulators.values()) + 4096:
-        state.prune_records()
+    return BatchUpdate(reduced, ordinals, hashes, records)
+
+
+def scan_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
+               seed: int) -> None:
+    """Count the batch's skipped files, drop duplicates, run one forward and merge every layer."""
+    update = forward_batch(model, recorder, source, state, batch, seed)
+    if update is not None:
+        state.merge_batch(update)
 
 
 def _ids(ordinals: np.ndarray, records: dict[int, ImageRecord]) -> np.ndarray:
@@ -325,14 +364,14 @@ def _ids(ordinals: np.ndarray, records: dict[int, ImageRecord]) -> np.ndarray:
 def _layer_scan(model_key: str, layer: str, aliases: list[str], accumulator: LayerAccumulator,
                 records: dict[int, ImageRecord], seed: int) -> LayerScan:
     moments, histogram = accumulator.moments, accumulator.histogram
+    top_values, top_ordinals, top_cells = accumulator.top.arrays()
+    bottom_values, bottom_ordinals, bottom_cells = accumulator.bottom.arrays()
     return LayerScan(
         model=model_key, layer=layer, aliases=aliases, units=accumulator.units, grid=accumulator.grid,
         count=moments.count, mean=moments.mean.copy(), std=moments.std, max=moments.max.copy(),
         min=moments.min.copy(), map_mean=moments.map_mean,
-        top=Examples(_ids(accumulator.top.ordinals, records), accumulator.top.values.copy(),
-                     accumulator.top.cells.copy()),
-        bottom=Examples(_ids(accumulator.bottom.ordinals, records), accumulator.bottom.values.copy(),
-                        accumulator.bottom.cells.copy()),
+        top=Examples(_ids(top_ordinals, records), top_values, top_cells),
+        bottom=Examples(_ids(bottom_ordinals, records), bottom_values, bottom_cells),
         histogram=HistogramArrays(histogram.exponent.copy(), histogram.first.copy(), histogram.counts.copy(),
                                   _ids(histogram.sample_ordinals, records), histogram.nonfinite.copy(), seed),
     )
