@@ -9,9 +9,12 @@
     and the full tower is shown beside it.
 (b) full-size JPEGs (800x600): decode throughput of one worker, and the scan's
     throughput against min(forward, decode x workers).
-(c) against the naive way: fp32, one full forward pass per layer, every
+(c) against the naive way: fp32 in PyTorch's default layout (as a user's own
+    loop over an open_clip model runs), one full forward pass per layer, every
     activation kept, top-k at the end (images decoded once, shared by the
-    passes: the naive side is not charged for decoding three times).
+    passes: the naive side is not charged for decoding three times). The scan
+    runs at the default precision of this machine (fp32 without native bf16,
+    with channels_last for ResNets).
 (d) peak memory (max RSS of the scanning process) at 1k and 10k images, each in
     a fresh subprocess.
 
@@ -22,6 +25,8 @@ takes the model's bundled or cached ones (e.g. the mini CLIP).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import io
 import json
 import subprocess
@@ -40,7 +45,7 @@ from neuronscope.atlas import Atlas
 from neuronscope.mining import ScanSettings, open_source, scan
 from neuronscope.mining.loader import decode_entry
 from neuronscope.models import load_model
-from neuronscope.runtime import seed_everything
+from neuronscope.runtime import Precision, seed_everything
 
 NAIVE_LAYERS = ["neurons", "visual.layer3.1", "visual.layer2.1"]
 
@@ -114,8 +119,15 @@ def part_b(model, args, work: Path) -> dict:
             "workers": args.workers, "ratio_vs_min_forward_decode": scanned / bound}
 
 
+def naive_model(model):
+    """The model as a user's own loop runs it: fp32 in PyTorch's default (NCHW) layout."""
+    module = copy.deepcopy(model.module).to(memory_format=torch.contiguous_format)
+    return dataclasses.replace(model, module=module, precision=Precision("fp32", "fp32", "naive: default layout"))
+
+
 def naive_topk(model, shard: Path, layers: list[str], batch_size: int, k: int) -> float:
     """The naive way: decode all, then per layer a full forward pass keeping every activation, top-k at the end."""
+    model = naive_model(model)
     start = time.perf_counter()
     source = open_source(shard)
     decoded = [decode_entry(entry, i, model.preprocess, 10**9) for i, entry in enumerate(source.entries)]
@@ -183,12 +195,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parts", default="a,b,c,d")
+    parser.add_argument("--precision", default="auto", help="the scan's precision (auto: this machine's default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seed_everything(0)
     weights = None if args.weights == "default" else args.weights
-    model = load_model(args.model, weights=weights, device="cpu", precision="fp32")
-    print(f"{model.key}, fp32, batch {args.batch_size}, {args.workers} worker(s), {args.threads} thread(s), "
+    model = load_model(args.model, weights=weights, device="cpu", precision=args.precision)
+    print(f"{model.key}, {model.precision.reason}, channels_last={model.precision.channels_last}, batch {args.batch_size}, {args.workers} worker(s), {args.threads} thread(s), "
           f"torch {torch.__version__}")
     parts = {"a": part_a, "b": part_b, "c": part_c}
     with tempfile.TemporaryDirectory() as work_dir:

@@ -186,7 +186,9 @@ def resolve_precision(requested: str, device: torch.device, family: Family = "ot
     ``auto`` picks bf16 only where the device runs it natively, and logs why:
     on a GPU, bf16 autocast; on a CPU, bf16 autocast + channels_last for
     ResNets and bf16 weights for ViTs. Everywhere else, fp32. ResNets get
-    channels_last with any autocast (oneDNN/cuDNN's fast layout for convs).
+    channels_last in every precision: it is oneDNN's and cuDNN's fast layout
+    for convolutions (RN50x4 in fp32 on a 2-core EPYC without bf16: 0.70-0.75
+    against 0.81-0.96 s an image), and it changes no value beyond rounding.
     """
     requested = requested.strip().lower()
     if requested not in PRECISIONS:
@@ -195,7 +197,7 @@ def resolve_precision(requested: str, device: torch.device, family: Family = "ot
     if requested == "auto":
         ok, why = bf16_support(device)
         if not ok:
-            choice = Precision("fp32", requested, f"auto: fp32 because {why}")
+            choice = Precision("fp32", requested, f"auto: fp32 because {why}", channels_last=conv_net)
         elif device.type == "cpu" and family == "vit":
             choice = Precision("bf16-weights", requested, f"auto: bf16 weights because {why} (ViT)")
         else:
@@ -209,7 +211,7 @@ def resolve_precision(requested: str, device: torch.device, family: Family = "ot
         return Precision(requested, requested, f"{requested} as asked{note}", channels_last=channels_last)  # type: ignore[arg-type]
     if requested == "fp16":
         return Precision("fp16", requested, "fp16 autocast as asked", channels_last=conv_net)
-    return Precision("fp32", requested, "fp32 as asked")
+    return Precision("fp32", requested, "fp32 as asked", channels_last=conv_net)
 
 
 # --------------------------------------------------------------------------- seed
