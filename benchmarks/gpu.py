@@ -1,0 +1,153 @@
+"""GPU figures (issues 4 and 5): feature visualization of a whole RN50x4 layer, and the scan against a forward.
+
+    python benchmarks/gpu.py [--model RN50x4] [--layer neurons] [--batches 32,64,128] [--steps 512]
+                             [--check-batch 64] [--check-steps 128] [--precision auto] [--images 2048] [--scan-batch 128] [--workers 12]
+
+Random weights (speed does not depend on them); ``--precision auto`` (bf16 autocast on a GPU that has it). Every figure is wall time after a warm-up, with the GPU synchronised around it.
+
+(1) Feature vis: seconds per render step at each batch (one image per unit), the FLOPs of one step (forward
+    to the layer + backward, counted by torch's FlopCounterMode) and so the achieved TFLOP/s; the time to
+    render every unit of the layer at ``--steps`` steps = ceil(units / batch) x steps x seconds per step.
+    One render of ``--check-batch`` units at ``--check-steps`` steps is timed end to end to check the
+    per-step figure.
+(2) Issue 5 (b) on the GPU: a render step / a bare forward+backward on the same batch, same layer.
+(3) Issue 4 (a) on the GPU: ``scan`` over PNGs at the input size / a bare forward to the same layer
+    (steady state and end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scan import forward_rate, write_shard  # noqa: E402 - the CPU benchmark's helpers
+
+from neuronscope.activations import Recorder  # noqa: E402
+from neuronscope.atlas import Atlas  # noqa: E402
+from neuronscope.mining import open_source, scan  # noqa: E402
+from neuronscope.models import load_model  # noqa: E402
+from neuronscope.objectives import channel  # noqa: E402
+from neuronscope.runtime import seed_everything  # noqa: E402
+from neuronscope.visualize import RenderConfig, render  # noqa: E402
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    synchronize()
+    started = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - started
+
+
+def render_step_seconds(model, layer: str, units: list[int], steps: int) -> float:
+    """Seconds per step of one batched render (redirect steps excluded), after a 3-step warm-up."""
+    objective = channel(layer, units)
+    render(model, objective, batch=len(units), config=RenderConfig(steps=3, redirect_steps=0))
+    config = RenderConfig(steps=steps, redirect_steps=0)
+    return timed(lambda: render(model, objective, batch=len(units), config=config)) / steps
+
+
+def bare_step_seconds(model, layer: str, batch: int, steps: int) -> tuple[float, float]:
+    """(seconds per bare forward+backward to ``layer``, FLOPs of one)."""
+    height, width = model.preprocess.image_size
+    inputs = torch.randn(batch, 3, height, width, device=model.device, requires_grad=True)
+    with Recorder(model, [layer], early_stop=True, detach=False) as recorder:
+        (name,) = recorder.layers
+
+        def step() -> None:
+            recorder.run(inputs, grad=True)[name].float().mean().backward()
+
+        step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        seconds = timed(lambda: [step() for _ in range(steps)]) / steps
+    return seconds, float(counter.get_total_flops())
+
+
+def featurevis(model, args) -> dict:
+    with Recorder(model, [args.layer], early_stop=True) as recorder:
+        (name,) = recorder.layers
+        height, width = model.preprocess.image_size
+        units = recorder.run(torch.zeros(1, 3, height, width, device=model.device))[name].shape[1]
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        step = render_step_seconds(model, args.layer, list(range(batch)), args.timed_steps)
+        bare, flops = bare_step_seconds(model, args.layer, batch, args.timed_steps)
+        rows.append({"batch": batch, "render_step_s": step, "bare_fwd_bwd_s": bare, "step_over_bare": step / bare,
+                     "tflop_per_step": flops / 1e12, "achieved_tflops": flops / step / 1e12,
+                     "all_units_minutes": math.ceil(units / batch) * args.steps * step / 60})
+        print(json.dumps({"featurevis": rows[-1]}), flush=True)
+    check, check_steps = args.check_batch, args.check_steps
+    measured = timed(lambda: render(model, channel(args.layer, list(range(check))), batch=check,
+                                    config=RenderConfig(steps=check_steps)))
+    estimate = next((r["render_step_s"] for r in rows if r["batch"] == check), None)
+    return {"layer": name, "units": units, "steps": args.steps, "rows": rows,
+            "check": {"batch": check, "steps": check_steps, "render_s": measured,
+                      "estimate_s": None if estimate is None else estimate * check_steps}}
+
+
+def scan_vs_forward(model, args) -> dict:
+    """End to end (workers' start-up, the final write of every unit into SQLite) and steady state (from the
+    end of the first batch to the end of the last, as the progress bar sees it)."""
+    progress = []
+    with tempfile.TemporaryDirectory() as work:
+        shard = write_shard(Path(work) / "input_size.tar", args.images, model.preprocess.image_size[::-1])
+        forward = forward_rate(model, ["neurons"], args.images, args.scan_batch, stop=True)
+        with Atlas(Path(work) / "atlas") as atlas:
+            started = time.perf_counter()
+            scan(model, open_source(shard), atlas, ["neurons"], batch_size=args.scan_batch, workers=args.workers,
+                 thumbnails=False, checkpoint_every=10**9,
+                 on_batch=lambda p: progress.append((time.perf_counter(), p.images)))
+            end_to_end = args.images / (time.perf_counter() - started)
+    (t0, n0), (t1, n1) = progress[0], progress[-1]
+    steady = (n1 - n0) / (t1 - t0)
+    return {"images": args.images, "batch": args.scan_batch, "workers": args.workers, "forward_img_s": forward,
+            "scan_steady_img_s": steady, "scan_end_to_end_img_s": end_to_end, "ratio_steady": steady / forward,
+            "ratio_end_to_end": end_to_end / forward}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="RN50x4")
+    parser.add_argument("--layer", default="neurons")
+    parser.add_argument("--batches", default="32,64,128")
+    parser.add_argument("--steps", type=int, default=512, help="steps of a full render")
+    parser.add_argument("--timed-steps", type=int, default=20, help="steps timed per batch size")
+    parser.add_argument("--check-batch", type=int, default=64)
+    parser.add_argument("--check-steps", type=int, default=128, help="steps of the end-to-end check render")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--scan-batch", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--parts", default="featurevis,scan")
+    parser.add_argument("--device", default="cuda", help="cuda (cpu only to try the script on a small model)")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 autocast on a GPU with bf16), fp32, ...")
+    args = parser.parse_args()
+    seed_everything(0)
+    torch.backends.cudnn.benchmark = True
+    model = load_model(args.model, weights="random", device=args.device, precision=args.precision)
+    device_name = torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu"
+    print(f"{model.key} on {device_name}, precision {model.precision.name}, "
+          f"torch {torch.__version__}", flush=True)
+    parts = {"featurevis": featurevis, "scan": scan_vs_forward}
+    for part in args.parts.split(","):
+        started = time.perf_counter()
+        result = parts[part](model, args)
+        print(json.dumps({part: result}), f"[{time.perf_counter() - started:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
