@@ -71,3 +71,15 @@ def test_more_loader_workers_render_the_same_batches_in_order(tmp_path, small_wo
     assert [entry["loss"] for entry in three["log"]] == [entry["loss"] for entry in one["log"]]
     for name, tensor in one["model"].items():
         assert torch.equal(tensor, three["model"][name]), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_train_command_says_when_the_gpu_it_was_given_is_missing(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from neuronscope.cli import app
+
+    result = CliRunner().invoke(app, ["world", "train", "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert result.exit_code == 1
+    assert "no CUDA GPU; use --device cpu" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -308,10 +308,11 @@ def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, a
 
 @dataclass
 class BatchUpdate:
-    """One batch's reduced activations, ready to merge: per layer ``(values, cells, map_means)`` (see
-    :func:`reduce_batch`), the kept images' ``ordinals`` [B] and reservoir ``hashes`` [B], and their records."""
+    """One batch's reduced activations, ready to merge: per layer ``(values, cells, map_means)`` on the
+    model's device (see :func:`reduce_batch`), the kept images' ``ordinals`` [B] and reservoir ``hashes``
+    [B], and their records."""
 
-    reduced: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    reduced: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     ordinals: np.ndarray
     hashes: np.ndarray
     records: dict[int, ImageRecord]

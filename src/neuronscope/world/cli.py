@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from ..commands.common import cli_command
 from .sampler import Mix
 from .train import TrainConfig
 
@@ -43,6 +44,7 @@ def concepts() -> None:
 
 
 @app.command()
+@cli_command
 def build(
     out: Path = typer.Option(Path("world"), help="Directory to write the world into."),
     seed: int = typer.Option(0, help="Seed of the split and of every rendered image."),
@@ -63,6 +65,7 @@ def build(
 
 
 @app.command()
+@cli_command
 def train(
     world: Path = typer.Option(Path("world"), help="A directory made by `world build`."),
     out: Path = typer.Option(Path("runs/mini-clip"), help="Run directory (checkpoints; resumes if present)."),
@@ -90,6 +93,9 @@ def train(
     from .train import export_weights
     from .train import train as run_training
 
+    from ..runtime import resolve_device
+
+    device = str(resolve_device(device))  # a clear error for a GPU this machine does not have
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision,
                          mix=_parse_mix(mix), vision_width=vision_width)
     with _progress_reporter(steps) as on_step:
@@ -138,6 +144,7 @@ def _load_for_eval(weights: Optional[str]):
 
 
 @app.command("eval")
+@cli_command
 def eval_command(
     weights: Optional[str] = typer.Option(None, help="A model folder or a training checkpoint.pt; default: the bundled weights."),
     split: Optional[Path] = typer.Option(None, help="A test split tar; default: the one shipped with the package."),
