@@ -12,7 +12,7 @@ APT_WORLD := openclipart-png fonts-liberation fonts-freefont-ttf fonts-dejavu-co
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[words,web,distributed,test]'
+	$(PY) -m pip install -q -e '.[words,web,distributed,parquet,test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -165,6 +165,19 @@ def test_numpy_export_matches_show(scanned, tmp_path):
     assert data["mean"][9] == pytest.approx(record["stats"]["mean"])
 
 
+def test_parquet_export_has_one_row_per_unit_equal_to_the_npz(scanned, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    for name in ("n.npz", "n.parquet"):
+        result = runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--export", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    arrays, table = np.load(tmp_path / "n.npz"), pq.read_table(tmp_path / "n.parquet").to_pydict()
+    assert len(table["units"]) == 512 and set(table) == set(arrays.files)
+    for name in arrays.files:
+        np.testing.assert_array_equal(np.asarray(table[name]), arrays[name], err_msg=name)
+    wrong = runner.invoke(app, ["show", str(scanned), "--export", str(tmp_path / "n.csv")])
+    assert wrong.exit_code == 2 and ".parquet" in wrong.output and not (tmp_path / "n.csv").exists()
+
+
 def test_renders_words_and_artifacts_are_stored_for_a_layer_never_scanned(tmp_path):
     with Atlas(tmp_path / "atlas") as atlas:
         run_id = atlas.start_run(command="visualize", config={}, config_key="k", model="tiny-rn@random",

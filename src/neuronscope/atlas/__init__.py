@@ -6,10 +6,11 @@
         atlas.set_label("mini-clip@bundled", "visual.layer4.1.act3:input", 7, "cat", source="user")
 """
 
-from neuronscope.atlas.export import export_numpy, layer_arrays
+from neuronscope.atlas.export import export_layer, export_numpy, export_parquet, layer_arrays
 from neuronscope.atlas.schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, schema_version
 from neuronscope.atlas.store import Atlas, AtlasError, library_versions
 from neuronscope.atlas.thumbnails import THUMB_SIZE, marked_thumbnail, thumbnail_name
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "THUMB_SIZE", "Atlas", "AtlasError", "ensure_schema", "export_numpy",
-           "layer_arrays", "library_versions", "marked_thumbnail", "schema_version", "thumbnail_name"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "THUMB_SIZE", "Atlas", "AtlasError", "ensure_schema", "export_layer",
+           "export_numpy", "export_parquet", "layer_arrays", "library_versions", "marked_thumbnail", "schema_version",
+           "thumbnail_name"]

@@ -1,13 +1,16 @@
-"""Per-unit statistics and top/bottom examples of a layer as NumPy arrays, for users' own analysis.
+"""Per-unit statistics and top/bottom examples of a layer as NumPy arrays or a Parquet table.
 
-    from neuronscope.atlas import Atlas, export_numpy
+    from neuronscope.atlas import Atlas, export_numpy, export_parquet
     with Atlas("my-atlas") as atlas:
         export_numpy(atlas, "mini-clip", "neurons", "neurons.npz")
+        export_parquet(atlas, "mini-clip", "neurons", "neurons.parquet")
     data = np.load("neurons.npz")
     data["top_ids"][7]      # [k] image ids of unit 7, best first ("" where fewer images)
+    pandas.read_parquet("neurons.parquet").loc[7, "top_ids"]   # the same, one row per unit
 
-Parquet is not offered: pyarrow is not a dependency, and one ``.npz`` of
-flat arrays loads anywhere NumPy does.
+The ``.npz`` holds flat arrays and loads anywhere NumPy does; the Parquet
+table (pyarrow, ``pip install 'neuronscope[parquet]'``) has one row per unit
+with the same columns, the per-unit arrays as list columns.
 """
 
 from __future__ import annotations
@@ -75,3 +78,35 @@ def export_numpy(atlas: Atlas, model: str | None, layer: str, path: str | os.Pat
     np.savez(buffer, **layer_arrays(atlas, model, layer))
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def export_parquet(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
+    """Write :func:`layer_arrays` as a Parquet table, one row per unit (atomically); returns the path.
+
+    Scalar columns stay scalar; ``{kind}_ids`` / ``{kind}_values`` are lists of k, ``{kind}_cells`` lists of
+    k (row, col) pairs and ``histogram_counts`` a list of bins. Needs pyarrow.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("Parquet export needs pyarrow: pip install 'neuronscope[parquet]' "
+                          "(or write .npz, which needs nothing more)") from None
+    arrays = layer_arrays(atlas, model, layer)
+    columns = {name: pa.array(values.tolist() if values.ndim > 1 else values) for name, values in arrays.items()}
+    path = Path(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+EXPORTERS = {".npz": export_numpy, ".parquet": export_parquet}
+
+
+def export_layer(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
+    """:func:`export_numpy` or :func:`export_parquet`, by the suffix of ``path``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXPORTERS:
+        raise ValueError(f"export to {Path(path).name!r}: name a .npz (NumPy) or .parquet (Parquet) file")
+    return EXPORTERS[suffix](atlas, model, layer, path)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.atlas import Atlas, export_numpy
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.export import EXPORTERS, export_layer
 from neuronscope.commands.common import DebugOpt, JsonOpt, ModelOpt, cli_command, print_json
 from neuronscope.runtime import parse_units
 
@@ -22,18 +23,22 @@ def show(
     model: ModelOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Examples printed per unit (text output).")] = 8,
     export: Annotated[Optional[Path], typer.Option(
-        "--export", help="Write the whole layer's stats and top/bottom examples to this .npz instead.")] = None,
+        "--export", help="Write the whole layer's stats and top/bottom examples to this .npz (NumPy) or "
+                         ".parquet (one row per unit) instead.")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show units of an atlas: top examples with the firing cell, stats, label, words.
 
     With --json: the unit's object (see CONVENTIONS.md); for a list of units, a list of objects."""
+    if export is not None and export.suffix.lower() not in EXPORTERS:
+        raise typer.BadParameter(f"name a .npz (NumPy) or .parquet (Parquet) file, not {export.name!r}",
+                                 param_hint="--export")
     with Atlas(atlas, create=False) as store:
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
         if export is not None:
-            written = export_numpy(store, model_key, entry["layer"], export)
+            written = export_layer(store, model_key, entry["layer"], export)
             typer.echo(f"{model_key} {entry['layer']}: {entry['units']} units written to {written}", err=json_out)
             if json_out:
                 print_json({"model": model_key, "layer": entry["layer"], "units": entry["units"],
