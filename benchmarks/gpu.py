@@ -1,9 +1,12 @@
 """GPU figures (issues 4 and 5): feature visualization of a whole RN50x4 layer, and the scan against a forward.
 
     python benchmarks/gpu.py [--model RN50x4] [--layer neurons] [--batches 32,64,128] [--steps 512]
-                             [--check-batch 64] [--check-steps 128] [--precision auto] [--images 2048] [--scan-batch 128] [--workers 12]
+                             [--check-batch 64] [--check-steps 128] [--precision auto]
+                             [--images 2048] [--scan-batch 128] [--workers 12] [--parts featurevis,scan]
 
-Random weights (speed does not depend on them); ``--precision auto`` (bf16 autocast on a GPU that has it). Every figure is wall time after a warm-up, with the GPU synchronised around it.
+Random weights (speed does not depend on them); ``--precision auto`` (bf16 autocast on a GPU that has it).
+Every figure is wall time after a warm-up, with the GPU synchronised around it. Writing the scan's PNGs
+takes about 20 s per 1,000 on one core: give the scan part that much more time.
 
 (1) Feature vis: seconds per render step at each batch (one image per unit), the FLOPs of one step (forward
     to the layer + backward, counted by torch's FlopCounterMode) and so the achieved TFLOP/s; the time to
