@@ -14,7 +14,7 @@ from PIL import Image
 from neuronscope.imagefiles import SkipCounts
 from neuronscope.world.build import collect_drawings, pack_drawings
 from neuronscope.world.concepts import Concept
-from neuronscope.world.render import render_drawing
+from neuronscope.world.render import augment_drawing, render_drawing
 
 CONCEPTS = (Concept("cat", ("animals/cats",)), Concept("dog", ("animals/dogs", "animals/dogs/puppies")))
 
@@ -101,3 +101,16 @@ def test_rendering_is_deterministic_and_seed_dependent() -> None:
     assert render(7).shape == (64, 64, 3)
     assert np.array_equal(render(7), render(7))
     assert not np.array_equal(render(7), render(8))
+
+
+def test_augmented_drawings_are_seeded_variants_that_keep_the_drawing() -> None:
+    drawing = _drawing(1)  # a 20 x 16 opaque block: 320 visible pixels
+    variant = lambda seed: augment_drawing(drawing, np.random.default_rng(seed), 64)  # noqa: E731
+    assert np.array_equal(np.asarray(variant(3)), np.asarray(variant(3)))
+    visible = [int((np.asarray(variant(seed))[..., 3] > 127).sum()) for seed in range(20)]
+    # Stretching by 0.8-1.25 and tilting within 15 degrees keeps the block's area within those factors.
+    assert all(0.75 * 320 <= v <= 1.1 * 320 for v in visible)
+    colours = {tuple(np.asarray(variant(seed))[..., :3][np.asarray(variant(seed))[..., 3] == 255][0])
+               for seed in range(5)}
+    assert len(colours) == 1  # the drawing's own colour: the variant changes its shape, not its ink
+    assert len({variant(seed).size for seed in range(20)}) > 5  # and the shapes do vary

@@ -78,6 +78,8 @@ def train(
                                                           "text in a batch (need not sum to 1)."),
     vision_width: int = typer.Option(_DEFAULTS.vision_width, help="Width of the ResNet's first stage (each "
                                                                   "later stage doubles it)."),
+    augment: bool = typer.Option(_DEFAULTS.augment, help="Mirror, stretch (0.8-1.25) and tilt (+-15 degrees) "
+                                                         "training drawings."),
     export: Optional[Path] = typer.Option(None, help="Also export the final weights to this directory."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]. A GPU trains the same batches faster; its weights "
                                           "are close to, not bit-equal to, the CPU's (the shipped ones are CPU's)."),
@@ -97,7 +99,7 @@ def train(
 
     device = str(resolve_device(device))  # a clear error for a GPU this machine does not have
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision,
-                         mix=_parse_mix(mix), vision_width=vision_width)
+                         mix=_parse_mix(mix), vision_width=vision_width, augment=augment)
     with _progress_reporter(steps) as on_step:
         checkpoint = run_training(world, out, config, on_step, device=device, loader_workers=loader_workers)
     if export is not None:

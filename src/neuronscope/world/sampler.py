@@ -16,7 +16,7 @@ from PIL import Image
 
 from .build import unpack_drawing
 from .concepts import CAPTION_TEMPLATES
-from .render import TRAIN_FONTS, font_path, render_drawing, render_labelled, render_word
+from .render import TRAIN_FONTS, augment_drawing, font_path, render_drawing, render_labelled, render_word
 
 KINDS = ("drawing", "word", "composite", "reading")
 
@@ -43,11 +43,11 @@ class WorldSampler:
     with equal keys as positives of each other.
     """
 
-    def __init__(self, world_dir: str | Path, size: int, seed: int = 0, mix: Mix = Mix()):
+    def __init__(self, world_dir: str | Path, size: int, seed: int = 0, mix: Mix = Mix(), augment: bool = False):
         world_dir = Path(world_dir)
         world = json.loads((world_dir / "world.json").read_text())
         packed = np.load(world_dir / "drawings.npz")
-        self.size, self.seed, self.mix = size, seed, mix
+        self.size, self.seed, self.mix, self.augment = size, seed, mix, augment
         self.concepts: list[str] = world["concepts"]
         self.reading_words: list[str] = world["reading_words"]
         self.drawings_by_concept = [[d["id"] for d in world["drawings"] if d["concept"] == c and d["split"] == "train"]
@@ -80,6 +80,8 @@ class WorldSampler:
         else:
             choices = self.drawings_by_concept[concept_index]
             drawing = self._drawing(choices[int(rng.integers(len(choices)))])
+            if self.augment:
+                drawing = augment_drawing(drawing, rng, self.size)
             image = (render_drawing(drawing, rng, self.size) if kind == "drawing"
                      else render_labelled(drawing, concept, font, rng, self.size))
         return np.asarray(image), caption_template.format(concept, concept), concept_index
@@ -99,8 +101,8 @@ class BatchStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, world_dir: str | Path, size: int, seed: int, mix: Mix, batch_size: int,
-                 start_step: int, end_step: int, context_length: int):
-        self.args = (world_dir, size, seed, mix)
+                 start_step: int, end_step: int, context_length: int, augment: bool = False):
+        self.args = (world_dir, size, seed, mix, augment)
         self.batch_size, self.start_step, self.end_step = batch_size, start_step, end_step
         self.context_length = context_length
 

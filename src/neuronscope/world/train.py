@@ -52,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 250
     seed: int = 0
     mix: Mix = field(default_factory=Mix)
+    augment: bool = False  # mirror, stretch and tilt training drawings (render.augment_drawing)
     precision: str = "fp32"  # "bf16" uses autocast; slower than fp32 on CPUs without native bf16
     checkpoint_seconds: float = 180.0
 
@@ -153,6 +154,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         saved = json.loads(config_path.read_text())
         # How often to checkpoint does not change the weights: it may differ on resume.
         saved.pop("checkpoint_seconds", None)
+        saved.setdefault("augment", False)  # runs from before the option trained without it
         if saved != {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"}:
             raise ValueError(f"{out_dir} holds a run with another config; use a new --out or the same settings")
     else:
@@ -170,7 +172,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     model.train()
 
     stream = BatchStream(world_dir, config.image_size, config.seed, config.mix, config.batch_size,
-                         start_step, config.steps, config.context_length)
+                         start_step, config.steps, config.context_length, config.augment)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers, prefetch_factor=4,
                                          pin_memory=device != "cpu")
     device_type = torch.device(device).type
