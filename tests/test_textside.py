@@ -323,6 +323,8 @@ def test_attribute_textvis_and_emotions_fill_an_atlas(tmp_path):
         texts = atlas.unit(filled["model"], layer, 0)["texts"]
         assert len(texts) == 3 and {t["text"] for t in texts} <= {"spider", "cat", "star", "planet", "card"}
         assert [t["score"] for t in texts] == sorted((t["score"] for t in texts), reverse=True)
+        shown = _invoke("show", str(out), "--layer", "neurons", "--unit", "0").stdout
+        assert "  texts: " + ", ".join(repr(t["text"]) for t in texts) in shown.splitlines()
         unit1 = atlas.unit(filled["model"], layer, 1)["texts"]
         assert len(unit1) > 3  # the vocabulary's 3 plus text feature vis's, merged
         codes = atlas.artifact(filled["model"], layer, "emotions", "codes")

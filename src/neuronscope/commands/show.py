@@ -28,7 +28,7 @@ def show(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show units of an atlas: top examples with the firing cell, stats, label, words.
+    """Show units of an atlas: top examples with the firing cell, stats, label, words, texts.
 
     With --json: the unit's object (see CONVENTIONS.md); for a list of units, a list of objects."""
     if export is not None and export.suffix.lower() not in EXPORTERS:
@@ -62,6 +62,8 @@ def show(
             typer.echo(f"  {example['activation']:10.4f}  cell {tuple(example['cell'])}  {example['image']}")
         if record["words"]:
             typer.echo("  words: " + ", ".join(w["word"] for w in record["words"][:top]))
+        if record["texts"]:
+            typer.echo("  texts: " + ", ".join(repr(t["text"]) for t in record["texts"][:top]))
 
 
 def label(
