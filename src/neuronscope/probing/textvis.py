@@ -88,12 +88,17 @@ class TextVisResult:
 
 
 @functools.lru_cache(maxsize=1)
-def _word_tokens() -> tuple[Tensor, tuple[str, ...]]:
-    """Ids [V] of the BPE's whole alphabetic words and the words, ascending by id (the tokenizer is global)."""
-    import open_clip
+def _bpe():
+    """CLIP's BPE, the vocabulary ``open_clip.tokenize`` (and so :func:`encode_texts`) encodes with."""
+    from open_clip.tokenizer import SimpleTokenizer
 
-    tokenizer = open_clip.tokenizer._tokenizer  # the BPE that open_clip.tokenize (and encode_texts) uses
-    pairs = sorted((i, token[:-4]) for token, i in tokenizer.encoder.items()
+    return SimpleTokenizer()
+
+
+@functools.lru_cache(maxsize=1)
+def _word_tokens() -> tuple[Tensor, tuple[str, ...]]:
+    """Ids [V] of the BPE's whole alphabetic words and the words, ascending by id."""
+    pairs = sorted((i, token[:-4]) for token, i in _bpe().encoder.items()
                    if token.endswith("</w>") and token[:-4].isalpha())
     return torch.tensor([i for i, _ in pairs]), tuple(word for _, word in pairs)
 
@@ -110,11 +115,7 @@ class _TokenSpace:
     """The tokens a climb may use (whole alphabetic words), their embeddings and prior terms."""
 
     def __init__(self, model: LoadedModel, prior_weight: float) -> None:
-        import open_clip
-
-        tokenizer = open_clip.tokenizer._tokenizer
-        self.sot = tokenizer.encoder["<start_of_text>"]
-        self.eot = tokenizer.encoder["<end_of_text>"]
+        self.sot, self.eot = _bpe().sot_token_id, _bpe().eot_token_id
         self.ids, self.words = _word_tokens()  # [V], V words
         self.context_length = int(getattr(model.module, "context_length", 77))
         embedding = getattr(model.module, "token_embedding", None)
