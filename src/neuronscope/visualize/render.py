@@ -103,7 +103,8 @@ def render(
     # One fused kernel for the update (CPU and CUDA): the parameter is a single tensor, so the default
     # per-op Adam spends more time dispatching than computing.
     optimizer = torch.optim.Adam(param.parameters(), lr=config.lr, fused=True)
-    curve = torch.empty(config.steps, batch)
+    # On the model's device: a per-step copy to the host would make the host wait for every GPU step.
+    curve = torch.empty(config.steps, batch, device=device)
     started = time.perf_counter()
 
     recorder = Recorder(model, list(dict.fromkeys(names.values())), early_stop=True, detach=False)
@@ -122,12 +123,12 @@ def render(
             values = objective(Context(acts, image, step, model.token_grid))  # [B]
             (-values.sum()).backward()
             optimizer.step()
-            curve[step] = values.detach().float().cpu()
+            curve[step] = values.detach().float()
             if on_step is not None:
                 on_step(step + 1, config.steps)
         with torch.no_grad():
             images = param().float().cpu()
-    return RenderResult(images, curve, str(objective), config, time.perf_counter() - started)
+    return RenderResult(images, curve.cpu(), str(objective), config, time.perf_counter() - started)
 
 
 def _composite(image: Tensor, generator: torch.Generator) -> Tensor:
