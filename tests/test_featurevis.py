@@ -33,6 +33,7 @@ from neuronscope.visualize import (
     redirected_relu,
     render,
     render_units,
+    make_param,
     standard_transforms,
 )
 from neuronscope.visualize import facets
@@ -46,6 +47,24 @@ def test_fft_image_starts_near_grey_and_alpha_adds_a_channel():
     assert image.shape == (2, 3, 32, 48)
     assert (image - 0.5).abs().mean() < 0.1  # faint 1/f noise around grey
     assert FFTImage(1, (16, 16), alpha=True)().shape == (1, 4, 16, 16)
+
+
+def test_a_low_resolution_parameterization_is_upsampled_and_holds_no_finer_detail():
+    low = make_param("fft", 2, (64, 48), param_size=16, sd=0.5, generator=torch.Generator().manual_seed(0))
+    full = make_param("fft", 2, (64, 48), sd=0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        image, reference = low(), full()
+    assert image.shape == reference.shape == (2, 3, 64, 48) and low.inner.size == (16, 12)
+
+    def neighbour_difference(x: torch.Tensor) -> float:  # high-frequency energy: neighbouring pixels' squared step
+        return float(x.diff(dim=-1).square().mean() + x.diff(dim=-2).square().mean())
+
+    # Each low-resolution pixel spans 4 x 4 image pixels, so steps between neighbours are about 4x smaller.
+    assert neighbour_difference(image) < neighbour_difference(reference) / 4
+    assert isinstance(make_param("fft", 1, (32, 32), param_size=32), FFTImage)  # its own size: no wrapper
+    for wrong in (2, 40):
+        with pytest.raises(ValueError, match="only ever upsampled"):
+            make_param("fft", 1, (32, 32), param_size=wrong)
 
 
 def test_transforms_keep_dtype_and_device_and_standard_amounts_scale_with_size():
@@ -259,6 +278,12 @@ def _invoke(*args: str):
 def test_cli_needs_somewhere_to_write():
     result = _invoke("--units", "0")
     assert result.exit_code == 1 and "--out ATLAS, --png DIR" in result.output
+
+
+def test_cli_param_size_larger_than_the_image_is_refused(tmp_path: Path):
+    result = _invoke("--units", "0", "--png", str(tmp_path), "--param-size", "65")  # tiny-rn takes 64 px
+    assert result.exit_code == 1 and "at most 64" in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_png_and_atlas(tmp_path: Path):

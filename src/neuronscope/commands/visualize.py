@@ -49,6 +49,9 @@ def visualize(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (Lucid: 512).")] = 512,
     size: Annotated[Optional[int], typer.Option("--size", min=8, help="Image side (default: the model's input "
                                                                       "size; never resized to fit).")] = None,
+    param_size: Annotated[Optional[int], typer.Option("--param-size", min=4, help="Optimise the image at this "
+                                                      "side and upsample it (Lucid's lowres_tensor): no detail "
+                                                      "finer than its pixels (default: the image's side).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per pass.")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (Lucid 0.05; facets 0.02).")] = 0.0,
     l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image.")] = 0.0,
@@ -88,8 +91,13 @@ def visualize(
     canonical = resolve_layer(loaded.module, layer, loaded.layer_aliases, model_key=loaded.key)
     n_units, _ = layer_shape(loaded, canonical)
     chosen = parse_units(units, n_units)
+    side = size or max(loaded.preprocess.image_size)
+    if param_size is not None and param_size > side:
+        raise NeuronscopeError(f"--param-size {param_size} is larger than the image ({side} px): the "
+                               f"parameterization is only ever upsampled; give at most {side}")
     default_lr = facets.FACET_LR if facet else 0.05
-    config = RenderConfig(steps=steps, lr=lr or default_lr, size=size, l2=l2, tv=tv, seed=seed)
+    config = RenderConfig(steps=steps, lr=lr or default_lr, size=size, param_size=param_size, l2=l2, tv=tv,
+                          seed=seed)
     kind = f"facet:{Path(facet).name if Path(facet).is_dir() else facet}" if facet else \
         ("diverse" if diverse else "plain")
     png_dir = Path(png) if png else None

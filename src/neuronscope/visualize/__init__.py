@@ -14,7 +14,7 @@ fed through the model's own preprocessing contract at its input size.
 Faceted renders: :mod:`neuronscope.visualize.facets`.
 """
 
-from neuronscope.visualize.param import FFTImage, PixelImage, make_param
+from neuronscope.visualize.param import FFTImage, PixelImage, Upsampled, make_param
 from neuronscope.visualize.relu import redirect_relus, redirected_relu
 from neuronscope.visualize.render import frozen, render
 from neuronscope.visualize.results import RenderConfig, RenderResult, UnitRender, png_bytes, to_pil
@@ -32,7 +32,7 @@ from neuronscope.visualize.units import render_diverse, render_units
 
 __all__ = [
     "CropOrPad", "FFTImage", "Jitter", "Pad", "PixelImage", "RandomAffine", "RandomRotate", "RandomScale", "RenderConfig",
-    "RenderResult", "Transforms", "UnitRender",
+    "RenderResult", "Transforms", "UnitRender", "Upsampled",
     "frozen", "make_param", "png_bytes", "redirect_relus", "redirected_relu", "render", "render_diverse",
     "render_units", "standard_transforms", "to_pil",
 ]

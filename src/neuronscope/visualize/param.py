@@ -9,6 +9,11 @@ Lucid's recipe, rewritten for torch:
   square root, normalised by its largest column norm) and a sigmoid to [0, 1];
 - optional alpha: a fourth channel, its own sigmoid.
 
+A parameterization may live at a lower resolution than the image
+(:class:`Upsampled`, Lucid's ``lowres_tensor``): it cannot hold detail finer
+than its own pixels, so a small model's renders become shapes instead of
+saturated high-frequency texture.
+
 A parameterization is an ``nn.Module`` whose ``forward()`` returns images
 [B, C, H, W] in [0, 1] (C = 3, or 4 with alpha). Its tensors live on the
 device given at construction; nothing is chosen at import time.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # ImageNet colour correlation, square root (Lucid's ``color_correlation_svd_sqrt``).
@@ -110,12 +116,34 @@ class PixelImage(ImageParam):
         return self.pixels
 
 
+class Upsampled(nn.Module):
+    """A parameterization at a lower resolution, its images [B, C, h, w] resized (bilinear) to ``size``."""
+
+    def __init__(self, inner: ImageParam, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.inner, self.size = inner, tuple(size)
+
+    def forward(self) -> Tensor:
+        """Images [B, C, H, W] in [0, 1]."""
+        return F.interpolate(self.inner(), size=self.size, mode="bilinear", align_corners=False)
+
+
 PARAMETERIZATIONS = {"fft": FFTImage, "pixel": PixelImage}
 
 
-def make_param(kind: str, batch: int, size: tuple[int, int], **options) -> ImageParam:
-    """``fft`` or ``pixel`` parameterization of ``batch`` images of ``size``."""
-    try:
+def make_param(kind: str, batch: int, size: tuple[int, int], *, param_size: int | None = None,
+               **options) -> nn.Module:
+    """``fft`` or ``pixel`` parameterization of ``batch`` images of ``size`` (H, W).
+
+    ``param_size``: the longest side the parameterization lives at (the other side in proportion), upsampled
+    to ``size``; None: ``size`` itself.
+    """
+    if kind not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {kind!r}: use {' or '.join(PARAMETERIZATIONS)}")
+    if param_size is None or param_size == max(size):
         return PARAMETERIZATIONS[kind](batch, size, **options)
-    except KeyError:
-        raise ValueError(f"unknown parameterization {kind!r}: use {' or '.join(PARAMETERIZATIONS)}") from None
+    if not 4 <= param_size < max(size):
+        raise ValueError(f"param_size {param_size} must be at least 4 and below the image's side {max(size)} "
+                         f"(a parameterization is only ever upsampled)")
+    low = tuple(max(1, round(side * param_size / max(size))) for side in size)
+    return Upsampled(PARAMETERIZATIONS[kind](batch, low, **options), size)

@@ -88,8 +88,8 @@ def render(
     input_size = model.preprocess.image_size
     size = (config.size, config.size) if config.size else input_size
     generator = torch.Generator().manual_seed(config.seed)
-    param = make_param(config.param, batch, size, sd=config.sd, decorrelate=config.decorrelate, alpha=config.alpha,
-                       device=device, generator=generator,
+    param = make_param(config.param, batch, size, param_size=config.param_size, sd=config.sd,
+                       decorrelate=config.decorrelate, alpha=config.alpha, device=device, generator=generator,
                        **({"decay_power": config.decay_power} if config.param == "fft" else {}))
     if transforms is None:
         transforms = (standard_transforms(size, pad=config.pad, jitter=config.jitter, scales=config.scales,

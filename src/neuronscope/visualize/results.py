@@ -25,6 +25,8 @@ class RenderConfig:
         decorrelate: optimise in decorrelated colour.
         alpha: add an alpha channel (composited over random noise each step).
         sd, decay_power: the parameterization's init sd and spectrum decay.
+        param_size: the longest side the parameterization lives at, upsampled
+            (bilinear) to the image (None: the image's own; Lucid's ``lowres_tensor``).
         transforms: ``standard`` (Lucid's stack scaled to ``size``) or ``none``.
         pad, jitter, scales, angles: override the standard stack's amounts
             (pixels; scale factors; degrees). None: Lucid's, scaled to ``size``.
@@ -41,6 +43,7 @@ class RenderConfig:
     alpha: bool = False
     sd: float = 0.01
     decay_power: float = 1.0
+    param_size: int | None = None
     transforms: str = "standard"
     pad: int | None = None
     jitter: int | None = None
