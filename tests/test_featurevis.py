@@ -161,10 +161,11 @@ def test_200_renders_leave_no_hooks_and_do_the_same_work_each_time(tiny_rn):
 # --------------------------------------------------------------------------- the mini CLIP
 
 MINI_CLIP_CARD = Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json"
-# Lucid's recipe (512 steps) with the transforms tuned for 64 px (2 px pad, 1 px jitter, scale 0.95-1.05,
-# +-5 deg), lr 0.02 and small L2 / TV penalties: see benchmarks/RESULTS.md. (256 steps at lr 0.03 left
-# the activation check at the edge: 8 or 9 of 10 depending on float rounding in the transforms.)
-MINI_CLIP_RENDER = dict(steps=512, lr=0.02, l2=1.0, tv=1.0, pad=2, jitter=1, scales=(0.95, 1.0, 1.05),
+# Lucid's recipe with the transforms tuned for 64 px (2 px pad, 1 px jitter, scale 0.95-1.05, +-5 deg), lr 0.02,
+# and the image optimised at 24 px, upsampled to 64 (param_size), 1,024 steps, no L2 / TV penalty. At full
+# resolution the renders saturate into texture that the zero-shot head rarely reads as the concept (3 of 11 a
+# seed, at every setting swept); see benchmarks/RESULTS.md and benchmarks/render_quality.py.
+MINI_CLIP_RENDER = dict(steps=1024, lr=0.02, param_size=24, pad=2, jitter=1, scales=(0.95, 1.0, 1.05),
                         angles=(-5.0, 0.0, 5.0))
 SEEDS = (0, 1, 2)
 
@@ -209,14 +210,14 @@ def test_mini_clip_renders_beat_the_best_held_out_example(mini_clip, card_units,
 
 
 def test_mini_clip_zero_shot_reads_the_concept_from_its_units_render(mini_clip, card_units, card_renders):
-    """The card's 11 multimodal units x 3 seeds, zero-shot over the world's 43 concepts ("a {}").
+    """The card's 11 multimodal units x 3 seeds, zero-shot over the world's 43 concepts ("a {}"): the concept is
+    the top class for at least half of the renders (the issue's bar).
 
-    SHORTFALL (honest): the issue asks that the top class be the unit's concept for at least half of the
-    units. The best render found within the test budget (MINI_CLIP_RENDER: Lucid's 512 steps, transforms
-    tuned for 64 px, lr 0.02, small L2/TV; see benchmarks/RESULTS.md) reaches a mean top-1 share of 0.27
-    over seeds 0-2 (3 of 11 each) with a median concept rank of 3 of 43 (chance: a share of 1/43 and a
-    median rank of about 22). This test asserts what is honestly reached, with a margin: a mean share of
-    at least 0.15 (5 of the 33 renders) and a median rank of at most 6.
+    Measured with MINI_CLIP_RENDER: 6, 5 and 6 of 11 for seeds 0-2 (a share of 0.52), median concept rank 1 of
+    43 (chance: a share of 1/43, a median rank of about 22). The bar is met at its edge, not with room: seeds
+    3-5 give 5, 5 and 6 (half of the six seeds' 66 renders), 2,048 steps 6, 3 and 4, other parameterization
+    sides 0.42-0.45. Renders are seeded and deterministic on one machine and torch build; a different CPU's
+    float rounding may move a render across the line.
     """
     from neuronscope.probing.zeroshot import ZeroShotClassifier
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
@@ -226,7 +227,7 @@ def test_mini_clip_zero_shot_reads_the_concept_from_its_units_render(mini_clip, 
     classifier = ZeroShotClassifier.build(mini_clip, names, ZEROSHOT_TEMPLATE)
     shares, ranks = [], []
     for seed in SEEDS:
-        probabilities = classifier.probabilities(card_renders[seed])  # [11, 42]
+        probabilities = classifier.probabilities(card_renders[seed])  # [11, 43]
         concept = torch.tensor([names.index(c) for _, c in units])
         target = probabilities.gather(1, concept[:, None])
         seed_ranks = (probabilities > target).sum(dim=1) + 1
@@ -235,8 +236,8 @@ def test_mini_clip_zero_shot_reads_the_concept_from_its_units_render(mini_clip, 
     mean_share, median_rank = statistics.mean(shares), statistics.median(ranks)
     print(f"zero-shot: mean top-1 share {mean_share:.2f} over seeds {shares}, median concept rank {median_rank} "
           f"of {len(names)}")
-    assert mean_share >= 0.15, (shares, ranks)
-    assert median_rank <= 6, (shares, ranks)
+    assert mean_share >= 0.5, (shares, ranks)
+    assert median_rank <= 2, (shares, ranks)
 
 
 def test_a_faceted_render_raises_the_facet_probe_score(mini_clip, card_units):
