@@ -90,16 +90,18 @@ class FFTImage(ImageParam):
         super().__init__(batch, size, decorrelate=decorrelate, alpha=alpha)
         height, width = size
         frequencies = fft_frequencies(height, width)
-        # Why sqrt(H*W) with an orthonormal inverse: Lucid's unnormalised irfft times sqrt(H*W).
-        scale = 1.0 / frequencies.clamp(min=1.0 / max(height, width)) ** decay_power * math.sqrt(height * width)
+        # Why sqrt(H*W) with an orthonormal inverse: Lucid's unnormalised irfft times sqrt(H*W). The / 4 is
+        # Lucid's constant (it keeps the initial image near grey after the sigmoid), folded in here.
+        scale = 1.0 / frequencies.clamp(min=1.0 / max(height, width)) ** decay_power * math.sqrt(height * width) / 4
         self.register_buffer("scale", scale.to(device))
         init = torch.randn(2, batch, self.channels, *frequencies.shape, generator=generator) * sd
-        self.spectrum = nn.Parameter(init.to(device))  # [2 (re, im), B, C, H, W//2+1]
+        # Stored [B, C, H, W//2+1, 2 (re, im)] so that view_as_complex reads it without a copy; drawn as
+        # [2, ...] so that a seed gives the same start as before.
+        self.spectrum = nn.Parameter(init.movedim(0, -1).contiguous().to(device))
 
     def raw(self) -> Tensor:
-        spectrum = torch.complex(self.spectrum[0], self.spectrum[1]) * self.scale
-        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
-        return image / 4.0  # Lucid's constant: keeps the initial image near grey after the sigmoid
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        return torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
 
 
 class PixelImage(ImageParam):

@@ -22,16 +22,18 @@ from torch import Tensor, nn
 def _rotation_grid(cos: Tensor, sin: Tensor, images: Tensor) -> Tensor:
     """``F.affine_grid`` of the linear maps [[cos, -sin], [sin, cos]] (per image [B]) for ``images``: [B, H, W, 2].
 
-    Written with broadcasting: affine_grid's batched matmul with an inner size of 3
-    costs more on CPU than the whole resample's forward.
+    One broadcast sum of a row term [B, 1, W, 2] and a column term [B, H, 1, 2]: affine_grid's batched
+    matmul with an inner size of 3, or stacking two [B, H, W] maps, costs more on a CPU than the resample's
+    forward.
     """
     height, width = images.shape[2:]
     ys = (torch.arange(height, device=images.device, dtype=images.dtype) * 2 + 1) / height - 1  # pixel centres
     xs = (torch.arange(width, device=images.device, dtype=images.dtype) * 2 + 1) / width - 1
-    cos = cos.to(images.device, images.dtype)[:, None, None]
-    sin = sin.to(images.device, images.dtype)[:, None, None]
-    x, y = xs[None, None, :], ys[None, :, None]
-    return torch.stack((cos * x - sin * y, sin * x + cos * y), dim=-1)
+    cos = cos.to(images.device, images.dtype)
+    sin = sin.to(images.device, images.dtype)
+    along_x = xs[None, None, :, None] * torch.stack((cos, sin), dim=-1)[:, None, None, :]  # [B, 1, W, 2]
+    along_y = ys[None, :, None, None] * torch.stack((-sin, cos), dim=-1)[:, None, None, :]  # [B, H, 1, 2]
+    return along_x + along_y
 
 
 class RandomTransform(nn.Module):
