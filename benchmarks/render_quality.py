@@ -1,11 +1,13 @@
 """Render quality on the mini CLIP: what a setting does to the two checks of tests/test_featurevis.py.
 
     .venv/bin/python benchmarks/render_quality.py [--seeds 0,1] [--threads 1] [SETTING ...]
-    .venv/bin/python benchmarks/render_quality.py tests decay_power=1.5 "tv=3 decay_power=1.5" steps=1024
+    .venv/bin/python benchmarks/render_quality.py base decay_power=1.5 "param_size=24 tv=0.0 l2=0.0 steps=1024"
 
-Each SETTING is ``tests`` (the tests' ``MINI_CLIP_RENDER``) or space-separated ``field=value`` changes to
-it (fields of ``RenderConfig``; values are Python literals, e.g. ``transforms='none'``). For the card's
-multimodal units, one render per unit and seed, saved as PNG and read back through the preprocessing:
+Each SETTING is ``base`` (:data:`BASE`) or space-separated ``field=value`` changes to it (fields of
+``RenderConfig``; values are Python literals, e.g. ``transforms='none'``). The tests' settings
+(``MINI_CLIP_RENDER`` in tests/test_featurevis.py) are ``"param_size=24 tv=0.0 l2=0.0 steps=1024"``.
+
+For the card's multimodal units, one render per unit and seed, saved as PNG and read back through the preprocessing:
 
 - zero-shot: how many renders the world's zero-shot classifier ("a {}") names as the unit's concept, per
   seed, and the median rank of the concept over all renders (of 43; chance about 22);
@@ -34,13 +36,14 @@ from neuronscope.visualize import RenderConfig, render_units
 from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 from neuronscope.world.split import load_test_split
 
-#: tests/test_featurevis.py's MINI_CLIP_RENDER.
-TESTS = dict(steps=512, lr=0.02, l2=1.0, tv=1.0, pad=2, jitter=1, scales=(0.95, 1.0, 1.05), angles=(-5.0, 0.0, 5.0))
+#: What the sweeps in benchmarks/RESULTS.md changed: full resolution, 512 steps, transforms tuned for 64 px,
+#: lr 0.02, small L2 / TV (the tests' settings until they moved to param_size 24).
+BASE = dict(steps=512, lr=0.02, l2=1.0, tv=1.0, pad=2, jitter=1, scales=(0.95, 1.0, 1.05), angles=(-5.0, 0.0, 5.0))
 
 
 def parse_setting(text: str) -> dict:
-    """``"tests"`` -> {}; ``"tv=3 decay_power=1.5"`` -> {"tv": 3, "decay_power": 1.5}."""
-    if text == "tests":
+    """``"base"`` -> {}; ``"tv=3 decay_power=1.5"`` -> {"tv": 3, "decay_power": 1.5}."""
+    if text == "base":
         return {}
     changes = {}
     for part in text.split():
@@ -54,7 +57,7 @@ def parse_setting(text: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("settings", nargs="*", default=["tests"])
+    parser.add_argument("settings", nargs="*", default=["base"])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -77,7 +80,7 @@ def main() -> None:
         started = time.perf_counter()
         named, ranks, beats = [], [], []
         for seed in seeds:
-            config = RenderConfig(seed=seed, **{**TESTS, **changes})
+            config = RenderConfig(seed=seed, **{**BASE, **changes})
             renders = render_units(model, layer, [u for u, _ in units], batch_size=16, config=config)
             pixels = model.preprocess.to_pixels([Image.open(io.BytesIO(r.png())) for r in renders])
             probabilities = classifier.probabilities(pixels)

@@ -110,7 +110,7 @@ def test_augmented_drawings_are_seeded_variants_that_keep_the_drawing() -> None:
     visible = [int((np.asarray(variant(seed))[..., 3] > 127).sum()) for seed in range(20)]
     # Stretching by 0.8-1.25 and tilting within 15 degrees keeps the block's area within those factors.
     assert all(0.75 * 320 <= v <= 1.1 * 320 for v in visible)
-    colours = {tuple(np.asarray(variant(seed))[..., :3][np.asarray(variant(seed))[..., 3] == 255][0])
-               for seed in range(5)}
+    pixels = [np.asarray(variant(seed)) for seed in range(5)]
+    colours = {tuple(p[..., :3][p[..., 3] == 255][0]) for p in pixels}
     assert len(colours) == 1  # the drawing's own colour: the variant changes its shape, not its ink
     assert len({variant(seed).size for seed in range(20)}) > 5  # and the shapes do vary

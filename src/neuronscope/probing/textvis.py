@@ -115,7 +115,8 @@ class _TokenSpace:
     """The tokens a climb may use (whole alphabetic words), their embeddings and prior terms."""
 
     def __init__(self, model: LoadedModel, prior_weight: float) -> None:
-        self.sot, self.eot = _bpe().sot_token_id, _bpe().eot_token_id
+        bpe = _bpe()
+        self.sot, self.eot = bpe.sot_token_id, bpe.eot_token_id
         self.ids, self.words = _word_tokens()  # [V], V words
         self.context_length = int(getattr(model.module, "context_length", 77))
         embedding = getattr(model.module, "token_embedding", None)
