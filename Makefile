@@ -46,4 +46,4 @@ MINI_CLIP_DIR := src/neuronscope/data/mini_clip
 train: world
 	$(VENV)/bin/neuronscope world train --world $(WORLD_DIR) --out runs/mini-clip --export $(MINI_CLIP_DIR)
 	cp $(WORLD_DIR)/test_split.tar $(MINI_CLIP_DIR)/test_split.tar
-	$(VENV)/bin/neuronscope world eval --json --card-images docs/img > $(MINI_CLIP_DIR)/mini_clip_card.json
+	$(VENV)/bin/neuronscope world eval --world $(WORLD_DIR) --json --card-images docs/img > $(MINI_CLIP_DIR)/mini_clip_card.json

@@ -40,7 +40,7 @@ HELDOUT_WORD_RENDERS = 2  # per font file and width fraction: 4 fonts x 3 x 2 = 
 
 # Streams of the seeded generator, one per kind of image, so that adding
 # images of one kind never changes the pixels of another.
-STREAM = {"split": 1, "drawing": 2, "word": 3, "attack": 4, "reading": 5, "reading_pick": 6}
+STREAM = {"split": 1, "drawing": 2, "word": 3, "attack": 4, "reading": 5, "reading_pick": 6, "train_drawing": 7}
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class Drawing:
     split: str  # "train" or "test"
 
 
-def _rng(seed: int, stream: str, *index: int) -> np.random.Generator:
+def stream_rng(seed: int, stream: str, *index: int) -> np.random.Generator:
+    """The seeded generator of one image of one stream (:data:`STREAM`)."""
     return np.random.default_rng([seed, STREAM[stream], *index])
 
 
@@ -114,7 +115,7 @@ def collect_drawings(root: str | Path, concepts: tuple[Concept, ...], seed: int,
         files = by_concept.get(concept.word, [])
         if len(files) < MIN_DRAWINGS_PER_CONCEPT:
             continue
-        rng = _rng(seed, "split", concept_index)
+        rng = stream_rng(seed, "split", concept_index)
         order = rng.permutation(len(files))[:MAX_DRAWINGS_PER_CONCEPT]
         n_test = max(4, round(0.2 * len(order)))
         for rank, index in enumerate(order):
@@ -133,7 +134,7 @@ def reading_words(concept_words: list[str], seed: int, count: int = READING_WORD
 
     excluded = set(concept_words)
     pool = [w for w in top_n_list("en", 10_000) if w.isalpha() and w.isascii() and w not in excluded]
-    pick = _rng(seed, "reading_pick").permutation(len(pool))[:count]
+    pick = stream_rng(seed, "reading_pick").permutation(len(pool))[:count]
     return [pool[i] for i in sorted(pick)]
 
 
@@ -174,25 +175,25 @@ def render_test_split(drawings: list[Drawing], images: list[Image.Image], words:
     heldout = [d for d in drawings if d.split == "test"]
     for d in heldout:
         for render in range(RENDERS_PER_HELDOUT_DRAWING):
-            add(render_drawing(images[d.id], _rng(seed, "drawing", d.id, render), size),
+            add(render_drawing(images[d.id], stream_rng(seed, "drawing", d.id, render), size),
                 kind="drawing", concept=d.concept, drawing=d.id, render=render)
     for c, concept in enumerate(concepts):
         for f, font in enumerate(HELDOUT_FONTS):
             for w, fraction in enumerate(HELDOUT_WORD_FRACTIONS):
                 for render in range(HELDOUT_WORD_RENDERS):
-                    rng = _rng(seed, "word", c, f, w, render)
+                    rng = stream_rng(seed, "word", c, f, w, render)
                     add(render_word(concept, font_path(font), rng, size, width_fraction=fraction),
                         kind="word", concept=concept, font=Path(font).stem, word=concept)
     for d in heldout:
-        rng = _rng(seed, "attack", d.id)
+        rng = stream_rng(seed, "attack", d.id)
         others = [c for c in concepts if c != d.concept]
         attack_word = others[int(rng.integers(len(others)))]
         font = HELDOUT_FONTS[int(rng.integers(len(HELDOUT_FONTS)))]
         add(render_labelled(images[d.id], attack_word, font_path(font), rng, size),
             kind="attack", concept=d.concept, drawing=d.id, attack_word=attack_word, font=Path(font).stem)
-    pick = _rng(seed, "reading", 0).permutation(len(words))[:READING_EVAL_WORDS]
+    pick = stream_rng(seed, "reading", 0).permutation(len(words))[:READING_EVAL_WORDS]
     for i in sorted(pick):
-        rng = _rng(seed, "reading", 1, int(i))
+        rng = stream_rng(seed, "reading", 1, int(i))
         font = HELDOUT_FONTS[int(rng.integers(len(HELDOUT_FONTS)))]
         add(render_word(words[i], font_path(font), rng, size), kind="reading", word=words[i], font=Path(font).stem)
     return entries, rendered

@@ -59,6 +59,13 @@ def card_tables(report: dict) -> str:
                [[u["concept"], u["unit"], f"{u['auroc_drawings']:.3f}", f"{u['auroc_words']:.3f}"]
                 for u in multimodal["units"]]),
     ]
+    if "generalization" in report:
+        found = report["generalization"]
+        parts += [f"### Training vs held-out drawings ({found['train_images']:,} renders of the training drawings)",
+                  _table(["zero-shot, training drawings", "zero-shot, held-out drawings",
+                          "linear probe fit to the training drawings, held-out drawings"],
+                         [[f"{found['drawings_train']:.1%}", f"{found['drawings_heldout']:.1%}",
+                           f"{found['probe_drawings_heldout']:.1%}"]])]
     return "\n\n".join(parts)
 
 

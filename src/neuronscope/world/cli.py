@@ -151,6 +151,9 @@ def eval_command(
     weights: Optional[str] = typer.Option(None, help="A model folder or a training checkpoint.pt; default: the bundled weights."),
     split: Optional[Path] = typer.Option(None, help="A test split tar; default: the one shipped with the package."),
     seeds: int = typer.Option(3, help="Seeds of each control (untrained network, deranged labels)."),
+    world: Optional[Path] = typer.Option(None, help="The world the split was built with (`world build`'s folder): "
+                                                    "also score the training drawings and a linear probe fit to "
+                                                    "them (where drawing accuracy is lost)."),
     card_images: Optional[Path] = typer.Option(None, help="Also write PNG sheets of the top multimodal units here."),
     out: Optional[Path] = typer.Option(None, "--out", help="An atlas to label the multimodal units in (label = concept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -162,7 +165,7 @@ def eval_command(
 
     model = _load_for_eval(weights)
     test_split = load_test_split(split)
-    report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)))
+    report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)), world_dir=world)
     if card_images is not None:
         write_unit_sheets(model, test_split, report, card_images)
     if out is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,10 @@ from ..activations import record
 from ..analysis import auroc_per_class
 from ..models.loader import LoadedModel, build
 from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
+from .build import RENDERS_PER_HELDOUT_DRAWING, stream_rng
 from .concepts import ZEROSHOT_TEMPLATE
+from .render import render_drawing
+from .sampler import WorldSampler
 from .split import TestSplit
 
 THRESHOLDS = (0.85, 0.9, 0.95)
@@ -34,6 +38,8 @@ STAGES = ("visual.layer1", "visual.layer2", "visual.layer3", "visual.layer4", "n
 READING_TEMPLATE = "{}"
 BN_ESTIMATE_IMAGES = 1000
 LIVE_STD = 1e-6
+#: Inverse L2 strength of the generalization probe (0.1 and 1 agree within a point on the shipped model).
+PROBE_C = 0.1
 
 
 @dataclass
@@ -198,9 +204,58 @@ def reading_scores(model: LoadedModel, split: TestSplit) -> dict:
             "median_rank": float(rank.float().median()), "gallery": len(gallery)}
 
 
+def generalization_scores(model: LoadedModel, split: TestSplit, world_dir: str | Path,
+                          renders: int = RENDERS_PER_HELDOUT_DRAWING, probe_c: float = PROBE_C) -> dict:
+    """Where drawing accuracy is lost: on the training drawings, or between them and the held-out ones.
+
+    Each of the world's *training* drawings is rendered ``renders`` times, as the split renders the held-out
+    ones (its own seeded stream), and scored two ways: zero-shot top-1 on those renders, and the held-out
+    top-1 of a linear probe (multinomial logistic regression on the standardised image embedding,
+    ``C = probe_c``) fit to them. A probe reads the image tower's features with the best linear readout the
+    training drawings allow, so a held-out probe score no better than zero-shot says that the image tower,
+    not its alignment with the text, is what fails to carry the concept to new drawings.
+
+    Returns:
+        ``{"drawings_train", "drawings_heldout", "probe_drawings_heldout", "train_images"}``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    sampler = WorldSampler(world_dir, size=split.meta["image_size"], seed=split.meta["seed"])
+    if sampler.concepts != split.concepts:
+        raise ValueError(f"the world at {world_dir} has other concepts than the test split; give the world the "
+                         "split was built with (`neuronscope world build` writes both)")
+    images, labels = [], []
+    for concept_index, drawing_ids in enumerate(sampler.drawings_by_concept):
+        for drawing_id in drawing_ids:
+            for render in range(renders):
+                rng = stream_rng(sampler.seed, "train_drawing", drawing_id, render)
+                images.append(np.asarray(render_drawing(sampler.drawing(drawing_id), rng, sampler.size)))
+                labels.append(concept_index)
+    train_pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
+    train_labels = torch.tensor(labels)
+    heldout = split.indices("drawing")
+    heldout_pixels, heldout_labels = split.pixels(heldout), split.concept_labels(heldout)
+
+    classifier = ZeroShotClassifier.build(model, split.concepts, ZEROSHOT_TEMPLATE)
+    train_features = encode_pixels(model, train_pixels).cpu()  # [N_train, D]
+    heldout_features = encode_pixels(model, heldout_pixels).cpu()  # [N_heldout, D]
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    probe = LogisticRegression(C=probe_c, max_iter=2000).fit(((train_features - mean) / std).numpy(), labels)
+    probe_predicted = torch.from_numpy(probe.predict(((heldout_features - mean) / std).numpy()))
+
+    def top1(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+        return round(float((predicted == truth).float().mean()), 4)
+
+    return {"drawings_train": top1(classifier.predict(train_pixels), train_labels),
+            "drawings_heldout": top1(classifier.predict(heldout_pixels), heldout_labels),
+            "probe_drawings_heldout": top1(probe_predicted, heldout_labels),
+            "train_images": len(labels)}
+
+
 def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[int, ...] = (0, 1, 2),
-                   layers: tuple[str, ...] = STAGES) -> dict:
-    """The full evaluation, as ``world eval --json`` prints it."""
+                   layers: tuple[str, ...] = STAGES, world_dir: str | Path | None = None) -> dict:
+    """The full evaluation, as ``world eval --json`` prints it; with ``world_dir``, also
+    :func:`generalization_scores` (the training drawings are in the world, not in the split)."""
     n_concepts = len(split.concepts)
     trained = split_responses(model, split, list(layers))
     layer_names = list(trained)
@@ -223,7 +278,7 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
         shuffled_counts.append(by_layer[best_layer]["shuffled"][-1])
 
     units = best_unit_per_concept(multimodal_units(trained[best_layer], n_concepts, 0.9), split.concepts, best_layer)
-    return {
+    report = {
         "model": model.key,
         "zeroshot": zeroshot_scores(model, split),
         "reading": reading_scores(model, split),
@@ -239,3 +294,6 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
             "by_layer": by_layer,
         },
     }
+    if world_dir is not None:
+        report["generalization"] = generalization_scores(model, split, world_dir)
+    return report

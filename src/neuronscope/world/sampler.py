@@ -56,7 +56,7 @@ class WorldSampler:
         self._fonts = [font_path(name) for name in TRAIN_FONTS]
         self._cache: dict[int, Image.Image] = {}
 
-    def _drawing(self, drawing_id: int) -> Image.Image:
+    def drawing(self, drawing_id: int) -> Image.Image:
         if drawing_id not in self._cache:
             self._cache[drawing_id] = unpack_drawing(self._pixels[drawing_id], self._sizes[drawing_id])
         return self._cache[drawing_id]
@@ -79,7 +79,7 @@ class WorldSampler:
             image = render_word(concept, font, rng, self.size)
         else:
             choices = self.drawings_by_concept[concept_index]
-            drawing = self._drawing(choices[int(rng.integers(len(choices)))])
+            drawing = self.drawing(choices[int(rng.integers(len(choices)))])
             if self.augment:
                 drawing = augment_drawing(drawing, rng, self.size)
             image = (render_drawing(drawing, rng, self.size) if kind == "drawing"
