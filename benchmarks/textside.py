@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_model("mini-clip", weights=DEFAULT)
-    sample = default_image_sample(args.sample)
+    sample = default_image_sample(args.sample, preprocess=model.preprocess)
     pixels = model.preprocess.normalize(sample.pixels)
     prompts = [f"a photo of a {word}" for word in load_vocabulary("english-10k")[:args.prompts]]
 

@@ -20,7 +20,9 @@ from neuronscope.analysis.sparse_codes import fit_sparse_codes, nmf_factors
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.models import DEFAULT, load_model
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.bundled import bundled_dir
+from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.attribution import (
     ImageSample,
     attribute_texts,
@@ -90,11 +92,24 @@ def test_image_sample_from_a_folder_decodes_the_drawn_files_and_passes_over_bad_
     for i in range(4):
         Image.new("RGB", (30 + 5 * i, 20), (50 * i, 0, 0)).save(tmp_path / f"{i}.png")
     (tmp_path / "broken.png").write_bytes(b"")
-    sample = image_sample_from(str(tmp_path), n=3, seed=0, size=32)
+    contract = Preprocess(image_size=32)
+    sample = image_sample_from(str(tmp_path), n=3, seed=0, preprocess=contract)
     assert sample.pixels.shape == (3, 3, 32, 32) and 0 <= float(sample.pixels.min()) <= float(sample.pixels.max()) <= 1
     assert "broken.png" not in sample.names and len(set(sample.names)) == 3
-    everything = image_sample_from(str(tmp_path), n=10, seed=1, size=32)
+    everything = image_sample_from(str(tmp_path), n=10, seed=1, preprocess=contract)
     assert sorted(everything.names) == [f"{i}.png" for i in range(4)]
+
+
+def test_a_sample_is_built_at_the_models_input_size_and_another_size_is_refused(tiny_rn):
+    """RN50x4 takes 288 px, the bundled split is 64 px: the default sample is brought to the model's input
+    by its contract, and a sample of another size is a clear error, not a silent resize or a shape crash."""
+    assert default_image_sample(4, preprocess=Preprocess(image_size=288)).pixels.shape == (4, 3, 288, 288)
+    assert torch.equal(default_image_sample(4, preprocess=tiny_rn.preprocess).pixels, default_image_sample(4).pixels)
+    small = ImageSample(torch.rand(2, 3, 32, 32), ["a", "b"], "noise")
+    with pytest.raises(NeuronscopeError, match="build it for the model"):
+        attribute_texts(tiny_rn, "neurons", ["a star"], small)
+    with pytest.raises(NeuronscopeError, match="32x32 px"):
+        compute_basis(tiny_rn, "neurons", small)
 
 
 def test_gradient_is_taken_on_the_layer_the_forward_used(tiny_rn):

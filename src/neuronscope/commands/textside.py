@@ -39,8 +39,8 @@ def _image_sample(model, images: str | None, count: int, seed: int):
     from neuronscope.probing.attribution import default_image_sample, image_sample_from
 
     if images:
-        return image_sample_from(images, count, seed, size=model.preprocess.image_size[0])
-    return default_image_sample(count, seed)
+        return image_sample_from(images, count, seed, preprocess=model.preprocess)
+    return default_image_sample(count, seed, preprocess=model.preprocess)
 
 
 def _require(model: str | None, out: str | None = "", what: str = "") -> None:

@@ -35,11 +35,12 @@ to the layer* is read on the clone's input edge — the tensor the forward
 went on with — so in-place layers such as ``act3:input`` work too.
 
 The image sample (documented default): the mini CLIP's bundled test split —
-clipart drawings and rendered words of 43 concepts — resized to the model's
+clipart drawings and rendered words of 43 concepts — brought to the model's
 input by its preprocessing contract. It ships with the package, so every
 model has a sample offline; for a real CLIP pass your own photos
 (``images=``/``--images``): the text side of a photo model is best read on
-photos.
+photos. A sample is built for one model's input size (``preprocess=``); the
+entry points refuse a sample of another size rather than resize it silently.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from torch import Tensor
 from neuronscope.activations import Recorder, map_grid, resolve_layer, unit_axis
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.zeroshot import encode_texts
 
 #: Images in the default sample: enough that every concept of the mini CLIP's
@@ -70,7 +72,7 @@ class ImageSample:
     """Images over which attributions are averaged.
 
     Attributes:
-        pixels: [N, 3, H, W] in [0, 1] (any size; the model's contract resizes).
+        pixels: [N, 3, H, W] in [0, 1], at the input size of the model it was built for.
         names: one id per image (split file names or source-relative paths).
         source: what the sample is, for provenance (``"mini-clip test split"``, a folder name).
     """
@@ -88,21 +90,29 @@ def _bundled_split():
     return load_test_split()
 
 
-def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0) -> ImageSample:
-    """``n`` images of the mini CLIP's bundled test split, drawn without replacement, in split order."""
+def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, *,
+                         preprocess: Preprocess | None = None) -> ImageSample:
+    """``n`` images of the mini CLIP's bundled test split, drawn without replacement, in split order.
+
+    ``preprocess``: the contract of the model the sample is for (``model.preprocess``); None keeps the
+    split's own 64 px, the mini CLIP's input.
+    """
     split = _bundled_split()
     total = len(split.entries)
     chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
-    return ImageSample(split.pixels(chosen), [split.entries[i]["file"] for i in chosen], "mini-clip test split")
+    pixels = split.pixels(chosen)
+    if preprocess is not None and tuple(pixels.shape[-2:]) != preprocess.image_size:
+        pixels = preprocess.to_pixels(split.pil(int(i)) for i in chosen)
+    return ImageSample(pixels, [split.entries[i]["file"] for i in chosen], "mini-clip test split")
 
 
-def image_sample_from(source: str, n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, size: int = 224) -> ImageSample:
-    """Up to ``n`` images of a folder, ``.tar`` shard or path list, drawn at random (seeded).
+def image_sample_from(source: str, n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, *,
+                      preprocess: Preprocess) -> ImageSample:
+    """Up to ``n`` images of a folder, ``.tar`` shard or path list, drawn at random (seeded), brought to
+    the model's input by its contract ``preprocess`` (``model.preprocess``).
 
     Only the drawn files are decoded (unreadable ones are passed over for the
     next in the draw), so a large folder costs its listing, not its pixels.
-    Images are resized to ``size`` (square) here only so that they stack; the
-    model's own contract resizes them again when they are encoded.
     """
     from PIL import Image
 
@@ -122,9 +132,21 @@ def image_sample_from(source: str, n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, 
     if not picked:
         raise NeuronscopeError(f"--images {source}: no readable images; give a folder, .tar shard or .txt list")
     picked.sort(key=lambda item: item[0])  # listing order, like the bundled sample
-    arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC)) for _, _, image in picked]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
-    return ImageSample(pixels, [name for _, name, _ in picked], listed.name)
+    return ImageSample(preprocess.to_pixels(image for _, _, image in picked), [name for _, name, _ in picked],
+                       listed.name)
+
+
+def _sample_for(model: LoadedModel, sample: ImageSample | None) -> ImageSample:
+    """``sample``, or the default one built for ``model``; a sample of another input size is refused."""
+    if sample is None:
+        return default_image_sample(preprocess=model.preprocess)
+    if tuple(sample.pixels.shape[-2:]) != model.preprocess.image_size:
+        height, width = model.preprocess.image_size
+        raise NeuronscopeError(
+            f"the image sample ({sample.source}) is {sample.pixels.shape[-2]}x{sample.pixels.shape[-1]} px but "
+            f"{model.key} takes {height}x{width}: build it for the model, e.g. "
+            "default_image_sample(preprocess=model.preprocess) or image_sample_from(path, preprocess=model.preprocess)")
+    return sample
 
 
 # ---------------------------------------------------------------------------- gradients w.r.t. the layer
@@ -310,7 +332,8 @@ def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample
     Args:
         layer: a layer name or alias (``neurons``).
         texts: prompts, e.g. ``["a photo of a spider"]``.
-        sample: the images to average over (default: :func:`default_image_sample`).
+        sample: the images to average over, at the model's input size (default: :func:`default_image_sample`
+            built for the model).
         batch_size: images per forward.
 
     Returns:
@@ -319,7 +342,7 @@ def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample
     """
     if not texts:
         raise NeuronscopeError("no prompt given: pass --prompt TEXT")
-    sample = sample or default_image_sample()
+    sample = _sample_for(model, sample)
     canonical = _canonical(model, layer)
     text_features = encode_texts(model, list(texts))  # [P, D]
     # The weights need the embeddings, which need a forward: one cheap no-grad pass first.
@@ -339,7 +362,7 @@ def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = N
     Memory: ``M`` holds N × U × D float32 values (256 × 512 × 128 on the
     mini CLIP: 67 MB; RN50x4 with 64 images: 420 MB).
     """
-    sample = sample or default_image_sample()
+    sample = _sample_for(model, sample)
     canonical = _canonical(model, layer)
     gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size)  # [D, N, U], [N, D]
     per_image = gxa.permute(1, 2, 0).contiguous().cpu()  # [N, U, D]

@@ -31,7 +31,7 @@ class PromptAttributor:
             raise NeuronscopeError(f"the atlas holds no layer of {model.key}: --model must be the atlas's model")
         self.model = model
         self.layers = layers
-        self.sample = default_image_sample()
+        self.sample = default_image_sample(preprocess=model.preprocess)
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
