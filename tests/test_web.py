@@ -124,7 +124,10 @@ def test_unknown_names_in_the_api_answer_json_404(client):
 
 @pytest.mark.parametrize("url", [f"{LAYER_URL}/u/abc", f"{LAYER_URL}/u/-1", f"{LAYER_URL}?page=0",
                                  f"{LAYER_URL}?page=x", f"{LAYER_URL}?sort=random", f"{LAYER_URL}?per_page=100000",
-                                 f"/api{LAYER_URL}/u/1.5"])
+                                 f"/api{LAYER_URL}/u/1.5",
+                                 # digits str.isdigit() takes but int() refuses or reads as another unit
+                                 f"{LAYER_URL}/u/%C2%B2", f"/api{LAYER_URL}/u/%C2%B2", f"{LAYER_URL}/u/%D9%A3",
+                                 f"{LAYER_URL}?page=%C2%B2", f"{LAYER_URL}?page={'1' * 5000}"])
 def test_malformed_parameters_answer_400(client, url):
     assert client.get(url).status_code == 400
 

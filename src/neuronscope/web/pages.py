@@ -8,6 +8,7 @@ different :mod:`~neuronscope.web.links`. Nothing here writes.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,6 +24,9 @@ TOP_EXAMPLES = 24
 TOP_WORDS = 30
 PER_PAGE = 120
 MAX_PER_PAGE = 1000
+#: A whole number in a URL: ASCII digits only (``str.isdigit`` also takes "²" and "٣"), few enough
+#: that ``int`` never meets Python's digit limit.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class BadRequest(ValueError):
@@ -50,7 +54,7 @@ class LayerQuery:
 def _positive(value: str | None, name: str, default: int, largest: int | None) -> int:
     if value in (None, ""):
         return default
-    if not value.isdigit() or int(value) < 1 or (largest is not None and int(value) > largest):
+    if not _WHOLE_NUMBER.fullmatch(value) or int(value) < 1 or (largest is not None and int(value) > largest):
         bound = f" up to {largest}" if largest else ""
         raise BadRequest(f"{name} must be a whole number from 1{bound}, not {value!r}")
     return int(value)
@@ -58,7 +62,7 @@ def _positive(value: str | None, name: str, default: int, largest: int | None) -
 
 def parse_unit(value: str) -> int:
     """A unit index from a URL segment (``7``); anything else is a bad request."""
-    if not value.isdigit() or len(value) > 9:
+    if not _WHOLE_NUMBER.fullmatch(value):
         raise BadRequest(f"a unit is a whole number such as 7, not {value!r}")
     return int(value)
 
