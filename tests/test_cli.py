@@ -46,6 +46,19 @@ def test_layers_text_output_and_filter():
     assert "17x256" in result.stdout
 
 
+def test_layers_of_a_model_that_names_its_weights(tmp_path, tiny_rn):
+    # NAME@WEIGHTS and a checkpoint path carry their weights: no "random" may be added beside them.
+    from tests.conftest import write_config_dir
+
+    result = invoke("layers", "mini-clip@bundled", "--match", "neurons")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("mini-clip@bundled:")
+    folder = write_config_dir(tmp_path / "rn", tiny_rn)
+    result = invoke("layers", str(folder), "--match", "neurons")
+    assert result.exit_code == 0, result.output
+    assert "@sha256:" in result.stdout.splitlines()[0]
+
+
 def test_models_lists_architectures_and_tags():
     result = invoke("models", "RN50x4")
     assert result.exit_code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -20,7 +21,7 @@ from neuronscope.commands.common import (
     cli_command,
     print_json,
 )
-from neuronscope.models import RANDOM, load_model
+from neuronscope.models import DEFAULT, RANDOM, load_model, split_model_name
 from neuronscope.runtime import seed_everything
 
 
@@ -38,10 +39,12 @@ def layers(
     """List layers (outputs and :input entries) with shapes at the model's input size.
 
     Runs one dummy forward; without --weights the weights are random (shapes do
-    not depend on them), so nothing is ever downloaded.
+    not depend on them), so nothing is ever downloaded, unless the model names
+    its own weights (NAME@WEIGHTS or a checkpoint PATH).
     """
     seed_everything(seed)
-    loaded = load_model(choose_model(model_arg, model), weights=weights or RANDOM, device=device, precision=precision)
+    chosen = choose_model(model_arg, model)
+    loaded = load_model(chosen, weights=_weights_for_layers(chosen, weights), device=device, precision=precision)
     infos = list_layers(loaded)
     if match:
         infos = [info for info in infos if fnmatch.fnmatchcase(info.name, match)
@@ -56,6 +59,18 @@ def layers(
         shape = "x".join(str(size) for size in info.shape)
         aliases = f"  = {', '.join(info.aliases)}" if info.aliases else ""
         typer.echo(f"{info.name:<{name_width}}  {shape}{aliases}")
+
+
+def _weights_for_layers(model: str, weights: str | None) -> str:
+    """``--weights`` as given; omitted: the weights the model names itself, else random.
+
+    ``NAME@WEIGHTS`` and a checkpoint path already say which weights they are,
+    so passing ``random`` beside them would be a conflict, not a default.
+    """
+    if weights:
+        return weights
+    _, inline = split_model_name(model)
+    return DEFAULT if inline is not None or os.path.exists(model) else RANDOM
 
 
 def register(app: typer.Typer) -> None:
