@@ -116,6 +116,28 @@ def test_label_command_then_show(scanned):
     assert '"stripes"' in text and "unit 5" in text
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_broken_histogram_file_reads_as_no_histogram(scanned, tmp_path, damage):
+    # A rescan removes the previous run's file after its commit; a reader in between, or a partly
+    # copied atlas, finds it gone or cut short: the unit reads without it, show and export go on.
+    with Atlas(scanned, create=False) as atlas:
+        path = scanned / atlas.db.execute("SELECT path FROM histograms").fetchone()["path"]
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    with Atlas(scanned, create=False) as atlas:
+        record = atlas.unit(None, "neurons", 3)
+        assert record["histogram"] is None and record["stats"]["count"] == 12
+        assert atlas.conditional_buckets(None, "neurons", 3) == []
+    shown = runner.invoke(app, ["show", str(scanned), "--unit", "3", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["histogram"] is None
+    exported = runner.invoke(app, ["show", str(scanned), "--export", str(tmp_path / "n.npz")])
+    assert exported.exit_code == 0, exported.output
+    assert "histogram_counts" not in np.load(tmp_path / "n.npz").files
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["show", "{atlas}", "--unit", "9999"], "out of range"),
     (["show", "{atlas}", "--layer", "visual.layer2"], "not in"),

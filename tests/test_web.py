@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import shutil
 import sqlite3
 from urllib.parse import urlsplit
 
@@ -77,6 +78,22 @@ def test_unit_page_shows_every_part_and_missing_parts_as_missing(client, web_atl
         plot = client.get(f"{LAYER_URL}/u/2/{image}.svg")
         assert plot.status_code == 200 and plot.headers["content-type"] == "image/svg+xml"
         assert plot.content.startswith(b"<svg") and b"<rect" in plot.content
+
+
+def test_a_missing_histogram_file_shows_the_unit_without_it(web_atlas, tmp_path):
+    # A rescan removes the previous run's histogram file after its commit: a server reading in between
+    # (or a partly copied atlas) finds it gone.
+    copy = tmp_path / "atlas"
+    shutil.copytree(web_atlas, copy)
+    for arrays in (copy / "arrays").rglob("*.npz"):
+        arrays.unlink()
+    with TestClient(create_app(copy, warm=False)) as bare:
+        page = bare.get(f"{LAYER_URL}/u/2")
+        assert page.status_code == 200 and "No histogram" in page.text
+        assert bare.get(f"/api{LAYER_URL}/u/2").json()["histogram"] is None
+        for plot in ("histogram", "conditional"):
+            answer = bare.get(f"{LAYER_URL}/u/2/{plot}.svg")
+            assert answer.status_code == 200 and answer.content.startswith(b"<svg")
 
 
 def test_api_unit_is_the_show_json_object(client, web_atlas):

@@ -31,7 +31,8 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
         for ``top`` and ``bottom``: ``{kind}_ids`` [C, k] str (``""`` where empty),
         ``{kind}_values`` [C, k] float32 (NaN where empty), ``{kind}_cells`` [C, k, 2] int16 (row, col);
         ``histogram_counts`` [C, n_bins], ``histogram_exponent`` / ``histogram_first`` [C]
-        (bin i of unit c covers [(first + i) * 2**exponent, (first + i + 1) * 2**exponent)).
+        (bin i of unit c covers [(first + i) * 2**exponent, (first + i + 1) * 2**exponent)); these three
+        are left out when the layer's histogram file is missing (see :meth:`Atlas.histogram_arrays`).
     """
     model_key = atlas.resolve_model(model)
     entry = atlas.resolve_layer(model_key, layer)
@@ -61,11 +62,10 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
         arrays[f"{kind}_ids"] = ids.astype(str)
         arrays[f"{kind}_values"] = values
         arrays[f"{kind}_cells"] = cells
-    histogram = atlas.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", key).fetchone()
+    histogram = atlas.histogram_arrays(*key)  # None: not scanned, or its file missing (left out, like unscanned)
     if histogram is not None:
-        with np.load(atlas.path / histogram["path"], allow_pickle=False) as data:
-            for name in ("counts", "exponent", "first"):
-                arrays[f"histogram_{name}"] = data[name]
+        for name in ("counts", "exponent", "first"):
+            arrays[f"histogram_{name}"] = histogram[name]
     return arrays
 
 

@@ -21,6 +21,7 @@ import os
 import platform
 import sqlite3
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -582,10 +583,9 @@ class Atlas:
         ``edges`` has one more entry than ``counts``; ``samples[i]`` are the
         reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first.
         """
-        row = self.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", (model, layer)).fetchone()
-        if row is None:
+        data = self.histogram_arrays(model, layer)
+        if data is None:
             return None
-        data = self._histogram_arrays(row["path"])
         counts = data["counts"][unit]
         occupied = np.flatnonzero(counts)
         if occupied.size == 0:
@@ -599,14 +599,26 @@ class Atlas:
         return {"edges": [(first + i) * width for i in range(low, high + 1)],
                 "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
 
-    def _histogram_arrays(self, relative: str) -> dict[str, np.ndarray]:
-        """A layer's histogram file, loaded once per Atlas (``show --unit all`` reads it per unit).
+    def histogram_arrays(self, model: str, layer: str) -> dict[str, np.ndarray] | None:
+        """A layer's histogram file as arrays (``counts`` [C, n_bins], ``exponent``, ``first`` [C], ...), or None.
 
-        The file name carries the run id, so a rescan's new file is never served from an old entry.
+        None when the layer has no histogram, or its file is missing or unreadable: a rescan removes
+        the previous run's file after its commit, so a reader between the two (a server during a scan)
+        or a partly copied atlas finds none, and shows the unit without it rather than failing.
+        Loaded once per Atlas (``show --unit all`` reads it per unit); the file name carries the run
+        id, so a rescan's new file is never served from an old entry.
         """
+        row = self.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", (model, layer)).fetchone()
+        if row is None:
+            return None
+        relative = row["path"]
         if relative not in self._histogram_cache:
-            with np.load(self.path / relative, allow_pickle=False) as data:
-                self._histogram_cache = {relative: {name: data[name] for name in data.files}}  # keep one layer
+            try:
+                with np.load(self.path / relative, allow_pickle=False) as data:
+                    arrays = {name: data[name] for name in data.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                return None
+            self._histogram_cache = {relative: arrays}  # keep one layer
         return self._histogram_cache[relative]
 
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10, *,
