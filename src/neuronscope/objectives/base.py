@@ -56,21 +56,31 @@ class Context:
                                      f"layers (recorded: {', '.join(self.acts) or 'none'})") from None
 
 
-def _needs_parens(description: str) -> bool:
-    """Whether a description must be bracketed as an operand of ``*`` or ``/``."""
+def _has_top_level(description: str, operators: str) -> bool:
+    """Whether ``description`` has one of the binary ``operators`` outside brackets (``"a - b"``, not ``"[a - b]"``)."""
     depth = 0
     for i, char in enumerate(description):
         if char in "([":
             depth += 1
         elif char in ")]":
             depth -= 1
-        elif depth == 0 and char in "+-" and description[i - 1:i] == " ":
-            return True  # a top-level binary + or -
+        elif depth == 0 and char in operators and description[i - 1:i] == " ":
+            return True  # binary: a space before it (a leading "-" is unary)
     return False
 
 
-def _operand(description: str) -> str:
-    return f"({description})" if _needs_parens(description) else description
+def _operand(description: str, operators: str = "+-") -> str:
+    """``description`` as an operand, bracketed when it has a top-level operator of ``operators``.
+
+    The default suits the operands of ``*`` and the right operand of ``-``. The right operand of ``/``
+    needs ``"+-*/"``: ``a / (b * c)`` is not ``a / b * c``.
+    """
+    return f"({description})" if _has_top_level(description, operators) else description
+
+
+def _divisor(description: str) -> str:
+    """The right operand of ``/``: bracketed whenever it is itself a sum, difference, product or quotient."""
+    return _operand(description, "+-*/")
 
 
 def _number(value: Number) -> str:
@@ -164,12 +174,12 @@ class Objective:
 
     def __truediv__(self, other: "Objective | Number") -> "Objective":
         if isinstance(other, Objective):
-            return self._combine(self, other, torch.div, f"{_operand(str(self))} / {_operand(str(other))}")
+            return self._combine(self, other, torch.div, f"{_operand(str(self))} / {_divisor(str(other))}")
         if isinstance(other, numbers.Real):
             return self._derive(lambda ctx: self(ctx) / other, f"{_operand(str(self))} / {_number(other)}")
         return NotImplemented
 
     def __rtruediv__(self, other: Number) -> "Objective":
         if isinstance(other, numbers.Real):
-            return self._derive(lambda ctx: other / self(ctx), f"{_number(other)} / {_operand(str(self))}")
+            return self._derive(lambda ctx: other / self(ctx), f"{_number(other)} / {_divisor(str(self))}")
         return NotImplemented
