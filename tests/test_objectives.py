@@ -3,6 +3,7 @@ a few optimiser steps on a tiny random model raise it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,17 @@ def test_channel_is_the_spatial_mean_and_takes_one_unit_per_image():
         channel("x", [0, 1, 2])(ctx)
 
 
+def test_units_may_be_numpy_or_torch_integers():
+    acts = torch.randn(2, 3, 2, 2)
+    ctx = _context(acts)
+    for unit in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(channel("x", unit)(ctx), acts[:, 2].mean(dim=(1, 2)))
+        assert torch.equal(neuron("x", unit)(ctx), acts[:, 2, 1, 1])
+        assert str(channel("x", unit)) == "Channel [x, 2]"
+    assert torch.equal(channel("x", np.array([2, 0]))(ctx), channel("x", [2, 0])(ctx))
+    assert torch.equal(channel("x", 1, batch=np.int64(1))(ctx), channel("x", 1, batch=1)(ctx))
+
+
 def test_neuron_reads_one_cell():
     acts = torch.randn(2, 3, 3, 3)
     assert torch.equal(neuron("x", 2)(_context(acts)), acts[:, 2, 1, 1])
@@ -62,6 +74,10 @@ def test_algebra_values_layers_and_descriptions():
     assert torch.allclose((-a)(ctx), -a(ctx))
     assert torch.allclose(sum([a, b, a])(ctx), 2 * a(ctx) + b(ctx))
     assert str(-(a - b)) == "-(Channel [x, 3] - Channel [x, 1])"
+    assert str(a / (b * a)) == "Channel [x, 3] / (Channel [x, 1] * Channel [x, 3])"
+    assert str(a / (b / a)) == "Channel [x, 3] / (Channel [x, 1] / Channel [x, 3])"
+    assert str(2 / (a * b)) == "2 / (Channel [x, 3] * Channel [x, 1])"
+    assert str(a * b / a) == "Channel [x, 3] * Channel [x, 1] / Channel [x, 3]"  # left to right: no brackets
     other = Objective(lambda c: c["y"].sum(dim=1), ["y"], "Y")
     assert (a + other).layers == ("x", "y")
     assert (a - l2()).layers == ("x",)

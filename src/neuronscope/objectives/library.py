@@ -1,14 +1,15 @@
 """The objective library: units, directions, prompts, batch relations and image penalties.
 
 Every function returns an :class:`Objective` whose value is one number per
-image [B]. ``unit`` arguments take one index (every image is scored by it) or
-one index per image (image ``i`` by ``unit[i]``): the latter is how one batch
-renders many units. ``batch`` restricts an objective to some images (the
+image [B]. ``unit`` arguments take one index (every image is scored by it; an
+``int`` or a NumPy / torch integer scalar) or one index per image (image ``i``
+by ``unit[i]``): the latter is how one batch renders many units. ``batch`` restricts an objective to some images (the
 others score 0).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -28,11 +29,23 @@ def _maps(ctx: Context, layer: str) -> Tensor:
     return unit_maps(ctx[layer].float(), grid=ctx.token_grid)
 
 
+def _one_index(units: Units | Batch) -> int | None:
+    """``units`` as one index, or None for a sequence of them.
+
+    Anything with ``__index__`` is one index: a NumPy or torch integer scalar as well as an ``int``.
+    """
+    try:
+        return operator.index(units)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def _per_image(values: Tensor, units: Units) -> Tensor:
     """Pick ``units`` from per-unit values [B, C]: one unit for all, or one per image -> [B]."""
-    if isinstance(units, int):
-        return values[:, units]
-    index = torch.as_tensor(list(units), device=values.device)
+    single = _one_index(units)
+    if single is not None:
+        return values[:, single]
+    index = torch.tensor([operator.index(u) for u in units], dtype=torch.long, device=values.device)
     if index.numel() != values.shape[0]:
         raise ValueError(f"{index.numel()} units for {values.shape[0]} images: give one unit, or one per image")
     return values.gather(1, index[:, None])[:, 0]
@@ -43,14 +56,16 @@ def _masked(values: Tensor, batch: Batch) -> Tensor:
     if batch is None:
         return values
     keep = torch.zeros_like(values)
-    keep[list([batch] if isinstance(batch, int) else batch)] = 1
+    single = _one_index(batch)
+    keep[[single] if single is not None else [operator.index(b) for b in batch]] = 1
     return values * keep
 
 
 def _units_text(units: Units) -> str:
-    if isinstance(units, int):
-        return str(units)
-    listed = list(units)
+    single = _one_index(units)
+    if single is not None:
+        return str(single)
+    listed = [operator.index(u) for u in units]
     return ",".join(str(u) for u in listed) if len(listed) <= 4 else f"{listed[0]},...,{listed[-1]} ({len(listed)})"
 
 
@@ -79,10 +94,10 @@ def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batc
 
 
 def direction(layer: str, vector: Tensor, *, cossim_pow: float = 0.0, batch: Batch = None) -> Objective:
-    """A direction in the layer's unit space, as Lucid's ``direction_neuron_cossim``.
+    """A direction in the layer's unit space: Lucid's ``direction`` objective with its cosine power.
 
     At every cell: ``dot(a, v) * max(cos(a, v), 0.1) ** cossim_pow``, then the mean
-    over cells. ``cossim_pow = 0`` is the plain dot product; higher powers reward
+    over cells (Lucid's ``direction_neuron_cossim`` reads one cell instead). ``cossim_pow = 0`` is the plain dot product; higher powers reward
     pointing *along* ``v`` rather than just far (Lucid used 1 to 4).
 
     Args:
