@@ -24,7 +24,9 @@ from neuronscope.models import (
     unregister,
 )
 from neuronscope.models import download
+from neuronscope.models.openclip import module_activation
 from neuronscope.models.tiny import TINY_RN
+from neuronscope.models.weights import sha256_file
 from tests.conftest import write_config_dir
 
 SHA_KEY = re.compile(r"^[\w.-]+@sha256:[0-9a-f]{12}$")
@@ -173,6 +175,13 @@ def test_cached_weights_load_without_network(monkeypatch, tmp_path, tiny_rn, cac
     assert load_model("tiny-rn-cached", cache_dir=tmp_path).key == "tiny-rn-cached@hub"
 
 
+def test_hf_hub_random_weights_without_the_config_says_the_config_is_missing(tmp_path):
+    with pytest.raises(WeightsError) as info:
+        load_model("hf-hub:org/absent", weights="random", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "open_clip_config.json" in message and "--weights random for random init" not in message
+
+
 def test_cached_hf_hub_repo_loads_without_network(monkeypatch, tmp_path, tiny_rn):
     from safetensors.torch import save
 
@@ -183,8 +192,11 @@ def test_cached_hf_hub_repo_loads_without_network(monkeypatch, tmp_path, tiny_rn
                                           "open_clip_model.safetensors": save(state)})
     model = load_model("hf-hub:org/tiny", cache_dir=tmp_path)
     assert model.key == "hf-hub:org/tiny@hub" and model.preprocess.mean == (0.5, 0.5, 0.5)
+    assert model.weights_sha256 == sha256_file(model.weights_path)  # provenance: not "random"
     pixels = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_rn, pixels))
+    quick = load_model("hf-hub:org/tiny", cache_dir=tmp_path, activation="quick_gelu")
+    assert quick.spec.activation == module_activation(quick.module) == "quick_gelu"
     with pytest.raises(WeightsError, match="NEURONSCOPE_OFFLINE"):
         monkeypatch.setattr(download, "unreachable_reason", lambda url: "NEURONSCOPE_OFFLINE=1 is set")
         load_model("hf-hub:org/other", weights="hub", cache_dir=tmp_path)
@@ -237,10 +249,70 @@ def test_openai_torchscript_archive_loads(tmp_path, tiny_rn):
     assert re.match(r"^RN-tiny@sha256:[0-9a-f]{12}$", inferred.key)
     assert inferred.spec.activation == "quick_gelu" and inferred.preprocess.image_size == (64, 64)
     torch.testing.assert_close(image_embedding(inferred, pixels), expected)
+    assert inferred.weights_sha256 == sha256_file(path)
+    as_gelu = load_model(str(path), activation="gelu")  # the override is built, not just noted
+    assert as_gelu.spec.activation == module_activation(as_gelu.module) == "gelu"
     named = load_model("tiny-rn", weights=path)
     assert named.spec.activation == "quick_gelu"
     torch.testing.assert_close(image_embedding(named, pixels), expected)
     assert named.layer_aliases["neurons"] == "visual.layer4.1.act3:input"
+
+
+def test_unreadable_checkpoints_are_one_line_saying_what_to_do(tmp_path, tiny_rn):
+    whole = tmp_path / "whole.pt"
+    torch.save(tiny_rn.module, whole)  # the whole model pickled, not its state dict
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for path, advice in ((whole, "model.state_dict()"), (junk, "expected an open_clip state dict")):
+        with pytest.raises(WeightsError) as info:
+            load_model("tiny-rn", weights=path)
+        message = str(info.value)
+        assert advice in message and len(message.splitlines()) == 1 and "\x1b" not in message
+        assert "weights_only" not in message  # torch's advice (unpickle anything) does not apply
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+def test_a_torchscript_archive_that_is_not_a_clip_asks_for_the_architecture(tmp_path):
+    path = tmp_path / "linear.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+    with pytest.raises(WeightsError, match="not an OpenAI CLIP.*--model NAME --weights PATH"):
+        load_model(str(path))
+
+
+def test_weights_path_with_a_tilde_is_the_home_folder(monkeypatch, tmp_path, tiny_rn):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(tiny_rn.module.state_dict(), tmp_path / "rn.pt")
+    assert load_model("tiny-rn", weights="~/rn.pt").weights_path == tmp_path / "rn.pt"
+
+
+def write_open_clip_dir(directory: Path, model: LoadedModel, *, weights: bool = True) -> Path:
+    """A folder in open_clip's layout: open_clip_config.json (+ open_clip_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": dict(model.spec.model_cfg), "preprocess_cfg": {"size": 64}}
+    (directory / download.HF_CONFIG).write_text(json.dumps(config))
+    if weights:
+        state = {k: v.contiguous() for k, v in model.module.state_dict().items()}
+        save_file(state, str(directory / "open_clip_model.safetensors"))
+    return directory
+
+
+def test_open_clip_folder_loads_its_weights_with_their_hash(tmp_path, tiny_vit):
+    folder = write_open_clip_dir(tmp_path / "vit", tiny_vit)
+    model = load_model("tiny-vit", weights=folder)
+    sha = sha256_file(folder / "open_clip_model.safetensors")
+    assert model.weights_sha256 == sha and model.key == f"tiny-vit@sha256:{sha[:12]}"
+    pixels = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_vit, pixels))
+    quick = load_model("tiny-vit", weights=folder, activation="quick_gelu")  # the override is built, not just noted
+    assert quick.spec.activation == module_activation(quick.module) == "quick_gelu"
+
+
+def test_open_clip_folder_without_weights_is_an_error_not_a_random_model(tmp_path, tiny_vit):
+    folder = write_open_clip_dir(tmp_path / "vit", tiny_vit, weights=False)
+    with pytest.raises(WeightsError, match="no weights file.*open_clip_model.safetensors"):
+        load_model("tiny-vit", weights=folder)
 
 
 def test_weights_for_another_architecture_say_so(tmp_path, tiny_vit):
@@ -274,6 +346,8 @@ def test_mini_clip_loads_from_its_folder_in_fp32(monkeypatch, tmp_path, tiny_rn)
     torch.testing.assert_close(model.module.state_dict()["visual.layer4.1.conv2.weight"], reference)
     assert model.layer_aliases["neurons"] == "visual.layer4.1.act3:input"
     assert load_model("mini-clip", weights="random").key == "mini-clip@random"
+    quick = load_model("mini-clip", activation="quick_gelu")
+    assert quick.spec.activation == module_activation(quick.module) == "quick_gelu"
     # The same layout works as a --weights folder.
     assert SHA_KEY.match(load_model("tiny-rn", weights=folder).key)
 
@@ -299,3 +373,5 @@ def test_any_module_with_a_preprocessing_spec():
     assert image_embedding(model, torch.randn(1, 3, 32, 32)).shape == (1, 2)
     with pytest.raises(NeuronscopeError, match="preprocess=Preprocess"):
         load_model(SmallNet())
+    with pytest.raises(WeightsError, match="runs gelu, not activation='quick_gelu'"):
+        load_model(net, preprocess=Preprocess(image_size=32), activation="quick_gelu")  # cannot be applied

@@ -132,6 +132,15 @@ def missing_weights_message(what: str, reason: str, name: str) -> str:
     )
 
 
+def missing_config_message(repo_id: str, reason: str) -> str:
+    """The repo's architecture config is missing: what random weights still need, and the ways out."""
+    return (
+        f"hf-hub:{repo_id}: its architecture config ({HF_CONFIG}) is not in the local cache and cannot be "
+        f"downloaded now ({reason}); random weights or a local file still need it. Fetch it once while online, "
+        f"or use a registered architecture: --model NAME --weights random (`neuronscope models` lists them)"
+    )
+
+
 def fetch_pretrained(pretrained_cfg: Mapping[str, Any], what: str, name: str,
                      cache_dir: str | os.PathLike | None = None) -> Path:
     """Download a tag's weights (explicitly asked for), failing within seconds when offline."""
@@ -150,9 +159,16 @@ def fetch_pretrained(pretrained_cfg: Mapping[str, Any], what: str, name: str,
 
 def fetch_repo(repo_id: str, name: str, cache_dir: str | os.PathLike | None = None, need_weights: bool = True) -> Path:
     """Download an ``hf-hub:`` repo's config (and weights), failing within seconds when offline."""
+
+    def missing(reason: str) -> str:
+        # Without weights asked for, only the config is missing: "--weights random" is no way out.
+        if need_weights:
+            return missing_weights_message(f"hf-hub:{repo_id}", reason, name)
+        return missing_config_message(repo_id, reason)
+
     reason = unreachable_reason(_hf_endpoint())
     if reason is not None:
-        raise WeightsError(missing_weights_message(f"hf-hub:{repo_id}", reason, name))
+        raise WeightsError(missing(reason))
     from huggingface_hub import hf_hub_download
 
     log.warning("downloading hf-hub:%s (not in the local cache)", repo_id)
@@ -167,5 +183,5 @@ def fetch_repo(repo_id: str, name: str, cache_dir: str | os.PathLike | None = No
                     if filename == HF_WEIGHTS[-1]:
                         raise
     except Exception as err:  # noqa: BLE001
-        raise WeightsError(missing_weights_message(f"hf-hub:{repo_id}", f"download failed: {err}", name)) from err
+        raise WeightsError(missing(f"download failed: {err}")) from err
     return config.parent

@@ -68,10 +68,16 @@ class LoadedModel:
 
     @cached_property
     def weights_sha256(self) -> str | None:
-        """Full sha256 of the weights' file (or of the state dict for in-memory modules); None for random."""
+        """Full sha256 of the weights' file (or of the state dict for in-memory modules); None for random.
+
+        The hash the loader computed for the key when there is one; a cached
+        download is hashed here, on first use, since a run only needs it for provenance.
+        """
+        if self._state_sha256 is not None:
+            return self._state_sha256
         if self.weights_path is not None and self.weights_path.is_file():
             return sha256_file(self.weights_path)
-        return self._state_sha256
+        return None
 
     @property
     def token_grid(self) -> tuple[int, int] | None:

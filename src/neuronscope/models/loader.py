@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +41,16 @@ DEFAULT = "default"
 """``weights=DEFAULT`` (the default): the bundled or locally cached weights, else an error."""
 HUB = "hub"
 """The weights stored in an ``hf-hub:`` repository."""
+
+
+class _Built(NamedTuple):
+    """What a loader produced: the filled module, its spec, and where its weights came from."""
+
+    module: nn.Module
+    spec: ModelSpec
+    path: Path | None = None
+    sha256: str | None = None
+    """The weights' full sha256 when the loader already computed it (None: hash ``path`` on demand, or random)."""
 
 
 # --------------------------------------------------------------------------- public entry
@@ -76,7 +86,8 @@ def load_model(
         preprocess: the input contract; required for an ``nn.Module`` that
             does not carry open_clip's ``preprocess_cfg``, an override otherwise.
         activation: override the transformer activation (``quick_gelu``/``gelu``)
-            the weights expect, for local files saved without that fact.
+            the weights expect, for local files saved without that fact; the
+            model is built with it. An ``nn.Module`` that runs another is an error.
         name: the architecture's name for an ``nn.Module`` or a bare file.
         cache_dir: where cached downloads live (default: open_clip's / HF's).
 
@@ -85,19 +96,20 @@ def load_model(
     """
     target = resolve_device(device)
     if isinstance(model, nn.Module):
-        module, spec, path, state_sha = _from_module(model, weights, preprocess, activation, name)
+        built = _from_module(model, weights, preprocess, activation, name)
     else:
-        module, spec, path = _from_text(os.fspath(model), weights, name, activation, cache_dir)
-        state_sha = None
+        built = _from_text(os.fspath(model), weights, name, activation, cache_dir)
         if preprocess is not None:
-            spec = spec.with_weights(spec.weights, preprocess=_as_preprocess(preprocess))
+            built = built._replace(spec=built.spec.with_weights(built.spec.weights,
+                                                                 preprocess=_as_preprocess(preprocess)))
+    module, spec = built.module, built.spec
     module.eval().requires_grad_(False)
     family = model_family(module.get_submodule(spec.image_tower) if spec.image_tower else module)
     plan = resolve_precision(precision, target, family)  # type: ignore[arg-type]
     module.to(target)
     plan.prepare(module)
-    return LoadedModel(module=module, spec=spec, device=target, precision=plan, weights_path=path,
-                       _state_sha256=state_sha)
+    return LoadedModel(module=module, spec=spec, device=target, precision=plan, weights_path=built.path,
+                       _state_sha256=built.sha256)
 
 
 # --------------------------------------------------------------------------- names
@@ -106,7 +118,8 @@ def load_model(
 def _from_text(
     text: str, weights: str | os.PathLike | None, name: str | None, activation: Activation | None,
     cache_dir: str | os.PathLike | None,
-) -> tuple[nn.Module, ModelSpec, Path | None]:
+) -> _Built:
+    text = _expand_user(text)
     if os.path.exists(text) and looks_like_path(text):
         # A bare checkpoint as the model: OpenAI archives say what they are.
         if weights not in (DEFAULT, None) and os.fspath(weights) != text:
@@ -120,7 +133,7 @@ def _from_text(
         weights = inline
     if weights is None:
         weights = RANDOM
-    weights = os.fspath(weights)
+    weights = _expand_user(os.fspath(weights))
 
     if arch_name.startswith("hf-hub:"):
         return _from_hub(arch_name, weights, activation, cache_dir)
@@ -132,21 +145,29 @@ def _from_text(
     if weights == DEFAULT:
         weights = _default_weights(arch, cache_dir)
     if weights == RANDOM:
-        spec = arch.spec(RANDOM)
-        if activation:
-            spec = spec.with_weights(RANDOM, activation=activation)
-        return build(spec), spec, None
+        spec = _with_activation(arch.spec(RANDOM), activation)
+        return _Built(build(spec), spec)
     if weights == BUNDLED and arch.source == "bundled":
-        spec = arch.spec(BUNDLED)
+        spec = _with_activation(arch.spec(BUNDLED), activation)
         config = bundled.bundled_config()
         module = build(spec)
         load_into(module, read_state_dict(config.weights_path), what=str(config.weights_path))
-        return module, spec, config.weights_path
+        return _Built(module, spec, config.weights_path)
     if weights in arch.tags:
         return _from_tag(arch, weights, activation, cache_dir)
     if looks_like_path(weights) or os.path.exists(weights):
         return _from_file(arch, Path(weights), arch.name, activation)
     raise arch.unknown_weights(weights)
+
+
+def _expand_user(text: str) -> str:
+    """``~/ckpt/rn50.pt`` -> the home folder's path (the shell does this on the command line, Python does not)."""
+    return os.path.expanduser(text) if text.startswith("~") else text
+
+
+def _with_activation(spec: ModelSpec, activation: Activation | None) -> ModelSpec:
+    """``spec`` with the activation override, if any; ``build(spec)`` then applies it."""
+    return spec.with_weights(spec.weights, activation=activation) if activation else spec
 
 
 def _default_weights(arch: Architecture, cache_dir: str | os.PathLike | None) -> str:
@@ -165,21 +186,18 @@ def _default_weights(arch: Architecture, cache_dir: str | os.PathLike | None) ->
 
 
 def _from_tag(arch: Architecture, tag: str, activation: Activation | None,
-              cache_dir: str | os.PathLike | None) -> tuple[nn.Module, ModelSpec, Path]:
-    spec = arch.spec(tag)
-    if activation:
-        spec = spec.with_weights(tag, activation=activation)
+              cache_dir: str | os.PathLike | None) -> _Built:
+    spec = _with_activation(arch.spec(tag), activation)
     cfg = arch.tags[tag]
     path = download.find_cached(cfg, cache_dir)
     if path is None:
         path = download.fetch_pretrained(cfg, what=spec.key, name=arch.name, cache_dir=cache_dir)
     module = build(spec)
     load_into(module, read_state_dict(path), what=f"{spec.key} ({path})")
-    return module, spec, path
+    return _Built(module, spec, path)
 
 
-def _from_file(arch: Architecture | None, path: Path, name: str,
-               activation: Activation | None) -> tuple[nn.Module, ModelSpec, Path]:
+def _from_file(arch: Architecture | None, path: Path, name: str, activation: Activation | None) -> _Built:
     """A local checkpoint: a file (state dict, safetensors, TorchScript) or a model folder."""
     if path.is_dir():
         return _from_folder(arch, path, name, activation)
@@ -187,50 +205,82 @@ def _from_file(arch: Architecture | None, path: Path, name: str,
         raise WeightsError(f"weights file {str(path)!r} does not exist; pass an existing file with --weights PATH")
     state = read_state_dict(path)
     openai_archive = is_torchscript(path)
-    key = f"sha256:{sha256_file(path)[:12]}"
+    sha = sha256_file(path)
+    key = f"sha256:{sha[:12]}"
     if arch is None:
         if not openai_archive:
             raise WeightsError(
                 f"cannot tell which architecture {str(path)!r} is for; name it: "
                 f"load_model('RN50', weights=PATH) or --model RN50 --weights PATH"
             )
-        # OpenAI's archives hold the whole CLIP; infer its shape from the weights.
-        module = openclip.build_from_openai_state_dict(state)
+        chosen = activation or "quick_gelu"  # OpenAI trained with QuickGELU
+        module = _build_openai_archive(path, state, chosen)
         image_size = module.visual.image_size
         spec = ModelSpec(name=name, weights=key, preprocess=Preprocess(image_size=image_size),
-                         activation=activation or "quick_gelu", source="file")
+                         activation=chosen, source="file")
     else:
         base = arch.spec(RANDOM)
         # OpenAI archives were trained with QuickGELU whatever the architecture's default.
         chosen = activation or ("quick_gelu" if openai_archive else base.activation)
         spec = base.with_weights(key, activation=chosen)
         module = build(spec)
+    # Also after open_clip's own load of an archive: it loads into fp16 parameters, which
+    # would round an fp32 archive; this load restores its exact values.
     load_into(module, state, what=str(path))
-    return module, spec, path
+    return _Built(module, spec, path, sha)
 
 
-def _from_folder(arch: Architecture | None, path: Path, name: str,
-                 activation: Activation | None) -> tuple[nn.Module, ModelSpec, Path]:
+def _build_openai_archive(path: Path, state: dict[str, torch.Tensor], activation: Activation) -> nn.Module:
+    """The CLIP an OpenAI TorchScript archive holds, its shape inferred from the weights."""
+    try:
+        return openclip.build_from_openai_state_dict(state, quick_gelu=activation == "quick_gelu")
+    except KeyError as err:
+        raise WeightsError(
+            f"{str(path)!r} is a TorchScript archive but not an OpenAI CLIP (no {err}); "
+            f"name the architecture: --model NAME --weights PATH"
+        ) from None
+
+
+def _from_folder(arch: Architecture | None, path: Path, name: str, activation: Activation | None) -> _Built:
     """A folder in the mini CLIP's layout (config.json + weights.safetensors) or open_clip's."""
     if bundled.is_config_dir(path):
         config = bundled.read_config_dir(path)
         weights_file = config.weights_path
+        sha = sha256_file(weights_file)
         quick = config.model_cfg.get("quick_gelu", False)
-        spec = ModelSpec(name=name if arch is None else arch.name, weights=f"sha256:{sha256_file(weights_file)[:12]}",
+        spec = ModelSpec(name=name if arch is None else arch.name, weights=f"sha256:{sha[:12]}",
                          preprocess=config.preprocess, activation=activation or ("quick_gelu" if quick else "gelu"),
                          source="config", model_cfg=config.model_cfg)
         module = build(spec)
         load_into(module, read_state_dict(weights_file), what=str(weights_file))
-        return module, spec, weights_file
+        return _Built(module, spec, weights_file, sha)
     if (path / download.HF_CONFIG).is_file():
-        module = openclip.build_from_dir(path, load_weights=True)
-        spec = _open_clip_module_spec(module, name, "sha256:" + sha256_state_dict(module)[:12], "file", activation)
-        return module, spec, None
+        weights_file = _open_clip_weights_file(path)
+        sha = sha256_file(weights_file)
+        module = openclip.build_from_dir(path, load_weights=True, quick_gelu=_quick_gelu_override(activation))
+        spec = _open_clip_module_spec(module, name, f"sha256:{sha[:12]}", "file")
+        return _Built(module, spec, weights_file, sha)
     raise WeightsError(f"{path} is a folder without config.json or {download.HF_CONFIG}; pass a weights file instead")
 
 
+def _open_clip_weights_file(folder: Path) -> Path:
+    """The weights file of an open_clip folder; open_clip itself would silently build a random model."""
+    for filename in download.HF_WEIGHTS:
+        if (folder / filename).is_file():
+            return folder / filename
+    raise WeightsError(
+        f"{folder} has {download.HF_CONFIG} but no weights file ({' or '.join(download.HF_WEIGHTS)}); "
+        f"add it, or pass the weights file itself: --weights PATH"
+    )
+
+
+def _quick_gelu_override(activation: Activation | None) -> bool | None:
+    """An ``activation`` override as open_clip's ``quick_gelu`` (None: keep the config's)."""
+    return None if activation is None else activation == "quick_gelu"
+
+
 def _from_hub(model_name: str, weights: str, activation: Activation | None,
-              cache_dir: str | os.PathLike | None) -> tuple[nn.Module, ModelSpec, Path | None]:
+              cache_dir: str | os.PathLike | None) -> _Built:
     repo_id = model_name[len("hf-hub:"):]
     if weights == DEFAULT:
         if download.find_cached_repo(repo_id, cache_dir) is None:
@@ -245,27 +295,30 @@ def _from_hub(model_name: str, weights: str, activation: Activation | None,
     folder = download.find_cached_repo(repo_id, cache_dir, need_weights=need_weights)
     if folder is None:
         folder = download.fetch_repo(repo_id, model_name, cache_dir, need_weights=need_weights)
-    module = openclip.build_from_dir(folder, load_weights=need_weights)
-    path = None
+    path = _open_clip_weights_file(folder) if need_weights else None
+    module = openclip.build_from_dir(folder, load_weights=need_weights, quick_gelu=_quick_gelu_override(activation))
+    sha = None
     if looks_like_path(weights):
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file {weights!r} does not exist; pass an existing file with --weights PATH")
         load_into(module, read_state_dict(path), what=weights)
-        weights = f"sha256:{sha256_file(path)[:12]}"
-    spec = _open_clip_module_spec(module, model_name, weights, "hf-hub", activation)
-    return module, spec, path
+        sha = sha256_file(path)
+        weights = f"sha256:{sha[:12]}"
+    spec = _open_clip_module_spec(module, model_name, weights, "hf-hub")
+    return _Built(module, spec, path, sha)
 
 
-def _open_clip_module_spec(module: nn.Module, name: str, weights: str, source: str,
-                           activation: Activation | None) -> ModelSpec:
-    """The spec of an open_clip model built by open_clip itself (it carries its preprocess_cfg)."""
+def _open_clip_module_spec(module: nn.Module, name: str, weights: str, source: str) -> ModelSpec:
+    """The spec of an open_clip model built by open_clip itself (it carries its preprocess_cfg).
+
+    The activation is read from the built module, so the spec says what runs.
+    """
     import open_clip
 
     cfg = open_clip.get_model_preprocess_cfg(module)
-    quick = any(type(m).__name__ == "QuickGELU" for m in module.modules())
     return ModelSpec(name=name, weights=weights, preprocess=Preprocess.from_dict(cfg),
-                     activation=activation or ("quick_gelu" if quick else "gelu"), source=source)  # type: ignore[arg-type]
+                     activation=openclip.module_activation(module), source=source)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- modules
@@ -278,13 +331,13 @@ def _as_preprocess(preprocess: Preprocess | Mapping[str, Any]) -> Preprocess:
 def _from_module(
     module: nn.Module, weights: str | os.PathLike | None, preprocess: Preprocess | Mapping[str, Any] | None,
     activation: Activation | None, name: str | None,
-) -> tuple[nn.Module, ModelSpec, Path | None, str]:
+) -> _Built:
     """Any ``nn.Module``: used in place (not copied), with the given preprocessing contract."""
     path = None
     if weights == RANDOM:
         raise WeightsError("an nn.Module comes with its own weights: pass nothing, or PATH to load into it")
     if weights not in (DEFAULT, None):
-        path = Path(os.fspath(weights))
+        path = Path(_expand_user(os.fspath(weights)))
         load_into(module, read_state_dict(path), what=str(path))
     tower = "visual" if isinstance(getattr(module, "visual", None), nn.Module) else ""
     if preprocess is None:
@@ -295,13 +348,16 @@ def _from_module(
                 "load_model(module, preprocess=Preprocess(image_size=224, mean=..., std=...))"
             )
         preprocess = carried
-    quick = any(type(m).__name__ == "QuickGELU" for m in module.modules())
+    runs = openclip.module_activation(module)
+    if activation and activation != runs:
+        raise WeightsError(f"this nn.Module runs {runs}, not activation={activation!r}: a module's layers are its "
+                           f"own; build it with the activation you want, or omit activation")
     state_sha = sha256_state_dict(module)
     spec = ModelSpec(
         name=name or type(module).__name__, weights=f"sha256:{state_sha[:12]}", preprocess=_as_preprocess(preprocess),
-        activation=activation or ("quick_gelu" if quick else "gelu"), source="module", image_tower=tower,
+        activation=runs, source="module", image_tower=tower,  # type: ignore[arg-type]
     )
-    return module, spec, path, state_sha
+    return _Built(module, spec, path, state_sha)
 
 
 # --------------------------------------------------------------------------- building

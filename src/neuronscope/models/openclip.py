@@ -79,17 +79,32 @@ def build_from_cfg(model_cfg: Mapping[str, Any], quick_gelu: bool) -> nn.Module:
     return model_class(**cfg)
 
 
-def build_from_dir(directory: Path, load_weights: bool) -> nn.Module:
-    """An open_clip model from a folder holding ``open_clip_config.json`` (and weights)."""
+def build_from_dir(directory: Path, load_weights: bool, quick_gelu: bool | None = None) -> nn.Module:
+    """An open_clip model from a folder holding ``open_clip_config.json`` (and weights).
+
+    ``quick_gelu`` overrides the config's activation (None: keep the config's).
+    open_clip's ``force_quick_gelu`` can only switch QuickGELU on, so the
+    override goes in as a model kwarg, which wins over the config either way.
+    """
     import open_clip
 
+    overrides = {} if quick_gelu is None else {"quick_gelu": quick_gelu}
     with quiet_open_clip():
-        return open_clip.create_model(f"local-dir:{directory}", load_weights=load_weights, device="cpu")
+        return open_clip.create_model(f"local-dir:{directory}", load_weights=load_weights, device="cpu", **overrides)
 
 
-def build_from_openai_state_dict(state_dict: dict) -> nn.Module:
-    """Infer and build the CLIP that an OpenAI state dict belongs to (QuickGELU), fp32."""
+def build_from_openai_state_dict(state_dict: dict, quick_gelu: bool = True) -> nn.Module:
+    """Infer and build the CLIP that an OpenAI state dict belongs to, fp32, weights loaded.
+
+    OpenAI trained with QuickGELU, hence the default. Raises KeyError when the
+    state dict is not an OpenAI CLIP's.
+    """
     from open_clip.model import build_model_from_openai_state_dict
 
-    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None)
+    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=quick_gelu, cast_dtype=None)
     return model.float()
+
+
+def module_activation(module: nn.Module) -> str:
+    """``quick_gelu`` when any submodule is open_clip's QuickGELU, else ``gelu``: what a built model runs."""
+    return "quick_gelu" if any(type(m).__name__ == "QuickGELU" for m in module.modules()) else "gelu"

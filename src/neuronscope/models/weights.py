@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,6 +23,7 @@ from neuronscope.errors import WeightsError
 # Entries of OpenAI's TorchScript state dict that are attributes, not weights.
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def looks_like_path(text: str) -> bool:
@@ -85,15 +88,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except WeightsError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure is "not a checkpoint we can read"
-        raise WeightsError(
-            f"cannot read weights from {str(path)!r}: {err}. Expected an open_clip state dict "
-            f"(.pt/.bin), .safetensors, or an OpenAI TorchScript .pt"
-        ) from err
+        raise _unreadable(path, err) from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # training checkpoints wrap the weights
     if not isinstance(state, dict) or not state:
         raise WeightsError(f"{str(path)!r} holds no state dict (found {type(state).__name__})")
     return state
+
+
+def _unreadable(path: Path, err: Exception) -> WeightsError:
+    """One line for a checkpoint no reader takes; torch's own message runs to six, with colour codes."""
+    if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        # A torch.save zip whose pickle holds classes, not just tensors: weights_only refuses it.
+        return WeightsError(f"{path} holds a pickled object (a whole model?), not a state dict: "
+                            f"save model.state_dict(), or use .safetensors")
+    lines = _ANSI_CODES.sub("", str(err)).strip().splitlines()
+    first = lines[0] if lines else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        first = "not a state dict saved with torch.save"  # torch's first line suggests weights_only=False: unsafe, and no help
+    return WeightsError(f"cannot read weights from {str(path)!r} ({first}); expected an open_clip state dict "
+                        f"(.pt/.bin), .safetensors, or an OpenAI TorchScript .pt")
 
 
 def normalize_state_dict(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
