@@ -138,6 +138,21 @@ def test_a_missing_or_broken_histogram_file_reads_as_no_histogram(scanned, tmp_p
     assert "histogram_counts" not in np.load(tmp_path / "n.npz").files
 
 
+def test_show_reads_an_atlas_whose_scan_kept_non_finite_values(scanned):
+    # Scans before non-finite values were kept out stored NULL stats and inf activations.
+    with Atlas(scanned, create=False) as atlas, atlas.transaction() as db:
+        db.execute("UPDATE units SET mean = NULL, std = NULL, max = NULL WHERE unit = 3")
+        db.execute("UPDATE examples SET activation = ? WHERE unit = 3 AND rank = 0", (float("inf"),))
+    text = runner.invoke(app, ["show", str(scanned), "--unit", "3"])
+    assert text.exit_code == 0, text.output
+    assert "mean n/a" in text.stdout and "n/a  cell" in text.stdout
+    shown = runner.invoke(app, ["show", str(scanned), "--unit", "3", "--json"])
+    record = json.loads(shown.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert record["top"][0]["activation"] is None and record["stats"]["std"] is None
+    with Atlas(scanned, create=False) as atlas:
+        assert atlas.conditional_buckets(None, "neurons", 3) == []
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["show", "{atlas}", "--unit", "9999"], "out of range"),
     (["show", "{atlas}", "--layer", "visual.layer2"], "not in"),

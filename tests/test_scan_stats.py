@@ -132,3 +132,40 @@ def test_vit_tokens_reduce_on_the_patch_grid(tiny_vit):
     np.testing.assert_allclose(values, patches.max(dim=1).values.numpy())
     flat = patches.argmax(dim=1).numpy()
     np.testing.assert_array_equal(cells[..., 0] * 4 + cells[..., 1], flat)
+
+
+def test_non_finite_values_stay_out_of_moments_and_examples(synthetic_maps, tmp_path):
+    # One broken forward (inf, NaN) used to turn a unit's mean, std and max into NaN (NULL in the atlas)
+    # and put inf among its top examples: plots, the API (Infinity is not JSON) and `show` then failed.
+    from neuronscope.atlas import Atlas
+    from neuronscope.mining.results import ImageRecord
+    from neuronscope.mining.scanner import _layer_scan
+
+    values, cells, map_means = (t.clone() for t in reduce_batch(synthetic_maps))
+    values[7, 0], values[9, 0], values[8, 4] = float("inf"), float("-inf"), float("nan")
+    accumulator = accumulate(values, cells, map_means, batch_size=8, order=np.arange(60))
+    finite = {0: np.setdiff1d(np.arange(60), [7, 9]), 4: np.setdiff1d(np.arange(60), [8])}
+    for unit, kept in finite.items():
+        column = values[kept, unit].double().numpy()
+        assert accumulator.moments.count[unit] == len(kept)
+        assert accumulator.moments.mean[unit] == pytest.approx(column.mean(), rel=1e-12)
+        assert accumulator.moments.std[unit] == pytest.approx(column.std(), rel=1e-12)
+        assert accumulator.moments.max[unit] == column.max() and accumulator.moments.min[unit] == column.min()
+        for examples in (accumulator.top, accumulator.bottom):
+            held = examples.arrays()[1][unit]
+            assert np.isin(kept, held).sum() == examples.k and not np.isin([7, 8, 9], held).any()
+    assert accumulator.histogram.nonfinite.tolist() == [2, 0, 0, 0, 1, 0]
+    assert accumulator.moments.count[1] == 60
+
+    records = {i: ImageRecord(f"img{i:03d}.png#{i:012d}", "src", f"img{i:03d}.png", f"{i:064d}", 5, 3)
+               for i in range(60)}
+    scan = _layer_scan("toy@random", "layer", ["neurons"], accumulator, records, SETTINGS.seed)
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = atlas.start_run(command="test", config={}, config_key="k", model="toy@random",
+                                 weights_sha256=None, layers=[], dataset=None, precision="fp32")
+        atlas.write_scan(run_id, [scan], {r.id: r for r in records.values()}, {}, 60)
+        record = atlas.unit(None, "layer", 0)
+        buckets = atlas.conditional_buckets(None, "layer", 0)
+    assert record["stats"]["count"] == 58 and None not in record["stats"].values()
+    assert all(np.isfinite(example["activation"]) for example in record["top"] + record["bottom"])
+    assert sum(bucket["count"] for bucket in buckets) == 58

@@ -338,7 +338,7 @@ class Atlas:
             "INSERT INTO units (model, layer, unit, run_id, mean, std, max, min, count, map_mean, nonfinite) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(*key, unit, run_id, _finite(scan.mean[unit]), _finite(scan.std[unit]), _finite(scan.max[unit]),
-              _finite(scan.min[unit]), scan.count, _finite(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
+              _finite(scan.min[unit]), int(scan.count[unit]), _finite(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
              for unit in range(scan.units)])
         rows = []
         for kind, examples in (("top", scan.top), ("bottom", scan.bottom)):
@@ -559,10 +559,15 @@ class Atlas:
             "words": [dict(row) for row in self.db.execute(
                 "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, word", key)],
-            "texts": [dict(row) for row in self.db.execute(
-                "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? "
-                "ORDER BY score DESC, text", key)],
+            "texts": self.unit_texts(*key),
         }
+
+    def unit_texts(self, model: str, layer: str, unit: int) -> list[dict[str, Any]]:
+        """One unit's stored texts, ``[{"text", "score"}]`` best first: :meth:`unit`'s ``texts`` without the
+        rest of the record (``model`` and ``layer`` canonical, as written)."""
+        return [dict(row) for row in self.db.execute(
+            "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? ORDER BY score DESC, text",
+            (model, layer, unit))]
 
     def unit_view(self, model: str | None, layer: str, unit: int):
         """:meth:`unit` as a :class:`neuronscope.web.UnitView`: shows as an HTML card in Jupyter."""
@@ -574,7 +579,8 @@ class Atlas:
         rows = self.db.execute("SELECT image_id, activation, cell_row, cell_col, thumb FROM examples "
                                "WHERE model = ? AND layer = ? AND unit = ? AND kind = ? ORDER BY rank",
                                (*key, kind))
-        return [{"image": row["image_id"], "activation": row["activation"],
+        # _finite: an atlas scanned before non-finite values were kept out may hold inf (not JSON).
+        return [{"image": row["image_id"], "activation": _finite(row["activation"]),
                  "cell": [row["cell_row"], row["cell_col"]], "thumb": row["thumb"]} for row in rows]
 
     def histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
@@ -631,8 +637,8 @@ class Atlas:
         from neuronscope.mining.histogram import uniform_buckets
 
         record = self.unit(model, layer, unit) if record is None else record
-        histogram = record["histogram"]
-        if not histogram or not record["stats"]:
+        histogram, stats = record["histogram"], record["stats"]
+        if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)
             return []
         return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
-                               std=record["stats"]["std"], n_buckets=n_buckets)
+                               std=stats["std"], n_buckets=n_buckets)

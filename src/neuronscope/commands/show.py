@@ -54,16 +54,22 @@ def show(
         label = f'  "{record["label"]}"' if record["label"] else ""
         typer.echo(f"{record['model']} {record['layer']} unit {record['unit']}{label}")
         if stats and stats["count"]:
-            typer.echo(f"  mean {stats['mean']:.4g}  std {stats['std']:.4g}  min {stats['min']:.4g}  "
-                       f"max {stats['max']:.4g}  over {stats['count']} images")
+            typer.echo(f"  mean {_number(stats['mean'])}  std {_number(stats['std'])}  min {_number(stats['min'])}  "
+                       f"max {_number(stats['max'])}  over {stats['count']} images")
         elif stats:
-            typer.echo("  no images were scanned (see the run's skipped counts)")
+            typer.echo("  no images were scanned, or none gave a finite activation (see the run's skipped counts)")
         for example in record["top"][:top]:
-            typer.echo(f"  {example['activation']:10.4f}  cell {tuple(example['cell'])}  {example['image']}")
+            typer.echo(f"  {_number(example['activation'], '10.4f'):>10}  cell {tuple(example['cell'])}  "
+                       f"{example['image']}")
         if record["words"]:
             typer.echo("  words: " + ", ".join(w["word"] for w in record["words"][:top]))
         if record["texts"]:
             typer.echo("  texts: " + ", ".join(repr(t["text"]) for t in record["texts"][:top]))
+
+
+def _number(value: float | None, spec: str = ".4g") -> str:
+    """A stat or activation for the text output; None (NULL: no finite value) as "n/a"."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def label(

@@ -56,7 +56,7 @@ class LayerScan:
     aliases: list[str]
     units: int
     grid: tuple[int, int]
-    count: int
+    count: np.ndarray  # [C] int64: images whose value is finite (the moments' images; see StreamingMoments)
     mean: np.ndarray  # [C] float64, of the max-over-space value per image
     std: np.ndarray
     max: np.ndarray

@@ -369,7 +369,7 @@ def _layer_scan(model_key: str, layer: str, aliases: list[str], accumulator: Lay
     bottom_values, bottom_ordinals, bottom_cells = accumulator.bottom.arrays()
     return LayerScan(
         model=model_key, layer=layer, aliases=aliases, units=accumulator.units, grid=accumulator.grid,
-        count=moments.count, mean=moments.mean.copy(), std=moments.std, max=moments.max.copy(),
+        count=moments.count.copy(), mean=moments.mean.copy(), std=moments.std, max=moments.max.copy(),
         min=moments.min.copy(), map_mean=moments.map_mean,
         top=Examples(_ids(top_ordinals, records), top_values, top_cells),
         bottom=Examples(_ids(bottom_ordinals, records), bottom_values, bottom_cells),

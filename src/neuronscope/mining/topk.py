@@ -21,7 +21,7 @@ ArrayLike = np.ndarray | torch.Tensor
 
 
 class StreamingTopK:
-    """The ``k`` highest (``largest=True``) or lowest values per unit, with their ordinal and cell.
+    """The ``k`` highest (``largest=True``) or lowest finite values per unit, with their ordinal and cell.
 
     Order: value (descending for top, ascending for bottom), then ordinal
     ascending. Tensors on ``device``: ``values`` [C, k] float32, ``ordinals``
@@ -49,6 +49,9 @@ class StreamingTopK:
             cells: [B, C, 2] (row, col) of each value.
         """
         values = self._tensor(values, torch.float32).T  # [C, B]
+        # inf or NaN (a broken forward) is no example: as NaN it beats nothing and sorts after the empty
+        # slots, so it never enters the k kept (the histogram counts it in ``nonfinite``).
+        values = values.masked_fill(~values.isfinite(), float("nan"))
         ordinals = self._tensor(ordinals, torch.int64).expand(values.shape[0], -1)  # [C, B]
         self._keep_best(values, ordinals, self._tensor(cells, torch.int16).transpose(0, 1))
 
