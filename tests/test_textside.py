@@ -224,6 +224,32 @@ def test_frequency_prior_prefers_common_words(mini, basis, card_units):
     assert common.best[2] == pytest.approx(common.best[1] + 0.5 * prior, rel=1e-4, abs=1e-4)
 
 
+def test_climb_tokens_are_texts_the_tokenizer_encodes_to_that_token():
+    """Upper-case entries (tokenize lowercases) and byte-level entries (their str is not their text) are out."""
+    from neuronscope.probing.textvis import _bpe, _word_tokens
+
+    bpe = _bpe()
+    ids, words = _word_tokens()
+    for i, word in list(zip(ids.tolist(), words))[::97]:
+        assert bpe.encode(word) == [i], word
+    assert {"A", "Z", "\u00d8\u00aa"}.isdisjoint(words)  # all three are whole-word BPE entries
+    assert {"A</w>", "Z</w>", "\u00d8\u00aa</w>"} <= set(bpe.encoder)
+
+
+def test_token_space_tensors_share_the_device_gradients_are_read_on(tiny_rn):
+    """The proposal step multiplies a CPU gradient by the embeddings: both must be on the CPU for a GPU model."""
+    from neuronscope.probing.textvis import _TokenSpace
+
+    space = _TokenSpace(tiny_rn, prior_weight=0.5)
+    assert {space.ids.device, space.embeddings.device, space.log_prior.device} == {torch.device("cpu")}
+
+
+@pytest.mark.parametrize("lengths", [(0,), (2, -1), ()])
+def test_text_vis_settings_refuse_lengths_below_one(lengths):
+    with pytest.raises(NeuronscopeError, match="lengths"):
+        TextVisSettings(lengths=lengths)
+
+
 # ---------------------------------------------------------------------------- sparse codes
 
 
@@ -292,6 +318,30 @@ def test_emotion_atlas_codes_every_emotion_with_few_units(mini, basis):
     assert sum(len(group["emotions"]) for group in payload["groups"]) == 21
 
 
+def test_emotion_plot_leaves_the_callers_matplotlib_backend_alone(monkeypatch):
+    """A library call must not switch the process's backend (a notebook's inline one) or need pyplot."""
+    import sys
+
+    import matplotlib
+
+    from neuronscope.analysis.emotion_plot import plot_emotion_atlas
+    from neuronscope.analysis.emotions import EmotionAtlas, WordCodes
+    from neuronscope.analysis.sparse_codes import NMFFactors, SparseCodes
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("plot_emotion_atlas switched the matplotlib backend")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # importing pyplot now raises ImportError
+    rng = np.random.default_rng(0)
+    emotions, units = [f"e{i}" for i in range(8)], list(range(10))
+    codes = SparseCodes(emotions, units, np.zeros((8, 10)), [1.0] * 8)
+    coded = WordCodes(emotions, ["{}"], codes, rng.random((8, 10)), units)
+    atlas = EmotionAtlas("m", "l", coded, NMFFactors(rng.random((8, 2)), rng.random((2, 10)), units),
+                         NMFFactors(rng.random((8, 7)), rng.random((7, 10)), units))
+    assert plot_emotion_atlas(atlas)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---------------------------------------------------------------------------- commands (tiny random ResNet)
 
 
@@ -346,4 +396,30 @@ def test_attribute_textvis_and_emotions_fill_an_atlas(tmp_path):
         plot = atlas.artifact(filled["model"], layer, "emotions", "atlas")
         assert len(codes["data"]["codes"]) == 10 and len(codes["data"]["groups"]) == 7
         assert (out / plot["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        config = atlas.run(filled["run_id"])["config"]
+        assert config["sample"] == 8 and "split" in config["sample_source"]  # the count, and where it came from
+        assert atlas.unit_texts(filled["model"], layer, 0) == texts
     assert report["plot"] == plot["path"]
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("textvis", ["--units", "1", "--lengths", "0"], "lengths"),
+    ("textvis", ["--units", "9999", "--lengths", "1"], "9999"),
+    ("attribute", ["--vocab", "missing.txt", "--units", "0"], "no vocabulary file"),
+    ("attribute", ["--vocab", "english-10k", "--units", "0-9999"], "9999"),
+    ("emotions", ["--vocab", "three.txt"], "at least 7"),
+])
+def test_text_commands_refuse_bad_arguments_before_the_basis(tmp_path, monkeypatch, command, args, message):
+    """Units, lengths and vocabularies are checked before the attribution basis (minutes on a real model)."""
+    import neuronscope.probing.attribution as attribution
+
+    def no_basis(*_args, **_kwargs):
+        raise AssertionError("the basis was computed before the arguments were checked")
+
+    monkeypatch.setattr(attribution, "compute_basis", no_basis)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "three.txt").write_text("happy\nsad\nangry\n")
+    result = runner.invoke(app, [command, "--model", "tiny-rn", "--weights", "random", "--sample", "4",
+                                 "--out", str(tmp_path / "atlas"), *args])
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert "AssertionError" not in result.output

@@ -10,13 +10,16 @@ from neuronscope.analysis.emotions import EmotionAtlas
 def plot_emotion_atlas(atlas: EmotionAtlas, *, title: str | None = None) -> bytes:
     """A PNG of the emotion map: one labelled point per emotion at its 2-factor NMF loadings,
     coloured by its 7-factor group (the legend names each group's top units)."""
-    import matplotlib
+    # An Agg canvas of its own: no pyplot and no matplotlib.use(), so the caller's backend (a notebook's
+    # inline one, say) is left alone, and the figure is freed with the last reference.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display: render to bytes
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(10, 8), dpi=100)
-    colours = plt.get_cmap("tab10")
+    figure = Figure(figsize=(10, 8), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    colours = colormaps["tab10"]
     loadings, groups = atlas.map2.loadings, atlas.groups7.groups
     for group in range(atlas.groups7.components.shape[0]):
         members = groups == group
@@ -33,5 +36,4 @@ def plot_emotion_atlas(atlas: EmotionAtlas, *, title: str | None = None) -> byte
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     return buffer.getvalue()

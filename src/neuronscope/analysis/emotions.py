@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neuronscope.analysis.sparse_codes import NMFFactors, SparseCodes, fit_sparse_codes, nmf_factors
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis
 from neuronscope.probing.zeroshot import encode_texts
@@ -35,6 +36,9 @@ EMOTION_PROMPTS = (
     "Me feeling {} on my face",
     "a photo of me with a {} expression on my face",
 )
+
+#: NMF factors of the atlas: 2 place the emotions on a map, 7 group them (the wheel's core feelings).
+ATLAS_FACTORS = (2, 7)
 
 
 @dataclass
@@ -124,6 +128,15 @@ class EmotionAtlas:
         }
 
 
+def check_emotion_words(emotions: Sequence[str]) -> None:
+    """Refuse fewer distinct emotions than the atlas's largest NMF (one row per emotion); cheap, so a
+    command can call it before the costly attribution basis."""
+    needed = max(ATLAS_FACTORS)
+    if len(set(emotions)) < needed:
+        raise NeuronscopeError(f"{len(set(emotions))} emotion words are too few: the atlas groups them into "
+                               f"{needed} NMF factors; give at least {needed} (one a line)")
+
+
 def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequence[str] | None = None, *,
                   prompts: Sequence[str] = EMOTION_PROMPTS, max_units: int = 5,
                   drop_units: dict[int, str] | Sequence[int] = (), seed: int = 0) -> EmotionAtlas:
@@ -139,7 +152,9 @@ def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequenc
         from neuronscope.probing.vocab import load_vocabulary
 
         emotions = load_vocabulary("emotions")
+    check_emotion_words(emotions)
     coded = word_codes(model, basis, emotions, prompts, max_units=max_units, drop_units=drop_units)
-    map2 = nmf_factors(coded.profiles, 2, columns=coded.kept_units, seed=seed)
-    groups7 = nmf_factors(coded.profiles, 7, columns=coded.kept_units, seed=seed)
+    map_factors, group_factors = ATLAS_FACTORS
+    map2 = nmf_factors(coded.profiles, map_factors, columns=coded.kept_units, seed=seed)
+    groups7 = nmf_factors(coded.profiles, group_factors, columns=coded.kept_units, seed=seed)
     return EmotionAtlas(basis.model, basis.layer, coded, map2, groups7)

@@ -43,6 +43,17 @@ def _image_sample(model, images: str | None, count: int, seed: int):
     return default_image_sample(count, seed, preprocess=model.preprocess)
 
 
+def _layer_units(model, layer: str, units: str) -> list[int]:
+    """``--units`` parsed against the layer's size (one forward of a grey image): a bad list fails before
+    the costly attribution basis."""
+    from neuronscope.activations.names import resolve_layer
+    from neuronscope.runtime import parse_units
+    from neuronscope.visualize.store import layer_shape
+
+    canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    return parse_units(units, layer_shape(model, canonical)[0])
+
+
 def _require(model: str | None, out: str | None = "", what: str = "") -> None:
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
@@ -89,8 +100,12 @@ def attribute(
                                "(store each unit's top texts of --vocab)")
     if "{}" not in template:
         raise NeuronscopeError(f"--template {template!r} has no {{}} for the vocabulary entry")
+    from neuronscope.probing.vocab import load_vocabulary
+
+    entries = load_vocabulary(vocab) if out else []  # a missing file or wordfreq fails before any compute
     started = time.monotonic()
     loaded = load_cli_model(model, weights, device, precision)
+    chosen = _layer_units(loaded, layer, units) if out else []
     image_sample = _image_sample(loaded, images, sample, seed)
     if prompt is not None:
         result = attribute_texts(loaded, layer, [prompt], image_sample, batch_size=batch_size)
@@ -104,13 +119,9 @@ def attribute(
                     typer.echo(f"  unit {entry['unit']:>6}  {entry['score']:+.4f}")
             return
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
-    from neuronscope.probing.vocab import load_vocabulary
     from neuronscope.probing.zeroshot import encode_texts
-    from neuronscope.runtime import parse_units
 
     basis = compute_basis(loaded, layer, image_sample, batch_size=batch_size)
-    chosen = parse_units(units, basis.units)
-    entries = load_vocabulary(vocab)
     texts = [template.format(entry) for entry in entries]
     vocab_name = vocabulary_name(vocab)
     command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
@@ -163,7 +174,6 @@ def textvis(
     from neuronscope.probing.attribution import compute_basis
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
     from neuronscope.probing.textvis import TextVisSettings, optimize_text
-    from neuronscope.runtime import parse_units
 
     _require(model, out, "textvis")
     if not units:
@@ -172,12 +182,12 @@ def textvis(
         length_values = tuple(int(v) for v in lengths.split(",") if v.strip())
     except ValueError:
         raise NeuronscopeError(f"--lengths {lengths!r}: give token counts like 1,2,3") from None
+    settings = TextVisSettings(lengths=length_values, restarts=restarts, steps=steps, candidates=candidates,
+                               prior_weight=prior, keep=top_k, seed=seed)  # refuses lengths below 1
     started = time.monotonic()
     loaded = load_cli_model(model, weights, device, precision)
+    chosen = _layer_units(loaded, layer, units)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
-    chosen = parse_units(units, basis.units)
-    settings = TextVisSettings(lengths=length_values, restarts=restarts, steps=steps, candidates=candidates,
-                               prior_weight=prior, keep=top_k, seed=seed)
     results = [optimize_text(loaded, basis, unit, settings) for unit in chosen]
     command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units", units,
                           "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
@@ -224,17 +234,19 @@ def emotions(
     regression (each emotion as a few units) and NMF atlases (2 and 7 factors), stored in the atlas with a
     PNG of the map."""
     from neuronscope.analysis.emotion_plot import plot_emotion_atlas
-    from neuronscope.analysis.emotions import emotion_atlas, text_lexical_units
+    from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
     from neuronscope.probing.attribution import compute_basis
     from neuronscope.probing.text_store import start_text_run
     from neuronscope.probing.vocab import load_vocabulary
 
     _require(model, out, "emotions")
+    words = load_vocabulary(vocab)  # the words (and wordfreq for --drop-lexical) are checked before any compute
+    check_emotion_words(words)
+    english = load_vocabulary("english-10k") if drop_lexical else []
     started = time.monotonic()
     loaded = load_cli_model(model, weights, device, precision)
-    words = load_vocabulary(vocab)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
-    dropped = text_lexical_units(loaded, basis, load_vocabulary("english-10k")) if drop_lexical else {}
+    dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
     result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
     png = plot_emotion_atlas(result)
     vocab_name = vocabulary_name(vocab)
@@ -249,7 +261,7 @@ def emotions(
         codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
                                     run_id=run_id)
         plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png, suffix=".png",
-                                   data={"factors": [2, 7]}, run_id=run_id)
+                                   data={"factors": list(ATLAS_FACTORS)}, run_id=run_id)
         atlas.finish_run(run_id, images=len(basis.image_embeddings))
     if json_out:
         print_json(_fill_report(out, run_id, basis.model, basis.layer, basis.units, started, emotions=len(words),

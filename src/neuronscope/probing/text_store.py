@@ -33,7 +33,8 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
                    config: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> int:
     """Record a text-side run and make its layer known to the atlas; returns the run id."""
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
-    run_id = atlas.start_run(command=command, config={**config, "sample": basis.sample},
+    # the sample's description beside the config's own keys ("sample" there is the command's image count)
+    run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample},
                              config_key=text_run_key(basis.model, basis.layer, kind, config), model=basis.model,
                              weights_sha256=model.weights_sha256,
                              layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
@@ -47,7 +48,7 @@ def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
     """Add texts to units' stored texts: the same text keeps its newest score; the best ``keep`` stay."""
     merged: dict[int, list[tuple[str, float]]] = {}
     for unit, entries in scored.items():
-        stored = {row["text"]: float(row["score"]) for row in atlas.unit(model, layer, int(unit))["texts"]}
+        stored = {row["text"]: float(row["score"]) for row in atlas.unit_texts(model, layer, int(unit))}
         stored.update({text: float(score) for text, score in entries})
         merged[int(unit)] = sorted(stored.items(), key=lambda item: -item[1])[:keep]
     atlas.write_unit_texts("texts", run_id, model, layer, merged)
