@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models import DEFAULT, load_model
 from neuronscope.models.bundled import bundled_dir
 from neuronscope.probing.embedding import LexicalRule, WordEmbedding, lexical_units, shared_affix
@@ -219,6 +220,16 @@ def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path) -> No
     assert missing.exit_code == 1 and "not in the embedding's vocabulary" in missing.output
 
 
+def test_top_words_all_equals_top_words_on_ties_and_rank_counts_ties_in_a_words_favour() -> None:
+    scores = torch.zeros(40, 3)
+    scores[[5, 17, 30], 1] = 2.0  # three words tied for unit 1's best
+    probe = WordProbe("m", "l", [f"w{i}" for i in range(40)], scores, QUICK, (1, 1), "fp32")
+    everything = probe.top_words_all(5, chunk=2)  # chunks of 2 units: the last chunk is a single unit
+    assert everything == {unit: probe.top_words(unit, 5) for unit in range(3)}
+    assert [w for w, _ in everything[0]] == ["w0", "w1", "w2", "w3", "w4"]  # ties by vocabulary order
+    assert [probe.rank(w, 1) for w in ("w5", "w17", "w30", "w0")] == [1, 1, 1, 4]
+
+
 # --------------------------------------------------------------------------- the paper
 
 
@@ -244,6 +255,13 @@ def test_compare_with_paper_scores_a_perfect_and_a_shuffled_probe() -> None:
     shuffled = WordProbe("RN50x4@test", "visual.layer4.5.act3:input", words, scores[:, torch.randperm(PAPER_UNITS,
                          generator=torch.Generator().manual_seed(0))], QUICK, (9, 9), "fp32")
     assert compare_with_paper(shuffled).overall.top3_overlap < 0.05
+
+
+def test_compare_with_paper_refuses_another_layer_of_the_same_width() -> None:
+    other = WordProbe("RN50x4@test", "visual.layer4.4.act3:input", ["spider"], torch.zeros(1, PAPER_UNITS), QUICK,
+                      (9, 9), "fp32")
+    with pytest.raises(NeuronscopeError, match="visual.layer4.5.act3:input"):
+        compare_with_paper(other)
 
 
 def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path) -> None:

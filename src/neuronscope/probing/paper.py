@@ -14,11 +14,14 @@ import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import NeuronscopeError
 from .words import WordProbe
 
 PAPER_MODEL = "RN50x4"
 PAPER_LAYER = "image_block_4/5/Add_6"
 PAPER_UNITS = 2560
+#: ``PAPER_LAYER``'s canonical name on RN50x4 (CONVENTIONS: the input of the last block's in-place ReLU).
+PAPER_CANONICAL_LAYER = "visual.layer4.5.act3:input"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "paper"
 TOP3_FILE = "rn50x4_image_block_4_5_Add_6_top3_words.tsv"
 NAMED_FILE = "validation_neurons.tsv"
@@ -92,9 +95,11 @@ def _overlap(ours: dict[int, list[str]], paper: dict[int, list[str]], units: lis
 
 def compare_with_paper(probe: WordProbe, k: int = 20) -> PaperComparison:
     """Compare a probe of RN50x4's ``image_block_4/5/Add_6`` with the article's top-3 words."""
-    if probe.units != PAPER_UNITS:
-        raise ValueError(f"the article's table covers {PAPER_UNITS} units of RN50x4 {PAPER_LAYER}; "
-                         f"the probe has {probe.units} units of {probe.layer} ({probe.model})")
+    # The unit count alone would accept any 2,560-unit layer, whose unit indices mean nothing to the table.
+    if probe.layer != PAPER_CANONICAL_LAYER or probe.units != PAPER_UNITS:
+        raise NeuronscopeError(f"the article's table covers the {PAPER_UNITS} units of RN50x4 {PAPER_LAYER} "
+                               f"({PAPER_CANONICAL_LAYER}); the probe has {probe.units} units of {probe.layer} "
+                               f"({probe.model}): probe that layer (`reproduce words`)")
     paper = paper_top_words()
     ours = {unit: [w for w, _ in entries] for unit, entries in probe.top_words_all(max(k, 3)).items()}
     named = paper_named_units()

@@ -41,8 +41,8 @@ class WordProbe:
         model: the model's key (``mini-clip@bundled``).
         layer: the canonical layer name.
         words: the vocabulary, in order; row i of ``scores`` is word i.
-        scores: float32 [words, units]: per word and unit, the max over positions
-            of the mean over sizes and fonts of the unit's spatial-mean response.
+        scores: float32 [words, units]: per word and unit, the mean over sizes
+            and fonts of the max over positions of the unit's spatial-mean response.
         settings: how the words were rastered.
         grid: (rows, cols) of the layer's map.
         precision: the precision the forwards ran in.
@@ -78,15 +78,25 @@ class WordProbe:
         order = torch.argsort(-column, stable=True)[:k]
         return [(self.words[i], float(column[i])) for i in order]
 
-    def top_words_all(self, k: int = DEFAULT_TOP_K) -> dict[int, list[tuple[str, float]]]:
-        """``{unit: top_words(unit, k)}`` for every unit."""
+    def top_words_all(self, k: int = DEFAULT_TOP_K, chunk: int = 512) -> dict[int, list[tuple[str, float]]]:
+        """``{unit: top_words(unit, k)}`` for every unit, equal to it on ties too (a stable sort, not ``topk``).
+
+        ``chunk`` units are sorted at a time: a full argsort of 10 k words × 2,560 units would hold 200 MB.
+        """
         k = min(k, len(self.words))
-        values, order = torch.topk(self.scores, k, dim=0)  # [k, units]
-        return {unit: [(self.words[int(i)], float(v)) for i, v in zip(order[:, unit], values[:, unit])]
-                for unit in range(self.units)}
+        top: dict[int, list[tuple[str, float]]] = {}
+        for start in range(0, self.units, chunk):
+            block = self.scores[:, start:start + chunk]  # [words, chunk]
+            order = torch.argsort(-block, dim=0, stable=True)[:k]  # [k, chunk]
+            values = block.gather(0, order)
+            for column in range(block.shape[1]):
+                top[start + column] = [(self.words[int(i)], float(v))
+                                       for i, v in zip(order[:, column], values[:, column])]
+        return top
 
     def rank(self, word: str, unit: int) -> int:
-        """Rank of ``word`` among the vocabulary for ``unit`` (1 = its best word; ties count against it)."""
+        """Rank of ``word`` among the vocabulary for ``unit``: 1 + the words scoring strictly higher (1 = its
+        best word; ties count in its favour, so words tied for best all rank 1)."""
         column = self.scores[:, unit]
         return int((column > column[self.index(word)]).sum()) + 1
 
