@@ -86,15 +86,29 @@ def test_zeroshot_command_classifies_split_images(tmp_path, split) -> None:
         path = tmp_path / f"{i}.png"
         split.pil(int(i)).save(path)
         paths.append(str(path))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    paths.insert(1, str(broken))
     result = CliRunner().invoke(app, ["zeroshot", "--model", "mini-clip", "--classes", "star,Fish,house",
                                       "--top", "2", "--json", *paths])
     assert result.exit_code == 0, result.output
     answers = json.loads(result.stdout)
-    assert [a["image"] for a in answers] == paths
+    assert [a["image"] for a in answers] == paths  # input order, the skipped file in its place
+    assert all(a["model"] == "mini-clip@bundled" for a in answers)
+    assert answers.pop(1) == {"image": str(broken), "model": "mini-clip@bundled", "skipped": "zero_byte"}
     for answer in answers:
         assert len(answer["top"]) == 2
         assert {c["class"] for c in answer["top"]} <= {"star", "Fish", "house"}  # echoed verbatim
         assert answer["top"][0]["prob"] >= answer["top"][1]["prob"]
+
+
+def test_zeroshot_prompt_set_names_the_split_concepts_without_decoding_the_split(monkeypatch, split) -> None:
+    import neuronscope.world.split as split_module
+    from neuronscope.commands.zeroshot import world_prompt_set
+
+    monkeypatch.setattr(split_module, "load_test_split", lambda *a, **k: pytest.fail("the split was decoded"))
+    assert world_prompt_set("mini-clip@bundled") == (split.concepts, "a {}")
+    assert world_prompt_set("tiny-rn@random") is None
 
 
 def test_zeroshot_without_classes_on_another_model_is_a_clear_error(tmp_path, split) -> None:

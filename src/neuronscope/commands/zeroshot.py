@@ -42,10 +42,9 @@ def world_prompt_set(model_key: str) -> tuple[list[str], str] | None:
     """The mini CLIP's own classes and template (its world's concepts, ``a {}``); None for other models."""
     if not model_key.startswith("mini-clip@"):
         return None
-    from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
-    from neuronscope.world.split import load_test_split
+    from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 
-    return load_test_split().concepts, ZEROSHOT_TEMPLATE
+    return concept_names(), ZEROSHOT_TEMPLATE  # the split's concepts, without decoding the split
 
 
 def zeroshot(
@@ -78,34 +77,40 @@ def zeroshot(
     chosen_template = template or (own[1] if own is not None else DEFAULT_TEMPLATE)
     classifier = ZeroShotClassifier.build(loaded, names, chosen_template)
 
-    results, skipped = [], []
-    batch: list = []
+    # One answer per input file, in input order: {"image", "model", "top"}, or {"image", "model", "skipped"}
+    # for a file that could not be read; an answer's "top" is filled when its batch runs.
+    answers: list[dict] = []
+    batch: list[tuple[dict, object]] = []
 
     def flush() -> None:
         pixels = loaded.preprocess.to_pixels([image for _, image in batch])
-        for (image_id, _), best in zip(batch, classifier.top(pixels, top)):
-            results.append({"image": image_id, "top": best})
+        for (answer, _), best in zip(batch, classifier.top(pixels, top)):
+            answer["top"] = best
         batch.clear()
 
     for image_id, image in iter_decoded(images):
+        answer = {"image": image_id, "model": loaded.key}
+        answers.append(answer)
         if isinstance(image, SkippedFile):
-            skipped.append({"image": image_id, "reason": image.reason})
+            answer["skipped"] = image.reason
             continue
-        batch.append((image_id, image))
+        batch.append((answer, image))
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
-    if not results and not skipped:
+    if not answers:
         raise NeuronscopeError(f"no images found in {', '.join(images)}")
     if json_out:
-        print_json(results)
+        print_json(answers)
     else:
-        for result in results:
-            best = ", ".join(f"{c['class']} {c['prob']:.3f}" for c in result["top"])
-            typer.echo(f"{result['image']}: {best}")
-    for item in skipped:
-        typer.echo(f"skipped {item['image']}: {item['reason']}", err=True)
+        for answer in answers:
+            if "top" in answer:
+                best = ", ".join(f"{c['class']} {c['prob']:.3f}" for c in answer["top"])
+                typer.echo(f"{answer['image']}: {best}")
+    for answer in answers:
+        if "skipped" in answer:
+            typer.echo(f"skipped {answer['image']}: {answer['skipped']}", err=True)
 
 
 def register(app: typer.Typer) -> None:
