@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from neuronscope.atlas import AtlasError
 from neuronscope.cli import app as cli_app
 from neuronscope.web import export_site
-from tests.web_atlas import LAYER, web_atlas  # noqa: F401 - web_atlas is a fixture
+from tests.web_atlas import LAYER, build_hub_atlas, web_atlas  # noqa: F401 - web_atlas is a fixture
 
 
 class _Links(HTMLParser):
@@ -44,11 +44,10 @@ def site(web_atlas, tmp_path_factory) -> Path:
     return Path(summary["site"])
 
 
-def test_every_link_of_every_page_points_to_a_file_of_the_export(site):
-    pages = sorted(site.rglob("*.html"))
-    assert len(pages) == 519
+def checked_links(site: Path) -> int:
+    """Asserts that every link of every page is relative and names a file of the site; returns how many."""
     checked = 0
-    for page in pages:
+    for page in sorted(site.rglob("*.html")):
         for link in page_links(page):
             parts = urlsplit(link)
             assert not parts.scheme and not parts.netloc and not link.startswith("/"), f"{page}: {link}"
@@ -57,7 +56,20 @@ def test_every_link_of_every_page_points_to_a_file_of_the_export(site):
             target = (page.parent / unquote(parts.path)).resolve()
             assert target.is_relative_to(site.resolve()) and target.is_file(), f"{page}: {link}"
             checked += 1
-    assert checked > 5000
+    return checked
+
+
+def test_every_link_of_every_page_points_to_a_file_of_the_export(site):
+    assert len(sorted(site.rglob("*.html"))) == 519
+    assert checked_links(site) > 5000
+
+
+def test_a_model_key_with_a_slash_exports_one_folder_level_its_links_reach(tmp_path):
+    # hf-hub:org/repo@hub: the folder was m/hf-hub:org/repo (two levels) while links counted one.
+    export_site(build_hub_atlas(tmp_path / "atlas"), tmp_path / "site")
+    layer = tmp_path / "site" / "m" / "hf-hub:org~repo" / "l" / "visual.layer4"
+    assert (layer / "index.html").is_file() and (layer / "u" / "1" / "index.html").is_file()
+    assert checked_links(tmp_path / "site") > 10
 
 
 def test_export_holds_the_pages_and_images_but_no_atlas_internals(site):

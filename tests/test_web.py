@@ -18,7 +18,14 @@ from neuronscope.atlas import Atlas, AtlasError
 from neuronscope.atlas.browse import layer_counts, layer_grid, search_units
 from neuronscope.cli import app as cli_app
 from neuronscope.web import create_app, layer_view, unit_view
-from tests.web_atlas import LAYER, MODEL, running_server, web_atlas  # noqa: F401 - web_atlas is a fixture
+from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
+    HUB_MODEL,
+    LAYER,
+    MODEL,
+    build_hub_atlas,
+    running_server,
+    web_atlas,
+)
 
 LAYER_URL = f"/m/tiny-rn/l/{LAYER}"
 
@@ -124,6 +131,17 @@ def test_search_matches_words_labels_and_texts(client):
 def test_aliases_and_model_keys_redirect_to_canonical_urls(client, url, location):
     answer = client.get(url, follow_redirects=False)
     assert answer.status_code == 301 and answer.headers["location"] == location
+
+
+def test_a_model_key_with_a_slash_is_browsed_with_a_tilde(tmp_path):
+    # hf-hub:org/repo@hub: "/" was written %2F, which servers decode before routing (404 everywhere).
+    with TestClient(create_app(build_hub_atlas(tmp_path / "atlas"), warm=False)) as hub:
+        url = "/m/hf-hub:org~repo/l/visual.layer4"
+        assert f'href="{url}"' in hub.get("/").text
+        assert hub.get(url).status_code == 200 and "hub unit" in hub.get(f"{url}/u/1").text
+        assert hub.get(f"/api{url}/u/1").json()["model"] == HUB_MODEL
+        key_url = hub.get("/m/hf-hub:org~repo@hub/l/neurons/u/1", follow_redirects=False)
+        assert key_url.status_code == 301 and key_url.headers["location"] == f"{url}/u/1"
 
 
 @pytest.mark.parametrize("url", ["/m/nope/l/neurons", "/m/tiny-rn/l/visual.layer9", f"{LAYER_URL}/u/512",

@@ -67,6 +67,18 @@ def build_web_atlas(model, folder: Path) -> Path:
     return path
 
 
+#: A model key with "/" in it (an hf-hub model): its URL name writes "/" as "~".
+HUB_MODEL = "hf-hub:org/repo@hub"
+
+
+def build_hub_atlas(path: Path) -> Path:
+    """An atlas holding one layer (2 units, one labelled) of :data:`HUB_MODEL`, written without a scan."""
+    with Atlas(path) as atlas:
+        atlas.register_layer(HUB_MODEL, "visual.layer4", aliases=["neurons"], units=2, grid=(1, 1))
+        atlas.set_label(HUB_MODEL, "visual.layer4", 1, "hub unit", source="test")
+    return path
+
+
 @contextmanager
 def running_server(app) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""

@@ -499,7 +499,10 @@ class Atlas:
         return [row["model"] for row in rows]
 
     def resolve_model(self, model: str | None) -> str:
-        """A model key from a key, a bare name (``mini-clip``) or None when the atlas holds one model."""
+        """A model key from a key, a bare name (``mini-clip``) or None when the atlas holds one model.
+
+        ``~`` may stand for ``/`` (``hf-hub:org~repo``, as URLs write it), as in layer aliases.
+        """
         known = self.models()
         if not known:
             raise AtlasError(f"{self.path} holds no scanned layers yet; run `neuronscope scan --out {self.path}`")
@@ -507,11 +510,12 @@ class Atlas:
             if len(known) > 1:
                 raise AtlasError(f"{self.path} holds several models ({', '.join(known)}); pass --model")
             return known[0]
-        if model in known:
-            return model
-        matches = [key for key in known if key.split("@")[0] == model]
-        if len(matches) == 1:
-            return matches[0]
+        for name in dict.fromkeys((model, model.replace("~", "/"))):
+            if name in known:
+                return name
+            matches = [key for key in known if key.split("@")[0] == name]
+            if len(matches) == 1:
+                return matches[0]
         raise AtlasError(f"model {model!r} is not in {self.path}; it holds {', '.join(known)}")
 
     def layers(self, model: str) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from neuronscope.atlas import Atlas, AtlasError
 from neuronscope.atlas.browse import layer_grid, search_index
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file
-from neuronscope.web.links import StaticLinks, model_slug, static_page_path
+from neuronscope.web.links import StaticLinks, model_slug, page_segments, static_page_path
 from neuronscope.web.plots import conditional_svg, histogram_svg
 
 #: Written at the site's root; a non-empty folder without it is not overwritten.
@@ -60,6 +60,10 @@ class _Site:
 
     def links(self, here: str) -> StaticLinks:
         return StaticLinks(self.known, here)
+
+    def page_folder(self, model: str, layer: str, unit: int | None = None) -> str:
+        """The folder of a layer's (or unit's) pages: the segments its links are made of, unencoded."""
+        return "/".join(page_segments(model_slug(model, self.known), layer, unit))
 
     def write(self, relative: str, data: str | bytes) -> None:
         path = self.root / relative
@@ -130,8 +134,7 @@ def export_site(atlas: Atlas | str | os.PathLike, site_dir: str | os.PathLike, *
 
 def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool, done: int, total: int,
                   progress: Callable[[int, int], None] | None) -> int:
-    slug = model_slug(model, site.known)
-    folder = f"m/{slug}/l/{layer}"
+    folder = site.page_folder(model, layer)
     cards = layer_grid(store, model, layer)
     query = pages.LayerQuery()
     first = pages.layer_data(store, model, layer, query, cards=cards)
@@ -148,7 +151,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
     for unit in range(len(cards)):
         data = pages.unit_data(store, model, layer, unit)
         record = data["record"]
-        unit_folder = f"{folder}/u/{unit}"
+        unit_folder = site.page_folder(model, layer, unit)
         for render in record["featurevis"]:
             site.copy(render["path"])
         for example in record["top"][:data["top_examples"]]:

@@ -8,7 +8,9 @@ card inlines images as data URIs.
 
 URL segments are canonical names: a model's bare registry name when the atlas
 holds only one model of that name (``mini-clip``), else its key
-(``RN50x4@openai``); a layer's dot path (``visual.layer4.1.act3:input``).
+(``RN50x4@openai``), with ``~`` for ``/`` (``hf-hub:org~repo``); a layer's dot
+path (``visual.layer4.1.act3:input``). The server's URLs and the static
+export's folders are both built from :func:`page_segments`.
 """
 
 from __future__ import annotations
@@ -23,13 +25,35 @@ _SAFE = ":@"
 
 
 def model_slug(model_key: str, known: list[str]) -> str:
-    """The URL name of a model: its bare name when unambiguous among ``known`` keys, else its key."""
+    """The URL name of a model: its bare name when unambiguous among ``known`` keys, else its key.
+
+    ``/`` (``hf-hub:org/repo@hub``) is written ``~``, as in layer aliases: servers decode ``%2F``
+    before routing (so it would split the segment), and an exported folder would nest one level
+    deeper than its links say. :meth:`neuronscope.atlas.Atlas.resolve_model` reads ``~`` back.
+    """
     bare = model_key.split("@")[0]
-    return bare if sum(1 for key in known if key.split("@")[0] == bare) == 1 else model_key
+    name = bare if sum(1 for key in known if key.split("@")[0] == bare) == 1 else model_key
+    return name.replace("/", "~")
 
 
 def segment(name: str) -> str:
+    """One URL path segment, percent-encoded (``:`` and ``@`` kept)."""
     return quote(name, safe=_SAFE)
+
+
+def page_segments(slug: str, layer: str, unit: int | None = None) -> tuple[str, ...]:
+    """A layer's (or a unit's) page as path segments, not yet percent-encoded.
+
+    The server's URL is these segments encoded; the static export writes the page into the folder they
+    name (what a static host or ``file://`` maps the encoded link back to).
+    """
+    parts = ("m", slug, "l", layer)
+    return parts if unit is None else (*parts, "u", str(unit))
+
+
+def url_path(*parts: str) -> str:
+    """Segments joined into a percent-encoded relative URL path."""
+    return "/".join(segment(part) for part in parts)
 
 
 class Links:
@@ -59,18 +83,18 @@ class Links:
                   not (key == "sort" and value == "unit")}
         if page > 1:
             params["page"] = page
-        base = self._page("m", segment(self.slug(model)), "l", segment(layer))
+        base = self._page(url_path(*page_segments(self.slug(model), layer)))
         return f"{base}?{urlencode(params)}" if params else base
 
     def unit(self, model: str, layer: str, unit: int) -> str:
-        return self._page("m", segment(self.slug(model)), "l", segment(layer), "u", str(unit))
+        return self._page(url_path(*page_segments(self.slug(model), layer, unit)))
 
     def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
         return f"{self.unit(model, layer, unit)}/{kind}.svg"
 
     def file(self, relative: str | None) -> str | None:
         """An atlas file (thumbnail, render, artifact) by its atlas-relative path."""
-        return None if not relative else self._page("files", *(segment(part) for part in relative.split("/")))
+        return None if not relative else self._page("files", url_path(*relative.split("/")))
 
     def static(self, name: str) -> str:
         return self._page("static", name)
@@ -102,14 +126,13 @@ class StaticLinks(Links):
 
     def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str:
         name = "index.html" if page <= 1 else f"page-{page}.html"
-        return self._relative("/".join(("m", segment(self.slug(model)), "l", segment(layer), name)))
+        return self._relative(url_path(*page_segments(self.slug(model), layer), name))
 
     def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
-        return self._relative("/".join(("m", segment(self.slug(model)), "l", segment(layer), "u", str(unit),
-                                        f"{kind}.svg")))
+        return self._relative(url_path(*page_segments(self.slug(model), layer, unit), f"{kind}.svg"))
 
     def file(self, relative: str | None) -> str | None:
-        return None if not relative else self._relative("files/" + "/".join(segment(p) for p in relative.split("/")))
+        return None if not relative else self._relative(url_path("files", *relative.split("/")))
 
     def static(self, name: str) -> str:
         return self._relative(f"static/{name}")
