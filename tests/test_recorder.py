@@ -117,6 +117,14 @@ def test_pil_images_are_preprocessed_by_the_contract(tiny_rn):
     assert acts["visual.layer4.1.act3:input"].shape == (2, 512)
 
 
+def test_one_image_tensor_is_a_batch_of_one_whatever_the_batch_size(tiny_rn):
+    image = torch.randn(3, 64, 64)  # [3, H, W]: batching must not split it along channels
+    whole = record(tiny_rn, image, "neurons")["visual.layer4.1.act3:input"]
+    batched = record(tiny_rn, image, "neurons", batch_size=2)["visual.layer4.1.act3:input"]
+    assert whole.shape == batched.shape == (1, 512, 2, 2)
+    torch.testing.assert_close(batched, whole)
+
+
 def test_module_running_twice_warns_and_keeps_the_first_call():
     class Twice(nn.Module):
         def __init__(self) -> None:
@@ -209,6 +217,19 @@ def test_edit_only_recorder_on_a_vit(tiny_vit):
     with Recorder(tiny_vit, edits=[zero_units("neurons")]):
         assert not torch.allclose(embed(tiny_vit, pixels), baseline)
     torch.testing.assert_close(embed(tiny_vit, pixels), baseline)
+
+
+def test_an_input_edit_reaches_every_argument_that_is_the_input(tiny_vit):
+    # open_clip calls attn(x, x, x): an edit of attn:input is the query's, the key's and the value's.
+    pixels = torch.randn(2, 3, 64, 64)
+    attn = "visual.transformer.resblocks.0.attn"
+
+    def attention_output(edited_layer: str) -> torch.Tensor:
+        with Recorder(tiny_vit, attn, edits=[zero_units(edited_layer, "all")]) as recorder:
+            return recorder.run(pixels)[attn]
+
+    torch.testing.assert_close(attention_output(f"{attn}:input"),
+                               attention_output("visual.transformer.resblocks.0.ln_1"))
 
 
 # --------------------------------------------------------------------------- precision, gradients

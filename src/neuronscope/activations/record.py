@@ -15,8 +15,11 @@ from neuronscope.models.loaded import LoadedModel
 
 
 def _batches(images: Images, batch_size: int | None) -> list[Tensor | list[Image.Image]]:
+    """``images`` cut into forwards of ``batch_size``; one image ([3, H, W] or PIL) is a batch of one."""
     if isinstance(images, Image.Image):
         images = [images]
+    if isinstance(images, Tensor) and images.ndim == 3:
+        images = images.unsqueeze(0)  # [3, H, W] -> [1, 3, H, W]: split along images, never channels
     if batch_size is None:
         return [images if isinstance(images, Tensor) else list(images)]
     if isinstance(images, Tensor):
@@ -40,8 +43,8 @@ def record(
 
     Args:
         model: a :class:`LoadedModel` (or a plain module fed tensors).
-        images: normalised tensor [B, 3, H, W] or PIL images (any size; the
-            model's preprocessing contract resizes them).
+        images: normalised tensor [B, 3, H, W] (or one image [3, H, W]) or PIL
+            images (any size; the model's preprocessing contract resizes them).
         layers: names, aliases (``neurons``) or wildcards (``visual.layer3.*``).
         early_stop: stop each forward once every layer is captured (same
             values as a full forward, less compute).

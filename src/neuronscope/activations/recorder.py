@@ -179,12 +179,13 @@ class Recorder:
         edited = self._edit_and_capture(name, tensor)
         if edited is tensor:
             return None
-        if key is None:
-            if not isinstance(args[0], Tensor):
-                raise TypeError(f"cannot edit {name}: the module's first argument is a "
-                                f"{type(args[0]).__name__}, not a tensor; edit the output of the module before it")
-            return (edited, *args[1:]), kwargs
-        return args, {**kwargs, key: edited}
+        if key is None and not isinstance(args[0], Tensor):
+            raise TypeError(f"cannot edit {name}: the module's first argument is a "
+                            f"{type(args[0]).__name__}, not a tensor; edit the output of the module before it")
+        # The input may be passed more than once: open_clip's attention runs attn(x, x, x)
+        # as query, key and value. Every argument that *is* this tensor gets the edit.
+        return (tuple(edited if arg is tensor else arg for arg in args),
+                {name_: edited if value is tensor else value for name_, value in kwargs.items()})
 
     def _edit_and_capture(self, name: str, tensor: Tensor) -> Tensor:
         """Apply this layer's edits, then capture what the model will see (edited values)."""
