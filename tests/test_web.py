@@ -288,6 +288,16 @@ def test_notebook_cards_inline_the_unit(web_atlas):
     assert grid._repr_html_().count('class="card"') == 8 and "504 more units" in grid._repr_html_()
 
 
+@pytest.mark.parametrize("name, mime", [("a.jpeg", "image/jpeg"), ("a.webp", "image/webp"), ("a.gif", "image/gif"),
+                                        ("a.PNG", "image/png")])
+def test_notebook_cards_inline_files_with_the_servers_media_type(tmp_path, name, mime):
+    from neuronscope.web.links import InlineLinks
+
+    (tmp_path / "featurevis").mkdir()
+    (tmp_path / "featurevis" / name).write_bytes(b"image")
+    assert InlineLinks([], tmp_path).file(f"featurevis/{name}") == f"data:{mime};base64,aW1hZ2U="
+
+
 def test_serve_command_binds_localhost_by_default(web_atlas, monkeypatch):
     calls = []
     monkeypatch.setattr("neuronscope.web.serve", lambda atlas, **options: calls.append((atlas, options)))

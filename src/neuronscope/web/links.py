@@ -20,6 +20,8 @@ import posixpath
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from neuronscope.web.files import media_type
+
 #: Characters kept as they are in a URL segment (``:`` and ``@`` are legal in a path segment).
 _SAFE = ":@"
 
@@ -162,8 +164,7 @@ class InlineLinks(Links):
         path = self.atlas_path / relative
         if not path.is_file():
             return None
-        mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(path.suffix, "image/png")
-        return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        return f"data:{media_type(path)};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
     def api_unit(self, model: str, layer: str, unit: int) -> str | None:
         return None
