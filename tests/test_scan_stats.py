@@ -169,3 +169,34 @@ def test_non_finite_values_stay_out_of_moments_and_examples(synthetic_maps, tmp_
     assert record["stats"]["count"] == 58 and None not in record["stats"].values()
     assert all(np.isfinite(example["activation"]) for example in record["top"] + record["bottom"])
     assert sum(bucket["count"] for bucket in buckets) == 58
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 0), ("bottom_k", 0), ("n_bins", 1), ("reservoir", 0),
+                                          ("top_k", 2.5)])
+def test_scan_settings_that_cannot_work_are_refused(field, value):
+    from neuronscope.errors import NeuronscopeError
+
+    with pytest.raises(NeuronscopeError, match=f"ScanSettings.{field} must be a whole number"):
+        ScanSettings(**{field: value})
+
+
+def test_histogram_of_huge_values_bins_every_value_in_any_order():
+    # Grid indices of values beyond ~5.5e11 overflowed int64 at the finest exponent: wrong bins or errors.
+    from neuronscope.mining import StreamingHistogram
+
+    values = np.array([[1.0, 1e13, -3e38], [2e12, 1.5e13, 1e-7], [5e11, 1e13 + 2.0**20, 7.0]])
+    ordinals = np.arange(3, dtype=np.int64)
+    hashes = np.array([sample_hash(f"img{i}", 0) for i in ordinals], np.int64)
+    histograms = []
+    for order in (np.arange(3), np.array([2, 0, 1])):
+        histogram = StreamingHistogram(3, n_bins=8, reservoir=2)
+        for index in order:
+            histogram.update(values[[index]], ordinals[[index]], hashes[[index]])
+        histograms.append(histogram)
+    first, second = histograms
+    for name in ("exponent", "first", "counts", "sample_ordinals"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
+    for unit in range(3):
+        width = np.ldexp(1.0, int(first.exponent[unit]))
+        expected = np.floor(values[:, unit] / width).astype(np.int64) - first.first[unit]
+        assert np.bincount(expected, minlength=8).tolist() == first.counts[unit].tolist()

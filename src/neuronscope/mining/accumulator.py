@@ -16,9 +16,14 @@ import numpy as np
 import torch
 
 from neuronscope.activations.reduce import spatial_max, unit_maps
+from neuronscope.errors import NeuronscopeError
 from neuronscope.mining.histogram import StreamingHistogram
 from neuronscope.mining.moments import StreamingMoments
 from neuronscope.mining.topk import StreamingTopK
+
+
+class ScanSettingsError(NeuronscopeError, ValueError):
+    """Scan settings that cannot work (a top-k of 0, a one-bin histogram, ...)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class ScanSettings:
     n_bins: int = 128
     reservoir: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # n_bins >= 2: a range straddling a bin edge at every scale (-1 and 1) never fits one bin.
+        for name, least in (("top_k", 1), ("bottom_k", 1), ("n_bins", 2), ("reservoir", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                raise ScanSettingsError(f"ScanSettings.{name} must be a whole number of at least {least}, "
+                                        f"not {value!r}")
 
 
 def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None

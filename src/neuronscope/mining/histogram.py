@@ -8,8 +8,8 @@ starting at ``first = floor(min / 2**e)``. When a value falls outside, the
 exponent grows by exact doublings (bin ``J`` becomes ``J >> 1``: two bins
 merge, no count is split or guessed) until the whole range fits. The final
 exponent is the smallest ``e >= MIN_EXPONENT`` whose grid holds the data's
-range in ``n_bins`` bins: a function of the set of values only, so the counts
-are identical for any arrival order.
+range in ``n_bins`` bins (and whose grid indices fit in int64): a function of
+the set of values only, so the counts are identical for any arrival order.
 
 Each bin also keeps a reservoir: the ``reservoir`` images with the smallest
 ``hash(id, seed)`` among those that fell in it. "The r smallest hashes of a
@@ -32,6 +32,8 @@ from neuronscope.mining.topk import EMPTY
 
 #: Finest bin width is 2**MIN_EXPONENT (~6e-8): a constant unit keeps one bin there.
 MIN_EXPONENT = -24
+#: Grid indices stay below 2**INDEX_BITS in magnitude, so they and their differences fit in int64.
+INDEX_BITS = 61
 
 
 def sample_hash(image_id: str, seed: int) -> int:
@@ -72,6 +74,8 @@ class StreamingHistogram:
     """
 
     def __init__(self, units: int, n_bins: int = 128, reservoir: int = 4) -> None:
+        if n_bins < 2 or reservoir < 1:  # one bin never fits a range that straddles a bin edge at every scale
+            raise ValueError(f"a histogram needs n_bins >= 2 and reservoir >= 1, not {n_bins} and {reservoir}")
         self.n_bins = n_bins
         self.reservoir = reservoir
         self.exponent = np.full(units, MIN_EXPONENT, np.int64)
@@ -89,10 +93,21 @@ class StreamingHistogram:
         # Scaling by a power of two is exact, so floor() gives the true bin.
         return np.floor(values * np.ldexp(1.0, -np.asarray(exponent))).astype(np.int64)
 
+    @staticmethod
+    def _lowest_exponent(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The smallest exponent [U] at which ``[lo, hi]``'s grid indices fit in int64 (|index| < 2**61).
+
+        ``|v| < 2**f`` (``frexp``), so ``e >= f - 61`` keeps ``v / 2**e`` below ``2**61``. It depends on the
+        range only, like the rest of the fit, so the result stays independent of arrival order.
+        """
+        magnitude = np.frexp(np.maximum(np.abs(lo), np.abs(hi)))[1].astype(np.int64)
+        return np.maximum(magnitude - INDEX_BITS, MIN_EXPONENT)
+
     def _fit(self, lo: np.ndarray, hi: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The window holding ``[lo, hi]`` (one entry per unit): the smallest exponent ``>= exponent`` whose
-        grid holds the range in ``n_bins`` bins, and its first bin. Returns ``(exponent, first)`` [U] int64."""
-        exponent = exponent.copy()
+        """The window holding ``[lo, hi]`` (one entry per unit): the smallest exponent ``>= exponent`` (and
+        ``>=`` :meth:`_lowest_exponent`) whose grid holds the range in ``n_bins`` bins, and its first bin.
+        Returns ``(exponent, first)`` [U] int64."""
+        exponent = np.maximum(exponent, self._lowest_exponent(lo, hi))
         while True:
             too_wide = self._grid_index(hi, exponent) - self._grid_index(lo, exponent) + 1 > self.n_bins
             if not too_wide.any():
@@ -154,10 +169,12 @@ class StreamingHistogram:
         batch_hi = np.where(finite, values, -np.inf).max(axis=0)
         lo, hi = np.minimum(self.lo, batch_lo), np.maximum(self.hi, batch_hi)
         has_data = np.isfinite(lo)
-        low_index = self._grid_index(np.where(has_data, lo, 0.0), self.exponent)
-        high_index = self._grid_index(np.where(has_data, hi, 0.0), self.exponent)
-        outside = has_data & ((low_index < self.first) | (high_index >= self.first + self.n_bins)
-                              | ~np.isfinite(self.lo))
+        lo_or_0, hi_or_0 = np.where(has_data, lo, 0.0), np.where(has_data, hi, 0.0)
+        # In float: at the current (possibly too fine) exponent a large value's index would overflow int64.
+        scale = np.ldexp(1.0, -self.exponent)
+        outside = has_data & ((np.floor(lo_or_0 * scale) < self.first)
+                              | (np.floor(hi_or_0 * scale) >= self.first + self.n_bins)
+                              | (self._lowest_exponent(lo_or_0, hi_or_0) > self.exponent) | ~np.isfinite(self.lo))
         growing = np.flatnonzero(outside)
         if growing.size:
             self._rebin(growing, lo[growing], hi[growing])

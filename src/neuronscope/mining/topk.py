@@ -29,6 +29,8 @@ class StreamingTopK:
     """
 
     def __init__(self, units: int, k: int, *, largest: bool = True, device: str | torch.device = "cpu") -> None:
+        if k < 1:
+            raise ValueError(f"a top-k needs k >= 1, not {k}")
         self.k = k
         self.largest = largest
         self.device = torch.device(device)
