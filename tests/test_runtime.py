@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,15 @@ from neuronscope.runtime import bf16_support, format_units, parse_units, resolve
 )
 def test_parse_units(text, expected):
     assert parse_units(text) == expected
+
+
+def test_parse_units_takes_numpy_and_torch_integers_and_refuses_floats():
+    assert parse_units(np.int64(7)) == [7] and parse_units(torch.tensor(5)) == [5]
+    assert parse_units([np.int32(1), torch.tensor(2)]) == [1, 2]
+    assert parse_units(torch.tensor([3, 4])) == parse_units(np.array([3, 4])) == [3, 4]
+    for bad in (3.0, [1.5], np.float64(2.0), torch.tensor(2.0), [True]):
+        with pytest.raises(UnitsError, match="bad unit list"):
+            parse_units(bad)  # never truncated to an index
 
 
 def test_parse_units_all_needs_the_layer_size():
@@ -69,6 +79,23 @@ def test_auto_precision_follows_native_bf16_and_says_why():
     else:
         assert conv.name == vit.name == "fp32"
     assert "oneDNN" in conv.reason
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16")])
+def test_auto_precision_on_a_gpu_needs_native_bf16_on_that_gpu(monkeypatch, capability, expected):
+    asked = []
+
+    def device_capability(device):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", device_capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # counts emulation too
+    gpu = torch.device("cuda", 1)
+    chosen = resolve_precision("auto", gpu, "conv")
+    assert chosen.name == expected and f"{capability[0]}.{capability[1]}" in chosen.reason
+    assert asked == [gpu]  # the device asked about, not the current one
 
 
 def test_explicit_precisions():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -25,11 +26,23 @@ log = logging.getLogger(__name__)
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
-def parse_units(units: str | int | Sequence[int], n_units: int | None = None) -> list[int]:
+def _unit_index(value: Any, units: Any) -> int:
+    """One unit index: an int or anything integer that has ``__index__`` (NumPy, torch); never a float or bool."""
+    if isinstance(value, bool):
+        raise UnitsError(f"bad unit list {units!r}: {value!r} is not a unit index")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UnitsError(f"bad unit list {units!r}: {value!r} is not an integer unit index") from None
+
+
+def parse_units(units: str | int | Iterable[int], n_units: int | None = None) -> list[int]:
     """Parse a unit list: ``"0-31,550"`` (inclusive ranges, commas) or ``"all"``.
 
     Args:
-        units: the text form, a single index, or a sequence of indices.
+        units: the text form, a single index (an int, or a NumPy / torch
+            integer scalar), or a sequence of indices. Floats are refused,
+            not truncated.
         n_units: the layer's number of units (channels). Needed for ``"all"``;
             when given, every index is checked against it.
 
@@ -38,8 +51,8 @@ def parse_units(units: str | int | Sequence[int], n_units: int | None = None) ->
     """
     if isinstance(units, bool):
         raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550' or 'all'")
-    if isinstance(units, int):
-        indices = [units]
+    if getattr(units, "ndim", None) == 0 or (hasattr(units, "__index__") and not hasattr(units, "__iter__")):
+        indices = [_unit_index(units, units)]  # one index: int, np.int64, a 0-d tensor or array
     elif isinstance(units, str):
         text = units.strip()
         if text.lower() == "all":
@@ -58,8 +71,10 @@ def parse_units(units: str | int | Sequence[int], n_units: int | None = None) ->
             if last < first:
                 raise UnitsError(f"bad unit list {units!r}: range {first}-{last} runs backwards (write {last}-{first})")
             indices.extend(range(first, last + 1))
+    elif isinstance(units, Iterable):
+        indices = [_unit_index(u, units) for u in units]
     else:
-        indices = [int(u) for u in units]
+        raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550', a list of ints, or 'all'")
 
     if any(u < 0 for u in indices):
         raise UnitsError(f"bad unit list {units!r}: unit indices start at 0")
@@ -122,9 +137,12 @@ Family = Literal["conv", "vit", "other"]
 def bf16_support(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` runs bf16 natively, and the evidence, for the log."""
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
+        # is_bf16_supported() also says yes where bf16 is only emulated (before Ampere),
+        # and it reads the current device, not `device`: ask the device's capability.
+        major, minor = torch.cuda.get_device_capability(device)
+        ok = major >= 8
         name = torch.cuda.get_device_name(device)
-        return ok, f"{name} {'supports' if ok else 'lacks'} bf16"
+        return ok, f"{name} (compute capability {major}.{minor}) {'runs' if ok else 'has no'} native bf16"
     if device.type == "cpu":
         # oneDNN's own check: AVX512-BF16 or AMX. Without it bf16 is emulated and
         # slower than fp32, so auto must not pick it.

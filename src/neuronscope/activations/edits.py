@@ -52,7 +52,7 @@ class Edit:
     def unit_indices(self, n_units: int) -> list[int]:
         if self.units is None:
             return list(range(n_units))
-        return parse_units(self.units if isinstance(self.units, str) else list(self.units), n_units)
+        return parse_units(self.units, n_units)  # one parser: text, ints, NumPy / torch integers
 
     def apply(self, acts: Tensor) -> Tensor:
         """A new tensor like ``acts`` with the units replaced (``acts`` is not touched)."""
