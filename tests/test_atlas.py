@@ -240,6 +240,27 @@ def test_renders_words_and_artifacts_are_stored_for_a_layer_never_scanned(tmp_pa
     assert artifact["data"] == {"happy": [1]} and (tmp_path / "atlas" / artifact["path"]).read_bytes() == b"plot"
 
 
+def test_a_new_set_of_renders_replaces_the_units_whole_set_of_that_kind(tmp_path):
+    layer = "visual.layer4.1.act3:input"
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("tiny-rn@random", layer, aliases=["neurons"], units=4, grid=(2, 2))
+
+        def renders(unit: int, kind: str, count: int) -> list[dict]:
+            return [{"unit": unit, "kind": kind, "index": i, "png": b"png", "objective": 1.0} for i in range(count)]
+
+        atlas.write_featurevis(None, "tiny-rn@random", layer, renders(1, "plain", 1) + renders(1, "diverse", 4)
+                               + renders(2, "diverse", 4))
+        old = atlas.unit(None, "neurons", 1)["featurevis"]
+        kept = atlas.write_featurevis(None, "tiny-rn@random", layer, renders(1, "diverse", 2))
+        record = atlas.unit(None, "neurons", 1)
+        other = atlas.unit(None, "neurons", 2)
+    assert sorted(r["path"] for r in record["featurevis"] if r["kind"] == "diverse") == sorted(kept)
+    assert [r["kind"] for r in record["featurevis"]].count("plain") == 1 and len(other["featurevis"]) == 4
+    stale = {r["path"] for r in old} - {r["path"] for r in record["featurevis"]}
+    assert len(stale) == 2 and not any((tmp_path / "atlas" / path).exists() for path in stale)
+    assert all((tmp_path / "atlas" / r["path"]).is_file() for r in record["featurevis"] + other["featurevis"])
+
+
 def test_a_version_1_atlas_is_migrated_to_hold_artifacts(tmp_path):
     import sqlite3
 

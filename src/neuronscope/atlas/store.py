@@ -405,8 +405,9 @@ class Atlas:
 
         Args:
             renders: ``{"unit", "kind" ("plain" | "diverse" | "facet:NAME"), "index" (0 unless diverse),
-                "png" (bytes), "objective" (float reached), "description" (str)}`` each. A render of the
-                same (unit, kind, index) replaces the old one.
+                "png" (bytes), "objective" (float reached), "description" (str)}`` each. The renders of a
+                (unit, kind) are its whole set: they replace every earlier render of that unit and kind,
+                rows and files (4 diverse renders, then 2, leaves 2, not the old third and fourth).
         """
         paths = []
         for render in renders:
@@ -414,12 +415,20 @@ class Atlas:
                                                int(render.get("index", 0)))
             atomic_write_bytes(self.path / relative, render["png"], durable=False)
             paths.append(relative)
+        sets = sorted({(int(r["unit"]), r["kind"]) for r in renders})
         with self.transaction() as db:
+            replaced = {row["path"] for unit, kind in sets for row in db.execute(
+                "SELECT path FROM featurevis WHERE model = ? AND layer = ? AND unit = ? AND kind = ?",
+                (model, layer, unit, kind))}
+            db.executemany("DELETE FROM featurevis WHERE model = ? AND layer = ? AND unit = ? AND kind = ?",
+                           [(model, layer, unit, kind) for unit, kind in sets])
             db.executemany(
                 "INSERT OR REPLACE INTO featurevis (model, layer, unit, kind, path, objective, description, run_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(model, layer, int(r["unit"]), r["kind"], path, _finite(r["objective"]), r.get("description"),
                   run_id) for r, path in zip(renders, paths)])
+        for stale in replaced - set(paths):  # removed after the commit, as a rescan's old histogram file
+            (self.path / stale).unlink(missing_ok=True)
         return paths
 
     def rendered_units(self, model: str, layer: str, kind: str, config_key: str | None = None) -> set[int]:
