@@ -245,6 +245,21 @@ def test_tar_shard_and_path_list_sources(tiny_rn, images, tmp_path):
         assert [e["activation"] for e in top] == [e["activation"] for e in tops[0]]
 
 
+def test_path_list_names_never_climb_out_of_or_spell_an_absolute_path(tmp_path):
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "lists").mkdir()
+    for name in ("elsewhere/deep/a.png", "elsewhere/b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = tmp_path / "lists" / "outside.txt"
+    listing.write_text(f"{tmp_path / 'elsewhere/deep/a.png'}\n../elsewhere/b.png\n")
+    source = open_source(listing)
+    assert [entry.name for entry in source.entries] == ["b.png", "deep/a.png"]  # was ../elsewhere/b.png, ...
+    assert source.root == str(tmp_path / "elsewhere")
+    alone = tmp_path / "lists" / "alone.txt"
+    alone.write_text(f"{tmp_path / 'elsewhere/deep/a.png'}\n")
+    assert [entry.name for entry in open_source(alone).entries] == ["a.png"]
+
+
 KILLED_SCAN = """
 import sys, time
 import torch

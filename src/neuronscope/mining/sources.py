@@ -121,20 +121,31 @@ def list_tar(shard: Path) -> ImageSource:
 def list_paths_file(listing: Path) -> ImageSource:
     """A text file with one image path a line (``#`` comments, blanks ignored).
 
-    Relative paths are read relative to the list's folder; names in ids are
-    relative to it too (``../`` where a path lies outside it).
+    Relative paths are read relative to the list's folder. Names in ids are relative to the list's
+    folder when it holds every listed path, else to the deepest folder that does (:func:`_names_root`):
+    never ``../`` and never an absolute path (ids end up in static exports).
     """
     base = listing.parent.resolve()
-    entries = {}
+    paths = []
     for line in listing.read_text().splitlines():
         text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        path = Path(text) if Path(text).is_absolute() else base / text
-        name = Path(os.path.relpath(path, base)).as_posix()
+        if text and not text.startswith("#"):
+            paths.append(Path(os.path.normpath(Path(text) if Path(text).is_absolute() else base / text)))
+    root = _names_root(paths, base)
+    entries = {}
+    for path in paths:
+        name = path.relative_to(root).as_posix()
         size = path.stat().st_size if path.exists() else None
         entries[name] = Entry(name, str(path), None, size)  # a path listed twice is one entry
-    return ImageSource("list", listing.name, str(base), tuple(sorted(entries.values(), key=lambda e: e.name)))
+    return ImageSource("list", listing.name, str(root), tuple(sorted(entries.values(), key=lambda e: e.name)))
+
+
+def _names_root(paths: list[Path], base: Path) -> Path:
+    """The folder a list's image names are relative to: ``base`` (the list's folder) when it holds
+    every path, else the common folder of the paths' folders."""
+    if all(path.is_relative_to(base) for path in paths):
+        return base
+    return Path(os.path.commonpath([path.parent for path in paths]))
 
 
 def open_source(source: str | os.PathLike) -> ImageSource:
