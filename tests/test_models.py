@@ -60,6 +60,20 @@ def test_weights_carry_their_contract_without_building():
     assert get_architecture("ViT-B-32").spec("openai").preprocess.mean[0] == pytest.approx(0.48145466)
 
 
+def test_longest_resize_pads_with_fill_color_as_open_clip_does():
+    import numpy as np
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    ours = Preprocess(image_size=32, resize_mode="longest")
+    theirs = image_transform(32, is_train=False, mean=ours.mean, std=ours.std, resize_mode="longest")
+    torch.testing.assert_close(ours(image)[0], theirs(image), atol=1e-5, rtol=0)
+    grey = Preprocess.from_dict({"size": 32, "resize_mode": "longest", "fill_color": 128})
+    assert grey.fill_color == 128 and Preprocess.from_dict(grey.to_dict()) == grey
+    assert (grey.to_pixels(image)[0, :, 0, 0] * 255).round().tolist() == [128.0] * 3  # the padded top row
+
+
 def test_every_open_clip_tag_is_listed():
     import open_clip
 

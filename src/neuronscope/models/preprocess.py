@@ -32,6 +32,14 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (height, width)
 
 
+def _fill(color: int | Sequence[int], rgb: bool = False) -> int | tuple[int, int, int]:
+    """A fill colour as open_clip's configs write it (one value, or RGB); ``rgb`` gives PIL's triple."""
+    if isinstance(color, int):
+        return (color,) * 3 if rgb else color
+    red, green, blue = (int(c) for c in color)
+    return (red, green, blue)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the model's input tensor.
@@ -42,7 +50,9 @@ class Preprocess:
         interpolation: ``bicubic``, ``bilinear``, ``nearest`` or ``lanczos``.
         resize_mode: ``shortest`` (resize the short side, centre crop; CLIP's
             default), ``squash`` (resize to the exact size) or ``longest``
-            (resize the long side, pad with the mean colour).
+            (resize the long side, pad with ``fill_color``).
+        fill_color: the padding of ``longest``, one 0-255 value for every
+            channel or an RGB triple; 0 (black), as open_clip pads.
     """
 
     image_size: tuple[int, int]
@@ -50,11 +60,13 @@ class Preprocess:
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    fill_color: int | tuple[int, int, int] = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", _pair(self.image_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "fill_color", _fill(self.fill_color))
         if self.interpolation not in _PIL_FILTERS:
             raise ValueError(f"interpolation {self.interpolation!r}: use one of {', '.join(_PIL_FILTERS)}")
         if self.resize_mode not in RESIZE_MODES:
@@ -72,12 +84,15 @@ class Preprocess:
             std=tuple(cfg.get("std", OPENAI_STD)),
             interpolation=cfg.get("interpolation", "bicubic"),
             resize_mode=cfg.get("resize_mode", "shortest"),
+            fill_color=_fill(cfg.get("fill_color", 0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["image_size"] = list(self.image_size)
         out["mean"], out["std"] = list(self.mean), list(self.std)
+        if isinstance(self.fill_color, tuple):
+            out["fill_color"] = list(self.fill_color)
         return out
 
     # ------------------------------------------------------------------ tensors
@@ -115,8 +130,7 @@ class Preprocess:
         new_w = min(width, max(1, round(image.width * scale)))
         new_h = min(height, max(1, round(image.height * scale)))
         resized = image.resize((new_w, new_h), resample)
-        fill = tuple(round(255 * m) for m in self.mean)
-        canvas = Image.new("RGB", (width, height), fill)
+        canvas = Image.new("RGB", (width, height), _fill(self.fill_color, rgb=True))
         canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
         return canvas
 
