@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from neuronscope.errors import BundledModelMissing, NeuronscopeError, UnknownModelError, WeightsError
+from neuronscope.imagefiles import file_sha256
 from neuronscope.models import (
     Architecture,
     LoadedModel,
@@ -26,7 +27,6 @@ from neuronscope.models import (
 from neuronscope.models import download
 from neuronscope.models.openclip import module_activation
 from neuronscope.models.tiny import TINY_RN
-from neuronscope.models.weights import sha256_file
 from tests.conftest import write_config_dir
 
 SHA_KEY = re.compile(r"^[\w.-]+@sha256:[0-9a-f]{12}$")
@@ -206,7 +206,7 @@ def test_cached_hf_hub_repo_loads_without_network(monkeypatch, tmp_path, tiny_rn
                                           "open_clip_model.safetensors": save(state)})
     model = load_model("hf-hub:org/tiny", cache_dir=tmp_path)
     assert model.key == "hf-hub:org/tiny@hub" and model.preprocess.mean == (0.5, 0.5, 0.5)
-    assert model.weights_sha256 == sha256_file(model.weights_path)  # provenance: not "random"
+    assert model.weights_sha256 == file_sha256(model.weights_path)  # provenance: not "random"
     pixels = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_rn, pixels))
     quick = load_model("hf-hub:org/tiny", cache_dir=tmp_path, activation="quick_gelu")
@@ -263,7 +263,7 @@ def test_openai_torchscript_archive_loads(tmp_path, tiny_rn):
     assert re.match(r"^RN-tiny@sha256:[0-9a-f]{12}$", inferred.key)
     assert inferred.spec.activation == "quick_gelu" and inferred.preprocess.image_size == (64, 64)
     torch.testing.assert_close(image_embedding(inferred, pixels), expected)
-    assert inferred.weights_sha256 == sha256_file(path)
+    assert inferred.weights_sha256 == file_sha256(path)
     as_gelu = load_model(str(path), activation="gelu")  # the override is built, not just noted
     assert as_gelu.spec.activation == module_activation(as_gelu.module) == "gelu"
     named = load_model("tiny-rn", weights=path)
@@ -315,7 +315,7 @@ def write_open_clip_dir(directory: Path, model: LoadedModel, *, weights: bool = 
 def test_open_clip_folder_loads_its_weights_with_their_hash(tmp_path, tiny_vit):
     folder = write_open_clip_dir(tmp_path / "vit", tiny_vit)
     model = load_model("tiny-vit", weights=folder)
-    sha = sha256_file(folder / "open_clip_model.safetensors")
+    sha = file_sha256(folder / "open_clip_model.safetensors")
     assert model.weights_sha256 == sha and model.key == f"tiny-vit@sha256:{sha[:12]}"
     pixels = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(image_embedding(model, pixels), image_embedding(tiny_vit, pixels))

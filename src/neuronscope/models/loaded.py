@@ -14,7 +14,7 @@ from torch import nn
 from neuronscope.models.aliases import model_family, structural_aliases
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.models.spec import ModelSpec
-from neuronscope.models.weights import sha256_file
+from neuronscope.imagefiles import file_sha256
 from neuronscope.runtime import Precision
 
 
@@ -76,7 +76,7 @@ class LoadedModel:
         if self._state_sha256 is not None:
             return self._state_sha256
         if self.weights_path is not None and self.weights_path.is_file():
-            return sha256_file(self.weights_path)
+            return file_sha256(self.weights_path)
         return None
 
     @property

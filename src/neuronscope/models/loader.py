@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from neuronscope.errors import NeuronscopeError, WeightsError
+from neuronscope.imagefiles import file_sha256
 from neuronscope.models import bundled, download, openclip
 from neuronscope.models.aliases import model_family
 from neuronscope.models.loaded import LoadedModel
@@ -30,7 +31,6 @@ from neuronscope.models.weights import (
     load_into,
     looks_like_path,
     read_state_dict,
-    sha256_file,
     sha256_state_dict,
 )
 from neuronscope.runtime import resolve_device, resolve_precision
@@ -205,7 +205,7 @@ def _from_file(arch: Architecture | None, path: Path, name: str, activation: Act
         raise WeightsError(f"weights file {str(path)!r} does not exist; pass an existing file with --weights PATH")
     state = read_state_dict(path)
     openai_archive = is_torchscript(path)
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     key = f"sha256:{sha[:12]}"
     if arch is None:
         if not openai_archive:
@@ -246,7 +246,7 @@ def _from_folder(arch: Architecture | None, path: Path, name: str, activation: A
     if bundled.is_config_dir(path):
         config = bundled.read_config_dir(path)
         weights_file = config.weights_path
-        sha = sha256_file(weights_file)
+        sha = file_sha256(weights_file)
         quick = config.model_cfg.get("quick_gelu", False)
         spec = ModelSpec(name=name if arch is None else arch.name, weights=f"sha256:{sha[:12]}",
                          preprocess=config.preprocess, activation=activation or ("quick_gelu" if quick else "gelu"),
@@ -256,7 +256,7 @@ def _from_folder(arch: Architecture | None, path: Path, name: str, activation: A
         return _Built(module, spec, weights_file, sha)
     if (path / download.HF_CONFIG).is_file():
         weights_file = _open_clip_weights_file(path)
-        sha = sha256_file(weights_file)
+        sha = file_sha256(weights_file)
         module = openclip.build_from_dir(path, load_weights=True, quick_gelu=_quick_gelu_override(activation))
         spec = _open_clip_module_spec(module, name, f"sha256:{sha[:12]}", "file")
         return _Built(module, spec, weights_file, sha)
@@ -303,7 +303,7 @@ def _from_hub(model_name: str, weights: str, activation: Activation | None,
         if not path.is_file():
             raise WeightsError(f"weights file {weights!r} does not exist; pass an existing file with --weights PATH")
         load_into(module, read_state_dict(path), what=weights)
-        sha = sha256_file(path)
+        sha = file_sha256(path)
         weights = f"sha256:{sha[:12]}"
     spec = _open_clip_module_spec(module, model_name, weights, "hf-hub")
     return _Built(module, spec, path, sha)

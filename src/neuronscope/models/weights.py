@@ -34,15 +34,6 @@ def looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.lower().endswith(WEIGHT_SUFFIXES)
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_state_dict(module: nn.Module) -> str:
     """Hex sha256 over a module's state dict (names, dtypes, shapes, bytes), in key order."""
     digest = hashlib.sha256()
