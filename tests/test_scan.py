@@ -186,6 +186,32 @@ def test_killed_scan_resumes_and_ends_identical(tiny_rn, images, tmp_path):
     assert not list((tmp_path / "killed" / "checkpoints").glob("*.npz"))
 
 
+def test_duplicates_are_tracked_by_content_key_only_for_files_whose_size_repeats(tiny_rn, images, tmp_path):
+    # The scan kept (and re-sorted into every checkpoint) the content key of every image it saw.
+    from neuronscope.mining.sources import size_twins
+
+    shutil.copy(images / "b" / "img01.png", images / "b" / "zz_copy.png")  # the last entry
+    source = open_source(images)
+    twins = set(size_twins(source.entries).tolist())
+    assert {entry.name for ordinal, entry in enumerate(source.entries) if ordinal in twins} >= {"b/img01.png",
+                                                                                                "b/zz_copy.png"}
+    batches = []
+
+    def kill_after_three(progress) -> None:
+        batches.append(progress)
+        if len(batches) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=12, on_batch=kill_after_three)
+    with Atlas(tmp_path / "atlas") as atlas:
+        (key,) = [path.stem for path in atlas.checkpoints_dir.glob("*.npz")]
+        arrays, meta = atlas.load_checkpoint(key)
+    assert meta["next_ordinal"] == 12 and len(arrays["seen"]) == len([o for o in twins if o < 12]) < 12
+    outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)  # resumed: the copy is still a copy
+    assert outcome.resumed_from == 12 and outcome.skipped["duplicate"] == 1 and outcome.images == 24
+
+
 def test_rescan_duplicates_nothing(tiny_rn, images, tmp_path):
     def row_counts() -> dict[str, int]:
         with Atlas(tmp_path / "atlas") as atlas:

@@ -72,7 +72,7 @@ from neuronscope.mining.scanner import (
     scan_config,
     start_or_resume,
 )
-from neuronscope.mining.sources import Entry, ImageSource, content_sha256
+from neuronscope.mining.sources import Entry, ImageSource, content_sha256, size_twins
 from neuronscope.models.loaded import LoadedModel
 
 INSTALL_HINT = "pip install 'neuronscope[distributed]'"
@@ -172,19 +172,6 @@ def default_shard_size(total: int, batch_size: int, replicas: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- duplicates
-
-
-def size_twins(entries: Sequence[Entry]) -> np.ndarray:
-    """Ordinals of the entries whose listed size another entry shares: only these can be duplicates.
-
-    Two files with the same content have the same size, so the hashing pass
-    reads only these (in most collections a small part); entries of unknown
-    size (missing at listing) have no content to compare.
-    """
-    sizes = np.array([-1 if entry.size is None else entry.size for entry in entries], np.int64)
-    known = np.flatnonzero(sizes >= 0)
-    _, inverse, counts = np.unique(sizes[known], return_inverse=True, return_counts=True)
-    return known[counts[inverse] > 1]
 
 
 def hash_entries(row: dict[str, Any]) -> dict[str, Any]:

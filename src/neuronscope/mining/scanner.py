@@ -12,10 +12,11 @@ How a scan runs:
    scan restores the checkpoint and continues at the next entry (a batch
    boundary); otherwise it starts afresh.
 3. Workers decode batches of consecutive entries; files already seen (same
-   content) are skipped as ``duplicate``; one forward records every layer;
-   each layer's :class:`LayerAccumulator` merges the batch.
+   content) are skipped as ``duplicate`` (only files whose listed size another
+   file shares can be: only their content keys are kept); one forward records
+   every layer; each layer's :class:`LayerAccumulator` merges the batch.
 4. Every ``checkpoint_every`` entries the whole state (a few arrays, bounded
-   by units x k) is written atomically into the atlas.
+   by units x k, plus those content keys) is written atomically into the atlas.
 5. At the end, thumbnails of the top examples are drawn and everything is
    written to the catalogue in one transaction; the checkpoint is removed.
 
@@ -48,7 +49,7 @@ from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduc
 from neuronscope.mining.histogram import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
-from neuronscope.mining.sources import ImageSource
+from neuronscope.mining.sources import ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
 from neuronscope.models.loaded import LoadedModel
@@ -81,12 +82,15 @@ class ScanState:
     (:meth:`merge`) on the driver.
     """
 
-    def __init__(self, accumulators: dict[str, LayerAccumulator]) -> None:
+    def __init__(self, accumulators: dict[str, LayerAccumulator], may_repeat: np.ndarray | None = None) -> None:
+        """``may_repeat`` [entries] bool: the entries that can be duplicates (:func:`size_twins`); only
+        their content keys are kept. None: every entry's (a Ray shard, whose entries are few)."""
         self.accumulators = accumulators
+        self.may_repeat = may_repeat
         self.next_ordinal = 0
         self.images = 0
         self.skipped: Counter[str] = Counter()
-        self.seen: set[int] = set()  # content keys, for duplicates
+        self.seen: set[int] = set()  # content keys of entries that may repeat, for duplicates
         self.records: dict[int, ImageRecord] = {}  # ordinal -> image, for ordinals some unit still holds
 
     def merge(self, other: ScanState) -> None:
@@ -127,7 +131,7 @@ class ScanState:
         records = [self.records[o] for o in ordinals]
         arrays["records.ordinal"] = np.array(ordinals, np.int64)
         arrays["records.json"] = np.array(json.dumps([asdict(r) for r in records]))
-        arrays["seen"] = np.array(sorted(self.seen), np.uint64)
+        arrays["seen"] = np.fromiter(self.seen, np.uint64, count=len(self.seen))  # any order: a set again
         meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped)}
         return arrays, meta
 
@@ -140,6 +144,13 @@ class ScanState:
         self.seen = {int(key) for key in arrays["seen"]}
         self.next_ordinal, self.images = int(meta["next_ordinal"]), int(meta["images"])
         self.skipped = Counter(meta["skipped"])
+
+
+def repeat_mask(source: ImageSource) -> np.ndarray:
+    """[entries] bool: True for the entries that may be duplicates (their size is another's)."""
+    mask = np.zeros(len(source), bool)
+    mask[size_twins(source.entries)] = True
+    return mask
 
 
 def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, settings: ScanSettings,
@@ -210,7 +221,7 @@ def scan(
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
         state = ScanState({name: LayerAccumulator(units, grid, settings, model.device)
-                           for name, (units, grid) in shapes.items()})
+                           for name, (units, grid) in shapes.items()}, may_repeat=repeat_mask(source))
         run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
         resumed_from = state.next_ordinal
         try:
@@ -325,11 +336,12 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, s
         state.skipped[reason] += 1
     keep = []
     for position, sha256 in enumerate(batch.sha256s):
-        key = content_key(sha256)
-        if key in state.seen:
-            state.skipped["duplicate"] += 1
-            continue
-        state.seen.add(key)
+        if state.may_repeat is None or state.may_repeat[batch.ordinals[position]]:
+            key = content_key(sha256)
+            if key in state.seen:
+                state.skipped["duplicate"] += 1
+                continue
+            state.seen.add(key)
         keep.append(position)
     if not keep:
         return None

@@ -17,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
@@ -79,6 +82,19 @@ class ImageSource:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+def size_twins(entries: Sequence[Entry]) -> np.ndarray:
+    """Ordinals [n] int64 of the entries whose listed size another entry shares: only these can be duplicates.
+
+    Two files with the same content have the same size, so a scan hashes and remembers only these
+    (in most collections a small part); entries of unknown size (missing at listing) have no content
+    to compare.
+    """
+    sizes = np.array([-1 if entry.size is None else entry.size for entry in entries], np.int64)
+    known = np.flatnonzero(sizes >= 0)
+    _, inverse, counts = np.unique(sizes[known], return_inverse=True, return_counts=True)
+    return known[counts[inverse] > 1]
 
 
 def _has_image_suffix(name: str) -> bool:
