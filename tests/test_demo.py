@@ -55,10 +55,69 @@ def test_the_demo_fills_every_part_of_the_atlas(demo_run):
 
 
 def test_a_second_run_reuses_every_stage(demo_run):
-    _, _, second = demo_run
+    _, first, second = demo_run
     assert second.exit_code == 0, second.output
     report = json.loads(second.stdout)
     assert {stage["stage"]: stage["status"] for stage in report["stages"]} == {stage: "reused" for stage in STAGES}
+    assert report["run_id"] == json.loads(first.stdout)["run_id"]  # the scan's run, found again
+
+
+def test_the_json_report_is_the_fill_report_of_conventions(demo_run):
+    _, first, _ = demo_run
+    report = json.loads(first.stdout)
+    assert {"atlas", "run_id", "model", "layers", "units", "seconds", "skipped"} <= set(report)
+    assert report["model"] == "mini-clip@bundled" and report["layers"] == ["visual.layer4.1.act3:input"]
+    assert report["units"] == 512 and not any(report["skipped"].values()) and isinstance(report["run_id"], int)
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for a stage's compute once it has seen its arguments."""
+
+
+@pytest.fixture(scope="module")
+def mini():
+    from neuronscope.models import load_model
+
+    return load_model("mini-clip")
+
+
+def test_the_texts_stage_attributes_over_the_seeds_sample_in_the_demos_batches(mini, tmp_path, monkeypatch):
+    import neuronscope.demo as demo
+    import neuronscope.probing.attribution as attribution
+
+    seen = {}
+
+    def basis(model, layer, sample, *, batch_size):
+        seen.update(names=sample.names, batch_size=batch_size)
+        raise _Stop
+
+    monkeypatch.setattr(attribution, "compute_basis", basis)
+    with Atlas(tmp_path / "atlas") as atlas, pytest.raises(_Stop):
+        demo._texts(mini, atlas, "visual.layer4.1.act3:input", DemoSettings(seed=3, batch_size=8),
+                    lambda *_: None)
+    assert seen == {"names": attribution.default_image_sample(seed=3).names, "batch_size": 8}
+
+
+def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tmp_path, monkeypatch):
+    import neuronscope.demo as demo
+    import neuronscope.probing.words as words
+    from neuronscope.probing.raster import RasterSettings
+
+    layer, vocab = "visual.layer4.1.act3:input", tmp_path / "few.txt"
+    vocab.write_text("star\nhat\n")
+    other = words.probe_words(mini, layer, ["star", "hat"], settings=RasterSettings(sizes=(0.8,)), workers=0)
+    seen = {}
+
+    def probe(model, layer, vocabulary, *, settings, batch_size, **_):
+        seen.update(settings=settings, batch_size=batch_size)
+        raise _Stop
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        words.save_word_probe(atlas, other, mini, vocabulary="few")
+        monkeypatch.setattr(words, "probe_words", probe)
+        with pytest.raises(_Stop):  # another raster's probe of the same vocabulary is not reused
+            demo._words(mini, atlas, layer, DemoSettings(vocabulary=str(vocab)), lambda *_: None)
+    assert seen == {"settings": RasterSettings(), "batch_size": demo.WORDS_BATCH}
 
 
 def test_unknown_stages_are_refused_with_the_list():

@@ -20,6 +20,7 @@ in the modules each stage calls; this module only orders them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +36,10 @@ from neuronscope.models.bundled import TEST_SPLIT_FILE, bundled_dir
 StageProgress = Callable[[str, int, int], None]
 
 STAGES = ("scan", "labels", "featurevis", "facets", "words", "texts")
+
+#: Rastered images per forward in the words stage: small 64 px images, for which a batch of 32 (the renders'
+#: default) runs about 4x slower per word on a 2-core CPU. Scores do not depend on it.
+WORDS_BATCH = 256
 
 #: Lucid's recipe with the transforms scaled down for a 64 px input and a lower learning rate, the image
 #: optimised at 24 px and upsampled (param_size): the tests' settings for the mini CLIP, whose renders its
@@ -55,7 +60,8 @@ class DemoSettings:
         vocabulary: the rastered-word vocabulary (``english-10k``, another built-in, or a file).
         facets: built-in facets rendered for the card's units.
         skip: stages not to run.
-        batch_size: images per forward / units per render pass.
+        batch_size: images per scan and attribution batch, units per render pass (the words stage batches
+            :data:`WORDS_BATCH` images).
         seed: seeds renders and sampling.
     """
 
@@ -92,17 +98,22 @@ class DemoOutcome:
     atlas: Path
     model: str
     layer: str
+    units: int
     settings: DemoSettings
     stages: list[StageReport] = field(default_factory=list)
+    scan_run: int | None = None  # the run holding the examples and histograms (None: scan skipped)
+    skipped: dict[str, int] = field(default_factory=dict)  # the scan's unreadable files, by reason
 
     @property
     def seconds(self) -> float:
         return sum(stage.seconds for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"atlas": str(self.atlas), "model": self.model, "layer": self.layer,
-                "settings": asdict(self.settings), "seconds": round(self.seconds, 3),
-                "stages": [asdict(stage) for stage in self.stages]}
+        """CONVENTIONS' report of a command that fills an atlas (``run_id``: the scan's run), plus the
+        settings and each stage's report."""
+        return {"atlas": str(self.atlas), "run_id": self.scan_run, "model": self.model, "layers": [self.layer],
+                "units": self.units, "seconds": round(self.seconds, 3), "skipped": dict(self.skipped),
+                "settings": asdict(self.settings), "stages": [asdict(stage) for stage in self.stages]}
 
 
 def test_split_path() -> Path:
@@ -113,11 +124,13 @@ def test_split_path() -> Path:
 def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoSettings = DemoSettings(), *,
                      progress: StageProgress | None = None) -> DemoOutcome:
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
+    from neuronscope.visualize.store import layer_shape
+
     layer = resolve_layer(model.module, settings.layer, model.layer_aliases, model_key=model.key)
-    outcome = DemoOutcome(Path(atlas_path), model.key, layer, settings)
+    outcome = DemoOutcome(Path(atlas_path), model.key, layer, layer_shape(model, layer)[0], settings)
     report = progress or (lambda stage, done, total: None)
     steps: dict[str, Callable[[Atlas], tuple[str, str]]] = {
-        "scan": lambda atlas: _scan(model, atlas, layer, settings, report),
+        "scan": lambda atlas: _scan(model, atlas, layer, settings, report, outcome),
         "labels": lambda atlas: _labels(model, atlas),
         "featurevis": lambda atlas: _featurevis(model, atlas, layer, settings, report),
         "facets": lambda atlas: _facets(model, atlas, layer, settings, report),
@@ -138,8 +151,9 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
-          report: StageProgress) -> tuple[str, str]:
+def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings, report: StageProgress,
+          outcome: DemoOutcome) -> tuple[str, str]:
+    """Scan (or find the finished scan of) the split; records its run and skipped files on ``outcome``."""
     from neuronscope.imagefiles import PILLOW_MAX_PIXELS
     from neuronscope.mining import ScanSettings, open_source, scan
     from neuronscope.mining.scanner import scan_config
@@ -150,12 +164,15 @@ def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
         source = replace(source, entries=tuple(source.entries[int(i * stride)] for i in range(settings.images)))
     scan_settings = ScanSettings(top_k=48, bottom_k=48, seed=settings.seed)
     _, config_key = scan_config(model, [layer], source, scan_settings, PILLOW_MAX_PIXELS)
-    if atlas.finished_run(config_key) is not None:
+    earlier = atlas.finished_run(config_key)
+    if earlier is not None:
+        outcome.scan_run, outcome.skipped = earlier, atlas.run(earlier)["skipped"] or {}
         return "reused", f"{len(source)} images scanned earlier"
-    outcome = scan(model, source, atlas, [layer], settings=scan_settings, batch_size=settings.batch_size,
+    scanned = scan(model, source, atlas, [layer], settings=scan_settings, batch_size=settings.batch_size,
                    workers=1, command=f"neuronscope demo (scan of {source.name})",
                    on_batch=lambda p: report("scan", p.done, p.total))
-    return "built", f"{outcome.images} images, {outcome.layers[0].units} units"
+    outcome.scan_run, outcome.skipped = scanned.run_id, dict(scanned.skipped)
+    return "built", f"{scanned.images} images, {scanned.layers[0].units} units"
 
 
 def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
@@ -220,15 +237,19 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
 
 def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
-    from neuronscope.probing.vocab import vocabulary_name
-    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.raster import RasterSettings
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.words import probe_words, save_word_probe
 
     name = vocabulary_name(settings.vocabulary)
-    if atlas.artifact(model.key, layer, "words", name) is not None:
+    raster = RasterSettings()
+    stored = atlas.artifact(model.key, layer, "words", name)
+    wanted = json.loads(json.dumps(raster.to_dict()))  # as stored: tuples read back as lists
+    # reused only when the same raster settings wrote it (a `words` run with other fonts or sizes is not this)
+    if stored is not None and (stored["data"] or {}).get("settings") == wanted:
         return "reused", f"words of {name} probed earlier"
     words = load_vocabulary(settings.vocabulary)
-    probe = probe_words(model, layer, words, batch_size=256, workers=1,
+    probe = probe_words(model, layer, words, settings=raster, batch_size=WORDS_BATCH, workers=1,
                         on_batch=lambda done, total: report("words", done, total))
     save_word_probe(atlas, probe, model, vocabulary=name, command=f"neuronscope demo (words --vocab {name})")
     return "built", f"{len(words)} words of {name} rastered, {probe.settings.variants} images each"
@@ -236,19 +257,20 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 
 def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
-    from neuronscope.probing.vocab import vocabulary_name
-    from neuronscope.probing.attribution import compute_basis
+    from neuronscope.probing.attribution import DEFAULT_SAMPLE_SIZE, compute_basis, default_image_sample
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key
-    from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.zeroshot import encode_texts
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
 
     name = vocabulary_name(settings.vocabulary)
-    config = {"vocab": name, "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed}
+    config = {"vocab": name, "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed,
+              "sample": DEFAULT_SAMPLE_SIZE}  # the keys `attribute --out` records (batch size changes nothing)
     if atlas.finished_run(text_run_key(model.key, layer, "attribute", config)) is not None:
         return "reused", f"texts of {name} attributed earlier"
     report("texts", 0, 1)
-    basis = compute_basis(model, layer)
+    sample = default_image_sample(DEFAULT_SAMPLE_SIZE, seed=settings.seed, preprocess=model.preprocess)
+    basis = compute_basis(model, layer, sample, batch_size=settings.batch_size)
     texts = [ZEROSHOT_TEMPLATE.format(word) for word in load_vocabulary(settings.vocabulary)]
     run_id = start_text_run(atlas, model, basis, command=f"neuronscope demo (attribute --vocab {name})",
                             kind="attribute", config=config,
