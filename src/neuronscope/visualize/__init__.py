@@ -23,15 +23,13 @@ from neuronscope.visualize.transforms import (
     Jitter,
     Pad,
     RandomAffine,
-    RandomRotate,
-    RandomScale,
     Transforms,
     standard_transforms,
 )
 from neuronscope.visualize.units import render_diverse, render_units
 
 __all__ = [
-    "CropOrPad", "FFTImage", "Jitter", "Pad", "PixelImage", "RandomAffine", "RandomRotate", "RandomScale", "RenderConfig",
+    "CropOrPad", "FFTImage", "Jitter", "Pad", "PixelImage", "RandomAffine", "RenderConfig",
     "RenderResult", "Transforms", "UnitRender", "Upsampled",
     "frozen", "make_param", "png_bytes", "redirect_relus", "redirected_relu", "render", "render_diverse",
     "render_units", "standard_transforms", "to_pil",

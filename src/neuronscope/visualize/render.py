@@ -7,14 +7,23 @@
 Only the objective's layers are hooked (through :class:`Recorder`), and the
 forward stops once they are captured. The model is frozen and in eval mode
 for the duration; everything the loop changes is restored when it returns.
+
+Each image draws its init and its random transforms from its own generator,
+seeded by the config's seed and the image's key (``render_units`` keys an
+image by its unit), so a unit's render does not depend on which units share
+its batch. Determinism is per device and torch build: on a GPU the backward
+of ``grid_sample`` (the scale-and-rotate transform) adds with atomics and is
+not bit-deterministic, so two GPU renders of one seed agree to float
+rounding, not bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +70,32 @@ def full_objective(objective: Objective | str, config: RenderConfig) -> Objectiv
     return total
 
 
+def image_generator(seed: int, key: int) -> torch.Generator:
+    """The CPU generator of one image: a function of the render's seed and the image's key alone."""
+    state = np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _param(config: RenderConfig, size: tuple[int, int], generators: Sequence[torch.Generator],
+           device: torch.device) -> nn.Module:
+    """The config's parameterization of ``len(generators)`` images, image ``i``'s init drawn from ``generators[i]``.
+
+    A parameterization draws its whole batch from one generator, so each image's init is drawn by a
+    parameterization of one image and copied into its slot: every parameter holds the images along
+    its first axis.
+    """
+    options = dict(param_size=config.param_size, sd=config.sd, decorrelate=config.decorrelate, alpha=config.alpha,
+                   **({"decay_power": config.decay_power} if config.param == "fft" else {}))
+    # Its own init is overwritten below; a throwaway generator keeps torch's global one untouched.
+    param = make_param(config.param, len(generators), size, device=device, generator=torch.Generator(), **options)
+    with torch.no_grad():
+        for index, generator in enumerate(generators):
+            single = make_param(config.param, 1, size, generator=generator, **options)
+            for batched, own in zip(param.parameters(), single.parameters(), strict=True):
+                batched[index] = own[0]
+    return param
+
+
 def render(
     model: LoadedModel,
     objective: Objective | str,
@@ -69,34 +104,39 @@ def render(
     config: RenderConfig = RenderConfig(),
     transforms: nn.Module | None = None,
     on_step: StepCallback | None = None,
+    keys: Sequence[int] | None = None,
 ) -> RenderResult:
     """Optimise ``batch`` images to maximise ``objective``.
 
     Args:
         model: a loaded model; its device, precision and preprocessing are used.
         objective: an :class:`Objective` (value per image [B]) or ``"layer:unit"``.
-        batch: images optimised together (each gets its own random init).
+        batch: images optimised together.
         config: steps, lr, size, parameterization, penalties, seed (Lucid's defaults).
         transforms: a custom transform module (default: the config's ``transforms``).
         on_step: called with (steps done, total) after every step (progress bars).
+        keys: one non-negative int per image (default ``0 .. batch-1``): image ``i``'s init and random
+            transforms come from a generator seeded by ``(config.seed, keys[i])``, whatever shares
+            its batch. Images of one key start alike and see the same transforms.
 
     Returns:
         A :class:`RenderResult` with the images, per-image objective curves and the config.
     """
+    keys = list(range(batch)) if keys is None else list(keys)
+    if len(keys) != batch:
+        raise ValueError(f"{len(keys)} keys for {batch} images: give one per image")
     objective = full_objective(objective, config)
     device = model.device
     input_size = model.preprocess.image_size
     size = (config.size, config.size) if config.size else input_size
-    generator = torch.Generator().manual_seed(config.seed)
-    param = make_param(config.param, batch, size, param_size=config.param_size, sd=config.sd,
-                       decorrelate=config.decorrelate, alpha=config.alpha, device=device, generator=generator,
-                       **({"decay_power": config.decay_power} if config.param == "fft" else {}))
+    generators = [image_generator(config.seed, key) for key in keys]
+    param = _param(config, size, generators, device)
     if transforms is None:
         transforms = (standard_transforms(size, pad=config.pad, jitter=config.jitter, scales=config.scales,
                                           angles=config.angles)
                       if config.transforms == "standard" else Transforms())
     if isinstance(transforms, Transforms):
-        transforms.use_generator(generator)
+        transforms.use_generators(generators)
     fit = CropOrPad(input_size)
     names = _canonical(model, objective.layers + objective.live_layers)
     live = {name: names[name] for name in objective.live_layers}
@@ -109,11 +149,13 @@ def render(
 
     recorder = Recorder(model, list(dict.fromkeys(names.values())), early_stop=True, detach=False)
     live_recorder = Recorder(model, list(dict.fromkeys(live.values())), detach=False, clone=False) if live else None
-    with frozen(model.module), recorder, (live_recorder or contextlib.nullcontext()):
+    # The live recorder is attached first: a module runs its hooks in the order they were added, and the
+    # early-stop recorder's hook on the deepest layer ends the forward before any hook after it runs.
+    with frozen(model.module), (live_recorder or contextlib.nullcontext()), recorder:
         for step in range(config.steps):
             optimizer.zero_grad(set_to_none=True)
             image = param()  # [B, C, H, W] in [0, 1]
-            pixels = _composite(image, generator) if config.alpha else image
+            pixels = _composite(image, generators) if config.alpha else image
             inputs = model.preprocess.normalize(fit(transforms(pixels)))
             with redirect_relus(model.image_module, enabled=step < config.redirect_steps):
                 captured = recorder.run(inputs, grad=True)
@@ -131,8 +173,12 @@ def render(
     return RenderResult(images, curve.cpu(), str(objective), config, time.perf_counter() - started)
 
 
-def _composite(image: Tensor, generator: torch.Generator) -> Tensor:
-    """RGBA [B, 4, H, W] over uniform noise -> RGB [B, 3, H, W]: what is transparent must not matter."""
-    background = torch.rand(image.shape[0], 3, *image.shape[2:], generator=generator).to(image.device, image.dtype)
+def _composite(image: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """RGBA [B, 4, H, W] over uniform noise -> RGB [B, 3, H, W]: what is transparent must not matter.
+
+    Image ``i``'s noise comes from ``generators[i]``.
+    """
+    background = torch.cat([torch.rand(1, 3, *image.shape[2:], generator=generator) for generator in generators])
+    background = background.to(image.device, image.dtype)
     alpha = image[:, 3:]
     return image[:, :3] * alpha + background * (1 - alpha)

@@ -1,12 +1,14 @@
 """Random transforms applied to the image before every forward (transformation robustness).
 
 Each is an ``nn.Module`` on images [B, C, H, W]; each takes the device and
-dtype from its input, and draws its random numbers on the CPU from its
-``generator`` (seeded by the render), so a seed means the same sequence on
-every device. Lucid's standard stack at 224 px is pad 12 -> jitter 8 ->
-scale 0.9..1.1 -> rotate -10..10 deg -> jitter 4; :func:`standard_transforms`
-scales the pixel amounts with the image size (a 64 px mini CLIP does not
-want 12 px of padding).
+dtype from its input, and draws its random numbers on the CPU, each image
+from its own generator (seeded by the render), so a seed means the same
+sequence on every device and an image's transforms do not depend on which
+images share its batch (Lucid drew one jitter offset for the whole batch).
+Lucid's standard stack at 224 px is pad 12 -> jitter 8 -> scale 0.9..1.1 ->
+rotate -10..10 deg -> jitter 4; :func:`standard_transforms` scales the pixel
+amounts with the image size (a 64 px mini CLIP does not want 12 px of
+padding).
 """
 
 from __future__ import annotations
@@ -37,17 +39,23 @@ def _rotation_grid(cos: Tensor, sin: Tensor, images: Tensor) -> Tensor:
 
 
 class RandomTransform(nn.Module):
-    """Base: holds the generator random draws come from (None: torch's global one)."""
+    """Base: holds the generators random draws come from, one per image (None: torch's global one)."""
 
-    generator: torch.Generator | None = None
+    generators: Sequence[torch.Generator] | None = None
 
-    def _randint(self, low: int, high: int, count: int = 1) -> list[int]:
-        """``count`` integers in [low, high] inclusive."""
-        return torch.randint(low, high + 1, (count,), generator=self.generator).tolist()
+    def _picks(self, batch: int, *options: Sequence[float]) -> list[list[float]]:
+        """For each of ``batch`` images, one value of each of ``options``, drawn from that image's generator.
 
-    def _choice(self, values: Sequence[float], count: int = 1) -> list[float]:
-        picks = torch.randint(0, len(values), (count,), generator=self.generator).tolist()
-        return [values[i] for i in picks]
+        One uniform draw per option per image: an image's sequence depends only on its own generator.
+        """
+        generators = self.generators if self.generators is not None else [None] * batch
+        if len(generators) != batch:
+            raise ValueError(f"{len(generators)} generators for {batch} images: give one per image")
+        picks = []
+        for generator in generators:
+            uniform = torch.rand(len(options), generator=generator, dtype=torch.float64).tolist()
+            picks.append([values[int(u * len(values))] for u, values in zip(uniform, options)])
+        return picks
 
 
 class Pad(nn.Module):
@@ -65,7 +73,7 @@ class Pad(nn.Module):
 
 
 class Jitter(RandomTransform):
-    """A random crop ``pixels`` smaller in each dimension (one offset for the batch, as Lucid)."""
+    """A random crop ``pixels`` smaller in each dimension (an offset per image; 0 pixels: no crop)."""
 
     def __init__(self, pixels: int) -> None:
         super().__init__()
@@ -74,48 +82,13 @@ class Jitter(RandomTransform):
     def forward(self, images: Tensor) -> Tensor:
         if not self.pixels:
             return images
-        dy, dx = self._randint(0, self.pixels, 2)
+        offsets = range(self.pixels + 1)
         height, width = images.shape[2] - self.pixels, images.shape[3] - self.pixels
-        return images[:, :, dy:dy + height, dx:dx + width]
+        return torch.stack([image[:, dy:dy + height, dx:dx + width]
+                            for image, (dy, dx) in zip(images, self._picks(images.shape[0], offsets, offsets))])
 
     def extra_repr(self) -> str:
         return f"pixels={self.pixels}"
-
-
-class RandomScale(RandomTransform):
-    """Resize by a factor picked from ``scales`` (bilinear; one factor for the batch, the size changes)."""
-
-    def __init__(self, scales: Sequence[float]) -> None:
-        super().__init__()
-        self.scales = tuple(scales)
-
-    def forward(self, images: Tensor) -> Tensor:
-        (scale,) = self._choice(self.scales)
-        if scale == 1:
-            return images
-        size = [max(1, round(side * scale)) for side in images.shape[2:]]
-        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-    def extra_repr(self) -> str:
-        return f"scales={min(self.scales):g}..{max(self.scales):g}"
-
-
-class RandomRotate(RandomTransform):
-    """Rotate each image by an angle (degrees) picked from ``angles``, about its centre; corners fill grey."""
-
-    def __init__(self, angles: Sequence[float], fill: float = 0.5) -> None:
-        super().__init__()
-        self.angles, self.fill = tuple(angles), fill
-
-    def forward(self, images: Tensor) -> Tensor:
-        radians = torch.tensor(self._choice(self.angles, images.shape[0])) * (math.pi / 180)
-        grid = _rotation_grid(radians.cos(), radians.sin(), images)
-        # Rotate (image - fill) so that the zeros grid_sample brings in become `fill`.
-        rotated = F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return rotated + self.fill
-
-    def extra_repr(self) -> str:
-        return f"angles={min(self.angles):g}..{max(self.angles):g} deg"
 
 
 class RandomAffine(RandomTransform):
@@ -131,9 +104,8 @@ class RandomAffine(RandomTransform):
         self.scales, self.angles, self.fill = tuple(scales), tuple(angles), fill
 
     def forward(self, images: Tensor) -> Tensor:
-        count = images.shape[0]
-        scale = torch.tensor(self._choice(self.scales, count))
-        radians = torch.tensor(self._choice(self.angles, count)) * (math.pi / 180)
+        scale, degrees = torch.tensor(self._picks(images.shape[0], self.scales, self.angles), dtype=torch.float64).T
+        radians = degrees * (math.pi / 180)
         cos, sin = radians.cos() / scale, radians.sin() / scale  # output -> input coordinates: shrink to zoom in
         grid = _rotation_grid(cos, sin, images)
         return F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros",
@@ -168,12 +140,13 @@ class CropOrPad(nn.Module):
 
 
 class Transforms(nn.Sequential):
-    """A stack of transforms that share one generator (see :meth:`use_generator`)."""
+    """A stack of transforms that draw from the same per-image generators (see :meth:`use_generators`)."""
 
-    def use_generator(self, generator: torch.Generator | None) -> "Transforms":
+    def use_generators(self, generators: Sequence[torch.Generator] | None) -> "Transforms":
+        """Draw image ``i``'s random numbers from ``generators[i]`` (None: torch's global generator)."""
         for module in self.modules():
             if isinstance(module, RandomTransform):
-                module.generator = generator
+                module.generators = generators
         return self
 
 
@@ -183,6 +156,7 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
 
     pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02 with angles -10..10 deg (0 five more
     times) in one :class:`RandomAffine`, jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px.
+    A given ``jitter`` sets the first jitter, and half of it (rounded down) the second: 0 turns both off.
     """
     side = size if isinstance(size, int) else max(size)
     ratio = side / 224
@@ -195,5 +169,5 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
         Jitter(scaled(8) if jitter is None else jitter),
         RandomAffine(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)],
                      angles if angles is not None else [*range(-10, 11), *[0] * 5]),
-        Jitter(scaled(4) if jitter is None else max(1, jitter // 2)),
+        Jitter(scaled(4) if jitter is None else jitter // 2),
     )

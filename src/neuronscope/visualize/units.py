@@ -4,14 +4,17 @@
     renders[0].unit, renders[0].image.shape, renders[0].objective
 
 A plain render puts one unit in each image of the batch (image ``i``
-maximises ``units[i]``), so a layer takes units / batch_size passes. A
-diverse render gives one unit a whole batch of N images, pushed apart by
-Lucid's diversity objective.
+maximises ``units[i]``), so a layer takes units / batch_size passes. Each
+image is seeded by its unit (see :func:`render`), so a unit's render is the
+same whichever units share its pass: a resumed job matches an uninterrupted
+one. A diverse render gives one unit a whole batch of N images, pushed apart
+by Lucid's diversity objective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import channel, diversity
@@ -19,6 +22,7 @@ from neuronscope.visualize.render import render
 from neuronscope.visualize.results import RenderConfig, UnitRender
 
 PassCallback = Callable[[int, int], None]
+Piece = TypeVar("Piece")
 
 
 def chunks(items: Sequence[int], size: int) -> list[list[int]]:
@@ -49,15 +53,40 @@ def render_units(
     Returns:
         One :class:`UnitRender` (kind ``plain``) per unit, in order.
     """
-    units = list(units)
-    passes = chunks(units, batch_size)
-    total = len(passes) * config.steps
+    def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
+        result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
+        return [UnitRender(layer, unit, "plain", 0, result.images[i], result.curve[:, i], f"Channel [{layer}, {unit}]")
+                for i, unit in enumerate(piece)]
+
+    return render_passes(chunks(list(units), batch_size), render_pass, steps=config.steps, on_step=on_step,
+                         on_pass=on_pass)
+
+
+def render_passes(
+    passes: Sequence[Piece],
+    render_pass: Callable[[Piece, PassCallback | None], list[UnitRender]],
+    *,
+    steps: int,
+    on_step: PassCallback | None = None,
+    on_pass: Callable[[list[UnitRender]], None] | None = None,
+) -> list[UnitRender]:
+    """Render pass after pass: progress over all of them, and each pass handed to ``on_pass`` when done.
+
+    Args:
+        passes: what each pass renders (e.g. its units).
+        render_pass: renders one pass; takes the pass and its step callback (steps done, ``steps``).
+        steps: optimiser steps per pass.
+        on_step: called with (steps done, total) over all passes.
+        on_pass: called with each pass's renders as soon as it finishes (to store them).
+
+    Returns:
+        The renders of every pass, in order.
+    """
+    total = len(passes) * steps
     renders: list[UnitRender] = []
     for number, piece in enumerate(passes):
-        step_hook = None if on_step is None else (lambda done, _, n=number: on_step(n * config.steps + done, total))
-        result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook)
-        batch = [UnitRender(layer, unit, "plain", 0, result.images[i], result.curve[:, i],
-                            f"Channel [{layer}, {unit}]") for i, unit in enumerate(piece)]
+        step_hook = None if on_step is None else (lambda done, _, n=number: on_step(n * steps + done, total))
+        batch = render_pass(piece, step_hook)
         renders.extend(batch)
         if on_pass is not None:
             on_pass(batch)
