@@ -20,7 +20,7 @@ from conftest import hook_count
 from neuronscope.activations import record, spatial_max
 from neuronscope.cli import app
 from neuronscope.models import load_model
-from neuronscope.objectives import channel
+from neuronscope.objectives import Context, channel
 from neuronscope.visualize import (
     CropOrPad,
     FFTImage,
@@ -101,6 +101,22 @@ def test_redirected_relu_lets_a_dead_unit_take_off_and_keeps_a_live_gradient():
     live = torch.tensor([[1.0, -2.0]], requires_grad=True)
     (-redirected_relu(live).sum()).backward()
     assert torch.equal(live.grad, torch.tensor([[-1.0, 0.0]]))  # the ordinary ReLU gradient
+
+
+def test_the_facet_term_reads_a_redirected_relu_as_the_render_does():
+    """During the redirect steps, relu(df/dg) must be the gradient the render's loss (-f) gets, negated.
+
+    Here the unit is a dead ReLU of g - 10 (g > 0): the redirected gradient lets f rise through it, so
+    the unit uses all of g and the facet term is positive. Differentiating +f instead reads the
+    redirection backwards and weighs nothing.
+    """
+    g = torch.rand(2, 3, 2, 2, requires_grad=True) + 0.1
+    ctx = Context({"g": g, "u": redirected_relu(g - 10)}, torch.full((2, 3, 4, 4), 0.5))
+    probe = facets.FacetProbe("x", "m", ["g"], {"g": torch.ones(3, 2, 2)}, {"g": 0.0}, {"g": 1.0}, "key")
+    objective = facets.facet_objective(channel("u", 0), probe, 1.0)
+    unit = channel("u", 0)(ctx)  # 0: the unit is dead
+    expected = g[:, 0].flatten(1).sum(dim=1) / 4  # d(mean of u[:, 0])/dg = 1/4 on channel 0 only
+    assert torch.allclose(objective(ctx) - unit, expected)
 
 
 def test_redirect_relus_is_undone_on_exit(tiny_rn):
@@ -279,14 +295,36 @@ def test_a_faceted_render_raises_the_facet_probe_score(mini_clip, card_units):
     assert (faceted_score > plain_score).all(), (plain_score, faceted_score)
 
 
+def _tiny_probe(model) -> facets.FacetProbe:
+    """A probe of bright vs dark noise on a tiny model (its only probe layer: visual.layer3.0)."""
+    images = facets.FacetImages("x", torch.rand(6, 3, 64, 64), torch.rand(6, 3, 64, 64) * 0.2, ["a"] * 6, ["b"] * 6)
+    return facets.train_facet_probe(model, images, max_iter=50)
+
+
 def test_probe_round_trips_through_bytes(tiny_rn):
-    images = facets.FacetImages("x", torch.rand(6, 3, 64, 64), torch.rand(6, 3, 64, 64) * 0.2, ["a"] * 12)
-    probe = facets.train_facet_probe(tiny_rn, images, max_iter=50)
+    probe = _tiny_probe(tiny_rn)
     assert probe.layers == ["visual.layer3.0"]  # no registry entry: every other block of layer3
     again = facets.FacetProbe.from_bytes(probe.to_bytes())
     assert again.key == probe.key and again.layers == probe.layers
     assert all(torch.equal(again.weights[k], probe.weights[k]) for k in probe.layers)
-    assert probe.key != facets.probe_cache_key(tiny_rn.key, probe.layers, ["b"] * 12)
+    assert probe.key != facets.probe_cache_key(tiny_rn.key, probe.layers, ["c"] * 6, ["b"] * 6)
+    assert probe.key != facets.probe_cache_key(tiny_rn.key, probe.layers, ["b"] * 6, ["a"] * 6)  # sides swapped
+
+
+def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(tiny_rn):
+    """The unit's layer may be the last probe layer (both recorders hook it); a pass holds every strength
+    of its units (a stored pass leaves no unit half done); a layer before a probe layer is refused."""
+    from neuronscope.errors import NeuronscopeError
+
+    probe = _tiny_probe(tiny_rn)
+    passes = []
+    renders = facets.render_faceted(tiny_rn, "visual.layer3.0", [4, 5, 6], probe, strengths=[0.5, 1.0, 5.0],
+                                    batch_size=7, config=RenderConfig(steps=2),
+                                    on_pass=lambda batch: passes.append([(r.unit, r.index) for r in batch]))
+    assert passes == [[(u, k) for u in (4, 5) for k in range(3)], [(6, 0), (6, 1), (6, 2)]]
+    assert [r.extra["strength"] for r in renders[:3]] == [0.5, 1.0, 5.0]
+    with pytest.raises(NeuronscopeError, match="facet probes are on visual.layer3.0.*render visual.layer3.0 or"):
+        facets.render_faceted(tiny_rn, "visual.layer2.0", [0], probe, config=RenderConfig(steps=1))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -326,6 +364,11 @@ def test_cli_png_and_atlas(tmp_path: Path):
 
     with Atlas(atlas, create=False) as store:
         assert store.run(payload["run_id"])["status"] == "finished"
+        assert store.run(payload["run_id"])["images"] == 4
+    again = _invoke("--units", "0-2,5", "--batch-size", "3", "--out", str(atlas), "--json")
+    assert json.loads(again.stdout)["already_rendered"] == 4
+    with Atlas(atlas, create=False) as store:  # a rerun with nothing left to do keeps the run's count
+        assert store.run(payload["run_id"])["images"] == 4
 
 
 def test_cli_into_an_atlas_renders_only_what_the_same_settings_have_not(tmp_path: Path, monkeypatch):
@@ -352,6 +395,37 @@ def test_cli_into_an_atlas_renders_only_what_the_same_settings_have_not(tmp_path
     assert more["run_id"] == resumed["run_id"]
     longer = json.loads(_invoke("--units", "0", "--steps", "4", "--out", str(atlas), "--json").stdout)
     assert longer["already_rendered"] == 0 and longer["run_id"] != resumed["run_id"]  # other settings: a new run
+
+
+def test_cli_records_every_option_that_changes_the_images(tmp_path: Path):
+    atlas = tmp_path / "atlas"
+    result = _invoke("--units", "1", "--size", "48", "--param-size", "24", "--lr", "0.03", "--l2", "0.5",
+                     "--tv", "0.25", "--facet", "drawing", "--facet-strengths", "2", "--png", str(tmp_path / "png"),
+                     "--out", str(atlas), "--json")
+    assert result.exit_code == 0, result.output
+    from neuronscope.atlas import Atlas
+
+    with Atlas(atlas, create=False) as store:
+        command = store.run(json.loads(result.stdout)["run_id"])["command"]
+    for option in ("--model tiny-rn@random", "--steps 3", "--size 48", "--param-size 24", "--lr 0.03", "--l2 0.5",
+                   "--tv 0.25", "--facet drawing", "--facet-strengths 2", "--out atlas"):
+        assert option in command, (option, command)
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["1_drawing_0.png", "1_drawing_1.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--facet", "nosuch"), "--facet nosuch: no such folder; built-in facets are text, drawing"),
+    (("--facet", "facez/", "--generic", "."), "--facet facez/: no such folder; built-in facets are text, drawing"),
+    (("--facet", "text", "--generic", "."), "the built-in facet 'text' brings its own"),
+    (("--generic", "."), "--generic goes with --facet"),
+    (("--facet-strengths", "3"), "--facet-strengths goes with --facet"),
+    (("--layer", "visual.layer2.0", "--facet", "drawing"), "facet probes are on visual.layer3.0"),
+])
+def test_cli_refuses_a_bad_facet_before_it_opens_the_atlas(tmp_path: Path, args, message):
+    atlas = tmp_path / "atlas"
+    result = _invoke("--units", "0", *args, "--out", str(atlas))
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not atlas.exists()  # no run left "running"
 
 
 def test_cli_diverse_writes_unit_k_pngs(tmp_path: Path):
@@ -390,9 +464,10 @@ def test_facet_folders_are_read_like_a_scan_and_a_bad_file_is_named(tiny_rn, tmp
         (tmp_path / folder / "notes.txt").write_text("not an image, not listed")
     images = facets.facet_from_folders(tmp_path / "faces", tmp_path / "generic", tiny_rn)
     assert images.name == "faces" and images.facet.shape == images.generic.shape == (3, 3, 64, 64)
-    expected = [hashlib.sha256((tmp_path / f / "sub" / f"{i}.png").read_bytes()).hexdigest()
-                for f in ("faces", "generic") for i in range(3)]
-    assert images.hashes == expected
+    def hashes(folder: str) -> list[str]:
+        return [hashlib.sha256((tmp_path / folder / "sub" / f"{i}.png").read_bytes()).hexdigest() for i in range(3)]
+
+    assert (images.facet_hashes, images.generic_hashes) == (hashes("faces"), hashes("generic"))
     assert images.facet[:, 0].mean() > images.facet[:, 2].mean()  # red facet, blue generic
     (tmp_path / "faces" / "sub" / "3.png").write_bytes(b"\x89PNG truncated")
     with pytest.raises(NeuronscopeError, match=r"3\.png: cannot read it as an image"):
@@ -400,3 +475,24 @@ def test_facet_folders_are_read_like_a_scan_and_a_bad_file_is_named(tiny_rn, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuronscopeError, match="no images found"):
         facets.folder_images(tmp_path / "empty", tiny_rn)
+
+
+def test_swapped_facet_folders_are_another_probe_named_after_the_facet(tiny_rn, tmp_path: Path):
+    """--facet A --generic B and --facet B --generic A are opposite probes: the atlas caches both."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.visualize.store import facet_probe
+
+    for folder, level in (("bright", 200), ("dark", 30)):
+        (tmp_path / folder).mkdir()
+        for index in range(4):
+            Image.new("RGB", (64, 64), (level + index, level, level - index)).save(tmp_path / folder / f"{index}.png")
+    bright, dark = str(tmp_path / "bright"), str(tmp_path / "dark")
+    with Atlas(tmp_path / "atlas") as atlas:
+        forward = facet_probe(tiny_rn, bright, dark, atlas)
+        backward = facet_probe(tiny_rn, dark, bright, atlas)
+        assert forward.key != backward.key and (forward.name, backward.name) == ("bright", "dark")
+        assert len(atlas.artifacts(tiny_rn.key, ",".join(forward.layers), "facet-probe")) == 2
+        (tmp_path / "renamed").symlink_to(tmp_path / "bright")
+        assert facet_probe(tiny_rn, str(tmp_path / "renamed"), dark, atlas).name == "renamed"  # from the cache
+    grey = torch.full((1, 3, 64, 64), 0.9)
+    assert float(forward.score(tiny_rn, grey)) > 0 > float(backward.score(tiny_rn, grey))

@@ -29,7 +29,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.runtime import parse_units, seed_everything
 from neuronscope.visualize import RenderConfig, UnitRender, render_diverse, render_units
 from neuronscope.visualize import facets
-from neuronscope.visualize.store import FeatureVisWriter, facet_probe, layer_shape
+from neuronscope.visualize.store import FeatureVisWriter, facet_name, facet_probe, layer_shape, render_entry
 
 
 def _png_name(render: UnitRender, multiple: bool) -> str:
@@ -39,6 +39,33 @@ def _png_name(render: UnitRender, multiple: bool) -> str:
         return f"{render.unit}_{render.index}.png"
     facet_name = render.kind.split(":", 1)[1]
     return f"{render.unit}_{facet_name}_{render.index}.png" if multiple else f"{render.unit}_{facet_name}.png"
+
+
+def _command(model_key: str, layer: str, config: RenderConfig, *, units: str, batch_size: int, precision: str,
+             out: str | None, facet: str | None, generic: str | None, facet_strengths: int | None,
+             diverse: int) -> str:
+    """The command line a run records: every option that changes the images (folders by name, never a path).
+
+    The model key carries the weights (``RN50x4@openai``, ``NAME@sha256:...``).
+    """
+    def folder_or_name(value: str) -> str:
+        return Path(value).name if Path(value).is_dir() else value
+
+    options = [
+        "--model", model_key, "--layer", layer, "--units", units, "--steps", str(config.steps),
+        "--batch-size", str(batch_size), "--lr", f"{config.lr:g}", "--seed", str(config.seed),
+        "--precision", precision,
+        *(["--size", str(config.size)] if config.size else []),
+        *(["--param-size", str(config.param_size)] if config.param_size else []),
+        *(["--l2", f"{config.l2:g}"] if config.l2 else []),
+        *(["--tv", f"{config.tv:g}"] if config.tv else []),
+        *(["--facet", folder_or_name(facet)] if facet else []),
+        *(["--generic", folder_or_name(generic)] if generic else []),
+        *(["--facet-strengths", str(facet_strengths)] if facet_strengths else []),
+        *(["--diverse", str(diverse)] if diverse else []),
+        *(["--out", Path(out).name] if out else []),
+    ]
+    return shlex.join(["neuronscope", "visualize", *options])
 
 
 def visualize(
@@ -60,9 +87,9 @@ def visualize(
                                                                "(text, drawing) or a folder of facet images.")] = None,
     generic: Annotated[Optional[str], typer.Option("--generic", help="Folder of generic images (with --facet DIR).")
                        ] = None,
-    facet_strengths: Annotated[int, typer.Option("--facet-strengths", min=1,
-                                                 help="Images per unit, facet strength ramped 0.1 to 5 "
-                                                      "(1: strength 5 only).")] = 1,
+    facet_strengths: Annotated[Optional[int], typer.Option("--facet-strengths", min=1,
+                                                           help="Images per unit, facet strength ramped 0.1 to 5 "
+                                                                "(default 1: strength 5 only).")] = None,
     diverse: Annotated[int, typer.Option("--diverse", min=0, help="N different images per unit (Lucid's "
                                                                   "diversity objective); 0: off.")] = 0,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Atlas directory to store renders in.")] = None,
@@ -82,8 +109,13 @@ def visualize(
         raise NeuronscopeError("no units given: pass --units, e.g. 0-31,550 or all")
     if facet and diverse:
         raise NeuronscopeError("--facet and --diverse are separate renders; run them one at a time")
+    if not facet and (generic or facet_strengths is not None):
+        raise NeuronscopeError(f"{'--generic' if generic else '--facet-strengths'} goes with --facet NAME|DIR; "
+                               f"add --facet or leave it out")
     if diverse == 1:
         raise NeuronscopeError("--diverse needs at least 2 images per unit (or 0 for a plain render)")
+    kind = f"facet:{facet_name(facet, generic)}" if facet else ("diverse" if diverse else "plain")
+    strengths = facets.facet_strengths(facet_strengths or 1)
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
     seed_everything(seed)
@@ -95,11 +127,11 @@ def visualize(
     if param_size is not None and param_size > side:
         raise NeuronscopeError(f"--param-size {param_size} is larger than the image ({side} px): the "
                                f"parameterization is only ever upsampled; give at most {side}")
+    if facet:
+        facets.check_probe_layers(loaded, canonical)
     default_lr = facets.FACET_LR if facet else 0.05
     config = RenderConfig(steps=steps, lr=lr or default_lr, size=size, param_size=param_size, l2=l2, tv=tv,
                           seed=seed)
-    kind = f"facet:{Path(facet).name if Path(facet).is_dir() else facet}" if facet else \
-        ("diverse" if diverse else "plain")
     png_dir = Path(png) if png else None
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
@@ -111,16 +143,16 @@ def visualize(
     progress = bars.track(f"visualize {kind} (steps)")
     writer = None
     already = 0  # units found rendered with these settings in the atlas
-    multiple = facet_strengths > 1
+    multiple = len(strengths) > 1
     try:
+        # Trained (or read from the atlas) before the run starts: a facet that fails leaves no run behind.
+        probe = facet_probe(loaded, facet, generic, atlas) if facet else None
         if atlas is not None:
-            command = shlex.join(["neuronscope", "visualize", "--model", loaded.key, "--layer", canonical,
-                                  "--units", units, "--steps", str(steps), "--batch-size", str(batch_size),
-                                  "--seed", str(seed), "--precision", precision, "--out", Path(out).name,
-                                  *(["--facet", facet] if facet else []),
-                                  *(["--diverse", str(diverse)] if diverse else [])])
-            settings = {**config.to_dict(), "facet_strengths": facet_strengths if facet else None,
-                        "diverse": diverse}
+            command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
+                               precision=precision, out=out, facet=facet, generic=generic,
+                               facet_strengths=len(strengths) if facet else None, diverse=diverse)
+            settings = {**config.to_dict(), "facet_strengths": len(strengths) if facet else None,
+                        "facet_probe": probe.key if probe else None, "diverse": diverse}
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)
             if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
                 todo = writer.missing(chosen)
@@ -128,20 +160,16 @@ def visualize(
 
         def store(batch: list[UnitRender]) -> None:
             """Write each pass as soon as it is done: a killed render keeps what it finished."""
-            paths = writer(batch) if writer is not None else [None] * len(batch)
-            for render, path in zip(batch, paths):
-                entry = {"unit": render.unit, "kind": render.kind, "index": render.index,
-                         "objective": round(render.objective, 6), "path": path}
+            entries = writer(batch) if writer is not None else [render_entry(render, None) for render in batch]
+            for render, entry in zip(batch, entries):
                 if png_dir is not None:
                     file = png_dir / _png_name(render, multiple)
                     file.write_bytes(render.png())
-                    entry["png"] = str(file)
+                    entry = {**entry, "png": str(file)}
                 written.append(entry)
 
-        if facet:
-            probe = facet_probe(loaded, facet, generic, atlas)
-            facets.render_faceted(loaded, canonical, chosen, probe,
-                                  strengths=facets.facet_strengths(facet_strengths), batch_size=batch_size,
+        if probe is not None:
+            facets.render_faceted(loaded, canonical, chosen, probe, strengths=strengths, batch_size=batch_size,
                                   config=config, on_step=progress, on_pass=store)
         elif diverse:
             for number, unit in enumerate(chosen):

@@ -18,6 +18,7 @@ bundled test split, so facets work offline.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable, Sequence
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronscope.activations.names import resolve_layers
+from neuronscope.activations.names import resolve_layer, resolve_layers
 from neuronscope.activations.record import record
+from neuronscope.activations.recorder import Recorder
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
@@ -37,7 +39,7 @@ from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.visualize.render import render
 from neuronscope.visualize.results import RenderConfig, UnitRender
-from neuronscope.visualize.units import chunks
+from neuronscope.visualize.units import PassCallback, chunks, render_passes
 
 BUILTIN_FACETS = ("text", "drawing")
 
@@ -71,6 +73,31 @@ def probe_layers(model: LoadedModel) -> list[str]:
     return resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
 
 
+def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | None = None) -> None:
+    """Refuse a unit whose layer runs before a probe layer: the unit cannot use what runs after it.
+
+    The faceted objective weighs each probe layer by the unit's gradient with respect to it; a probe
+    layer after the unit's layer has none. Firing order comes from one forward of a grey image.
+
+    Args:
+        layer: the unit's layer (name or alias).
+        layers: canonical probe layers (default: :func:`probe_layers` of the model).
+
+    Raises:
+        NeuronscopeError: a probe layer runs after ``layer``.
+    """
+    layers = list(layers) if layers is not None else probe_layers(model)
+    unit_layer = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    height, width = model.preprocess.image_size
+    recorder = Recorder(model, [unit_layer, *layers], early_stop=True)
+    recorder.run(model.preprocess.normalize(torch.full((1, 3, height, width), 0.5)))
+    fired = list(recorder.activations)  # in firing order
+    later = [name for name in layers if fired.index(name) > fired.index(unit_layer)]
+    if later:
+        raise NeuronscopeError(f"facet probes are on {', '.join(layers)}, and {', '.join(later)} runs after "
+                               f"{unit_layer}, which cannot use it: render {layers[-1]} or a later layer")
+
+
 # --------------------------------------------------------------------------- facet images
 
 
@@ -81,13 +108,14 @@ class FacetImages:
     Attributes:
         name: the facet's name (``text``, or a folder's name).
         facet, generic: [N, 3, H, W] in [0, 1] at the model's input size.
-        hashes: sha256 of every facet and generic image (the cache key's content).
+        facet_hashes, generic_hashes: sha256 of every facet and every generic image (the cache key's content).
     """
 
     name: str
     facet: Tensor
     generic: Tensor
-    hashes: list[str]
+    facet_hashes: list[str]
+    generic_hashes: list[str]
 
 
 def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: int = 0) -> FacetImages:
@@ -109,12 +137,14 @@ def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: 
     rng = np.random.default_rng(seed)
     facet_idx = np.sort(rng.choice(facet_idx, min(per_class, len(facet_idx)), replace=False))
     generic_idx = np.sort(rng.choice(generic_idx, min(per_class, len(generic_idx)), replace=False))
-    hashes = [hashlib.sha256(split.images[i].tobytes()).hexdigest() for i in (*facet_idx, *generic_idx)]
+
+    def hashes(indices: np.ndarray) -> list[str]:
+        return [hashlib.sha256(split.images[i].tobytes()).hexdigest() for i in indices]
 
     def prepared(indices: np.ndarray) -> Tensor:
         return model.preprocess.to_pixels([split.pil(int(i)) for i in indices])
 
-    return FacetImages(name, prepared(facet_idx), prepared(generic_idx), hashes)
+    return FacetImages(name, prepared(facet_idx), prepared(generic_idx), hashes(facet_idx), hashes(generic_idx))
 
 
 def folder_images(folder: str | Path, model: LoadedModel, *, limit: int = 2000) -> tuple[Tensor, list[str]]:
@@ -143,7 +173,7 @@ def facet_from_folders(facet_dir: str | Path, generic_dir: str | Path, model: Lo
     """A user's facet: a folder of facet images against a folder of generic ones."""
     facet, facet_hashes = folder_images(facet_dir, model)
     generic, generic_hashes = folder_images(generic_dir, model)
-    return FacetImages(Path(facet_dir).name, facet, generic, facet_hashes + generic_hashes)
+    return FacetImages(Path(facet_dir).name, facet, generic, facet_hashes, generic_hashes)
 
 
 # --------------------------------------------------------------------------- probes
@@ -179,6 +209,10 @@ class FacetProbe:
                   for layer in self.layers]
         return torch.stack(logits).mean(dim=0).cpu()
 
+    def to(self, device: torch.device | str) -> "FacetProbe":
+        """A copy with the weights on ``device`` (moved once, not at every render step)."""
+        return dataclasses.replace(self, weights={layer: w.to(device) for layer, w in self.weights.items()})
+
     def to_bytes(self) -> bytes:
         """The probe as an ``.npz`` (weights per layer; metadata in ``meta``)."""
         import json
@@ -200,9 +234,13 @@ class FacetProbe:
         return cls(meta["name"], meta["model"], meta["layers"], weights, meta["biases"], meta["accuracy"], meta["key"])
 
 
-def probe_cache_key(model_key: str, layers: Sequence[str], hashes: Sequence[str]) -> str:
-    """A probe's identity: the model, its probe layers and the content of every image (order-free)."""
-    text = "\n".join([model_key, ",".join(layers), *sorted(hashes)])
+def probe_cache_key(model_key: str, layers: Sequence[str], facet_hashes: Sequence[str],
+                    generic_hashes: Sequence[str]) -> str:
+    """A probe's identity: the model, its probe layers and the content of the facet and of the generic images.
+
+    Order-free within each side, but the sides are kept apart: swapping them gives the opposite probe.
+    """
+    text = "\n".join([model_key, ",".join(layers), "facet", *sorted(facet_hashes), "generic", *sorted(generic_hashes)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -234,7 +272,7 @@ def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequen
         predicted = classifier.predict(features)
         accuracy[layer] = float(np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1)]))
     return FacetProbe(images.name, model.key, layers, weights, biases, accuracy,
-                      probe_cache_key(model.key, layers, images.hashes))
+                      probe_cache_key(model.key, layers, images.facet_hashes, images.generic_hashes))
 
 
 # --------------------------------------------------------------------------- the objective and the render
@@ -245,15 +283,20 @@ def facet_objective(unit_objective: Objective, probe: FacetProbe, strength: floa
 
     Args:
         unit_objective: ``f``, e.g. ``channel(layer, units)``.
+        probe: its weights are read on the device they are on (see :meth:`FacetProbe.to`).
         strength: a number, or one per image [B].
     """
+    weights = [probe.weights[layer].flatten().float() for layer in probe.layers]  # [C*H*W] per probe layer
+
     def facet_term(ctx: Context) -> Tensor:
         unit_values = unit_objective(ctx)  # [B]
         acts = [ctx[layer] for layer in probe.layers]
-        # relu(df/dg) is a constant weighting (no second-order graph): which of g's parts f uses.
-        grads = torch.autograd.grad(unit_values.sum(), acts, retain_graph=True)
-        term = sum((a.float() * g.float().clamp(min=0)).flatten(1) @ probe.weights[layer].flatten().to(a.device)
-                   for layer, a, g in zip(probe.layers, acts, grads))
+        # relu(df/dg) is a constant weighting (no second-order graph): which of g's parts f uses. Taken as
+        # minus the gradient of -f: a redirected ReLU (the render's first steps) reads the gradient it gets
+        # as that of the loss -f, and would pick the wrong directions from the gradient of +f.
+        grads = [-g for g in torch.autograd.grad(-unit_values.sum(), acts, retain_graph=True)]
+        term = sum((a.float() * g.float().clamp(min=0)).flatten(1) @ w.to(a.device)
+                   for a, g, w in zip(acts, grads, weights))
         scale = torch.as_tensor(strength, dtype=term.dtype, device=term.device)
         return term * scale
 
@@ -278,31 +321,38 @@ def render_faceted(
     batch_size: int = 16,
     l2_weight: float = FACET_L2,
     config: RenderConfig = RenderConfig(lr=FACET_LR),
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: PassCallback | None = None,
     on_pass: Callable[[list[UnitRender]], None] | None = None,
 ) -> list[UnitRender]:
     """Each unit rendered once per strength (the paper's ramp: ``facet_strengths(9)``), batched.
 
-    Images are (unit, strength) pairs, ``batch_size`` per pass. Returns
-    :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
+    A pass holds whole units, every strength of each: ``max(1, batch_size // len(strengths))`` units,
+    so a pass that is stored holds all of its units' images (a resumed job owes whole units). A unit's
+    images share their init and transforms (they are keyed by the unit): only the strength differs.
+
+    Returns:
+        :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
+
+    Raises:
+        NeuronscopeError: the probe is another model's, or a probe layer runs after ``layer``.
     """
     if probe.model != model.key:
         raise NeuronscopeError(f"facet probe {probe.name!r} was trained on {probe.model}, not {model.key}")
-    pairs = [(unit, k, float(s)) for unit in units for k, s in enumerate(strengths)]
-    passes = chunks(list(range(len(pairs))), batch_size)
-    total = len(passes) * config.steps
-    renders: list[UnitRender] = []
-    for number, positions in enumerate(passes):
-        chosen = [pairs[p] for p in positions]
+    check_probe_layers(model, layer, probe.layers)
+    probe = probe.to(model.device)
+    strengths = [float(s) for s in strengths]
+
+    def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
+        chosen = [(unit, k, s) for unit in piece for k, s in enumerate(strengths)]
         unit_objective = channel(layer, [unit for unit, _, _ in chosen])
         strength = torch.tensor([s for _, _, s in chosen])
         objective = facet_objective(unit_objective, probe, strength) - l2_weight * (l2() * l2())
-        step_hook = None if on_step is None else (lambda done, _, n=number: on_step(n * config.steps + done, total))
-        result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook)
-        batch = [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], result.curve[:, i],
-                            f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {l2_weight:g} * L2^2",
-                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
-        renders.extend(batch)
-        if on_pass is not None:
-            on_pass(batch)
-    return renders
+        result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook,
+                        keys=[unit for unit, _, _ in chosen])
+        return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], result.curve[:, i],
+                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {l2_weight:g} * L2^2",
+                           {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
+
+    units_per_pass = max(1, batch_size // len(strengths))
+    return render_passes(chunks(list(units), units_per_pass), render_pass, steps=config.steps, on_step=on_step,
+                         on_pass=on_pass)

@@ -12,6 +12,7 @@ this module is the one place that turns them into atlas rows, shared by
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -38,28 +39,50 @@ def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
     return unit_count(acts), map_grid(acts, model.token_grid)
 
 
+def facet_name(facet: str, generic: str | None = None) -> str:
+    """The name of the facet ``--facet facet [--generic generic]`` asks for: a built-in's, or the facet folder's.
+
+    Checks the pair without reading an image, so a command can refuse it before it starts any work.
+
+    Raises:
+        NeuronscopeError: a facet that is neither a folder nor built in; a folder without ``generic``
+            (or with one that is not a folder); a built-in facet with ``generic``.
+    """
+    if Path(facet).is_dir():
+        if not generic:
+            raise NeuronscopeError(f"--facet {facet} is a folder: give the contrast images with --generic DIR")
+        if not Path(generic).is_dir():
+            raise NeuronscopeError(f"--generic {generic}: no such folder; give a folder of generic images")
+        return Path(facet).name
+    if facet not in facets.BUILTIN_FACETS:
+        raise NeuronscopeError(f"--facet {facet}: no such folder; built-in facets are "
+                               f"{', '.join(facets.BUILTIN_FACETS)}")
+    if generic:
+        raise NeuronscopeError(f"--generic goes with a facet folder; the built-in facet {facet!r} brings its own")
+    return facet
+
+
 def facet_probe(model: LoadedModel, facet: str, generic: str | None = None,
                 atlas: Atlas | None = None) -> facets.FacetProbe:
     """A built-in facet's probe, or one trained on ``facet`` (a folder) vs ``generic`` (a folder).
 
     With an atlas, the probe is cached there, keyed by model, probe layers and
-    the images' hashes: the same facet is trained once per atlas.
+    the facet and generic images' hashes: the same facet is trained once per atlas.
+    A cached probe is named after this call's facet (the same images in a folder of another name).
     """
+    facet_name(facet, generic)
     if Path(facet).is_dir():
-        if not generic:
-            raise NeuronscopeError(f"--facet {facet} is a folder: give the contrast images with --generic DIR")
-        images = facets.facet_from_folders(facet, generic, model)
-    elif generic:
-        raise NeuronscopeError(f"--generic goes with a facet folder; the built-in facet {facet!r} brings its own")
+        images = facets.facet_from_folders(facet, generic, model)  # type: ignore[arg-type]  # checked above
     else:
         images = facets.builtin_facet(facet, model)
     layers = facets.probe_layers(model)
-    key = facets.probe_cache_key(model.key, layers, images.hashes)
+    key = facets.probe_cache_key(model.key, layers, images.facet_hashes, images.generic_hashes)
     scope = ",".join(layers)
     if atlas is not None:
         cached = atlas.artifact(model.key, scope, "facet-probe", key)
         if cached is not None and cached["path"] and (atlas.path / cached["path"]).is_file():
-            return facets.FacetProbe.from_bytes((atlas.path / cached["path"]).read_bytes())
+            probe = facets.FacetProbe.from_bytes((atlas.path / cached["path"]).read_bytes())
+            return dataclasses.replace(probe, name=images.name)
     probe = facets.train_facet_probe(model, images, layers=layers)
     if atlas is not None:
         atlas.save_artifact(model.key, scope, "facet-probe", key, file_bytes=probe.to_bytes(), suffix=".npz",
@@ -76,7 +99,7 @@ class FeatureVisWriter:
         layer: the canonical layer name.
         kind: ``plain``, ``diverse`` or ``facet:NAME``.
         run_id, config_key: the run written into, and the key of its settings.
-        written: ``{"unit", "kind", "index", "objective", "path"}`` per stored render.
+        written: a :func:`render_entry` per render this writer stored.
     """
 
     atlas: Atlas
@@ -117,14 +140,22 @@ class FeatureVisWriter:
         done = self.atlas.rendered_units(self.model.key, self.layer, self.kind, self.config_key)
         return [unit for unit in units if unit not in done]
 
-    def __call__(self, batch: list[UnitRender]) -> list[str]:
-        """Store one pass; returns the renders' atlas-relative paths."""
+    def __call__(self, batch: list[UnitRender]) -> list[dict[str, Any]]:
+        """Store one pass; returns its :func:`render_entry` s (with their atlas-relative paths)."""
         paths = self.atlas.write_featurevis(self.run_id, self.model.key, self.layer, [
             {"unit": r.unit, "kind": r.kind, "index": r.index, "png": r.png(), "objective": r.objective,
              "description": r.description} for r in batch])
-        self.written.extend({"unit": r.unit, "kind": r.kind, "index": r.index, "objective": round(r.objective, 6),
-                             "path": path} for r, path in zip(batch, paths))
-        return paths
+        entries = [render_entry(r, path) for r, path in zip(batch, paths)]
+        self.written.extend(entries)
+        return entries
 
     def finish(self) -> None:
-        self.atlas.finish_run(self.run_id, images=len(self.written))
+        """Mark the run finished; its ``images`` are all the renders it holds (this job's and earlier ones')."""
+        (held,) = self.atlas.db.execute("SELECT COUNT(*) FROM featurevis WHERE run_id = ?", (self.run_id,)).fetchone()
+        self.atlas.finish_run(self.run_id, images=int(held))
+
+
+def render_entry(render: UnitRender, path: str | None) -> dict[str, Any]:
+    """What a command reports of a stored render: ``{"unit", "kind", "index", "objective", "path"}``."""
+    return {"unit": render.unit, "kind": render.kind, "index": render.index,
+            "objective": round(render.objective, 6), "path": path}
