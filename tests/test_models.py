@@ -74,6 +74,23 @@ def test_longest_resize_pads_with_fill_color_as_open_clip_does():
     assert (grey.to_pixels(image)[0, :, 0, 0] * 255).round().tolist() == [128.0] * 3  # the padded top row
 
 
+def test_shortest_resize_resamples_only_the_crop(monkeypatch):
+    # A 4000x1 image was first resized whole, to 256000x64 at 64 px (40000x1: 1.5 GB), then cropped.
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 140, 3), dtype=np.uint8))
+    whole = photo.resize((100, 64), Image.BICUBIC).crop((18, 0, 82, 64))  # 140 x 64/90 = 99.6: resized whole, cropped
+    ours = Preprocess(image_size=64).resize(photo)
+    assert np.abs(np.asarray(ours, int) - np.asarray(whole, int)).max() <= 1  # the same samples, to rounding
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size,
+                                                                                                         *a, **k))
+    assert Preprocess(image_size=64).resize(Image.new("RGB", (4000, 1), "red")).size == (64, 64)
+    assert sizes == [(64, 64)]
+
+
 def test_every_open_clip_tag_is_listed():
     import open_clip
 
