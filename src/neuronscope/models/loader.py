@@ -257,14 +257,19 @@ def _from_folder(arch: Architecture | None, path: Path, name: str, activation: A
     if (path / download.HF_CONFIG).is_file():
         weights_file = _open_clip_weights_file(path)
         sha = file_sha256(weights_file)
-        module = openclip.build_from_dir(path, load_weights=True, quick_gelu=_quick_gelu_override(activation))
+        module = openclip.build_from_dir(path, quick_gelu=_quick_gelu_override(activation))
+        load_into(module, read_state_dict(weights_file), what=str(weights_file))
         spec = _open_clip_module_spec(module, name, f"sha256:{sha[:12]}", "file")
         return _Built(module, spec, weights_file, sha)
     raise WeightsError(f"{path} is a folder without config.json or {download.HF_CONFIG}; pass a weights file instead")
 
 
 def _open_clip_weights_file(folder: Path) -> Path:
-    """The weights file of an open_clip folder; open_clip itself would silently build a random model."""
+    """The weights file of an open_clip folder, which we load (and hash) ourselves.
+
+    open_clip's own folder loading would build a random model without a word
+    when the file is missing, and picks among any ``*.safetensors``/``*.bin``.
+    """
     for filename in download.HF_WEIGHTS:
         if (folder / filename).is_file():
             return folder / filename
@@ -295,16 +300,18 @@ def _from_hub(model_name: str, weights: str, activation: Activation | None,
     folder = download.find_cached_repo(repo_id, cache_dir, need_weights=need_weights)
     if folder is None:
         folder = download.fetch_repo(repo_id, model_name, cache_dir, need_weights=need_weights)
-    path = _open_clip_weights_file(folder) if need_weights else None
-    module = openclip.build_from_dir(folder, load_weights=need_weights, quick_gelu=_quick_gelu_override(activation))
-    sha = None
-    if looks_like_path(weights):
+    module = openclip.build_from_dir(folder, quick_gelu=_quick_gelu_override(activation))
+    path, sha = None, None
+    if need_weights:
+        path = _open_clip_weights_file(folder)  # a cached download: hashed on demand, as tags are
+    elif looks_like_path(weights):
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file {weights!r} does not exist; pass an existing file with --weights PATH")
-        load_into(module, read_state_dict(path), what=weights)
         sha = file_sha256(path)
         weights = f"sha256:{sha[:12]}"
+    if path is not None:
+        load_into(module, read_state_dict(path), what=str(path))
     spec = _open_clip_module_spec(module, model_name, weights, "hf-hub")
     return _Built(module, spec, path, sha)
 

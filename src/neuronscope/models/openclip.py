@@ -79,18 +79,19 @@ def build_from_cfg(model_cfg: Mapping[str, Any], quick_gelu: bool) -> nn.Module:
     return model_class(**cfg)
 
 
-def build_from_dir(directory: Path, load_weights: bool, quick_gelu: bool | None = None) -> nn.Module:
-    """An open_clip model from a folder holding ``open_clip_config.json`` (and weights).
+def build_from_dir(directory: Path, quick_gelu: bool | None = None) -> nn.Module:
+    """A random-init open_clip model of the ``open_clip_config.json`` in ``directory``, on the CPU in fp32.
 
-    ``quick_gelu`` overrides the config's activation (None: keep the config's).
-    open_clip's ``force_quick_gelu`` can only switch QuickGELU on, so the
-    override goes in as a model kwarg, which wins over the config either way.
+    The caller loads the weights (open_clip would pick a file itself, or none
+    without a word). ``quick_gelu`` overrides the config's activation (None:
+    keep the config's); open_clip's ``force_quick_gelu`` can only switch
+    QuickGELU on, so the override goes in as a model kwarg, which wins either way.
     """
     import open_clip
 
     overrides = {} if quick_gelu is None else {"quick_gelu": quick_gelu}
     with quiet_open_clip():
-        return open_clip.create_model(f"local-dir:{directory}", load_weights=load_weights, device="cpu", **overrides)
+        return open_clip.create_model(f"local-dir:{directory}", load_weights=False, device="cpu", **overrides)
 
 
 def build_from_openai_state_dict(state_dict: dict, quick_gelu: bool = True) -> nn.Module:
