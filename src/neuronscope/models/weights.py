@@ -93,11 +93,13 @@ def _unreadable(path: Path, err: Exception) -> WeightsError:
         # A torch.save zip whose pickle holds classes, not just tensors: weights_only refuses it.
         return WeightsError(f"{path} holds a pickled object (a whole model?), not a state dict: "
                             f"save model.state_dict(), or use .safetensors")
-    lines = _ANSI_CODES.sub("", str(err)).strip().splitlines()
-    first = lines[0] if lines else type(err).__name__
     if isinstance(err, pickle.UnpicklingError):
-        first = "not a state dict saved with torch.save"  # torch's first line suggests weights_only=False: unsafe, and no help
-    return WeightsError(f"cannot read weights from {str(path)!r} ({first}); expected an open_clip state dict "
+        # torch's own first line advises weights_only=False: unsafe, and no help for a file that is no checkpoint.
+        detail = "not a state dict saved with torch.save"
+    else:
+        lines = _ANSI_CODES.sub("", str(err)).strip().splitlines()
+        detail = lines[0] if lines else type(err).__name__
+    return WeightsError(f"cannot read weights from {str(path)!r} ({detail}); expected an open_clip state dict "
                         f"(.pt/.bin), .safetensors, or an OpenAI TorchScript .pt")
 
 
