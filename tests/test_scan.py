@@ -212,6 +212,23 @@ def test_duplicates_are_tracked_by_content_key_only_for_files_whose_size_repeats
     assert outcome.resumed_from == 12 and outcome.skipped["duplicate"] == 1 and outcome.images == 24
 
 
+def test_a_source_changed_after_a_kill_starts_over_and_drops_the_stale_checkpoint(tiny_rn, images, tmp_path,
+                                                                                    caplog):
+    def kill_at_once(progress) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=4, on_batch=kill_at_once)
+    assert len(list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))) == 1
+    (images / "a" / "img00.png").unlink()  # the listing changes: the old run's config key cannot come back
+    with caplog.at_level("WARNING", logger="neuronscope.mining.scanner"):
+        outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
+    assert "source changed since run 1" in caplog.text and outcome.run_id == 2 and outcome.images == 23
+    assert not list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert [run["status"] for run in atlas.runs()] == ["abandoned", "finished"]
+
+
 def test_rescan_duplicates_nothing(tiny_rn, images, tmp_path):
     def row_counts() -> dict[str, int]:
         with Atlas(tmp_path / "atlas") as atlas:

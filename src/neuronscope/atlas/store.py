@@ -338,7 +338,8 @@ class Atlas:
             "INSERT INTO units (model, layer, unit, run_id, mean, std, max, min, count, map_mean, nonfinite) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(*key, unit, run_id, _finite(scan.mean[unit]), _finite(scan.std[unit]), _finite(scan.max[unit]),
-              _finite(scan.min[unit]), int(scan.count[unit]), _finite(scan.map_mean[unit]), int(scan.histogram.nonfinite[unit]))
+              _finite(scan.min[unit]), int(scan.count[unit]), _finite(scan.map_mean[unit]),
+              int(scan.histogram.nonfinite[unit]))
              for unit in range(scan.units)])
         rows = []
         for kind, examples in (("top", scan.top), ("bottom", scan.bottom)):

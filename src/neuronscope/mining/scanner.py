@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,6 +54,8 @@ from neuronscope.mining.sources import ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
 from neuronscope.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -274,11 +277,33 @@ def start_or_resume(atlas: Atlas, state: ScanState, config: dict, config_key: st
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
         return run_id, None
+    suffix = checkpoint_key[len(config_key):]  # the backend's mark ("-ray"), if any
+    for stale in runs_of_a_changed_source(atlas, config, config_key):
+        for key in dict.fromkeys((stale["config_key"], stale["config_key"] + suffix)):
+            atlas.drop_checkpoint(key)
+        atlas.set_run_status(stale["id"], "abandoned")
+        log.warning("the source changed since run %d was interrupted (%s entries then, %s now): it cannot "
+                    "resume, so a new run starts; run %d is marked abandoned and its checkpoint dropped",
+                    stale["id"], stale["config"]["dataset"]["entries"], config["dataset"]["entries"], stale["id"])
     return atlas.start_run(
         command=command, config=config, config_key=config_key, model=model.key,
         weights_sha256=model.weights_sha256,
         layers=[{"layer": name, "aliases": aliases.get(name, [])} for name in canonical],
         dataset=config["dataset"], precision=model.precision.name), None
+
+
+def runs_of_a_changed_source(atlas: Atlas, config: dict, config_key: str) -> list[dict]:
+    """Unfinished runs of this same scan (model, layers, settings, source name) whose source has been
+    listed differently since: their config keys can never come back, so neither can their checkpoints."""
+    def without_listing(scan_config: dict) -> dict | None:
+        dataset = scan_config.get("dataset")
+        if not isinstance(dataset, dict):
+            return None  # not a scan (a render job, ...)
+        return {**scan_config, "dataset": {k: v for k, v in dataset.items() if k not in ("entries", "fingerprint")}}
+
+    wanted = without_listing(json.loads(json.dumps(config)))  # as stored: tuples become lists
+    return [run for run in atlas.runs() if run["status"] in ("running", "interrupted")
+            and run["config_key"] != config_key and without_listing(run["config"]) == wanted]
 
 
 def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, atlas: Atlas, state: ScanState,
