@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 WORLD_DIR ?= world
 APT_WORLD := openclipart-png fonts-liberation fonts-freefont-ttf fonts-dejavu-core
 
-.PHONY: demo test browser world train venv clean-venv
+.PHONY: demo test browser fonts world train venv clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,18 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) fonts
+
+# Rastered-word probing (the demo's words stage, `neuronscope words`, their tests) draws in DejaVu Sans.
+# Installed here when missing and we may (root with apt-get); otherwise those commands stop with the same
+# advice before they start.
+APT_FONTS := fonts-dejavu-core
+
+fonts:
+	@dpkg -s $(APT_FONTS) >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq $(APT_FONTS); } || \
+	  echo "no $(APT_FONTS) and no root apt-get to install it: install it, or words and the demo stop at once"
 
 # The microscope's browser tests drive Debian's Chromium; installed here when missing and we may
 # (root with apt-get), never downloaded otherwise. Without it those tests skip and say why.
@@ -28,10 +39,10 @@ browser:
 	    apt-get update -qq && apt-get install -y -qq $(APT_BROWSER); } || \
 	  echo "no chromium/chromedriver and no root apt-get to install them: browser tests will skip"
 
-test: $(STAMP) browser
+test: $(STAMP) fonts browser
 	$(PY) -m pytest -q -x --durations=15
 
-demo: $(STAMP)
+demo: $(STAMP) fonts
 	$(VENV)/bin/neuronscope demo
 
 # Rebuild the mini CLIP's world from Debian's openclipart (only the world

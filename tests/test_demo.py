@@ -70,6 +70,18 @@ def test_the_json_report_is_the_fill_report_of_conventions(demo_run):
     assert report["units"] == 512 and not any(report["skipped"].values()) and isinstance(report["run_id"], int)
 
 
+def test_a_missing_font_stops_the_demo_before_its_first_stage(mini, tmp_path, monkeypatch):
+    import neuronscope.world.render as render
+    from neuronscope.demo import build_demo_atlas
+    from neuronscope.probing.raster import FontMissingError
+
+    monkeypatch.setattr(render, "FONT_DIRS", (str(tmp_path / "no-fonts"),))
+    with pytest.raises(FontMissingError, match="fonts-dejavu-core"):
+        build_demo_atlas(mini, tmp_path / "atlas")
+    assert not (tmp_path / "atlas").exists()
+    build_demo_atlas(mini, tmp_path / "atlas", DemoSettings(skip=STAGES))  # without the words stage: no font
+
+
 class _Stop(Exception):
     """Raised by a stand-in for a stage's compute once it has seen its arguments."""
 

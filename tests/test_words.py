@@ -220,6 +220,17 @@ def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path) -> No
     assert missing.exit_code == 1 and "not in the embedding's vocabulary" in missing.output
 
 
+def test_words_without_its_font_stops_before_the_model_with_the_package_to_install(tmp_path, monkeypatch) -> None:
+    import neuronscope.commands.words as words_command
+    import neuronscope.world.render as render
+
+    monkeypatch.setattr(render, "FONT_DIRS", (str(tmp_path / "no-fonts"),))
+    monkeypatch.setattr(words_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
+    result = runner.invoke(app, ["words", "--model", "mini-clip", "--vocab", "colours", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "fonts-dejavu-core" in result.stderr, result.output
+    assert not (tmp_path / "a").exists()
+
+
 def test_top_words_all_equals_top_words_on_ties_and_rank_counts_ties_in_a_words_favour() -> None:
     scores = torch.zeros(40, 3)
     scores[[5, 17, 30], 1] = 2.0  # three words tied for unit 1's best

@@ -124,8 +124,11 @@ def test_split_path() -> Path:
 def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoSettings = DemoSettings(), *,
                      progress: StageProgress | None = None) -> DemoOutcome:
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
+    from neuronscope.probing.raster import RasterSettings, resolve_fonts
     from neuronscope.visualize.store import layer_shape
 
+    if "words" not in settings.skip:
+        resolve_fonts(RasterSettings())  # a missing font fails now, not after the scan and the renders
     layer = resolve_layer(model.module, settings.layer, model.layer_aliases, model_key=model.key)
     outcome = DemoOutcome(Path(atlas_path), model.key, layer, layer_shape(model, layer)[0], settings)
     report = progress or (lambda stage, done, total: None)

@@ -38,19 +38,22 @@ WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Rendering pro
 
 
 def raster_settings(sizes: str, positions: str, fonts: str):
-    """``RasterSettings`` from the command line's comma-separated lists, with a clear error."""
-    from neuronscope.probing.raster import RasterSettings
+    """``RasterSettings`` from the command line's comma-separated lists, with a clear error; its fonts are
+    checked here, before the model loads."""
+    from neuronscope.probing.raster import RasterSettings, resolve_fonts
 
     try:
         size_values = tuple(float(s) for s in sizes.split(",") if s.strip())
         position_values = tuple(tuple(float(v) for v in p.split(":")) for p in positions.split(",") if p.strip())
         if any(len(p) != 2 for p in position_values):
             raise ValueError("a position is x:y")
-        return RasterSettings(fonts=tuple(f.strip() for f in fonts.split(",") if f.strip()), sizes=size_values,
-                              positions=position_values)  # type: ignore[arg-type]
+        settings = RasterSettings(fonts=tuple(f.strip() for f in fonts.split(",") if f.strip()),
+                                  sizes=size_values, positions=position_values)  # type: ignore[arg-type]
     except ValueError as err:
         raise NeuronscopeError(f"bad raster settings ({err}): --sizes 0.5,0.7,0.9 --positions "
                                "0.1:0.1,0.5:0.5,0.9:0.9") from None
+    resolve_fonts(settings)
+    return settings
 
 
 def words(

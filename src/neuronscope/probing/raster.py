@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..world.render import font_path, render_word_positions
+from ..errors import NeuronscopeError
+from ..world.render import FONT_DIRS, font_path, render_word_positions
 
 DEFAULT_FONTS = ("dejavu/DejaVuSans.ttf",)
 DEFAULT_SIZES = (0.5, 0.7, 0.9)
@@ -71,9 +72,24 @@ class RasterSettings:
         return {**asdict(self), "positions": [list(p) for p in self.positions]}
 
 
+class FontMissingError(NeuronscopeError):
+    """A raster font is neither a file nor installed under the system fonts."""
+
+
 def resolve_font(name: str) -> str:
     """A font file's absolute path: a path as given, else ``family_dir/file.ttf`` under the system fonts."""
-    return name if os.path.isfile(name) else font_path(name)
+    if os.path.isfile(name):
+        return name
+    try:
+        return font_path(name)
+    except FileNotFoundError:
+        raise FontMissingError(f"font {name!r} is not installed under {', '.join(FONT_DIRS)}: install Debian's "
+                               "fonts-dejavu-core (`make venv` does, as root) or pass --fonts PATH.ttf") from None
+
+
+def resolve_fonts(settings: RasterSettings) -> list[str]:
+    """Every raster font's path: a command calls this before its model and its first stage, to fail fast."""
+    return [resolve_font(name) for name in settings.fonts]
 
 
 def render_word_images(word: str, settings: RasterSettings, size: int, font_files: Sequence[str]) -> np.ndarray:
@@ -91,7 +107,7 @@ class WordImages(Dataset):
         self.words = list(words)
         self.settings = settings
         self.size = size
-        self.font_files = [resolve_font(f) for f in settings.fonts]  # fails here, not in a worker
+        self.font_files = resolve_fonts(settings)  # fails here, not in a worker
 
     def __len__(self) -> int:
         return len(self.words)
