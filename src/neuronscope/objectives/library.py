@@ -97,8 +97,9 @@ def direction(layer: str, vector: Tensor, *, cossim_pow: float = 0.0, batch: Bat
     """A direction in the layer's unit space: Lucid's ``direction`` objective with its cosine power.
 
     At every cell: ``dot(a, v) * max(cos(a, v), 0.1) ** cossim_pow``, then the mean
-    over cells (Lucid's ``direction_neuron_cossim`` reads one cell instead). ``cossim_pow = 0`` is the plain dot product; higher powers reward
-    pointing *along* ``v`` rather than just far (Lucid used 1 to 4).
+    over cells (Lucid's ``direction_neuron_cossim`` reads one cell instead).
+    ``cossim_pow = 0`` is the plain dot product; higher powers reward pointing
+    *along* ``v`` rather than just far (Lucid used 1 to 4).
 
     Args:
         vector: [C], one weight per unit.
