@@ -37,8 +37,8 @@ def _png_name(render: UnitRender, multiple: bool) -> str:
         return f"{render.unit}.png"
     if render.kind == "diverse":
         return f"{render.unit}_{render.index}.png"
-    facet_name = render.kind.split(":", 1)[1]
-    return f"{render.unit}_{facet_name}_{render.index}.png" if multiple else f"{render.unit}_{facet_name}.png"
+    facet = render.kind.split(":", 1)[1]
+    return f"{render.unit}_{facet}_{render.index}.png" if multiple else f"{render.unit}_{facet}.png"
 
 
 def _command(model_key: str, layer: str, config: RenderConfig, *, units: str, batch_size: int, precision: str,
