@@ -74,14 +74,31 @@ def test_longest_resize_pads_with_fill_color_as_open_clip_does():
     assert (grey.to_pixels(image)[0, :, 0, 0] * 255).round().tolist() == [128.0] * 3  # the padded top row
 
 
-def test_shortest_resize_resamples_only_the_crop(monkeypatch):
-    # A 4000x1 image was first resized whole, to 256000x64 at 64 px (40000x1: 1.5 GB), then cropped.
+@pytest.mark.parametrize("size", [64, 288])
+def test_shortest_resize_is_open_clips_transform(size):
+    """torchvision's geometry as open_clip runs it (long side truncated, crop offset rounded): the same
+    tensors, where rounding the long side and flooring the offset shifted the crop by a pixel for some
+    sizes (up to 2.9 after normalisation on noise)."""
+    import numpy as np
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    ours = Preprocess(image_size=size)
+    theirs = image_transform(size, is_train=False, mean=ours.mean, std=ours.std)
+    generator = np.random.default_rng(0)
+    for width, height in [(100, 73), (73, 100), (301, 200), (640, 427), (65, 64), (size, size)]:
+        image = Image.fromarray(generator.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        torch.testing.assert_close(ours(image)[0], theirs(image), atol=1e-6, rtol=0)
+
+
+def test_shortest_resize_of_an_extreme_aspect_ratio_resamples_only_the_crop(monkeypatch):
+    # A 40000x1 image was first resized whole, to 2,560,000x64 at 64 px (1.5 GB), then cropped.
     import numpy as np
     from PIL import Image
 
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 140, 3), dtype=np.uint8))
-    whole = photo.resize((100, 64), Image.BICUBIC).crop((18, 0, 82, 64))  # 140 x 64/90 = 99.6: resized whole, cropped
-    ours = Preprocess(image_size=64).resize(photo)
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 255, (4, 90, 3), dtype=np.uint8))  # 22.5:1
+    whole = strip.resize((1440, 64), Image.BICUBIC).crop((688, 0, 752, 64))
+    ours = Preprocess(image_size=64).resize(strip)
     assert np.abs(np.asarray(ours, int) - np.asarray(whole, int)).max() <= 1  # the same samples, to rounding
     sizes = []
     resize = Image.Image.resize

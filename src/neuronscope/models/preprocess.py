@@ -40,6 +40,26 @@ def _fill(color: int | Sequence[int], rgb: bool = False) -> int | tuple[int, int
     return (red, green, blue)
 
 
+#: A "shortest" resize larger than this many times the target (an aspect ratio beyond 16:1 at a square
+#: target) resamples only the crop instead of the whole image.
+MAX_RESIZED_AREA_RATIO = 16
+
+
+def _cover_size(image_w: int, image_h: int, width: int, height: int) -> tuple[int, int]:
+    """The size an image is resized to before a centre crop to ``width`` x ``height``.
+
+    A square target is torchvision's ``Resize(size)`` (what open_clip's transform runs): the short side
+    becomes ``size`` and the long side ``int(size * long / short)``, truncated. Otherwise the image is
+    scaled to cover the target (open_clip's ``ResizeKeepRatio``, rounded).
+    """
+    if width == height:
+        if image_w <= image_h:
+            return width, int(width * image_h / image_w)
+        return int(height * image_w / image_h), height
+    scale = max(height / image_h, width / image_w)
+    return max(width, round(image_w * scale)), max(height, round(image_h * scale))
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the model's input tensor.
@@ -119,12 +139,15 @@ class Preprocess:
         if self.resize_mode == "squash":
             return image.resize((width, height), resample)
         if self.resize_mode == "shortest":
-            # Scale so the image covers the target, then centre-crop (CLIP's default). Only the crop is
-            # resampled (``box``: its region of the source): resizing the whole image first made a 40000x1
-            # image 2.5M pixels wide at 64 px (1.5 GB). Same sampling positions, up to float rounding.
-            scale = max(height / image.height, width / image.width)
-            new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-            left, top = (new_w - width) // 2, (new_h - height) // 2
+            # Scale so the image covers the target, then centre-crop (CLIP's default), with torchvision's
+            # geometry as open_clip uses it: the long side truncated, the crop offset rounded.
+            new_w, new_h = _cover_size(image.width, image.height, width, height)
+            left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
+            if new_w * new_h <= MAX_RESIZED_AREA_RATIO * width * height:
+                return image.resize((new_w, new_h), resample).crop((left, top, left + width, top + height))
+            # An extreme aspect ratio: resample only the crop (``box``: its region of the source), since
+            # resizing the whole of a 40000x1 image first made it 2.5M pixels wide at 64 px (1.5 GB). Same
+            # sampling positions as the whole resize, up to PIL's fixed-point rounding (1/255).
             scale_x, scale_y = new_w / image.width, new_h / image.height
             box = (left / scale_x, top / scale_y, (left + width) / scale_x, (top + height) / scale_y)
             return image.resize((width, height), resample, box=box)
