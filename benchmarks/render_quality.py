@@ -1,11 +1,11 @@
 """Render quality on the mini CLIP: what a setting does to the two checks of tests/test_featurevis.py.
 
     .venv/bin/python benchmarks/render_quality.py [--seeds 0,1] [--threads 1] [SETTING ...]
-    .venv/bin/python benchmarks/render_quality.py base decay_power=1.5 "param_size=24 tv=0.0 l2=0.0 steps=1024"
+    .venv/bin/python benchmarks/render_quality.py lucid decay_power=1.5 "decay_power=1.5 steps=128 lr=0.1"
 
-Each SETTING is ``base`` (:data:`BASE`) or space-separated ``field=value`` changes to it (fields of
-``RenderConfig``; values are Python literals, e.g. ``transforms='none'``). The tests' settings
-(``MINI_CLIP_RENDER`` in tests/test_featurevis.py) are ``"param_size=24 tv=0.0 l2=0.0 steps=1024"``.
+Each SETTING is ``lucid`` (``RenderConfig()``: Lucid's defaults) or space-separated ``field=value``
+changes to it (fields of ``RenderConfig``; values are Python literals, e.g. ``transforms='none'``). The
+tests' settings (``MINI_CLIP_RENDER`` in tests/test_featurevis.py) are ``decay_power=1.5``.
 
 For the card's multimodal units, one render per unit and seed, saved as PNG and read back through the preprocessing:
 
@@ -36,14 +36,9 @@ from neuronscope.visualize import RenderConfig, render_units
 from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 from neuronscope.world.split import load_test_split
 
-#: What the sweeps in benchmarks/RESULTS.md changed: full resolution, 512 steps, transforms tuned for 64 px,
-#: lr 0.02, small L2 / TV (the tests' settings until they moved to param_size 24).
-BASE = dict(steps=512, lr=0.02, l2=1.0, tv=1.0, pad=2, jitter=1, scales=(0.95, 1.0, 1.05), angles=(-5.0, 0.0, 5.0))
-
-
 def parse_setting(text: str) -> dict:
-    """``"base"`` -> {}; ``"tv=3 decay_power=1.5"`` -> {"tv": 3, "decay_power": 1.5}."""
-    if text == "base":
+    """``"lucid"`` -> {}; ``"tv=3 decay_power=1.5"`` -> {"tv": 3, "decay_power": 1.5}."""
+    if text == "lucid":
         return {}
     changes = {}
     for part in text.split():
@@ -57,7 +52,7 @@ def parse_setting(text: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("settings", nargs="*", default=["base"])
+    parser.add_argument("settings", nargs="*", default=["lucid"])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -80,7 +75,7 @@ def main() -> None:
         started = time.perf_counter()
         named, ranks, beats = [], [], []
         for seed in seeds:
-            config = RenderConfig(seed=seed, **{**BASE, **changes})
+            config = RenderConfig(seed=seed, **changes)
             renders = render_units(model, layer, [u for u, _ in units], batch_size=16, config=config)
             pixels = model.preprocess.to_pixels([Image.open(io.BytesIO(r.png())) for r in renders])
             probabilities = classifier.probabilities(pixels)

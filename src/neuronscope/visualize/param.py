@@ -21,7 +21,7 @@ device given at construction; nothing is chosen at import time.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,25 @@ def decorrelated_to_rgb(channels: Tensor) -> Tensor:
     # [3, 3] @ [B, 3, H*W], broadcast over the batch: forward + backward ~6x cheaper on a CPU than the
     # same product as a 1x1 convolution (whose oneDNN set-up dominates at 3 channels).
     return torch.matmul(matrix.to(channels.device, channels.dtype), channels.flatten(2)).view_as(channels)
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def normal_init(batch: int, shape: tuple[int, ...], generator: Generators, *, batch_dim: int = 0) -> Tensor:
+    """Standard normal init with ``batch`` images along ``batch_dim`` of ``shape`` (which holds a 1 there).
+
+    ``generator``: one CPU generator for the whole batch, or one per image (image ``i`` drawn from
+    ``generator[i]`` alone, so an image's start does not depend on what shares its batch), or None
+    (torch's global generator). Drawn on the CPU, so a seed gives the same start on every device.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        full = list(shape)
+        full[batch_dim] = batch
+        return torch.randn(full, generator=generator)
+    if len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for {batch} images: give one per image")
+    return torch.cat([torch.randn(shape, generator=g) for g in generator], dim=batch_dim)
 
 
 def fft_frequencies(height: int, width: int) -> Tensor:
@@ -80,21 +99,22 @@ class FFTImage(ImageParam):
         size: (height, width).
         sd: init standard deviation of the spectrum (Lucid: 0.01).
         decay_power: 1 (Lucid): a 1/f spectrum, the statistics of natural images.
-        generator: a seeded ``torch.Generator`` on the CPU (init is drawn there,
-            so a seed gives the same start on every device).
+        generator: seeded CPU generator(s), one for the batch or one per image (:func:`normal_init`).
     """
 
     def __init__(self, batch: int, size: tuple[int, int], *, sd: float = 0.01, decay_power: float = 1.0,
                  decorrelate: bool = True, alpha: bool = False, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: Generators = None) -> None:
         super().__init__(batch, size, decorrelate=decorrelate, alpha=alpha)
         height, width = size
         frequencies = fft_frequencies(height, width)
-        # Why sqrt(H*W) with an orthonormal inverse: Lucid's unnormalised irfft times sqrt(H*W). The / 4 is
-        # Lucid's constant (it keeps the initial image near grey after the sigmoid), folded in here.
-        scale = 1.0 / frequencies.clamp(min=1.0 / max(height, width)) ** decay_power * math.sqrt(height * width) / 4
+        # Lucid scales the spectrum by sqrt(H*W) before TensorFlow's irfft2d, which divides by H*W: together
+        # an orthonormal inverse (a unitary map, so learning rates mean what they mean for pixels), which is
+        # what norm="ortho" computes without the factor. The / 4 is Lucid's constant (it keeps the initial
+        # image near grey after the sigmoid), folded in here.
+        scale = 1.0 / frequencies.clamp(min=1.0 / max(height, width)) ** decay_power / 4
         self.register_buffer("scale", scale.to(device))
-        init = torch.randn(2, batch, self.channels, *frequencies.shape, generator=generator) * sd
+        init = normal_init(batch, (2, 1, self.channels, *frequencies.shape), generator, batch_dim=1) * sd
         # Stored [B, C, H, W//2+1, 2 (re, im)] so that view_as_complex reads it without a copy; drawn as
         # [2, ...] so that a seed gives the same start as before.
         self.spectrum = nn.Parameter(init.movedim(0, -1).contiguous().to(device))
@@ -109,9 +129,9 @@ class PixelImage(ImageParam):
 
     def __init__(self, batch: int, size: tuple[int, int], *, sd: float = 0.01, decorrelate: bool = True,
                  alpha: bool = False, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: Generators = None) -> None:
         super().__init__(batch, size, decorrelate=decorrelate, alpha=alpha)
-        init = torch.randn(batch, self.channels, *size, generator=generator) * sd
+        init = normal_init(batch, (1, self.channels, *size), generator) * sd
         self.pixels = nn.Parameter(init.to(device))
 
     def raw(self) -> Tensor:

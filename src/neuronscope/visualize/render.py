@@ -76,26 +76,6 @@ def image_generator(seed: int, key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def _param(config: RenderConfig, size: tuple[int, int], generators: Sequence[torch.Generator],
-           device: torch.device) -> nn.Module:
-    """The config's parameterization of ``len(generators)`` images, image ``i``'s init drawn from ``generators[i]``.
-
-    A parameterization draws its whole batch from one generator, so each image's init is drawn by a
-    parameterization of one image and copied into its slot: every parameter holds the images along
-    its first axis.
-    """
-    options = dict(param_size=config.param_size, sd=config.sd, decorrelate=config.decorrelate, alpha=config.alpha,
-                   **({"decay_power": config.decay_power} if config.param == "fft" else {}))
-    # Its own init is overwritten below; a throwaway generator keeps torch's global one untouched.
-    param = make_param(config.param, len(generators), size, device=device, generator=torch.Generator(), **options)
-    with torch.no_grad():
-        for index, generator in enumerate(generators):
-            single = make_param(config.param, 1, size, generator=generator, **options)
-            for batched, own in zip(param.parameters(), single.parameters(), strict=True):
-                batched[index] = own[0]
-    return param
-
-
 def render(
     model: LoadedModel,
     objective: Objective | str,
@@ -130,7 +110,9 @@ def render(
     input_size = model.preprocess.image_size
     size = (config.size, config.size) if config.size else input_size
     generators = [image_generator(config.seed, key) for key in keys]
-    param = _param(config, size, generators, device)
+    param = make_param(config.param, batch, size, param_size=config.param_size, sd=config.sd,
+                       decorrelate=config.decorrelate, alpha=config.alpha, device=device, generator=generators,
+                       **({"decay_power": config.decay_power} if config.param == "fft" else {}))
     if transforms is None:
         transforms = (standard_transforms(size, pad=config.pad, jitter=config.jitter, scales=config.scales,
                                           angles=config.angles)
