@@ -8,7 +8,7 @@ images share its batch (Lucid drew one jitter offset for the whole batch).
 Lucid's standard stack at 224 px is pad 12 -> jitter 8 -> scale 0.9..1.1 ->
 rotate -10..10 deg -> jitter 4; :func:`standard_transforms` scales the pixel
 amounts with the image size (a 64 px mini CLIP does not want 12 px of
-padding).
+padding) and runs everything after the pad as one resample.
 """
 
 from __future__ import annotations
@@ -21,21 +21,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _rotation_grid(cos: Tensor, sin: Tensor, images: Tensor) -> Tensor:
-    """``F.affine_grid`` of the linear maps [[cos, -sin], [sin, cos]] (per image [B]) for ``images``: [B, H, W, 2].
+def _affine_grid(cos: Tensor, sin: Tensor, before: Tensor, after: Tensor, jitter: tuple[int, int],
+                 images: Tensor) -> Tensor:
+    """The sampling grid [B, H2, W2, 2] of crop -> rotate-and-scale -> crop, per image, over ``images``.
 
-    One broadcast sum of a row term [B, 1, W, 2] and a column term [B, H, 1, 2]: affine_grid's batched
-    matmul with an inner size of 3, or stacking two [B, H, W] maps, costs more on a CPU than the resample's
-    forward.
+    ``before`` / ``after`` [B, 2] (y, x) are the offsets of the crops by ``jitter = (j1, j2)`` pixels
+    before and after the linear map [[cos, -sin], [sin, cos]] (about the first crop's centre, in its
+    normalised coordinates, as ``F.affine_grid`` has it). The crops only move where the map samples, so
+    they are translations of the grid: one resample, no per-image slicing. Built as one broadcast sum of a
+    row term [B, 1, W2, 2] and a column term [B, H2, 1, 2] (affine_grid's batched matmul with an inner
+    size of 3 costs more on a CPU than the resample's forward).
     """
     height, width = images.shape[2:]
-    ys = (torch.arange(height, device=images.device, dtype=images.dtype) * 2 + 1) / height - 1  # pixel centres
-    xs = (torch.arange(width, device=images.device, dtype=images.dtype) * 2 + 1) / width - 1
-    cos = cos.to(images.device, images.dtype)
-    sin = sin.to(images.device, images.dtype)
-    along_x = xs[None, None, :, None] * torch.stack((cos, sin), dim=-1)[:, None, None, :]  # [B, 1, W, 2]
-    along_y = ys[None, :, None, None] * torch.stack((-sin, cos), dim=-1)[:, None, None, :]  # [B, H, 1, 2]
-    return along_x + along_y
+    j1, j2 = jitter
+    h1, w1 = height - j1, width - j1  # the canvas the map works on
+    h2, w2 = h1 - j2, w1 - j2  # the output
+    options = dict(device=images.device, dtype=images.dtype)
+    cos, sin = cos.to(**options), sin.to(**options)
+    before, after = before.to(**options), after.to(**options)
+    # Output pixel centres in the first crop's normalised coordinates, shifted by the second crop: [B, W2], [B, H2].
+    xs = ((torch.arange(w2, **options) + after[:, 1:]) * 2 + 1) / w1 - 1
+    ys = ((torch.arange(h2, **options) + after[:, :1]) * 2 + 1) / h1 - 1
+    # From the first crop's normalised coordinates to the padded image's: scale by its share of the image,
+    # shift by its offset.
+    share = torch.tensor([w1 / width, h1 / height], **options)
+    shift = share - 1 + 2 * before.flip(1) / torch.tensor([width, height], **options)  # [B, 2] as (x, y)
+    along_x = xs[:, None, :, None] * (torch.stack((cos, sin), dim=-1) * share)[:, None, None, :]  # [B, 1, W2, 2]
+    along_y = ys[:, :, None, None] * (torch.stack((-sin, cos), dim=-1) * share)[:, None, None, :]  # [B, H2, 1, 2]
+    return (along_x + shift[:, None, None, :]) + along_y
 
 
 class RandomTransform(nn.Module):
@@ -43,18 +56,21 @@ class RandomTransform(nn.Module):
 
     generators: Sequence[torch.Generator] | None = None
 
-    def _picks(self, batch: int, *options: Sequence[float]) -> list[list[float]]:
-        """For each of ``batch`` images, one value of each of ``options``, drawn from that image's generator.
-
-        One uniform draw per option per image: an image's sequence depends only on its own generator.
+    def _picks(self, batch: int, *groups: Sequence[Sequence[float]]) -> list[list[float]]:
+        """For each of ``batch`` images, one value of each option of each group, drawn from that image's
+        generator: one uniform draw of a group's size per group, so an image's sequence depends only on its
+        own generator (and a group draws what a transform of its own would).
         """
         generators = self.generators if self.generators is not None else [None] * batch
         if len(generators) != batch:
             raise ValueError(f"{len(generators)} generators for {batch} images: give one per image")
         picks = []
         for generator in generators:
-            uniform = torch.rand(len(options), generator=generator, dtype=torch.float64).tolist()
-            picks.append([values[int(u * len(values))] for u, values in zip(uniform, options)])
+            values = []
+            for options in groups:
+                uniform = torch.rand(len(options), generator=generator, dtype=torch.float64).tolist()
+                values += [choices[int(u * len(choices))] for u, choices in zip(uniform, options)]
+            picks.append(values)
         return picks
 
 
@@ -85,35 +101,50 @@ class Jitter(RandomTransform):
         offsets = range(self.pixels + 1)
         height, width = images.shape[2] - self.pixels, images.shape[3] - self.pixels
         return torch.stack([image[:, dy:dy + height, dx:dx + width]
-                            for image, (dy, dx) in zip(images, self._picks(images.shape[0], offsets, offsets))])
+                            for image, (dy, dx) in zip(images, self._picks(images.shape[0], (offsets, offsets)))])
 
     def extra_repr(self) -> str:
         return f"pixels={self.pixels}"
 
 
 class RandomAffine(RandomTransform):
-    """Scale and rotate each image in one resample (a scale from ``scales``, an angle in degrees from ``angles``).
+    """Scale and rotate each image in one resample (a scale from ``scales``, an angle in degrees from ``angles``),
+    with random crops ``jitter = (before, after)`` pixels smaller on each side of it folded in.
 
-    Lucid resized, then rotated: two resamples. One affine grid does both at a
-    third of the cost of the pair's backward, and keeps the canvas size (a
-    zoom-out fills with grey, a zoom-in crops): the standard stack uses this.
+    Lucid resized, then rotated: two resamples, with its jitters as crops around them. One affine grid
+    does it all: the scale and angle, and the two jitters as translations of where it samples (each
+    image its own offsets, without slicing images one by one). It keeps the canvas size through the map
+    (a zoom-out fills with grey, a zoom-in crops). Where the padding is at least the first jitter (the
+    standard stack), the result is that of Jitter -> scale-and-rotate -> Jitter to float rounding; a crop
+    that would cut into the image itself samples the image there instead of grey.
     """
 
-    def __init__(self, scales: Sequence[float], angles: Sequence[float], fill: float = 0.5) -> None:
+    def __init__(self, scales: Sequence[float], angles: Sequence[float], fill: float = 0.5,
+                 jitter: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         self.scales, self.angles, self.fill = tuple(scales), tuple(angles), fill
+        self.jitter = tuple(jitter)
 
     def forward(self, images: Tensor) -> Tensor:
-        scale, degrees = torch.tensor(self._picks(images.shape[0], self.scales, self.angles), dtype=torch.float64).T
+        before_jitter, after_jitter = self.jitter
+        # The draws of the transforms this folds, in their order (a crop of 0 pixels draws nothing).
+        groups = [[range(before_jitter + 1)] * 2] if before_jitter else []
+        groups.append([self.scales, self.angles])
+        groups += [[range(after_jitter + 1)] * 2] if after_jitter else []
+        picks = torch.tensor(self._picks(images.shape[0], *groups), dtype=torch.float64)  # [B, 2 per group]
+        none = torch.zeros(images.shape[0], 2, dtype=torch.float64)
+        before = picks[:, :2] if before_jitter else none  # (y, x)
+        scale, degrees = picks[:, 2:4].T if before_jitter else picks[:, :2].T
+        after = picks[:, -2:] if after_jitter else none
         radians = degrees * (math.pi / 180)
         cos, sin = radians.cos() / scale, radians.sin() / scale  # output -> input coordinates: shrink to zoom in
-        grid = _rotation_grid(cos, sin, images)
+        grid = _affine_grid(cos, sin, before, after, self.jitter, images)
         return F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False) + self.fill
 
     def extra_repr(self) -> str:
         return (f"scales={min(self.scales):g}..{max(self.scales):g}, "
-                f"angles={min(self.angles):g}..{max(self.angles):g} deg")
+                f"angles={min(self.angles):g}..{max(self.angles):g} deg, jitter={self.jitter}")
 
 
 class CropOrPad(nn.Module):
@@ -155,8 +186,9 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
     """Lucid's standard transforms, their pixel amounts scaled to the image's side (224 px = Lucid's).
 
     pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02 with angles -10..10 deg (0 five more
-    times) in one :class:`RandomAffine`, jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px.
-    A given ``jitter`` sets the first jitter, and half of it (rounded down) the second: 0 turns both off.
+    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px. The jitters and the scale and
+    angle are one :class:`RandomAffine` (one resample). A given ``jitter`` sets the first jitter, and half
+    of it (rounded down) the second: 0 turns both off.
     """
     side = size if isinstance(size, int) else max(size)
     ratio = side / 224
@@ -164,10 +196,9 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
     def scaled(pixels: int) -> int:
         return max(1, round(pixels * ratio))
 
+    jitters = (scaled(8), scaled(4)) if jitter is None else (jitter, jitter // 2)
     return Transforms(
         Pad(scaled(12) if pad is None else pad),
-        Jitter(scaled(8) if jitter is None else jitter),
         RandomAffine(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)],
-                     angles if angles is not None else [*range(-10, 11), *[0] * 5]),
-        Jitter(scaled(4) if jitter is None else jitter // 2),
+                     angles if angles is not None else [*range(-10, 11), *[0] * 5], jitter=jitters),
     )
