@@ -443,6 +443,11 @@ class Atlas:
             (model, layer, kind, config_key, config_key))
         return {int(row["unit"]) for row in rows}
 
+    def run_render_count(self, run_id: int) -> int:
+        """Feature visualizations a run holds (a resumed job's earlier ones included)."""
+        (count,) = self.db.execute("SELECT COUNT(*) FROM featurevis WHERE run_id = ?", (run_id,)).fetchone()
+        return int(count)
+
     def write_unit_texts(self, table: str, run_id: int | None, model: str, layer: str,
                          scored: Mapping[int, list[tuple[str, float]]]) -> None:
         """Replace the top words (``table="words"``) or texts (``"texts"``) of the given units.

@@ -151,8 +151,7 @@ class FeatureVisWriter:
 
     def finish(self) -> None:
         """Mark the run finished; its ``images`` are all the renders it holds (this job's and earlier ones')."""
-        (held,) = self.atlas.db.execute("SELECT COUNT(*) FROM featurevis WHERE run_id = ?", (self.run_id,)).fetchone()
-        self.atlas.finish_run(self.run_id, images=int(held))
+        self.atlas.finish_run(self.run_id, images=self.atlas.run_render_count(self.run_id))
 
 
 def render_entry(render: UnitRender, path: str | None) -> dict[str, Any]:
