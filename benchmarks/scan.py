@@ -179,7 +179,7 @@ def part_d(model_name: str, args, work: Path) -> dict:
             target.addfile(member, source.extractfile(member))
     for name, shard in (("1k", small), ("10k", big)):
         code = MEMORY_CHILD.format(threads=args.threads, model=model_name, shard=str(shard), batch=args.batch_size,
-                                   workers=args.workers, weights=None if args.weights == "default" else args.weights)
+                                   workers=args.workers, weights=args.weights)
         output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
     results["growth"] = results["10k"]["max_rss_mb"] / results["1k"]["max_rss_mb"] - 1
@@ -199,8 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seed_everything(0)
-    weights = None if args.weights == "default" else args.weights
-    model = load_model(args.model, weights=weights, device="cpu", precision=args.precision)
+    # "default" is load_model's DEFAULT (the bundled or cached weights); None there would mean random.
+    model = load_model(args.model, weights=args.weights, device="cpu", precision=args.precision)
     print(f"{model.key}, {model.precision.reason}, channels_last={model.precision.channels_last}, batch {args.batch_size}, {args.workers} worker(s), {args.threads} thread(s), "
           f"torch {torch.__version__}")
     parts = {"a": part_a, "b": part_b, "c": part_c}

@@ -159,11 +159,16 @@ def _world_of_heldout_drawings(folder, split, concepts: list[str]):
     return folder
 
 
-def test_generalization_probe_reads_what_the_training_drawings_teach(tmp_path, mini_clip, split, card) -> None:
+def test_generalization_probe_reads_what_the_training_drawings_teach(tmp_path, monkeypatch, mini_clip, split,
+                                                                   card) -> None:
     """With the held-out drawings themselves as the training drawings, a probe fit to their renders names
     them far better than zero-shot does (76% vs 52%): so a probe no better than zero-shot (the shipped world) means the
-    features, not the readout, fail to generalise. A world of other concepts is refused."""
+    features, not the readout, fail to generalise. It renders drawings only, so it needs no font package.
+    A world of other concepts is refused."""
+    from neuronscope.world import render
     from neuronscope.world.evaluate import generalization_scores
+
+    monkeypatch.setattr(render, "FONT_DIRS", (str(tmp_path / "no-fonts"),))
 
     world = _world_of_heldout_drawings(tmp_path / "world", split, split.concepts)
     found = generalization_scores(mini_clip, split, world)

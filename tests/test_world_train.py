@@ -63,6 +63,21 @@ def test_resuming_with_another_config_is_refused(tmp_path, small_world) -> None:
         train(small_world, tmp_path / "run", other)
 
 
+def test_a_run_is_pinned_to_its_world_and_bad_inputs_are_refused_before_anything_is_written(tmp_path,
+                                                                                            small_world) -> None:
+    with pytest.raises(FileNotFoundError, match="is not a world"):
+        train(tmp_path / "nowhere", tmp_path / "bad", _config())
+    with pytest.raises(ValueError, match="--loader-workers 0"):
+        train(small_world, tmp_path / "bad", _config(), loader_workers=0)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(Killed):
+        train(small_world, tmp_path / "run", _config(), lambda report: (_ for _ in ()).throw(Killed()))
+    world = small_world / "world.json"
+    world.write_text(world.read_text().replace('"seed": 0', '"seed": 1', 1))  # another world
+    with pytest.raises(ValueError, match="another world"):
+        train(small_world, tmp_path / "run", _config())
+
+
 def test_more_loader_workers_render_the_same_batches_in_order(tmp_path, small_world) -> None:
     """Each worker renders every W-th step; the trainer still gets steps 0, 1, 2, ... and the same weights."""
     one = torch.load(train(small_world, tmp_path / "one", _config()), weights_only=False)
@@ -83,3 +98,16 @@ def test_train_command_says_when_the_gpu_it_was_given_is_missing(tmp_path) -> No
     assert result.exit_code == 1
     assert "no CUDA GPU; use --device cpu" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_eval_loads_a_training_checkpoint_and_leaves_no_export_behind(tmp_path, small_world, monkeypatch) -> None:
+    import tempfile
+
+    from neuronscope.world.cli import _load_for_eval
+
+    checkpoint = train(small_world, tmp_path / "run", _config())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    model = _load_for_eval(str(checkpoint))
+    assert model.preprocess.image_size == (32, 32) and model.weights_sha256 is not None
+    assert list((tmp_path / "tmp").iterdir()) == []  # the exported folder went once the weights were loaded

@@ -72,12 +72,13 @@ class ZeroShotClassifier:
         return cls(model, list(classes), template, features, scale)
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1]."""
+        """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1], on the CPU (a result, compared
+        with labels there, whatever device the model runs on)."""
         logits = self.logit_scale * encode_pixels(self.model, pixels) @ self.text_features.T
-        return logits.softmax(dim=-1)
+        return logits.softmax(dim=-1).cpu()
 
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Top-1 class index [N]."""
+        """Top-1 class index [N], on the CPU."""
         return self.probabilities(pixels).argmax(dim=-1)
 
     def top(self, pixels: torch.Tensor, k: int = 5) -> list[list[dict]]:

@@ -47,8 +47,9 @@ def card_tables(report: dict) -> str:
         _table(["top-1", "top-5", "median rank"],
                [[f"{reading['top1']:.1%}", f"{reading['top5']:.1%}", reading["median_rank"]]]),
         "### Concepts with a multimodal unit, by layer",
-        _table(["layer", "trained 0.85", "trained 0.90", "trained 0.95", "untrained 0.90 (3 seeds)",
-                "deranged labels 0.90 (3 seeds)"],
+        _table(["layer", "trained 0.85", "trained 0.90", "trained 0.95",
+                f"untrained 0.90 ({len(multimodal['untrained'])} seeds)",
+                f"deranged labels 0.90 ({len(multimodal['shuffled_seeds'])} seeds)"],
                [[name, c["trained"]["0.85"], c["trained"]["0.9"], c["trained"]["0.95"],
                  ", ".join(map(str, c.get("untrained", []))), ", ".join(map(str, c.get("shuffled", [])))]
                 for name, c in multimodal["by_layer"].items()]),

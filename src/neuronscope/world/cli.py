@@ -131,7 +131,8 @@ def _progress_reporter(total: int, every: int = 50):
 
 
 def _load_for_eval(weights: Optional[str]):
-    """The bundled mini CLIP, a model folder, or a training checkpoint (exported to a temp folder)."""
+    """The bundled mini CLIP, a model folder, or a training checkpoint (exported to a temporary folder, removed
+    once loaded)."""
     import tempfile
 
     from ..models import DEFAULT, load_model
@@ -139,9 +140,9 @@ def _load_for_eval(weights: Optional[str]):
     if weights and Path(weights).is_file() and Path(weights).suffix == ".pt":
         from .train import export_weights
 
-        folder = Path(tempfile.mkdtemp(prefix="mini-clip-"))
-        export_weights(weights, folder)
-        return load_model(folder, precision="fp32", name="mini-clip")
+        with tempfile.TemporaryDirectory(prefix="mini-clip-") as folder:  # the loaded module holds the weights
+            export_weights(weights, folder)
+            return load_model(folder, precision="fp32", name="mini-clip")
     return load_model("mini-clip", weights=weights or DEFAULT, precision="fp32")  # None would mean random
 
 

@@ -256,6 +256,10 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
                    layers: tuple[str, ...] = STAGES, world_dir: str | Path | None = None) -> dict:
     """The full evaluation, as ``world eval --json`` prints it; with ``world_dir``, also
     :func:`generalization_scores` (the training drawings are in the world, not in the split)."""
+    side = split.meta["image_size"]
+    if tuple(model.preprocess.image_size) != (side, side):
+        raise ValueError(f"the split's images are {side} px but {model.key} takes {model.preprocess.image_size}: "
+                         "evaluate a model with the split built for it (`world build --size`)")
     n_concepts = len(split.concepts)
     trained = split_responses(model, split, list(layers))
     layer_names = list(trained)

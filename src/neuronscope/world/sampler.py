@@ -53,7 +53,6 @@ class WorldSampler:
         self.drawings_by_concept = [[d["id"] for d in world["drawings"] if d["concept"] == c and d["split"] == "train"]
                                     for c in self.concepts]
         self._pixels, self._sizes = packed["pixels"], packed["sizes"]
-        self._fonts = [font_path(name) for name in TRAIN_FONTS]
         self._cache: dict[int, Image.Image] = {}
 
     def drawing(self, drawing_id: int) -> Image.Image:
@@ -67,23 +66,25 @@ class WorldSampler:
         kind = KINDS[int(rng.choice(len(KINDS), p=self.mix.probabilities()))]
         template = CAPTION_TEMPLATES[kind]
         caption_template = template[int(rng.integers(len(template)))]
-        font = self._fonts[int(rng.integers(len(self._fonts)))]
+        # Drawn for every sample (the stream of draws is part of the batch), resolved only where text is drawn:
+        # a sampler of drawings alone needs no font package.
+        font_name = TRAIN_FONTS[int(rng.integers(len(TRAIN_FONTS)))]
         if kind == "reading":
             word_index = int(rng.integers(len(self.reading_words)))
             word = self.reading_words[word_index]
-            image = render_word(word, font, rng, self.size)
+            image = render_word(word, font_path(font_name), rng, self.size)
             return np.asarray(image), caption_template.format(word, word), len(self.concepts) + word_index
         concept_index = int(rng.integers(len(self.concepts)))
         concept = self.concepts[concept_index]
         if kind == "word":
-            image = render_word(concept, font, rng, self.size)
+            image = render_word(concept, font_path(font_name), rng, self.size)
         else:
             choices = self.drawings_by_concept[concept_index]
             drawing = self.drawing(choices[int(rng.integers(len(choices)))])
             if self.augment:
                 drawing = augment_drawing(drawing, rng, self.size)
             image = (render_drawing(drawing, rng, self.size) if kind == "drawing"
-                     else render_labelled(drawing, concept, font, rng, self.size))
+                     else render_labelled(drawing, concept, font_path(font_name), rng, self.size))
         return np.asarray(image), caption_template.format(concept, concept), concept_index
 
     def batch(self, step: int, batch_size: int) -> tuple[np.ndarray, list[str], np.ndarray]:

@@ -14,6 +14,7 @@ stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -137,6 +138,20 @@ class TrainProgress:
     seconds_per_step: float
 
 
+#: The key of ``config.json`` that pins the world a run trains on (sha256 of its ``world.json``).
+WORLD_KEY = "world_sha256"
+
+
+def _world_sha256(world_dir: str | Path) -> str:
+    """sha256 of a world's ``world.json`` (its concepts, drawings with their hashes and split, reading words)."""
+    world_dir = Path(world_dir)
+    missing = [name for name in ("world.json", "drawings.npz") if not (world_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{world_dir} is not a world (no {' or '.join(missing)}); build one with "
+                                "`neuronscope world build --out DIR` (`make world`)")
+    return hashlib.sha256((world_dir / "world.json").read_bytes()).hexdigest()
+
+
 def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
           on_step: Callable[[TrainProgress], None] | None = None, *, device: str = "cpu",
           loader_workers: int = 1) -> Path:
@@ -146,6 +161,9 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     and ``loader_workers`` (processes rendering batches) change speed, not the batches; weights
     trained on a GPU are close to, not bit-equal to, the CPU's.
     """
+    world_sha = _world_sha256(world_dir)  # checked before anything is written
+    if loader_workers < 1:
+        raise ValueError(f"--loader-workers {loader_workers}: give at least 1 (processes rendering batches)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
@@ -155,10 +173,14 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         # How often to checkpoint does not change the weights: it may differ on resume.
         saved.pop("checkpoint_seconds", None)
         saved.setdefault("augment", False)  # runs from before the option trained without it
+        saved_world = saved.pop(WORLD_KEY, None)  # runs from before the key: not checked
+        if saved_world is not None and saved_world != world_sha:
+            raise ValueError(f"{out_dir} holds a run trained on another world than {world_dir} (its world.json "
+                             "differs); use a new --out, or the world it was trained on")
         if saved != {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"}:
             raise ValueError(f"{out_dir} holds a run with another config; use a new --out or the same settings")
     else:
-        config_path.write_text(json.dumps(asdict(config), indent=1))
+        config_path.write_text(json.dumps({**asdict(config), WORLD_KEY: world_sha}, indent=1))
 
     model = build_model(config).to(device=device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
