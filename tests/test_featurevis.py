@@ -424,6 +424,11 @@ def test_cli_into_an_atlas_renders_only_what_the_same_settings_have_not(tmp_path
     assert more["run_id"] == resumed["run_id"]
     longer = json.loads(_invoke("--units", "0", "--steps", "4", "--out", str(atlas), "--json").stdout)
     assert longer["already_rendered"] == 0 and longer["run_id"] != resumed["run_id"]  # other settings: a new run
+    from neuronscope.visualize import store
+
+    monkeypatch.setattr(store, "RENDER_VERSION", store.RENDER_VERSION + 1)  # the same settings give other images
+    upgraded = json.loads(_invoke("--units", "0-1", "--batch-size", "2", "--out", str(atlas), "--json").stdout)
+    assert upgraded["already_rendered"] == 0 and upgraded["run_id"] != resumed["run_id"]
 
 
 def test_cli_records_every_option_that_changes_the_images(tmp_path: Path):

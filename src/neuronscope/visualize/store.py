@@ -31,6 +31,12 @@ from neuronscope.visualize import facets
 from neuronscope.visualize.results import UnitRender
 
 
+#: Part of every render job's key: raised when the same settings come to give other images, so that a job
+#: resumed after an upgrade does not keep the old renders as its own. 2: the FFT image at Lucid's scale
+#: (it was sqrt(H*W) times larger), each image seeded by its unit, the jitters folded into the resample.
+RENDER_VERSION = 2
+
+
 def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
     """Units and (rows, cols) of a layer, from one forward of a grey image."""
     height, width = model.preprocess.image_size
@@ -121,7 +127,7 @@ class FeatureVisWriter:
         """
         canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
         n_units, grid = layer_shape(model, canonical)
-        config = {**settings, "kind": kind}
+        config = {**settings, "kind": kind, "render_version": RENDER_VERSION}
         config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,
                                                               default=str).encode()).hexdigest()[:16]
         run_id = atlas.unfinished_run(config_key) or atlas.finished_run(config_key)
