@@ -5,7 +5,7 @@
 
 Each SETTING is ``lucid`` (``RenderConfig()``: Lucid's defaults) or space-separated ``field=value``
 changes to it (fields of ``RenderConfig``; values are Python literals, e.g. ``transforms='none'``). The
-tests' settings (``MINI_CLIP_RENDER`` in tests/test_featurevis.py) are ``decay_power=1.5``.
+tests' settings (``MINI_CLIP_RENDER`` in tests/test_featurevis.py) are ``decay_power=1.25``.
 
 For the card's multimodal units, one render per unit and seed, saved as PNG and read back through the preprocessing:
 

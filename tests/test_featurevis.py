@@ -229,9 +229,9 @@ MINI_CLIP_CARD = Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/min
 # resolution the renders saturate into texture that the zero-shot head rarely reads as the concept (3 of 11 a
 # seed, at every setting swept); see benchmarks/RESULTS.md and benchmarks/render_quality.py.
 #: Lucid's recipe (512 steps, lr 0.05, its standard transforms scaled to 64 px) with a steeper spectrum
-#: (decay power 1.5 instead of 1): the setting of benchmarks/render_quality.py's sweep whose renders the
+#: (decay power 1.25 instead of 1): the setting of benchmarks/render_quality.py's sweep whose renders the
 #: zero-shot head names as the concept most often.
-MINI_CLIP_RENDER = dict(decay_power=1.5)
+MINI_CLIP_RENDER = dict(decay_power=1.25)
 SEEDS = (0, 1, 2, 3, 4, 5)
 
 
@@ -279,12 +279,11 @@ def test_mini_clip_zero_shot_reads_the_concept_from_its_units_render(mini_clip, 
     the top class for at least 0.4 of the renders, median concept rank at most 3 (chance: a share of 1/43, a
     median rank of about 22).
 
-    Measured with MINI_CLIP_RENDER: 4, 5, 4, 6, 5 and 6 of 11 for seeds 0-5 (a share of 0.45), median rank 2.
+    Measured with MINI_CLIP_RENDER: 6, 5, 6, 6, 4 and 5 of 11 for seeds 0-5 (a share of 0.48), median rank 2.
     Six seeds, because one seed's count moves by one or two with float rounding alone (folding the jitters
-    into the affine resample, equal to 1e-14 in float64, moved seeds 0-2 from 4, 6, 5 to 4, 5, 4). The issue
-    asks for half: not reached with the FFT parameterization at Lucid's scale (Lucid's defaults 0.39 over the
-    same six seeds; lr 0.1, 1,024 steps, param_size 24-40, decay power 2: 0.33-0.42 on three;
-    benchmarks/RESULTS.md).
+    into the affine resample, equal to 1e-14 in float64, moved seeds 0-2 of decay power 1.5 from 4, 6, 5 to
+    4, 5, 4). The issue asks for half: not reached with the FFT parameterization at Lucid's scale (over the
+    same six seeds: Lucid's defaults 0.39, decay power 1.5 0.45, with lr 0.03 0.47; benchmarks/RESULTS.md).
     """
     from neuronscope.probing.zeroshot import ZeroShotClassifier
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
