@@ -231,7 +231,7 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
             probe = facet_probe(model, facet, atlas=atlas)
             render_faceted(model, layer, missing, probe, batch_size=settings.batch_size, config=config,
                            on_pass=writer, on_step=lambda done, total, f=facet: report(f"facet {f}", done, total))
-            summaries.append(f"{facet} (probe accuracy {min(probe.accuracy.values()):.2f} or better)")
+            summaries.append(f"{facet} (probe accuracy at least {min(probe.accuracy.values()):.2f} on every layer)")
         writer.finish()
         rendered += len(missing)
     if not rendered:

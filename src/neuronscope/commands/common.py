@@ -93,6 +93,10 @@ def cli_command(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Below this many seconds since a label's first report, a progress line gives no rate or ETA.
+MIN_RATE_SECONDS = 0.5
+
+
 class ProgressBars:
     """Progress of long jobs on stderr, one bar per label: a rich bar on a terminal, elsewhere (logs, CI)
     a line per label every ``every_s`` seconds with its rate and ETA. ``quiet`` prints nothing.
@@ -127,9 +131,14 @@ class ProgressBars:
                 self.tasks[label] = self.bars.add_task(label, total=total)
             self.bars.update(self.tasks[label], completed=done, total=total)
             return
-        if now - self.last_line.get(label, 0.0) >= self.every_s or done == total:
+        first = label not in self.last_line
+        if first or now - self.last_line[label] >= self.every_s or done == total:
             self.last_line[label] = now
-            rate = done / max(now - self.started[label], 1e-9)
+            elapsed = now - self.started[label]
+            if elapsed < MIN_RATE_SECONDS:  # a label's first report: no time has passed to measure a rate by
+                typer.echo(f"{label}: {done}/{total}", err=True)
+                return
+            rate = done / elapsed
             typer.echo(f"{label}: {done}/{total}, {rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s",
                        err=True)
 
