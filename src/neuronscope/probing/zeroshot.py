@@ -74,7 +74,11 @@ class ZeroShotClassifier:
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1], on the CPU (a result, compared
         with labels there, whatever device the model runs on)."""
-        logits = self.logit_scale * encode_pixels(self.model, pixels) @ self.text_features.T
+        return self.probabilities_of(encode_pixels(self.model, pixels))
+
+    def probabilities_of(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, C], on the CPU, for images already encoded: :func:`encode_pixels`' [N, D]."""
+        logits = self.logit_scale * image_features.to(self.text_features) @ self.text_features.T
         return logits.softmax(dim=-1).cpu()
 
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ class FFTImage(ImageParam):
         self.register_buffer("scale", scale.to(device))
         init = normal_init(batch, (2, 1, self.channels, *frequencies.shape), generator, batch_dim=1) * sd
         # Stored [B, C, H, W//2+1, 2 (re, im)] so that view_as_complex reads it without a copy; drawn as
-        # [2, ...] so that a seed gives the same start as before.
+        # [2 (re, im), ...] per image, the order the seeded starts have always been drawn in.
         self.spectrum = nn.Parameter(init.movedim(0, -1).contiguous().to(device))
 
     def raw(self) -> Tensor:

@@ -237,6 +237,7 @@ def generalization_scores(model: LoadedModel, split: TestSplit, world_dir: str |
     heldout_pixels, heldout_labels = split.pixels(heldout), split.concept_labels(heldout)
 
     classifier = ZeroShotClassifier.build(model, split.concepts, ZEROSHOT_TEMPLATE)
+    # Encoded once, for the zero-shot head and the probe alike.
     train_features = encode_pixels(model, train_pixels).cpu()  # [N_train, D]
     heldout_features = encode_pixels(model, heldout_pixels).cpu()  # [N_heldout, D]
     mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
@@ -246,8 +247,8 @@ def generalization_scores(model: LoadedModel, split: TestSplit, world_dir: str |
     def top1(predicted: torch.Tensor, truth: torch.Tensor) -> float:
         return round(float((predicted == truth).float().mean()), 4)
 
-    return {"drawings_train": top1(classifier.predict(train_pixels), train_labels),
-            "drawings_heldout": top1(classifier.predict(heldout_pixels), heldout_labels),
+    return {"drawings_train": top1(classifier.probabilities_of(train_features).argmax(dim=-1), train_labels),
+            "drawings_heldout": top1(classifier.probabilities_of(heldout_features).argmax(dim=-1), heldout_labels),
             "probe_drawings_heldout": top1(probe_predicted, heldout_labels),
             "train_images": len(labels)}
 
