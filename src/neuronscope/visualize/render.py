@@ -115,7 +115,7 @@ def render(
                        **({"decay_power": config.decay_power} if config.param == "fft" else {}))
     if transforms is None:
         transforms = (standard_transforms(size, pad=config.pad, jitter=config.jitter, scales=config.scales,
-                                          angles=config.angles)
+                                          angles=config.angles, out=input_size)
                       if config.transforms == "standard" else Transforms())
     if isinstance(transforms, Transforms):
         transforms.use_generators(generators)

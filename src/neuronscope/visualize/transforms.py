@@ -8,7 +8,8 @@ images share its batch (Lucid drew one jitter offset for the whole batch).
 Lucid's standard stack at 224 px is pad 12 -> jitter 8 -> scale 0.9..1.1 ->
 rotate -10..10 deg -> jitter 4; :func:`standard_transforms` scales the pixel
 amounts with the image size (a 64 px mini CLIP does not want 12 px of
-padding) and runs everything after the pad as one resample.
+padding) and runs it all, with the crop to the model's input, as one
+resample.
 """
 
 from __future__ import annotations
@@ -21,34 +22,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _affine_grid(cos: Tensor, sin: Tensor, before: Tensor, after: Tensor, jitter: tuple[int, int],
-                 images: Tensor) -> Tensor:
-    """The sampling grid [B, H2, W2, 2] of crop -> rotate-and-scale -> crop, per image, over ``images``.
+def _affine_grid(cos: Tensor, sin: Tensor, before: Tensor, after: Tensor, canvas: tuple[int, int],
+                 jitter: tuple[int, int], out: tuple[int, int], image: tuple[int, int], **options) -> Tensor:
+    """The sampling grid [B, H2, W2, 2] of crop -> rotate-and-scale -> crop, per image, over ``image``'s pixels.
 
-    ``before`` / ``after`` [B, 2] (y, x) are the offsets of the crops by ``jitter = (j1, j2)`` pixels
-    before and after the linear map [[cos, -sin], [sin, cos]] (about the first crop's centre, in its
-    normalised coordinates, as ``F.affine_grid`` has it). The crops only move where the map samples, so
-    they are translations of the grid: one resample, no per-image slicing. Built as one broadcast sum of a
-    row term [B, 1, W2, 2] and a column term [B, H2, 1, 2] (affine_grid's batched matmul with an inner
-    size of 3 costs more on a CPU than the resample's forward).
+    The map works on a ``canvas`` (the image with its grey padding, never materialised) cropped by
+    ``jitter[0]``; ``before`` / ``after`` [B, 2] (y, x) are the offsets of the crops before and after the
+    linear map [[cos, -sin], [sin, cos]] (about the first crop's centre, in its normalised coordinates, as
+    ``F.affine_grid`` has it), and ``after`` also places the ``out`` window in what the second crop leaves.
+    The crops only move where the map samples, so they are translations of the grid: one resample, no
+    per-image slicing. Built as one broadcast sum of a row term [B, 1, W2, 2] and a column term
+    [B, H2, 1, 2] (affine_grid's batched matmul with an inner size of 3 costs more on a CPU than the
+    resample's forward).
     """
-    height, width = images.shape[2:]
-    j1, j2 = jitter
-    h1, w1 = height - j1, width - j1  # the canvas the map works on
-    h2, w2 = h1 - j2, w1 - j2  # the output
-    options = dict(device=images.device, dtype=images.dtype)
+    height, width = canvas
+    h1, w1 = height - jitter[0], width - jitter[0]  # the canvas the map works on
+    h2, w2 = out
     cos, sin = cos.to(**options), sin.to(**options)
     before, after = before.to(**options), after.to(**options)
     # Output pixel centres in the first crop's normalised coordinates, shifted by the second crop: [B, W2], [B, H2].
     xs = ((torch.arange(w2, **options) + after[:, 1:]) * 2 + 1) / w1 - 1
     ys = ((torch.arange(h2, **options) + after[:, :1]) * 2 + 1) / h1 - 1
-    # From the first crop's normalised coordinates to the padded image's: scale by its share of the image,
-    # shift by its offset.
+    # From the first crop's normalised coordinates to the canvas's (scale by its share of the canvas, shift
+    # by its offset), then to the image's: the canvas is the image grown by its padding about the same
+    # centre, so its normalised coordinates are the image's scaled by canvas / image.
     share = torch.tensor([w1 / width, h1 / height], **options)
     shift = share - 1 + 2 * before.flip(1) / torch.tensor([width, height], **options)  # [B, 2] as (x, y)
+    to_image = torch.tensor([width / image[1], height / image[0]], **options)
+    shift, share = shift * to_image, share * to_image
     along_x = xs[:, None, :, None] * (torch.stack((cos, sin), dim=-1) * share)[:, None, None, :]  # [B, 1, W2, 2]
     along_y = ys[:, :, None, None] * (torch.stack((-sin, cos), dim=-1) * share)[:, None, None, :]  # [B, H2, 1, 2]
     return (along_x + shift[:, None, None, :]) + along_y
+
+
+def _window_offset(natural: int, wanted: int) -> int:
+    """Where a window of ``wanted`` pixels starts in ``natural`` ones: :class:`CropOrPad`'s centring
+    (a crop starts at half the excess rounded down; a grey pad puts half the shortfall, rounded down, first)."""
+    return (natural - wanted) // 2 if natural >= wanted else -((wanted - natural) // 2)
 
 
 class RandomTransform(nn.Module):
@@ -109,21 +119,29 @@ class Jitter(RandomTransform):
 
 class RandomAffine(RandomTransform):
     """Scale and rotate each image in one resample (a scale from ``scales``, an angle in degrees from ``angles``),
-    with random crops ``jitter = (before, after)`` pixels smaller on each side of it folded in.
+    with a grey border ``pad`` pixels wide, random crops ``jitter = (before, after)`` pixels smaller on each
+    side of the map and a centred window of ``size`` pixels all folded in.
 
-    Lucid resized, then rotated: two resamples, with its jitters as crops around them. One affine grid
-    does it all: the scale and angle, and the two jitters as translations of where it samples (each
-    image its own offsets, without slicing images one by one). It keeps the canvas size through the map
-    (a zoom-out fills with grey, a zoom-in crops). Where the padding is at least the first jitter (the
-    standard stack), the result is that of Jitter -> scale-and-rotate -> Jitter to float rounding; a crop
-    that would cut into the image itself samples the image there instead of grey.
+    Lucid padded, cropped, resized, rotated and cropped again: two resamples and three copies. One affine
+    grid does it all: the scale and angle, the two jitters as translations of where it samples (each image
+    its own offsets, without slicing images one by one), the padding as where it samples outside the image
+    (grey: the resample reads ``image - fill`` with zeros outside, and adds ``fill`` back), and the window as
+    which output pixels it computes. It keeps the canvas size through the map (a zoom-out fills with grey,
+    a zoom-in crops). The result is that of Pad -> Jitter -> scale-and-rotate -> Jitter -> CropOrPad(size)
+    to float rounding where the padding is at least the first jitter (the standard stack); a crop that
+    would cut into the image itself samples the image there instead of grey.
+
+    Args:
+        size: (H, W) of the output (default: the padded image less both jitters; a larger window extends
+            the map's view rather than framing it in grey as CropOrPad would).
     """
 
     def __init__(self, scales: Sequence[float], angles: Sequence[float], fill: float = 0.5,
-                 jitter: tuple[int, int] = (0, 0)) -> None:
+                 jitter: tuple[int, int] = (0, 0), pad: int = 0, size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.scales, self.angles, self.fill = tuple(scales), tuple(angles), fill
-        self.jitter = tuple(jitter)
+        self.jitter, self.pad = tuple(jitter), pad
+        self.size = tuple(size) if size is not None else None
 
     def forward(self, images: Tensor) -> Tensor:
         before_jitter, after_jitter = self.jitter
@@ -138,13 +156,20 @@ class RandomAffine(RandomTransform):
         after = picks[:, -2:] if after_jitter else none
         radians = degrees * (math.pi / 180)
         cos, sin = radians.cos() / scale, radians.sin() / scale  # output -> input coordinates: shrink to zoom in
-        grid = _affine_grid(cos, sin, before, after, self.jitter, images)
+        image = tuple(images.shape[2:])
+        canvas = tuple(side + 2 * self.pad for side in image)
+        natural = tuple(side - before_jitter - after_jitter for side in canvas)
+        out = self.size or natural
+        after = after + torch.tensor([_window_offset(n, o) for n, o in zip(natural, out)], dtype=torch.float64)
+        grid = _affine_grid(cos, sin, before, after, canvas, self.jitter, out, image,
+                            device=images.device, dtype=images.dtype)
         return F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False) + self.fill
 
     def extra_repr(self) -> str:
         return (f"scales={min(self.scales):g}..{max(self.scales):g}, "
-                f"angles={min(self.angles):g}..{max(self.angles):g} deg, jitter={self.jitter}")
+                f"angles={min(self.angles):g}..{max(self.angles):g} deg, jitter={self.jitter}, pad={self.pad}"
+                + (f", size={self.size}" if self.size else ""))
 
 
 class CropOrPad(nn.Module):
@@ -182,13 +207,15 @@ class Transforms(nn.Sequential):
 
 
 def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, jitter: int | None = None,
-                        scales: Sequence[float] | None = None, angles: Sequence[float] | None = None) -> Transforms:
+                        scales: Sequence[float] | None = None, angles: Sequence[float] | None = None,
+                        out: tuple[int, int] | None = None) -> Transforms:
     """Lucid's standard transforms, their pixel amounts scaled to the image's side (224 px = Lucid's).
 
     pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02 with angles -10..10 deg (0 five more
-    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px. The jitters and the scale and
-    angle are one :class:`RandomAffine` (one resample). A given ``jitter`` sets the first jitter, and half
-    of it (rounded down) the second: 0 turns both off.
+    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px. The padding, the jitters and the
+    scale and angle are one :class:`RandomAffine` (one resample). A given ``jitter`` sets the first jitter,
+    and half of it (rounded down) the second: 0 turns both off. ``out``: the (H, W) window of the result
+    (centred, as :class:`CropOrPad` would cut it; default: the padded image less both jitters).
     """
     side = size if isinstance(size, int) else max(size)
     ratio = side / 224
@@ -198,7 +225,7 @@ def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, 
 
     jitters = (scaled(8), scaled(4)) if jitter is None else (jitter, jitter // 2)
     return Transforms(
-        Pad(scaled(12) if pad is None else pad),
         RandomAffine(scales if scales is not None else [1 + (i - 5) / 50 for i in range(11)],
-                     angles if angles is not None else [*range(-10, 11), *[0] * 5], jitter=jitters),
+                     angles if angles is not None else [*range(-10, 11), *[0] * 5], jitter=jitters,
+                     pad=scaled(12) if pad is None else pad, size=out),
     )
