@@ -57,7 +57,7 @@ def build_atlas(path: Path, units: int, seed: int = 0) -> None:
     samples = ids[rng.integers(0, n_images, (units, n_bins, reservoir))]
     scan = LayerScan(
         model=MODEL, layer=LAYER, aliases=["neurons", "image_block_4/5/Add_6"], units=units, grid=grid,
-        count=100_000, mean=rng.normal(0, 1, units), std=rng.uniform(0.5, 2, units),
+        count=np.full(units, 100_000, np.int64), mean=rng.normal(0, 1, units), std=rng.uniform(0.5, 2, units),
         max=values[:, 0].astype(np.float64), min=rng.normal(-3, 1, units), map_mean=rng.normal(0, 1, units),
         top=Examples(top_ids, values, cells), bottom=Examples(top_ids[:, :4], -values[:, :4], cells[:, :4]),
         histogram=HistogramArrays(exponent=np.full(units, -4), first=np.full(units, -64),
@@ -90,8 +90,15 @@ def build_atlas(path: Path, units: int, seed: int = 0) -> None:
             atlas.set_label(MODEL, LAYER, unit, f"label {unit}", source="synthetic")
 
 
-def server_side_latency(atlas: Path, repeats: int) -> list[tuple[str, list[float]]]:
-    """Per page: server-side seconds of ``repeats`` requests, timed by an ASGI middleware."""
+def stored_units(atlas: Path) -> int:
+    """Units of the synthetic layer in an atlas this script built."""
+    with Atlas(atlas) as opened:
+        return opened.resolve_layer(MODEL, LAYER)["units"]
+
+
+def server_side_latency(atlas: Path, units: int, repeats: int) -> list[tuple[str, list[float]]]:
+    """Per page: server-side seconds of ``repeats`` requests (unit pages of units drawn from ``units``),
+    timed by an ASGI middleware."""
     from fastapi.testclient import TestClient
 
     from neuronscope.web import create_app
@@ -105,7 +112,7 @@ def server_side_latency(atlas: Path, repeats: int) -> list[tuple[str, list[float
         timings.append(time.perf_counter() - start)
 
     layer = f"/m/RN50x4/l/{LAYER}"
-    pages = [("home /", "/"), ("layer, page 1 (120 of 2560 cards)", layer),
+    pages = [("home /", "/"), (f"layer, page 1 ({min(120, units)} of {units} cards)", layer),
              ("layer, sorted by max", f"{layer}?sort=max"), ("layer, filtered by a word", f"{layer}?q=word42"),
              ("unit page", f"{layer}/u/{{unit}}"), ("unit JSON (/api)", f"/api{layer}/u/{{unit}}"),
              ("search page", "/search?q=word4")]
@@ -119,7 +126,7 @@ def server_side_latency(atlas: Path, repeats: int) -> list[tuple[str, list[float
             client.get(url.format(unit=0))  # warm: imports, template compile
             timings.clear()
             for _ in range(repeats):
-                client.get(url.format(unit=int(rng.integers(0, 2560)))).raise_for_status()
+                client.get(url.format(unit=int(rng.integers(0, units)))).raise_for_status()
             results.append((name, list(timings)))
     return results
 
@@ -130,7 +137,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def throughput(atlas: Path, clients: int, seconds: float) -> tuple[int, float, int]:
+def throughput(atlas: Path, units: int, clients: int, seconds: float) -> tuple[int, float, int]:
     """(requests answered, seconds, errors) for ``clients`` concurrent clients against `neuronscope serve`."""
     import httpx
 
@@ -155,7 +162,7 @@ def throughput(atlas: Path, clients: int, seconds: float) -> tuple[int, float, i
         async def client_loop(http, index: int, stop: float, counts: list[int]) -> None:
             rng = np.random.default_rng(index)
             while time.monotonic() < stop:
-                unit = int(rng.integers(0, 2560))
+                unit = int(rng.integers(0, units))
                 url = (layer, f"{layer}/u/{unit}", f"/api{layer}/u/{unit}")[int(rng.integers(0, 3))]
                 answer = await http.get(url)
                 counts[0 if answer.status_code == 200 else 1] += 1
@@ -180,21 +187,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--atlas", type=Path, help="reuse (or build here) the synthetic atlas")
+    parser.add_argument("--atlas", type=Path,
+                        help="reuse (or build here) the synthetic atlas; a reused one must have --units units")
     args = parser.parse_args()
     folder = tempfile.TemporaryDirectory(prefix="neuronscope-web-bench-")
     atlas = args.atlas or Path(folder.name) / "atlas"
-    if not (atlas / "atlas.sqlite").is_file():
+    if (atlas / "atlas.sqlite").is_file():
+        if (found := stored_units(atlas)) != args.units:  # its pages would not be the ones asked for
+            parser.error(f"{atlas} holds a synthetic atlas of {found} units: pass --units {found}, "
+                         f"or another --atlas to build one of {args.units}")
+        print(f"synthetic atlas: {found} units, reused from {atlas}")
+    else:
         start = time.perf_counter()
         build_atlas(atlas, args.units)
         print(f"synthetic atlas: {args.units} units built in {time.perf_counter() - start:.1f} s at {atlas}")
     print(f"CPU cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     print(f"server-side latency, {args.repeats} requests each (ms): median, p95")
-    for name, seconds in server_side_latency(atlas, args.repeats):
+    for name, seconds in server_side_latency(atlas, args.units, args.repeats):
         ms = sorted(1000 * s for s in seconds)
         p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
         print(f"  {name:<40} {statistics.median(ms):8.1f} {p95:8.1f}")
-    answered, elapsed, errors = throughput(atlas, args.clients, args.seconds)
+    answered, elapsed, errors = throughput(atlas, args.units, args.clients, args.seconds)
     print(f"throughput: {answered / elapsed:.1f} requests/s with {args.clients} concurrent clients "
           f"({answered} answered, {errors} not 200, {elapsed:.1f} s; layer, unit and JSON unit pages mixed)")
 
