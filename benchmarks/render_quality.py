@@ -36,6 +36,7 @@ from neuronscope.visualize import RenderConfig, render_units
 from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 from neuronscope.world.split import load_test_split
 
+
 def parse_setting(text: str) -> dict:
     """``"lucid"`` -> {}; ``"tv=3 decay_power=1.5"`` -> {"tv": 3, "decay_power": 1.5}."""
     if text == "lucid":
@@ -46,7 +47,11 @@ def parse_setting(text: str) -> dict:
         if field not in RenderConfig.__dataclass_fields__ or not value:
             raise SystemExit(f"{part!r}: use field=value with a RenderConfig field "
                              f"({', '.join(RenderConfig.__dataclass_fields__)})")
-        changes[field] = ast.literal_eval(value)
+        try:
+            changes[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"{part!r}: values are Python literals, e.g. transforms='none' "
+                             f"(quoted once more for the shell: \"transforms='none'\")") from None
     return changes
 
 
@@ -58,6 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    # Every setting parsed before the model loads: a typo in the last is not found after minutes of renders.
+    settings = [(setting, parse_setting(setting)) for setting in args.settings]
 
     card = json.loads((bundled_dir() / "mini_clip_card.json").read_text())["multimodal"]
     layer, units = card["layer"], [(u["unit"], u["concept"]) for u in card["units"]]
@@ -70,8 +77,7 @@ def main() -> None:
     concept = torch.tensor([names.index(c) for _, c in units])
     print(f"mini CLIP, {layer}, the card's {len(units)} units, seeds {seeds}")
 
-    for setting in args.settings:
-        changes = parse_setting(setting)
+    for setting, changes in settings:
         started = time.perf_counter()
         named, ranks, beats = [], [], []
         for seed in seeds:
