@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scan.py [--model tiny-rn] [--images 2000] [--batch-size 64]
                                         [--workers 1] [--threads 1] [--parts a,b,c,d]
+                                        [--precision auto]    # (d): always 1,000 and 10,000 PNGs of 64x64
 
 (a) images already at the model's input size (PNG files): scan throughput /
     forward throughput on pre-decoded tensors, same model, precision and batch;
@@ -16,7 +17,9 @@
     runs at the default precision of this machine (fp32 without native bf16,
     with channels_last for ResNets).
 (d) peak memory (max RSS of the scanning process) at 1k and 10k images, each in
-    a fresh subprocess.
+    a fresh subprocess (fixed sizes: 10,000 PNGs of 64x64 are written whatever
+    ``--images``; ``--model``, ``--weights``, ``--precision``, ``--batch-size``,
+    ``--workers`` and ``--threads`` apply).
 
 Weights are random by default (speed and memory do not depend on them); ``--weights default``
 takes the model's bundled or cached ones (e.g. the mini CLIP).
@@ -40,9 +43,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neuronscope.activations import Recorder, record, resolve_layers
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import forward_rate  # noqa: E402 - shared with words.py and gpu.py
+
+from neuronscope.activations import record, resolve_layers
 from neuronscope.atlas import Atlas
-from neuronscope.mining import ScanSettings, open_source, scan
+from neuronscope.mining import open_source, scan
 from neuronscope.mining.loader import decode_entry
 from neuronscope.models import load_model
 from neuronscope.runtime import Precision, seed_everything
@@ -69,20 +75,6 @@ def write_shard(path: Path, count: int, size: tuple[int, int], fmt: str = "PNG",
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
-
-
-def forward_rate(model, layers: list[str], images: int, batch_size: int, *, stop: bool) -> float:
-    """Images/s of forwards on pre-decoded tensors (stopping at ``layers`` when ``stop``)."""
-    height, width = model.preprocess.image_size
-    pixels = torch.randn(batch_size, 3, height, width)
-    batches = max(1, images // batch_size)
-    recorder = Recorder(model, layers, early_stop=True)
-    with torch.no_grad():
-        (recorder.run(pixels) if stop else model.encode_images(pixels))  # warm-up
-        start = time.perf_counter()
-        for _ in range(batches):
-            recorder.run(pixels) if stop else model.encode_images(model.prepare_images(pixels))
-    return rate(batches * batch_size, time.perf_counter() - start)
 
 
 def scan_rate(model, shard: Path, layers: list[str], batch_size: int, workers: int) -> tuple[float, int]:
@@ -162,7 +154,7 @@ torch.set_num_threads({threads})
 from neuronscope.atlas import Atlas
 from neuronscope.mining import open_source, scan
 from neuronscope.models import load_model
-model = load_model({model!r}, weights={weights!r})
+model = load_model({model!r}, weights={weights!r}, device="cpu", precision={precision!r})
 with tempfile.TemporaryDirectory() as atlas_dir, Atlas(atlas_dir) as atlas:
     outcome = scan(model, open_source({shard!r}), atlas, ["neurons"], batch_size={batch}, workers={workers},
                    thumbnails=False)
@@ -179,7 +171,8 @@ def part_d(model_name: str, args, work: Path) -> dict:
             target.addfile(member, source.extractfile(member))
     for name, shard in (("1k", small), ("10k", big)):
         code = MEMORY_CHILD.format(threads=args.threads, model=model_name, shard=str(shard), batch=args.batch_size,
-                                   workers=args.workers, weights=args.weights)
+                                   workers=args.workers, weights=args.weights,
+                                   precision=args.precision)
         output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
     results["growth"] = results["10k"]["max_rss_mb"] / results["1k"]["max_rss_mb"] - 1

@@ -15,31 +15,20 @@ positions = 9 images a word) and reduces per word. Target: >= 0.8
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from neuronscope.activations import Recorder
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import forward_rate  # noqa: E402 - shared with scan.py and gpu.py
+
 from neuronscope.activations.reduce import reduce_units
 from neuronscope.models import DEFAULT, load_model
 from neuronscope.probing.raster import RasterSettings
 from neuronscope.probing.vocab import load_vocabulary
 from neuronscope.probing.words import probe_words
 from neuronscope.runtime import seed_everything
-
-
-def forward_rate(model, layer: str, images: int, batch_size: int) -> float:
-    """Images/s of forwards to ``layer`` (early stop, spatial mean in the hook) on ready tensors."""
-    height, width = model.preprocess.image_size
-    pixels = model.preprocess.normalize(torch.rand(batch_size, 3, height, width))
-    batches = max(1, round(images / batch_size))
-    with Recorder(model, layer, early_stop=True, capture_fn=lambda a: reduce_units(a, "mean")) as recorder:
-        with torch.no_grad():
-            recorder.run(pixels[:2])  # warm-up
-            start = time.perf_counter()
-            for _ in range(batches):
-                recorder.run(pixels)
-    return batches * batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -67,7 +56,9 @@ def main() -> None:
           f"torch {torch.__version__}")
     forward, probe = [], []
     for _ in range(args.repeats):
-        forward.append(forward_rate(model, args.layer, images, args.batch_size))
+        # The probe reduces each map to its spatial mean in the hook: so does the bare side.
+        forward.append(forward_rate(model, args.layer, images, args.batch_size,
+                                    capture_fn=lambda a: reduce_units(a, "mean")))
         result = probe_words(model, args.layer, words, settings=settings, batch_size=args.batch_size,
                              workers=args.workers)
         probe.append(images / result.seconds)
