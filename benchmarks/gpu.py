@@ -13,7 +13,8 @@ takes about 20 s per 1,000 on one core: give the scan part that much more time.
     render every unit of the layer at ``--steps`` steps = ceil(units / batch) x steps x seconds per step.
     One render of ``--check-batch`` units at ``--check-steps`` steps is timed end to end to check the
     per-step figure.
-(2) Issue 5 (b) on the GPU: a render step / a bare forward+backward on the same batch, same layer.
+(2) Issue 5 (b) on the GPU: a render step / a bare forward+backward on the same batch, same layer. A render
+    step is timed between the render's per-step callbacks (set-up and the final image copy left out).
 (3) Issue 4 (a) on the GPU: ``scan`` over PNGs at the input size / a bare forward to the same layer
     (steady state and end to end).
 """
@@ -32,7 +33,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan import forward_rate, write_shard  # noqa: E402 - the CPU benchmark's helpers
+from _common import forward_rate, synchronize  # noqa: E402 - shared with scan.py and words.py
+from scan import write_shard  # noqa: E402 - the CPU benchmark's shard writer
 
 from neuronscope.activations import Recorder  # noqa: E402
 from neuronscope.atlas import Atlas  # noqa: E402
@@ -43,25 +45,33 @@ from neuronscope.runtime import seed_everything  # noqa: E402
 from neuronscope.visualize import RenderConfig, render  # noqa: E402
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn) -> float:
-    synchronize()
+def timed(device: torch.device, fn) -> float:
+    """Wall seconds of ``fn()``, the device synchronised before and after."""
+    synchronize(device)
     started = time.perf_counter()
     fn()
-    synchronize()
+    synchronize(device)
     return time.perf_counter() - started
 
 
 def render_step_seconds(model, layer: str, units: list[int], steps: int) -> float:
-    """Seconds per step of one batched render (redirect steps excluded), after a 3-step warm-up."""
+    """Seconds per step of one batched render (redirect steps excluded), after a 3-step warm-up.
+
+    Timed between the render's per-step callbacks (the device synchronised at each), from the end of its
+    first step to the end of its last: the render's set-up and the final copy of the image to the host are
+    outside, as they are outside the bare forward+backward it is compared with.
+    """
     objective = channel(layer, units)
     render(model, objective, batch=len(units), config=RenderConfig(steps=3, redirect_steps=0))
-    config = RenderConfig(steps=steps, redirect_steps=0)
-    return timed(lambda: render(model, objective, batch=len(units), config=config)) / steps
+    ends: list[float] = []
+
+    def step_done(done: int, total: int) -> None:
+        synchronize(model.device)
+        ends.append(time.perf_counter())
+
+    render(model, objective, batch=len(units), config=RenderConfig(steps=steps + 1, redirect_steps=0),
+           on_step=step_done)
+    return (ends[-1] - ends[0]) / steps
 
 
 def bare_step_seconds(model, layer: str, batch: int, steps: int) -> tuple[float, float]:
@@ -77,7 +87,7 @@ def bare_step_seconds(model, layer: str, batch: int, steps: int) -> tuple[float,
         step()
         with FlopCounterMode(display=False) as counter:
             step()
-        seconds = timed(lambda: [step() for _ in range(steps)]) / steps
+        seconds = timed(model.device, lambda: [step() for _ in range(steps)]) / steps
     return seconds, float(counter.get_total_flops())
 
 
@@ -95,7 +105,7 @@ def featurevis(model, args) -> dict:
                      "all_units_minutes": math.ceil(units / batch) * args.steps * step / 60})
         print(json.dumps({"featurevis": rows[-1]}), flush=True)
     check, check_steps = args.check_batch, args.check_steps
-    measured = timed(lambda: render(model, channel(args.layer, list(range(check))), batch=check,
+    measured = timed(model.device, lambda: render(model, channel(args.layer, list(range(check))), batch=check,
                                     config=RenderConfig(steps=check_steps)))
     estimate = next((r["render_step_s"] for r in rows if r["batch"] == check), None)
     return {"layer": name, "units": units, "steps": args.steps, "rows": rows,
@@ -139,6 +149,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (cpu only to try the script on a small model)")
     parser.add_argument("--precision", default="auto", help="auto (bf16 autocast on a GPU with bf16), fp32, ...")
     args = parser.parse_args()
+    if "scan" in args.parts.split(",") and args.images < 2 * args.scan_batch:
+        # The steady rate is taken from the end of the first batch to the end of the last: it needs two.
+        parser.error(f"--images {args.images} is under two --scan-batch {args.scan_batch} batches: "
+                     f"pass --images {2 * args.scan_batch} or more")
     seed_everything(0)
     torch.backends.cudnn.benchmark = True
     model = load_model(args.model, weights="random", device=args.device, precision=args.precision)
