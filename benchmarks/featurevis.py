@@ -12,12 +12,14 @@
     so the render's hooks never see it, runs between every two render steps) and the ratio is of their
     medians: load from other processes falls on both sides alike. Redirected-ReLU steps are excluded
     from both sides (they are the first 16 of 512).
-(c) RN50x4 seconds per step at batch 1 and 8, bf16 autocast (forced) vs fp32.
+(c) RN50x4 seconds per step at batch 1 and 8, bf16 autocast (forced) vs fp32, each after a 1-step render at
+    the same batch (the first render of a precision and shape pays oneDNN's kernel set-up).
 All ratios are measured side by side in one run; figures go in benchmarks/RESULTS.md.
 
 Times are this process's CPU seconds (``time.process_time``), not wall time: on a shared machine other
 processes' load inflates wall time unevenly between the two sides of a ratio, while the CPU time of a
-one-thread run is what the work costs. ``--wall`` switches to wall time (use it on a quiet machine or a GPU).
+one-thread run is what the work costs. ``--wall`` switches to wall time (use it on a quiet machine; every model
+here loads on the CPU, for GPU figures see benchmarks/gpu.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ clock = time.process_time
 
 
 def seconds_per_step(model: LoadedModel, units: list[int], steps: int, layer: str = "neurons") -> float:
-    """Wall seconds per step of one render of ``units`` (one image each), redirect steps excluded."""
+    """Seconds (``clock``: CPU, or wall with ``--wall``) per step of one render of ``units`` (one image each),
+    redirect steps excluded, after an untimed 1-step render of the same batch."""
+    render(model, channel(layer, units), batch=len(units), config=RenderConfig(steps=1, redirect_steps=0))
     config = RenderConfig(steps=steps, redirect_steps=0)
     started = clock()
     render(model, channel(layer, units), batch=len(units), config=config)
