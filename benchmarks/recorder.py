@@ -7,7 +7,8 @@ forward of RN50x4 on the same batch with and without a Recorder on one layer
 (``neurons``, 2560 x 9 x 9), interleaved, and prints the ratio of the fastest
 runs (target <= 1.05). Then, in fp32, times recording ``visual.layer3.*``
 with early stop against the same recording without it. Like with like: same
-model, layer, precision and batch on both sides of every ratio.
+model, layer, precision and batch on both sides of every ratio; each side is
+warmed up at the timed batch, and the side that runs first alternates.
 """
 
 from __future__ import annotations
@@ -45,11 +46,17 @@ def recorded_forward(model: LoadedModel, pixels: torch.Tensor, layers: str, earl
 
 
 def compare(label: str, first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Interleave the two, ``repeats`` times each; returns the fastest time of each."""
+    """Interleave the two, ``repeats`` times each; returns the fastest time of each.
+
+    Both are warmed up first (one untimed run each: oneDNN builds its kernels for a new shape or layout on
+    first use), and the side that runs first alternates, so neither always runs on a cold cache.
+    """
+    first(), second()
     times_first, times_second = [], []
-    for _ in range(repeats):
-        times_first.append(timed(first))
-        times_second.append(timed(second))
+    for repeat in range(repeats):
+        order = [(first, times_first), (second, times_second)]
+        for run, times in order if repeat % 2 == 0 else order[::-1]:
+            times.append(timed(run))
     print(f"  {label}: {', '.join(f'{t:.2f}' for t in times_first)} s | {', '.join(f'{t:.2f}' for t in times_second)} s"
           f"  (medians {statistics.median(times_first):.2f} / {statistics.median(times_second):.2f})")
     return min(times_first), min(times_second)
@@ -82,8 +89,6 @@ def main() -> None:
         if loaded is None:  # bf16: the same weights, converted after the fp32 runs
             bf16.prepare(model.module)
             loaded = dataclasses.replace(model, precision=bf16)
-        warmup = plain_forward(loaded, pixels[:1])
-        warmup(), warmup()  # oneDNN builds its kernels on first use
         print(f"{name}: forward without | with a Recorder on 'neurons'")
         plain, recorded = compare("times", plain_forward(loaded, pixels),
                                   recorded_forward(loaded, pixels, "neurons", early_stop=False), repeats)
