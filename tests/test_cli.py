@@ -122,3 +122,33 @@ def test_progress_bars_write_a_line_per_label_off_a_terminal(capsys, monkeypatch
     assert lines == ["visualize plain (steps): 1/4", "words: 10/10", "visualize plain (steps): 4/4, 2.0/s, ETA 0 s"]
     ProgressBars(quiet=True)("words", 1, 2)
     assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_ends_the_command_quietly_with_exit_0():
+    """``neuronscope models | head -1``: the reader leaving early is not an error (was ``error: BrokenPipeError``)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "neuronscope", "models"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first line: every write hits a closed pipe
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0, stderr
+    assert stderr == ""
+
+
+def test_broken_pipe_in_a_command_exits_0(monkeypatch):
+    import io
+    import sys
+
+    import typer
+
+    from neuronscope.commands.common import cli_command
+
+    def command(debug: bool = False) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no descriptor: the test's own stdout stays as it is
+    with pytest.raises(typer.Exit) as raised:
+        cli_command(command)()
+    assert raised.value.exit_code == 0

@@ -83,6 +83,9 @@ def cli_command(func: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            _silence_stdout()  # the reader (``| head``) has all it wanted: not a failure
+            raise typer.Exit(0) from None
         except Exception as err:  # noqa: BLE001 - the one place that turns crashes into one line
             if debug:
                 raise
@@ -91,6 +94,18 @@ def cli_command(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of the closed pipe does not
+    raise (and print) the BrokenPipeError again at exit."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stdout (tests) has no descriptor to re-point
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 #: Below this many seconds since a label's first report, a progress line gives no rate or ETA.
