@@ -48,3 +48,20 @@ def test_map_grid_of_maps_tokens_and_vectors():
     assert map_grid(torch.zeros(2, 8, 3, 5)) == (3, 5)
     assert map_grid(torch.zeros(2, 17, 8), grid=(4, 4)) == (4, 4)
     assert map_grid(torch.zeros(2, 17, 8)) == (1, 1) and map_grid(torch.zeros(2, 8)) == (1, 1)
+
+
+def test_record_refuses_a_reduction_that_is_not_a_name_before_any_forward(tiny_rn):
+    """``reduce=spatial_mean`` (the function, not its name) is refused up front with the names to use,
+    not inside the first forward's hook."""
+    from neuronscope.activations import record
+
+    calls = []
+    handle = tiny_rn.image_module.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match='reduce="mean" for spatial_mean'):
+            record(tiny_rn, torch.zeros(1, 3, 64, 64), ["neurons"], reduce=spatial_mean)
+    finally:
+        handle.remove()
+    assert calls == []
+    (values,) = record(tiny_rn, torch.zeros(1, 3, 64, 64), ["neurons"], reduce="center").values()
+    assert values.ndim == 2

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.recorder import Images, Recorder
-from neuronscope.activations.reduce import reduce_units
+from neuronscope.activations.reduce import REDUCTIONS, reduce_units
 from neuronscope.models.loaded import LoadedModel
 
 
@@ -58,6 +58,10 @@ def record(
     Returns:
         Tensors on the model's device, concatenated over batches, in float32.
     """
+    if reduce is not None and reduce not in (*REDUCTIONS, "center"):
+        # Checked here, not in the hook: a function passed for its name would fail inside the first forward.
+        raise ValueError(f"reduce={reduce!r}: give a reduction's name, one of {', '.join(REDUCTIONS)} "
+                         f"(e.g. reduce=\"mean\" for spatial_mean)")
     grid = model.token_grid if isinstance(model, LoadedModel) else None
 
     def reduce_in_hook(acts: Tensor) -> Tensor:
