@@ -371,7 +371,7 @@ def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(
                                     on_pass=lambda batch: passes.append([(r.unit, r.index) for r in batch]))
     assert passes == [[(u, k) for u in (4, 5) for k in range(3)], [(6, 0), (6, 1), (6, 2)]]
     assert [r.extra["strength"] for r in renders[:3]] == [0.5, 1.0, 5.0]
-    with pytest.raises(NeuronscopeError, match="facet probes are on visual.layer3.0.*render visual.layer3.0 or"):
+    with pytest.raises(NeuronscopeError, match="the facet probe reads visual.layer3.0, which runs after visual.layer2.0: render a unit of visual.layer3.0 or"):
         facets.render_faceted(tiny_rn, "visual.layer2.0", [0], probe, config=RenderConfig(steps=1))
 
 
@@ -472,7 +472,7 @@ def test_cli_records_every_option_that_changes_the_images(tmp_path: Path):
     (("--facet", "text", "--generic", "."), "the built-in facet 'text' brings its own"),
     (("--generic", "."), "--generic goes with --facet"),
     (("--facet-strengths", "3"), "--facet-strengths goes with --facet"),
-    (("--layer", "visual.layer2.0", "--facet", "drawing"), "facet probes are on visual.layer3.0"),
+    (("--layer", "visual.layer2.0", "--facet", "drawing"), "the facet probe reads visual.layer3.0"),
 ])
 def test_cli_refuses_a_bad_facet_before_it_opens_the_atlas(tmp_path: Path, args, message):
     atlas = tmp_path / "atlas"

@@ -94,8 +94,9 @@ def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | N
     fired = list(recorder.activations)  # in firing order
     later = [name for name in layers if fired.index(name) > fired.index(unit_layer)]
     if later:
-        raise NeuronscopeError(f"facet probes are on {', '.join(layers)}, and {', '.join(later)} runs after "
-                               f"{unit_layer}, which cannot use it: render {layers[-1]} or a later layer")
+        runs = "runs" if len(later) == 1 else "run"
+        raise NeuronscopeError(f"the facet probe reads {', '.join(later)}, which {runs} after {unit_layer}: render "
+                               f"a unit of {layers[-1]} or a later layer")
 
 
 # --------------------------------------------------------------------------- facet images
