@@ -116,6 +116,14 @@ def test_label_command_then_show(scanned):
     assert '"stripes"' in text and "unit 5" in text
 
 
+def test_label_needs_unit(scanned):
+    """Without --unit, label refuses (it silently relabelled unit 0)."""
+    result = runner.invoke(app, ["label", str(scanned), "stripes"])
+    assert result.exit_code == 2 and "--unit" in result.output
+    record = json.loads(runner.invoke(app, ["show", str(scanned), "--unit", "0", "--json"]).stdout)
+    assert record["label"] is None
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_a_missing_or_broken_histogram_file_reads_as_no_histogram(scanned, tmp_path, damage):
     # A rescan removes the previous run's file after its commit; a reader in between, or a partly

@@ -75,8 +75,9 @@ def _number(value: float | None, spec: str = ".4g") -> str:
 def label(
     atlas: AtlasArg,
     text: Annotated[str, typer.Argument(metavar="TEXT", help="The label, e.g. \"cat (drawn or written)\".")],
+    # No default: a forgotten --unit would silently replace unit 0's label.
+    unit: Annotated[int, typer.Option("--unit", "-u", min=0, help="The unit to label (required).")],
     layer: LayerOpt = "neurons",
-    unit: Annotated[int, typer.Option("--unit", "-u", min=0, help="The unit to label.")] = 0,
     model: ModelOpt = None,
     source: Annotated[str, typer.Option("--source", help="Who wrote the label.")] = "user",
     json_out: JsonOpt = False,
