@@ -37,6 +37,15 @@ def test_new_atlas_has_schema_version_wal_and_every_table(tmp_path):
                       "texts", "featurevis", "families"}
 
 
+def test_an_existing_file_is_refused_as_an_atlas_folder(tmp_path):
+    """--out naming a file: one AtlasError that says what to give (was FileExistsError from mkdir)."""
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(AtlasError, match="is a file, not an atlas folder"):
+        Atlas(path)
+    assert path.read_text() == "mine"
+
+
 def test_migrations_run_in_order_and_newer_atlases_are_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "atlas.sqlite", isolation_level=None)
     assert ensure_schema(db, target=1) == 0

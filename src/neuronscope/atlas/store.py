@@ -126,6 +126,9 @@ class Atlas:
         if not (self.path / DB_NAME).is_file():
             if not create or read_only:
                 raise AtlasError(f"{self.path} is not an atlas (no {DB_NAME}); fill one with `neuronscope scan --out`")
+            if self.path.exists() and not self.path.is_dir():
+                raise AtlasError(f"{self.path} is a file, not an atlas folder: give a new or existing atlas "
+                                 f"directory with --out")
             self.path.mkdir(parents=True, exist_ok=True)
         if read_only:
             # check_same_thread=False: a server may open it in one thread and read in another (one at a time).
