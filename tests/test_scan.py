@@ -407,3 +407,12 @@ def test_a_folder_of_only_broken_files_gives_empty_units(tiny_rn, tmp_path):
     assert record_["histogram"]["counts"] == []
     text = CliRunner().invoke(app, ["show", str(tmp_path / "atlas"), "--unit", "3"])
     assert text.exit_code == 0 and "no images were scanned" in text.stdout
+
+
+def test_an_unknown_layer_is_refused_before_the_atlas_is_created(images, tmp_path):
+    """``scan --layers act4``: the error, and no empty atlas left behind for ``show`` to open."""
+    out = tmp_path / "atlas"
+    result = CliRunner().invoke(app, ["scan", "--model", "tiny-rn", "--weights", "random", "--layers", "act4",
+                                      "--images", str(images), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1 and "act4" in result.stderr
+    assert not out.exists()

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.activations.names import split_layer_list
+from neuronscope.activations.names import resolve_layers, split_layer_list
 from neuronscope.atlas import Atlas
 from neuronscope.commands.common import (
     BatchSizeOpt,
@@ -126,6 +126,8 @@ def scan(
     if len(source) == 0:
         raise NeuronscopeError(f"--images {images}: no image files found (looked for .jpg .png .webp .gif .bmp .tif)")
     loaded = load_cli_model(model, weights, device, precision)
+    # An unknown layer fails here, before the atlas is opened: a refused scan leaves no empty atlas behind.
+    canonical = resolve_layers(loaded.module, split_layer_list(layers), loaded.layer_aliases, model_key=loaded.key)
     report = ProgressReport(len(source), quiet=json_out and not sys.stderr.isatty())
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:
@@ -135,9 +137,9 @@ def scan(
                            command=_command_line(loaded.key, layers, source.name, out, top_k, precision, seed,
                                                  max_pixels), on_batch=report)
             if backend == "ray":
-                outcome = scan_ray(loaded, source, atlas, split_layer_list(layers), address=ray_address, **options)
+                outcome = scan_ray(loaded, source, atlas, canonical, address=ray_address, **options)
             else:
-                outcome = run_scan(loaded, source, atlas, split_layer_list(layers), **options)
+                outcome = run_scan(loaded, source, atlas, canonical, **options)
     finally:
         report.close()
     units = sum(layer.units for layer in outcome.layers)
