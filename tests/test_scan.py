@@ -416,3 +416,9 @@ def test_an_unknown_layer_is_refused_before_the_atlas_is_created(images, tmp_pat
                                       "--images", str(images), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 1 and "act4" in result.stderr
     assert not out.exists()
+
+
+def test_scan_help_shows_the_ray_extra():
+    """Rich markup swallowed ``[distributed]`` from ``pip install 'neuronscope[distributed]'``."""
+    result = CliRunner().invoke(app, ["scan", "--help"])
+    assert result.exit_code == 0 and "'neuronscope[distributed]'" in result.output

@@ -112,7 +112,8 @@ def scan(
 ) -> None:
     """Scan images through a model: per unit the top-k images (with the cell that fired), bottom-k, stats
     and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes.
-    ``--backend ray`` runs it on Ray (pip install 'neuronscope[distributed]')."""
+    ``--backend ray`` runs it on Ray (pip install 'neuronscope\\[distributed]')."""
+    # The docstring's "\\[" keeps Rich's --help from reading [distributed] as markup and dropping it.
     if not images or not out:
         raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
     if backend not in ("local", "ray"):
