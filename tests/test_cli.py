@@ -25,6 +25,7 @@ def test_layers_rn50x4_json_shows_the_papers_layer(monkeypatch, rn50x4):
         return rn50x4  # RN50x4 is built once per session; the command must ask for random weights
 
     monkeypatch.setattr(layers_command, "load_model", session_model)
+    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: None)  # none cached
     result = invoke("layers", "RN50x4", "--json")
     assert result.exit_code == 0, result.output
     assert asked == [("RN50x4", "random")]
@@ -57,6 +58,19 @@ def test_layers_of_a_model_that_names_its_weights(tmp_path, tiny_rn):
     result = invoke("layers", str(folder), "--match", "neurons")
     assert result.exit_code == 0, result.output
     assert "@sha256:" in result.stdout.splitlines()[0]
+
+
+def test_layers_of_a_bare_name_use_the_default_weights_when_at_hand(monkeypatch, tmp_path):
+    """``mini-clip`` means ``mini-clip@bundled`` (was printed as mini-clip@random); a cached tag is used as
+    well; a default that needs a download is never fetched: random then."""
+    result = invoke("layers", "mini-clip", "--match", "neurons")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("mini-clip@bundled:")
+    assert layers_command._weights_for_layers("tiny-rn", "random") == "random"
+    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: None)
+    assert layers_command._weights_for_layers("RN50x4", None) == "random"
+    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: tmp_path / "w.pt")
+    assert layers_command._weights_for_layers("RN50x4", None) == "default"
 
 
 def test_models_lists_architectures_and_tags():

@@ -21,7 +21,7 @@ from neuronscope.commands.common import (
     cli_command,
     print_json,
 )
-from neuronscope.models import DEFAULT, RANDOM, load_model, split_model_name
+from neuronscope.models import DEFAULT, RANDOM, download, get_architecture, load_model, split_model_name
 from neuronscope.runtime import seed_everything
 
 
@@ -38,9 +38,9 @@ def layers(
 ) -> None:
     """List layers (outputs and :input entries) with shapes at the model's input size.
 
-    Runs one dummy forward; without --weights the weights are random (shapes do
-    not depend on them), so nothing is ever downloaded, unless the model names
-    its own weights (NAME@WEIGHTS or a checkpoint PATH).
+    Runs one dummy forward; without --weights: the default weights when they need
+    no download (bundled, or in the local cache), else random (shapes do not
+    depend on them), so nothing is ever downloaded.
     """
     seed_everything(seed)
     chosen = choose_model(model_arg, model)
@@ -62,15 +62,28 @@ def layers(
 
 
 def _weights_for_layers(model: str, weights: str | None) -> str:
-    """``--weights`` as given; omitted: the weights the model names itself, else random.
+    """``--weights`` as given; omitted: the model's default weights when they are at hand (bundled or in the
+    local cache), else random: shapes do not depend on weights, and nothing is ever downloaded for them.
 
     ``NAME@WEIGHTS`` and a checkpoint path already say which weights they are,
     so passing ``random`` beside them would be a conflict, not a default.
     """
     if weights:
         return weights
-    _, inline = split_model_name(model)
-    return DEFAULT if inline is not None or os.path.exists(model) else RANDOM
+    name, inline = split_model_name(model)
+    if inline is not None or os.path.exists(model):
+        return DEFAULT
+    return DEFAULT if _default_weights_at_hand(name) else RANDOM
+
+
+def _default_weights_at_hand(name: str) -> bool:
+    """Whether an omitted ``--weights`` loads without a download (``mini-clip`` means ``mini-clip@bundled``)."""
+    if name.startswith("hf-hub:"):
+        return download.find_cached_repo(name[len("hf-hub:"):]) is not None
+    arch = get_architecture(name)  # an unknown name fails here, with its close matches
+    if arch.default_weights is not None:  # bundled (or random): in the package
+        return True
+    return any(download.find_cached(cfg) is not None for cfg in arch.tags.values())
 
 
 def register(app: typer.Typer) -> None:
