@@ -369,6 +369,21 @@ def test_attribute_prints_units_sorted_by_score(tmp_path, own_images):
     assert len(scores) == 7 and scores == sorted(scores, reverse=True)
 
 
+def test_attribute_takes_several_prompts_in_order():
+    """Repeated --prompt: a list of each prompt's object, in order (it kept only the last prompt). The two
+    runs agree because --seed also fixes --weights random's init (it fixed only the image sample)."""
+    common = ["attribute", "--model", "tiny-rn", "--weights", "random", "--layer", "neurons", "--top", "5",
+              "--sample", "4", "--json"]
+    both = json.loads(_invoke(*common, "--prompt", "a star", "--prompt", "a fish").stdout)
+    assert isinstance(both, list) and [entry["prompt"] for entry in both] == ["a star", "a fish"]
+    alone = json.loads(_invoke(*common, "--prompt", "a fish").stdout)
+    assert isinstance(alone, dict) and alone["prompt"] == "a fish"
+    assert [e["unit"] for e in both[1]["units"]] == [e["unit"] for e in alone["units"]]
+    assert [e["score"] for e in both[1]["units"]] == pytest.approx([e["score"] for e in alone["units"]], rel=1e-5)
+    text = _invoke(*common[:-1], "--prompt", "a star", "--prompt", "a fish").stdout
+    assert "units that 'a star' reads from" in text and "units that 'a fish' reads from" in text
+
+
 def test_attribute_textvis_and_emotions_fill_an_atlas(tmp_path):
     out = tmp_path / "atlas"
     vocab = tmp_path / "words.txt"

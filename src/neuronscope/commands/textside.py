@@ -24,6 +24,7 @@ from neuronscope.commands.common import (
     print_json,
 )
 from neuronscope.probing.vocab import vocabulary_name
+from neuronscope.runtime import seed_everything
 from neuronscope.errors import NeuronscopeError
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
@@ -70,7 +71,8 @@ def attribute(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="A text, e.g. 'a photo of a spider'.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option(
+        "--prompt", "-p", help="A text, e.g. 'a photo of a spider'; repeat for several.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Units printed for --prompt.")] = 20,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Store each unit's top texts of --vocab "
                                                                    "in this atlas.")] = None,
@@ -90,12 +92,14 @@ def attribute(
     debug: DebugOpt = False,
 ) -> None:
     """Text -> units: the units of a layer that a prompt reads from (gradient x activation of the image-text
-    logit, averaged over an image sample weighted by how much the prompt retrieves each image). With --out,
+    logit, averaged over an image sample weighted by how much the prompt retrieves each image); --prompt
+    may be repeated (--json: a list, one object per prompt). With --out,
     unit -> texts: every vocabulary entry is scored once and each unit's top texts are stored in the atlas."""
-    from neuronscope.probing.attribution import attribute_texts, compute_basis
+    from neuronscope.probing.attribution import compute_basis
 
     _require(model, None)
-    if prompt is None and not out:
+    prompts = list(prompt or [])
+    if not prompts and not out:
         raise NeuronscopeError("give --prompt TEXT (which units it reads from) and/or --out ATLAS "
                                "(store each unit's top texts of --vocab)")
     if "{}" not in template:
@@ -104,19 +108,19 @@ def attribute(
 
     entries = load_vocabulary(vocab) if out else []  # a missing file or wordfreq fails before any compute
     started = time.monotonic()
+    seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
     loaded = load_cli_model(model, weights, device, precision)
     chosen = _layer_units(loaded, layer, units) if out else []
     image_sample = _image_sample(loaded, images, sample, seed)
-    if prompt is not None:
-        result = attribute_texts(loaded, layer, [prompt], image_sample, batch_size=batch_size)
-        payload = result.to_json(0, top)
+    if prompts:
+        payloads = _attribute_prompts(loaded, layer, prompts, image_sample, top, batch_size)
+        # One prompt: its object (as ever); several: a list of them, in the order given (like `show --unit`).
+        payload = payloads[0] if len(payloads) == 1 else payloads
         if not out:
             if json_out:
                 print_json(payload)
             else:
-                typer.echo(f"{result.model} {result.layer}: units that {prompt!r} reads from")
-                for entry in payload["units"]:
-                    typer.echo(f"  unit {entry['unit']:>6}  {entry['score']:+.4f}")
+                _print_prompt_units(payloads)
             return
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
     from neuronscope.probing.zeroshot import encode_texts
@@ -137,13 +141,29 @@ def attribute(
         atlas.finish_run(run_id, images=len(image_sample.pixels))
     report = _fill_report(out, run_id, basis.model, basis.layer, len(chosen), started, vocabulary=vocab_name,
                           texts=len(texts))
-    if prompt is not None:
+    if prompts:
         report["prompt"] = payload
     if json_out:
         print_json(report)
         return
     typer.echo(f"{basis.model}: top {top_k} of {len(texts)} texts ({vocab_name}) for {len(chosen)} units of "
                f"{basis.layer} into {out} (run {run_id}) in {report['seconds']:.1f} s")
+
+
+def _attribute_prompts(model, layer: str, prompts: list[str], image_sample, top: int,
+                       batch_size: int) -> list[dict]:
+    """Each prompt's ``{"model", "layer", "prompt", "units"}``, its ``top`` units best first."""
+    from neuronscope.probing.attribution import attribute_texts
+
+    result = attribute_texts(model, layer, prompts, image_sample, batch_size=batch_size)
+    return [result.to_json(index, top) for index in range(len(prompts))]
+
+
+def _print_prompt_units(payloads: list[dict]) -> None:
+    for payload in payloads:
+        typer.echo(f"{payload['model']} {payload['layer']}: units that {payload['prompt']!r} reads from")
+        for entry in payload["units"]:
+            typer.echo(f"  unit {entry['unit']:>6}  {entry['score']:+.4f}")
 
 
 def textvis(
@@ -185,6 +205,7 @@ def textvis(
     settings = TextVisSettings(lengths=length_values, restarts=restarts, steps=steps, candidates=candidates,
                                prior_weight=prior, keep=top_k, seed=seed)  # refuses lengths below 1
     started = time.monotonic()
+    seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
     loaded = load_cli_model(model, weights, device, precision)
     chosen = _layer_units(loaded, layer, units)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
@@ -244,6 +265,7 @@ def emotions(
     check_emotion_words(words)
     english = load_vocabulary("english-10k") if drop_lexical else []
     started = time.monotonic()
+    seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
     loaded = load_cli_model(model, weights, device, precision)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
     dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
