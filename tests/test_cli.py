@@ -166,3 +166,32 @@ def test_broken_pipe_in_a_command_exits_0(monkeypatch):
     with pytest.raises(typer.Exit) as raised:
         cli_command(command)()
     assert raised.value.exit_code == 0
+
+
+@pytest.mark.parametrize("command", [
+    ["scan", "--model", "mini-clip", "--images", "IMAGES"],
+    ["visualize", "--model", "mini-clip", "--units", "0"],
+    ["words", "--model", "mini-clip", "--vocab", "colours"],
+    ["attribute", "--model", "mini-clip", "--prompt", "a star"],
+    ["textvis", "--model", "mini-clip", "--units", "0"],
+    ["emotions", "--model", "mini-clip"],
+    ["reproduce", "words", "--weights", "random"],
+    ["world", "eval"],
+])
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(monkeypatch, tmp_path, command):
+    """A wrong --out costs nothing computed: every atlas-writing command refuses a file up front, not after
+    its basis, probe or evaluation."""
+    import neuronscope.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(neuronscope.models, "load_model", no_loading)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    args = [str(tmp_path / "images") if arg == "IMAGES" else arg for arg in command]
+    result = invoke(*args, "--out", str(target))
+    assert result.exit_code == 1 and "is a file, not an atlas folder" in result.output, result.output
+    assert target.read_text() == "mine"

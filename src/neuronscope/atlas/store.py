@@ -39,6 +39,14 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
 DB_NAME = "atlas.sqlite"
 
 
+def check_atlas_target(path: str | Path) -> None:
+    """Refuse a path no atlas can be made at (an existing file): commands call it before their work, so a
+    wrong ``--out`` costs nothing computed."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AtlasError(f"{path} is a file, not an atlas folder: give a new or existing atlas directory with --out")
+
+
 class AtlasError(NeuronscopeError, LookupError):
     """An atlas that is missing, or asked for a model, layer or unit it does not hold."""
 
@@ -126,9 +134,7 @@ class Atlas:
         if not (self.path / DB_NAME).is_file():
             if not create or read_only:
                 raise AtlasError(f"{self.path} is not an atlas (no {DB_NAME}); fill one with `neuronscope scan --out`")
-            if self.path.exists() and not self.path.is_dir():
-                raise AtlasError(f"{self.path} is a file, not an atlas folder: give a new or existing atlas "
-                                 f"directory with --out")
+            check_atlas_target(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
         if read_only:
             # check_same_thread=False: a server may open it in one thread and read in another (one at a time).

@@ -58,7 +58,7 @@ def reproduce_words(
     debug: DebugOpt = False,
 ) -> None:
     """Probe RN50x4 image_block_4/5/Add_6 with rastered words and compare with the article's top-3 words."""
-    from neuronscope.atlas import Atlas
+    from neuronscope.atlas import Atlas, check_atlas_target
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
     from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.words import probe_words, save_word_probe
@@ -66,6 +66,8 @@ def reproduce_words(
     if not weights:
         raise NeuronscopeError("reproduce words needs --weights PATH to OpenAI's RN50x4 weights "
                                "(or --weights random for the chance figure)")
+    if out:
+        check_atlas_target(out)
     settings = raster_settings(sizes, positions, fonts)
     vocabulary = load_vocabulary(vocab)
     loaded = load_cli_model(PAPER_MODEL, weights, device, precision)

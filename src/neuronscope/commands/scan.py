@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.activations.names import resolve_layers, split_layer_list
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     BatchSizeOpt,
     DebugOpt,
@@ -116,6 +116,7 @@ def scan(
     # The docstring's "\\[" keeps Rich's --help from reading [distributed] as markup and dropping it.
     if not images or not out:
         raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
+    check_atlas_target(out)
     if backend not in ("local", "ray"):
         raise NeuronscopeError(f"--backend {backend}: choose local or ray")
     if backend == "ray":

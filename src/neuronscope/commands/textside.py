@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     BatchSizeOpt,
     DebugOpt,
@@ -60,6 +60,8 @@ def _require(model: str | None, out: str | None = "", what: str = "") -> None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
     if out is not None and not out:
         raise NeuronscopeError(f"{what} needs --out ATLAS (the atlas directory to write into)")
+    if out:
+        check_atlas_target(out)
 
 
 def _fill_report(out: str, run_id: int, model: str, layer: str, units: int, started: float, **extra) -> dict:
@@ -97,7 +99,7 @@ def attribute(
     unit -> texts: every vocabulary entry is scored once and each unit's top texts are stored in the atlas."""
     from neuronscope.probing.attribution import compute_basis
 
-    _require(model, None)
+    _require(model, out)
     prompts = list(prompt or [])
     if not prompts and not out:
         raise NeuronscopeError("give --prompt TEXT (which units it reads from) and/or --out ATLAS "

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.activations.names import resolve_layer
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     DebugOpt,
     DeviceOpt,
@@ -118,6 +118,8 @@ def visualize(
     strengths = facets.facet_strengths(facet_strengths or 1)
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    if out:
+        check_atlas_target(out)
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
     canonical = resolve_layer(loaded.module, layer, loaded.layer_aliases, model_key=loaded.key)

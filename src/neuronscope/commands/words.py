@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     BatchSizeOpt,
     DebugOpt,
@@ -80,6 +80,7 @@ def words(
 
     if not out:
         raise NeuronscopeError("words needs --out ATLAS (the atlas directory to write into)")
+    check_atlas_target(out)
     if model is None:
         raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
     settings = raster_settings(sizes, positions, fonts)

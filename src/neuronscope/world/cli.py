@@ -164,6 +164,10 @@ def eval_command(
     from .evaluate import evaluate_world
     from .split import load_test_split
 
+    if out is not None:
+        from neuronscope.atlas import check_atlas_target
+
+        check_atlas_target(out)  # before the evaluation's minutes, not after
     model = _load_for_eval(weights)
     test_split = load_test_split(split)
     report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)), world_dir=world)
