@@ -23,9 +23,9 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
+from neuronscope.errors import NeuronscopeError
 from neuronscope.probing.vocab import vocabulary_name
 from neuronscope.runtime import seed_everything
-from neuronscope.errors import NeuronscopeError
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
 ImagesOpt = Annotated[Optional[str], typer.Option(
