@@ -179,6 +179,25 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
     assert result.exit_code == 1 and "pip install 'neuronscope[distributed]'" in result.stderr
 
 
+def test_a_ray_cluster_that_cannot_be_joined_leaves_no_run_in_the_atlas(monkeypatch, tmp_path):
+    """ray.init comes before the run is recorded: a bad --ray-address is an error, not a 'running' run that
+    never started."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'neuronscope[distributed]'")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("could not connect to the Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    make_images(tmp_path / "images", count=2)
+    result = CliRunner().invoke(app, ["scan", "--model", "tiny-rn", "--weights", "random", "--images",
+                                      str(tmp_path / "images"), "--out", str(tmp_path / "atlas"), "--backend", "ray",
+                                      "--ray-address", "10.0.0.1:6379"])
+    assert result.exit_code == 1 and "could not connect" in result.stderr, result.output
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        assert atlas.runs() == []
+
+
 def imports_at_load_time(tree: ast.AST) -> list[str]:
     """Modules a file imports when it is loaded: every import outside function bodies (class bodies, ``if`` and
     ``try`` blocks included)."""

@@ -340,43 +340,44 @@ def scan_ray(
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
     state = ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
-    run_id, meta = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases,
-                                   checkpoint_key=checkpoint_key)
-    done = merge_ranges([tuple(r) for r in meta["done"]]) if meta else []
-    resumed_from = sum(stop - start for start, stop in done)
-
+    # Ray first: a cluster that cannot be joined (a bad --ray-address) must not leave a run in the atlas.
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=address, include_dashboard=False)
     try:
-        replicas, gpus = replica_plan(ray, workers)
-        size = shard_size or default_shard_size(len(source), batch_size, replicas)
-        if size % batch_size:
-            raise NeuronscopeError(f"shard size {size} is not a multiple of the batch size {batch_size}")
-        ranges = shard_ranges(len(source), done, size)
-        # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
-        shipped = model if model.device.type == "cpu" else replace(model, module=copy.deepcopy(model.module).cpu(),
-                                                                     device=torch.device("cpu"))
-        partials = _run_shards(ray, shipped, source, canonical, settings, ranges, replicas=replicas, gpus=gpus,
-                               batch_size=batch_size, max_pixels=max_pixels)
-        since_checkpoint = 0
-        with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
-            for start, stop, partial in partials:
-                state.merge(partial)
-                done = merge_ranges([*done, (start, stop)])
-                since_checkpoint += stop - start
-                finished = sum(b - a for a, b in done)
-                if since_checkpoint >= checkpoint_every or finished == len(source):
-                    arrays, state_meta = state.state_dict()
-                    atlas.save_checkpoint(checkpoint_key, arrays,
-                                          {**state_meta, "run_id": run_id, "backend": "ray", "done": done})
-                    since_checkpoint = 0
-                if on_batch is not None:
-                    on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
-                                          resumed_from, time.perf_counter() - started))
-    except BaseException:
-        atlas.set_run_status(run_id, "interrupted")
-        raise
+        run_id, meta = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases,
+                                       checkpoint_key=checkpoint_key)
+        done = merge_ranges([tuple(r) for r in meta["done"]]) if meta else []
+        resumed_from = sum(stop - start for start, stop in done)
+        try:
+            replicas, gpus = replica_plan(ray, workers)
+            size = shard_size or default_shard_size(len(source), batch_size, replicas)
+            if size % batch_size:
+                raise NeuronscopeError(f"shard size {size} is not a multiple of the batch size {batch_size}")
+            ranges = shard_ranges(len(source), done, size)
+            # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
+            shipped = model if model.device.type == "cpu" else replace(
+                model, module=copy.deepcopy(model.module).cpu(), device=torch.device("cpu"))
+            partials = _run_shards(ray, shipped, source, canonical, settings, ranges, replicas=replicas, gpus=gpus,
+                                   batch_size=batch_size, max_pixels=max_pixels)
+            since_checkpoint = 0
+            with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
+                for start, stop, partial in partials:
+                    state.merge(partial)
+                    done = merge_ranges([*done, (start, stop)])
+                    since_checkpoint += stop - start
+                    finished = sum(b - a for a, b in done)
+                    if since_checkpoint >= checkpoint_every or finished == len(source):
+                        arrays, state_meta = state.state_dict()
+                        atlas.save_checkpoint(checkpoint_key, arrays,
+                                              {**state_meta, "run_id": run_id, "backend": "ray", "done": done})
+                        since_checkpoint = 0
+                    if on_batch is not None:
+                        on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
+                                              resumed_from, time.perf_counter() - started))
+        except BaseException:
+            atlas.set_run_status(run_id, "interrupted")
+            raise
     finally:
         if started_ray:
             ray.shutdown()
