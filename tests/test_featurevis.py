@@ -481,6 +481,19 @@ def test_cli_refuses_a_bad_facet_before_it_opens_the_atlas(tmp_path: Path, args,
     assert not atlas.exists()  # no run left "running"
 
 
+def test_cli_a_facet_folder_without_images_leaves_no_atlas_behind(tmp_path: Path):
+    """The facet's images are loaded before the atlas is opened: an empty facet folder is an error and no new,
+    empty atlas is left at --out."""
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "generic").mkdir()
+    (tmp_path / "generic" / "notes.txt").write_text("not an image")
+    atlas = tmp_path / "atlas"
+    result = _invoke("--units", "0", "--layer", "visual.layer4.0", "--facet", str(tmp_path / "faces"),
+                     "--generic", str(tmp_path / "generic"), "--out", str(atlas))
+    assert result.exit_code == 1 and "faces: no images found" in result.output, result.output
+    assert not atlas.exists()
+
+
 def test_cli_diverse_writes_unit_k_pngs(tmp_path: Path):
     result = _invoke("--units", "4", "--diverse", "3", "--png", str(tmp_path))
     assert result.exit_code == 0, result.output

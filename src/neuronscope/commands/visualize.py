@@ -29,7 +29,8 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.runtime import parse_units, seed_everything
 from neuronscope.visualize import RenderConfig, UnitRender, render_diverse, render_units
 from neuronscope.visualize import facets
-from neuronscope.visualize.store import FeatureVisWriter, facet_name, facet_probe, layer_shape, render_entry
+from neuronscope.visualize.store import (FeatureVisWriter, facet_name, facet_probe, layer_shape, load_facet_images,
+                                         render_entry)
 
 
 def _png_name(render: UnitRender, multiple: bool) -> str:
@@ -138,6 +139,8 @@ def visualize(
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
 
+    # Loaded before the atlas is opened: a facet whose images fail leaves no new, empty atlas behind.
+    facet_images = load_facet_images(loaded, facet, generic) if facet else None
     started = time.perf_counter()
     written: list[dict] = []
     atlas = Atlas(out) if out else None
@@ -148,7 +151,7 @@ def visualize(
     multiple = len(strengths) > 1
     try:
         # Trained (or read from the atlas) before the run starts: a facet that fails leaves no run behind.
-        probe = facet_probe(loaded, facet, generic, atlas) if facet else None
+        probe = facet_probe(loaded, facet, generic, atlas, images=facet_images) if facet else None
         if atlas is not None:
             command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
                                precision=precision, out=out, facet=facet, generic=generic,

@@ -68,19 +68,25 @@ def facet_name(facet: str, generic: str | None = None) -> str:
     return facet
 
 
-def facet_probe(model: LoadedModel, facet: str, generic: str | None = None,
-                atlas: Atlas | None = None) -> facets.FacetProbe:
+def load_facet_images(model: LoadedModel, facet: str, generic: str | None = None) -> facets.FacetImages:
+    """A built-in facet's images, or ``facet`` (a folder) vs ``generic`` (a folder), at the model's input:
+    where a bad facet fails (no such facet, no readable images)."""
+    facet_name(facet, generic)
+    if Path(facet).is_dir():
+        return facets.facet_from_folders(facet, generic, model)  # type: ignore[arg-type]  # checked above
+    return facets.builtin_facet(facet, model)
+
+
+def facet_probe(model: LoadedModel, facet: str, generic: str | None = None, atlas: Atlas | None = None, *,
+                images: facets.FacetImages | None = None) -> facets.FacetProbe:
     """A built-in facet's probe, or one trained on ``facet`` (a folder) vs ``generic`` (a folder).
 
     With an atlas, the probe is cached there, keyed by model, probe layers and
     the facet and generic images' hashes: the same facet is trained once per atlas.
     A cached probe is named after this call's facet (the same images in a folder of another name).
+    ``images``: the facet's images if already loaded (:func:`load_facet_images`).
     """
-    facet_name(facet, generic)
-    if Path(facet).is_dir():
-        images = facets.facet_from_folders(facet, generic, model)  # type: ignore[arg-type]  # checked above
-    else:
-        images = facets.builtin_facet(facet, model)
+    images = images if images is not None else load_facet_images(model, facet, generic)
     layers = facets.probe_layers(model)
     key = facets.probe_cache_key(model.key, layers, images.facet_hashes, images.generic_hashes)
     scope = ",".join(layers)
