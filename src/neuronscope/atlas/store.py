@@ -39,14 +39,6 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
 DB_NAME = "atlas.sqlite"
 
 
-def check_atlas_target(path: str | Path) -> None:
-    """Refuse a path no atlas can be made at (an existing file): commands call it before their work, so a
-    wrong ``--out`` costs nothing computed."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise AtlasError(f"{path} is a file, not an atlas folder: give a new or existing atlas directory with --out")
-
-
 class AtlasError(NeuronscopeError, LookupError):
     """An atlas that is missing, or asked for a model, layer or unit it does not hold."""
 
@@ -113,6 +105,14 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def check_atlas_target(path: str | Path) -> None:
+    """Refuse a path no atlas can be made at (an existing file): commands call it before their work, so a
+    wrong ``--out`` costs nothing computed."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AtlasError(f"{path} is a file, not an atlas folder: give a new or existing atlas directory with --out")
 
 
 class Atlas:
