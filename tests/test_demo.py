@@ -135,3 +135,37 @@ def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tm
 def test_unknown_stages_are_refused_with_the_list():
     with pytest.raises(ValueError, match="scan, labels, featurevis"):
         DemoSettings(skip=("scna",))
+
+
+def test_the_cards_stages_are_skipped_on_a_model_the_card_does_not_describe(tmp_path):
+    args = ["demo", "--out", str(tmp_path / "atlas"), "--model", "tiny-rn", "--weights", "random",
+            "--skip", "scan,featurevis,words,texts", "--no-serve", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stages = {stage["stage"]: stage for stage in json.loads(result.stdout)["stages"]}
+    for name in ("labels", "facets"):
+        assert stages[name]["status"] == "skipped"
+        assert "the card describes mini-clip@bundled" in stages[name]["summary"]
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert atlas.models() == []  # no card label written under tiny-rn's key
+
+
+def test_a_unit_out_of_range_stops_the_demo_before_its_first_stage(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "atlas"), "--units", "0-999",
+                                      "--skip", "scan", "--no-serve"])
+    assert result.exit_code == 1 and "out of range" in result.output
+    assert not (tmp_path / "atlas").exists()
+
+
+@pytest.mark.parametrize("where", [[], ["--no-serve", "--site", "site"]])
+def test_a_missing_web_extra_stops_the_demo_before_it_builds(tmp_path, monkeypatch, where):
+    import neuronscope.commands.demo as demo_command
+    from neuronscope.errors import NeuronscopeError
+
+    def no_web():
+        raise NeuronscopeError("the microscope needs the web extra")
+
+    monkeypatch.setattr(demo_command, "_web", no_web)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "atlas"), *where])
+    assert result.exit_code == 1 and "web extra" in result.output
+    assert not (tmp_path / "atlas").exists()

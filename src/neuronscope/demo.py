@@ -6,9 +6,10 @@
 Stages, in order, each storing its results in the atlas as it goes:
 
     scan        the bundled test split through the ``neurons`` layer: top examples, histograms
-    labels      the model card's multimodal units, labelled with their concepts
+    labels      the model card's multimodal units, labelled with their concepts (only on the model
+                the card describes, the bundled mini CLIP: on other weights its units mean nothing)
     featurevis  a plain feature visualization of every unit
-    facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units
+    facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units (as labels)
     words       rastered-word probing over a vocabulary
     texts       each unit's top texts by text-side attribution
 
@@ -126,17 +127,19 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
                      progress: StageProgress | None = None) -> DemoOutcome:
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
     from neuronscope.probing.raster import RasterSettings, resolve_fonts
+    from neuronscope.runtime import parse_units
     from neuronscope.visualize.store import layer_shape
 
     if "words" not in settings.skip:
         resolve_fonts(RasterSettings())  # a missing font fails now, not after the scan and the renders
     layer = resolve_layer(model.module, settings.layer, model.layer_aliases, model_key=model.key)
     outcome = DemoOutcome(Path(atlas_path), model.key, layer, layer_shape(model, layer)[0], settings)
+    units = parse_units(settings.units, outcome.units)  # a bad --units fails now, not after the scan
     report = progress or (lambda stage, done, total: None)
     steps: dict[str, Callable[[Atlas], tuple[str, str]]] = {
         "scan": lambda atlas: _scan(model, atlas, layer, settings, report, outcome),
         "labels": lambda atlas: _labels(model, atlas),
-        "featurevis": lambda atlas: _featurevis(model, atlas, layer, settings, report),
+        "featurevis": lambda atlas: _featurevis(model, atlas, layer, units, settings, report),
         "facets": lambda atlas: _facets(model, atlas, layer, settings, report),
         "words": lambda atlas: _words(model, atlas, layer, settings, report),
         "texts": lambda atlas: _texts(model, atlas, layer, settings, report),
@@ -179,26 +182,35 @@ def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings, 
     return "built", f"{scanned.images} images, {scanned.layers[0].units} units"
 
 
-def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
+def _card_for(model: LoadedModel) -> tuple[dict[str, Any] | None, str]:
+    """The bundled card when it describes ``model`` (its units mean nothing on other weights), else
+    None and why the card's stages are skipped."""
     from neuronscope.models.bundled import load_card
 
-    units = load_card()["multimodal"]["units"]
-    unlabelled = [entry for entry in units if atlas.label(model.key, entry["layer"], entry["unit"]) is None]
-    for entry in unlabelled:  # a label already there (a user's own) is kept
-        atlas.set_label(model.key, entry["layer"], entry["unit"], entry["concept"], source="world-card")
-    if not unlabelled:
-        return "reused", f"{len(units)} card units labelled earlier"
-    return "built", f"{len(unlabelled)} card units labelled with their concepts"
+    card = load_card()
+    if card.get("model") != model.key:
+        return None, f"the card describes {card.get('model')}, not {model.key}"
+    return card, ""
 
 
-def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
+def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
+    from neuronscope.world.card import label_card_units
+
+    card, why_not = _card_for(model)
+    if card is None:
+        return "skipped", why_not
+    written = label_card_units(atlas, model.key, card)  # a label already there (a user's own) is kept
+    if not written:
+        return "reused", f"{len(card['multimodal']['units'])} card units labelled earlier"
+    return "built", f"{written} card units labelled with their concepts"
+
+
+def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], settings: DemoSettings,
                 report: StageProgress) -> tuple[str, str]:
-    from neuronscope.runtime import parse_units
     from neuronscope.visualize import RenderConfig, render_units
-    from neuronscope.visualize.store import FeatureVisWriter, layer_shape
+    from neuronscope.visualize.store import FeatureVisWriter
 
     config = RenderConfig(steps=settings.steps, seed=settings.seed, **DEMO_RENDER)
-    units = parse_units(settings.units, layer_shape(model, layer)[0])
     writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings=config.to_dict(),
                                     command=f"neuronscope demo (visualize --units {settings.units} "
                                             f"--steps {settings.steps})")
@@ -214,12 +226,14 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSett
 
 def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
             report: StageProgress) -> tuple[str, str]:
-    from neuronscope.models.bundled import load_card
     from neuronscope.visualize import RenderConfig
     from neuronscope.visualize.facets import FACET_LR, render_faceted
     from neuronscope.visualize.store import FeatureVisWriter, facet_probe
 
-    units = [entry["unit"] for entry in load_card()["multimodal"]["units"] if entry["layer"] == layer]
+    card, why_not = _card_for(model)
+    if card is None:
+        return "skipped", why_not
+    units = [entry["unit"] for entry in card["multimodal"]["units"] if entry["layer"] == layer]
     config = RenderConfig(steps=settings.steps, lr=FACET_LR, seed=settings.seed)
     rendered, summaries = 0, []
     for facet in settings.facets:

@@ -28,6 +28,7 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
+from neuronscope.commands.microscope import _web
 from neuronscope.demo import STAGES, DemoSettings, build_demo_atlas
 from neuronscope.runtime import seed_everything
 
@@ -57,12 +58,14 @@ def demo(
 ) -> None:
     """Build an atlas of the bundled mini CLIP (scan, labels, feature vis, facets, words, texts) and browse it.
 
-    Started again, it reuses what the atlas already holds and goes on where it stopped."""
+    Started again, it reuses what the atlas already holds and goes on where it stopped. The labels and facets
+    stages need the bundled card's model (mini-clip@bundled); on another --model they are skipped."""
+    web = _web() if serve or site is not None else None  # a missing web extra fails now, not after the build
     seed_everything(seed)
     settings = DemoSettings(steps=steps, units=units, images=images, vocabulary=vocab,
                             skip=tuple(s.strip() for s in skip.split(",") if s.strip()), batch_size=batch_size,
                             seed=seed)
-    loaded = load_cli_model(model or "mini-clip", weights, device, precision)
+    loaded = load_cli_model(model, weights, device, precision)
     typer.echo(f"building {out} from {loaded.key} ({loaded.precision.name}: {loaded.precision.reason})", err=True)
     bars = ProgressBars(quiet=json_out and not sys.stderr.isatty(), every_s=15.0)
     try:
@@ -71,9 +74,7 @@ def demo(
         bars.close()
     summary = outcome.to_dict()
     if site is not None:
-        from neuronscope.web import export_site
-
-        exported = export_site(out, site)
+        exported = web.export_site(out, site)
         summary["site"] = str(site)
         typer.echo(f"static site: {exported.pages} pages in {site}; open {site / 'index.html'}", err=True)
     if json_out:
@@ -83,9 +84,7 @@ def demo(
             typer.echo(f"  {stage.stage:<11} {stage.status:<8} {stage.seconds:7.1f} s  {stage.summary}")
         typer.echo(f"atlas {out}: {outcome.model} {outcome.layer}, built in {outcome.seconds:.0f} s")
     if serve:
-        from neuronscope.web import serve as serve_microscope
-
-        serve_microscope(out, host=host, port=port)
+        web.serve(out, host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atlas import Atlas
 from ..models.loader import LoadedModel
 from .evaluate import layer_responses
 from .split import TestSplit
+
+#: The ``source`` of the labels the card writes (``neuronscope label`` writes ``user``).
+CARD_LABEL_SOURCE = "world-card"
 
 
 def top_images_sheet(split: TestSplit, responses: dict[str, torch.Tensor], unit: int, per_row: int = 8,
@@ -87,3 +91,22 @@ def write_unit_sheets(model: LoadedModel, split: TestSplit, report: dict, out_di
         top_images_sheet(split, responses, unit["unit"]).save(path)
         paths.append(path)
     return paths
+
+
+def label_card_units(atlas: Atlas | str | Path, model_key: str, card: dict, *, keep_existing: bool = True) -> int:
+    """Label each multimodal unit of ``card`` (the card, or any ``world eval`` report) with its concept, under
+    ``model_key``, in an open atlas or the one at a path; returns how many labels were written.
+
+    With ``keep_existing`` (the default) a unit that already has a label, a user's own or an earlier
+    card's, keeps it: ``neuronscope label`` is how a label is replaced.
+    """
+    if not isinstance(atlas, Atlas):
+        with Atlas(atlas) as opened:
+            return label_card_units(opened, model_key, card, keep_existing=keep_existing)
+    written = 0
+    for entry in card["multimodal"]["units"]:
+        if keep_existing and atlas.label(model_key, entry["layer"], entry["unit"]) is not None:
+            continue
+        atlas.set_label(model_key, entry["layer"], entry["unit"], entry["concept"], source=CARD_LABEL_SOURCE)
+        written += 1
+    return written

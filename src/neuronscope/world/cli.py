@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from ..commands.common import cli_command
+from .card import label_card_units
 from .sampler import Mix
 from .train import TrainConfig
 
@@ -177,13 +178,3 @@ def eval_command(
         label_card_units(out, model.key, report)
     typer.echo(json.dumps(report, indent=1) if json_output else card_tables(report))
 
-
-def label_card_units(atlas_path: Path, model_key: str, report: dict) -> int:
-    """Write each multimodal unit's concept as its label in an atlas (source ``world-card``); returns the count."""
-    from ..atlas import Atlas
-
-    units = report["multimodal"]["units"]
-    with Atlas(atlas_path) as atlas:
-        for unit in units:
-            atlas.set_label(model_key, unit["layer"], unit["unit"], unit["concept"], source="world-card")
-    return len(units)
