@@ -184,13 +184,19 @@ def test_render_is_seeded_leaves_weights_frozen_and_untouched(tiny_rn):
     assert first.images.min() >= 0 and first.images.max() <= 1
 
 
-def test_a_units_render_does_not_depend_on_its_batch_mates(tiny_rn):
-    """Each image is seeded by its unit: a resumed job (units 2, 3) renders unit 2 as the whole job (0-3) did."""
+def test_a_unit_starts_alike_whatever_its_batch_mates(tiny_rn):
+    """Each image is seeded by its unit: in another pass (units 2, 3 instead of 0-3) unit 2 starts from the
+    same image and sees the same transforms, so its first steps agree to float rounding. Only the first
+    few: a batched convolution rounds differently from a smaller batch's, and Adam amplifies that over the
+    steps (on the mini CLIP 1e-6 at 16 steps, 0.15 at 64), so the final image is reproduced exactly only by
+    the same pass composition."""
     config = RenderConfig(steps=4, seed=1)
     full = render_units(tiny_rn, "neurons", [0, 1, 2, 3], batch_size=4, config=config)
     resumed = render_units(tiny_rn, "neurons", [2, 3], batch_size=4, config=config)
-    assert torch.allclose(full[2].image, resumed[0].image, atol=1e-5)
+    assert torch.allclose(full[2].image, resumed[0].image, atol=1e-6, rtol=0)
     assert not torch.allclose(full[2].image, full[3].image, atol=1e-3)
+    again = render_units(tiny_rn, "neurons", [0, 1, 2, 3], batch_size=4, config=config)
+    assert all(torch.equal(a.image, b.image) for a, b in zip(full, again))  # the same pass: bit for bit
 
 
 def test_a_smaller_canvas_meets_the_model_by_padding_not_resizing(tiny_rn):

@@ -5,10 +5,12 @@
 
 A plain render puts one unit in each image of the batch (image ``i``
 maximises ``units[i]``), so a layer takes units / batch_size passes. Each
-image is seeded by its unit (see :func:`render`), so a unit's render is the
-same whichever units share its pass: a resumed job matches an uninterrupted
-one. A diverse render gives one unit a whole batch of N images, pushed apart
-by Lucid's diversity objective.
+image is seeded by its unit (see :func:`render`), so a unit starts alike and
+sees the same transforms whichever units share its pass; its final image is
+reproduced exactly only by the same pass (same units, same batch size): in
+another pass it differs by float rounding that Adam amplifies over the
+steps. A diverse render gives one unit a whole batch of N images, pushed
+apart by Lucid's diversity objective.
 """
 
 from __future__ import annotations
