@@ -291,3 +291,31 @@ def test_a_version_1_atlas_is_migrated_to_hold_artifacts(tmp_path):
     with Atlas(path.parent) as atlas:
         assert schema_version(atlas.db) == SCHEMA_VERSION == 2
         assert atlas.artifacts("m", "l") == []
+
+
+def test_models_that_crop_differently_keep_their_own_thumbnails(tiny_rn, tmp_path):
+    """A centre-cropping and a squashing model over the same wide images: each unit's thumbnail shows what its
+    own model saw (the file name left out the input contract, so the second model showed the first one's crop)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from neuronscope.atlas import marked_thumbnail
+
+    make_images(tmp_path / "images", count=4)
+    squash = dataclasses.replace(tiny_rn, spec=dataclasses.replace(
+        tiny_rn.spec, name="tiny-rn-squash", preprocess=dataclasses.replace(tiny_rn.preprocess, resize_mode="squash")))
+    with Atlas(tmp_path / "atlas") as atlas:
+        for model in (tiny_rn, squash):
+            scan(model, open_source(tmp_path / "images"), atlas, ["neurons"],
+                 settings=ScanSettings(top_k=2, bottom_k=1), batch_size=4, thumbnails=True)
+        records = {model.key: atlas.unit(model.key, "neurons", 0) for model in (tiny_rn, squash)}
+        grid = atlas.resolve_layer(squash.key, "neurons")
+    thumbs = {key: {example["thumb"] for example in record["top"]} for key, record in records.items()}
+    assert not thumbs[tiny_rn.key] & thumbs[squash.key]
+    example = records[squash.key]["top"][0]
+    source = next((tmp_path / "images").rglob(example["image"].split("#")[0].split("/")[-1]))
+    seen = np.asarray(squash.preprocess.resize(Image.open(source).convert("RGB")), dtype=np.uint8)
+    expected = np.asarray(marked_thumbnail(seen, tuple(example["cell"]), (grid["grid_rows"], grid["grid_cols"])))
+    stored = np.asarray(Image.open(tmp_path / "atlas" / example["thumb"]).convert("RGB"))
+    assert np.array_equal(stored, expected)

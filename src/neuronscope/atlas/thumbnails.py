@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # only the contract's fields are read; the atlas never imports the models package at run time
+    from neuronscope.models.preprocess import Preprocess
 
 #: Largest side of a thumbnail in pixels. Smaller inputs (a 64 px model) are kept at their size:
 #: enlarging costs 4x the time and disk for no information (a browser can scale them up).
@@ -34,6 +41,20 @@ def marked_thumbnail(pixels: np.ndarray, cell: tuple[int, int], grid: tuple[int,
     return image
 
 
-def thumbnail_name(sha256: str, grid: tuple[int, int], cell: tuple[int, int]) -> str:
-    """File name of a marked thumbnail: one per (image content, grid, cell), shared by every unit."""
-    return f"{sha256[:16]}_g{grid[0]}x{grid[1]}_r{cell[0]}c{cell[1]}.png"
+def input_contract_key(preprocess: Preprocess) -> str:
+    """8 hex digits naming how a model turns an image into the pixels a thumbnail shows.
+
+    Two models that resize, crop or pad an image differently see different pixels, and their
+    thumbnails of the same image and cell must not share a file. Mean and std are left out:
+    a thumbnail is drawn before normalisation.
+    """
+    contract = {"image_size": list(preprocess.image_size), "resize_mode": preprocess.resize_mode,
+                "interpolation": preprocess.interpolation, "fill_color": preprocess.fill_color,
+                "thumb_size": THUMB_SIZE}
+    return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def thumbnail_name(sha256: str, grid: tuple[int, int], cell: tuple[int, int], preprocess: Preprocess) -> str:
+    """File name of a marked thumbnail: one per (image content, input contract, grid, cell), shared by every
+    unit (and every model with the same contract)."""
+    return f"{sha256[:16]}_{input_contract_key(preprocess)}_g{grid[0]}x{grid[1]}_r{cell[0]}c{cell[1]}.png"

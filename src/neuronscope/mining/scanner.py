@@ -432,7 +432,7 @@ def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, laye
         sha256 = records[ordinal].sha256
         missing = []
         for cell in sorted(cells):
-            name = thumbnail_name(sha256, cell[:2], cell[2:])
+            name = thumbnail_name(sha256, cell[:2], cell[2:], model.preprocess)
             if atlas.thumbnail_path(name).is_file():  # drawn by an earlier (or killed) scan
                 thumbs[(sha256, *cell)] = atlas.thumbnail_relpath(name)
             else:

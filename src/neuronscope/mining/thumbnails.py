@@ -49,7 +49,7 @@ class _Jobs(Dataset):
         for cell in job.cells:
             buffer = io.BytesIO()
             marked_thumbnail(pixels, cell[2:], cell[:2]).save(buffer, format="PNG")
-            drawn.append((cell, thumbnail_name(job.sha256, cell[:2], cell[2:]), buffer.getvalue()))
+            drawn.append((cell, thumbnail_name(job.sha256, cell[:2], cell[2:], self.preprocess), buffer.getvalue()))
         return drawn
 
 

@@ -34,7 +34,7 @@ from neuronscope.web.reader import AtlasReader
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-#: Thumbnails are named by their content (image hash, grid, cell): they never change.
+#: Thumbnails are named by what they show (image hash, input contract, grid, cell): they never change.
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Renders and plots can be redone in place: cache briefly, then revalidate by ETag.
 REVALIDATE = "public, max-age=60, must-revalidate"

@@ -22,7 +22,7 @@ def atlas_file(atlas_root: Path, relative: str) -> Path | None:
 
     Args:
         atlas_root: the atlas directory, already ``resolve()`` d.
-        relative: the path as requested (percent-decoded), e.g. ``thumbs/abc_g2x2_r0c1.png``.
+        relative: the path as requested (percent-decoded), e.g. ``thumbs/abc_1f2e3d4c_g2x2_r0c1.png``.
     """
     if not relative or relative.startswith(("/", "\\")) or "\\" in relative or "\x00" in relative:
         return None
