@@ -184,6 +184,19 @@ def test_render_is_seeded_leaves_weights_frozen_and_untouched(tiny_rn):
     assert first.images.min() >= 0 and first.images.max() <= 1
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(transforms="standrad"), "transforms 'standrad': use 'standard' or 'none'"),
+    (dict(param="ftt"), "param 'ftt': use 'fft' or 'pixel'"),
+    (dict(steps=0), "steps 0: a render takes at least 1 step"),
+    (dict(size=0), "size 0: give a positive side"),
+    (dict(param_size=-4), "param_size -4: give a positive side"),
+])
+def test_a_render_config_that_cannot_run_is_refused_when_made(settings, message):
+    """Not in the loop: a misspelt transforms ran with none, steps=0 failed after the render."""
+    with pytest.raises(ValueError, match=message):
+        RenderConfig(**settings)
+
+
 def test_a_unit_starts_alike_whatever_its_batch_mates(tiny_rn):
     """Each image is seeded by its unit: in another pass (units 2, 3 instead of 0-3) unit 2 starts from the
     same image and sees the same transforms, so its first steps agree to float rounding. Only the first

@@ -11,6 +11,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from neuronscope.errors import NeuronscopeError
+from neuronscope.visualize.param import PARAMETERIZATIONS
+
+TRANSFORMS = ("standard", "none")
+
+
+class RenderConfigError(NeuronscopeError, ValueError):
+    """A :class:`RenderConfig` that cannot run as given."""
+
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -53,6 +62,19 @@ class RenderConfig:
     l2: float = 0.0
     tv: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked here, not in the loop: a misspelt choice would otherwise run as another one (no
+        # transforms) and a zero count would fail only after the render, in ``final``.
+        if self.transforms not in TRANSFORMS:
+            raise RenderConfigError(f"transforms {self.transforms!r}: use {' or '.join(map(repr, TRANSFORMS))}")
+        if self.param not in PARAMETERIZATIONS:
+            raise RenderConfigError(f"param {self.param!r}: use {' or '.join(map(repr, PARAMETERIZATIONS))}")
+        if self.steps < 1:
+            raise RenderConfigError(f"steps {self.steps}: a render takes at least 1 step")
+        for name in ("size", "param_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise RenderConfigError(f"{name} {getattr(self, name)}: give a positive side in pixels, or None")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
