@@ -114,3 +114,15 @@ def test_augmented_drawings_are_seeded_variants_that_keep_the_drawing() -> None:
     colours = {tuple(p[..., :3][p[..., 3] == 255][0]) for p in pixels}
     assert len(colours) == 1  # the drawing's own colour: the variant changes its shape, not its ink
     assert len({variant(seed).size for seed in range(20)}) > 5  # and the shapes do vary
+
+
+def test_a_missing_heldout_font_stops_the_build_before_the_clipart_is_read(clipart_tree: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from neuronscope.errors import WorldFileMissing
+    from neuronscope.world import build
+
+    monkeypatch.setattr(build, "HELDOUT_FONTS", ("nowhere/Missing.ttf",))
+    monkeypatch.setattr(build, "collect_drawings", lambda *_: pytest.fail("the clipart was read first"))
+    with pytest.raises(WorldFileMissing, match="fonts-liberation"):
+        build.build_world(tmp_path / "world", root=clipart_tree, concepts=CONCEPTS)
+    assert not (tmp_path / "world").exists()

@@ -36,7 +36,7 @@ class Killed(Exception):
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, small_world) -> None:
-    straight = torch.load(train(small_world, tmp_path / "straight", _config()), weights_only=False)
+    straight = torch.load(train(small_world, tmp_path / "straight", _config()), weights_only=True)
 
     def kill_at_step_three(report) -> None:
         if report.step == 3:
@@ -44,8 +44,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, small_world)
 
     with pytest.raises(Killed):
         train(small_world, tmp_path / "resumed", _config(), kill_at_step_three)
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["step"] == 2
-    resumed = torch.load(train(small_world, tmp_path / "resumed", _config()), weights_only=False)
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == 2
+    resumed = torch.load(train(small_world, tmp_path / "resumed", _config()), weights_only=True)
 
     assert resumed["step"] == straight["step"] == 4
     for name, tensor in straight["model"].items():
@@ -80,8 +80,8 @@ def test_a_run_is_pinned_to_its_world_and_bad_inputs_are_refused_before_anything
 
 def test_more_loader_workers_render_the_same_batches_in_order(tmp_path, small_world) -> None:
     """Each worker renders every W-th step; the trainer still gets steps 0, 1, 2, ... and the same weights."""
-    one = torch.load(train(small_world, tmp_path / "one", _config()), weights_only=False)
-    three = torch.load(train(small_world, tmp_path / "three", _config(), loader_workers=3), weights_only=False)
+    one = torch.load(train(small_world, tmp_path / "one", _config()), weights_only=True)
+    three = torch.load(train(small_world, tmp_path / "three", _config(), loader_workers=3), weights_only=True)
     assert [entry["step"] for entry in three["log"]] == [0, 1, 2, 3]
     assert [entry["loss"] for entry in three["log"]] == [entry["loss"] for entry in one["log"]]
     for name, tensor in one["model"].items():
@@ -111,3 +111,50 @@ def test_eval_loads_a_training_checkpoint_and_leaves_no_export_behind(tmp_path, 
     model = _load_for_eval(str(checkpoint))
     assert model.preprocess.image_size == (32, 32) and model.weights_sha256 is not None
     assert list((tmp_path / "tmp").iterdir()) == []  # the exported folder went once the weights were loaded
+
+
+def test_eval_loads_a_plain_state_dict_as_the_mini_clips_weights(tmp_path) -> None:
+    from neuronscope.models import load_model
+    from neuronscope.world.cli import _load_for_eval
+
+    bundled = load_model("mini-clip", precision="fp32")
+    torch.save(bundled.module.state_dict(), tmp_path / "weights.pt")
+    model = _load_for_eval(str(tmp_path / "weights.pt"))  # was KeyError: 'config' (read as a checkpoint)
+    loaded, saved = model.module.state_dict(), bundled.module.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.items())
+
+
+def test_a_missing_training_font_is_reported_with_its_advice_before_anything_is_written(tmp_path, small_world,
+                                                                                        monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from neuronscope.cli import app
+    from neuronscope.errors import WorldFileMissing
+
+    monkeypatch.setattr(sampler, "TRAIN_FONTS", ("nowhere/Missing.ttf",))
+    with pytest.raises(WorldFileMissing, match="fonts-dejavu-core"):
+        train(small_world, tmp_path / "run", _config())
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["world", "train", "--world", str(small_world), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "install Debian's fonts-dejavu-core" in result.stderr  # not a worker's line
+
+
+def test_a_precision_the_trainer_does_not_run_is_refused() -> None:
+    from neuronscope.errors import WorldMismatch
+
+    with pytest.raises(WorldMismatch, match="fp32 or bf16"):
+        TrainConfig(precision="fp16")  # trained fp32 while config.json said fp16
+
+
+def test_the_card_labels_keep_a_label_already_there(tmp_path) -> None:
+    from neuronscope.atlas import Atlas
+    from neuronscope.world.card import label_card_units
+
+    card = {"multimodal": {"units": [{"layer": "l", "unit": 1, "concept": "star"},
+                                     {"layer": "l", "unit": 2, "concept": "hat"}]}}
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.set_label("m@w", "l", 1, "my own")
+        assert label_card_units(atlas, "m@w", card) == 1
+        assert [atlas.label("m@w", "l", unit) for unit in (1, 2)] == ["my own", "hat"]
+        assert label_card_units(atlas, "m@w", card, keep_existing=False) == 2
+        assert atlas.label("m@w", "l", 1) == "star"

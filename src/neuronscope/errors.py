@@ -33,3 +33,15 @@ class UnitsError(NeuronscopeError, ValueError):
 
 class DeviceError(NeuronscopeError):
     """A device or precision that this machine cannot provide."""
+
+
+class WorldError(NeuronscopeError):
+    """A world, training run or test split (``neuronscope world ...``) that cannot be used as given."""
+
+
+class WorldFileMissing(WorldError, FileNotFoundError):
+    """Something the world needs is not installed or not there: a font, the clipart, wordfreq, a world's files."""
+
+
+class WorldMismatch(WorldError, ValueError):
+    """A world, run, checkpoint or split that does not fit the others (another config, other concepts, ...)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import WorldFileMissing, WorldMismatch
 from ..imagefiles import SkipCounts, SkippedFile, file_sha256, open_image
 from .concepts import CLIPART_ROOT, CONCEPTS, Concept
 from .render import DRAWING_BOX, HELDOUT_FONTS, font_path, prepare_drawing, render_drawing, render_labelled, render_word
@@ -124,7 +125,7 @@ def collect_drawings(root: str | Path, concepts: tuple[Concept, ...], seed: int,
                                     "test" if rank < n_test else "train"))
             images.append(image)
     if len({d.concept for d in drawings}) < 2:
-        raise ValueError(f"fewer than two concepts have {MIN_DRAWINGS_PER_CONCEPT} usable drawings under {root}")
+        raise WorldMismatch(f"fewer than two concepts have {MIN_DRAWINGS_PER_CONCEPT} usable drawings under {root}")
     return drawings, images
 
 
@@ -223,13 +224,25 @@ def library_versions() -> dict[str, str]:
     return {**run_versions(), "wordfreq": version("wordfreq")}
 
 
+def check_build_needs(root: str | Path) -> None:
+    """A clear error for the first thing ``build_world`` needs that is not installed: the clipart, the
+    held-out fonts the test split is rendered in, wordfreq (it chooses the reading words)."""
+    if not Path(root).is_dir():
+        raise WorldFileMissing(f"clipart root {root} not found: install Debian's openclipart-png (`make world` does)")
+    for font in HELDOUT_FONTS:
+        font_path(font)
+    try:
+        import wordfreq  # noqa: F401
+    except ImportError:
+        raise WorldFileMissing("the world's reading words need wordfreq: pip install 'neuronscope[words]'") from None
+
+
 def build_world(out: str | Path, seed: int = 0, size: int = 64, root: str | Path = CLIPART_ROOT,
                 concepts: tuple[Concept, ...] = CONCEPTS, max_pixels: int = WORLD_MAX_PIXELS,
                 n_reading: int = READING_WORDS) -> dict:
     """Build the world into directory ``out``; returns the content of ``world.json``."""
     out = Path(out)
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"clipart root {root} not found: install Debian's openclipart-png (`make world` does)")
+    check_build_needs(root)  # before minutes of hashing clipart, not after
     out.mkdir(parents=True, exist_ok=True)
     skipped = SkipCounts()
     drawings, images = collect_drawings(root, concepts, seed, skipped, max_pixels)

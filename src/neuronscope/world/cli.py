@@ -132,17 +132,22 @@ def _progress_reporter(total: int, every: int = 50):
 
 
 def _load_for_eval(weights: Optional[str]):
-    """The bundled mini CLIP, a model folder, or a training checkpoint (exported to a temporary folder, removed
-    once loaded)."""
+    """The bundled mini CLIP, a model folder, a weights file, or a training checkpoint (exported to a
+    temporary folder, removed once loaded)."""
     import tempfile
 
     from ..models import DEFAULT, load_model
 
+    checkpoint = None
     if weights and Path(weights).is_file() and Path(weights).suffix == ".pt":
-        from .train import export_weights
+        from .train import training_checkpoint
+
+        checkpoint = training_checkpoint(weights)
+    if checkpoint is not None:
+        from .train import write_model_folder
 
         with tempfile.TemporaryDirectory(prefix="mini-clip-") as folder:  # the loaded module holds the weights
-            export_weights(weights, folder)
+            write_model_folder(checkpoint, folder)
             return load_model(folder, precision="fp32", name="mini-clip")
     return load_model("mini-clip", weights=weights or DEFAULT, precision="fp32")  # None would mean random
 

@@ -25,6 +25,7 @@ import torch
 
 from ..activations import record
 from ..analysis import auroc_per_class
+from ..errors import WorldMismatch
 from ..models.loader import LoadedModel, build
 from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
 from .build import RENDERS_PER_HELDOUT_DRAWING, stream_rng
@@ -222,7 +223,7 @@ def generalization_scores(model: LoadedModel, split: TestSplit, world_dir: str |
 
     sampler = WorldSampler(world_dir, size=split.meta["image_size"], seed=split.meta["seed"])
     if sampler.concepts != split.concepts:
-        raise ValueError(f"the world at {world_dir} has other concepts than the test split; give the world the "
+        raise WorldMismatch(f"the world at {world_dir} has other concepts than the test split; give the world the "
                          "split was built with (`neuronscope world build` writes both)")
     images, labels = [], []
     for concept_index, drawing_ids in enumerate(sampler.drawings_by_concept):
@@ -259,7 +260,7 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
     :func:`generalization_scores` (the training drawings are in the world, not in the split)."""
     side = split.meta["image_size"]
     if tuple(model.preprocess.image_size) != (side, side):
-        raise ValueError(f"the split's images are {side} px but {model.key} takes {model.preprocess.image_size}: "
+        raise WorldMismatch(f"the split's images are {side} px but {model.key} takes {model.preprocess.image_size}: "
                          "evaluate a model with the split built for it (`world build --size`)")
     n_concepts = len(split.concepts)
     trained = split_responses(model, split, list(layers))

@@ -13,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import WorldFileMissing
+
 #: Longest side of a prepared drawing, in pixels (drawings are scaled down from it).
 DRAWING_BOX = 128
 
@@ -51,7 +53,7 @@ def font_path(name: str) -> str:
         path = os.path.join(root, name)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError(
+    raise WorldFileMissing(
         f"font {name!r} not found under {FONT_DIRS}; install Debian's fonts-dejavu-core, "
         "fonts-liberation and fonts-freefont-ttf (`make world` does)"
     )

@@ -35,6 +35,14 @@ class Mix:
         return shares / shares.sum()
 
 
+def check_fonts(mix: Mix) -> None:
+    """Resolve each training font the mix draws text in (none for drawings alone), so that a missing font
+    package fails in the trainer's own process with its advice, not inside a rendering worker."""
+    if mix.word or mix.composite or mix.reading:
+        for name in TRAIN_FONTS:
+            font_path(name)
+
+
 class WorldSampler:
     """Renders training batches: images [B, H, W, 3] uint8, captions, and a concept key per sample.
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import WorldFileMissing
 from ..models.bundled import TEST_SPLIT_FILE, bundled_dir
 
 
@@ -70,7 +71,7 @@ def load_test_split(path: str | Path | None = None) -> TestSplit:
     """Read a test split tar (the bundled one by default)."""
     path = Path(path) if path is not None else bundled_test_split_path()
     if not path.is_file():
-        raise FileNotFoundError(f"no test split at {path}; build one with `neuronscope world build` "
+        raise WorldFileMissing(f"no test split at {path}; build one with `neuronscope world build` "
                                 "or reinstall neuronscope (it ships with the package)")
     with tarfile.open(path) as tar:
         index = json.loads(tar.extractfile("index.json").read())

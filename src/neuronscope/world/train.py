@@ -26,9 +26,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .sampler import BatchStream, Mix
+from ..errors import WorldFileMissing, WorldMismatch
+from .sampler import BatchStream, Mix, check_fonts
 
 CHECKPOINT = "checkpoint.pt"
+#: The keys of a training checkpoint (``export_weights`` needs "config" and "model").
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "log", "config")
+PRECISIONS = ("fp32", "bf16")
 # CLIP's own normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN / STD).
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -56,6 +60,11 @@ class TrainConfig:
     augment: bool = False  # mirror, stretch and tilt training drawings (render.augment_drawing)
     precision: str = "fp32"  # "bf16" uses autocast; slower than fp32 on CPUs without native bf16
     checkpoint_seconds: float = 180.0
+
+    def __post_init__(self) -> None:
+        # Only bf16 switches autocast on: any other value would train fp32 while config.json recorded it.
+        if self.precision not in PRECISIONS:
+            raise WorldMismatch(f"--precision {self.precision}: the trainer takes {' or '.join(PRECISIONS)}")
 
     def model_cfg(self) -> dict:
         """Keyword arguments of ``open_clip.model.CLIP`` for this architecture."""
@@ -147,7 +156,7 @@ def _world_sha256(world_dir: str | Path) -> str:
     world_dir = Path(world_dir)
     missing = [name for name in ("world.json", "drawings.npz") if not (world_dir / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{world_dir} is not a world (no {' or '.join(missing)}); build one with "
+        raise WorldFileMissing(f"{world_dir} is not a world (no {' or '.join(missing)}); build one with "
                                 "`neuronscope world build --out DIR` (`make world`)")
     return hashlib.sha256((world_dir / "world.json").read_bytes()).hexdigest()
 
@@ -162,8 +171,9 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     trained on a GPU are close to, not bit-equal to, the CPU's.
     """
     world_sha = _world_sha256(world_dir)  # checked before anything is written
+    check_fonts(config.mix)  # here, not in a DataLoader worker, whose error would lose the advice
     if loader_workers < 1:
-        raise ValueError(f"--loader-workers {loader_workers}: give at least 1 (processes rendering batches)")
+        raise WorldMismatch(f"--loader-workers {loader_workers}: give at least 1 (processes rendering batches)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
@@ -175,10 +185,10 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         saved.setdefault("augment", False)  # runs from before the option trained without it
         saved_world = saved.pop(WORLD_KEY, None)  # runs from before the key: not checked
         if saved_world is not None and saved_world != world_sha:
-            raise ValueError(f"{out_dir} holds a run trained on another world than {world_dir} (its world.json "
+            raise WorldMismatch(f"{out_dir} holds a run trained on another world than {world_dir} (its world.json "
                              "differs); use a new --out, or the world it was trained on")
         if saved != {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"}:
-            raise ValueError(f"{out_dir} holds a run with another config; use a new --out or the same settings")
+            raise WorldMismatch(f"{out_dir} holds a run with another config; use a new --out or the same settings")
     else:
         config_path.write_text(json.dumps({**asdict(config), WORLD_KEY: world_sha}, indent=1))
 
@@ -187,7 +197,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     checkpoint_path = out_dir / CHECKPOINT
     start_step, log = 0, []
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = read_checkpoint(checkpoint_path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, log = state["step"], state["log"]
@@ -234,11 +244,42 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     return checkpoint_path
 
 
+def is_checkpoint(state: object) -> bool:
+    """Whether a loaded ``.pt`` is a training checkpoint (rather than, say, a plain state dict)."""
+    return isinstance(state, dict) and all(key in state for key in CHECKPOINT_KEYS)
+
+
+def read_checkpoint(path: str | Path, device: str = "cpu") -> dict:
+    """A training checkpoint, read as plain data (``weights_only``: never run code from a pickle)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not is_checkpoint(state):
+        raise WorldMismatch(f"{path} is not a `world train` checkpoint (one holds {', '.join(CHECKPOINT_KEYS)})")
+    return state
+
+
+def training_checkpoint(path: str | Path) -> dict | None:
+    """The training checkpoint at ``path``, or None when the file is something else (a state dict,
+    a TorchScript archive, not a torch file at all), which the model loader reads or explains."""
+    from ..models.weights import is_torchscript
+
+    if is_torchscript(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a plain-data torch file: the loader says what it is
+        return None
+    return state if is_checkpoint(state) else None
+
+
 def export_weights(checkpoint_path: str | Path, out_dir: str | Path) -> None:
     """Write ``config.json`` and fp16 ``weights.safetensors`` (the bundled format) from a checkpoint."""
+    write_model_folder(read_checkpoint(checkpoint_path), out_dir)
+
+
+def write_model_folder(state: dict, out_dir: str | Path) -> None:
+    """A training checkpoint's ``state`` as a model folder: ``config.json`` and fp16 ``weights.safetensors``."""
     from safetensors.torch import save_file
 
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     config = TrainConfig.from_dict(state["config"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
