@@ -319,3 +319,19 @@ def test_models_that_crop_differently_keep_their_own_thumbnails(tiny_rn, tmp_pat
     expected = np.asarray(marked_thumbnail(seen, tuple(example["cell"]), (grid["grid_rows"], grid["grid_cols"])))
     stored = np.asarray(Image.open(tmp_path / "atlas" / example["thumb"]).convert("RGB"))
     assert np.array_equal(stored, expected)
+
+
+def test_a_bare_name_of_two_models_is_refused_when_labelling_as_when_reading(tmp_path):
+    """set_label had its own copy of model resolution: a bare name held by two keys was stored as the bare name,
+    which then showed as a third model and made every later read without --model fail."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        for weights in ("bundled", "random"):
+            atlas.register_layer(f"mini-clip@{weights}", "visual.layer4", aliases=["neurons"], units=8, grid=(2, 2))
+        for write in (lambda: atlas.set_label("mini-clip", "neurons", 3, "cat"),
+                      lambda: atlas.resolve_model("mini-clip")):
+            with pytest.raises(AtlasError, match="names several models .*mini-clip@bundled, mini-clip@random"):
+                write()
+        assert atlas.models() == ["mini-clip@bundled", "mini-clip@random"]
+        atlas.set_label("mini-clip@random", "neurons", 3, "cat")
+        assert atlas.unit("mini-clip@random", "neurons", 3)["label"] == "cat"
+        assert atlas.unit("mini-clip@bundled", "neurons", 3)["label"] is None

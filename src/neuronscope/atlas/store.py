@@ -74,6 +74,30 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def bare_name(model_key: str) -> str:
+    """A model key's registry name (``mini-clip@bundled`` -> ``mini-clip``)."""
+    return model_key.split("@")[0]
+
+
+def match_model(name: str, known: list[str]) -> str | None:
+    """The key among ``known`` that ``name`` names (a key, or a bare name held once), or None.
+
+    ``~`` may stand for ``/`` (``hf-hub:org~repo``, as URLs write it), as in layer aliases.
+    Raises :class:`AtlasError` when a bare name matches several keys (``mini-clip@bundled``
+    and ``mini-clip@random``): guessing would read, or write, the wrong model.
+    """
+    for candidate in dict.fromkeys((name, name.replace("~", "/"))):
+        if candidate in known:
+            return candidate
+        matches = [key for key in known if bare_name(key) == candidate]
+        if len(matches) > 1:
+            raise AtlasError(f"model {name!r} names several models of this atlas ({', '.join(matches)}): "
+                             "give the full key")
+        if matches:
+            return matches[0]
+    return None
+
+
 def layer_slug(layer: str) -> str:
     """A layer name usable as a file name (``:`` is awkward on some systems)."""
     return layer.replace(":", "~").replace("/", "~")
@@ -370,13 +394,12 @@ class Atlas:
         ``model`` and ``layer`` should be the key and canonical name; a bare model
         name or an alias is resolved when the atlas already holds that layer
         (a label may also be written before any scan, e.g. by ``world eval``).
+        Raises :class:`AtlasError` when a bare name matches several stored models.
         """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
         known = self.models()
-        if model not in known:
-            matches = [key for key in known if key.split("@")[0] == model]
-            model = matches[0] if len(matches) == 1 else model
+        model = match_model(model, known) or model
         if model in known:
             try:
                 layer = self.resolve_layer(model, layer)["layer"]
@@ -534,13 +557,10 @@ class Atlas:
             if len(known) > 1:
                 raise AtlasError(f"{self.path} holds several models ({', '.join(known)}); pass --model")
             return known[0]
-        for name in dict.fromkeys((model, model.replace("~", "/"))):
-            if name in known:
-                return name
-            matches = [key for key in known if key.split("@")[0] == name]
-            if len(matches) == 1:
-                return matches[0]
-        raise AtlasError(f"model {model!r} is not in {self.path}; it holds {', '.join(known)}")
+        key = match_model(model, known)
+        if key is None:
+            raise AtlasError(f"model {model!r} is not in {self.path}; it holds {', '.join(known)}")
+        return key
 
     def layers(self, model: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM layers WHERE model = ? ORDER BY layer", (model,)).fetchall()
