@@ -53,6 +53,16 @@ def test_units_may_be_numpy_or_torch_integers():
     assert torch.equal(channel("x", 1, batch=np.int64(1))(ctx), channel("x", 1, batch=1)(ctx))
 
 
+def test_a_unit_the_layer_lacks_is_named_with_the_layers_size(tiny_rn):
+    """Not an index error deep in the gather (on a GPU a device-side assert): one line, before any step."""
+    ctx = _context(torch.randn(2, 3, 2, 2))
+    for objective in (channel("x", [1, 3]), channel("x", 3), neuron("x", -1)):
+        with pytest.raises(NeuronscopeError, match=r"^unit (3|-1) of x: the layer has 3 units \(0 to 2\)$"):
+            objective(ctx)
+    with pytest.raises(NeuronscopeError, match="unit 600 of neurons: the layer has 512 units"):
+        render(tiny_rn, channel("neurons", [1, 600]), batch=2, config=RenderConfig(steps=1))
+
+
 def test_neuron_reads_one_cell():
     acts = torch.randn(2, 3, 3, 3)
     assert torch.equal(neuron("x", 2)(_context(acts)), acts[:, 2, 1, 1])

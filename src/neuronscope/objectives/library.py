@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuronscope.activations.reduce import spatial_mean, unit_maps
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.objectives.base import Context, Objective
 
 Units = int | Sequence[int]
@@ -40,14 +40,24 @@ def _one_index(units: Units | Batch) -> int | None:
         return None
 
 
-def _per_image(values: Tensor, units: Units) -> Tensor:
-    """Pick ``units`` from per-unit values [B, C]: one unit for all, or one per image -> [B]."""
+def _check_units(listed: Sequence[int], layer: str, count: int) -> None:
+    """Refuse a unit the layer does not have, on the host: indexing with it fails later and, on a GPU, as a
+    device-side assert that names neither the unit nor the layer."""
+    for unit in listed:
+        if not 0 <= unit < count:
+            raise UnitsError(f"unit {unit} of {layer}: the layer has {count} units (0 to {count - 1})")
+
+
+def _per_image(values: Tensor, units: Units, layer: str) -> Tensor:
+    """Pick ``units`` of ``layer`` from per-unit values [B, C]: one unit for all, or one per image -> [B]."""
     single = _one_index(units)
+    listed = [single] if single is not None else [operator.index(u) for u in units]
+    _check_units(listed, layer, values.shape[1])
     if single is not None:
         return values[:, single]
-    index = torch.tensor([operator.index(u) for u in units], dtype=torch.long, device=values.device)
-    if index.numel() != values.shape[0]:
-        raise ValueError(f"{index.numel()} units for {values.shape[0]} images: give one unit, or one per image")
+    if len(listed) != values.shape[0]:
+        raise ValueError(f"{len(listed)} units for {values.shape[0]} images: give one unit, or one per image")
+    index = torch.tensor(listed, dtype=torch.long, device=values.device)
     return values.gather(1, index[:, None])[:, 0]
 
 
@@ -77,7 +87,7 @@ def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
     """The spatial mean of a unit (ViTs: the mean over patch tokens): the paper's neuron objective."""
     def value(ctx: Context) -> Tensor:
         means = spatial_mean(ctx[layer].float(), grid=ctx.token_grid)  # [B, C]
-        return _masked(_per_image(means, unit), batch)
+        return _masked(_per_image(means, unit, layer), batch)
 
     return Objective(value, [layer], f"Channel [{layer}, {_units_text(unit)}{_batch_text(batch)}]")
 
@@ -87,7 +97,7 @@ def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batc
     def value(ctx: Context) -> Tensor:
         maps = _maps(ctx, layer)  # [B, C, H, W]
         row, col = cell if cell is not None else (maps.shape[2] // 2, maps.shape[3] // 2)
-        return _masked(_per_image(maps[:, :, row, col], unit), batch)
+        return _masked(_per_image(maps[:, :, row, col], unit, layer), batch)
 
     where = "centre" if cell is None else f"{cell[0]},{cell[1]}"
     return Objective(value, [layer], f"Neuron [{layer}, {_units_text(unit)} @ {where}{_batch_text(batch)}]")
