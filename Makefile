@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 WORLD_DIR ?= world
 APT_WORLD := openclipart-png fonts-liberation fonts-freefont-ttf fonts-dejavu-core
 
-.PHONY: demo test browser fonts world train venv clean-venv
+.PHONY: demo test browser fonts world train venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +48,19 @@ demo: $(STAMP) fonts
 # Rebuild the mini CLIP's world from Debian's openclipart (only the world
 # builder and trainer need these packages; tests and the demo do not).
 world: $(STAMP)
-	@dpkg -s $(APT_WORLD) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(APT_WORLD))
+	@dpkg -s $(APT_WORLD) >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq $(APT_WORLD); } || \
+	  echo "no $(APT_WORLD) and no root apt-get to install them: world build stops and names what is missing"
 	$(VENV)/bin/neuronscope world build --out $(WORLD_DIR)
 
 # Retrain the bundled mini CLIP (about 80 minutes on 2 cores), ship its
-# weights and test split, and rewrite its card's JSON.
+# weights and test split, and rewrite its card's JSON. The card is written beside, then moved: a failed
+# eval must not leave the shipped card truncated (the shell's `>` empties it before eval starts).
 MINI_CLIP_DIR := src/neuronscope/data/mini_clip
+CARD := $(MINI_CLIP_DIR)/mini_clip_card.json
 train: world
 	$(VENV)/bin/neuronscope world train --world $(WORLD_DIR) --out runs/mini-clip --export $(MINI_CLIP_DIR)
 	cp $(WORLD_DIR)/test_split.tar $(MINI_CLIP_DIR)/test_split.tar
-	$(VENV)/bin/neuronscope world eval --world $(WORLD_DIR) --json --card-images docs/img > $(MINI_CLIP_DIR)/mini_clip_card.json
+	$(VENV)/bin/neuronscope world eval --world $(WORLD_DIR) --json --card-images docs/img > $(CARD).tmp
+	mv $(CARD).tmp $(CARD)
