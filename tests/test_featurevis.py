@@ -85,6 +85,8 @@ def test_transforms_keep_dtype_and_device_and_standard_amounts_scale_with_size()
     assert CropOrPad((50, 70))(images).shape == (2, 3, 50, 70)
     small, large = standard_transforms(64), standard_transforms(224)
     assert (small[0].pad, small[0].jitter, large[0].pad, large[0].jitter) == (3, (2, 1), 12, (8, 4))
+    rn50x4 = standard_transforms(288)  # Lucid's pixels from 224 px up, as the paper rendered RN50x4
+    assert (rn50x4[0].pad, rn50x4[0].jitter) == (12, (8, 4))
     assert (min(small[0].scales), max(small[0].scales), min(small[0].angles)) == (0.9, 1.1, -10)
     assert (standard_transforms(64, jitter=3)[0].jitter, standard_transforms(64, jitter=0)[0].jitter) == ((3, 1), (0, 0))
     assert torch.equal(standard_transforms(64, pad=0, jitter=0, scales=[1], angles=[0])(images), images)  # all off

@@ -36,9 +36,9 @@ class RenderConfig:
         sd, decay_power: the parameterization's init sd and spectrum decay.
         param_size: the longest side the parameterization lives at, upsampled
             (bilinear) to the image (None: the image's own; Lucid's ``lowres_tensor``).
-        transforms: ``standard`` (Lucid's stack scaled to ``size``) or ``none``.
+        transforms: ``standard`` (Lucid's stack, scaled down below 224 px) or ``none``.
         pad, jitter, scales, angles: override the standard stack's amounts
-            (pixels; scale factors; degrees). None: Lucid's, scaled to ``size``.
+            (pixels; scale factors; degrees). None: Lucid's, scaled down below 224 px.
         redirect_steps: steps with redirected ReLU gradients (Lucid 16).
         l2, tv: weights of an L2 / total-variation penalty on the image (0: off).
         seed: seeds the init and every random transform.

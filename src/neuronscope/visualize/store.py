@@ -34,7 +34,8 @@ from neuronscope.visualize.results import UnitRender
 #: Part of every render job's key: raised when the same settings come to give other images, so that a job
 #: resumed after an upgrade does not keep the old renders as its own. 2: the FFT image at Lucid's scale
 #: (it was sqrt(H*W) times larger), each image seeded by its unit, the jitters folded into the resample.
-RENDER_VERSION = 2
+#: 3: Lucid's transform pixels from 224 px up (they were scaled up with the side: RN50x4's renders change).
+RENDER_VERSION = 3
 
 
 def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:

@@ -7,9 +7,10 @@ sequence on every device and an image's transforms do not depend on which
 images share its batch (Lucid drew one jitter offset for the whole batch).
 Lucid's standard stack at 224 px is pad 12 -> jitter 8 -> scale 0.9..1.1 ->
 rotate -10..10 deg -> jitter 4; :func:`standard_transforms` scales the pixel
-amounts with the image size (a 64 px mini CLIP does not want 12 px of
-padding) and runs it all, with the crop to the model's input, as one
-resample.
+amounts down for images smaller than 224 px (a 64 px mini CLIP does not want
+12 px of padding), keeps Lucid's pixels from 224 px up (RN50x4's 288 px, as
+the paper rendered it), and runs it all, with the crop to the model's input,
+as one resample.
 """
 
 from __future__ import annotations
@@ -209,16 +210,17 @@ class Transforms(nn.Sequential):
 def standard_transforms(size: int | tuple[int, int], *, pad: int | None = None, jitter: int | None = None,
                         scales: Sequence[float] | None = None, angles: Sequence[float] | None = None,
                         out: tuple[int, int] | None = None) -> Transforms:
-    """Lucid's standard transforms, their pixel amounts scaled to the image's side (224 px = Lucid's).
+    """Lucid's standard transforms; below 224 px their pixel amounts are scaled down with the image's side.
 
     pad 12, jitter 8, scales 0.9..1.1 in steps of 0.02 with angles -10..10 deg (0 five more
-    times), jitter 4 at 224 px; pad 3, jitter 2 and jitter 1 at 64 px. The padding, the jitters and the
+    times), jitter 4 at 224 px and above (Lucid's pixels: the paper rendered RN50x4 at 288 px with them);
+    pad 3, jitter 2 and jitter 1 at 64 px. The padding, the jitters and the
     scale and angle are one :class:`RandomAffine` (one resample). A given ``jitter`` sets the first jitter,
     and half of it (rounded down) the second: 0 turns both off. ``out``: the (H, W) window of the result
     (centred, as :class:`CropOrPad` would cut it; default: the padded image less both jitters).
     """
     side = size if isinstance(size, int) else max(size)
-    ratio = side / 224
+    ratio = min(1.0, side / 224)  # a small image's pixels are a larger share of it; a large one keeps Lucid's
 
     def scaled(pixels: int) -> int:
         return max(1, round(pixels * ratio))
