@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from neuronscope.atlas import Atlas, AtlasError
-from neuronscope.atlas.browse import layer_counts, layer_grid, search_units
+from neuronscope.atlas.browse import layer_counts, layer_grid, search_index, search_units
 from neuronscope.cli import app as cli_app
 from neuronscope.web import create_app, layer_view, unit_view
 from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
@@ -119,6 +119,29 @@ def test_search_matches_words_labels_and_texts(client):
     assert client.get("/api/search", params={"q": "no such word"}).json()["hits"] == []
     html = client.get("/search", params={"q": "puzzle"}).text
     assert f'href="{LAYER_URL}/u/1"' in html and "word: puzzle" in html
+
+
+def test_search_and_the_layer_filter_fold_every_script_and_read_only_units_the_atlas_shows(tmp_path):
+    """SQLite's lower() and LIKE fold ASCII only: "Éclair" was found by no spelling, while the static export's
+    script found it. Labels of units no layer page shows (a unit past the layer's end, a layer never scanned)
+    were found, and linked to a 404. The layer filter saw only each card's top three words."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer(MODEL, LAYER, aliases=["neurons"], units=4, grid=(1, 1))
+        atlas.set_label(MODEL, LAYER, 1, "Éclair")
+        atlas.write_unit_texts("words", None, MODEL, LAYER, {2: [("first", 5.0), ("second", 4.0), ("third", 3.0),
+                                                                 ("fourth", 2.0), ("Œuvre", 1.0)]})
+        for model, layer, unit in ((MODEL, LAYER, 9), (MODEL, "visual.layer3", 0), ("mini-clip@bundled", LAYER, 0)):
+            atlas.set_label(model, layer, unit, "Éclair")
+            atlas.write_unit_texts("words", None, model, layer, {unit: [("œuvre", 1.0)]})
+    with TestClient(create_app(tmp_path / "atlas", warm=False)) as client:
+        for spelling, unit in (("éclair", 1), ("ÉCLAIR", 1), ("Éclair", 1), ("œuvre", 2), ("ŒUVRE", 2)):
+            hits = client.get("/api/search", params={"q": spelling}).json()["hits"]
+            assert [(hit["model"], hit["layer"], hit["unit"]) for hit in hits] == [(MODEL, LAYER, unit)], spelling
+            cards = client.get(f"/api{LAYER_URL}", params={"q": spelling}).json()["cards"]
+            assert [card["unit"] for card in cards] == [unit], spelling  # "Œuvre" is unit 2's fifth word
+    with Atlas(tmp_path / "atlas", read_only=True) as atlas:
+        assert [(entry["model"], entry["layer"], entry["unit"]) for entry in search_index(atlas)] \
+            == [(MODEL, LAYER, 1), (MODEL, LAYER, 2)]
 
 
 @pytest.mark.parametrize("url, location", [

@@ -19,6 +19,9 @@ from neuronscope.atlas.store import Atlas
 
 #: Top words kept per unit on a grid card (the unit page shows them all).
 GRID_WORDS = 3
+#: Keeps a per-unit table's rows to units of a layer the atlas holds: a label may be written before any
+#: scan (``world eval --out``), and a unit no layer page shows must not be found (its link would be a 404).
+_HELD = "JOIN layers USING (model, layer) WHERE unit >= 0 AND unit < units"
 #: Order in which a unit's renders are preferred for its grid thumbnail.
 _KIND_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END"
 
@@ -85,7 +88,7 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
 
 
 def search_units(atlas: Atlas, query: str, *, limit: int = 200) -> list[dict[str, Any]]:
-    """Units whose stored top words, label or texts match ``query`` (case-insensitive substring).
+    """Units of stored layers whose top words, label or texts contain ``query`` (case-insensitive, any script).
 
     Exact matches come first, then by the match's score (a word's or text's rank score; labels
     score 0), then by model, layer and unit.
@@ -96,18 +99,29 @@ def search_units(atlas: Atlas, query: str, *, limit: int = 200) -> list[dict[str
     needle = query.strip().lower()
     if not needle:
         return []
-    pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     hits: list[dict[str, Any]] = []
     for match, table, column, score in (("word", "words", "word", "score"), ("label", "labels", "text", "0.0"),
                                         ("text", "texts", "text", "score")):
+        # pylower (Python's str.lower, see Atlas): SQLite's lower() and LIKE fold ASCII only ("Éclair").
         for row in atlas.db.execute(
-                f"SELECT model, layer, unit, {column} AS text, {score} AS score FROM {table} "
-                f"WHERE lower({column}) LIKE ? ESCAPE '\\' ORDER BY (lower({column}) = ?) DESC, {score} DESC "
-                f"LIMIT ?", (pattern, needle, limit)):
+                f"SELECT model, layer, unit, {column} AS text, {score} AS score FROM {table} {_HELD} "
+                f"AND instr(pylower({column}), ?) > 0 ORDER BY (pylower({column}) = ?) DESC, {score} DESC "
+                f"LIMIT ?", (needle, needle, limit)):
             hits.append({"model": row["model"], "layer": row["layer"], "unit": row["unit"], "match": match,
                          "text": row["text"], "score": row["score"], "exact": row["text"].lower() == needle})
     hits.sort(key=lambda hit: (not hit["exact"], -(hit["score"] or 0.0), hit["model"], hit["layer"], hit["unit"]))
     return hits[:limit]
+
+
+def filter_units(atlas: Atlas, model: str, layer: str, query: str) -> set[int]:
+    """Units of a stored layer with a word or label that contains ``query`` (case-insensitive): the layer
+    page's filter. Every stored word counts, not only the GRID_WORDS a card shows."""
+    needle = query.strip().lower()
+    rows = atlas.db.execute(
+        "SELECT unit FROM words WHERE model = ? AND layer = ? AND instr(pylower(word), ?) > 0 "
+        "UNION SELECT unit FROM labels WHERE model = ? AND layer = ? AND instr(pylower(text), ?) > 0",
+        (model, layer, needle) * 2)
+    return {row["unit"] for row in rows}
 
 
 def search_index(atlas: Atlas) -> list[dict[str, Any]]:
@@ -122,10 +136,10 @@ def search_index(atlas: Atlas) -> list[dict[str, Any]]:
         key = (row["model"], row["layer"], row["unit"])
         return units.setdefault(key, {"model": key[0], "layer": key[1], "unit": key[2], "label": None, "words": []})
 
-    for row in atlas.db.execute("SELECT model, layer, unit, word FROM words ORDER BY model, layer, unit, "
+    for row in atlas.db.execute(f"SELECT model, layer, unit, word FROM words {_HELD} ORDER BY model, layer, unit, "
                                 "score DESC, word"):
         entry(row)["words"].append(row["word"])
-    for row in atlas.db.execute("SELECT model, layer, unit, text FROM labels"):
+    for row in atlas.db.execute(f"SELECT model, layer, unit, text FROM labels {_HELD}"):
         entry(row)["label"] = row["text"]
     return [units[key] for key in sorted(units)]
 

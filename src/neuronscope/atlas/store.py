@@ -74,6 +74,11 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _lower(value: object) -> object:
+    """SQL ``pylower(x)``: Python's ``str.lower`` (every script's capitals), NULL and numbers as they are."""
+    return value.lower() if isinstance(value, str) else value
+
+
 def bare_name(model_key: str) -> str:
     """A model key's registry name (``mini-clip@bundled`` -> ``mini-clip``)."""
     return model_key.split("@")[0]
@@ -175,6 +180,9 @@ class Atlas:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             ensure_schema(self.db)
+        # Python's lower() for SQL: SQLite's lower() and LIKE fold ASCII only, so search, the layer filter and
+        # the static export's script (JavaScript's toLowerCase) would disagree on "Éclair".
+        self.db.create_function("pylower", 1, _lower, deterministic=True)
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
 
     def _check_readable_schema(self) -> None:

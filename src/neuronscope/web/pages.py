@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.browse import layer_counts, layer_grid, search_units, unit_runs
+from neuronscope.atlas.browse import filter_units, layer_counts, layer_grid, search_units, unit_runs
 from neuronscope.web.files import MEDIA_TYPES
 from neuronscope.web.links import Links
 
@@ -77,17 +77,16 @@ def home_data(atlas: Atlas) -> dict[str, Any]:
     return {"models": [{"model": model, "layers": layers} for model, layers in models.items()]}
 
 
-def filter_cards(cards: list[dict[str, Any]], query: LayerQuery) -> dict[str, Any]:
+def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[int] | None = None) -> dict[str, Any]:
     """A layer page's slice of ``cards`` (from :func:`layer_grid`): filtered, sorted and paged.
+
+    Args:
+        matching: the units :func:`filter_units` finds for ``query.q`` (None: no filter).
 
     Returns:
         ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort"}``.
     """
-    chosen = cards
-    if query.q:
-        needle = query.q.lower()
-        chosen = [card for card in cards if (card["label"] and needle in card["label"].lower())
-                  or any(needle in word.lower() for word in card["words"])]
+    chosen = cards if matching is None else [card for card in cards if card["unit"] in matching]
     if query.sort == "max":
         # Units without a scan have no max: they go last.
         chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
@@ -107,9 +106,11 @@ def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
     """
     entry = atlas.resolve_layer(model, layer)
     cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
+    # The filter reads every stored word in SQL: a card holds only its top GRID_WORDS.
+    matching = filter_units(atlas, model, entry["layer"], query.q) if query.q else None
     artifacts = [{**artifact, "image": bool(artifact["path"]) and _is_image(artifact["path"])}
                  for artifact in atlas.artifacts(model, entry["layer"])]
-    return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query),
+    return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query, matching),
             "artifacts": artifacts}
 
 
