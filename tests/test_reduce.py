@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from neuronscope.activations import centre, cls_token, reduce_units, spatial_max, spatial_mean, unit_axis, unit_maps
 
@@ -46,8 +47,81 @@ def test_map_grid_of_maps_tokens_and_vectors():
     from neuronscope.activations import map_grid
 
     assert map_grid(torch.zeros(2, 8, 3, 5)) == (3, 5)
+    assert map_grid(torch.zeros(2, 3, 5, 8), layout="channels_last") == (3, 5)
     assert map_grid(torch.zeros(2, 17, 8), grid=(4, 4)) == (4, 4)
-    assert map_grid(torch.zeros(2, 17, 8)) == (1, 1) and map_grid(torch.zeros(2, 8)) == (1, 1)
+    # Tokens without a known grid lie where unit_maps puts them (a square), never on (1, 1).
+    assert map_grid(torch.zeros(2, 17, 8)) == (4, 4) and map_grid(torch.zeros(2, 8)) == (1, 1)
+
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block in miniature (timm's layout): a conv on [B, C, H, W], then LayerNorm and an MLP
+    on [B, H, W, C], permuted back. Hidden width 12 and a 3x4 grid: no dim is mistaken for another."""
+
+    def __init__(self, channels: int = 6, hidden: int = 12) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 4, stride=4)
+        self.norm = nn.LayerNorm(channels)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)  # [B, H, W, C]
+        x = self.fc2(self.act(self.fc1(self.norm(x))))
+        return self.out(x.permute(0, 3, 1, 2))  # [B, C, H, W]
+
+
+def channels_last_model():
+    from neuronscope.models import Preprocess, load_model
+
+    torch.manual_seed(0)
+    return load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=(12, 16)))
+
+
+def test_channels_last_maps_reduce_over_the_last_dim():
+    acts = torch.randn(2, 3, 4, 5)  # [B, H, W, C]
+    values, cells = spatial_max(acts, layout="channels_last")
+    expected_values, expected_cells = spatial_max(acts.permute(0, 3, 1, 2))
+    assert values.shape == (2, 5) and torch.equal(values, expected_values) and torch.equal(cells, expected_cells)
+    assert unit_axis(acts, "channels_last") == 3
+
+
+def test_layer_layouts_follow_the_modules_not_the_shape():
+    """Linear and LayerNorm run channels last; GELU follows fc1; the permuted-back output is channels first."""
+    from neuronscope.activations import list_layers, record
+
+    model = channels_last_model()
+    layouts = {info.name: info.layout for info in list_layers(model) if len(info.shape) == 3}
+    assert layouts == {"conv:input": "channels_first", "conv": "channels_first",
+                       "norm:input": "channels_last", "norm": "channels_last", "fc1:input": "channels_last",
+                       "fc1": "channels_last", "act:input": "channels_last", "act": "channels_last",
+                       "fc2:input": "channels_last", "fc2": "channels_last", "out:input": "channels_first",
+                       "out": "channels_first"}
+    pixels = torch.randn(2, 3, 12, 16)
+    full = record(model, pixels, ["fc1", "out"])
+    reduced = record(model, pixels, ["fc1", "out"], reduce="max")
+    assert full["fc1"].shape == (2, 3, 4, 12) and reduced["fc1"].shape == (2, 12)
+    assert torch.equal(reduced["fc1"], full["fc1"].amax(dim=(1, 2)))
+    assert torch.equal(reduced["out"], full["out"].amax(dim=(2, 3)))
+
+
+def test_a_layer_whose_layout_cannot_be_told_is_an_error():
+    from neuronscope.activations.layout import infer_layouts
+
+    unknown = infer_layouts([("act", nn.GELU(), (1, 6, 3, 4))])
+    assert unknown == {"act": None}
+    # A tensor that is neither the last known one nor it permuted: no guess either.
+    assert infer_layouts([("conv", nn.Conv2d(3, 6, 1), (1, 6, 3, 4)), ("act", nn.GELU(), (1, 5, 3, 4))])["act"] is None
+
+
+def test_edits_reach_the_units_of_a_channels_last_layer():
+    from neuronscope.activations import Recorder, zero_units
+
+    model = channels_last_model()
+    with Recorder(model, ["fc1"], edits=[zero_units("fc1", "0-2")]) as recorder:
+        acts = recorder.run(torch.randn(1, 3, 12, 16))["fc1"]  # [1, 3, 4, 12]
+    assert (acts[..., :3] == 0).all() and (acts[..., 3:] != 0).any()
 
 
 def test_record_refuses_a_reduction_that_is_not_a_name_before_any_forward(tiny_rn):

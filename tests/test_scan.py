@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -422,3 +423,40 @@ def test_scan_help_shows_the_ray_extra():
     """Rich markup swallowed ``[distributed]`` from ``pip install 'neuronscope[distributed]'``."""
     result = CliRunner().invoke(app, ["scan", "--help"])
     assert result.exit_code == 0 and "'neuronscope[distributed]'" in result.output
+
+
+def test_a_channels_last_layer_scans_its_units_on_its_grid(images, tmp_path):
+    """timm ConvNeXt runs its MLPs on [B, H, W, C]: the scan keeps C units on the (H, W) grid."""
+    from tests.test_reduce import channels_last_model
+
+    model = channels_last_model()
+    with Atlas(tmp_path / "atlas") as atlas:
+        outcome = scan(model, open_source(images), atlas, ["fc1"], settings=SETTINGS, batch_size=8, thumbnails=False)
+        (fc1,) = outcome.layers
+        assert (fc1.units, fc1.grid) == (12, (3, 4))
+        assert max(max(e["cell"][0] for e in atlas.unit(None, "fc1", u)["top"]) for u in range(12)) <= 2
+
+
+def test_tokens_without_a_known_grid_store_the_grid_their_cells_lie_on(images, tmp_path):
+    """A tower without ``grid_size`` (timm ViTs before the loader knew theirs): the grid stored is the one
+    the cells are found on (a square of patch tokens), not (1, 1)."""
+    from neuronscope.models import Preprocess, load_model
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patches = nn.Conv2d(3, 8, 4, stride=4)
+            self.blocks = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patches = self.patches(x).flatten(2).transpose(1, 2)  # [B, 9, 8]
+            return self.blocks(torch.cat([patches.mean(1, keepdim=True), patches], dim=1))  # [B, 1 + 9, 8]
+
+    torch.manual_seed(0)
+    model = load_model(Tokens(), preprocess=Preprocess(image_size=12))
+    assert model.token_grid is None
+    with Atlas(tmp_path / "atlas") as atlas:
+        (blocks,) = scan(model, open_source(images), atlas, ["blocks"], settings=SETTINGS, batch_size=8,
+                         thumbnails=False).layers
+        assert (blocks.units, blocks.grid) == (8, (3, 3))
+        assert max(max(e["cell"]) for u in range(8) for e in atlas.unit(None, "blocks", u)["top"]) <= 2

@@ -5,8 +5,9 @@
     acts["visual.layer4.5.act3:input"].shape   # [B, 2560, 9, 9] on RN50x4
 """
 
-from neuronscope.activations.catalog import LayerInfo, list_layers
+from neuronscope.activations.catalog import LayerInfo, layer_layouts, list_layers
 from neuronscope.activations.edits import Edit, mean_ablate, set_units, zero_units
+from neuronscope.activations.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
 from neuronscope.activations.names import (
     INPUT,
     LayerRef,
@@ -32,9 +33,9 @@ from neuronscope.activations.reduce import (
 )
 
 __all__ = [
-    "INPUT", "REDUCTIONS",
-    "Edit", "LayerInfo", "LayerRef", "Recorder",
-    "aliases_by_layer", "all_layer_names", "centre", "cls_token", "list_layers", "map_grid", "mean_ablate", "record",
+    "CHANNELS_FIRST", "CHANNELS_LAST", "INPUT", "REDUCTIONS",
+    "Edit", "LayerInfo", "LayerRef", "Layout", "Recorder",
+    "aliases_by_layer", "all_layer_names", "centre", "cls_token", "layer_layouts", "list_layers", "map_grid", "mean_ablate", "record",
     "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",
     "split_layer_list", "unit_axis", "unit_count", "unit_maps", "zero_units",
 ]

@@ -5,24 +5,30 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
+from torch import nn
 
-from neuronscope.activations.names import aliases_by_layer, all_layer_names
+from neuronscope.activations.layout import Layout, infer_layouts
+from neuronscope.activations.names import LayerRef, aliases_by_layer, all_layer_names
 from neuronscope.activations.recorder import Recorder
 from neuronscope.models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One hookable layer: canonical name, its aliases, its shape without the batch dim."""
+    """One hookable layer: canonical name, its aliases, its shape without the batch dim, and for a 4-D
+    layer where its units are (``channels_first``: [C, H, W], ``channels_last``: [H, W, C], None: unknown;
+    see :mod:`neuronscope.activations.layout`)."""
 
     name: str
     aliases: tuple[str, ...]
     shape: tuple[int, ...]
+    layout: Layout | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape)}
+        return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape), "layout": self.layout}
 
 
 def _shape_only(acts: torch.Tensor) -> torch.Tensor:
@@ -45,5 +51,19 @@ def list_layers(model: LoadedModel) -> list[LayerInfo]:
         warnings.simplefilter("ignore", RuntimeWarning)
         captured = recorder.run(pixels, require_all=False)
     names = sorted(captured, key=list(recorder.activations).index)  # firing order
+    layouts = infer_layouts(((name, model.module.get_submodule(LayerRef.parse(name).path), tuple(captured[name].shape))
+                             for name in names), pixels=tuple(pixels.shape))
     by_layer = aliases_by_layer(model.layer_aliases)
-    return [LayerInfo(name, tuple(by_layer.get(name, ())), tuple(captured[name].shape[1:])) for name in names]
+    return [LayerInfo(name, tuple(by_layer.get(name, ())), tuple(captured[name].shape[1:]), layouts.get(name))
+            for name in names]
+
+
+_LAYOUTS: WeakKeyDictionary[nn.Module, dict[str, Layout | None]] = WeakKeyDictionary()
+
+
+def layer_layouts(model: LoadedModel) -> dict[str, Layout | None]:
+    """``{layer: layout}`` of every 4-D layer of ``model`` (see :class:`LayerInfo`), from one dummy forward
+    per module (cached: a module's layouts do not change)."""
+    if model.module not in _LAYOUTS:
+        _LAYOUTS[model.module] = {info.name: info.layout for info in list_layers(model) if len(info.shape) == 3}
+    return _LAYOUTS[model.module]

@@ -17,6 +17,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.reduce import unit_axis
 from neuronscope.errors import UnitsError
 from neuronscope.runtime import parse_units
@@ -54,9 +55,10 @@ class Edit:
             return list(range(n_units))
         return parse_units(self.units, n_units)  # one parser: text, ints, NumPy / torch integers
 
-    def apply(self, acts: Tensor) -> Tensor:
-        """A new tensor like ``acts`` with the units replaced (``acts`` is not touched)."""
-        axis = unit_axis(acts)
+    def apply(self, acts: Tensor, layout: Layout = CHANNELS_FIRST) -> Tensor:
+        """A new tensor like ``acts`` with the units replaced (``acts`` is not touched); ``layout``: where a
+        4-D ``acts`` holds its units (the recorder passes the layer's)."""
+        axis = unit_axis(acts, layout)
         units = self.unit_indices(acts.shape[axis])
         index = torch.tensor(units, device=acts.device)
         edited = acts.clone()

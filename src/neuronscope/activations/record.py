@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from neuronscope.activations.catalog import layer_layouts
 from neuronscope.activations.edits import Edit
+from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Images, Recorder
 from neuronscope.activations.reduce import REDUCTIONS, reduce_units
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 
 
@@ -63,14 +66,25 @@ def record(
         raise ValueError(f"reduce={reduce!r}: give a reduction's name, one of {', '.join(REDUCTIONS)} "
                          f"(e.g. reduce=\"mean\" for spatial_mean)")
     grid = model.token_grid if isinstance(model, LoadedModel) else None
+    # A plain module has no catalogue: its 4-D layers are read as [B, C, H, W].
+    layouts = layer_layouts(model) if reduce is not None and isinstance(model, LoadedModel) else {}
 
-    def reduce_in_hook(acts: Tensor) -> Tensor:
-        # Reduce inside the hook: the full maps are never copied.
-        return reduce_units(acts, reduce, grid=grid if acts.ndim == 3 else None)  # type: ignore[arg-type]
+    def reducer(name: str) -> Callable[[Tensor], Tensor]:
+        def reduce_in_hook(acts: Tensor) -> Tensor:
+            # Reduce inside the hook: the full maps are never copied.
+            layout = layouts.get(name, CHANNELS_FIRST) if acts.ndim == 4 else CHANNELS_FIRST
+            if layout is None:
+                raise NeuronscopeError(f"cannot tell whether layer {name} holds its units first or last; "
+                                       f"record it with reduce=None and reduce it yourself")
+            return reduce_units(acts, reduce, grid=grid if acts.ndim == 3 else None,  # type: ignore[arg-type]
+                                layout=layout)
+        return reduce_in_hook
 
     pieces: dict[str, list[Tensor]] = {}
-    capture_fn = reduce_in_hook if reduce is not None else None
-    with Recorder(model, layers, edits=edits, early_stop=early_stop, detach=not grad, capture_fn=capture_fn) as recorder:
+    recorder = Recorder(model, layers, edits=edits, early_stop=early_stop, detach=not grad)
+    if reduce is not None:
+        recorder.capture_fn = {name: reducer(name) for name in recorder.layers}
+    with recorder:
         for batch in _batches(images, batch_size):
             for name, acts in recorder.run(batch, grad=grad).items():
                 pieces.setdefault(name, []).append(acts)

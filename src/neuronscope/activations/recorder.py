@@ -23,7 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from neuronscope.activations.edits import Edit
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.names import INPUT, LayerRef, resolve_layer, resolve_layers
-from neuronscope.errors import LayerNotFoundError
+from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.models.aliases import structural_aliases
 from neuronscope.models.loaded import LoadedModel
 
@@ -68,8 +69,9 @@ class Recorder:
         detach: store detached clones (default); ``False`` keeps them in the
             autograd graph, for objectives that need gradients.
         capture_fn: applied to each captured tensor inside the hook, e.g. a
-            reduction to [B, C] so that big maps are never kept. Its result is
-            cloned when it shares memory with the module's tensor.
+            reduction to [B, C] so that big maps are never kept; or a mapping
+            ``{canonical layer: function}`` (layers not in it are kept whole).
+            Its result is cloned when it shares memory with the module's tensor.
         clone: ``False`` keeps the very tensor the forward goes on with (with
             ``detach=False``: gradients *with respect to the layer* then exist,
             as faceted feature visualization needs). Only for layers no
@@ -84,7 +86,7 @@ class Recorder:
         edits: Iterable[Edit] = (),
         early_stop: bool = False,
         detach: bool = True,
-        capture_fn: Callable[[Tensor], Tensor] | None = None,
+        capture_fn: Callable[[Tensor], Tensor] | Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         clone: bool = True,
     ) -> None:
         if isinstance(model, LoadedModel):
@@ -102,6 +104,7 @@ class Recorder:
         for edit in edits:
             name = resolve_layer(self.root, edit.layer, self.aliases, model_key=self._key)
             self.edits.setdefault(name, []).append(edit)
+        self._edit_layouts: dict[str, Layout | None] = {}  # of the edited 4-D layers, found on attach
         self.early_stop = early_stop
         self.detach = detach
         self.capture_fn = capture_fn
@@ -130,6 +133,12 @@ class Recorder:
         """Register the hooks (``with`` does this). Partial registration is undone on error."""
         if self._handles:
             raise RuntimeError("this Recorder is already attached; use one `with` block at a time")
+        if self.edits and self.model is not None and not self._edit_layouts:
+            # Before our hooks exist: the catalogue runs a forward of its own. Imported here: the
+            # catalogue records with a Recorder.
+            from neuronscope.activations.catalog import layer_layouts
+
+            self._edit_layouts = layer_layouts(self.model)
         wanted = [*self.layers, *(name for name in self.edits if name not in self.layers)]
         refs = [LayerRef.parse(name) for name in wanted]
         try:
@@ -208,8 +217,16 @@ class Recorder:
         return type(output)(items)
 
     def _edit(self, name: str, tensor: Tensor) -> Tensor:
-        for edit in self.edits.get(name, ()):
-            tensor = edit.apply(tensor)
+        edits = self.edits.get(name, ())
+        if not edits:
+            return tensor
+        # A plain module has no catalogue: its 4-D layers are read as [B, C, H, W].
+        layout = self._edit_layouts.get(name, CHANNELS_FIRST) if tensor.ndim == 4 else CHANNELS_FIRST
+        if layout is None:
+            raise NeuronscopeError(f"cannot edit {name}: it is not known whether it holds its units first or last; "
+                                   f"edit a neighbouring Conv, Linear or norm layer")
+        for edit in edits:
+            tensor = edit.apply(tensor, layout)
         return tensor
 
     def _capture(self, name: str, tensor: Tensor) -> None:
@@ -225,8 +242,9 @@ class Recorder:
                 )
             return
         kept = tensor.detach() if self.detach else tensor
-        if self.capture_fn is not None:
-            kept = self.capture_fn(kept)
+        capture_fn = self.capture_fn.get(name) if isinstance(self.capture_fn, Mapping) else self.capture_fn
+        if capture_fn is not None:
+            kept = capture_fn(kept)
         if self.clone and kept.device.type != "meta" and kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
             # Clone what shares the module's memory: act3 is an in-place ReLU, so even a
             # pre-hook's input changes under us once the hook returns.

@@ -3,6 +3,9 @@
 Layouts, batch first:
 
 - conv maps ``[B, C, H, W]``: units are channels (dim 1), cells are (row, col);
+  maps run channels last, ``[B, H, W, C]`` (timm ConvNeXt's MLPs), have
+  ``layout="channels_last"``: the layer's layout comes from the model, never
+  from the shape (:func:`neuronscope.activations.layer_layouts`);
 - ViT tokens ``[B, T, D]``: units are the last dim; the first
   ``prefix_tokens`` tokens are class tokens (open_clip ViTs: 1, the CLS token
   first), the remaining ``T - prefix_tokens`` are patches on a ``grid``
@@ -21,30 +24,33 @@ import math
 import torch
 from torch import Tensor
 
-
-def unit_axis(acts: Tensor) -> int:
-    """The units' dim: 1 for maps [B, C, H, W], the last for tokens [B, T, D] and vectors [B, D]."""
-    return 1 if acts.ndim == 4 else acts.ndim - 1
+from neuronscope.activations.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
 
 
-def unit_count(acts: Tensor) -> int:
-    return acts.shape[unit_axis(acts)]
+def unit_axis(acts: Tensor, layout: Layout = CHANNELS_FIRST) -> int:
+    """The units' dim: 1 for maps [B, C, H, W], the last for tokens [B, T, D], vectors [B, D] and
+    channels-last maps [B, H, W, C]."""
+    return 1 if acts.ndim == 4 and layout == CHANNELS_FIRST else acts.ndim - 1
 
 
-def map_grid(acts: Tensor, grid: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(rows, cols) of a layer's map: (H, W) of [B, C, H, W]; a ViT's patch ``grid`` for tokens [B, T, D];
-    (1, 1) for a pooled vector [B, D] (or tokens without a known grid)."""
+def unit_count(acts: Tensor, layout: Layout = CHANNELS_FIRST) -> int:
+    return acts.shape[unit_axis(acts, layout)]
+
+
+def map_grid(acts: Tensor, grid: tuple[int, int] | None = None, *, prefix_tokens: int = 1,
+             layout: Layout = CHANNELS_FIRST) -> tuple[int, int]:
+    """(rows, cols) of the maps :func:`unit_maps` makes of ``acts`` (same arguments): the cells that
+    reductions of this layer report lie on this grid."""
+    maps = unit_maps(acts[:1], prefix_tokens=prefix_tokens, grid=grid, layout=layout)
+    return int(maps.shape[2]), int(maps.shape[3])
+
+
+def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
+              layout: Layout = CHANNELS_FIRST) -> Tensor:
+    """Any layout -> maps [B, C, H, W] (tokens: patch tokens only, laid on ``grid``, or on a square
+    grid when None; 4-D: as ``layout`` says)."""
     if acts.ndim == 4:
-        return int(acts.shape[2]), int(acts.shape[3])
-    if acts.ndim == 3 and grid:
-        return int(grid[0]), int(grid[1])
-    return 1, 1
-
-
-def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
-    """Any layout -> maps [B, C, H, W] (tokens: patch tokens only, laid on ``grid``)."""
-    if acts.ndim == 4:
-        return acts
+        return acts.permute(0, 3, 1, 2) if layout == CHANNELS_LAST else acts
     if acts.ndim == 2:
         return acts[:, :, None, None]
     if acts.ndim != 3:
@@ -61,27 +67,30 @@ def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | N
     return patches.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], *grid)
 
 
-def spatial_mean(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+def spatial_mean(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
+                 layout: Layout = CHANNELS_FIRST) -> Tensor:
     """Mean over space (maps) or patch tokens (ViTs): [B, C]. The feature-vis objective."""
-    return unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid).mean(dim=(2, 3))
+    return unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout).mean(dim=(2, 3))
 
 
-def spatial_max(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+def spatial_max(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
+                layout: Layout = CHANNELS_FIRST) -> tuple[Tensor, Tensor]:
     """Max over space and where it is: values [B, C] and cells [B, C, 2] as (row, col).
 
     How dataset examples are ranked: by the max, keeping the argmax cell.
     Ties go to the first cell in row-major order.
     """
-    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid)
+    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     width = maps.shape[3]
     values, flat = maps.flatten(2).max(dim=2)  # [B, C], [B, C]
     cells = torch.stack((flat // width, flat % width), dim=-1)  # [B, C, 2]
     return values, cells
 
 
-def centre(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+def centre(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
+           layout: Layout = CHANNELS_FIRST) -> Tensor:
     """The centre cell, (H // 2, W // 2): [B, C]. For even sizes, the lower-right of the middle four."""
-    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid)
+    maps = unit_maps(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     return maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
 
 
@@ -95,14 +104,15 @@ def cls_token(acts: Tensor) -> Tensor:
 REDUCTIONS = ("mean", "max", "centre", "cls")
 
 
-def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
+                 layout: Layout = CHANNELS_FIRST) -> Tensor:
     """One value per unit [B, C] by ``how`` in ``mean|max|centre|cls`` (max drops the cell)."""
     if how == "mean":
-        return spatial_mean(acts, prefix_tokens=prefix_tokens, grid=grid)
+        return spatial_mean(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     if how == "max":
-        return spatial_max(acts, prefix_tokens=prefix_tokens, grid=grid)[0]
+        return spatial_max(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)[0]
     if how in ("centre", "center"):
-        return centre(acts, prefix_tokens=prefix_tokens, grid=grid)
+        return centre(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     if how == "cls":
         return cls_token(acts)
     raise ValueError(f"unknown reduction {how!r}: use one of {', '.join(REDUCTIONS)}")

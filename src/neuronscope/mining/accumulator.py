@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.reduce import spatial_max, unit_maps
 from neuronscope.errors import NeuronscopeError
 from neuronscope.mining.histogram import StreamingHistogram
@@ -45,19 +46,19 @@ class ScanSettings:
                                         f"not {value!r}")
 
 
-def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None
+def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None, layout: Layout = CHANNELS_FIRST
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's activations -> per image and unit: max over space, its cell, mean over space.
 
     Args:
-        acts: maps [B, C, H, W], ViT tokens [B, T, D] (patch tokens laid on
-            ``grid``) or vectors [B, D].
+        acts: maps [B, C, H, W] (or [B, H, W, C] with ``layout="channels_last"``),
+            ViT tokens [B, T, D] (patch tokens laid on ``grid``) or vectors [B, D].
 
     Returns:
         ``values`` [B, C] float32, ``cells`` [B, C, 2] int16 (row, col),
         ``map_means`` [B, C] float32, on the activations' device.
     """
-    maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None)  # [B, C, H, W]
+    maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None, layout=layout)  # [B, C, H, W]
     values, cells = spatial_max(maps)
     return values, cells.to(torch.int16), maps.mean(dim=(2, 3))
 
@@ -74,17 +75,24 @@ class LayerAccumulator:
         grid: (rows, cols) of the layer's spatial map (cells are on this grid).
         settings: k, histogram bins, reservoir size, seed.
         device: where the top-k and bottom-k live (the model's device).
+        layout: where a 4-D activation of the layer holds its units (:mod:`neuronscope.activations.layout`).
     """
 
     def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", layout: Layout = CHANNELS_FIRST) -> None:
         self.units = units
         self.grid = grid
+        self.layout = layout
         self.settings = settings
         self.top = StreamingTopK(units, settings.top_k, largest=True, device=device)
         self.bottom = StreamingTopK(units, settings.bottom_k, largest=False, device=device)
         self.moments = StreamingMoments(units)
         self.histogram = StreamingHistogram(units, settings.n_bins, settings.reservoir)
+
+    def reduce(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This layer's activations of a batch -> ``(values, cells, map_means)`` on this layer's grid
+        (see :func:`reduce_batch`)."""
+        return reduce_batch(acts, self.grid, self.layout)
 
     def update(self, values: np.ndarray | torch.Tensor, cells: np.ndarray | torch.Tensor,
                map_means: np.ndarray | torch.Tensor, ordinals: np.ndarray, hashes: np.ndarray) -> None:

@@ -58,7 +58,7 @@ from neuronscope.activations.recorder import Recorder
 from neuronscope.atlas.store import Atlas
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
-from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
+from neuronscope.mining.accumulator import ScanSettings
 from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
@@ -261,8 +261,8 @@ class ShardScanner:
 
     def scan_shard(self, shard: Shard) -> ScanState:
         """The partial state of one shard, computed with the local scanner's batch step."""
-        state = ScanState({name: LayerAccumulator(units, grid, self.settings, self.model.device)
-                           for name, (units, grid) in self.shapes.items()})
+        state = ScanState({name: geometry.accumulator(self.settings, self.model.device)
+                           for name, geometry in self.shapes.items()})
         state.seen = set(shard.seen_before)
         entries = ShardEntries(shard)
         source = replace(self.source, entries=entries)  # scan_batch reads names by ordinal
@@ -339,7 +339,7 @@ def scan_ray(
     checkpoint_key = f"{config_key}-ray"
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
-    state = ScanState({name: LayerAccumulator(units, grid, settings) for name, (units, grid) in shapes.items()})
+    state = ScanState({name: geometry.accumulator(settings) for name, geometry in shapes.items()})
     # Ray first: a cluster that cannot be joined (a bad --ray-address) must not leave a run in the atlas.
     started_ray = not ray.is_initialized()
     if started_ray:

@@ -40,13 +40,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from neuronscope.activations.catalog import layer_layouts
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
-from neuronscope.activations.reduce import map_grid
+from neuronscope.activations.reduce import unit_maps
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
+from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
-from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
+from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
 from neuronscope.mining.histogram import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
@@ -173,15 +176,33 @@ def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, 
     return config, key
 
 
-def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, tuple[int, tuple[int, int]]]:
-    """Units and grid of every layer, from one dummy forward at the model's input size."""
+@dataclass(frozen=True)
+class LayerGeometry:
+    """How a scan reads one layer: its ``units`` and the ``grid`` (rows, cols) its cells lie on, both taken
+    from the maps it reduces, and the ``layout`` of its 4-D activations."""
+
+    units: int
+    grid: tuple[int, int]
+    layout: Layout = CHANNELS_FIRST
+
+    def accumulator(self, settings: ScanSettings, device: str | torch.device = "cpu") -> LayerAccumulator:
+        return LayerAccumulator(self.units, self.grid, settings, device, layout=self.layout)
+
+
+def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, LayerGeometry]:
+    """Units, grid and layout of every layer, from one dummy forward at the model's input size."""
     height, width = model.preprocess.image_size
     with torch.no_grad():
         acts = recorder.run(torch.zeros(1, 3, height, width))
+    layouts = layer_layouts(model) if any(tensor.ndim == 4 for tensor in acts.values()) else {}
     shapes = {}
     for name, tensor in acts.items():
-        values, _, _ = reduce_batch(tensor, model.token_grid)
-        shapes[name] = (values.shape[1], map_grid(tensor, model.token_grid))
+        layout = layouts.get(name, CHANNELS_FIRST) if tensor.ndim == 4 else CHANNELS_FIRST
+        if layout is None:
+            raise NeuronscopeError(f"cannot tell whether layer {name} {list(tensor.shape[1:])} holds its units first "
+                                   f"or last; scan a neighbouring Conv, Linear or norm layer instead")
+        maps = unit_maps(tensor.float(), grid=model.token_grid, layout=layout)  # [1, C, H, W]: what scans reduce
+        shapes[name] = LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout)
     return shapes
 
 
@@ -223,8 +244,8 @@ def scan(
 
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
-        state = ScanState({name: LayerAccumulator(units, grid, settings, model.device)
-                           for name, (units, grid) in shapes.items()}, may_repeat=repeat_mask(source))
+        state = ScanState({name: geometry.accumulator(settings, model.device) for name, geometry in shapes.items()},
+                          may_repeat=repeat_mask(source))
         run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
         resumed_from = state.next_ordinal
         try:
@@ -375,7 +396,7 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, s
     pixels = batch.pixels[keep].to(model.device).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
     with torch.no_grad():
         acts = recorder.run(model.preprocess.normalize(pixels))
-    reduced = {name: reduce_batch(acts[name], model.token_grid) for name in state.accumulators}
+    reduced = {name: accumulator.reduce(acts[name]) for name, accumulator in state.accumulators.items()}
     records = {}
     for position, ordinal in zip(keep, ordinals):
         width, height = batch.sizes[position]

@@ -81,8 +81,9 @@ class LoadedModel:
 
     @property
     def token_grid(self) -> tuple[int, int] | None:
-        """(rows, cols) of a ViT's patch tokens; None for conv nets."""
-        grid = getattr(self.image_module, "grid_size", None)
+        """(rows, cols) of a ViT's patch tokens (open_clip's own, or a timm trunk's); None for conv nets."""
+        trunk_embed = getattr(getattr(self.image_module, "trunk", None), "patch_embed", None)
+        grid = getattr(self.image_module, "grid_size", None) or getattr(trunk_embed, "grid_size", None)
         return tuple(grid) if grid is not None else None  # type: ignore[return-value]
 
     def prepare_images(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
