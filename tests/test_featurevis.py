@@ -214,6 +214,24 @@ def test_a_unit_starts_alike_whatever_its_batch_mates(tiny_rn):
     assert all(torch.equal(a.image, b.image) for a, b in zip(full, again))  # the same pass: bit for bit
 
 
+def test_a_renders_objective_is_its_finished_images_unit_value(tiny_rn):
+    """What the atlas stores is the unit's channel on the stored image as the model sees it, not the curve's
+    last value (the image before the last update, on a random transformed view, with penalties) nor a
+    diversity term."""
+    from neuronscope.activations import spatial_mean
+    from neuronscope.visualize import render_diverse
+
+    config = RenderConfig(steps=3, l2=0.5)
+    renders = [*render_units(tiny_rn, "neurons", [3, 5], config=config),
+               *render_diverse(tiny_rn, "neurons", 7, 2, config=config)]
+    images = torch.stack([r.image for r in renders])
+    layer = tiny_rn.layer_aliases["neurons"]
+    means = spatial_mean(record(tiny_rn, tiny_rn.preprocess.normalize(images), [layer])[layer])
+    expected = means[torch.arange(4), torch.tensor([3, 5, 7, 7])]
+    torch.testing.assert_close(torch.tensor([r.objective for r in renders]), expected, atol=1e-5, rtol=1e-5)
+    assert all(abs(r.objective - float(r.curve[-1])) > 1e-4 for r in renders)
+
+
 def test_a_smaller_canvas_meets_the_model_by_padding_not_resizing(tiny_rn):
     result = render(tiny_rn, "neurons:1", config=RenderConfig(steps=2, size=40))
     assert result.images.shape == (1, 3, 40, 40)

@@ -349,8 +349,9 @@ def render_faceted(
         strength = torch.tensor([s for _, _, s in chosen])
         objective = facet_objective(unit_objective, probe, strength) - l2_weight * (l2() * l2())
         result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook,
-                        keys=[unit for unit, _, _ in chosen])
-        return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], result.curve[:, i],
+                        keys=[unit for unit, _, _ in chosen], score=unit_objective)
+        return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], float(result.final[i]),
+                           result.curve[:, i],
                            f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {l2_weight:g} * L2^2",
                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
 

@@ -2,7 +2,8 @@
 
     result = render(model, channel("neurons", [3, 5, 8]), batch=3)   # one image per unit
     result.images        # [3, 3, 64, 64] in [0, 1]
-    result.curve[-1]     # each image's objective at the last step
+    result.final         # each finished image's objective, as the model sees it (no transforms, no penalties)
+    result.curve         # [steps, 3]: each image's objective (with penalties) on each step's transformed view
 
 Only the objective's layers are hooked (through :class:`Recorder`), and the
 forward stops once they are captured. The model is frozen and in eval mode
@@ -90,6 +91,7 @@ def render(
     transforms: nn.Module | None = None,
     on_step: StepCallback | None = None,
     keys: Sequence[int] | None = None,
+    score: Objective | None = None,
 ) -> RenderResult:
     """Optimise ``batch`` images to maximise ``objective``.
 
@@ -104,14 +106,21 @@ def render(
             transforms come from a generator seeded by ``(config.seed, keys[i])``, whatever shares
             its batch (its result still depends on its batch through float rounding; see above).
             Images of one key start alike and see the same transforms.
+        score: what ``RenderResult.final`` reports, scored once on the finished images as the model
+            sees them (centre-cropped or padded to its input; no transforms, no redirected ReLUs), e.g.
+            the unit's channel alone where ``objective`` adds a diversity or facet term (default:
+            ``objective`` itself, without the config's penalties). It may read only ``objective``'s layers.
 
     Returns:
-        A :class:`RenderResult` with the images, per-image objective curves and the config.
+        A :class:`RenderResult` with the images, their final scores, per-step objective curves and the config.
     """
     keys = list(range(batch)) if keys is None else list(keys)
     if len(keys) != batch:
         raise ValueError(f"{len(keys)} keys for {batch} images: give one per image")
+    score = as_objective(objective) if score is None else score
     objective = full_objective(objective, config)
+    if not set(score.layers + score.live_layers) <= set(objective.layers + objective.live_layers):
+        raise ValueError(f"the score {score} reads layers the objective {objective} does not: score a part of it")
     device = model.device
     input_size = model.preprocess.image_size
     size = (config.size, config.size) if config.size else input_size
@@ -137,28 +146,43 @@ def render(
 
     recorder = Recorder(model, list(dict.fromkeys(names.values())), early_stop=True, detach=False)
     live_recorder = Recorder(model, list(dict.fromkeys(live.values())), detach=False, clone=False) if live else None
+
+    def context(image: Tensor, view: Callable[[Tensor], Tensor], step: int) -> Context:
+        """One forward of ``image`` seen through ``view`` (before the model's input crop): the objective's layers."""
+        pixels = _composite(image, generators) if config.alpha else image
+        captured = recorder.run(model.preprocess.normalize(fit(view(pixels))), grad=torch.is_grad_enabled())
+        acts = {name: captured[canonical] for name, canonical in names.items()}
+        if live_recorder is not None:
+            acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
+        return Context(acts, image, step, model.token_grid)
+
     # The live recorder is attached first: a module runs its hooks in the order they were added, and the
     # early-stop recorder's hook on the deepest layer ends the forward before any hook after it runs.
     with frozen(model.module), (live_recorder or contextlib.nullcontext()), recorder:
         for step in range(config.steps):
             optimizer.zero_grad(set_to_none=True)
             image = param()  # [B, C, H, W] in [0, 1]
-            pixels = _composite(image, generators) if config.alpha else image
-            inputs = model.preprocess.normalize(fit(transforms(pixels)))
             with redirect_relus(model.image_module, enabled=step < config.redirect_steps):
-                captured = recorder.run(inputs, grad=True)
-            acts = {name: captured[canonical] for name, canonical in names.items()}
-            if live_recorder is not None:
-                acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
-            values = objective(Context(acts, image, step, model.token_grid))  # [B]
+                seen = context(image, transforms, step)
+            values = objective(seen)  # [B]
             (-values.sum()).backward()
             optimizer.step()
             curve[step] = values.detach().float()
             if on_step is not None:
                 on_step(step + 1, config.steps)
-        with torch.no_grad():
-            images = param().float().cpu()
-    return RenderResult(images, curve.cpu(), str(objective), config, time.perf_counter() - started)
+        # The curve's last value is the image before the last update, on a random view, with penalties: what
+        # a stored render reports is the finished image's own score. Autograd only for a score that
+        # differentiates with respect to a layer (a facet term).
+        with torch.set_grad_enabled(bool(score.live_layers)):
+            image = param()
+            scores = score(context(image, _untransformed, config.steps)).detach().float().cpu()
+        images = image.detach().float().cpu()
+    return RenderResult(images, scores, curve.cpu(), str(objective), config, time.perf_counter() - started)
+
+
+def _untransformed(images: Tensor) -> Tensor:
+    """The view a finished image is scored on: itself (only cropped or padded to the model's input)."""
+    return images
 
 
 def _composite(image: Tensor, generators: Sequence[torch.Generator]) -> Tensor:

@@ -99,22 +99,21 @@ class RenderResult:
 
     Attributes:
         images: [B, C, H, W] in [0, 1], float32 on the CPU (C = 4 with alpha).
-        curve: [steps, B]: each image's objective at each step (on its transformed view).
+        final: [B]: each finished image's score (``render``'s ``score``: by default the objective without
+            the config's penalties), on the image as the model sees it, without transforms.
+        curve: [steps, B]: each image's objective, penalties included, at each step, on that step's
+            transformed view (before the step's update).
         description: the objective's description.
         config: the :class:`RenderConfig` used.
         seconds: wall time of the optimisation.
     """
 
     images: Tensor
+    final: Tensor
     curve: Tensor
     description: str
     config: RenderConfig
     seconds: float = 0.0
-
-    @property
-    def final(self) -> Tensor:
-        """The objective each image reached at the last step: [B]."""
-        return self.curve[-1]
 
     def pil(self, index: int) -> Image.Image:
         return to_pil(self.images[index])
@@ -129,7 +128,10 @@ class UnitRender:
         kind: ``plain``, ``diverse`` or ``facet:NAME``.
         index: which of a unit's several images (diverse renders, facet strengths); 0 otherwise.
         image: [C, H, W] in [0, 1].
-        curve: [steps] this image's objective per step.
+        objective: the unit's channel on the finished image as the model sees it (no transforms, no
+            penalties, no diversity or facet term): what the atlas stores.
+        curve: [steps] the image's whole objective (penalties and terms included) per step, on each
+            step's transformed view.
         description: the objective of this image.
         extra: e.g. ``{"strength": 5.0}`` for a faceted render.
     """
@@ -139,14 +141,10 @@ class UnitRender:
     kind: str
     index: int
     image: Tensor
+    objective: float
     curve: Tensor
     description: str
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def objective(self) -> float:
-        """The value reached at the last step."""
-        return float(self.curve[-1])
 
     def png(self) -> bytes:
         return png_bytes(self.image)

@@ -57,8 +57,8 @@ def render_units(
     """
     def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
         result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
-        return [UnitRender(layer, unit, "plain", 0, result.images[i], result.curve[:, i], f"Channel [{layer}, {unit}]")
-                for i, unit in enumerate(piece)]
+        return [UnitRender(layer, unit, "plain", 0, result.images[i], float(result.final[i]), result.curve[:, i],
+                           f"Channel [{layer}, {unit}]") for i, unit in enumerate(piece)]
 
     return render_passes(chunks(list(units), batch_size), render_pass, steps=config.steps, on_step=on_step,
                          on_pass=on_pass)
@@ -120,6 +120,6 @@ def render_diverse(
     if count < 2:
         raise ValueError("a diverse render needs at least 2 images; use render_units for one")
     objective = channel(layer, unit) + weight * diversity(diversity_layer or layer)
-    result = render(model, objective, batch=count, config=config, on_step=on_step)
-    return [UnitRender(layer, unit, "diverse", k, result.images[k], result.curve[:, k], str(objective))
-            for k in range(count)]
+    result = render(model, objective, batch=count, config=config, on_step=on_step, score=channel(layer, unit))
+    return [UnitRender(layer, unit, "diverse", k, result.images[k], float(result.final[k]), result.curve[:, k],
+                       str(objective)) for k in range(count)]
