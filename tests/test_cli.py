@@ -132,10 +132,23 @@ def test_progress_bars_write_a_line_per_label_off_a_terminal(capsys, monkeypatch
     step(4, 4)
     bars.close()
     lines = capsys.readouterr().err.splitlines()
-    # No rate where no time has passed (it read 1000000000.0/s); 4 steps in 2 s afterwards.
-    assert lines == ["visualize plain (steps): 1/4", "words: 10/10", "visualize plain (steps): 4/4, 2.0/s, ETA 0 s"]
+    # No rate where no time has passed (it read 1000000000.0/s); 3 steps in the 2 s after the first report.
+    assert lines == ["visualize plain (steps): 1/4", "words: 10/10", "visualize plain (steps): 4/4, 1.5/s, ETA 0 s"]
     ProgressBars(quiet=True)("words", 1, 2)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_count_the_rate_from_where_a_job_resumed_and_carry_its_detail(capsys, monkeypatch):
+    from neuronscope.commands import common
+    from neuronscope.commands.common import ProgressBars
+
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    bars = ProgressBars(every_s=1.0)
+    bars("train", 2000, 4500, detail="loss 0.5000")  # resumed at step 2000
+    bars("train", 2005, 4500, detail="loss 0.4000")  # 5 steps in 10 s (it read 200.5/s)
+    assert capsys.readouterr().err.splitlines() == ["train: 2000/4500, loss 0.5000",
+                                                    "train: 2005/4500, 2.00 s each, ETA 4990 s, loss 0.4000"]
 
 
 def test_a_closed_pipe_ends_the_command_quietly_with_exit_0():
@@ -195,3 +208,13 @@ def test_an_out_that_is_a_file_is_refused_before_the_model_loads(monkeypatch, tm
     result = invoke(*args, "--out", str(target))
     assert result.exit_code == 1 and "is a file, not an atlas folder" in result.output, result.output
     assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["build", "--root"], ["train", "--world"]])
+def test_world_commands_take_the_shared_debug_option(tmp_path, command):
+    from neuronscope.errors import WorldFileMissing
+
+    args = ["world", *command, str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 1 and "Traceback" not in plain.output
+    assert isinstance(CliRunner().invoke(app, [*args, "--debug"]).exception, WorldFileMissing)  # re-raised whole

@@ -114,18 +114,22 @@ MIN_RATE_SECONDS = 0.5
 
 class ProgressBars:
     """Progress of long jobs on stderr, one bar per label: a rich bar on a terminal, elsewhere (logs, CI)
-    a line per label every ``every_s`` seconds with its rate and ETA. ``quiet`` prints nothing.
+    a line per label every ``every_s`` seconds with its rate, ETA and ``detail``. ``quiet`` prints nothing.
 
         bars = ProgressBars(quiet=False)
         render_units(..., on_step=bars.track("visualize plain"))   # a (done, total) callback
         bars("words", 300, 10000)                                   # or report a label directly
+        bars("train", step, steps, detail=f"loss {loss:.4f}")       # with what else the job reports
         bars.close()
+
+    The rate counts from a label's first report, so a job that resumes half-way (a scan, training) is
+    not credited with the work done before it started.
     """
 
     def __init__(self, *, quiet: bool = False, every_s: float = 10.0) -> None:
         self.quiet, self.every_s = quiet, every_s
         self.tasks: dict[str, Any] = {}
-        self.started: dict[str, float] = {}
+        self.started: dict[str, tuple[float, int]] = {}  # label -> (time, done) of its first report
         self.last_line: dict[str, float] = {}
         self.bars = None
         if not quiet and sys.stderr.isatty():
@@ -133,29 +137,28 @@ class ProgressBars:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                                 TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
             self.bars.start()
 
-    def __call__(self, label: str, done: int, total: int) -> None:
+    def __call__(self, label: str, done: int, total: int, *, detail: str = "") -> None:
         if self.quiet:
             return
         now = time.monotonic()
-        self.started.setdefault(label, now)
+        first_time, first_done = self.started.setdefault(label, (now, done))
         if self.bars is not None:
             if label not in self.tasks:
-                self.tasks[label] = self.bars.add_task(label, total=total)
-            self.bars.update(self.tasks[label], completed=done, total=total)
+                self.tasks[label] = self.bars.add_task(label, total=total, detail=detail)
+            self.bars.update(self.tasks[label], completed=done, total=total, detail=detail)
             return
         first = label not in self.last_line
         if first or now - self.last_line[label] >= self.every_s or done == total:
             self.last_line[label] = now
-            elapsed = now - self.started[label]
-            if elapsed < MIN_RATE_SECONDS:  # a label's first report: no time has passed to measure a rate by
-                typer.echo(f"{label}: {done}/{total}", err=True)
-                return
-            rate = done / elapsed
-            typer.echo(f"{label}: {done}/{total}, {rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s",
-                       err=True)
+            line = f"{label}: {done}/{total}"
+            elapsed = now - first_time
+            if elapsed >= MIN_RATE_SECONDS:  # a label's first report: no time has passed to measure a rate by
+                line += _rate_and_eta((done - first_done) / elapsed, total - done)
+            typer.echo(f"{line}, {detail}" if detail else line, err=True)
 
     def track(self, label: str) -> Callable[[int, int], None]:
         """A ``(done, total)`` callback reporting under ``label``."""
@@ -164,6 +167,12 @@ class ProgressBars:
     def close(self) -> None:
         if self.bars is not None:
             self.bars.stop()
+
+
+def _rate_and_eta(rate: float, left: int) -> str:
+    """``, 3.1/s, ETA 20 s`` (or ``, 1.25 s each`` for slow work, such as a training step)."""
+    pace = f"{rate:.1f}/s" if rate >= 1 or rate <= 0 else f"{1 / rate:.2f} s each"
+    return f", {pace}, ETA {left / max(rate, 1e-9):.0f} s"
 
 
 def print_json(payload: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +18,7 @@ from neuronscope.commands.common import (
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
@@ -33,42 +33,17 @@ from neuronscope.runtime import seed_everything
 
 
 class ProgressReport:
-    """Images/s and ETA on stderr: a rich bar on a terminal, a plain line every few seconds elsewhere."""
+    """The scan's progress (files done, images, skipped) as the shared :class:`ProgressBars` shows it."""
 
-    def __init__(self, total: int, *, quiet: bool = False, every_s: float = 10.0) -> None:
-        self.total = total
-        self.quiet = quiet
-        self.every_s = every_s
-        self.last_line = 0.0
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("scan"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task("scan", total=total, rate="-")
-            self.bar.start()
+    def __init__(self, *, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.bars = ProgressBars(quiet=quiet, every_s=every_s)
 
     def __call__(self, progress: ScanProgress) -> None:
-        if self.quiet:
-            return
-        done_here = progress.done - progress.resumed_from
-        rate = done_here / progress.seconds if progress.seconds > 0 else 0.0
-        if self.bar is not None:
-            self.bar.update(self.task, completed=progress.done, rate=f"{rate:.1f}")
-            return
-        now = time.monotonic()
-        if now - self.last_line >= self.every_s or progress.done == progress.total:
-            self.last_line = now
-            eta = (progress.total - progress.done) / rate if rate > 0 else float("nan")
-            typer.echo(f"scan {progress.done}/{progress.total} files, {progress.images} images, "
-                       f"{progress.skipped} skipped, {rate:.1f} files/s, ETA {eta:.0f} s", err=True)
+        self.bars("scan (files)", progress.done, progress.total,
+                  detail=f"{progress.images} images, {progress.skipped} skipped")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bars.close()
 
 
 def _command_line(model_key: str, layers: str, source_name: str, out: str, top_k: int, precision: str, seed: int,
@@ -130,7 +105,7 @@ def scan(
     loaded = load_cli_model(model, weights, device, precision)
     # An unknown layer fails here, before the atlas is opened: a refused scan leaves no empty atlas behind.
     canonical = resolve_layers(loaded.module, split_layer_list(layers), loaded.layer_aliases, model_key=loaded.key)
-    report = ProgressReport(len(source), quiet=json_out and not sys.stderr.isatty())
+    report = ProgressReport(quiet=json_out and not sys.stderr.isatty())
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:
         with Atlas(out) as atlas:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..commands.common import cli_command
+from ..commands.common import DebugOpt, DeviceOpt, JsonOpt, ProgressBars, cli_command
 from .card import label_card_units
 from .sampler import Mix
 from .train import TrainConfig
@@ -52,7 +51,8 @@ def build(
     size: int = typer.Option(64, help="Image size of the test split, in pixels."),
     root: Path = typer.Option(Path("/usr/share/openclipart/png"), help="Root of Debian's openclipart-png."),
     max_pixels: int = typer.Option(16_000_000, help="Skip files with more pixels than this (read from the header)."),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Collect, clean and split the clipart, and render the held-out test split."""
     from .build import build_world
@@ -82,17 +82,14 @@ def train(
     augment: bool = typer.Option(_DEFAULTS.augment, help="Mirror, stretch (0.8-1.25) and tilt (+-15 degrees) "
                                                          "training drawings."),
     export: Optional[Path] = typer.Option(None, help="Also export the final weights to this directory."),
-    device: str = typer.Option("cpu", help="cpu or cuda[:N]. A GPU trains the same batches faster; its weights "
-                                          "are close to, not bit-equal to, the CPU's (the shipped ones are CPU's)."),
+    device: DeviceOpt = "cpu",
     loader_workers: int = typer.Option(1, help="Processes rendering batches (about 0.25 s of one core a batch)."),
-    threads: int = typer.Option(0, help="Intra-op threads (0: torch's default). On a busy 2-core machine "
-                                        "1 is faster: spinning OpenMP threads stall when a core is taken."),
+    debug: DebugOpt = False,
 ) -> None:
-    """Train the mini CLIP (seeded; resumes after a kill; progress bar with loss and ETA)."""
-    import torch
+    """Train the mini CLIP (seeded; resumes after a kill; progress with loss and ETA).
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    A GPU (--device cuda) trains the same batches faster; its weights are close to, not bit-equal to, the
+    CPU's (the shipped ones are the CPU's). Threads: `neuronscope --threads 1 world train` on a busy machine."""
     from .train import export_weights
     from .train import train as run_training
 
@@ -101,34 +98,16 @@ def train(
     device = str(resolve_device(device))  # a clear error for a GPU this machine does not have
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision,
                          mix=_parse_mix(mix), vision_width=vision_width, augment=augment)
-    with _progress_reporter(steps) as on_step:
-        checkpoint = run_training(world, out, config, on_step, device=device, loader_workers=loader_workers)
+    bars = ProgressBars(every_s=30.0)
+    try:
+        checkpoint = run_training(world, out, config, device=device, loader_workers=loader_workers,
+                                  on_step=lambda report: bars("train", report.step, report.steps,
+                                                              detail=f"loss {report.loss:.4f}"))
+    finally:
+        bars.close()
     if export is not None:
         export_weights(checkpoint, export)
         typer.echo(f"exported weights to {export}")
-
-
-@contextmanager
-def _progress_reporter(total: int, every: int = 50):
-    """A rich progress bar on a terminal; a plain line every ``every`` steps in a log file."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        def log_line(report) -> None:
-            if report.step % every == 0 or report.step == report.steps:
-                eta = (report.steps - report.step) * report.seconds_per_step
-                typer.echo(f"step {report.step}/{report.steps} loss {report.loss:.4f} "
-                           f"{report.seconds_per_step:.2f} s/step eta {eta / 60:.1f} min", err=True)
-        yield log_line
-        return
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[sps]:.2f} s/step"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("train", total=total, loss=float("nan"), sps=0.0)
-        yield lambda report: progress.update(task, completed=report.step, loss=report.loss,
-                                             sps=report.seconds_per_step)
 
 
 def _load_for_eval(weights: Optional[str]):
@@ -163,9 +142,11 @@ def eval_command(
                                                     "them (where drawing accuracy is lost)."),
     card_images: Optional[Path] = typer.Option(None, help="Also write PNG sheets of the top multimodal units here."),
     out: Optional[Path] = typer.Option(None, "--out", help="An atlas to label the multimodal units in (label = concept)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
-    """Evaluate the mini CLIP on the held-out split (fp32, through the recorder)."""
+    """Evaluate the mini CLIP on the held-out split (fp32 on the CPU, through the recorder; --seeds seeds its
+    controls, so it takes no --model, --device, --precision or --seed)."""
     from .card import card_tables, write_unit_sheets
     from .evaluate import evaluate_world
     from .split import load_test_split
