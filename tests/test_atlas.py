@@ -335,3 +335,32 @@ def test_a_bare_name_of_two_models_is_refused_when_labelling_as_when_reading(tmp
         atlas.set_label("mini-clip@random", "neurons", 3, "cat")
         assert atlas.unit("mini-clip@random", "neurons", 3)["label"] == "cat"
         assert atlas.unit("mini-clip@bundled", "neurons", 3)["label"] is None
+
+
+def test_a_stale_version_read_never_recreates_or_remigrates_an_atlas(tmp_path, monkeypatch):
+    """Two processes opening a new atlas: one read version 0, the other created, migrated and wrote a render;
+    the first then re-ran the schema script and the 1 -> 2 migration, which drops featurevis."""
+    import neuronscope.atlas.schema as schema
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", "l", aliases=[], units=2, grid=(1, 1))
+        atlas.write_featurevis(None, "m@x", "l", [{"unit": 0, "kind": "plain", "png": b"x", "objective": 1.0}])
+    real, reads = schema.schema_version, []
+
+    def stale_then_real(connection: sqlite3.Connection) -> int:  # the first read happened before the other's writes
+        reads.append(connection)
+        return 0 if len(reads) == 1 else real(connection)
+
+    monkeypatch.setattr(schema, "schema_version", stale_then_real)
+    late = sqlite3.connect(tmp_path / "atlas" / "atlas.sqlite", isolation_level=None)
+    assert ensure_schema(late) == SCHEMA_VERSION
+    assert late.execute("SELECT count(*) FROM featurevis").fetchone()[0] == 1 and real(late) == SCHEMA_VERSION
+    late.close()
+
+
+def test_schema_scripts_split_only_where_sqlite_ends_a_statement():
+    from neuronscope.atlas.schema import _statements
+
+    script = "CREATE TABLE a (x TEXT DEFAULT ';');\n-- one; two\nCREATE TABLE b (y);\n"
+    assert [statement.strip() for statement in _statements(script)] == \
+        ["CREATE TABLE a (x TEXT DEFAULT ';');", "-- one; two\nCREATE TABLE b (y);"]

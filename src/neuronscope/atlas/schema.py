@@ -155,10 +155,21 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
+def _statements(script: str) -> list[str]:
+    """A SQL script's statements, split where SQLite says one is complete (a ``;`` in a string or comment stays)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    return statements
+
+
 def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA_V2.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    for statement in _statements(SCHEMA_V2):
+        connection.execute(statement)
 
 
 #: ``MIGRATIONS[v]`` upgrades a version-``v`` atlas to ``v + 1`` inside the open transaction.
@@ -174,32 +185,39 @@ def schema_version(connection: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _refuse_newer(found: int, target: int) -> None:
+    if found > target:
+        raise NeuronscopeError(f"this atlas has schema version {found}, newer than this neuronscope "
+                               f"understands ({target}); upgrade neuronscope to read it")
+
+
 def ensure_schema(connection: sqlite3.Connection, *, migrations: dict[int, Callable] | None = None,
                   target: int = SCHEMA_VERSION) -> int:
     """Create the schema in an empty database, or migrate an older one; returns the version found."""
     migrations = MIGRATIONS if migrations is None else migrations
-    found = schema_version(connection)
-    if found > target:
-        raise NeuronscopeError(f"this atlas has schema version {found}, newer than this neuronscope "
-                               f"understands ({target}); upgrade neuronscope to read it")
+    found = schema_version(connection)  # without a lock: almost every open finds the atlas current
+    _refuse_newer(found, target)
     if found == target:
         return found
-    if found == 0:
-        # One script, one transaction: a crash leaves an empty file, never half a schema.
-        connection.executescript(f"BEGIN IMMEDIATE;{SCHEMA_V1}"
-                                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');COMMIT;")
-    version = max(found, 1)
-    if version < target:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for step in range(version, target):
-                if step not in migrations:
-                    raise NeuronscopeError(f"no migration from atlas schema {step} to {step + 1}")
-                migrations[step](connection)
+    # Another process may be creating or migrating this atlas right now: read the version again under the
+    # write lock, or a stale 0 would re-run the migrations over its first rows (v1 -> v2 drops featurevis).
+    # One transaction: a crash leaves an empty file or the old schema, never half of one.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = schema_version(connection)
+        _refuse_newer(found, target)
+        if found == 0:
+            for statement in _statements(SCHEMA_V1):
+                connection.execute(statement)
+        for step in range(max(found, 1), target):
+            if step not in migrations:
+                raise NeuronscopeError(f"no migration from atlas schema {step} to {step + 1}")
+            migrations[step](connection)
+        if found < target:
             connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                               (str(target),))
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+                                (str(target),))
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
     return found
