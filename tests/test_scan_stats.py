@@ -200,3 +200,18 @@ def test_histogram_of_huge_values_bins_every_value_in_any_order():
         width = np.ldexp(1.0, int(first.exponent[unit]))
         expected = np.floor(values[:, unit] / width).astype(np.int64) - first.first[unit]
         assert np.bincount(expected, minlength=8).tolist() == first.counts[unit].tolist()
+
+
+def test_conditional_buckets_show_every_image_kept_when_bins_hold_fewer_than_the_reservoir():
+    """Four bins of one image each, reservoir 4: a bucket of two bins shows both images, not one (the
+    fullest bin's count is no measure of the reservoir)."""
+    from neuronscope.mining import uniform_buckets
+
+    buckets = uniform_buckets([0, 1, 2, 3, 4], [1, 1, 1, 1], [["a"], ["b"], ["c"], ["d"]], 0, std=1.0,
+                              reservoir=4, n_buckets=2)
+    assert [b["count"] for b in buckets] == [2, 2]
+    assert [sorted(b["samples"]) for b in buckets] == [["a", "b"], ["c", "d"]]
+    # The reservoir still caps a bucket: two images kept per bin, three bins -> two per bucket.
+    (one,) = uniform_buckets([0, 1, 2, 3], [5, 5, 5], [["a", "b"], ["c", "d"], ["e", "f"]], 0, std=0.0,
+                             reservoir=2)
+    assert len(one["samples"]) == 2 and one["count"] == 15

@@ -640,18 +640,20 @@ class Atlas:
                  "cell": [row["cell_row"], row["cell_col"]], "thumb": row["thumb"]} for row in rows]
 
     def histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
-        """A unit's histogram trimmed to its occupied bins: ``{"edges", "counts", "samples", "seed"}``.
+        """A unit's histogram trimmed to its occupied bins: ``{"edges", "counts", "samples", "seed", "reservoir"}``.
 
         ``edges`` has one more entry than ``counts``; ``samples[i]`` are the
-        reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first.
+        reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first;
+        ``reservoir``: how many a bin keeps at most.
         """
         data = self.histogram_arrays(model, layer)
         if data is None:
             return None
         counts = data["counts"][unit]
         occupied = np.flatnonzero(counts)
+        reservoir = int(data["samples"].shape[-1])
         if occupied.size == 0:
-            return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"])}
+            return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"]), "reservoir": reservoir}
         low, high = int(occupied[0]), int(occupied[-1]) + 1
         width = float(np.ldexp(1.0, int(data["exponent"][unit])))
         first = int(data["first"][unit])
@@ -659,7 +661,8 @@ class Atlas:
         samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0]
                    for bin_samples in data["samples"][unit][low:high]]
         return {"edges": [(first + i) * width for i in range(low, high + 1)],
-                "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"])}
+                "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"]),
+                "reservoir": reservoir}
 
     def histogram_arrays(self, model: str, layer: str) -> dict[str, np.ndarray] | None:
         """A layer's histogram file as arrays (``counts`` [C, n_bins], ``exponent``, ``first`` [C], ...), or None.
@@ -697,4 +700,4 @@ class Atlas:
         if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)
             return []
         return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
-                               std=stats["std"], n_buckets=n_buckets)
+                               std=stats["std"], reservoir=histogram["reservoir"], n_buckets=n_buckets)

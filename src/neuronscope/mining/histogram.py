@@ -239,7 +239,7 @@ class StreamingHistogram:
 
 
 def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
-                    std: float, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
+                    std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
     """Uniform buckets from min to max, in SDs from zero, for conditional-probability plots.
 
     The paper's plots: activations in standard deviations from zero, uniform
@@ -251,7 +251,8 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
     reservoir the union would have kept.
 
     Args:
-        edges, counts, samples, seed: a unit's histogram as ``Atlas.histogram`` returns it.
+        edges, counts, samples, seed, reservoir: a unit's histogram as ``Atlas.histogram`` returns it
+            (``reservoir``: the samples a bin keeps at most; a bin holding fewer held all its images).
         std: the unit's standard deviation (``stats["std"]``); 0 gives one bucket.
         per_bucket: images per bucket (at most, and by default, the reservoir size).
 
@@ -260,8 +261,9 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
     """
     if not counts:
         return []
-    reservoir = max((len(s) for s in samples), default=0)
-    # More than a bin's reservoir per bucket would not be the union's smallest hashes any more.
+    # More than a bin's reservoir per bucket would not be the union's smallest hashes any more. (The
+    # fullest bin's sample count is no stand-in: when every bin holds fewer images than the reservoir,
+    # a bucket of several bins can show more.)
     per_bucket = min(per_bucket or reservoir, reservoir)
     scale = std if std > 0 else 1.0
     low, high = edges[0] / scale, edges[-1] / scale
