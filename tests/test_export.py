@@ -109,3 +109,25 @@ def test_re_export_replaces_an_export_but_never_a_foreign_folder(web_atlas, tmp_
     summary = export_site(web_atlas, site, plots=False)
     assert not (site / "stale.html").exists() and summary.pages == 519
     assert "Plots were left out of this export." in (site / "m/tiny-rn/l" / LAYER / "u/0/index.html").read_text()
+
+
+def test_a_failed_re_export_keeps_the_previous_site_and_a_file_is_refused(web_atlas, tmp_path, monkeypatch):
+    """The previous export was deleted before the new one was written, so a failure left nothing; a file
+    given as --site raised a raw NotADirectoryError."""
+    site = tmp_path / "site"
+    export_site(web_atlas, site, plots=False)
+    before = sorted(path.relative_to(site) for path in site.rglob("*"))
+
+    def broken(store, site):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("neuronscope.web.export._export_search", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_site(web_atlas, site, plots=False)
+    assert sorted(path.relative_to(site) for path in site.rglob("*")) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["site"]  # no partial folder left beside it
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    result = CliRunner().invoke(cli_app, ["export", str(web_atlas), "--site", str(afile)])
+    assert result.exit_code == 1 and "is a file: pass a folder" in result.output
+    assert afile.read_text() == "mine"

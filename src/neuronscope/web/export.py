@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -90,13 +93,62 @@ class _Site:
         self.copied.add(relative)
 
 
-def _prepare(site_dir: Path) -> None:
-    if site_dir.exists() and any(site_dir.iterdir()) and not (site_dir / MARKER).is_file():
+def _check_target(site_dir: Path) -> None:
+    """Refuse a target that is not ours to replace: a file, or a folder with other content."""
+    if site_dir.exists() and not site_dir.is_dir():
+        raise AtlasError(f"{site_dir} is a file: pass a folder for the site (new, empty, or an earlier export)")
+    if site_dir.is_dir() and any(site_dir.iterdir()) and not (site_dir / MARKER).is_file():
         raise AtlasError(f"{site_dir} is not empty and is not a neuronscope site: give an empty or new folder")
-    if (site_dir / MARKER).is_file():
-        shutil.rmtree(site_dir)  # an earlier export: replaced whole, so no stale page survives
-    site_dir.mkdir(parents=True, exist_ok=True)
-    (site_dir / MARKER).write_text("written by `neuronscope export`; the whole folder is replaced on re-export\n")
+
+
+def _sibling(site_dir: Path, tag: str) -> Path:
+    """A new empty folder beside ``site_dir`` (same file system: renames between them are atomic).
+
+    Made with ``mkdir``, not ``mkdtemp``: the published folder keeps the umask's permissions, not 0700.
+    """
+    while True:
+        candidate = site_dir.parent / f".{site_dir.name}.{tag}-{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def _swap_in(staging: Path, site_dir: Path) -> None:
+    """Put ``staging`` in ``site_dir``'s place (an earlier export, or an empty folder, is removed after)."""
+    _check_target(site_dir)  # again: the folder may have changed during a long export
+    previous = None
+    if site_dir.exists():
+        previous = _sibling(site_dir, "old")
+        os.replace(site_dir, previous)  # onto an empty folder: a rename
+    try:
+        os.replace(staging, site_dir)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, site_dir)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextmanager
+def _staged(site_dir: Path) -> Iterator[Path]:
+    """A fresh sibling folder to write the site into, put in ``site_dir``'s place only when the export succeeds.
+
+    A failed (or interrupted) export leaves the previous one as it was; a successful one replaces it whole,
+    so no stale page survives.
+    """
+    site_dir = Path(os.path.abspath(site_dir))  # "." or "out/..": its siblings are in the real parent
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(site_dir, "partial")
+    try:
+        (staging / MARKER).write_text("written by `neuronscope export`; the whole folder is replaced on re-export\n")
+        yield staging
+        _swap_in(staging, site_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def export_site(atlas: Atlas | str | os.PathLike, site_dir: str | os.PathLike, *, plots: bool = True,
@@ -110,22 +162,23 @@ def export_site(atlas: Atlas | str | os.PathLike, site_dir: str | os.PathLike, *
         progress: called with ``(units done, units in all)`` after each unit page.
     """
     started = time.perf_counter()
+    site_dir = Path(site_dir)
+    _check_target(site_dir)  # before opening the atlas: a wrong --site costs nothing
     store = atlas if isinstance(atlas, Atlas) else Atlas(atlas, create=False, read_only=True)
     try:
-        site_dir = Path(site_dir)
-        _prepare(site_dir)
-        site = _Site(site_dir, store)
-        (site_dir / "static").mkdir()
-        for name in ("style.css", "app.js"):
-            shutil.copyfile(STATIC_DIR / name, site_dir / "static" / name)
-        home = pages.home_data(store)
-        site.page("index.html", "home.html", **home)
-        layers = [layer for group in home["models"] for layer in group["layers"]]
-        total = sum(layer["units"] for layer in layers)
-        done = 0
-        for layer in layers:
-            done = _export_layer(store, site, layer["model"], layer["layer"], plots, done, total, progress)
-        _export_search(store, site)
+        with _staged(site_dir) as staging:
+            site = _Site(staging, store)
+            (staging / "static").mkdir()
+            for name in ("style.css", "app.js"):
+                shutil.copyfile(STATIC_DIR / name, staging / "static" / name)
+            home = pages.home_data(store)
+            site.page("index.html", "home.html", **home)
+            layers = [layer for group in home["models"] for layer in group["layers"]]
+            total = sum(layer["units"] for layer in layers)
+            done = 0
+            for layer in layers:
+                done = _export_layer(store, site, layer["model"], layer["layer"], plots, done, total, progress)
+            _export_search(store, site)
         return ExportSummary(site_dir, site.pages, len(site.copied), total, time.perf_counter() - started)
     finally:
         if store is not atlas:
