@@ -220,7 +220,8 @@ def test_a_source_changed_after_a_kill_starts_over_and_drops_the_stale_checkpoin
 
     with pytest.raises(Killed):
         run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=4, on_batch=kill_at_once)
-    assert len(list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))) == 1
+    (checkpoint,) = (tmp_path / "atlas" / "checkpoints").glob("*.npz")
+    shutil.copy(checkpoint, checkpoint.with_name(checkpoint.stem + "-ray.npz"))  # as if Ray had run it too
     (images / "a" / "img00.png").unlink()  # the listing changes: the old run's config key cannot come back
     with caplog.at_level("WARNING", logger="neuronscope.mining.scanner"):
         outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
@@ -460,3 +461,30 @@ def test_tokens_without_a_known_grid_store_the_grid_their_cells_lie_on(images, t
                          thumbnails=False).layers
         assert (blocks.units, blocks.grid) == (8, (3, 3))
         assert max(max(e["cell"]) for u in range(8) for e in atlas.unit(None, "blocks", u)["top"]) <= 2
+
+
+def test_a_finished_scan_leaves_no_checkpoint_of_either_backend(tiny_rn, images, tmp_path):
+    """A run killed under Ray and finished locally (or the other way round): both checkpoints go."""
+    def kill_at_once(progress) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=4, on_batch=kill_at_once)
+    (checkpoint,) = (tmp_path / "atlas" / "checkpoints").glob("*.npz")
+    shutil.copy(checkpoint, checkpoint.with_name(checkpoint.stem + "-ray.npz"))
+    assert run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4).resumed_from == 4
+    assert not list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))
+
+
+def test_a_failure_while_finishing_leaves_the_run_interrupted_and_resumable(tiny_rn, images, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Atlas, "write_scan", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert [run["status"] for run in atlas.runs()] == ["interrupted"]
+    outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
+    assert outcome.run_id == 1 and outcome.resumed_from == outcome.images + sum(outcome.skipped.values())

@@ -198,6 +198,21 @@ def test_a_ray_cluster_that_cannot_be_joined_leaves_no_run_in_the_atlas(monkeypa
         assert atlas.runs() == []
 
 
+def test_a_bad_shard_size_is_refused_before_ray_starts_or_a_run_is_recorded(monkeypatch, tmp_path):
+    from neuronscope.mining import ray_backend
+
+    def no_ray():
+        raise AssertionError("Ray must not start for a bad shard size")
+
+    monkeypatch.setattr(ray_backend, "import_ray", no_ray)
+    make_images(tmp_path / "images", count=4)
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(NeuronscopeError, match="multiple of the batch size 2"):
+            ray_backend.scan_ray(load_model("tiny-rn", weights="random"), open_source(tmp_path / "images"), atlas,
+                                 LAYERS, batch_size=2, shard_size=3)
+        assert atlas.runs() == []
+
+
 def imports_at_load_time(tree: ast.AST) -> list[str]:
     """Modules a file imports when it is loaded: every import outside function bodies (class bodies, ``if`` and
     ``try`` blocks included)."""

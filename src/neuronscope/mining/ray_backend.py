@@ -62,12 +62,14 @@ from neuronscope.mining.accumulator import ScanSettings
 from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
+    RAY_SUFFIX,
     ProgressHook,
     ScanProgress,
     ScanState,
     content_key,
     finish_scan,
     layer_shapes,
+    mark_interrupted,
     scan_batch,
     scan_config,
     start_or_resume,
@@ -331,12 +333,16 @@ def scan_ray(
     Every worker node must have ``neuronscope`` installed and read the
     source's paths; the driver reads them too (hashing, thumbnails).
     """
+    if shard_size is not None and (shard_size < 1 or shard_size % batch_size):
+        # Before Ray starts and before the run is recorded: a bad option must leave nothing behind.
+        raise NeuronscopeError(f"shard_size={shard_size} must be a positive multiple of the batch size "
+                               f"{batch_size}; pass e.g. {batch_size * max(1, round(shard_size / batch_size))}")
     ray = import_ray()
     started = time.perf_counter()
     canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
     aliases = aliases_by_layer(model.layer_aliases)
     config, config_key = scan_config(model, canonical, source, settings, max_pixels)
-    checkpoint_key = f"{config_key}-ray"
+    checkpoint_key = config_key + RAY_SUFFIX
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
     state = ScanState({name: geometry.accumulator(settings) for name, geometry in shapes.items()})
@@ -352,8 +358,6 @@ def scan_ray(
         try:
             replicas, gpus = replica_plan(ray, workers)
             size = shard_size or default_shard_size(len(source), batch_size, replicas)
-            if size % batch_size:
-                raise NeuronscopeError(f"shard size {size} is not a multiple of the batch size {batch_size}")
             ranges = shard_ranges(len(source), done, size)
             # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
             shipped = model if model.device.type == "cpu" else replace(
@@ -375,17 +379,16 @@ def scan_ray(
                     if on_batch is not None:
                         on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
                                               resumed_from, time.perf_counter() - started))
+            return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
+                               thumbnails=thumbnails, max_pixels=max_pixels,
+                               workers=min(workers, os.cpu_count() or 1), started=started,
+                               resumed_from=resumed_from)
         except BaseException:
-            atlas.set_run_status(run_id, "interrupted")
+            mark_interrupted(atlas, run_id, config_key)
             raise
     finally:
         if started_ray:
             ray.shutdown()
-    outcome = finish_scan(model, source, atlas, state, run_id, checkpoint_key, settings.seed, aliases,
-                          thumbnails=thumbnails, max_pixels=max_pixels, workers=min(workers, os.cpu_count() or 1),
-                          started=started, resumed_from=resumed_from)
-    atlas.drop_checkpoint(config_key)  # a local scan's of this run, if it was killed and rerun here: stale now
-    return outcome
 
 
 def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, layers: list[str], settings: ScanSettings,

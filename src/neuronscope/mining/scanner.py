@@ -244,27 +244,44 @@ def scan(
 
     with Recorder(model, canonical, early_stop=True) as recorder:
         shapes = layer_shapes(recorder, model)
-        state = ScanState({name: geometry.accumulator(settings, model.device) for name, geometry in shapes.items()},
-                          may_repeat=repeat_mask(source))
-        run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
-        resumed_from = state.next_ordinal
-        try:
+    state = ScanState({name: geometry.accumulator(settings, model.device) for name, geometry in shapes.items()},
+                      may_repeat=repeat_mask(source))
+    run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
+    resumed_from = state.next_ordinal
+    try:
+        with Recorder(model, canonical, early_stop=True) as recorder:
             _scan_batches(model, recorder, source, atlas, state, config_key, run_id, settings.seed,
                           batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
                           max_pixels=max_pixels, started=started, resumed_from=resumed_from, on_batch=on_batch)
-        except BaseException:
-            atlas.set_run_status(run_id, "interrupted")
-            raise
+        return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
+                           thumbnails=thumbnails, max_pixels=max_pixels, workers=workers, started=started,
+                           resumed_from=resumed_from)
+    except BaseException:
+        mark_interrupted(atlas, run_id, config_key)
+        raise
 
-    return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
-                       thumbnails=thumbnails, max_pixels=max_pixels, workers=workers, started=started,
-                       resumed_from=resumed_from)
+
+def mark_interrupted(atlas: Atlas, run_id: int, config_key: str) -> None:
+    """After a failure or a kill: the run can resume, unless it got as far as finishing (its results are
+    written; only the checkpoints' removal failed)."""
+    if atlas.finished_run(config_key) != run_id:
+        atlas.set_run_status(run_id, "interrupted")
+
+
+#: The Ray backend's checkpoint of a run is ``config_key + RAY_SUFFIX``: each backend reads only its own.
+RAY_SUFFIX = "-ray"
+
+
+def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
+    """Remove a run's checkpoints, both backends': either may have written one before a kill and a rerun."""
+    for key in (config_key, config_key + RAY_SUFFIX):
+        atlas.drop_checkpoint(key)
 
 
 def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
-                checkpoint_key: str, seed: int, aliases: dict[str, list[str]], *, thumbnails: bool, max_pixels: int,
+                config_key: str, seed: int, aliases: dict[str, list[str]], *, thumbnails: bool, max_pixels: int,
                 workers: int, started: float, resumed_from: int) -> ScanOutcome:
-    """Turn a complete state into results: thumbnails, one ``Atlas.write_scan`` transaction, checkpoint removed."""
+    """Turn a complete state into results: thumbnails, one ``Atlas.write_scan`` transaction, checkpoints removed."""
     state.prune_records()
     layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, seed)
                    for name, accumulator in state.accumulators.items()]
@@ -273,7 +290,7 @@ def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: Sc
     image_records = {record.id: record for record in state.records.values()}
     skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
     atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
-    atlas.drop_checkpoint(checkpoint_key)
+    drop_checkpoints(atlas, config_key)
     return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
                        seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
 
@@ -298,10 +315,8 @@ def start_or_resume(atlas: Atlas, state: ScanState, config: dict, config_key: st
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
         return run_id, None
-    suffix = checkpoint_key[len(config_key):]  # the backend's mark ("-ray"), if any
     for stale in runs_of_a_changed_source(atlas, config, config_key):
-        for key in dict.fromkeys((stale["config_key"], stale["config_key"] + suffix)):
-            atlas.drop_checkpoint(key)
+        drop_checkpoints(atlas, stale["config_key"])
         atlas.set_run_status(stale["id"], "abandoned")
         log.warning("the source changed since run %d was interrupted (%s entries then, %s now): it cannot "
                     "resume, so a new run starts; run %d is marked abandoned and its checkpoint dropped",
