@@ -86,3 +86,28 @@ def test_pixel_limit_is_read_before_decoding(tmp_path):
     assert open_image(path).size == (100, 100)
     with pytest.raises(SkippedFile, match="missing"):
         open_image(tmp_path / "gone.png")
+
+
+def test_float_images_are_scaled_from_zero_one_or_skipped_never_black():
+    """Mode F (float TIFF) in [0, 1] -> 8 bits; Pillow's own conversion clipped it to black."""
+    ramp = np.linspace(0.0, 1.0, 50, dtype=np.float32)[None, :].repeat(30, axis=0)  # [30, 50]
+    grey = np.asarray(decode_image_bytes(encode(Image.fromarray(ramp, mode="F"), "TIFF"), "f.tif"))
+    assert grey.shape == (30, 50, 3) and grey[0, 0].tolist() == [0, 0, 0] and grey[0, -1].tolist() == [255] * 3
+    assert grey[0, 25, 0] == round(25 / 49 * 255)
+    with pytest.raises(SkippedFile, match="outside") as caught:
+        decode_image_bytes(encode(Image.fromarray(ramp * 1000, mode="F"), "TIFF"), "hdr.tif")
+    assert caught.value.reason == "unreadable"
+
+
+def test_iter_decoded_counts_a_directory_in_a_path_list_as_unreadable(tmp_path):
+    """zeroshot's reader shares the scan's: a directory listed as an image is a skip, not an abort."""
+    from neuronscope.mining.loader import iter_decoded
+
+    (tmp_path / "imgs").mkdir()
+    noise().save(tmp_path / "imgs" / "ok.png")
+    (tmp_path / "d.png").mkdir()
+    (tmp_path / "list.txt").write_text("imgs/ok.png\nd.png\ngone.png\n")
+    outcomes = {name: item for name, item in iter_decoded([str(tmp_path / "list.txt")])}
+    assert isinstance(outcomes["imgs/ok.png"], Image.Image)
+    assert {name: item.reason for name, item in outcomes.items() if isinstance(item, SkippedFile)} == \
+        {"d.png": "unreadable", "gone.png": "missing"}

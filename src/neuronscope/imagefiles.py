@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Why a file was skipped. Shared by scans and the world builder.
@@ -130,7 +131,21 @@ def _decode(stream: Path | io.BytesIO, name: str | os.PathLike, max_pixels: int,
         if image.mode == "I;16" or image.mode.startswith("I"):
             # 16-bit greyscale: scale to 8 bits rather than clip.
             image = image.point(lambda value: value / 256).convert("L")
+        elif image.mode == "F":
+            image = _float_to_grey(image, name)
         return image.convert("RGBA" if keep_alpha else "RGB")
+
+
+def _float_to_grey(image: Image.Image, name: str | os.PathLike) -> Image.Image:
+    """A float greyscale image (mode F, values in [0, 1] by convention) as 8-bit ``L``.
+
+    Pillow's own conversion clips the values to 0..255, so a [0, 1] image would come out black. Values
+    outside [0, 1] (or not finite) follow no convention we could scale by: the file is skipped.
+    """
+    values = np.asarray(image, dtype=np.float32)  # [H, W]
+    if not np.isfinite(values).all() or values.min(initial=0.0) < 0.0 or values.max(initial=0.0) > 1.0:
+        raise SkippedFile("unreadable", name, "float pixels outside [0, 1]")
+    return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), mode="L")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")

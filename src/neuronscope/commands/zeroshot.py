@@ -22,7 +22,7 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
-from neuronscope.mining.sources import iter_decoded
+from neuronscope.mining.loader import iter_decoded
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 from neuronscope.runtime import seed_everything
 

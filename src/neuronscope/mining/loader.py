@@ -10,15 +10,17 @@ normalisation happens on the model's device.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
-from neuronscope.mining.sources import Entry, content_sha256, image_id
+from neuronscope.mining.sources import Entry, content_sha256, image_id, list_inputs
 from neuronscope.models.preprocess import Preprocess
 
 
@@ -55,18 +57,40 @@ class Batch:
         return max([*self.ordinals, *(ordinal for ordinal, _, _ in self.skipped)], default=-1)
 
 
-def decode_entry(entry: Entry, ordinal: int, preprocess: Preprocess, max_pixels: int) -> DecodedImage:
-    """Read, hash, decode and resize one entry (runs in a worker)."""
+def read_and_decode(entry: Entry, max_pixels: int = PILLOW_MAX_PIXELS) -> tuple[bytes, Image.Image] | SkippedFile:
+    """An entry's bytes and RGB image, or the :class:`SkippedFile` saying why not (never raises for a bad
+    file: a missing one is ``missing``, a directory or a file that cannot be read ``unreadable``)."""
     try:
         data = entry.read()
     except FileNotFoundError:
-        return DecodedImage(ordinal, entry.name, skip_reason="missing")
-    except OSError:
-        return DecodedImage(ordinal, entry.name, skip_reason="unreadable")
+        return SkippedFile("missing", entry.name)
+    except OSError as error:  # a directory, no permission, an I/O error
+        return SkippedFile("unreadable", entry.name, type(error).__name__)
     try:
-        image = decode_image_bytes(data, entry.name, max_pixels)
+        return data, decode_image_bytes(data, entry.name, max_pixels)
     except SkippedFile as skipped:
-        return DecodedImage(ordinal, entry.name, skip_reason=skipped.reason)
+        return skipped
+
+
+def iter_decoded(inputs: Sequence[str | os.PathLike], max_pixels: int = PILLOW_MAX_PIXELS
+                 ) -> Iterator[tuple[str, Image.Image | SkippedFile]]:
+    """``(name, RGB image or SkippedFile)`` for image files, folders, tar shards or path lists, decoded here.
+
+    For small jobs that need no worker processes (``zeroshot``); names as
+    :func:`~neuronscope.mining.sources.list_inputs` gives them. Bad files are
+    counted by the scan's reasons, never raised.
+    """
+    for entry in list_inputs(inputs):
+        outcome = read_and_decode(entry, max_pixels)
+        yield entry.name, outcome if isinstance(outcome, SkippedFile) else outcome[1]
+
+
+def decode_entry(entry: Entry, ordinal: int, preprocess: Preprocess, max_pixels: int) -> DecodedImage:
+    """Read, hash, decode and resize one entry (runs in a worker)."""
+    outcome = read_and_decode(entry, max_pixels)
+    if isinstance(outcome, SkippedFile):
+        return DecodedImage(ordinal, entry.name, skip_reason=outcome.reason)
+    data, image = outcome
     size = image.size
     pixels = np.asarray(preprocess.resize(image), dtype=np.uint8)  # [H, W, 3]
     return DecodedImage(ordinal, entry.name, content_sha256(data), size,

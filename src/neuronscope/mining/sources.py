@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.imagefiles import IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
+from neuronscope.imagefiles import IMAGE_SUFFIXES
 
 #: Hex digits of the content sha256 kept in an image id.
 ID_HASH_CHARS = 12
@@ -179,25 +179,19 @@ def open_source(source: str | os.PathLike) -> ImageSource:
     raise NeuronscopeError(f"--images {source}: not a folder, a .tar shard or a .txt list of paths")
 
 
-def iter_decoded(sources: list[str], max_pixels: int = PILLOW_MAX_PIXELS):
-    """Yield ``(name, image_or_skip)`` for image files, folders, tar shards or path lists, decoded here.
+def list_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[Entry]:
+    """The entries of image files, folders, tar shards or path lists given on a command line, in order.
 
-    For small jobs that need no worker processes (``zeroshot``). A folder's
-    images are named ``FOLDER/relative/path``, tar members ``SHARD.tar::member``;
-    ``image_or_skip`` is an RGB image or the :class:`SkippedFile` saying why not.
+    For small jobs that need no ordinals (``zeroshot``): a file is its own
+    entry; a folder's images are named ``FOLDER/relative/path``, tar members
+    ``SHARD.tar::member``. Reading and decoding are the loader's
+    (:func:`neuronscope.mining.loader.iter_decoded`).
     """
-    for source in sources:
+    for source in inputs:
         path = Path(source)
         if path.is_file() and _has_image_suffix(path.name):
-            entries: tuple[Entry, ...] = (Entry(str(source), str(path)),)
-        else:
-            listed = open_source(path)
-            entries = tuple(replace(entry, name=os.path.join(source, entry.name)) if listed.kind == "folder"
-                            else entry for entry in listed.entries)
-        for entry in entries:
-            try:
-                yield entry.name, decode_image_bytes(entry.read(), entry.name, max_pixels)
-            except SkippedFile as skipped:
-                yield entry.name, skipped
-            except FileNotFoundError:
-                yield entry.name, SkippedFile("missing", entry.name)
+            yield Entry(str(source), str(path))
+            continue
+        listed = open_source(path)
+        for entry in listed.entries:
+            yield replace(entry, name=os.path.join(source, entry.name)) if listed.kind == "folder" else entry
