@@ -364,3 +364,15 @@ def test_schema_scripts_split_only_where_sqlite_ends_a_statement():
     script = "CREATE TABLE a (x TEXT DEFAULT ';');\n-- one; two\nCREATE TABLE b (y);\n"
     assert [statement.strip() for statement in _statements(script)] == \
         ["CREATE TABLE a (x TEXT DEFAULT ';');", "-- one; two\nCREATE TABLE b (y);"]
+
+
+def test_a_replaced_artifact_leaves_no_file_behind(tmp_path):
+    """An artifact replaced with another suffix, or with data only, left its old file on disk for good."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        first = atlas.save_artifact("m@x", "l", "emotions", "plot", file_bytes=b"png", suffix=".png")
+        second = atlas.save_artifact("m@x", "l", "emotions", "plot", file_bytes=b"<svg/>", suffix=".svg")
+        assert not (tmp_path / "atlas" / first["path"]).exists()
+        assert (tmp_path / "atlas" / second["path"]).read_bytes() == b"<svg/>"
+        third = atlas.save_artifact("m@x", "l", "emotions", "plot", data={"codes": 3})
+        assert third["path"] is None and not (tmp_path / "atlas" / second["path"]).exists()
+    assert not list((tmp_path / "atlas" / "artifacts").rglob("*.*"))

@@ -517,9 +517,13 @@ class Atlas:
             relative = f"artifacts/{layer_slug(model)}/{layer_slug(layer)}/{layer_slug(kind)}_{layer_slug(name)}{suffix}"
             atomic_write_bytes(self.path / relative, file_bytes)
         with self.transaction() as db:
+            old = db.execute("SELECT path FROM artifacts WHERE model = ? AND layer = ? AND kind = ? AND name = ?",
+                             (model, layer, kind, name)).fetchone()
             db.execute("INSERT OR REPLACE INTO artifacts (model, layer, kind, name, path, data, run_id, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (model, layer, kind, name, relative, None if data is None else json.dumps(data), run_id, _now()))
+        if old is not None and old["path"] and old["path"] != relative:  # another suffix, or data only now
+            (self.path / old["path"]).unlink(missing_ok=True)  # after the commit, as write_featurevis does
         return self.artifact(model, layer, kind, name)
 
     def artifact(self, model: str, layer: str, kind: str, name: str) -> dict[str, Any] | None:
