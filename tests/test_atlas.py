@@ -376,3 +376,14 @@ def test_a_replaced_artifact_leaves_no_file_behind(tmp_path):
         third = atlas.save_artifact("m@x", "l", "emotions", "plot", data={"codes": 3})
         assert third["path"] is None and not (tmp_path / "atlas" / second["path"]).exists()
     assert not list((tmp_path / "atlas" / "artifacts").rglob("*.*"))
+
+
+def test_the_atlas_never_imports_the_microscope():
+    """The store sits below the web layer (DESIGN.md): Atlas.unit_view imported neuronscope.web (a cycle, and a
+    jinja2 ImportError at call time without the web extra). Notebook cards are neuronscope.web.unit_view."""
+    from pathlib import Path
+
+    import neuronscope.atlas
+
+    for module in Path(neuronscope.atlas.__file__).parent.glob("*.py"):
+        assert "neuronscope.web" not in module.read_text(), module.name

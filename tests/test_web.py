@@ -300,7 +300,7 @@ def test_layer_grid_agrees_with_unit_records(web_atlas):
 
 def test_notebook_cards_inline_the_unit(web_atlas):
     with Atlas(web_atlas, create=False, read_only=True) as atlas:
-        view = atlas.unit_view("tiny-rn", "neurons", 0)
+        view = unit_view(atlas, "tiny-rn", "neurons", 0)
         assert isinstance(atlas.unit(MODEL, LAYER, 0), dict)  # the CLI's record is unchanged
     html = view._repr_html_()  # usable after the atlas is closed
     assert html.count("data:image/png;base64,") == 4 + 4 and "star (drawn or written)" in html

@@ -629,12 +629,6 @@ class Atlas:
             "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? ORDER BY score DESC, text",
             (model, layer, unit))]
 
-    def unit_view(self, model: str | None, layer: str, unit: int):
-        """:meth:`unit` as a :class:`neuronscope.web.UnitView`: shows as an HTML card in Jupyter."""
-        from neuronscope.web.notebook import UnitView
-
-        return UnitView.read(self, model, layer, unit)
-
     def _examples(self, key: tuple[str, str, int], kind: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT image_id, activation, cell_row, cell_col, thumb FROM examples "
                                "WHERE model = ? AND layer = ? AND unit = ? AND kind = ? ORDER BY rank",

@@ -1,8 +1,9 @@
 """Atlas objects that display as HTML cards in Jupyter (``_repr_html_``), as the microscope shows them.
 
     from neuronscope.atlas import Atlas
+    from neuronscope.web import layer_view, unit_view
     with Atlas("my-atlas", read_only=True) as atlas:
-        atlas.unit_view("mini-clip", "neurons", 473)      # feature vis, top examples, words inline
+        unit_view(atlas, "mini-clip", "neurons", 473)      # feature vis, top examples, words inline
         layer_view(atlas, "mini-clip", "neurons")          # the first units of the layer's grid
 
 The data is read when the view is made (a view outlives its ``Atlas``); the
