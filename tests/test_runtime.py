@@ -54,6 +54,20 @@ def test_parse_units_checks_the_range():
         parse_units("0-2560", n_units=2560)
 
 
+def test_parse_units_refuses_a_huge_range_before_building_it():
+    """'0-31,5500000000' would be billions of ints; checked against n_units first (memory, not time)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnitsError, match="unit 3000000 is out of range"):
+            parse_units("0-31,5-3000000", n_units=2560)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # the range built would be ~100 MB
+
+
 def test_format_units_round_trips():
     assert format_units([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert parse_units(format_units([9, 3, 4])) == [3, 4, 9]
@@ -104,6 +118,8 @@ def test_explicit_precisions():
     assert bf16.autocast_dtype == torch.bfloat16 and bf16.channels_last and bf16.weight_dtype == torch.float32
     weights = resolve_precision("bf16-weights", cpu, "vit")
     assert weights.autocast_dtype is None and weights.weight_dtype == torch.bfloat16
+    # ResNets get channels_last in every precision (oneDNN's and cuDNN's fast layout for convolutions).
+    assert all(resolve_precision(name, cpu, "conv").channels_last for name in ("fp32", "bf16", "fp16", "bf16-weights"))
     assert resolve_precision("fp32", cpu, "conv").autocast_dtype is None
     with pytest.raises(DeviceError, match="auto, fp32"):
         resolve_precision("int8", cpu)

@@ -70,6 +70,8 @@ def parse_units(units: str | int | Iterable[int], n_units: int | None = None) ->
             last = int(match.group(2)) if match.group(2) is not None else first
             if last < first:
                 raise UnitsError(f"bad unit list {units!r}: range {first}-{last} runs backwards (write {last}-{first})")
+            if n_units is not None and last >= n_units:  # before the range is built: "0-5500000000" is 22 GB
+                raise UnitsError(f"unit {last} is out of range: the layer has {n_units} units (0-{n_units - 1})")
             indices.extend(range(first, last + 1))
     elif isinstance(units, Iterable):
         indices = [_unit_index(u, units) for u in units]
@@ -225,8 +227,7 @@ def resolve_precision(requested: str, device: torch.device, family: Family = "ot
     if requested in ("bf16", "bf16-weights"):
         ok, why = bf16_support(device)
         note = "" if ok else f" (forced although {why}; expect it to be slow)"
-        channels_last = conv_net and requested == "bf16"
-        return Precision(requested, requested, f"{requested} as asked{note}", channels_last=channels_last)  # type: ignore[arg-type]
+        return Precision(requested, requested, f"{requested} as asked{note}", channels_last=conv_net)  # type: ignore[arg-type]
     if requested == "fp16":
         return Precision("fp16", requested, "fp16 autocast as asked", channels_last=conv_net)
     return Precision("fp32", requested, "fp32 as asked", channels_last=conv_net)
