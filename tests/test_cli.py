@@ -218,3 +218,19 @@ def test_world_commands_take_the_shared_debug_option(tmp_path, command):
     plain = CliRunner().invoke(app, args)
     assert plain.exit_code == 1 and "Traceback" not in plain.output
     assert isinstance(CliRunner().invoke(app, [*args, "--debug"]).exception, WorldFileMissing)  # re-raised whole
+
+
+def test_the_shared_checks_and_report_of_atlas_writing_commands(tmp_path):
+    from neuronscope.commands.common import fill_report, require_model, require_out
+    from neuronscope.errors import NeuronscopeError
+
+    with pytest.raises(NeuronscopeError, match="^no model given: pass --model NAME"):
+        require_model(None)
+    with pytest.raises(NeuronscopeError, match="^textvis needs --out ATLAS"):
+        require_out("", "textvis")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NeuronscopeError):
+        require_out(str(tmp_path / "file"), "textvis")  # a file is no atlas: refused before any model loads
+    report = fill_report(None, None, "m@w", ["l"], 3, 1.23456, kind="plain")
+    assert report == {"atlas": None, "run_id": None, "model": "m@w", "layers": ["l"], "units": 3, "seconds": 1.235,
+                      "skipped": {}, "kind": "plain"}

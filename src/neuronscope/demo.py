@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +109,6 @@ class DemoOutcome:
     @property
     def seconds(self) -> float:
         return sum(stage.seconds for stage in self.stages)
-
-    def to_dict(self) -> dict[str, Any]:
-        """CONVENTIONS' report of a command that fills an atlas (``run_id``: the scan's run), plus the
-        settings and each stage's report."""
-        return {"atlas": str(self.atlas), "run_id": self.scan_run, "model": self.model, "layers": [self.layer],
-                "units": self.units, "seconds": round(self.seconds, 3), "skipped": dict(self.skipped),
-                "settings": asdict(self.settings), "stages": [asdict(stage) for stage in self.stages]}
 
 
 def test_split_path() -> Path:

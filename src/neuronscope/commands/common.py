@@ -36,6 +36,8 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Im
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights and sampling.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
+AtlasArg = Annotated[str, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
 
 
 class _Invocation:
@@ -180,14 +182,38 @@ def print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2))
 
 
+def require_model(model: str | None, how: str = "--model NAME") -> str:
+    """The model a command was given, or the one-line error that says how to give one."""
+    if not model:
+        raise NeuronscopeError(f"no model given: pass {how} (`neuronscope models` lists them)")
+    return model
+
+
 def choose_model(argument: str | None, option: str | None, default: str | None = None) -> str:
     """A command's model from ``MODEL`` or ``--model`` (not both, unless equal)."""
     if argument and option and argument != option:
         raise NeuronscopeError(f"two models given ({argument!r} and --model {option!r}); give one")
-    chosen = argument or option or default
-    if not chosen:
-        raise NeuronscopeError("no model given: pass MODEL or --model NAME (`neuronscope models` lists them)")
-    return chosen
+    return require_model(argument or option or default, how="MODEL or --model NAME")
+
+
+def require_out(out: str | None, command: str) -> str:
+    """``--out ATLAS`` of a command that writes an atlas: given, and not a file (checked before any model
+    loads), or the one-line error that says ``command`` needs it."""
+    from neuronscope.atlas import check_atlas_target
+
+    if not out:
+        raise NeuronscopeError(f"{command} needs --out ATLAS (the atlas directory to write into)")
+    check_atlas_target(out)
+    return out
+
+
+def fill_report(atlas: str | os.PathLike | None, run_id: int | None, model: str, layers: list[str], units: int,
+                seconds: float, skipped: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
+    """CONVENTIONS' ``--json`` report of a command that fills an atlas (``atlas`` None: it wrote none, as
+    ``visualize --png`` alone), then the command's own ``extra`` keys."""
+    return {"atlas": None if atlas is None else str(atlas), "run_id": run_id, "model": model,
+            "layers": list(layers), "units": units, "seconds": round(seconds, 3), "skipped": dict(skipped or {}),
+            **extra}
 
 
 def load_cli_model(model: str, weights: str | None, device: str, precision: str):

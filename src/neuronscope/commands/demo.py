@@ -9,6 +9,7 @@ microscope (``--no-serve`` only builds; ``--site DIR`` also writes a static site
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,6 +26,7 @@ from neuronscope.commands.common import (
     SeedOpt,
     WeightsOpt,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
 )
@@ -72,7 +74,10 @@ def demo(
         outcome = build_demo_atlas(loaded, out, settings, progress=bars)
     finally:
         bars.close()
-    summary = outcome.to_dict()
+    # run_id: the scan's run; then the settings and each stage's report
+    summary = fill_report(out, outcome.scan_run, outcome.model, [outcome.layer], outcome.units, outcome.seconds,
+                          outcome.skipped, settings=asdict(outcome.settings),
+                          stages=[asdict(stage) for stage in outcome.stages])
     if site is not None:
         exported = web.export_site(out, site)
         summary["site"] = str(site)

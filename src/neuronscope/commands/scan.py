@@ -22,8 +22,10 @@ from neuronscope.commands.common import (
     SeedOpt,
     WeightsOpt,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
+    require_model,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
@@ -96,8 +98,7 @@ def scan(
         raise NeuronscopeError(f"--backend {backend}: choose local or ray")
     if backend == "ray":
         import_ray()  # before loading the model: a missing Ray is the first thing to say
-    if model is None:
-        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    require_model(model)
     seed_everything(seed)
     source = open_source(images)
     if len(source) == 0:
@@ -121,9 +122,8 @@ def scan(
         report.close()
     units = sum(layer.units for layer in outcome.layers)
     if json_out:
-        print_json({"atlas": out, "run_id": outcome.run_id, "model": outcome.model,
-                    "layers": [layer.layer for layer in outcome.layers], "units": units,
-                    "seconds": round(outcome.seconds, 3), "skipped": outcome.skipped})
+        print_json(fill_report(out, outcome.run_id, outcome.model, [layer.layer for layer in outcome.layers], units,
+                               outcome.seconds, outcome.skipped))
         return
     resumed = f" (resumed at file {outcome.resumed_from})" if outcome.resumed_from else ""
     skipped = ", ".join(f"{reason} {count}" for reason, count in outcome.skipped.items() if count) or "none"

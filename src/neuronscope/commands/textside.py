@@ -15,19 +15,22 @@ from neuronscope.commands.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    LayerOpt,
     ModelOpt,
     PrecisionOpt,
     SeedOpt,
     WeightsOpt,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
+    require_model,
+    require_out,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.probing.vocab import vocabulary_name
 from neuronscope.runtime import seed_everything
 
-LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
 ImagesOpt = Annotated[Optional[str], typer.Option(
     "--images", "-i", help="Images to average attributions over: a folder, .tar shard or .txt list. "
                            "Omitted: the mini CLIP's bundled test split (drawings and rendered words).")]
@@ -53,20 +56,6 @@ def _layer_units(model, layer: str, units: str) -> list[int]:
 
     canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
     return parse_units(units, layer_shape(model, canonical)[0])
-
-
-def _require(model: str | None, out: str | None = "", what: str = "") -> None:
-    if model is None:
-        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
-    if out is not None and not out:
-        raise NeuronscopeError(f"{what} needs --out ATLAS (the atlas directory to write into)")
-    if out:
-        check_atlas_target(out)
-
-
-def _fill_report(out: str, run_id: int, model: str, layer: str, units: int, started: float, **extra) -> dict:
-    return {"atlas": out, "run_id": run_id, "model": model, "layers": [layer], "units": units,
-            "seconds": round(time.monotonic() - started, 3), "skipped": {}, **extra}
 
 
 def attribute(
@@ -99,7 +88,9 @@ def attribute(
     unit -> texts: every vocabulary entry is scored once and each unit's top texts are stored in the atlas."""
     from neuronscope.probing.attribution import compute_basis
 
-    _require(model, out)
+    require_model(model)
+    if out:  # optional here: without it attribute only prints
+        check_atlas_target(out)
     prompts = list(prompt or [])
     if not prompts and not out:
         raise NeuronscopeError("give --prompt TEXT (which units it reads from) and/or --out ATLAS "
@@ -141,8 +132,8 @@ def attribute(
         scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
         merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
         atlas.finish_run(run_id, images=len(image_sample.pixels))
-    report = _fill_report(out, run_id, basis.model, basis.layer, len(chosen), started, vocabulary=vocab_name,
-                          texts=len(texts))
+    report = fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
+                         vocabulary=vocab_name, texts=len(texts))
     if prompts:
         report["prompt"] = payload
     if json_out:
@@ -197,7 +188,8 @@ def textvis(
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
     from neuronscope.probing.textvis import TextVisSettings, optimize_text
 
-    _require(model, out, "textvis")
+    require_model(model)
+    require_out(out, "textvis")
     if not units:
         raise NeuronscopeError("textvis needs --units (e.g. 0-31,550 or all): which units' texts to optimize")
     try:
@@ -223,8 +215,8 @@ def textvis(
                          {r.unit: [(text, score) for text, score, _ in r.texts] for r in results})
         atlas.finish_run(run_id, images=len(basis.image_embeddings))
     if json_out:
-        print_json(_fill_report(out, run_id, basis.model, basis.layer, len(chosen), started,
-                                texts=[{"unit": r.unit, "texts": r.to_json()["texts"]} for r in results]))
+        print_json(fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
+                               texts=[{"unit": r.unit, "texts": r.to_json()["texts"]} for r in results]))
         return
     for r in results:
         text, score, _ = r.best
@@ -262,7 +254,8 @@ def emotions(
     from neuronscope.probing.text_store import start_text_run
     from neuronscope.probing.vocab import load_vocabulary
 
-    _require(model, out, "emotions")
+    require_model(model)
+    require_out(out, "emotions")
     words = load_vocabulary(vocab)  # the words (and wordfreq for --drop-lexical) are checked before any compute
     check_emotion_words(words)
     english = load_vocabulary("english-10k") if drop_lexical else []
@@ -288,8 +281,9 @@ def emotions(
                                    data={"factors": list(ATLAS_FACTORS)}, run_id=run_id)
         atlas.finish_run(run_id, images=len(basis.image_embeddings))
     if json_out:
-        print_json(_fill_report(out, run_id, basis.model, basis.layer, basis.units, started, emotions=len(words),
-                                dropped_units=len(dropped), plot=plot["path"], codes=codes["data"]["codes"]))
+        print_json(fill_report(out, run_id, basis.model, [basis.layer], basis.units, time.monotonic() - started,
+                               emotions=len(words), dropped_units=len(dropped), plot=plot["path"],
+                               codes=codes["data"]["codes"]))
         return
     for entry in result.to_json()["codes"][:10]:
         units_text = ", ".join(f"{u['unit']} ({u['weight']:+.2f})" for u in entry["units"]) or "-"

@@ -16,14 +16,17 @@ from neuronscope.commands.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    LayerOpt,
     ModelOpt,
     PrecisionOpt,
     ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
+    require_model,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.runtime import parse_units, seed_everything
@@ -72,7 +75,7 @@ def _command(model_key: str, layer: str, config: RenderConfig, *, units: str, ba
 def visualize(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer: name or alias (neurons).")] = "neurons",
+    layer: LayerOpt = "neurons",
     units: Annotated[str, typer.Option("--units", "-u", help="Units: 0-31,550 or all.")] = "",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (Lucid: 512).")] = 512,
     size: Annotated[Optional[int], typer.Option("--size", min=8, help="Image side (default: the model's input "
@@ -117,8 +120,7 @@ def visualize(
         raise NeuronscopeError("--diverse needs at least 2 images per unit (or 0 for a plain render)")
     kind = f"facet:{facet_name(facet, generic)}" if facet else ("diverse" if diverse else "plain")
     strengths = facets.facet_strengths(facet_strengths or 1)
-    if model is None:
-        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    require_model(model)
     if out:
         check_atlas_target(out)
     seed_everything(seed)
@@ -193,9 +195,8 @@ def visualize(
     run_id = writer.run_id if writer is not None else None
     seconds = time.perf_counter() - started
     if json_out:
-        print_json({"atlas": out, "run_id": run_id, "model": loaded.key, "layers": [canonical],
-                    "units": len(chosen), "seconds": round(seconds, 3), "skipped": {}, "kind": kind,
-                    "already_rendered": already, "renders": written})
+        print_json(fill_report(out, run_id, loaded.key, [canonical], len(chosen), seconds, kind=kind,
+                               already_rendered=already, renders=written))
         return
     where = " and ".join(filter(None, [f"{out} (run {run_id})" if out else None, png]))
     earlier = f" ({already} unit(s) rendered earlier with these settings kept)" if already else ""

@@ -9,23 +9,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.atlas import Atlas, check_atlas_target
+from neuronscope.atlas import Atlas
 from neuronscope.commands.common import (
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    LayerOpt,
     ModelOpt,
     PrecisionOpt,
     ProgressBars,
     WeightsOpt,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
+    require_model,
+    require_out,
 )
 from neuronscope.errors import NeuronscopeError
 
-LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
 VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, "
                                                        "or a FILE with one word or phrase a line.")]
 SizesOpt = Annotated[str, typer.Option("--sizes", help="Text widths as fractions of the input width, "
@@ -78,11 +81,8 @@ def words(
     from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
     from neuronscope.probing.words import probe_words, save_word_probe
 
-    if not out:
-        raise NeuronscopeError("words needs --out ATLAS (the atlas directory to write into)")
-    check_atlas_target(out)
-    if model is None:
-        raise NeuronscopeError("no model given: pass --model NAME (`neuronscope models` lists them)")
+    require_out(out, "words")
+    require_model(model)
     settings = raster_settings(sizes, positions, fonts)
     vocabulary = load_vocabulary(vocab)
     name = vocabulary_name(vocab)
@@ -99,9 +99,8 @@ def words(
     with Atlas(out) as atlas:
         run_id = save_word_probe(atlas, probe, loaded, vocabulary=name, top_k=top_k, command=command)
     if json_out:
-        print_json({"atlas": out, "run_id": run_id, "model": probe.model, "layers": [probe.layer],
-                    "units": probe.units, "seconds": round(probe.seconds, 3), "skipped": {},
-                    "vocabulary": name, "words": len(probe.words), "images": len(probe.words) * settings.variants})
+        print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
+                               vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants))
         return
     typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "
                f"(run {run_id}), top {top_k} words of {probe.units} units of {probe.layer} in {probe.seconds:.1f} s")
