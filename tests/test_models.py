@@ -423,3 +423,13 @@ def test_any_module_with_a_preprocessing_spec():
         load_model(SmallNet())
     with pytest.raises(WeightsError, match="runs gelu, not activation='quick_gelu'"):
         load_model(net, preprocess=Preprocess(image_size=32), activation="quick_gelu")  # cannot be applied
+
+
+def test_default_weights_are_the_declared_default_else_a_cached_tag_else_none(monkeypatch) -> None:
+    from neuronscope.models import default_weights, download, get_architecture
+
+    assert default_weights(get_architecture("mini-clip")) == "bundled"
+    monkeypatch.setattr(download, "find_cached", lambda cfg, cache_dir=None: None)
+    assert default_weights(get_architecture("RN50x4")) is None  # nothing at hand: load_model says what to pass
+    monkeypatch.setattr(download, "find_cached", lambda cfg, cache_dir=None: "/cache/rn50x4.pt")
+    assert default_weights(get_architecture("RN50x4")) == "openai"

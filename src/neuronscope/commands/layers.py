@@ -21,7 +21,8 @@ from neuronscope.commands.common import (
     cli_command,
     print_json,
 )
-from neuronscope.models import DEFAULT, RANDOM, download, get_architecture, load_model, split_model_name
+from neuronscope.models import (DEFAULT, RANDOM, default_weights, download, get_architecture, load_model,
+                                split_model_name)
 from neuronscope.runtime import seed_everything
 
 
@@ -80,10 +81,7 @@ def _default_weights_at_hand(name: str) -> bool:
     """Whether an omitted ``--weights`` loads without a download (``mini-clip`` means ``mini-clip@bundled``)."""
     if name.startswith("hf-hub:"):
         return download.find_cached_repo(name[len("hf-hub:"):]) is not None
-    arch = get_architecture(name)  # an unknown name fails here, with its close matches
-    if arch.default_weights is not None:  # bundled (or random): in the package
-        return True
-    return any(download.find_cached(cfg) is not None for cfg in arch.tags.values())
+    return default_weights(get_architecture(name)) is not None  # an unknown name fails here, with close matches
 
 
 def register(app: typer.Typer) -> None:

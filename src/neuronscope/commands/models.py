@@ -7,14 +7,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from neuronscope.commands.common import DebugOpt, JsonOpt, cli_command, print_json
-from neuronscope.models import Architecture, list_architectures
+from neuronscope.models import Architecture, default_weights, list_architectures
 from neuronscope.models.download import find_cached
 
 
 def _row(arch: Architecture) -> dict[str, Any]:
     cached = [tag for tag, cfg in arch.tags.items() if find_cached(cfg) is not None]
-    default = arch.default_weights or (cached[0] if cached else None)
-    return {"name": arch.name, "weights": arch.weight_choices(), "default": default, "cached": cached,
+    return {"name": arch.name, "weights": arch.weight_choices(), "default": default_weights(arch),
+            "cached": cached,
             "source": arch.source, "description": arch.description}
 
 

@@ -8,7 +8,7 @@
 """
 
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.models.loader import DEFAULT, HUB, build, load_model
+from neuronscope.models.loader import DEFAULT, HUB, build, default_weights, load_model
 from neuronscope.models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from neuronscope.models.registry import (
     Architecture,
@@ -23,5 +23,5 @@ from neuronscope.models.spec import BUNDLED, RANDOM, ModelSpec
 __all__ = [
     "BUNDLED", "DEFAULT", "HUB", "OPENAI_MEAN", "OPENAI_STD", "RANDOM",
     "Architecture", "LoadedModel", "ModelSpec", "Preprocess",
-    "build", "get_architecture", "list_architectures", "load_model", "register", "split_model_name", "unregister",
+    "build", "default_weights", "get_architecture", "list_architectures", "load_model", "register", "split_model_name", "unregister",
 ]

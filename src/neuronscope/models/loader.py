@@ -170,14 +170,24 @@ def _with_activation(spec: ModelSpec, activation: Activation | None) -> ModelSpe
     return spec.with_weights(spec.weights, activation=activation) if activation else spec
 
 
-def _default_weights(arch: Architecture, cache_dir: str | os.PathLike | None) -> str:
-    """The bundled / declared default, else the first tag already in the local cache."""
+def default_weights(arch: Architecture, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The weights an omitted ``--weights`` means, when they are at hand without a download: the bundled /
+    declared default, else the first tag already in the local cache; None when neither."""
     if arch.default_weights is not None:
         return arch.default_weights
     for tag, cfg in arch.tags.items():
         if download.find_cached(cfg, cache_dir) is not None:
-            log.info("%s: using cached weights %r", arch.name, tag)
             return tag
+    return None
+
+
+def _default_weights(arch: Architecture, cache_dir: str | os.PathLike | None) -> str:
+    """:func:`default_weights`, or the error that says which weights to choose."""
+    found = default_weights(arch, cache_dir)
+    if found is not None:
+        if found in arch.tags:
+            log.info("%s: using cached weights %r", arch.name, found)
+        return found
     tags = ", ".join(arch.tags) or "none registered"
     raise WeightsError(
         f"{arch.name}: no weights given and none is bundled or in the local cache. "
