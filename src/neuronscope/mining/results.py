@@ -49,7 +49,7 @@ class HistogramArrays:
 
 @dataclass
 class LayerScan:
-    """One layer's scan result: what ``Atlas.write_layer_scan`` stores."""
+    """One layer's scan result: what ``Atlas.write_scan`` stores."""
 
     model: str
     layer: str
