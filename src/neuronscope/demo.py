@@ -31,7 +31,6 @@ from typing import Any
 from neuronscope.activations.names import resolve_layer
 from neuronscope.atlas import Atlas
 from neuronscope.models import LoadedModel
-from neuronscope.models.bundled import TEST_SPLIT_FILE, bundled_dir
 
 #: ``progress(stage, done, total)``: the command draws bars from it.
 StageProgress = Callable[[str, int, int], None]
@@ -111,11 +110,6 @@ class DemoOutcome:
         return sum(stage.seconds for stage in self.stages)
 
 
-def test_split_path() -> Path:
-    """The bundled mini CLIP's held-out split (a tar shard of PNGs), which the demo scans."""
-    return bundled_dir() / TEST_SPLIT_FILE
-
-
 def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoSettings = DemoSettings(), *,
                      progress: StageProgress | None = None) -> DemoOutcome:
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
@@ -157,8 +151,9 @@ def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings, 
     from neuronscope.imagefiles import PILLOW_MAX_PIXELS
     from neuronscope.mining import ScanSettings, open_source, scan
     from neuronscope.mining.scanner import scan_config
+    from neuronscope.world.split import bundled_test_split_path
 
-    source = open_source(test_split_path())
+    source = open_source(bundled_test_split_path())
     if settings.images is not None and settings.images < len(source):
         stride = len(source) / settings.images
         source = replace(source, entries=tuple(source.entries[int(i * stride)] for i in range(settings.images)))

@@ -64,6 +64,7 @@ class TestSplit:
 
 
 def bundled_test_split_path() -> Path:
+    """The bundled mini CLIP's held-out split (a tar shard of PNGs), which ``world eval`` and the demo read."""
     return bundled_dir() / TEST_SPLIT_FILE
 
 

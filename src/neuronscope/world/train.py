@@ -27,15 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WorldFileMissing, WorldMismatch
+from ..models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from .sampler import BatchStream, Mix, check_fonts
 
 CHECKPOINT = "checkpoint.pt"
 #: The keys of a training checkpoint (``export_weights`` needs "config" and "model").
 CHECKPOINT_KEYS = ("model", "optimizer", "step", "log", "config")
 PRECISIONS = ("fp32", "bf16")
-# CLIP's own normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN / STD).
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -78,7 +76,9 @@ class TrainConfig:
         }
 
     def preprocess(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
+        """The model folder's preprocessing: CLIP's own normalisation constants, bicubic."""
+        return {"image_size": self.image_size, "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                "interpolation": "bicubic"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -108,12 +108,13 @@ def soft_target_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] → float [B, 3, H, W] normalised with CLIP's mean and std."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalise(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → float [B, 3, H, W], normalised as ``preprocess`` says (CLIP's mean and std).
+
+    ``Preprocess.normalize`` runs the float32 ops this always ran, ``(x - mean) / std`` with the constants
+    made float32 tensors on x's device, so the trained weights do not change by a bit.
+    """
+    return preprocess.normalize(images.permute(0, 3, 1, 2).float().div_(255))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -208,6 +209,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers, prefetch_factor=4,
                                          pin_memory=device != "cpu")
     device_type = torch.device(device).type
+    preprocess = Preprocess.from_dict(config.preprocess())
     last_save = time.monotonic()
     started = time.monotonic()
     seconds_before = log[-1]["seconds"] if log else 0.0  # training time of earlier segments
@@ -223,7 +225,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         images, tokens, keys = (t.to(device, non_blocking=True) for t in (images, tokens, keys))
-        x = normalise(images).contiguous(memory_format=torch.channels_last)
+        x = normalise(images, preprocess).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             image_features, text_features, logit_scale = model(x, tokens)
             loss = soft_target_loss(image_features.float(), text_features.float(), logit_scale.float(), keys)
