@@ -234,3 +234,11 @@ def test_the_shared_checks_and_report_of_atlas_writing_commands(tmp_path):
     report = fill_report(None, None, "m@w", ["l"], 3, 1.23456, kind="plain")
     assert report == {"atlas": None, "run_id": None, "model": "m@w", "layers": ["l"], "units": 3, "seconds": 1.235,
                       "skipped": {}, "kind": "plain"}
+
+
+def test_zeroshot_refuses_a_template_without_braces_before_the_model_loads(monkeypatch, tmp_path):
+    from neuronscope.commands import zeroshot as zeroshot_command
+
+    monkeypatch.setattr(zeroshot_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
+    result = invoke("zeroshot", "--template", "a photo", "--classes", "cat,dog", str(tmp_path))
+    assert result.exit_code == 1 and "--template 'a photo' has no {}" in result.output

@@ -44,7 +44,9 @@ def world_prompt_set(model_key: str) -> tuple[list[str], str] | None:
         return None
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 
-    return concept_names(), ZEROSHOT_TEMPLATE  # the split's concepts, without decoding the split
+    # All the world's concept names, in order: the shipped split holds every one of them (test_mini_clip checks),
+    # so this is its class list without decoding the 3,612-image split.
+    return concept_names(), ZEROSHOT_TEMPLATE
 
 
 def zeroshot(
@@ -58,17 +60,19 @@ def zeroshot(
         "--template", help=f"Prompt with {{}} for the class. Default: the model's own prompt set "
                            f"(mini-clip: 'a {{}}'), else '{DEFAULT_TEMPLATE}'.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Classes printed per image.")] = 5,
-    device: DeviceOpt = "cpu",
-    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 64,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Zero-shot classify images; prints the top classes per image with probabilities."""
-    seed_everything(seed)
-    loaded = load_cli_model(model or "mini-clip", weights, device, precision)
+    if template is not None and "{}" not in template:  # before the model loads, not after
+        raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
     names = read_classes(classes, classes_file)
+    seed_everything(seed)
+    loaded = load_cli_model(model, weights, device, precision)
     own = world_prompt_set(loaded.key)
     if not names:
         if own is None:
