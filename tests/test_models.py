@@ -433,3 +433,14 @@ def test_default_weights_are_the_declared_default_else_a_cached_tag_else_none(mo
     assert default_weights(get_architecture("RN50x4")) is None  # nothing at hand: load_model says what to pass
     monkeypatch.setattr(download, "find_cached", lambda cfg, cache_dir=None: "/cache/rn50x4.pt")
     assert default_weights(get_architecture("RN50x4")) == "openai"
+
+
+def test_aliases_two_image_towers_would_share_are_left_out(tiny_rn) -> None:
+    import copy
+
+    from neuronscope.models.aliases import structural_aliases
+
+    one = structural_aliases(tiny_rn.module)
+    towers = nn.ModuleDict({"a": copy.deepcopy(tiny_rn.module.visual), "b": copy.deepcopy(tiny_rn.module.visual)})
+    assert one["image_block_4/0/Add_6"] == "visual.layer4.0.act3:input" and "neurons" in one
+    assert structural_aliases(towers) == {}  # not the last tower's names (b.layer4...) under a shared alias

@@ -48,14 +48,15 @@ def vit_aliases(path: str, vit: nn.Module) -> dict[str, str]:
 def structural_aliases(module: nn.Module) -> dict[str, str]:
     """``{alias: canonical layer}`` for the image towers found inside ``module``.
 
-    Models with several image towers get the per-block names of each, and no
-    ``neurons`` alias (it would be ambiguous).
+    In a model with several image towers an alias that two towers would claim (``neurons``, and the
+    per-block names when two towers are ResNets) is left out rather than given to the last tower found:
+    it would be ambiguous, and the canonical names tell the towers apart.
     """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
     aliases: dict[str, str] = {}
-    towers = 0
+    ambiguous: set[str] = set()
     for path, child in module.named_modules():
         if isinstance(child, ModifiedResNet):
             found = resnet_aliases(path, child)
@@ -63,11 +64,9 @@ def structural_aliases(module: nn.Module) -> dict[str, str]:
             found = vit_aliases(path, child)
         else:
             continue
-        towers += 1
+        ambiguous |= found.keys() & aliases.keys()
         aliases.update(found)
-    if towers > 1:
-        aliases.pop("neurons", None)
-    return aliases
+    return {alias: layer for alias, layer in aliases.items() if alias not in ambiguous}
 
 
 def model_family(module: nn.Module) -> str:

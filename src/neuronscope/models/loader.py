@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -100,8 +101,7 @@ def load_model(
     else:
         built = _from_text(os.fspath(model), weights, name, activation, cache_dir)
         if preprocess is not None:
-            built = built._replace(spec=built.spec.with_weights(built.spec.weights,
-                                                                 preprocess=_as_preprocess(preprocess)))
+            built = built._replace(spec=replace(built.spec, preprocess=_as_preprocess(preprocess)))
     module, spec = built.module, built.spec
     module.eval().requires_grad_(False)
     family = model_family(module.get_submodule(spec.image_tower) if spec.image_tower else module)
@@ -167,7 +167,7 @@ def _expand_user(text: str) -> str:
 
 def _with_activation(spec: ModelSpec, activation: Activation | None) -> ModelSpec:
     """``spec`` with the activation override, if any; ``build(spec)`` then applies it."""
-    return spec.with_weights(spec.weights, activation=activation) if activation else spec
+    return replace(spec, activation=activation) if activation else spec
 
 
 def default_weights(arch: Architecture, cache_dir: str | os.PathLike | None = None) -> str | None:

@@ -151,7 +151,7 @@ class Preprocess:
             scale_x, scale_y = new_w / image.width, new_h / image.height
             box = (left / scale_x, top / scale_y, (left + width) / scale_x, (top + height) / scale_y)
             return image.resize((width, height), resample, box=box)
-        # "longest": scale so the image fits inside, then pad with the mean colour.
+        # "longest": scale so the image fits inside, then pad with fill_color (black by default, as open_clip).
         scale = min(height / image.height, width / image.width)
         new_w = min(width, max(1, round(image.width * scale)))
         new_h = min(height, max(1, round(image.height * scale)))
