@@ -414,6 +414,18 @@ def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(
         facets.render_faceted(tiny_rn, "visual.layer2.0", [0], probe, config=RenderConfig(steps=1))
 
 
+def test_a_faceted_render_keeps_the_papers_lr_and_l2_over_a_callers_config(tiny_rn, monkeypatch):
+    """RenderConfig(steps=1) alone used to render at lr 0.05 with its L2 off; the facet's settings apply over it."""
+    probe = _tiny_probe(tiny_rn)
+    used = []
+    real_render = facets.render
+    monkeypatch.setattr(facets, "render", lambda *a, config, **k: used.append(config) or real_render(*a, config=config, **k))
+    facets.render_faceted(tiny_rn, "visual.layer3.0", [4], probe, config=RenderConfig(steps=1, seed=3))
+    facets.render_faceted(tiny_rn, "visual.layer3.0", [4], probe, config=RenderConfig(steps=1),
+                          settings=facets.FacetSettings(lr=0.03, l2=0.0))
+    assert [(c.steps, c.seed, c.lr, c.l2) for c in used] == [(1, 3, 0.02, 10.0), (1, 0, 0.03, 0.0)]
+
+
 # --------------------------------------------------------------------------- the command line
 
 runner = CliRunner()

@@ -93,6 +93,30 @@ def test_algebra_values_layers_and_descriptions():
     assert (a - l2()).layers == ("x",)
 
 
+def test_tensor_weights_compose_one_for_all_or_one_per_image():
+    """A facet's strength ramped over the batch is a tensor: on either side of ``*``, and under ``/``."""
+    ctx = _context(torch.randn(2, 3, 2, 2))
+    unit = channel("x", 1)
+    assert torch.equal((torch.tensor(0.5) * unit)(ctx), (0.5 * unit)(_context(ctx.acts["x"])))
+    ramp = torch.tensor([0.1, 5.0])
+    for objective in (ramp * unit, unit * ramp):
+        assert torch.allclose(objective(ctx), unit(ctx) * ramp) and str(objective) == "[0.1,5] * Channel [x, 1]"
+    assert torch.allclose((unit / torch.tensor(2.0))(ctx), unit(ctx) / 2)
+    assert str(torch.linspace(0.1, 5, 9) * unit) == "[0.1,...,5 (9)] * Channel [x, 1]"
+    with pytest.raises(ValueError, match="one value or one per image"):
+        unit * torch.ones(2, 2)
+
+
+def test_an_objective_read_by_several_terms_runs_once_per_context():
+    calls = []
+    unit = Objective(lambda ctx: calls.append(1) or ctx["x"].mean(dim=(1, 2, 3)), ["x"], "U")
+    ctx = _context(torch.randn(2, 3, 2, 2))
+    (unit + 2 * unit - unit / 3)(ctx)
+    assert len(calls) == 1
+    unit(_context(ctx.acts["x"]))  # another context (the next step) computes it afresh
+    assert len(calls) == 2
+
+
 def test_shorthand_and_its_errors():
     objective = as_objective("visual.layer4.1.act3:input:473")
     assert objective.layers == ("visual.layer4.1.act3:input",)

@@ -8,7 +8,8 @@ An objective maps a :class:`Context` (the captured activations of one
 forward, with autograd on) to one value **per image** [B]. Keeping the batch
 axis is what lets one batch render many units: image ``i`` can be scored by
 unit ``i`` and the images never mix. Objectives are **maximized**; write a
-penalty with a minus sign (``channel(...) - 0.1 * l2()``).
+penalty with a minus sign (``channel(...) - 0.1 * l2()``). A weight may be a
+tensor, one value or one per image (``torch.tensor([0.1, 5.0]) * obj``).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ class Context:
             (what the penalties L1/L2/TV read; C = 4 with alpha).
         step: the optimiser step (0-based).
         token_grid: (rows, cols) of a ViT's patch tokens; None for conv nets.
+        values: each objective's value once computed on this context, so that an objective that several
+            terms read (a facet term reads its unit's objective, which the sum adds too) runs once.
     """
 
     acts: Mapping[str, Tensor]
     image: Tensor
     step: int = 0
     token_grid: tuple[int, int] | None = None
-    extras: dict = field(default_factory=dict)
+    values: dict["Objective", Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:
@@ -87,6 +90,32 @@ def _number(value: Number) -> str:
     return f"{value:g}"
 
 
+def _weight(value: object) -> "Tensor | Number | None":
+    """A number, or a tensor of one weight [] or one per image [B]; None for anything else."""
+    if isinstance(value, Tensor):
+        if value.ndim > 1:
+            raise ValueError(f"a tensor weight of shape {tuple(value.shape)}: give one value or one per image [B]")
+        return value.detach()
+    return value if isinstance(value, numbers.Real) else None
+
+
+def _weight_text(value: "Tensor | Number") -> str:
+    """A weight as a description writes it: ``0.5``, or per image ``[0.1,5]`` (``[0.1,...,5 (9)]`` when long)."""
+    if not isinstance(value, Tensor):
+        return _number(value)
+    if value.ndim == 0:
+        return _number(float(value))
+    listed = [_number(v) for v in value.tolist()]
+    return f"[{','.join(listed)}]" if len(listed) <= 4 else f"[{listed[0]},...,{listed[-1]} ({len(listed)})]"
+
+
+def _scaled(values: Tensor, weight: "Tensor | Number", op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``op(values, weight)`` with a tensor weight brought to the values' device and dtype."""
+    if isinstance(weight, Tensor):
+        weight = weight.to(values.device, values.dtype)
+    return op(values, weight)
+
+
 class Objective:
     """A differentiable score per image, with the layers it needs and a readable description.
 
@@ -113,13 +142,24 @@ class Objective:
                          [name for p in parents for name in p.live_layers])
 
     def __call__(self, context: Context) -> Tensor:
+        if self in context.values:
+            return context.values[self]
         value = self.fn(context)
         if value.ndim == 0:
             value = value.expand(context.batch)
         if value.shape != (context.batch,):
             raise ValueError(f"objective {self} returned shape {tuple(value.shape)}; expected one value per "
                              f"image [{context.batch}]")
+        context.values[self] = value
         return value
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """``tensor * objective``: a tensor on the left defers to :meth:`__rmul__` (torch would raise)."""
+        if func in (Tensor.mul, Tensor.__mul__, torch.mul) and len(args) == 2 and not kwargs \
+                and isinstance(args[1], Objective):
+            return args[1].__rmul__(args[0])
+        return NotImplemented
 
     def __repr__(self) -> str:
         return f"Objective({self.description!r}, layers={list(self.layers)})"
@@ -163,20 +203,26 @@ class Objective:
             return self._derive(lambda ctx: other - self(ctx), f"{_number(other)} - {_operand(str(self))}")
         return NotImplemented
 
-    def __mul__(self, other: "Objective | Number") -> "Objective":
+    def __mul__(self, other: "Objective | Number | Tensor") -> "Objective":
+        """Times an objective, a number, or a tensor weight: one [] or one per image [B] (e.g. a facet's
+        strength ramped over the batch)."""
         if isinstance(other, Objective):
             return self._combine(self, other, torch.mul, f"{_operand(str(self))} * {_operand(str(other))}")
-        if isinstance(other, numbers.Real):
-            return self._derive(lambda ctx: self(ctx) * other, f"{_number(other)} * {_operand(str(self))}")
+        weight = _weight(other)
+        if weight is not None:
+            return self._derive(lambda ctx: _scaled(self(ctx), weight, torch.mul),
+                                f"{_weight_text(weight)} * {_operand(str(self))}")
         return NotImplemented
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other: "Objective | Number") -> "Objective":
+    def __truediv__(self, other: "Objective | Number | Tensor") -> "Objective":
         if isinstance(other, Objective):
             return self._combine(self, other, torch.div, f"{_operand(str(self))} / {_divisor(str(other))}")
-        if isinstance(other, numbers.Real):
-            return self._derive(lambda ctx: self(ctx) / other, f"{_operand(str(self))} / {_number(other)}")
+        weight = _weight(other)
+        if weight is not None:
+            return self._derive(lambda ctx: _scaled(self(ctx), weight, torch.div),
+                                f"{_operand(str(self))} / {_weight_text(weight)}")
         return NotImplemented
 
     def __rtruediv__(self, other: Number) -> "Objective":

@@ -8,8 +8,9 @@ render maximises
 
 where ``f`` is the unit's channel objective and ``g_L`` the probe layers:
 of what the unit uses at layer L, the probe's facet direction is
-rewarded. The paper ramps the strength over a batch (0.1 -> 5) and adds an
-L2 penalty (10 x the mean squared distance from grey).
+rewarded. The paper ramps the strength over a batch (0.1 -> 5), adds an L2
+penalty (10; :class:`FacetSettings`, ``RenderConfig.l2``'s convention: the
+RMS distance from grey) and uses Adam's lr 0.02.
 
 The probe layers are a per-model registry entry (``ModelSpec.probe_layers``);
 the mini CLIP's built-in facets ``text`` and ``drawing`` come from its
@@ -36,7 +37,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.objectives import Context, Objective, channel, l2
+from neuronscope.objectives import Context, Objective, channel
 from neuronscope.visualize.render import render
 from neuronscope.visualize.results import RenderConfig, UnitRender
 from neuronscope.visualize.units import PassCallback, chunks, render_passes
@@ -47,6 +48,25 @@ BUILTIN_FACETS = ("text", "drawing")
 FACET_STRENGTHS = (0.1, 5.0)
 FACET_L2 = 10.0
 FACET_LR = 0.02
+
+
+@dataclass(frozen=True)
+class FacetSettings:
+    """The faceted recipe's optimiser settings, applied over whatever :class:`RenderConfig` a render is given
+    (its steps, size, seed...), so that a caller's config does not silently drop the paper's lr.
+
+    Attributes:
+        lr: Adam's learning rate (the paper's 0.02).
+        l2: the weight of the L2 penalty, ``RenderConfig.l2``'s convention: times the RMS distance of the
+            image from grey (:func:`neuronscope.objectives.l2`). The paper's 10.
+    """
+
+    lr: float = FACET_LR
+    l2: float = FACET_L2
+
+    def apply(self, config: RenderConfig) -> RenderConfig:
+        """``config`` with this lr and L2 weight."""
+        return dataclasses.replace(config, lr=self.lr, l2=self.l2)
 
 
 # --------------------------------------------------------------------------- probe layers
@@ -279,30 +299,37 @@ def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequen
 # --------------------------------------------------------------------------- the objective and the render
 
 
+def facet_term(unit_objective: Objective, probe: FacetProbe) -> Objective:
+    """``sum_L w_L . (g_L * relu(df/dg_L))``: of what the unit ``f`` uses at each probe layer, the facet part.
+
+    Args:
+        unit_objective: ``f``, e.g. ``channel(layer, units)``.
+        probe: its weights are read on the device they are on (see :meth:`FacetProbe.to`).
+    """
+    weights = [probe.weights[layer].flatten().float() for layer in probe.layers]  # [C*H*W] per probe layer
+
+    def value(ctx: Context) -> Tensor:
+        unit_values = unit_objective(ctx)  # [B]; the context keeps it, so a sum with f computes f once
+        acts = [ctx[layer] for layer in probe.layers]
+        # relu(df/dg) is a constant weighting (no second-order graph): which of g's parts f uses. Taken as
+        # minus the gradient of -f: a redirected ReLU (the render's first steps) reads the gradient it gets
+        # as that of the loss -f, and would pick the wrong directions from the gradient of +f.
+        grads = [-g for g in torch.autograd.grad(-unit_values.sum(), acts, retain_graph=True)]
+        return sum((a.float() * g.float().clamp(min=0)).flatten(1) @ w.to(a.device)
+                   for a, g, w in zip(acts, grads, weights))
+
+    return Objective(value, unit_objective.layers, f"Facet [{probe.name}]", live_layers=probe.layers)
+
+
 def facet_objective(unit_objective: Objective, probe: FacetProbe, strength: float | Tensor) -> Objective:
-    """``f + strength * sum_L w_L . (g_L * relu(df/dg_L))`` (the paper's faceted objective).
+    """``f + strength * facet_term(f)`` (the paper's faceted objective).
 
     Args:
         unit_objective: ``f``, e.g. ``channel(layer, units)``.
         probe: its weights are read on the device they are on (see :meth:`FacetProbe.to`).
         strength: a number, or one per image [B].
     """
-    weights = [probe.weights[layer].flatten().float() for layer in probe.layers]  # [C*H*W] per probe layer
-
-    def facet_term(ctx: Context) -> Tensor:
-        unit_values = unit_objective(ctx)  # [B]
-        acts = [ctx[layer] for layer in probe.layers]
-        # relu(df/dg) is a constant weighting (no second-order graph): which of g's parts f uses. Taken as
-        # minus the gradient of -f: a redirected ReLU (the render's first steps) reads the gradient it gets
-        # as that of the loss -f, and would pick the wrong directions from the gradient of +f.
-        grads = [-g for g in torch.autograd.grad(-unit_values.sum(), acts, retain_graph=True)]
-        term = sum((a.float() * g.float().clamp(min=0)).flatten(1) @ w.to(a.device)
-                   for a, g, w in zip(acts, grads, weights))
-        scale = torch.as_tensor(strength, dtype=term.dtype, device=term.device)
-        return term * scale
-
-    term = Objective(facet_term, unit_objective.layers, f"Facet [{probe.name}]", live_layers=probe.layers)
-    return unit_objective + term
+    return unit_objective + strength * facet_term(unit_objective, probe)
 
 
 def facet_strengths(count: int, low: float = FACET_STRENGTHS[0], high: float = FACET_STRENGTHS[1]) -> list[float]:
@@ -320,8 +347,8 @@ def render_faceted(
     *,
     strengths: Sequence[float] = (FACET_STRENGTHS[1],),
     batch_size: int = 16,
-    l2_weight: float = FACET_L2,
-    config: RenderConfig = RenderConfig(lr=FACET_LR),
+    config: RenderConfig = RenderConfig(),
+    settings: FacetSettings = FacetSettings(),
     on_step: PassCallback | None = None,
     on_pass: Callable[[list[UnitRender]], None] | None = None,
 ) -> list[UnitRender]:
@@ -330,6 +357,10 @@ def render_faceted(
     A pass holds whole units, every strength of each: ``max(1, batch_size // len(strengths))`` units,
     so a pass that is stored holds all of its units' images (a resumed job owes whole units). A unit's
     images share their init and transforms (they are keyed by the unit): only the strength differs.
+
+    Args:
+        config: steps, size, seed...; its lr and L2 weight are ``settings``' (the paper's by default).
+        settings: the faceted lr and L2 penalty, applied over ``config``.
 
     Returns:
         :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
@@ -342,17 +373,17 @@ def render_faceted(
     check_probe_layers(model, layer, probe.layers)
     probe = probe.to(model.device)
     strengths = [float(s) for s in strengths]
+    config = settings.apply(config)
 
     def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
         chosen = [(unit, k, s) for unit in piece for k, s in enumerate(strengths)]
         unit_objective = channel(layer, [unit for unit, _, _ in chosen])
-        strength = torch.tensor([s for _, _, s in chosen])
-        objective = facet_objective(unit_objective, probe, strength) - l2_weight * (l2() * l2())
+        objective = facet_objective(unit_objective, probe, torch.tensor([s for _, _, s in chosen]))
         result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook,
                         keys=[unit for unit, _, _ in chosen], score=unit_objective)
         return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], float(result.final[i]),
                            result.curve[:, i],
-                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {l2_weight:g} * L2^2",
+                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {config.l2:g} * L2",
                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
 
     units_per_pass = max(1, batch_size // len(strengths))
