@@ -384,6 +384,29 @@ def test_attribute_takes_several_prompts_in_order():
     assert "units that 'a star' reads from" in text and "units that 'a fish' reads from" in text
 
 
+def test_texts_merge_only_over_the_same_image_sample(tiny_rn, tmp_path):
+    """Attribution scores depend on the image sample: texts scored over one sample merge with each other,
+    and a write over another sample (other --images, --sample or --seed) replaces them."""
+    from neuronscope.probing.attribution import AttributionBasis, ImageSample
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+
+    def sample(names: list[str]) -> ImageSample:
+        return ImageSample(torch.zeros(len(names), 3, 4, 4), names, "split")
+
+    assert sample(["a", "b"]).key == sample(["a", "b"]).key != sample(["a", "c"]).key
+
+    def write(atlas: Atlas, sample_key: str, texts: list[tuple[str, float]]) -> set[str]:
+        basis = AttributionBasis("m@x", "layer", torch.zeros(1, 2, 3), torch.zeros(1, 3), 1.0, sample_key=sample_key)
+        run = start_text_run(atlas, tiny_rn, basis, command="test", kind="attribute", config={"texts": texts})
+        merge_unit_texts(atlas, run, basis.model, basis.layer, {0: texts})
+        return {row["text"] for row in atlas.unit_texts("m@x", "layer", 0)}
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert write(atlas, "one", [("cat", 1.0)]) == {"cat"}
+        assert write(atlas, "one", [("dog", 2.0)]) == {"cat", "dog"}  # the same sample: merged
+        assert write(atlas, "two", [("fish", 0.5)]) == {"fish"}  # another sample: replaced
+
+
 def test_attribute_textvis_and_emotions_fill_an_atlas(tmp_path):
     out = tmp_path / "atlas"
     vocab = tmp_path / "words.txt"

@@ -46,6 +46,7 @@ entry points refuse a sample of another size rather than resize it silently.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,13 @@ class ImageSample:
     pixels: Tensor
     names: list[str]
     source: str
+
+    @property
+    def key(self) -> str:
+        """The sample's identity: its source, its images' ids and their size. Attribution scores depend on
+        the sample, so only scores over the same key are comparable (an atlas merges texts only then)."""
+        text = "\n".join([self.source, "x".join(map(str, self.pixels.shape[-2:])), *self.names])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)
@@ -266,6 +274,7 @@ class AttributionBasis:
         logit_scale: the model's temperature ``s`` for the retrieval weights.
         grid: (rows, cols) of the layer's map (for registering the layer in an atlas).
         sample: the image sample's description.
+        sample_key: the image sample's identity (:attr:`ImageSample.key`).
     """
 
     model: str
@@ -275,6 +284,7 @@ class AttributionBasis:
     logit_scale: float
     grid: tuple[int, int] = (1, 1)
     sample: str = ""
+    sample_key: str = ""
     _flat: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -367,5 +377,5 @@ def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = N
     gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size)  # [D, N, U], [N, D]
     per_image = gxa.permute(1, 2, 0).contiguous().cpu()  # [N, U, D]
     return AttributionBasis(model.key, canonical, per_image, embeddings.cpu(), _logit_scale(model), grid,
-                            sample.source)
+                            sample.source, sample.key)
 

@@ -5,9 +5,11 @@ The compute modules (:mod:`.attribution`, :mod:`.textvis`,
 is the one place that turns them into atlas rows.
 
 Texts from vocabulary scoring and from text feature visualization share
-the atlas's ``texts`` table (the scores are the same attribution, read on
-the same kind of image sample), so a write *merges* with a unit's stored
-texts instead of replacing them, keeping the best ``keep`` by score.
+the atlas's ``texts`` table: the scores are the same attribution, so a write
+over the same image sample *merges* with a unit's stored texts, keeping the
+best ``keep`` by score. Scores over another sample (other ``--images``,
+``--sample`` or ``--seed``) are not comparable: such a write replaces the
+unit's texts. Each run records its sample's identity (``sample_key``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
     """Record a text-side run and make its layer known to the atlas; returns the run id."""
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
     # the sample's description beside the config's own keys ("sample" there is the command's image count)
-    run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample},
+    run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample,
+                                                      "sample_key": basis.sample_key},
                              config_key=text_run_key(basis.model, basis.layer, kind, config), model=basis.model,
                              weights_sha256=model.weights_sha256,
                              layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
@@ -45,10 +48,31 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
 
 def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
                      scored: Mapping[int, list[tuple[str, float]]], keep: int = 50) -> None:
-    """Add texts to units' stored texts: the same text keeps its newest score; the best ``keep`` stay."""
+    """Add texts to units' stored texts over the same image sample (the run's ``sample_key``): the same text
+    keeps its newest score; the best ``keep`` stay. Texts stored over another sample are replaced."""
+    recorded: dict[int | None, str] = {None: ""}  # run -> its sample_key ("": a run from before it was recorded)
+
+    def samples(run: int | None) -> str:
+        if run not in recorded:
+            recorded[run] = str((atlas.run(run).get("config") or {}).get("sample_key", ""))
+        return recorded[run]
+
+    current = samples(run_id)
     merged: dict[int, list[tuple[str, float]]] = {}
     for unit, entries in scored.items():
-        stored = {row["text"]: float(row["score"]) for row in atlas.unit_texts(model, layer, int(unit))}
+        stored = {text: score for text, score, stored_run in _stored_texts(atlas, model, layer, int(unit))
+                  if current and samples(stored_run) == current}
         stored.update({text: float(score) for text, score in entries})
         merged[int(unit)] = sorted(stored.items(), key=lambda item: -item[1])[:keep]
     atlas.write_unit_texts("texts", run_id, model, layer, merged)
+
+
+def _stored_texts(atlas: Atlas, model: str, layer: str, unit: int) -> list[tuple[str, float, int | None]]:
+    """A unit's stored texts with the run that wrote each: ``(text, score, run_id)``.
+
+    Read from the table itself: ``Atlas.unit_texts`` leaves the run out.
+    """
+    rows = atlas.db.execute("SELECT text, score, run_id FROM texts WHERE model = ? AND layer = ? AND unit = ?",
+                            (model, layer, unit))
+    return [(row["text"], float(row["score"]), row["run_id"]) for row in rows]
+
