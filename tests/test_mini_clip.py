@@ -47,21 +47,27 @@ def test_loads_offline_with_its_contract(mini_clip) -> None:
 
 
 def test_reproduces_the_cards_zeroshot_figures(mini_clip, split, card) -> None:
+    """Reproduced exactly on the CPU in fp32; the tolerance leaves room for another torch build's rounding."""
     scores = zeroshot_scores(mini_clip, split)
     for key in ("drawings", "words_heldout_font", "attack_success"):
-        assert abs(scores[key] - card["zeroshot"][key]) <= 0.02, (key, scores[key], card["zeroshot"][key])
+        assert abs(scores[key] - card["zeroshot"][key]) <= 5e-3, (key, scores[key], card["zeroshot"][key])
 
 
 def test_card_multimodal_units_recomputed_through_the_recorder(mini_clip, split, card) -> None:
+    """Every unit of the card is found again with both AUROCs to 1e-3 (they reproduce to the card's 4
+    decimals; the issue asks for at least 5 of them), and as many concepts have a unit as the card says."""
     layer = card["multimodal"]["layer"]
     responses = split_responses(mini_clip, split, [layer])[layer]
-    found = {(split.concepts[u["concept_index"]], u["unit"]): u for u in multimodal_units(responses, len(split.concepts), 0.9)}
+    found = {(split.concepts[u["concept_index"]], u["unit"]): u
+             for u in multimodal_units(responses, len(split.concepts), card["multimodal"]["threshold"])}
     card_units = card["multimodal"]["units"]
-    confirmed = [u for u in card_units if (u["concept"], u["unit"]) in found]
-    assert len(confirmed) >= 5, f"only {len(confirmed)} of the card's {len(card_units)} units pass again"
-    for unit in confirmed:
+    missing = [(u["concept"], u["unit"]) for u in card_units if (u["concept"], u["unit"]) not in found]
+    assert not missing and len(card_units) >= 5, f"card units not found again: {missing}"
+    for unit in card_units:
         again = found[(unit["concept"], unit["unit"])]
-        assert again["auroc_drawings"] >= 0.9 and again["auroc_words"] >= 0.9
+        for key in ("auroc_drawings", "auroc_words"):
+            assert abs(again[key] - unit[key]) <= 1e-3, (unit["concept"], unit["unit"], key, again[key], unit[key])
+    assert len({u["concept_index"] for u in found.values()}) == card["multimodal"]["trained"]
 
 
 def test_untrained_control_finds_at_most_one_concept(mini_clip, split, card) -> None:
