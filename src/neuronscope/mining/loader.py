@@ -46,6 +46,7 @@ class Batch:
     """What the loader yields: decoded images (in ordinal order) and the entries skipped."""
 
     ordinals: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the entries' names (paths relative to the source)
     ids: list[str] = field(default_factory=list)
     sha256s: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -98,11 +99,8 @@ def decode_entry(entry: Entry, ordinal: int, preprocess: Preprocess, max_pixels:
 
 
 class EntryDataset(Dataset):
-    """Entries ``first..`` of a source, decoded on access (indexable, so workers keep order).
-
-    ``entries`` is indexed by ordinal: a source's whole listing, or any
-    sequence that answers for ordinals ``first..len - 1`` (a Ray shard's).
-    """
+    """Consecutive entries of a source, the first at ordinal ``first``, decoded on access (indexable, so
+    workers keep order): the rest of a listing from where a scan resumes, or a Ray shard's entries."""
 
     def __init__(self, entries: Sequence[Entry], preprocess: Preprocess, *, first: int = 0,
                  max_pixels: int = PILLOW_MAX_PIXELS) -> None:
@@ -112,11 +110,10 @@ class EntryDataset(Dataset):
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
-        return len(self.entries) - self.first
+        return len(self.entries)
 
     def __getitem__(self, index: int) -> DecodedImage:
-        ordinal = self.first + index
-        return decode_entry(self.entries[ordinal], ordinal, self.preprocess, self.max_pixels)
+        return decode_entry(self.entries[index], self.first + index, self.preprocess, self.max_pixels)
 
 
 def collate(items: list[DecodedImage]) -> Batch:
@@ -128,6 +125,7 @@ def collate(items: list[DecodedImage]) -> Batch:
             batch.skipped.append((item.ordinal, item.name, item.skip_reason))
             continue
         batch.ordinals.append(item.ordinal)
+        batch.names.append(item.name)
         batch.ids.append(item.id)
         batch.sha256s.append(item.sha256)  # type: ignore[arg-type]
         batch.sizes.append(item.size)  # type: ignore[arg-type]
@@ -139,7 +137,8 @@ def collate(items: list[DecodedImage]) -> Batch:
 
 def iter_batches(entries: Sequence[Entry], preprocess: Preprocess, *, batch_size: int, workers: int,
                  first: int = 0, max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[Batch]:
-    """Batches of entries ``first..`` in ordinal order, decoded by ``workers`` processes (0: in this one).
+    """Batches of consecutive ``entries`` (the first at ordinal ``first``) in order, decoded by ``workers``
+    processes (0: in this one).
 
     Each batch covers ``batch_size`` consecutive entries, so a skipped file makes
     its batch smaller rather than shifting the rest.

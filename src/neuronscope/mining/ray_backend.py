@@ -53,26 +53,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
 from neuronscope.atlas.store import Atlas
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining.accumulator import ScanSettings
-from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
     RAY_SUFFIX,
+    LayerGeometry,
     ProgressHook,
+    ScanPlan,
     ScanProgress,
     ScanState,
     content_key,
     finish_scan,
-    layer_shapes,
-    mark_interrupted,
-    scan_batch,
-    scan_config,
-    start_or_resume,
+    interrupted_on_failure,
+    open_run,
+    prepare_scan,
+    scan_range,
+    write_checkpoint,
 )
 from neuronscope.mining.sources import Entry, ImageSource, content_sha256, size_twins
 from neuronscope.models.loaded import LoadedModel
@@ -117,26 +117,6 @@ class Shard:
     @property
     def stop(self) -> int:
         return self.start + len(self.entries)
-
-
-class ShardEntries(Sequence[Entry]):
-    """A shard's entries indexed by their ordinals in the whole source (``start..stop - 1``).
-
-    What :func:`~neuronscope.mining.loader.iter_batches` and
-    :func:`~neuronscope.mining.scanner.scan_batch` index, without shipping
-    the whole listing to every actor.
-    """
-
-    def __init__(self, shard: Shard) -> None:
-        self.shard = shard
-
-    def __len__(self) -> int:
-        return self.shard.stop
-
-    def __getitem__(self, ordinal):  # type: ignore[override]
-        if not self.shard.start <= ordinal < self.shard.stop:
-            raise IndexError(f"ordinal {ordinal} is outside shard {self.shard.start}..{self.shard.stop - 1}")
-        return self.shard.entries[ordinal - self.shard.start]
 
 
 def shard_ranges(total: int, done: Sequence[tuple[int, int]], shard_size: int) -> list[tuple[int, int]]:
@@ -237,13 +217,13 @@ class ShardScanner:
 
     Args (``fn_constructor_kwargs``):
         model: the driver's model, on the CPU (moved here to this actor's GPU, if it has one).
-        layers: canonical layer names.
+        layers: canonical layer names; ``shapes``: their geometry (the driver's :func:`prepare_scan`).
         settings, batch_size, max_pixels: as the local scan.
-        source: the source's kind and name (image records name it); its entries come with each shard.
+        source_name: the source's name (image records carry it); the entries come with each shard.
     """
 
-    def __init__(self, model: LoadedModel, layers: list[str], settings: ScanSettings, batch_size: int,
-                 max_pixels: int, source: ImageSource) -> None:
+    def __init__(self, model: LoadedModel, layers: list[str], shapes: dict[str, LayerGeometry],
+                 settings: ScanSettings, batch_size: int, max_pixels: int, source_name: str) -> None:
         import ray
 
         gpus = ray.get_gpu_ids()
@@ -254,26 +234,20 @@ class ShardScanner:
             torch.set_num_threads(max(1, int(cpus)))
         self.model = replace(model, module=model.module.to(device), device=device)
         self.layers = layers
+        self.shapes = shapes
         self.settings = settings
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self.source = source
-        with Recorder(self.model, layers, early_stop=True) as recorder:
-            self.shapes = layer_shapes(recorder, self.model)
+        self.source_name = source_name
 
     def scan_shard(self, shard: Shard) -> ScanState:
-        """The partial state of one shard, computed with the local scanner's batch step."""
-        state = ScanState({name: geometry.accumulator(self.settings, self.model.device)
-                           for name, geometry in self.shapes.items()})
+        """The partial state of one shard, computed with the local scanner's loop."""
+        state = ScanState.for_shapes(self.shapes, self.settings, self.model.device)
         state.seen = set(shard.seen_before)
-        entries = ShardEntries(shard)
-        source = replace(self.source, entries=entries)  # scan_batch reads names by ordinal
         with Recorder(self.model, self.layers, early_stop=True) as recorder:
-            for batch in iter_batches(entries, self.model.preprocess, batch_size=self.batch_size, workers=0,
-                                      first=shard.start, max_pixels=self.max_pixels):
-                scan_batch(self.model, recorder, source, state, batch, self.settings.seed)
+            scan_range(self.model, recorder, self.source_name, shard.entries, state, self.settings.seed,
+                       first=shard.start, batch_size=self.batch_size, workers=0, max_pixels=self.max_pixels)
         state.seen = set()  # the driver needs no keys: duplicates were settled before the scan
-        state.next_ordinal = shard.stop
         state.prune_records()
         for accumulator in state.accumulators.values():
             accumulator.to("cpu")  # the driver may have no GPU
@@ -339,30 +313,25 @@ def scan_ray(
                                f"{batch_size}; pass e.g. {batch_size * max(1, round(shard_size / batch_size))}")
     ray = import_ray()
     started = time.perf_counter()
-    canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
-    aliases = aliases_by_layer(model.layer_aliases)
-    config, config_key = scan_config(model, canonical, source, settings, max_pixels)
-    checkpoint_key = config_key + RAY_SUFFIX
-    with Recorder(model, canonical, early_stop=True) as recorder:
-        shapes = layer_shapes(recorder, model)
-    state = ScanState({name: geometry.accumulator(settings) for name, geometry in shapes.items()})
+    plan = prepare_scan(model, source, layers, settings, max_pixels)
+    checkpoint_key = plan.config_key + RAY_SUFFIX
+    state = ScanState.for_shapes(plan.shapes, settings)
     # Ray first: a cluster that cannot be joined (a bad --ray-address) must not leave a run in the atlas.
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=address, include_dashboard=False)
     try:
-        run_id, meta = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases,
-                                       checkpoint_key=checkpoint_key)
+        run_id, meta = open_run(atlas, plan, state, model, command, checkpoint_key=checkpoint_key)
         done = merge_ranges([tuple(r) for r in meta["done"]]) if meta else []
         resumed_from = sum(stop - start for start, stop in done)
-        try:
+        with interrupted_on_failure(atlas, run_id, plan.config_key):
             replicas, gpus = replica_plan(ray, workers)
             size = shard_size or default_shard_size(len(source), batch_size, replicas)
             ranges = shard_ranges(len(source), done, size)
             # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
             shipped = model if model.device.type == "cpu" else replace(
                 model, module=copy.deepcopy(model.module).cpu(), device=torch.device("cpu"))
-            partials = _run_shards(ray, shipped, source, canonical, settings, ranges, replicas=replicas, gpus=gpus,
+            partials = _run_shards(ray, shipped, source, plan, settings, ranges, replicas=replicas, gpus=gpus,
                                    batch_size=batch_size, max_pixels=max_pixels)
             since_checkpoint = 0
             with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
@@ -372,26 +341,19 @@ def scan_ray(
                     since_checkpoint += stop - start
                     finished = sum(b - a for a, b in done)
                     if since_checkpoint >= checkpoint_every or finished == len(source):
-                        arrays, state_meta = state.state_dict()
-                        atlas.save_checkpoint(checkpoint_key, arrays,
-                                              {**state_meta, "run_id": run_id, "backend": "ray", "done": done})
+                        write_checkpoint(atlas, checkpoint_key, state, run_id, backend="ray", done=done)
                         since_checkpoint = 0
                     if on_batch is not None:
-                        on_batch(ScanProgress(finished, len(source), state.images, sum(state.skipped.values()),
-                                              resumed_from, time.perf_counter() - started))
-            return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
-                               thumbnails=thumbnails, max_pixels=max_pixels,
-                               workers=min(workers, os.cpu_count() or 1), started=started,
+                        on_batch(ScanProgress.of(state, finished, len(source), resumed_from, started))
+            return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,
+                               max_pixels=max_pixels, workers=min(workers, os.cpu_count() or 1), started=started,
                                resumed_from=resumed_from)
-        except BaseException:
-            mark_interrupted(atlas, run_id, config_key)
-            raise
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, layers: list[str], settings: ScanSettings,
+def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, plan: ScanPlan, settings: ScanSettings,
                 ranges: list[tuple[int, int]], *, replicas: int, gpus: int, batch_size: int,
                 max_pixels: int) -> Iterator[tuple[int, int, ScanState]]:
     """The hashing pass, then the scan pass over ``ranges``; yields ``(start, stop, partial state)`` as they come."""
@@ -403,14 +365,13 @@ def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, layers: list[
     # duplicate if its content occurs at a smaller ordinal, in any shard.
     earlier = seen_before(*content_keys(ray, source.entries, size_twins(source.entries)), ranges)
 
-    listing = replace(source, entries=())  # the actors get each shard's entries with the shard
     shards = [{"shard": pickle.dumps(Shard(start, source.entries[start:stop], earlier[start]))}
               for start, stop in ranges]
     dataset = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
         ShardScanner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas),
         num_gpus=gpus, num_cpus=1,  # a CPU decodes for each replica, on GPU nodes too
-        fn_constructor_kwargs={"model": model, "layers": layers, "settings": settings, "batch_size": batch_size,
-                               "max_pixels": max_pixels, "source": listing})
+        fn_constructor_kwargs={"model": model, "layers": plan.layers, "shapes": plan.shapes, "settings": settings,
+                               "batch_size": batch_size, "max_pixels": max_pixels, "source_name": source.name})
     rows = iter(dataset.iter_rows())
     try:
         for row in rows:

@@ -33,9 +33,11 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +55,7 @@ from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
 from neuronscope.mining.histogram import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
-from neuronscope.mining.sources import ImageSource, size_twins
+from neuronscope.mining.sources import Entry, ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
 from neuronscope.models.loaded import LoadedModel
@@ -71,6 +73,13 @@ class ScanProgress:
     skipped: int
     resumed_from: int
     seconds: float
+
+    @classmethod
+    def of(cls, state: ScanState, done: int, total: int, resumed_from: int, started: float) -> ScanProgress:
+        """The progress of a scan whose merged ``state`` covers ``done`` entries, started at ``started``
+        (``time.perf_counter()``)."""
+        return cls(done, total, state.images, sum(state.skipped.values()), resumed_from,
+                   time.perf_counter() - started)
 
 
 ProgressHook = Callable[[ScanProgress], None]
@@ -98,6 +107,12 @@ class ScanState:
         self.skipped: Counter[str] = Counter()
         self.seen: set[int] = set()  # content keys of entries that may repeat, for duplicates
         self.records: dict[int, ImageRecord] = {}  # ordinal -> image, for ordinals some unit still holds
+
+    @classmethod
+    def for_shapes(cls, shapes: dict[str, LayerGeometry], settings: ScanSettings,
+                   device: str | torch.device = "cpu", may_repeat: np.ndarray | None = None) -> ScanState:
+        """An empty state for layers of these geometries (:func:`layer_shapes`)."""
+        return cls({name: geometry.accumulator(settings, device) for name, geometry in shapes.items()}, may_repeat)
 
     def merge(self, other: ScanState) -> None:
         """Fold in the state of a scan of other entries (same layers and settings): every statistic, the
@@ -206,6 +221,28 @@ def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, LayerGeome
     return shapes
 
 
+@dataclass(frozen=True)
+class ScanPlan:
+    """What both backends settle before a scan: the canonical ``layers`` and their ``aliases``, the run's
+    ``config`` and its key, and every layer's geometry."""
+
+    layers: list[str]
+    aliases: dict[str, list[str]]
+    config: dict
+    config_key: str
+    shapes: dict[str, LayerGeometry]
+
+
+def prepare_scan(model: LoadedModel, source: ImageSource, layers: str | Sequence[str], settings: ScanSettings,
+                 max_pixels: int) -> ScanPlan:
+    """Resolve ``layers``, key the run's config and read each layer's geometry (one dummy forward)."""
+    canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
+    config, config_key = scan_config(model, canonical, source, settings, max_pixels)
+    with Recorder(model, canonical, early_stop=True) as recorder:
+        shapes = layer_shapes(recorder, model)
+    return ScanPlan(canonical, aliases_by_layer(model.layer_aliases), config, config_key, shapes)
+
+
 def scan(
     model: LoadedModel,
     source: ImageSource,
@@ -238,34 +275,43 @@ def scan(
         A :class:`ScanOutcome`; the results are in ``atlas`` (``Atlas.unit``).
     """
     started = time.perf_counter()
-    canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
-    aliases = aliases_by_layer(model.layer_aliases)
-    config, config_key = scan_config(model, canonical, source, settings, max_pixels)
-
-    with Recorder(model, canonical, early_stop=True) as recorder:
-        shapes = layer_shapes(recorder, model)
-    state = ScanState({name: geometry.accumulator(settings, model.device) for name, geometry in shapes.items()},
-                      may_repeat=repeat_mask(source))
-    run_id, _ = start_or_resume(atlas, state, config, config_key, command, model, canonical, aliases)
+    plan = prepare_scan(model, source, layers, settings, max_pixels)
+    state = ScanState.for_shapes(plan.shapes, settings, model.device, may_repeat=repeat_mask(source))
+    run_id, _ = open_run(atlas, plan, state, model, command, checkpoint_key=plan.config_key)
     resumed_from = state.next_ordinal
+
+    def checkpoint() -> None:
+        write_checkpoint(atlas, plan.config_key, state, run_id)
+
+    def progress() -> None:
+        if on_batch is not None:
+            on_batch(ScanProgress.of(state, state.next_ordinal, len(source), resumed_from, started))
+
+    with interrupted_on_failure(atlas, run_id, plan.config_key):
+        with Recorder(model, plan.layers, early_stop=True) as recorder:
+            scan_range(model, recorder, source.name, source.entries[resumed_from:], state, settings.seed,
+                       first=resumed_from, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                       checkpoint_every=checkpoint_every, on_checkpoint=checkpoint, on_batch=progress)
+        return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,
+                           max_pixels=max_pixels, workers=workers, started=started, resumed_from=resumed_from)
+
+
+@contextmanager
+def interrupted_on_failure(atlas: Atlas, run_id: int, config_key: str) -> Iterator[None]:
+    """Mark the run ``interrupted`` (resumable) if the block fails or is killed, unless it got as far as
+    finishing (its results are written; only the checkpoints' removal failed)."""
     try:
-        with Recorder(model, canonical, early_stop=True) as recorder:
-            _scan_batches(model, recorder, source, atlas, state, config_key, run_id, settings.seed,
-                          batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
-                          max_pixels=max_pixels, started=started, resumed_from=resumed_from, on_batch=on_batch)
-        return finish_scan(model, source, atlas, state, run_id, config_key, settings.seed, aliases,
-                           thumbnails=thumbnails, max_pixels=max_pixels, workers=workers, started=started,
-                           resumed_from=resumed_from)
+        yield
     except BaseException:
-        mark_interrupted(atlas, run_id, config_key)
+        if atlas.finished_run(config_key) != run_id:
+            atlas.set_run_status(run_id, "interrupted")
         raise
 
 
-def mark_interrupted(atlas: Atlas, run_id: int, config_key: str) -> None:
-    """After a failure or a kill: the run can resume, unless it got as far as finishing (its results are
-    written; only the checkpoints' removal failed)."""
-    if atlas.finished_run(config_key) != run_id:
-        atlas.set_run_status(run_id, "interrupted")
+def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id: int, **extra: Any) -> None:
+    """Save ``state`` (atomically) as the checkpoint of run ``run_id``; ``extra``: the backend's own meta."""
+    arrays, meta = state.state_dict()
+    atlas.save_checkpoint(checkpoint_key, arrays, {**meta, "run_id": run_id, **extra})
 
 
 #: The Ray backend's checkpoint of a run is ``config_key + RAY_SUFFIX``: each backend reads only its own.
@@ -279,32 +325,40 @@ def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
 
 
 def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
-                config_key: str, seed: int, aliases: dict[str, list[str]], *, thumbnails: bool, max_pixels: int,
-                workers: int, started: float, resumed_from: int) -> ScanOutcome:
+                plan: ScanPlan, seed: int, *, thumbnails: bool, max_pixels: int, workers: int, started: float,
+                resumed_from: int) -> ScanOutcome:
     """Turn a complete state into results: thumbnails, one ``Atlas.write_scan`` transaction, checkpoints removed."""
     state.prune_records()
-    layer_scans = [_layer_scan(model.key, name, aliases.get(name, []), accumulator, state.records, seed)
+    layer_scans = [_layer_scan(model.key, name, plan.aliases.get(name, []), accumulator, state.records, seed)
                    for name, accumulator in state.accumulators.items()]
     thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers)
               if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
     skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
     atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
-    drop_checkpoints(atlas, config_key)
+    drop_checkpoints(atlas, plan.config_key)
     return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
                        seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
 
 
-def start_or_resume(atlas: Atlas, state: ScanState, config: dict, config_key: str, command: str,
-                    model: LoadedModel, canonical: list[str], aliases: dict[str, list[str]],
-                    checkpoint_key: str | None = None) -> tuple[int, dict | None]:
-    """The run to write into: a killed run of the same config (restoring its checkpoint), or a new one.
+def open_run(atlas: Atlas, plan: ScanPlan, state: ScanState, model: LoadedModel, command: str, *,
+             checkpoint_key: str) -> tuple[int, dict | None]:
+    """The run to write into: a killed run of this config (restoring its checkpoint ``checkpoint_key``
+    into ``state``), or a new one. Returns the run id and the restored checkpoint's meta (or None)."""
+    run_id, meta = resume(atlas, state, plan.config_key, checkpoint_key)
+    if run_id is None:
+        abandon_changed_source_runs(atlas, plan.config, plan.config_key)
+        run_id = start_run(atlas, plan, model, command)
+    return run_id, meta
 
-    ``checkpoint_key`` (default ``config_key``) names the checkpoint: each
-    backend keeps its own, so neither ever reads the other's. Returns the run
-    id and the restored checkpoint's meta (None when starting afresh).
+
+def resume(atlas: Atlas, state: ScanState, config_key: str, checkpoint_key: str) -> tuple[int | None, dict | None]:
+    """The unfinished run of this config, marked running again, with its checkpoint restored into ``state``
+    when there is one of that run (else it starts over); ``(None, None)`` when there is no such run.
+
+    ``checkpoint_key`` is the backend's own (``config_key``, or ``config_key + RAY_SUFFIX``): neither backend
+    reads the other's. Returns the run id and the restored checkpoint's meta.
     """
-    checkpoint_key = checkpoint_key or config_key
     run_id = atlas.unfinished_run(config_key)
     checkpoint = atlas.load_checkpoint(checkpoint_key)
     if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id:
@@ -314,18 +368,27 @@ def start_or_resume(atlas: Atlas, state: ScanState, config: dict, config_key: st
     atlas.drop_checkpoint(checkpoint_key)  # stale: from a run that finished or was never recorded
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
-        return run_id, None
+    return run_id, None
+
+
+def abandon_changed_source_runs(atlas: Atlas, config: dict, config_key: str) -> None:
+    """Mark abandoned the unfinished runs that can never resume (:func:`runs_of_a_changed_source`), and drop
+    their checkpoints (both backends')."""
     for stale in runs_of_a_changed_source(atlas, config, config_key):
         drop_checkpoints(atlas, stale["config_key"])
         atlas.set_run_status(stale["id"], "abandoned")
         log.warning("the source changed since run %d was interrupted (%s entries then, %s now): it cannot "
                     "resume, so a new run starts; run %d is marked abandoned and its checkpoint dropped",
                     stale["id"], stale["config"]["dataset"]["entries"], config["dataset"]["entries"], stale["id"])
+
+
+def start_run(atlas: Atlas, plan: ScanPlan, model: LoadedModel, command: str) -> int:
+    """Record a new run of ``plan`` (status ``running``); returns its id."""
     return atlas.start_run(
-        command=command, config=config, config_key=config_key, model=model.key,
+        command=command, config=plan.config, config_key=plan.config_key, model=model.key,
         weights_sha256=model.weights_sha256,
-        layers=[{"layer": name, "aliases": aliases.get(name, [])} for name in canonical],
-        dataset=config["dataset"], precision=model.precision.name), None
+        layers=[{"layer": name, "aliases": plan.aliases.get(name, [])} for name in plan.layers],
+        dataset=plan.config["dataset"], precision=model.precision.name)
 
 
 def runs_of_a_changed_source(atlas: Atlas, config: dict, config_key: str) -> list[dict]:
@@ -342,38 +405,41 @@ def runs_of_a_changed_source(atlas: Atlas, config: dict, config_key: str) -> lis
             and run["config_key"] != config_key and without_listing(run["config"]) == wanted]
 
 
-def _scan_batches(model: LoadedModel, recorder: Recorder, source: ImageSource, atlas: Atlas, state: ScanState,
-                  config_key: str, run_id: int, seed: int, *, batch_size: int, workers: int, checkpoint_every: int,
-                  max_pixels: int, started: float, resumed_from: int, on_batch: ProgressHook | None) -> None:
+def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries: Sequence[Entry],
+               state: ScanState, seed: int, *, first: int, batch_size: int, workers: int, max_pixels: int,
+               checkpoint_every: int = 0, on_checkpoint: Callable[[], None] | None = None,
+               on_batch: Callable[[], None] | None = None) -> None:
+    """Scan consecutive ``entries`` (ordinals ``first..``) into ``state``, in batches counted from ``first``.
+
+    Both backends' loop: the local scan over the whole source (from where it
+    resumes), a Ray replica over one shard. ``on_checkpoint`` is called with
+    every merge done once ``checkpoint_every`` more entries are in, and after
+    the last batch; ``on_batch`` after every batch.
+    """
     since_checkpoint = 0
-
-    def checkpoint() -> None:
-        arrays, meta = state.state_dict()
-        atlas.save_checkpoint(config_key, arrays, {**meta, "run_id": run_id})
-
-    batches = iter_batches(source.entries, model.preprocess, batch_size=batch_size, workers=workers,
-                           first=state.next_ordinal, max_pixels=max_pixels)
+    state.next_ordinal, stop = first, first + len(entries)
+    batches = iter_batches(entries, model.preprocess, batch_size=batch_size, workers=workers, first=first,
+                           max_pixels=max_pixels)
     # The merges of batch i (NumPy, on the CPU) run in a thread while batch i + 1 is decoded and sent
     # through the model: on a GPU they would otherwise cost as much as the forward. Merges still run one
     # at a time and in order, so the results are those of a sequential scan.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-merge") as merger:
         pending: Future | None = None
         for batch in batches:
-            update = forward_batch(model, recorder, source, state, batch, seed)
+            update = forward_batch(model, recorder, source_name, state, batch, seed)
             if pending is not None:
                 pending.result()
             pending = merger.submit(state.merge_batch, update) if update is not None else None
             since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
             state.next_ordinal = batch.last_ordinal + 1
-            if since_checkpoint >= checkpoint_every or state.next_ordinal == len(source):
+            if on_checkpoint is not None and (since_checkpoint >= checkpoint_every or state.next_ordinal == stop):
                 if pending is not None:
                     pending.result()
                     pending = None
-                checkpoint()
+                on_checkpoint()
                 since_checkpoint = 0
             if on_batch is not None:
-                on_batch(ScanProgress(state.next_ordinal, len(source), state.images, sum(state.skipped.values()),
-                                      resumed_from, time.perf_counter() - started))
+                on_batch()
         if pending is not None:
             pending.result()
 
@@ -390,7 +456,7 @@ class BatchUpdate:
     records: dict[int, ImageRecord]
 
 
-def forward_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
+def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, state: ScanState, batch: Batch,
                   seed: int) -> BatchUpdate | None:
     """Count the batch's skipped files, drop duplicates and run one forward; None when nothing is left."""
     for _ordinal, _name, reason in batch.skipped:
@@ -415,18 +481,10 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, s
     records = {}
     for position, ordinal in zip(keep, ordinals):
         width, height = batch.sizes[position]
-        records[int(ordinal)] = ImageRecord(batch.ids[position], source.name, source.entries[ordinal].name,
+        records[int(ordinal)] = ImageRecord(batch.ids[position], source_name, batch.names[position],
                                             batch.sha256s[position], int(width), int(height))
     state.images += len(keep)
     return BatchUpdate(reduced, ordinals, hashes, records)
-
-
-def scan_batch(model: LoadedModel, recorder: Recorder, source: ImageSource, state: ScanState, batch: Batch,
-               seed: int) -> None:
-    """Count the batch's skipped files, drop duplicates, run one forward and merge every layer."""
-    update = forward_batch(model, recorder, source, state, batch, seed)
-    if update is not None:
-        state.merge_batch(update)
 
 
 def _ids(ordinals: np.ndarray, records: dict[int, ImageRecord]) -> np.ndarray:
