@@ -136,7 +136,11 @@ def test_random_transforms_draw_each_image_from_its_own_generator():
     together = transformed([5, 6, 7], images)
     alone = transformed([7], images[2:])
     assert torch.allclose(together[2:], alone, atol=1e-6)
-    assert not torch.allclose(together[0], together[1], atol=1e-3)  # each image its own draws
+    same = images[:1].expand(3, -1, -1, -1)  # one image three times: only the draws can tell them apart
+    drawn = transformed([5, 6, 7], same)
+    assert not torch.allclose(drawn[0], drawn[1], atol=1e-3) and not torch.allclose(drawn[1], drawn[2], atol=1e-3)
+    twice = transformed([5, 5], same[:2])
+    assert torch.equal(twice[0], twice[1])  # one key, one sequence of draws
 
 
 def test_redirected_relu_lets_a_dead_unit_take_off_and_keeps_a_live_gradient():
@@ -233,8 +237,21 @@ def test_a_renders_objective_is_its_finished_images_unit_value(tiny_rn):
 
 
 def test_a_smaller_canvas_meets_the_model_by_padding_not_resizing(tiny_rn):
-    result = render(tiny_rn, "neurons:1", config=RenderConfig(steps=2, size=40))
+    """A 40 px canvas reaches the 64 px model as itself in the centre of a grey border (12 px a side)."""
+    inputs = []
+    hook = tiny_rn.image_module.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    try:
+        result = render(tiny_rn, "neurons:1", config=RenderConfig(steps=2, size=40, transforms="none"))
+    finally:
+        hook.remove()
     assert result.images.shape == (1, 3, 40, 40)
+    seen = inputs[-1]  # the last forward: the finished image, scored
+    assert seen.shape == (1, 3, 64, 64)
+    grey = tiny_rn.preprocess.normalize(torch.full((1, 3, 64, 64), 0.5))
+    border = torch.ones(64, 64, dtype=torch.bool)
+    border[12:52, 12:52] = False
+    assert torch.allclose(seen[..., border], grey[..., border])
+    assert torch.allclose(seen[..., 12:52, 12:52], tiny_rn.preprocess.normalize(result.images), atol=1e-6)
 
 
 def test_render_units_batches_one_unit_per_image_in_order(tiny_rn):
@@ -281,10 +298,6 @@ def test_200_renders_leave_no_hooks_and_do_the_same_work_each_time(tiny_rn):
 # --------------------------------------------------------------------------- the mini CLIP
 
 MINI_CLIP_CARD = Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json"
-# Lucid's recipe with the transforms tuned for 64 px (2 px pad, 1 px jitter, scale 0.95-1.05, +-5 deg), lr 0.02,
-# and the image optimised at 24 px, upsampled to 64 (param_size), 1,024 steps, no L2 / TV penalty. At full
-# resolution the renders saturate into texture that the zero-shot head rarely reads as the concept (3 of 11 a
-# seed, at every setting swept); see benchmarks/RESULTS.md and benchmarks/render_quality.py.
 #: Lucid's recipe (512 steps, lr 0.05, its standard transforms scaled to 64 px) with a steeper spectrum
 #: (decay power 1.25 instead of 1): the setting of benchmarks/render_quality.py's sweep whose renders the
 #: zero-shot head names as the concept most often.
