@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..commands.common import DebugOpt, DeviceOpt, JsonOpt, ProgressBars, cli_command
+from ..commands.common import DebugOpt, DeviceOpt, JsonOpt, ProgressBars, SeedOpt, cli_command
 from .card import label_card_units
 from .sampler import Mix
 from .train import TrainConfig
@@ -73,7 +73,7 @@ def train(
     steps: int = typer.Option(_DEFAULTS.steps),
     batch_size: int = typer.Option(_DEFAULTS.batch_size),
     lr: float = typer.Option(_DEFAULTS.lr),
-    seed: int = typer.Option(0),
+    seed: SeedOpt = 0,
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast; only faster on CPUs with native bf16)."),
     mix: str = typer.Option(_mix_text(_DEFAULTS.mix), help="Shares of drawings, words, composites and reading "
                                                           "text in a batch (need not sum to 1)."),
