@@ -32,7 +32,7 @@ def test_console_layers_json():
     entries = json.loads(done.stdout)
     neurons = next(entry for entry in entries if "neurons" in entry["aliases"])
     assert neurons == {"name": "visual.layer4.1.act3:input", "aliases": ["neurons", "image_block_4/1/Add_6"],
-                       "shape": [512, 2, 2]}
+                       "shape": [512, 2, 2], "layout": "channels_first"}
 
 
 def test_console_error_is_one_line_and_nonzero():
