@@ -66,6 +66,12 @@ class LoadedModel:
         """``{alias: canonical layer}``: structural aliases plus the spec's own."""
         return {**structural_aliases(self.module), **self.spec.layer_aliases}
 
+    def resolve_layer(self, name: str) -> str:
+        """``name`` (a layer, an alias such as ``neurons``, a ``:input`` point) as its canonical layer name."""
+        from neuronscope.activations.names import resolve_layer  # activations imports this module
+
+        return resolve_layer(self.module, name, self.layer_aliases, model_key=self.key)
+
     @cached_property
     def weights_sha256(self) -> str | None:
         """Full sha256 of the weights' file (or of the state dict for in-memory modules); None for random.
