@@ -106,6 +106,15 @@ def test_layer_layouts_follow_the_modules_not_the_shape():
     assert torch.equal(reduced["out"], full["out"].amax(dim=(2, 3)))
 
 
+def test_every_map_of_a_resnet_is_channels_first(tiny_rn):
+    """Including a downsample's input: the block's input, from before bn3 ran (not the last tensor)."""
+    from neuronscope.activations import list_layers
+
+    layouts = {info.name: info.layout for info in list_layers(tiny_rn) if len(info.shape) == 3}
+    assert layouts["visual.layer2.0.downsample:input"] == "channels_first"
+    assert set(layouts.values()) == {"channels_first"}
+
+
 def test_a_layer_whose_layout_cannot_be_told_is_an_error():
     from neuronscope.activations.layout import infer_layouts
 

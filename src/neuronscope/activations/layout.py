@@ -11,9 +11,9 @@ once, from the model:
    ``InstanceNorm*``/2-D pooling read channels on dim 1, ``Linear`` on the last
    dim; a LayerNorm on the dim its ``normalized_shape`` matches;
 2. any other module (activations, dropout, blocks, ``:input`` ports of
-   those) takes the layout of the last 4-D tensor that ran before it, from a
-   module of known layout: the same layout if its shape is the same, the other
-   if its shape is that one permuted (a block that permutes back);
+   those) takes the layout of an earlier tensor of known layout (the latest)
+   with the same shape, or else the other layout of one whose shape is its
+   own permuted (a block that permutes back);
 3. otherwise the layout is unknown (None), and reading units from the layer
    is an error, never a guess.
 """
@@ -57,26 +57,26 @@ def infer_layouts(fired: Iterable[tuple[str, nn.Module, tuple[int, ...]]],
     for the rules.
     """
     layouts: dict[str, Layout | None] = {}
-    # The last 4-D tensor of known layout, and its shape.
-    last: tuple[Layout, tuple[int, ...]] | None = (CHANNELS_FIRST, tuple(pixels)) if pixels else None
+    # The layout of the latest tensor of each shape whose layout is known. A block's input may come from
+    # further back than the last tensor (a ResNet's downsample reads the block's input, after bn3 ran).
+    known: dict[tuple[int, ...], Layout] = {tuple(pixels): CHANNELS_FIRST} if pixels else {}
     for name, module, shape in fired:
         if len(shape) != 4:
             continue
-        layout = declared_layout(module, shape)
-        if layout is None and last is not None:
-            layout = _follow(last, shape)
+        layout = declared_layout(module, shape) or _follow(known, shape)
         layouts[name] = layout
         if layout is not None:
-            last = (layout, shape)
+            known[shape] = layout
     return layouts
 
 
-def _follow(last: tuple[Layout, tuple[int, ...]], shape: tuple[int, ...]) -> Layout | None:
-    """The layout of a tensor of ``shape`` computed from the tensor ``last`` (its layout and shape)."""
-    layout, before = last
-    if shape == before:
-        return layout
-    to_last, to_first = (before[0], before[2], before[3], before[1]), (before[0], before[3], before[1], before[2])
-    if shape == (to_last if layout == CHANNELS_FIRST else to_first):
-        return CHANNELS_LAST if layout == CHANNELS_FIRST else CHANNELS_FIRST
+def _follow(known: dict[tuple[int, ...], Layout], shape: tuple[int, ...]) -> Layout | None:
+    """The layout of a tensor of ``shape`` computed from earlier tensors of ``known`` shapes and layouts."""
+    if shape in known:
+        return known[shape]
+    batch, a, b, c = shape
+    if known.get((batch, c, a, b)) == CHANNELS_FIRST:  # [B, C, H, W] permuted to [B, H, W, C]
+        return CHANNELS_LAST
+    if known.get((batch, b, c, a)) == CHANNELS_LAST:  # [B, H, W, C] permuted back to [B, C, H, W]
+        return CHANNELS_FIRST
     return None
