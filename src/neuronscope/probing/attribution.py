@@ -54,11 +54,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronscope.activations import Recorder, map_grid, resolve_layer, unit_axis
+from neuronscope.activations import Recorder, map_grid, unit_axis
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
-from neuronscope.probing.zeroshot import encode_texts
+from neuronscope.probing.zeroshot import encode_texts, logit_scale
 
 #: Images in the default sample: enough that every concept of the mini CLIP's
 #: world has a few images to be retrieved, few enough for a CPU.
@@ -197,8 +197,7 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
         # The pixels need a graph for the layer to have one (the weights are frozen).
         inputs = model.preprocess.normalize(pixels[rows].to(model.device)).requires_grad_(True)
         with Recorder(model, layer, detach=False) as recorder, torch.enable_grad():
-            with model.precision.autocast(model.device):
-                embeddings = model.encode_images(inputs).float()  # [B, D]
+            embeddings = model.encode_images(inputs).float()  # [B, D]; encode_images autocasts
             capture = recorder[layer]
         edge = _layer_gradient_edge(capture)
         acts = capture.detach().float()
@@ -216,11 +215,6 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
         gxa_parts.append(torch.stack(per_direction))  # [K, B, U]
         embedding_parts.append(embeddings.detach())
     return torch.cat(gxa_parts, dim=1), torch.cat(embedding_parts), grid
-
-
-def _logit_scale(model: LoadedModel) -> float:
-    scale = getattr(model.module, "logit_scale", None)
-    return float(scale.exp()) if scale is not None else 100.0
 
 
 def retrieval_weights(image_embeddings: Tensor, text_features: Tensor, logit_scale: float) -> Tensor:
@@ -331,10 +325,6 @@ class AttributionBasis:
 # ---------------------------------------------------------------------------- entry points
 
 
-def _canonical(model: LoadedModel, layer: str) -> str:
-    return resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
-
-
 def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample: ImageSample | None = None,
                     *, batch_size: int = 64) -> TextAttribution:
     """Unit attributions of a few ``texts`` at ``layer``: one backward pass per text (and image batch).
@@ -353,13 +343,13 @@ def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample
     if not texts:
         raise NeuronscopeError("no prompt given: pass --prompt TEXT")
     sample = _sample_for(model, sample)
-    canonical = _canonical(model, layer)
+    canonical = model.resolve_layer(layer)
     text_features = encode_texts(model, list(texts))  # [P, D]
     # The weights need the embeddings, which need a forward: one cheap no-grad pass first.
-    with torch.no_grad(), model.precision.autocast(model.device):
+    with torch.no_grad():  # encode_images autocasts
         embeddings = torch.cat([model.encode_images(model.preprocess.normalize(sample.pixels[rows].to(model.device)))
                                 .float() for rows in _batches(len(sample.pixels), batch_size)])
-    weights = retrieval_weights(embeddings, text_features, _logit_scale(model))  # [N, P]
+    weights = retrieval_weights(embeddings, text_features, logit_scale(model))  # [N, P]
     directions = [weights[:, p, None] * text_features[p] for p in range(len(texts))]  # P x [N, D]
     gxa, _, _ = _backward_gxa(model, canonical, sample.pixels, directions, batch_size)  # [P, N, U]
     return TextAttribution(model.key, canonical, list(texts), gxa.sum(dim=1).cpu(), sample.source)
@@ -373,9 +363,9 @@ def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = N
     mini CLIP: 67 MB; RN50x4 with 64 images: 420 MB).
     """
     sample = _sample_for(model, sample)
-    canonical = _canonical(model, layer)
+    canonical = model.resolve_layer(layer)
     gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size)  # [D, N, U], [N, D]
     per_image = gxa.permute(1, 2, 0).contiguous().cpu()  # [N, U, D]
-    return AttributionBasis(model.key, canonical, per_image, embeddings.cpu(), _logit_scale(model), grid,
+    return AttributionBasis(model.key, canonical, per_image, embeddings.cpu(), logit_scale(model), grid,
                             sample.source, sample.key)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..activations.names import aliases_by_layer, resolve_layer
+from ..activations.names import aliases_by_layer
 from ..activations.recorder import Recorder
 from ..activations.reduce import map_grid, reduce_units
 from ..atlas.store import Atlas, AtlasError
@@ -149,19 +149,19 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
     if not words:
         raise ValueError("probe_words needs at least one word")
     started = time.perf_counter()
-    canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    canonical = model.resolve_layer(layer)
     height, width = model.preprocess.image_size
     if height != width:
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
     grid_tokens = model.token_grid
 
-    def spatial_mean(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
+    def unit_means(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
         return reduce_units(acts, "mean", grid=grid_tokens if acts.ndim == 3 else None)
 
     words_per_batch = max(1, batch_size // settings.variants)
     chunks = []
     done = 0
-    with Recorder(model, canonical, early_stop=True, capture_fn=spatial_mean) as recorder:
+    with Recorder(model, canonical, early_stop=True, capture_fn=unit_means) as recorder:
         grid = _layer_grid(recorder, model, canonical)
         for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
             n_words = batch.shape[0]

@@ -44,6 +44,12 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 25
     return torch.cat(chunks)
 
 
+def logit_scale(model: LoadedModel) -> float:
+    """The model's learned temperature ``exp(logit_scale)`` (CLIP's 100 when the model has none)."""
+    scale = getattr(model.module, "logit_scale", None)
+    return float(scale.exp()) if scale is not None else 100.0
+
+
 @dataclass
 class ZeroShotClassifier:
     """Zero-shot weights of a set of classes.
@@ -68,8 +74,7 @@ class ZeroShotClassifier:
         if "{}" not in template:
             raise ValueError(f"template {template!r} has no '{{}}' for the class name")
         features = encode_texts(model, [template.format(name) for name in classes])
-        scale = float(model.module.logit_scale.exp()) if hasattr(model.module, "logit_scale") else 100.0
-        return cls(model, list(classes), template, features, scale)
+        return cls(model, list(classes), template, features, logit_scale(model))
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1], on the CPU (a result, compared

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronscope.activations.names import resolve_layer, resolve_layers
+from neuronscope.activations.names import resolve_layers
 from neuronscope.activations.record import record
 from neuronscope.activations.recorder import Recorder
 from neuronscope.errors import NeuronscopeError
@@ -38,9 +38,9 @@ from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_byt
 from neuronscope.mining.sources import content_sha256, list_folder
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, channel
-from neuronscope.visualize.render import render
+from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
-from neuronscope.visualize.units import PassCallback, chunks, render_passes
+from neuronscope.visualize.units import chunks, render_passes
 
 BUILTIN_FACETS = ("text", "drawing")
 
@@ -107,7 +107,7 @@ def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | N
         NeuronscopeError: a probe layer runs after ``layer``.
     """
     layers = list(layers) if layers is not None else probe_layers(model)
-    unit_layer = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    unit_layer = model.resolve_layer(layer)
     height, width = model.preprocess.image_size
     recorder = Recorder(model, [unit_layer, *layers], early_stop=True)
     recorder.run(model.preprocess.normalize(torch.full((1, 3, height, width), 0.5)))
@@ -349,7 +349,7 @@ def render_faceted(
     batch_size: int = 16,
     config: RenderConfig = RenderConfig(),
     settings: FacetSettings = FacetSettings(),
-    on_step: PassCallback | None = None,
+    on_step: StepCallback | None = None,
     on_pass: Callable[[list[UnitRender]], None] | None = None,
 ) -> list[UnitRender]:
     """Each unit rendered once per strength (the paper's ramp: ``facet_strengths(9)``), batched.
@@ -375,7 +375,7 @@ def render_faceted(
     strengths = [float(s) for s in strengths]
     config = settings.apply(config)
 
-    def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
+    def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         chosen = [(unit, k, s) for unit in piece for k, s in enumerate(strengths)]
         unit_objective = channel(layer, [unit for unit, _, _ in chosen])
         objective = facet_objective(unit_objective, probe, torch.tensor([s for _, _, s in chosen]))

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from neuronscope.activations.names import resolve_layer
 from neuronscope.activations.recorder import Recorder
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
@@ -63,7 +62,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 def _canonical(model: LoadedModel, names: tuple[str, ...]) -> dict[str, str]:
     """``{name as the objective wrote it: canonical layer}``."""
-    return {name: resolve_layer(model.module, name, model.layer_aliases, model_key=model.key) for name in names}
+    return {name: model.resolve_layer(name) for name in names}
 
 
 def full_objective(objective: Objective | str, config: RenderConfig) -> Objective:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from neuronscope.activations import map_grid, record, resolve_layer, unit_count
+from neuronscope.activations import map_grid, record, unit_count
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
 from neuronscope.errors import NeuronscopeError
@@ -132,7 +132,7 @@ class FeatureVisWriter:
         units: a job with the same settings, killed or finished, is continued in its run,
         and :meth:`missing` tells which units it still owes.
         """
-        canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+        canonical = model.resolve_layer(layer)
         n_units, grid = layer_shape(model, canonical)
         config = {**settings, "kind": kind, "render_version": RENDER_VERSION}
         config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,

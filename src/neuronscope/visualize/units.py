@@ -20,10 +20,9 @@ from typing import TypeVar
 
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import channel, diversity
-from neuronscope.visualize.render import render
+from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
 
-PassCallback = Callable[[int, int], None]
 Piece = TypeVar("Piece")
 
 
@@ -41,7 +40,7 @@ def render_units(
     *,
     batch_size: int = 16,
     config: RenderConfig = RenderConfig(),
-    on_step: PassCallback | None = None,
+    on_step: StepCallback | None = None,
     on_pass: Callable[[list[UnitRender]], None] | None = None,
 ) -> list[UnitRender]:
     """One image per unit, ``batch_size`` units per pass.
@@ -55,7 +54,7 @@ def render_units(
     Returns:
         One :class:`UnitRender` (kind ``plain``) per unit, in order.
     """
-    def render_pass(piece: list[int], step_hook: PassCallback | None) -> list[UnitRender]:
+    def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
         return [UnitRender(layer, unit, "plain", 0, result.images[i], float(result.final[i]), result.curve[:, i],
                            f"Channel [{layer}, {unit}]") for i, unit in enumerate(piece)]
@@ -66,10 +65,10 @@ def render_units(
 
 def render_passes(
     passes: Sequence[Piece],
-    render_pass: Callable[[Piece, PassCallback | None], list[UnitRender]],
+    render_pass: Callable[[Piece, StepCallback | None], list[UnitRender]],
     *,
     steps: int,
-    on_step: PassCallback | None = None,
+    on_step: StepCallback | None = None,
     on_pass: Callable[[list[UnitRender]], None] | None = None,
 ) -> list[UnitRender]:
     """Render pass after pass: progress over all of them, and each pass handed to ``on_pass`` when done.
@@ -104,7 +103,7 @@ def render_diverse(
     weight: float = 1.0,
     diversity_layer: str | None = None,
     config: RenderConfig = RenderConfig(),
-    on_step: PassCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[UnitRender]:
     """``count`` different images of one unit: its channel plus ``weight`` x Lucid's diversity.
 
