@@ -332,6 +332,22 @@ def test_serve_command_binds_localhost_by_default(web_atlas, monkeypatch):
     assert missing.exit_code == 1
 
 
+def test_serve_without_the_web_extra_says_how_to_install_it(web_atlas, monkeypatch):
+    """neuronscope.web imports fastapi lazily, so the ImportError guard around importing it never fired: serve
+    printed a raw ModuleNotFoundError from inside create_app."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr("neuronscope.web.serve", lambda *args, **options: pytest.fail("served without fastapi"))
+    for absent, command in (("fastapi", ["serve", str(web_atlas)]),
+                            ("jinja2", ["export", str(web_atlas), "--site", str(web_atlas.parent / "site")])):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == absent
+                            else find_spec(name, *args))
+        result = CliRunner().invoke(cli_app, command)
+        assert result.exit_code == 1 and f"({absent} missing): pip install 'neuronscope[web]'" in result.output
+    assert not (web_atlas.parent / "site").exists()
+
+
 def test_search_attributes_new_prompts_when_the_model_is_loaded(web_atlas, tiny_rn, client):
     pytest.importorskip("neuronscope.probing.attribution", reason="the text-side attribution module is not there")
     assert client.get("/api/search", params={"q": "a red star"}).json()["attribution"] is None  # no model: none

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Optional
 
 import typer
 
 from neuronscope.commands.common import (DebugOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, cli_command,
                                          load_cli_model, print_json)
+from neuronscope.errors import NeuronscopeError
 
 AtlasArg = Annotated[Path, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
 
 
-def _web():
-    """The web extra, or an error that says how to install it."""
-    try:
-        import neuronscope.web as web
-    except ImportError as err:
-        from neuronscope.errors import NeuronscopeError
+#: What the server needs at run time (a static export needs only jinja2). neuronscope.web imports them lazily
+#: (inside create_app and serve), so importing it succeeds without them: each is looked up here instead.
+WEB_MODULES = ("fastapi", "uvicorn", "jinja2")
 
-        raise NeuronscopeError(f"the microscope needs the web extra ({err.name} is missing): "
-                               "pip install 'neuronscope[web]'") from err
+
+def _web(needs: tuple[str, ...] = WEB_MODULES) -> ModuleType:
+    """:mod:`neuronscope.web`, or an error that says how to install the web extra (``demo`` calls it too)."""
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        raise NeuronscopeError(f"the microscope needs the web extra ({', '.join(missing)} missing): "
+                               "pip install 'neuronscope[web]'")
+    import neuronscope.web as web
+
     return web
 
 
@@ -58,7 +65,7 @@ def export(
     """Write the microscope's pages of ATLAS as plain HTML + images for any static host (relative links)."""
     from rich.progress import Progress
 
-    web = _web()
+    web = _web(("jinja2",))
     with Progress(transient=True, disable=json_out) as bar:
         task = bar.add_task("exporting units", total=None)
         summary = web.export_site(atlas, site, plots=plots,
