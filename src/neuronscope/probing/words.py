@@ -15,7 +15,6 @@ positions, then the mean over sizes (and fonts).
 from __future__ import annotations
 
 import io
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..activations.names import aliases_by_layer
 from ..activations.recorder import Recorder
 from ..activations.reduce import map_grid, reduce_units
-from ..atlas.store import Atlas, AtlasError
 from ..models.loaded import LoadedModel
 from .raster import RasterSettings, iter_word_batches
 
@@ -176,48 +173,10 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
                      seconds=time.perf_counter() - started)
 
 
-def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocabulary: str,
-                    top_k: int = DEFAULT_TOP_K, command: str | None = None) -> int:
-    """Store a probe in ``atlas``: a run, the layer (registered if no scan wrote it), each unit's top-k
-    words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns the run id."""
-    aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
-    config = {"vocabulary": vocabulary, "words": len(probe.words), "settings": probe.settings.to_dict(),
-              "reduce": "spatial mean; max over positions, mean over sizes and fonts", "top_k": top_k}
-    run_id = atlas.start_run(
-        command=command or shlex.join(["neuronscope", "words", "--model", probe.model, "--layer", probe.layer,
-                                       "--vocab", vocabulary, "--top-k", str(top_k)]),
-        config=config, config_key=f"words:{probe.model}:{probe.layer}:{vocabulary}", model=probe.model,
-        weights_sha256=model.weights_sha256, layers=[{"layer": probe.layer, "aliases": aliases}],
-        dataset={"kind": "vocabulary", "name": vocabulary, "entries": len(probe.words)}, precision=probe.precision)
-    atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
-    atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
-    atlas.save_artifact(probe.model, probe.layer, "words", vocabulary, file_bytes=probe.to_npz(), suffix=".npz",
-                        data={**config, "precision": probe.precision}, run_id=run_id)
-    atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
-    return run_id
+def __getattr__(name: str):
+    """The atlas I/O's old import path (it lives in :mod:`neuronscope.probing.word_store` now)."""
+    if name in ("save_word_probe", "load_word_scores"):
+        from neuronscope.probing import word_store
 
-
-def load_word_scores(atlas: Atlas, model: str | None, layer: str,
-                     vocabulary: str | None = None) -> tuple[str, str, str, list[str], torch.Tensor]:
-    """A stored probe's matrix: ``(model key, canonical layer, vocabulary, words, scores float32 [words, units])``.
-
-    ``vocabulary`` may be omitted when the layer has one stored probe.
-    """
-    model_key = atlas.resolve_model(model)
-    canonical = atlas.resolve_layer(model_key, layer)["layer"]
-    stored = {a["name"]: a for a in atlas.artifacts(model_key, canonical, "words") if a["path"]}
-    if not stored:
-        raise AtlasError(f"{atlas.path} has no word probe of {model_key} {canonical}; "
-                         f"run `neuronscope words --model {model_key} --layer {canonical} --out {atlas.path}`")
-    if vocabulary is None:
-        if len(stored) > 1:
-            raise AtlasError(f"{canonical} has word probes of several vocabularies ({', '.join(sorted(stored))}); "
-                             "pass --vocab NAME")
-        vocabulary = next(iter(stored))
-    if vocabulary not in stored:
-        raise AtlasError(f"no word probe of vocabulary {vocabulary!r} for {canonical}; "
-                         f"stored: {', '.join(sorted(stored))}")
-    with np.load(atlas.path / stored[vocabulary]["path"]) as arrays:
-        words = [str(w) for w in arrays["words"]]
-        scores = torch.from_numpy(arrays["scores"].astype(np.float32))
-    return model_key, canonical, vocabulary, words, scores
+        return getattr(word_store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
