@@ -387,3 +387,15 @@ def test_the_atlas_never_imports_the_microscope():
 
     for module in Path(neuronscope.atlas.__file__).parent.glob("*.py"):
         assert "neuronscope.web" not in module.read_text(), module.name
+
+
+def test_conditional_buckets_are_a_function_of_the_unit_record(scanned):
+    """Atlas.conditional_buckets(model, layer, unit, record=...) ignored model, layer and unit when given a
+    record; the record's buckets are now a function of the record alone."""
+    from neuronscope.atlas.store import conditional_buckets
+
+    with Atlas(scanned, create=False, read_only=True) as atlas:
+        for unit in (3, 4):
+            buckets = conditional_buckets(atlas.unit(None, "neurons", unit), n_buckets=4)
+            assert buckets and buckets == atlas.conditional_buckets(None, "neurons", unit, n_buckets=4)
+            assert sum(bucket["count"] for bucket in buckets) == 12

@@ -224,10 +224,6 @@ class Atlas:
         return self.path / "thumbs"
 
     @property
-    def arrays_dir(self) -> Path:
-        return self.path / "arrays"
-
-    @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
@@ -684,18 +680,20 @@ class Atlas:
             self._histogram_cache = {relative: arrays}  # keep one layer
         return self._histogram_cache[relative]
 
-    def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10, *,
-                            record: dict[str, Any] | None = None) -> list[dict]:
-        """Uniform buckets in SDs from zero with sample images.
+    def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
+        """:func:`conditional_buckets` of a unit read from the atlas."""
+        return conditional_buckets(self.unit(model, layer, unit), n_buckets)
 
-        See :func:`neuronscope.mining.histogram.uniform_buckets`. ``record``: the unit's
-        :meth:`unit` record when the caller has it already (the static export), to skip re-reading it.
-        """
-        from neuronscope.mining.histogram import uniform_buckets
 
-        record = self.unit(model, layer, unit) if record is None else record
-        histogram, stats = record["histogram"], record["stats"]
-        if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)
-            return []
-        return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
-                               std=stats["std"], reservoir=histogram["reservoir"], n_buckets=n_buckets)
+def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10) -> list[dict]:
+    """Uniform buckets in SDs from zero with sample images, from a unit's :meth:`Atlas.unit` record.
+
+    See :func:`neuronscope.mining.histogram.uniform_buckets`; ``[]`` for a unit without a histogram or SD.
+    """
+    from neuronscope.mining.histogram import uniform_buckets
+
+    histogram, stats = record["histogram"], record["stats"]
+    if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)
+        return []
+    return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
+                           std=stats["std"], reservoir=histogram["reservoir"], n_buckets=n_buckets)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from neuronscope.atlas import Atlas, AtlasError
 from neuronscope.atlas.browse import layer_grid, search_index
+from neuronscope.atlas.store import conditional_buckets
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file
 from neuronscope.web.links import StaticLinks, model_slug, page_segments, static_page_path
@@ -213,7 +214,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
         if has_plots:
             site.write(f"{unit_folder}/histogram.svg", histogram_svg(record))
             site.write(f"{unit_folder}/conditional.svg",
-                       conditional_svg(store.conditional_buckets(model, layer, unit, record=record)))
+                       conditional_svg(conditional_buckets(record)))
         site.page(f"{unit_folder}/index.html", "unit.html", plots=has_plots, **data)
         done += 1
         if progress is not None:

@@ -129,7 +129,7 @@ def conditional_svg(buckets: list[dict[str, Any]]) -> bytes:
     """Images per uniform bucket of activation in SDs from zero (the paper's conditional plots' x axis).
 
     Args:
-        buckets: :meth:`Atlas.conditional_buckets`' ``[{"from_sd", "to_sd", "count", "samples"}]``.
+        buckets: :func:`neuronscope.atlas.store.conditional_buckets`' ``[{"from_sd", "to_sd", "count", "samples"}]``.
     """
     if not buckets:
         return _empty("no conditional plot: this layer was not scanned")
