@@ -197,7 +197,7 @@ def test_scan_command_json(tmp_path):
     assert payload["layers"] == ["visual.layer4.1.act3:input", "visual.layer3.0"] and payload["units"] == 512 + 256
     assert payload["skipped"]["zero_byte"] == 0
     text = runner.invoke(app, args[:-1])  # again, plain output: a second run, plain progress lines on stderr
-    assert text.exit_code == 0 and "scanned 8 images" in text.stdout and "scan 8/8 files" in text.stderr
+    assert text.exit_code == 0 and "scanned 8 images" in text.stdout and "scan (files): 8/8" in text.stderr
     with Atlas(tmp_path / "atlas") as atlas:
         assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
     missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
