@@ -8,9 +8,9 @@
 
 from neuronscope.atlas.export import export_layer, export_numpy, export_parquet, layer_arrays
 from neuronscope.atlas.schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, schema_version
-from neuronscope.atlas.store import Atlas, AtlasError, check_atlas_target, library_versions
+from neuronscope.atlas.store import Atlas, AtlasError, check_atlas_target, library_versions, reading
 from neuronscope.atlas.thumbnails import THUMB_SIZE, marked_thumbnail, thumbnail_name
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "THUMB_SIZE", "Atlas", "AtlasError", "check_atlas_target", "ensure_schema", "export_layer",
-           "export_numpy", "export_parquet", "layer_arrays", "library_versions", "marked_thumbnail", "schema_version",
-           "thumbnail_name"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "THUMB_SIZE", "Atlas", "AtlasError", "check_atlas_target", "ensure_schema",
+           "export_layer", "export_numpy", "export_parquet", "layer_arrays", "library_versions", "marked_thumbnail",
+           "reading", "schema_version", "thumbnail_name"]

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuronscope.atlas.store import Atlas
+from neuronscope.atlas.store import RENDER_ORDER, Atlas
 
 #: Top words kept per unit on a grid card (the unit page shows them all).
 GRID_WORDS = 3
 #: Keeps a per-unit table's rows to units of a layer the atlas holds: a label may be written before any
 #: scan (``world eval --out``), and a unit no layer page shows must not be found (its link would be a 404).
 _HELD = "JOIN layers USING (model, layer) WHERE unit >= 0 AND unit < units"
-#: Order in which a unit's renders are preferred for its grid thumbnail.
-_KIND_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END"
 
 
 def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
@@ -78,7 +76,7 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
                           f"WHERE position <= {GRID_WORDS} ORDER BY unit, position"):
         card["words"].append(row["word"])
     for row, card in rows(f"SELECT unit, path FROM (SELECT unit, path, row_number() OVER (PARTITION BY unit "
-                          f"ORDER BY {_KIND_ORDER}, kind, path) AS position FROM featurevis "
+                          f"ORDER BY {RENDER_ORDER}) AS position FROM featurevis "
                           f"WHERE model = ? AND layer = ?) WHERE position = 1"):
         card["featurevis"] = row["path"]
     for row, card in rows("SELECT unit, thumb FROM examples WHERE model = ? AND layer = ? AND kind = 'top' "

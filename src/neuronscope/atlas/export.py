@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronscope.atlas.store import Atlas, atomic_write_bytes
+from neuronscope.atlas.store import Atlas, atomic_write_bytes, npz_bytes
 
 
 def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.ndarray]:
@@ -71,12 +71,8 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
 
 def export_numpy(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
     """Write :func:`layer_arrays` to ``path`` (``.npz``, atomically); returns the path."""
-    import io
-
     path = Path(path)
-    buffer = io.BytesIO()
-    np.savez(buffer, **layer_arrays(atlas, model, layer))
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, npz_bytes(layer_arrays(atlas, model, layer)))
     return path
 
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
     from neuronscope.mining.results import ImageRecord, LayerScan
 
 DB_NAME = "atlas.sqlite"
+#: SQL order of a unit's renders, everywhere they are listed: plain, diverse, then facets by name.
+RENDER_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END, kind, path"
 
 
 class AtlasError(NeuronscopeError, LookupError):
@@ -91,7 +93,7 @@ def match_model(name: str, known: list[str]) -> str | None:
     Raises :class:`AtlasError` when a bare name matches several keys (``mini-clip@bundled``
     and ``mini-clip@random``): guessing would read, or write, the wrong model.
     """
-    for candidate in dict.fromkeys((name, name.replace("~", "/"))):
+    for candidate in dict.fromkeys((name, from_url_name(name))):
         if candidate in known:
             return candidate
         matches = [key for key in known if bare_name(key) == candidate]
@@ -103,9 +105,24 @@ def match_model(name: str, known: list[str]) -> str | None:
     return None
 
 
-def layer_slug(layer: str) -> str:
-    """A layer name usable as a file name (``:`` is awkward on some systems)."""
-    return layer.replace(":", "~").replace("/", "~")
+def url_name(name: str) -> str:
+    """A model key or layer alias as one URL segment or folder name: ``/`` is written ``~``
+    (``hf-hub:org/repo@hub`` -> ``hf-hub:org~repo@hub``, ``image_block_4/5/Add_6`` -> ``image_block_4~5~Add_6``).
+
+    Servers decode ``%2F`` before routing (it would split the segment), and an exported folder would nest
+    one level deeper than its links say. :func:`from_url_name` reads it back.
+    """
+    return name.replace("/", "~")
+
+
+def from_url_name(name: str) -> str:
+    """:func:`url_name` read back: ``~`` stands for ``/``."""
+    return name.replace("~", "/")
+
+
+def path_slug(name: str) -> str:
+    """A model, layer, kind or artifact name usable as one file or folder name (``:`` is awkward on some systems)."""
+    return url_name(name).replace(":", "~")
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -128,12 +145,24 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         raise
 
 
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of an ``.npz`` file (written with :func:`atomic_write_bytes`)."""
     import io
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+@contextmanager
+def reading(atlas: Atlas | str | os.PathLike) -> Iterator[Atlas]:
+    """``atlas`` itself when it is an open :class:`Atlas` (left open), else that directory opened read-only
+    (closed after): for functions that take either."""
+    if isinstance(atlas, Atlas):
+        yield atlas
+        return
+    with Atlas(atlas, create=False, read_only=True) as opened:
+        yield opened
 
 
 def check_atlas_target(path: str | Path) -> None:
@@ -279,7 +308,7 @@ class Atlas:
     def save_checkpoint(self, config_key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Atomically replace the checkpoint of a scan in progress (arrays plus a JSON ``meta``)."""
         payload = {**arrays, "__meta__": np.array(json.dumps(meta))}
-        atomic_write_bytes(self._checkpoint_path(config_key), _npz_bytes(payload))
+        atomic_write_bytes(self._checkpoint_path(config_key), npz_bytes(payload))
 
     def load_checkpoint(self, config_key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         path = self._checkpoint_path(config_key)
@@ -354,8 +383,8 @@ class Atlas:
         index = {image: position for position, image in enumerate(sample_ids)}
         samples = np.vectorize(lambda i: -1 if i is None else index[i], otypes=[np.int32])(histogram.samples) \
             if histogram.samples.size else np.zeros(histogram.samples.shape, np.int32)
-        relative = f"arrays/{layer_slug(scan.model)}/{layer_slug(scan.layer)}.run{run_id}.npz"
-        atomic_write_bytes(self.path / relative, _npz_bytes({
+        relative = f"arrays/{path_slug(scan.model)}/{path_slug(scan.layer)}.run{run_id}.npz"
+        atomic_write_bytes(self.path / relative, npz_bytes({
             "exponent": histogram.exponent, "first": histogram.first, "counts": histogram.counts,
             "samples": samples, "sample_ids": np.array(sample_ids, dtype=str), "nonfinite": histogram.nonfinite,
             "seed": np.array(histogram.seed)}))
@@ -434,7 +463,7 @@ class Atlas:
 
     def featurevis_relpath(self, model: str, layer: str, unit: int, kind: str, index: int = 0) -> str:
         """Where a render is stored: ``featurevis/<model>/<layer>/<unit>_<kind>_<index>.png``."""
-        return f"featurevis/{layer_slug(model)}/{layer_slug(layer)}/{unit}_{layer_slug(kind)}_{index}.png"
+        return f"featurevis/{path_slug(model)}/{path_slug(layer)}/{unit}_{path_slug(kind)}_{index}.png"
 
     def write_featurevis(self, run_id: int | None, model: str, layer: str,
                          renders: list[Mapping[str, Any]]) -> list[str]:
@@ -510,7 +539,7 @@ class Atlas:
         """
         relative = None
         if file_bytes is not None:
-            relative = f"artifacts/{layer_slug(model)}/{layer_slug(layer)}/{layer_slug(kind)}_{layer_slug(name)}{suffix}"
+            relative = f"artifacts/{path_slug(model)}/{path_slug(layer)}/{path_slug(kind)}_{path_slug(name)}{suffix}"
             atomic_write_bytes(self.path / relative, file_bytes)
         with self.transaction() as db:
             old = db.execute("SELECT path FROM artifacts WHERE model = ? AND layer = ? AND kind = ? AND name = ?",
@@ -576,7 +605,7 @@ class Atlas:
 
     def resolve_layer(self, model: str, layer: str) -> dict[str, Any]:
         """The stored layer named by its canonical name or an alias (``~`` may stand for ``/``)."""
-        wanted = layer.replace("~", "/") if ":" not in layer else layer
+        wanted = from_url_name(layer) if ":" not in layer else layer
         stored = self.layers(model)
         for entry in stored:
             if layer in (entry["layer"], *entry["aliases"]) or wanted in entry["aliases"]:
@@ -611,7 +640,7 @@ class Atlas:
             "label": self.label(*key),
             "featurevis": [dict(row) for row in self.db.execute(
                 "SELECT kind, path, objective, description FROM featurevis WHERE model = ? AND layer = ? "
-                "AND unit = ? ORDER BY kind, path", key)],
+                f"AND unit = ? ORDER BY {RENDER_ORDER}", key)],
             "words": [dict(row) for row in self.db.execute(
                 "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, word", key)],

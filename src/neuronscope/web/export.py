@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from neuronscope.atlas import Atlas, AtlasError
+from neuronscope.atlas import Atlas, AtlasError, reading
 from neuronscope.atlas.browse import layer_grid, search_index
 from neuronscope.atlas.store import conditional_buckets
 from neuronscope.web import pages
@@ -165,25 +165,20 @@ def export_site(atlas: Atlas | str | os.PathLike, site_dir: str | os.PathLike, *
     started = time.perf_counter()
     site_dir = Path(site_dir)
     _check_target(site_dir)  # before opening the atlas: a wrong --site costs nothing
-    store = atlas if isinstance(atlas, Atlas) else Atlas(atlas, create=False, read_only=True)
-    try:
-        with _staged(site_dir) as staging:
-            site = _Site(staging, store)
-            (staging / "static").mkdir()
-            for name in ("style.css", "app.js"):
-                shutil.copyfile(STATIC_DIR / name, staging / "static" / name)
-            home = pages.home_data(store)
-            site.page("index.html", "home.html", **home)
-            layers = [layer for group in home["models"] for layer in group["layers"]]
-            total = sum(layer["units"] for layer in layers)
-            done = 0
-            for layer in layers:
-                done = _export_layer(store, site, layer["model"], layer["layer"], plots, done, total, progress)
-            _export_search(store, site)
-        return ExportSummary(site_dir, site.pages, len(site.copied), total, time.perf_counter() - started)
-    finally:
-        if store is not atlas:
-            store.close()
+    with reading(atlas) as store, _staged(site_dir) as staging:
+        site = _Site(staging, store)
+        (staging / "static").mkdir()
+        for name in ("style.css", "app.js"):
+            shutil.copyfile(STATIC_DIR / name, staging / "static" / name)
+        home = pages.home_data(store)
+        site.page("index.html", "home.html", **home)
+        layers = [layer for group in home["models"] for layer in group["layers"]]
+        total = sum(layer["units"] for layer in layers)
+        done = 0
+        for layer in layers:
+            done = _export_layer(store, site, layer["model"], layer["layer"], plots, done, total, progress)
+        _export_search(store, site)
+    return ExportSummary(site_dir, site.pages, len(site.copied), total, time.perf_counter() - started)
 
 
 def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool, done: int, total: int,

@@ -29,7 +29,7 @@ def atlas_file(atlas_root: Path, relative: str) -> Path | None:
     parts = relative.split("/")
     if any(part in ("", ".", "..") for part in parts) or parts[0] not in SERVED_FOLDERS:
         return None
-    if Path(parts[-1]).suffix.lower() not in MEDIA_TYPES:
+    if not is_image(parts[-1]):
         return None
     try:
         resolved = (atlas_root / relative).resolve(strict=True)
@@ -43,3 +43,8 @@ def atlas_file(atlas_root: Path, relative: str) -> Path | None:
 
 def media_type(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
+def is_image(name: str) -> bool:
+    """Whether a file name is of a type pages show as an image (and the server serves)."""
+    return Path(name).suffix.lower() in MEDIA_TYPES

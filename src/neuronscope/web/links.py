@@ -20,6 +20,7 @@ import posixpath
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from neuronscope.atlas.store import bare_name, url_name
 from neuronscope.web.files import media_type
 
 #: Characters kept as they are in a URL segment (``:`` and ``@`` are legal in a path segment).
@@ -27,15 +28,10 @@ _SAFE = ":@"
 
 
 def model_slug(model_key: str, known: list[str]) -> str:
-    """The URL name of a model: its bare name when unambiguous among ``known`` keys, else its key.
-
-    ``/`` (``hf-hub:org/repo@hub``) is written ``~``, as in layer aliases: servers decode ``%2F``
-    before routing (so it would split the segment), and an exported folder would nest one level
-    deeper than its links say. :meth:`neuronscope.atlas.Atlas.resolve_model` reads ``~`` back.
-    """
-    bare = model_key.split("@")[0]
-    name = bare if sum(1 for key in known if key.split("@")[0] == bare) == 1 else model_key
-    return name.replace("/", "~")
+    """The URL name of a model: its bare name when unambiguous among ``known`` keys, else its key, with
+    ``~`` for ``/`` (:func:`~neuronscope.atlas.store.url_name`; :meth:`Atlas.resolve_model` reads it back)."""
+    bare = bare_name(model_key)
+    return url_name(bare if [bare_name(key) for key in known].count(bare) == 1 else model_key)
 
 
 def segment(name: str) -> str:

@@ -1,6 +1,6 @@
 """Atlas objects that display as HTML cards in Jupyter (``_repr_html_``), as the microscope shows them.
 
-    from neuronscope.atlas import Atlas
+    from neuronscope.atlas import Atlas, reading
     from neuronscope.web import layer_view, unit_view
     with Atlas("my-atlas", read_only=True) as atlas:
         unit_view(atlas, "mini-clip", "neurons", 473)      # feature vis, top examples, words inline
@@ -17,19 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronscope.atlas import Atlas
+from neuronscope.atlas import Atlas, reading
 from neuronscope.atlas.browse import layer_grid
 from neuronscope.web import pages
 from neuronscope.web.links import InlineLinks
 
 #: Units a layer card shows (the microscope pages the rest).
 LAYER_CARD_UNITS = 48
-
-
-def _open(atlas: Atlas | str | os.PathLike) -> tuple[Atlas, bool]:
-    if isinstance(atlas, Atlas):
-        return atlas, False
-    return Atlas(atlas, create=False, read_only=True), True
 
 
 @dataclass
@@ -84,23 +78,15 @@ class LayerView:
 
 def unit_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str, unit: int) -> UnitView:
     """A unit's :class:`UnitView` from an open :class:`Atlas` or an atlas directory."""
-    store, opened = _open(atlas)
-    try:
+    with reading(atlas) as store:
         return UnitView.read(store, model, layer, unit)
-    finally:
-        if opened:
-            store.close()
 
 
 def layer_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str,
                units: int = LAYER_CARD_UNITS) -> LayerView:
     """A layer's :class:`LayerView` (its first ``units`` cards)."""
-    store, opened = _open(atlas)
-    try:
+    with reading(atlas) as store:
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
         cards = layer_grid(store, model_key, entry["layer"])[:units]
         return LayerView(store.path, store.models(), model_key, entry["layer"], entry["units"], cards)
-    finally:
-        if opened:
-            store.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.browse import filter_units, layer_counts, layer_grid, search_units, unit_runs
-from neuronscope.web.files import MEDIA_TYPES
+from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
 SORTS = ("unit", "max")
@@ -108,28 +108,20 @@ def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
     cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
     # The filter reads every stored word in SQL: a card holds only its top GRID_WORDS.
     matching = filter_units(atlas, model, entry["layer"], query.q) if query.q else None
-    artifacts = [{**artifact, "image": bool(artifact["path"]) and _is_image(artifact["path"])}
+    artifacts = [{**artifact, "image": bool(artifact["path"]) and is_image(artifact["path"])}
                  for artifact in atlas.artifacts(model, entry["layer"])]
     return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query, matching),
             "artifacts": artifacts}
 
 
-def _is_image(path: str) -> bool:
-    return "." + path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
-
-
 def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Renders grouped plain, diverse, then facets by name: ``[{"kind", "title", "renders"}]``."""
+    """Renders grouped by kind, in the record's order (plain, diverse, then facets by name; see
+    :data:`~neuronscope.atlas.store.RENDER_ORDER`): ``[{"kind", "title", "renders"}]``."""
     groups: dict[str, list[dict]] = {}
     for render in renders:
         groups.setdefault(render["kind"], []).append(render)
-
-    def order(kind: str) -> tuple[int, str]:
-        return ({"plain": 0, "diverse": 1}.get(kind, 2), kind)
-
-    titles = {"plain": "plain", "diverse": "diverse"}
-    return [{"kind": kind, "title": titles.get(kind, kind.replace("facet:", "facet: ")), "renders": groups[kind]}
-            for kind in sorted(groups, key=order)]
+    return [{"kind": kind, "title": kind.replace("facet:", "facet: "), "renders": group}
+            for kind, group in groups.items()]
 
 
 def unit_data(atlas: Atlas, model: str, layer: str, unit: int) -> dict[str, Any]:
