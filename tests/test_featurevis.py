@@ -401,6 +401,20 @@ def _tiny_probe(model) -> facets.FacetProbe:
     return facets.train_facet_probe(model, images, max_iter=50)
 
 
+def test_one_grey_forward_gives_units_grid_and_firing_order(tiny_rn):
+    """layer_geometry answers what the CLI (units), the atlas (grid) and the facet check (order) ask."""
+    from neuronscope.activations import record
+    from neuronscope.activations.geometry import layer_geometry
+    from neuronscope.visualize.store import layer_shape
+
+    geometry = layer_geometry(tiny_rn, ["neurons", "visual.layer3.0"])
+    neurons = tiny_rn.resolve_layer("neurons")
+    assert list(geometry) == ["visual.layer3.0", neurons]  # firing order, not the order asked
+    acts = record(tiny_rn, torch.zeros(1, 3, 64, 64), [neurons])[neurons]
+    assert (geometry[neurons].units, geometry[neurons].grid) == (acts.shape[1], tuple(acts.shape[2:]))
+    assert layer_shape(tiny_rn, "neurons") == (geometry[neurons].units, geometry[neurons].grid)
+
+
 def test_probe_round_trips_through_bytes(tiny_rn):
     probe = _tiny_probe(tiny_rn)
     assert probe.layers == ["visual.layer3.0"]  # no registry entry: every other block of layer3

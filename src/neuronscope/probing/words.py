@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..activations.recorder import Recorder
-from ..activations.reduce import map_grid, reduce_units
+from ..activations.geometry import layer_geometry
+from ..activations.reduce import reduce_units
 from ..models.loaded import LoadedModel
 from .raster import RasterSettings, iter_word_batches
 
@@ -114,18 +115,6 @@ def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch
     return per_variant.amax(dim=3).mean(dim=(1, 2))
 
 
-def _layer_grid(recorder: Recorder, model: LoadedModel, layer: str) -> tuple[int, int]:
-    """(rows, cols) of ``layer``'s map, from one forward of a blank image (the capture_fn is bypassed)."""
-    height, width = model.preprocess.image_size
-    capture_fn, recorder.capture_fn = recorder.capture_fn, None
-    try:
-        with torch.no_grad():
-            acts = recorder.run(torch.zeros(1, 3, height, width))[layer]
-    finally:
-        recorder.capture_fn = capture_fn
-    return map_grid(acts, model.token_grid)
-
-
 @torch.no_grad()
 def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, settings: RasterSettings = RasterSettings(),
                 batch_size: int = 64, workers: int = 0, on_batch: ProgressHook | None = None) -> WordProbe:
@@ -158,8 +147,8 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
     words_per_batch = max(1, batch_size // settings.variants)
     chunks = []
     done = 0
+    grid = layer_geometry(model, [canonical])[canonical].grid
     with Recorder(model, canonical, early_stop=True, capture_fn=unit_means) as recorder:
-        grid = _layer_grid(recorder, model, canonical)
         for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
             n_words = batch.shape[0]
             pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from neuronscope.activations.names import resolve_layers
 from neuronscope.activations.record import record
-from neuronscope.activations.recorder import Recorder
+from neuronscope.activations.geometry import layer_geometry
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
@@ -108,10 +108,7 @@ def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | N
     """
     layers = list(layers) if layers is not None else probe_layers(model)
     unit_layer = model.resolve_layer(layer)
-    height, width = model.preprocess.image_size
-    recorder = Recorder(model, [unit_layer, *layers], early_stop=True)
-    recorder.run(model.preprocess.normalize(torch.full((1, 3, height, width), 0.5)))
-    fired = list(recorder.activations)  # in firing order
+    fired = list(layer_geometry(model, [unit_layer, *layers]))  # in firing order
     later = [name for name in layers if fired.index(name) > fired.index(unit_layer)]
     if later:
         runs = "runs" if len(later) == 1 else "run"

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from neuronscope.activations import map_grid, record, unit_count
+from neuronscope.activations.geometry import layer_geometry
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
 from neuronscope.errors import NeuronscopeError
@@ -39,11 +37,9 @@ RENDER_VERSION = 3
 
 
 def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
-    """Units and (rows, cols) of a layer, from one forward of a grey image."""
-    height, width = model.preprocess.image_size
-    grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
-    acts = record(model, grey, [layer])[layer]
-    return unit_count(acts), map_grid(acts, model.token_grid)
+    """Units and (rows, cols) of a layer (a name or alias), from one forward of a grey image."""
+    (geometry,) = layer_geometry(model, [layer]).values()
+    return geometry.units, geometry.grid
 
 
 def facet_name(facet: str, generic: str | None = None) -> str:
