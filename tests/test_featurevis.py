@@ -78,9 +78,12 @@ def test_a_low_resolution_parameterization_is_upsampled_and_holds_no_finer_detai
 
 def test_transforms_keep_dtype_and_device_and_standard_amounts_scale_with_size():
     images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
-    for transform in (Jitter(3), RandomAffine([0.9], [5]), CropOrPad((50, 70))):
-        out = transform(images)
-        assert out.dtype == images.dtype and out.device == images.device
+    # "meta" stands in for a GPU on a CPU-only machine: a transform that made a tensor on the CPU would fail
+    # to combine with it or return a CPU tensor.
+    for batch in (images, torch.empty(2, 3, 64, 64, device="meta")):
+        for transform in (Jitter(3), RandomAffine([0.9], [5]), CropOrPad((50, 70)), standard_transforms(64)):
+            out = transform(batch)
+            assert out.dtype == batch.dtype and out.device == batch.device
     assert Jitter(3)(images).shape == (2, 3, 61, 61)
     assert CropOrPad((50, 70))(images).shape == (2, 3, 50, 70)
     small, large = standard_transforms(64), standard_transforms(224)

@@ -244,6 +244,17 @@ def test_token_space_tensors_share_the_device_gradients_are_read_on(tiny_rn):
     assert {space.ids.device, space.embeddings.device, space.log_prior.device} == {torch.device("cpu")}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CPU copies only matter next to one")
+def test_text_feature_vis_runs_end_to_end_on_a_gpu():
+    """On a GPU model the basis, the token space and the gradients meet on the devices they need."""
+    from neuronscope.probing.attribution import compute_basis, default_image_sample
+
+    model = load_model("mini-clip", device="cuda", precision="fp32")
+    basis = compute_basis(model, "neurons", default_image_sample(16, preprocess=model.preprocess), batch_size=8)
+    result = optimize_text(model, basis, 473, TextVisSettings(lengths=(1, 2), restarts=1, steps=2, seed=0))
+    assert result.texts and all(isinstance(text, str) and score == score for text, score, _ in result.texts)
+
+
 @pytest.mark.parametrize("lengths", [(0,), (2, -1), ()])
 def test_text_vis_settings_refuse_lengths_below_one(lengths):
     with pytest.raises(NeuronscopeError, match="lengths"):
