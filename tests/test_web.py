@@ -311,6 +311,25 @@ def test_notebook_cards_inline_the_unit(web_atlas):
     assert grid._repr_html_().count('class="card"') == 8 and "504 more units" in grid._repr_html_()
 
 
+def test_notebook_cards_link_no_server_page_escape_names_and_read_each_image_once(web_atlas, tmp_path, monkeypatch):
+    """A LayerView's cards linked to /m/.../u/0, a path no notebook serves; its wrapper was an f-string that
+    put names in unescaped; a unit card read and base64-encoded every thumbnail twice."""
+    from collections import Counter
+    from pathlib import Path
+
+    grid = layer_view(web_atlas, "tiny-rn", "neurons", units=4)._repr_html_()
+    assert "href=" not in grid and grid.count('<div class="card"') == 4
+    with Atlas(tmp_path / "odd") as atlas:
+        atlas.register_layer("m<i>@x", "l<b>", aliases=[], units=2, grid=(1, 1))
+    odd = layer_view(tmp_path / "odd", None, "l<b>")._repr_html_()
+    assert "<b>" not in odd and "<i>" not in odd and "l&lt;b&gt;" in odd
+    view = unit_view(web_atlas, None, "neurons", 0)
+    reads, read_bytes = Counter(), Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: reads.update([path.name]) or read_bytes(path))
+    view._repr_html_()
+    assert len(reads) == 4 + 4 and set(reads.values()) == {1}  # 4 renders, 4 top examples
+
+
 @pytest.mark.parametrize("name, mime", [("a.jpeg", "image/jpeg"), ("a.webp", "image/webp"), ("a.gif", "image/gif"),
                                         ("a.PNG", "image/png")])
 def test_notebook_cards_inline_files_with_the_servers_media_type(tmp_path, name, mime):

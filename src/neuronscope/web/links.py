@@ -148,7 +148,8 @@ def static_page_path(*parts: str) -> str:
 
 
 class InlineLinks(Links):
-    """Links for a notebook card: images inline as data URIs, pages not linked."""
+    """Links for a notebook card: images inline as data URIs, pages not linked (a notebook has no server:
+    templates leave out a link that is None)."""
 
     def __init__(self, known_models: list[str], atlas_path: Path) -> None:
         super().__init__(known_models)
@@ -161,6 +162,15 @@ class InlineLinks(Links):
         if not path.is_file():
             return None
         return f"data:{media_type(path)};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+    def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str | None:
+        return None
+
+    def unit(self, model: str, layer: str, unit: int) -> str | None:
+        return None
+
+    def plot(self, model: str, layer: str, unit: int, kind: str) -> str | None:
+        return None
 
     def api_unit(self, model: str, layer: str, unit: int) -> str | None:
         return None

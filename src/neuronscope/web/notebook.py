@@ -66,14 +66,8 @@ class LayerView:
         return f"LayerView({self.model} {self.layer}, {self.units} units)"
 
     def _repr_html_(self) -> str:
-        links = InlineLinks(self.models, self.atlas_path)
-        cards = "".join(pages.render("_card.html", links, model=self.model, layer=self.layer, card=card)
-                        for card in self.cards)
-        more = f"<p>{self.units - len(self.cards)} more units: <code>neuronscope serve</code> pages them.</p>" \
-            if self.units > len(self.cards) else ""
-        return (f"<div class='neuronscope-layer' style='font-family: sans-serif'><strong>{self.model} · "
-                f"{self.layer} · {self.units} units</strong><div style='display: grid; grid-template-columns: "
-                f"repeat(auto-fill, minmax(110px, 1fr)); gap: 6px'>{cards}</div>{more}</div>")
+        return pages.render("notebook_layer.html", InlineLinks(self.models, self.atlas_path), model=self.model,
+                            layer=self.layer, units=self.units, cards=self.cards)
 
 
 def unit_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str, unit: int) -> UnitView:
