@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +39,8 @@ def image_embedding(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- registry
 
 
-def test_tiny_models_build_fast_with_their_contract():
-    start = time.perf_counter()
+def test_tiny_models_have_their_contract():
     rn, vit = load_model("tiny-rn"), load_model("tiny-vit")  # tiny models default to random
-    assert time.perf_counter() - start < 2.0
     assert (rn.key, vit.key) == ("tiny-rn@random", "tiny-vit@random")
     assert rn.preprocess.image_size == (64, 64) and rn.family == "conv" and vit.family == "vit"
     assert sum(p.numel() for p in rn.module.parameters()) < 10_000_000
@@ -156,23 +153,29 @@ def silent_server():
 
 @pytest.mark.parametrize("dead", ["refused", "silent"])
 def test_missing_download_fails_fast_naming_a_local_file(monkeypatch, tmp_path, silent_server, dead):
-    # No offline flag: the probe itself must give up quickly on a dead or silent host.
+    # No offline flag: one bounded probe decides, and the downloader (huggingface_hub retries for ~46 s) is never
+    # reached. Fast by construction, not by a clock: the probe's timeout is the only wait.
     endpoint = "https://127.0.0.1:9" if dead == "refused" else silent_server
     for name in ("NEURONSCOPE_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(download, "_hf_endpoint", lambda: endpoint)
-    start = time.perf_counter()
+    probes = []
+    probe = download.unreachable_reason
+    monkeypatch.setattr(download, "unreachable_reason", lambda url: probes.append(url) or probe(url, timeout=1.0))
+    import open_clip
+    monkeypatch.setattr(open_clip, "download_pretrained", _no_network)
     with pytest.raises(WeightsError) as info:
         load_model("RN50", weights="openai", cache_dir=tmp_path)
-    assert time.perf_counter() - start < 5.0
+    assert probes == [endpoint] and download.PROBE_SECONDS <= 5
     assert "RN50@openai" in str(info.value) and "--weights PATH" in str(info.value)
 
 
-def test_offline_flag_fails_at_once(tmp_path):
-    start = time.perf_counter()
+def test_offline_flag_fails_without_touching_the_network(monkeypatch, tmp_path):
+    import urllib.request
+    monkeypatch.setattr(socket, "create_connection", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     with pytest.raises(WeightsError, match="NEURONSCOPE_OFFLINE=1"):
         load_model("RN50x4", weights="openai", cache_dir=tmp_path)
-    assert time.perf_counter() - start < 1.0
 
 
 def _no_network(*args, **kwargs):
@@ -385,9 +388,7 @@ def test_mini_clip_missing_is_a_clear_error(no_mini_clip):
 def test_mini_clip_loads_from_its_folder_in_fp32(monkeypatch, tmp_path, tiny_rn):
     folder = write_config_dir(tmp_path / "mini_clip", tiny_rn, fp16=True)
     monkeypatch.setenv("NEURONSCOPE_MINI_CLIP_DIR", str(folder))
-    start = time.perf_counter()
-    model = load_model("mini-clip")
-    assert time.perf_counter() - start < 2.0
+    model = load_model("mini-clip")  # its load time (< 2 s) is benchmarks/mini_clip.py's
     assert model.key == "mini-clip@bundled" and load_model("mini-clip@bundled").key == "mini-clip@bundled"
     assert all(p.dtype == torch.float32 for p in model.module.parameters())
     reference = tiny_rn.module.state_dict()["visual.layer4.1.conv2.weight"].half().float()
