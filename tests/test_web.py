@@ -270,6 +270,29 @@ def test_server_is_read_only_and_sees_new_writes(web_atlas):
                 db.execute("DELETE FROM labels WHERE unit = 5")
 
 
+def test_a_plot_drawn_while_the_atlas_changed_is_not_kept(tmp_path):
+    """A plot is drawn outside the reader's locks: when a scan committed meanwhile and another request
+    cleared the cache, the bytes drawn from the old data were stored after the clear and served for good."""
+    from neuronscope.web.reader import AtlasReader
+
+    path = build_hub_atlas(tmp_path / "atlas")
+    reader = AtlasReader(path)
+    reader.read(lambda atlas: atlas.models())  # a request has seen the current version
+
+    def draw_while_a_scan_commits() -> bytes:
+        with Atlas(path) as writer:
+            writer.set_label(HUB_MODEL, "visual.layer4", 0, "written meanwhile")
+        reader.read(lambda atlas: None)  # another request sees the commit and clears the cache
+        return b"old"
+
+    try:
+        assert reader.plot(("unit", 0), draw_while_a_scan_commits) == b"old"
+        assert reader.plot(("unit", 0), lambda: b"new") == b"new"
+        assert reader.plot(("unit", 0), lambda: b"newer") == b"new"  # kept when nothing changed
+    finally:
+        reader.close()
+
+
 def test_read_only_atlas_refuses_missing_and_old_atlases(tmp_path):
     with pytest.raises(AtlasError, match="not an atlas"):
         Atlas(tmp_path / "none", read_only=True)

@@ -75,16 +75,21 @@ class AtlasReader:
             pass  # the server stopped (and closed the atlas) before warming finished: nothing to warm for
 
     def plot(self, key: tuple, draw: Callable[[], bytes]) -> bytes:
-        """A plot's bytes by key, drawn once (LRU); ``key`` must name the unit and the plot's kind."""
+        """A plot's bytes by key, drawn once per catalogue version (LRU); ``key`` must name the unit and the
+        plot's kind."""
         with self._plot_lock:
             if key in self._plots:
                 self._plots.move_to_end(key)
                 return self._plots[key]
-        data = draw()
+            version = self._version
+        data = draw()  # outside the locks: other requests go on meanwhile
         with self._plot_lock:
-            self._plots[key] = data
-            while len(self._plots) > PLOT_CACHE_SIZE:
-                self._plots.popitem(last=False)
+            # A commit seen while drawing (here or by another request) cleared the cache: these bytes may
+            # come from the old data, so they are served once and not kept.
+            if self._version == version:
+                self._plots[key] = data
+                while len(self._plots) > PLOT_CACHE_SIZE:
+                    self._plots.popitem(last=False)
         return data
 
     def resolve(self, model: str, layer: str | None = None) -> tuple[str, str | None, bool]:
