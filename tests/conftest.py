@@ -76,6 +76,32 @@ def rn50x4() -> LoadedModel:
     return model
 
 
+@pytest.fixture(scope="session")
+def mini_clip_fp32() -> LoadedModel:
+    """The bundled mini CLIP in fp32 on the CPU, once per session. Shared: a test must leave it as it found it."""
+    return load_model("mini-clip", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def test_split():
+    """The mini CLIP's bundled test split, decoded once per session."""
+    from neuronscope.world.split import load_test_split
+
+    return load_test_split()
+
+
+@pytest.fixture(scope="session")
+def card_layer_multimodal(mini_clip_fp32, test_split) -> list[dict]:
+    """Every multimodal unit (both AUROCs >= the card's threshold) at the card's layer, recomputed over the test
+    split through the recorder: ``multimodal_units``' dicts. The split's forward is the costly part: once."""
+    from neuronscope.models.bundled import bundled_dir
+    from neuronscope.world.evaluate import multimodal_units, split_responses
+
+    card = json.loads((bundled_dir() / "mini_clip_card.json").read_text())["multimodal"]
+    responses = split_responses(mini_clip_fp32, test_split, [card["layer"]])[card["layer"]]
+    return multimodal_units(responses, len(test_split.concepts), card["threshold"])
+
+
 def write_config_dir(directory: Path, model: LoadedModel, *, fp16: bool = True) -> Path:
     """A model folder in the mini CLIP's layout: config.json + weights.safetensors."""
     from safetensors.torch import save_file

@@ -10,29 +10,26 @@ import torch
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
-from neuronscope.models import load_model
 from neuronscope.models.bundled import bundled_dir
 from neuronscope.world.concepts import concept_names
 from neuronscope.world.evaluate import (
     concepts_with_units,
-    multimodal_units,
     split_responses,
     untrained_model,
     zeroshot_scores,
 )
-from neuronscope.world.split import load_test_split
 
 CARD = "mini_clip_card.json"
 
 
 @pytest.fixture(scope="module")
-def mini_clip():
-    return load_model("mini-clip", precision="fp32")
+def mini_clip(mini_clip_fp32):
+    return mini_clip_fp32
 
 
 @pytest.fixture(scope="module")
-def split():
-    return load_test_split()
+def split(test_split):
+    return test_split
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +50,10 @@ def test_reproduces_the_cards_zeroshot_figures(mini_clip, split, card) -> None:
         assert abs(scores[key] - card["zeroshot"][key]) <= 5e-3, (key, scores[key], card["zeroshot"][key])
 
 
-def test_card_multimodal_units_recomputed_through_the_recorder(mini_clip, split, card) -> None:
+def test_card_multimodal_units_recomputed_through_the_recorder(split, card, card_layer_multimodal) -> None:
     """Every unit of the card is found again with both AUROCs to 1e-3 (they reproduce to the card's 4
     decimals; the issue asks for at least 5 of them), and as many concepts have a unit as the card says."""
-    layer = card["multimodal"]["layer"]
-    responses = split_responses(mini_clip, split, [layer])[layer]
-    found = {(split.concepts[u["concept_index"]], u["unit"]): u
-             for u in multimodal_units(responses, len(split.concepts), card["multimodal"]["threshold"])}
+    found = {(split.concepts[u["concept_index"]], u["unit"]): u for u in card_layer_multimodal}
     card_units = card["multimodal"]["units"]
     missing = [(u["concept"], u["unit"]) for u in card_units if (u["concept"], u["unit"]) not in found]
     assert not missing and len(card_units) >= 5, f"card units not found again: {missing}"
