@@ -113,8 +113,11 @@ def test_non_square_inputs_work_with_early_stop(tiny_rn):
 
 def test_pil_images_are_preprocessed_by_the_contract(tiny_rn):
     images = [Image.new("RGB", (120, 80), (200, 30, 30)), Image.new("RGB", (50, 90), (10, 200, 10))]
-    acts = record(tiny_rn, images, "neurons", reduce="mean", batch_size=1)
-    assert acts["visual.layer4.1.act3:input"].shape == (2, 512)
+    acts = record(tiny_rn, images, "neurons", reduce="mean", batch_size=1)["visual.layer4.1.act3:input"]
+    pixels = tiny_rn.preprocess.normalize(tiny_rn.preprocess.to_pixels(images))  # resized, then normalised
+    expected = record(tiny_rn, pixels, "neurons", reduce="mean")["visual.layer4.1.act3:input"]
+    assert acts.shape == (2, 512)
+    torch.testing.assert_close(acts, expected)
 
 
 def test_one_image_tensor_is_a_batch_of_one_whatever_the_batch_size(tiny_rn):

@@ -146,5 +146,7 @@ def test_record_refuses_a_reduction_that_is_not_a_name_before_any_forward(tiny_r
     finally:
         handle.remove()
     assert calls == []
-    (values,) = record(tiny_rn, torch.zeros(1, 3, 64, 64), ["neurons"], reduce="center").values()
-    assert values.ndim == 2
+    images = torch.randn(2, 3, 64, 64)
+    (values,) = record(tiny_rn, images, ["neurons"], reduce="center").values()
+    (maps,) = record(tiny_rn, images, ["neurons"]).values()  # [2, 512, 2, 2]: the centre is cell (1, 1)
+    torch.testing.assert_close(values, maps[:, :, 1, 1])
