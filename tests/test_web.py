@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from neuronscope.atlas import Atlas, AtlasError
 from neuronscope.atlas.browse import layer_counts, layer_grid, search_index, search_units
 from neuronscope.cli import app as cli_app
-from neuronscope.web import create_app, layer_view, unit_view
+from neuronscope.web import create_app, export_site, layer_view, unit_view
 from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
     HUB_MODEL,
     LAYER,
@@ -101,6 +101,28 @@ def test_a_missing_histogram_file_shows_the_unit_without_it(web_atlas, tmp_path)
         for plot in ("histogram", "conditional"):
             answer = bare.get(f"{LAYER_URL}/u/2/{plot}.svg")
             assert answer.status_code == 200 and answer.content.startswith(b"<svg")
+
+
+def test_a_unit_without_finite_activations_says_so_rather_than_unscanned(web_atlas, tmp_path):
+    """A scanned unit whose every activation was inf/NaN has an empty histogram ({"edges": [], ...}, truthy):
+    its page showed two plots that each said "this layer was not scanned"."""
+    import numpy as np
+
+    copy = tmp_path / "atlas"
+    shutil.copytree(web_atlas, copy)
+    [arrays] = (copy / "arrays").rglob("*.npz")
+    with np.load(arrays) as data:
+        saved = {name: data[name] for name in data.files}
+    saved["counts"][5] = 0
+    np.savez(arrays, **saved)
+    with TestClient(create_app(copy, warm=False)) as browser:
+        page = browser.get(f"{LAYER_URL}/u/5").text
+        assert "No finite activations for this unit" in page and "histogram.svg" not in page
+        assert b"no finite activations" in browser.get(f"{LAYER_URL}/u/5/histogram.svg").content
+        assert "histogram.svg" in browser.get(f"{LAYER_URL}/u/6").text
+    site = export_site(copy, tmp_path / "site")
+    unit = site.site / "m/tiny-rn/l" / LAYER / "u"
+    assert "No finite activations" in (unit / "5/index.html").read_text() and not (unit / "5/histogram.svg").exists()
 
 
 def test_api_unit_is_the_show_json_object(client, web_atlas):

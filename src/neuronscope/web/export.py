@@ -205,7 +205,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
             site.copy(render["path"])
         for example in record["top"][:data["top_examples"]]:
             site.copy(example["thumb"])
-        has_plots = plots and bool(record["histogram"])
+        has_plots = plots and data["activations"] == "plottable"
         if has_plots:
             site.write(f"{unit_folder}/histogram.svg", histogram_svg(record))
             site.write(f"{unit_folder}/conditional.svg",

@@ -125,10 +125,14 @@ def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def unit_data(atlas: Atlas, model: str, layer: str, unit: int) -> dict[str, Any]:
-    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, neighbours and provenance."""
+    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, whether it has plots, neighbours and
+    provenance."""
     record = atlas.unit(model, layer, unit)
     units = atlas.resolve_layer(record["model"], record["layer"])["units"]
+    histogram = record["histogram"]
     return {"model": record["model"], "layer": record["layer"], "unit": unit, "record": record,
+            # "unscanned" (no histogram), "empty" (scanned, but no finite activation) or "plottable"
+            "activations": "unscanned" if histogram is None else "plottable" if histogram["counts"] else "empty",
             "featurevis_groups": _featurevis_groups(record["featurevis"]),
             "previous": unit - 1 if unit > 0 else None, "next": unit + 1 if unit + 1 < units else None,
             "runs": unit_runs(atlas, record["model"], record["layer"], unit),

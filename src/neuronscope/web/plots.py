@@ -112,8 +112,10 @@ def _empty(message: str) -> bytes:
 def histogram_svg(record: dict[str, Any]) -> bytes:
     """The unit's histogram of max-over-space activations, from :meth:`Atlas.unit`'s record."""
     histogram = record.get("histogram")
-    if not histogram or not histogram["counts"]:
+    if not histogram:
         return _empty("no histogram: this layer was not scanned")
+    if not histogram["counts"]:  # scanned, but every image gave inf/NaN (or none was scanned)
+        return _empty("no histogram: no finite activations for this unit")
     edges, counts = histogram["edges"], histogram["counts"]
     chart = _Chart(edges[0], edges[-1], max(counts), "activation (max over space)")
     for left, right, count in zip(edges[:-1], edges[1:], counts):
@@ -132,7 +134,7 @@ def conditional_svg(buckets: list[dict[str, Any]]) -> bytes:
         buckets: :func:`neuronscope.atlas.store.conditional_buckets`' ``[{"from_sd", "to_sd", "count", "samples"}]``.
     """
     if not buckets:
-        return _empty("no conditional plot: this layer was not scanned")
+        return _empty("no conditional plot: no finite activations for this unit, or its layer was not scanned")
     chart = _Chart(min(b["from_sd"] for b in buckets), max(b["to_sd"] for b in buckets),
                    max(b["count"] for b in buckets), "activation, standard deviations from zero")
     for bucket in buckets:
