@@ -207,7 +207,9 @@ def test_unknown_names_in_the_api_answer_json_404(client):
                                  f"/api{LAYER_URL}/u/1.5",
                                  # digits str.isdigit() takes but int() refuses or reads as another unit
                                  f"{LAYER_URL}/u/%C2%B2", f"/api{LAYER_URL}/u/%C2%B2", f"{LAYER_URL}/u/%D9%A3",
-                                 f"{LAYER_URL}?page=%C2%B2", f"{LAYER_URL}?page={'1' * 5000}"])
+                                 f"{LAYER_URL}?page=%C2%B2", f"{LAYER_URL}?page={'1' * 5000}",
+                                 # past the last page (512 units, 120 a page): was 200, "page 99 of 5"
+                                 f"{LAYER_URL}?page=6", f"/api{LAYER_URL}?page=99", f"{LAYER_URL}?q=star&page=2"])
 def test_malformed_parameters_answer_400(client, url):
     assert client.get(url).status_code == 400
 

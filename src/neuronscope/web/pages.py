@@ -91,6 +91,8 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
         # Units without a scan have no max: they go last.
         chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
     pages = max(1, math.ceil(len(chosen) / query.per_page))
+    if query.page > pages:  # as ?page=0: a page that does not exist is a bad request, not an empty "page 99 of 5"
+        raise BadRequest(f"page must be a whole number from 1 to {pages} (the last page), not {query.page}")
     start = (query.page - 1) * query.per_page
     return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
             "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort,
