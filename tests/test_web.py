@@ -317,6 +317,16 @@ def test_a_plot_drawn_while_the_atlas_changed_is_not_kept(tmp_path):
         reader.close()
 
 
+def test_the_app_opens_and_closes_its_atlas_through_lifespan(tmp_path):
+    """router.on_startup / on_shutdown are gone from Starlette 1.0: the app uses lifespan= instead."""
+    app = create_app(build_hub_atlas(tmp_path / "atlas"), warm=False)
+    assert not app.router.on_startup and not app.router.on_shutdown
+    with TestClient(app) as browser:
+        assert browser.get("/").status_code == 200
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        app.state.reader.atlas.db.execute("SELECT 1")
+
+
 def test_read_only_atlas_refuses_missing_and_old_atlases(tmp_path):
     with pytest.raises(AtlasError, match="not an atlas"):
         Atlas(tmp_path / "none", read_only=True)

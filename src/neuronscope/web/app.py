@@ -22,6 +22,8 @@ and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
 import hashlib
 import os
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from neuronscope.atlas import AtlasError
@@ -58,7 +60,18 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     reader = AtlasReader(atlas_path)
-    app = FastAPI(title="neuronscope microscope", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm:
+            threading.Thread(target=reader.warm, daemon=True).start()
+        try:
+            yield
+        finally:
+            reader.close()
+
+    # lifespan=, not router.on_startup / on_shutdown: Starlette 1.0 removed those.
+    app = FastAPI(title="neuronscope microscope", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.reader = reader
     prompts = None
     if model is not None:
@@ -71,9 +84,6 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
                              "load the model the atlas was made with")
         layers = reader.read(lambda atlas: atlas.layers(model.key))
         prompts = PromptAttributor(model, [entry["layer"] for entry in layers])
-    app.router.on_shutdown.append(reader.close)
-    if warm:
-        app.router.on_startup.append(lambda: threading.Thread(target=reader.warm, daemon=True).start())
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
