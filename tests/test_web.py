@@ -406,6 +406,10 @@ def test_serve_command_binds_localhost_by_default(web_atlas, monkeypatch):
     monkeypatch.undo()
     missing = CliRunner().invoke(cli_app, ["serve", str(web_atlas / "nope")])  # fails before binding anything
     assert missing.exit_code == 1
+    # ... and before loading a model (it loaded the model first: seconds, then "not an atlas")
+    monkeypatch.setattr("neuronscope.commands.microscope.load_cli_model", lambda *args: pytest.fail("loaded"))
+    missing = CliRunner().invoke(cli_app, ["serve", str(web_atlas / "nope"), "--model", "mini-clip"])
+    assert missing.exit_code == 1 and "is not an atlas" in missing.output
 
 
 def test_serve_without_the_web_extra_says_how_to_install_it(web_atlas, monkeypatch):

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from neuronscope.atlas import Atlas
 from neuronscope.commands.common import (DebugOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, cli_command,
                                          load_cli_model, print_json)
 from neuronscope.errors import NeuronscopeError
@@ -49,6 +50,7 @@ def serve(
 
     Without --model the microscope needs no model: search matches the atlas's stored words, labels and texts."""
     web = _web()
+    Atlas(atlas, create=False, read_only=True).close()  # a wrong ATLAS fails now, not after loading the model
     loaded = load_cli_model(model, weights, device, precision) if model else None
     web.serve(atlas, host=host, port=port, model=loaded, log_level="info" if debug else "warning")
 
