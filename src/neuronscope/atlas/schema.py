@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     versions TEXT NOT NULL,          -- JSON {"torch", "open_clip", "pillow", "numpy", "neuronscope", "python"}
     skipped TEXT,                    -- JSON {reason: count}
     images INTEGER,                  -- images scanned
-    status TEXT NOT NULL,            -- running | interrupted | finished
+    status TEXT NOT NULL,            -- running | interrupted | finished | abandoned (its source changed)
     started_at TEXT NOT NULL,
     finished_at TEXT
 );

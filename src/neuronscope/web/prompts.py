@@ -3,8 +3,10 @@
 The atlas alone can only match stored words, labels and texts. With the
 atlas's model loaded, a prompt the atlas never saw is attributed to the units
 of every layer the atlas holds for that model, with
-:func:`neuronscope.probing.attribution.attribute_texts` (one backward pass
-per prompt over its image sample; seconds on a CPU for the mini CLIP).
+:func:`neuronscope.probing.attribution.attribute_texts`: for every layer, a
+no-grad forward of the image sample and one backward pass per prompt over it
+(so the cost grows with the layers the atlas holds; seconds on a CPU for the
+mini CLIP's one layer).
 Results are cached per prompt; one attribution runs at a time.
 """
 
