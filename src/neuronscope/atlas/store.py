@@ -622,9 +622,7 @@ class Atlas:
         model = self.resolve_model(model)
         entry = self.resolve_layer(model, layer)
         canonical = entry["layer"]
-        if not 0 <= unit < entry["units"]:
-            raise AtlasError(f"unit {unit} is out of range: {canonical} of {model} has {entry['units']} units "
-                             f"(0-{entry['units'] - 1})")
+        self.check_unit(model, entry, unit)
         key = (model, canonical, unit)
         stats = self.db.execute("SELECT mean, std, max, min, count, map_mean FROM units "
                                 "WHERE model = ? AND layer = ? AND unit = ?", key).fetchone()
@@ -646,6 +644,13 @@ class Atlas:
                 "ORDER BY score DESC, word", key)],
             "texts": self.unit_texts(*key),
         }
+
+    @staticmethod
+    def check_unit(model: str, entry: Mapping[str, Any], unit: int) -> None:
+        """Raise :class:`AtlasError` unless ``unit`` is a unit of the stored layer ``entry`` (of ``model``)."""
+        if not 0 <= unit < entry["units"]:
+            raise AtlasError(f"unit {unit} is out of range: {entry['layer']} of {model} has {entry['units']} units "
+                             f"(0-{entry['units'] - 1})")
 
     def unit_texts(self, model: str, layer: str, unit: int) -> list[dict[str, Any]]:
         """One unit's stored texts, ``[{"text", "score"}]`` best first: :meth:`unit`'s ``texts`` without the

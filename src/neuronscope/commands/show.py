@@ -87,7 +87,7 @@ def label(
     with Atlas(atlas, create=False) as store:
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
-        store.unit(model_key, entry["layer"], unit)  # checks the unit exists, with a clear error
+        store.check_unit(model_key, entry, unit)
         store.set_label(model_key, entry["layer"], unit, text, source=source)
     if json_out:
         print_json({"model": model_key, "layer": entry["layer"], "unit": unit, "label": text.strip(),
