@@ -180,6 +180,9 @@ def test_masking_lexical_units_keeps_the_embedding_about_meaning() -> None:
         scores[i, 1] = 3.0 if word.startswith("un") else 0.0  # a spelling ("un-") unit
     scores[[words.index(w) for w in ("running", "sprint", "race")], 2] = 1.0  # a meaning unit: speed
     scores[[words.index(w) for w in ("singing", "song", "choir")], 3] = 1.0  # a meaning unit: song
+    # A fourth word above the zeros: ties now list in vocabulary order, and the first zero word ("running")
+    # would make unit 3's top 4 share "-ng" (topk's unspecified order happened to pick another).
+    scores[words.index("bird"), 3] = 0.5
     rule = LexicalRule(top_k=4, min_share=0.75)
     assert lexical_units(words, scores, rule) == {0: "-ing", 1: "un-"}
 
@@ -235,10 +238,17 @@ def test_top_words_all_equals_top_words_on_ties_and_rank_counts_ties_in_a_words_
     scores = torch.zeros(40, 3)
     scores[[5, 17, 30], 1] = 2.0  # three words tied for unit 1's best
     probe = WordProbe("m", "l", [f"w{i}" for i in range(40)], scores, QUICK, (1, 1), "fp32")
-    everything = probe.top_words_all(5, chunk=2)  # chunks of 2 units: the last chunk is a single unit
+    everything = probe.top_words_all(5)
     assert everything == {unit: probe.top_words(unit, 5) for unit in range(3)}
     assert [w for w, _ in everything[0]] == ["w0", "w1", "w2", "w3", "w4"]  # ties by vocabulary order
     assert [probe.rank(w, 1) for w in ("w5", "w17", "w30", "w0")] == [1, 1, 1, 4]
+    from neuronscope.probing.attribution import TextAttribution
+    from neuronscope.probing.ranking import top_k
+
+    for chunked, whole in zip(top_k(scores, 5, chunk=2), top_k(scores, 5)):  # the last chunk is a single unit
+        assert torch.equal(chunked, whole)
+    # every listing breaks ties alike: text -> units too (topk left their order unspecified)
+    assert [u["unit"] for u in TextAttribution("m", "l", ["t"], scores.T[:1].clone()).top(0, 3)] == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------- the paper

@@ -58,6 +58,7 @@ from neuronscope.activations import Recorder, map_grid, unit_axis
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
+from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_texts, logit_scale
 
 #: Images in the default sample: enough that every concept of the mini CLIP's
@@ -246,7 +247,7 @@ class TextAttribution:
 
     def top(self, index: int = 0, k: int = 20) -> list[dict]:
         """The ``k`` units of text ``index`` with the highest score, ``[{"unit", "score"}]``, best first."""
-        values, units = self.scores[index].topk(min(k, self.scores.shape[1]))
+        values, units = top_k(self.scores[index], k)  # ties in unit order
         return [{"unit": int(u), "score": round(float(v), 6)} for v, u in zip(values, units)]
 
     def rank_of(self, index: int, unit: int) -> int:
@@ -317,7 +318,7 @@ class AttributionBasis:
                   k: int = 20) -> dict[int, list[tuple[str, float]]]:
         """Unit → texts: for each unit, the ``k`` texts that put the most weight on it, best first."""
         chosen = self.scores(text_features, units)  # [P, len(units)]
-        values, rows = chosen.topk(min(k, len(texts)), dim=0)  # [k, len(units)]
+        values, rows = top_k(chosen, k)  # [k, len(units)], ties in the texts' order
         return {int(unit): [(texts[int(r)], float(v)) for v, r in zip(values[:, j], rows[:, j])]
                 for j, unit in enumerate(units)}
 

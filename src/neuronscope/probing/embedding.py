@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .ranking import top_k
 from .words import WordProbe
 
 
@@ -53,7 +54,7 @@ def shared_affix(words: Sequence[str], rule: LexicalRule = LexicalRule()) -> str
 def lexical_units(words: Sequence[str], scores: torch.Tensor, rule: LexicalRule = LexicalRule()) -> dict[int, str]:
     """``{unit: affix}`` for the units of ``scores`` [words, units] whose top words share an affix."""
     k = min(rule.top_k, len(words))
-    top = torch.topk(scores, k, dim=0).indices  # [k, units]
+    _, top = top_k(scores, k)  # [k, units], ties in vocabulary order
     found = {}
     for unit in range(scores.shape[1]):
         affix = shared_affix([words[int(i)] for i in top[:, unit]], rule)

@@ -26,6 +26,7 @@ from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
 from ..activations.reduce import reduce_units
 from ..models.loaded import LoadedModel
+from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
 
 DEFAULT_TOP_K = 20
@@ -72,25 +73,14 @@ class WordProbe:
 
     def top_words(self, unit: int, k: int = DEFAULT_TOP_K) -> list[tuple[str, float]]:
         """The unit's ``k`` best words with their scores, best first (ties by vocabulary order)."""
-        column = self.scores[:, unit]
-        order = torch.argsort(-column, stable=True)[:k]
-        return [(self.words[i], float(column[i])) for i in order]
+        values, rows = top_k(self.scores[:, unit], k)
+        return [(self.words[int(i)], float(v)) for v, i in zip(values, rows)]
 
-    def top_words_all(self, k: int = DEFAULT_TOP_K, chunk: int = 512) -> dict[int, list[tuple[str, float]]]:
-        """``{unit: top_words(unit, k)}`` for every unit, equal to it on ties too (a stable sort, not ``topk``).
-
-        ``chunk`` units are sorted at a time: a full argsort of 10 k words × 2,560 units would hold 200 MB.
-        """
-        k = min(k, len(self.words))
-        top: dict[int, list[tuple[str, float]]] = {}
-        for start in range(0, self.units, chunk):
-            block = self.scores[:, start:start + chunk]  # [words, chunk]
-            order = torch.argsort(-block, dim=0, stable=True)[:k]  # [k, chunk]
-            values = block.gather(0, order)
-            for column in range(block.shape[1]):
-                top[start + column] = [(self.words[int(i)], float(v))
-                                       for i, v in zip(order[:, column], values[:, column])]
-        return top
+    def top_words_all(self, k: int = DEFAULT_TOP_K) -> dict[int, list[tuple[str, float]]]:
+        """``{unit: top_words(unit, k)}`` for every unit, equal to it on ties too (:func:`.ranking.top_k`)."""
+        values, rows = top_k(self.scores, k)  # [k, units]
+        return {unit: [(self.words[int(i)], float(v)) for i, v in zip(rows[:, unit], values[:, unit])]
+                for unit in range(self.units)}
 
     def rank(self, word: str, unit: int) -> int:
         """Rank of ``word`` among the vocabulary for ``unit``: 1 + the words scoring strictly higher (1 = its
