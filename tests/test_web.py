@@ -327,6 +327,23 @@ def test_the_app_opens_and_closes_its_atlas_through_lifespan(tmp_path):
         app.state.reader.atlas.db.execute("SELECT 1")
 
 
+def test_a_model_the_atlas_only_labels_is_refused_and_the_atlas_closed(tmp_path, monkeypatch):
+    """A model with labels but no layer passed the 'held' check, then PromptAttributor raised and the
+    reader's connection stayed open."""
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.web import app as web_app
+
+    path = build_hub_atlas(tmp_path / "atlas")
+    with Atlas(path) as atlas:
+        atlas.set_label("mini-clip@bundled", "visual.layer4", 0, "cat")
+    readers, reader_class = [], web_app.AtlasReader
+    monkeypatch.setattr(web_app, "AtlasReader", lambda atlas: readers.append(reader_class(atlas)) or readers[-1])
+    with pytest.raises(NeuronscopeError, match="holds no layer of mini-clip@bundled"):
+        create_app(path, model=type("Labelled", (), {"key": "mini-clip@bundled", "preprocess": None})(), warm=False)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        readers[0].atlas.db.execute("SELECT 1")
+
+
 def test_read_only_atlas_refuses_missing_and_old_atlases(tmp_path):
     with pytest.raises(AtlasError, match="not an atlas"):
         Atlas(tmp_path / "none", read_only=True)

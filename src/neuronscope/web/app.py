@@ -77,13 +77,16 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
     if model is not None:
         from neuronscope.web.prompts import PromptAttributor
 
-        held = reader.read(lambda atlas: atlas.models())
-        if model.key not in held:
-            reader.close()
-            raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds {', '.join(held) or 'no model'}: "
-                             "load the model the atlas was made with")
-        layers = reader.read(lambda atlas: atlas.layers(model.key))
-        prompts = PromptAttributor(model, [entry["layer"] for entry in layers])
+        try:
+            held = reader.read(lambda atlas: atlas.models())
+            if model.key not in held:
+                raise AtlasError(f"--model loads {model.key}, but {atlas_path} holds {', '.join(held) or 'no model'}"
+                                 ": load the model the atlas was made with")
+            layers = reader.read(lambda atlas: atlas.layers(model.key))
+            prompts = PromptAttributor(model, [entry["layer"] for entry in layers])  # raises for a labels-only model
+        except BaseException:
+            reader.close()  # no app will close it
+            raise
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
