@@ -85,7 +85,8 @@ def visualize(
                                                       "finer than its pixels (default: the image's side).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per pass.")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (Lucid 0.05; facets 0.02).")] = 0.0,
-    l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image.")] = 0.0,
+    l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image "
+                                                           "(with --facet: replaces the paper's 10).")] = 0.0,
     tv: Annotated[float, typer.Option("--tv", min=0.0, help="Weight of a total-variation penalty.")] = 0.0,
     facet: Annotated[Optional[str], typer.Option("--facet", help="Faceted render: a built-in facet "
                                                                "(text, drawing) or a folder of facet images.")] = None,
@@ -134,9 +135,11 @@ def visualize(
                                f"parameterization is only ever upsampled; give at most {side}")
     if facet:
         facets.check_probe_layers(loaded, canonical)
-    default_lr = facets.FACET_LR if facet else 0.05
-    config = RenderConfig(steps=steps, lr=lr or default_lr, size=size, param_size=param_size, l2=l2, tv=tv,
-                          seed=seed)
+    config = RenderConfig(steps=steps, lr=lr or 0.05, size=size, param_size=param_size, l2=l2, tv=tv, seed=seed)
+    # A faceted render runs the paper's lr and L2 weight unless --lr / --l2 replace them.
+    facet_settings = facets.FacetSettings(lr=lr or facets.FACET_LR, l2=l2 or facets.FACET_L2)
+    if facet:
+        config = facet_settings.apply(config)
     png_dir = Path(png) if png else None
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +161,9 @@ def visualize(
             command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
                                precision=precision, out=out, facet=facet, generic=generic,
                                facet_strengths=len(strengths) if facet else None, diverse=diverse)
-            settings = {**config.to_dict(), "facet_strengths": len(strengths) if facet else None,
+            # batch_size is part of the job: a render is reproducible for the same pass composition only
+            settings = {**config.to_dict(), "batch_size": batch_size,
+                        "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)
             if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
@@ -177,7 +182,7 @@ def visualize(
 
         if probe is not None:
             facets.render_faceted(loaded, canonical, chosen, probe, strengths=strengths, batch_size=batch_size,
-                                  config=config, on_step=progress, on_pass=store)
+                                  config=config, settings=facet_settings, on_step=progress, on_pass=store)
         elif diverse:
             for number, unit in enumerate(chosen):
                 def step_hook(done: int, total: int, n: int = number) -> None:
