@@ -114,6 +114,7 @@ def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tm
     import neuronscope.demo as demo
     import neuronscope.probing.words as words
     from neuronscope.probing.raster import RasterSettings
+    from neuronscope.probing.word_store import save_word_probe
 
     layer, vocab = "visual.layer4.1.act3:input", tmp_path / "few.txt"
     vocab.write_text("star\nhat\n")
@@ -125,7 +126,7 @@ def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tm
         raise _Stop
 
     with Atlas(tmp_path / "atlas") as atlas:
-        words.save_word_probe(atlas, other, mini, vocabulary="few")
+        save_word_probe(atlas, other, mini, vocabulary="few")
         monkeypatch.setattr(words, "probe_words", probe)
         with pytest.raises(_Stop):  # another raster's probe of the same vocabulary is not reused
             demo._words(mini, atlas, layer, DemoSettings(vocabulary=str(vocab)), lambda *_: None)

@@ -317,12 +317,3 @@ def test_reproduces_the_papers_top_words_with_real_weights(tmp_path: Path) -> No
     # Our vocabulary and fonts differ from the article's, so exact top-3 agreement is not expected; the
     # named units' paper top-1 word should be among our top 20 far more often than chance (20/10,000).
     assert payload["named"]["paper_top1_in_top_k"] >= 0.2
-
-
-def test_the_atlas_io_lives_in_word_store_and_keeps_its_old_import_path():
-    from neuronscope.probing import word_store, words
-
-    assert words.save_word_probe is word_store.save_word_probe
-    assert words.load_word_scores is word_store.load_word_scores
-    with pytest.raises(AttributeError):
-        words.no_such_name

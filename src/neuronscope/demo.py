@@ -215,14 +215,14 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], 
 def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
             report: StageProgress) -> tuple[str, str]:
     from neuronscope.visualize import RenderConfig
-    from neuronscope.visualize.facets import FACET_LR, render_faceted
+    from neuronscope.visualize.facets import render_faceted
     from neuronscope.visualize.store import FeatureVisWriter, facet_probe
 
     card, why_not = _card_for(model)
     if card is None:
         return "skipped", why_not
     units = [entry["unit"] for entry in card["multimodal"]["units"] if entry["layer"] == layer]
-    config = RenderConfig(steps=settings.steps, lr=FACET_LR, seed=settings.seed)
+    config = RenderConfig(steps=settings.steps, seed=settings.seed)  # render_faceted applies the paper's lr and L2
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
@@ -245,7 +245,8 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.raster import RasterSettings
     from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
-    from neuronscope.probing.words import probe_words, save_word_probe
+    from neuronscope.probing.word_store import save_word_probe
+    from neuronscope.probing.words import probe_words
 
     name = vocabulary_name(settings.vocabulary)
     raster = RasterSettings()

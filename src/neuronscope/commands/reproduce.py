@@ -61,7 +61,8 @@ def reproduce_words(
     from neuronscope.atlas import Atlas, check_atlas_target
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
     from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
-    from neuronscope.probing.words import probe_words, save_word_probe
+    from neuronscope.probing.word_store import save_word_probe
+    from neuronscope.probing.words import probe_words
 
     if not weights:
         raise NeuronscopeError("reproduce words needs --weights PATH to OpenAI's RN50x4 weights "

@@ -79,7 +79,8 @@ def words(
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
     from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
-    from neuronscope.probing.words import probe_words, save_word_probe
+    from neuronscope.probing.word_store import save_word_probe
+    from neuronscope.probing.words import probe_words
 
     require_out(out, "words")
     require_model(model)
@@ -125,7 +126,7 @@ def wordvec(
     """Image-based word embeddings from a stored word probe: nearest words, word arithmetic, cosines
     (the layer's response to a rastered word minus the mean over the vocabulary)."""
     from neuronscope.probing.embedding import WordEmbedding, lexical_units
-    from neuronscope.probing.words import load_word_scores
+    from neuronscope.probing.word_store import load_word_scores
 
     plus_words = [w.strip() for w in plus.split(",") if w.strip()]
     minus_words = [w.strip() for w in minus.split(",") if w.strip()]

@@ -130,14 +130,14 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
     if height != width:
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
     grid_tokens = model.token_grid
+    geometry = layer_geometry(model, [canonical])[canonical]  # where the units lie, and the grid
 
     def unit_means(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
-        return reduce_units(acts, "mean", grid=grid_tokens if acts.ndim == 3 else None)
+        return reduce_units(acts, "mean", grid=grid_tokens if acts.ndim == 3 else None, layout=geometry.layout)
 
     words_per_batch = max(1, batch_size // settings.variants)
     chunks = []
     done = 0
-    grid = layer_geometry(model, [canonical])[canonical].grid
     with Recorder(model, canonical, early_stop=True, capture_fn=unit_means) as recorder:
         for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
             n_words = batch.shape[0]
@@ -148,14 +148,5 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
             if on_batch is not None:
                 on_batch(done, len(words))
     return WordProbe(model=model.key, layer=canonical, words=list(words), scores=torch.cat(chunks),
-                     settings=settings, grid=grid, precision=model.precision.name,
+                     settings=settings, grid=geometry.grid, precision=model.precision.name,
                      seconds=time.perf_counter() - started)
-
-
-def __getattr__(name: str):
-    """The atlas I/O's old import path (it lives in :mod:`neuronscope.probing.word_store` now)."""
-    if name in ("save_word_probe", "load_word_scores"):
-        from neuronscope.probing import word_store
-
-        return getattr(word_store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
