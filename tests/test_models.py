@@ -445,3 +445,139 @@ def test_aliases_two_image_towers_would_share_are_left_out(tiny_rn) -> None:
     towers = nn.ModuleDict({"a": copy.deepcopy(tiny_rn.module.visual), "b": copy.deepcopy(tiny_rn.module.visual)})
     assert one["image_block_4/0/Add_6"] == "visual.layer4.0.act3:input" and "neurons" in one
     assert structural_aliases(towers) == {}  # not the last tower's names (b.layer4...) under a shared alias
+
+
+# --------------------------------------------------------------------------- text tokenizers
+
+TEXTS = ["a photo of a dog.", "Hello World!! ünïcode", "x " * 100]
+HF_NAME = "neuronscope-test/absent-tokenizer"
+TINY_HF_TEXT = {**TINY_RN, "text_cfg": {**TINY_RN["text_cfg"], "vocab_size": 1000, "hf_tokenizer_name": HF_NAME}}
+
+
+@pytest.fixture
+def hf_text_model():
+    """A tiny CLIP whose text_cfg names a Hugging Face tokenizer (as SigLIP's, xlm-roberta's and mt5's do)."""
+    arch = register(Architecture(name="tiny-rn-hf-text", source="config", default_weights="random",
+                                 model_cfg=TINY_HF_TEXT, preprocess=Preprocess(image_size=64)), replace=True)
+    yield load_model(arch.name)
+    unregister(arch.name)
+
+
+class _WordLengths:
+    """Enough of a transformers tokenizer for open_clip's HFTokenizer: each word's id is its length."""
+
+    sep_token_id = 2
+
+    def __call__(self, texts, return_tensors, max_length, padding, truncation):
+        import types
+
+        rows = torch.zeros(len(texts), max_length, dtype=torch.long)
+        for row, text in zip(rows, texts):
+            ids = [len(word) for word in text.split()][:max_length]
+            row[:len(ids)] = torch.tensor(ids)
+        return types.SimpleNamespace(input_ids=rows)
+
+
+def _fake_transformers(monkeypatch, tokenizer=None) -> list[dict]:
+    """A ``transformers`` whose AutoTokenizer returns ``tokenizer`` or (None) misses its cache; returns the calls."""
+    import importlib.machinery
+    import sys
+    import types
+
+    calls: list[dict] = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append({"name": name, **kwargs})
+        if tokenizer is None:
+            raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.\n"
+                          f"Check your internet connection")
+        return tokenizer
+
+    module = types.ModuleType("transformers")
+    module.__spec__ = importlib.machinery.ModuleSpec("transformers", None)
+    module.AutoTokenizer = types.SimpleNamespace(from_pretrained=from_pretrained)
+    monkeypatch.setitem(sys.modules, "transformers", module)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["tiny-rn", "tiny-vit", "mini-clip"])
+def test_clip_models_tokenize_with_clips_bpe_as_before(name):
+    import open_clip
+
+    from neuronscope.probing.zeroshot import tokenize
+
+    model = load_model(name)
+    expected = open_clip.tokenize(TEXTS, context_length=model.module.context_length)  # what every model got before
+    assert model.spec.text_tokenizer.is_clip_bpe and model.spec.to_dict()["tokenizer"] == "CLIP BPE"
+    assert torch.equal(tokenize(model, TEXTS), expected)
+
+
+def test_registry_names_take_open_clips_tokenizer_choice():
+    assert get_architecture("RN50x4").spec("random").text_tokenizer.is_clip_bpe
+    siglip = get_architecture("ViT-B-16-SigLIP").spec("random").text_tokenizer
+    assert (siglip.hf_name, siglip.context_length, siglip.open_clip_name) == (
+        "timm/ViT-B-16-SigLIP", 64, "ViT-B-16-SigLIP")
+    assert get_architecture("xlm-roberta-base-ViT-B-32").spec("random").text_tokenizer.hf_name == "xlm-roberta-base"
+
+
+def test_a_hf_tokenizer_without_transformers_fails_in_one_line_only_when_text_is_tokenized(
+        monkeypatch, hf_text_model):
+    import importlib.util
+
+    from neuronscope.probing.zeroshot import tokenize
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "transformers" else real_find_spec(name, *args))
+    assert image_embedding(hf_text_model, torch.randn(1, 3, 64, 64)).shape == (1, 64)  # the image side works
+    with pytest.raises(NeuronscopeError) as info:
+        tokenize(hf_text_model, TEXTS)
+    message = str(info.value)
+    assert "\n" not in message and HF_NAME in message and "pip install transformers" in message
+
+
+def test_a_hf_tokenizer_is_read_from_the_local_cache_only(monkeypatch, hf_text_model, tiny_rn):
+    from dataclasses import replace
+
+    from neuronscope.probing.zeroshot import tokenize
+
+    calls = _fake_transformers(monkeypatch)
+    with pytest.raises(NeuronscopeError) as info:
+        tokenize(hf_text_model, TEXTS)
+    message = str(info.value)
+    assert "\n" not in message and "could not be loaded from the local cache" in message
+    assert f"huggingface-cli download {HF_NAME}" in message
+    assert calls == [{"name": HF_NAME, "cache_dir": None, "local_files_only": True}]
+    # A registry name goes through open_clip.get_tokenizer, also without a download.
+    siglip = replace(tiny_rn, spec=get_architecture("ViT-B-16-SigLIP").spec("random"))
+    with pytest.raises(NeuronscopeError, match="'timm/ViT-B-16-SigLIP', which could not be loaded"):
+        tokenize(siglip, TEXTS)
+    assert calls[-1]["name"] == "timm/ViT-B-16-SigLIP" and calls[-1]["local_files_only"] is True
+
+
+def test_a_hf_tokenizer_at_hand_is_the_one_used(monkeypatch, hf_text_model):
+    from neuronscope.probing.zeroshot import tokenize
+
+    _fake_transformers(monkeypatch, _WordLengths())
+    tokens = tokenize(hf_text_model, ["a bb ccc"])
+    assert tokens.shape == (1, 77) and tokens[0, :4].tolist() == [1, 2, 3, 0]
+
+
+def test_an_open_clip_folder_reads_its_hf_tokenizer_from_itself(tmp_path, hf_text_model):
+    folder = write_open_clip_dir(tmp_path / "hf-text", hf_text_model)
+    assert load_model("tiny-rn-hf-text", weights=folder).spec.text_tokenizer.hf_name == str(folder)
+
+
+def test_a_module_with_another_vocabulary_has_no_tokenizer_to_guess(tiny_rn):
+    import open_clip
+
+    from neuronscope.probing.zeroshot import tokenize
+
+    preprocess = Preprocess(image_size=64)
+    clip_vocab = load_model(open_clip.CLIP(**TINY_RN), preprocess=preprocess)
+    assert torch.equal(tokenize(clip_vocab, TEXTS), open_clip.tokenize(TEXTS))
+    other = load_model(open_clip.CLIP(**TINY_HF_TEXT), preprocess=preprocess)
+    assert image_embedding(other, torch.randn(1, 3, 64, 64)).shape == (1, 64)
+    with pytest.raises(NeuronscopeError) as info:
+        tokenize(other, TEXTS)
+    assert "\n" not in str(info.value) and "1000 tokens, not CLIP's BPE's 49408" in str(info.value)

@@ -244,6 +244,21 @@ def test_token_space_tensors_share_the_device_gradients_are_read_on(tiny_rn):
     assert {space.ids.device, space.embeddings.device, space.log_prior.device} == {torch.device("cpu")}
 
 
+def test_text_feature_vis_refuses_a_model_whose_tokenizer_is_not_clips(tiny_rn):
+    """The climb's tokens are CLIP BPE ids: another tower would read them as other words."""
+    from dataclasses import replace
+
+    from neuronscope.models.spec import TokenizerSpec
+
+    siglip_text = replace(tiny_rn, spec=replace(tiny_rn.spec, tokenizer=TokenizerSpec(hf_name="timm/ViT-B-16-SigLIP")))
+    sample = ImageSample(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), [], "noise")
+    basis = compute_basis(siglip_text, "neurons", sample, batch_size=2)  # the image side needs no tokenizer
+    with pytest.raises(NeuronscopeError) as info:
+        optimize_text(siglip_text, basis, 0, TextVisSettings(lengths=(1,), restarts=1, steps=1))
+    message = str(info.value)
+    assert "\n" not in message and siglip_text.key in message and "hf:timm/ViT-B-16-SigLIP" in message
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CPU copies only matter next to one")
 def test_text_feature_vis_runs_end_to_end_on_a_gpu():
     """On a GPU model the basis, the token space and the gradients meet on the devices they need."""

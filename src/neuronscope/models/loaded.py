@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from PIL import Image
 from torch import nn
 
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.aliases import model_family, structural_aliases
 from neuronscope.models.preprocess import Preprocess
-from neuronscope.models.spec import ModelSpec
+from neuronscope.models.spec import DEFAULT_CONTEXT_LENGTH, ModelSpec, TokenizerSpec
 from neuronscope.imagefiles import file_sha256
 from neuronscope.runtime import Precision
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+"""An open_clip tokenizer: texts -> token ids [N, context_length]."""
 
 
 @dataclass
@@ -86,6 +92,22 @@ class LoadedModel:
         return None
 
     @property
+    def context_length(self) -> int:
+        """Tokens per text: what open_clip tokenizes to for the config's ``text_cfg``, else the module's, else 77."""
+        return (self.spec.text_tokenizer.context_length or getattr(self.module, "context_length", None)
+                or DEFAULT_CONTEXT_LENGTH)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The text tower's tokenizer, open_clip's choice for it (see :class:`~neuronscope.models.spec.TokenizerSpec`).
+
+        Built on first use, so image-side work never needs it. Never downloads:
+        a Hugging Face tokenizer comes from the local cache, or this raises a
+        one-line :class:`NeuronscopeError` saying what is missing.
+        """
+        return build_tokenizer(self.spec.text_tokenizer, self.context_length, self.key)
+
+    @property
     def token_grid(self) -> tuple[int, int] | None:
         """(rows, cols) of a ViT's patch tokens (open_clip's own, or a timm trunk's); None for conv nets."""
         trunk_embed = getattr(getattr(self.image_module, "trunk", None), "patch_embed", None)
@@ -114,3 +136,45 @@ class LoadedModel:
         """JSON-ready summary of the model, its contract and how it runs."""
         return {**self.spec.to_dict(), "device": str(self.device), "precision": self.precision.name,
                 "precision_reason": self.precision.reason}
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def build_tokenizer(spec: TokenizerSpec, context_length: int, model_key: str) -> Tokenizer:
+    """The open_clip tokenizer ``spec`` names, for texts of ``context_length`` tokens.
+
+    A Hugging Face tokenizer is read with ``local_files_only``: transformers
+    would otherwise try the hub, retrying for tens of seconds on a machine
+    without a network.
+    """
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    if spec.unknown:
+        raise NeuronscopeError(f"{model_key}: cannot tokenize text: {spec.unknown}")
+    if not spec.hf_name:
+        if spec.open_clip_name:
+            return open_clip.get_tokenizer(spec.open_clip_name, context_length=context_length)
+        return open_clip.SimpleTokenizer(context_length=context_length, **spec.kwargs)
+    if importlib.util.find_spec("transformers") is None:
+        raise NeuronscopeError(f"{model_key}: its text tower reads the Hugging Face tokenizer {spec.hf_name!r}, "
+                               f"which needs the transformers package: pip install transformers sentencepiece")
+    try:
+        if spec.open_clip_name:
+            return open_clip.get_tokenizer(spec.open_clip_name, context_length=context_length, local_files_only=True)
+        return HFTokenizer(spec.hf_name, context_length=context_length, tokenizer_mode=spec.mode,
+                           local_files_only=True, **spec.kwargs)
+    except Exception as err:  # noqa: BLE001 - transformers' errors for a missing or partial tokenizer vary
+        raise NeuronscopeError(_missing_hf_tokenizer(spec.hf_name, model_key, err)) from err
+
+
+def _missing_hf_tokenizer(hf_name: str, model_key: str, err: Exception) -> str:
+    """One line: which tokenizer could not be read, why, and how to get it (neuronscope never downloads it)."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if os.path.isdir(hf_name):
+        fix = f"put the tokenizer's files (tokenizer.json or its vocabulary) in {hf_name}"
+    else:
+        fix = f"fetch it once while online (huggingface-cli download {hf_name}) and run again"
+    return (f"{model_key}: its text tower reads the Hugging Face tokenizer {hf_name!r}, which could not be "
+            f"loaded from the local cache ({reason}); {fix}")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import replace
@@ -26,7 +27,7 @@ from neuronscope.models.aliases import model_family
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.models.registry import Architecture, get_architecture, split_model_name
-from neuronscope.models.spec import BUNDLED, RANDOM, Activation, ModelSpec
+from neuronscope.models.spec import BUNDLED, CLIP_BPE_VOCAB, RANDOM, Activation, ModelSpec, TokenizerSpec
 from neuronscope.models.weights import (
     is_torchscript,
     load_into,
@@ -269,7 +270,8 @@ def _from_folder(arch: Architecture | None, path: Path, name: str, activation: A
         sha = file_sha256(weights_file)
         module = openclip.build_from_dir(path, quick_gelu=_quick_gelu_override(activation))
         load_into(module, read_state_dict(weights_file), what=str(weights_file))
-        spec = _open_clip_module_spec(module, name, f"sha256:{sha[:12]}", "file")
+        # open_clip reads a folder's Hugging Face tokenizer from the folder itself.
+        spec = _open_clip_module_spec(module, name, f"sha256:{sha[:12]}", "file", _folder_tokenizer(path, str(path)))
         return _Built(module, spec, weights_file, sha)
     raise WeightsError(f"{path} is a folder without config.json or {download.HF_CONFIG}; pass a weights file instead")
 
@@ -322,11 +324,12 @@ def _from_hub(model_name: str, weights: str, activation: Activation | None,
         weights = f"sha256:{sha[:12]}"
     if path is not None:
         load_into(module, read_state_dict(path), what=str(path))
-    spec = _open_clip_module_spec(module, model_name, weights, "hf-hub")
+    spec = _open_clip_module_spec(module, model_name, weights, "hf-hub", _folder_tokenizer(folder))
     return _Built(module, spec, path, sha)
 
 
-def _open_clip_module_spec(module: nn.Module, name: str, weights: str, source: str) -> ModelSpec:
+def _open_clip_module_spec(module: nn.Module, name: str, weights: str, source: str,
+                           tokenizer: TokenizerSpec) -> ModelSpec:
     """The spec of an open_clip model built by open_clip itself (it carries its preprocess_cfg).
 
     The activation is read from the built module, so the spec says what runs.
@@ -335,7 +338,19 @@ def _open_clip_module_spec(module: nn.Module, name: str, weights: str, source: s
 
     cfg = open_clip.get_model_preprocess_cfg(module)
     return ModelSpec(name=name, weights=weights, preprocess=Preprocess.from_dict(cfg),
-                     activation=openclip.module_activation(module), source=source)  # type: ignore[arg-type]
+                     activation=openclip.module_activation(module), source=source,  # type: ignore[arg-type]
+                     tokenizer=tokenizer)
+
+
+def _folder_tokenizer(folder: Path, hf_source: str | None = None) -> TokenizerSpec:
+    """open_clip's tokenizer choice for the ``text_cfg`` in ``folder``'s open_clip config.
+
+    ``hf_source``: where a Hugging Face tokenizer is read from instead of the
+    config's ``hf_tokenizer_name`` (a local folder's own files).
+    """
+    config = json.loads((folder / download.HF_CONFIG).read_text())
+    text_cfg = config.get("model_cfg", config).get("text_cfg") or {}
+    return TokenizerSpec.from_text_cfg(text_cfg, hf_source)
 
 
 # --------------------------------------------------------------------------- modules
@@ -373,8 +388,23 @@ def _from_module(
     spec = ModelSpec(
         name=name or type(module).__name__, weights=f"sha256:{state_sha[:12]}", preprocess=_as_preprocess(preprocess),
         activation=runs, source="module", image_tower=tower,  # type: ignore[arg-type]
+        tokenizer=_module_tokenizer(module),
     )
     return _Built(module, spec, path, state_sha)
+
+
+def _module_tokenizer(module: nn.Module) -> TokenizerSpec:
+    """CLIP's BPE for a module whose text tower has CLIP's vocabulary (or none); else unknown.
+
+    A module carries no config naming its tokenizer: a text tower with another
+    vocabulary (SigLIP's 32,000, xlm-roberta's 250,002) would read CLIP's ids as other words.
+    """
+    vocab = getattr(module, "vocab_size", None)
+    if vocab is None or vocab == CLIP_BPE_VOCAB:
+        return TokenizerSpec()
+    return TokenizerSpec(unknown=(
+        f"its text tower's vocabulary has {vocab} tokens, not CLIP's BPE's {CLIP_BPE_VOCAB}, and an nn.Module "
+        f"does not say which tokenizer it reads; load it by its open_clip name, folder or hf-hub: repo instead"))
 
 
 # --------------------------------------------------------------------------- building

@@ -18,8 +18,12 @@ embedding; the gradient is read on the positional embedding, which is
 added to every token's embedding, so ``∂/∂pos_emb[i] = ∂/∂x_i`` for one
 text), evaluates them all exactly in one batch, and keeps the best if it
 improves. A climb stops at a local optimum or after ``steps`` steps. Models
-whose text tower has no ``positional_embedding`` (Hugging Face towers) get
-random proposals instead.
+without a top-level ``positional_embedding`` (open_clip's CustomTextCLIP
+keeps it inside ``.text``) get random proposals instead.
+
+The climb moves over CLIP's BPE vocabulary, so it runs on models whose
+tokenizer is CLIP's (:class:`~neuronscope.models.spec.TokenizerSpec`);
+others (SigLIP, xlm-roberta, mt5 towers) are refused.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class TextVisResult:
 
 @functools.lru_cache(maxsize=1)
 def _bpe():
-    """CLIP's BPE, the vocabulary ``open_clip.tokenize`` (and so :func:`encode_texts`) encodes with."""
+    """CLIP's BPE, the vocabulary a CLIP's tokenizer (and so :func:`encode_texts`) encodes with."""
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer()
@@ -105,7 +109,7 @@ def _word_tokens() -> tuple[Tensor, tuple[str, ...]]:
     """Ids [V] of the BPE's whole alphabetic words and the words, ascending by id.
 
     Only tokens whose word encodes back to exactly that token: the shown text is then the text the climb
-    scored. This leaves out upper-case entries (``open_clip.tokenize`` lowercases, so it never produces
+    scored. This leaves out upper-case entries (CLIP's tokenizer lowercases, so it never produces
     them) and byte-level entries whose ``str`` form is not the text they stand for.
     """
     bpe = _bpe()
@@ -133,14 +137,24 @@ def _log10_frequencies() -> Tensor:
     return torch.tensor([max(word_frequency(word, "en"), FREQUENCY_FLOOR) for word in _word_tokens()[1]]).log10()
 
 
+def require_clip_bpe(model: LoadedModel) -> None:
+    """Refuse a model whose text tower does not read CLIP's BPE: the climb's tokens would mean other words."""
+    tokenizer = model.spec.text_tokenizer
+    if not tokenizer.is_clip_bpe:
+        raise NeuronscopeError(
+            f"textvis climbs over CLIP's BPE tokens, but {model.key}'s text tower reads {tokenizer.label}; "
+            f"use attribute --out ATLAS (scores a vocabulary through the model's own tokenizer) instead")
+
+
 class _TokenSpace:
     """The tokens a climb may use (whole alphabetic words), their embeddings and prior terms."""
 
     def __init__(self, model: LoadedModel, prior_weight: float) -> None:
+        require_clip_bpe(model)
         bpe = _bpe()
         self.sot, self.eot = bpe.sot_token_id, bpe.eot_token_id
         self.ids, self.words = _word_tokens()  # [V], V words
-        self.context_length = int(getattr(model.module, "context_length", 77))
+        self.context_length = model.context_length
         embedding = getattr(model.module, "token_embedding", None)
         # [V, d] on the CPU, where the proposal gradients are read (the model may sit on a GPU)
         self.embeddings = embedding.weight.detach()[self.ids].float().cpu() if embedding is not None else None

@@ -16,11 +16,12 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 
 
 def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """BPE tokens [N, context_length] for the model's text tower."""
-    import open_clip
+    """Token ids [N, context_length] for the model's text tower, by its own tokenizer (:attr:`LoadedModel.tokenizer`).
 
-    context_length = getattr(model.module, "context_length", 77)
-    return open_clip.tokenize(texts, context_length=context_length).to(model.device)
+    CLIP's BPE for CLIPs; the Hugging Face tokenizer a SigLIP, xlm-roberta or
+    mt5 tower was trained with (from the local cache, else a one-line error).
+    """
+    return model.tokenizer(texts).to(model.device)
 
 
 @torch.no_grad()
