@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from neuronscope.activations.names import resolve_layer
 from neuronscope.atlas import Atlas
 from neuronscope.models import LoadedModel
 
@@ -119,7 +118,7 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
 
     if "words" not in settings.skip:
         resolve_fonts(RasterSettings())  # a missing font fails now, not after the scan and the renders
-    layer = resolve_layer(model.module, settings.layer, model.layer_aliases, model_key=model.key)
+    layer = model.resolve_layer(settings.layer)
     outcome = DemoOutcome(Path(atlas_path), model.key, layer, layer_shape(model, layer)[0], settings)
     units = parse_units(settings.units, outcome.units)  # a bad --units fails now, not after the scan
     report = progress or (lambda stage, done, total: None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Optional
@@ -10,11 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.atlas import Atlas
-from neuronscope.commands.common import (DebugOpt, DeviceOpt, JsonOpt, PrecisionOpt, WeightsOpt, cli_command,
-                                         load_cli_model, print_json)
+from neuronscope.commands.common import (AtlasArg, DebugOpt, DeviceOpt, JsonOpt, PrecisionOpt, ProgressBars,
+                                         WeightsOpt, cli_command, load_cli_model, print_json)
 from neuronscope.errors import NeuronscopeError
-
-AtlasArg = Annotated[Path, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
 
 
 #: What the server needs at run time (a static export needs only jinja2). neuronscope.web imports them lazily
@@ -65,13 +64,12 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Write the microscope's pages of ATLAS as plain HTML + images for any static host (relative links)."""
-    from rich.progress import Progress
-
     web = _web(("jinja2",))
-    with Progress(transient=True, disable=json_out) as bar:
-        task = bar.add_task("exporting units", total=None)
-        summary = web.export_site(atlas, site, plots=plots,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        summary = web.export_site(atlas, site, plots=plots, progress=bars.track("export (units)"))
+    finally:
+        bars.close()
     if json_out:
         print_json({"atlas": str(atlas), **summary.to_dict()})
     else:

@@ -9,11 +9,8 @@ import typer
 
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.export import EXPORTERS, export_layer
-from neuronscope.commands.common import DebugOpt, JsonOpt, ModelOpt, cli_command, print_json
+from neuronscope.commands.common import AtlasArg, DebugOpt, JsonOpt, LayerOpt, ModelOpt, cli_command, print_json
 from neuronscope.runtime import parse_units
-
-AtlasArg = Annotated[str, typer.Argument(metavar="ATLAS", help="An atlas directory (from `neuronscope scan --out`).")]
-LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer: canonical name or alias (neurons).")]
 
 
 def show(

@@ -50,11 +50,10 @@ def _image_sample(model, images: str | None, count: int, seed: int):
 def _layer_units(model, layer: str, units: str) -> list[int]:
     """``--units`` parsed against the layer's size (one forward of a grey image): a bad list fails before
     the costly attribution basis."""
-    from neuronscope.activations.names import resolve_layer
     from neuronscope.runtime import parse_units
     from neuronscope.visualize.store import layer_shape
 
-    canonical = resolve_layer(model.module, layer, model.layer_aliases, model_key=model.key)
+    canonical = model.resolve_layer(layer)
     return parse_units(units, layer_shape(model, canonical)[0])
 
 

@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.activations.names import resolve_layer
 from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     DebugOpt,
@@ -126,7 +125,7 @@ def visualize(
         check_atlas_target(out)
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
-    canonical = resolve_layer(loaded.module, layer, loaded.layer_aliases, model_key=loaded.key)
+    canonical = loaded.resolve_layer(layer)
     n_units, _ = layer_shape(loaded, canonical)
     chosen = parse_units(units, n_units)
     side = size or max(loaded.preprocess.image_size)
