@@ -375,7 +375,7 @@ def test_layer_grid_agrees_with_unit_records(web_atlas):
 def test_notebook_cards_inline_the_unit(web_atlas):
     with Atlas(web_atlas, create=False, read_only=True) as atlas:
         view = unit_view(atlas, "tiny-rn", "neurons", 0)
-        assert isinstance(atlas.unit(MODEL, LAYER, 0), dict)  # the CLI's record is unchanged
+        assert view.record == atlas.unit(MODEL, LAYER, 0)  # the card shows the record `show --json` prints
     html = view._repr_html_()  # usable after the atlas is closed
     assert html.count("data:image/png;base64,") == 4 + 4 and "star (drawn or written)" in html
     assert view.record["words"][0]["word"] == "star" and "unit 0" in repr(view)
@@ -446,7 +446,6 @@ def test_serve_without_the_web_extra_says_how_to_install_it(web_atlas, monkeypat
 
 
 def test_search_attributes_new_prompts_when_the_model_is_loaded(web_atlas, tiny_rn, client):
-    pytest.importorskip("neuronscope.probing.attribution", reason="the text-side attribution module is not there")
     assert client.get("/api/search", params={"q": "a red star"}).json()["attribution"] is None  # no model: none
     with TestClient(create_app(web_atlas, model=tiny_rn, warm=False)) as with_model:
         answer = with_model.get("/api/search", params={"q": "a red star"}).json()
