@@ -6,7 +6,6 @@ On the shipped weights and test split; ~55 s on two busy cores (bf16 is emulated
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from neuronscope.atlas import Atlas
 from neuronscope.mining import ScanSettings, open_source, scan
