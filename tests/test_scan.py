@@ -438,6 +438,20 @@ def test_a_channels_last_layer_scans_its_units_on_its_grid(images, tmp_path):
         assert max(max(e["cell"][0] for e in atlas.unit(None, "fc1", u)["top"]) for u in range(12)) <= 2
 
 
+def test_a_scan_plan_takes_each_layers_geometry_from_layer_geometry_in_the_order_asked(images):
+    """One grey forward answers units, grid and layout for the scan as for every other command; the plan keeps
+    the order the layers were asked in (a checkpoint numbers them so), not the order they fire."""
+    from neuronscope.activations import layer_geometry
+    from neuronscope.imagefiles import PILLOW_MAX_PIXELS
+    from neuronscope.mining.scanner import prepare_scan
+    from tests.test_reduce import channels_last_model
+
+    model = channels_last_model()
+    plan = prepare_scan(model, open_source(images), ["out", "fc1"], SETTINGS, PILLOW_MAX_PIXELS)
+    assert list(plan.shapes) == ["out", "fc1"]
+    assert plan.shapes == layer_geometry(model, ["out", "fc1"])
+    assert (plan.shapes["fc1"].units, plan.shapes["fc1"].layout) == (12, "channels_last")
+
 def test_tokens_without_a_known_grid_store_the_grid_their_cells_lie_on(images, tmp_path):
     """A tower without ``grid_size`` (timm ViTs before the loader knew theirs): the grid stored is the one
     the cells are found on (a square of patch tokens), not (1, 1)."""

@@ -8,11 +8,12 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from neuronscope.activations.layout import Layout, infer_layouts
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout, infer_layouts
 from neuronscope.activations.names import LayerRef, aliases_by_layer, all_layer_names
 from neuronscope.activations.recorder import Recorder
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 
 
@@ -67,3 +68,26 @@ def layer_layouts(model: LoadedModel) -> dict[str, Layout | None]:
     if model.module not in _LAYOUTS:
         _LAYOUTS[model.module] = {info.name: info.layout for info in list_layers(model) if len(info.shape) == 3}
     return _LAYOUTS[model.module]
+
+
+def capture_layout(model: LoadedModel, layer: str, acts: Tensor) -> Layout | None:
+    """Where ``acts``, a capture of the canonical ``layer``, holds its units: a 4-D tensor's layout from
+    :func:`layer_layouts` (None: the model does not fix it), ``CHANNELS_FIRST`` for tokens and vectors (their
+    units are last whatever the layout says). The catalogue's forward runs only for a 4-D capture."""
+    if acts.ndim != 4:
+        return CHANNELS_FIRST
+    return layer_layouts(model).get(layer)
+
+
+def known_layout(model: LoadedModel, layer: str, acts: Tensor) -> Layout:
+    """:func:`capture_layout`, where reading units needs it known: an error naming the layer when it is not."""
+    layout = capture_layout(model, layer, acts)
+    if layout is None:
+        raise NeuronscopeError(unknown_layout_message(layer, tuple(acts.shape)))
+    return layout
+
+
+def unknown_layout_message(layer: str, shape: tuple[int, ...]) -> str:
+    """The one-line error for reading units of a 4-D ``layer`` (``shape`` with batch) whose layout is unknown."""
+    return (f"cannot tell whether layer {layer} {list(shape[1:])} holds its units first or last (no Conv, "
+            f"Linear or norm layer fixes it): use a neighbouring Conv, Linear or norm layer")

@@ -4,10 +4,13 @@
     geometry["visual.layer4.1.act3:input"].units, geometry["visual.layer4.1.act3:input"].grid
     list(geometry)     # canonical layers in the order the forward runs them
 
-One helper for the questions a command asks before it starts (how many units may ``--units`` name, what
-grid does an atlas register, does a probe layer run before a unit's layer), so they all read the same
-forward: a grey image (0.5, the renders' and the padding's background) through the model's own
-preprocessing, stopped after the last layer asked for.
+One helper for the questions asked before any work starts (how many units may ``--units`` name, what
+grid does an atlas register, how many units and cells does a scan keep, does a probe layer run before a
+unit's layer), so they all read the same forward: a grey image (0.5, the renders' and the padding's
+background) through the model's own preprocessing, stopped after the last layer asked for. Units and
+grid are those of the maps every reduction reads (:func:`~neuronscope.activations.reduce.unit_maps`),
+laid out as the model runs the layer (:func:`~neuronscope.activations.layer_layouts`): a channels-last
+``[B, H, W, C]`` layer has C units on an (H, W) grid.
 """
 
 from __future__ import annotations
@@ -17,25 +20,39 @@ from dataclasses import dataclass
 
 import torch
 
+from neuronscope.activations.catalog import known_layout
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.recorder import Recorder
-from neuronscope.activations.reduce import map_grid, unit_count
+from neuronscope.activations.reduce import unit_maps
 from neuronscope.models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """A layer's units (channels, or a ViT's width) and the (rows, cols) of its map ((1, 1) for vectors)."""
+    """A layer's units (channels, or a ViT's width), the (rows, cols) of its map ((1, 1) for vectors) and,
+    for a 4-D layer, where it holds its units (``CHANNELS_FIRST`` for the others)."""
 
     units: int
     grid: tuple[int, int]
+    layout: Layout = CHANNELS_FIRST
 
 
 @torch.no_grad()
 def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, LayerGeometry]:
-    """``{canonical layer: LayerGeometry}`` of ``layers`` (names or aliases), in the order they fire."""
+    """``{canonical layer: LayerGeometry}`` of ``layers`` (names or aliases), in the order they fire.
+
+    Raises:
+        NeuronscopeError: a 4-D layer whose layout the model does not fix (its units cannot be told).
+    """
     height, width = model.preprocess.image_size
     grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
     recorder = Recorder(model, [model.resolve_layer(layer) for layer in layers], early_stop=True)
     recorder.run(grey)
-    return {name: LayerGeometry(unit_count(acts), map_grid(acts, model.token_grid))
-            for name, acts in recorder.activations.items()}  # the recorder keeps them in firing order
+    # The recorder keeps its captures in firing order.
+    return {name: _geometry(model, name, acts) for name, acts in recorder.activations.items()}
+
+
+def _geometry(model: LoadedModel, layer: str, acts: torch.Tensor) -> LayerGeometry:
+    layout = known_layout(model, layer, acts)
+    maps = unit_maps(acts, grid=model.token_grid, layout=layout)  # [1, C, H, W]: what reductions read
+    return LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout)

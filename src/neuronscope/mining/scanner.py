@@ -42,14 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuronscope.activations.catalog import layer_layouts
-from neuronscope.activations.layout import CHANNELS_FIRST, Layout
+from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
-from neuronscope.activations.reduce import unit_maps
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
-from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
 from neuronscope.mining.histogram import sample_hash
@@ -111,8 +108,10 @@ class ScanState:
     @classmethod
     def for_shapes(cls, shapes: dict[str, LayerGeometry], settings: ScanSettings,
                    device: str | torch.device = "cpu", may_repeat: np.ndarray | None = None) -> ScanState:
-        """An empty state for layers of these geometries (:func:`layer_shapes`)."""
-        return cls({name: geometry.accumulator(settings, device) for name, geometry in shapes.items()}, may_repeat)
+        """An empty state for layers of these geometries (:func:`~neuronscope.activations.layer_geometry`):
+        each keeps ``units`` on its ``grid``, reading them as its ``layout`` says."""
+        return cls({name: LayerAccumulator(geometry.units, geometry.grid, settings, device, layout=geometry.layout)
+                    for name, geometry in shapes.items()}, may_repeat)
 
     def merge(self, other: ScanState) -> None:
         """Fold in the state of a scan of other entries (same layers and settings): every statistic, the
@@ -192,36 +191,6 @@ def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, 
 
 
 @dataclass(frozen=True)
-class LayerGeometry:
-    """How a scan reads one layer: its ``units`` and the ``grid`` (rows, cols) its cells lie on, both taken
-    from the maps it reduces, and the ``layout`` of its 4-D activations."""
-
-    units: int
-    grid: tuple[int, int]
-    layout: Layout = CHANNELS_FIRST
-
-    def accumulator(self, settings: ScanSettings, device: str | torch.device = "cpu") -> LayerAccumulator:
-        return LayerAccumulator(self.units, self.grid, settings, device, layout=self.layout)
-
-
-def layer_shapes(recorder: Recorder, model: LoadedModel) -> dict[str, LayerGeometry]:
-    """Units, grid and layout of every layer, from one dummy forward at the model's input size."""
-    height, width = model.preprocess.image_size
-    with torch.no_grad():
-        acts = recorder.run(torch.zeros(1, 3, height, width))
-    layouts = layer_layouts(model) if any(tensor.ndim == 4 for tensor in acts.values()) else {}
-    shapes = {}
-    for name, tensor in acts.items():
-        layout = layouts.get(name, CHANNELS_FIRST) if tensor.ndim == 4 else CHANNELS_FIRST
-        if layout is None:
-            raise NeuronscopeError(f"cannot tell whether layer {name} {list(tensor.shape[1:])} holds its units first "
-                                   f"or last; scan a neighbouring Conv, Linear or norm layer instead")
-        maps = unit_maps(tensor.float(), grid=model.token_grid, layout=layout)  # [1, C, H, W]: what scans reduce
-        shapes[name] = LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout)
-    return shapes
-
-
-@dataclass(frozen=True)
 class ScanPlan:
     """What both backends settle before a scan: the canonical ``layers`` and their ``aliases``, the run's
     ``config`` and its key, and every layer's geometry."""
@@ -235,11 +204,12 @@ class ScanPlan:
 
 def prepare_scan(model: LoadedModel, source: ImageSource, layers: str | Sequence[str], settings: ScanSettings,
                  max_pixels: int) -> ScanPlan:
-    """Resolve ``layers``, key the run's config and read each layer's geometry (one dummy forward)."""
+    """Resolve ``layers``, key the run's config and read each layer's geometry (one grey forward)."""
     canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
     config, config_key = scan_config(model, canonical, source, settings, max_pixels)
-    with Recorder(model, canonical, early_stop=True) as recorder:
-        shapes = layer_shapes(recorder, model)
+    geometry = layer_geometry(model, canonical)
+    # In the order the layers were asked for, not fired: a checkpoint numbers its layers in this order.
+    shapes = {name: geometry[name] for name in canonical}
     return ScanPlan(canonical, aliases_by_layer(model.layer_aliases), config, config_key, shapes)
 
 
