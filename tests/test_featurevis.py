@@ -419,6 +419,37 @@ def test_one_grey_forward_gives_units_grid_and_firing_order(tiny_rn):
     assert layer_shape(tiny_rn, "neurons") == (geometry[neurons].units, geometry[neurons].grid)
 
 
+def test_a_channels_last_layer_has_its_channels_as_units_on_its_grid():
+    """fc1 runs on [B, H, W, C] = [B, 3, 4, 12]: 12 units on 3x4 (rows read as units gave 3 on 4x12)."""
+    from neuronscope.activations import layer_geometry
+    from neuronscope.visualize.store import layer_shape
+    from tests.test_reduce import channels_last_model
+
+    model = channels_last_model()
+    geometry = layer_geometry(model, ["fc1", "conv"])
+    assert [(name, g.units, g.grid, g.layout) for name, g in geometry.items()] == [
+        ("conv", 6, (3, 4), "channels_first"), ("fc1", 12, (3, 4), "channels_last")]
+    assert layer_shape(model, "fc1") == (12, (3, 4))
+
+
+def test_convnext_mlp_units_are_its_channels_to_render_and_attribute():
+    """open_clip's ConvNeXt runs its timm blocks' MLPs channels last: fc1 of the last stage has 3072 units
+    on 7x7 for the atlas, a render and a text attribution (each read 7 rows as its units)."""
+    from neuronscope.errors import UnitsError
+    from neuronscope.probing.attribution import attribute_texts, default_image_sample
+    from neuronscope.visualize.store import layer_shape
+
+    model = load_model("convnext_tiny", weights="random")
+    layer = "visual.trunk.stages.3.blocks.2.mlp.fc1"
+    assert layer_shape(model, layer) == (3072, (7, 7))
+    result = render(model, channel(layer, [0, 5]), batch=2, config=RenderConfig(steps=1, transforms="none"))
+    means = record(model, model.preprocess.normalize(result.images), [layer], reduce="mean")[layer]  # [2, 3072]
+    torch.testing.assert_close(result.final, means[torch.arange(2), torch.tensor([0, 5])])
+    with pytest.raises(UnitsError, match="the layer has 3072 units"):
+        render(model, channel(layer, 3072), config=RenderConfig(steps=1))
+    attribution = attribute_texts(model, layer, ["a dog"], default_image_sample(2, preprocess=model.preprocess))
+    assert attribution.scores.shape == (1, 3072)
+
 def test_probe_round_trips_through_bytes(tiny_rn):
     probe = _tiny_probe(tiny_rn)
     assert probe.layers == ["visual.layer3.0"]  # no registry entry: every other block of layer3

@@ -180,6 +180,9 @@ def test_every_objective_rises_in_a_few_steps(tiny_rn):
 def test_render_hooks_only_the_objective_layers_and_stops_the_forward_early(tiny_rn):
     """The attention pool after layer4 never runs when the objective reads layer3 (3 steps and the score of
     the finished image: 4 forwards)."""
+    from neuronscope.activations import layer_layouts
+
+    layer_layouts(tiny_rn)  # a model's first render reads its layouts (one full forward, cached): not counted here
     calls = {"attnpool": 0, "layer3.0": 0}
     handles = [tiny_rn.module.visual.attnpool.register_forward_hook(lambda *a: calls.__setitem__(
                    "attnpool", calls["attnpool"] + 1)),
@@ -203,3 +206,41 @@ def test_vit_channel_is_the_mean_over_patch_tokens_and_rises(tiny_vit):
     assert torch.allclose(channel("x", 5)(ctx), tokens[:, 1:, 5].mean(dim=1))
     result = render(tiny_vit, channel("neurons", 3), config=RenderConfig(steps=8, transforms="none", sd=0.3))
     assert float(result.curve[-1, 0]) > float(result.curve[0, 0])
+
+
+def test_unit_objectives_read_a_channels_last_layer_along_its_last_dim():
+    """A [B, H, W, C] layer (timm ConvNeXt's MLPs) has C units: channel, neuron, direction and diversity read
+    them where the context's layout says, as they read the same values channels first."""
+    last = torch.randn(2, 3, 4, 5)  # [B, H, W, C]: 5 units on a 3x4 grid
+    first = last.permute(0, 3, 1, 2)  # [B, C, H, W]
+    image = torch.full((2, 3, 4, 4), 0.5)
+    ctx = Context({"x": last}, image, layouts={"x": "channels_last"})
+    reference = _context(first)
+    assert torch.equal(ctx.maps("x"), first)
+    vector = torch.randn(5)
+    for objective in (channel("x", [4, 0]), neuron("x", 3, cell=(2, 3)), direction("x", vector, cossim_pow=1),
+                      diversity("x")):
+        torch.testing.assert_close(objective(ctx), objective(reference))
+    assert torch.equal(channel("x", 4)(ctx), last[..., 4].mean(dim=(1, 2)))
+    with pytest.raises(NeuronscopeError, match=r"the layer has 5 units \(0 to 4\)$"):
+        channel("x", 5)(ctx)
+
+
+def test_a_map_whose_layout_is_unknown_is_refused_by_name():
+    ctx = Context({"x": torch.randn(1, 6, 3, 4)}, torch.zeros(1, 3, 4, 4), layouts={"x": None})
+    with pytest.raises(NeuronscopeError, match=r"^cannot tell whether layer x \[6, 3, 4\] holds its units first"):
+        channel("x", 0)(ctx)
+
+
+def test_a_channels_last_layer_renders_its_own_units():
+    """``channel("fc1", [0, 11])`` of a [B, H, W, 12] layer optimises units 0 and 11 of 12 (it read 3 rows),
+    and the finished images' scores are those units' spatial means as a reduced record reads them."""
+    from neuronscope.activations import record
+    from tests.test_reduce import channels_last_model
+
+    model = channels_last_model()
+    result = render(model, channel("fc1", [0, 11]), batch=2, config=RenderConfig(steps=2, transforms="none"))
+    means = record(model, model.preprocess.normalize(result.images), ["fc1"], reduce="mean")["fc1"]  # [2, 12]
+    torch.testing.assert_close(result.final, means[torch.arange(2), torch.tensor([0, 11])])
+    with pytest.raises(NeuronscopeError, match=r"^unit 12 of fc1: the layer has 12 units"):
+        render(model, channel("fc1", 12), config=RenderConfig(steps=1))

@@ -317,3 +317,22 @@ def test_reproduces_the_papers_top_words_with_real_weights(tmp_path: Path) -> No
     # Our vocabulary and fonts differ from the article's, so exact top-3 agreement is not expected; the
     # named units' paper top-1 word should be among our top 20 far more often than chance (20/10,000).
     assert payload["named"]["paper_top1_in_top_k"] >= 0.2
+
+
+def test_a_channels_last_layer_is_probed_unit_by_unit_on_its_grid() -> None:
+    """fc1 runs on [B, H, W, C] = [B, 4, 4, 12]: each word scores 12 units (it scored 4 rows), each the
+    spatial mean a reduced record reads, on the 4x4 grid."""
+    from neuronscope.activations import record
+    from neuronscope.models import Preprocess
+    from neuronscope.probing.raster import WordImages
+    from tests.test_reduce import ChannelsLastBlock
+
+    torch.manual_seed(0)
+    model = load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=16))
+    words = ["cat", "spider"]
+    probe = probe_words(model, "fc1", words, settings=QUICK)
+    assert probe.scores.shape == (2, 12) and probe.grid == (4, 4)
+    images = WordImages(words, QUICK, 16)
+    pixels = torch.cat([images[i] for i in range(len(words))]).float().div(255.0)  # [words * variants, 3, 16, 16]
+    means = record(model, model.preprocess.normalize(pixels), ["fc1"], reduce="mean")["fc1"]  # [images, 12]
+    torch.testing.assert_close(probe.scores, _reduce_word_images(means, QUICK))

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neuronscope.errors import LayerNotFoundError
+from neuronscope.activations.catalog import unknown_layout_message
+from neuronscope.activations.layout import CHANNELS_FIRST, Layout
+from neuronscope.activations.reduce import unit_maps
+from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 
 Number = int | float
 
@@ -32,13 +35,17 @@ class Context:
 
     Attributes:
         acts: ``{layer name as the objective wrote it: activations}``, in the
-            autograd graph ([B, C, H, W] maps, [B, T, D] ViT tokens, [B, D] vectors).
+            autograd graph, as the model runs them ([B, C, H, W] maps, or [B, H, W, C] for a
+            channels-last layer; [B, T, D] ViT tokens, [B, D] vectors). Read units with :meth:`maps`.
         image: the parameterised image before transforms, [B, C, H, W] in [0, 1]
             (what the penalties L1/L2/TV read; C = 4 with alpha).
         step: the optimiser step (0-based).
         token_grid: (rows, cols) of a ViT's patch tokens; None for conv nets.
         values: each objective's value once computed on this context, so that an objective that several
             terms read (a facet term reads its unit's objective, which the sum adds too) runs once.
+        layouts: ``{layer as in acts: where its 4-D activations hold their units}`` (the render passes the
+            model's, :func:`neuronscope.activations.layer_layouts`; None: unknown, an error to read units
+            from); a layer not in it is read channels first.
     """
 
     acts: Mapping[str, Tensor]
@@ -46,6 +53,7 @@ class Context:
     step: int = 0
     token_grid: tuple[int, int] | None = None
     values: dict["Objective", Tensor] = field(default_factory=dict, repr=False)
+    layouts: Mapping[str, Layout | None] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -57,6 +65,15 @@ class Context:
         except KeyError:
             raise LayerNotFoundError(f"layer {layer!r} was not recorded; an objective must list it in its "
                                      f"layers (recorded: {', '.join(self.acts) or 'none'})") from None
+
+    def maps(self, layer: str) -> Tensor:
+        """The layer's units as maps [B, C, H, W] in fp32, whatever its layout (ViTs: the patch tokens on
+        ``token_grid``; vectors: 1 x 1 maps). Every unit objective reads this, never dim 1 of the raw tensor."""
+        acts = self[layer]
+        layout = self.layouts.get(layer, CHANNELS_FIRST)
+        if layout is None and acts.ndim == 4:
+            raise NeuronscopeError(unknown_layout_message(layer, tuple(acts.shape)))
+        return unit_maps(acts.float(), grid=self.token_grid, layout=layout or CHANNELS_FIRST)
 
 
 def _has_top_level(description: str, operators: str) -> bool:

@@ -16,17 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuronscope.activations.reduce import spatial_mean, unit_maps
 from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.objectives.base import Context, Objective
 
 Units = int | Sequence[int]
 Batch = int | Sequence[int] | None
-
-
-def _maps(ctx: Context, layer: str) -> Tensor:
-    """The layer as maps [B, C, H, W] (ViTs: patch tokens on their grid), in fp32."""
-    return unit_maps(ctx[layer].float(), grid=ctx.token_grid)
 
 
 def _one_index(units: Units | Batch) -> int | None:
@@ -86,7 +80,7 @@ def _batch_text(batch: Batch) -> str:
 def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
     """The spatial mean of a unit (ViTs: the mean over patch tokens): the paper's neuron objective."""
     def value(ctx: Context) -> Tensor:
-        means = spatial_mean(ctx[layer].float(), grid=ctx.token_grid)  # [B, C]
+        means = ctx.maps(layer).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, in the layer's layout
         return _masked(_per_image(means, unit, layer), batch)
 
     return Objective(value, [layer], f"Channel [{layer}, {_units_text(unit)}{_batch_text(batch)}]")
@@ -95,7 +89,7 @@ def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
 def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batch: Batch = None) -> Objective:
     """A unit at one spatial cell (row, col); the centre cell by default."""
     def value(ctx: Context) -> Tensor:
-        maps = _maps(ctx, layer)  # [B, C, H, W]
+        maps = ctx.maps(layer)  # [B, C, H, W]
         row, col = cell if cell is not None else (maps.shape[2] // 2, maps.shape[3] // 2)
         return _masked(_per_image(maps[:, :, row, col], unit, layer), batch)
 
@@ -117,7 +111,7 @@ def direction(layer: str, vector: Tensor, *, cossim_pow: float = 0.0, batch: Bat
     target = vector.detach().float().flatten()
 
     def value(ctx: Context) -> Tensor:
-        maps = _maps(ctx, layer)  # [B, C, H, W]
+        maps = ctx.maps(layer)  # [B, C, H, W]
         v = target.to(maps.device)
         if v.numel() != maps.shape[1]:
             raise ValueError(f"direction of {v.numel()} values for {layer} with {maps.shape[1]} units")
@@ -164,7 +158,7 @@ def diversity(layer: str) -> Objective:
     Higher is more diverse. With one image it is 0.
     """
     def value(ctx: Context) -> Tensor:
-        grams = _gram(_maps(ctx, layer))  # [B, C*C]
+        grams = _gram(ctx.maps(layer))  # [B, C*C]
         count = grams.shape[0]
         if count < 2:
             return grams.new_zeros(count)
@@ -182,7 +176,7 @@ def alignment(layer: str, *, decay_ratio: float = 2.0) -> Objective:
     weighted by ``decay_ratio ** -d``. Higher is better aligned.
     """
     def value(ctx: Context) -> Tensor:
-        maps = _maps(ctx, layer)
+        maps = ctx.maps(layer)
         penalty = maps.new_zeros(maps.shape[0])
         for distance in range(1, maps.shape[0]):
             gap = (maps[distance:] - maps[:-distance]).pow(2).mean(dim=(1, 2, 3)) / decay_ratio ** distance

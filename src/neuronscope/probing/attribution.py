@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronscope.activations import Recorder, map_grid, unit_axis
+from neuronscope.activations import Layout, Recorder, known_layout, map_grid, unit_axis
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
@@ -169,9 +169,10 @@ def _layer_gradient_edge(capture: Tensor) -> torch.autograd.graph.GradientEdge:
     return torch.autograd.graph.GradientEdge(node, output_nr)
 
 
-def _unit_sums(values: Tensor) -> Tensor:
-    """Sum over everything but batch and units: [N, C, H, W] or [N, T, D] -> [N, U]."""
-    return values.movedim(unit_axis(values), 1).flatten(2).sum(-1)
+def _unit_sums(values: Tensor, layout: Layout) -> Tensor:
+    """Sum over everything but batch and units: [N, C, H, W] (or [N, H, W, C] as ``layout`` says) or
+    [N, T, D] -> [N, U]."""
+    return values.movedim(unit_axis(values, layout), 1).flatten(2).sum(-1)
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -202,7 +203,8 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
             capture = recorder[layer]
         edge = _layer_gradient_edge(capture)
         acts = capture.detach().float()
-        grid = map_grid(acts, model.token_grid)
+        layout = known_layout(model, layer, acts)
+        grid = map_grid(acts, model.token_grid, layout=layout)
         count = embeddings.shape[1] if directions is None else len(directions)
         per_direction = []
         for k in range(count):
@@ -212,7 +214,7 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
             else:
                 grad_output = directions[k][rows].to(embeddings)
             (grad,) = torch.autograd.grad(embeddings, edge, grad_outputs=grad_output, retain_graph=k < count - 1)
-            per_direction.append(_unit_sums(grad.float() * acts))  # [B, U]
+            per_direction.append(_unit_sums(grad.float() * acts, layout))  # [B, U]
         gxa_parts.append(torch.stack(per_direction))  # [K, B, U]
         embedding_parts.append(embeddings.detach())
     return torch.cat(gxa_parts, dim=1), torch.cat(embedding_parts), grid

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neuronscope.activations.catalog import layer_layouts
+from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Recorder
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
@@ -136,6 +138,10 @@ def render(
     fit = CropOrPad(input_size)
     names = _canonical(model, objective.layers + objective.live_layers)
     live = {name: names[name] for name in objective.live_layers}
+    # Where each layer holds its units (timm ConvNeXt's MLPs run channels last): the model's catalogue, read
+    # once per model and before any hook of the render is attached. Layers that are not maps are not in it.
+    catalogue = layer_layouts(model)
+    layouts = {name: catalogue.get(canonical, CHANNELS_FIRST) for name, canonical in names.items()}
     # One fused kernel for the update (CPU and CUDA): the parameter is a single tensor, so the default
     # per-op Adam spends more time dispatching than computing.
     optimizer = torch.optim.Adam(param.parameters(), lr=config.lr, fused=True)
@@ -153,7 +159,7 @@ def render(
         acts = {name: captured[canonical] for name, canonical in names.items()}
         if live_recorder is not None:
             acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
-        return Context(acts, image, step, model.token_grid)
+        return Context(acts, image, step, model.token_grid, layouts=layouts)
 
     # The live recorder is attached first: a module runs its hooks in the order they were added, and the
     # early-stop recorder's hook on the deepest layer ends the forward before any hook after it runs.
