@@ -205,7 +205,8 @@ class FacetProbe:
         name: the facet.
         model: the model key the probe was trained on.
         layers: canonical probe layers.
-        weights: ``{layer: [C, H, W]}``: the probe's weight on each activation.
+        weights: ``{layer: the layer's shape without batch}`` ([C, H, W], [H, W, C] for a channels-last
+            layer): the probe's weight on each activation, flattened the way the layer's activations are.
         biases: ``{layer: float}``.
         accuracy: ``{layer: balanced training accuracy}``.
         key: the cache key (model, layers, image hashes).
