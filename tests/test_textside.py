@@ -259,6 +259,27 @@ def test_text_feature_vis_refuses_a_model_whose_tokenizer_is_not_clips(tiny_rn):
     assert "\n" not in message and siglip_text.key in message and "hf:timm/ViT-B-16-SigLIP" in message
 
 
+def test_text_commands_check_the_tokenizer_before_the_basis(tiny_rn, tmp_path, monkeypatch):
+    """textvis refuses a non-CLIP tokenizer, and attribute a tokenizer that cannot load, before the basis
+    (minutes on a real model) is computed."""
+    from dataclasses import replace
+
+    import neuronscope.commands.textside as textside
+    import neuronscope.probing.attribution as attribution
+    from neuronscope.cli import app
+    from neuronscope.models.spec import TokenizerSpec
+    from typer.testing import CliRunner
+
+    siglip_text = replace(tiny_rn, spec=replace(tiny_rn.spec, tokenizer=TokenizerSpec(hf_name="timm/ViT-B-16-SigLIP")))
+    monkeypatch.setattr(textside, "load_cli_model", lambda *args: siglip_text)
+    monkeypatch.setattr(attribution, "compute_basis", lambda *args, **kwargs: pytest.fail("the basis was computed"))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["textvis", "--model", "tiny-rn", "--units", "0", "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 1 and "textvis climbs over CLIP's BPE tokens" in refused.output, refused.output
+    unloadable = runner.invoke(app, ["attribute", "--model", "tiny-rn", "--prompt", "a star"])
+    assert unloadable.exit_code == 1 and "timm/ViT-B-16-SigLIP" in unloadable.output, unloadable.output
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CPU copies only matter next to one")
 def test_text_feature_vis_runs_end_to_end_on_a_gpu():
     """On a GPU model the basis, the token space and the gradients meet on the devices they need."""

@@ -28,6 +28,7 @@ from neuronscope.commands.common import (
     require_out,
 )
 from neuronscope.errors import NeuronscopeError
+from neuronscope.models import LoadedModel
 from neuronscope.probing.vocab import vocabulary_name
 from neuronscope.runtime import seed_everything
 
@@ -45,6 +46,13 @@ def _image_sample(model, images: str | None, count: int, seed: int):
     if images:
         return image_sample_from(images, count, seed, preprocess=model.preprocess)
     return default_image_sample(count, seed, preprocess=model.preprocess)
+
+
+def _load_text_model(model: str, weights: str | None, device: str, precision: str) -> LoadedModel:
+    """The model, with its text tower's tokenizer built: one that cannot load fails now, not after the basis."""
+    loaded = load_cli_model(model, weights, device, precision)
+    _ = loaded.tokenizer
+    return loaded
 
 
 def _layer_units(model, layer: str, units: str) -> list[int]:
@@ -101,7 +109,7 @@ def attribute(
     entries = load_vocabulary(vocab) if out else []  # a missing file or wordfreq fails before any compute
     started = time.monotonic()
     seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
-    loaded = load_cli_model(model, weights, device, precision)
+    loaded = _load_text_model(model, weights, device, precision)
     chosen = _layer_units(loaded, layer, units) if out else []
     image_sample = _image_sample(loaded, images, sample, seed)
     if prompts:
@@ -185,7 +193,7 @@ def textvis(
     store them in the atlas's texts (`neuronscope show` lists them under "texts")."""
     from neuronscope.probing.attribution import compute_basis
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
-    from neuronscope.probing.textvis import TextVisSettings, optimize_text
+    from neuronscope.probing.textvis import TextVisSettings, optimize_text, require_clip_bpe
 
     require_model(model)
     require_out(out, "textvis")
@@ -200,6 +208,7 @@ def textvis(
     started = time.monotonic()
     seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
     loaded = load_cli_model(model, weights, device, precision)
+    require_clip_bpe(loaded)  # before the basis, which takes minutes on a real model
     chosen = _layer_units(loaded, layer, units)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
     results = [optimize_text(loaded, basis, unit, settings) for unit in chosen]
@@ -260,7 +269,7 @@ def emotions(
     english = load_vocabulary("english-10k") if drop_lexical else []
     started = time.monotonic()
     seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
-    loaded = load_cli_model(model, weights, device, precision)
+    loaded = _load_text_model(model, weights, device, precision)
     basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
     dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
     result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
