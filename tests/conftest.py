@@ -15,30 +15,15 @@ from pathlib import Path
 import open_clip  # noqa: F401 - pay its import (seconds) once, outside any timed test
 import pytest
 import torch
-from torch import nn
 
 from neuronscope.models import LoadedModel, load_model
 from neuronscope.runtime import seed_everything
+from tests.helpers import make_clipart_tree, randomize_last_bn
 
 # One intra-op thread: the suite's models are small, and on a shared 2-core box
 # OpenMP threads that spin-wait against other processes run ~100x slower
 # (measured: tiny-rn forward 0.01 s with 1 thread, 1.2 s with 2 under load).
 torch.set_num_threads(int(os.environ.get("NEURONSCOPE_TEST_THREADS", "1")))
-
-
-def randomize_last_bn(module: nn.Module, seed: int = 0) -> None:
-    """Give every block's bn3 random weights/biases (open_clip zero-inits them)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, child in module.named_modules():
-            if name.endswith(".bn3") and ".layer" in name and isinstance(child, nn.BatchNorm2d):
-                child.weight.copy_(torch.randn(child.weight.shape, generator=generator) * 0.5 + 0.2)
-                child.bias.copy_(torch.randn(child.bias.shape, generator=generator) * 0.1)
-
-
-def hook_count(module: nn.Module) -> int:
-    """All forward hooks and pre-hooks registered on ``module`` and its children."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
 @pytest.fixture(autouse=True)
@@ -102,17 +87,7 @@ def card_layer_multimodal(mini_clip_fp32, test_split) -> list[dict]:
     return multimodal_units(responses, len(test_split.concepts), card["threshold"])
 
 
-def write_config_dir(directory: Path, model: LoadedModel, *, fp16: bool = True) -> Path:
-    """A model folder in the mini CLIP's layout: config.json + weights.safetensors."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": dict(model.spec.model_cfg), "preprocess": {
-        "image_size": model.preprocess.image_size[0], "mean": list(model.preprocess.mean),
-        "std": list(model.preprocess.std), "interpolation": "bicubic"}}
-    (directory / "config.json").write_text(json.dumps(config))
-    dtype = torch.float16 if fp16 else torch.float32
-    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v).contiguous()
-             for k, v in model.module.state_dict().items()}
-    save_file(state, str(directory / "weights.safetensors"))
-    return directory
+@pytest.fixture
+def clipart_tree(tmp_path: Path) -> Path:
+    """A small generated clipart tree with one bad file of each kind (:func:`tests.helpers.make_clipart_tree`)."""
+    return make_clipart_tree(tmp_path)

@@ -13,7 +13,7 @@ from neuronscope.atlas import SCHEMA_VERSION, Atlas, AtlasError, ensure_schema, 
 from neuronscope.cli import app
 from neuronscope.errors import NeuronscopeError
 from neuronscope.mining import ScanSettings, open_source, scan
-from tests.test_scan import make_images
+from tests.helpers import make_images
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
-from conftest import hook_count
+from tests.helpers import hook_count
 from neuronscope.activations import record, spatial_max
 from neuronscope.cli import app
 from neuronscope.models import load_model

@@ -26,7 +26,7 @@ from neuronscope.models import (
 from neuronscope.models import download
 from neuronscope.models.openclip import module_activation
 from neuronscope.models.tiny import TINY_RN
-from tests.conftest import write_config_dir
+from tests.helpers import write_config_dir
 
 SHA_KEY = re.compile(r"^[\w.-]+@sha256:[0-9a-f]{12}$")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import hook_count
+from tests.helpers import hook_count
 from neuronscope.errors import NeuronscopeError
 from neuronscope.objectives import (
     Context,

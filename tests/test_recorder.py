@@ -13,7 +13,7 @@ from torch import nn
 from neuronscope.activations import Recorder, mean_ablate, record, set_units, zero_units
 from neuronscope.errors import LayerNotFoundError, UnitsError
 from neuronscope.models import load_model
-from tests.conftest import hook_count
+from tests.helpers import hook_count
 
 
 def bottleneck_by_hand(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

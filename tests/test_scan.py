@@ -19,27 +19,9 @@ from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
 from neuronscope.cli import app
 from neuronscope.imagefiles import file_sha256, open_image
-from neuronscope.mining import ScanSettings, open_source, scan
+from neuronscope.mining import open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
-from tests.test_scan_imagefiles import broken_files, noise, unusual_files
-
-LAYERS = ["neurons", "visual.layer3.0"]
-NEURONS = "visual.layer4.1.act3:input"
-SETTINGS = ScanSettings(top_k=5, bottom_k=3, n_bins=16, reservoir=2, seed=0)
-
-
-def make_images(folder: Path, count: int = 24) -> list[Path]:
-    """``count`` small non-square PNGs (two folders), each with a bright blob somewhere."""
-    paths = []
-    for index in range(count):
-        image = np.asarray(noise(40 + index % 5, 56, seed=index)).copy() // 3
-        top, left = (index * 7) % 30, (index * 11) % 40
-        image[top:top + 12, left:left + 14] = 255 - index * 5
-        path = folder / ("b" if index % 3 else "a") / f"img{index:02d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+from tests.helpers import LAYERS, NEURONS, SETTINGS, broken_files, dump, make_images, noise, unusual_files
 
 
 @pytest.fixture
@@ -53,11 +35,6 @@ def run_scan(model, source, atlas_dir, **options):
     options = {"settings": SETTINGS, "batch_size": 5, "thumbnails": False, **options}
     with Atlas(atlas_dir) as atlas:
         return scan(model, open_source(source), atlas, LAYERS, **options)
-
-
-def dump(atlas_dir: Path, layer: str, units) -> list[dict]:
-    with Atlas(atlas_dir, create=False) as atlas:
-        return [atlas.unit(None, layer, unit) for unit in units]
 
 
 def near(x: float, y: float) -> bool:
@@ -310,8 +287,7 @@ import sys, time
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
-from tests.conftest import randomize_last_bn
-from tests.test_scan import LAYERS, SETTINGS
+from tests.helpers import LAYERS, SETTINGS, randomize_last_bn
 from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
 from neuronscope.cli import app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
@@ -10,47 +9,7 @@ import pytest
 from PIL import Image
 
 from neuronscope.imagefiles import SkippedFile, decode_image_bytes, open_image
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def noise(height: int = 30, width: int = 50, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
-
-
-def unusual_files() -> dict[str, bytes]:
-    """Valid images in modes a scan must convert: name -> bytes (each 50 wide, 30 high as displayed)."""
-    rgb = noise()
-    palette = rgb.convert("P")
-    frames = [Image.new("RGB", (50, 30), colour) for colour in ((255, 0, 0), (0, 255, 0))]
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display": stored 30 wide, 50 high
-    return {
-        "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
-        "sixteen.png": encode(Image.fromarray(np.full((30, 50), 40000, np.uint16)), "PNG"),
-        "grey.png": encode(rgb.convert("L"), "PNG"),
-        "palette.png": encode(palette, "PNG", transparency=0),
-        "animated.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
-        "rotated.jpg": encode(noise(50, 30), "JPEG", exif=exif),
-        "grey_alpha.png": encode(rgb.convert("LA"), "PNG"),
-    }
-
-
-def broken_files() -> dict[str, tuple[bytes, str]]:
-    """name -> (bytes, the reason a scan must give)."""
-    png = encode(noise(), "PNG")
-    tiff = bytearray(encode(noise(40, 40), "TIFF", compression="tiff_lzw"))
-    tiff[200:260] = b"\xff" * 60  # LZW stream garbled: the decoder fails outright
-    return {
-        "empty.png": (b"", "zero_byte"),
-        "half.png": (png[: len(png) // 2], "truncated"),
-        "notes.png": (b"not an image at all", "not_image"),
-        "garbled.tif": (bytes(tiff), "unreadable"),
-    }
+from tests.helpers import broken_files, encode, noise, unusual_files
 
 
 @pytest.mark.parametrize("name", sorted(unusual_files()))

@@ -29,9 +29,7 @@ from neuronscope.models import load_model
 from neuronscope.mining import ScanProgress, open_source
 from neuronscope.mining.ray_backend import hash_entries, import_ray, seen_before, shard_ranges, size_twins
 from neuronscope.runtime import seed_everything
-from tests.conftest import randomize_last_bn
-from tests.test_scan import LAYERS, dump, make_images
-from tests.test_scan_imagefiles import broken_files
+from tests.helpers import LAYERS, broken_files, dump, make_images, randomize_last_bn
 
 UNITS = range(0, 512, 3)  # tiny-rn's neurons: 512 units
 RAY_TOLERANCE = 1e-5  # CONVENTIONS.md: values across Ray workers within 1e-5

@@ -35,7 +35,7 @@ from neuronscope.probing.vocab import load_vocabulary
 from neuronscope.probing.zeroshot import encode_texts
 from neuronscope.world.concepts import CAPTION_TEMPLATES, concept_names
 from neuronscope.world.split import load_test_split
-from tests.conftest import hook_count
+from tests.helpers import hook_count
 
 runner = CliRunner()
 

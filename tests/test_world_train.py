@@ -10,19 +10,19 @@ from neuronscope.world import render, sampler
 from neuronscope.world.build import build_world
 from neuronscope.world.train import CHECKPOINT, TrainConfig, train
 
-from test_world_build import CONCEPTS, clipart_tree  # noqa: F401  (fixture)
+from tests.helpers import CLIPART_CONCEPTS
 
 DEJAVU = ("dejavu/DejaVuSans.ttf", "dejavu/DejaVuSansMono.ttf")
 
 
 @pytest.fixture
-def small_world(tmp_path, clipart_tree, monkeypatch):  # noqa: F811
+def small_world(tmp_path, clipart_tree, monkeypatch):
     # Only DejaVu is sure to be on a test machine; the real world uses more fonts.
     monkeypatch.setattr(world_build, "HELDOUT_FONTS", DEJAVU)
     monkeypatch.setattr(sampler, "TRAIN_FONTS", DEJAVU)
     monkeypatch.setattr(render, "TRAIN_FONTS", DEJAVU)
     out = tmp_path / "world"
-    build_world(out, seed=0, size=32, root=clipart_tree, concepts=CONCEPTS, n_reading=40)
+    build_world(out, seed=0, size=32, root=clipart_tree, concepts=CLIPART_CONCEPTS, n_reading=40)
     return out
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from neuronscope.atlas import Atlas
 from neuronscope.mining import ScanSettings, open_source, scan
-from tests.test_scan import make_images
+from tests.helpers import make_images
 
 MODEL = "tiny-rn@random"
 LAYER = "visual.layer4.1.act3:input"
