@@ -168,3 +168,32 @@ def make_clipart_tree(tmp_path: Path) -> Path:
         placeholder.save(dogs / f"linked_image_not_found_{i}.png")
     (dogs / "dog_00_copy.png").write_bytes((dogs / "dog_00.png").read_bytes())
     return root
+
+
+# ----------------------------------------------------------------- a channels-last model
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block in miniature (timm's layout): a conv on [B, C, H, W], then LayerNorm and an MLP
+    on [B, H, W, C], permuted back. Hidden width 12 and a 3x4 grid: no dim is mistaken for another."""
+
+    def __init__(self, channels: int = 6, hidden: int = 12) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 4, stride=4)
+        self.norm = nn.LayerNorm(channels)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)  # [B, H, W, C]
+        x = self.fc2(self.act(self.fc1(self.norm(x))))
+        return self.out(x.permute(0, 3, 1, 2))  # [B, C, H, W]
+
+
+def channels_last_model() -> LoadedModel:
+    """:class:`ChannelsLastBlock` loaded as a model (12 x 16 px input), seeded."""
+    from neuronscope.models import Preprocess, load_model
+
+    torch.manual_seed(0)
+    return load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=(12, 16)))

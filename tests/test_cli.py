@@ -49,7 +49,7 @@ def test_layers_text_output_and_filter():
 
 def test_layers_of_a_model_that_names_its_weights(tmp_path, tiny_rn):
     # NAME@WEIGHTS and a checkpoint path carry their weights: no "random" may be added beside them.
-    from tests.conftest import write_config_dir
+    from tests.helpers import write_config_dir
 
     result = invoke("layers", "mini-clip@bundled", "--match", "neurons")
     assert result.exit_code == 0, result.output

@@ -423,7 +423,7 @@ def test_a_channels_last_layer_has_its_channels_as_units_on_its_grid():
     """fc1 runs on [B, H, W, C] = [B, 3, 4, 12]: 12 units on 3x4 (rows read as units gave 3 on 4x12)."""
     from neuronscope.activations import layer_geometry
     from neuronscope.visualize.store import layer_shape
-    from tests.test_reduce import channels_last_model
+    from tests.helpers import channels_last_model
 
     model = channels_last_model()
     geometry = layer_geometry(model, ["fc1", "conv"])

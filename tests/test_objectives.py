@@ -236,7 +236,7 @@ def test_a_channels_last_layer_renders_its_own_units():
     """``channel("fc1", [0, 11])`` of a [B, H, W, 12] layer optimises units 0 and 11 of 12 (it read 3 rows),
     and the finished images' scores are those units' spatial means as a reduced record reads them."""
     from neuronscope.activations import record
-    from tests.test_reduce import channels_last_model
+    from tests.helpers import channels_last_model
 
     model = channels_last_model()
     result = render(model, channel("fc1", [0, 11]), batch=2, config=RenderConfig(steps=2, transforms="none"))

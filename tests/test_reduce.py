@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from neuronscope.activations import centre, cls_token, reduce_units, spatial_max, spatial_mean, unit_axis, unit_maps
+from tests.helpers import channels_last_model
 
 
 def test_maps_mean_max_cell_centre_on_a_non_square_grid():
@@ -51,32 +52,6 @@ def test_map_grid_of_maps_tokens_and_vectors():
     assert map_grid(torch.zeros(2, 17, 8), grid=(4, 4)) == (4, 4)
     # Tokens without a known grid lie where unit_maps puts them (a square), never on (1, 1).
     assert map_grid(torch.zeros(2, 17, 8)) == (4, 4) and map_grid(torch.zeros(2, 8)) == (1, 1)
-
-
-class ChannelsLastBlock(nn.Module):
-    """A ConvNeXt block in miniature (timm's layout): a conv on [B, C, H, W], then LayerNorm and an MLP
-    on [B, H, W, C], permuted back. Hidden width 12 and a 3x4 grid: no dim is mistaken for another."""
-
-    def __init__(self, channels: int = 6, hidden: int = 12) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, channels, 4, stride=4)
-        self.norm = nn.LayerNorm(channels)
-        self.fc1 = nn.Linear(channels, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, channels)
-        self.out = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x).permute(0, 2, 3, 1)  # [B, H, W, C]
-        x = self.fc2(self.act(self.fc1(self.norm(x))))
-        return self.out(x.permute(0, 3, 1, 2))  # [B, C, H, W]
-
-
-def channels_last_model():
-    from neuronscope.models import Preprocess, load_model
-
-    torch.manual_seed(0)
-    return load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=(12, 16)))
 
 
 def test_channels_last_maps_reduce_over_the_last_dim():

@@ -404,7 +404,7 @@ def test_scan_help_shows_the_ray_extra():
 
 def test_a_channels_last_layer_scans_its_units_on_its_grid(images, tmp_path):
     """timm ConvNeXt runs its MLPs on [B, H, W, C]: the scan keeps C units on the (H, W) grid."""
-    from tests.test_reduce import channels_last_model
+    from tests.helpers import channels_last_model
 
     model = channels_last_model()
     with Atlas(tmp_path / "atlas") as atlas:
@@ -420,7 +420,7 @@ def test_a_scan_plan_takes_each_layers_geometry_from_layer_geometry_in_the_order
     from neuronscope.activations import layer_geometry
     from neuronscope.imagefiles import PILLOW_MAX_PIXELS
     from neuronscope.mining.scanner import prepare_scan
-    from tests.test_reduce import channels_last_model
+    from tests.helpers import channels_last_model
 
     model = channels_last_model()
     plan = prepare_scan(model, open_source(images), ["out", "fc1"], SETTINGS, PILLOW_MAX_PIXELS)

@@ -325,7 +325,7 @@ def test_a_channels_last_layer_is_probed_unit_by_unit_on_its_grid() -> None:
     from neuronscope.activations import record
     from neuronscope.models import Preprocess
     from neuronscope.probing.raster import WordImages
-    from tests.test_reduce import ChannelsLastBlock
+    from tests.helpers import ChannelsLastBlock
 
     torch.manual_seed(0)
     model = load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=16))

@@ -53,7 +53,7 @@ def test_rendering_is_deterministic_and_seed_dependent() -> None:
     assert not np.array_equal(render(7), render(8))
 
 
-def test_augmented_drawings_are_seeded_variants_that_keep_theblob_drawing() -> None:
+def test_augmented_drawings_are_seeded_variants_that_keep_the_drawing() -> None:
     drawing = blob_drawing(1)  # a 20 x 16 opaque block: 320 visible pixels
     variant = lambda seed: augment_drawing(drawing, np.random.default_rng(seed), 64)  # noqa: E731
     assert np.array_equal(np.asarray(variant(3)), np.asarray(variant(3)))

@@ -106,7 +106,7 @@ def web_atlas(tmp_path_factory) -> Path:
     """The atlas of :func:`build_web_atlas`, built once per test module (import this fixture to use it)."""
     from neuronscope.models import load_model
     from neuronscope.runtime import seed_everything
-    from tests.conftest import randomize_last_bn
+    from tests.helpers import randomize_last_bn
 
     seed_everything(0)
     model = load_model("tiny-rn", weights="random")
