@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from neuronscope.atlas import Atlas, AtlasError
 from neuronscope.atlas.browse import layer_counts, layer_grid, search_index, search_units
 from neuronscope.cli import app as cli_app
+from neuronscope.errors import NeuronscopeError
 from neuronscope.web import create_app, export_site, layer_view, unit_view
 from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
     HUB_MODEL,
@@ -457,6 +458,13 @@ def test_search_attributes_new_prompts_when_the_model_is_loaded(web_atlas, tiny_
     assert "Units the prompt reads from" in html and f'href="{LAYER_URL}/u/{layer["units"][0]["unit"]}"' in html
     with pytest.raises(AtlasError, match="--model loads"):
         create_app(web_atlas, model=type("Other", (), {"key": "mini-clip@bundled"})())
+    from dataclasses import replace
+
+    from neuronscope.models.spec import TokenizerSpec
+
+    unreadable = replace(tiny_rn, spec=replace(tiny_rn.spec, tokenizer=TokenizerSpec(hf_name="timm/ViT-B-16-SigLIP")))
+    with pytest.raises(NeuronscopeError, match="timm/ViT-B-16-SigLIP"):  # at start, not a 500 on every search
+        create_app(web_atlas, model=unreadable, warm=False)
 
 
 def test_pager_links_keep_the_filter_sort_and_page_size(client):

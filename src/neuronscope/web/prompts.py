@@ -31,6 +31,7 @@ class PromptAttributor:
 
         if not layers:
             raise NeuronscopeError(f"the atlas holds no layer of {model.key}: --model must be the atlas's model")
+        _ = model.tokenizer  # a tokenizer that cannot load fails the server's start, not every search
         self.model = model
         self.layers = layers
         self.sample = default_image_sample(preprocess=model.preprocess)
