@@ -131,3 +131,28 @@ def test_a_failed_re_export_keeps_the_previous_site_and_a_file_is_refused(web_at
     result = CliRunner().invoke(cli_app, ["export", str(web_atlas), "--site", str(afile)])
     assert result.exit_code == 1 and "is a file: pass a folder" in result.output
     assert afile.read_text() == "mine"
+
+
+def test_export_through_a_symlink_replaces_the_real_folder(web_atlas, tmp_path):
+    """A --site that is a symlink to a folder: the folder it points to gets the site, the link stays."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    export_site(web_atlas, link, plots=False)
+    assert link.is_symlink() and (real / "index.html").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "real"]  # nothing staged left beside
+
+
+def test_a_site_whose_parent_is_not_writable_is_refused_in_one_line(web_atlas, tmp_path, monkeypatch):
+    """The export is staged in a sibling folder: a parent it cannot write in (a web root) is one line."""
+    real_mkdir = Path.mkdir
+
+    def read_only_parent(path, *args, **kwargs):
+        if path.name.startswith(".site."):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_parent)
+    result = CliRunner().invoke(cli_app, ["export", str(web_atlas), "--site", str(tmp_path / "site")])
+    assert result.exit_code == 1 and "give a site folder whose parent you can write to" in result.output
+    assert "\n" not in result.output.strip() and "Permission denied" in result.output

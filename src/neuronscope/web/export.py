@@ -114,6 +114,10 @@ def _sibling(site_dir: Path, tag: str) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as error:
+            raise AtlasError(f"cannot write in {site_dir.parent} ({error.strerror}): the export is staged beside "
+                             f"{site_dir.name} and swapped in; give a site folder whose parent you can write to"
+                             ) from error
 
 
 def _swap_in(staging: Path, site_dir: Path) -> None:
@@ -122,7 +126,12 @@ def _swap_in(staging: Path, site_dir: Path) -> None:
     previous = None
     if site_dir.exists():
         previous = _sibling(site_dir, "old")
-        os.replace(site_dir, previous)  # onto an empty folder: a rename
+        try:
+            os.replace(site_dir, previous)  # onto an empty folder: a rename
+        except OSError as error:
+            previous.rmdir()
+            raise AtlasError(f"cannot move the earlier export {site_dir} aside ({error.strerror}); "
+                             f"the new site is not written") from error
     try:
         os.replace(staging, site_dir)
     except BaseException:
@@ -140,7 +149,8 @@ def _staged(site_dir: Path) -> Iterator[Path]:
     A failed (or interrupted) export leaves the previous one as it was; a successful one replaces it whole,
     so no stale page survives.
     """
-    site_dir = Path(os.path.abspath(site_dir))  # "." or "out/..": its siblings are in the real parent
+    # "." or "out/..", or a symlink to the folder: the real folder is replaced, among its real siblings
+    site_dir = Path(os.path.realpath(site_dir))
     site_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _sibling(site_dir, "partial")
     try:
