@@ -449,6 +449,30 @@ def test_texts_merge_only_over_the_same_image_sample(tiny_rn, tmp_path):
         assert write(atlas, "two", [("fish", 0.5)]) == {"fish"}  # another sample: replaced
 
 
+def test_texts_of_a_run_from_before_sample_keys_merge_when_the_same_sample_is_described(tiny_rn, tmp_path):
+    """An atlas written before runs recorded their sample_key: its texts merge with a new run over the sample
+    its config describes (source, size, seed, images), and are replaced by one over another."""
+    from neuronscope.probing.attribution import AttributionBasis
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+
+    def write(atlas: Atlas, seed: int, texts: list[tuple[str, float]]) -> set[str]:
+        basis = AttributionBasis("m@x", "layer", torch.zeros(1, 2, 3), torch.zeros(1, 3), 1.0, sample="split",
+                                 sample_key=f"key{seed}")
+        run = start_text_run(atlas, tiny_rn, basis, command="new", kind="attribute",
+                             config={"sample": 16, "seed": seed, "texts": texts})
+        merge_unit_texts(atlas, run, "m@x", "layer", {0: texts})
+        return {row["text"] for row in atlas.unit_texts("m@x", "layer", 0)}
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        old = atlas.start_run(command="old", config={"sample": 16, "seed": 0, "sample_source": "split"},
+                              config_key="old", model="m@x", weights_sha256=None, layers=[], dataset=None,
+                              precision="fp32")
+        atlas.register_layer("m@x", "layer", aliases=[], units=2, grid=(1, 1), run_id=old)
+        atlas.write_unit_texts("texts", old, "m@x", "layer", {0: [("owl", 3.0)]})
+        assert write(atlas, 0, [("cat", 1.0)]) == {"owl", "cat"}  # the sample the old run describes: merged
+        assert write(atlas, 1, [("dog", 1.0)]) == {"dog"}  # another seed: another sample, replaced
+
+
 def test_attribute_textvis_and_emotions_fill_an_atlas(tmp_path):
     out = tmp_path / "atlas"
     vocab = tmp_path / "words.txt"

@@ -9,7 +9,8 @@ the atlas's ``texts`` table: the scores are the same attribution, so a write
 over the same image sample *merges* with a unit's stored texts, keeping the
 best ``keep`` by score. Scores over another sample (other ``--images``,
 ``--sample`` or ``--seed``) are not comparable: such a write replaces the
-unit's texts. Each run records its sample's identity (``sample_key``).
+unit's texts. Each run records its sample's identity (``sample_key``); a run
+from before that is matched by the sample its config describes.
 """
 
 from __future__ import annotations
@@ -50,21 +51,30 @@ def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
                      scored: Mapping[int, list[tuple[str, float]]], keep: int = 50) -> None:
     """Add texts to units' stored texts over the same image sample (the run's ``sample_key``): the same text
     keeps its newest score; the best ``keep`` stay. Texts stored over another sample are replaced."""
-    recorded: dict[int | None, str] = {None: ""}  # run -> its sample_key ("": a run from before it was recorded)
+    recorded: dict[int | None, tuple] = {None: ()}  # run -> its sample's identity
 
-    def samples(run: int | None) -> str:
+    def samples(run: int | None) -> tuple:
         if run not in recorded:
-            recorded[run] = str((atlas.run(run).get("config") or {}).get("sample_key", ""))
+            recorded[run] = _sample_identity(atlas.run(run).get("config") or {})
         return recorded[run]
 
     current = samples(run_id)
+    legacy = _sample_identity({**(atlas.run(run_id).get("config") or {}), "sample_key": None})
     merged: dict[int, list[tuple[str, float]]] = {}
     for unit, entries in scored.items():
         stored = {text: score for text, score, stored_run in _stored_texts(atlas, model, layer, int(unit))
-                  if current and samples(stored_run) == current}
+                  if samples(stored_run) in (current, legacy)}
         stored.update({text: float(score) for text, score in entries})
         merged[int(unit)] = sorted(stored.items(), key=lambda item: -item[1])[:keep]
     atlas.write_unit_texts("texts", run_id, model, layer, merged)
+
+
+def _sample_identity(config: Mapping[str, Any]) -> tuple:
+    """What a run's scores were read over: its ``sample_key``; for a run from before keys were recorded, the
+    sample's description with the options that chose it (the same command over the same sample matches)."""
+    if config.get("sample_key"):
+        return ("key", config["sample_key"])
+    return ("described", config.get("sample_source"), config.get("sample"), config.get("seed"), config.get("images"))
 
 
 def _stored_texts(atlas: Atlas, model: str, layer: str, unit: int) -> list[tuple[str, float, int | None]]:
