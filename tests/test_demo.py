@@ -12,6 +12,7 @@ from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.demo import STAGES, DemoSettings
 from neuronscope.models.bundled import load_card
+from neuronscope.visualize.facets import FACET_L2, FACET_LR
 
 WORDS = ["star", "puzzle", "hat", "planet", "computer"]
 
@@ -41,7 +42,12 @@ def test_the_demo_fills_every_part_of_the_atlas(demo_run):
         run_status = {run["status"] for run in atlas.runs()}
         records = [atlas.unit("mini-clip", "neurons", unit) for unit in range(4)]
         card_unit = atlas.unit("mini-clip", "neurons", star)
+        renders = [run["config"] for run in atlas.runs() if run["config"].get("render_version")]
     assert run_status == {"finished"}
+    # each render job records the recipe it ran (a facet's is the paper's lr and L2) and its pass composition
+    assert sorted(config["kind"] for config in renders) == ["facet:drawing", "facet:text", "plain"]
+    assert all(config["batch_size"] == 32 for config in renders)
+    assert all((config["lr"], config["l2"]) == (FACET_LR, FACET_L2) for config in renders if config["kind"] != "plain")
     for record in records:
         assert len(record["top"]) == 48 and record["histogram"]["counts"]
         assert [render["kind"] for render in record["featurevis"]] == ["plain"]
@@ -158,15 +164,20 @@ def test_a_unit_out_of_range_stops_the_demo_before_its_first_stage(tmp_path):
     assert not (tmp_path / "atlas").exists()
 
 
-@pytest.mark.parametrize("where", [[], ["--no-serve", "--site", "site"]])
-def test_a_missing_web_extra_stops_the_demo_before_it_builds(tmp_path, monkeypatch, where):
+@pytest.mark.parametrize("where, needs", [([], ("fastapi", "uvicorn", "jinja2")),
+                                          (["--no-serve", "--site", "site"], ("jinja2",))])
+def test_a_missing_web_extra_stops_the_demo_before_it_builds(tmp_path, monkeypatch, where, needs):
+    """Serving needs the whole web extra, a static --site only jinja2 (as `export`); either is checked first."""
     import neuronscope.commands.demo as demo_command
     from neuronscope.errors import NeuronscopeError
 
-    def no_web():
+    asked = []
+
+    def no_web(modules):
+        asked.append(tuple(modules))
         raise NeuronscopeError("the microscope needs the web extra")
 
     monkeypatch.setattr(demo_command, "_web", no_web)
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "atlas"), *where])
-    assert result.exit_code == 1 and "web extra" in result.output
+    assert result.exit_code == 1 and "web extra" in result.output and asked == [needs]
     assert not (tmp_path / "atlas").exists()

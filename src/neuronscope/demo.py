@@ -198,7 +198,9 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], 
     from neuronscope.visualize.store import FeatureVisWriter
 
     config = RenderConfig(steps=settings.steps, seed=settings.seed, **DEMO_RENDER)
-    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings=config.to_dict(),
+    # the batch size is part of the job, as for `visualize`: renders are reproducible for one pass composition
+    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain",
+                                    settings={**config.to_dict(), "batch_size": settings.batch_size},
                                     command=f"neuronscope demo (visualize --units {settings.units} "
                                             f"--steps {settings.steps})")
     missing = writer.missing(units)
@@ -214,24 +216,25 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], 
 def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
             report: StageProgress) -> tuple[str, str]:
     from neuronscope.visualize import RenderConfig
-    from neuronscope.visualize.facets import render_faceted
+    from neuronscope.visualize.facets import FacetSettings, render_faceted
     from neuronscope.visualize.store import FeatureVisWriter, facet_probe
 
     card, why_not = _card_for(model)
     if card is None:
         return "skipped", why_not
     units = [entry["unit"] for entry in card["multimodal"]["units"] if entry["layer"] == layer]
-    config = RenderConfig(steps=settings.steps, seed=settings.seed)  # render_faceted applies the paper's lr and L2
+    facet_settings = FacetSettings()  # the paper's lr and L2, recorded as rendered
+    config = facet_settings.apply(RenderConfig(steps=settings.steps, seed=settings.seed))
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
-                                        settings=config.to_dict(),
+                                        settings={**config.to_dict(), "batch_size": settings.batch_size},
                                         command=f"neuronscope demo (visualize --facet {facet})")
         missing = writer.missing(units)
         if missing:
             probe = facet_probe(model, facet, atlas=atlas)
             render_faceted(model, layer, missing, probe, batch_size=settings.batch_size, config=config,
-                           on_pass=writer, on_step=lambda done, total, f=facet: report(f"facet {f}", done, total))
+                           settings=facet_settings, on_pass=writer, on_step=lambda done, total, f=facet: report(f"facet {f}", done, total))
             summaries.append(f"{facet} (probe accuracy at least {min(probe.accuracy.values()):.2f} on every layer)")
         writer.finish()
         rendered += len(missing)

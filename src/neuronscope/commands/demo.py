@@ -30,7 +30,7 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
-from neuronscope.commands.microscope import _web
+from neuronscope.commands.microscope import WEB_MODULES, _web
 from neuronscope.demo import STAGES, DemoSettings, build_demo_atlas
 from neuronscope.runtime import seed_everything
 
@@ -62,7 +62,8 @@ def demo(
 
     Started again, it reuses what the atlas already holds and goes on where it stopped. The labels and facets
     stages need the bundled card's model (mini-clip@bundled); on another --model they are skipped."""
-    web = _web() if serve or site is not None else None  # a missing web extra fails now, not after the build
+    # a missing web extra fails now, not after the build (a static --site alone needs only jinja2)
+    web = _web(WEB_MODULES if serve else ("jinja2",)) if serve or site is not None else None
     seed_everything(seed)
     settings = DemoSettings(steps=steps, units=units, images=images, vocabulary=vocab,
                             skip=tuple(s.strip() for s in skip.split(",") if s.strip()), batch_size=batch_size,
