@@ -322,6 +322,28 @@ def test_models_that_crop_differently_keep_their_own_thumbnails(tiny_rn, tmp_pat
     assert np.array_equal(stored, expected)
 
 
+def test_a_rescan_removes_thumbnails_named_the_old_way_that_nothing_shows(tiny_rn, tmp_path):
+    """Thumbnail names gained the input contract; a rescan of an older atlas draws new files, and the old-named
+    ones no example shows any more go (one an example still shows stays)."""
+    make_images(tmp_path / "images", count=4)
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        orphan, shown = (atlas.thumbs_dir / f"{'ab' * 8}_g2x2_r{row}c0.png" for row in (0, 1))
+        for path in (orphan, shown):
+            path.write_bytes(b"png")
+        atlas.register_layer("old@x", "l", aliases=[], units=1, grid=(2, 2))
+        atlas.db.execute("INSERT INTO images (id, source, name, sha256, width, height) "
+                         "VALUES ('i', 's', 'i', 'ab', 1, 1)")
+        atlas.db.execute("INSERT INTO examples (model, layer, unit, kind, rank, image_id, activation, cell_row, "
+                         "cell_col, thumb) VALUES ('old@x', 'l', 0, 'top', 0, 'i', 1.0, 1, 0, ?)",
+                         (atlas.thumbnail_relpath(shown.name),))
+        atlas.db.commit()
+        scan(tiny_rn, open_source(tmp_path / "images"), atlas, ["neurons"],
+             settings=ScanSettings(top_k=2, bottom_k=1), batch_size=4, thumbnails=True)
+        names = {path.name for path in atlas.thumbs_dir.iterdir()}
+    assert not orphan.exists() and shown.exists() and len(names) > 1
+
+
 def test_a_bare_name_of_two_models_is_refused_when_labelling_as_when_reading(tmp_path):
     """set_label had its own copy of model resolution: a bare name held by two keys was stored as the bare name,
     which then showed as a third model and made every later read without --model fail."""

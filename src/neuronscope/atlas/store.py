@@ -376,6 +376,21 @@ class Atlas:
             raise
         for name in old_files:
             (self.path / name).unlink(missing_ok=True)
+        self._drop_legacy_thumbnails()
+
+    def _drop_legacy_thumbnails(self) -> None:
+        """Remove thumbnails named the old way (without the input contract) that no example shows any more: a
+        rescan of an older atlas draws its thumbnails under new names, and the old files would stay for good.
+        A current name is never removed here (a scan beside this one may not have written its rows yet)."""
+        from neuronscope.atlas.thumbnails import LEGACY_THUMBNAIL
+
+        legacy = [path for path in self.thumbs_dir.glob("*.png") if LEGACY_THUMBNAIL.fullmatch(path.name)]
+        if not legacy:
+            return
+        shown = {row["thumb"] for row in self.db.execute("SELECT DISTINCT thumb FROM examples WHERE thumb IS NOT NULL")}
+        for path in legacy:
+            if self.thumbnail_relpath(path.name) not in shown:
+                path.unlink(missing_ok=True)
 
     def _write_histogram_file(self, run_id: int, scan: LayerScan) -> str:
         histogram = scan.histogram

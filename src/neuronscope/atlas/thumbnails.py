@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,6 +53,10 @@ def input_contract_key(preprocess: Preprocess) -> str:
                 "interpolation": preprocess.interpolation, "fill_color": preprocess.fill_color,
                 "thumb_size": THUMB_SIZE}
     return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()[:8]
+
+
+#: A thumbnail's name before names carried the input contract: no scan draws one any more.
+LEGACY_THUMBNAIL = re.compile(r"[0-9a-f]{16}_g\d+x\d+_r\d+c\d+\.png")
 
 
 def thumbnail_name(sha256: str, grid: tuple[int, int], cell: tuple[int, int], preprocess: Preprocess) -> str:
