@@ -138,7 +138,8 @@ def collate(items: list[DecodedImage]) -> Batch:
 def iter_batches(entries: Sequence[Entry], preprocess: Preprocess, *, batch_size: int, workers: int,
                  first: int = 0, max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[Batch]:
     """Batches of consecutive ``entries`` (the first at ordinal ``first``) in order, decoded by ``workers``
-    processes (0: in this one).
+    processes (0: in this one). ``entries`` are the ones to decode, already sliced: ``first`` only numbers
+    them (it used to skip the first ``first`` of a full listing).
 
     Each batch covers ``batch_size`` consecutive entries, so a skipped file makes
     its batch smaller rather than shifting the rest.

@@ -1,6 +1,6 @@
 """Atlas objects that display as HTML cards in Jupyter (``_repr_html_``), as the microscope shows them.
 
-    from neuronscope.atlas import Atlas, reading
+    from neuronscope.atlas import Atlas
     from neuronscope.web import layer_view, unit_view
     with Atlas("my-atlas", read_only=True) as atlas:
         unit_view(atlas, "mini-clip", "neurons", 473)      # feature vis, top examples, words inline
