@@ -47,7 +47,8 @@ def test_the_demo_fills_every_part_of_the_atlas(demo_run):
     # each render job records the recipe it ran (a facet's is the paper's lr and L2) and its pass composition
     assert sorted(config["kind"] for config in renders) == ["facet:drawing", "facet:text", "plain"]
     assert all(config["batch_size"] == 32 for config in renders)
-    assert all((config["lr"], config["l2"]) == (FACET_LR, FACET_L2) for config in renders if config["kind"] != "plain")
+    assert all((config["lr"], config["l2"], config["facet_l2"]) == (FACET_LR, 0.0, FACET_L2)
+               for config in renders if config["kind"] != "plain")
     for record in records:
         assert len(record["top"]) == 48 and record["histogram"]["counts"]
         assert [render["kind"] for render in record["featurevis"]] == ["plain"]

@@ -477,15 +477,29 @@ def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(
 
 
 def test_a_faceted_render_keeps_the_papers_lr_and_l2_over_a_callers_config(tiny_rn, monkeypatch):
-    """RenderConfig(steps=1) alone used to render at lr 0.05 with its L2 off; the facet's settings apply over it."""
+    """RenderConfig(steps=1) alone used to render at lr 0.05; the facet's lr applies over it, and its penalty is
+    the paper's: 10 x the mean squared distance from grey (not RenderConfig.l2's RMS, 60-120x stronger near
+    grey, which left faceted renders almost grey)."""
+    from neuronscope.objectives import Context
+
     probe = _tiny_probe(tiny_rn)
     used = []
     real_render = facets.render
-    monkeypatch.setattr(facets, "render", lambda *a, config, **k: used.append(config) or real_render(*a, config=config, **k))
+
+    def spy(*args, config, **kwargs):
+        used.append((config, args[1]))
+        return real_render(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(facets, "render", spy)
     facets.render_faceted(tiny_rn, "visual.layer3.0", [4], probe, config=RenderConfig(steps=1, seed=3))
-    facets.render_faceted(tiny_rn, "visual.layer3.0", [4], probe, config=RenderConfig(steps=1),
+    facets.render_faceted(tiny_rn, "visual.layer3.0", [4], probe, config=RenderConfig(steps=1, l2=0.5),
                           settings=facets.FacetSettings(lr=0.03, l2=0.0))
-    assert [(c.steps, c.seed, c.lr, c.l2) for c in used] == [(1, 3, 0.02, 10.0), (1, 0, 0.03, 0.0)]
+    assert [(c.steps, c.seed, c.lr, c.l2) for c, _ in used] == [(1, 3, 0.02, 0.0), (1, 0, 0.03, 0.5)]
+    paper, without = (objective for _, objective in used)
+    assert str(paper).endswith("- 10 * L2 [image - 0.5] * L2 [image - 0.5]") and "L2" not in str(without)
+    image = torch.full((1, 3, 8, 8), 0.5)
+    image[..., :4] = 0.7  # mean squared distance from grey 0.02, RMS 0.1414
+    assert torch.allclose(facets.FacetSettings().penalty()(Context({}, image, 0)), torch.tensor([0.2]))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -583,7 +597,8 @@ def test_cli_records_every_option_that_changes_the_images(tmp_path: Path):
 
 
 def test_cli_facet_lr_and_l2_reach_the_render(tmp_path: Path, monkeypatch):
-    """--lr / --l2 replace the faceted recipe's 0.02 and 10; without them the render gets the paper's."""
+    """--lr replaces the faceted recipe's 0.02; --l2 adds the RMS penalty every render can have, beside the
+    paper's squared-L2 term (10), which stays."""
     from neuronscope.visualize import facets
 
     seen = []
@@ -595,8 +610,7 @@ def test_cli_facet_lr_and_l2_reach_the_render(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(facets, "render_faceted", capture)
     _invoke("--units", "1", "--lr", "0.03", "--l2", "0.5", "--facet", "drawing", "--png", str(tmp_path))
     _invoke("--units", "1", "--facet", "drawing", "--png", str(tmp_path))
-    assert seen == [(facets.FacetSettings(lr=0.03, l2=0.5), 0.03, 0.5),
-                    (facets.FacetSettings(), facets.FACET_LR, facets.FACET_L2)]
+    assert seen == [(facets.FacetSettings(lr=0.03), 0.03, 0.5), (facets.FacetSettings(), facets.FACET_LR, 0.0)]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -223,12 +223,13 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
     if card is None:
         return "skipped", why_not
     units = [entry["unit"] for entry in card["multimodal"]["units"] if entry["layer"] == layer]
-    facet_settings = FacetSettings()  # the paper's lr and L2, recorded as rendered
+    facet_settings = FacetSettings()  # the paper's lr and squared-L2 term, recorded as rendered
     config = facet_settings.apply(RenderConfig(steps=settings.steps, seed=settings.seed))
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
-                                        settings={**config.to_dict(), "batch_size": settings.batch_size},
+                                        settings={**config.to_dict(), "batch_size": settings.batch_size,
+                                                  "facet_l2": facet_settings.l2},
                                         command=f"neuronscope demo (visualize --facet {facet})")
         missing = writer.missing(units)
         if missing:

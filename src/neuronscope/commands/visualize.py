@@ -83,9 +83,11 @@ def visualize(
                                                       "side and upsample it (Lucid's lowres_tensor): no detail "
                                                       "finer than its pixels (default: the image's side).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per pass.")] = 16,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (Lucid 0.05; facets 0.02).")] = 0.0,
-    l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image "
-                                                           "(with --facet: replaces the paper's 10).")] = 0.0,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="Adam learning rate (default: Lucid's 0.05; "
+                                                                     "facets the paper's 0.02).")] = None,
+    l2: Annotated[float, typer.Option("--l2", min=0.0, help="Weight of an L2 penalty on the image (times its RMS "
+                                                           "distance from grey; a faceted render also has the "
+                                                           "paper's own 10 x mean square).")] = 0.0,
     tv: Annotated[float, typer.Option("--tv", min=0.0, help="Weight of a total-variation penalty.")] = 0.0,
     facet: Annotated[Optional[str], typer.Option("--facet", help="Faceted render: a built-in facet "
                                                                "(text, drawing) or a folder of facet images.")] = None,
@@ -134,9 +136,11 @@ def visualize(
                                f"parameterization is only ever upsampled; give at most {side}")
     if facet:
         facets.check_probe_layers(loaded, canonical)
-    config = RenderConfig(steps=steps, lr=lr or 0.05, size=size, param_size=param_size, l2=l2, tv=tv, seed=seed)
-    # A faceted render runs the paper's lr and L2 weight unless --lr / --l2 replace them.
-    facet_settings = facets.FacetSettings(lr=lr or facets.FACET_LR, l2=l2 or facets.FACET_L2)
+    config = RenderConfig(steps=steps, lr=0.05 if lr is None else lr, size=size, param_size=param_size, l2=l2, tv=tv,
+                          seed=seed)
+    # A faceted render runs the paper's lr unless --lr replaces it, and the paper's squared-L2 term (10);
+    # --l2 adds its own RMS penalty, as for any render.
+    facet_settings = facets.FacetSettings(lr=facets.FACET_LR if lr is None else lr)
     if facet:
         config = facet_settings.apply(config)
     png_dir = Path(png) if png else None
@@ -162,6 +166,7 @@ def visualize(
                                facet_strengths=len(strengths) if facet else None, diverse=diverse)
             # batch_size is part of the job: a render is reproducible for the same pass composition only
             settings = {**config.to_dict(), "batch_size": batch_size,
+                        "facet_l2": facet_settings.l2 if facet else None,
                         "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)

@@ -8,9 +8,9 @@ render maximises
 
 where ``f`` is the unit's channel objective and ``g_L`` the probe layers:
 of what the unit uses at layer L, the probe's facet direction is
-rewarded. The paper ramps the strength over a batch (0.1 -> 5), adds an L2
-penalty (10; :class:`FacetSettings`, ``RenderConfig.l2``'s convention: the
-RMS distance from grey) and uses Adam's lr 0.02.
+rewarded. The paper ramps the strength over a batch (0.1 -> 5), subtracts
+10 times the image's mean squared distance from grey (its ``l2()`` penalty)
+and uses Adam's lr 0.02 (:class:`FacetSettings`).
 
 The probe layers are a per-model registry entry (``ModelSpec.probe_layers``);
 the mini CLIP's built-in facets ``text`` and ``drawing`` come from its
@@ -37,7 +37,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.objectives import Context, Objective, channel
+from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
 from neuronscope.visualize.units import chunks, render_passes
@@ -52,21 +52,26 @@ FACET_LR = 0.02
 
 @dataclass(frozen=True)
 class FacetSettings:
-    """The faceted recipe's optimiser settings, applied over whatever :class:`RenderConfig` a render is given
-    (its steps, size, seed...), so that a caller's config does not silently drop the paper's lr.
+    """The faceted recipe's own settings, applied over whatever :class:`RenderConfig` a render is given
+    (its steps, size, seed...), so that a caller's config does not silently drop the paper's.
 
     Attributes:
-        lr: Adam's learning rate (the paper's 0.02).
-        l2: the weight of the L2 penalty, ``RenderConfig.l2``'s convention: times the RMS distance of the
-            image from grey (:func:`neuronscope.objectives.l2`). The paper's 10.
+        lr: Adam's learning rate (the paper's 0.02), replacing the config's.
+        l2: the weight of the paper's penalty on the image's *mean squared* distance from grey (its ``l2()``;
+            10). It is its own term: ``RenderConfig.l2`` (``--l2``, a weight on the RMS distance) still adds
+            its own penalty on top.
     """
 
     lr: float = FACET_LR
     l2: float = FACET_L2
 
     def apply(self, config: RenderConfig) -> RenderConfig:
-        """``config`` with this lr and L2 weight."""
-        return dataclasses.replace(config, lr=self.lr, l2=self.l2)
+        """``config`` with this lr (the L2 term is the objective's, see :func:`render_faceted`)."""
+        return dataclasses.replace(config, lr=self.lr)
+
+    def penalty(self) -> Objective:
+        """``l2 * mean((x - 0.5)^2)``, to subtract."""
+        return self.l2 * (l2() * l2())
 
 
 # --------------------------------------------------------------------------- probe layers
@@ -357,8 +362,8 @@ def render_faceted(
     images share their init and transforms (they are keyed by the unit): only the strength differs.
 
     Args:
-        config: steps, size, seed...; its lr and L2 weight are ``settings``' (the paper's by default).
-        settings: the faceted lr and L2 penalty, applied over ``config``.
+        config: steps, size, seed...; its lr is ``settings``' (the paper's by default).
+        settings: the faceted lr and squared-L2 penalty (the paper's by default).
 
     Returns:
         :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
@@ -377,11 +382,15 @@ def render_faceted(
         chosen = [(unit, k, s) for unit in piece for k, s in enumerate(strengths)]
         unit_objective = channel(layer, [unit for unit, _, _ in chosen])
         objective = facet_objective(unit_objective, probe, torch.tensor([s for _, _, s in chosen]))
+        if settings.l2:
+            objective = objective - settings.penalty()
         result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook,
                         keys=[unit for unit, _, _ in chosen], score=unit_objective)
         return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], float(result.final[i]),
                            result.curve[:, i],
-                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}] - {config.l2:g} * L2",
+                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}]"
+                           + (f" - {settings.l2:g} * L2^2" if settings.l2 else "")
+                           + (f" - {config.l2:g} * L2" if config.l2 else ""),
                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
 
     units_per_pass = max(1, batch_size // len(strengths))
