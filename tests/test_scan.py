@@ -164,6 +164,29 @@ def test_killed_scan_resumes_and_ends_identical(tiny_rn, images, tmp_path):
     assert not list((tmp_path / "killed" / "checkpoints").glob("*.npz"))
 
 
+def test_a_checkpoint_of_another_unit_count_starts_the_run_over(tiny_rn, images, tmp_path, caplog):
+    """A checkpoint from an older neuronscope that read a layer another way (a channels-last layer's rows as
+    units) has the same config key but other shapes: the run starts over instead of failing on every rerun."""
+    run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
+
+    def kill_after_two(progress) -> None:
+        if progress.done >= 8:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=8, on_batch=kill_after_two)
+    with Atlas(tmp_path / "atlas") as atlas:
+        (key,) = [path.stem for path in atlas.checkpoints_dir.glob("*.npz")]
+        arrays, meta = atlas.load_checkpoint(key)
+        arrays = {name: (value[:3] if name.startswith("L0.moments.") else value) for name, value in arrays.items()}
+        atlas.save_checkpoint(key, arrays, meta)
+    with caplog.at_level("WARNING", logger="neuronscope.mining.scanner"):
+        outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
+    assert "starts over" in caplog.text and outcome.resumed_from == 0 and outcome.run_id == 1
+    units = range(0, 512, 7)
+    assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "atlas", "neurons", units))
+
+
 def test_duplicates_are_tracked_by_content_key_only_for_files_whose_size_repeats(tiny_rn, images, tmp_path):
     # The scan kept (and re-sorted into every checkpoint) the content key of every image it saw.
     from neuronscope.mining.sources import size_twins

@@ -155,6 +155,12 @@ class ScanState:
         meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped)}
         return arrays, meta
 
+    def fits(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Whether a checkpoint's arrays hold these layers' units (a layer read another way before, e.g. a
+        channels-last one whose rows were taken for units, checkpointed another count)."""
+        return all(arrays.get(f"L{index}.moments.mean", np.empty(0)).shape[:1] == (accumulator.units,)
+                   for index, accumulator in enumerate(self.accumulators.values()))
+
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         for index, accumulator in enumerate(self.accumulators.values()):
             prefix = f"L{index}."
@@ -332,10 +338,13 @@ def resume(atlas: Atlas, state: ScanState, config_key: str, checkpoint_key: str)
     run_id = atlas.unfinished_run(config_key)
     checkpoint = atlas.load_checkpoint(checkpoint_key)
     if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id:
-        state.load_state_dict(*checkpoint)
-        atlas.set_run_status(run_id, "running")
-        return run_id, checkpoint[1]
-    atlas.drop_checkpoint(checkpoint_key)  # stale: from a run that finished or was never recorded
+        if state.fits(checkpoint[0]):
+            state.load_state_dict(*checkpoint)
+            atlas.set_run_status(run_id, "running")
+            return run_id, checkpoint[1]
+        log.warning("run %d's checkpoint holds another number of units than its layers have now (an older "
+                    "neuronscope read a layer another way): it starts over", run_id)
+    atlas.drop_checkpoint(checkpoint_key)  # stale: from a run that finished, was never recorded, or does not fit
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
     return run_id, None
