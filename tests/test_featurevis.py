@@ -20,7 +20,7 @@ from tests.helpers import hook_count
 from neuronscope.activations import record, spatial_max
 from neuronscope.cli import app
 from neuronscope.models import load_model
-from neuronscope.objectives import Context, channel
+from neuronscope.objectives import Context, channel, l2
 from neuronscope.visualize import (
     CropOrPad,
     FFTImage,
@@ -430,6 +430,18 @@ def test_a_channels_last_layer_has_its_channels_as_units_on_its_grid():
     assert [(name, g.units, g.grid, g.layout) for name, g in geometry.items()] == [
         ("conv", 6, (3, 4), "channels_first"), ("fc1", 12, (3, 4), "channels_last")]
     assert layer_shape(model, "fc1") == (12, (3, 4))
+
+
+def test_the_score_is_the_finished_images_and_may_name_a_layer_by_its_alias(tiny_rn):
+    """``final`` is the score of the finished images, untransformed (not the curve's last, transformed step);
+    the score may write the objective's layer by an alias; a layer the objective does not read is refused."""
+    canonical = "visual.layer4.1.act3:input"
+    objective = channel(canonical, [3, 7]) - 0.1 * l2()
+    result = render(tiny_rn, objective, batch=2, config=RenderConfig(steps=2), score=channel("neurons", [3, 7]))
+    means = record(tiny_rn, tiny_rn.preprocess.normalize(result.images), [canonical], reduce="mean")[canonical]
+    torch.testing.assert_close(result.final, means[torch.arange(2), torch.tensor([3, 7])], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="reads layers the objective"):
+        render(tiny_rn, objective, batch=2, config=RenderConfig(steps=1), score=channel("visual.layer3.0", 0))
 
 
 def test_convnext_mlp_units_are_its_channels_to_render_and_attribute():

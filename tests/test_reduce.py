@@ -91,12 +91,20 @@ def test_every_map_of_a_resnet_is_channels_first(tiny_rn):
 
 
 def test_a_layer_whose_layout_cannot_be_told_is_an_error():
+    from neuronscope.activations import known_layout
     from neuronscope.activations.layout import infer_layouts
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.models import Preprocess, load_model
 
     unknown = infer_layouts([("act", nn.GELU(), (1, 6, 3, 4))])
     assert unknown == {"act": None}
-    # A tensor that is neither the last known one nor it permuted: no guess either.
+    # A tensor whose shape no earlier tensor of known layout has (nor its permutation): no guess either.
     assert infer_layouts([("conv", nn.Conv2d(3, 6, 1), (1, 6, 3, 4)), ("act", nn.GELU(), (1, 5, 3, 4))])["act"] is None
+    # Reading units of such a layer is refused in one line naming it.
+    model = load_model(nn.Sequential(nn.Conv2d(3, 6, 4, stride=4), nn.Flatten(2), nn.Unflatten(2, (2, 6)), nn.GELU()),
+                       preprocess=Preprocess(image_size=(12, 16)))
+    with pytest.raises(NeuronscopeError, match="cannot tell whether layer 3"):
+        known_layout(model, "3", torch.zeros(1, 6, 2, 6))
 
 
 def test_edits_reach_the_units_of_a_channels_last_layer():

@@ -110,7 +110,9 @@ def render(
         score: what ``RenderResult.final`` reports, scored once on the finished images as the model
             sees them (centre-cropped or padded to its input; no transforms, no redirected ReLUs), e.g.
             the unit's channel alone where ``objective`` adds a diversity or facet term (default:
-            ``objective`` itself, without the config's penalties). It may read only ``objective``'s layers.
+            ``objective`` itself, without the config's penalties). It may read only ``objective``'s layers
+            (by any of their names). With ``config.alpha`` the finished image is composited over noise from
+            each image's generator, as in every step, so its score depends on that draw.
 
     Returns:
         A :class:`RenderResult` with the images, their final scores, per-step objective curves and the config.
@@ -120,7 +122,8 @@ def render(
         raise ValueError(f"{len(keys)} keys for {batch} images: give one per image")
     score = as_objective(objective) if score is None else score
     objective = full_objective(objective, config)
-    if not set(score.layers + score.live_layers) <= set(objective.layers + objective.live_layers):
+    if not (set(_canonical(model, score.layers + score.live_layers).values())
+            <= set(_canonical(model, objective.layers + objective.live_layers).values())):  # the layers, by name
         raise ValueError(f"the score {score} reads layers the objective {objective} does not: score a part of it")
     device = model.device
     input_size = model.preprocess.image_size
@@ -136,8 +139,9 @@ def render(
     if isinstance(transforms, Transforms):
         transforms.use_generators(generators)
     fit = CropOrPad(input_size)
-    names = _canonical(model, objective.layers + objective.live_layers)
-    live = {name: names[name] for name in objective.live_layers}
+    # every name the objective or the score reads (the score may write a layer by another of its names)
+    names = _canonical(model, objective.layers + objective.live_layers + score.layers + score.live_layers)
+    live = {name: names[name] for name in objective.live_layers + score.live_layers}
     # Where each layer holds its units (timm ConvNeXt's MLPs run channels last): the model's catalogue, read
     # once per model and before any hook of the render is attached. Layers that are not maps are not in it.
     catalogue = layer_layouts(model)
