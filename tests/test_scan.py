@@ -138,6 +138,19 @@ class Killed(Exception):
     """Stands for SIGKILL: raised from the progress hook after some batches."""
 
 
+def killed_with_checkpoint(model, images: Path, atlas_dir: Path, *, after: int, checkpoint_every: int):
+    """Scan in batches of 4, killed once ``after`` images are done; the checkpoint left: (key, arrays, meta)."""
+    def kill(progress) -> None:
+        if progress.done >= after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(model, images, atlas_dir, batch_size=4, checkpoint_every=checkpoint_every, on_batch=kill)
+    with Atlas(atlas_dir) as atlas:
+        (key,) = [path.stem for path in atlas.checkpoints_dir.glob("*.npz")]
+        return (key, *atlas.load_checkpoint(key))
+
+
 def test_killed_scan_resumes_and_ends_identical(tiny_rn, images, tmp_path):
     run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
 
@@ -168,17 +181,9 @@ def test_a_checkpoint_of_another_unit_count_starts_the_run_over(tiny_rn, images,
     """A checkpoint from an older neuronscope that read a layer another way (a channels-last layer's rows as
     units) has the same config key but other shapes: the run starts over instead of failing on every rerun."""
     run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
-
-    def kill_after_two(progress) -> None:
-        if progress.done >= 8:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=8, on_batch=kill_after_two)
+    key, arrays, meta = killed_with_checkpoint(tiny_rn, images, tmp_path / "atlas", after=8, checkpoint_every=8)
+    arrays = {name: (value[:3] if name.startswith("L0.moments.") else value) for name, value in arrays.items()}
     with Atlas(tmp_path / "atlas") as atlas:
-        (key,) = [path.stem for path in atlas.checkpoints_dir.glob("*.npz")]
-        arrays, meta = atlas.load_checkpoint(key)
-        arrays = {name: (value[:3] if name.startswith("L0.moments.") else value) for name, value in arrays.items()}
         atlas.save_checkpoint(key, arrays, meta)
     with caplog.at_level("WARNING", logger="neuronscope.mining.scanner"):
         outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
@@ -196,18 +201,7 @@ def test_duplicates_are_tracked_by_content_key_only_for_files_whose_size_repeats
     twins = set(size_twins(source.entries).tolist())
     assert {entry.name for ordinal, entry in enumerate(source.entries) if ordinal in twins} >= {"b/img01.png",
                                                                                                 "b/zz_copy.png"}
-    batches = []
-
-    def kill_after_three(progress) -> None:
-        batches.append(progress)
-        if len(batches) == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=12, on_batch=kill_after_three)
-    with Atlas(tmp_path / "atlas") as atlas:
-        (key,) = [path.stem for path in atlas.checkpoints_dir.glob("*.npz")]
-        arrays, meta = atlas.load_checkpoint(key)
+    _, arrays, meta = killed_with_checkpoint(tiny_rn, images, tmp_path / "atlas", after=12, checkpoint_every=12)
     assert meta["next_ordinal"] == 12 and len(arrays["seen"]) == len([o for o in twins if o < 12]) < 12
     outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)  # resumed: the copy is still a copy
     assert outcome.resumed_from == 12 and outcome.skipped["duplicate"] == 1 and outcome.images == 24
