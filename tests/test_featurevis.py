@@ -197,6 +197,7 @@ def test_render_is_seeded_leaves_weights_frozen_and_untouched(tiny_rn):
     (dict(transforms="standrad"), "transforms 'standrad': use 'standard' or 'none'"),
     (dict(param="ftt"), "param 'ftt': use 'fft' or 'pixel'"),
     (dict(steps=0), "steps 0: a render takes at least 1 step"),
+    (dict(lr=0.0), "lr 0.0: Adam needs a positive learning rate"),
     (dict(size=0), "size 0: give a positive side"),
     (dict(param_size=-4), "param_size -4: give a positive side"),
 ])

@@ -72,6 +72,8 @@ class RenderConfig:
             raise RenderConfigError(f"param {self.param!r}: use {' or '.join(map(repr, PARAMETERIZATIONS))}")
         if self.steps < 1:
             raise RenderConfigError(f"steps {self.steps}: a render takes at least 1 step")
+        if not self.lr > 0:
+            raise RenderConfigError(f"lr {self.lr}: Adam needs a positive learning rate (Lucid's 0.05)")
         for name in ("size", "param_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise RenderConfigError(f"{name} {getattr(self, name)}: give a positive side in pixels, or None")
