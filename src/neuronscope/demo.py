@@ -198,9 +198,8 @@ def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], 
     from neuronscope.visualize.store import FeatureVisWriter
 
     config = RenderConfig(steps=settings.steps, seed=settings.seed, **DEMO_RENDER)
-    # the batch size is part of the job, as for `visualize`: renders are reproducible for one pass composition
-    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain",
-                                    settings={**config.to_dict(), "batch_size": settings.batch_size},
+    writer = FeatureVisWriter.start(atlas, model, layer, kind="plain", settings=config.to_dict(),
+                                    batch_size=settings.batch_size,
                                     command=f"neuronscope demo (visualize --units {settings.units} "
                                             f"--steps {settings.steps})")
     missing = writer.missing(units)
@@ -228,8 +227,8 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
-                                        settings={**config.to_dict(), "batch_size": settings.batch_size,
-                                                  "facet_l2": facet_settings.l2},
+                                        settings={**config.to_dict(), "facet_l2": facet_settings.l2},
+                                        batch_size=settings.batch_size,
                                         command=f"neuronscope demo (visualize --facet {facet})")
         missing = writer.missing(units)
         if missing:

@@ -164,12 +164,11 @@ def visualize(
             command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
                                precision=precision, out=out, facet=facet, generic=generic,
                                facet_strengths=len(strengths) if facet else None, diverse=diverse)
-            # batch_size is part of the job: a render is reproducible for the same pass composition only
-            settings = {**config.to_dict(), "batch_size": batch_size,
-                        "facet_l2": facet_settings.l2 if facet else None,
+            settings = {**config.to_dict(), "facet_l2": facet_settings.l2 if facet else None,
                         "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
-            writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings, command=command)
+            writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings,
+                                            batch_size=batch_size, command=command)
             if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
                 todo = writer.missing(chosen)
                 already, chosen = len(chosen) - len(todo), todo

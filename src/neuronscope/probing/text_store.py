@@ -58,8 +58,8 @@ def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
             recorded[run] = _sample_identity(atlas.run(run).get("config") or {})
         return recorded[run]
 
-    current = samples(run_id)
-    legacy = _sample_identity({**(atlas.run(run_id).get("config") or {}), "sample_key": None})
+    config = atlas.run(run_id).get("config") or {}
+    current, legacy = _sample_identity(config), _sample_identity({**config, "sample_key": None})
     merged: dict[int, list[tuple[str, float]]] = {}
     for unit, entries in scored.items():
         stored = {text: score for text, score, stored_run in _stored_texts(atlas, model, layer, int(unit))

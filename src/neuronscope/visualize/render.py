@@ -122,9 +122,6 @@ def render(
         raise ValueError(f"{len(keys)} keys for {batch} images: give one per image")
     score = as_objective(objective) if score is None else score
     objective = full_objective(objective, config)
-    if not (set(_canonical(model, score.layers + score.live_layers).values())
-            <= set(_canonical(model, objective.layers + objective.live_layers).values())):  # the layers, by name
-        raise ValueError(f"the score {score} reads layers the objective {objective} does not: score a part of it")
     device = model.device
     input_size = model.preprocess.image_size
     size = (config.size, config.size) if config.size else input_size
@@ -141,6 +138,9 @@ def render(
     fit = CropOrPad(input_size)
     # every name the objective or the score reads (the score may write a layer by another of its names)
     names = _canonical(model, objective.layers + objective.live_layers + score.layers + score.live_layers)
+    if not ({names[n] for n in score.layers + score.live_layers}
+            <= {names[n] for n in objective.layers + objective.live_layers}):
+        raise ValueError(f"the score {score} reads layers the objective {objective} does not: score a part of it")
     live = {name: names[name] for name in objective.live_layers + score.live_layers}
     # Where each layer holds its units (timm ConvNeXt's MLPs run channels last): the model's catalogue, read
     # once per model and before any hook of the render is attached. Layers that are not maps are not in it.

@@ -5,7 +5,8 @@ this module is the one place that turns them into atlas rows, shared by
 ``neuronscope visualize`` and the demo.
 
     with Atlas("my-atlas") as atlas:
-        writer = FeatureVisWriter.start(atlas, model, "neurons", kind="plain", settings={...}, command="...")
+        writer = FeatureVisWriter.start(atlas, model, "neurons", kind="plain", settings={...}, batch_size=16,
+                                        command="...")
         render_units(model, writer.layer, writer.missing(range(512)), on_pass=writer)
         writer.finish()
 """
@@ -121,16 +122,17 @@ class FeatureVisWriter:
 
     @classmethod
     def start(cls, atlas: Atlas, model: LoadedModel, layer: str, *, kind: str, settings: Mapping[str, Any],
-              command: str) -> "FeatureVisWriter":
+              batch_size: int, command: str) -> "FeatureVisWriter":
         """Record a run and register the layer.
 
         ``settings`` are what changes the images (render config, seed, facet...), not the
         units: a job with the same settings, killed or finished, is continued in its run,
-        and :meth:`missing` tells which units it still owes.
+        and :meth:`missing` tells which units it still owes. ``batch_size`` is part of the job: a render is
+        reproducible for the same pass composition only (see :func:`neuronscope.visualize.render.render`).
         """
         canonical = model.resolve_layer(layer)
         n_units, grid = layer_shape(model, canonical)
-        config = {**settings, "kind": kind, "render_version": RENDER_VERSION}
+        config = {**settings, "batch_size": batch_size, "kind": kind, "render_version": RENDER_VERSION}
         config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,
                                                               default=str).encode()).hexdigest()[:16]
         run_id = atlas.unfinished_run(config_key) or atlas.finished_run(config_key)
