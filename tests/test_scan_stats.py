@@ -202,6 +202,30 @@ def test_histogram_of_huge_values_bins_every_value_in_any_order():
         assert np.bincount(expected, minlength=8).tolist() == first.counts[unit].tolist()
 
 
+def test_reservoirs_break_equal_hashes_by_ordinal_in_any_order():
+    # Equal hashes (one image listed twice, or a 63-bit collision) take the slower exact path: the merge
+    # sorts by (hash, ordinal), and a candidate that ties its bin's largest kept hash must beat it on ordinal.
+    from neuronscope.mining import StreamingHistogram
+
+    values = np.zeros((12, 2))
+    values[:, 1] = np.arange(12) % 3  # three bins of unit 1
+    hashes = np.where(np.arange(12) % 2 == 0, 5, 9).astype(np.int64)
+    kept = []
+    for order in (np.arange(12), np.arange(12)[::-1], np.random.default_rng(0).permutation(12)):
+        histogram = StreamingHistogram(2, n_bins=4, reservoir=3)
+        for start in range(0, 12, 5):
+            batch = order[start:start + 5]
+            histogram.update(values[batch], batch.astype(np.int64), hashes[batch])
+        kept.append(histogram.sample_ordinals.copy())
+    for other in kept[1:]:
+        np.testing.assert_array_equal(other, kept[0])
+    assert sorted(kept[0][0][kept[0][0] != EMPTY].tolist()) == [0, 2, 4]  # hash 5 first, then ordinals
+    for bin_value in range(3):
+        members = np.flatnonzero(values[:, 1] == bin_value)
+        expected = members[np.lexsort((members, hashes[members]))][:3]
+        assert expected.tolist() in [row[row != EMPTY].tolist() for row in kept[0][1]]
+
+
 def test_conditional_buckets_show_every_image_kept_when_bins_hold_fewer_than_the_reservoir():
     """Four bins of one image each, reservoir 4: a bucket of two bins shows both images, not one (the
     fullest bin's count is no measure of the reservoir)."""
