@@ -16,7 +16,8 @@ takes about 20 s per 1,000 on one core: give the scan part that much more time.
 (2) Issue 5 (b) on the GPU: a render step / a bare forward+backward on the same batch, same layer. A render
     step is timed between the render's per-step callbacks (set-up and the final image copy left out).
 (3) Issue 4 (a) on the GPU: ``scan`` over PNGs at the input size / a bare forward to the same layer
-    (steady state and end to end).
+    (steady state and end to end), beside what bounds it: the decoding workers alone (images/s out of
+    the loader) and the per-batch merges alone (top-k on the device, moments and histograms on the CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,7 +40,10 @@ from scan import write_shard  # noqa: E402 - the CPU benchmark's shard writer
 
 from neuronscope.activations import Recorder  # noqa: E402
 from neuronscope.atlas import Atlas  # noqa: E402
-from neuronscope.mining import open_source, scan  # noqa: E402
+from neuronscope.activations import layer_geometry  # noqa: E402
+from neuronscope.mining import ScanSettings, open_source, scan  # noqa: E402
+from neuronscope.mining.accumulator import LayerAccumulator  # noqa: E402
+from neuronscope.mining.loader import iter_batches  # noqa: E402
 from neuronscope.models import load_model  # noqa: E402
 from neuronscope.objectives import channel  # noqa: E402
 from neuronscope.runtime import seed_everything  # noqa: E402
@@ -113,6 +118,47 @@ def featurevis(model, args) -> dict:
                       "estimate_s": None if estimate is None else estimate * check_steps}}
 
 
+def steady_rate(batches) -> float:
+    """Images/s from the end of the first batch to the end of the last (``batches`` yields batch sizes)."""
+    ends = []
+    for size in batches:
+        ends.append((time.perf_counter(), size))
+    (t0, _), (t1, _) = ends[0], ends[-1]
+    return sum(size for _, size in ends[1:]) / (t1 - t0)
+
+
+def loader_rate(model, shard: Path, args) -> float:
+    """Images/s the decoding workers deliver alone (no model), steady state."""
+    entries = open_source(shard).entries
+    return steady_rate(len(batch.ordinals) for batch in iter_batches(
+        entries, model.preprocess, batch_size=args.scan_batch, workers=args.workers))
+
+
+def merge_rate(model, args) -> float:
+    """Images/s of the scan's per-batch merges alone, as its merge thread runs them, on the batches the
+    scan sees (this layer's reduced activations of random pixels, made beforehand on the device)."""
+    (geometry,) = layer_geometry(model, ["neurons"]).values()
+    accumulator = LayerAccumulator(geometry.units, geometry.grid, ScanSettings(), model.device, geometry.layout)
+    height, width = model.preprocess.image_size
+    reduced = []
+    with Recorder(model, ["neurons"], early_stop=True) as recorder, torch.no_grad():
+        (name,) = recorder.layers
+        for _ in range(args.images // args.scan_batch):
+            pixels = model.preprocess.normalize(torch.rand(args.scan_batch, 3, height, width, device=model.device))
+            reduced.append(accumulator.reduce(recorder.run(pixels)[name]))
+    generator = np.random.default_rng(0)
+
+    def merges():
+        for index, (values, cells, map_means) in enumerate(reduced):
+            ordinals = np.arange(index * args.scan_batch, (index + 1) * args.scan_batch, dtype=np.int64)
+            accumulator.update(values, cells, map_means, ordinals,
+                               generator.integers(0, 2**62, args.scan_batch, dtype=np.int64))
+            synchronize(model.device)
+            yield args.scan_batch
+
+    return steady_rate(merges())
+
+
 def scan_vs_forward(model, args) -> dict:
     """End to end (workers' start-up, the final write of every unit into SQLite) and steady state (from the
     end of the first batch to the end of the last, as the progress bar sees it)."""
@@ -126,11 +172,13 @@ def scan_vs_forward(model, args) -> dict:
                  thumbnails=False, checkpoint_every=10**9,
                  on_batch=lambda p: progress.append((time.perf_counter(), p.images)))
             end_to_end = args.images / (time.perf_counter() - started)
+        loader = loader_rate(model, shard, args)
     (t0, n0), (t1, n1) = progress[0], progress[-1]
     steady = (n1 - n0) / (t1 - t0)
     return {"images": args.images, "batch": args.scan_batch, "workers": args.workers, "forward_img_s": forward,
             "scan_steady_img_s": steady, "scan_end_to_end_img_s": end_to_end, "ratio_steady": steady / forward,
-            "ratio_end_to_end": end_to_end / forward}
+            "ratio_end_to_end": end_to_end / forward, "loader_alone_img_s": loader,
+            "merges_alone_img_s": merge_rate(model, args)}
 
 
 def main() -> None:
