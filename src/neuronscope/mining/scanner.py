@@ -453,7 +453,10 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, stat
         return None
     ordinals = np.array([batch.ordinals[p] for p in keep], np.int64)
     hashes = np.array([sample_hash(batch.ids[p], seed) for p in keep], np.int64)
-    pixels = batch.pixels[keep].to(model.device).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
+    # Indexing copies the whole batch (35 ms for 128 images at 288 px on one core, about a GPU forward's
+    # time): only when a duplicate was dropped.
+    pixels = batch.pixels if len(keep) == len(batch.ordinals) else batch.pixels[keep]
+    pixels = pixels.to(model.device).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
     with torch.no_grad():
         acts = recorder.run(model.preprocess.normalize(pixels))
     reduced = {name: accumulator.reduce(acts[name]) for name, accumulator in state.accumulators.items()}
