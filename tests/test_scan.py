@@ -134,6 +134,23 @@ def test_batch_size_and_workers_do_not_change_results(tiny_rn, images, tmp_path)
                       dump(tmp_path / "b", "visual.layer3.0", range(0, 256, 7)), exact=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: merges run on a stream of their own there")
+def test_merges_on_their_own_cuda_stream_give_the_results_of_the_models_stream(images, tmp_path, monkeypatch):
+    """On a GPU each batch's merges run on a side stream that waits only for that batch's forward; the
+    results are those of merging on the model's stream (the same kernels, in the same order per batch)."""
+    import contextlib
+
+    from neuronscope.mining import scanner
+    from neuronscope.models import load_model
+
+    model = load_model("mini-clip", device="cuda", precision="fp32")
+    run_scan(model, images, tmp_path / "side", batch_size=8)
+    monkeypatch.setattr(scanner, "_merge_stream", lambda update: contextlib.nullcontext())
+    run_scan(model, images, tmp_path / "model", batch_size=8)
+    units = range(0, 512, 5)
+    assert_same_units(dump(tmp_path / "side", "neurons", units), dump(tmp_path / "model", "neurons", units))
+
+
 class Killed(Exception):
     """Stands for SIGKILL: raised from the progress hook after some batches."""
 

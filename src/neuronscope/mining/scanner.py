@@ -28,6 +28,7 @@ identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -128,8 +129,9 @@ class ScanState:
 
     def merge_batch(self, update: BatchUpdate) -> None:
         """Merge one batch into every layer, then keep its records (pruning those no unit holds any more)."""
-        for name, accumulator in self.accumulators.items():
-            accumulator.update(*update.reduced[name], update.ordinals, update.hashes)
+        with _merge_stream(update):
+            for name, accumulator in self.accumulators.items():
+                accumulator.update(*update.reduced[name], update.ordinals, update.hashes)
         self.records.update(update.records)
         if len(self.records) > 4 * sum(a.units * (a.settings.top_k + a.settings.bottom_k)
                                        for a in self.accumulators.values()) + 4096:
@@ -427,12 +429,41 @@ def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries
 class BatchUpdate:
     """One batch's reduced activations, ready to merge: per layer ``(values, cells, map_means)`` on the
     model's device (see :func:`reduce_batch`), the kept images' ``ordinals`` [B] and reservoir ``hashes``
-    [B], and their records."""
+    [B], and their records. On a GPU, ``ready`` marks the end of the batch's forward on the model's stream."""
 
     reduced: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     ordinals: np.ndarray
     hashes: np.ndarray
     records: dict[int, ImageRecord]
+    ready: torch.cuda.Event | None = None
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+@contextmanager
+def _merge_stream(update: BatchUpdate) -> Iterator[None]:
+    """Run a batch's merges on a CUDA stream of their own (a no-op on a CPU).
+
+    The merges wait for their stream twice (the top-k finds the rows to re-sort, the maxima go to the
+    host for the histograms). On the model's stream that wait would include the next batch's forward,
+    which the main thread queues meanwhile: merge and forward would take turns instead of overlapping. The
+    side stream waits only for this batch's forward (``update.ready``), and it is drained before the
+    merge returns, so the next reader of the state (a checkpoint, the next merge) sees it complete.
+    """
+    if update.ready is None:
+        yield
+        return
+    tensors = [tensor for reduced in update.reduced.values() for tensor in reduced]
+    stream = _side_stream(tensors[0].device)
+    stream.wait_event(update.ready)
+    for tensor in tensors:
+        tensor.record_stream(stream)  # made on the model's stream, read on this one: not freed early
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
 
 
 def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, state: ScanState, batch: Batch,
@@ -460,13 +491,17 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, stat
     with torch.no_grad():
         acts = recorder.run(model.preprocess.normalize(pixels))
     reduced = {name: accumulator.reduce(acts[name]) for name, accumulator in state.accumulators.items()}
+    ready = None
+    if pixels.is_cuda:
+        ready = torch.cuda.Event()
+        ready.record()
     records = {}
     for position, ordinal in zip(keep, ordinals):
         width, height = batch.sizes[position]
         records[int(ordinal)] = ImageRecord(batch.ids[position], source_name, batch.names[position],
                                             batch.sha256s[position], int(width), int(height))
     state.images += len(keep)
-    return BatchUpdate(reduced, ordinals, hashes, records)
+    return BatchUpdate(reduced, ordinals, hashes, records, ready)
 
 
 def _ids(ordinals: np.ndarray, records: dict[int, ImageRecord]) -> np.ndarray:
