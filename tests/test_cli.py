@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
@@ -179,6 +180,31 @@ def test_broken_pipe_in_a_command_exits_0(monkeypatch):
     with pytest.raises(typer.Exit) as raised:
         cli_command(command)()
     assert raised.value.exit_code == 0
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise ValueError("cannot read item 0: the disk went away")
+
+
+def test_an_error_in_a_loader_worker_shows_what_went_wrong(capsys):
+    """torch re-raises a worker's error with the traceback as its message; its first line alone
+    ("Caught ValueError in DataLoader worker process 0.") does not say what happened."""
+    import typer
+
+    from neuronscope.commands.common import cli_command
+
+    def command(debug: bool = False) -> None:
+        next(iter(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
+
+    with pytest.raises(typer.Exit) as raised:
+        cli_command(command)()
+    assert raised.value.exit_code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "DataLoader worker" in line and "ValueError: cannot read item 0: the disk went away" in line, line
 
 
 @pytest.mark.parametrize("command", [

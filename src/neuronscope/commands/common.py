@@ -91,11 +91,23 @@ def cli_command(func: F) -> F:
         except Exception as err:  # noqa: BLE001 - the one place that turns crashes into one line
             if debug:
                 raise
-            message = str(err).splitlines()[0] if str(err) else ""
-            typer.echo(f"error: {type(err).__name__}: {message} (run with --debug for the traceback)", err=True)
+            typer.echo(f"error: {type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)",
+                       err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(err: BaseException) -> str:
+    """An unexpected error's message in one line: its first, and for an error a DataLoader worker raised
+    (torch re-raises it with the worker's traceback as the message, "Caught ValueError in DataLoader worker
+    process 0." first) also its last, which says what went wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if len(lines) > 1 and "Original Traceback" in lines[1]:
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 def _silence_stdout() -> None:
