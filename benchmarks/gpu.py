@@ -17,17 +17,23 @@ takes about 20 s per 1,000 on one core: give the scan part that much more time.
     step is timed between the render's per-step callbacks (set-up and the final image copy left out).
 (3) Issue 4 (a) on the GPU: ``scan`` over PNGs at the input size / a bare forward to the same layer
     (steady state and end to end), beside what bounds it: the decoding workers alone (images/s out of
-    the loader) and the per-batch merges alone (top-k on the device, moments and histograms on the CPU).
+    the loader) and the per-batch merges alone (top-k on the device, moments and histograms on the CPU),
+    and, from a second scan with the scanner's parts wrapped in timers, milliseconds a batch spent waiting
+    for the loader, in the main thread's ``forward_batch``, in the merge thread, and waiting for merges.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +44,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import forward_rate, synchronize  # noqa: E402 - shared with scan.py and words.py
 from scan import write_shard  # noqa: E402 - the CPU benchmark's shard writer
 
-from neuronscope.activations import Recorder  # noqa: E402
+from neuronscope.activations import Recorder, layer_geometry  # noqa: E402
 from neuronscope.atlas import Atlas  # noqa: E402
-from neuronscope.activations import layer_geometry  # noqa: E402
-from neuronscope.mining import ScanSettings, open_source, scan  # noqa: E402
+from neuronscope.mining import ScanSettings, open_source, scan, scanner  # noqa: E402
 from neuronscope.mining.accumulator import LayerAccumulator  # noqa: E402
 from neuronscope.mining.loader import iter_batches  # noqa: E402
 from neuronscope.models import load_model  # noqa: E402
@@ -159,9 +164,52 @@ def merge_rate(model, args) -> float:
     return steady_rate(merges())
 
 
+@contextlib.contextmanager
+def scan_timers() -> Iterator[dict[str, list[float]]]:
+    """Seconds per batch inside a scan, by wrapping the scanner's parts (benchmark only): ``loader`` (the
+    main thread waiting for the next decoded batch), ``forward_batch`` (the main thread: copy to the device,
+    forward, reductions queued), ``merge`` (the merge thread, one batch's merges start to end) and
+    ``merge_wait`` (the main thread waiting for the previous batch's merges)."""
+    timers: dict[str, list[float]] = {"loader": [], "forward_batch": [], "merge": [], "merge_wait": []}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timers[name].append(time.perf_counter() - started)
+        return wrapper
+
+    def timed_batches(*a, **k):
+        batches = iter_batches_of_scanner(*a, **k)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            timers["loader"].append(time.perf_counter() - started)
+            if batch is None:
+                return
+            yield batch
+
+    iter_batches_of_scanner, forward_batch, merge_batch = scanner.iter_batches, scanner.forward_batch, \
+        scanner.ScanState.merge_batch
+    result = concurrent.futures.Future.result
+    scanner.iter_batches, scanner.forward_batch = timed_batches, timed("forward_batch", forward_batch)
+    scanner.ScanState.merge_batch = timed("merge", merge_batch)
+    # Only the scan's main thread waits on futures while this runs.
+    concurrent.futures.Future.result = timed("merge_wait", result)
+    try:
+        yield timers
+    finally:
+        scanner.iter_batches, scanner.forward_batch, scanner.ScanState.merge_batch = \
+            iter_batches_of_scanner, forward_batch, merge_batch
+        concurrent.futures.Future.result = result
+
+
 def scan_vs_forward(model, args) -> dict:
     """End to end (workers' start-up, the final write of every unit into SQLite) and steady state (from the
-    end of the first batch to the end of the last, as the progress bar sees it)."""
+    end of the first batch to the end of the last, as the progress bar sees it); then the same scan again
+    with :func:`scan_timers` for where a batch's time goes (milliseconds a batch, means after the first)."""
     progress = []
     with tempfile.TemporaryDirectory() as work:
         shard = write_shard(Path(work) / "input_size.tar", args.images, model.preprocess.image_size[::-1])
@@ -172,13 +220,17 @@ def scan_vs_forward(model, args) -> dict:
                  thumbnails=False, checkpoint_every=10**9,
                  on_batch=lambda p: progress.append((time.perf_counter(), p.images)))
             end_to_end = args.images / (time.perf_counter() - started)
+        with Atlas(Path(work) / "timed") as atlas, scan_timers() as timers:
+            scan(model, open_source(shard), atlas, ["neurons"], batch_size=args.scan_batch, workers=args.workers,
+                 thumbnails=False, checkpoint_every=10**9)
+        breakdown = {name: round(1000 * statistics.mean(times[1:] or times), 1) for name, times in timers.items()}
         loader = loader_rate(model, shard, args)
     (t0, n0), (t1, n1) = progress[0], progress[-1]
     steady = (n1 - n0) / (t1 - t0)
     return {"images": args.images, "batch": args.scan_batch, "workers": args.workers, "forward_img_s": forward,
             "scan_steady_img_s": steady, "scan_end_to_end_img_s": end_to_end, "ratio_steady": steady / forward,
             "ratio_end_to_end": end_to_end / forward, "loader_alone_img_s": loader,
-            "merges_alone_img_s": merge_rate(model, args)}
+            "merges_alone_img_s": merge_rate(model, args), "ms_per_batch": breakdown}
 
 
 def main() -> None:
