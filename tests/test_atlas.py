@@ -422,3 +422,20 @@ def test_conditional_buckets_are_a_function_of_the_unit_record(scanned):
             buckets = conditional_buckets(atlas.unit(None, "neurons", unit), n_buckets=4)
             assert buckets and buckets == atlas.conditional_buckets(None, "neurons", unit, n_buckets=4)
             assert sum(bucket["count"] for bucket in buckets) == 12
+
+
+@pytest.mark.parametrize("grid", [(144, 144), (224, 224), (288, 200)])
+def test_a_grid_finer_than_the_thumbnail_marks_the_pixel_its_cell_falls_in(grid):
+    """Input-size layers (visual.conv1:input, RN50x4's stem at 144x144) have cells under a pixel of a 128 px
+    thumbnail: every cell is still marked, at its place (the box used to end before it began)."""
+    from neuronscope.atlas import marked_thumbnail
+    from neuronscope.atlas.thumbnails import MARK_COLOUR
+
+    pixels = np.full((256, 256, 3), 200, np.uint8)
+    for cell in [(0, 0), (0, 4), (grid[0] // 2, grid[1] - 1), (grid[0] - 1, grid[1] - 1)]:
+        marked = np.asarray(marked_thumbnail(pixels, cell, grid, size=128))
+        red = np.argwhere((marked == MARK_COLOUR).all(axis=2))
+        assert len(red), cell
+        centre = ((cell[0] + 0.5) * 128 / grid[0], (cell[1] + 0.5) * 128 / grid[1])
+        assert np.abs(red.mean(axis=0) - centre).max() <= 2, (cell, red.mean(axis=0), centre)
+

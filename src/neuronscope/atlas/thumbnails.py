@@ -37,7 +37,10 @@ def marked_thumbnail(pixels: np.ndarray, cell: tuple[int, int], grid: tuple[int,
     row, col = cell
     if rows * cols > 1:  # a 1x1 map (a pooled vector) has no cell worth marking
         cell_h, cell_w = size / rows, size / cols
-        box = (round(col * cell_w), round(row * cell_h), round((col + 1) * cell_w) - 1, round((row + 1) * cell_h) - 1)
+        left, top = round(col * cell_w), round(row * cell_h)
+        # A grid finer than the thumbnail (an input-size layer: 224 or 288 cells on 128 px) has cells under a
+        # pixel: the box is at least the pixel the cell falls in.
+        box = (left, top, max(left, round((col + 1) * cell_w) - 1), max(top, round((row + 1) * cell_h) - 1))
         ImageDraw.Draw(image).rectangle(box, outline=MARK_COLOUR, width=max(1, size // 64))
     return image
 
