@@ -268,3 +268,22 @@ def test_zeroshot_refuses_a_template_without_braces_before_the_model_loads(monke
     monkeypatch.setattr(zeroshot_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
     result = invoke("zeroshot", "--template", "a photo", "--classes", "cat,dog", str(tmp_path))
     assert result.exit_code == 1 and "--template 'a photo' has no {}" in result.output
+
+
+@pytest.mark.parametrize("bad", ["nothere.png", "notes.md"])
+def test_zeroshot_refuses_a_bad_input_anywhere_in_the_list_before_the_model_loads(monkeypatch, tmp_path, bad):
+    """Inputs are decoded lazily: a typo last in the list used to surface after every image before it had gone
+    through the model, and nothing was printed; the message named --images, an option zeroshot has not."""
+    from PIL import Image
+
+    from neuronscope.commands import zeroshot as zeroshot_command
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.mining.loader import iter_decoded
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "notes.md").write_text("not an image")
+    monkeypatch.setattr(zeroshot_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
+    result = invoke("zeroshot", "--classes", "cat,dog", str(tmp_path / "a.png"), str(tmp_path), str(tmp_path / bad))
+    assert result.exit_code == 1 and f"{tmp_path / bad}: " in result.output and "--images" not in result.output
+    with pytest.raises(NeuronscopeError, match=bad):  # the API refuses before the first image too
+        next(iter_decoded([str(tmp_path / "a.png"), str(tmp_path / bad)]))

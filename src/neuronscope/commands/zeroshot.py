@@ -23,6 +23,7 @@ from neuronscope.commands.common import (
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
 from neuronscope.mining.loader import iter_decoded
+from neuronscope.mining.sources import check_inputs
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 from neuronscope.runtime import seed_everything
 
@@ -71,6 +72,7 @@ def zeroshot(
     if template is not None and "{}" not in template:  # before the model loads, not after
         raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
     names = read_classes(classes, classes_file)
+    check_inputs(images)
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
     own = world_prompt_set(loaded.key)

@@ -97,6 +97,10 @@ def size_twins(entries: Sequence[Entry]) -> np.ndarray:
     return known[counts[inverse] > 1]
 
 
+#: Text files of image paths, one a line, that :func:`open_source` reads as a source.
+LISTING_SUFFIXES = (".txt", ".lst", ".list")
+
+
 def _has_image_suffix(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
@@ -174,9 +178,22 @@ def open_source(source: str | os.PathLike) -> ImageSource:
                                f"or a text file of paths)")
     if path.suffix.lower() == ".tar":
         return list_tar(path.resolve())
-    if path.suffix.lower() in (".txt", ".lst", ".list"):
+    if path.suffix.lower() in LISTING_SUFFIXES:
         return list_paths_file(path.resolve())
     raise NeuronscopeError(f"--images {source}: not a folder, a .tar shard or a .txt list of paths")
+
+
+def check_inputs(inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse, in one line naming it, a command-line input that is neither an image file nor a source
+    :func:`open_source` lists (a folder, a ``.tar`` shard, a text file of paths)."""
+    for source in inputs:
+        path = Path(source).expanduser()
+        if path.is_dir() or (path.is_file() and (_has_image_suffix(path.name)
+                                                 or path.suffix.lower() in (".tar", *LISTING_SUFFIXES))):
+            continue
+        problem = ("no such file or folder" if not path.exists()
+                   else "not an image file, a folder, a .tar shard or a .txt list of paths")
+        raise NeuronscopeError(f"{source}: {problem}")
 
 
 def list_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[Entry]:
@@ -187,6 +204,7 @@ def list_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[Entry]:
     ``SHARD.tar::member``. Reading and decoding are the loader's
     (:func:`neuronscope.mining.loader.iter_decoded`).
     """
+    check_inputs(inputs)  # all of them, before the first is read: a typo at the end loses no work
     for source in inputs:
         path = Path(source)
         if path.is_file() and _has_image_suffix(path.name):
