@@ -489,6 +489,30 @@ def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(
         facets.render_faceted(tiny_rn, "visual.layer2.0", [0], probe, config=RenderConfig(steps=1))
 
 
+def test_probe_layers_default_by_family_and_say_what_to_register_when_none_fits(tiny_rn, tiny_vit):
+    """A ResNet's default is every other block of layer3, a ViT's the middle third of its blocks; a conv net
+    without a layer3 (ConvNeXt) was told "no layer matches 'visual.layer3.*'", a layer it never named."""
+    from dataclasses import replace
+
+    from neuronscope.activations.names import resolve_layers
+    from neuronscope.errors import NeuronscopeError
+    from tests.helpers import channels_last_model
+
+    def without_entry(model):
+        return replace(model, spec=replace(model.spec, probe_layers=()))
+
+    def layers(model, pattern):
+        return resolve_layers(model.module, [pattern], model.layer_aliases, model_key=model.key)
+
+    assert facets.probe_layers(without_entry(tiny_rn)) == layers(tiny_rn, "visual.layer3.*")[::2]
+    blocks = layers(tiny_vit, "visual.transformer.resblocks.*")
+    assert facets.probe_layers(without_entry(tiny_vit)) == blocks[len(blocks) // 3: 2 * len(blocks) // 3 + 1]
+    convnext_like = channels_last_model()
+    assert convnext_like.family == "conv"
+    with pytest.raises(NeuronscopeError, match="has no facet-probe layers; register them as ModelSpec.probe_layers"):
+        facets.probe_layers(convnext_like)
+
+
 def test_a_faceted_render_keeps_the_papers_lr_and_l2_over_a_callers_config(tiny_rn, monkeypatch):
     """RenderConfig(steps=1) alone used to render at lr 0.05; the facet's lr applies over it, and its penalty is
     the paper's: 10 x the mean squared distance from grey (not RenderConfig.l2's RMS, 60-120x stronger near

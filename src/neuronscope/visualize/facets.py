@@ -33,7 +33,7 @@ from torch import Tensor
 from neuronscope.activations.names import resolve_layers
 from neuronscope.activations.record import record
 from neuronscope.activations.geometry import layer_geometry
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
 from neuronscope.models.loaded import LoadedModel
@@ -78,24 +78,28 @@ class FacetSettings:
 
 
 def probe_layers(model: LoadedModel) -> list[str]:
-    """The model's facet-probe layers, canonical: its registry entry, else every other block of layer3.
+    """The model's facet-probe layers, canonical: its registry entry, else a default for its family (every
+    other block of a ResNet's ``layer3``; the middle third of a ViT's residual blocks).
 
     Raises:
-        NeuronscopeError: the model has neither an entry nor a ``layer3`` (a ViT without one).
+        NeuronscopeError: no entry, and no default fits (another family, or a tower without those blocks,
+            such as ConvNeXt's or a timm trunk's).
     """
     patterns = list(model.spec.probe_layers)
-    if not patterns:
+    if patterns:
+        return resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
+    tower = model.spec.image_tower
+    try:
         if model.family == "conv":
-            patterns = [f"{model.spec.image_tower}.layer3.*"]
-            layers = resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
-            return layers[::2]
+            return resolve_layers(model.module, [f"{tower}.layer3.*"], model.layer_aliases, model_key=model.key)[::2]
         if model.family == "vit":
-            blocks = resolve_layers(model.module, [f"{model.spec.image_tower}.transformer.resblocks.*"],
-                                    model.layer_aliases, model_key=model.key)
+            blocks = resolve_layers(model.module, [f"{tower}.transformer.resblocks.*"], model.layer_aliases,
+                                    model_key=model.key)
             return blocks[len(blocks) // 3: 2 * len(blocks) // 3 + 1]
-        raise NeuronscopeError(f"{model.key} has no facet-probe layers; register them as "
-                               f"ModelSpec.probe_layers (e.g. 'visual.layer3.{{0,2,4}}')")
-    return resolve_layers(model.module, patterns, model.layer_aliases, model_key=model.key)
+    except LayerNotFoundError:
+        pass  # a layer the user never named is no help: say what to register instead
+    raise NeuronscopeError(f"{model.key} has no facet-probe layers; register them as "
+                           f"ModelSpec.probe_layers (e.g. 'visual.layer3.{{0,2,4}}')")
 
 
 def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | None = None) -> None:
