@@ -371,8 +371,9 @@ def test_weights_for_another_architecture_say_so(tmp_path, tiny_vit):
     torch.save(tiny_vit.module.state_dict(), path)
     with pytest.raises(WeightsError, match="do not fit this architecture.*missing"):
         load_model("tiny-rn", weights=path)
-    with pytest.raises(WeightsError, match="which architecture"):
+    with pytest.raises(WeightsError, match="which architecture.*--model NAME --weights PATH") as unnamed:
         load_model(str(path))
+    assert "RN50'" not in str(unnamed.value)  # a ViT's file was once told to name RN50
     with pytest.raises(WeightsError, match="does not exist"):
         load_model("tiny-rn", weights=tmp_path / "nope.pt")
 

@@ -306,6 +306,17 @@ def test_reproduce_words_needs_weights() -> None:
     assert result.exit_code == 1 and "--weights PATH" in result.output
 
 
+def test_reproduce_words_with_another_architectures_weights_says_it_needs_rn50x4(tmp_path: Path, tiny_rn) -> None:
+    """The generic advice, "name the architecture (--model NAME)", names an option reproduce has not."""
+    import torch
+
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_rn.module.state_dict(), path)
+    result = runner.invoke(app, ["reproduce", "words", "--weights", str(path)])
+    assert result.exit_code == 1
+    assert "needs OpenAI's RN50x4 weights" in result.output and "--model" not in result.output, result.output
+
+
 @pytest.mark.real_weights
 @pytest.mark.skipif(not os.environ.get("NEURONSCOPE_RN50X4"), reason="set NEURONSCOPE_RN50X4=PATH to RN50x4 weights")
 def test_reproduces_the_papers_top_words_with_real_weights(tmp_path: Path) -> None:

@@ -19,6 +19,19 @@ class WeightsError(NeuronscopeError):
     """Weights that cannot be had: unknown tag, missing file, failed download."""
 
 
+class WeightsMismatch(WeightsError):
+    """Weights whose keys or shapes do not fit the architecture they were loaded into.
+
+    ``what`` names the weights (a file, a tag) and ``details`` the keys that differ, for a caller whose own
+    advice fits better than the generic "name the architecture" (a command that needs one architecture).
+    """
+
+    def __init__(self, what: str, details: str) -> None:
+        self.what, self.details = what, details
+        super().__init__(f"the weights in {what} do not fit this architecture: {details}. Name the architecture "
+                         f"they were saved from (MODEL@PATH or --model NAME --weights PATH)")
+
+
 class BundledModelMissing(WeightsError):
     """The bundled mini CLIP's files are not (yet) in the package."""
 

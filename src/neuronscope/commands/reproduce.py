@@ -31,7 +31,7 @@ from neuronscope.commands.words import (
     WorkersOpt,
     raster_settings,
 )
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import NeuronscopeError, WeightsMismatch
 
 app = typer.Typer(help="Compare our results with the article's (needs the real weights).", no_args_is_help=True)
 
@@ -71,7 +71,11 @@ def reproduce_words(
         check_atlas_target(out)
     settings = raster_settings(sizes, positions, fonts)
     vocabulary = load_vocabulary(vocab)
-    loaded = load_cli_model(PAPER_MODEL, weights, device, precision)
+    try:
+        loaded = load_cli_model(PAPER_MODEL, weights, device, precision)
+    except WeightsMismatch as err:  # its advice, "name the architecture", does not apply: this one is fixed
+        raise NeuronscopeError(f"reproduce words needs OpenAI's RN50x4 weights; {err.what} holds another "
+                               f"architecture's ({err.details})") from None
     bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
     try:
         probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,

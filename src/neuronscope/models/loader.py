@@ -221,8 +221,8 @@ def _from_file(arch: Architecture | None, path: Path, name: str, activation: Act
     if arch is None:
         if not openai_archive:
             raise WeightsError(
-                f"cannot tell which architecture {str(path)!r} is for; name it: "
-                f"load_model('RN50', weights=PATH) or --model RN50 --weights PATH"
+                f"cannot tell which architecture {str(path)!r} is for; name it: load_model(NAME, weights=PATH) "
+                f"or --model NAME --weights PATH (NAME as `neuronscope models` lists it, e.g. RN50x4 or ViT-B-32)"
             )
         chosen = activation or "quick_gelu"  # OpenAI trained with QuickGELU
         module = _build_openai_archive(path, state, chosen)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuronscope.errors import WeightsError
+from neuronscope.errors import WeightsError, WeightsMismatch
 
 # Entries of OpenAI's TorchScript state dict that are attributes, not weights.
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
@@ -136,8 +136,5 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
             key = mismatched[0]
             details.append(f"{len(mismatched)} of another shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
                            f"{tuple(own[key].shape)} in the model)")
-        raise WeightsError(
-            f"the weights in {what} do not fit this architecture: {'; '.join(details)}. "
-            f"Name the architecture they were saved from (MODEL@PATH or --model NAME --weights PATH)"
-        )
+        raise WeightsMismatch(what, "; ".join(details))
     module.load_state_dict(state, strict=True)
