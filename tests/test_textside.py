@@ -315,6 +315,29 @@ def test_sparse_codes_recover_a_known_sparse_answer():
         assert codes.top_unit(f"class{c}") in columns
 
 
+def test_sparse_codes_skip_only_fits_that_must_be_empty(monkeypatch):
+    """Below sklearn's l1_min_c every L1 code is empty: those grid points are not fitted, and the codes equal
+    a search that fits every grid point."""
+    import sklearn.svm
+
+    from neuronscope.analysis import sparse_codes
+
+    generator = np.random.default_rng(3)
+    labels = np.repeat(np.arange(6), 4)
+    features = generator.normal(size=(6, 40))[labels] + 0.5 * generator.normal(size=(24, 40))
+    names = [f"class{c}" for c in range(6)]
+    fitted: list[float] = []
+    fit = sparse_codes._l1_fit
+    monkeypatch.setattr(sparse_codes, "_l1_fit", lambda x, y, c: fitted.append(c) or fit(x, y, c))
+    skipping = fit_sparse_codes(features, labels, names, max_units=3)
+    fits_skipping = len(fitted)
+    monkeypatch.setattr(sklearn.svm, "l1_min_c", lambda *args, **kwargs: 0.0)  # no bound: every grid point fits
+    every_point = fit_sparse_codes(features, labels, names, max_units=3)
+    assert fits_skipping < len(fitted) - fits_skipping
+    assert np.array_equal(skipping.coefficients, every_point.coefficients)
+    assert skipping.strengths == every_point.strengths
+
+
 def test_nmf_recovers_planted_groups():
     generator = np.random.default_rng(1)
     profiles = np.zeros((14, 20))

@@ -78,8 +78,15 @@ def _sparsest_within_budget(features: np.ndarray, targets: np.ndarray, max_units
     Where the grid jumps from no unit straight past the budget, the gap is bisected (in log C); a fit that
     still overshoots keeps its ``max_units`` largest weights.
     """
+    from sklearn.svm import l1_min_c
+
     chosen, chosen_c, empty_c = None, float(grid[0]), None
+    # Below this C every code is empty (a bound, exact for this loss and intercept): no fit needed there.
+    first_nonempty = l1_min_c(features, targets, loss="log")
     for strength in sorted(grid):
+        if strength < first_nonempty:
+            empty_c = strength
+            continue
         weights = _l1_fit(features, targets, strength)
         used = int(np.count_nonzero(weights))
         if used > max_units:
