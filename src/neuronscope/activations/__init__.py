@@ -23,6 +23,7 @@ from neuronscope.activations.record import record
 from neuronscope.activations.recorder import Recorder
 from neuronscope.activations.reduce import (
     REDUCTIONS,
+    NoClassTokenError,
     centre,
     cls_token,
     map_grid,
@@ -36,7 +37,7 @@ from neuronscope.activations.reduce import (
 
 __all__ = [
     "CHANNELS_FIRST", "CHANNELS_LAST", "INPUT", "REDUCTIONS",
-    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "Recorder",
+    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "NoClassTokenError", "Recorder",
     "aliases_by_layer", "all_layer_names", "capture_layout", "centre", "cls_token", "known_layout", "layer_geometry",
     "layer_layouts", "list_layers", "map_grid", "mean_ablate", "record",
     "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",

@@ -10,7 +10,8 @@ unit's layer), so they all read the same forward: a grey image (0.5, the renders
 background) through the model's own preprocessing, stopped after the last layer asked for. Units and
 grid are those of the maps every reduction reads (:func:`~neuronscope.activations.reduce.unit_maps`),
 laid out as the model runs the layer (:func:`~neuronscope.activations.layer_layouts`): a channels-last
-``[B, H, W, C]`` layer has C units on an (H, W) grid.
+``[B, H, W, C]`` layer has C units on an (H, W) grid; a ViT's tokens ``[B, T, D]`` have D units on the patch
+grid, after the ``prefix_tokens`` class and register tokens the model puts first.
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from neuronscope.models.loaded import LoadedModel
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """A layer's units (channels, or a ViT's width), the (rows, cols) of its map ((1, 1) for vectors) and,
-    for a 4-D layer, where it holds its units (``CHANNELS_FIRST`` for the others)."""
+    """A layer's units (channels, or a ViT's width), the (rows, cols) of its map ((1, 1) for vectors),
+    for a 4-D layer where it holds its units (``CHANNELS_FIRST`` for the others) and, for ViT tokens, how many
+    tokens precede the patches (:attr:`~neuronscope.models.LoadedModel.prefix_tokens`; 0 for maps and vectors).
+
+    Read the layer's units as maps with :meth:`maps`, which knows all of it."""
 
     units: int
     grid: tuple[int, int]
     layout: Layout = CHANNELS_FIRST
+    prefix_tokens: int = 0
+
+    def maps(self, acts: torch.Tensor) -> torch.Tensor:
+        """This layer's activations (any batch) -> maps [B, C, H, W] on :attr:`grid`, as every reduction reads them."""
+        return unit_maps(acts, grid=self.grid, layout=self.layout, prefix_tokens=self.prefix_tokens)
 
 
 @torch.no_grad()
@@ -54,5 +63,6 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
 
 def _geometry(model: LoadedModel, layer: str, acts: torch.Tensor) -> LayerGeometry:
     layout = known_layout(model, layer, acts)
-    maps = unit_maps(acts, grid=model.token_grid, layout=layout)  # [1, C, H, W]: what reductions read
-    return LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout)
+    prefix_tokens = model.prefix_tokens if acts.ndim == 3 else 0
+    maps = unit_maps(acts, grid=model.token_grid, layout=layout, prefix_tokens=prefix_tokens)  # [1, C, H, W]
+    return LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout, prefix_tokens)

@@ -12,7 +12,7 @@ from neuronscope.activations.catalog import layer_layouts
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Images, Recorder
-from neuronscope.activations.reduce import REDUCTIONS, reduce_units
+from neuronscope.activations.reduce import NO_CLASS_TOKEN, REDUCTIONS, NoClassTokenError, reduce_units
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 
@@ -54,7 +54,8 @@ def record(
         edits: unit edits active during the forwards.
         reduce: None for full activations ([B, C, H, W] maps, [B, T, D]
             tokens), or ``mean|max|centre|cls`` for one value per unit [B, C]
-            (see :mod:`neuronscope.activations.reduce`).
+            (see :mod:`neuronscope.activations.reduce`; ``cls`` raises :class:`NoClassTokenError` for a
+            ViT without a class token).
         batch_size: images per forward (None: all at once).
         grad: keep autograd on (the result is then not detached).
 
@@ -65,7 +66,12 @@ def record(
         # Checked here, not in the hook: a function passed for its name would fail inside the first forward.
         raise ValueError(f"reduce={reduce!r}: give a reduction's name, one of {', '.join(REDUCTIONS)} "
                          f"(e.g. reduce=\"mean\" for spatial_mean)")
+    if reduce == "cls" and isinstance(model, LoadedModel) and not model.has_class_token:
+        # Before any forward: inside the hook it would fail only once the first batch had run.
+        raise NoClassTokenError(f"{model.key}: {NO_CLASS_TOKEN}")
     grid = model.token_grid if isinstance(model, LoadedModel) else None
+    # A plain module is read as open_clip lays out its ViTs: one class token, then the patches.
+    prefix_tokens = model.prefix_tokens if isinstance(model, LoadedModel) else 1
     # A plain module has no catalogue: its 4-D layers are read as [B, C, H, W].
     layouts = layer_layouts(model) if reduce is not None and isinstance(model, LoadedModel) else {}
 
@@ -77,7 +83,7 @@ def record(
                 raise NeuronscopeError(f"cannot tell whether layer {name} holds its units first or last; "
                                        f"record it with reduce=None and reduce it yourself")
             return reduce_units(acts, reduce, grid=grid if acts.ndim == 3 else None,  # type: ignore[arg-type]
-                                layout=layout)
+                                layout=layout, prefix_tokens=prefix_tokens)
         return reduce_in_hook
 
     pieces: dict[str, list[Tensor]] = {}

@@ -7,10 +7,12 @@ Layouts, batch first:
   ``layout="channels_last"``: the layer's layout comes from the model, never
   from the shape (:func:`neuronscope.activations.layer_layouts`);
 - ViT tokens ``[B, T, D]``: units are the last dim; the first
-  ``prefix_tokens`` tokens are class tokens (open_clip ViTs: 1, the CLS token
-  first), the remaining ``T - prefix_tokens`` are patches on a ``grid``
-  (rows, cols) in row-major order. "Spatial" reductions run over the patch
-  tokens only; :func:`cls_token` takes the class token;
+  ``prefix_tokens`` tokens are class and register tokens (the model says how
+  many, :attr:`~neuronscope.models.LoadedModel.prefix_tokens`: open_clip's own
+  ViTs 1, the class token; a SigLIP timm trunk 0), the remaining
+  ``T - prefix_tokens`` are patches on a ``grid`` (rows, cols) in row-major
+  order. "Spatial" reductions run over the patch tokens only;
+  :func:`cls_token` takes the class token, and refuses tokens that have none;
 - vectors ``[B, D]``: units are the last dim, one cell.
 
 :func:`unit_maps` brings all three to ``[B, C, H, W]``, so every reduction is
@@ -25,6 +27,15 @@ import torch
 from torch import Tensor
 
 from neuronscope.activations.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
+from neuronscope.errors import NeuronscopeError
+
+
+class NoClassTokenError(NeuronscopeError, ValueError):
+    """A class-token reduction of a ViT whose tokens have no class token (SigLIP pools its patch tokens)."""
+
+
+NO_CLASS_TOKEN = ("this ViT has no class token (its tower pools the patch tokens, as SigLIP's does): "
+                  "reduce with mean, max or centre instead of cls")
 
 
 def unit_axis(acts: Tensor, layout: Layout = CHANNELS_FIRST) -> int:
@@ -94,10 +105,16 @@ def centre(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None
     return maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
 
 
-def cls_token(acts: Tensor) -> Tensor:
-    """The class token of ViT tokens [B, T, D] -> [B, D] (open_clip puts it first)."""
+def cls_token(acts: Tensor, *, class_token: bool = True) -> Tensor:
+    """The class token of ViT tokens [B, T, D] -> [B, D] (open_clip and timm put it first).
+
+    ``class_token``: whether the tokens have one (:attr:`~neuronscope.models.LoadedModel.has_class_token`);
+    without one the first token is a register or a patch, so this raises :class:`NoClassTokenError`.
+    """
     if acts.ndim != 3:
         raise ValueError(f"cls_token needs tokens [B, T, D], got shape {tuple(acts.shape)}")
+    if not class_token:
+        raise NoClassTokenError(NO_CLASS_TOKEN)
     return acts[:, 0, :]
 
 
@@ -105,8 +122,9 @@ REDUCTIONS = ("mean", "max", "centre", "cls")
 
 
 def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
-                 layout: Layout = CHANNELS_FIRST) -> Tensor:
-    """One value per unit [B, C] by ``how`` in ``mean|max|centre|cls`` (max drops the cell)."""
+                 layout: Layout = CHANNELS_FIRST, class_token: bool = True) -> Tensor:
+    """One value per unit [B, C] by ``how`` in ``mean|max|centre|cls`` (max drops the cell; ``cls`` needs
+    ``class_token``, see :func:`cls_token`)."""
     if how == "mean":
         return spatial_mean(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     if how == "max":
@@ -114,5 +132,5 @@ def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[
     if how in ("centre", "center"):
         return centre(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     if how == "cls":
-        return cls_token(acts)
+        return cls_token(acts, class_token=class_token)
     raise ValueError(f"unknown reduction {how!r}: use one of {', '.join(REDUCTIONS)}")

@@ -46,21 +46,33 @@ class ScanSettings:
                                         f"not {value!r}")
 
 
-def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None, layout: Layout = CHANNELS_FIRST
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None, layout: Layout = CHANNELS_FIRST,
+                 prefix_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's activations -> per image and unit: max over space, its cell, mean over space.
 
     Args:
         acts: maps [B, C, H, W] (or [B, H, W, C] with ``layout="channels_last"``),
             ViT tokens [B, T, D] (patch tokens laid on ``grid``) or vectors [B, D].
+        prefix_tokens: the class and register tokens before a ViT's patch tokens (the layer's
+            :class:`~neuronscope.activations.LayerGeometry`); None: every token before ``grid``'s
+            rows x cols patches (the grid is the layer's geometry's, which counted them), 1 without a grid.
 
     Returns:
         ``values`` [B, C] float32, ``cells`` [B, C, 2] int16 (row, col),
         ``map_means`` [B, C] float32, on the activations' device.
     """
-    maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None, layout=layout)  # [B, C, H, W]
+    if prefix_tokens is None:
+        prefix_tokens = _tokens_before(grid, acts) if acts.ndim == 3 and grid is not None else 1
+    maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None, layout=layout,
+                     prefix_tokens=prefix_tokens)  # [B, C, H, W]
     values, cells = spatial_max(maps)
     return values, cells.to(torch.int16), maps.mean(dim=(2, 3))
+
+
+def _tokens_before(grid: tuple[int, int], tokens: torch.Tensor) -> int:
+    """How many of ``tokens`` [B, T, D] come before the last rows x cols (the patches); fewer tokens than
+    cells is left to :func:`unit_maps` to refuse."""
+    return max(0, tokens.shape[1] - grid[0] * grid[1])
 
 
 def _numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -76,13 +88,17 @@ class LayerAccumulator:
         settings: k, histogram bins, reservoir size, seed.
         device: where the top-k and bottom-k live (the model's device).
         layout: where a 4-D activation of the layer holds its units (:mod:`neuronscope.activations.layout`).
+        prefix_tokens: class and register tokens before a ViT layer's patches (see :func:`reduce_batch`;
+            None: those before ``grid``'s cells).
     """
 
     def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings,
-                 device: str | torch.device = "cpu", layout: Layout = CHANNELS_FIRST) -> None:
+                 device: str | torch.device = "cpu", layout: Layout = CHANNELS_FIRST,
+                 prefix_tokens: int | None = None) -> None:
         self.units = units
         self.grid = grid
         self.layout = layout
+        self.prefix_tokens = prefix_tokens
         self.settings = settings
         self.top = StreamingTopK(units, settings.top_k, largest=True, device=device)
         self.bottom = StreamingTopK(units, settings.bottom_k, largest=False, device=device)
@@ -92,7 +108,7 @@ class LayerAccumulator:
     def reduce(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This layer's activations of a batch -> ``(values, cells, map_means)`` on this layer's grid
         (see :func:`reduce_batch`)."""
-        return reduce_batch(acts, self.grid, self.layout)
+        return reduce_batch(acts, self.grid, self.layout, self.prefix_tokens)
 
     def update(self, values: np.ndarray | torch.Tensor, cells: np.ndarray | torch.Tensor,
                map_means: np.ndarray | torch.Tensor, ordinals: np.ndarray, hashes: np.ndarray) -> None:

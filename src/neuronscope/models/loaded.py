@@ -114,6 +114,24 @@ class LoadedModel:
         grid = getattr(self.image_module, "grid_size", None) or getattr(trunk_embed, "grid_size", None)
         return tuple(grid) if grid is not None else None  # type: ignore[return-value]
 
+    @property
+    def prefix_tokens(self) -> int:
+        """How many tokens come before a ViT's patch tokens in its blocks: a timm trunk's class and register
+        tokens (``num_prefix_tokens``: 0 for SigLIP, 5 with a class token and 4 registers), else 1 (open_clip's
+        own ViT, and plain modules, put one class token first)."""
+        return int(getattr(self._timm_trunk, "num_prefix_tokens", 1))
+
+    @property
+    def has_class_token(self) -> bool:
+        """Whether a ViT's first token is a class token: False for a timm trunk built without one (SigLIP pools
+        its patch tokens with attention), so a ``cls`` reduction would read a register or a patch."""
+        return bool(getattr(self._timm_trunk, "has_class_token", True))
+
+    @property
+    def _timm_trunk(self) -> nn.Module | None:
+        """The timm model open_clip wraps as the image tower's ``trunk``, if any."""
+        return getattr(self.image_module, "trunk", None)
+
     def prepare_images(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
         """PIL image(s) or an already normalised tensor [B, 3, H, W] -> input on the model's device."""
         if isinstance(images, torch.Tensor):

@@ -41,6 +41,8 @@ class Context:
             (what the penalties L1/L2/TV read; C = 4 with alpha).
         step: the optimiser step (0-based).
         token_grid: (rows, cols) of a ViT's patch tokens; None for conv nets.
+        prefix_tokens: the class and register tokens before a ViT's patch tokens
+            (:attr:`~neuronscope.models.LoadedModel.prefix_tokens`).
         values: each objective's value once computed on this context, so that an objective that several
             terms read (a facet term reads its unit's objective, which the sum adds too) runs once.
         layouts: ``{layer as in acts: where its 4-D activations hold their units}`` (the render passes the
@@ -54,6 +56,7 @@ class Context:
     token_grid: tuple[int, int] | None = None
     values: dict["Objective", Tensor] = field(default_factory=dict, repr=False)
     layouts: Mapping[str, Layout | None] = field(default_factory=dict)
+    prefix_tokens: int = 1
 
     @property
     def batch(self) -> int:
@@ -68,12 +71,13 @@ class Context:
 
     def maps(self, layer: str) -> Tensor:
         """The layer's units as maps [B, C, H, W] in fp32, whatever its layout (ViTs: the patch tokens on
-        ``token_grid``; vectors: 1 x 1 maps). Every unit objective reads this, never dim 1 of the raw tensor."""
+        ``token_grid``, after ``prefix_tokens``; vectors: 1 x 1 maps). Every unit objective reads this, never dim 1 of the raw tensor."""
         acts = self[layer]
         layout = self.layouts.get(layer, CHANNELS_FIRST)
         if layout is None and acts.ndim == 4:
             raise NeuronscopeError(unknown_layout_message(layer, tuple(acts.shape)))
-        return unit_maps(acts.float(), grid=self.token_grid, layout=layout or CHANNELS_FIRST)
+        return unit_maps(acts.float(), grid=self.token_grid, layout=layout or CHANNELS_FIRST,
+                         prefix_tokens=self.prefix_tokens)
 
 
 def _has_top_level(description: str, operators: str) -> bool:

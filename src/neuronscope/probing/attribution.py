@@ -204,7 +204,7 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
         edge = _layer_gradient_edge(capture)
         acts = capture.detach().float()
         layout = known_layout(model, layer, acts)
-        grid = map_grid(acts, model.token_grid, layout=layout)
+        grid = map_grid(acts, model.token_grid, layout=layout, prefix_tokens=model.prefix_tokens)
         count = embeddings.shape[1] if directions is None else len(directions)
         per_direction = []
         for k in range(count):

@@ -24,7 +24,6 @@ import torch
 
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
-from ..activations.reduce import reduce_units
 from ..models.loaded import LoadedModel
 from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
@@ -129,11 +128,10 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
     height, width = model.preprocess.image_size
     if height != width:
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
-    grid_tokens = model.token_grid
-    geometry = layer_geometry(model, [canonical])[canonical]  # where the units lie, and the grid
+    geometry = layer_geometry(model, [canonical])[canonical]  # where the units lie, the grid, the prefix tokens
 
     def unit_means(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
-        return reduce_units(acts, "mean", grid=grid_tokens if acts.ndim == 3 else None, layout=geometry.layout)
+        return geometry.maps(acts).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, on the layer's geometry
 
     words_per_batch = max(1, batch_size // settings.variants)
     chunks = []

@@ -163,7 +163,7 @@ def render(
         acts = {name: captured[canonical] for name, canonical in names.items()}
         if live_recorder is not None:
             acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
-        return Context(acts, image, step, model.token_grid, layouts=layouts)
+        return Context(acts, image, step, model.token_grid, layouts=layouts, prefix_tokens=model.prefix_tokens)
 
     # The live recorder is attached first: a module runs its hooks in the order they were added, and the
     # early-stop recorder's hook on the deepest layer ends the forward before any hook after it runs.

@@ -1,0 +1,135 @@
+"""ViTs whose tokens do not start with exactly one class token: a SigLIP-like timm trunk (no class token,
+attention pooling) and one with four register tokens after its class token.
+
+Every reader lays the patch tokens on the model's grid after the model's own prefix tokens; before, each
+assumed one class token, so SigLIP's blocks failed ("grid (14, 14) does not hold 195 patch tokens") and
+a register model's patches were read one token early. The towers here are open_clip's ``TimmModel`` in
+miniature: a timm ``VisionTransformer`` as ``visual.trunk``, on a 4 x 6 grid so rows and cols differ.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from neuronscope.activations import NoClassTokenError, cls_token, layer_geometry, record
+from neuronscope.atlas import Atlas
+from neuronscope.mining import ScanSettings, open_source, scan
+from neuronscope.models import LoadedModel, Preprocess, load_model
+from neuronscope.visualize import RenderConfig, render
+from tests.helpers import make_images
+
+GRID = (4, 6)  # 16 x 24 px in 4 px patches
+PATCHES = GRID[0] * GRID[1]
+LAYER = "visual.trunk.blocks.1"
+
+
+class TimmTower(nn.Module):
+    """open_clip's ``TimmModel`` in miniature: a timm ViT as ``trunk``, its pooled features projected."""
+
+    def __init__(self, **vit: object) -> None:
+        super().__init__()
+        self.trunk = VisionTransformer(img_size=(16, 24), patch_size=4, embed_dim=8, depth=2, num_heads=2,
+                                       num_classes=0, **vit)
+        self.head = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+class TimmClip(nn.Module):
+    def __init__(self, **vit: object) -> None:
+        super().__init__()
+        self.visual = TimmTower(**vit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+def timm_vit(**vit: object) -> LoadedModel:
+    torch.manual_seed(0)
+    return load_model(TimmClip(**vit), preprocess=Preprocess(image_size=(16, 24)))
+
+
+@pytest.fixture
+def siglip_like() -> LoadedModel:
+    """No class token, attention-pooled (ViT-B-16-SigLIP's trunk): the blocks carry the 24 patches only."""
+    return timm_vit(class_token=False, global_pool="map")
+
+
+@pytest.fixture
+def registers() -> LoadedModel:
+    """A class token, then four register tokens, then the patches: 29 tokens."""
+    return timm_vit(reg_tokens=4, global_pool="token")
+
+
+def test_the_model_says_how_many_tokens_come_before_its_patches(siglip_like, registers, tiny_vit):
+    assert (siglip_like.prefix_tokens, siglip_like.has_class_token) == (0, False)
+    assert (registers.prefix_tokens, registers.has_class_token) == (5, True)
+    assert (tiny_vit.prefix_tokens, tiny_vit.has_class_token) == (1, True)  # open_clip's own ViT
+
+
+@pytest.mark.parametrize("fixture, prefix", [("siglip_like", 0), ("registers", 5)])
+def test_a_blocks_geometry_is_its_patch_grid(fixture, prefix, request):
+    model = request.getfixturevalue(fixture)
+    geometry = layer_geometry(model, [LAYER])[LAYER]
+    assert (geometry.units, geometry.grid, geometry.prefix_tokens) == (8, GRID, prefix)
+    tokens = record(model, torch.randn(2, 3, 16, 24), LAYER)[LAYER]  # [B, prefix + 24, 8]
+    assert tokens.shape == (2, prefix + PATCHES, 8)
+    patches = tokens[:, prefix:, :]
+    torch.testing.assert_close(geometry.maps(tokens), patches.transpose(1, 2).reshape(2, 8, *GRID))
+
+
+@pytest.mark.parametrize("fixture, prefix", [("siglip_like", 0), ("registers", 5)])
+def test_record_reduces_the_patch_tokens_only(fixture, prefix, request):
+    model = request.getfixturevalue(fixture)
+    pixels = torch.randn(3, 3, 16, 24)
+    patches = record(model, pixels, LAYER)[LAYER][:, prefix:, :]  # [B, 24, 8]
+    torch.testing.assert_close(record(model, pixels, LAYER, reduce="max")[LAYER], patches.max(dim=1).values)
+    torch.testing.assert_close(record(model, pixels, LAYER, reduce="mean")[LAYER], patches.mean(dim=1))
+    centre = patches.reshape(3, *GRID, 8)[:, GRID[0] // 2, GRID[1] // 2, :]
+    torch.testing.assert_close(record(model, pixels, LAYER, reduce="centre")[LAYER], centre)
+
+
+def test_a_cls_reduction_refuses_a_vit_without_a_class_token(siglip_like):
+    with pytest.raises(NoClassTokenError, match="ViT has no class token") as refused:
+        record(siglip_like, torch.randn(1, 3, 16, 24), LAYER, reduce="cls")
+    assert siglip_like.key in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(NoClassTokenError):
+        cls_token(torch.randn(1, PATCHES, 8), class_token=False)
+
+
+def test_a_cls_reduction_reads_the_class_token_before_the_registers(registers):
+    pixels = torch.randn(2, 3, 16, 24)
+    tokens = record(registers, pixels, LAYER)[LAYER]
+    torch.testing.assert_close(record(registers, pixels, LAYER, reduce="cls")[LAYER], tokens[:, 0, :])
+
+
+@pytest.mark.parametrize("fixture, prefix", [("siglip_like", 0), ("registers", 5)])
+def test_a_scan_keeps_each_units_best_patch_on_the_grid(fixture, prefix, request, tmp_path):
+    """The reviewer's repro, in miniature: ``scan`` of a SigLIP block failed on its geometry."""
+    model = request.getfixturevalue(fixture)
+    paths = make_images(tmp_path / "images", count=6)
+    settings = ScanSettings(top_k=2, bottom_k=2, n_bins=8, reservoir=2)
+    with Atlas(tmp_path / "atlas") as atlas:
+        (layer,) = scan(model, open_source(tmp_path / "images"), atlas, [LAYER], settings=settings, batch_size=4,
+                        thumbnails=False).layers
+        assert (layer.units, layer.grid) == (8, GRID)
+        best = atlas.unit(None, LAYER, 3)["top"][0]
+    # The best activation of unit 3 over the images is the max over their patch tokens, at its cell.
+    pixels = model.preprocess([Image.open(path).convert("RGB") for path in paths])
+    patches = record(model, pixels, LAYER)[LAYER][:, prefix:, 3].reshape(len(paths), *GRID)  # [N, 4, 6]
+    image = int(patches.flatten(1).max(dim=1).values.argmax())
+    row, col = divmod(int(patches[image].argmax()), GRID[1])
+    assert best["activation"] == pytest.approx(patches[image].max().item(), rel=1e-4)
+    assert tuple(best["cell"]) == (row, col)
+
+
+def test_a_render_reads_the_patch_tokens(siglip_like):
+    """Feature vis reads units through ``Context.maps``: it laid SigLIP's 24 tokens as 23 patches and failed."""
+    result = render(siglip_like, f"{LAYER}:2", config=RenderConfig(steps=2, size=24, transforms="none"))
+    assert result.images.shape[0] == 1
+
