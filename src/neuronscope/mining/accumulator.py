@@ -47,32 +47,23 @@ class ScanSettings:
 
 
 def reduce_batch(acts: torch.Tensor, grid: tuple[int, int] | None = None, layout: Layout = CHANNELS_FIRST,
-                 prefix_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 prefix_tokens: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's activations -> per image and unit: max over space, its cell, mean over space.
 
     Args:
         acts: maps [B, C, H, W] (or [B, H, W, C] with ``layout="channels_last"``),
             ViT tokens [B, T, D] (patch tokens laid on ``grid``) or vectors [B, D].
         prefix_tokens: the class and register tokens before a ViT's patch tokens (the layer's
-            :class:`~neuronscope.activations.LayerGeometry`); None: every token before ``grid``'s
-            rows x cols patches (the grid is the layer's geometry's, which counted them), 1 without a grid.
+            :class:`~neuronscope.activations.LayerGeometry` says how many; open_clip's ViTs: 1).
 
     Returns:
         ``values`` [B, C] float32, ``cells`` [B, C, 2] int16 (row, col),
         ``map_means`` [B, C] float32, on the activations' device.
     """
-    if prefix_tokens is None:
-        prefix_tokens = _tokens_before(grid, acts) if acts.ndim == 3 and grid is not None else 1
     maps = unit_maps(acts.float(), grid=grid if acts.ndim == 3 else None, layout=layout,
                      prefix_tokens=prefix_tokens)  # [B, C, H, W]
     values, cells = spatial_max(maps)
     return values, cells.to(torch.int16), maps.mean(dim=(2, 3))
-
-
-def _tokens_before(grid: tuple[int, int], tokens: torch.Tensor) -> int:
-    """How many of ``tokens`` [B, T, D] come before the last rows x cols (the patches); fewer tokens than
-    cells is left to :func:`unit_maps` to refuse."""
-    return max(0, tokens.shape[1] - grid[0] * grid[1])
 
 
 def _numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -88,13 +79,12 @@ class LayerAccumulator:
         settings: k, histogram bins, reservoir size, seed.
         device: where the top-k and bottom-k live (the model's device).
         layout: where a 4-D activation of the layer holds its units (:mod:`neuronscope.activations.layout`).
-        prefix_tokens: class and register tokens before a ViT layer's patches (see :func:`reduce_batch`;
-            None: those before ``grid``'s cells).
+        prefix_tokens: class and register tokens before a ViT layer's patches (see :func:`reduce_batch`).
     """
 
     def __init__(self, units: int, grid: tuple[int, int], settings: ScanSettings,
                  device: str | torch.device = "cpu", layout: Layout = CHANNELS_FIRST,
-                 prefix_tokens: int | None = None) -> None:
+                 prefix_tokens: int = 1) -> None:
         self.units = units
         self.grid = grid
         self.layout = layout

@@ -111,7 +111,8 @@ class ScanState:
                    device: str | torch.device = "cpu", may_repeat: np.ndarray | None = None) -> ScanState:
         """An empty state for layers of these geometries (:func:`~neuronscope.activations.layer_geometry`):
         each keeps ``units`` on its ``grid``, reading them as its ``layout`` says."""
-        return cls({name: LayerAccumulator(geometry.units, geometry.grid, settings, device, layout=geometry.layout)
+        return cls({name: LayerAccumulator(geometry.units, geometry.grid, settings, device, layout=geometry.layout,
+                                           prefix_tokens=geometry.prefix_tokens)
                     for name, geometry in shapes.items()}, may_repeat)
 
     def merge(self, other: ScanState) -> None:
