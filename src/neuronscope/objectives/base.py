@@ -71,7 +71,8 @@ class Context:
 
     def maps(self, layer: str) -> Tensor:
         """The layer's units as maps [B, C, H, W] in fp32, whatever its layout (ViTs: the patch tokens on
-        ``token_grid``, after ``prefix_tokens``; vectors: 1 x 1 maps). Every unit objective reads this, never dim 1 of the raw tensor."""
+        ``token_grid``, after ``prefix_tokens``; vectors: 1 x 1 maps). Every unit objective reads this, never
+        dim 1 of the raw tensor."""
         acts = self[layer]
         layout = self.layouts.get(layer, CHANNELS_FIRST)
         if layout is None and acts.ndim == 4:
