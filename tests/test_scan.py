@@ -80,6 +80,8 @@ def assert_same_units(left: list[dict], right: list[dict], *, exact: bool = True
 def test_scan_equals_brute_force_over_all_activations(tiny_rn, images, tmp_path):
     outcome = run_scan(tiny_rn, images, tmp_path / "atlas", thumbnails=True)
     assert outcome.images == 24 and sum(outcome.skipped.values()) == 0
+    # A notebook shows the outcome in a few lines (its arrays once made it hundreds).
+    assert len(repr(outcome)) < 600 and "LayerScan(tiny-rn@random visual.layer3.0" in repr(outcome), repr(outcome)
 
     paths = sorted(images.rglob("*.png"), key=lambda p: p.relative_to(images).as_posix())
     ids = [f"{p.relative_to(images).as_posix()}#{file_sha256(p)[:12]}" for p in paths]

@@ -66,6 +66,9 @@ class LayerScan:
     bottom: Examples
     histogram: HistogramArrays
 
+    def __repr__(self) -> str:  # the arrays (units x k ids, histograms) would fill a notebook
+        return f"LayerScan({self.model} {self.layer}, {self.units} units on {self.grid[0]}x{self.grid[1]})"
+
 
 @dataclass
 class ScanOutcome:
@@ -78,4 +81,4 @@ class ScanOutcome:
     skipped: dict[str, int]
     seconds: float
     resumed_from: int = 0
-    image_records: dict[str, ImageRecord] = field(default_factory=dict)
+    image_records: dict[str, ImageRecord] = field(default_factory=dict, repr=False)
