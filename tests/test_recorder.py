@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from neuronscope.activations import Recorder, mean_ablate, record, set_units, zero_units
-from neuronscope.errors import LayerNotFoundError, UnitsError
-from neuronscope.models import load_model
+from neuronscope.activations import Recorder, mean_ablate, record, set_units, spatial_mean, zero_units
+from neuronscope.errors import LayerNotFoundError, NeuronscopeError, UnitsError
+from neuronscope.models import Preprocess, load_model
 from tests.helpers import hook_count
 
 
@@ -157,6 +157,65 @@ def test_module_running_twice_warns_and_keeps_the_first_call():
             once(x)
             once(x + 1)
             torch.testing.assert_close(recorder["0.0:input"], x + 1)  # the latest forward
+
+
+def test_a_reused_top_level_module_warns_and_keeps_the_first_call():
+    # The layer is a child of the root: the root's call, not the layer's own, is one forward.
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    net, x = Twice(), torch.randn(1, 3, 4, 4)
+    with pytest.warns(RuntimeWarning, match="conv ran 2 times"):
+        acts = record(load_model(net, preprocess=Preprocess(image_size=4)), x, "conv", early_stop=False)
+    with torch.no_grad():
+        torch.testing.assert_close(acts["conv"], net.conv(x))
+    with pytest.warns(RuntimeWarning, match="conv ran 2 times"), Recorder(net, "conv") as recorder:
+        net(x)
+        net(x + 1)  # a new forward of the root: counted afresh
+    with torch.no_grad():
+        torch.testing.assert_close(recorder["conv"], net.conv(x + 1))
+    assert hook_count(net) == 0
+
+
+def test_a_top_level_layer_called_directly_is_one_forward_per_call(tiny_rn):
+    # encode_image calls `visual` itself, not the root: each call is a forward of its own.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Recorder(tiny_rn, "visual") as recorder, torch.no_grad():
+            tiny_rn.module.encode_image(torch.zeros(1, 3, 64, 64))
+            second = tiny_rn.module.encode_image(torch.ones(1, 3, 64, 64))
+            torch.testing.assert_close(recorder["visual"], second)
+
+
+def test_capture_fn_keys_are_resolved_like_layers(mini_clip_fp32):
+    pixels = torch.randn(2, 3, 64, 64)
+    acts = Recorder(mini_clip_fp32, ["neurons", "visual.layer3"], capture_fn={"neurons": spatial_mean}).run(pixels)
+    assert acts["visual.layer4.1.act3:input"].shape == (2, 512)  # the alias reached its layer
+    assert acts["visual.layer3"].ndim == 4  # a layer without a function is kept whole
+    with pytest.raises(LayerNotFoundError, match="capture_fn key 'visual.layer2' is not a recorded layer"):
+        Recorder(mini_clip_fp32, "neurons", capture_fn={"visual.layer2": spatial_mean})
+    with pytest.raises(LayerNotFoundError, match="unknown layer 'nuerons'"):
+        Recorder(mini_clip_fp32, "neurons", capture_fn={"nuerons": spatial_mean})
+
+
+def test_clone_false_refuses_a_capture_an_in_place_module_changed(mini_clip_fp32):
+    pixels = torch.randn(2, 3, 64, 64)
+    with pytest.raises(NeuronscopeError, match="changed in place.*use clone=True"):
+        Recorder(mini_clip_fp32, "neurons", clone=False).run(pixels)  # act3's in-place ReLU runs after the capture
+    block = "visual.layer4.1"  # nothing changes a block's output in place
+    kept = Recorder(mini_clip_fp32, block, clone=False).run(pixels)
+    torch.testing.assert_close(kept[block], record(mini_clip_fp32, pixels, block)[block])
+    stopped = Recorder(mini_clip_fp32, "neurons", clone=False, early_stop=True).run(pixels)  # the ReLU never runs
+    assert (stopped["visual.layer4.1.act3:input"] < 0).any()
+
+
+def test_short_repr(mini_clip_fp32):
+    assert repr(Recorder(mini_clip_fp32, "neurons")) == "Recorder(mini-clip@bundled: visual.layer4.1.act3:input)"
 
 
 def test_direct_forwards_inside_with_block_and_alias_lookup(tiny_rn):

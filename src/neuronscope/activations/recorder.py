@@ -8,16 +8,19 @@ Guarantees:
 
 - only the requested (and edited) layers are hooked, plus one pre-hook per
   top-level submodule that contains them (``visual``) to mark where a
-  forward starts;
+  forward starts (for a layer that *is* a top-level submodule, a pre- and
+  forward hook on the root as well: the root's call is its forward);
 - exactly the hooks it added are removed on exit, also when the forward
   raised; hooks of anyone else stay;
 - every captured tensor is a clone: ``act3`` is an in-place ReLU, so even a
-  pre-hook's input would otherwise change under us after the hook returns;
+  pre-hook's input would otherwise change under us after the hook returns
+  (``clone=False`` opts out, and :meth:`Recorder.run` raises when a kept
+  tensor was changed in place afterwards);
 - with ``early_stop`` the forward is abandoned (a private exception, caught
   by :meth:`Recorder.run`) as soon as every requested layer is captured;
 - a hooked module that runs twice within one call of its top-level
-  submodule triggers a warning, and the first call is kept (as early stop
-  would).
+  submodule (of the root, for a top-level layer) triggers a warning, and the
+  first call is kept (as early stop would).
 """
 
 from __future__ import annotations
@@ -70,12 +73,15 @@ class Recorder:
             autograd graph, for objectives that need gradients.
         capture_fn: applied to each captured tensor inside the hook, e.g. a
             reduction to [B, C] so that big maps are never kept; or a mapping
-            ``{canonical layer: function}`` (layers not in it are kept whole).
+            ``{layer: function}`` whose keys are names like ``layers`` (aliases,
+            ``:input`` points, wildcards) of recorded layers; layers not in it
+            are kept whole.
             Its result is cloned when it shares memory with the module's tensor.
         clone: ``False`` keeps the very tensor the forward goes on with (with
             ``detach=False``: gradients *with respect to the layer* then exist,
             as faceted feature visualization needs). Only for layers no
-            in-place module changes afterwards (not ``act3:input``).
+            in-place module changes afterwards (not ``act3:input``):
+            :meth:`run` raises when one was.
     """
 
     def __init__(
@@ -107,7 +113,7 @@ class Recorder:
         self._edit_layouts: dict[str, Layout | None] = {}  # of the edited 4-D layers, found on attach
         self.early_stop = early_stop
         self.detach = detach
-        self.capture_fn = capture_fn
+        self.capture_fn = self._resolve_capture_fns(capture_fn) if isinstance(capture_fn, Mapping) else capture_fn
         self.clone = clone
         self.activations: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
@@ -115,6 +121,29 @@ class Recorder:
         self._pending: set[str] = set()
         self._warned: set[str] = set()
         self._armed = False
+        self._root_depth = 0  # calls of the root in progress (the boundary of top-level layers)
+        self._versions: dict[str, int] = {}  # with clone=False: each kept tensor's version at capture
+
+    def _resolve_capture_fns(self, capture_fns: Mapping[str, Callable[[Tensor], Tensor]]) -> dict[str, Callable]:
+        """``{name, alias or wildcard: function}`` -> ``{recorded canonical layer: function}``.
+
+        A key that names no recorded layer would silently keep that layer whole: an error instead.
+        """
+        resolved: dict[str, Callable[[Tensor], Tensor]] = {}
+        for key, function in capture_fns.items():
+            names = resolve_layers(self.root, key, self.aliases, model_key=self._key)
+            strays = [name for name in names if name not in self.layers]
+            if strays:
+                named = "" if strays == [key] else f" ({', '.join(strays)})"
+                raise LayerNotFoundError(f"capture_fn key {key!r}{named} is not a recorded layer; record it or drop "
+                                         f"the key (recorded: {', '.join(self.layers) or 'none'})")
+            resolved.update(dict.fromkeys(names, function))
+        return resolved
+
+    def __repr__(self) -> str:
+        layers = ", ".join(self.layers) or "no layers"
+        edited = f"; edits on {', '.join(self.edits)}" if self.edits else ""
+        return f"Recorder({self._key}: {layers}{edited}{'; attached' if self.attached else ''})"
 
     # ------------------------------------------------------------------ attach / remove
 
@@ -144,8 +173,7 @@ class Recorder:
         try:
             # Boundaries first: hooks of one module run in registration order, and a
             # boundary must reset the call counts before this call's capture.
-            for top in dict.fromkeys(ref.path.split(".")[0] for ref in refs):
-                self._handles.append(self.root.get_submodule(top).register_forward_pre_hook(partial(self._boundary, top)))
+            self._attach_boundaries(refs)
             for path in dict.fromkeys(ref.path for ref in refs):
                 module = self.root.get_submodule(path)
                 ports = {ref.port for ref in refs if ref.path == path}
@@ -159,22 +187,58 @@ class Recorder:
             raise
         self._reset()
 
+    def _attach_boundaries(self, refs: Sequence[LayerRef]) -> None:
+        """Pre-hooks that mark where one forward of each hooked layer starts.
+
+        A nested layer's forward is a call of its top-level submodule
+        (``visual``). A top-level layer is itself that submodule, so a reused
+        one would start a new forward on every call: its boundary is the root's
+        call, or its own call when the root is not running (``encode_image``
+        calls ``visual`` directly).
+        """
+        nested = dict.fromkeys(ref.path.split(".")[0] for ref in refs if "." in ref.path)
+        for top in nested:
+            self._handles.append(self.root.get_submodule(top).register_forward_pre_hook(partial(self._boundary, top)))
+        tops = list(dict.fromkeys(ref.path for ref in refs if "." not in ref.path))
+        if not tops:
+            return
+        self._root_depth = 0
+        self._handles.append(self.root.register_forward_pre_hook(partial(self._enter_root, tops)))
+        # always_call: the depth must drop also when the forward raises (early stop does).
+        self._handles.append(self.root.register_forward_hook(self._leave_root, always_call=True))
+        for top in tops:
+            self._handles.append(self.root.get_submodule(top).register_forward_pre_hook(partial(self._top_boundary, top)))
+
     def remove(self) -> None:
         """Remove exactly the hooks this recorder added."""
         while self._handles:
             self._handles.pop().remove()
         self._armed = False
+        self._root_depth = 0
 
     # ------------------------------------------------------------------ hooks
 
-    def _reset(self, top: str | None = None) -> None:
+    def _reset(self, only: Callable[[LayerRef], bool] | None = None) -> None:
+        """Zero the call counts of the recorded layers (those ``only`` accepts): a new forward starts."""
         for name in self.layers:
-            if top is None or name.split(".")[0].split(":")[0] == top:
+            if only is None or only(LayerRef.parse(name)):
                 self._calls[name] = 0
                 self._pending.add(name)
 
     def _boundary(self, top: str, module: nn.Module, args: tuple) -> None:
-        self._reset(top)
+        self._reset(lambda ref: ref.path.startswith(top + "."))
+
+    def _top_boundary(self, top: str, module: nn.Module, args: tuple) -> None:
+        if self._root_depth == 0:
+            self._reset(lambda ref: ref.path == top)
+
+    def _enter_root(self, tops: list[str], module: nn.Module, args: tuple) -> None:
+        if self._root_depth == 0:
+            self._reset(lambda ref: ref.path in tops)
+        self._root_depth += 1
+
+    def _leave_root(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._root_depth = max(self._root_depth - 1, 0)
 
     def _on_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if args:
@@ -249,6 +313,8 @@ class Recorder:
             # Clone what shares the module's memory: act3 is an in-place ReLU, so even a
             # pre-hook's input changes under us once the hook returns.
             kept = kept.clone()
+        elif not self.clone and kept.device.type != "meta":
+            self._versions[name] = kept._version  # checked after the forward: see _check_unchanged
         self.activations[name] = kept
         self._pending.discard(name)
         if self._armed and not self._pending:
@@ -283,6 +349,7 @@ class Recorder:
         if attached_here:
             self.attach()
         self.activations.clear()
+        self._versions.clear()
         self._reset()
         self._armed = self.early_stop and bool(self.layers)
         try:
@@ -295,6 +362,7 @@ class Recorder:
             self._armed = False
             if attached_here:
                 self.remove()
+        self._check_unchanged()
         missing = [name for name in self.layers if name not in self.activations]
         if missing and require_all:
             raise LayerNotFoundError(
@@ -302,6 +370,18 @@ class Recorder:
                 f"(text-tower layers need a text forward)"
             )
         return {name: self.activations[name] for name in self.layers if name in self.activations}
+
+    def _check_unchanged(self) -> None:
+        """With ``clone=False``: raise when the forward changed a kept tensor in place after its capture.
+
+        The capture is then the very tensor, so it would hold the changed
+        values (``act3:input`` after the ReLU). Only tensors kept uncloned are
+        tracked: the default path costs nothing.
+        """
+        changed = [name for name, version in self._versions.items() if self.activations[name]._version != version]
+        if changed:
+            raise NeuronscopeError(f"layer(s) {', '.join(changed)} were changed in place after their capture (e.g. by "
+                                   f"an in-place ReLU), so clone=False would return the changed values; use clone=True")
 
     def _prepare(self, images: Images) -> Tensor:
         if self.model is not None:
