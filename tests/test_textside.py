@@ -20,11 +20,13 @@ from neuronscope.analysis.sparse_codes import fit_sparse_codes, nmf_factors
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.models import DEFAULT, load_model
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.models.bundled import bundled_dir
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.attribution import (
+    AttributionBasis,
     ImageSample,
+    TextAttribution,
     attribute_texts,
     compute_basis,
     default_image_sample,
@@ -32,7 +34,7 @@ from neuronscope.probing.attribution import (
 )
 from neuronscope.probing.textvis import TextVisSettings, optimize_text
 from neuronscope.probing.vocab import load_vocabulary
-from neuronscope.probing.zeroshot import encode_texts
+from neuronscope.probing.zeroshot import ZeroShotClassifier, encode_texts
 from neuronscope.world.concepts import CAPTION_TEMPLATES, concept_names
 from neuronscope.world.split import load_test_split
 from tests.helpers import hook_count
@@ -550,3 +552,79 @@ def test_text_commands_refuse_bad_arguments_before_the_basis(tmp_path, monkeypat
                                  "--out", str(tmp_path / "atlas"), *args])
     assert result.exit_code == 1 and message in result.stderr, result.output
     assert "AssertionError" not in result.output
+
+
+# ---------------------------------------------------------------------------- the Python API's arguments
+
+
+@pytest.fixture(scope="module")
+def few_images(mini):
+    """Eight split images: enough for the argument checks, which do not read the scores' values."""
+    return default_image_sample(8, preprocess=mini.preprocess)
+
+
+def test_a_single_string_is_one_text_not_its_characters(mini, few_images):
+    attribution = attribute_texts(mini, "neurons", "a star", few_images)
+    assert attribution.texts == ["a star"] and attribution.scores.shape == (1, 512)
+    assert ZeroShotClassifier.build(mini, "star", "a {}").classes == ["star"]
+    assert encode_texts(mini, "a star").shape == (1, mini.module.text_projection.shape[1])
+
+
+def test_empty_texts_are_refused_in_the_librarys_words_not_the_clis(mini, few_images):
+    with pytest.raises(NeuronscopeError, match=r"^no texts given: attribute at least one prompt$"):
+        attribute_texts(mini, "neurons", [], few_images)
+    with pytest.raises(ValueError, match=r"^no classes given: give at least one class name$"):
+        ZeroShotClassifier.build(mini, [])
+
+
+def test_to_json_of_every_prompt_or_of_one(mini, few_images):
+    attribution = attribute_texts(mini, "neurons", ["a star", "a dog"], few_images)
+    listed = attribution.to_json(k=3)
+    assert [entry["prompt"] for entry in listed] == ["a star", "a dog"]
+    assert listed == [attribution.to_json(0, 3), attribution.to_json(1, 3)]
+    assert listed[1] == {"model": mini.key, "layer": attribution.layer, "prompt": "a dog",
+                         "units": attribution.top(1, 3)}
+
+
+def test_a_text_or_unit_out_of_range_is_refused_naming_the_range():
+    attribution = TextAttribution("m", "x", ["a", "b"], torch.randn(2, 512))
+    for index in (5, -1):
+        with pytest.raises(ValueError, match=rf"^text {index}: the attribution has 2 texts \(0 to 1\)$"):
+            attribution.top(index)
+    with pytest.raises(ValueError, match="2 texts"):
+        attribution.to_json(2)
+    with pytest.raises(UnitsError, match=r"unit 600 is out of range: the layer has 512 units \(0-511\)"):
+        attribution.rank_of(0, 600)
+    with pytest.raises(UnitsError, match="start at 0"):
+        attribution.rank_of(0, -1)
+    assert attribution.rank_of(1, int(attribution.scores[1].argmax())) == 1
+
+
+def test_basis_units_and_texts_are_checked_before_they_are_scored():
+    basis = AttributionBasis("m", "x", torch.randn(4, 6, 3), torch.randn(4, 3), 10.0)
+    features = torch.nn.functional.normalize(torch.randn(2, 3), dim=-1)
+    with pytest.raises(UnitsError, match=r"unit 600 is out of range: the layer has 6 units \(0-5\)"):
+        basis.top_texts(["a", "b"], features, units=[600])
+    with pytest.raises(UnitsError, match="start at 0"):
+        basis.scores(features, units=[-1])
+    with pytest.raises(ValueError, match=r"^3 texts but 2 text embeddings"):
+        basis.top_texts(["a", "b", "c"], features, units=[0])
+    assert basis.scores(features, units=[]).shape == (2, 0)
+    top = basis.top_texts(["a", "b"], features, units=[5, 0], k=1)
+    assert list(top) == [5, 0] and top[5][0][1] == pytest.approx(float(basis.scores(features)[:, 5].max()))
+
+
+def test_reprs_name_the_model_and_layer_and_stay_short(mini, few_images):
+    attribution = TextAttribution(mini.key, "visual.x", [f"text {i}" for i in range(500)], torch.randn(500, 512),
+                                  few_images.source)
+    basis = AttributionBasis(mini.key, "visual.x", torch.randn(8, 512, 128), torch.randn(8, 128), 100.0,
+                             sample=few_images.source)
+    classifier = ZeroShotClassifier.build(mini, concept_names(), "a {}")
+    for shown in (attribution, basis, classifier, few_images):
+        assert len(repr(shown)) < 300
+    assert repr(attribution) == ("TextAttribution(mini-clip@bundled visual.x, 500 texts x 512 units, "
+                                 "sample 'mini-clip test split')")
+    assert repr(basis).startswith("AttributionBasis(mini-clip@bundled visual.x, 8 images x 512 units x 128 dims")
+    classes = len(concept_names())
+    assert repr(classifier) == f"ZeroShotClassifier(mini-clip@bundled, {classes} classes, template 'a {{}}')"
+    assert repr(few_images) == "ImageSample('mini-clip test split', 8 images of 64x64 px)"

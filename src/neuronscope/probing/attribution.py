@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -59,7 +60,8 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
-from neuronscope.probing.zeroshot import encode_texts, logit_scale
+from neuronscope.probing.zeroshot import encode_texts, logit_scale, text_list
+from neuronscope.runtime import parse_units
 
 #: Images in the default sample: enough that every concept of the mini CLIP's
 #: world has a few images to be retrieved, few enough for a CPU.
@@ -89,6 +91,10 @@ class ImageSample:
         the sample, so only scores over the same key are comparable (an atlas merges texts only then)."""
         text = "\n".join([self.source, "x".join(map(str, self.pixels.shape[-2:])), *self.names])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:  # the default one prints the pixels and every name
+        height, width = self.pixels.shape[-2:]
+        return f"ImageSample({self.source!r}, {len(self.pixels)} images of {height}x{width} px)"
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,17 +253,35 @@ class TextAttribution:
     scores: Tensor
     sample: str = ""
 
+    def __repr__(self) -> str:  # the default one prints the scores and every text
+        return (f"TextAttribution({self.model} {self.layer}, {len(self.texts)} texts x {self.scores.shape[1]} units, "
+                f"sample {self.sample!r})")
+
+    def _row(self, index: int) -> int:
+        """``index`` checked against the texts: a negative one would wrap, a large one fail inside torch."""
+        row, count = operator.index(index), len(self.texts)
+        if not 0 <= row < count:
+            raise ValueError(f"text {row}: the attribution has {count} texts (0 to {count - 1})")
+        return row
+
     def top(self, index: int = 0, k: int = 20) -> list[dict]:
         """The ``k`` units of text ``index`` with the highest score, ``[{"unit", "score"}]``, best first."""
-        values, units = top_k(self.scores[index], k)  # ties in unit order
+        values, units = top_k(self.scores[self._row(index)], k)  # ties in unit order
         return [{"unit": int(u), "score": round(float(v), 6)} for v, u in zip(values, units)]
 
     def rank_of(self, index: int, unit: int) -> int:
         """1-based rank of ``unit`` among the layer's units for text ``index`` (ties counted in its favour)."""
-        return int((self.scores[index] > self.scores[index, unit]).sum()) + 1
+        row = self.scores[self._row(index)]
+        (unit,) = parse_units(unit, len(row))
+        return int((row > row[unit]).sum()) + 1
 
-    def to_json(self, index: int = 0, k: int = 20) -> dict:
-        return {"model": self.model, "layer": self.layer, "prompt": self.texts[index], "units": self.top(index, k)}
+    def to_json(self, index: int | None = None, k: int = 20) -> dict | list[dict]:
+        """Text ``index``'s ``{"model", "layer", "prompt", "units"}`` (its ``k`` best units, :meth:`top`), or,
+        without ``index``, a list of them for every text in order."""
+        if index is None:
+            return [self.to_json(row, k) for row in range(len(self.texts))]
+        return {"model": self.model, "layer": self.layer, "prompt": self.texts[self._row(index)],
+                "units": self.top(index, k)}
 
 
 @dataclass
@@ -284,6 +308,11 @@ class AttributionBasis:
     sample_key: str = ""
     _flat: Tensor | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:  # the default one prints M and the embeddings
+        images, units, dims = self.per_image.shape
+        return (f"AttributionBasis({self.model} {self.layer}, {images} images x {units} units x {dims} dims, "
+                f"sample {self.sample!r})")
+
     @property
     def units(self) -> int:
         return self.per_image.shape[1]
@@ -294,31 +323,48 @@ class AttributionBasis:
 
         ``units``: only these columns (in this order), for N × len(units) × D × P work instead of
         N × U × D × P (english-10k against all 512 units of the mini CLIP is ~170 GFLOP).
+
+        Raises:
+            UnitsError: a unit the layer does not have.
         """
         if units is None:
             if self._flat is None:
                 self._flat = self.per_image.reshape(len(self.per_image), -1)  # [N, U*D], a view
             flat, count = self._flat, self.units
         else:
-            flat, count = self.per_image[:, list(units), :].reshape(len(self.per_image), -1), len(units)
+            units = self._check_units(units)
+            flat, count = self.per_image[:, units, :].reshape(len(self.per_image), -1), len(units)
         dim = self.per_image.shape[2]
         text_features = text_features.to(self.per_image)
         weights = retrieval_weights(self.image_embeddings, text_features, self.logit_scale)  # [N, P]
-        chunk = max(1, chunk_elements // (count * dim))
+        chunk = max(1, chunk_elements // max(1, count * dim))  # no units: one chunk of empty rows
         parts = []
         for rows in _batches(len(text_features), chunk):
-            mixed = (weights[:, rows].T @ flat).view(-1, count, dim)  # [p, units, D]: Σ_n w_n M_n
+            mixed = (weights[:, rows].T @ flat).view(rows.stop - rows.start, count, dim)  # [p, units, D]: Σ_n w_n M_n
             parts.append(torch.bmm(mixed, text_features[rows].unsqueeze(-1)).squeeze(-1))  # [p, units]
         return torch.cat(parts) if parts else text_features.new_zeros(0, count)
 
-    def attribute(self, model: LoadedModel, texts: Sequence[str]) -> TextAttribution:
-        """Encode ``texts`` with the text tower and attribute them."""
-        return TextAttribution(self.model, self.layer, list(texts), self.scores(encode_texts(model, list(texts))),
-                               self.sample)
+    def _check_units(self, units: Sequence[int]) -> list[int]:
+        """``units`` as a list of ints in their order, each checked against the layer: a negative unit would
+        wrap, a large one fail inside torch without naming the layer's size."""
+        parse_units(units, self.units)  # raises UnitsError naming the layer's range
+        return [operator.index(unit) for unit in units]
 
-    def top_texts(self, texts: Sequence[str], text_features: Tensor, units: Sequence[int],
+    def attribute(self, model: LoadedModel, texts: str | Sequence[str]) -> TextAttribution:
+        """Encode ``texts`` with the text tower and attribute them (a single string is one text)."""
+        texts = text_list(texts)
+        return TextAttribution(self.model, self.layer, texts, self.scores(encode_texts(model, texts)), self.sample)
+
+    def top_texts(self, texts: str | Sequence[str], text_features: Tensor, units: Sequence[int],
                   k: int = 20) -> dict[int, list[tuple[str, float]]]:
-        """Unit → texts: for each unit, the ``k`` texts that put the most weight on it, best first."""
+        """Unit → texts: for each unit, the ``k`` texts that put the most weight on it, best first.
+
+        ``text_features``: [P, D], the embeddings of the P ``texts`` in order (:func:`encode_texts`).
+        """
+        texts = text_list(texts)
+        if len(texts) != len(text_features):
+            raise ValueError(f"{len(texts)} texts but {len(text_features)} text embeddings: give the embeddings "
+                             "of these texts, encode_texts(model, texts)")
         chosen = self.scores(text_features, units)  # [P, len(units)]
         values, rows = top_k(chosen, k)  # [k, len(units)], ties in the texts' order
         return {int(unit): [(texts[int(r)], float(v)) for v, r in zip(values[:, j], rows[:, j])]
@@ -328,13 +374,13 @@ class AttributionBasis:
 # ---------------------------------------------------------------------------- entry points
 
 
-def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample: ImageSample | None = None,
+def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], sample: ImageSample | None = None,
                     *, batch_size: int = 64) -> TextAttribution:
     """Unit attributions of a few ``texts`` at ``layer``: one backward pass per text (and image batch).
 
     Args:
         layer: a layer name or alias (``neurons``).
-        texts: prompts, e.g. ``["a photo of a spider"]``.
+        texts: prompts, e.g. ``["a photo of a spider"]`` (a single string is one prompt).
         sample: the images to average over, at the model's input size (default: :func:`default_image_sample`
             built for the model).
         batch_size: images per forward.
@@ -343,11 +389,12 @@ def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample
         A :class:`TextAttribution` with ``scores`` [P, U]; equal to
         ``compute_basis(...).scores(...)`` on the same sample.
     """
+    texts = text_list(texts)
     if not texts:
-        raise NeuronscopeError("no prompt given: pass --prompt TEXT")
+        raise NeuronscopeError("no texts given: attribute at least one prompt")
     sample = _sample_for(model, sample)
     canonical = model.resolve_layer(layer)
-    text_features = encode_texts(model, list(texts))  # [P, D]
+    text_features = encode_texts(model, texts)  # [P, D]
     # The weights need the embeddings, which need a forward: one cheap no-grad pass first.
     with torch.no_grad():  # encode_images autocasts
         embeddings = torch.cat([model.encode_images(model.preprocess.normalize(sample.pixels[rows].to(model.device)))
@@ -355,7 +402,7 @@ def attribute_texts(model: LoadedModel, layer: str, texts: Sequence[str], sample
     weights = retrieval_weights(embeddings, text_features, logit_scale(model))  # [N, P]
     directions = [weights[:, p, None] * text_features[p] for p in range(len(texts))]  # P x [N, D]
     gxa, _, _ = _backward_gxa(model, canonical, sample.pixels, directions, batch_size)  # [P, N, U]
-    return TextAttribution(model.key, canonical, list(texts), gxa.sum(dim=1).cpu(), sample.source)
+    return TextAttribution(model.key, canonical, texts, gxa.sum(dim=1).cpu(), sample.source)
 
 
 def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = None,

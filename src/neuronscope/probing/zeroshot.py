@@ -6,6 +6,7 @@ class's prompt embedding, softmaxed at the model's logit scale, as in CLIP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,11 @@ import torch
 from ..models.loader import LoadedModel
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def text_list(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a list; a single string is one text (iterating it would give its characters)."""
+    return [texts] if isinstance(texts, str) else list(texts)
 
 
 def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
@@ -25,8 +31,9 @@ def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_texts(model: LoadedModel, texts: list[str], batch_size: int = 512) -> torch.Tensor:
-    """L2-normalised text embeddings [N, D], in fp32."""
+def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised text embeddings [N, D], in fp32 (a single string is one text: [1, D])."""
+    texts = text_list(texts)
     chunks = []
     for start in range(0, len(texts), batch_size):
         with model.precision.autocast(model.device):
@@ -69,13 +76,19 @@ class ZeroShotClassifier:
     logit_scale: float
 
     @classmethod
-    def build(cls, model: LoadedModel, classes: list[str], template: str = DEFAULT_TEMPLATE) -> "ZeroShotClassifier":
+    def build(cls, model: LoadedModel, classes: str | Sequence[str],
+              template: str = DEFAULT_TEMPLATE) -> "ZeroShotClassifier":
+        """The classifier of ``classes`` (a single string is one class) with prompts ``template.format(name)``."""
+        classes = text_list(classes)
         if not classes:
-            raise ValueError("no classes given: pass --classes a,b,c or --classes-file FILE")
+            raise ValueError("no classes given: give at least one class name")
         if "{}" not in template:
             raise ValueError(f"template {template!r} has no '{{}}' for the class name")
         features = encode_texts(model, [template.format(name) for name in classes])
-        return cls(model, list(classes), template, features, logit_scale(model))
+        return cls(model, classes, template, features, logit_scale(model))
+
+    def __repr__(self) -> str:  # the default one prints the whole model and the features
+        return f"ZeroShotClassifier({self.model.key}, {len(self.classes)} classes, template {self.template!r})"
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, C] for ``pixels`` [N, 3, H, W] in [0, 1], on the CPU (a result, compared
