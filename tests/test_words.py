@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.models import DEFAULT, load_model
 from neuronscope.models.bundled import bundled_dir
 from neuronscope.probing.embedding import LexicalRule, WordEmbedding, lexical_units, shared_affix
@@ -347,3 +347,27 @@ def test_a_channels_last_layer_is_probed_unit_by_unit_on_its_grid() -> None:
     pixels = torch.cat([images[i] for i in range(len(words))]).float().div(255.0)  # [words * variants, 3, 16, 16]
     means = record(model, model.preprocess.normalize(pixels), ["fc1"], reduce="mean")["fc1"]  # [images, 12]
     torch.testing.assert_close(probe.scores, _reduce_word_images(means, QUICK))
+
+
+# --------------------------------------------------------------------------- the Python API's arguments
+
+
+def test_a_single_string_is_one_word_not_its_letters() -> None:
+    model = load_model("mini-clip", weights=DEFAULT)
+    probe = probe_words(model, "neurons", "star", settings=QUICK)
+    assert probe.words == ["star"] and probe.scores.shape == (1, probe.units)
+
+
+def test_a_unit_the_layer_lacks_is_refused_naming_its_range() -> None:
+    probe = WordProbe("m", "x", ["cat", "dog"], torch.randn(2, 512), QUICK, (4, 4), "fp32")
+    with pytest.raises(UnitsError, match=r"unit 600 is out of range: the layer has 512 units \(0-511\)"):
+        probe.top_words(600)
+    with pytest.raises(UnitsError, match="start at 0"):
+        probe.rank("cat", -1)
+    assert probe.rank(probe.top_words(3, k=1)[0][0], 3) == 1
+
+
+def test_a_word_probes_repr_names_the_model_and_layer_and_stays_short() -> None:
+    words = [f"word{i}" for i in range(2000)]
+    probe = WordProbe("mini-clip@bundled", "visual.x", words, torch.randn(2000, 512), QUICK, (4, 4), "fp32")
+    assert repr(probe) == "WordProbe(mini-clip@bundled visual.x, 2000 words x 512 units, fp32)"

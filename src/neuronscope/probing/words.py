@@ -25,8 +25,10 @@ import torch
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
 from ..models.loaded import LoadedModel
+from ..runtime import parse_units
 from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
+from .zeroshot import text_list
 
 DEFAULT_TOP_K = 20
 
@@ -57,9 +59,17 @@ class WordProbe:
     seconds: float = 0.0
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:  # the default one prints every word and the scores
+        return f"WordProbe({self.model} {self.layer}, {len(self.words)} words x {self.units} units, {self.precision})"
+
     @property
     def units(self) -> int:
         return self.scores.shape[1]
+
+    def _unit(self, unit: int) -> int:
+        """``unit`` checked against the layer: a negative one would wrap, a large one fail inside torch."""
+        (checked,) = parse_units(unit, self.units)  # UnitsError naming the layer's range
+        return checked
 
     def index(self, word: str) -> int:
         """Row of ``word``; a clear error when it is not in the vocabulary."""
@@ -72,7 +82,7 @@ class WordProbe:
 
     def top_words(self, unit: int, k: int = DEFAULT_TOP_K) -> list[tuple[str, float]]:
         """The unit's ``k`` best words with their scores, best first (ties by vocabulary order)."""
-        values, rows = top_k(self.scores[:, unit], k)
+        values, rows = top_k(self.scores[:, self._unit(unit)], k)
         return [(self.words[int(i)], float(v)) for v, i in zip(values, rows)]
 
     def top_words_all(self, k: int = DEFAULT_TOP_K) -> dict[int, list[tuple[str, float]]]:
@@ -84,7 +94,7 @@ class WordProbe:
     def rank(self, word: str, unit: int) -> int:
         """Rank of ``word`` among the vocabulary for ``unit``: 1 + the words scoring strictly higher (1 = its
         best word; ties count in its favour, so words tied for best all rank 1)."""
-        column = self.scores[:, unit]
+        column = self.scores[:, self._unit(unit)]
         return int((column > column[self.index(word)]).sum()) + 1
 
     def to_npz(self) -> bytes:
@@ -105,14 +115,15 @@ def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch
 
 
 @torch.no_grad()
-def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, settings: RasterSettings = RasterSettings(),
-                batch_size: int = 64, workers: int = 0, on_batch: ProgressHook | None = None) -> WordProbe:
+def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
+                settings: RasterSettings = RasterSettings(), batch_size: int = 64, workers: int = 0,
+                on_batch: ProgressHook | None = None) -> WordProbe:
     """Raster every word and score it for every unit of ``layer``.
 
     Args:
         model: a loaded model; its precision decides how the forwards run.
         layer: a layer name or alias (``neurons``).
-        words: the vocabulary (see :func:`neuronscope.probing.vocab.load_vocabulary`).
+        words: the vocabulary (see :func:`neuronscope.probing.vocab.load_vocabulary`); a single string is one word.
         settings: fonts, sizes (fractions of the input width) and positions.
         batch_size: images per forward (rounded down to whole words, at least one word).
         workers: rendering processes (0: render in this process).
@@ -121,6 +132,7 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
     Returns:
         A :class:`WordProbe` with scores float32 [len(words), units].
     """
+    words = text_list(words)
     if not words:
         raise ValueError("probe_words needs at least one word")
     started = time.perf_counter()
@@ -145,6 +157,6 @@ def probe_words(model: LoadedModel, layer: str, words: Sequence[str], *, setting
             done += n_words
             if on_batch is not None:
                 on_batch(done, len(words))
-    return WordProbe(model=model.key, layer=canonical, words=list(words), scores=torch.cat(chunks),
+    return WordProbe(model=model.key, layer=canonical, words=words, scores=torch.cat(chunks),
                      settings=settings, grid=geometry.grid, precision=model.precision.name,
                      seconds=time.perf_counter() - started)
