@@ -153,7 +153,10 @@ class ScanState:
         ordinals = sorted(self.records)
         records = [self.records[o] for o in ordinals]
         arrays["records.ordinal"] = np.array(ordinals, np.int64)
-        arrays["records.json"] = np.array(json.dumps([asdict(r) for r in records]))
+        # UTF-8 bytes of one JSON list a record: a NumPy string array is UCS-4 (4 bytes a character), and
+        # records grow with the scan (reservoir samples): 38 MB of a 44 MB checkpoint at 150k images.
+        rows = [[r.id, r.source, r.name, r.sha256, r.width, r.height] for r in records]
+        arrays["records.utf8"] = np.frombuffer(json.dumps(rows).encode(), np.uint8)
         arrays["seen"] = np.fromiter(self.seen, np.uint64, count=len(self.seen))  # any order: a set again
         meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped)}
         return arrays, meta
@@ -168,9 +171,12 @@ class ScanState:
         for index, accumulator in enumerate(self.accumulators.values()):
             prefix = f"L{index}."
             accumulator.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-        records = [ImageRecord(**r) for r in json.loads(str(arrays["records.json"]))]
-        self.records = dict(zip((int(o) for o in arrays["records.ordinal"]), records))
-        self.seen = {int(key) for key in arrays["seen"]}
+        if "records.utf8" in arrays:
+            records = [ImageRecord(*row) for row in json.loads(arrays["records.utf8"].tobytes())]
+        else:  # a checkpoint written before: one string of JSON objects
+            records = [ImageRecord(**r) for r in json.loads(str(arrays["records.json"]))]
+        self.records = dict(zip(arrays["records.ordinal"].tolist(), records))
+        self.seen = set(arrays["seen"].tolist())
         self.next_ordinal, self.images = int(meta["next_ordinal"]), int(meta["images"])
         self.skipped = Counter(meta["skipped"])
 

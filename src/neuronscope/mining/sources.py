@@ -30,7 +30,7 @@ from neuronscope.imagefiles import IMAGE_SUFFIXES
 ID_HASH_CHARS = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per file of a listing that may hold millions
 class Entry:
     """One candidate image of a source, before it is read.
 
@@ -88,8 +88,8 @@ def size_twins(entries: Sequence[Entry]) -> np.ndarray:
     """Ordinals [n] int64 of the entries whose listed size another entry shares: only these can be duplicates.
 
     Two files with the same content have the same size, so a scan hashes and remembers only these
-    (in most collections a small part); entries of unknown size (missing at listing) have no content
-    to compare.
+    (a small part of a small collection of JPEGs, most of a million, every file of a fixed-size format);
+    entries of unknown size (missing at listing) have no content to compare.
     """
     sizes = np.array([-1 if entry.size is None else entry.size for entry in entries], np.int64)
     known = np.flatnonzero(sizes >= 0)
@@ -105,21 +105,31 @@ def _has_image_suffix(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _size(path: str) -> int | None:
+    """The file's size, or None where it cannot be read (a broken link: counted as ``missing`` when read)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def list_folder(root: Path) -> ImageSource:
     """Every file with an image suffix under ``root`` (recursive), sorted by relative path.
 
-    Broken links are kept (they are counted as ``missing`` when read).
+    Broken links are kept (they are counted as ``missing`` when read). Plain strings and one ``stat`` a
+    file: a listing runs at every start and resume, and pathlib's parsing was most of it (36-48 us a file).
     """
     entries = []
-    for dirpath, _dirnames, filenames in os.walk(root):
+    top = str(root)
+    for dirpath, _dirnames, filenames in os.walk(top):
+        folder = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if folder == "." else folder + "/"
         for filename in filenames:
-            if not _has_image_suffix(filename):
-                continue
-            path = Path(dirpath) / filename
-            size = path.stat().st_size if path.exists() else None
-            entries.append(Entry(path.relative_to(root).as_posix(), str(path), None, size))
+            if _has_image_suffix(filename):
+                path = os.path.join(dirpath, filename)
+                entries.append(Entry(prefix + filename, path, None, _size(path)))
     entries.sort(key=lambda entry: entry.name)
-    return ImageSource("folder", root.name, str(root), tuple(entries))
+    return ImageSource("folder", root.name, top, tuple(entries))
 
 
 def list_tar(shard: Path) -> ImageSource:
@@ -145,27 +155,27 @@ def list_paths_file(listing: Path) -> ImageSource:
     folder when it holds every listed path, else to the deepest folder that does (:func:`_names_root`):
     never ``../`` and never an absolute path (ids end up in static exports).
     """
-    base = listing.parent.resolve()
+    base = str(listing.parent.resolve())
     paths = []
     for line in listing.read_text().splitlines():
         text = line.strip()
         if text and not text.startswith("#"):
-            paths.append(Path(os.path.normpath(Path(text) if Path(text).is_absolute() else base / text)))
+            paths.append(os.path.normpath(os.path.join(base, text)))  # join keeps an absolute path as it is
     root = _names_root(paths, base)
+    inside = len(root.rstrip(os.sep)) + 1  # a name is what follows "root/"
     entries = {}
     for path in paths:
-        name = path.relative_to(root).as_posix()
-        size = path.stat().st_size if path.exists() else None
-        entries[name] = Entry(name, str(path), None, size)  # a path listed twice is one entry
-    return ImageSource("list", listing.name, str(root), tuple(sorted(entries.values(), key=lambda e: e.name)))
+        name = path[inside:].replace(os.sep, "/")
+        entries[name] = Entry(name, path, None, _size(path))  # a path listed twice is one entry
+    return ImageSource("list", listing.name, root, tuple(sorted(entries.values(), key=lambda e: e.name)))
 
 
-def _names_root(paths: list[Path], base: Path) -> Path:
-    """The folder a list's image names are relative to: ``base`` (the list's folder) when it holds
-    every path, else the common folder of the paths' folders."""
-    if all(path.is_relative_to(base) for path in paths):
+def _names_root(paths: list[str], base: str) -> str:
+    """The folder a list's image names are relative to (normalised absolute paths): ``base`` (the list's
+    folder) when it holds every path, else the common folder of the paths' folders."""
+    if all(path.startswith(base.rstrip(os.sep) + os.sep) for path in paths):
         return base
-    return Path(os.path.commonpath([path.parent for path in paths]))
+    return os.path.commonpath([os.path.dirname(path) for path in paths])
 
 
 def open_source(source: str | os.PathLike) -> ImageSource:
