@@ -7,8 +7,10 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from neuronscope.errors import BundledModelMissing, NeuronscopeError, UnknownModelError, WeightsError
@@ -423,8 +425,33 @@ def test_any_module_with_a_preprocessing_spec():
     assert image_embedding(model, torch.randn(1, 3, 32, 32)).shape == (1, 2)
     with pytest.raises(NeuronscopeError, match="preprocess=Preprocess"):
         load_model(SmallNet())
+    assert model.spec.activation is None  # convolutions and a ReLU: no GELU of either kind
+    with pytest.raises(WeightsError, match="runs neither gelu nor quick_gelu, so activation='gelu'"):
+        load_model(net, preprocess=Preprocess(image_size=32), activation="gelu")
+    assert repr(model) == f"LoadedModel({model.key}, cpu, fp32)"  # not the whole module
+
+
+def test_a_module_reports_the_activation_it_runs():
+    gelu_net = nn.Sequential(nn.Linear(4, 4), nn.GELU())
+    contract = Preprocess(image_size=32)
+    assert load_model(gelu_net, preprocess=contract).spec.activation == "gelu"
+    assert load_model(gelu_net, preprocess=contract, activation="gelu").spec.activation == "gelu"  # what it runs
     with pytest.raises(WeightsError, match="runs gelu, not activation='quick_gelu'"):
-        load_model(net, preprocess=Preprocess(image_size=32), activation="quick_gelu")  # cannot be applied
+        load_model(gelu_net, preprocess=contract, activation="quick_gelu")  # cannot be applied
+
+
+def test_prepare_images_refuses_what_is_not_model_input(mini_clip_fp32):
+    prepare = mini_clip_fp32.prepare_images
+    assert prepare(torch.zeros(3, 64, 64)).shape == (1, 3, 64, 64)  # one image is a batch of one
+    assert prepare([Image.new("RGB", (80, 80))] * 2).shape == (2, 3, 64, 64)
+    with pytest.raises(TypeError, match=r"torch.uint8 tensor.*model.preprocess.normalize\(x\)"):
+        prepare(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))  # 0-255 pixels would run as if normalised
+    with pytest.raises(ValueError, match=r"shape \[2, 64, 64, 3\], not \[B, 3, H, W\]"):
+        prepare(torch.zeros(2, 64, 64, 3))
+    with pytest.raises(TypeError, match="not a list of Tensor; pass PIL images"):
+        prepare([torch.zeros(3, 64, 64)])
+    with pytest.raises(TypeError, match="not a ndarray; pass PIL images"):
+        prepare(np.zeros((2, 64, 64, 3), dtype=np.uint8))
 
 
 def test_default_weights_are_the_declared_default_else_a_cached_tag_else_none(monkeypatch) -> None:

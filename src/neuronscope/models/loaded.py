@@ -44,6 +44,10 @@ class LoadedModel:
     weights_path: Path | None = None
     _state_sha256: str | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # The dataclass's own repr would print the whole nn.Module (163 lines for the mini CLIP).
+        return f"LoadedModel({self.key}, {self.device}, {self.precision.name})"
+
     @property
     def key(self) -> str:
         """``name@weights``, e.g. ``RN50x4@openai`` or ``mini-clip@bundled``."""
@@ -133,12 +137,24 @@ class LoadedModel:
         return getattr(self.image_module, "trunk", None)
 
     def prepare_images(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
-        """PIL image(s) or an already normalised tensor [B, 3, H, W] -> input on the model's device."""
+        """PIL image(s) or an already normalised float tensor [B, 3, H, W] ([3, H, W]: one image) -> input on the
+        model's device.
+
+        Raises:
+            TypeError: a tensor that is not floating point (uint8 pixels would run as if normalised), or
+                items that are not PIL images (a list of tensors, a NumPy array).
+            ValueError: a tensor that is not [B, 3, H, W] or [3, H, W] (channels last, one channel).
+        """
         if isinstance(images, torch.Tensor):
-            pixels = images if images.ndim == 4 else images.unsqueeze(0)
-        else:
-            pixels = self.preprocess(images)
-        return pixels.to(self.device)
+            return _checked_pixels(images).to(self.device)
+        if not isinstance(images, Image.Image):
+            given = type(images).__name__
+            images = list(images) if isinstance(images, Iterable) else [images]
+            stray = next((item for item in images if not isinstance(item, Image.Image)), None)
+            if stray is not None:
+                items = f" of {type(stray).__name__}" if given in ("list", "tuple") else ""
+                raise TypeError(f"images are PIL images or one tensor, not a {given}{items}; {_PIXELS_HINT}")
+        return self.preprocess(images).to(self.device)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Run the image tower on normalised ``pixels`` [B, 3, H, W] in the model's precision.
@@ -154,6 +170,24 @@ class LoadedModel:
         """JSON-ready summary of the model, its contract and how it runs."""
         return {**self.spec.to_dict(), "device": str(self.device), "precision": self.precision.name,
                 "precision_reason": self.precision.reason}
+
+
+_PIXELS_HINT = ("pass PIL images (resized and normalised by the model's contract), or "
+                "model.preprocess.normalize(x) of a float tensor x [B, 3, H, W] in [0, 1]")
+
+
+def _checked_pixels(images: torch.Tensor) -> torch.Tensor:
+    """A model-input tensor as [B, 3, H, W], or a one-line error saying what to pass instead.
+
+    A tensor is taken as already normalised: uint8 pixels or channels-last maps would
+    otherwise run, and give wrong activations or fail deep inside the first conv.
+    """
+    if not images.is_floating_point():
+        raise TypeError(f"images are a {images.dtype} tensor, taken as normalised model input; {_PIXELS_HINT}")
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"images are a tensor of shape {list(images.shape)}, not [B, 3, H, W] or [3, H, W] "
+                         f"(channels first: x.permute(0, 3, 1, 2) for [B, H, W, 3]); {_PIXELS_HINT}")
+    return images if images.ndim == 4 else images.unsqueeze(0)
 
 
 # --------------------------------------------------------------------------- tokenizers
