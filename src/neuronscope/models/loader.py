@@ -382,6 +382,10 @@ def _from_module(
         preprocess = carried
     runs = openclip.module_activation(module)
     if activation and activation != runs:
+        # A module's layers are its own: activation= can only say what it already runs.
+        if runs is None:
+            raise WeightsError(f"this nn.Module runs neither gelu nor quick_gelu, so activation={activation!r} "
+                               f"names nothing in it; omit activation")
         raise WeightsError(f"this nn.Module runs {runs}, not activation={activation!r}: a module's layers are its "
                            f"own; build it with the activation you want, or omit activation")
     state_sha = sha256_state_dict(module)

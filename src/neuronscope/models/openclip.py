@@ -106,6 +106,15 @@ def build_from_openai_state_dict(state_dict: dict, quick_gelu: bool = True) -> n
     return model.float()
 
 
-def module_activation(module: nn.Module) -> str:
-    """``quick_gelu`` when any submodule is open_clip's QuickGELU, else ``gelu``: what a built model runs."""
-    return "quick_gelu" if any(type(m).__name__ == "QuickGELU" for m in module.modules()) else "gelu"
+def module_activation(module: nn.Module) -> str | None:
+    """What a built model's transformer MLPs run: ``quick_gelu`` when any submodule is open_clip's QuickGELU,
+    else ``gelu`` when any is a GELU (torch's, timm's, transformers' ``GELUActivation``), else None (a ReLU net).
+
+    Read by class name: timm and transformers have GELU classes of their own.
+    """
+    names = {type(m).__name__ for m in module.modules()}
+    if "QuickGELU" in names:
+        return "quick_gelu"
+    if any(name.startswith("GELU") or name.endswith("GELUActivation") for name in names):
+        return "gelu"
+    return None
