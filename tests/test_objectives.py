@@ -69,6 +69,20 @@ def test_neuron_reads_one_cell():
     assert torch.equal(neuron("x", 0, cell=(0, 2))(_context(acts)), acts[:, 0, 0, 2])
 
 
+def test_a_neuron_cell_off_the_grid_is_refused_naming_the_grid():
+    """A negative cell would wrap to the far side: refused when the objective is made. A cell past the grid
+    is refused once the grid is known, in the forward, not as an index error inside torch."""
+    for cell in ((-1, -1), (0, -2), (1, 2, 3)):
+        with pytest.raises(ValueError, match=r"^cell \(.*\) of x: give \(row, col\), each from 0"):
+            neuron("x", 0, cell=cell)
+    ctx = _context(torch.randn(2, 3, 3, 4))
+    for cell in ((3, 0), (5, 5)):
+        with pytest.raises(ValueError, match=r"^cell \(\d, \d\) of x: the layer's grid is 3x4 \(rows 0 to 2, "
+                                             r"columns 0 to 3\)$"):
+            neuron("x", 0, cell=cell)(ctx)
+    assert torch.equal(neuron("x", 1, cell=(np.int64(2), 3))(ctx), ctx["x"][:, 1, 2, 3])
+
+
 def test_algebra_values_layers_and_descriptions():
     acts = torch.randn(2, 4, 2, 2)
     ctx = _context(acts)

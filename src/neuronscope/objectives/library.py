@@ -86,11 +86,34 @@ def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
     return Objective(value, [layer], f"Channel [{layer}, {_units_text(unit)}{_batch_text(batch)}]")
 
 
+def _cell_at(cell: tuple[int, int] | None, layer: str, grid: tuple[int, int]) -> tuple[int, int]:
+    """``cell`` (the centre when None) checked against the layer's grid (rows, cols), known only in a forward:
+    an index past it would fail inside torch without naming the grid."""
+    rows, cols = grid
+    if cell is None:
+        return rows // 2, cols // 2
+    row, col = cell
+    if row >= rows or col >= cols:
+        raise ValueError(f"cell ({row}, {col}) of {layer}: the layer's grid is {rows}x{cols} "
+                         f"(rows 0 to {rows - 1}, columns 0 to {cols - 1})")
+    return row, col
+
+
 def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batch: Batch = None) -> Objective:
-    """A unit at one spatial cell (row, col); the centre cell by default."""
+    """A unit at one spatial cell (row, col) counted from (0, 0) at the top left; the centre cell by default.
+
+    Raises:
+        ValueError: a cell that is not two non-negative indices (a negative one would wrap to the far side);
+            a cell past the layer's grid, when the objective is evaluated.
+    """
+    if cell is not None:
+        cell = tuple(operator.index(i) for i in cell)
+        if len(cell) != 2 or min(cell) < 0:
+            raise ValueError(f"cell {cell} of {layer}: give (row, col), each from 0 (the top left cell is (0, 0))")
+
     def value(ctx: Context) -> Tensor:
         maps = ctx.maps(layer)  # [B, C, H, W]
-        row, col = cell if cell is not None else (maps.shape[2] // 2, maps.shape[3] // 2)
+        row, col = _cell_at(cell, layer, (maps.shape[2], maps.shape[3]))
         return _masked(_per_image(maps[:, :, row, col], unit, layer), batch)
 
     where = "centre" if cell is None else f"{cell[0]},{cell[1]}"
