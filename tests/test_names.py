@@ -72,3 +72,10 @@ def test_resolve_layer_wants_exactly_one(tiny_rn):
 def test_split_layer_list_keeps_braces():
     assert split_layer_list("neurons, visual.layer3.{0,2,4},visual.attnpool") == [
         "neurons", "visual.layer3.{0,2,4}", "visual.attnpool"]
+
+
+def test_a_loaded_model_brings_its_module_aliases_and_key(tiny_rn):
+    assert resolve_layers(tiny_rn, ["neurons", "visual.layer4.*"]) == resolve(tiny_rn, ["neurons", "visual.layer4.*"])
+    assert resolve_layer(tiny_rn, "image_block_4/1/Add_6") == "visual.layer4.1.act3:input"
+    with pytest.raises(LayerNotFoundError, match=f"unknown layer 'nuerons' in {tiny_rn.key}"):
+        resolve_layers(tiny_rn, "nuerons")

@@ -18,11 +18,14 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 from torch import nn
 
 from neuronscope.errors import LayerNotFoundError
+
+if TYPE_CHECKING:  # loaded.py imports this module lazily; annotations only
+    from neuronscope.models.loaded import LoadedModel
 
 INPUT = ":input"
 Port = Literal["output", "input"]
@@ -87,13 +90,25 @@ def _suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def _module_and_aliases(
+    model: nn.Module | LoadedModel, aliases: Mapping[str, str] | None, model_key: str
+) -> tuple[nn.Module, dict[str, str], str]:
+    """A LoadedModel brings its module, aliases and key; explicit ``aliases``/``model_key`` still win."""
+    if isinstance(model, nn.Module):
+        return model, dict(aliases or {}), model_key
+    return model.module, dict(model.layer_aliases if aliases is None else aliases), model_key or model.key
+
+
 def resolve_layers(
-    module: nn.Module, names: str | Sequence[str], aliases: Mapping[str, str] | None = None, *, model_key: str = ""
+    module: nn.Module | LoadedModel, names: str | Sequence[str], aliases: Mapping[str, str] | None = None, *,
+    model_key: str = "",
 ) -> list[str]:
     """Resolve layer names, aliases and wildcards to canonical names.
 
     Args:
-        module: the model the names refer to (the whole CLIP, not the tower).
+        module: the model the names refer to: a :class:`LoadedModel` (its
+            aliases and key come with it), or an ``nn.Module`` (the whole
+            CLIP, not the tower).
         names: one name or several (see :func:`split_layer_list` for ``--layers a,b``).
         aliases: ``{alias: canonical}`` (``LoadedModel.layer_aliases``).
         model_key: for error messages.
@@ -105,7 +120,7 @@ def resolve_layers(
         LayerNotFoundError: a name, alias or wildcard that matches nothing;
             the message lists close matches.
     """
-    aliases = dict(aliases or {})
+    module, aliases, model_key = _module_and_aliases(module, aliases, model_key)
     if isinstance(names, str):
         names = [names]
     paths = [path for path, _ in module.named_modules() if path]
@@ -137,7 +152,9 @@ def resolve_layers(
     return list(dict.fromkeys(resolved))
 
 
-def resolve_layer(module: nn.Module, name: str, aliases: Mapping[str, str] | None = None, *, model_key: str = "") -> str:
+def resolve_layer(
+    module: nn.Module | LoadedModel, name: str, aliases: Mapping[str, str] | None = None, *, model_key: str = ""
+) -> str:
     """Resolve exactly one layer (a wildcard must match exactly one module)."""
     found = resolve_layers(module, [name], aliases, model_key=model_key)
     if len(found) != 1:
