@@ -207,7 +207,8 @@ class Recorder:
         # always_call: the depth must drop also when the forward raises (early stop does).
         self._handles.append(self.root.register_forward_hook(self._leave_root, always_call=True))
         for top in tops:
-            self._handles.append(self.root.get_submodule(top).register_forward_pre_hook(partial(self._top_boundary, top)))
+            module = self.root.get_submodule(top)
+            self._handles.append(module.register_forward_pre_hook(partial(self._top_boundary, top)))
 
     def remove(self) -> None:
         """Remove exactly the hooks this recorder added."""
