@@ -489,6 +489,26 @@ def test_faceted_render_at_the_probe_layer_in_whole_units_and_refused_before_it(
         facets.render_faceted(tiny_rn, "visual.layer2.0", [0], probe, config=RenderConfig(steps=1))
 
 
+def test_facet_strengths_are_the_numbers_written_not_float32_noise():
+    """The strengths are stored as each render's extra and printed in its description: 0.1, not float32's
+    0.10000000149011612 (nor float64's 1.3250000000000002)."""
+    ramp = facets.facet_strengths(9)
+    assert ramp == [0.1, 0.7125, 1.325, 1.9375, 2.55, 3.1625, 3.775, 4.3875, 5.0]
+    assert all(type(s) is float for s in ramp)
+    assert facets.facet_strengths(1) == [5.0] and facets.facet_strengths(3, 0.0, 1.0) == [0.0, 0.5, 1.0]
+
+
+def test_facet_images_and_probes_have_short_reprs():
+    images = facets.FacetImages("text", torch.rand(200, 3, 64, 64), torch.rand(150, 3, 64, 64), ["a" * 64] * 200,
+                                ["b" * 64] * 150)
+    assert repr(images) == "FacetImages('text', 200 facet and 150 generic images of 64x64 px)"
+    layers = [f"visual.transformer.resblocks.{i}" for i in range(4, 13)]
+    probe = facets.FacetProbe("text", "mini-clip@bundled", layers, {layer: torch.randn(50, 768) for layer in layers},
+                              dict.fromkeys(layers, 0.0), dict.fromkeys(layers, 1.0), "k" * 24)
+    assert repr(probe) == ("FacetProbe('text' on mini-clip@bundled, 9 probe layers: visual.transformer.resblocks.4 "
+                           "... visual.transformer.resblocks.12)")
+
+
 def test_probe_layers_default_by_family_and_say_what_to_register_when_none_fits(tiny_rn, tiny_vit):
     """A ResNet's default is every other block of layer3, a ViT's the middle third of its blocks; a conv net
     without a layer3 (ConvNeXt) was told "no layer matches 'visual.layer3.*'", a layer it never named."""

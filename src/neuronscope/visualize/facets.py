@@ -144,6 +144,11 @@ class FacetImages:
     facet_hashes: list[str]
     generic_hashes: list[str]
 
+    def __repr__(self) -> str:  # the default one prints the pixels and every hash
+        height, width = self.facet.shape[-2:]
+        return (f"FacetImages({self.name!r}, {len(self.facet)} facet and {len(self.generic)} generic images of "
+                f"{height}x{width} px)")
+
 
 def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: int = 0) -> FacetImages:
     """The mini CLIP world's facets, from its bundled test split.
@@ -228,6 +233,10 @@ class FacetProbe:
     biases: dict[str, float]
     accuracy: dict[str, float]
     key: str
+
+    def __repr__(self) -> str:  # the default one prints every weight
+        layers = self.layers[0] if len(self.layers) == 1 else f"{self.layers[0]} ... {self.layers[-1]}"
+        return f"FacetProbe({self.name!r} on {self.model}, {len(self.layers)} probe layers: {layers})"
 
     @torch.no_grad()
     def score(self, model: LoadedModel, pixels: Tensor, *, batch_size: int = 64) -> Tensor:
@@ -340,10 +349,14 @@ def facet_objective(unit_objective: Objective, probe: FacetProbe, strength: floa
 
 
 def facet_strengths(count: int, low: float = FACET_STRENGTHS[0], high: float = FACET_STRENGTHS[1]) -> list[float]:
-    """The paper's ramp over a batch: ``count`` strengths from ``low`` to ``high`` (one image: ``high``)."""
+    """The paper's ramp over a batch: ``count`` strengths from ``low`` to ``high`` (one image: ``high``).
+
+    Python floats, rounded past float64's noise: each is stored as its render's ``strength`` and printed in
+    its description (0.1, not float32's 0.10000000149011612 nor 1.3250000000000002).
+    """
     if count == 1:
         return [high]
-    return torch.linspace(low, high, count).tolist()
+    return [round(low + (high - low) * i / (count - 1), 12) for i in range(count)]
 
 
 def render_faceted(
