@@ -337,7 +337,7 @@ class Recorder:
         """One forward of the image tower; returns ``{layer: activations}`` for the requested layers.
 
         Args:
-            images: a normalised tensor [B, 3, H, W] or PIL image(s) (preprocessed
+            images: a normalised float tensor [B, 3, H, W] or PIL image(s) (preprocessed
                 by the model's contract; needs a :class:`LoadedModel`).
             grad: run with autograd on (for objectives); default off.
             require_all: raise if a requested layer did not run (e.g. a
