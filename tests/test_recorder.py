@@ -70,18 +70,27 @@ def test_no_hook_remains_after_100_recordings_and_user_hooks_survive(tiny_rn):
 
 
 def test_hooks_are_removed_when_the_forward_raises(tiny_rn):
+    def fail(module, args):
+        raise RuntimeError("the forward fails mid-way")
+
     user_handle = tiny_rn.module.visual.layer2.register_forward_pre_hook(lambda module, args: None)
     baseline = hook_count(tiny_rn.module)
-    with pytest.raises(RuntimeError):
-        with Recorder(tiny_rn, "neurons") as recorder:
-            recorder.run(torch.randn(1, 4, 64, 64))  # 4 channels: conv1 raises
-    assert hook_count(tiny_rn.module) == baseline
     with pytest.raises(UnitsError):
         record(tiny_rn, torch.randn(1, 3, 64, 64), "visual.attnpool", edits=[zero_units("neurons", "600")])
     assert hook_count(tiny_rn.module) == baseline
-    with pytest.raises(RuntimeError):
-        record(tiny_rn, torch.randn(1, 4, 64, 64), "neurons")  # run() attaching on its own
+    with pytest.raises(ValueError, match="not \\[B, 3, H, W\\]"):
+        record(tiny_rn, torch.randn(1, 4, 64, 64), "neurons")  # refused before any hook
     assert hook_count(tiny_rn.module) == baseline
+    failing = tiny_rn.module.visual.layer4[1].conv1.register_forward_pre_hook(fail)  # runs before `neurons`
+    baseline = hook_count(tiny_rn.module)
+    with pytest.raises(RuntimeError, match="mid-way"):
+        with Recorder(tiny_rn, "neurons") as recorder:
+            recorder.run(torch.randn(1, 3, 64, 64))
+    assert hook_count(tiny_rn.module) == baseline
+    with pytest.raises(RuntimeError, match="mid-way"):
+        record(tiny_rn, torch.randn(1, 3, 64, 64), "neurons")  # run() attaching on its own
+    assert hook_count(tiny_rn.module) == baseline
+    failing.remove()
     user_handle.remove()
 
 
