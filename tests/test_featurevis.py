@@ -509,6 +509,13 @@ def test_facet_images_and_probes_have_short_reprs():
                            "... visual.transformer.resblocks.12)")
 
 
+def test_render_results_have_short_reprs(tiny_rn):
+    result = render(tiny_rn, channel("neurons", [3, 4]), batch=2, config=RenderConfig(steps=2))
+    assert repr(result) == f"RenderResult({result.description}, 2 images 64x64, 2 steps)"
+    (unit,) = render_units(tiny_rn, "neurons", [5], config=RenderConfig(steps=2))
+    assert repr(unit).startswith("UnitRender(neurons unit 5, plain #0, objective ")
+
+
 def test_probe_layers_default_by_family_and_say_what_to_register_when_none_fits(tiny_rn, tiny_vit):
     """A ResNet's default is every other block of layer3, a ViT's the middle third of its blocks; a conv net
     without a layer3 (ConvNeXt) was told "no layer matches 'visual.layer3.*'", a layer it never named."""

@@ -120,6 +120,10 @@ class RenderResult:
     def pil(self, index: int) -> Image.Image:
         return to_pil(self.images[index])
 
+    def __repr__(self) -> str:  # the tensors would fill a notebook
+        return (f"RenderResult({self.description}, {len(self.images)} images "
+                f"{self.images.shape[-2]}x{self.images.shape[-1]}, {self.config.steps} steps)")
+
 
 @dataclass
 class UnitRender:
@@ -150,3 +154,6 @@ class UnitRender:
 
     def png(self) -> bytes:
         return png_bytes(self.image)
+
+    def __repr__(self) -> str:
+        return f"UnitRender({self.layer} unit {self.unit}, {self.kind} #{self.index}, objective {self.objective:.4g})"
