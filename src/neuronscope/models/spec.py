@@ -95,7 +95,8 @@ class ModelSpec:
         weights: what fills it: a registry tag (``openai``), ``bundled``,
             ``random``, or ``sha256:<12 hex>`` for a local file or module.
         preprocess: the input contract the weights were trained with.
-        activation: the transformer MLP activation the weights expect.
+        activation: the transformer MLP activation the weights expect (``None``: an ``nn.Module`` that runs
+            neither ``gelu`` nor ``quick_gelu``).
             OpenAI's weights need ``quick_gelu``; building them with ``gelu``
             silently degrades every ViT (and every text tower).
         source: how the architecture is built: an open_clip config name,
@@ -121,7 +122,7 @@ class ModelSpec:
     name: str
     weights: str
     preprocess: Preprocess
-    activation: Activation = "gelu"
+    activation: Activation | None = "gelu"
     source: Source = "open_clip"
     model_cfg: Mapping[str, Any] | None = field(default=None, compare=False)
     image_tower: str = "visual"
