@@ -26,7 +26,7 @@ import numpy as np
 from neuronscope.atlas import Atlas
 from neuronscope.mining import LayerAccumulator, ScanSettings, open_source
 from neuronscope.mining.results import ImageRecord
-from neuronscope.mining.scanner import ScanState
+from neuronscope.mining.scanner import ContentKeys, ScanState
 
 
 def make_folder(root: Path, files: int) -> Path:
@@ -67,7 +67,9 @@ def checkpoint(root: Path, records: int, keys: int) -> None:
     state.prune_records = lambda: None  # made-up records no unit holds: keep them
     state.records = {o: ImageRecord(f"d{o // 1000:04d}/{o:07d}.jpg#{o:012x}", "images", f"d{o // 1000:04d}/{o:07d}.jpg",
                                     f"{o:064x}", 640, 480) for o in range(records)}
-    state.seen = set(np.random.default_rng(0).integers(0, 2**63, keys, dtype=np.int64).tolist())
+    state.seen = ContentKeys(np.random.default_rng(0).integers(0, 2**63, keys, dtype=np.int64).astype(np.uint64))
+    for key in range(min(keys, 2048)):  # a checkpoint's worth of new keys, added since the last one
+        state.seen.add(key)
     with Atlas(root / "atlas") as atlas:
         took = seconds(lambda: atlas.save_checkpoint("bench", *state.state_dict()))
         size = sum(path.stat().st_size for path in atlas.checkpoints_dir.iterdir())

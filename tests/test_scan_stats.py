@@ -248,7 +248,7 @@ def test_a_scan_state_checkpoints_its_records_as_utf8_and_reads_older_checkpoint
     from dataclasses import asdict
 
     from neuronscope.mining.results import ImageRecord
-    from neuronscope.mining.scanner import ScanState
+    from neuronscope.mining.scanner import ContentKeys, ScanState
 
     def state() -> ScanState:
         return ScanState({"layer": LayerAccumulator(3, (1, 1), SETTINGS)})
@@ -256,7 +256,7 @@ def test_a_scan_state_checkpoints_its_records_as_utf8_and_reads_older_checkpoint
     written = state()
     written.records = {7: ImageRecord("a/é.png#0123456789ab", "src", "a/é.png", "0" * 64, 5, 3),
                        2: ImageRecord("b.png#ba9876543210", "src", "b.png", "f" * 64, 640, 480)}
-    written.seen = {2**63 + 5, 11}
+    written.seen = ContentKeys([2**63 + 5, 11])
     written.prune_records = lambda: None  # no unit holds these made-up images: keep them for the test
     arrays, meta = written.state_dict()
     assert arrays["records.utf8"].dtype == np.uint8 and "records.json" not in arrays
@@ -264,4 +264,24 @@ def test_a_scan_state_checkpoints_its_records_as_utf8_and_reads_older_checkpoint
                                 "records.json": np.array(json.dumps([asdict(written.records[o]) for o in (2, 7)]))}):
         read = state()
         read.load_state_dict(checkpoint, meta)
-        assert read.records == written.records and read.seen == written.seen
+        assert read.records == written.records and set(read.seen) == {2**63 + 5, 11}
+
+
+def test_content_keys_answer_like_a_set_across_checkpoints():
+    """Keys of earlier checkpoints live in a sorted uint64 array (8 bytes a key, written as it is), those
+    added since in a set: membership, length and a round trip through the array as a set would give."""
+    from neuronscope.mining.scanner import ContentKeys
+
+    keys = ContentKeys([2**64 - 1, 7])
+    keys.add(3)
+    keys.add(7)
+    assert 3 in keys and 7 in keys and 2**64 - 1 in keys and 5 not in keys and 0 not in keys
+    array = keys.array()
+    assert array.dtype == np.uint64 and array.tolist() == [3, 7, 2**64 - 1] and len(keys) == 3
+    keys.add(5)
+    assert 5 in keys and set(keys) == {3, 5, 7, 2**64 - 1}
+    other = ContentKeys([11])
+    other.add(1)
+    keys.update(other)
+    assert set(ContentKeys(keys.array())) == {1, 3, 5, 7, 11, 2**64 - 1}
+

@@ -61,6 +61,7 @@ from neuronscope.mining.accumulator import ScanSettings
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
     RAY_SUFFIX,
+    ContentKeys,
     LayerGeometry,
     ProgressHook,
     ScanPlan,
@@ -243,11 +244,11 @@ class ShardScanner:
     def scan_shard(self, shard: Shard) -> ScanState:
         """The partial state of one shard, computed with the local scanner's loop."""
         state = ScanState.for_shapes(self.shapes, self.settings, self.model.device)
-        state.seen = set(shard.seen_before)
+        state.seen = ContentKeys(shard.seen_before)
         with Recorder(self.model, self.layers, early_stop=True) as recorder:
             scan_range(self.model, recorder, self.source_name, shard.entries, state, self.settings.seed,
                        first=shard.start, batch_size=self.batch_size, workers=0, max_pixels=self.max_pixels)
-        state.seen = set()  # the driver needs no keys: duplicates were settled before the scan
+        state.seen = ContentKeys()  # the driver needs no keys: duplicates were settled before the scan
         state.prune_records()
         for accumulator in state.accumulators.values():
             accumulator.to("cpu")  # the driver may have no GPU
