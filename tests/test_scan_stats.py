@@ -272,6 +272,10 @@ def test_content_keys_answer_like_a_set_across_checkpoints():
     added since in a set: membership, length and a round trip through the array as a set would give."""
     from neuronscope.mining.scanner import ContentKeys
 
+    first = ContentKeys()
+    first.add(9)
+    first.add(4)
+    assert first.array().tolist() == [4, 9]  # into an empty array: every recent key
     keys = ContentKeys([2**64 - 1, 7])
     keys.add(3)
     keys.add(7)

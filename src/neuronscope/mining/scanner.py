@@ -124,7 +124,8 @@ class ContentKeys:
             # Insert the few recent keys into the sorted array: O(n) copying, not a sort of every key.
             recent = np.unique(np.fromiter(self._recent, np.uint64, len(self._recent)))
             at = np.searchsorted(self._sorted, recent)
-            known = self._sorted[np.minimum(at, len(self._sorted) - 1)] == recent if len(self._sorted) else False
+            known = (self._sorted[np.minimum(at, len(self._sorted) - 1)] == recent if len(self._sorted)
+                     else np.zeros(len(recent), bool))
             self._sorted = np.insert(self._sorted, at[~known], recent[~known])
             self._recent.clear()
         return self._sorted
