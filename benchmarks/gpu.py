@@ -143,8 +143,7 @@ def merge_rate(model, args) -> float:
     """Images/s of the scan's per-batch merges alone, as its merge thread runs them, on the batches the
     scan sees (this layer's reduced activations of random pixels, made beforehand on the device)."""
     (geometry,) = layer_geometry(model, ["neurons"]).values()
-    accumulator = LayerAccumulator(geometry.units, geometry.grid, ScanSettings(), model.device, geometry.layout,
-                                   geometry.prefix_tokens)
+    accumulator = LayerAccumulator.for_geometry(geometry, ScanSettings(), model.device)
     height, width = model.preprocess.image_size
     reduced = []
     with Recorder(model, ["neurons"], early_stop=True) as recorder, torch.no_grad():

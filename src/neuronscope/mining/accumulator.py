@@ -11,6 +11,7 @@ grow with the number of images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.mining.histogram import StreamingHistogram
 from neuronscope.mining.moments import StreamingMoments
 from neuronscope.mining.topk import StreamingTopK
+
+if TYPE_CHECKING:  # annotations only
+    from neuronscope.activations.geometry import LayerGeometry
 
 
 class ScanSettingsError(NeuronscopeError, ValueError):
@@ -94,6 +98,14 @@ class LayerAccumulator:
         self.bottom = StreamingTopK(units, settings.bottom_k, largest=False, device=device)
         self.moments = StreamingMoments(units)
         self.histogram = StreamingHistogram(units, settings.n_bins, settings.reservoir)
+
+    @classmethod
+    def for_geometry(cls, geometry: LayerGeometry, settings: ScanSettings,
+                     device: str | torch.device = "cpu") -> LayerAccumulator:
+        """An empty accumulator of a layer of this geometry (:func:`~neuronscope.activations.layer_geometry`):
+        its ``units`` on its ``grid``, read as its ``layout`` and ``prefix_tokens`` say."""
+        return cls(geometry.units, geometry.grid, settings, device, layout=geometry.layout,
+                   prefix_tokens=geometry.prefix_tokens)
 
     def reduce(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This layer's activations of a batch -> ``(values, cells, map_means)`` on this layer's grid

@@ -157,8 +157,7 @@ class ScanState:
                    device: str | torch.device = "cpu", may_repeat: np.ndarray | None = None) -> ScanState:
         """An empty state for layers of these geometries (:func:`~neuronscope.activations.layer_geometry`):
         each keeps ``units`` on its ``grid``, reading them as its ``layout`` says."""
-        return cls({name: LayerAccumulator(geometry.units, geometry.grid, settings, device, layout=geometry.layout,
-                                           prefix_tokens=geometry.prefix_tokens)
+        return cls({name: LayerAccumulator.for_geometry(geometry, settings, device)
                     for name, geometry in shapes.items()}, may_repeat)
 
     def merge(self, other: ScanState) -> None:
