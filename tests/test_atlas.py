@@ -344,6 +344,46 @@ def test_a_rescan_removes_thumbnails_named_the_old_way_that_nothing_shows(tiny_r
     assert not orphan.exists() and shown.exists() and len(names) > 1
 
 
+def test_a_rescan_on_other_images_drops_what_only_the_replaced_scan_used(tiny_rn, tmp_path):
+    """A rescan of a layer on other images kept the first scan's image rows and thumbnails for good: both doubled.
+    Now they go, except what another layer still shows or names, and a thumbnail touched since the run began
+    (a scan beside this one may be about to show it)."""
+    import os
+
+    from PIL import Image, ImageOps
+
+    make_images(tmp_path / "first", count=6)
+    for path in make_images(tmp_path / "second", count=5):  # other pixels: other ids and thumbnails
+        ImageOps.invert(Image.open(path).convert("RGB")).save(path)
+    settings = ScanSettings(top_k=2, bottom_k=1)
+
+    def shown(layer: str = "%") -> set[str]:
+        return {row["thumb"] for row in atlas.db.execute(
+            "SELECT thumb FROM examples WHERE layer LIKE ? AND thumb IS NOT NULL", (layer,))}
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        scan(tiny_rn, open_source(tmp_path / "first"), atlas, ["neurons", "visual.layer3"], settings=settings,
+             batch_size=4, thumbnails=True)
+        first_images = {row["id"] for row in atlas.db.execute("SELECT id FROM images")}
+        kept_by_layer3 = shown("visual.layer3")
+        for path in atlas.thumbs_dir.iterdir():  # drawn an hour ago ...
+            os.utime(path, (path.stat().st_mtime - 3600,) * 2)
+        touched = atlas.path / sorted(shown("visual.layer4%") - kept_by_layer3)[0]
+        os.utime(touched)  # ... except one a scan beside this one has just reused
+        scan(tiny_rn, open_source(tmp_path / "second"), atlas, ["neurons"], settings=settings, batch_size=4,
+             thumbnails=True)
+        on_disk = {atlas.thumbnail_relpath(p.name) for p in atlas.thumbs_dir.iterdir()}
+        image_rows = {row["id"] for row in atlas.db.execute("SELECT id FROM images")}
+        named = {row["image_id"] for row in atlas.db.execute("SELECT image_id FROM examples")}
+        for layer in ("visual.layer4.1.act3:input", "visual.layer3"):
+            named.update(atlas.histogram_arrays(tiny_rn.key, layer)["sample_ids"].tolist())
+        assert on_disk == shown() | {atlas.thumbnail_relpath(touched.name)}
+        assert kept_by_layer3 <= on_disk
+        assert image_rows == named and first_images & image_rows  # layer3 still names some of the first images
+        scan(tiny_rn, open_source(tmp_path / "second"), atlas, ["visual.layer3"], settings=settings, batch_size=4)
+        assert not first_images & {row["id"] for row in atlas.db.execute("SELECT id FROM images")}
+
+
 def test_a_bare_name_of_two_models_is_refused_when_labelling_as_when_reading(tmp_path):
     """set_label had its own copy of model resolution: a bare name held by two keys was stored as the bare name,
     which then showed as a third model and made every later read without --model fail."""

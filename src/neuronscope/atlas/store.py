@@ -337,6 +337,15 @@ class Atlas:
             atomic_write_bytes(path, png, durable=False)
         return self.thumbnail_relpath(name)
 
+    def reuse_thumbnail(self, name: str) -> str | None:
+        """The atlas-relative path of a thumbnail drawn before, touched so that a rescan finishing beside
+        this scan keeps it (:meth:`write_scan`); None when there is none."""
+        try:
+            os.utime(self.thumbnail_path(name))
+        except FileNotFoundError:
+            return None
+        return self.thumbnail_relpath(name)
+
     # ------------------------------------------------------------------ scan results
 
     def write_scan(self, run_id: int, layer_scans: list[LayerScan], images: Mapping[str, ImageRecord],
@@ -346,6 +355,9 @@ class Atlas:
 
         A rescan of the same (model, layer) replaces that layer's rows; images are
         keyed by id (content-hashed), so scanning the same images again adds none.
+        What only the replaced rows used goes with them: image rows no example or
+        histogram names any more, and thumbnails no example shows (a rescan on other
+        images would otherwise keep both for good).
 
         Args:
             layer_scans: :class:`neuronscope.mining.results.LayerScan` s.
@@ -354,6 +366,7 @@ class Atlas:
         """
         thumbs = thumbs or {}
         old_files, new_files = [], []
+        replaced_thumbs: set[str] = set()
         try:
             for scan in layer_scans:
                 new_files.append(self._write_histogram_file(run_id, scan))
@@ -366,7 +379,15 @@ class Atlas:
                                      (scan.model, scan.layer)).fetchone()
                     if old is not None and old["path"] != histogram_file:
                         old_files.append(old["path"])
+                    replaced_thumbs.update(row["thumb"] for row in db.execute(
+                        "SELECT DISTINCT thumb FROM examples WHERE model = ? AND layer = ? AND thumb IS NOT NULL",
+                        (scan.model, scan.layer)))
                     self._write_layer_rows(db, run_id, scan, images, thumbs, histogram_file)
+                if old_files:
+                    self._drop_unnamed_images(db)
+                orphans = replaced_thumbs - {row["thumb"] for row in db.execute(
+                    "SELECT DISTINCT thumb FROM examples WHERE thumb IS NOT NULL")}
+                started = db.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
                 db.execute("UPDATE runs SET status = 'finished', finished_at = ?, skipped = ?, images = ? WHERE id = ?",
                            (_now(), json.dumps(dict(skipped)), image_count, run_id))
         except BaseException:
@@ -376,7 +397,36 @@ class Atlas:
             raise
         for name in old_files:
             (self.path / name).unlink(missing_ok=True)
+        self._drop_thumbnails(orphans, untouched_since=datetime.fromisoformat(started["started_at"]).timestamp()
+                              if started else 0.0)
         self._drop_legacy_thumbnails()
+
+    def _drop_unnamed_images(self, db: sqlite3.Connection) -> None:
+        """Delete the image rows that no example and no histogram's reservoir names (inside a write)."""
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS named_images (id TEXT PRIMARY KEY)")
+        db.execute("DELETE FROM named_images")
+        for row in db.execute("SELECT path FROM histograms").fetchall():
+            try:
+                with np.load(self.path / row["path"]) as data:
+                    sample_ids = data["sample_ids"].tolist()
+            except (OSError, KeyError, ValueError):
+                return  # a histogram file we cannot read: keep every row rather than guess what it names
+            db.executemany("INSERT OR IGNORE INTO named_images (id) VALUES (?)", ((i,) for i in sample_ids))
+        db.execute("DELETE FROM images WHERE id NOT IN (SELECT image_id FROM examples) "
+                   "AND id NOT IN (SELECT id FROM named_images)")
+        db.execute("DELETE FROM named_images")
+
+    def _drop_thumbnails(self, relpaths: set[str], *, untouched_since: float) -> None:
+        """Remove thumbnails no example shows any more, but not one a scan has drawn or reused since
+        ``untouched_since`` (seconds since the epoch): a scan beside this one may show it once it writes
+        (scans touch a thumbnail they reuse, :meth:`reuse_thumbnail`)."""
+        for relpath in relpaths:
+            path = self.path / relpath
+            try:
+                if path.stat().st_mtime < untouched_since:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
     def _drop_legacy_thumbnails(self) -> None:
         """Remove thumbnails named the old way (without the input contract) that no example shows any more: a

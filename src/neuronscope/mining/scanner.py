@@ -595,9 +595,9 @@ def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, laye
         sha256 = records[ordinal].sha256
         missing = []
         for cell in sorted(cells):
-            name = thumbnail_name(sha256, cell[:2], cell[2:], model.preprocess)
-            if atlas.thumbnail_path(name).is_file():  # drawn by an earlier (or killed) scan
-                thumbs[(sha256, *cell)] = atlas.thumbnail_relpath(name)
+            drawn = atlas.reuse_thumbnail(thumbnail_name(sha256, cell[:2], cell[2:], model.preprocess))
+            if drawn is not None:  # by an earlier (or killed) scan
+                thumbs[(sha256, *cell)] = drawn
             else:
                 missing.append(cell)
         if missing:
