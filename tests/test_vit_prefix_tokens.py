@@ -133,3 +133,18 @@ def test_a_render_reads_the_patch_tokens(siglip_like):
     result = render(siglip_like, f"{LAYER}:2", config=RenderConfig(steps=2, size=24, transforms="none"))
     assert result.images.shape[0] == 1
 
+
+
+def test_a_trunks_patch_embed_carries_no_prefix_tokens(registers):
+    """A timm trunk's ``patch_embed`` runs before the class and register tokens join: its tokens are the patches
+    alone. Every reader took the model's five prefix tokens off them and failed ("grid (4, 6) does not hold 19")."""
+    layer = "visual.trunk.patch_embed"
+    pixels = torch.randn(2, 3, 16, 24)
+    tokens = record(registers, pixels, layer)[layer]  # [B, 24, 8]
+    assert tokens.shape == (2, PATCHES, 8)
+    geometry = layer_geometry(registers, [layer])[layer]
+    assert (geometry.units, geometry.grid, geometry.prefix_tokens) == (8, GRID, 0)
+    torch.testing.assert_close(record(registers, pixels, layer, reduce="mean")[layer], tokens.mean(dim=1))
+    torch.testing.assert_close(geometry.maps(tokens), tokens.transpose(1, 2).reshape(2, 8, *GRID))
+    result = render(registers, f"{layer}:2", config=RenderConfig(steps=2, size=24, transforms="none"))
+    assert result.images.shape[0] == 1

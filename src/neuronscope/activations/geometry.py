@@ -24,7 +24,7 @@ import torch
 from neuronscope.activations.catalog import known_layout
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.recorder import Recorder
-from neuronscope.activations.reduce import unit_maps
+from neuronscope.activations.reduce import carried_prefix_tokens, unit_maps
 from neuronscope.models.loaded import LoadedModel
 
 
@@ -32,7 +32,8 @@ from neuronscope.models.loaded import LoadedModel
 class LayerGeometry:
     """A layer's units (channels, or a ViT's width), the (rows, cols) of its map ((1, 1) for vectors),
     for a 4-D layer where it holds its units (``CHANNELS_FIRST`` for the others) and, for ViT tokens, how many
-    tokens precede the patches (:attr:`~neuronscope.models.LoadedModel.prefix_tokens`; 0 for maps and vectors).
+    tokens precede the patches (:attr:`~neuronscope.models.LoadedModel.prefix_tokens`; 0 for maps, vectors
+    and tokens that are the patches alone, :func:`~neuronscope.activations.reduce.carried_prefix_tokens`).
 
     Read the layer's units as maps with :meth:`maps`, which knows all of it."""
 
@@ -63,6 +64,6 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
 
 def _geometry(model: LoadedModel, layer: str, acts: torch.Tensor) -> LayerGeometry:
     layout = known_layout(model, layer, acts)
-    prefix_tokens = model.prefix_tokens if acts.ndim == 3 else 0
+    prefix_tokens = carried_prefix_tokens(acts, model.token_grid, model.prefix_tokens)
     maps = unit_maps(acts, grid=model.token_grid, layout=layout, prefix_tokens=prefix_tokens)  # [1, C, H, W]
     return LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout, prefix_tokens)

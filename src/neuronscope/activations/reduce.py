@@ -11,7 +11,8 @@ Layouts, batch first:
   many, :attr:`~neuronscope.models.LoadedModel.prefix_tokens`: open_clip's own
   ViTs 1, the class token; a SigLIP timm trunk 0), the remaining
   ``T - prefix_tokens`` are patches on a ``grid`` (rows, cols) in row-major
-  order. "Spatial" reductions run over the patch tokens only;
+  order (tokens that fill the grid exactly carry none: a timm trunk's
+  ``patch_embed``, before the class token joins). "Spatial" reductions run over the patch tokens only;
   :func:`cls_token` takes the class token, and refuses tokens that have none;
 - vectors ``[B, D]``: units are the last dim, one cell.
 
@@ -56,6 +57,15 @@ def map_grid(acts: Tensor, grid: tuple[int, int] | None = None, *, prefix_tokens
     return int(maps.shape[2]), int(maps.shape[3])
 
 
+def carried_prefix_tokens(acts: Tensor, grid: tuple[int, int] | None, prefix_tokens: int) -> int:
+    """How many of the model's ``prefix_tokens`` these activations carry: none for maps and vectors, and none
+    for tokens that are exactly the patch ``grid`` (a timm trunk's ``patch_embed`` runs before the class and
+    register tokens join)."""
+    if acts.ndim != 3 or (grid is not None and acts.shape[1] == grid[0] * grid[1]):
+        return 0
+    return prefix_tokens
+
+
 def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
               layout: Layout = CHANNELS_FIRST) -> Tensor:
     """Any layout -> maps [B, C, H, W] (tokens: patch tokens only, laid on ``grid``, or on a square
@@ -66,7 +76,7 @@ def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | N
         return acts[:, :, None, None]
     if acts.ndim != 3:
         raise ValueError(f"cannot read units from a tensor of shape {tuple(acts.shape)}")
-    patches = acts[:, prefix_tokens:, :]  # [B, H*W, D]
+    patches = acts[:, carried_prefix_tokens(acts, grid, prefix_tokens):, :]  # [B, H*W, D]
     count = patches.shape[1]
     if grid is None:
         side = math.isqrt(count)
