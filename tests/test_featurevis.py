@@ -168,7 +168,14 @@ def test_the_facet_term_reads_a_redirected_relu_as_the_render_does():
     objective = facets.facet_objective(channel("u", 0), probe, 1.0)
     unit = channel("u", 0)(ctx)  # 0: the unit is dead
     expected = g[:, 0].flatten(1).sum(dim=1) / 4  # d(mean of u[:, 0])/dg = 1/4 on channel 0 only
-    assert torch.allclose(objective(ctx) - unit, expected)
+    # OpenAI's facet code weighs each of n probe layers 5 / n: 5 for this one layer.
+    assert torch.allclose(objective(ctx) - unit, facets.FACET_REFERENCE_LAYERS * expected)
+    two_layers = facets.FacetProbe("x", "m", ["g", "g2"], {"g": torch.ones(3, 2, 2), "g2": torch.zeros(3, 2, 2)},
+                                   {"g": 0.0, "g2": 0.0}, {"g": 1.0, "g2": 1.0}, "key")
+    g2 = torch.rand(2, 3, 2, 2, requires_grad=True)  # a second probe layer the unit reads, weighed 0 by its probe
+    ctx = Context({"g": g, "g2": g2, "u": redirected_relu(g + 0 * g2 - 10)}, torch.full((2, 3, 4, 4), 0.5))
+    objective = facets.facet_objective(channel("u", 0), two_layers, 1.0)
+    assert torch.allclose(objective(ctx) - unit, facets.FACET_REFERENCE_LAYERS / 2 * expected)
 
 
 def test_redirect_relus_is_undone_on_exit(tiny_rn):

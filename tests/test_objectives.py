@@ -42,6 +42,29 @@ def test_channel_is_the_spatial_mean_and_takes_one_unit_per_image():
         channel("x", [0, 1, 2])(ctx)
 
 
+def test_a_relu_channel_averages_where_the_unit_fires_and_takes_the_renders_relu():
+    """The faceted recipe's f (OpenAI's facet code reads its unit after a ReLU); the render hands a redirected
+    ReLU to objectives in its first steps, so a unit dead on every cell still gets a gradient."""
+    acts = torch.tensor([[[[-1.0, 3.0], [-2.0, 1.0]]]])  # [1, 1, 2, 2]
+    ctx = _context(acts)
+    assert torch.equal(channel("x", 0, relu=True)(ctx), torch.tensor([1.0]))
+    assert str(channel("x", 0, relu=True)) == "Channel [x, 0, relu]"
+    seen = []
+    ctx.relu = lambda t: seen.append(t) or t.clamp(min=0)
+    channel("x", 0, relu=True)(ctx)
+    assert seen and seen[0] is not None
+
+
+def test_alignment_is_lucids_number_spread_over_the_images():
+    """Lucid compares images 1 to 4 places apart, each pair once: the batch's sum is that number (all
+    distances and every pair counted for both images made it twice Lucid's over 8 images)."""
+    acts = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    lucid = -sum((acts[i] - acts[i + d]).pow(2).mean() / 2.0 ** d for d in range(1, 5) for i in range(8 - d))
+    torch.testing.assert_close(alignment("x")(_context(acts)).sum(), lucid)
+    two = acts[:2]
+    torch.testing.assert_close(alignment("x")(_context(two)), -(two[0] - two[1]).pow(2).mean().repeat(2) / 4)
+
+
 def test_units_may_be_numpy_or_torch_integers():
     acts = torch.randn(2, 3, 2, 2)
     ctx = _context(acts)

@@ -227,7 +227,7 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
     rendered, summaries = 0, []
     for facet in settings.facets:
         writer = FeatureVisWriter.start(atlas, model, layer, kind=f"facet:{facet}",
-                                        settings={**config.to_dict(), "facet_l2": facet_settings.l2},
+                                        settings={**config.to_dict(), **facet_settings.job_settings()},
                                         batch_size=settings.batch_size,
                                         command=f"neuronscope demo (visualize --facet {facet})")
         missing = writer.missing(units)

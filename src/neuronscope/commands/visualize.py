@@ -164,7 +164,7 @@ def visualize(
             command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
                                precision=precision, out=out, facet=facet, generic=generic,
                                facet_strengths=len(strengths) if facet else None, diverse=diverse)
-            settings = {**config.to_dict(), "facet_l2": facet_settings.l2 if facet else None,
+            settings = {**config.to_dict(), **(facet_settings.job_settings() if facet else {"facet_l2": None}),
                         "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings,

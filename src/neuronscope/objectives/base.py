@@ -48,6 +48,8 @@ class Context:
         layouts: ``{layer as in acts: where its 4-D activations hold their units}`` (the render passes the
             model's, :func:`neuronscope.activations.layer_layouts`; None: unknown, an error to read units
             from); a layer not in it is read channels first.
+        relu: the ReLU an objective applies itself: the render's redirected one while it redirects the
+            model's (its first steps), as Lucid's gradient override reached every ReLU of the graph.
     """
 
     acts: Mapping[str, Tensor]
@@ -57,6 +59,7 @@ class Context:
     values: dict["Objective", Tensor] = field(default_factory=dict, repr=False)
     layouts: Mapping[str, Layout | None] = field(default_factory=dict)
     prefix_tokens: int = 1
+    relu: Callable[[Tensor], Tensor] = torch.relu
 
     @property
     def batch(self) -> int:

@@ -77,13 +77,19 @@ def _batch_text(batch: Batch) -> str:
     return "" if batch is None else f", batch {batch}"
 
 
-def channel(layer: str, unit: Units, *, batch: Batch = None) -> Objective:
-    """The spatial mean of a unit (ViTs: the mean over patch tokens): the paper's neuron objective."""
+def channel(layer: str, unit: Units, *, relu: bool = False, batch: Batch = None) -> Objective:
+    """The spatial mean of a unit (ViTs: the mean over patch tokens): the paper's neuron objective.
+
+    ``relu``: the spatial mean of ``max(0, activation)`` instead, as OpenAI's faceted recipe reads its unit
+    (only the cells where it fires count); its gradient is redirected while the render's ReLUs are.
+    """
     def value(ctx: Context) -> Tensor:
-        means = ctx.maps(layer).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, in the layer's layout
+        maps = ctx.maps(layer)
+        means = (ctx.relu(maps) if relu else maps).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, in its layout
         return _masked(_per_image(means, unit, layer), batch)
 
-    return Objective(value, [layer], f"Channel [{layer}, {_units_text(unit)}{_batch_text(batch)}]")
+    return Objective(value, [layer],
+                     f"Channel [{layer}, {_units_text(unit)}{', relu' if relu else ''}{_batch_text(batch)}]")
 
 
 def _cell_at(cell: tuple[int, int] | None, layer: str, grid: tuple[int, int]) -> tuple[int, int]:
@@ -192,19 +198,25 @@ def diversity(layer: str) -> Objective:
     return Objective(value, [layer], f"Diversity [{layer}]")
 
 
+#: Lucid's alignment compares each image with those 1 to 4 places away in the batch.
+ALIGNMENT_DISTANCES = 4
+
+
 def alignment(layer: str, *, decay_ratio: float = 2.0) -> Objective:
     """Lucid's alignment: neighbouring images in the batch have close activations (for interpolations).
 
-    Per image, minus the squared distances to the images ``d`` places away,
-    weighted by ``decay_ratio ** -d``. Higher is better aligned.
+    Minus the mean squared distance between the maps of images ``d`` = 1..4 places apart, weighted by
+    ``decay_ratio ** -d``; each pair's share goes half to each of its images, so the batch's sum is
+    Lucid's number. Higher is better aligned.
     """
     def value(ctx: Context) -> Tensor:
         maps = ctx.maps(layer)
-        penalty = maps.new_zeros(maps.shape[0])
-        for distance in range(1, maps.shape[0]):
-            gap = (maps[distance:] - maps[:-distance]).pow(2).mean(dim=(1, 2, 3)) / decay_ratio ** distance
-            penalty = penalty.index_add(0, torch.arange(distance, maps.shape[0], device=maps.device), gap)
-            penalty = penalty.index_add(0, torch.arange(0, maps.shape[0] - distance, device=maps.device), gap)
+        count = maps.shape[0]
+        penalty = maps.new_zeros(count)
+        for distance in range(1, min(ALIGNMENT_DISTANCES, count - 1) + 1):
+            gap = (maps[distance:] - maps[:-distance]).pow(2).mean(dim=(1, 2, 3)) / decay_ratio ** distance / 2
+            penalty = penalty.index_add(0, torch.arange(distance, count, device=maps.device), gap)
+            penalty = penalty.index_add(0, torch.arange(0, count - distance, device=maps.device), gap)
         return -penalty
 
     return Objective(value, [layer], f"Alignment [{layer}, decay {decay_ratio:g}]")

@@ -44,10 +44,16 @@ from neuronscope.visualize.units import chunks, render_passes
 
 BUILTIN_FACETS = ("text", "drawing")
 
-# The paper's faceted settings.
+# The paper's faceted settings (OpenAI's facet code for RN50x4).
 FACET_STRENGTHS = (0.1, 5.0)
 FACET_L2 = 10.0
 FACET_LR = 0.02
+#: That code weights each probe layer's term 5 / (number of probe layers): 1 for RN50x4's five, so a model
+#: with fewer probe layers gets as much facet in all as RN50x4 does.
+FACET_REFERENCE_LAYERS = 5
+#: Bumped when the faceted objective changes, so an atlas's stored renders of the old one are not taken
+#: for renders of this one (2: f reads the unit after a ReLU, and probe layers weigh 5 / their count).
+FACET_RECIPE = 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class FacetSettings:
     def penalty(self) -> Objective:
         """``l2 * mean((x - 0.5)^2)``, to subtract."""
         return self.l2 * (l2() * l2())
+
+    def job_settings(self) -> dict[str, float | int]:
+        """What a stored faceted job adds to its render config's settings (its key): the L2 term and the recipe."""
+        return {"facet_l2": self.l2, "facet_recipe": FACET_RECIPE}
 
 
 # --------------------------------------------------------------------------- probe layers
@@ -316,13 +326,15 @@ def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequen
 
 
 def facet_term(unit_objective: Objective, probe: FacetProbe) -> Objective:
-    """``sum_L w_L . (g_L * relu(df/dg_L))``: of what the unit ``f`` uses at each probe layer, the facet part.
+    """``sum_L (5 / n_L) w_L . (g_L * relu(df/dg_L))``: of what the unit ``f`` uses at each of the ``n_L``
+    probe layers, the facet part (OpenAI's weight 5 / n_L is 1 on RN50x4's five layers).
 
     Args:
-        unit_objective: ``f``, e.g. ``channel(layer, units)``.
+        unit_objective: ``f``, e.g. ``channel(layer, units, relu=True)``.
         probe: its weights are read on the device they are on (see :meth:`FacetProbe.to`).
     """
-    weights = [probe.weights[layer].flatten().float() for layer in probe.layers]  # [C*H*W] per probe layer
+    scale = FACET_REFERENCE_LAYERS / len(probe.layers)
+    weights = [scale * probe.weights[layer].flatten().float() for layer in probe.layers]  # [C*H*W] per layer
 
     def value(ctx: Context) -> Tensor:
         unit_values = unit_objective(ctx)  # [B]; the context keeps it, so a sum with f computes f once
@@ -397,15 +409,17 @@ def render_faceted(
 
     def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         chosen = [(unit, k, s) for unit in piece for k, s in enumerate(strengths)]
-        unit_objective = channel(layer, [unit for unit, _, _ in chosen])
-        objective = facet_objective(unit_objective, probe, torch.tensor([s for _, _, s in chosen]))
+        units = [unit for unit, _, _ in chosen]
+        # f reads the unit after a ReLU, as OpenAI's facet code does; the score is the plain channel, as
+        # every other render reports it.
+        objective = facet_objective(channel(layer, units, relu=True), probe, torch.tensor([s for _, _, s in chosen]))
         if settings.l2:
             objective = objective - settings.penalty()
-        result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook,
-                        keys=[unit for unit, _, _ in chosen], score=unit_objective)
+        result = render(model, objective, batch=len(chosen), config=config, on_step=step_hook, keys=units,
+                        score=channel(layer, units))
         return [UnitRender(layer, unit, f"facet:{probe.name}", k, result.images[i], float(result.final[i]),
                            result.curve[:, i],
-                           f"Channel [{layer}, {unit}] + {s:g} * Facet [{probe.name}]"
+                           f"Channel [{layer}, {unit}, relu] + {s:g} * Facet [{probe.name}]"
                            + (f" - {settings.l2:g} * L2^2" if settings.l2 else "")
                            + (f" - {config.l2:g} * L2" if config.l2 else ""),
                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]

@@ -39,7 +39,7 @@ from neuronscope.activations.recorder import Recorder
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
 from neuronscope.visualize.param import make_param
-from neuronscope.visualize.relu import redirect_relus
+from neuronscope.visualize.relu import redirect_relus, redirected_relu
 from neuronscope.visualize.results import RenderConfig, RenderResult
 from neuronscope.visualize.transforms import CropOrPad, Transforms, standard_transforms
 
@@ -163,7 +163,8 @@ def render(
         acts = {name: captured[canonical] for name, canonical in names.items()}
         if live_recorder is not None:
             acts.update({name: live_recorder.activations[canonical] for name, canonical in live.items()})
-        return Context(acts, image, step, model.token_grid, layouts=layouts, prefix_tokens=model.prefix_tokens)
+        return Context(acts, image, step, model.token_grid, layouts=layouts, prefix_tokens=model.prefix_tokens,
+                       relu=redirected_relu if step < config.redirect_steps else torch.relu)
 
     # The live recorder is attached first: a module runs its hooks in the order they were added, and the
     # early-stop recorder's hook on the deepest layer ends the forward before any hook after it runs.

@@ -109,8 +109,9 @@ def render_diverse(
 
     Args:
         weight: the diversity term's weight, relative to the channel's mean
-            activation (Lucid used 1e2 with activations of a different scale;
-            the curve's channel part tells how much it cost).
+            activation. Lucid averaged the channel over the batch, so its weight w is w * (count - 1)
+            here (its 1e2: 100 * (count - 1)), on activations of another scale; the curve's channel
+            part tells how much it cost.
         diversity_layer: where Gram matrices are compared (default: ``layer``).
 
     Returns:
