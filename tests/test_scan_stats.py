@@ -241,6 +241,22 @@ def test_conditional_buckets_show_every_image_kept_when_bins_hold_fewer_than_the
     assert len(one["samples"]) == 2 and one["count"] == 15
 
 
+def test_conditional_buckets_estimate_each_folders_share_weighing_samples_by_their_bins_count():
+    """The paper's y axis, with folders for labels: a bin of 90 images keeps as many samples as a bin of 10, so
+    each sample stands for its bin's count over its samples. Bucket 0: 90 images, samples half cats and half
+    dogs, plus 10 images all birds -> cats 0.45, dogs 0.45, birds 0.1 (a plain sample count says 0.4/0.4/0.2)."""
+    from neuronscope.mining import image_folder, uniform_buckets
+
+    samples = [["cats/1.png#a", "dogs/2.png#b"], ["birds/3.png#c", "birds/4.png#d"], ["top.png#e"], []]
+    buckets = uniform_buckets([0, 1, 2, 3, 4], [90, 10, 5, 0], samples, 0, std=1.0, reservoir=2, n_buckets=2)
+    assert buckets[0]["categories"] == pytest.approx({"birds": 0.1, "cats": 0.45, "dogs": 0.45})
+    assert buckets[1]["categories"] == {"(top)": 1.0}  # an image beside the folders is a category of its own
+    flat = uniform_buckets([0, 1, 2], [3, 1], [["a.png#1"], ["b.png#2"]], 0, std=1.0, reservoir=2, n_buckets=2)
+    assert [b["categories"] for b in flat] == [{}, {}]  # no folders: nothing to count
+    assert image_folder("shard.tar::cats/x.png#abc") == "cats" and image_folder("a/b/c.png#1") == "a/b"
+    assert image_folder("x.png#1") is None
+
+
 def test_a_scan_state_checkpoints_its_records_as_utf8_and_reads_older_checkpoints():
     """Records grow with a scan (reservoir samples): as a NumPy string they took 4 bytes a character (38 MB of
     a 44 MB checkpoint at 150k images). Now UTF-8 bytes; a checkpoint written before still resumes."""

@@ -86,6 +86,10 @@ def test_unit_page_shows_every_part_and_missing_parts_as_missing(client, web_atl
         plot = client.get(f"{LAYER_URL}/u/2/{image}.svg")
         assert plot.status_code == 200 and plot.headers["content-type"] == "image/svg+xml"
         assert plot.content.startswith(b"<svg") and b"<rect" in plot.content
+    # The images sit in folders a and b: the conditional plot stacks each bucket's share of each (the paper's
+    # y axis), named in its legend.
+    conditional = client.get(f"{LAYER_URL}/u/2/conditional.svg").content
+    assert b"share of images" in conditional and b"<title>a</title>" in conditional and b"<title>b</title>" in conditional
 
 
 def test_a_missing_histogram_file_shows_the_unit_without_it(web_atlas, tmp_path):

@@ -25,9 +25,11 @@ Memory: units x n_bins x (1 + 2 x reservoir) int64.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 
 import numpy as np
 
+from neuronscope.mining.sources import image_folder
 from neuronscope.mining.topk import EMPTY
 
 #: Finest bin width is 2**MIN_EXPONENT (~6e-8): a constant unit keeps one bin there.
@@ -268,6 +270,10 @@ class StreamingHistogram:
             setattr(self, name, state[f"{prefix}{name}"].copy())
 
 
+#: The category of the images at the top of a source whose other images sit in folders.
+TOP_FOLDER = "(top)"
+
+
 def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
                     std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
     """Uniform buckets from min to max, in SDs from zero, for conditional-probability plots.
@@ -286,8 +292,14 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
         std: the unit's standard deviation (``stats["std"]``); 0 gives one bucket.
         per_bucket: images per bucket (at most, and by default, the reservoir size).
 
+    A bucket's ``categories`` are the paper's y axis, with the folder an image sits in
+    (:func:`~neuronscope.mining.sources.image_folder`) standing in for its blind labels: the share of the
+    bucket's images in each folder, estimated from every sample of its bins, each weighing its bin's count
+    over the bin's samples (a sparse bin keeps as many samples as a full one). ``{}`` when no sample sits in
+    a folder.
+
     Returns:
-        ``[{"from_sd", "to_sd", "count", "samples": [image ids]}]``, low to high.
+        ``[{"from_sd", "to_sd", "count", "samples": [image ids], "categories": {folder: share}}]``, low to high.
     """
     if not counts:
         return []
@@ -303,12 +315,20 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
     buckets = [{"from_sd": low + i * width, "to_sd": low + (i + 1) * width, "count": 0, "samples": []}
                for i in range(n_buckets)]
     pooled: list[list[str]] = [[] for _ in range(n_buckets)]
+    weights: list[Counter[str | None]] = [Counter() for _ in range(n_buckets)]
     for index, count in enumerate(counts):
         # Bins are equal in width, so the bucket of a bin's centre is integer arithmetic (no rounding at
         # bucket edges): centre (index + 1/2) of len(counts) bins, in units of a bucket.
         bucket = (2 * index + 1) * n_buckets // (2 * len(counts))
         buckets[bucket]["count"] += count
         pooled[bucket].extend(samples[index])
-    for bucket, ids in zip(buckets, pooled):
+        for image in samples[index]:
+            weights[bucket][image_folder(image)] += count / len(samples[index])
+    in_folders = any(folder is not None for weight in weights for folder in weight)
+    for bucket, ids, weight in zip(buckets, pooled, weights):
         bucket["samples"] = sorted(ids, key=lambda image: (sample_hash(image, seed), image))[:per_bucket]
+        total = sum(weight.values())
+        bucket["categories"] = {TOP_FOLDER if folder is None else folder: share / total
+                                for folder, share in sorted(weight.items(), key=lambda item: item[0] or "")
+                                } if in_folders else {}
     return buckets

@@ -15,6 +15,7 @@ they are the path relative to the source plus 12 hex of the content's sha256,
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,13 @@ class Entry:
 def image_id(name: str, sha256_hex: str) -> str:
     """The atlas id of an image: ``relpath#<12 hex of its sha256>``."""
     return f"{name}#{sha256_hex[:ID_HASH_CHARS]}"
+
+
+def image_folder(image: str) -> str | None:
+    """The folder an image id's file sits in within its source (``cats/001.png#...`` -> ``cats``; a tar
+    member's own folder), or None at the top: the category a conditional plot counts."""
+    path = image.rsplit("#", 1)[0].split("::")[-1]
+    return posixpath.dirname(path) or None
 
 
 def content_sha256(data: bytes) -> str:
