@@ -475,3 +475,13 @@ def test_pager_links_keep_the_filter_sort_and_page_size(client):
     html = client.get(LAYER_URL, params={"sort": "max", "per_page": "50", "page": "2"}).text
     assert f'href="{LAYER_URL}?sort=max&amp;per_page=50&amp;page=3"' in html
     assert f'href="{LAYER_URL}?sort=max&amp;per_page=50"' in html  # page 1 has no page parameter
+
+
+def test_notebook_views_keep_their_images_after_the_notebook_changes_directory(web_atlas, monkeypatch):
+    """A view made from a relative atlas path kept it relative and reads images when displayed: after an
+    os.chdir every image was silently missing from the card."""
+    monkeypatch.chdir(web_atlas.parent)
+    unit, grid = unit_view(web_atlas.name, None, "neurons", 0), layer_view(web_atlas.name, None, "neurons", units=4)
+    monkeypatch.chdir(web_atlas.parent.parent)
+    assert unit._repr_html_().count("data:image/png;base64,") == 4 + 4
+    assert grid._repr_html_().count("data:image/png;base64,") == 4

@@ -6,8 +6,10 @@
         unit_view(atlas, "mini-clip", "neurons", 473)      # feature vis, top examples, words inline
         layer_view(atlas, "mini-clip", "neurons")          # the first units of the layer's grid
 
-The data is read when the view is made (a view outlives its ``Atlas``); the
-card inlines the images as data URIs, so a saved notebook keeps them.
+The records are read when the view is made (a view outlives its ``Atlas``);
+the images are read from the atlas folder when the card is displayed and
+inlined as data URIs, so a saved notebook keeps them. A view holds the
+folder's absolute path: a notebook that changes directory still finds them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class UnitView:
     @classmethod
     def read(cls, atlas: Atlas, model: str | None, layer: str, unit: int) -> "UnitView":
         model_key = atlas.resolve_model(model)
-        return cls(atlas.path, atlas.models(), pages.unit_data(atlas, model_key, layer, unit))
+        return cls(atlas.path.resolve(), atlas.models(), pages.unit_data(atlas, model_key, layer, unit))
 
     @property
     def record(self) -> dict[str, Any]:
@@ -83,4 +85,4 @@ def layer_view(atlas: Atlas | str | os.PathLike, model: str | None, layer: str,
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
         cards = layer_grid(store, model_key, entry["layer"])[:units]
-        return LayerView(store.path, store.models(), model_key, entry["layer"], entry["units"], cards)
+        return LayerView(store.path.resolve(), store.models(), model_key, entry["layer"], entry["units"], cards)
