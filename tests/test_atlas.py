@@ -479,3 +479,58 @@ def test_a_grid_finer_than_the_thumbnail_marks_the_pixel_its_cell_falls_in(grid)
         centre = ((cell[0] + 0.5) * 128 / grid[0], (cell[1] + 0.5) * 128 / grid[1])
         assert np.abs(red.mean(axis=0) - centre).max() <= 2, (cell, red.mean(axis=0), centre)
 
+
+
+def _labelled_atlas(path):
+    """An atlas with one registered layer and a label (no scan: milliseconds)."""
+    with Atlas(path) as atlas:
+        atlas.register_layer("tiny-rn@random", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        atlas.set_label("tiny-rn@random", "visual.layer4", 1, "cat")
+    return path
+
+
+def test_a_read_only_open_of_a_folder_it_cannot_write_creates_nothing_there(tmp_path, monkeypatch):
+    """mode=ro on a WAL catalogue still creates -shm: an atlas in a folder the reader could not write (another
+    user's, a read-only mount) failed with 'attempt to write a readonly database'. It now opens immutable."""
+    import os
+
+    folder = _labelled_atlas(tmp_path / "atlas")
+    access = os.access
+    # root writes anywhere whatever the mode bits: say what a non-owner would find
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode & os.W_OK and str(path) == str(folder)
+                        else access(path, mode, **kw))
+    folder.chmod(0o555)
+    try:
+        with Atlas(folder, create=False, read_only=True) as atlas:
+            assert atlas.unit(None, "neurons", 1)["label"] == "cat"
+        assert sorted(entry.name for entry in folder.iterdir()) == ["atlas.sqlite"]
+    finally:
+        folder.chmod(0o755)
+
+
+def test_an_unreadable_catalogue_is_a_one_line_atlas_error(tmp_path):
+    (tmp_path / "atlas").mkdir()
+    (tmp_path / "atlas" / "atlas.sqlite").write_bytes(b"not a database, " * 100)
+    with pytest.raises(AtlasError, match="cannot read .*atlas.sqlite: file is not a database"):
+        Atlas(tmp_path / "atlas", create=False, read_only=True)
+
+
+def test_atlas_files_are_written_with_the_users_umask_not_0600(tmp_path):
+    """atomic_write_bytes went through tempfile.mkstemp (mode 0600): renders, artifacts, arrays and exports
+    were unreadable to any other user, and a copy served by one answered 500 for every image."""
+    import os
+
+    from neuronscope.atlas.store import atomic_write_bytes
+
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a" / "file.png", b"png")
+        with Atlas(tmp_path / "atlas") as atlas:
+            atlas.save_artifact("tiny-rn@random", "visual.layer4", "emotions", "codes", data={}, file_bytes=b"x",
+                                suffix=".png")
+            artifact = atlas.path / atlas.artifacts("tiny-rn@random", "visual.layer4")[0]["path"]
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "a" / "file.png").stat().st_mode & 0o777 == 0o644
+    assert artifact.stat().st_mode & 0o777 == 0o644
+    assert [entry.name for entry in (tmp_path / "a").iterdir()] == ["file.png"]  # no temporary left behind

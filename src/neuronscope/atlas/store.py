@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import sqlite3
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -132,7 +132,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     redrawn (thumbnails) skip it: an fsync per thumbnail made them 4x slower than drawing.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -143,6 +143,24 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new, empty file beside ``path`` (open for writing): its descriptor and name.
+
+    Not :func:`tempfile.mkstemp`, which creates mode 0600: the renamed file kept it, so an atlas copied to or
+    served by another user answered "permission denied" for every render and artifact. Created here with
+    0666 the kernel applies the umask, as for any file the user creates (reading the umask instead would
+    mean setting it, which is not thread-safe).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            return os.open(temporary, flags, 0o666), str(temporary)
+        except FileExistsError:
+            continue  # a name another writer holds: draw again
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -165,6 +183,35 @@ def reading(atlas: Atlas | str | os.PathLike) -> Iterator[Atlas]:
         yield opened
 
 
+def _open_read_only(folder: Path) -> sqlite3.Connection:
+    """The catalogue of the atlas at ``folder``, opened so that nothing can write it.
+
+    SQLite's ``mode=ro`` still creates the ``-shm`` (and ``-wal``) files of a WAL database beside it, which
+    fails in a folder the reader cannot write (an atlas another user owns, a read-only mount). There, with
+    no ``-wal`` file, no commit is pending and no writer can start, so the file is opened ``immutable``
+    (SQLite then reads it as a plain file); a pending ``-wal`` it cannot read is an :class:`AtlasError`.
+    """
+    database = folder / DB_NAME
+    wal = database.with_name(f"{DB_NAME}-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    immutable = not pending and not os.access(folder, os.W_OK)
+    uri = f"{database.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    # check_same_thread=False: a server may open it in one thread and read in another (one at a time).
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("PRAGMA query_only=ON")
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the first read opens -shm / -wal
+    except sqlite3.DatabaseError as err:
+        db.close()
+        if pending and not os.access(folder, os.W_OK):
+            raise AtlasError(f"cannot read {folder}: its {wal.name} holds commits and you cannot write the folder; "
+                             "have its owner open it once (e.g. `neuronscope show`) after any scan ends, or copy "
+                             "the atlas to a folder you can write") from None
+        raise AtlasError(f"cannot read {database}: {err}") from None
+    return db
+
+
 def check_atlas_target(path: str | Path) -> None:
     """Refuse a path no atlas can be made at (an existing file): commands call it before their work, so a
     wrong ``--out`` costs nothing computed."""
@@ -185,7 +232,8 @@ class Atlas:
 
         ``read_only`` (the microscope) opens the catalogue with SQLite's ``mode=ro``: nothing is
         created or migrated, every write raises, and a scan writing at the same time (WAL) is read
-        up to its last commit.
+        up to its last commit. In a folder the user cannot write it opens ``immutable`` (see
+        :func:`_open_read_only`).
         """
         self.path = Path(path)
         self.read_only = read_only
@@ -195,11 +243,7 @@ class Atlas:
             check_atlas_target(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
         if read_only:
-            # check_same_thread=False: a server may open it in one thread and read in another (one at a time).
-            uri = f"{(self.path / DB_NAME).resolve().as_uri()}?mode=ro"
-            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA query_only=ON")
+            self.db = _open_read_only(self.path)
             self._check_readable_schema()
         else:
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
