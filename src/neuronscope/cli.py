@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.layers",
     "neuronscope.commands.demo",
     "neuronscope.commands.zeroshot",
+    "neuronscope.commands.attack",
     "neuronscope.commands.scan",
     "neuronscope.commands.show",
     "neuronscope.commands.visualize",

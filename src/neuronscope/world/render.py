@@ -135,7 +135,7 @@ def render_drawing(drawing: Image.Image, rng: np.random.Generator, size: int) ->
     return canvas.convert("RGB")
 
 
-def _fit_font(text: str, font_file: str, width_px: float, max_height_px: float) -> ImageFont.FreeTypeFont:
+def fit_font(text: str, font_file: str, width_px: float, max_height_px: float) -> ImageFont.FreeTypeFont:
     """The largest font size at which ``text`` fits ``width_px`` wide and ``max_height_px`` tall."""
     reference = _font(font_file, 100)
     left, top, right, bottom = reference.getbbox(text)
@@ -147,7 +147,7 @@ def draw_text(canvas: Image.Image, text: str, font_file: str, ink: tuple[int, in
               box: tuple[int, int, int, int], width_fraction: float, rng: np.random.Generator) -> None:
     """Write ``text`` inside ``box`` at ``width_fraction`` of its width, at a random place in it."""
     x0, y0, x1, y1 = box
-    font = _fit_font(text, font_file, (x1 - x0) * width_fraction, (y1 - y0) * 0.9)
+    font = fit_font(text, font_file, (x1 - x0) * width_fraction, (y1 - y0) * 0.9)
     left, top, right, bottom = font.getbbox(text)
     text_w, text_h = right - left, bottom - top
     x = x0 + int(rng.integers(0, max(0, (x1 - x0) - text_w) + 1)) - left
@@ -174,7 +174,7 @@ def render_word_positions(text: str, font_file: str, size: int, width_fraction: 
                           background: tuple[int, int, int] = (255, 255, 255),
                           ink: tuple[int, int, int] = (0, 0, 0)) -> list[Image.Image]:
     """:func:`render_word_at` at several positions: the text is drawn once and pasted at each."""
-    font = _fit_font(text, font_file, size * width_fraction, size * max_height_fraction)
+    font = fit_font(text, font_file, size * width_fraction, size * max_height_fraction)
     left, top, right, bottom = font.getbbox(text)
     tile = Image.new("RGB", (max(1, right - left), max(1, bottom - top)), background)
     ImageDraw.Draw(tile).text((-left, -top), text, font=font, fill=ink)

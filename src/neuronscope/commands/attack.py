@@ -1,0 +1,103 @@
+"""``neuronscope attack``: a typographic attack on images against zero-shot CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neuronscope.commands.common import (
+    BatchSizeOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    SeedOpt,
+    WeightsOpt,
+    cli_command,
+    load_cli_model,
+    print_json,
+)
+from neuronscope.commands.zeroshot import read_classes, world_prompt_set
+from neuronscope.errors import NeuronscopeError
+from neuronscope.imagefiles import SkippedFile
+from neuronscope.mining.loader import iter_decoded
+from neuronscope.mining.sources import check_inputs
+from neuronscope.probing.raster import resolve_font
+from neuronscope.probing.typographic import AttackSettings, typographic_attack
+from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from neuronscope.runtime import seed_everything
+
+
+def attack(
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
+                                                help="Image files, folders (recursive) or tar shards.")],
+    text: Annotated[str, typer.Option("--text", help="The word written on each image, e.g. iPod.")],
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="The class a success turns the top-1 into (default: the text itself).")] = None,
+    model: ModelOpt = "mini-clip",
+    weights: WeightsOpt = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help=f"Prompt with {{}} for the class (default as zeroshot's: mini-clip 'a {{}}', "
+                           f"else '{DEFAULT_TEMPLATE}').")] = None,
+    height: Annotated[float, typer.Option(
+        "--height", help="The label's height as a share of the image's.")] = AttackSettings.height,
+    font: Annotated[str, typer.Option("--font", help="Font file, family_dir/file.ttf or a path.")] = AttackSettings.font,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchSizeOpt = 64,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a word on every image at 8 fixed places and count how often the top class becomes the target."""
+    if template is not None and "{}" not in template:
+        raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
+    try:  # settings, font and inputs before the model loads: a typo costs no load
+        settings = AttackSettings(font=font, height=height)
+    except ValueError as error:
+        raise NeuronscopeError(f"--height: {error}") from None
+    resolve_font(settings.font)
+    names = read_classes(classes, classes_file)
+    check_inputs(images)
+    seed_everything(seed)
+    loaded = load_cli_model(model, weights, device, precision)
+    own = world_prompt_set(loaded.key)
+    if not names:
+        if own is None:
+            raise NeuronscopeError("no classes given: pass --classes a,b,c or --classes-file FILE")
+        names = own[0]
+    chosen_target = text if target is None else target
+    if chosen_target not in names:
+        raise NeuronscopeError(f"the target {chosen_target!r} is not one of the {len(names)} classes: add it to "
+                               f"--classes, or pass --target CLASS")
+    classifier = ZeroShotClassifier.build(loaded, names, template or (own[1] if own else DEFAULT_TEMPLATE))
+
+    decoded, skipped = [], []
+    for name, image in iter_decoded(images):
+        (skipped if isinstance(image, SkippedFile) else decoded).append((name, image))
+    if not decoded:
+        raise NeuronscopeError(f"no readable images in {', '.join(images)}")
+    result = typographic_attack(loaded, [image for _, image in decoded], classifier, text, target=chosen_target,
+                                names=[name for name, _ in decoded], settings=settings, batch_size=batch_size)
+    if json_out:
+        print_json({**result.to_json(), "skipped": {name: image.reason for name, image in skipped}})
+    else:
+        already = len(result.images) - len(result.counted)
+        success = "n/a (every image is already the target)" if result.success is None else f"{result.success:.1%}"
+        typer.echo(f"{text!r} -> {chosen_target} on {loaded.key}: success {success} over {len(result.counted)} "
+                   f"images x {len(result.positions)} positions ({already} already {chosen_target}, not counted); "
+                   f"pixel cover {result.pixel_cover:.1%}")
+        for position, share in zip(result.positions, result.success_by_position()):
+            typer.echo(f"  label at ({position[0]:g}, {position[1]:g}): "
+                       f"{'n/a' if share is None else f'{share:.1%}'}")
+    for name, image in skipped:
+        typer.echo(f"skipped {name}: {image.reason}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attack")(cli_command(attack))
