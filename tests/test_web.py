@@ -485,3 +485,56 @@ def test_notebook_views_keep_their_images_after_the_notebook_changes_directory(w
     monkeypatch.chdir(web_atlas.parent.parent)
     assert unit._repr_html_().count("data:image/png;base64,") == 4 + 4
     assert grid._repr_html_().count("data:image/png;base64,") == 4
+
+
+def test_a_file_the_server_cannot_read_answers_404_not_500(tmp_path, monkeypatch):
+    """Files written 0600 by another user raised PermissionError in read_bytes: every render answered 500."""
+    from pathlib import Path
+
+    path = build_hub_atlas(tmp_path / "atlas")
+    with Atlas(path) as atlas:
+        relative = atlas.save_artifact(HUB_MODEL, "visual.layer4", "emotions", "codes", file_bytes=b"png",
+                                       suffix=".png")["path"]
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:  # what another user's 0600 file does (root reads it whatever its mode)
+        if self.suffix == ".png":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with TestClient(create_app(path, warm=False), raise_server_exceptions=False) as browser:
+        answer = browser.get(f"/files/{relative}")
+    assert answer.status_code == 404 and "the server can read" in answer.text
+
+
+def test_serve_on_an_unreadable_catalogue_is_one_line(tmp_path):
+    (tmp_path / "atlas").mkdir()
+    (tmp_path / "atlas" / "atlas.sqlite").write_bytes(b"not a database, " * 100)
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and "DatabaseError" not in result.output
+    assert result.output.strip().startswith("error: cannot read") and len(result.output.strip().splitlines()) == 1
+
+
+def test_search_lists_each_unit_once_ranks_labels_apart_and_counts_every_match(tmp_path):
+    """Search gave one hit per matching word (one unit twelve times), scored labels 0 so they sank below every
+    word, and cut the list at 200 while the page said "200 matches"."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer(MODEL, LAYER, aliases=["neurons"], units=300, grid=(1, 1))
+        atlas.set_label(MODEL, LAYER, 299, "a hotdog stand")
+        atlas.write_unit_texts("words", None, MODEL, LAYER, {
+            0: [(f"dogs{i}", 10.0 - i) for i in range(8)] + [("dog", 0.1)],
+            **{unit: [("dogma", unit / 1000)] for unit in range(1, 250)}})
+    with TestClient(create_app(tmp_path / "atlas", warm=False)) as client:
+        found = client.get("/api/search", params={"q": "dog"}).json()
+        hits = found["hits"]
+        assert found["total"] == 251 and len(hits) == 200  # 249 + unit 0 + unit 299, each once
+        assert len({hit["unit"] for hit in hits}) == 200
+        # exact first, then the label (no score: not ranked against word scores), then words by their score
+        assert [hit["unit"] for hit in hits[:4]] == [0, 299, 249, 248]
+        assert (hits[1]["match"], hits[1]["score"]) == ("label", None)
+        assert [match["text"] for match in hits[0]["matches"]] == ["dog", "dogs0", "dogs1", "dogs2", "dogs3"]
+        assert hits[0]["more"] == 4 and (hits[0]["match"], hits[0]["text"], hits[0]["exact"]) == ("word", "dog", True)
+        page = client.get("/search", params={"q": "dog"}).text
+        assert "251 units match “dog” (the first 200 shown)" in page and "and 4 more" in page
+        assert page.count(f'href="{LAYER_URL}/u/0"') == 1

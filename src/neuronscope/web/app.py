@@ -24,6 +24,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from neuronscope.atlas import AtlasError
@@ -200,10 +201,11 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
     @app.get("/files/{path:path}")
     def atlas_files(request: Request, path: str) -> Response:
         found = atlas_file(reader.root, path)
-        if found is None:
-            return error(request, 404, "not found", f"{path!r} is not an image of this atlas")
+        data = None if found is None else _read_or_none(found)
+        if data is None:
+            return error(request, 404, "not found", f"{path!r} is not an image of this atlas the server can read")
         policy = IMMUTABLE if path.startswith("thumbs/") else REVALIDATE
-        return cached(request, found.read_bytes(), media_type(found), policy)
+        return cached(request, data, media_type(found), policy)
 
     # ------------------------------------------------------------------ JSON API
 
@@ -247,6 +249,15 @@ def cached(request: "Any", data: bytes, media: str, policy: str) -> "Any":
     if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=media, headers=headers)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    """A served file's bytes, or None (a 404, not a 500) when the server's user cannot read it (a file another
+    user wrote 0600) or it was removed since it was found."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def serve(atlas_path: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
