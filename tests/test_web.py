@@ -140,8 +140,9 @@ def test_api_unit_is_the_show_json_object(client, web_atlas):
 
 def test_search_matches_words_labels_and_texts(client):
     hits = client.get("/api/search", params={"q": "star"}).json()["hits"]
-    assert [(hit["unit"], hit["match"], hit["text"]) for hit in hits[:2]] == [(0, "word", "star"), (3, "word", "star")]
-    assert {(hit["unit"], hit["match"]) for hit in hits} >= {(0, "label"), (0, "word")}
+    assert [(hit["unit"], hit["match"], hit["text"]) for hit in hits] == [(0, "word", "star"), (3, "word", "star")]
+    assert [(match["match"], match["text"]) for match in hits[0]["matches"]] \
+        == [("label", "star (drawn or written)"), ("word", "star"), ("word", "stars")]
     assert [hit["unit"] for hit in client.get("/api/search", params={"q": "jigsaw"}).json()["hits"]] == [1]
     assert client.get("/api/search", params={"q": "no such word"}).json()["hits"] == []
     html = client.get("/search", params={"q": "puzzle"}).text

@@ -85,30 +85,65 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     return cards
 
 
-def search_units(atlas: Atlas, query: str, *, limit: int = 200) -> list[dict[str, Any]]:
-    """Units of stored layers whose top words, label or texts contain ``query`` (case-insensitive, any script).
+#: What search matches, in the order a unit's matches are listed and units are ranked by their best one:
+#: (match, table, column, score). A label names the unit, so it comes first; it has no score (None, never 0:
+#: word and text scores are on other scales, and a 0 sank every label below them).
+SEARCHED = (("label", "labels", "text", "NULL"), ("word", "words", "word", "score"),
+            ("text", "texts", "text", "score"))
+#: Matches listed per unit and kind ("o" matches dozens of one unit's words); ``more`` counts the rest.
+MATCHES_LISTED = 5
 
-    Exact matches come first, then by the match's score (a word's or text's rank score; labels
-    score 0), then by model, layer and unit.
+
+def search_units(atlas: Atlas, query: str) -> list[dict[str, Any]]:
+    """Every unit of a stored layer whose label, top words or texts contain ``query`` (case-insensitive, any
+    script): one hit per unit, best first.
+
+    A unit's matches are listed label first, then words, then texts, each kind exact matches first and then by
+    its score (the unit's own order). A unit ranks by its first exact match, else its first match: exact before
+    partial, then label before word before text, then by that match's score (scores are compared only within
+    one kind: word and text scores are on different scales), then by model, layer and unit.
 
     Returns:
-        ``[{"model", "layer", "unit", "match" ("word" | "label" | "text"), "text", "score", "exact"}]``.
+        ``[{"model", "layer", "unit", "match" ("label" | "word" | "text"), "text", "score", "exact", "matches":
+        [{"match", "text", "score", "exact"}], "more"}]``: ``match`` to ``exact`` describe the match the unit
+        ranks by (a label's score is None), ``matches`` lists up to MATCHES_LISTED of each kind, ``more`` counts
+        the matching words and texts not listed.
     """
     needle = query.strip().lower()
     if not needle:
         return []
-    hits: list[dict[str, Any]] = []
-    for match, table, column, score in (("word", "words", "word", "score"), ("label", "labels", "text", "0.0"),
-                                        ("text", "texts", "text", "score")):
-        # pylower (Python's str.lower, see Atlas): SQLite's lower() and LIKE fold ASCII only ("Éclair").
-        for row in atlas.db.execute(
-                f"SELECT model, layer, unit, {column} AS text, {score} AS score FROM {table} {_HELD} "
-                f"AND instr(pylower({column}), ?) > 0 ORDER BY (pylower({column}) = ?) DESC, {score} DESC "
-                f"LIMIT ?", (needle, needle, limit)):
-            hits.append({"model": row["model"], "layer": row["layer"], "unit": row["unit"], "match": match,
-                         "text": row["text"], "score": row["score"], "exact": row["text"].lower() == needle})
-    hits.sort(key=lambda hit: (not hit["exact"], -(hit["score"] or 0.0), hit["model"], hit["layer"], hit["unit"]))
-    return hits[:limit]
+    units: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for match, table, column, score in SEARCHED:
+        for row in _unit_matches(atlas, table, column, score, needle):
+            hit = units.setdefault((row["model"], row["layer"], row["unit"]), {
+                "model": row["model"], "layer": row["layer"], "unit": row["unit"], "matches": [], "more": 0})
+            if row["position"] == 1:
+                hit["more"] += row["matched"] - min(row["matched"], MATCHES_LISTED)
+            hit["matches"].append({"match": match, "text": row["text"], "score": row["score"],
+                                   "exact": bool(row["exact"])})
+    hits = [{**hit, **_best_match(hit["matches"])} for hit in units.values()]
+    kinds = [match for match, *_ in SEARCHED]
+    hits.sort(key=lambda hit: (not hit["exact"], kinds.index(hit["match"]), -(hit["score"] or 0.0), hit["model"],
+                               hit["layer"], hit["unit"]))
+    return hits
+
+
+def _unit_matches(atlas: Atlas, table: str, column: str, score: str, needle: str):
+    """A table's rows containing ``needle``: up to MATCHES_LISTED per unit, exact first then by score, each with
+    its ``position`` in the unit and the unit's ``matched`` count (windows keep the cut inside SQLite)."""
+    # pylower (Python's str.lower, see Atlas): SQLite's lower() and LIKE fold ASCII only ("Éclair").
+    return atlas.db.execute(
+        f"SELECT * FROM (SELECT model, layer, unit, {column} AS text, {score} AS score, "
+        f"pylower({column}) = ? AS exact, count(*) OVER unit_rows AS matched, "
+        f"row_number() OVER (unit_rows ORDER BY pylower({column}) = ? DESC, {score} DESC, {column}) AS position "
+        f"FROM {table} {_HELD} AND instr(pylower({column}), ?) > 0 "
+        f"WINDOW unit_rows AS (PARTITION BY model, layer, unit)) WHERE position <= ? ORDER BY position",
+        (needle, needle, needle, MATCHES_LISTED))
+
+
+def _best_match(matches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The match a unit ranks by: its first exact one, else its first (``matches`` are listed best first)."""
+    return next((match for match in matches if match["exact"]), matches[0])
 
 
 def filter_units(atlas: Atlas, model: str, layer: str, query: str) -> set[int]:

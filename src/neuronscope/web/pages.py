@@ -24,6 +24,8 @@ TOP_EXAMPLES = 24
 TOP_WORDS = 30
 PER_PAGE = 120
 MAX_PER_PAGE = 1000
+#: Units a search lists (the page and the API say how many match in all).
+SEARCH_HITS = 200
 #: A whole number in a URL: ASCII digits only (``str.isdigit`` also takes "²" and "٣"), few enough
 #: that ``int`` never meets Python's digit limit.
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
@@ -141,9 +143,11 @@ def unit_data(atlas: Atlas, model: str, layer: str, unit: int) -> dict[str, Any]
             "top_examples": TOP_EXAMPLES, "top_words": TOP_WORDS}
 
 
-def search_data(atlas: Atlas, query: str, *, limit: int = 200) -> dict[str, Any]:
-    """The search page: ``{"q", "hits"}`` (see :func:`search_units`)."""
-    return {"q": query.strip(), "hits": search_units(atlas, query, limit=limit) if query.strip() else []}
+def search_data(atlas: Atlas, query: str, *, limit: int = SEARCH_HITS) -> dict[str, Any]:
+    """The search page: ``{"q", "hits", "total"}``: the first ``limit`` of :func:`search_units`'s hits (one a
+    unit, best first) and how many units match in all."""
+    hits = search_units(atlas, query)
+    return {"q": query.strip(), "hits": hits[:limit], "total": len(hits)}
 
 
 # ---------------------------------------------------------------------------- templates
