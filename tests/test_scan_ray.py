@@ -27,6 +27,7 @@ from neuronscope.commands.scan import ProgressReport
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models import load_model
 from neuronscope.mining import ScanProgress, open_source
+from neuronscope.mining import ray_backend
 from neuronscope.mining.ray_backend import hash_entries, import_ray, seen_before, shard_ranges, size_twins
 from neuronscope.runtime import seed_everything
 from tests.helpers import LAYERS, broken_files, dump, make_images, randomize_last_bn
@@ -115,10 +116,15 @@ def test_scan_command_on_ray_resumes_and_equals_the_local_backend(ray_session, s
     with Atlas(tmp_path / "ray") as atlas:
         assert [record["status"] for record in atlas.runs()] == ["interrupted"]
     assert len(list((tmp_path / "ray" / "checkpoints").glob("*-ray.npz"))) == 1
+    assert len(list((tmp_path / "ray" / "checkpoints").glob("*-ray-hashes.npz"))) == 1
+
+    def rehash(*args: object) -> None:
+        raise AssertionError("a resumed Ray scan read its size twins again (the first run hashed them)")
 
     reports: list[ScanProgress] = []
     with monkeypatch.context() as patch:
         patch.setattr(ProgressReport, "__call__", lambda report, progress: reports.append(progress))
+        patch.setattr(ray_backend, "content_keys", rehash)
         resumed = run("ray", 2)
     assert resumed.exit_code == 0, resumed.output
     assert 0 < reports[0].resumed_from < reports[0].total  # it continued from the first shard's checkpoint

@@ -13,8 +13,10 @@ How a Ray scan runs (the local scanner's steps, spread out):
 3. Duplicates: the local scanner skips a file whose content it already saw at
    a smaller ordinal; shards cannot see each other. So the files that could be
    duplicates (those whose size another file shares) are read and hashed
-   first (no decoding; by Ray Data tasks when there are many), and each shard
-   is told which of its contents occur at smaller ordinals.
+   first (no decoding; by Ray Data tasks when there are many), once per run
+   (the keys are checkpointed beside the run's state, so a resume does not
+   read them again), and each shard is told which of its contents occur at
+   smaller ordinals.
 4. Ray Data maps the shards through a pool of actors, each holding a model
    replica (one GPU each on a cluster with GPUs, one CPU each otherwise).
    An actor decodes its shard, runs the forwards and accumulates a
@@ -60,6 +62,7 @@ from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining.accumulator import ScanSettings
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
+    HASHES_SUFFIX,
     RAY_SUFFIX,
     ContentKeys,
     LayerGeometry,
@@ -332,8 +335,10 @@ def scan_ray(
             # Replicas receive the model from the driver (no weights file needed on workers), as a CPU copy.
             shipped = model if model.device.type == "cpu" else replace(
                 model, module=copy.deepcopy(model.module).cpu(), device=torch.device("cpu"))
-            partials = _run_shards(ray, shipped, source, plan, settings, ranges, replicas=replicas, gpus=gpus,
-                                   batch_size=batch_size, max_pixels=max_pixels)
+            earlier = seen_before(*twin_content_keys(ray, atlas, source, checkpoint_key + HASHES_SUFFIX, run_id),
+                                  ranges) if ranges else {}
+            partials = _run_shards(ray, shipped, source, plan, settings, ranges, earlier, replicas=replicas,
+                                   gpus=gpus, batch_size=batch_size, max_pixels=max_pixels)
             since_checkpoint = 0
             with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
                 for start, stop, partial in partials:
@@ -354,17 +359,30 @@ def scan_ray(
             ray.shutdown()
 
 
+def twin_content_keys(ray: Any, atlas: Atlas, source: ImageSource, hashes_key: str,
+                      run_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`content_keys` of the source's size twins, from the run's ``hashes_key`` checkpoint when it has
+    one: hashed once per run, not again on every resume (reading every twin of a million files again)."""
+    saved = atlas.load_checkpoint(hashes_key)
+    if saved is not None and saved[1].get("run_id") == run_id:
+        return saved[0]["ordinals"], saved[0]["keys"]
+    ordinals, keys = content_keys(ray, source.entries, size_twins(source.entries))
+    atlas.save_checkpoint(hashes_key, {"ordinals": ordinals, "keys": keys}, {"run_id": run_id})
+    return ordinals, keys
+
+
 def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, plan: ScanPlan, settings: ScanSettings,
-                ranges: list[tuple[int, int]], *, replicas: int, gpus: int, batch_size: int,
-                max_pixels: int) -> Iterator[tuple[int, int, ScanState]]:
-    """The hashing pass, then the scan pass over ``ranges``; yields ``(start, stop, partial state)`` as they come."""
+                ranges: list[tuple[int, int]], earlier: dict[int, frozenset[int]], *, replicas: int, gpus: int,
+                batch_size: int, max_pixels: int) -> Iterator[tuple[int, int, ScanState]]:
+    """The scan pass over ``ranges``; yields ``(start, stop, partial state)`` as they come.
+
+    ``earlier``: per range (by its start), the content keys that occur at smaller ordinals (:func:`seen_before`):
+    duplicates are settled over the whole source, ranges already scanned included.
+    """
     if not ranges:
         return
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the scan reports its own progress
-    # Duplicates are settled over the whole source (ranges already scanned included): a shard's file is a
-    # duplicate if its content occurs at a smaller ordinal, in any shard.
-    earlier = seen_before(*content_keys(ray, source.entries, size_twins(source.entries)), ranges)
 
     shards = [{"shard": pickle.dumps(Shard(start, source.entries[start:stop], earlier[start]))}
               for start, stop in ranges]

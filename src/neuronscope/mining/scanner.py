@@ -346,11 +346,13 @@ def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id
 
 #: The Ray backend's checkpoint of a run is ``config_key + RAY_SUFFIX``: each backend reads only its own.
 RAY_SUFFIX = "-ray"
+#: Beside it, ``+ HASHES_SUFFIX``: the content keys of the source's size twins, hashed once per run.
+HASHES_SUFFIX = "-hashes"
 
 
 def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
     """Remove a run's checkpoints, both backends': either may have written one before a kill and a rerun."""
-    for key in (config_key, config_key + RAY_SUFFIX):
+    for key in (config_key, config_key + RAY_SUFFIX, config_key + RAY_SUFFIX + HASHES_SUFFIX):
         atlas.drop_checkpoint(key)
 
 
