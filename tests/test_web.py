@@ -539,3 +539,23 @@ def test_search_lists_each_unit_once_ranks_labels_apart_and_counts_every_match(t
         page = client.get("/search", params={"q": "dog"}).text
         assert "251 units match “dog” (the first 200 shown)" in page and "and 4 more" in page
         assert page.count(f'href="{LAYER_URL}/u/0"') == 1
+
+
+def test_head_a_unit_written_with_zeros_and_weak_etags(client):
+    """HEAD answered 405 everywhere (`curl -I`); /u/01 rendered a second URL of unit 1; If-None-Match W/"..."
+    (the weak form a compressing proxy sends back) never matched."""
+    thumb = f"/files/{client.get(f'/api{LAYER_URL}/u/0').json()['top'][0]['thumb']}"
+    for url in ("/", LAYER_URL, f"{LAYER_URL}/u/1", f"{LAYER_URL}/u/1/histogram.svg", "/search?q=star",
+                "/api/models", f"/api{LAYER_URL}/u/1", thumb, "/static/app.js"):
+        answer = client.head(url)
+        assert answer.status_code == 200 and not answer.content, url
+    assert client.head("/nothing/here").status_code == 404
+    for url, location in ((f"{LAYER_URL}/u/01", f"{LAYER_URL}/u/1"), (f"/api{LAYER_URL}/u/007", f"/api{LAYER_URL}/u/7"),
+                          (f"{LAYER_URL}/u/00/histogram.svg", f"{LAYER_URL}/u/0/histogram.svg"),
+                          ("/m/tiny-rn@random/l/neurons/u/02", f"{LAYER_URL}/u/2")):
+        answer = client.get(url, follow_redirects=False)
+        assert answer.status_code == 301 and answer.headers["location"] == location, url
+    etag = client.get(thumb).headers["etag"]
+    for header in (f"W/{etag}", f'"other", W/{etag}', "*"):
+        assert client.get(thumb, headers={"If-None-Match": header}).status_code == 304, header
+    assert client.get(thumb, headers={"If-None-Match": 'W/"other"'}).status_code == 200

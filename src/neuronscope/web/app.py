@@ -22,7 +22,7 @@ and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
 import hashlib
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,10 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
         except BaseException:
             reader.close()  # no app will close it
             raise
+    def get(path: str, **options: Any) -> Callable[[Callable], Callable]:
+        """``@app.get`` that also answers HEAD (``curl -I``): a FastAPI route answers only the methods it names."""
+        return app.api_route(path, methods=["GET", "HEAD"], **options)
+
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
@@ -132,11 +136,11 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
 
     # ------------------------------------------------------------------ pages
 
-    @app.get("/", response_class=HTMLResponse)
+    @get("/", response_class=HTMLResponse)
     def home() -> Response:
         return page("home.html", **reader.read(lambda atlas: reader.memo(("home",), lambda: pages.home_data(atlas))))
 
-    @app.get("/m/{model}")
+    @get("/m/{model}")
     def model_page(model: str) -> Response:
         reader.resolve(model)  # 404 when unknown
         return RedirectResponse("/", status_code=302)
@@ -150,7 +154,7 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
         return reader.read(lambda atlas: pages.layer_data(atlas, model_key, canonical, query,
                                                           cards=reader.layer_cards(model_key, canonical)))
 
-    @app.get("/m/{model}/l/{layer}", response_class=HTMLResponse)
+    @get("/m/{model}/l/{layer}", response_class=HTMLResponse)
     def layer_page(request: Request, model: str, layer: str) -> Response:
         context = layer_context(request, model, layer)
         return context if isinstance(context, Response) else page("layer.html", **context)
@@ -158,18 +162,18 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
     def unit_target(request: Request, model: str, layer: str, unit: str, rest: str = "") -> tuple | Response:
         index = parse_unit(unit)
         model_key, canonical, ok = reader.resolve(model, layer)
-        if not ok:
+        if not ok or unit != str(index):  # an alias, a model key, or a unit written "01": one page, one URL
             return redirect(request, model_key, canonical, f"/u/{index}{rest}")
         return model_key, canonical, index
 
-    @app.get("/m/{model}/l/{layer}/u/{unit}", response_class=HTMLResponse)
+    @get("/m/{model}/l/{layer}/u/{unit}", response_class=HTMLResponse)
     def unit_page(request: Request, model: str, layer: str, unit: str) -> Response:
         target = unit_target(request, model, layer, unit)
         if isinstance(target, Response):
             return target
         return page("unit.html", **reader.read(lambda atlas: pages.unit_data(atlas, *target)))
 
-    @app.get("/m/{model}/l/{layer}/u/{unit}/{plot}")
+    @get("/m/{model}/l/{layer}/u/{unit}/{plot}")
     def unit_plot(request: Request, model: str, layer: str, unit: str, plot: str) -> Response:
         kind = plot.removesuffix(".svg")
         if not plot.endswith(".svg") or kind not in PLOT_KINDS:
@@ -194,11 +198,11 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
         found["attribution"] = prompts.attribute(q) if prompts is not None and q.strip() else None
         return found
 
-    @app.get("/search", response_class=HTMLResponse)
+    @get("/search", response_class=HTMLResponse)
     def search_page(q: str = "") -> Response:
         return page("search.html", search_q=q, prompts=prompts is not None, **search(q))
 
-    @app.get("/files/{path:path}")
+    @get("/files/{path:path}")
     def atlas_files(request: Request, path: str) -> Response:
         found = atlas_file(reader.root, path)
         data = None if found is None else _read_or_none(found)
@@ -209,11 +213,11 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
 
     # ------------------------------------------------------------------ JSON API
 
-    @app.get("/api/models")
+    @get("/api/models")
     def api_models() -> Response:
         return JSONResponse(reader.read(lambda atlas: reader.memo(("home",), lambda: pages.home_data(atlas))))
 
-    @app.get("/api/m/{model}/l/{layer}")
+    @get("/api/m/{model}/l/{layer}")
     def api_layer(request: Request, model: str, layer: str) -> Response:
         context = layer_context(request, model, layer)
         if isinstance(context, Response):
@@ -222,18 +226,18 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
                                                            "q", "sort", "cards", "artifacts")}
                             | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"]})
 
-    @app.get("/api/m/{model}/l/{layer}/u/{unit}")
+    @get("/api/m/{model}/l/{layer}/u/{unit}")
     def api_unit(request: Request, model: str, layer: str, unit: str) -> Response:
         target = unit_target(request, model, layer, unit)
         if isinstance(target, Response):
             return target
         return JSONResponse(reader.read(lambda atlas: atlas.unit(*target)))
 
-    @app.get("/api/search")
+    @get("/api/search")
     def api_search(q: str = "") -> Response:
         return JSONResponse(search(q))
 
-    @app.get("/api/{rest:path}")
+    @get("/api/{rest:path}")
     def api_unknown(request: Request, rest: str) -> Response:
         return error(request, 404, "not found", f"/api/{rest} is not an API path")
 
@@ -246,9 +250,16 @@ def cached(request: "Any", data: bytes, media: str, policy: str) -> "Any":
 
     etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Cache-Control": policy}
-    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+    if etag_matches(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=media, headers=headers)
+
+
+def etag_matches(etag: str, if_none_match: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag``, by the weak comparison RFC 7232 sets for it
+    (``W/"x"`` matches ``"x"``: proxies that compress weaken the tags they pass on); ``*`` names any."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def _read_or_none(path: Path) -> bytes | None:
