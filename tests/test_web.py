@@ -559,3 +559,16 @@ def test_head_a_unit_written_with_zeros_and_weak_etags(client):
     for header in (f"W/{etag}", f'"other", W/{etag}', "*"):
         assert client.get(thumb, headers={"If-None-Match": header}).status_code == 304, header
     assert client.get(thumb, headers={"If-None-Match": 'W/"other"'}).status_code == 200
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_prints_no_url(web_atlas):
+    """serve printed the URL as if serving, then uvicorn's raw "[Errno 98] address already in use" (exit 3)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", str(web_atlas), "--port", str(port)])
+    assert result.exit_code == 1 and "http://" not in result.output
+    assert result.output.strip() == f"error: port {port} is in use: pick another --port"

@@ -19,8 +19,10 @@ and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
 """
 
 
+import errno
 import hashlib
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronscope.atlas import AtlasError
+from neuronscope.errors import NeuronscopeError
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file, media_type
 from neuronscope.web.links import Links, segment
@@ -276,9 +279,35 @@ def serve(atlas_path: str | os.PathLike, host: str = DEFAULT_HOST, port: int = D
     """Serve the microscope until interrupted (blocks). Bound to 127.0.0.1 unless ``host`` says otherwise.
 
     ``model``: the atlas's model, loaded, to attribute new prompts in search (see :func:`create_app`).
+    Raises :class:`~neuronscope.errors.NeuronscopeError` when ``host:port`` cannot be bound (a port in use).
     """
     import uvicorn
 
-    app = create_app(atlas_path, model=model)
-    print(f"neuronscope microscope: http://{host}:{port}/  (atlas {atlas_path}; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    listening = listening_socket(host, port)
+    with listening:
+        app = create_app(atlas_path, model=model)
+        port = listening.getsockname()[1]  # port 0 asks for a free one: print the one given
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"neuronscope microscope: http://{url_host}:{port}/  (atlas {atlas_path}; Ctrl-C stops)", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[listening])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn to serve on (it listens on it).
+
+    Bound before the URL is printed: uvicorn binding its own printed the URL of a server that never started,
+    then its raw "[Errno 98] address already in use" (exit 3).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise NeuronscopeError(f"port {port} is in use: pick another --port") from None
+        raise NeuronscopeError(f"cannot serve on {host}:{port} ({err.strerror or err}): "
+                               "pick another --host or --port") from None
+    sock.set_inheritable(True)
+    return sock
