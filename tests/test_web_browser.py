@@ -111,3 +111,22 @@ def test_static_export_works_from_file_urls(browser, web_atlas, tmp_path):
     WebDriverWait(browser, 20).until(lambda d: "/u/0/" in d.current_url)
     browser.save_screenshot(str(tmp_path / "static-unit.png"))
     assert Path(tmp_path / "static-unit.png").stat().st_size > 10_000
+
+
+def test_static_search_takes_a_bare_percent_and_says_when_it_cuts(browser, web_atlas, tmp_path):
+    """`search.html#%` threw a URIError in decodeURIComponent and showed nothing; more than 500 hits were
+    cut without a word."""
+    import json
+
+    site = tmp_path / "site"
+    export_site(web_atlas, site)
+    browser.get((site / "search.html").as_uri() + "#%")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "nohits").is_displayed())
+    assert browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]").get_attribute("value") == "%"
+    units = [{"model": "m", "layer": "l", "unit": unit, "label": None, "words": ["dog"], "href": "#"}
+             for unit in range(501)]
+    (site / "static" / "search-index.js").write_text(f"window.NEURONSCOPE_INDEX = {json.dumps({'units': units})};")
+    browser.get((site / "search.html").as_uri() + "?q=dog")
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#hits li")) == 500
+    assert browser.find_element(By.ID, "count").text == "501 units match “dog” (the first 500 shown)"

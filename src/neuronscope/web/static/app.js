@@ -1,42 +1,62 @@
 // The microscope's only script. On a static export's search page it searches the
-// units' words and labels in the browser (search-index.js sets NEURONSCOPE_INDEX);
-// the server's pages need no script.
+// units' words and labels in the browser (search-index.js sets NEURONSCOPE_INDEX),
+// ranking as the server does: each unit once, exact matches first, then label
+// matches before word matches; the server's pages need no script.
 (function () {
   "use strict";
+  // Units listed: a one-letter query can match most of an atlas, and the page says when it cuts.
+  var SHOWN = 500;
   var index = window.NEURONSCOPE_INDEX;
   var list = document.getElementById("hits");
   if (!index || !list) { return; }
+
+  // The query from "?q=" (the search box) or "#query" (links.search): a hash with a bare "%" is
+  // not percent-encoding, and decodeURIComponent throws on it, so it is taken as typed.
+  function hashQuery() {
+    var raw = window.location.hash.slice(1);
+    try { return decodeURIComponent(raw); } catch (err) { return raw; }
+  }
+
+  // A unit's match: its label, else its best (first) matching word, an exact one preferred.
+  function unitMatch(unit, needle) {
+    var label = unit.label && unit.label.toLowerCase();
+    if (label === needle) { return {text: "label: " + unit.label, exact: true, label: true}; }
+    var found = label && label.indexOf(needle) >= 0 ? {text: "label: " + unit.label, exact: false, label: true} : null;
+    for (var i = 0; i < unit.words.length; i++) {
+      var word = unit.words[i].toLowerCase();
+      if (word === needle) { return {text: "word: " + unit.words[i], exact: true, label: false}; }
+      if (!found && word.indexOf(needle) >= 0) { found = {text: "word: " + unit.words[i], exact: false, label: false}; }
+    }
+    return found;
+  }
+
   var params = new URLSearchParams(window.location.search);
-  var query = (params.get("q") || decodeURIComponent(window.location.hash.slice(1)) || "").trim();
+  var query = (params.get("q") || hashQuery() || "").trim();
   var box = document.querySelector("form.search input[name=q]");
   if (box) { box.value = query; }
   if (!query) { return; }
   var needle = query.toLowerCase();
   var hits = [];
   index.units.forEach(function (unit) {
-    var exact = false, found = null;
-    if (unit.label && unit.label.toLowerCase().indexOf(needle) >= 0) {
-      found = "label: " + unit.label; exact = unit.label.toLowerCase() === needle;
-    }
-    for (var i = 0; i < unit.words.length; i++) {
-      var word = unit.words[i].toLowerCase();
-      if (word.indexOf(needle) >= 0) {
-        if (!found || word === needle) { found = "word: " + unit.words[i]; exact = exact || word === needle; }
-        if (word === needle) { break; }
-      }
-    }
-    if (found) { hits.push({unit: unit, text: found, exact: exact}); }
+    var match = unitMatch(unit, needle);
+    if (match) { hits.push({unit: unit, match: match, order: hits.length}); }
   });
-  hits.sort(function (a, b) { return (b.exact - a.exact); });
-  hits.slice(0, 500).forEach(function (hit) {
+  hits.sort(function (a, b) {
+    return (b.match.exact - a.match.exact) || (b.match.label - a.match.label) || (a.order - b.order);
+  });
+  hits.slice(0, SHOWN).forEach(function (hit) {
     var item = document.createElement("li");
     var link = document.createElement("a");
     link.href = hit.unit.href;
     link.textContent = hit.unit.model + " · " + hit.unit.layer + " · unit " + hit.unit.unit;
     var match = document.createElement("span");
     match.className = "match";
-    match.textContent = hit.text;
+    match.textContent = hit.match.text;
     item.appendChild(link); item.appendChild(match); list.appendChild(item);
   });
+  var count = document.getElementById("count");
+  count.textContent = hits.length + (hits.length === 1 ? " unit matches “" : " units match “") + query + "”" +
+    (hits.length > SHOWN ? " (the first " + SHOWN + " shown)" : "");
+  count.hidden = hits.length === 0;
   document.getElementById("nohits").hidden = hits.length > 0;
 })();
