@@ -572,3 +572,19 @@ def test_serve_on_a_port_in_use_is_one_line_and_prints_no_url(web_atlas):
         result = CliRunner().invoke(cli_app, ["serve", str(web_atlas), "--port", str(port)])
     assert result.exit_code == 1 and "http://" not in result.output
     assert result.output.strip() == f"error: port {port} is in use: pick another --port"
+
+
+def test_the_layer_api_lists_artifacts_and_serves_their_data_on_its_own(client):
+    """Every page of the layer's JSON, per_page=2 too, re-sent each artifact's data (emotion codes: ~25 kB)."""
+    listed = client.get(f"/api{LAYER_URL}", params={"per_page": "2"}).json()["artifacts"]
+    assert [(entry["kind"], entry["name"]) for entry in listed] == [("emotions", "codes")]
+    assert "data" not in listed[0] and listed[0]["path"].startswith("artifacts/") and listed[0]["run_id"]
+    assert listed[0]["api"] == f"/api{LAYER_URL}/artifacts/emotions/codes"
+    full = client.get(listed[0]["api"]).json()
+    assert full["data"] == {"codes": 3} and (full["model"], full["layer"]) == (MODEL, LAYER)
+    assert {key: full[key] for key in listed[0] if key != "api"} == {key: listed[0][key] for key in listed[0]
+                                                                      if key != "api"}
+    alias = client.get("/api/m/tiny-rn/l/neurons/artifacts/emotions/codes", follow_redirects=False)
+    assert alias.status_code == 301 and alias.headers["location"] == listed[0]["api"]
+    missing = client.get(f"/api{LAYER_URL}/artifacts/emotions/nope")
+    assert missing.status_code == 404 and missing.json()["status"] == 404

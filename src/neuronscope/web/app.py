@@ -13,7 +13,8 @@ dot path or any alias, ``~`` for ``/``; a non-canonical name answers 301):
     /search?q=                            units whose words, labels or texts match
     /files/{path}                         the atlas's images (thumbnails, renders, artifacts)
 
-The API mirrors them: ``/api/models``, ``/api/m/{model}/l/{layer}``,
+The API mirrors them: ``/api/models``, ``/api/m/{model}/l/{layer}`` (artifacts listed without
+their data), ``/api/m/{model}/l/{layer}/artifacts/{kind}/{name}`` (one with its data),
 ``/api/m/{model}/l/{layer}/u/{unit}`` (exactly :meth:`Atlas.unit`'s object)
 and ``/api/search?q=``. Unknown names answer 404, malformed parameters 400.
 """
@@ -33,7 +34,7 @@ from neuronscope.atlas import AtlasError
 from neuronscope.errors import NeuronscopeError
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file, media_type
-from neuronscope.web.links import Links, segment
+from neuronscope.web.links import Links, segment, url_path
 from neuronscope.web.pages import BadRequest, LayerQuery, parse_unit
 from neuronscope.web.plots import PLOT_KINDS, conditional_svg, histogram_svg
 from neuronscope.web.reader import AtlasReader
@@ -44,6 +45,8 @@ DEFAULT_PORT = 8000
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Renders and plots can be redone in place: cache briefly, then revalidate by ETag.
 REVALIDATE = "public, max-age=60, must-revalidate"
+#: What the layer's JSON says of each of its artifacts (``data`` is at the artifact's own URL).
+ARTIFACT_LISTED = ("kind", "name", "path", "run_id", "created_at")
 
 
 def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool = True) -> "Any":
@@ -226,8 +229,26 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
         if isinstance(context, Response):
             return context
         return JSONResponse({key: context[key] for key in ("model", "layer", "total", "page", "pages", "per_page",
-                                                           "q", "sort", "cards", "artifacts")}
-                            | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"]})
+                                                           "q", "sort", "cards")}
+                            | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"],
+                               "artifacts": listed_artifacts(context["model"], context["layer"], context["artifacts"])})
+
+    def listed_artifacts(model_key: str, layer: str, artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A layer's artifacts without their ``data`` (emotion codes alone are ~25 kB, sent with every page of
+        the grid), each with the URL of its own JSON, which has it."""
+        return [{key: artifact[key] for key in ARTIFACT_LISTED}
+                | {"api": links().api_artifact(model_key, layer, artifact["kind"], artifact["name"])}
+                for artifact in artifacts]
+
+    @get("/api/m/{model}/l/{layer}/artifacts/{kind}/{name:path}")
+    def api_artifact(request: Request, model: str, layer: str, kind: str, name: str) -> Response:
+        model_key, canonical, ok = reader.resolve(model, layer)
+        if not ok:
+            return redirect(request, model_key, canonical, "/" + url_path("artifacts", kind, name))
+        found = reader.read(lambda atlas: atlas.artifact(model_key, canonical, kind, name))
+        if found is None:
+            return error(request, 404, "not found", f"no artifact {kind}/{name} of {model_key} {canonical}")
+        return JSONResponse({"model": model_key, "layer": canonical} | found)
 
     @get("/api/m/{model}/l/{layer}/u/{unit}")
     def api_unit(request: Request, model: str, layer: str, unit: str) -> Response:

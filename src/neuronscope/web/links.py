@@ -100,6 +100,10 @@ class Links:
     def api_unit(self, model: str, layer: str, unit: int) -> str | None:
         return "/api" + self.unit(model, layer, unit)
 
+    def api_artifact(self, model: str, layer: str, kind: str, name: str) -> str | None:
+        """A layer artifact's JSON (its ``data`` with it): the layer's API lists artifacts without their data."""
+        return "/api" + self._page(url_path(*page_segments(self.slug(model), layer), "artifacts", kind, name))
+
 
 class StaticLinks(Links):
     """Relative links from one exported file (``here``, a path inside the site) to the others."""
@@ -138,6 +142,9 @@ class StaticLinks(Links):
     def api_unit(self, model: str, layer: str, unit: int) -> str | None:
         return None  # a static site has no API
 
+    def api_artifact(self, model: str, layer: str, kind: str, name: str) -> str | None:
+        return None
+
 
 def static_page_path(*parts: str) -> str:
     """The exported file of a server path given as segments: a page is a folder's ``index.html``."""
@@ -173,4 +180,7 @@ class InlineLinks(Links):
         return None
 
     def api_unit(self, model: str, layer: str, unit: int) -> str | None:
+        return None
+
+    def api_artifact(self, model: str, layer: str, kind: str, name: str) -> str | None:
         return None
