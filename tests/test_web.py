@@ -588,3 +588,32 @@ def test_the_layer_api_lists_artifacts_and_serves_their_data_on_its_own(client):
     assert alias.status_code == 301 and alias.headers["location"] == listed[0]["api"]
     missing = client.get(f"/api{LAYER_URL}/artifacts/emotions/nope")
     assert missing.status_code == 404 and missing.json()["status"] == 404
+
+
+def test_a_bare_model_url_keeps_working_after_a_second_weights_joins_the_atlas(tmp_path):
+    """/m/mini-clip/... answered 200, then 404 "names several models" once mini-clip@random was scanned into the
+    same atlas: every URL handed out before broke. A bare name now answers 301 to its default weights' key."""
+    path = tmp_path / "atlas"
+    with Atlas(path) as atlas:
+        atlas.register_layer("mini-clip@bundled", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        atlas.set_label("mini-clip@bundled", "visual.layer4", 1, "cat")
+    with TestClient(create_app(path, warm=False)) as browser:
+        assert browser.get("/m/mini-clip/l/neurons/u/1", follow_redirects=False).status_code == 301
+        assert "cat" in browser.get("/m/mini-clip/l/visual.layer4/u/1").text
+    with Atlas(path) as atlas:
+        atlas.register_layer("mini-clip@random", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        for weights in ("sha256:aaaaaaaaaaaa", "sha256:bbbbbbbbbbbb"):  # two weights, neither the default
+            atlas.register_layer(f"tiny-vit@{weights}", "visual.layer4", aliases=[], units=2, grid=(1, 1))
+    with TestClient(create_app(path, warm=False)) as browser:
+        for url, location in (("/m/mini-clip/l/visual.layer4/u/1", "/m/mini-clip@bundled/l/visual.layer4/u/1"),
+                              ("/m/mini-clip/l/neurons?q=cat", "/m/mini-clip@bundled/l/visual.layer4?q=cat"),
+                              ("/api/m/mini-clip/l/neurons/u/1", "/api/m/mini-clip@bundled/l/visual.layer4/u/1")):
+            answer = browser.get(url, follow_redirects=False)
+            assert answer.status_code == 301 and answer.headers["location"] == location, url
+        assert "cat" in browser.get("/m/mini-clip/l/visual.layer4/u/1").text
+        assert browser.get("/m/mini-clip@random/l/visual.layer4/u/1").status_code == 200
+        for url in ("/m/mini-clip/l/visual.layer9", "/m/tiny-vit/l/visual.layer4"):
+            assert browser.get(url).status_code == 404, url
+        assert "names several models" in browser.get("/api/m/tiny-vit/l/visual.layer4").json()["detail"]
+    with Atlas(path) as atlas, pytest.raises(AtlasError, match="names several models"):
+        atlas.resolve_model("mini-clip")  # the command line and Python still ask which weights

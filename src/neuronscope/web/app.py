@@ -34,7 +34,7 @@ from neuronscope.atlas import AtlasError
 from neuronscope.errors import NeuronscopeError
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file, media_type
-from neuronscope.web.links import Links, segment, url_path
+from neuronscope.web.links import Links, default_model_key, segment, url_path
 from neuronscope.web.pages import BadRequest, LayerQuery, parse_unit
 from neuronscope.web.plots import PLOT_KINDS, conditional_svg, histogram_svg
 from neuronscope.web.reader import AtlasReader
@@ -118,6 +118,18 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
             url += f"?{request.url.query}"
         return RedirectResponse(url, status_code=301)
 
+    def resolve(model: str, layer: str | None = None) -> tuple[str, str | None, bool]:
+        """:meth:`AtlasReader.resolve`, with a bare name of several weights read as its default weights' key
+        (not canonical: a 301 to it), so that URLs handed out before a second weights joined keep working."""
+        try:
+            return reader.resolve(model, layer)
+        except AtlasError:
+            default = default_model_key(model, reader.read(lambda atlas: atlas.models()))
+            if default is None:
+                raise
+        model_key, canonical, _ = reader.resolve(default, layer)
+        return model_key, canonical, False
+
     def is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")
 
@@ -148,13 +160,13 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
 
     @get("/m/{model}")
     def model_page(model: str) -> Response:
-        reader.resolve(model)  # 404 when unknown
+        resolve(model)  # 404 when unknown
         return RedirectResponse("/", status_code=302)
 
     def layer_context(request: Request, model: str, layer: str) -> dict[str, Any] | Response:
         params = request.query_params
         query = LayerQuery.parse(params.get("q"), params.get("sort"), params.get("page"), params.get("per_page"))
-        model_key, canonical, ok = reader.resolve(model, layer)
+        model_key, canonical, ok = resolve(model, layer)
         if not ok:
             return redirect(request, model_key, canonical)
         return reader.read(lambda atlas: pages.layer_data(atlas, model_key, canonical, query,
@@ -167,7 +179,7 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
 
     def unit_target(request: Request, model: str, layer: str, unit: str, rest: str = "") -> tuple | Response:
         index = parse_unit(unit)
-        model_key, canonical, ok = reader.resolve(model, layer)
+        model_key, canonical, ok = resolve(model, layer)
         if not ok or unit != str(index):  # an alias, a model key, or a unit written "01": one page, one URL
             return redirect(request, model_key, canonical, f"/u/{index}{rest}")
         return model_key, canonical, index
@@ -242,7 +254,7 @@ def create_app(atlas_path: str | os.PathLike, *, model: "Any" = None, warm: bool
 
     @get("/api/m/{model}/l/{layer}/artifacts/{kind}/{name:path}")
     def api_artifact(request: Request, model: str, layer: str, kind: str, name: str) -> Response:
-        model_key, canonical, ok = reader.resolve(model, layer)
+        model_key, canonical, ok = resolve(model, layer)
         if not ok:
             return redirect(request, model_key, canonical, "/" + url_path("artifacts", kind, name))
         found = reader.read(lambda atlas: atlas.artifact(model_key, canonical, kind, name))

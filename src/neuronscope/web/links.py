@@ -8,7 +8,8 @@ card inlines images as data URIs.
 
 URL segments are canonical names: a model's bare registry name when the atlas
 holds only one model of that name (``mini-clip``), else its key
-(``RN50x4@openai``), with ``~`` for ``/`` (``hf-hub:org~repo``); a layer's dot
+(``RN50x4@openai``; the bare name then reads as its default weights' key,
+:func:`default_model_key`), with ``~`` for ``/`` (``hf-hub:org~repo``); a layer's dot
 path (``visual.layer4.1.act3:input``). The server's URLs and the static
 export's folders are both built from :func:`page_segments`.
 """
@@ -16,11 +17,12 @@ export's folders are both built from :func:`page_segments`.
 from __future__ import annotations
 
 import base64
+import functools
 import posixpath
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from neuronscope.atlas.store import bare_name, url_name
+from neuronscope.atlas.store import bare_name, from_url_name, url_name
 from neuronscope.web.files import media_type
 
 #: Characters kept as they are in a URL segment (``:`` and ``@`` are legal in a path segment).
@@ -32,6 +34,35 @@ def model_slug(model_key: str, known: list[str]) -> str:
     ``~`` for ``/`` (:func:`~neuronscope.atlas.store.url_name`; :meth:`Atlas.resolve_model` reads it back)."""
     bare = bare_name(model_key)
     return url_name(bare if [bare_name(key) for key in known].count(bare) == 1 else model_key)
+
+
+def default_model_key(name: str, known: list[str]) -> str | None:
+    """The key a bare model name of a URL stands for when ``known`` holds several weights of that model: the
+    registry's default weights (``mini-clip@bundled``; ``RN50x4@openai``, its first tag), when held; else None.
+
+    A bare name is a model's URL while the atlas holds one weights of it: after a second joins it, the URLs
+    handed out before answer 301 to the default weights' (what an omitted ``--weights`` means) instead of 404.
+    """
+    bare = from_url_name(name)
+    held = [key for key in known if bare_name(key) == bare]
+    weights = _registry_default_weights(bare) if len(held) > 1 else None
+    return f"{bare}@{weights}" if f"{bare}@{weights}" in held else None
+
+
+@functools.cache
+def _registry_default_weights(name: str) -> str | None:
+    """The weights an omitted ``--weights`` means for registry model ``name``: its declared default, else
+    its first tag (not the first in the local cache, so that a URL means the same on every machine); None
+    for a name the registry lacks (``hf-hub:...``, a local file's)."""
+    # Imported here: the registry imports torch, which the microscope otherwise never loads.
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.models.registry import get_architecture
+
+    try:
+        architecture = get_architecture(name)
+    except NeuronscopeError:
+        return None
+    return architecture.default_weights or next(iter(architecture.tags), None)
 
 
 def segment(name: str) -> str:
