@@ -628,3 +628,27 @@ def test_reprs_name_the_model_and_layer_and_stay_short(mini, few_images):
     classes = len(concept_names())
     assert repr(classifier) == f"ZeroShotClassifier(mini-clip@bundled, {classes} classes, template 'a {{}}')"
     assert repr(few_images) == "ImageSample('mini-clip test split', 8 images of 64x64 px)"
+
+
+def test_text_runs_record_a_command_that_reruns_as_the_same_run(tmp_path, monkeypatch):
+    """`--vocab words.txt` was recorded as `--vocab words` (the stem), with no hash of the words: the recorded
+    command could not be rerun, and an edited file kept the run's key. A rerun of the same command keeps it."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "words.txt").write_text("spider\ncat\nstar\n")
+    options = ["--model", "tiny-rn", "--weights", "random", "--layer", "neurons", "--sample", "4"]
+    first = json.loads(_invoke("attribute", *options, "--vocab", "words.txt", "--units", "0-1", "--top-k", "2",
+                               "--out", "atlas", "--json").stdout)
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        run = atlas.run(first["run_id"])
+    assert "--vocab words.txt" in run["command"]
+    assert run["dataset"]["source"] == "words.txt" and run["dataset"]["name"] == "words"
+    assert run["config"]["vocab_sha256"] == run["dataset"]["sha256"]
+    again = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)
+    (tmp_path / "words.txt").write_text("spider\ncat\nplanet\n")
+    edited = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        keys = [atlas.run(report["run_id"])["config_key"] for report in (first, again, edited)]
+        assert atlas.finished_run(keys[0]) == again["run_id"]  # what a skip (the demo's texts stage) finds
+    assert keys[1] == keys[0] and keys[2] != keys[0]

@@ -371,3 +371,35 @@ def test_a_word_probes_repr_names_the_model_and_layer_and_stays_short() -> None:
     words = [f"word{i}" for i in range(2000)]
     probe = WordProbe("mini-clip@bundled", "visual.x", words, torch.randn(2000, 512), QUICK, (4, 4), "fp32")
     assert repr(probe) == "WordProbe(mini-clip@bundled visual.x, 2000 words x 512 units, fp32)"
+
+
+def test_vocabulary_records_name_the_file_as_given_and_hash_the_words(tmp_path: Path) -> None:
+    from neuronscope.probing.vocab import VocabularyRecord, vocabulary_source
+
+    assert vocabulary_source("colours") == "colours" and vocabulary_source("lists/my words.txt") == "lists/my words.txt"
+    assert vocabulary_source(tmp_path / "vocab.txt") == "vocab.txt"  # an atlas holds no absolute paths
+    record = VocabularyRecord.of("lists/v.txt", ["cat", "dog"])
+    assert (record.name, record.source, record.entries) == ("v", "lists/v.txt", 2)
+    assert record.config() == {"vocab": "v", "vocab_sha256": record.sha256}  # the path is not part of the key
+    assert VocabularyRecord.of("./v.txt", ["cat", "dog"]).config() == record.config()
+    assert VocabularyRecord.of("lists/v.txt", ["cat", "dogs"]).sha256 != record.sha256
+
+
+def test_a_words_run_records_a_command_that_reruns(tmp_path: Path, monkeypatch) -> None:
+    """`--vocab small.txt` was recorded as `--vocab small` (the file's stem), with no hash of the words:
+    rerunning the recorded command failed "no vocabulary file at small"."""
+    import shlex
+
+    from neuronscope.atlas import Atlas
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.txt").write_text("star\nhat\ncat\n")
+    options = ["--sizes", "0.8", "--positions", "0.5:0.5", "--top-k", "2", "--workers", "0", "--json"]
+    first = runner.invoke(app, ["words", "--model", "mini-clip", "--vocab", "small.txt", "--out", "atlas", *options])
+    assert first.exit_code == 0, first.output
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        command = atlas.run(json.loads(first.stdout)["run_id"])["command"]
+    assert "--vocab small.txt" in command
+    rerun = runner.invoke(app, [*shlex.split(command)[1:], "--workers", "0", "--json"])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.stdout)["vocabulary"] == "small"  # still keyed by the stem

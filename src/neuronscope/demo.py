@@ -22,6 +22,7 @@ in the modules each stage calls; this module only orders them.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -246,7 +247,7 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
 def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.raster import RasterSettings
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name, vocabulary_source
     from neuronscope.probing.word_store import save_word_probe
     from neuronscope.probing.words import probe_words
 
@@ -260,7 +261,8 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
     words = load_vocabulary(settings.vocabulary)
     probe = probe_words(model, layer, words, settings=raster, batch_size=WORDS_BATCH, workers=1,
                         on_batch=lambda done, total: report("words", done, total))
-    save_word_probe(atlas, probe, model, vocabulary=name, command=f"neuronscope demo (words --vocab {name})")
+    save_word_probe(atlas, probe, model, vocabulary=name,
+                    command=f"neuronscope demo (words --vocab {shlex.quote(vocabulary_source(settings.vocabulary))})")
     return "built", f"{len(words)} words of {name} rastered, {probe.settings.variants} images each"
 
 
@@ -268,22 +270,24 @@ def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.attribution import DEFAULT_SAMPLE_SIZE, compute_basis, default_image_sample
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary
     from neuronscope.probing.zeroshot import encode_texts
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
 
-    name = vocabulary_name(settings.vocabulary)
-    config = {"vocab": name, "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed,
+    words = load_vocabulary(settings.vocabulary)
+    vocabulary = VocabularyRecord.of(settings.vocabulary, words)
+    name = vocabulary.name
+    config = {**vocabulary.config(), "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed,
               "sample": DEFAULT_SAMPLE_SIZE}  # the keys `attribute --out` records (batch size changes nothing)
     if atlas.finished_run(text_run_key(model.key, layer, "attribute", config)) is not None:
         return "reused", f"texts of {name} attributed earlier"
     report("texts", 0, 1)
     sample = default_image_sample(DEFAULT_SAMPLE_SIZE, seed=settings.seed, preprocess=model.preprocess)
     basis = compute_basis(model, layer, sample, batch_size=settings.batch_size)
-    texts = [ZEROSHOT_TEMPLATE.format(word) for word in load_vocabulary(settings.vocabulary)]
-    run_id = start_text_run(atlas, model, basis, command=f"neuronscope demo (attribute --vocab {name})",
-                            kind="attribute", config=config,
-                            dataset={"kind": "vocabulary", "name": name, "entries": len(texts)})
+    texts = [ZEROSHOT_TEMPLATE.format(word) for word in words]
+    run_id = start_text_run(atlas, model, basis,
+                            command=f"neuronscope demo (attribute --vocab {shlex.quote(vocabulary.source)})",
+                            kind="attribute", config=config, dataset=vocabulary.dataset())
     scored = basis.top_texts(texts, encode_texts(model, texts), list(range(basis.units)), config["top_k"])
     merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
     atlas.finish_run(run_id)

@@ -29,7 +29,7 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models import LoadedModel
-from neuronscope.probing.vocab import vocabulary_name
+from neuronscope.probing.vocab import VocabularyRecord
 from neuronscope.runtime import seed_everything
 
 ImagesOpt = Annotated[Optional[str], typer.Option(
@@ -127,15 +127,16 @@ def attribute(
 
     basis = compute_basis(loaded, layer, image_sample, batch_size=batch_size)
     texts = [template.format(entry) for entry in entries]
-    vocab_name = vocabulary_name(vocab)
+    record = VocabularyRecord.of(vocab, entries)
+    vocab_name = record.name
     command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                          vocab_name, "--template", template, "--units", units, "--top-k", str(top_k),
+                          record.source, "--template", template, "--units", units, "--top-k", str(top_k),
                           "--sample", str(sample), "--out", Path(out).name])
     with Atlas(out) as atlas:
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="attribute",
-                                config={"vocab": vocab_name, "template": template, "top_k": top_k, "seed": seed,
-                                        "sample": sample},
-                                dataset={"kind": "vocabulary", "name": vocab_name, "entries": len(texts)})
+                                config={**record.config(), "template": template, "top_k": top_k,
+                                        "seed": seed, "sample": sample},
+                                dataset=record.dataset())
         scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
         merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
         atlas.finish_run(run_id, images=len(image_sample.pixels))
@@ -274,15 +275,15 @@ def emotions(
     dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
     result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
     png = plot_emotion_atlas(result)
-    vocab_name = vocabulary_name(vocab)
+    record = VocabularyRecord.of(vocab, words)
     command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                          vocab_name, "--max-units", str(max_units), *(["--drop-lexical"] if drop_lexical else []),
-                          "--out", Path(out).name])
+                          record.source, "--max-units", str(max_units),
+                          *(["--drop-lexical"] if drop_lexical else []), "--out", Path(out).name])
     with Atlas(out) as atlas:
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
-                                config={"vocab": vocab_name, "max_units": max_units, "drop_lexical": drop_lexical,
-                                        "seed": seed, "sample": sample},
-                                dataset={"kind": "vocabulary", "name": vocab_name, "entries": len(words)})
+                                config={**record.config(), "max_units": max_units,
+                                        "drop_lexical": drop_lexical, "seed": seed, "sample": sample},
+                                dataset=record.dataset())
         codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
                                     run_id=run_id)
         plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png, suffix=".png",

@@ -78,7 +78,7 @@ def words(
 ) -> None:
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
+    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name, vocabulary_source
     from neuronscope.probing.word_store import save_word_probe
     from neuronscope.probing.words import probe_words
 
@@ -94,7 +94,9 @@ def words(
                             on_batch=bars.track("words"))
     finally:
         bars.close()
-    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", probe.layer, "--vocab", name,
+    # --vocab as given (the stem `name` keys the probe but names no file: the command would not rerun)
+    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", probe.layer,
+                          "--vocab", vocabulary_source(vocab),
                           "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
                           "--out", Path(out).name, "--precision", precision])
     with Atlas(out) as atlas:

@@ -24,7 +24,11 @@ with ``#`` are skipped, duplicates are dropped keeping the first).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import NeuronscopeError
 
@@ -189,5 +193,55 @@ def load_vocabulary(name_or_path: str | Path) -> list[str]:
 
 
 def vocabulary_name(name_or_path: str | Path) -> str:
-    """How a vocabulary is named in the atlas: a built-in's name, or a file's stem (never a path)."""
+    """How a vocabulary is keyed in the atlas (artifact names, run keys): a built-in's name, or a file's stem
+    (never a path). Not rerunnable: a recorded command gives :func:`vocabulary_source`."""
     return str(name_or_path) if str(name_or_path) in VOCABULARIES else Path(name_or_path).stem
+
+
+def vocabulary_source(name_or_path: str | Path) -> str:
+    """``--vocab`` as a run's recorded command gives it, so that the command reruns: a built-in's name, a file's
+    path as given when relative (from the folder the command ran in), an absolute path by its file name only
+    (runs are shown in static exports, and an atlas holds no absolute paths; the word list's sha256 names it)."""
+    given = str(name_or_path)
+    if given in VOCABULARIES:
+        return given
+    return Path(given).name if Path(given).is_absolute() else given
+
+
+def vocabulary_sha256(words: Sequence[str]) -> str:
+    """The sha256 of a word list as loaded (entries joined by newlines, UTF-8): which words a run used, for a
+    file whatever its name or comments, for a built-in whatever its package's version."""
+    return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class VocabularyRecord:
+    """What a run records of the vocabulary it used.
+
+    Attributes:
+        name: the key (:func:`vocabulary_name`): artifact names and run keys.
+        source: ``--vocab`` as the recorded command gives it (:func:`vocabulary_source`).
+        entries: how many words or phrases.
+        sha256: the word list's (:func:`vocabulary_sha256`).
+    """
+
+    name: str
+    source: str
+    entries: int
+    sha256: str
+
+    @classmethod
+    def of(cls, name_or_path: str | Path, words: Sequence[str]) -> "VocabularyRecord":
+        """The record of ``words``, loaded from ``name_or_path`` (as given on the command line)."""
+        return cls(vocabulary_name(name_or_path), vocabulary_source(name_or_path), len(words),
+                   vocabulary_sha256(words))
+
+    def dataset(self) -> dict[str, Any]:
+        """A run's ``dataset``: ``{"kind": "vocabulary", "name", "source", "entries", "sha256"}``."""
+        return {"kind": "vocabulary", "name": self.name, "source": self.source, "entries": self.entries,
+                "sha256": self.sha256}
+
+    def config(self) -> dict[str, Any]:
+        """A run's config keys (hashed into its run key): the name and the words' sha256, not the path, so the
+        same words given as ``./v.txt`` or ``v.txt`` are the same run, and an edited file is another."""
+        return {"vocab": self.name, "vocab_sha256": self.sha256}
