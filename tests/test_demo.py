@@ -140,6 +140,31 @@ def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tm
     assert seen == {"settings": RasterSettings(), "batch_size": demo.WORDS_BATCH}
 
 
+def test_the_words_stage_probes_again_when_the_vocabulary_file_was_edited(mini, tmp_path, monkeypatch):
+    """It reused any probe of the file's stem with its raster settings: words added to the file since were
+    never probed (the texts stage, keyed by the words' sha256, did use them)."""
+    import neuronscope.demo as demo
+    import neuronscope.probing.words as words
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import save_word_probe
+
+    layer, vocab = "visual.layer4.1.act3:input", tmp_path / "few.txt"
+    vocab.write_text("star\nhat\n")
+    probed = words.probe_words(mini, layer, ["star", "hat"], workers=0)
+
+    def probe(*_, **__):
+        raise _Stop
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        save_word_probe(atlas, probed, mini, vocabulary=VocabularyRecord.of(vocab, ["star", "hat"]))
+        monkeypatch.setattr(words, "probe_words", probe)
+        settings = DemoSettings(vocabulary=str(vocab))
+        assert demo._words(mini, atlas, layer, settings, lambda *_: None)[0] == "reused"
+        vocab.write_text("star\nhat\ncat\n")
+        with pytest.raises(_Stop):
+            demo._words(mini, atlas, layer, settings, lambda *_: None)
+
+
 def test_unknown_stages_are_refused_with_the_list():
     with pytest.raises(ValueError, match="scan, labels, featurevis"):
         DemoSettings(skip=("scna",))

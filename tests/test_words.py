@@ -398,8 +398,14 @@ def test_a_words_run_records_a_command_that_reruns(tmp_path: Path, monkeypatch) 
     first = runner.invoke(app, ["words", "--model", "mini-clip", "--vocab", "small.txt", "--out", "atlas", *options])
     assert first.exit_code == 0, first.output
     with Atlas(tmp_path / "atlas", create=False) as atlas:
-        command = atlas.run(json.loads(first.stdout)["run_id"])["command"]
+        run = atlas.run(json.loads(first.stdout)["run_id"])
+        command = run["command"]
     assert "--vocab small.txt" in command
+    from neuronscope.probing.vocab import vocabulary_sha256
+
+    sha256 = vocabulary_sha256(["star", "hat", "cat"])  # the words themselves, as attribute and emotions record
+    assert run["dataset"] == {"kind": "vocabulary", "name": "small", "source": "small.txt", "entries": 3,
+                              "sha256": sha256} and run["config"]["vocab_sha256"] == sha256
     rerun = runner.invoke(app, [*shlex.split(command)[1:], "--workers", "0", "--json"])
     assert rerun.exit_code == 0, rerun.output
     assert json.loads(rerun.stdout)["vocabulary"] == "small"  # still keyed by the stem

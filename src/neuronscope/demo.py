@@ -247,21 +247,23 @@ def _facets(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings
 def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.raster import RasterSettings
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name, vocabulary_source
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
     from neuronscope.probing.word_store import save_word_probe
     from neuronscope.probing.words import probe_words
 
     name = vocabulary_name(settings.vocabulary)
     raster = RasterSettings()
-    stored = atlas.artifact(model.key, layer, "words", name)
-    wanted = json.loads(json.dumps(raster.to_dict()))  # as stored: tuples read back as lists
-    # reused only when the same raster settings wrote it (a `words` run with other fonts or sizes is not this)
-    if stored is not None and (stored["data"] or {}).get("settings") == wanted:
-        return "reused", f"words of {name} probed earlier"
     words = load_vocabulary(settings.vocabulary)
+    record = VocabularyRecord.of(settings.vocabulary, words)
+    stored = (atlas.artifact(model.key, layer, "words", name) or {}).get("data") or {}
+    wanted = json.loads(json.dumps(raster.to_dict()))  # as stored: tuples read back as lists
+    # reused only when the same raster settings wrote it over the same words (a `words` run with other fonts or
+    # sizes is not this, nor one of the file before it was edited)
+    if stored.get("settings") == wanted and stored.get("vocab_sha256") == record.sha256:
+        return "reused", f"words of {name} probed earlier"
     probe = probe_words(model, layer, words, settings=raster, batch_size=WORDS_BATCH, workers=1,
                         on_batch=lambda done, total: report("words", done, total))
-    save_word_probe(atlas, probe, model, vocabulary=name,
+    save_word_probe(atlas, probe, model, vocabulary=record,
                     command=f"neuronscope demo (words --vocab {shlex.quote(vocabulary_source(settings.vocabulary))})")
     return "built", f"{len(words)} words of {name} rastered, {probe.settings.variants} images each"
 

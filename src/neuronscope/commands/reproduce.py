@@ -60,7 +60,7 @@ def reproduce_words(
     """Probe RN50x4 image_block_4/5/Add_6 with rastered words and compare with the article's top-3 words."""
     from neuronscope.atlas import Atlas, check_atlas_target
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary
     from neuronscope.probing.word_store import save_word_probe
     from neuronscope.probing.words import probe_words
 
@@ -86,7 +86,8 @@ def reproduce_words(
     payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
     if out:
         with Atlas(out) as atlas:
-            payload["run_id"] = save_word_probe(atlas, probe, loaded, vocabulary=vocabulary_name(vocab), top_k=top_k)
+            record = VocabularyRecord.of(vocab, vocabulary)
+            payload["run_id"] = save_word_probe(atlas, probe, loaded, vocabulary=record, top_k=top_k)
         payload["atlas"] = out
     if json_out:
         print_json(payload)

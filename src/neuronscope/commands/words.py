@@ -78,7 +78,7 @@ def words(
 ) -> None:
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
-    from neuronscope.probing.vocab import load_vocabulary, vocabulary_name, vocabulary_source
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
     from neuronscope.probing.word_store import save_word_probe
     from neuronscope.probing.words import probe_words
 
@@ -100,7 +100,8 @@ def words(
                           "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
                           "--out", Path(out).name, "--precision", precision])
     with Atlas(out) as atlas:
-        run_id = save_word_probe(atlas, probe, loaded, vocabulary=name, top_k=top_k, command=command)
+        run_id = save_word_probe(atlas, probe, loaded, vocabulary=VocabularyRecord.of(vocab, vocabulary),
+                                 top_k=top_k, command=command)
     if json_out:
         print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
                                vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants))

@@ -16,25 +16,32 @@ import torch
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.models.loaded import LoadedModel
+from neuronscope.probing.vocab import VocabularyRecord
 from neuronscope.probing.words import DEFAULT_TOP_K, WordProbe
 
 
-def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocabulary: str,
+def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocabulary: str | VocabularyRecord,
                     top_k: int = DEFAULT_TOP_K, command: str | None = None) -> int:
     """Store a probe in ``atlas``: a run, the layer (registered if no scan wrote it), each unit's top-k
-    words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns the run id."""
+    words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns the run id.
+
+    ``vocabulary``: its record (:meth:`VocabularyRecord.of`, which keeps ``--vocab`` as given), or its name.
+    """
+    record = vocabulary if isinstance(vocabulary, VocabularyRecord) else VocabularyRecord.of(vocabulary, probe.words)
+    name = record.name
     aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
-    config = {"vocabulary": vocabulary, "words": len(probe.words), "settings": probe.settings.to_dict(),
+    config = {"vocabulary": name, "vocab_sha256": record.sha256, "words": len(probe.words),
+              "settings": probe.settings.to_dict(),
               "reduce": "spatial mean; max over positions, mean over sizes and fonts", "top_k": top_k}
     run_id = atlas.start_run(
         command=command or shlex.join(["neuronscope", "words", "--model", probe.model, "--layer", probe.layer,
-                                       "--vocab", vocabulary, "--top-k", str(top_k)]),
-        config=config, config_key=f"words:{probe.model}:{probe.layer}:{vocabulary}", model=probe.model,
+                                       "--vocab", record.source, "--top-k", str(top_k)]),
+        config=config, config_key=f"words:{probe.model}:{probe.layer}:{name}", model=probe.model,
         weights_sha256=model.weights_sha256, layers=[{"layer": probe.layer, "aliases": aliases}],
-        dataset={"kind": "vocabulary", "name": vocabulary, "entries": len(probe.words)}, precision=probe.precision)
+        dataset=record.dataset(), precision=probe.precision)
     atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
     atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
-    atlas.save_artifact(probe.model, probe.layer, "words", vocabulary, file_bytes=probe.to_npz(), suffix=".npz",
+    atlas.save_artifact(probe.model, probe.layer, "words", name, file_bytes=probe.to_npz(), suffix=".npz",
                         data={**config, "precision": probe.precision}, run_id=run_id)
     atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
     return run_id
