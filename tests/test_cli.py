@@ -287,3 +287,52 @@ def test_zeroshot_refuses_a_bad_input_anywhere_in_the_list_before_the_model_load
     assert result.exit_code == 1 and f"{tmp_path / bad}: " in result.output and "--images" not in result.output
     with pytest.raises(NeuronscopeError, match=bad):  # the API refuses before the first image too
         next(iter_decoded([str(tmp_path / "a.png"), str(tmp_path / bad)]))
+
+
+@pytest.mark.parametrize(("failure", "line"), [
+    (OSError(28, "No space left on device", "atlas/checkpoints/k.npz"),
+     "error: no space left on the device writing atlas/checkpoints/k.npz: free some space and run the same "
+     "command again (scan resumes from its last checkpoint)"),
+    (OSError(122, "Disk quota exceeded"),
+     "error: over the disk quota: free some space and run the same command again (scan resumes from its last "
+     "checkpoint)"),
+])
+def test_a_full_disk_says_to_free_space_and_run_the_command_again(monkeypatch, tmp_path, failure, line):
+    """Was "error: OSError: [Errno 28] No space left on device (run with --debug ...)"."""
+    from neuronscope.atlas import Atlas
+    from tests.helpers import make_images
+
+    def disk_full(*args, **kwargs) -> None:
+        raise failure
+
+    monkeypatch.setattr(Atlas, "write_scan", disk_full)
+    make_images(tmp_path / "images")
+    result = invoke("scan", "--model", "tiny-rn", "--weights", "random", "--layers", "neurons", "--images",
+                    str(tmp_path / "images"), "--out", str(tmp_path / "atlas"), "--device", "cpu", "--no-thumbnails")
+    assert result.exit_code == 1 and result.stderr.strip().splitlines()[-1] == line, result.stderr
+
+
+def test_a_full_atlas_database_and_a_wrapped_write_failure_are_read_as_a_full_disk(capsys):
+    """sqlite says "database or disk is full"; a write failure re-raised as another error keeps its cause."""
+    import sqlite3
+
+    import typer
+
+    from neuronscope.commands.common import cli_command, disk_full_message
+
+    def words(debug: bool = False) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(typer.Exit) as raised:
+        cli_command(words)()
+    assert raised.value.exit_code == 1
+    assert capsys.readouterr().err == ("error: no space left on the device writing the atlas database: free some "
+                                       "space and run the same command again\n")  # words starts over: no promise
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0")  # noqa: B904 - as torch does
+    except RuntimeError as wrapped:
+        assert disk_full_message(wrapped, "visualize").endswith("(visualize renders only the missing units)")
+    assert disk_full_message(OSError(13, "Permission denied")) is None

@@ -10,10 +10,12 @@ only shows with ``--debug`` (or ``NEURONSCOPE_DEBUG=1``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from typing import Annotated, Any, Callable, Optional, TypeVar
@@ -91,11 +93,50 @@ def cli_command(func: F) -> F:
         except Exception as err:  # noqa: BLE001 - the one place that turns crashes into one line
             if debug:
                 raise
-            typer.echo(f"error: {type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)",
-                       err=True)
+            full = disk_full_message(err, func.__name__)
+            typer.echo(f"error: {full}" if full else
+                       f"error: {type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: What running a command again after a failure reuses, by the command's function name: only the commands
+#: that do pick up where they stopped are named (the others start over).
+RERUN_REUSES = {
+    "scan": "scan resumes from its last checkpoint",
+    "visualize": "visualize renders only the missing units",
+    "demo": "the demo goes on where it stopped",
+    "train": "world train resumes from its last checkpoint",
+}
+
+
+def disk_full_message(err: BaseException, command: str = "") -> str | None:
+    """The one line for an error that a full disk (or quota) caused, anywhere in its chain, else None.
+
+    An exception's name ("OSError: [Errno 28] ...", "OperationalError: database or disk is full") says
+    what broke but not that freeing space and running the same command again is all it takes.
+    """
+    for cause in _causes(err):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "no space left on the device" if cause.errno == errno.ENOSPC else "over the disk quota"
+            where = f" writing {cause.filename}" if cause.filename else ""
+        elif isinstance(cause, sqlite3.OperationalError) and "disk is full" in str(cause):
+            what, where = "no space left on the device", " writing the atlas database"
+        else:
+            continue
+        reuses = f" ({RERUN_REUSES[command]})" if command in RERUN_REUSES else ""
+        return f"{what}{where}: free some space and run the same command again{reuses}"
+    return None
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling (a wrapped write failure)."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
 
 
 def _one_line(err: BaseException) -> str:
