@@ -59,9 +59,66 @@ def test_resuming_with_another_config_is_refused(tmp_path, small_world) -> None:
     with pytest.raises(Killed):
         train(small_world, tmp_path / "run", _config(), lambda report: (_ for _ in ()).throw(Killed()))
     other = _config()
-    other.lr = 0.1
-    with pytest.raises(ValueError, match="another config"):
+    other.lr, other.mix = 0.1, sampler.Mix(word=0.5)
+    with pytest.raises(ValueError, match=r"another config \(lr: 0.0015 in the run, 0.1 given; "
+                                         r"mix.word: 0.2 in the run, 0.5 given\)"):
         train(small_world, tmp_path / "run", other)
+
+
+def test_ctrl_c_saves_the_steps_done_and_the_run_resumes_from_there(tmp_path, small_world, caplog) -> None:
+    """Checkpoints are minutes apart: a KeyboardInterrupt saves the steps since, then goes on up."""
+    config = _config()
+    config.checkpoint_seconds = 1e9  # no timed checkpoint: only the interrupt's
+    straight = torch.load(train(small_world, tmp_path / "straight", config), weights_only=True)
+
+    def ctrl_c_at_step_three(report) -> None:
+        if report.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_world, tmp_path / "run", config, ctrl_c_at_step_three)
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 3
+    assert "interrupted: saved step 3 of 4" in caplog.text
+    resumed = torch.load(train(small_world, tmp_path / "run", config), weights_only=True)
+    assert [entry["step"] for entry in resumed["log"]] == [0, 1, 2, 3]
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(tensor.float(), resumed["model"][name].float(), atol=1e-6), name
+
+
+def test_a_ctrl_c_during_the_parameter_update_is_raised_once_the_update_is_done() -> None:
+    """A real Ctrl-C landed inside AdamW's per-parameter loop: saved then, the checkpoint would hold a model
+    half a step on."""
+    import os
+    import signal
+
+    from neuronscope.world.train import _ctrl_c_held
+
+    updated = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            updated.append("the rest of the update")
+    assert updated == ["the rest of the update"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_finished_run_started_again_says_so_and_writes_nothing(tmp_path, small_world, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from neuronscope.cli import app
+    from neuronscope.world import cli as world_cli
+    from neuronscope.world import train as train_module
+
+    args = ["world", "train", "--world", str(small_world), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-size", "12"]
+    config = _config()
+    config.steps = 2
+    train(small_world, tmp_path / "run", config)
+    monkeypatch.setattr(world_cli, "TrainConfig", lambda **given: config)  # the tiny model, not the default
+    monkeypatch.setattr(train_module, "_save_atomic", lambda *args: pytest.fail("rewrote the finished checkpoint"))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{tmp_path / 'run'} is already trained to step 2; nothing to do"
 
 
 def test_a_run_is_pinned_to_its_world_and_bad_inputs_are_refused_before_anything_is_written(tmp_path,
@@ -159,3 +216,17 @@ def test_the_card_labels_keep_a_label_already_there(tmp_path) -> None:
         assert [atlas.label("m@w", "l", unit) for unit in (1, 2)] == ["my own", "hat"]
         assert label_card_units(atlas, "m@w", card, keep_existing=False) == 2
         assert atlas.label("m@w", "l", 1) == "star"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_says_to_free_space_and_rerun(tmp_path, monkeypatch) -> None:
+    """torch.save to a path fails on a full disk with a RuntimeError ("unexpected pos ..."); through a Python
+    file it is the OSError (ENOSPC) that the command line turns into advice."""
+    from neuronscope.commands.common import disk_full_message
+    from neuronscope.world import train as train_module
+
+    monkeypatch.setattr(train_module, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    with pytest.raises(OSError) as raised:
+        train_module._save_atomic({"weights": torch.zeros(100_000)}, tmp_path / CHECKPOINT)
+    assert disk_full_message(raised.value, "train") == ("no space left on the device: free some space and run the "
+                                                       "same command again (world train resumes from its last "
+                                                       "checkpoint)")

@@ -12,7 +12,7 @@ import typer
 from ..commands.common import DebugOpt, DeviceOpt, JsonOpt, ProgressBars, SeedOpt, cli_command
 from .card import label_card_units
 from .sampler import Mix
-from .train import TrainConfig
+from .train import TrainConfig, TrainProgress
 
 _DEFAULTS = TrainConfig()
 
@@ -99,12 +99,18 @@ def train(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=precision,
                          mix=_parse_mix(mix), vision_width=vision_width, augment=augment)
     bars = ProgressBars(every_s=30.0)
+    reported: list[int] = []  # steps trained by this command: none when the run had finished already
+
+    def on_step(report: TrainProgress) -> None:
+        reported.append(report.step)
+        bars("train", report.step, report.steps, detail=f"loss {report.loss:.4f}")
+
     try:
-        checkpoint = run_training(world, out, config, device=device, loader_workers=loader_workers,
-                                  on_step=lambda report: bars("train", report.step, report.steps,
-                                                              detail=f"loss {report.loss:.4f}"))
+        checkpoint = run_training(world, out, config, device=device, loader_workers=loader_workers, on_step=on_step)
     finally:
         bars.close()
+    if not reported:
+        typer.echo(f"{out} is already trained to step {steps}; nothing to do")
     if export is not None:
         export_weights(checkpoint, export)
         typer.echo(f"exported weights to {export}")

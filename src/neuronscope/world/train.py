@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,8 @@ import torch.nn.functional as F
 from ..errors import WorldFileMissing, WorldMismatch
 from ..models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from .sampler import BatchStream, Mix, check_fonts
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 #: The keys of a training checkpoint (``export_weights`` needs "config" and "model").
@@ -134,7 +140,10 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 def _save_atomic(state: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    # Through a Python file, not the path: on a full disk torch's own writer raises a RuntimeError
+    # ("unexpected pos ..."), a Python file the OSError (ENOSPC) that the command line explains.
+    with open(tmp, "wb") as file:
+        torch.save(state, file)
     os.replace(tmp, path)
 
 
@@ -188,8 +197,10 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         if saved_world is not None and saved_world != world_sha:
             raise WorldMismatch(f"{out_dir} holds a run trained on another world than {world_dir} (its world.json "
                              "differs); use a new --out, or the world it was trained on")
-        if saved != {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"}:
-            raise WorldMismatch(f"{out_dir} holds a run with another config; use a new --out or the same settings")
+        differences = config_differences(saved, {k: v for k, v in config_dict.items() if k != "checkpoint_seconds"})
+        if differences:
+            raise WorldMismatch(f"{out_dir} holds a run with another config ({'; '.join(differences)}); "
+                                "use a new --out or the same settings")
     else:
         config_path.write_text(json.dumps({**asdict(config), WORLD_KEY: world_sha}, indent=1))
 
@@ -199,6 +210,8 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     start_step, log = 0, []
     if checkpoint_path.exists():
         state = read_checkpoint(checkpoint_path, device)
+        if state["step"] >= config.steps:
+            return checkpoint_path  # trained already: saving it again would rewrite the same weights
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, log = state["step"], state["log"]
@@ -208,7 +221,6 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
                          start_step, config.steps, config.context_length, config.augment)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=loader_workers, prefetch_factor=4,
                                          pin_memory=device != "cpu")
-    device_type = torch.device(device).type
     preprocess = Preprocess.from_dict(config.preprocess())
     last_save = time.monotonic()
     started = time.monotonic()
@@ -218,32 +230,83 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                       "log": log, "config": asdict(config)}, checkpoint_path)
 
-    expected = start_step
-    for step, images, tokens, keys in loader:
-        assert step == expected, f"batch {step} arrived where {expected} was due"
-        expected += 1
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        images, tokens, keys = (t.to(device, non_blocking=True) for t in (images, tokens, keys))
-        x = normalise(images, preprocess).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            image_features, text_features, logit_scale = model(x, tokens)
-            loss = soft_target_loss(image_features.float(), text_features.float(), logit_scale.float(), keys)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        seconds = (time.monotonic() - started) / (step + 1 - start_step)
-        log.append({"step": step, "loss": round(loss.item(), 5),
-                    "seconds": round(seconds_before + time.monotonic() - started, 2)})
-        if on_step is not None:
-            on_step(TrainProgress(step + 1, config.steps, log[-1]["loss"], seconds))
-        if time.monotonic() - last_save > config.checkpoint_seconds:
-            save(step + 1)
-            last_save = time.monotonic()
+    done = start_step  # the steps the model and optimizer hold
+    try:
+        for step, images, tokens, keys in loader:
+            assert step == done, f"batch {step} arrived where {done} was due"
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            batch = [t.to(device, non_blocking=True) for t in (images, tokens, keys)]
+            loss = _loss_and_gradients(model, optimizer, batch, preprocess, config.precision == "bf16")
+            with _ctrl_c_held():  # a Ctrl-C here would leave the parameters half-updated, and save them
+                optimizer.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+                seconds = (time.monotonic() - started) / (step + 1 - start_step)
+                log.append({"step": step, "loss": round(loss.item(), 5),
+                            "seconds": round(seconds_before + time.monotonic() - started, 2)})
+                done = step + 1
+            if on_step is not None:
+                on_step(TrainProgress(step + 1, config.steps, log[-1]["loss"], seconds))
+            if time.monotonic() - last_save > config.checkpoint_seconds:
+                save(step + 1)
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        if done > start_step:  # checkpoints are minutes apart: keep the steps since the last
+            save(done)
+            logger.warning("interrupted: saved step %d of %d in %s; the same command resumes there",
+                           done, config.steps, checkpoint_path)
+        raise
     save(config.steps)
     return checkpoint_path
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives in the block until the block is done, then raise it.
+
+    Python raises KeyboardInterrupt between any two bytecodes: a Ctrl-C during the backward (in C++) is
+    raised as soon as it returns, which a real one hit inside the optimizer's per-parameter loop. Only on
+    the main thread, and only while SIGINT raises KeyboardInterrupt (the default): elsewhere the block runs
+    as it is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _loss_and_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
+                        preprocess: Preprocess, bf16: bool) -> torch.Tensor:
+    """One batch's loss, with its gradients in the model (the step itself is the caller's)."""
+    images, tokens, keys = batch
+    x = normalise(images, preprocess).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        image_features, text_features, logit_scale = model(x, tokens)
+        loss = soft_target_loss(image_features.float(), text_features.float(), logit_scale.float(), keys)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def config_differences(saved: dict, given: dict, prefix: str = "") -> list[str]:
+    """``"steps: 20 in the run, 40 given"`` for every key whose value differs (nested keys as ``mix.word``)."""
+    differences = []
+    for key in sorted(saved.keys() | given.keys()):
+        was, now = saved.get(key), given.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            differences += config_differences(was, now, f"{prefix}{key}.")
+        elif was != now:
+            differences.append(f"{prefix}{key}: {was} in the run, {now} given")
+    return differences
 
 
 def is_checkpoint(state: object) -> bool:
