@@ -409,3 +409,135 @@ def test_a_words_run_records_a_command_that_reruns(tmp_path: Path, monkeypatch) 
     rerun = runner.invoke(app, [*shlex.split(command)[1:], "--workers", "0", "--json"])
     assert rerun.exit_code == 0, rerun.output
     assert json.loads(rerun.stdout)["vocabulary"] == "small"  # still keyed by the stem
+
+
+# --------------------------------------------------------------------------- resuming a killed probe
+
+
+class Killed(KeyboardInterrupt):
+    """What a Ctrl-C raises, from a progress hook: the probe stops between two batches."""
+
+
+def _kill_after_first_batch(done: int, total: int) -> None:
+    raise Killed
+
+
+def _stored_words(atlas_path: Path) -> tuple[list[str], torch.Tensor]:
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.word_store import load_word_scores
+
+    with Atlas(atlas_path, create=False) as atlas:
+        _, _, _, words, scores = load_word_scores(atlas, None, "neurons")
+    return words, scores
+
+
+def test_a_killed_words_probe_resumes_at_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """`words` kept everything in memory until the end: a kill lost every score. Now the run is recorded
+    first, the scores are checkpointed as they come, and the same probe started again continues there."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    words = load_vocabulary("colours")  # 30 words: 8 batches of 4
+    options = dict(vocabulary=VocabularyRecord.of("colours", words), settings=QUICK, batch_size=4,
+                   checkpoint_every=4, checkpoint_seconds=1e9)
+    with Atlas(tmp_path / "whole") as atlas:
+        whole = probe_words_into(atlas, model, "neurons", words, **options)
+    with Atlas(tmp_path / "killed") as atlas:
+        with pytest.raises(Killed):
+            probe_words_into(atlas, model, "neurons", words, on_batch=_kill_after_first_batch, **options)
+        (run,) = atlas.runs()
+        assert run["status"] == "interrupted" and not atlas.artifacts("mini-clip@bundled", whole.probe.layer, "words")
+        assert len(list(atlas.checkpoints_dir.glob("*.npz"))) == 1
+
+        resumed, progress = [], []
+        again = probe_words_into(atlas, model, "neurons", words, on_resume=lambda *a: resumed.append(a),
+                                 on_batch=lambda *a: progress.append(a), **options)
+        assert resumed == [(4, 30)] and progress[0] == (8, 30)  # the first batch was not probed again
+        assert again.run_id == run["id"] and again.resumed_from == 4
+        assert [r["status"] for r in atlas.runs()] == ["finished"]
+        assert not list(atlas.checkpoints_dir.glob("*.npz"))  # dropped once the probe is stored
+    assert torch.equal(again.probe.scores, whole.probe.scores)
+    (killed_words, killed_scores), (whole_words, whole_scores) = (_stored_words(tmp_path / name)
+                                                                  for name in ("killed", "whole"))
+    assert killed_words == whole_words == words and torch.equal(killed_scores, whole_scores)
+    with pytest.raises(ValueError, match="probe again without them"):
+        probe_words(model, "neurons", words, settings=QUICK, scored=torch.zeros(4, 7))
+
+
+def test_an_edited_vocabulary_abandons_the_killed_run_of_its_old_words(tmp_path: Path) -> None:
+    """Its key (the words' sha256) never comes back, so its checkpoint would lie in the atlas for good."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    before, after = ["red", "green", "blue", "star", "hat"], ["red", "green", "blue", "star", "cat"]
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(Killed):
+            probe_words_into(atlas, model, "neurons", before, vocabulary=VocabularyRecord.of("v.txt", before),
+                             settings=QUICK, batch_size=2, checkpoint_every=2, on_batch=_kill_after_first_batch)
+        outcome = probe_words_into(atlas, model, "neurons", after, vocabulary=VocabularyRecord.of("v.txt", after),
+                                   settings=QUICK, batch_size=2)
+        assert outcome.resumed_from == 0
+        assert [r["status"] for r in atlas.runs()] == ["abandoned", "finished"]
+        assert not list(atlas.checkpoints_dir.glob("*.npz"))
+
+
+def test_the_words_command_resumes_after_a_ctrl_c_and_says_where(tmp_path: Path, monkeypatch) -> None:
+    import neuronscope.commands.words as words_command
+
+    class KillingBars:  # the progress bars' hook is where a test can stop the probe between batches
+        def __init__(self, quiet: bool) -> None:
+            pass
+
+        def track(self, label: str):
+            return _kill_after_first_batch
+
+        def close(self) -> None:
+            pass
+
+    args = ["words", "--model", "mini-clip", "--vocab", "colours", "--sizes", "0.8", "--positions", "0.5:0.5",
+            "--batch-size", "4", "--checkpoint-every", "4", "--workers", "0", "--precision", "fp32",
+            "--out", str(tmp_path / "atlas")]
+    with monkeypatch.context() as patch:
+        patch.setattr(words_command, "ProgressBars", KillingBars)
+        killed = runner.invoke(app, args)
+    assert killed.exit_code == 130 and "interrupted" in killed.stderr, killed.output
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert "resumed at word 4 of 30" in rerun.stderr and "resumed at word 4)" in rerun.stdout
+    from neuronscope.atlas import Atlas
+
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        assert [r["status"] for r in atlas.runs()] == ["finished"]  # the killed run, finished
+        assert not list(atlas.checkpoints_dir.glob("*.npz"))
+    assert len(_stored_words(tmp_path / "atlas")[0]) == 30
+
+
+def test_a_probe_that_failed_while_storing_resumes_at_its_last_word(tmp_path: Path, monkeypatch) -> None:
+    """A full disk at the end lost every score: the last word's checkpoint is written before the store."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    words = ["red", "green", "blue", "star", "hat"]
+    options = dict(vocabulary=VocabularyRecord.of("v.txt", words), settings=QUICK, batch_size=2)
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "disk full")
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with monkeypatch.context() as patch:
+            patch.setattr(atlas, "save_artifact", disk_full)
+            with pytest.raises(OSError, match="disk full"):
+                probe_words_into(atlas, model, "neurons", words, **options)
+        assert [r["status"] for r in atlas.runs()] == ["interrupted"]
+        resumed = []
+        outcome = probe_words_into(atlas, model, "neurons", words, workers=1, on_resume=lambda *a: resumed.append(a),
+                                   **options)
+        assert resumed == [(5, 5)] and outcome.probe.scores.shape == (5, 512)
+        assert [r["status"] for r in atlas.runs()] == ["finished"]
+    assert _stored_words(tmp_path / "atlas")[0] == words

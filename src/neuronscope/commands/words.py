@@ -71,16 +71,18 @@ def words(
     out: Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")] = "",
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = 1,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Words between checkpoints "
+                                                  "(also every 5 minutes).")] = 1000,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
-    (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix)."""
+    (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix).
+    Resumable: the same command after a kill continues from the last checkpoint."""
     from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
-    from neuronscope.probing.word_store import save_word_probe
-    from neuronscope.probing.words import probe_words
+    from neuronscope.probing.word_store import probe_words_into
 
     require_out(out, "words")
     require_model(model)
@@ -88,26 +90,37 @@ def words(
     vocabulary = load_vocabulary(vocab)
     name = vocabulary_name(vocab)
     loaded = load_cli_model(model, weights, device, precision)
-    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
-    try:
-        probe = probe_words(loaded, layer, vocabulary, settings=settings, batch_size=batch_size, workers=workers,
-                            on_batch=bars.track("words"))
-    finally:
-        bars.close()
+    canonical = loaded.resolve_layer(layer)
     # --vocab as given (the stem `name` keys the probe but names no file: the command would not rerun)
-    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", probe.layer,
+    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", canonical,
                           "--vocab", vocabulary_source(vocab),
                           "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
                           "--out", Path(out).name, "--precision", precision])
-    with Atlas(out) as atlas:
-        run_id = save_word_probe(atlas, probe, loaded, vocabulary=VocabularyRecord.of(vocab, vocabulary),
-                                 top_k=top_k, command=command)
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        # the atlas is open from the start: the run is recorded first and the scores checkpointed as they come
+        with Atlas(out) as atlas:
+            outcome = probe_words_into(atlas, loaded, canonical, vocabulary,
+                                       vocabulary=VocabularyRecord.of(vocab, vocabulary), settings=settings,
+                                       top_k=top_k, command=command, batch_size=batch_size, workers=workers,
+                                       checkpoint_every=checkpoint_every, on_resume=_say_resumed,
+                                       on_batch=bars.track("words"))
+    finally:
+        bars.close()
+    probe, run_id = outcome.probe, outcome.run_id
     if json_out:
         print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
                                vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants))
         return
+    resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
     typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "
-               f"(run {run_id}), top {top_k} words of {probe.units} units of {probe.layer} in {probe.seconds:.1f} s")
+               f"(run {run_id}{resumed}), top {top_k} words of {probe.units} units of {probe.layer} "
+               f"in {probe.seconds:.1f} s")
+
+
+def _say_resumed(done: int, total: int) -> None:
+    """On stderr, before the first batch: the words a killed run got through are not probed again."""
+    typer.echo(f"resumed at word {done} of {total}", err=True)
 
 
 def wordvec(

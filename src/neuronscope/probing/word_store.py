@@ -4,47 +4,208 @@ The compute (:mod:`neuronscope.probing.words`) returns a :class:`WordProbe`;
 this module is the one place that turns it into atlas rows and artifacts, as
 :mod:`neuronscope.visualize.store` does for renders and
 :mod:`neuronscope.probing.text_store` for the text side.
+
+:func:`probe_words_into` is the resumable form (the ``words`` command): its
+run is recorded before the first word, the scores of the words done so far
+are checkpointed in the atlas as it goes, and the same probe started again
+after a kill continues from the last checkpoint, as a scan does.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import shlex
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas.store import Atlas, AtlasError
+from neuronscope.mining.scanner import interrupted_on_failure
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.probing.vocab import VocabularyRecord
-from neuronscope.probing.words import DEFAULT_TOP_K, WordProbe
+from neuronscope.probing.raster import RasterSettings
+from neuronscope.probing.vocab import VocabularyRecord, vocabulary_sha256
+from neuronscope.probing.words import DEFAULT_TOP_K, ProgressHook, WordProbe, probe_words
+from neuronscope.probing.zeroshot import text_list
+
+log = logging.getLogger(__name__)
+
+#: Checkpoint after this many words, or after CHECKPOINT_SECONDS, whichever comes first: english-10k on
+#: RN50x4 on a CPU is ~6 hours (9 images a word at ~4 a second), where 1,000 words take ~40 minutes.
+CHECKPOINT_WORDS = 1000
+CHECKPOINT_SECONDS = 300.0
+REDUCE = "spatial mean; max over positions, mean over sizes and fonts"
+
+
+def word_run_config(model: LoadedModel, layer: str, vocabulary: VocabularyRecord, settings: RasterSettings,
+                    top_k: int) -> tuple[dict[str, Any], str]:
+    """A words run's config (what decides its results: model and weights, canonical ``layer``, the words,
+    raster settings, precision, top-k) and its key, which names its checkpoint (batch size and workers do not
+    change the scores, so they are not in it)."""
+    config = {"model": model.key, "weights_sha256": model.weights_sha256, "layer": layer,
+              "vocabulary": vocabulary.name, "vocab_sha256": vocabulary.sha256, "words": vocabulary.entries,
+              "settings": settings.to_dict(), "reduce": REDUCE, "top_k": top_k, "precision": model.precision.name}
+    config = json.loads(json.dumps(config))  # as the atlas stores it: tuples read back as lists
+    return config, "words-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _start_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: VocabularyRecord,
+                    config: dict[str, Any], config_key: str, command: str) -> int:
+    """Record a words run (status ``running``) and register its layer, if no scan did; returns its id."""
+    aliases = aliases_by_layer(model.layer_aliases).get(layer, [])
+    return atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
+                           weights_sha256=model.weights_sha256, layers=[{"layer": layer, "aliases": aliases}],
+                           dataset=vocabulary.dataset(), precision=model.precision.name)
+
+
+def _write_word_probe(atlas: Atlas, run_id: int, probe: WordProbe, model: LoadedModel, config: dict[str, Any],
+                      top_k: int) -> None:
+    """Store a finished probe under run ``run_id``: the layer (registered if no scan wrote it), each unit's
+    top-k words, the whole score matrix as a ``words`` artifact named after the vocabulary; the run finished."""
+    aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
+    atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
+    atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
+    atlas.save_artifact(probe.model, probe.layer, "words", config["vocabulary"], file_bytes=probe.to_npz(),
+                        suffix=".npz", data=config, run_id=run_id)
+    atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
+
+
+def _default_command(model: str, layer: str, vocabulary: VocabularyRecord, top_k: int) -> str:
+    return shlex.join(["neuronscope", "words", "--model", model, "--layer", layer, "--vocab", vocabulary.source,
+                       "--top-k", str(top_k)])
 
 
 def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocabulary: str | VocabularyRecord,
                     top_k: int = DEFAULT_TOP_K, command: str | None = None) -> int:
-    """Store a probe in ``atlas``: a run, the layer (registered if no scan wrote it), each unit's top-k
-    words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns the run id.
+    """Store a probe computed in one go in ``atlas``: a run, the layer (registered if no scan wrote it), each
+    unit's top-k words, and the whole score matrix as a ``words`` artifact named after the vocabulary. Returns
+    the run id. (:func:`probe_words_into` computes and stores resumably.)
 
     ``vocabulary``: its record (:meth:`VocabularyRecord.of`, which keeps ``--vocab`` as given), or its name.
     """
     record = vocabulary if isinstance(vocabulary, VocabularyRecord) else VocabularyRecord.of(vocabulary, probe.words)
-    name = record.name
-    aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
-    config = {"vocabulary": name, "vocab_sha256": record.sha256, "words": len(probe.words),
-              "settings": probe.settings.to_dict(),
-              "reduce": "spatial mean; max over positions, mean over sizes and fonts", "top_k": top_k}
-    run_id = atlas.start_run(
-        command=command or shlex.join(["neuronscope", "words", "--model", probe.model, "--layer", probe.layer,
-                                       "--vocab", record.source, "--top-k", str(top_k)]),
-        config=config, config_key=f"words:{probe.model}:{probe.layer}:{name}", model=probe.model,
-        weights_sha256=model.weights_sha256, layers=[{"layer": probe.layer, "aliases": aliases}],
-        dataset=record.dataset(), precision=probe.precision)
-    atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
-    atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
-    atlas.save_artifact(probe.model, probe.layer, "words", name, file_bytes=probe.to_npz(), suffix=".npz",
-                        data={**config, "precision": probe.precision}, run_id=run_id)
-    atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
+    config, config_key = word_run_config(model, probe.layer, record, probe.settings, top_k)
+    run_id = _start_word_run(atlas, model, probe.layer, record, config, config_key,
+                             command or _default_command(probe.model, probe.layer, record, top_k))
+    _write_word_probe(atlas, run_id, probe, model, config, top_k)
     return run_id
+
+
+class WordRunOutcome(NamedTuple):
+    """What :func:`probe_words_into` did: the probe (all the words), its run, and the word it resumed at
+    (0: it started from the first)."""
+
+    probe: WordProbe
+    run_id: int
+    resumed_from: int
+
+
+class ScoreCheckpoints:
+    """The ``on_scores`` hook of :func:`~neuronscope.probing.words.probe_words` that saves the scores so far
+    (float32 [words done, units]) as the run's checkpoint, atomically, every ``every_words`` words or
+    ``every_seconds`` seconds, and after the last word (a failure while storing then loses nothing)."""
+
+    def __init__(self, atlas: Atlas, config_key: str, run_id: int, total: int, scored: torch.Tensor | None, *,
+                 every_words: int, every_seconds: float) -> None:
+        self.atlas, self.config_key, self.run_id, self.total = atlas, config_key, run_id, total
+        self.every_words, self.every_seconds = every_words, every_seconds
+        self.chunks = [] if scored is None else [scored]
+        self.saved = 0 if scored is None else len(scored)
+        self.saved_at = time.monotonic()
+
+    def __call__(self, done: int, scores: torch.Tensor) -> None:
+        self.chunks.append(scores)
+        if (done == self.total or done - self.saved >= self.every_words
+                or time.monotonic() - self.saved_at >= self.every_seconds):
+            self.save(done)
+
+    def save(self, done: int) -> None:
+        self.chunks = [torch.cat(self.chunks)]  # one tensor kept, not one per batch
+        self.atlas.save_checkpoint(self.config_key, {"scores": self.chunks[0].numpy()},
+                                   {"run_id": self.run_id, "words_done": done, "words": self.total})
+        self.saved, self.saved_at = done, time.monotonic()
+
+
+def resume_word_run(atlas: Atlas, config_key: str, words: int) -> tuple[int | None, torch.Tensor | None]:
+    """The unfinished run of this config, marked running again, with the scores its checkpoint holds (None
+    when it was killed before its first checkpoint: it starts over); ``(None, None)`` when there is none."""
+    run_id = atlas.unfinished_run(config_key)
+    checkpoint = atlas.load_checkpoint(config_key)
+    scored = None
+    if run_id is not None and checkpoint is not None:
+        arrays, meta = checkpoint
+        if meta.get("run_id") == run_id and meta.get("words") == words and len(arrays["scores"]) <= words:
+            scored = torch.from_numpy(arrays["scores"])
+    if scored is None:
+        atlas.drop_checkpoint(config_key)  # stale: of a run that finished, or was never recorded
+    if run_id is not None:
+        atlas.set_run_status(run_id, "running")
+    return run_id, scored
+
+
+def abandon_edited_vocabulary_runs(atlas: Atlas, config: dict[str, Any], config_key: str) -> None:
+    """Mark abandoned the unfinished runs of this same probe over another version of the vocabulary (its
+    file edited since): their key can never come back, so their checkpoints (up to words x units float32)
+    are dropped."""
+    def without_words(run_config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run_config.items() if k not in ("vocab_sha256", "words")}
+
+    for run in atlas.runs():
+        if (run["status"] in ("running", "interrupted") and run["config_key"] != config_key
+                and run["config_key"].startswith("words-") and without_words(run["config"]) == without_words(config)):
+            atlas.drop_checkpoint(run["config_key"])
+            atlas.set_run_status(run["id"], "abandoned")
+            log.warning("the words of %s changed since run %d was interrupted: it cannot resume, so a new run "
+                        "starts; run %d is marked abandoned and its checkpoint dropped",
+                        config["vocabulary"], run["id"], run["id"])
+
+
+def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | Sequence[str], *,
+                     vocabulary: VocabularyRecord, settings: RasterSettings = RasterSettings(),
+                     top_k: int = DEFAULT_TOP_K, command: str | None = None, batch_size: int = 64, workers: int = 0,
+                     checkpoint_every: int = CHECKPOINT_WORDS, checkpoint_seconds: float = CHECKPOINT_SECONDS,
+                     on_resume: ProgressHook | None = None, on_batch: ProgressHook | None = None) -> WordRunOutcome:
+    """Probe ``words`` (:func:`~neuronscope.probing.words.probe_words`) and store the probe in ``atlas``,
+    resumably.
+
+    The run is recorded first (``running``; ``interrupted`` if the probe fails or is interrupted, ``finished``
+    once stored). The scores of the words done so far are checkpointed every ``checkpoint_every`` words or
+    ``checkpoint_seconds`` seconds, keyed by :func:`word_run_config`; the same probe started again continues
+    after the last checkpoint and, with the same batch size, ends with the same scores as an uninterrupted
+    one. The checkpoint is dropped once the probe is stored.
+
+    Args:
+        vocabulary: the record of ``words`` (:meth:`VocabularyRecord.of`): its name names the artifact.
+        command: recorded in the run (the CLI passes its command line).
+        on_resume: called with (word resumed at, words total) when a checkpoint is restored, before the first batch.
+        on_batch: called with (words done, words total) after every batch, resumed words included.
+    """
+    words = text_list(words)
+    if vocabulary_sha256(words) != vocabulary.sha256:  # the key says which words: a checkpoint must hold them
+        raise ValueError(f"vocabulary record {vocabulary.name!r} is of other words; make it with "
+                         "VocabularyRecord.of(name, words)")
+    canonical = model.resolve_layer(layer)
+    config, config_key = word_run_config(model, canonical, vocabulary, settings, top_k)
+    run_id, scored = resume_word_run(atlas, config_key, len(words))
+    if run_id is None:
+        abandon_edited_vocabulary_runs(atlas, config, config_key)
+        run_id = _start_word_run(atlas, model, canonical, vocabulary, config, config_key,
+                                 command or _default_command(model.key, canonical, vocabulary, top_k))
+    if scored is not None and on_resume is not None:
+        on_resume(len(scored), len(words))
+    checkpoints = ScoreCheckpoints(atlas, config_key, run_id, len(words), scored, every_words=checkpoint_every,
+                                   every_seconds=checkpoint_seconds)
+    with interrupted_on_failure(atlas, run_id, config_key):
+        probe = probe_words(model, canonical, words, settings=settings, batch_size=batch_size, workers=workers,
+                            on_batch=on_batch, scored=scored, on_scores=checkpoints)
+        _write_word_probe(atlas, run_id, probe, model, config, top_k)
+    atlas.drop_checkpoint(config_key)
+    return WordRunOutcome(probe, run_id, 0 if scored is None else len(scored))
 
 
 def load_word_scores(atlas: Atlas, model: str | None, layer: str,

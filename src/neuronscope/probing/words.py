@@ -105,6 +105,8 @@ class WordProbe:
 
 
 ProgressHook = Callable[[int, int], None]
+#: Called after every batch with (words done, that batch's scores float32 [words in batch, units]).
+ScoresHook = Callable[[int, torch.Tensor], None]
 
 
 def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
@@ -117,7 +119,8 @@ def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch
 @torch.no_grad()
 def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
                 settings: RasterSettings = RasterSettings(), batch_size: int = 64, workers: int = 0,
-                on_batch: ProgressHook | None = None) -> WordProbe:
+                on_batch: ProgressHook | None = None, scored: torch.Tensor | None = None,
+                on_scores: ScoresHook | None = None) -> WordProbe:
     """Raster every word and score it for every unit of ``layer``.
 
     Args:
@@ -128,9 +131,14 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
         batch_size: images per forward (rounded down to whole words, at least one word).
         workers: rendering processes (0: render in this process).
         on_batch: called with (words done, words total) after every batch.
+        scored: float32 [n, units], the scores of the first n words from an interrupted probe (a checkpoint):
+            only the words after them are rastered. Batches start at word n, so with the same batch size
+            (n a whole number of batches) the result equals an uninterrupted probe's.
+        on_scores: called with (words done, the batch's scores) after every batch, before ``on_batch``
+            (:mod:`neuronscope.probing.word_store` checkpoints with it).
 
     Returns:
-        A :class:`WordProbe` with scores float32 [len(words), units].
+        A :class:`WordProbe` with scores float32 [len(words), units]; ``seconds`` counts this call only.
     """
     words = text_list(words)
     if not words:
@@ -141,22 +149,35 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
     if height != width:
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
     geometry = layer_geometry(model, [canonical])[canonical]  # where the units lie, the grid, the prefix tokens
+    chunks = _scored_rows(scored, len(words), geometry.units)
 
     def unit_means(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
         return geometry.maps(acts).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, on the layer's geometry
 
     words_per_batch = max(1, batch_size // settings.variants)
-    chunks = []
-    done = 0
+    done = sum(len(chunk) for chunk in chunks)
     with Recorder(model, canonical, early_stop=True, capture_fn=unit_means) as recorder:
-        for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
+        for batch in iter_word_batches(words[done:], settings, width, words_per_batch=words_per_batch,
+                                       workers=workers):
             n_words = batch.shape[0]
             pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
             values = recorder.run(model.preprocess.normalize(pixels))[canonical].float()  # [words * variants, U]
             chunks.append(_reduce_word_images(values, settings).cpu())
             done += n_words
+            if on_scores is not None:
+                on_scores(done, chunks[-1])
             if on_batch is not None:
                 on_batch(done, len(words))
     return WordProbe(model=model.key, layer=canonical, words=words, scores=torch.cat(chunks),
                      settings=settings, grid=geometry.grid, precision=model.precision.name,
                      seconds=time.perf_counter() - started)
+
+
+def _scored_rows(scored: torch.Tensor | None, words: int, units: int) -> list[torch.Tensor]:
+    """The chunks a probe starts from: ``scored`` checked against the vocabulary and the layer, or none."""
+    if scored is None:
+        return []
+    if scored.ndim != 2 or scored.shape[0] > words or scored.shape[1] != units:
+        raise ValueError(f"scored words are {tuple(scored.shape)}, not [at most {words} words, {units} units] "
+                         "of this vocabulary and layer; probe again without them")
+    return [scored.float()]
