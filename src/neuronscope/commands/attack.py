@@ -20,14 +20,14 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
-from neuronscope.commands.zeroshot import read_classes, world_prompt_set
+from neuronscope.commands.zeroshot import check_template, cli_classifier, read_classes
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
 from neuronscope.mining.loader import iter_decoded
 from neuronscope.mining.sources import check_inputs
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.typographic import AttackSettings, typographic_attack
-from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE
 from neuronscope.runtime import seed_everything
 
 
@@ -55,8 +55,7 @@ def attack(
     debug: DebugOpt = False,
 ) -> None:
     """Write a word on every image at 8 fixed places and count how often the top class becomes the target."""
-    if template is not None and "{}" not in template:
-        raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
+    check_template(template)
     try:  # settings, font and inputs before the model loads: a typo costs no load
         settings = AttackSettings(font=font, height=height)
     except ValueError as error:
@@ -66,16 +65,11 @@ def attack(
     check_inputs(images)
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
-    own = world_prompt_set(loaded.key)
-    if not names:
-        if own is None:
-            raise NeuronscopeError("no classes given: pass --classes a,b,c or --classes-file FILE")
-        names = own[0]
+    classifier = cli_classifier(loaded, names, template)
     chosen_target = text if target is None else target
-    if chosen_target not in names:
-        raise NeuronscopeError(f"the target {chosen_target!r} is not one of the {len(names)} classes: add it to "
-                               f"--classes, or pass --target CLASS")
-    classifier = ZeroShotClassifier.build(loaded, names, template or (own[1] if own else DEFAULT_TEMPLATE))
+    if chosen_target not in classifier.classes:
+        raise NeuronscopeError(f"the target {chosen_target!r} is not one of the {len(classifier.classes)} classes: "
+                               f"add it to --classes, or pass --target CLASS")
 
     decoded, skipped = [], []
     for name, image in iter_decoded(images):

@@ -24,6 +24,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
 from neuronscope.mining.loader import iter_decoded
 from neuronscope.mining.sources import check_inputs
+from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 from neuronscope.runtime import seed_everything
 
@@ -50,6 +51,23 @@ def world_prompt_set(model_key: str) -> tuple[list[str], str] | None:
     return concept_names(), ZEROSHOT_TEMPLATE
 
 
+def check_template(template: str | None) -> None:
+    """Refuse a ``--template`` without ``{}`` (before the model loads, not after)."""
+    if template is not None and "{}" not in template:
+        raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
+
+
+def cli_classifier(loaded: LoadedModel, names: list[str], template: str | None) -> ZeroShotClassifier:
+    """The classifier of ``--classes`` and ``--template``, defaulting to the model's own prompt set (the mini
+    CLIP's world) where it has one."""
+    own = world_prompt_set(loaded.key)
+    if not names:
+        if own is None:
+            raise NeuronscopeError("no classes given: pass --classes a,b,c or --classes-file FILE")
+        names = own[0]
+    return ZeroShotClassifier.build(loaded, names, template or (own[1] if own is not None else DEFAULT_TEMPLATE))
+
+
 def zeroshot(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
                                                 help="Image files, folders (recursive) or tar shards.")],
@@ -69,19 +87,12 @@ def zeroshot(
     debug: DebugOpt = False,
 ) -> None:
     """Zero-shot classify images; prints the top classes per image with probabilities."""
-    if template is not None and "{}" not in template:  # before the model loads, not after
-        raise NeuronscopeError(f"--template {template!r} has no {{}} for the class name, e.g. 'a photo of a {{}}.'")
+    check_template(template)
     names = read_classes(classes, classes_file)
     check_inputs(images)
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
-    own = world_prompt_set(loaded.key)
-    if not names:
-        if own is None:
-            raise NeuronscopeError("no classes given: pass --classes a,b,c or --classes-file FILE")
-        names = own[0]
-    chosen_template = template or (own[1] if own is not None else DEFAULT_TEMPLATE)
-    classifier = ZeroShotClassifier.build(loaded, names, chosen_template)
+    classifier = cli_classifier(loaded, names, template)
 
     # One answer per input file, in input order: {"image", "model", "top"}, or {"image", "model", "skipped"}
     # for a file that could not be read; an answer's "top" is filled when its batch runs.
