@@ -336,3 +336,14 @@ def test_a_full_atlas_database_and_a_wrapped_write_failure_are_read_as_a_full_di
     except RuntimeError as wrapped:
         assert disk_full_message(wrapped, "visualize").endswith("(visualize renders only the missing units)")
     assert disk_full_message(OSError(13, "Permission denied")) is None
+
+
+def test_demo_json_off_a_terminal_writes_the_json_alone(tmp_path):
+    """The README's rule for --json with a non-tty stderr: it wrote "building ... from ..." there."""
+    args = ["demo", "--out", str(tmp_path / "atlas"), "--model", "tiny-rn", "--weights", "random", "--device", "cpu",
+            "--skip", "scan,labels,featurevis,facets,words,texts", "--no-serve", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and json.loads(result.stdout)["model"].startswith("tiny-rn")
+    result = runner.invoke(app, [arg for arg in args if arg != "--json"])
+    assert result.stderr.startswith(f"building {tmp_path / 'atlas'} from tiny-rn")  # without --json: as before

@@ -69,8 +69,11 @@ def demo(
                             skip=tuple(s.strip() for s in skip.split(",") if s.strip()), batch_size=batch_size,
                             seed=seed)
     loaded = load_cli_model(model, weights, device, precision)
-    typer.echo(f"building {out} from {loaded.key} ({loaded.precision.name}: {loaded.precision.reason})", err=True)
-    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty(), every_s=15.0)
+    quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
+    if not quiet:
+        typer.echo(f"building {out} from {loaded.key} ({loaded.precision.name}: {loaded.precision.reason})",
+                   err=True)
+    bars = ProgressBars(quiet=quiet, every_s=15.0)
     try:
         outcome = build_demo_atlas(loaded, out, settings, progress=bars)
     finally:
@@ -82,7 +85,8 @@ def demo(
     if site is not None:
         exported = web.export_site(out, site)
         summary["site"] = str(site)
-        typer.echo(f"static site: {exported.pages} pages in {site}; open {site / 'index.html'}", err=True)
+        if not quiet:
+            typer.echo(f"static site: {exported.pages} pages in {site}; open {site / 'index.html'}", err=True)
     if json_out:
         print_json(summary)
     else:
