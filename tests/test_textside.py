@@ -652,3 +652,112 @@ def test_text_runs_record_a_command_that_reruns_as_the_same_run(tmp_path, monkey
         keys = [atlas.run(report["run_id"])["config_key"] for report in (first, again, edited)]
         assert atlas.finished_run(keys[0]) == again["run_id"]  # what a skip (the demo's texts stage) finds
     assert keys[1] == keys[0] and keys[2] != keys[0]
+
+
+# ---------------------------------------------------------------------------- long jobs: progress, kills, reruns
+
+
+def test_compute_basis_reports_each_backward_pass(tiny_rn):
+    """A basis is D backward passes per image batch (minutes on a real model): each one is reported."""
+    sample = ImageSample(torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)), [], "noise")
+    reports: list[tuple[int, int]] = []
+    basis = compute_basis(tiny_rn, "neurons", sample, batch_size=4, on_step=lambda *report: reports.append(report))
+    passes = 2 * basis.image_embeddings.shape[1]  # two image batches of D passes each
+    assert reports == [(done, passes) for done in range(1, passes + 1)]
+
+
+TEXTVIS = ["textvis", "--model", "tiny-rn", "--weights", "random", "--layer", "neurons", "--sample", "4",
+           "--lengths", "1", "--restarts", "1", "--steps", "1", "--top-k", "2"]
+
+
+def test_text_commands_report_progress_on_stderr_and_keep_it_off_stdout_and_json(tmp_path):
+    """textvis, emotions and attribute --out were silent for their whole run; progress goes to stderr, and
+    --json (stderr not a terminal) stays quiet."""
+    plain = _invoke(*TEXTVIS, "--units", "0-1", "--out", str(tmp_path / "a"))
+    assert "attribution basis (backward passes): " in plain.stderr and "textvis (units): 2/2" in plain.stderr
+    assert "backward passes" not in plain.stdout
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("spider\ncat\nstar\n")
+    filled = _invoke("attribute", "--model", "tiny-rn", "--weights", "random", "--sample", "4", "--vocab",
+                     str(vocab), "--units", "0", "--out", str(tmp_path / "a"))
+    assert "attribution basis (backward passes): " in filled.stderr
+    quiet = _invoke(*TEXTVIS, "--units", "2", "--out", str(tmp_path / "a"), "--json")
+    assert quiet.stderr == "" and json.loads(quiet.stdout)["units"] == 1
+
+
+def test_a_killed_textvis_keeps_its_units_and_basis_and_a_rerun_does_the_rest(tmp_path, monkeypatch):
+    """textvis kept every result in memory until the end: a kill lost hours. Each unit is stored as it
+    finishes; the same command again continues the run with the units left, on the kept basis."""
+    import neuronscope.probing.attribution as attribution
+    import neuronscope.probing.textvis as textvis
+
+    real_optimize, climbed = textvis.optimize_text, []
+
+    def killed_on_the_second_unit(model, basis, unit, settings):
+        if len(climbed) == 1:
+            raise KeyboardInterrupt
+        climbed.append(unit)
+        return real_optimize(model, basis, unit, settings)
+
+    out = tmp_path / "atlas"
+    monkeypatch.setattr(textvis, "optimize_text", killed_on_the_second_unit)
+    killed = runner.invoke(app, [*TEXTVIS, "--units", "0-2", "--out", str(out)])
+    assert killed.exit_code == 130 and climbed == [0], killed.output
+    with Atlas(out, create=False) as atlas:
+        (run,) = atlas.runs()
+        layer = run["layers"][0]["layer"]
+        assert run["status"] != "finished" and atlas.unit_texts(run["model"], layer, 0)  # stored as it finished
+        assert not atlas.unit_texts(run["model"], layer, 1)
+        assert list((out / "checkpoints").glob("basis-*.npz"))  # the basis, kept for the rerun
+
+    monkeypatch.setattr(textvis, "optimize_text", lambda *args: climbed.append(args[2]) or real_optimize(*args))
+    monkeypatch.setattr(attribution, "compute_basis", lambda *args, **kwargs: pytest.fail("the basis was computed"))
+    rerun = _invoke(*TEXTVIS, "--units", "0-2", "--out", str(out), "--json")
+    report = json.loads(rerun.stdout)
+    assert climbed == [0, 1, 2] and report["already_stored"] == 1 and [t["unit"] for t in report["texts"]] == [1, 2]
+    assert report["run_id"] == run["id"]
+    with Atlas(out, create=False) as atlas:
+        assert atlas.run(run["id"])["status"] == "finished" and len(atlas.runs()) == 1
+        assert all(atlas.unit_texts(run["model"], run["layers"][0]["layer"], unit) for unit in range(3))
+    assert not list((out / "checkpoints").glob("*"))  # dropped once the run finished
+
+
+@pytest.mark.parametrize("command", ["attribute", "emotions"])
+def test_a_failure_at_the_last_write_keeps_the_basis_for_the_rerun(tmp_path, monkeypatch, command):
+    """A full disk at the end of attribute --out or emotions lost the basis, the costly part: it is kept in
+    the atlas until the command finishes, and the rerun reuses it."""
+    import sqlite3
+
+    import neuronscope.probing.attribution as attribution
+    from neuronscope.atlas import store
+
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(load_vocabulary("emotions")[:8]))
+    args = [command, "--model", "tiny-rn", "--weights", "random", "--sample", "4", "--vocab", str(words),
+            *(["--units", "0-1"] if command == "attribute" else []), "--out", str(tmp_path / "atlas")]
+    real_finish = store.Atlas.finish_run
+
+    def disk_full(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.Atlas, "finish_run", disk_full)
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 1 and "error:" in failed.stderr, failed.output
+    assert list((tmp_path / "atlas" / "checkpoints").glob("basis-*.npz"))
+    monkeypatch.setattr(store.Atlas, "finish_run", real_finish)
+    monkeypatch.setattr(attribution, "compute_basis", lambda *args, **kwargs: pytest.fail("the basis was computed"))
+    rerun = _invoke(*args)
+    assert "reusing the attribution basis" in rerun.stderr
+    assert not list((tmp_path / "atlas" / "checkpoints").glob("*"))
+
+
+def test_a_basis_that_cannot_be_kept_does_not_stop_the_command(tmp_path, monkeypatch, caplog):
+    """Keeping the basis is for a rerun only: no room for it is a warning, not a failure."""
+    from neuronscope.atlas import store
+
+    def no_room(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.Atlas, "save_checkpoint", no_room)
+    result = _invoke(*TEXTVIS, "--units", "0", "--out", str(tmp_path / "atlas"))
+    assert "could not be kept for a rerun" in result.stderr and "unit 0:" in result.stdout

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shlex
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -18,6 +21,7 @@ from neuronscope.commands.common import (
     LayerOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
@@ -31,6 +35,10 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.models import LoadedModel
 from neuronscope.probing.vocab import VocabularyRecord
 from neuronscope.runtime import seed_everything
+
+if TYPE_CHECKING:  # torch is imported by the commands that run, not at start-up
+    from neuronscope.probing.attribution import AttributionBasis, ImageSample
+    from neuronscope.probing.textvis import TextVisResult, TextVisSettings
 
 ImagesOpt = Annotated[Optional[str], typer.Option(
     "--images", "-i", help="Images to average attributions over: a folder, .tar shard or .txt list. "
@@ -53,6 +61,38 @@ def _load_text_model(model: str, weights: str | None, device: str, precision: st
     loaded = load_cli_model(model, weights, device, precision)
     _ = loaded.tokenizer
     return loaded
+
+
+@contextmanager
+def _progress(json_out: bool) -> Iterator[ProgressBars]:
+    """Progress bars on stderr, quiet under --json unless stderr is a terminal; closed before the output."""
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    try:
+        yield bars
+    finally:
+        bars.close()
+
+
+def _atlas_basis(atlas: Atlas, model: LoadedModel, layer: str, sample: ImageSample, batch_size: int,
+                 bars: ProgressBars) -> tuple[AttributionBasis, str]:
+    """The layer's attribution basis over ``sample`` and its checkpoint key (drop it once the run finished).
+
+    The basis is the costly part (minutes on a real model): one an earlier command kept in this atlas
+    and did not finish with is reused; a computed one is kept there until this command finishes, so a
+    failure after it (a kill, a full disk at the last write) does not cost it again.
+    """
+    from neuronscope.probing.attribution import compute_basis
+    from neuronscope.probing.text_store import basis_checkpoint_key, keep_basis, load_basis
+
+    key = basis_checkpoint_key(model, layer, sample)
+    basis = load_basis(atlas, key)
+    if basis is not None:
+        typer.echo("reusing the attribution basis an unfinished command kept in the atlas", err=True)
+        return basis, key
+    basis = compute_basis(model, layer, sample, batch_size=batch_size,
+                          on_step=bars.track("attribution basis (backward passes)"))
+    keep_basis(atlas, key, basis)
+    return basis, key
 
 
 def _layer_units(model, layer: str, units: str) -> list[int]:
@@ -93,8 +133,6 @@ def attribute(
     logit, averaged over an image sample weighted by how much the prompt retrieves each image); --prompt
     may be repeated (--json: a list, one object per prompt). With --out,
     unit -> texts: every vocabulary entry is scored once and each unit's top texts are stored in the atlas."""
-    from neuronscope.probing.attribution import compute_basis
-
     require_model(model)
     if out:  # optional here: without it attribute only prints
         check_atlas_target(out)
@@ -125,14 +163,14 @@ def attribute(
     from neuronscope.probing.text_store import merge_unit_texts, start_text_run
     from neuronscope.probing.zeroshot import encode_texts
 
-    basis = compute_basis(loaded, layer, image_sample, batch_size=batch_size)
     texts = [template.format(entry) for entry in entries]
     record = VocabularyRecord.of(vocab, entries)
     vocab_name = record.name
-    command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                          record.source, "--template", template, "--units", units, "--top-k", str(top_k),
-                          "--sample", str(sample), "--out", Path(out).name])
-    with Atlas(out) as atlas:
+    with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: it keeps the basis for a rerun
+        basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
+        command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
+                              record.source, "--template", template, "--units", units, "--top-k", str(top_k),
+                              "--sample", str(sample), "--out", Path(out).name])
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="attribute",
                                 config={**record.config(), "template": template, "top_k": top_k,
                                         "seed": seed, "sample": sample},
@@ -140,6 +178,7 @@ def attribute(
         scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
         merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
         atlas.finish_run(run_id, images=len(image_sample.pixels))
+        atlas.drop_checkpoint(basis_key)
     report = fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
                          vocabulary=vocab_name, texts=len(texts))
     if prompts:
@@ -191,10 +230,10 @@ def textvis(
     debug: DebugOpt = False,
 ) -> None:
     """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
-    store them in the atlas's texts (`neuronscope show` lists them under "texts")."""
-    from neuronscope.probing.attribution import compute_basis
-    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
-    from neuronscope.probing.textvis import TextVisSettings, optimize_text, require_clip_bpe
+    store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
+    stored as it finishes: the same command run again after a kill goes on with the units left."""
+    from neuronscope.probing.text_store import start_text_run
+    from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
 
     require_model(model)
     require_out(out, "textvis")
@@ -211,26 +250,50 @@ def textvis(
     loaded = load_cli_model(model, weights, device, precision)
     require_clip_bpe(loaded)  # before the basis, which takes minutes on a real model
     chosen = _layer_units(loaded, layer, units)
-    basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
-    results = [optimize_text(loaded, basis, unit, settings) for unit in chosen]
-    command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units", units,
-                          "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
-                          "--prior", str(prior), "--out", Path(out).name])
-    with Atlas(out) as atlas:
-        run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis",
-                                config={"lengths": list(length_values), "restarts": restarts, "steps": steps,
-                                        "candidates": candidates, "prior": prior, "seed": seed, "sample": sample})
-        merge_unit_texts(atlas, run_id, basis.model, basis.layer,
-                         {r.unit: [(text, score) for text, score, _ in r.texts] for r in results})
+    image_sample = _image_sample(loaded, images, sample, seed)
+    with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: each unit is stored as it finishes
+        basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
+        command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units",
+                              units, "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
+                              "--candidates", str(candidates), "--prior", str(prior), "--top-k", str(top_k),
+                              "--sample", str(sample), "--seed", str(seed), "--out", Path(out).name])
+        # Everything the texts depend on but the units: a rerun of a killed job continues its run.
+        config = {"lengths": list(length_values), "restarts": restarts, "steps": steps, "candidates": candidates,
+                  "prior": prior, "top_k": top_k, "seed": seed, "sample": sample, "sample_key": basis.sample_key}
+        run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis", config=config, resume=True)
+        results, kept = _climb_units(atlas, run_id, loaded, basis, chosen, settings, bars)
         atlas.finish_run(run_id, images=len(basis.image_embeddings))
+        atlas.drop_checkpoint(basis_key)
     if json_out:
         print_json(fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
-                               texts=[{"unit": r.unit, "texts": r.to_json()["texts"]} for r in results]))
+                               already_stored=kept, texts=[{"unit": r.unit, "texts": r.to_json()["texts"]}
+                                                           for r in results]))
         return
     for r in results:
         text, score, _ = r.best
         typer.echo(f"unit {r.unit}: {text!r} ({score:+.4f})")
-    typer.echo(f"{basis.model}: texts of {len(chosen)} units of {basis.layer} into {out} (run {run_id})")
+    earlier = f"; {kept} unit(s) it stored before it was stopped kept" if kept else ""
+    typer.echo(f"{basis.model}: texts of {len(chosen)} units of {basis.layer} into {out} (run {run_id}{earlier})")
+
+
+def _climb_units(atlas: Atlas, run_id: int, model: LoadedModel, basis: AttributionBasis, units: list[int],
+                 settings: TextVisSettings, bars: ProgressBars) -> tuple[list[TextVisResult], int]:
+    """Climb each of ``units`` that run ``run_id`` has no texts of yet, storing each unit's texts as it
+    finishes (hours for all units of a real model: a kill keeps the units done). Returns the new
+    :class:`~neuronscope.probing.textvis.TextVisResult` s and how many units were already stored."""
+    from neuronscope.probing.text_store import merge_unit_texts, units_with_texts
+    from neuronscope.probing.textvis import optimize_text
+
+    stored = units_with_texts(atlas, run_id, basis.model, basis.layer)
+    todo = [unit for unit in units if unit not in stored]
+    progress = bars.track("textvis (units)")
+    results = []
+    for number, unit in enumerate(todo):
+        result = optimize_text(model, basis, unit, settings)
+        merge_unit_texts(atlas, run_id, basis.model, basis.layer, {unit: [(t, s) for t, s, _ in result.texts]})
+        results.append(result)
+        progress(number + 1, len(todo))
+    return results, len(units) - len(todo)
 
 
 def emotions(
@@ -259,7 +322,6 @@ def emotions(
     PNG of the map."""
     from neuronscope.analysis.emotion_plot import plot_emotion_atlas
     from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
-    from neuronscope.probing.attribution import compute_basis
     from neuronscope.probing.text_store import start_text_run
     from neuronscope.probing.vocab import load_vocabulary
 
@@ -271,15 +333,16 @@ def emotions(
     started = time.monotonic()
     seed_everything(seed)  # --seed fixes --weights random's init too, not only the image sample
     loaded = _load_text_model(model, weights, device, precision)
-    basis = compute_basis(loaded, layer, _image_sample(loaded, images, sample, seed), batch_size=batch_size)
-    dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
-    result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
-    png = plot_emotion_atlas(result)
+    image_sample = _image_sample(loaded, images, sample, seed)
     record = VocabularyRecord.of(vocab, words)
-    command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                          record.source, "--max-units", str(max_units),
-                          *(["--drop-lexical"] if drop_lexical else []), "--out", Path(out).name])
-    with Atlas(out) as atlas:
+    with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: it keeps the basis for a rerun
+        basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
+        dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
+        result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
+        png = plot_emotion_atlas(result)
+        command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
+                              record.source, "--max-units", str(max_units),
+                              *(["--drop-lexical"] if drop_lexical else []), "--out", Path(out).name])
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
                                 config={**record.config(), "max_units": max_units,
                                         "drop_lexical": drop_lexical, "seed": seed, "sample": sample},
@@ -289,6 +352,7 @@ def emotions(
         plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png, suffix=".png",
                                    data={"factors": list(ATLAS_FACTORS)}, run_id=run_id)
         atlas.finish_run(run_id, images=len(basis.image_embeddings))
+        atlas.drop_checkpoint(basis_key)
     if json_out:
         print_json(fill_report(out, run_id, basis.model, [basis.layer], basis.units, time.monotonic() - started,
                                emotions=len(words), dropped_units=len(dropped), plot=plot["path"],

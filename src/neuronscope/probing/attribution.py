@@ -48,7 +48,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +62,9 @@ from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_texts, logit_scale, text_list
 from neuronscope.runtime import parse_units
+
+#: A progress callback: ``(done, total)`` backward passes, as the commands' ProgressBars take it.
+OnStep = Callable[[int, int], None]
 
 #: Images in the default sample: enough that every concept of the mini CLIP's
 #: world has a few images to be retrieved, few enough for a CPU.
@@ -187,7 +190,8 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
 
 
 def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
-                  directions: Sequence[Tensor] | None, batch_size: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+                  directions: Sequence[Tensor] | None, batch_size: int,
+                  on_step: OnStep | None = None) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """Gradient × activation of ``e · direction`` per image, for several directions.
 
     Args:
@@ -195,13 +199,16 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
         directions: K tensors [N, D] (one vector per image and direction), or
             None for the D basis vectors (the Jacobian).
         batch_size: images per forward (the graph of one batch is held in memory).
+        on_step: called ``(done, total)`` after each backward pass (K per image batch): a basis of a real
+            model takes minutes, a report per batch would leave long silences.
 
     Returns:
         ``(gxa [K, N, U], embeddings [N, D], grid)``: attributions, the
         unnormalised image embeddings (float32, on the model's device) and the layer's grid.
     """
     gxa_parts, embedding_parts, grid = [], [], (1, 1)
-    for rows in _batches(len(pixels), batch_size):
+    batch_count = -(-len(pixels) // batch_size)
+    for number, rows in enumerate(_batches(len(pixels), batch_size)):
         # The pixels need a graph for the layer to have one (the weights are frozen).
         inputs = model.preprocess.normalize(pixels[rows].to(model.device)).requires_grad_(True)
         with Recorder(model, layer, detach=False) as recorder, torch.enable_grad():
@@ -221,6 +228,8 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
                 grad_output = directions[k][rows].to(embeddings)
             (grad,) = torch.autograd.grad(embeddings, edge, grad_outputs=grad_output, retain_graph=k < count - 1)
             per_direction.append(_unit_sums(grad.float() * acts, layout))  # [B, U]
+            if on_step is not None:
+                on_step(number * count + k + 1, batch_count * count)
         gxa_parts.append(torch.stack(per_direction))  # [K, B, U]
         embedding_parts.append(embeddings.detach())
     return torch.cat(gxa_parts, dim=1), torch.cat(embedding_parts), grid
@@ -406,15 +415,18 @@ def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], 
 
 
 def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = None,
-                  *, batch_size: int = 64) -> AttributionBasis:
+                  *, batch_size: int = 64, on_step: OnStep | None = None) -> AttributionBasis:
     """The :class:`AttributionBasis` of ``layer`` over ``sample``: D backward passes per image batch.
+
+    ``on_step(done, total)`` is called after each backward pass (for a progress bar).
 
     Memory: ``M`` holds N × U × D float32 values (256 × 512 × 128 on the
     mini CLIP: 67 MB; RN50x4 with 64 images: 420 MB).
     """
     sample = _sample_for(model, sample)
     canonical = model.resolve_layer(layer)
-    gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size)  # [D, N, U], [N, D]
+    gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size,
+                                          on_step)  # [D, N, U], [N, D]
     per_image = gxa.permute(1, 2, 0).contiguous().cpu()  # [N, U, D]
     return AttributionBasis(model.key, canonical, per_image, embeddings.cpu(), logit_scale(model), grid,
                             sample.source, sample.key)

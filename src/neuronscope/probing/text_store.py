@@ -11,19 +11,28 @@ best ``keep`` by score. Scores over another sample (other ``--images``,
 ``--sample`` or ``--seed``) are not comparable: such a write replaces the
 unit's texts. Each run records its sample's identity (``sample_key``); a run
 from before that is matched by the sample its config describes.
+
+The attribution basis, the costly part of every text-side command, is kept
+in the atlas's checkpoints while a command runs (:func:`keep_basis`) and
+dropped when it finishes: a rerun after a failure reuses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
 from neuronscope.models.loaded import LoadedModel
-from neuronscope.probing.attribution import AttributionBasis
+from neuronscope.probing.attribution import AttributionBasis, ImageSample
+
+log = logging.getLogger(__name__)
 
 
 def text_run_key(model: str, layer: str, kind: str, config: Mapping[str, Any]) -> str:
@@ -33,16 +42,23 @@ def text_run_key(model: str, layer: str, kind: str, config: Mapping[str, Any]) -
 
 
 def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *, command: str, kind: str,
-                   config: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> int:
-    """Record a text-side run and make its layer known to the atlas; returns the run id."""
+                   config: Mapping[str, Any], dataset: Mapping[str, Any] | None = None,
+                   resume: bool = False) -> int:
+    """Record a text-side run and make its layer known to the atlas; returns the run id.
+
+    ``resume``: continue the latest unfinished run of the same key (a killed ``textvis``) instead of
+    starting another; ``config`` must then name everything the results depend on.
+    """
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
-    # the sample's description beside the config's own keys ("sample" there is the command's image count)
-    run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample,
-                                                      "sample_key": basis.sample_key},
-                             config_key=text_run_key(basis.model, basis.layer, kind, config), model=basis.model,
-                             weights_sha256=model.weights_sha256,
-                             layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
-                             precision=model.precision.name)
+    config_key = text_run_key(basis.model, basis.layer, kind, config)
+    run_id = atlas.unfinished_run(config_key) if resume else None
+    if run_id is None:
+        # the sample's description beside the config's own keys ("sample" there is the command's image count)
+        run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample,
+                                                          "sample_key": basis.sample_key},
+                                 config_key=config_key, model=basis.model, weights_sha256=model.weights_sha256,
+                                 layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
+                                 precision=model.precision.name)
     atlas.register_layer(basis.model, basis.layer, aliases=aliases, units=basis.units, grid=basis.grid, run_id=run_id)
     return run_id
 
@@ -86,3 +102,56 @@ def _stored_texts(atlas: Atlas, model: str, layer: str, unit: int) -> list[tuple
                             (model, layer, unit))
     return [(row["text"], float(row["score"]), row["run_id"]) for row in rows]
 
+
+def units_with_texts(atlas: Atlas, run_id: int, model: str, layer: str) -> set[int]:
+    """Units whose stored texts a run wrote: what a resumed text feature visualization has done already.
+
+    A later run merging into a unit takes its rows over, so such a unit counts as not done (redone, the
+    same texts merge again).
+    """
+    rows = atlas.db.execute("SELECT DISTINCT unit FROM texts WHERE run_id = ? AND model = ? AND layer = ?",
+                            (run_id, model, layer))
+    return {int(row["unit"]) for row in rows}
+
+
+# ---------------------------------------------------------------------------- the basis kept for a rerun
+
+
+def basis_checkpoint_key(model: LoadedModel, layer: str, sample: ImageSample) -> str:
+    """The checkpoint name of a layer's attribution basis: what it depends on (weights, precision, sample).
+
+    Random weights have no file hash; their state dict is hashed, so another ``--seed``'s init is another basis.
+    """
+    from neuronscope.models.weights import sha256_state_dict
+
+    weights = model.weights_sha256 or sha256_state_dict(model.module)
+    identity = [model.key, weights, model.resolve_layer(layer), model.precision.name, sample.key]
+    return "basis-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+def load_basis(atlas: Atlas, key: str) -> AttributionBasis | None:
+    """The basis an earlier, unfinished command kept under ``key`` (:func:`keep_basis`), or None."""
+    stored = atlas.load_checkpoint(key)
+    if stored is None:
+        return None
+    arrays, meta = stored
+    return AttributionBasis(meta["model"], meta["layer"], torch.from_numpy(arrays["per_image"]),
+                            torch.from_numpy(arrays["image_embeddings"]), float(meta["logit_scale"]),
+                            tuple(meta["grid"]), meta["sample"], meta["sample_key"])
+
+
+def keep_basis(atlas: Atlas, key: str, basis: AttributionBasis) -> bool:
+    """Store ``basis`` in the atlas's checkpoints until the command finishes (:meth:`Atlas.drop_checkpoint`), so
+    that a rerun after a failure, a kill or a full disk does not compute it again (minutes on a real model).
+
+    Returns False, with a warning, when it cannot be written (no space): the command goes on without it.
+    """
+    meta = {"model": basis.model, "layer": basis.layer, "logit_scale": basis.logit_scale, "grid": list(basis.grid),
+            "sample": basis.sample, "sample_key": basis.sample_key}
+    try:
+        atlas.save_checkpoint(key, {"per_image": basis.per_image.numpy(),
+                                    "image_embeddings": basis.image_embeddings.numpy()}, meta)
+    except OSError as err:
+        log.warning("the attribution basis could not be kept for a rerun (%s); going on without it", err)
+        return False
+    return True
