@@ -514,3 +514,39 @@ def test_a_failure_while_finishing_leaves_the_run_interrupted_and_resumable(tiny
         assert [run["status"] for run in atlas.runs()] == ["interrupted"]
     outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
     assert outcome.run_id == 1 and outcome.resumed_from == outcome.images + sum(outcome.skipped.values())
+
+
+def _scan_cli(images: Path, atlas_dir: Path, *extra: str):
+    return CliRunner().invoke(app, ["scan", "--model", "tiny-rn", "--weights", "random", "--layers", "neurons",
+                                    "--images", str(images), "--out", str(atlas_dir), "--device", "cpu",
+                                    "--no-thumbnails", "--workers", "0", *extra])
+
+
+def test_a_rescan_says_whose_results_it_replaced(images, tmp_path):
+    """`scan --top-k 8` into an atlas scanned at 48 dropped examples without a word."""
+    assert _scan_cli(images, tmp_path / "atlas", "--top-k", "4").exit_code == 0
+    again = _scan_cli(images, tmp_path / "atlas", "--top-k", "2")
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().endswith("; replaced run 1's results for visual.layer4.1.act3:input"), again.stdout
+    report = json.loads(_scan_cli(images, tmp_path / "atlas", "--top-k", "2", "--json").stdout)
+    assert report["run_id"] == 3 and report["replaced"] == [2]
+    first = json.loads(_scan_cli(images, tmp_path / "other", "--json").stdout)
+    assert first["replaced"] == []
+
+
+def test_an_unfinished_scan_with_other_settings_is_pointed_out_by_the_one_that_finishes(tiny_rn, images, tmp_path):
+    """Killed with one --top-k and finished with another, the first run stayed `running` with its checkpoint."""
+    def kill(progress) -> None:
+        if progress.done >= 8:
+            raise Killed
+
+    with pytest.raises(Killed), Atlas(tmp_path / "atlas") as atlas:
+        scan(tiny_rn, open_source(images), atlas, ["neurons"], settings=SETTINGS, batch_size=4, checkpoint_every=4,
+             thumbnails=False, on_batch=kill)
+    (checkpoint,) = (tmp_path / "atlas" / "checkpoints").glob("*.npz")
+    result = _scan_cli(images, tmp_path / "atlas", "--top-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    note = [line for line in result.stderr.splitlines() if line.startswith("note: run 1 ")]
+    assert note and "with other settings, is unfinished" in note[0] and str(checkpoint) in note[0], result.stderr
+    assert checkpoint.exists()  # said, not deleted
+    assert json.loads(result.stdout)["replaced"] == []  # the killed run wrote no results

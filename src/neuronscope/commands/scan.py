@@ -110,6 +110,7 @@ def scan(
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:
         with Atlas(out) as atlas:
+            earlier = _layer_runs(atlas, loaded.key, canonical)
             options = dict(settings=settings, batch_size=batch_size, workers=workers,
                            checkpoint_every=checkpoint_every, max_pixels=max_pixels, thumbnails=thumbnails,
                            command=_command_line(loaded.key, layers, source.name, out, top_k, precision, seed,
@@ -118,18 +119,63 @@ def scan(
                 outcome = scan_ray(loaded, source, atlas, canonical, address=ray_address, **options)
             else:
                 outcome = run_scan(loaded, source, atlas, canonical, **options)
+            replaced = _replaced(earlier, outcome.run_id)
+            for line in _unfinished_runs_beside(atlas, outcome.run_id):
+                typer.echo(line, err=True)
     finally:
         report.close()
     units = sum(layer.units for layer in outcome.layers)
     if json_out:
         print_json(fill_report(out, outcome.run_id, outcome.model, [layer.layer for layer in outcome.layers], units,
-                               outcome.seconds, outcome.skipped))
+                               outcome.seconds, outcome.skipped, replaced=sorted(replaced)))
         return
     resumed = f" (resumed at file {outcome.resumed_from})" if outcome.resumed_from else ""
     skipped = ", ".join(f"{reason} {count}" for reason, count in outcome.skipped.items() if count) or "none"
     typer.echo(f"{outcome.model}: scanned {outcome.images} images{resumed} into {out} (run {outcome.run_id}), "
                f"{units} units of {', '.join(layer.layer for layer in outcome.layers)} "
-               f"in {outcome.seconds:.1f} s; skipped: {skipped}")
+               f"in {outcome.seconds:.1f} s; skipped: {skipped}"
+               + "".join(f"; replaced run {run_id}'s results for {', '.join(names)}"
+                         for run_id, names in sorted(replaced.items())))
+
+
+def _layer_runs(atlas: Atlas, model: str, layers: list[str]) -> dict[str, int]:
+    """``{layer: run id}`` of the results the atlas holds for these layers of ``model`` (before a scan)."""
+    return {entry["layer"]: entry["run_id"] for entry in atlas.layers(model)
+            if entry["layer"] in layers and entry["run_id"] is not None}
+
+
+def _replaced(earlier: dict[str, int], run_id: int) -> dict[int, list[str]]:
+    """``{run id: [layers]}``: the earlier runs whose results for a layer the scan ``run_id`` replaced (a
+    rescan keeps one result a layer: with another --top-k it would drop examples without a word)."""
+    replaced: dict[int, list[str]] = {}
+    for layer, earlier_run in earlier.items():
+        if earlier_run != run_id:  # a resumed run finishing writes its own layers: nothing replaced
+            replaced.setdefault(earlier_run, []).append(layer)
+    return replaced
+
+
+def _unfinished_runs_beside(atlas: Atlas, run_id: int) -> list[str]:
+    """A line for each unfinished scan of the same model, layers and images as run ``run_id`` with other
+    settings (killed with one --top-k, finished with another), whose checkpoint would otherwise stay unseen."""
+    this = _scan_identity(atlas.run(run_id)["config"])
+    lines = []
+    for run in atlas.runs():
+        if run["id"] == run_id or run["status"] not in ("running", "interrupted"):
+            continue
+        if _scan_identity(run["config"]) != this:
+            continue
+        files = sorted(str(path) for path in atlas.checkpoints_dir.glob(f"{run['config_key']}*.npz"))
+        kept = (f"; its checkpoint stays in {', '.join(files)}: delete it, or finish the run with its settings "
+                f"(recorded: `{run['command']}`; its results would replace these)") if files else ""
+        lines.append(f"note: run {run['id']} of these layers and images, with other settings, is unfinished "
+                     f"(killed, or running now){kept}")
+    return lines
+
+
+def _scan_identity(config: dict) -> tuple:
+    """What makes two scans the same scan but for their settings: model, layers, source name."""
+    dataset = config.get("dataset")
+    return config.get("model"), config.get("layers"), dataset.get("name") if isinstance(dataset, dict) else None
 
 
 def register(app: typer.Typer) -> None:
