@@ -119,6 +119,7 @@ def test_the_texts_stage_attributes_over_the_seeds_sample_in_the_demos_batches(m
 
 def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tmp_path, monkeypatch):
     import neuronscope.demo as demo
+    import neuronscope.probing.word_store as word_store
     import neuronscope.probing.words as words
     from neuronscope.probing.raster import RasterSettings
     from neuronscope.probing.word_store import save_word_probe
@@ -134,7 +135,7 @@ def test_the_words_stage_reuses_only_a_probe_rastered_with_its_settings(mini, tm
 
     with Atlas(tmp_path / "atlas") as atlas:
         save_word_probe(atlas, other, mini, vocabulary="few")
-        monkeypatch.setattr(words, "probe_words", probe)
+        monkeypatch.setattr(word_store, "probe_words", probe)
         with pytest.raises(_Stop):  # another raster's probe of the same vocabulary is not reused
             demo._words(mini, atlas, layer, DemoSettings(vocabulary=str(vocab)), lambda *_: None)
     assert seen == {"settings": RasterSettings(), "batch_size": demo.WORDS_BATCH}
@@ -144,6 +145,7 @@ def test_the_words_stage_probes_again_when_the_vocabulary_file_was_edited(mini, 
     """It reused any probe of the file's stem with its raster settings: words added to the file since were
     never probed (the texts stage, keyed by the words' sha256, did use them)."""
     import neuronscope.demo as demo
+    import neuronscope.probing.word_store as word_store
     import neuronscope.probing.words as words
     from neuronscope.probing.vocab import VocabularyRecord
     from neuronscope.probing.word_store import save_word_probe
@@ -157,7 +159,7 @@ def test_the_words_stage_probes_again_when_the_vocabulary_file_was_edited(mini, 
 
     with Atlas(tmp_path / "atlas") as atlas:
         save_word_probe(atlas, probed, mini, vocabulary=VocabularyRecord.of(vocab, ["star", "hat"]))
-        monkeypatch.setattr(words, "probe_words", probe)
+        monkeypatch.setattr(word_store, "probe_words", probe)
         settings = DemoSettings(vocabulary=str(vocab))
         assert demo._words(mini, atlas, layer, settings, lambda *_: None)[0] == "reused"
         vocab.write_text("star\nhat\ncat\n")

@@ -299,6 +299,11 @@ def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path) -> Non
     assert payload["overall"]["units"] == PAPER_UNITS and payload["named"]["units"] == 109
     assert 0.0 <= payload["overall"]["top3_overlap"] <= 1.0 and payload["vocabulary_words"] == 16
     assert len(payload["named_units"]) == 109 and all(len(u["ours"]) == 3 for u in payload["named_units"])
+    from neuronscope.atlas import Atlas
+
+    with Atlas(tmp_path / "atlas", create=False) as atlas:  # stored through the resumable word run
+        assert [(run["id"], run["status"]) for run in atlas.runs()] == [(payload["run_id"], "finished")]
+    assert not list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))
 
 
 def test_reproduce_words_needs_weights() -> None:

@@ -248,8 +248,7 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.raster import RasterSettings
     from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
-    from neuronscope.probing.word_store import save_word_probe
-    from neuronscope.probing.words import probe_words
+    from neuronscope.probing.word_store import probe_words_into
 
     name = vocabulary_name(settings.vocabulary)
     raster = RasterSettings()
@@ -261,11 +260,13 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
     # sizes is not this, nor one of the file before it was edited)
     if stored.get("settings") == wanted and stored.get("vocab_sha256") == record.sha256:
         return "reused", f"words of {name} probed earlier"
-    probe = probe_words(model, layer, words, settings=raster, batch_size=WORDS_BATCH, workers=1,
-                        on_batch=lambda done, total: report("words", done, total))
-    save_word_probe(atlas, probe, model, vocabulary=record,
-                    command=f"neuronscope demo (words --vocab {shlex.quote(vocabulary_source(settings.vocabulary))})")
-    return "built", f"{len(words)} words of {name} rastered, {probe.settings.variants} images each"
+    # resumable: a demo killed while rastering goes on after the words it checkpointed
+    outcome = probe_words_into(
+        atlas, model, layer, words, vocabulary=record, settings=raster, batch_size=WORDS_BATCH, workers=1,
+        command=f"neuronscope demo (words --vocab {shlex.quote(vocabulary_source(settings.vocabulary))})",
+        on_batch=lambda done, total: report("words", done, total))
+    resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
+    return "built", f"{len(words)} words of {name} rastered, {raster.variants} images each{resumed}"
 
 
 def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,

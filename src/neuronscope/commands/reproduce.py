@@ -61,7 +61,7 @@ def reproduce_words(
     from neuronscope.atlas import Atlas, check_atlas_target
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
     from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary
-    from neuronscope.probing.word_store import save_word_probe
+    from neuronscope.probing.word_store import probe_words_into
     from neuronscope.probing.words import probe_words
 
     if not weights:
@@ -77,18 +77,23 @@ def reproduce_words(
         raise NeuronscopeError(f"reproduce words needs OpenAI's RN50x4 weights; {err.what} holds another "
                                f"architecture's ({err.details})") from None
     bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    run_id = None
     try:
-        probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,
-                            workers=workers, on_batch=bars.track("words"))
+        if out:  # into an atlas: resumable, as `words` (an hour or more of RN50x4 on a CPU)
+            with Atlas(out) as atlas:
+                probe, run_id, _ = probe_words_into(
+                    atlas, loaded, PAPER_LAYER, vocabulary, vocabulary=VocabularyRecord.of(vocab, vocabulary),
+                    settings=settings, top_k=top_k, batch_size=batch_size, workers=workers,
+                    on_batch=bars.track("words"))
+        else:
+            probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,
+                                workers=workers, on_batch=bars.track("words"))
     finally:
         bars.close()
     comparison = compare_with_paper(probe, k=top_k)
     payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
     if out:
-        with Atlas(out) as atlas:
-            record = VocabularyRecord.of(vocab, vocabulary)
-            payload["run_id"] = save_word_probe(atlas, probe, loaded, vocabulary=record, top_k=top_k)
-        payload["atlas"] = out
+        payload.update(run_id=run_id, atlas=out)
     if json_out:
         print_json(payload)
         return
