@@ -126,8 +126,10 @@ def scan(
         report.close()
     units = sum(layer.units for layer in outcome.layers)
     if json_out:
+        # "replaced" only when the scan replaced something: a first scan's report keeps its documented keys
+        extra = {"replaced": sorted(replaced)} if replaced else {}
         print_json(fill_report(out, outcome.run_id, outcome.model, [layer.layer for layer in outcome.layers], units,
-                               outcome.seconds, outcome.skipped, replaced=sorted(replaced)))
+                               outcome.seconds, outcome.skipped, **extra))
         return
     resumed = f" (resumed at file {outcome.resumed_from})" if outcome.resumed_from else ""
     skipped = ", ".join(f"{reason} {count}" for reason, count in outcome.skipped.items() if count) or "none"
