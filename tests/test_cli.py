@@ -327,7 +327,8 @@ def test_a_full_atlas_database_and_a_wrapped_write_failure_are_read_as_a_full_di
         cli_command(words)()
     assert raised.value.exit_code == 1
     assert capsys.readouterr().err == ("error: no space left on the device writing the atlas database: free some "
-                                       "space and run the same command again\n")  # words starts over: no promise
+                                       "space and run the same command again (words resumes from its last "
+                                       "checkpoint)\n")
     try:
         try:
             raise OSError(28, "No space left on device")
@@ -335,6 +336,7 @@ def test_a_full_atlas_database_and_a_wrapped_write_failure_are_read_as_a_full_di
             raise RuntimeError("PytorchStreamWriter failed writing file data/0")  # noqa: B904 - as torch does
     except RuntimeError as wrapped:
         assert disk_full_message(wrapped, "visualize").endswith("(visualize renders only the missing units)")
+    assert disk_full_message(OSError(28, "No space left on device"), "label").endswith("run the same command again")
     assert disk_full_message(OSError(13, "Permission denied")) is None
 
 

@@ -108,6 +108,8 @@ RERUN_REUSES = {
     "visualize": "visualize renders only the missing units",
     "demo": "the demo goes on where it stopped",
     "train": "world train resumes from its last checkpoint",
+    "words": "words resumes from its last checkpoint",
+    "textvis": "textvis goes on with the units it has not stored",
 }
 
 
