@@ -148,3 +148,5 @@ def test_a_trunks_patch_embed_carries_no_prefix_tokens(registers):
     torch.testing.assert_close(geometry.maps(tokens), tokens.transpose(1, 2).reshape(2, 8, *GRID))
     result = render(registers, f"{layer}:2", config=RenderConfig(steps=2, size=24, transforms="none"))
     assert result.images.shape[0] == 1
+    with pytest.raises(NoClassTokenError, match="patches alone"):  # its first token is patch (0, 0), not a class token
+        record(registers, pixels, layer, reduce="cls")

@@ -142,5 +142,9 @@ def reduce_units(acts: Tensor, how: str, *, prefix_tokens: int = 1, grid: tuple[
     if how in ("centre", "center"):
         return centre(acts, prefix_tokens=prefix_tokens, grid=grid, layout=layout)
     if how == "cls":
+        if class_token and acts.ndim == 3 and carried_prefix_tokens(acts, grid, prefix_tokens) == 0:
+            # The model has a class token, but not yet at this layer: its first token is a patch.
+            raise NoClassTokenError("these tokens are the patches alone (a layer before the class token joins, "
+                                    "such as a timm trunk's patch_embed): reduce with mean, max or centre")
         return cls_token(acts, class_token=class_token)
     raise ValueError(f"unknown reduction {how!r}: use one of {', '.join(REDUCTIONS)}")
