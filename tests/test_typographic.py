@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -60,15 +61,28 @@ def test_images_already_of_the_target_are_not_counted(mini_clip_fp32, test_split
     stars = [test_split.pil(int(i)) for i in test_split.indices("drawing")
              if test_split.entries[i]["concept"] == "star"][:4]
     classifier = ZeroShotClassifier.build(mini_clip_fp32, concept_names(), ZEROSHOT_TEMPLATE)
-    result = typographic_attack(mini_clip_fp32, stars, classifier, "star", names=list("abcd"), settings=MINI_CLIP_ATTACK)
+    result = typographic_attack(mini_clip_fp32, iter(stars), classifier, "star", settings=MINI_CLIP_ATTACK)
     already = [i for i, top in enumerate(result.clean) if top == "star"]
     assert already and result.counted == [i for i in range(4) if i not in already]
-    payload = result.to_json()
+    payload = dataclasses.replace(result, images=list("abcd")).to_json()
     assert payload["images"] == 4 and payload["counted"] == len(result.counted)
     assert [row["image"] for row in payload["per_image"]] == list("abcd")
     assert len(payload["by_position"]) == 8 and all(len(row["attacked"]) == 8 for row in payload["per_image"])
     with pytest.raises(ValueError, match="not one of the classes"):
         typographic_attack(mini_clip_fp32, stars, classifier, "iPod")
+
+
+def test_batch_size_bounds_every_forward_and_images_stream_through(mini_clip_fp32, other_drawings, monkeypatch):
+    """--batch-size is images per forward: a chunk of images became 8x as many stamped ones, which went through
+    in forwards of 256 whatever the option said."""
+    classifier = ZeroShotClassifier.build(mini_clip_fp32, concept_names(), ZEROSHOT_TEMPLATE)
+    sizes, done = [], []
+    encode = mini_clip_fp32.encode_images
+    monkeypatch.setattr(mini_clip_fp32, "encode_images", lambda inputs: sizes.append(len(inputs)) or encode(inputs))
+    result = typographic_attack(mini_clip_fp32, iter(other_drawings[:10]), classifier, "star", batch_size=16,
+                                settings=MINI_CLIP_ATTACK, on_batch=done.append)
+    assert max(sizes) <= 16 and sum(sizes) == 10 * 9  # each image once clean and at the 8 places
+    assert done == [2, 4, 6, 8, 10] and len(result.attacked) == 10
 
 
 def test_attack_cli_prints_the_json_and_refuses_bad_input_in_one_line(tmp_path, other_drawings):

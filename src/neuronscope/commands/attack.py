@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from PIL import Image
 
 from neuronscope.commands.common import (
     BatchSizeOpt,
@@ -14,6 +18,7 @@ from neuronscope.commands.common import (
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    ProgressBars,
     SeedOpt,
     WeightsOpt,
     cli_command,
@@ -24,7 +29,7 @@ from neuronscope.commands.zeroshot import check_template, cli_classifier, read_c
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
 from neuronscope.mining.loader import iter_decoded
-from neuronscope.mining.sources import check_inputs
+from neuronscope.mining.sources import check_inputs, list_inputs
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.typographic import AttackSettings, typographic_attack
 from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE
@@ -71,13 +76,30 @@ def attack(
         raise NeuronscopeError(f"the target {chosen_target!r} is not one of the {len(classifier.classes)} classes: "
                                f"add it to --classes, or pass --target CLASS")
 
-    decoded, skipped = [], []
-    for name, image in iter_decoded(images):
-        (skipped if isinstance(image, SkippedFile) else decoded).append((name, image))
-    if not decoded:
-        raise NeuronscopeError(f"no readable images in {', '.join(images)}")
-    result = typographic_attack(loaded, [image for _, image in decoded], classifier, text, target=chosen_target,
-                                names=[name for name, _ in decoded], settings=settings, batch_size=batch_size)
+    names: list[str] = []
+    skipped: list[tuple[str, SkippedFile]] = []
+
+    def readable() -> Iterator[Image.Image]:
+        """The inputs, decoded one at a time (a folder of any size streams through); bad files set aside."""
+        for name, image in iter_decoded(images):
+            if isinstance(image, SkippedFile):
+                skipped.append((name, image))
+                continue
+            names.append(name)
+            yield image
+
+    total = sum(1 for _ in list_inputs(images))
+    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    track = bars.track("attack (images)")
+    try:
+        result = typographic_attack(loaded, readable(), classifier, text, target=chosen_target, settings=settings,
+                                    batch_size=batch_size, on_batch=lambda done: track(done, total - len(skipped)))
+    except ValueError as error:  # every input unreadable
+        raise NeuronscopeError(f"{error}: none of the {total} inputs could be read "
+                               f"({', '.join(sorted({image.reason for _, image in skipped}))})") from None
+    finally:
+        bars.close()
+    result = replace(result, images=names)
     if json_out:
         print_json({**result.to_json(), "skipped": {name: image.reason for name, image in skipped}})
     else:
