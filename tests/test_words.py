@@ -490,6 +490,28 @@ def test_an_edited_vocabulary_abandons_the_killed_run_of_its_old_words(tmp_path:
         assert not list(atlas.checkpoints_dir.glob("*.npz"))
 
 
+def test_another_file_of_the_same_stem_leaves_the_killed_run_to_resume(tmp_path: Path) -> None:
+    """The config keeps only the stem: probing b/nouns.txt abandoned a killed run of a/nouns.txt (its
+    checkpoint, hours of RN50x4, dropped) with a warning that a's words had changed."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    first, second = ["red", "green", "blue", "star", "hat"], ["cat", "dog"]
+    options = dict(settings=QUICK, batch_size=2, checkpoint_every=2)
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(Killed):
+            probe_words_into(atlas, model, "neurons", first, vocabulary=VocabularyRecord.of("a/nouns.txt", first),
+                             on_batch=_kill_after_first_batch, **options)
+        probe_words_into(atlas, model, "neurons", second, vocabulary=VocabularyRecord.of("b/nouns.txt", second),
+                         **options)
+        assert [r["status"] for r in atlas.runs()] == ["interrupted", "finished"]
+        resumed = probe_words_into(atlas, model, "neurons", first,
+                                   vocabulary=VocabularyRecord.of("a/nouns.txt", first), **options)
+        assert resumed.resumed_from == 2 and [r["status"] for r in atlas.runs()] == ["finished", "finished"]
+
+
 def test_the_words_command_resumes_after_a_ctrl_c_and_says_where(tmp_path: Path, monkeypatch) -> None:
     import neuronscope.commands.words as words_command
 

@@ -148,21 +148,27 @@ def resume_word_run(atlas: Atlas, config_key: str, words: int) -> tuple[int | No
     return run_id, scored
 
 
-def abandon_edited_vocabulary_runs(atlas: Atlas, config: dict[str, Any], config_key: str) -> None:
+def abandon_edited_vocabulary_runs(atlas: Atlas, vocabulary: VocabularyRecord, config: dict[str, Any],
+                                   config_key: str) -> None:
     """Mark abandoned the unfinished runs of this same probe over another version of the vocabulary (its
     file edited since): their key can never come back, so their checkpoints (up to words x units float32)
-    are dropped."""
+    are dropped.
+
+    The same file is the same ``--vocab`` as recorded (:attr:`VocabularyRecord.source`): the config keeps only
+    the stem, and ``a/nouns.txt`` and ``b/nouns.txt`` are two vocabularies, each of which may still resume.
+    """
     def without_words(run_config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in run_config.items() if k not in ("vocab_sha256", "words")}
 
     for run in atlas.runs():
         if (run["status"] in ("running", "interrupted") and run["config_key"] != config_key
-                and run["config_key"].startswith("words-") and without_words(run["config"]) == without_words(config)):
+                and run["config_key"].startswith("words-") and without_words(run["config"]) == without_words(config)
+                and (run["dataset"] or {}).get("source") == vocabulary.source):
             atlas.drop_checkpoint(run["config_key"])
             atlas.set_run_status(run["id"], "abandoned")
             log.warning("the words of %s changed since run %d was interrupted: it cannot resume, so a new run "
                         "starts; run %d is marked abandoned and its checkpoint dropped",
-                        config["vocabulary"], run["id"], run["id"])
+                        vocabulary.source, run["id"], run["id"])
 
 
 def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | Sequence[str], *,
@@ -193,7 +199,7 @@ def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | 
     config, config_key = word_run_config(model, canonical, vocabulary, settings, top_k)
     run_id, scored = resume_word_run(atlas, config_key, len(words))
     if run_id is None:
-        abandon_edited_vocabulary_runs(atlas, config, config_key)
+        abandon_edited_vocabulary_runs(atlas, vocabulary, config, config_key)
         run_id = _start_word_run(atlas, model, canonical, vocabulary, config, config_key,
                                  command or _default_command(model.key, canonical, vocabulary, top_k))
     if scored is not None and on_resume is not None:
