@@ -534,3 +534,47 @@ def test_atlas_files_are_written_with_the_users_umask_not_0600(tmp_path):
     assert (tmp_path / "a" / "file.png").stat().st_mode & 0o777 == 0o644
     assert artifact.stat().st_mode & 0o777 == 0o644
     assert [entry.name for entry in (tmp_path / "a").iterdir()] == ["file.png"]  # no temporary left behind
+
+
+def test_a_rescan_of_thumbnails_another_user_drew_reuses_them_and_keeps_what_it_cannot_delete(
+        tiny_rn, tmp_path, monkeypatch):
+    """Only a file's owner may set its time: a rescan of an atlas whose thumbnails another user drew failed at
+    its very end with PermissionError from os.utime, and every rerun the same. It now reuses them untouched, and
+    a replaced thumbnail it may not delete stays."""
+    import os
+    from pathlib import Path
+
+    from PIL import Image, ImageOps
+
+    make_images(tmp_path / "first", count=4)
+    for path in make_images(tmp_path / "second", count=4)[:2]:  # two new images: some thumbnails are replaced
+        ImageOps.invert(Image.open(path).convert("RGB")).save(path)
+    settings = ScanSettings(top_k=2, bottom_k=1)
+    with Atlas(tmp_path / "atlas") as atlas:
+        scan(tiny_rn, open_source(tmp_path / "first"), atlas, ["neurons"], settings=settings, batch_size=4,
+             thumbnails=True)
+        drawn = set(atlas.thumbs_dir.iterdir())
+        for path in drawn:  # drawn an hour ago, so a rescan that no longer shows one drops it
+            os.utime(path, (path.stat().st_mtime - 3600,) * 2)
+        utime, unlink = os.utime, Path.unlink
+
+        def not_owner(path, *args, **kwargs):
+            if Path(path) in drawn:
+                raise PermissionError(1, "Operation not permitted", str(path))
+            return utime(path, *args, **kwargs)
+
+        def sticky(path, *args, **kwargs):
+            if path in drawn:
+                raise PermissionError(1, "Operation not permitted", str(path))
+            return unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "utime", not_owner)
+        monkeypatch.setattr(Path, "unlink", sticky)
+        scan(tiny_rn, open_source(tmp_path / "second"), atlas, ["neurons"], settings=settings, batch_size=4,
+             thumbnails=True)
+        shown = {row["thumb"] for row in atlas.db.execute("SELECT thumb FROM examples WHERE thumb IS NOT NULL")}
+        status = atlas.db.execute("SELECT status FROM runs ORDER BY id DESC").fetchone()["status"]
+    assert status == "finished"
+    drawn_paths = {atlas.thumbnail_relpath(path.name) for path in drawn}
+    assert drawn_paths & shown and drawn_paths - shown  # some reused untouched, some replaced
+    assert all(path.exists() for path in drawn)  # the replaced ones it may not delete stay

@@ -383,11 +383,16 @@ class Atlas:
 
     def reuse_thumbnail(self, name: str) -> str | None:
         """The atlas-relative path of a thumbnail drawn before, touched so that a rescan finishing beside
-        this scan keeps it (:meth:`write_scan`); None when there is none."""
+        this scan keeps it (:meth:`write_scan`); None when there is none.
+
+        A thumbnail another user drew cannot be touched (only its owner may set its time): it is reused
+        untouched rather than failing the scan at its end."""
         try:
             os.utime(self.thumbnail_path(name))
         except FileNotFoundError:
             return None
+        except OSError:
+            pass  # the file is there; only the touch is skipped
         return self.thumbnail_relpath(name)
 
     # ------------------------------------------------------------------ scan results
@@ -469,8 +474,8 @@ class Atlas:
             try:
                 if path.stat().st_mtime < untouched_since:
                     path.unlink()
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone already, or one we may not delete (another user's, a sticky folder): it stays
 
     def _drop_legacy_thumbnails(self) -> None:
         """Remove thumbnails named the old way (without the input contract) that no example shows any more: a
