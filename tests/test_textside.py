@@ -706,7 +706,7 @@ def test_a_killed_textvis_keeps_its_units_and_basis_and_a_rerun_does_the_rest(tm
     with Atlas(out, create=False) as atlas:
         (run,) = atlas.runs()
         layer = run["layers"][0]["layer"]
-        assert run["status"] != "finished" and atlas.unit_texts(run["model"], layer, 0)  # stored as it finished
+        assert run["status"] == "interrupted" and atlas.unit_texts(run["model"], layer, 0)  # stored as it finished
         assert not atlas.unit_texts(run["model"], layer, 1)
         assert list((out / "checkpoints").glob("basis-*.npz"))  # the basis, kept for the rerun
 
@@ -744,6 +744,8 @@ def test_a_failure_at_the_last_write_keeps_the_basis_for_the_rerun(tmp_path, mon
     failed = runner.invoke(app, args)
     assert failed.exit_code == 1 and "error:" in failed.stderr, failed.output
     assert list((tmp_path / "atlas" / "checkpoints").glob("basis-*.npz"))
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        assert [run["status"] for run in atlas.runs()] == ["interrupted"]  # not `running` for good
     monkeypatch.setattr(store.Atlas, "finish_run", real_finish)
     monkeypatch.setattr(attribution, "compute_basis", lambda *args, **kwargs: pytest.fail("the basis was computed"))
     rerun = _invoke(*args)
@@ -761,3 +763,60 @@ def test_a_basis_that_cannot_be_kept_does_not_stop_the_command(tmp_path, monkeyp
     monkeypatch.setattr(store.Atlas, "save_checkpoint", no_room)
     result = _invoke(*TEXTVIS, "--units", "0", "--out", str(tmp_path / "atlas"))
     assert "could not be kept for a rerun" in result.stderr and "unit 0:" in result.stdout
+
+
+def _kill_textvis_after_one_unit(monkeypatch) -> list[int]:
+    """Make textvis's climb stop (Ctrl-C) at its second unit; returns the units climbed."""
+    import neuronscope.probing.textvis as textvis
+
+    real_optimize, climbed = textvis.optimize_text, []
+
+    def killed_on_the_second_unit(model, basis, unit, settings):
+        if len(climbed) == 1:
+            raise KeyboardInterrupt
+        climbed.append(unit)
+        return real_optimize(model, basis, unit, settings)
+
+    monkeypatch.setattr(textvis, "optimize_text", killed_on_the_second_unit)
+    return climbed
+
+
+def test_textvis_continues_only_the_same_commands_run(tmp_path, monkeypatch):
+    """The resume key left out --units, precision and the weights: `--units 5 --precision bf16` continued a
+    killed `--units 0-2 --precision fp32` run, marked it finished with units 1-2 never done, and stored bf16
+    texts under the fp32 run. Another command starts its own run and leaves the killed one to its rerun."""
+    _kill_textvis_after_one_unit(monkeypatch)
+    out = str(tmp_path / "atlas")
+    assert runner.invoke(app, [*TEXTVIS, "--units", "0-2", "--precision", "fp32", "--out", out]).exit_code == 130
+    monkeypatch.undo()
+    other = json.loads(_invoke(*TEXTVIS, "--units", "5", "--precision", "bf16", "--out", out, "--json").stdout)
+    with Atlas(out, create=False) as atlas:
+        killed, new = atlas.runs()
+        assert other["run_id"] == new["id"] and other["already_stored"] == 0
+        assert (killed["status"], new["status"]) == ("interrupted", "finished")
+        assert (killed["precision"], new["precision"]) == ("fp32", "bf16")
+        assert killed["config"]["units"] == [0, 1, 2] and new["config"]["units"] == [5]
+
+
+def test_textvis_records_a_command_that_continues_its_run_on_the_same_images(tmp_path, monkeypatch):
+    """The recorded command left out --images and --precision: rerun, it climbed over the bundled sample at
+    the default precision, another run. It names the images as --vocab is named (a relative path as typed)."""
+    import shlex
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for i in range(4):
+        Image.new("RGB", (40 + 10 * i, 50), (60 * i, 100, 200)).save(tmp_path / "photos" / f"{i}.png")
+    climbed = _kill_textvis_after_one_unit(monkeypatch)
+    killed = runner.invoke(app, [*TEXTVIS, "--units", "0-1", "--images", "photos", "--precision", "fp32",
+                                 "--out", "atlas"])
+    assert killed.exit_code == 130 and climbed == [0], killed.output
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        (run,) = atlas.runs()
+    assert "--images photos" in run["command"] and "--precision fp32" in run["command"]
+    rerun = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)
+    assert rerun["run_id"] == run["id"] and rerun["already_stored"] == 1

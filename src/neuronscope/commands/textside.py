@@ -56,6 +56,12 @@ def _image_sample(model, images: str | None, count: int, seed: int):
     return default_image_sample(count, seed, preprocess=model.preprocess)
 
 
+def _recorded_path(given: str) -> str:
+    """A path as a run's recorded command gives it (the rule ``--vocab`` follows): as typed when relative, by
+    its name when absolute (an atlas holds no absolute paths)."""
+    return Path(given).name if Path(given).is_absolute() else given
+
+
 def _load_text_model(model: str, weights: str | None, device: str, precision: str) -> LoadedModel:
     """The model, with its text tower's tokenizer built: one that cannot load fails now, not after the basis."""
     loaded = load_cli_model(model, weights, device, precision)
@@ -160,7 +166,7 @@ def attribute(
             else:
                 _print_prompt_units(payloads)
             return
-    from neuronscope.probing.text_store import merge_unit_texts, start_text_run
+    from neuronscope.probing.text_store import interrupted_text_run, merge_unit_texts, start_text_run
     from neuronscope.probing.zeroshot import encode_texts
 
     texts = [template.format(entry) for entry in entries]
@@ -175,9 +181,10 @@ def attribute(
                                 config={**record.config(), "template": template, "top_k": top_k,
                                         "seed": seed, "sample": sample},
                                 dataset=record.dataset())
-        scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
-        merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
-        atlas.finish_run(run_id, images=len(image_sample.pixels))
+        with interrupted_text_run(atlas, run_id):
+            scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
+            merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
+            atlas.finish_run(run_id, images=len(image_sample.pixels))
         atlas.drop_checkpoint(basis_key)
     report = fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
                          vocabulary=vocab_name, texts=len(texts))
@@ -232,7 +239,7 @@ def textvis(
     """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
     store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
     stored as it finishes: the same command run again after a kill goes on with the units left."""
-    from neuronscope.probing.text_store import start_text_run
+    from neuronscope.probing.text_store import interrupted_text_run, start_text_run, weights_identity
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
 
     require_model(model)
@@ -256,13 +263,18 @@ def textvis(
         command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units",
                               units, "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
                               "--candidates", str(candidates), "--prior", str(prior), "--top-k", str(top_k),
-                              "--sample", str(sample), "--seed", str(seed), "--out", Path(out).name])
-        # Everything the texts depend on but the units: a rerun of a killed job continues its run.
-        config = {"lengths": list(length_values), "restarts": restarts, "steps": steps, "candidates": candidates,
-                  "prior": prior, "top_k": top_k, "seed": seed, "sample": sample, "sample_key": basis.sample_key}
+                              "--sample", str(sample), "--seed", str(seed),
+                              *(["--images", _recorded_path(images)] if images else []),
+                              "--precision", precision, "--out", Path(out).name])
+        # Everything the texts depend on, units included: only the same command continues a killed run.
+        config = {"units": chosen, "lengths": list(length_values), "restarts": restarts, "steps": steps,
+                  "candidates": candidates, "prior": prior, "top_k": top_k, "seed": seed, "sample": sample,
+                  "sample_key": basis.sample_key, "precision": loaded.precision.name,
+                  "weights_sha256": weights_identity(loaded)}
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis", config=config, resume=True)
-        results, kept = _climb_units(atlas, run_id, loaded, basis, chosen, settings, bars)
-        atlas.finish_run(run_id, images=len(basis.image_embeddings))
+        with interrupted_text_run(atlas, run_id):
+            results, kept = _climb_units(atlas, run_id, loaded, basis, chosen, settings, bars)
+            atlas.finish_run(run_id, images=len(basis.image_embeddings))
         atlas.drop_checkpoint(basis_key)
     if json_out:
         print_json(fill_report(out, run_id, basis.model, [basis.layer], len(chosen), time.monotonic() - started,
@@ -322,7 +334,7 @@ def emotions(
     PNG of the map."""
     from neuronscope.analysis.emotion_plot import plot_emotion_atlas
     from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
-    from neuronscope.probing.text_store import start_text_run
+    from neuronscope.probing.text_store import interrupted_text_run, start_text_run
     from neuronscope.probing.vocab import load_vocabulary
 
     require_model(model)
@@ -347,11 +359,12 @@ def emotions(
                                 config={**record.config(), "max_units": max_units,
                                         "drop_lexical": drop_lexical, "seed": seed, "sample": sample},
                                 dataset=record.dataset())
-        codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
-                                    run_id=run_id)
-        plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png, suffix=".png",
-                                   data={"factors": list(ATLAS_FACTORS)}, run_id=run_id)
-        atlas.finish_run(run_id, images=len(basis.image_embeddings))
+        with interrupted_text_run(atlas, run_id):
+            codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
+                                        run_id=run_id)
+            plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png,
+                                       suffix=".png", data={"factors": list(ATLAS_FACTORS)}, run_id=run_id)
+            atlas.finish_run(run_id, images=len(basis.image_embeddings))
         atlas.drop_checkpoint(basis_key)
     if json_out:
         print_json(fill_report(out, run_id, basis.model, [basis.layer], basis.units, time.monotonic() - started,

@@ -22,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
+from neuronscope.mining.scanner import interrupted_on_failure
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
 
@@ -47,12 +49,16 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
     """Record a text-side run and make its layer known to the atlas; returns the run id.
 
     ``resume``: continue the latest unfinished run of the same key (a killed ``textvis``) instead of
-    starting another; ``config`` must then name everything the results depend on.
+    starting another; ``config`` must then name everything the results depend on (units, precision,
+    weights: another command must never continue it). A run still marked ``running`` is taken for a
+    killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no process can mark it.
     """
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
     config_key = text_run_key(basis.model, basis.layer, kind, config)
     run_id = atlas.unfinished_run(config_key) if resume else None
-    if run_id is None:
+    if run_id is not None:
+        atlas.set_run_status(run_id, "running")  # an `interrupted` one runs again
+    else:
         # the sample's description beside the config's own keys ("sample" there is the command's image count)
         run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample,
                                                           "sample_key": basis.sample_key},
@@ -61,6 +67,22 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
                                  precision=model.precision.name)
     atlas.register_layer(basis.model, basis.layer, aliases=aliases, units=basis.units, grid=basis.grid, run_id=run_id)
     return run_id
+
+
+@contextmanager
+def interrupted_text_run(atlas: Atlas, run_id: int) -> Iterator[None]:
+    """Mark run ``run_id`` ``interrupted`` if the block fails or is killed (Ctrl-C), as a scan's run is,
+    instead of leaving it ``running`` for good; a run the block got to finish stays finished."""
+    with interrupted_on_failure(atlas, run_id, atlas.run(run_id)["config_key"]):
+        yield
+
+
+def weights_identity(model: LoadedModel) -> str:
+    """The sha256 of the model's weights: the file's, or for random weights their state dict's (another
+    ``--seed``'s init is other weights)."""
+    from neuronscope.models.weights import sha256_state_dict
+
+    return model.weights_sha256 or sha256_state_dict(model.module)
 
 
 def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
@@ -122,10 +144,7 @@ def basis_checkpoint_key(model: LoadedModel, layer: str, sample: ImageSample) ->
 
     Random weights have no file hash; their state dict is hashed, so another ``--seed``'s init is another basis.
     """
-    from neuronscope.models.weights import sha256_state_dict
-
-    weights = model.weights_sha256 or sha256_state_dict(model.module)
-    identity = [model.key, weights, model.resolve_layer(layer), model.precision.name, sample.key]
+    identity = [model.key, weights_identity(model), model.resolve_layer(layer), model.precision.name, sample.key]
     return "basis-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
