@@ -550,3 +550,18 @@ def test_an_unfinished_scan_with_other_settings_is_pointed_out_by_the_one_that_f
     assert note and "with other settings, is unfinished" in note[0] and str(checkpoint) in note[0], result.stderr
     assert checkpoint.exists()  # said, not deleted
     assert "replaced" not in json.loads(result.stdout)  # the killed run wrote no results
+
+
+def test_the_first_scan_of_a_layer_only_probed_before_replaces_nothing(images, tmp_path):
+    """words / visualize / attribute / textvis register a layer with their run: the first scan of a layer only
+    probed before said "replaced run 1's results" (a words run's) though no scan result was there."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        words_run = atlas.start_run(command="neuronscope words", config={}, config_key="words", model="tiny-rn@random",
+                                    weights_sha256=None, layers=[], dataset=None, precision="fp32")
+        atlas.register_layer("tiny-rn@random", "visual.layer4.1.act3:input", aliases=["neurons"], units=64,
+                             grid=(1, 1), run_id=words_run)
+    result = _scan_cli(images, tmp_path / "atlas", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "replaced" not in result.stdout, result.stdout
+    report = json.loads(_scan_cli(images, tmp_path / "atlas", "--top-k", "2", "--json").stdout)
+    assert report["replaced"] == [2]  # the scan's own results, not the words run's

@@ -806,6 +806,15 @@ class Atlas:
                 "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"]),
                 "reservoir": reservoir}
 
+    def scan_runs(self, model: str) -> dict[str, int]:
+        """``{layer: run id}`` of the scans whose results the atlas holds for ``model``.
+
+        Read from the histograms, which only a scan writes: a layer's ``run_id`` in :meth:`layers` is also
+        set by the run that first registered it (words, visualize, attribute, textvis), which scanned nothing.
+        """
+        return {row["layer"]: row["run_id"] for row in self.db.execute(
+            "SELECT layer, run_id FROM histograms WHERE model = ? AND run_id IS NOT NULL", (model,))}
+
     def histogram_arrays(self, model: str, layer: str) -> dict[str, np.ndarray] | None:
         """A layer's histogram file as arrays (``counts`` [C, n_bins], ``exponent``, ``first`` [C], ...), or None.
 

@@ -141,9 +141,9 @@ def scan(
 
 
 def _layer_runs(atlas: Atlas, model: str, layers: list[str]) -> dict[str, int]:
-    """``{layer: run id}`` of the results the atlas holds for these layers of ``model`` (before a scan)."""
-    return {entry["layer"]: entry["run_id"] for entry in atlas.layers(model)
-            if entry["layer"] in layers and entry["run_id"] is not None}
+    """``{layer: run id}`` of the scan results the atlas holds for these layers of ``model`` (before a scan);
+    a layer only probed so far (words, visualize) has none to replace."""
+    return {layer: run_id for layer, run_id in atlas.scan_runs(model).items() if layer in layers}
 
 
 def _replaced(earlier: dict[str, int], run_id: int) -> dict[int, list[str]]:
