@@ -541,6 +541,29 @@ def test_the_words_command_resumes_after_a_ctrl_c_and_says_where(tmp_path: Path,
         assert [r["status"] for r in atlas.runs()] == ["finished"]  # the killed run, finished
         assert not list(atlas.checkpoints_dir.glob("*.npz"))
     assert len(_stored_words(tmp_path / "atlas")[0]) == 30
+    assert _resumed_json(args, monkeypatch) == 4  # said in the report alone, not on stderr
+
+
+def _resumed_json(args: list[str], monkeypatch) -> int:
+    """Kill ``words ARGS --json`` after its first batch, run it again and return its report's ``resumed_from``:
+    with stderr not a terminal (CliRunner's), the captured streams hold the JSON alone."""
+    import neuronscope.probing.word_store as word_store
+
+    args = [*args, "--json"]
+    with monkeypatch.context() as patch:
+        patch.setattr(word_store, "probe_words", _killed_after_first_batch(word_store.probe_words))
+        assert runner.invoke(app, args).exit_code == 130
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0 and rerun.stderr == "", rerun.output
+    return json.loads(rerun.stdout)["resumed_from"]
+
+
+def _killed_after_first_batch(probe_words):
+    """``probe_words`` stopped (as by a Ctrl-C) after its first batch, whatever ``on_batch`` the caller gave."""
+    def probe(*args, **kwargs):
+        return probe_words(*args, **{**kwargs, "on_batch": _kill_after_first_batch})
+
+    return probe
 
 
 def test_a_probe_that_failed_while_storing_resumes_at_its_last_word(tmp_path: Path, monkeypatch) -> None:

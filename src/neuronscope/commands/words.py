@@ -96,21 +96,23 @@ def words(
                           "--vocab", vocabulary_source(vocab),
                           "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
                           "--out", Path(out).name, "--precision", precision])
-    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
+    quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
+    bars = ProgressBars(quiet=quiet)
     try:
         # the atlas is open from the start: the run is recorded first and the scores checkpointed as they come
         with Atlas(out) as atlas:
             outcome = probe_words_into(atlas, loaded, canonical, vocabulary,
                                        vocabulary=VocabularyRecord.of(vocab, vocabulary), settings=settings,
                                        top_k=top_k, command=command, batch_size=batch_size, workers=workers,
-                                       checkpoint_every=checkpoint_every, on_resume=_say_resumed,
+                                       checkpoint_every=checkpoint_every, on_resume=None if quiet else say_resumed,
                                        on_batch=bars.track("words"))
     finally:
         bars.close()
     probe, run_id = outcome.probe, outcome.run_id
     if json_out:
         print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
-                               vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants))
+                               vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants,
+                               resumed_from=outcome.resumed_from))
         return
     resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
     typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "
@@ -118,7 +120,7 @@ def words(
                f"in {probe.seconds:.1f} s")
 
 
-def _say_resumed(done: int, total: int) -> None:
+def say_resumed(done: int, total: int) -> None:
     """On stderr, before the first batch: the words a killed run got through are not probed again."""
     typer.echo(f"resumed at word {done} of {total}", err=True)
 
