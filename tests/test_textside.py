@@ -798,6 +798,10 @@ def test_textvis_continues_only_the_same_commands_run(tmp_path, monkeypatch):
         assert (killed["status"], new["status"]) == ("interrupted", "finished")
         assert (killed["precision"], new["precision"]) == ("fp32", "bf16")
         assert killed["config"]["units"] == [0, 1, 2] and new["config"]["units"] == [5]
+    # the same units written another way are the same command: it goes on with units 2 and 1
+    again = json.loads(_invoke(*TEXTVIS, "--units", "2,0-1", "--precision", "fp32", "--out", out, "--json").stdout)
+    assert again["run_id"] == killed["id"] and again["already_stored"] == 1
+    assert [t["unit"] for t in again["texts"]] == [2, 1]
 
 
 def test_textvis_records_a_command_that_continues_its_run_on_the_same_images(tmp_path, monkeypatch):

@@ -266,8 +266,9 @@ def textvis(
                               "--sample", str(sample), "--seed", str(seed),
                               *(["--images", _recorded_path(images)] if images else []),
                               "--precision", precision, "--out", Path(out).name])
-        # Everything the texts depend on, units included: only the same command continues a killed run.
-        config = {"units": chosen, "lengths": list(length_values), "restarts": restarts, "steps": steps,
+        # Everything the texts depend on, units included (as a set: `2,0-1` is `0-2`): only the same
+        # command continues a killed run.
+        config = {"units": sorted(chosen), "lengths": list(length_values), "restarts": restarts, "steps": steps,
                   "candidates": candidates, "prior": prior, "top_k": top_k, "seed": seed, "sample": sample,
                   "sample_key": basis.sample_key, "precision": loaded.precision.name,
                   "weights_sha256": weights_identity(loaded)}
