@@ -218,15 +218,38 @@ def test_the_card_labels_keep_a_label_already_there(tmp_path) -> None:
         assert atlas.label("m@w", "l", 1) == "star"
 
 
-def test_a_full_disk_while_saving_a_checkpoint_says_to_free_space_and_rerun(tmp_path, monkeypatch) -> None:
-    """torch.save to a path fails on a full disk with a RuntimeError ("unexpected pos ..."); through a Python
-    file it is the OSError (ENOSPC) that the command line turns into advice."""
+def _torch_save_on_a_full_disk(state, file) -> None:
+    """What torch.save does on a real full disk: its writer wraps the file's ENOSPC in a RuntimeError."""
+    import errno
+
+    file.write(b"partial")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904 - as torch does
+
+
+@pytest.mark.parametrize("full", ["/dev/full", "RuntimeError"])
+def test_a_full_disk_while_saving_a_checkpoint_says_to_free_space_and_rerun(tmp_path, monkeypatch, full) -> None:
+    """On a full disk torch.save raises the OSError (ENOSPC) of its Python file (/dev/full), or its own
+    RuntimeError ("unexpected pos ...") with that OSError as context (a real disk); either way the command line
+    finds ENOSPC in the chain and turns it into advice. The partial checkpoint.tmp it had begun is removed."""
+    from pathlib import Path
+
     from neuronscope.commands.common import disk_full_message
     from neuronscope.world import train as train_module
 
-    monkeypatch.setattr(train_module, "open", lambda path, mode: open("/dev/full", mode), raising=False)
-    with pytest.raises(OSError) as raised:
+    def full_device(path, mode):
+        Path(path).write_bytes(b"partial")  # what a real disk holds once it fills up mid-write
+        return open("/dev/full", mode)
+
+    if full == "/dev/full":
+        monkeypatch.setattr(train_module, "open", full_device, raising=False)
+    else:
+        monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk)
+    with pytest.raises((OSError, RuntimeError)) as raised:
         train_module._save_atomic({"weights": torch.zeros(100_000)}, tmp_path / CHECKPOINT)
     assert disk_full_message(raised.value, "train") == ("no space left on the device: free some space and run the "
                                                        "same command again (world train resumes from its last "
                                                        "checkpoint)")
+    assert list(tmp_path.iterdir()) == []

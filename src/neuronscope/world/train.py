@@ -139,12 +139,18 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 def _save_atomic(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` whole or not at all (a kill or a full disk leaves the previous checkpoint)."""
     tmp = path.with_suffix(".tmp")
-    # Through a Python file, not the path: on a full disk torch's own writer raises a RuntimeError
-    # ("unexpected pos ..."), a Python file the OSError (ENOSPC) that the command line explains.
-    with open(tmp, "wb") as file:
-        torch.save(state, file)
-    os.replace(tmp, path)
+    try:
+        # Through a Python file, not the path: on a full disk torch's own writer raises a bare RuntimeError
+        # ("unexpected pos ..."); with a Python file the OSError (ENOSPC) is raised, or is that RuntimeError's
+        # context, and the command line finds it there and explains it.
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file would hold the space the next try needs
+        raise
 
 
 @dataclass
