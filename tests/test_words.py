@@ -285,22 +285,34 @@ def test_compare_with_paper_refuses_another_layer_of_the_same_width() -> None:
         compare_with_paper(other)
 
 
-def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path) -> None:
+def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path, monkeypatch) -> None:
     """Plumbing only: random weights, 16 words, one image a word (CONVENTIONS: at most 16 images a test on a
-    real architecture; RN50x4 runs ~4 images/s here, so the issue's 200 words would take ~1 min alone)."""
+    real architecture; RN50x4 runs ~4 images/s here, so the issue's 200 words would take ~1 min alone). A full
+    disk while storing says that `--out` resumes, and the rerun does, saying so in its report alone."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.runtime import seed_everything
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
     vocab = tmp_path / "words16.txt"
     vocab.write_text("\n".join(load_vocabulary("english-10k")[:16]))
-    result = runner.invoke(app, ["reproduce", "words", "--weights", "random", "--vocab", str(vocab),
-                                 "--sizes", "0.8", "--positions", "0.5:0.5", "--workers", "0", "--batch-size", "8",
-                                 "--out", str(tmp_path / "atlas"), "--json"])
-    assert result.exit_code == 0, result.output
+    args = ["reproduce", "words", "--weights", "random", "--vocab", str(vocab), "--sizes", "0.8", "--positions",
+            "0.5:0.5", "--workers", "0", "--batch-size", "8", "--out", str(tmp_path / "atlas"), "--json"]
+    seed_everything(0)  # the same random init each time, as in a fresh process: the run can resume
+    with monkeypatch.context() as patch:
+        patch.setattr(Atlas, "save_artifact", disk_full)
+        failed = runner.invoke(app, args)
+    assert failed.exit_code == 1 and "(reproduce words --out resumes from its last checkpoint)" in failed.stderr
+    seed_everything(0)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and result.stderr == "", result.output  # captured streams: the JSON alone
     payload = json.loads(result.stdout)
+    assert payload["resumed_from"] == 16  # the last word's checkpoint, written before the store
     assert payload["model"] == "RN50x4@random" and payload["layer"] == "visual.layer4.5.act3:input"
     assert payload["overall"]["units"] == PAPER_UNITS and payload["named"]["units"] == 109
     assert 0.0 <= payload["overall"]["top3_overlap"] <= 1.0 and payload["vocabulary_words"] == 16
     assert len(payload["named_units"]) == 109 and all(len(u["ours"]) == 3 for u in payload["named_units"])
-    from neuronscope.atlas import Atlas
-
     with Atlas(tmp_path / "atlas", create=False) as atlas:  # stored through the resumable word run
         assert [(run["id"], run["status"]) for run in atlas.runs()] == [(payload["run_id"], "finished")]
     assert not list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))

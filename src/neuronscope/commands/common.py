@@ -109,6 +109,7 @@ RERUN_REUSES = {
     "demo": "the demo goes on where it stopped",
     "train": "world train resumes from its last checkpoint",
     "words": "words resumes from its last checkpoint",
+    "reproduce_words": "reproduce words --out resumes from its last checkpoint",
     "textvis": "textvis goes on with the units it has not stored",
 }
 

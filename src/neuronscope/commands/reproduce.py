@@ -30,6 +30,7 @@ from neuronscope.commands.words import (
     VocabOpt,
     WorkersOpt,
     raster_settings,
+    say_resumed,
 )
 from neuronscope.errors import NeuronscopeError, WeightsMismatch
 
@@ -76,15 +77,16 @@ def reproduce_words(
     except WeightsMismatch as err:  # its advice, "name the architecture", does not apply: this one is fixed
         raise NeuronscopeError(f"reproduce words needs OpenAI's RN50x4 weights; {err.what} holds another "
                                f"architecture's ({err.details})") from None
-    bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
-    run_id = None
+    quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
+    bars = ProgressBars(quiet=quiet)
+    run_id = resumed_from = None
     try:
         if out:  # into an atlas: resumable, as `words` (an hour or more of RN50x4 on a CPU)
             with Atlas(out) as atlas:
-                probe, run_id, _ = probe_words_into(
+                probe, run_id, resumed_from = probe_words_into(
                     atlas, loaded, PAPER_LAYER, vocabulary, vocabulary=VocabularyRecord.of(vocab, vocabulary),
                     settings=settings, top_k=top_k, batch_size=batch_size, workers=workers,
-                    on_batch=bars.track("words"))
+                    on_resume=None if quiet else say_resumed, on_batch=bars.track("words"))
         else:
             probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,
                                 workers=workers, on_batch=bars.track("words"))
@@ -93,7 +95,7 @@ def reproduce_words(
     comparison = compare_with_paper(probe, k=top_k)
     payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
     if out:
-        payload.update(run_id=run_id, atlas=out)
+        payload.update(run_id=run_id, atlas=out, resumed_from=resumed_from)
     if json_out:
         print_json(payload)
         return
