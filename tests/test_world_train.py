@@ -226,7 +226,7 @@ def _torch_save_on_a_full_disk(state, file) -> None:
     try:
         raise OSError(errno.ENOSPC, "No space left on device")
     except OSError:
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904 - as torch does
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
 
 
 @pytest.mark.parametrize("full", ["/dev/full", "RuntimeError"])
