@@ -617,3 +617,38 @@ def test_a_bare_model_url_keeps_working_after_a_second_weights_joins_the_atlas(t
         assert "names several models" in browser.get("/api/m/tiny-vit/l/visual.layer4").json()["detail"]
     with Atlas(path) as atlas, pytest.raises(AtlasError, match="names several models"):
         atlas.resolve_model("mini-clip")  # the command line and Python still ask which weights
+
+
+def test_a_server_on_an_atlas_it_cannot_write_sees_its_owners_later_writes(tmp_path, monkeypatch):
+    """In a folder the server cannot write the atlas is opened immutable, where SQLite detects no change: the
+    server showed the catalogue of its start for good (and could read torn pages once the owner checkpointed).
+    The reader now watches the files and reopens when they move, whether the owner's commit is still in the
+    -wal or checkpointed into the catalogue."""
+    import os
+
+    from neuronscope.web.reader import AtlasReader
+
+    folder = tmp_path / "atlas"
+    with Atlas(folder) as owner:
+        owner.register_layer("mini-clip@bundled", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        owner.set_label("mini-clip@bundled", "visual.layer4", 1, "cat")
+    access = os.access
+    # root writes anywhere whatever the mode bits: say what a non-owner would find
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode & os.W_OK and str(path) == str(folder)
+                        else access(path, mode, **kw))
+    reader = AtlasReader(folder)
+    try:
+        assert reader.atlas.immutable
+        label = lambda: reader.read(lambda atlas: atlas.label("mini-clip@bundled", "visual.layer4", 1))  # noqa: E731
+        home = lambda: reader.read(lambda atlas: reader.memo(("home",), atlas.models))  # noqa: E731
+        assert label() == "cat" and home() == ["mini-clip@bundled"]
+        with Atlas(folder) as owner:  # committed, and checkpointed into atlas.sqlite when it closes
+            owner.set_label("mini-clip@bundled", "visual.layer4", 1, "dog")
+            owner.register_layer("tiny-rn@random", "visual.layer4", aliases=[], units=2, grid=(1, 1))
+        assert label() == "dog" and home() == ["mini-clip@bundled", "tiny-rn@random"]  # the memo was cleared
+        with Atlas(folder) as owner:  # a commit still in the -wal: the owner (a scan) is still writing
+            owner.set_label("mini-clip@bundled", "visual.layer4", 1, "fish")
+            assert label() == "fish"
+        assert label() == "fish"
+    finally:
+        reader.close()

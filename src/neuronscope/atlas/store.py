@@ -183,13 +183,17 @@ def reading(atlas: Atlas | str | os.PathLike) -> Iterator[Atlas]:
         yield opened
 
 
-def _open_read_only(folder: Path) -> sqlite3.Connection:
-    """The catalogue of the atlas at ``folder``, opened so that nothing can write it.
+def _open_read_only(folder: Path) -> tuple[sqlite3.Connection, bool]:
+    """The catalogue of the atlas at ``folder``, opened so that nothing can write it, and whether it was
+    opened ``immutable``.
 
     SQLite's ``mode=ro`` still creates the ``-shm`` (and ``-wal``) files of a WAL database beside it, which
     fails in a folder the reader cannot write (an atlas another user owns, a read-only mount). There, with
-    no ``-wal`` file, no commit is pending and no writer can start, so the file is opened ``immutable``
-    (SQLite then reads it as a plain file); a pending ``-wal`` it cannot read is an :class:`AtlasError`.
+    no ``-wal`` file holding commits, the file is opened ``immutable``: SQLite reads it as a plain file, with
+    no locks and no change detection. Its owner can still write it, which such a connection never sees and
+    which (once a checkpoint rewrites pages) can make its reads wrong: a long-lived reader compares
+    :meth:`Atlas.catalogue_stamp` and reopens when it moves. A pending ``-wal`` it cannot read is an
+    :class:`AtlasError`.
     """
     database = folder / DB_NAME
     wal = database.with_name(f"{DB_NAME}-wal")
@@ -209,7 +213,7 @@ def _open_read_only(folder: Path) -> sqlite3.Connection:
                              "have its owner open it once (e.g. `neuronscope show`) after any scan ends, or copy "
                              "the atlas to a folder you can write") from None
         raise AtlasError(f"cannot read {database}: {err}") from None
-    return db
+    return db, immutable
 
 
 def check_atlas_target(path: str | Path) -> None:
@@ -232,8 +236,8 @@ class Atlas:
 
         ``read_only`` (the microscope) opens the catalogue with SQLite's ``mode=ro``: nothing is
         created or migrated, every write raises, and a scan writing at the same time (WAL) is read
-        up to its last commit. In a folder the user cannot write it opens ``immutable`` (see
-        :func:`_open_read_only`).
+        up to its last commit. In a folder the user cannot write it opens ``immutable``
+        (:attr:`immutable`, :func:`_open_read_only`): a snapshot that later writes do not reach.
         """
         self.path = Path(path)
         self.read_only = read_only
@@ -242,8 +246,10 @@ class Atlas:
                 raise AtlasError(f"{self.path} is not an atlas (no {DB_NAME}); fill one with `neuronscope scan --out`")
             check_atlas_target(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
+        #: Opened as a plain file (see :func:`_open_read_only`): reopen when :meth:`catalogue_stamp` moves.
+        self.immutable = False
         if read_only:
-            self.db = _open_read_only(self.path)
+            self.db, self.immutable = _open_read_only(self.path)
             self._check_readable_schema()
         else:
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
@@ -274,6 +280,19 @@ class Atlas:
 
     def close(self) -> None:
         self.db.close()
+
+    def catalogue_stamp(self) -> tuple:
+        """``(inode, size, mtime_ns)`` of the catalogue and of its ``-wal`` (None when there is none): it moves
+        whenever anyone commits, which an :attr:`immutable` connection cannot see by itself."""
+        stamp = []
+        for name in (DB_NAME, f"{DB_NAME}-wal"):
+            try:
+                info = (self.path / name).stat()
+            except FileNotFoundError:
+                stamp.append(None)
+            else:
+                stamp.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(stamp)
 
     def __enter__(self) -> "Atlas":
         return self

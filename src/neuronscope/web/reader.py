@@ -4,7 +4,9 @@ SQLite connections are not for concurrent use, and the server answers
 requests from a thread pool, so every read holds :attr:`AtlasReader.lock`
 (reads take milliseconds; templates render outside it). A layer's grid and a
 unit's plots are cached until the catalogue changes: ``PRAGMA data_version``
-moves whenever another connection (a scan still writing) commits.
+moves whenever another connection (a scan still writing) commits. An atlas
+opened ``immutable`` (a folder the server cannot write) sees no commit at all:
+there the files' stamp is watched instead, and the atlas reopened when it moves.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ class AtlasReader:
     """A read-only atlas shared by the server's threads."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        self._path = path
         self.atlas = Atlas(path, create=False, read_only=True)
+        self._stamp = self.atlas.catalogue_stamp()
         self.root = Path(path).resolve()
         self.lock = threading.Lock()
         self._version: int | None = None
+        self._generation = 0  # moves whenever the caches are cleared (data_version restarts on a reopen)
         self._memo: dict[tuple, Any] = {}  # memo: grids and the home page
         self._plots: OrderedDict[tuple, bytes] = OrderedDict()
         self._plot_lock = threading.Lock()
@@ -48,12 +53,31 @@ class AtlasReader:
             return function(self.atlas)
 
     def _check_version(self) -> None:
+        if self.atlas.immutable:
+            self._reopen_if_written()
         version = self.atlas.db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
             self._version = version
-            self._memo.clear()
-            with self._plot_lock:
-                self._plots.clear()
+            self._clear_caches()
+
+    def _reopen_if_written(self) -> None:
+        """Reopen an ``immutable`` atlas whose files moved: SQLite neither sees its owner's commits nor
+        notices a checkpoint rewriting the pages it reads. A failed reopen is raised, and tried again on
+        the next read."""
+        stamp = self.atlas.catalogue_stamp()  # before opening: a write meanwhile moves it again
+        if stamp == self._stamp:
+            return
+        reopened = Atlas(self._path, create=False, read_only=True)
+        self.atlas.close()
+        self.atlas, self._stamp = reopened, stamp
+        self._version = None  # data_version counts per connection: the new one's says nothing of the old
+        self._clear_caches()
+
+    def _clear_caches(self) -> None:
+        self._memo.clear()
+        with self._plot_lock:
+            self._plots.clear()
+            self._generation += 1
 
     def layer_cards(self, model: str, layer: str) -> list[dict[str, Any]]:
         """:func:`layer_grid` of a stored layer, cached (call inside :meth:`read`)."""
@@ -81,12 +105,12 @@ class AtlasReader:
             if key in self._plots:
                 self._plots.move_to_end(key)
                 return self._plots[key]
-            version = self._version
+            generation = self._generation
         data = draw()  # outside the locks: other requests go on meanwhile
         with self._plot_lock:
             # A commit seen while drawing (here or by another request) cleared the cache: these bytes may
             # come from the old data, so they are served once and not kept.
-            if self._version == version:
+            if self._generation == generation:
                 self._plots[key] = data
                 while len(self._plots) > PLOT_CACHE_SIZE:
                     self._plots.popitem(last=False)
