@@ -524,6 +524,22 @@ def test_another_file_of_the_same_stem_leaves_the_killed_run_to_resume(tmp_path:
         assert resumed.resumed_from == 2 and [r["status"] for r in atlas.runs()] == ["finished", "finished"]
 
 
+def test_random_weights_of_another_seed_are_another_words_run(tmp_path: Path) -> None:
+    """Random weights have no file hash: every seed's init had the same run key, so a resumed run could
+    mix two models' scores."""
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import word_run_config
+    from neuronscope.runtime import seed_everything
+
+    def key(seed: int) -> str:
+        seed_everything(seed)
+        model = load_model("tiny-rn", weights="random")
+        return word_run_config(model, "visual.layer4.1.act3:input", VocabularyRecord.of("colours", ["red"]),
+                               QUICK, 5)[1]
+
+    assert key(0) == key(0) != key(1)
+
+
 def test_the_words_command_resumes_after_a_ctrl_c_and_says_where(tmp_path: Path, monkeypatch) -> None:
     import neuronscope.commands.words as words_command
 
