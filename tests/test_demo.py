@@ -167,6 +167,35 @@ def test_the_words_stage_probes_again_when_the_vocabulary_file_was_edited(mini, 
             demo._words(mini, atlas, layer, settings, lambda *_: None)
 
 
+def test_the_words_stage_reuses_only_a_probe_of_its_precision(mini, tmp_path, monkeypatch):
+    """It compared raster settings and words only: a bf16 probe of the same model was taken for its fp32 one.
+    It now compares the run config the stage would record (word_run_config), less --top-k."""
+    import neuronscope.demo as demo
+    import neuronscope.probing.word_store as word_store
+    import neuronscope.probing.words as words
+    from neuronscope.models import load_model
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import save_word_probe
+
+    layer, vocab = "visual.layer4.1.act3:input", tmp_path / "few.txt"
+    vocab.write_text("star\nhat\n")
+    record = VocabularyRecord.of(vocab, ["star", "hat"])
+    half = load_model("mini-clip", precision="bf16")
+
+    def probe(*_, **__):
+        raise _Stop
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        save_word_probe(atlas, words.probe_words(mini, layer, ["star", "hat"], workers=0), mini, vocabulary=record,
+                        top_k=1)
+        monkeypatch.setattr(word_store, "probe_words", probe)
+        settings = DemoSettings(vocabulary=str(vocab))
+        assert demo._words(mini, atlas, layer, settings, lambda *_: None)[0] == "reused"  # any --top-k
+        save_word_probe(atlas, words.probe_words(half, layer, ["star", "hat"], workers=0), half, vocabulary=record)
+        with pytest.raises(_Stop):
+            demo._words(mini, atlas, layer, settings, lambda *_: None)
+
+
 def test_unknown_stages_are_refused_with_the_list():
     with pytest.raises(ValueError, match="scan, labels, featurevis"):
         DemoSettings(skip=("scna",))

@@ -21,7 +21,6 @@ in the modules each stage calls; this module only orders them.
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Callable
@@ -248,17 +247,19 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.raster import RasterSettings
     from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
-    from neuronscope.probing.word_store import probe_words_into
+    from neuronscope.probing.word_store import probe_words_into, word_run_config
+    from neuronscope.probing.words import DEFAULT_TOP_K
 
     name = vocabulary_name(settings.vocabulary)
     raster = RasterSettings()
     words = load_vocabulary(settings.vocabulary)
     record = VocabularyRecord.of(settings.vocabulary, words)
     stored = (atlas.artifact(model.key, layer, "words", name) or {}).get("data") or {}
-    wanted = json.loads(json.dumps(raster.to_dict()))  # as stored: tuples read back as lists
-    # reused only when the same raster settings wrote it over the same words (a `words` run with other fonts or
-    # sizes is not this, nor one of the file before it was edited)
-    if stored.get("settings") == wanted and stored.get("vocab_sha256") == record.sha256:
+    wanted = word_run_config(model, model.resolve_layer(layer), record, raster, DEFAULT_TOP_K)[0]
+    # reused only when the probe this stage would run wrote it: the same weights, precision, raster settings and
+    # words (a `words` run with other fonts is not this, nor one of the file before it was edited). Its --top-k
+    # only trims the top-word lists, not the stored matrix, so any is reused.
+    if stored == {**wanted, "top_k": stored.get("top_k")}:
         return "reused", f"words of {name} probed earlier"
     # resumable: a demo killed while rastering goes on after the words it checkpointed
     outcome = probe_words_into(
