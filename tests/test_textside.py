@@ -691,16 +691,9 @@ def test_a_killed_textvis_keeps_its_units_and_basis_and_a_rerun_does_the_rest(tm
     import neuronscope.probing.attribution as attribution
     import neuronscope.probing.textvis as textvis
 
-    real_optimize, climbed = textvis.optimize_text, []
-
-    def killed_on_the_second_unit(model, basis, unit, settings):
-        if len(climbed) == 1:
-            raise KeyboardInterrupt
-        climbed.append(unit)
-        return real_optimize(model, basis, unit, settings)
-
+    real_optimize = textvis.optimize_text
+    climbed = _kill_textvis_after_one_unit(monkeypatch)
     out = tmp_path / "atlas"
-    monkeypatch.setattr(textvis, "optimize_text", killed_on_the_second_unit)
     killed = runner.invoke(app, [*TEXTVIS, "--units", "0-2", "--out", str(out)])
     assert killed.exit_code == 130 and climbed == [0], killed.output
     with Atlas(out, create=False) as atlas:
