@@ -239,7 +239,7 @@ def textvis(
     """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
     store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
     stored as it finishes: the same command run again after a kill goes on with the units left."""
-    from neuronscope.probing.text_store import interrupted_text_run, start_text_run, weights_identity
+    from neuronscope.probing.text_store import interrupted_text_run, start_text_run
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
 
     require_model(model)
@@ -271,7 +271,7 @@ def textvis(
         config = {"units": sorted(chosen), "lengths": list(length_values), "restarts": restarts, "steps": steps,
                   "candidates": candidates, "prior": prior, "top_k": top_k, "seed": seed, "sample": sample,
                   "sample_key": basis.sample_key, "precision": loaded.precision.name,
-                  "weights_sha256": weights_identity(loaded)}
+                  "weights_sha256": loaded.weights_identity()}
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis", config=config, resume=True)
         with interrupted_text_run(atlas, run_id):
             results, kept = _climb_units(atlas, run_id, loaded, basis, chosen, settings, bars)

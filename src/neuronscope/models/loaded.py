@@ -95,6 +95,13 @@ class LoadedModel:
             return file_sha256(self.weights_path)
         return None
 
+    def weights_identity(self) -> str:
+        """The sha256 that tells these weights apart, random ones too (:attr:`weights_sha256`, else the state
+        dict's: another ``--seed``'s init is other weights). What a resumable run keys itself by."""
+        from neuronscope.models.weights import sha256_state_dict
+
+        return self.weights_sha256 or sha256_state_dict(self.module)
+
     @property
     def context_length(self) -> int:
         """Tokens per text: what open_clip tokenizes to for the config's ``text_cfg``, else the module's, else 77."""

@@ -77,14 +77,6 @@ def interrupted_text_run(atlas: Atlas, run_id: int) -> Iterator[None]:
         yield
 
 
-def weights_identity(model: LoadedModel) -> str:
-    """The sha256 of the model's weights: the file's, or for random weights their state dict's (another
-    ``--seed``'s init is other weights)."""
-    from neuronscope.models.weights import sha256_state_dict
-
-    return model.weights_sha256 or sha256_state_dict(model.module)
-
-
 def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
                      scored: Mapping[int, list[tuple[str, float]]], keep: int = 50) -> None:
     """Add texts to units' stored texts over the same image sample (the run's ``sample_key``): the same text
@@ -140,11 +132,9 @@ def units_with_texts(atlas: Atlas, run_id: int, model: str, layer: str) -> set[i
 
 
 def basis_checkpoint_key(model: LoadedModel, layer: str, sample: ImageSample) -> str:
-    """The checkpoint name of a layer's attribution basis: what it depends on (weights, precision, sample).
-
-    Random weights have no file hash; their state dict is hashed, so another ``--seed``'s init is another basis.
-    """
-    identity = [model.key, weights_identity(model), model.resolve_layer(layer), model.precision.name, sample.key]
+    """The checkpoint name of a layer's attribution basis: what it depends on (weights, random ones too,
+    precision, sample)."""
+    identity = [model.key, model.weights_identity(), model.resolve_layer(layer), model.precision.name, sample.key]
     return "basis-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 

@@ -29,7 +29,6 @@ from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.mining.scanner import interrupted_on_failure
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
-from neuronscope.probing.text_store import weights_identity
 from neuronscope.probing.vocab import VocabularyRecord, vocabulary_sha256
 from neuronscope.probing.words import DEFAULT_TOP_K, ProgressHook, WordProbe, probe_words
 from neuronscope.probing.zeroshot import text_list
@@ -52,7 +51,7 @@ def word_run_config(model: LoadedModel, layer: str, vocabulary: VocabularyRecord
     Random weights have no file hash: their state dict's is the config's ``weights_sha256``, so a run of another
     seed's init is another run, never resumed from this one's checkpoint.
     """
-    config = {"model": model.key, "weights_sha256": weights_identity(model), "layer": layer,
+    config = {"model": model.key, "weights_sha256": model.weights_identity(), "layer": layer,
               "vocabulary": vocabulary.name, "vocab_sha256": vocabulary.sha256, "words": vocabulary.entries,
               "settings": settings.to_dict(), "reduce": REDUCE, "top_k": top_k, "precision": model.precision.name}
     config = json.loads(json.dumps(config))  # as the atlas stores it: tuples read back as lists
