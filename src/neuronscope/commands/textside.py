@@ -33,7 +33,7 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models import LoadedModel
-from neuronscope.probing.vocab import VocabularyRecord
+from neuronscope.probing.vocab import VocabularyRecord, recorded_path
 from neuronscope.runtime import seed_everything
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not at start-up
@@ -54,12 +54,6 @@ def _image_sample(model, images: str | None, count: int, seed: int):
     if images:
         return image_sample_from(images, count, seed, preprocess=model.preprocess)
     return default_image_sample(count, seed, preprocess=model.preprocess)
-
-
-def _recorded_path(given: str) -> str:
-    """A path as a run's recorded command gives it (the rule ``--vocab`` follows): as typed when relative, by
-    its name when absolute (an atlas holds no absolute paths)."""
-    return Path(given).name if Path(given).is_absolute() else given
 
 
 def _load_text_model(model: str, weights: str | None, device: str, precision: str) -> LoadedModel:
@@ -264,7 +258,7 @@ def textvis(
                               units, "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
                               "--candidates", str(candidates), "--prior", str(prior), "--top-k", str(top_k),
                               "--sample", str(sample), "--seed", str(seed),
-                              *(["--images", _recorded_path(images)] if images else []),
+                              *(["--images", recorded_path(images)] if images else []),
                               "--precision", precision, "--out", Path(out).name])
         # Everything the texts depend on, units included (as a set: `2,0-1` is `0-2`): only the same
         # command continues a killed run.

@@ -198,14 +198,17 @@ def vocabulary_name(name_or_path: str | Path) -> str:
     return str(name_or_path) if str(name_or_path) in VOCABULARIES else Path(name_or_path).stem
 
 
+def recorded_path(given: str | Path) -> str:
+    """A path as a run's recorded command gives it: as typed when relative (from the folder the command ran
+    in), by its file name when absolute (runs are shown in static exports: an atlas holds no absolute paths)."""
+    return Path(given).name if Path(given).is_absolute() else str(given)
+
+
 def vocabulary_source(name_or_path: str | Path) -> str:
-    """``--vocab`` as a run's recorded command gives it, so that the command reruns: a built-in's name, a file's
-    path as given when relative (from the folder the command ran in), an absolute path by its file name only
-    (runs are shown in static exports, and an atlas holds no absolute paths; the word list's sha256 names it)."""
+    """``--vocab`` as a run's recorded command gives it, so that the command reruns: a built-in's name, else
+    :func:`recorded_path` (the word list's sha256 names the file's words)."""
     given = str(name_or_path)
-    if given in VOCABULARIES:
-        return given
-    return Path(given).name if Path(given).is_absolute() else given
+    return given if given in VOCABULARIES else recorded_path(given)
 
 
 def vocabulary_sha256(words: Sequence[str]) -> str:
