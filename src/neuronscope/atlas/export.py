@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronscope.atlas.store import Atlas, atomic_write_bytes, npz_bytes
+from neuronscope.atlas.store import Atlas, atomic_write_bytes, atomic_write_npz
 
 
 def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.ndarray]:
@@ -72,7 +72,7 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
 def export_numpy(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
     """Write :func:`layer_arrays` to ``path`` (``.npz``, atomically); returns the path."""
     path = Path(path)
-    atomic_write_bytes(path, npz_bytes(layer_arrays(atlas, model, layer)))
+    atomic_write_npz(path, layer_arrays(atlas, model, layer))
     return path
 
 

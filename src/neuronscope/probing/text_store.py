@@ -153,8 +153,8 @@ def keep_basis(atlas: Atlas, key: str, basis: AttributionBasis) -> bool:
     """Store ``basis`` in the atlas's checkpoints until the command finishes (:meth:`Atlas.drop_checkpoint`), so
     that a rerun after a failure, a kill or a full disk does not compute it again (minutes on a real model).
 
-    Returns False, with a warning, when it cannot be written (no space on disk, or no memory for the archive,
-    which is built in memory: as large as the basis again): the command goes on without it.
+    Returns False, with a warning, when it cannot be written (no space on disk, or a memory error while
+    writing): the command goes on without it.
     """
     meta = {"model": basis.model, "layer": basis.layer, "logit_scale": basis.logit_scale, "grid": list(basis.grid),
             "sample": basis.sample, "sample_key": basis.sample_key}
