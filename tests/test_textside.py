@@ -645,6 +645,8 @@ def test_text_runs_record_a_command_that_reruns_as_the_same_run(tmp_path, monkey
     assert "--vocab words.txt" in run["command"]
     assert run["dataset"]["source"] == "words.txt" and run["dataset"]["name"] == "words"
     assert run["config"]["vocab_sha256"] == run["dataset"]["sha256"]
+    # the texts depend on the weights (random ones by their state dict) and the precision: both key the run
+    assert run["config"]["precision"] == "fp32" and len(run["config"]["weights_sha256"]) == 64
     again = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)
     (tmp_path / "words.txt").write_text("spider\ncat\nplanet\n")
     edited = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)

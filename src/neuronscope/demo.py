@@ -273,7 +273,7 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
            report: StageProgress) -> tuple[str, str]:
     from neuronscope.probing.attribution import DEFAULT_SAMPLE_SIZE, compute_basis, default_image_sample
-    from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run, text_run_key, vocabulary_run_config
     from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary
     from neuronscope.probing.zeroshot import encode_texts
     from neuronscope.world.concepts import ZEROSHOT_TEMPLATE
@@ -281,8 +281,9 @@ def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
     words = load_vocabulary(settings.vocabulary)
     vocabulary = VocabularyRecord.of(settings.vocabulary, words)
     name = vocabulary.name
-    config = {**vocabulary.config(), "template": ZEROSHOT_TEMPLATE, "top_k": 20, "seed": settings.seed,
-              "sample": DEFAULT_SAMPLE_SIZE}  # the keys `attribute --out` records (batch size changes nothing)
+    # the config `attribute --out` records (batch size changes nothing)
+    config = vocabulary_run_config(model, vocabulary, template=ZEROSHOT_TEMPLATE, top_k=20, seed=settings.seed,
+                                   sample=DEFAULT_SAMPLE_SIZE)
     if atlas.finished_run(text_run_key(model.key, layer, "attribute", config)) is not None:
         return "reused", f"texts of {name} attributed earlier"
     report("texts", 0, 1)

@@ -160,7 +160,8 @@ def attribute(
             else:
                 _print_prompt_units(payloads)
             return
-    from neuronscope.probing.text_store import interrupted_text_run, merge_unit_texts, start_text_run
+    from neuronscope.probing.text_store import (interrupted_text_run, merge_unit_texts, start_text_run,
+                                                 vocabulary_run_config)
     from neuronscope.probing.zeroshot import encode_texts
 
     texts = [template.format(entry) for entry in entries]
@@ -172,8 +173,8 @@ def attribute(
                               record.source, "--template", template, "--units", units, "--top-k", str(top_k),
                               "--sample", str(sample), "--out", Path(out).name])
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="attribute",
-                                config={**record.config(), "template": template, "top_k": top_k,
-                                        "seed": seed, "sample": sample},
+                                config=vocabulary_run_config(loaded, record, template=template, top_k=top_k,
+                                                             seed=seed, sample=sample),
                                 dataset=record.dataset())
         with interrupted_text_run(atlas, run_id):
             scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
@@ -329,7 +330,7 @@ def emotions(
     PNG of the map."""
     from neuronscope.analysis.emotion_plot import plot_emotion_atlas
     from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
-    from neuronscope.probing.text_store import interrupted_text_run, start_text_run
+    from neuronscope.probing.text_store import interrupted_text_run, start_text_run, vocabulary_run_config
     from neuronscope.probing.vocab import load_vocabulary
 
     require_model(model)
@@ -351,8 +352,8 @@ def emotions(
                               record.source, "--max-units", str(max_units),
                               *(["--drop-lexical"] if drop_lexical else []), "--out", Path(out).name])
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
-                                config={**record.config(), "max_units": max_units,
-                                        "drop_lexical": drop_lexical, "seed": seed, "sample": sample},
+                                config=vocabulary_run_config(loaded, record, max_units=max_units,
+                                                             drop_lexical=drop_lexical, seed=seed, sample=sample),
                                 dataset=record.dataset())
         with interrupted_text_run(atlas, run_id):
             codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),

@@ -33,6 +33,7 @@ from neuronscope.atlas import Atlas
 from neuronscope.mining.scanner import interrupted_on_failure
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
+from neuronscope.probing.vocab import VocabularyRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ def text_run_key(model: str, layer: str, kind: str, config: Mapping[str, Any]) -
     """The config key of a text-side run (``Atlas.finished_run`` finds an earlier one by it)."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return f"{kind}:{model}:{layer}:{digest}"
+
+
+def vocabulary_run_config(model: LoadedModel, vocabulary: VocabularyRecord, **settings: Any) -> dict[str, Any]:
+    """The config (so the key) of a text-side run over a vocabulary (``attribute --out``, ``emotions``, the
+    demo's texts): its words, its own ``settings``, and the weights and precision the texts depend on."""
+    return {**vocabulary.config(), **settings, "precision": model.precision.name,
+            "weights_sha256": model.weights_identity()}
 
 
 def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *, command: str, kind: str,
