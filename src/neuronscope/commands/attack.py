@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,30 +24,34 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
 )
-from neuronscope.commands.zeroshot import check_template, cli_classifier, read_classes
+from neuronscope.commands.zeroshot import (
+    ClassesFileOpt,
+    ClassesOpt,
+    ImagesArg,
+    TemplateOpt,
+    check_template,
+    cli_classifier,
+    read_classes,
+)
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
 from neuronscope.mining.loader import iter_decoded
 from neuronscope.mining.sources import check_inputs, list_inputs
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.typographic import AttackSettings, typographic_attack
-from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE
 from neuronscope.runtime import seed_everything
 
 
 def attack(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
-                                                help="Image files, folders (recursive) or tar shards.")],
+    images: ImagesArg,
     text: Annotated[str, typer.Option("--text", help="The word written on each image, e.g. iPod.")],
     target: Annotated[Optional[str], typer.Option(
         "--target", help="The class a success turns the top-1 into (default: the text itself).")] = None,
     model: ModelOpt = "mini-clip",
     weights: WeightsOpt = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")] = None,
-    template: Annotated[Optional[str], typer.Option(
-        "--template", help=f"Prompt with {{}} for the class (default as zeroshot's: mini-clip 'a {{}}', "
-                           f"else '{DEFAULT_TEMPLATE}').")] = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
+    template: TemplateOpt = None,
     height: Annotated[float, typer.Option(
         "--height", help="The label's height as a share of the image's.")] = AttackSettings.height,
     font: Annotated[str, typer.Option("--font", help="Font file, family_dir/file.ttf or a path.")] = AttackSettings.font,

@@ -51,6 +51,16 @@ def world_prompt_set(model_key: str) -> tuple[list[str], str] | None:
     return concept_names(), ZEROSHOT_TEMPLATE
 
 
+#: The options of a command that classifies images zero-shot (``zeroshot``, ``attack``).
+ImagesArg = Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
+                                                help="Image files, folders (recursive) or tar shards.")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")]
+ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")]
+TemplateOpt = Annotated[Optional[str], typer.Option(
+    "--template", help=f"Prompt with {{}} for the class. Default: the model's own prompt set "
+                       f"(mini-clip: 'a {{}}'), else '{DEFAULT_TEMPLATE}'.")]
+
+
 def check_template(template: str | None) -> None:
     """Refuse a ``--template`` without ``{}`` (before the model loads, not after)."""
     if template is not None and "{}" not in template:
@@ -69,15 +79,12 @@ def cli_classifier(loaded: LoadedModel, names: list[str], template: str | None) 
 
 
 def zeroshot(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
-                                                help="Image files, folders (recursive) or tar shards.")],
+    images: ImagesArg,
     model: ModelOpt = "mini-clip",
     weights: WeightsOpt = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")] = None,
-    template: Annotated[Optional[str], typer.Option(
-        "--template", help=f"Prompt with {{}} for the class. Default: the model's own prompt set "
-                           f"(mini-clip: 'a {{}}'), else '{DEFAULT_TEMPLATE}'.")] = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
+    template: TemplateOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Classes printed per image.")] = 5,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
