@@ -35,7 +35,7 @@ from neuronscope.commands.zeroshot import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
-from neuronscope.mining.loader import iter_decoded
+from neuronscope.mining.loader import decode_entries
 from neuronscope.mining.sources import check_inputs, list_inputs
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.typographic import AttackSettings, typographic_attack
@@ -84,14 +84,15 @@ def attack(
 
     def readable() -> Iterator[Image.Image]:
         """The inputs, decoded one at a time (a folder of any size streams through); bad files set aside."""
-        for name, image in iter_decoded(images):
+        for name, image in decode_entries(entries):
             if isinstance(image, SkippedFile):
                 skipped.append((name, image))
                 continue
             names.append(name)
             yield image
 
-    total = sum(1 for _ in list_inputs(images))
+    entries = list(list_inputs(images))  # listed once: counted for the progress bar, then decoded
+    total = len(entries)
     bars = ProgressBars(quiet=json_out and not sys.stderr.isatty())
     track = bars.track("attack (images)")
     try:

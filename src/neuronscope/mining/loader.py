@@ -11,7 +11,7 @@ normalisation happens on the model's device.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,7 +81,13 @@ def iter_decoded(inputs: Sequence[str | os.PathLike], max_pixels: int = PILLOW_M
     :func:`~neuronscope.mining.sources.list_inputs` gives them. Bad files are
     counted by the scan's reasons, never raised.
     """
-    for entry in list_inputs(inputs):
+    return decode_entries(list_inputs(inputs), max_pixels)
+
+
+def decode_entries(entries: Iterable[Entry], max_pixels: int = PILLOW_MAX_PIXELS
+                   ) -> Iterator[tuple[str, Image.Image | SkippedFile]]:
+    """:func:`iter_decoded` of entries already listed (a caller that also counts them lists once)."""
+    for entry in entries:
         outcome = read_and_decode(entry, max_pixels)
         yield entry.name, outcome if isinstance(outcome, SkippedFile) else outcome[1]
 
