@@ -454,8 +454,9 @@ class Atlas:
                     self._write_layer_rows(db, run_id, scan, images, thumbs, histogram_file)
                 if old_files:
                     self._drop_unnamed_images(db)
+                # (a first scan replaced nothing: it skips reading every example's thumbnail)
                 orphans = replaced_thumbs - {row["thumb"] for row in db.execute(
-                    "SELECT DISTINCT thumb FROM examples WHERE thumb IS NOT NULL")}
+                    "SELECT DISTINCT thumb FROM examples WHERE thumb IS NOT NULL")} if replaced_thumbs else set()
                 started = db.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
                 db.execute("UPDATE runs SET status = 'finished', finished_at = ?, skipped = ?, images = ? WHERE id = ?",
                            (_now(), json.dumps(dict(skipped)), image_count, run_id))
