@@ -25,8 +25,8 @@ def test_layers_rn50x4_json_shows_the_papers_layer(monkeypatch, rn50x4):
         asked.append((name, weights))
         return rn50x4  # RN50x4 is built once per session; the command must ask for random weights
 
-    monkeypatch.setattr(layers_command, "load_model", session_model)
-    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: None)  # none cached
+    monkeypatch.setattr("neuronscope.models.load_model", session_model)
+    monkeypatch.setattr("neuronscope.models.download.find_cached", lambda cfg, cache_dir=None: None)  # none cached
     result = invoke("layers", "RN50x4", "--json")
     assert result.exit_code == 0, result.output
     assert asked == [("RN50x4", "random")]
@@ -68,9 +68,9 @@ def test_layers_of_a_bare_name_use_the_default_weights_when_at_hand(monkeypatch,
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("mini-clip@bundled:")
     assert layers_command._weights_for_layers("tiny-rn", "random") == "random"
-    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: None)
+    monkeypatch.setattr("neuronscope.models.download.find_cached", lambda cfg, cache_dir=None: None)
     assert layers_command._weights_for_layers("RN50x4", None) == "random"
-    monkeypatch.setattr(layers_command.download, "find_cached", lambda cfg, cache_dir=None: tmp_path / "w.pt")
+    monkeypatch.setattr("neuronscope.models.download.find_cached", lambda cfg, cache_dir=None: tmp_path / "w.pt")
     assert layers_command._weights_for_layers("RN50x4", None) == "default"
 
 
@@ -349,3 +349,36 @@ def test_demo_json_off_a_terminal_writes_the_json_alone(tmp_path):
     assert result.stderr == "" and json.loads(result.stdout)["model"].startswith("tiny-rn")
     result = runner.invoke(app, [arg for arg in args if arg != "--json"])
     assert result.stderr.startswith(f"building {tmp_path / 'atlas'} from tiny-rn")  # without --json: as before
+
+
+def test_help_and_the_commands_that_read_an_atlas_start_without_torch(tmp_path):
+    """Every ``--help``, ``show`` and ``export`` import neither torch nor open_clip (3-4 s of start-up before
+    anything is printed): the commands import what they run when they run."""
+    import subprocess
+    import sys
+
+    from tests.web_atlas import HUB_MODEL, build_hub_atlas
+
+    atlas = build_hub_atlas(tmp_path / "atlas")
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from neuronscope.cli import app
+
+runner = CliRunner()
+commands = [[command.name] for command in app.registered_commands]
+commands += [[group.name, command.name or command.callback.__name__] for group in app.registered_groups
+             for command in group.typer_instance.registered_commands]
+calls = [["--help"], *[[*command, "--help"] for command in commands],
+         ["show", {str(atlas)!r}, "--model", {HUB_MODEL!r}, "--layer", "neurons", "--unit", "1", "--json"],
+         ["export", {str(atlas)!r}, "--site", {str(tmp_path / "site")!r}]]
+for args in calls:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.modules
+                                                        if name.split(".")[0] in ("torch", "open_clip"))}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["calls"] > 20 and report["heavy"] == []

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from neuronscope.errors import DeviceError, UnitsError
-from neuronscope.runtime import bf16_support, format_units, parse_units, resolve_device, resolve_precision
+from neuronscope.runtime import bf16_support, resolve_device, resolve_precision
+from neuronscope.units import format_units, parse_units
 
 
 @pytest.mark.parametrize(

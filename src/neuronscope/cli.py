@@ -1,7 +1,10 @@
 """``neuronscope``: the command line.
 
 Commands live in small modules under :mod:`neuronscope.commands`, each with a
-``register(app)``; sub-apps (``world``) are mounted with ``add_typer``.
+``register(app)``; sub-apps (``world``) are mounted with ``add_typer``. A
+command module imports torch, open_clip and the code that runs models inside
+its commands, so ``--help`` and the commands that only read an atlas start
+without them (tests/test_cli.py checks it).
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.models import LoadedModel
+
+if TYPE_CHECKING:
+    from neuronscope.models import LoadedModel
 
 #: ``progress(stage, done, total)``: the command draws bars from it.
 StageProgress = Callable[[str, int, int], None]
@@ -113,7 +115,7 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
                      progress: StageProgress | None = None) -> DemoOutcome:
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
     from neuronscope.probing.raster import RasterSettings, resolve_fonts
-    from neuronscope.runtime import parse_units
+    from neuronscope.units import parse_units
     from neuronscope.visualize.store import layer_shape
 
     if "words" not in settings.skip:

@@ -1,5 +1,5 @@
-"""Run-time choices shared by every model-running command: device, precision,
-seed, and the one parser for unit lists.
+"""Run-time choices shared by every model-running command: device, precision
+and seed (the unit-list parser, :mod:`neuronscope.units`, is re-exported here).
 
 Nothing here picks a device at import time; callers pass one (or "auto").
 """
@@ -8,96 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import random
-import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from neuronscope.errors import DeviceError, UnitsError
+from neuronscope.errors import DeviceError
+from neuronscope.units import format_units, parse_units  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------- units
-
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-def _unit_index(value: Any, units: Any) -> int:
-    """One unit index: an int or anything integer that has ``__index__`` (NumPy, torch); never a float or bool."""
-    if isinstance(value, bool):
-        raise UnitsError(f"bad unit list {units!r}: {value!r} is not a unit index")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise UnitsError(f"bad unit list {units!r}: {value!r} is not an integer unit index") from None
-
-
-def parse_units(units: str | int | Iterable[int], n_units: int | None = None) -> list[int]:
-    """Parse a unit list: ``"0-31,550"`` (inclusive ranges, commas) or ``"all"``.
-
-    Args:
-        units: the text form, a single index (an int, or a NumPy / torch
-            integer scalar), or a sequence of indices. Floats are refused,
-            not truncated.
-        n_units: the layer's number of units (channels). Needed for ``"all"``;
-            when given, every index is checked against it.
-
-    Returns:
-        The indices in the order written, duplicates dropped.
-    """
-    if isinstance(units, bool):
-        raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550' or 'all'")
-    if getattr(units, "ndim", None) == 0 or (hasattr(units, "__index__") and not hasattr(units, "__iter__")):
-        indices = [_unit_index(units, units)]  # one index: int, np.int64, a 0-d tensor or array
-    elif isinstance(units, str):
-        text = units.strip()
-        if text.lower() == "all":
-            if n_units is None:
-                raise UnitsError("'all' units needs the layer's size; pass n_units (or list the units, e.g. '0-31')")
-            return list(range(n_units))
-        if not text:
-            raise UnitsError("empty unit list: write indices like '0-31,550' or 'all'")
-        indices = []
-        for part in text.split(","):
-            match = _RANGE.match(part)
-            if match is None:
-                raise UnitsError(f"bad unit list {units!r}: {part.strip()!r} is not an index or a range like '0-31'")
-            first = int(match.group(1))
-            last = int(match.group(2)) if match.group(2) is not None else first
-            if last < first:
-                raise UnitsError(f"bad unit list {units!r}: range {first}-{last} runs backwards (write {last}-{first})")
-            if n_units is not None and last >= n_units:  # before the range is built: "0-5500000000" is 22 GB
-                raise UnitsError(f"unit {last} is out of range: the layer has {n_units} units (0-{n_units - 1})")
-            indices.extend(range(first, last + 1))
-    elif isinstance(units, Iterable):
-        indices = [_unit_index(u, units) for u in units]
-    else:
-        raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550', a list of ints, or 'all'")
-
-    if any(u < 0 for u in indices):
-        raise UnitsError(f"bad unit list {units!r}: unit indices start at 0")
-    if n_units is not None and indices and max(indices) >= n_units:
-        raise UnitsError(f"unit {max(indices)} is out of range: the layer has {n_units} units (0-{n_units - 1})")
-    return list(dict.fromkeys(indices))
-
-
-def format_units(units: Sequence[int]) -> str:
-    """Inverse of :func:`parse_units` for sorted runs: ``[0,1,2,5]`` -> ``"0-2,5"``."""
-    parts: list[str] = []
-    ordered = sorted(set(units))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
 
 # --------------------------------------------------------------------------- device
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.reduce import unit_axis
 from neuronscope.errors import UnitsError
-from neuronscope.runtime import parse_units
+from neuronscope.units import parse_units
 
 Mode = Literal["zero", "mean", "set"]
 

@@ -35,11 +35,6 @@ from neuronscope.commands.zeroshot import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
-from neuronscope.mining.loader import decode_entries
-from neuronscope.mining.sources import check_inputs, list_inputs
-from neuronscope.probing.raster import resolve_font
-from neuronscope.probing.typographic import AttackSettings, typographic_attack
-from neuronscope.runtime import seed_everything
 
 
 def attack(
@@ -52,9 +47,10 @@ def attack(
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     template: TemplateOpt = None,
-    height: Annotated[float, typer.Option(
-        "--height", help="The label's height as a share of the image's.")] = AttackSettings.height,
-    font: Annotated[str, typer.Option("--font", help="Font file, family_dir/file.ttf or a path.")] = AttackSettings.font,
+    height: Annotated[Optional[float], typer.Option(
+        "--height", help="The label's height as a share of the image's (default 0.15).")] = None,
+    font: Annotated[Optional[str], typer.Option(
+        "--font", help="Font file, family_dir/file.ttf or a path (default: DejaVu Sans Bold).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 64,
@@ -63,9 +59,16 @@ def attack(
     debug: DebugOpt = False,
 ) -> None:
     """Write a word on every image at 8 fixed places and count how often the top class becomes the target."""
+    from neuronscope.mining.loader import decode_entries
+    from neuronscope.mining.sources import check_inputs, list_inputs
+    from neuronscope.probing.raster import resolve_font
+    from neuronscope.probing.typographic import AttackSettings, typographic_attack
+    from neuronscope.runtime import seed_everything
+
     check_template(template)
+    chosen = {"font": font, "height": height}
     try:  # settings, font and inputs before the model loads: a typo costs no load
-        settings = AttackSettings(font=font, height=height)
+        settings = AttackSettings(**{name: value for name, value in chosen.items() if value is not None})
     except ValueError as error:
         raise NeuronscopeError(f"--height: {error}") from None
     resolve_font(settings.font)

@@ -32,7 +32,6 @@ from neuronscope.commands.common import (
 )
 from neuronscope.commands.microscope import WEB_MODULES, _web
 from neuronscope.demo import STAGES, DemoSettings, build_demo_atlas
-from neuronscope.runtime import seed_everything
 
 
 def demo(
@@ -62,6 +61,8 @@ def demo(
 
     Started again, it reuses what the atlas already holds and goes on where it stopped. The labels and facets
     stages need the bundled card's model (mini-clip@bundled); on another --model they are skipped."""
+    from neuronscope.runtime import seed_everything
+
     # a missing web extra fails now, not after the build (a static --site alone needs only jinja2)
     web = _web(WEB_MODULES if serve else ("jinja2",)) if serve or site is not None else None
     seed_everything(seed)

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from neuronscope.activations import list_layers
 from neuronscope.commands.common import (
     DebugOpt,
     DeviceOpt,
@@ -21,9 +20,6 @@ from neuronscope.commands.common import (
     cli_command,
     print_json,
 )
-from neuronscope.models import (DEFAULT, RANDOM, default_weights, download, get_architecture, load_model,
-                                split_model_name)
-from neuronscope.runtime import seed_everything
 
 
 def layers(
@@ -43,6 +39,10 @@ def layers(
     no download (bundled, or in the local cache), else random (shapes do not
     depend on them), so nothing is ever downloaded.
     """
+    from neuronscope.activations import list_layers
+    from neuronscope.models import load_model
+    from neuronscope.runtime import seed_everything
+
     seed_everything(seed)
     chosen = choose_model(model_arg, model)
     loaded = load_model(chosen, weights=_weights_for_layers(chosen, weights), device=device, precision=precision)
@@ -69,6 +69,8 @@ def _weights_for_layers(model: str, weights: str | None) -> str:
     ``NAME@WEIGHTS`` and a checkpoint path already say which weights they are,
     so passing ``random`` beside them would be a conflict, not a default.
     """
+    from neuronscope.models import DEFAULT, RANDOM, split_model_name
+
     if weights:
         return weights
     name, inline = split_model_name(model)
@@ -79,6 +81,8 @@ def _weights_for_layers(model: str, weights: str | None) -> str:
 
 def _default_weights_at_hand(name: str) -> bool:
     """Whether an omitted ``--weights`` loads without a download (``mini-clip`` means ``mini-clip@bundled``)."""
+    from neuronscope.models import default_weights, download, get_architecture
+
     if name.startswith("hf-hub:"):
         return download.find_cached_repo(name[len("hf-hub:"):]) is not None
     return default_weights(get_architecture(name)) is not None  # an unknown name fails here, with close matches

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from neuronscope.commands.common import DebugOpt, JsonOpt, cli_command, print_json
-from neuronscope.models import Architecture, default_weights, list_architectures
-from neuronscope.models.download import find_cached
+
+if TYPE_CHECKING:
+    from neuronscope.models import Architecture
 
 
 def _row(arch: Architecture) -> dict[str, Any]:
+    from neuronscope.models import default_weights
+    from neuronscope.models.download import find_cached
+
     cached = [tag for tag, cfg in arch.tags.items() if find_cached(cfg) is not None]
     return {"name": arch.name, "weights": arch.weight_choices(), "default": default_weights(arch),
             "cached": cached,
@@ -24,6 +28,8 @@ def models(
     debug: DebugOpt = False,
 ) -> None:
     """List architectures and their weights (default marked *, locally cached marked +)."""
+    from neuronscope.models import list_architectures
+
     rows = [_row(arch) for arch in list_architectures(pattern)]
     if json_out:
         print_json(rows)

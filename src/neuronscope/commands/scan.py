@@ -5,11 +5,10 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from neuronscope.activations.names import resolve_layers, split_layer_list
 from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
     BatchSizeOpt,
@@ -29,9 +28,9 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
-from neuronscope.mining import ScanProgress, ScanSettings, open_source, scan as run_scan
-from neuronscope.mining.ray_backend import import_ray, scan_ray
-from neuronscope.runtime import seed_everything
+
+if TYPE_CHECKING:
+    from neuronscope.mining import ScanProgress
 
 
 class ProgressReport:
@@ -91,6 +90,11 @@ def scan(
     and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes.
     ``--backend ray`` runs it on Ray (pip install 'neuronscope\\[distributed]')."""
     # The docstring's "\\[" keeps Rich's --help from reading [distributed] as markup and dropping it.
+    from neuronscope.activations.names import resolve_layers, split_layer_list
+    from neuronscope.mining import ScanSettings, open_source, scan as run_scan
+    from neuronscope.mining.ray_backend import import_ray, scan_ray
+    from neuronscope.runtime import seed_everything
+
     if not images or not out:
         raise NeuronscopeError("scan needs --images SRC (folder, .tar or .txt of paths) and --out ATLAS")
     check_atlas_target(out)

@@ -10,7 +10,7 @@ import typer
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.export import EXPORTERS, export_layer
 from neuronscope.commands.common import AtlasArg, DebugOpt, JsonOpt, LayerOpt, ModelOpt, cli_command, print_json
-from neuronscope.runtime import parse_units
+from neuronscope.units import parse_units
 
 
 def show(

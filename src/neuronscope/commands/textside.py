@@ -32,11 +32,10 @@ from neuronscope.commands.common import (
     require_out,
 )
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models import LoadedModel
 from neuronscope.probing.vocab import VocabularyRecord, recorded_path
-from neuronscope.runtime import seed_everything
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not at start-up
+    from neuronscope.models import LoadedModel
     from neuronscope.probing.attribution import AttributionBasis, ImageSample
     from neuronscope.probing.textvis import TextVisResult, TextVisSettings
 
@@ -98,7 +97,7 @@ def _atlas_basis(atlas: Atlas, model: LoadedModel, layer: str, sample: ImageSamp
 def _layer_units(model, layer: str, units: str) -> list[int]:
     """``--units`` parsed against the layer's size (one forward of a grey image): a bad list fails before
     the costly attribution basis."""
-    from neuronscope.runtime import parse_units
+    from neuronscope.units import parse_units
     from neuronscope.visualize.store import layer_shape
 
     canonical = model.resolve_layer(layer)
@@ -143,6 +142,7 @@ def attribute(
     if "{}" not in template:
         raise NeuronscopeError(f"--template {template!r} has no {{}} for the vocabulary entry")
     from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.runtime import seed_everything
 
     entries = load_vocabulary(vocab) if out else []  # a missing file or wordfreq fails before any compute
     started = time.monotonic()
@@ -236,6 +236,7 @@ def textvis(
     stored as it finishes: the same command run again after a kill goes on with the units left."""
     from neuronscope.probing.text_store import interrupted_text_run, start_text_run
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
+    from neuronscope.runtime import seed_everything
 
     require_model(model)
     require_out(out, "textvis")
@@ -332,6 +333,7 @@ def emotions(
     from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
     from neuronscope.probing.text_store import interrupted_text_run, start_text_run, vocabulary_run_config
     from neuronscope.probing.vocab import load_vocabulary
+    from neuronscope.runtime import seed_everything
 
     require_model(model)
     require_out(out, "emotions")

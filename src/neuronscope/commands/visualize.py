@@ -6,7 +6,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -28,11 +28,10 @@ from neuronscope.commands.common import (
     require_model,
 )
 from neuronscope.errors import NeuronscopeError
-from neuronscope.runtime import parse_units, seed_everything
-from neuronscope.visualize import RenderConfig, UnitRender, render_diverse, render_units
-from neuronscope.visualize import facets
-from neuronscope.visualize.store import (FeatureVisWriter, facet_name, facet_probe, layer_shape, load_facet_images,
-                                         render_entry)
+from neuronscope.units import parse_units
+
+if TYPE_CHECKING:
+    from neuronscope.visualize import RenderConfig, UnitRender
 
 
 def _png_name(render: UnitRender, multiple: bool) -> str:
@@ -109,6 +108,12 @@ def visualize(
 ) -> None:
     """Render feature visualizations: images optimised to make each unit fire (Lucid's recipe), one image per
     unit, many units per pass. --diverse N: N different images per unit. --facet: steered towards a facet."""
+    from neuronscope.runtime import seed_everything
+    from neuronscope.visualize import RenderConfig, render_diverse, render_units
+    from neuronscope.visualize import facets
+    from neuronscope.visualize.store import (FeatureVisWriter, facet_name, facet_probe, layer_shape,
+                                             load_facet_images, render_entry)
+
     if not out and not png:
         raise NeuronscopeError("visualize needs --out ATLAS, --png DIR, or both")
     if not units:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -22,11 +22,10 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import SkippedFile
-from neuronscope.mining.loader import iter_decoded
-from neuronscope.mining.sources import check_inputs
-from neuronscope.models.loaded import LoadedModel
-from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
-from neuronscope.runtime import seed_everything
+
+if TYPE_CHECKING:
+    from neuronscope.models.loaded import LoadedModel
+    from neuronscope.probing.zeroshot import ZeroShotClassifier
 
 
 def read_classes(classes: str | None, classes_file: Path | None) -> list[str]:
@@ -57,8 +56,8 @@ ImagesArg = Annotated[list[str], typer.Argument(metavar="IMAGE_OR_DIR...",
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.")]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="One class name a line.")]
 TemplateOpt = Annotated[Optional[str], typer.Option(
-    "--template", help=f"Prompt with {{}} for the class. Default: the model's own prompt set "
-                       f"(mini-clip: 'a {{}}'), else '{DEFAULT_TEMPLATE}'.")]
+    "--template", help="Prompt with {} for the class. Default: the model's own prompt set "
+                       "(mini-clip: 'a {}'), else CLIP's 'a photo of a {}.'.")]
 
 
 def check_template(template: str | None) -> None:
@@ -70,6 +69,8 @@ def check_template(template: str | None) -> None:
 def cli_classifier(loaded: LoadedModel, names: list[str], template: str | None) -> ZeroShotClassifier:
     """The classifier of ``--classes`` and ``--template``, defaulting to the model's own prompt set (the mini
     CLIP's world) where it has one."""
+    from neuronscope.probing.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+
     own = world_prompt_set(loaded.key)
     if not names:
         if own is None:
@@ -94,6 +95,10 @@ def zeroshot(
     debug: DebugOpt = False,
 ) -> None:
     """Zero-shot classify images; prints the top classes per image with probabilities."""
+    from neuronscope.mining.loader import iter_decoded
+    from neuronscope.mining.sources import check_inputs
+    from neuronscope.runtime import seed_everything
+
     check_template(template)
     names = read_classes(classes, classes_file)
     check_inputs(images)

@@ -61,7 +61,7 @@ from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_texts, logit_scale, text_list
-from neuronscope.runtime import parse_units
+from neuronscope.units import parse_units
 
 #: A progress callback: ``(done, total)`` backward passes, as the commands' ProgressBars take it.
 OnStep = Callable[[int, int], None]

@@ -25,7 +25,7 @@ import torch
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
 from ..models.loaded import LoadedModel
-from ..runtime import parse_units
+from ..units import parse_units
 from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
 from .zeroshot import text_list

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import astuple
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ..commands.common import DebugOpt, DeviceOpt, JsonOpt, ProgressBars, SeedOpt, cli_command
-from .card import label_card_units
-from .sampler import Mix
-from .train import TrainConfig, TrainProgress
+from .recipe import Mix, TrainConfig
+
+if TYPE_CHECKING:
+    from .train import TrainProgress
 
 _DEFAULTS = TrainConfig()
 
@@ -153,7 +154,7 @@ def eval_command(
 ) -> None:
     """Evaluate the mini CLIP on the held-out split (fp32 on the CPU, through the recorder; --seeds seeds its
     controls, so it takes no --model, --device, --precision or --seed)."""
-    from .card import card_tables, write_unit_sheets
+    from .card import card_tables, label_card_units, write_unit_sheets
     from .evaluate import evaluate_world
     from .split import load_test_split
 

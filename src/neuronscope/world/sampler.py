@@ -7,7 +7,6 @@ at step s sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,10 @@ from PIL import Image
 
 from .build import unpack_drawing
 from .concepts import CAPTION_TEMPLATES
+from .recipe import Mix
 from .render import TRAIN_FONTS, augment_drawing, font_path, render_drawing, render_labelled, render_word
 
 KINDS = ("drawing", "word", "composite", "reading")
-
-
-@dataclass(frozen=True)
-class Mix:
-    """Shares of each kind of training image (they need not sum to 1)."""
-
-    drawing: float = 0.3
-    word: float = 0.2
-    composite: float = 0.2
-    reading: float = 0.3
-
-    def probabilities(self) -> np.ndarray:
-        shares = np.array([self.drawing, self.word, self.composite, self.reading], dtype=float)
-        return shares / shares.sum()
 
 
 def check_fonts(mix: Mix) -> None:
