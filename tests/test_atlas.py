@@ -349,6 +349,7 @@ def test_a_rescan_on_other_images_drops_what_only_the_replaced_scan_used(tiny_rn
     Now they go, except what another layer still shows or names, and a thumbnail touched since the run began
     (a scan beside this one may be about to show it)."""
     import os
+    import time
 
     from PIL import Image, ImageOps
 
@@ -369,7 +370,9 @@ def test_a_rescan_on_other_images_drops_what_only_the_replaced_scan_used(tiny_rn
         for path in atlas.thumbs_dir.iterdir():  # drawn an hour ago ...
             os.utime(path, (path.stat().st_mtime - 3600,) * 2)
         touched = atlas.path / sorted(shown("visual.layer4%") - kept_by_layer3)[0]
-        os.utime(touched)  # ... except one a scan beside this one has just reused
+        # ... except one a scan beside this one reuses while this one runs (a time after the run's start:
+        # touched now, it would pass only when the touch and the start fell in the same second)
+        os.utime(touched, (time.time() + 60,) * 2)
         scan(tiny_rn, open_source(tmp_path / "second"), atlas, ["neurons"], settings=settings, batch_size=4,
              thumbnails=True)
         on_disk = {atlas.thumbnail_relpath(p.name) for p in atlas.thumbs_dir.iterdir()}
