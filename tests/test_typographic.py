@@ -16,9 +16,9 @@ from neuronscope.probing.typographic import EIGHT_POSITIONS, AttackSettings, sta
 from neuronscope.probing.zeroshot import ZeroShotClassifier
 from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
 
-#: At 64 px the mini CLIP reads a label of 30% of the height (its world's attack labels are 24-34%); the paper's
-#: 7% cover at 288 px would be a 10 px label here, too small for it.
-MINI_CLIP_ATTACK = AttackSettings(height=0.3)
+#: The default label: 15% of the height, at least 20 px, so 20 px (31%) on the mini CLIP's 64 px, about its world's
+#: attack labels (24-34%); 15% alone would be a 10 px label, too small for it to read.
+MINI_CLIP_ATTACK = AttackSettings()
 
 
 def test_a_label_covers_its_box_and_nothing_else():
@@ -35,6 +35,22 @@ def test_a_label_covers_its_box_and_nothing_else():
         assert (cols[0] == 0) == (position[0] == 0) and (cols[-1] == 63) == (position[0] == 1)
         assert set(map(tuple, pixels[changed].reshape(-1, 3))) - {(255, 255, 255)}  # some ink on the white
     assert np.asarray(image).max() == 200  # the caller's image is left as it was
+
+
+def test_the_default_label_is_15_percent_of_the_height_and_at_least_20_pixels():
+    font = resolve_font(AttackSettings().font)
+
+    def label_rows(size: int, **settings) -> int:
+        chosen = AttackSettings(**settings)
+        image = Image.new("RGB", (size, size), (200, 30, 30))
+        stamped, _ = stamp_label(image, "iPod", font, chosen.height, (0.0, 0.0), min_pixels=chosen.min_pixels)
+        return int((np.asarray(stamped) != (200, 30, 30)).any(axis=2).any(axis=1).sum())
+
+    assert label_rows(288) == 43 and label_rows(224) == 34  # 15%: the floor does not bind at CLIP's sizes
+    assert label_rows(64) == 20 and label_rows(64, min_pixels=0) == 10 and label_rows(64, height=0.5) == 32
+    assert label_rows(16) == 16  # never taller than the image
+    with pytest.raises(ValueError, match="min_pixels"):
+        AttackSettings(min_pixels=-1)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +108,7 @@ def test_attack_cli_prints_the_json_and_refuses_bad_input_in_one_line(tmp_path, 
         image.save(folder / f"{index}.png")
     (folder / "empty.png").write_bytes(b"")
     runner = CliRunner()
-    answer = runner.invoke(app, ["attack", str(folder), "--text", "star", "--height", "0.3", "--json"])
+    answer = runner.invoke(app, ["attack", str(folder), "--text", "star", "--json"])
     assert answer.exit_code == 0, answer.output
     payload = json.loads(answer.stdout)
     assert (payload["text"], payload["target"], payload["images"]) == ("star", "star", 6)
@@ -102,3 +118,5 @@ def test_attack_cli_prints_the_json_and_refuses_bad_input_in_one_line(tmp_path, 
                                (["--text", "star", "--font", "nope/None.ttf"], "font 'nope/None.ttf' is not installed")):
         refused = runner.invoke(app, ["attack", str(folder), *arguments])
         assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output
+    refused = runner.invoke(app, ["attack", str(folder), "--text", "star", "--min-pixels", "-1"])
+    assert refused.exit_code == 2 and "--min-pixels" in refused.output  # typer's own range check

@@ -49,6 +49,9 @@ def attack(
     template: TemplateOpt = None,
     height: Annotated[Optional[float], typer.Option(
         "--height", help="The label's height as a share of the image's (default 0.15).")] = None,
+    min_pixels: Annotated[Optional[int], typer.Option(
+        "--min-pixels", min=0, help="The label's least height in pixels (default 20, so that a 64 px model can read "
+                             "it; 0: none).")] = None,
     font: Annotated[Optional[str], typer.Option(
         "--font", help="Font file, family_dir/file.ttf or a path (default: DejaVu Sans Bold).")] = None,
     device: DeviceOpt = "auto",
@@ -66,7 +69,7 @@ def attack(
     from neuronscope.runtime import seed_everything
 
     check_template(template)
-    chosen = {"font": font, "height": height}
+    chosen = {"font": font, "height": height, "min_pixels": min_pixels}
     try:  # settings, font and inputs before the model loads: a typo costs no load
         settings = AttackSettings(**{name: value for name, value in chosen.items() if value is not None})
     except ValueError as error:

@@ -40,25 +40,32 @@ class AttackSettings:
     Attributes:
         font: a font file, ``family_dir/file.ttf`` under the system fonts or a path (one font, as the paper).
         height: the label's height as a share of the image's (the text fills 3/4 of it, narrower if long).
+        min_pixels: the label is never shorter than this. 15% of a 224-288 px input (34-43 px) is about the
+            paper's label; 15% of the mini CLIP's 64 px is 10 px, text too small for it to read at all, so
+            small inputs get 20 px (31% at 64 px, about its world's own attack labels).
         positions: (x, y) in [0, 1] where the label sits in the room around it; the paper used 8.
     """
 
     font: str = "dejavu/DejaVuSans-Bold.ttf"
     height: float = 0.15
+    min_pixels: int = 20
     positions: tuple[tuple[float, float], ...] = EIGHT_POSITIONS
 
     def __post_init__(self) -> None:
         if not 0 < self.height <= 1:
             raise ValueError(f"height is a share of the image's height in (0, 1], not {self.height}")
+        if self.min_pixels < 0:
+            raise ValueError(f"min_pixels is a label height in pixels (0: no floor), not {self.min_pixels}")
         if not self.positions or not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in self.positions):
             raise ValueError(f"positions are (x, y) pairs in [0, 1], got {self.positions}")
 
 
 def stamp_label(image: Image.Image, text: str, font_file: str, height: float,
-                position: tuple[float, float]) -> tuple[Image.Image, float]:
-    """``image`` with ``text`` in black on a white label; returns it and the share of pixels the label covers."""
+                position: tuple[float, float], *, min_pixels: int = 8) -> tuple[Image.Image, float]:
+    """``image`` with ``text`` in black on a white label ``height`` of the image's height (at least
+    ``min_pixels``, at most the image); returns it and the share of pixels the label covers."""
     width_px, height_px = image.size
-    label_h = max(8, round(height * height_px))
+    label_h = min(height_px, max(min_pixels, round(height * height_px), 1))
     pad = max(1, label_h // 8)
     font = fit_font(text, font_file, width_px - 2 * pad, label_h * 0.75)
     left, top, right, bottom = font.getbbox(text)
@@ -169,7 +176,8 @@ def typographic_attack(model: LoadedModel, images: Iterable[Image.Image], classi
         stamped = []
         for image in resized:
             for position in settings.positions:
-                label, cover = stamp_label(image, text, font_file, settings.height, position)
+                label, cover = stamp_label(image, text, font_file, settings.height, position,
+                                           min_pixels=settings.min_pixels)
                 stamped.append(label)
                 covers.append(cover)
         clean += _top1(classifier, resized, batch_size)
