@@ -799,6 +799,23 @@ def test_textvis_continues_only_the_same_commands_run(tmp_path, monkeypatch):
     assert [t["unit"] for t in again["texts"]] == [2, 1]
 
 
+def test_a_rerun_of_a_finished_textvis_climbs_no_unit_and_keeps_its_run(tmp_path, monkeypatch):
+    """A finished textvis run again (as `visualize` again renders nothing) climbed every unit anew, minutes a
+    unit on a real model, into a second run: it reopens its finished run and reports the units stored."""
+    import neuronscope.probing.textvis as textvis
+
+    out = str(tmp_path / "atlas")
+    first = json.loads(_invoke(*TEXTVIS, "--units", "0-1", "--out", out, "--json").stdout)
+    monkeypatch.setattr(textvis, "optimize_text", lambda *args: pytest.fail(f"unit {args[2]} was climbed again"))
+    again = json.loads(_invoke(*TEXTVIS, "--units", "1,0", "--out", out, "--json").stdout)
+    assert again["run_id"] == first["run_id"] and again["already_stored"] == 2 and again["texts"] == []
+    with Atlas(out, create=False) as atlas:
+        (run,) = atlas.runs()
+        assert run["status"] == "finished" and atlas.unit_texts(run["model"], run["layers"][0]["layer"], 1)
+    summary = _invoke(*TEXTVIS, "--units", "0-1", "--out", out).stdout
+    assert f"(run {first['run_id']}; 2 unit(s) it stored earlier kept)" in summary
+
+
 def test_textvis_records_a_command_that_continues_its_run_on_the_same_images(tmp_path, monkeypatch):
     """The recorded command left out --images and --precision: rerun, it climbed over the bundled sample at
     the default precision, another run. It names the images as --vocab is named (a relative path as typed)."""

@@ -233,7 +233,8 @@ def textvis(
 ) -> None:
     """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
     store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
-    stored as it finishes: the same command run again after a kill goes on with the units left."""
+    stored as it finishes: the same command run again goes on in its run with the units left (after a kill),
+    or climbs none (after it finished)."""
     from neuronscope.probing.text_store import interrupted_text_run, start_text_run
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
     from neuronscope.runtime import seed_everything
@@ -281,7 +282,7 @@ def textvis(
     for r in results:
         text, score, _ = r.best
         typer.echo(f"unit {r.unit}: {text!r} ({score:+.4f})")
-    earlier = f"; {kept} unit(s) it stored before it was stopped kept" if kept else ""
+    earlier = f"; {kept} unit(s) it stored earlier kept" if kept else ""
     typer.echo(f"{basis.model}: texts of {len(chosen)} units of {basis.layer} into {out} (run {run_id}{earlier})")
 
 

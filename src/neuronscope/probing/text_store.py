@@ -56,14 +56,16 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
                    resume: bool = False) -> int:
     """Record a text-side run and make its layer known to the atlas; returns the run id.
 
-    ``resume``: continue the latest unfinished run of the same key (a killed ``textvis``) instead of
-    starting another; ``config`` must then name everything the results depend on (units, precision,
-    weights: another command must never continue it). A run still marked ``running`` is taken for a
-    killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no process can mark it.
+    ``resume``: continue the latest unfinished run of the same key (a killed ``textvis``), or else reopen
+    the latest finished one (a rerun of a finished ``textvis``, whose units are then all stored: nothing to
+    climb, no second run), instead of starting another; ``config`` must then name everything the results
+    depend on (units, precision, weights: another command must never continue it). A run still marked
+    ``running`` is taken for a killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no
+    process can mark it.
     """
     aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
     config_key = text_run_key(basis.model, basis.layer, kind, config)
-    run_id = atlas.unfinished_run(config_key) if resume else None
+    run_id = (atlas.unfinished_run(config_key) or atlas.finished_run(config_key)) if resume else None
     if run_id is not None:
         atlas.set_run_status(run_id, "running")  # an `interrupted` one runs again
     else:
