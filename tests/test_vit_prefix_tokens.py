@@ -95,11 +95,27 @@ def test_record_reduces_the_patch_tokens_only(fixture, prefix, request):
 
 
 def test_a_cls_reduction_refuses_a_vit_without_a_class_token(siglip_like):
-    with pytest.raises(NoClassTokenError, match="ViT has no class token") as refused:
+    with pytest.raises(NoClassTokenError, match="has no class token") as refused:
         record(siglip_like, torch.randn(1, 3, 16, 24), LAYER, reduce="cls")
     assert siglip_like.key in str(refused.value) and "\n" not in str(refused.value)
     with pytest.raises(NoClassTokenError):
         cls_token(torch.randn(1, PATCHES, 8), class_token=False)
+
+
+def test_a_conv_tower_has_no_tokens_and_refuses_a_cls_reduction_before_any_forward(mini_clip_fp32):
+    """The mini CLIP (a ModifiedResNet) claimed one class token: reduce="cls" failed inside the hook, after a
+    forward, with a shape error, and prefix_tokens disagreed with layer_geometry's 0."""
+    model = mini_clip_fp32
+    assert (model.prefix_tokens, model.has_class_token) == (0, False)
+    assert layer_geometry(model, ["neurons"])[model.resolve_layer("neurons")].prefix_tokens == model.prefix_tokens
+    forwards = []
+    hook = model.module.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        with pytest.raises(NoClassTokenError, match="reduce with mean, max or centre") as refused:
+            record(model, torch.randn(1, 3, *model.preprocess.image_size), "neurons", reduce="cls")
+    finally:
+        hook.remove()
+    assert forwards == [] and model.key in str(refused.value)
 
 
 def test_a_cls_reduction_reads_the_class_token_before_the_registers(registers):

@@ -32,11 +32,12 @@ from neuronscope.errors import NeuronscopeError
 
 
 class NoClassTokenError(NeuronscopeError, ValueError):
-    """A class-token reduction of a ViT whose tokens have no class token (SigLIP pools its patch tokens)."""
+    """A class-token reduction of a model with no class token: a ViT that pools its patch tokens (SigLIP), or a
+    conv net (a ModifiedResNet), whose layers are maps."""
 
 
-NO_CLASS_TOKEN = ("this ViT has no class token (its tower pools the patch tokens, as SigLIP's does): "
-                  "reduce with mean, max or centre instead of cls")
+NO_CLASS_TOKEN = ("this model has no class token (a ViT like SigLIP's pools its patch tokens; a conv net's "
+                  "layers are maps): reduce with mean, max or centre instead of cls")
 
 
 def unit_axis(acts: Tensor, layout: Layout = CHANNELS_FIRST) -> int:

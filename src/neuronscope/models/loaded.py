@@ -129,14 +129,23 @@ class LoadedModel:
     def prefix_tokens(self) -> int:
         """How many tokens come before a ViT's patch tokens in its blocks: a timm trunk's class and register
         tokens (``num_prefix_tokens``: 0 for SigLIP, 5 with a class token and 4 registers), else 1 (open_clip's
-        own ViT, and plain modules, put one class token first)."""
+        own ViT, and plain modules, put one class token first); 0 for a conv tower, which has no tokens."""
+        if not self._has_tokens:
+            return 0
         return int(getattr(self._timm_trunk, "num_prefix_tokens", 1))
 
     @property
     def has_class_token(self) -> bool:
         """Whether a ViT's first token is a class token: False for a timm trunk built without one (SigLIP pools
-        its patch tokens with attention), so a ``cls`` reduction would read a register or a patch."""
-        return bool(getattr(self._timm_trunk, "has_class_token", True))
+        its patch tokens with attention), so a ``cls`` reduction would read a register or a patch, and for a
+        conv tower (a ModifiedResNet), whose layers are maps: ``cls`` is refused before any forward."""
+        return self._has_tokens and bool(getattr(self._timm_trunk, "has_class_token", True))
+
+    @property
+    def _has_tokens(self) -> bool:
+        """Whether the image tower works on tokens: a ViT's patch grid is known, or the tower is no conv net
+        (a plain module is read as a ViT); a ModifiedResNet or a timm conv trunk works on maps."""
+        return self.token_grid is not None or self.family != "conv"
 
     @property
     def _timm_trunk(self) -> nn.Module | None:
