@@ -121,7 +121,7 @@ def test_zeroshot_without_classes_on_another_model_is_a_clear_error(tmp_path, sp
 
 def test_world_eval_labels_the_card_units_in_an_atlas(tmp_path, split, card) -> None:
     from neuronscope.atlas import Atlas
-    from neuronscope.world.cli import label_card_units
+    from neuronscope.world.card import label_card_units
 
     images = tmp_path / "images"
     images.mkdir()
@@ -135,6 +135,23 @@ def test_world_eval_labels_the_card_units_in_an_atlas(tmp_path, split, card) -> 
     first = card["multimodal"]["units"][0]
     with Atlas(tmp_path / "atlas") as atlas:
         assert atlas.unit("mini-clip", "neurons", first["unit"])["label"] == first["concept"]
+
+
+def test_world_eval_out_json_reports_as_every_atlas_writer(tmp_path, card, monkeypatch) -> None:
+    """`world eval --out --json` printed the evaluation alone, without CONVENTIONS' keys of a command that fills
+    an atlas: a script reading "layers" / "units" from every atlas writer broke on it. (The evaluation itself,
+    minutes, is the card's.)"""
+    import neuronscope.world.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_world", lambda *args, **kwargs: card)
+    result = CliRunner().invoke(app, ["world", "eval", "--out", str(tmp_path / "atlas"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert {key: payload[key] for key in ("atlas", "run_id", "layers", "units", "skipped")} == {
+        "atlas": str(tmp_path / "atlas"), "run_id": None, "layers": [card["multimodal"]["layer"]],
+        "units": len(card["multimodal"]["units"]), "skipped": {}}
+    assert payload["model"] == "mini-clip@bundled" and payload["seconds"] >= 0
+    assert all(payload[key] == value for key, value in card.items())  # the report's own keys, unchanged
 
 
 def _world_of_heldout_drawings(folder, split, concepts: list[str]):

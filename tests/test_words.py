@@ -310,6 +310,9 @@ def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path, monkey
     payload = json.loads(result.stdout)
     assert payload["resumed_from"] == 16  # the last word's checkpoint, written before the store
     assert payload["model"] == "RN50x4@random" and payload["layer"] == "visual.layer4.5.act3:input"
+    # an atlas writer's report (CONVENTIONS) beside the comparison's keys
+    assert (payload["atlas"], payload["layers"], payload["units"], payload["skipped"]) == (
+        str(tmp_path / "atlas"), ["visual.layer4.5.act3:input"], PAPER_UNITS, {})
     assert payload["overall"]["units"] == PAPER_UNITS and payload["named"]["units"] == 109
     assert 0.0 <= payload["overall"]["top3_overlap"] <= 1.0 and payload["vocabulary_words"] == 16
     assert len(payload["named_units"]) == 109 and all(len(u["ours"]) == 3 for u in payload["named_units"])

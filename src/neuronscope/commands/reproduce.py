@@ -20,6 +20,7 @@ from neuronscope.commands.common import (
     PrecisionOpt,
     ProgressBars,
     cli_command,
+    fill_report,
     load_cli_model,
     print_json,
 )
@@ -94,8 +95,9 @@ def reproduce_words(
         bars.close()
     comparison = compare_with_paper(probe, k=top_k)
     payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3)}
-    if out:
-        payload.update(run_id=run_id, atlas=out, resumed_from=resumed_from)
+    if out:  # an atlas writer: CONVENTIONS' keys too, beside the comparison's
+        payload = {**fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds),
+                   **payload, "resumed_from": resumed_from}
     if json_out:
         print_json(payload)
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -162,12 +163,24 @@ def eval_command(
         from neuronscope.atlas import check_atlas_target
 
         check_atlas_target(out)  # before the evaluation's minutes, not after
+    started = time.monotonic()
     model = _load_for_eval(weights)
     test_split = load_test_split(split)
     report = evaluate_world(model, test_split, control_seeds=tuple(range(seeds)), world_dir=world)
     if card_images is not None:
         write_unit_sheets(model, test_split, report, card_images)
     if out is not None:
-        label_card_units(out, model.key, report)
+        labelled = label_card_units(out, model.key, report)
+        if json_output:  # an atlas writer: CONVENTIONS' keys too, beside the report's
+            report = {**_labels_report(out, model.key, report, labelled, time.monotonic() - started), **report}
     typer.echo(json.dumps(report, indent=1) if json_output else card_tables(report))
+
+
+def _labels_report(out: Path, model_key: str, report: dict, labelled: int, seconds: float) -> dict:
+    """CONVENTIONS' report of an atlas writer for the card's labels: no run (labels are not a run's results);
+    ``units``: the labels written (a unit already labelled keeps its label)."""
+    from ..commands.common import fill_report
+
+    layers = sorted({entry["layer"] for entry in report["multimodal"]["units"]})
+    return fill_report(out, None, model_key, layers, labelled, seconds)
 
