@@ -112,7 +112,9 @@ def test_attack_cli_prints_the_json_and_refuses_bad_input_in_one_line(tmp_path, 
     assert answer.exit_code == 0, answer.output
     payload = json.loads(answer.stdout)
     assert (payload["text"], payload["target"], payload["images"]) == ("star", "star", 6)
-    assert list(payload["skipped"].values()) == ["zero_byte"] and "empty.png" in next(iter(payload["skipped"]))
+    assert payload["skipped"] == {"zero_byte": 1}  # {reason: count}, as scan's
+    (name, reason), = payload["skipped_files"].items()  # each file's reason
+    assert reason == "zero_byte" and name.endswith("empty.png")
     for arguments, message in ((["--text", "star", "--target", "iPod"], "not one of the 43 classes"),
                                (["--text", "star", "--height", "0"], "--height"),
                                (["--text", "star", "--font", "nope/None.ttf"], "font 'nope/None.ttf' is not installed")):

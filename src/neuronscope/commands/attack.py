@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Annotated, Optional
@@ -111,7 +112,8 @@ def attack(
         bars.close()
     result = replace(result, images=names)
     if json_out:
-        print_json({**result.to_json(), "skipped": {name: image.reason for name, image in skipped}})
+        print_json({**result.to_json(), "skipped": dict(Counter(image.reason for _, image in skipped)),
+                    "skipped_files": {name: image.reason for name, image in skipped}})  # skipped as scan's
     else:
         already = len(result.images) - len(result.counted)
         success = "n/a (every image is already the target)" if result.success is None else f"{result.success:.1%}"
