@@ -20,7 +20,8 @@ def show(
     model: ModelOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Examples printed per unit (text output).")] = 8,
     export: Annotated[Optional[Path], typer.Option(
-        "--export", help="Write the whole layer's stats and top/bottom examples to this .npz (NumPy) or "
+        "--export", help="Write the whole layer's stats, histogram counts and top/bottom examples to this .npz "
+                         "(NumPy) or "
                          ".parquet (one row per unit) instead.")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,

@@ -142,7 +142,8 @@ def _load_for_eval(weights: Optional[str]):
 @app.command("eval")
 @cli_command
 def eval_command(
-    weights: Optional[str] = typer.Option(None, help="A model folder or a training checkpoint.pt; default: the bundled weights."),
+    weights: Optional[str] = typer.Option(None, help="A model folder, a state-dict file (.pt, .safetensors) or "
+                                                     "a training checkpoint.pt; default: the bundled weights."),
     split: Optional[Path] = typer.Option(None, help="A test split tar; default: the one shipped with the package."),
     seeds: int = typer.Option(3, help="Seeds of each control (untrained network, deranged labels)."),
     world: Optional[Path] = typer.Option(None, help="The world the split was built with (`world build`'s folder): "
