@@ -780,3 +780,49 @@ def test_swapped_facet_folders_are_another_probe_named_after_the_facet(tiny_rn, 
         assert facet_probe(tiny_rn, str(tmp_path / "renamed"), dark, atlas).name == "renamed"  # from the cache
     grey = torch.full((1, 3, 64, 64), 0.9)
     assert float(forward.score(tiny_rn, grey)) > 0 > float(backward.score(tiny_rn, grey))
+
+
+def test_cli_a_killed_render_job_is_interrupted_even_when_reopened_after_it_finished(tmp_path: Path, monkeypatch):
+    """A job killed mid-render is `interrupted`, not left `running`; a finished job reopened for more units is
+    `running` again, and `interrupted` if that rerun is killed (not `finished` with half its renders)."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.visualize import units as units_module
+
+    atlas = tmp_path / "atlas"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def statuses() -> list[str]:
+        with Atlas(atlas, create=False) as store:
+            return [run["status"] for run in store.runs()]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(units_module, "render", killed)
+        assert _invoke("--units", "0-1", "--out", str(atlas)).exit_code == 130
+    assert statuses() == ["interrupted"]
+    assert _invoke("--units", "0-1", "--out", str(atlas)).exit_code == 0
+    assert statuses() == ["finished"]
+    with monkeypatch.context() as patch:
+        patch.setattr(units_module, "render", killed)
+        assert _invoke("--units", "0-3", "--out", str(atlas)).exit_code == 130
+    assert statuses() == ["interrupted"]
+
+
+def test_render_jobs_and_facet_probes_of_two_random_inits_are_kept_apart(tmp_path: Path):
+    """`tiny-rn@random` names every seed's init: the job key and the probe cache key take the state dict's hash,
+    so one init's renders and probe are never taken for another's."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.visualize.store import FeatureVisWriter, facet_probe
+
+    inits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        inits.append(load_model("tiny-rn", weights="random"))
+    with Atlas(tmp_path / "atlas") as atlas:
+        writers = [FeatureVisWriter.start(atlas, model, "neurons", kind="plain", settings={"steps": 3},
+                                          batch_size=2, command="test") for model in inits]
+        assert writers[0].config_key != writers[1].config_key and writers[0].run_id != writers[1].run_id
+        probes = [facet_probe(model, "drawing", atlas=atlas) for model in inits]
+        assert probes[0].key != probes[1].key
+        assert len(atlas.artifacts("tiny-rn@random", "visual.layer3.0", "facet-probe")) == 2

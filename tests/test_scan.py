@@ -565,3 +565,22 @@ def test_the_first_scan_of_a_layer_only_probed_before_replaces_nothing(images, t
     assert "replaced" not in result.stdout, result.stdout
     report = json.loads(_scan_cli(images, tmp_path / "atlas", "--top-k", "2", "--json").stdout)
     assert report["replaced"] == [2]  # the scan's own results, not the words run's
+
+
+def test_the_scan_key_tells_random_inits_apart_and_keeps_a_weight_files(images, tmp_path):
+    """`tiny-rn@random` names every seed's init: the key takes the state dict's hash (a killed scan of one init
+    is never resumed by another's); weights from a file keep their file hash, so their keys do not change."""
+    from neuronscope.mining import scan_config
+    from neuronscope.models import load_model
+
+    source = open_source(images)
+    inits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        inits.append(load_model("tiny-rn", weights="random"))
+    keys = [scan_config(model, LAYERS, source, SETTINGS, 10**8)[1] for model in inits]
+    assert keys[0] != keys[1]
+    torch.save(inits[0].module.state_dict(), tmp_path / "weights.pt")
+    from_file = load_model("tiny-rn", weights=str(tmp_path / "weights.pt"))
+    config, _ = scan_config(from_file, LAYERS, source, SETTINGS, 10**8)
+    assert config["weights_sha256"] == from_file.weights_sha256 == file_sha256(tmp_path / "weights.pt")

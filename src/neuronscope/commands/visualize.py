@@ -5,12 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from neuronscope.atlas import Atlas, check_atlas_target
+from neuronscope.atlas.runs import marked_interrupted
 from neuronscope.commands.common import (
     DebugOpt,
     DeviceOpt,
@@ -188,19 +190,21 @@ def visualize(
                     entry = {**entry, "png": str(file)}
                 written.append(entry)
 
-        if probe is not None:
-            facets.render_faceted(loaded, canonical, chosen, probe, strengths=strengths, batch_size=batch_size,
-                                  config=config, settings=facet_settings, on_step=progress, on_pass=store)
-        elif diverse:
-            for number, unit in enumerate(chosen):
-                def step_hook(done: int, total: int, n: int = number) -> None:
-                    progress(n * total + done, len(chosen) * total)
-                store(render_diverse(loaded, canonical, unit, diverse, config=config, on_step=step_hook))
-        else:
-            render_units(loaded, canonical, chosen, batch_size=batch_size, config=config, on_step=progress,
-                         on_pass=store)
-        if writer is not None:
-            writer.finish()
+        # The job's run is marked `interrupted` (resumable) if a render fails or is killed.
+        with marked_interrupted(writer.atlas, writer.run_id) if writer is not None else nullcontext():
+            if probe is not None:
+                facets.render_faceted(loaded, canonical, chosen, probe, strengths=strengths, batch_size=batch_size,
+                                      config=config, settings=facet_settings, on_step=progress, on_pass=store)
+            elif diverse:
+                for number, unit in enumerate(chosen):
+                    def step_hook(done: int, total: int, n: int = number) -> None:
+                        progress(n * total + done, len(chosen) * total)
+                    store(render_diverse(loaded, canonical, unit, diverse, config=config, on_step=step_hook))
+            else:
+                render_units(loaded, canonical, chosen, batch_size=batch_size, config=config, on_step=progress,
+                             on_pass=store)
+            if writer is not None:
+                writer.finish()
     finally:
         bars.close()
         if atlas is not None:

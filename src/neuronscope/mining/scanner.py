@@ -235,10 +235,14 @@ def repeat_mask(source: ImageSource) -> np.ndarray:
 
 def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, settings: ScanSettings,
                 max_pixels: int) -> tuple[dict, str]:
-    """The options that change a scan's results, and their key (batch size and workers do not)."""
+    """The options that change a scan's results, and their key (batch size and workers do not).
+
+    Random weights have no file hash: their state dict's is the config's ``weights_sha256``, so a scan of
+    another seed's init is another run, never resumed from this one's checkpoint.
+    """
     config = {
         "model": model.key,
-        "weights_sha256": model.weights_sha256,
+        "weights_sha256": model.weights_identity(),
         "layers": list(layers),
         "dataset": {"kind": source.kind, "name": source.name, "entries": len(source),
                     "fingerprint": source.fingerprint()},

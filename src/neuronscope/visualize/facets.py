@@ -33,6 +33,7 @@ from torch import Tensor
 from neuronscope.activations.names import resolve_layers
 from neuronscope.activations.record import record
 from neuronscope.activations.geometry import layer_geometry
+from neuronscope.atlas.runs import model_identity
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
@@ -283,7 +284,8 @@ class FacetProbe:
 
 def probe_cache_key(model_key: str, layers: Sequence[str], facet_hashes: Sequence[str],
                     generic_hashes: Sequence[str]) -> str:
-    """A probe's identity: the model, its probe layers and the content of the facet and of the generic images.
+    """A probe's identity: the model (``model_key``: its :func:`~neuronscope.atlas.runs.model_identity`, which
+    tells random inits apart), its probe layers and the content of the facet and of the generic images.
 
     Order-free within each side, but the sides are kept apart: swapping them gives the opposite probe.
     """
@@ -319,7 +321,7 @@ def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequen
         predicted = classifier.predict(features)
         accuracy[layer] = float(np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1)]))
     return FacetProbe(images.name, model.key, layers, weights, biases, accuracy,
-                      probe_cache_key(model.key, layers, images.facet_hashes, images.generic_hashes))
+                      probe_cache_key(model_identity(model), layers, images.facet_hashes, images.generic_hashes))
 
 
 # --------------------------------------------------------------------------- the objective and the render

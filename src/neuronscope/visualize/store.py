@@ -24,6 +24,7 @@ from typing import Any
 from neuronscope.activations.geometry import layer_geometry
 from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.runs import model_identity
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
@@ -79,14 +80,14 @@ def facet_probe(model: LoadedModel, facet: str, generic: str | None = None, atla
                 images: facets.FacetImages | None = None) -> facets.FacetProbe:
     """A built-in facet's probe, or one trained on ``facet`` (a folder) vs ``generic`` (a folder).
 
-    With an atlas, the probe is cached there, keyed by model, probe layers and
+    With an atlas, the probe is cached there, keyed by model and weights, probe layers and
     the facet and generic images' hashes: the same facet is trained once per atlas.
     A cached probe is named after this call's facet (the same images in a folder of another name).
     ``images``: the facet's images if already loaded (:func:`load_facet_images`).
     """
     images = images if images is not None else load_facet_images(model, facet, generic)
     layers = facets.probe_layers(model)
-    key = facets.probe_cache_key(model.key, layers, images.facet_hashes, images.generic_hashes)
+    key = facets.probe_cache_key(model_identity(model), layers, images.facet_hashes, images.generic_hashes)
     scope = ",".join(layers)
     if atlas is not None:
         cached = atlas.artifact(model.key, scope, "facet-probe", key)
@@ -126,17 +127,20 @@ class FeatureVisWriter:
         """Record a run and register the layer.
 
         ``settings`` are what changes the images (render config, seed, facet...), not the
-        units: a job with the same settings, killed or finished, is continued in its run,
-        and :meth:`missing` tells which units it still owes. ``batch_size`` is part of the job: a render is
+        units: a job with the same settings and weights (a random init by its state dict), killed or
+        finished, is continued in its run (``running`` again; wrap the work in
+        :func:`~neuronscope.atlas.runs.marked_interrupted`), and :meth:`missing` tells which units it still owes. ``batch_size`` is part of the job: a render is
         reproducible for the same pass composition only (see :func:`neuronscope.visualize.render.render`).
         """
         canonical = model.resolve_layer(layer)
         n_units, grid = layer_shape(model, canonical)
         config = {**settings, "batch_size": batch_size, "kind": kind, "render_version": RENDER_VERSION}
-        config_key = "visualize:" + hashlib.sha256(json.dumps([model.key, canonical, config], sort_keys=True,
-                                                              default=str).encode()).hexdigest()[:16]
+        config_key = "visualize:" + hashlib.sha256(json.dumps([model_identity(model), canonical, config],
+                                                              sort_keys=True, default=str).encode()).hexdigest()[:16]
         run_id = atlas.unfinished_run(config_key) or atlas.finished_run(config_key)
-        if run_id is None:
+        if run_id is not None:
+            atlas.set_run_status(run_id, "running")  # reopened for more units: not finished until they are
+        else:
             run_id = atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
                                      weights_sha256=model.weights_sha256,
                                      layers=[{"layer": canonical,
