@@ -403,6 +403,53 @@ def test_a_bare_name_of_two_models_is_refused_when_labelling_as_when_reading(tmp
         assert atlas.unit("mini-clip@bundled", "neurons", 3)["label"] is None
 
 
+def test_every_method_takes_the_names_a_user_types_and_writers_leave_no_orphan_rows(tmp_path):
+    """unit() and set_label() resolved a bare model name and a layer alias, the other readers took names as
+    given and answered empty (label("m", "neurons", 0) was None after set_label("m", "neurons", 0) stored it),
+    and the writers stored rows under ("m", "neurons") that no reader found."""
+    layer = "visual.layer4"
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", layer, aliases=["neurons", "block/4"], units=4, grid=(1, 1))
+        atlas.register_layer("m", "neurons", aliases=[], units=9, grid=(3, 3))  # the same layer: kept as it was
+        atlas.write_unit_texts("texts", None, "m", "neurons", {0: [("a cat", 1.0)]})
+        atlas.write_unit_texts("words", None, "m", "block~4", {0: [("cat", 0.5)]})
+        atlas.set_label("m", "neurons", 0, "cat unit")
+        atlas.save_artifact("m", "neurons", "emotions", "codes", data={"happy": [1]}, file_bytes=b"p", suffix=".png")
+        atlas.write_featurevis(None, "m", "neurons", [{"unit": 0, "kind": "plain", "png": b"x", "objective": 1.0}])
+        rows = {table: {(row["model"], row["layer"]) for row in atlas.db.execute(f"SELECT model, layer FROM {table}")}
+                for table in ("layers", "texts", "words", "labels", "artifacts", "featurevis")}
+        assert all(found == {("m@x", layer)} for found in rows.values()), rows
+        assert atlas.unit_texts("m", "neurons", 0) == [{"text": "a cat", "score": 1.0}]
+        assert atlas.label("m", "block~4", 0) == "cat unit"
+        assert [entry["layer"] for entry in atlas.layers("m")] == [layer] and atlas.scan_runs("m") == {}
+        assert atlas.artifact("m", "neurons", "emotions", "codes")["data"] == {"happy": [1]}
+        assert [a["name"] for a in atlas.artifacts("m", "neurons")] == ["codes"]
+        assert atlas.rendered_units("m", "neurons", "plain") == {0}
+        assert atlas.featurevis_relpath("m", "neurons", 0, "plain") == atlas.unit("m@x", layer, 0)["featurevis"][0]["path"]
+        assert atlas.histogram_arrays("m", "neurons") is None and atlas.histogram("m", "neurons", 0) is None
+        assert atlas.resolve_layer("m", "neurons")["layer"] == layer
+        record = atlas.unit("m@x", layer, 0)
+        assert (record["texts"], record["words"], record["label"]) == ([{"text": "a cat", "score": 1.0}],
+                                                                     [{"word": "cat", "score": 0.5}], "cat unit")
+        # A layer no scan has registered yet is stored as given (world eval labels before any scan), and found so.
+        atlas.set_label("m", "visual.layer3", 1, "dog")
+        assert atlas.label("m@x", "visual.layer3", 1) == atlas.label("m", "visual.layer3", 1) == "dog"
+
+
+def test_name_resolution_sees_what_another_connection_commits(tmp_path):
+    """Resolution reads the catalogue once per state: a layer another process registers is resolved at once."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", "l1", aliases=["first"], units=2, grid=(1, 1))
+        with Atlas(tmp_path / "atlas", read_only=True) as reader:
+            assert reader.resolve_layer("m", "first")["layer"] == "l1" and reader.label("m", "second", 0) is None
+            atlas.register_layer("m@x", "l2", aliases=["second"], units=2, grid=(1, 1))
+            atlas.set_label("m", "second", 0, "cat")
+            assert reader.label("m", "second", 0) == "cat" and reader.models() == ["m@x"]
+            atlas.register_layer("m@y", "l1", aliases=["first"], units=2, grid=(1, 1))
+            with pytest.raises(AtlasError, match="names several models"):
+                reader.label("m", "first", 0)
+
+
 def test_a_stale_version_read_never_recreates_or_remigrates_an_atlas(tmp_path, monkeypatch):
     """Two processes opening a new atlas: one read version 0, the other created, migrated and wrote a render;
     the first then re-ran the schema script and the 1 -> 2 migration, which drops featurevis."""

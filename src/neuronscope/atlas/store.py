@@ -231,6 +231,10 @@ class Atlas:
 
     Use as a context manager, or call :meth:`close`. One ``Atlas`` per
     process; SQLite's WAL lets readers (the microscope) read while a scan writes.
+
+    Every method that takes a ``model`` and a ``layer`` takes what a user types: a model key or a bare name
+    the atlas holds once (``mini-clip``), a canonical layer name or an alias (``neurons``, ``~`` for ``/``).
+    Readers and writers resolve them the same way (:meth:`_key`), so a write is found by every read.
     """
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False) -> None:
@@ -265,6 +269,7 @@ class Atlas:
         # the static export's script (JavaScript's toLowerCase) would disagree on "Éclair".
         self.db.create_function("pylower", 1, _lower, deterministic=True)
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._held: tuple[tuple[int, int], dict[str, list[dict[str, Any]]]] | None = None
 
     def _check_readable_schema(self) -> None:
         """A read-only atlas cannot be migrated: refuse an older or newer schema with what to do."""
@@ -559,20 +564,13 @@ class Atlas:
     def set_label(self, model: str, layer: str, unit: int, text: str, *, source: str = "user") -> None:
         """Set (or replace) a unit's label; ``source`` says who wrote it (user, world-card, auto:...).
 
-        ``model`` and ``layer`` should be the key and canonical name; a bare model
-        name or an alias is resolved when the atlas already holds that layer
-        (a label may also be written before any scan, e.g. by ``world eval``).
-        Raises :class:`AtlasError` when a bare name matches several stored models.
+        A label may be written before any scan (``world eval``): names the atlas does not hold yet are
+        stored as given (see :meth:`_key`). Raises :class:`AtlasError` when a bare name matches several
+        stored models.
         """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
-        known = self.models()
-        model = match_model(model, known) or model
-        if model in known:
-            try:
-                layer = self.resolve_layer(model, layer)["layer"]
-            except AtlasError:
-                pass  # a layer no scan has written yet: stored as given
+        model, layer = self._key(model, layer)
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
@@ -583,8 +581,10 @@ class Atlas:
                        run_id: int | None = None) -> None:
         """Make a layer known before (or without) a scan, so its renders and words can be read.
 
-        A scan of the same layer later replaces this row with its own; an existing row is kept.
+        A scan of the same layer later replaces this row with its own; an existing row is kept (also one
+        that ``layer`` names by alias).
         """
+        model, layer = self._key(model, layer)
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO layers (model, layer, aliases, units, grid_rows, grid_cols, run_id) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (model, layer, json.dumps(aliases), int(units), *grid, run_id))
@@ -597,8 +597,8 @@ class Atlas:
                        (_now(), images, json.dumps(dict(skipped)) if skipped is not None else None, run_id))
 
     def featurevis_relpath(self, model: str, layer: str, unit: int, kind: str, index: int = 0) -> str:
-        """Where a render is stored: ``featurevis/<model>/<layer>/<unit>_<kind>_<index>.png``."""
-        return f"featurevis/{path_slug(model)}/{path_slug(layer)}/{unit}_{path_slug(kind)}_{index}.png"
+        """Where a render is stored: ``featurevis/<model key>/<canonical layer>/<unit>_<kind>_<index>.png``."""
+        return _featurevis_relpath(*self._key(model, layer), unit, kind, index)
 
     def write_featurevis(self, run_id: int | None, model: str, layer: str,
                          renders: list[Mapping[str, Any]]) -> list[str]:
@@ -610,10 +610,11 @@ class Atlas:
                 (unit, kind) are its whole set: they replace every earlier render of that unit and kind,
                 rows and files (4 diverse renders, then 2, leaves 2, not the old third and fourth).
         """
+        model, layer = self._key(model, layer)
         paths = []
         for render in renders:
-            relative = self.featurevis_relpath(model, layer, int(render["unit"]), render["kind"],
-                                               int(render.get("index", 0)))
+            relative = _featurevis_relpath(model, layer, int(render["unit"]), render["kind"],
+                                           int(render.get("index", 0)))
             atomic_write_bytes(self.path / relative, render["png"], durable=False)
             paths.append(relative)
         sets = sorted({(int(r["unit"]), r["kind"]) for r in renders})
@@ -637,6 +638,7 @@ class Atlas:
 
         A render job started again skips these: same settings and seed give the same images.
         """
+        model, layer = self._key(model, layer)
         rows = self.db.execute(
             "SELECT DISTINCT f.unit FROM featurevis f LEFT JOIN runs r ON r.id = f.run_id "
             "WHERE f.model = ? AND f.layer = ? AND f.kind = ? AND (? IS NULL OR r.config_key = ?)",
@@ -658,6 +660,7 @@ class Atlas:
         if table not in ("words", "texts"):
             raise ValueError(f"table must be 'words' or 'texts', not {table!r}")
         column = table[:-1]
+        model, layer = self._key(model, layer)
         with self.transaction() as db:
             for unit, entries in scored.items():
                 db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND unit = ?", (model, layer, int(unit)))
@@ -672,6 +675,7 @@ class Atlas:
         ``kind`` groups artifacts (``facet-probe``, ``emotions``, ...); ``name`` keys one of them
         (a facet probe's cache key, ``codes``, ``nmf-7``). Replaces an artifact of the same key.
         """
+        model, layer = self._key(model, layer)
         relative = None
         if file_bytes is not None:
             relative = f"artifacts/{path_slug(model)}/{path_slug(layer)}/{path_slug(kind)}_{path_slug(name)}{suffix}"
@@ -684,16 +688,20 @@ class Atlas:
                        (model, layer, kind, name, relative, None if data is None else json.dumps(data), run_id, _now()))
         if old is not None and old["path"] and old["path"] != relative:  # another suffix, or data only now
             (self.path / old["path"]).unlink(missing_ok=True)  # after the commit, as write_featurevis does
-        return self.artifact(model, layer, kind, name)
+        return self._artifact(model, layer, kind, name)
 
     def artifact(self, model: str, layer: str, kind: str, name: str) -> dict[str, Any] | None:
         """One artifact ``{"kind", "name", "path", "data", "run_id", "created_at"}`` or None."""
+        return self._artifact(*self._key(model, layer), kind, name)
+
+    def _artifact(self, model: str, layer: str, kind: str, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM artifacts WHERE model = ? AND layer = ? AND kind = ? AND name = ?",
                               (model, layer, kind, name)).fetchone()
         return None if row is None else self._artifact_record(row)
 
     def artifacts(self, model: str, layer: str, kind: str | None = None) -> list[dict[str, Any]]:
         """A layer's artifacts (of one kind, or all), by kind and name."""
+        model, layer = self._key(model, layer)
         rows = self.db.execute("SELECT * FROM artifacts WHERE model = ? AND layer = ? AND (? IS NULL OR kind = ?) "
                                "ORDER BY kind, name", (model, layer, kind, kind))
         return [self._artifact_record(row) for row in rows]
@@ -707,15 +715,50 @@ class Atlas:
     # ------------------------------------------------------------------ reading
 
     def label(self, model: str, layer: str, unit: int) -> str | None:
-        """A unit's label by model key and canonical layer, or None (no scan of the layer needed)."""
+        """A unit's label, or None (no scan of the layer needed)."""
+        return self._label((*self._key(model, layer), int(unit)))
+
+    def _label(self, key: tuple[str, str, int]) -> str | None:
         row = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?",
-                              (model, layer, int(unit))).fetchone()
+                              key).fetchone()
         return row["text"] if row else None
 
     def models(self) -> list[str]:
         """Model keys the atlas holds (layers scanned or labelled)."""
-        rows = self.db.execute("SELECT model FROM layers UNION SELECT model FROM labels ORDER BY model")
-        return [row["model"] for row in rows]
+        return list(self._held_layers())
+
+    def _held_layers(self) -> dict[str, list[dict[str, Any]]]:
+        """``{model key: its stored layers}`` of every model the atlas holds, read once per catalogue state.
+
+        Resolution runs on every call (``show --unit all`` and the microscope read per unit), so the catalogue
+        is not re-read while nothing changed: ``PRAGMA data_version`` moves when another connection commits,
+        ``total_changes`` when this one writes. Callers must not mutate what it returns.
+        """
+        state = (self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes)
+        if self._held is None or self._held[0] != state:
+            held: dict[str, list[dict[str, Any]]] = {row["model"]: [] for row in self.db.execute(
+                "SELECT model FROM layers UNION SELECT model FROM labels ORDER BY model")}
+            for row in self.db.execute("SELECT * FROM layers ORDER BY model, layer"):
+                held[row["model"]].append({**dict(row), "aliases": json.loads(row["aliases"])})
+            self._held = (state, held)
+        return self._held[1]
+
+    def _model_key(self, model: str) -> str:
+        """The key of the model ``model`` names (:func:`match_model`), or ``model`` itself when the atlas holds
+        none such (a writer's first row of a model). Raises :class:`AtlasError` for a bare name of several."""
+        return match_model(model, self.models()) or model
+
+    def _key(self, model: str, layer: str) -> tuple[str, str]:
+        """``(model key, canonical layer)`` of the names a user types, resolved once per public call.
+
+        A name the atlas does not hold is kept as given: a label or render of a layer no scan has registered
+        yet (``world eval`` labels before any scan) is stored, and found, under the names it was given.
+        """
+        model = self._model_key(model)
+        try:
+            return model, self._resolve_layer(model, layer)["layer"]
+        except AtlasError:
+            return model, layer
 
     def resolve_model(self, model: str | None) -> str:
         """A model key from a key, a bare name (``mini-clip``) or None when the atlas holds one model.
@@ -735,13 +778,21 @@ class Atlas:
         return key
 
     def layers(self, model: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM layers WHERE model = ? ORDER BY layer", (model,)).fetchall()
-        return [{**dict(row), "aliases": json.loads(row["aliases"])} for row in rows]
+        """A model's stored layers by canonical name: ``[{"model", "layer", "aliases", "units", "grid_rows",
+        "grid_cols", "run_id"}]`` (``[]`` for a model the atlas does not hold)."""
+        return [{**entry, "aliases": list(entry["aliases"])}
+                for entry in self._held_layers().get(self._model_key(model), [])]
 
     def resolve_layer(self, model: str, layer: str) -> dict[str, Any]:
-        """The stored layer named by its canonical name or an alias (``~`` may stand for ``/``)."""
+        """The stored layer named by its canonical name or an alias (``~`` may stand for ``/``); raises
+        :class:`AtlasError` when the atlas does not hold it."""
+        entry = self._resolve_layer(self._model_key(model), layer)
+        return {**entry, "aliases": list(entry["aliases"])}
+
+    def _resolve_layer(self, model: str, layer: str) -> dict[str, Any]:
+        """:meth:`resolve_layer` of a model key (the cached entry itself: not to be mutated)."""
         wanted = from_url_name(layer) if ":" not in layer else layer
-        stored = self.layers(model)
+        stored = self._held_layers().get(model, [])
         for entry in stored:
             if layer in (entry["layer"], *entry["aliases"]) or wanted in entry["aliases"]:
                 return entry
@@ -755,7 +806,7 @@ class Atlas:
         ``{"image", "activation", "cell": [row, col], "thumb"}``; parts not computed are ``[]``/``None``.
         """
         model = self.resolve_model(model)
-        entry = self.resolve_layer(model, layer)
+        entry = self._resolve_layer(model, layer)
         canonical = entry["layer"]
         self.check_unit(model, entry, unit)
         key = (model, canonical, unit)
@@ -764,20 +815,20 @@ class Atlas:
         return {
             "model": model,
             "layer": canonical,
-            "aliases": entry["aliases"],
+            "aliases": list(entry["aliases"]),
             "unit": unit,
             "top": self._examples(key, "top"),
             "bottom": self._examples(key, "bottom"),
             "stats": dict(stats) if stats else None,
-            "histogram": self.histogram(model, canonical, unit),
-            "label": self.label(*key),
+            "histogram": self._histogram(model, canonical, unit),
+            "label": self._label(key),
             "featurevis": [dict(row) for row in self.db.execute(
                 "SELECT kind, path, objective, description FROM featurevis WHERE model = ? AND layer = ? "
                 f"AND unit = ? ORDER BY {RENDER_ORDER}", key)],
             "words": [dict(row) for row in self.db.execute(
                 "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, word", key)],
-            "texts": self.unit_texts(*key),
+            "texts": self._unit_texts(key),
         }
 
     @staticmethod
@@ -789,10 +840,13 @@ class Atlas:
 
     def unit_texts(self, model: str, layer: str, unit: int) -> list[dict[str, Any]]:
         """One unit's stored texts, ``[{"text", "score"}]`` best first: :meth:`unit`'s ``texts`` without the
-        rest of the record (``model`` and ``layer`` canonical, as written)."""
+        rest of the record."""
+        return self._unit_texts((*self._key(model, layer), int(unit)))
+
+    def _unit_texts(self, key: tuple[str, str, int]) -> list[dict[str, Any]]:
         return [dict(row) for row in self.db.execute(
             "SELECT text, score FROM texts WHERE model = ? AND layer = ? AND unit = ? ORDER BY score DESC, text",
-            (model, layer, unit))]
+            key)]
 
     def _examples(self, key: tuple[str, str, int], kind: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT image_id, activation, cell_row, cell_col, thumb FROM examples "
@@ -809,7 +863,10 @@ class Atlas:
         reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first;
         ``reservoir``: how many a bin keeps at most.
         """
-        data = self.histogram_arrays(model, layer)
+        return self._histogram(*self._key(model, layer), unit)
+
+    def _histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
+        data = self._histogram_arrays(model, layer)
         if data is None:
             return None
         counts = data["counts"][unit]
@@ -834,7 +891,7 @@ class Atlas:
         set by the run that first registered it (words, visualize, attribute, textvis), which scanned nothing.
         """
         return {row["layer"]: row["run_id"] for row in self.db.execute(
-            "SELECT layer, run_id FROM histograms WHERE model = ? AND run_id IS NOT NULL", (model,))}
+            "SELECT layer, run_id FROM histograms WHERE model = ? AND run_id IS NOT NULL", (self._model_key(model),))}
 
     def histogram_arrays(self, model: str, layer: str) -> dict[str, np.ndarray] | None:
         """A layer's histogram file as arrays (``counts`` [C, n_bins], ``exponent``, ``first`` [C], ...), or None.
@@ -845,6 +902,9 @@ class Atlas:
         Loaded once per Atlas (``show --unit all`` reads it per unit); the file name carries the run
         id, so a rescan's new file is never served from an old entry.
         """
+        return self._histogram_arrays(*self._key(model, layer))
+
+    def _histogram_arrays(self, model: str, layer: str) -> dict[str, np.ndarray] | None:
         row = self.db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?", (model, layer)).fetchone()
         if row is None:
             return None
@@ -861,6 +921,11 @@ class Atlas:
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
         """:func:`conditional_buckets` of a unit read from the atlas."""
         return conditional_buckets(self.unit(model, layer, unit), n_buckets)
+
+
+def _featurevis_relpath(model: str, layer: str, unit: int, kind: str, index: int) -> str:
+    """:meth:`Atlas.featurevis_relpath` of a model key and canonical layer."""
+    return f"featurevis/{path_slug(model)}/{path_slug(layer)}/{unit}_{path_slug(kind)}_{index}.png"
 
 
 def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10) -> list[dict]:
