@@ -143,9 +143,13 @@ class LoadedModel:
 
     @property
     def _has_tokens(self) -> bool:
-        """Whether the image tower works on tokens: a ViT's patch grid is known, or the tower is no conv net
-        (a plain module is read as a ViT); a ModifiedResNet or a timm conv trunk works on maps."""
-        return self.token_grid is not None or self.family != "conv"
+        """Whether the image tower may work on tokens: not open_clip's ModifiedResNet, nor a timm trunk without
+        ``num_prefix_tokens`` (a timm conv net); both work on maps. A plain module is read as a ViT, as above."""
+        from open_clip.modified_resnet import ModifiedResNet  # here: open_clip's import costs seconds
+
+        if self._timm_trunk is not None:
+            return hasattr(self._timm_trunk, "num_prefix_tokens")
+        return not isinstance(self.image_module, ModifiedResNet)
 
     @property
     def _timm_trunk(self) -> nn.Module | None:
