@@ -440,6 +440,40 @@ def test_a_module_reports_the_activation_it_runs():
         load_model(gelu_net, preprocess=contract, activation="quick_gelu")  # cannot be applied
 
 
+def test_a_passed_module_is_frozen_in_place_but_its_weights_are_never_cast(monkeypatch):
+    """load_model(module, precision="bf16-weights") cast the caller's own module to bf16 in place: its fp32
+    weights were lost (m.float() did not bring them back). A cast that changes a passed module's dtype is refused
+    before anything is changed; auto autocasts instead of casting; freezing in place is the documented contract."""
+    import open_clip
+
+    from neuronscope.models.tiny import TINY_VIT
+    from neuronscope.runtime import resolve_precision
+
+    net = SmallNet().train()
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    with pytest.raises(NeuronscopeError, match=r"float32 to bfloat16 in place: pass a copy \(load_model\(copy"):
+        load_model(net, preprocess=Preprocess(image_size=32), precision="bf16-weights")
+    assert net.training and all(p.requires_grad for p in net.parameters())  # refused before anything changed
+    assert all(torch.equal(net.state_dict()[name], value) for name, value in before.items())
+    model = load_model(net, preprocess=Preprocess(image_size=32), precision="bf16")  # autocast: fp32 weights kept
+    assert model.module is net and not net.training and not any(p.requires_grad for p in net.parameters())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    half = SmallNet().to(torch.bfloat16)
+    assert load_model(half, preprocess=Preprocess(image_size=32), precision="bf16-weights").precision.name == \
+        "bf16-weights"  # its own dtype: nothing to cast
+    with pytest.raises(NeuronscopeError, match="bfloat16 to float32 in place.* or precision bf16-weights"):
+        load_model(half, preprocess=Preprocess(image_size=32), precision="fp32")
+    assert load_model(half, preprocess=Preprocess(image_size=32), precision="auto").precision.name == "bf16-weights"
+    # auto picks bf16 weights for a ViT on a CPU with native bf16; a passed ViT keeps fp32 weights and autocasts
+    import neuronscope.runtime as runtime
+
+    monkeypatch.setattr(runtime, "bf16_support", lambda device: (True, "native bf16 (test)"))
+    assert resolve_precision("auto", torch.device("cpu"), "vit").name == "bf16-weights"
+    vit = open_clip.CLIP(**TINY_VIT)
+    chosen = load_model(vit, preprocess=Preprocess(image_size=TINY_VIT["vision_cfg"]["image_size"]), precision="auto")
+    assert chosen.precision.name == "bf16" and all(p.dtype == torch.float32 for p in vit.parameters())
+
+
 def test_prepare_images_refuses_what_is_not_model_input(mini_clip_fp32):
     prepare = mini_clip_fp32.prepare_images
     assert prepare(torch.zeros(3, 64, 64)).shape == (1, 3, 64, 64)  # one image is a batch of one

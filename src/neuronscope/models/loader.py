@@ -35,7 +35,7 @@ from neuronscope.models.weights import (
     read_state_dict,
     sha256_state_dict,
 )
-from neuronscope.runtime import resolve_device, resolve_precision
+from neuronscope.runtime import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def load_model(
             ``"random"`` = random init (never touches the network); a registry
             tag (``"openai"``: from the local cache, else downloaded, failing
             within seconds when offline); or a PATH to a local file/folder.
-            For an ``nn.Module``: omitted (its own weights) or a PATH to load.
+            For an ``nn.Module``: omitted (its own weights) or a PATH to load into it.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: ``auto|fp32|bf16|fp16|bf16-weights`` (see
             :func:`neuronscope.runtime.resolve_precision`).
@@ -95,22 +95,33 @@ def load_model(
 
     Returns:
         A :class:`LoadedModel` in eval mode on ``device``.
+
+    An ``nn.Module`` is used in place, not copied (a copy would double its memory): the module you pass is
+    set to eval mode, its parameters to ``requires_grad=False``, and moved to ``device`` (channels_last for
+    a conv net). Its weights are never cast: a precision that would change their dtype (``bf16-weights``
+    for fp32 weights) is refused before anything is changed; ``auto`` autocasts instead. Pass
+    ``copy.deepcopy(module)`` to keep yours as it was, or to run it with ``bf16-weights``.
     """
     target = resolve_device(device)
     if isinstance(model, nn.Module):
+        plan = _precision_keeping_dtype(model, precision, target)  # refused before the module is changed
         built = _from_module(model, weights, preprocess, activation, name)
     else:
         built = _from_text(os.fspath(model), weights, name, activation, cache_dir)
         if preprocess is not None:
             built = built._replace(spec=replace(built.spec, preprocess=_as_preprocess(preprocess)))
-    module, spec = built.module, built.spec
+        plan = resolve_precision(precision, target, _family(built.module, built.spec.image_tower))
+    module = built.module
     module.eval().requires_grad_(False)
-    family = model_family(module.get_submodule(spec.image_tower) if spec.image_tower else module)
-    plan = resolve_precision(precision, target, family)  # type: ignore[arg-type]
     module.to(target)
     plan.prepare(module)
-    return LoadedModel(module=module, spec=spec, device=target, precision=plan, weights_path=built.path,
+    return LoadedModel(module=module, spec=built.spec, device=target, precision=plan, weights_path=built.path,
                        _state_sha256=built.sha256)
+
+
+def _family(module: nn.Module, image_tower: str) -> str:
+    """:func:`model_family` of the image tower (``""``: the whole module), which picks precision defaults."""
+    return model_family(module.get_submodule(image_tower) if image_tower else module)
 
 
 # --------------------------------------------------------------------------- names
@@ -371,7 +382,7 @@ def _from_module(
     if weights not in (DEFAULT, None):
         path = Path(_expand_user(os.fspath(weights)))
         load_into(module, read_state_dict(path), what=str(path))
-    tower = "visual" if isinstance(getattr(module, "visual", None), nn.Module) else ""
+    tower = _module_image_tower(module)
     if preprocess is None:
         carried = getattr(getattr(module, "visual", module), "preprocess_cfg", None)
         if not carried:
@@ -395,6 +406,43 @@ def _from_module(
         tokenizer=_module_tokenizer(module),
     )
     return _Built(module, spec, path, state_sha)
+
+
+def _module_image_tower(module: nn.Module) -> str:
+    """A passed module's image tower: open_clip's ``visual``, else the whole module (``""``)."""
+    return "visual" if isinstance(getattr(module, "visual", None), nn.Module) else ""
+
+
+#: What keeps a passed module's weights dtype: ``auto``'s choice, and the precisions a refusal suggests.
+_AUTO_KEEPING = {torch.float32: "bf16", torch.bfloat16: "bf16-weights"}
+_PRECISIONS_KEEPING = {torch.float32: "fp32, bf16 or fp16 (autocast)", torch.bfloat16: "bf16-weights"}
+
+
+def _precision_keeping_dtype(module: nn.Module, requested: str, device: torch.device) -> Precision:
+    """The precision a passed ``nn.Module`` runs in, which never casts its weights.
+
+    The module is the caller's, used in place: a cast would change it under them (``bf16-weights`` loses
+    fp32 weights for good; fp32 doubles a bf16 module's memory). ``auto`` keeps the module's dtype (bf16
+    autocast for fp32 weights where it would pick bf16 weights, ``bf16-weights`` for bf16 ones); an explicit
+    precision whose weights dtype is not the module's is refused, before anything is changed.
+    """
+    plan = resolve_precision(requested, device, _family(module, _module_image_tower(module)))  # type: ignore[arg-type]
+    held = {tensor.dtype for tensor in (*module.parameters(), *module.buffers()) if tensor.is_floating_point()}
+    if held <= {plan.weight_dtype}:
+        return plan
+    only = next(iter(held)) if len(held) == 1 else None
+    if plan.requested == "auto" and only in _AUTO_KEEPING:
+        kept = _AUTO_KEEPING[only]
+        return replace(plan, name=kept, reason=f"{plan.reason}; {kept} instead: a passed module is not cast")
+    found = ", ".join(sorted(_dtype_name(dtype) for dtype in held - {plan.weight_dtype}))
+    suggestion = f" or precision {_PRECISIONS_KEEPING[only]}" if only in _PRECISIONS_KEEPING else ""
+    raise NeuronscopeError(f"precision {plan.requested!r} would cast the nn.Module you passed from {found} to "
+                           f"{_dtype_name(plan.weight_dtype)} in place: pass a copy "
+                           f"(load_model(copy.deepcopy(module), ...)){suggestion}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _module_tokenizer(module: nn.Module) -> TokenizerSpec:
