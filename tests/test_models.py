@@ -474,6 +474,25 @@ def test_a_passed_module_is_frozen_in_place_but_its_weights_are_never_cast(monke
     assert chosen.precision.name == "bf16" and all(p.dtype == torch.float32 for p in vit.parameters())
 
 
+def test_weights_identity_hashes_the_state_dict_once_per_loaded_model(monkeypatch):
+    """weights_identity() hashed every tensor on every call (0.85 s for RN50 on a core; a text command asks
+    twice). It is computed once per LoadedModel; one made with another module (dataclasses.replace) hashes its own."""
+    import dataclasses
+
+    import neuronscope.models.weights as weights
+
+    hashed = []
+    real = weights.sha256_state_dict
+    monkeypatch.setattr(weights, "sha256_state_dict", lambda module: hashed.append(module) or real(module))
+    torch.manual_seed(0)
+    model = load_model("tiny-rn", weights="random")
+    first = model.weights_identity()
+    assert model.weights_identity() == first and hashed == [model.module]  # the second call hashed nothing
+    torch.manual_seed(1)
+    other = dataclasses.replace(model, module=load_model("tiny-rn", weights="random").module)
+    assert other.weights_identity() != first and len(hashed) == 2
+
+
 def test_prepare_images_refuses_what_is_not_model_input(mini_clip_fp32):
     prepare = mini_clip_fp32.prepare_images
     assert prepare(torch.zeros(3, 64, 64)).shape == (1, 3, 64, 64)  # one image is a batch of one

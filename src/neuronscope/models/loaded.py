@@ -43,6 +43,8 @@ class LoadedModel:
     precision: Precision
     weights_path: Path | None = None
     _state_sha256: str | None = field(default=None, repr=False)
+    #: weights_identity()'s hash once computed; init=False: a dataclasses.replace (another module) starts anew.
+    _identity: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # The dataclass's own repr would print the whole nn.Module (163 lines for the mini CLIP).
@@ -97,10 +99,19 @@ class LoadedModel:
 
     def weights_identity(self) -> str:
         """The sha256 that tells these weights apart, random ones too (:attr:`weights_sha256`, else the state
-        dict's: another ``--seed``'s init is other weights). What a resumable run keys itself by."""
-        from neuronscope.models.weights import sha256_state_dict
+        dict's: another ``--seed``'s init is other weights). What a resumable run keys itself by.
 
-        return self.weights_sha256 or sha256_state_dict(self.module)
+        Computed once per LoadedModel: hashing every tensor takes about a second for RN50 (ten for RN50x64), and
+        one command asks several times (run config, basis key). Like :attr:`weights_sha256`, it goes stale if
+        ``module``'s weights are changed in place afterwards (``load_state_dict``, an optimizer step): load the
+        model again then. Nothing in neuronscope does so; ``world train`` trains its own module and
+        ``world eval`` loads the exported weights as a new LoadedModel.
+        """
+        if self._identity is None:
+            from neuronscope.models.weights import sha256_state_dict
+
+            self._identity = self.weights_sha256 or sha256_state_dict(self.module)
+        return self._identity
 
     @property
     def context_length(self) -> int:
