@@ -102,7 +102,8 @@ class ImageSample:
 
 @functools.lru_cache(maxsize=1)
 def _bundled_split():
-    """The bundled split, decoded once per process (3,612 PNGs: about a second)."""
+    """The bundled split, decoded once per process (3,612 PNGs: about a second) and kept for its life (about
+    44 MB of pixels; the README says so, as a notebook holds it until its kernel restarts)."""
     from neuronscope.world.split import load_test_split
 
     return load_test_split()
@@ -113,7 +114,8 @@ def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, *,
     """``n`` images of the mini CLIP's bundled test split, drawn without replacement, in split order.
 
     ``preprocess``: the contract of the model the sample is for (``model.preprocess``); None keeps the
-    split's own 64 px, the mini CLIP's input.
+    split's own 64 px, the mini CLIP's input. The split is decoded on the first call and kept for the
+    life of the process (about 44 MB), so later samples decode nothing.
     """
     split = _bundled_split()
     total = len(split.entries)
