@@ -374,6 +374,7 @@ def test_layer_grid_agrees_with_unit_records(web_atlas):
             assert card["thumb"] == record["top"][0]["thumb"]
             plain = [r["path"] for r in record["featurevis"] if r["kind"] == "plain"]
             assert card["featurevis"] == (plain[0] if plain else None)
+        assert layer_grid(atlas, "tiny-rn", "neurons") == cards  # a bare name read the alias's units, no rows
         assert [entry["layer"] for entry in layer_counts(atlas)] == [LAYER]
         assert search_units(atlas, "100%") == [] and search_units(atlas, "st_r") == []  # LIKE wildcards escaped
 

@@ -51,14 +51,14 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
 def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     """One card per unit of a stored layer, in unit order, read with one query per table.
 
-    ``model`` and ``layer`` are the key and canonical name (see :meth:`Atlas.resolve_layer`).
+    ``model`` and ``layer`` as :meth:`Atlas.resolve_layer` takes them (a bare name, an alias).
 
     Returns:
         ``[{"unit", "max", "mean", "label", "words": [str] (best first, at most GRID_WORDS),
         "featurevis": path | None, "thumb": path | None}]``; paths are relative to the atlas.
     """
     entry = atlas.resolve_layer(model, layer)
-    key = (model, entry["layer"])
+    key = (entry["model"], entry["layer"])
     cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None, "thumb": None}
              for unit in range(entry["units"])]
 
