@@ -662,3 +662,25 @@ def test_a_module_with_another_vocabulary_has_no_tokenizer_to_guess(tiny_rn):
     with pytest.raises(NeuronscopeError) as info:
         tokenize(other, TEXTS)
     assert "\n" not in str(info.value) and "1000 tokens, not CLIP's BPE's 49408" in str(info.value)
+
+
+def test_a_tower_that_returns_its_tokens_too_is_encoded_as_its_embedding():
+    """CoCa's image tower returns (embedding, tokens); zeroshot, attack and attribute read encode_images and
+    failed on the tuple ('tuple' object has no attribute 'float')."""
+    from neuronscope.probing.zeroshot import encode_pixels
+
+    class EmbeddingAndTokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Conv2d(3, 4, 8, stride=8)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = self.proj(x).flatten(2).transpose(1, 2)  # [B, 4, 4]
+            return tokens.mean(dim=1), tokens
+
+    model = load_model(EmbeddingAndTokens(), preprocess=Preprocess(image_size=16))
+    pixels = torch.rand(3, 3, 16, 16)
+    embedding = model.encode_images(pixels)
+    assert embedding.shape == (3, 4)
+    assert torch.allclose(embedding, model.module(pixels)[0])
+    assert encode_pixels(model, pixels, batch_size=2).shape == (3, 4)

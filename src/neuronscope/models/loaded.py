@@ -190,12 +190,14 @@ class LoadedModel:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Run the image tower on normalised ``pixels`` [B, 3, H, W] in the model's precision.
 
-        Returns the tower's output (for CLIPs the image embedding [B, D]).
+        Returns the tower's output (for CLIPs the image embedding [B, D]; a tower that also returns its
+        tokens, as CoCa's does, ``(embedding, tokens)``, gives its embedding).
         Gradient mode is the caller's: wrap in ``torch.no_grad()`` for inference.
         """
         pixels = self.precision.cast_input(pixels.to(self.device))
         with self.precision.autocast(self.device):
-            return self.image_module(pixels)
+            output = self.image_module(pixels)
+        return output[0] if isinstance(output, tuple) else output
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary of the model, its contract and how it runs."""
