@@ -684,3 +684,17 @@ def test_a_tower_that_returns_its_tokens_too_is_encoded_as_its_embedding():
     assert embedding.shape == (3, 4)
     assert torch.allclose(embedding, model.module(pixels)[0])
     assert encode_pixels(model, pixels, batch_size=2).shape == (3, 4)
+
+
+def test_a_weights_file_takes_the_contract_its_architectures_tags_share():
+    """A state dict does not say how its model sees; a file of MobileCLIP-S1 or SigLIP took the random spec's
+    OpenAI mean and std (wrongly normalised pixels for both), and one of RN50x4's only (OpenAI) weights GELU."""
+    mobile, guessed = get_architecture("MobileCLIP-S1").spec_for_file("sha256:0123456789ab")
+    assert (mobile.preprocess.mean, mobile.preprocess.std, mobile.preprocess.interpolation) == \
+        ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear") and guessed == []
+    assert mobile.key == "MobileCLIP-S1@sha256:0123456789ab"
+    siglip, _ = get_architecture("ViT-B-16-SigLIP").spec_for_file("sha256:0123456789ab")
+    assert siglip.preprocess.mean == (0.5, 0.5, 0.5) and siglip.preprocess.resize_mode == "squash"
+    assert get_architecture("RN50x4").spec_for_file("sha256:0123456789ab")[0].activation == "quick_gelu"
+    vit, guessed = get_architecture("ViT-B-32").spec_for_file("sha256:0123456789ab")  # openai QuickGELU, LAION GELU
+    assert guessed == ["activation"] and vit.activation == get_architecture("ViT-B-32").spec("random").activation

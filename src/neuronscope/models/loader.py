@@ -240,11 +240,18 @@ def _from_file(arch: Architecture | None, path: Path, name: str, activation: Act
         image_size = module.visual.image_size
         spec = ModelSpec(name=name, weights=key, preprocess=Preprocess(image_size=image_size),
                          activation=chosen, source="file")
+    elif openai_archive:  # OpenAI's preprocessing, and QuickGELU whatever the architecture's default
+        spec = arch.spec(RANDOM).with_weights(key, activation=activation or "quick_gelu")
+        module = build(spec)
     else:
-        base = arch.spec(RANDOM)
-        # OpenAI archives were trained with QuickGELU whatever the architecture's default.
-        chosen = activation or ("quick_gelu" if openai_archive else base.activation)
-        spec = base.with_weights(key, activation=chosen)
+        spec, guessed = arch.spec_for_file(key)
+        if activation is not None:
+            spec, guessed = spec.with_weights(key, activation=activation), [g for g in guessed if g != "activation"]
+        if guessed:
+            log.warning("%s: %s does not say its %s and %s's weights differ in it; using %s. Give the file in a "
+                        "folder with its open_clip_config.json (as the hub ships it) to use its own.", name,
+                        path.name, " or ".join(guessed), arch.name,
+                        ", ".join(f"{field} {getattr(spec, field)}" for field in guessed))
         module = build(spec)
     # Also after open_clip's own load of an archive: it loads into fp16 parameters, which
     # would round an fp32 archive; this load restores its exact values.

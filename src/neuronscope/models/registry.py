@@ -57,7 +57,7 @@ class Architecture:
     def spec(self, weights: str) -> ModelSpec:
         """The spec of this architecture filled with ``weights`` (a tag, bundled or random).
 
-        Local files get their spec from ``spec(RANDOM).with_weights("sha256:...")``.
+        Local files get theirs from :meth:`spec_for_file`.
         """
         if self.source == "bundled":
             if weights not in (BUNDLED, RANDOM):
@@ -93,6 +93,27 @@ class Architecture:
             activation="quick_gelu" if quick_gelu else "gelu", source="open_clip",
             description=self.description, probe_layers=self.probe_layers,
         )
+
+    def spec_for_file(self, weights: str) -> tuple[ModelSpec, list[str]]:
+        """The spec of a local weights file of this architecture (``weights``: its ``sha256:...`` key), and
+        the fields of it that are a guess.
+
+        A state dict does not say how its model sees: the preprocessing and activation that every tag of
+        the architecture shares are taken, since the file most likely holds one of them (MobileCLIP-S1's
+        [0, 1] pixels, SigLIP's 0.5 mean and std: the random spec's OpenAI mean and std would feed them
+        wrongly normalised pixels). A field the tags disagree on keeps the random spec's value and is
+        returned in the list, for the caller to warn about.
+        """
+        chosen: dict[str, Any] = {}
+        guessed: list[str] = []
+        tagged = [self.spec(tag) for tag in self.tags]
+        for name in ("preprocess", "activation"):
+            values = {getattr(spec, name) for spec in tagged}
+            if len(values) == 1:
+                chosen[name] = values.pop()
+            elif values:
+                guessed.append(name)
+        return self.spec(RANDOM).with_weights(weights, **chosen), guessed
 
     def unknown_weights(self, weights: str) -> WeightsError:
         choices = ", ".join(self.weight_choices())
