@@ -627,7 +627,7 @@ def test_a_hf_tokenizer_is_read_from_the_local_cache_only(monkeypatch, hf_text_m
         tokenize(hf_text_model, TEXTS)
     message = str(info.value)
     assert "\n" not in message and "could not be loaded from the local cache" in message
-    assert f"huggingface-cli download {HF_NAME}" in message
+    assert f"hf download {HF_NAME}" in message
     assert calls == [{"name": HF_NAME, "cache_dir": None, "local_files_only": True}]
     # A registry name goes through open_clip.get_tokenizer, also without a download.
     siglip = replace(tiny_rn, spec=get_architecture("ViT-B-16-SigLIP").spec("random"))
@@ -698,3 +698,27 @@ def test_a_weights_file_takes_the_contract_its_architectures_tags_share():
     assert get_architecture("RN50x4").spec_for_file("sha256:0123456789ab")[0].activation == "quick_gelu"
     vit, guessed = get_architecture("ViT-B-32").spec_for_file("sha256:0123456789ab")  # openai QuickGELU, LAION GELU
     assert guessed == ["activation"] and vit.activation == get_architecture("ViT-B-32").spec("random").activation
+
+
+def test_a_hugging_face_text_tower_is_built_offline_or_refused_in_one_line(monkeypatch):
+    """roberta-ViT-B-32 & co.: open_clip reads the text model's config from the hub even for random weights
+    (`random` reached the network), and without transformers `layers` failed with open_clip's RuntimeError."""
+    import importlib.util
+
+    import huggingface_hub.constants
+
+    from neuronscope.models.openclip import hf_text_tower
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "transformers" else real_find_spec(name, *args))
+    with pytest.raises(NeuronscopeError, match=r"'roberta-base'.*pip install transformers"):
+        load_model("roberta-ViT-B-32", weights="random")
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())  # transformers "installed"
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    with pytest.raises(NeuronscopeError, match=r"not in the local cache.*hf download roberta-base"):
+        with hf_text_tower("roberta-ViT-B-32", {"hf_model_name": "roberta-base"}):
+            assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # no request can leave while it builds
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+    assert huggingface_hub.constants.HF_HUB_OFFLINE == before

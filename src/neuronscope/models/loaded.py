@@ -260,6 +260,6 @@ def _missing_hf_tokenizer(hf_name: str, model_key: str, err: Exception) -> str:
     if os.path.isdir(hf_name):
         fix = f"put the tokenizer's files (tokenizer.json or its vocabulary) in {hf_name}"
     else:
-        fix = f"fetch it once while online (huggingface-cli download {hf_name}) and run again"
+        fix = f"fetch it once while online (hf download {hf_name}) and run again"
     return (f"{model_key}: its text tower reads the Hugging Face tokenizer {hf_name!r}, which could not be "
             f"loaded from the local cache ({reason}); {fix}")

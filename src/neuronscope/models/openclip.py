@@ -7,6 +7,7 @@ and the tiny test models do not pay for it more than once.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -64,8 +65,40 @@ def build_named(name: str, quick_gelu: bool) -> nn.Module:
     """A random-init open_clip model of a built-in architecture, on the CPU in fp32."""
     import open_clip
 
-    with quiet_open_clip():
+    with quiet_open_clip(), hf_text_tower(name, (model_config(name) or {}).get("text_cfg", {})):
         return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+
+
+@contextlib.contextmanager
+def hf_text_tower(name: str, text_cfg: Mapping[str, Any]) -> Iterator[None]:
+    """Build a model whose text tower is a Hugging Face model (roberta, xlm-roberta, mt5...) offline.
+
+    open_clip reads that model's config from the hub even for random weights: here it is read from the
+    local cache only (random weights never touch the network), and a missing ``transformers`` or config
+    is one line that says how to get it, not transformers' error after its retries.
+    """
+    hf_name = text_cfg.get("hf_model_name")
+    if not hf_name:
+        yield
+        return
+    import importlib.util
+
+    from neuronscope.errors import NeuronscopeError
+
+    needs = f"{name}: its text tower is the Hugging Face model {hf_name!r}"
+    if importlib.util.find_spec("transformers") is None:
+        raise NeuronscopeError(f"{needs}, which needs the transformers package: pip install transformers")
+    import huggingface_hub.constants
+
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # transformers asks this constant before any request
+    try:
+        yield
+    except OSError as err:  # transformers: not in the cache (with the hub switched off)
+        raise NeuronscopeError(f"{needs}, whose config is not in the local cache; fetch it once while online "
+                               f"(hf download {hf_name}) and run again") from err
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = offline
 
 
 def build_from_cfg(model_cfg: Mapping[str, Any], quick_gelu: bool) -> nn.Module:
@@ -76,7 +109,8 @@ def build_from_cfg(model_cfg: Mapping[str, Any], quick_gelu: bool) -> nn.Module:
     cfg["quick_gelu"] = quick_gelu
     custom_text = cfg.pop("custom_text", False)
     model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    return model_class(**cfg)
+    with hf_text_tower("this model", cfg.get("text_cfg", {})):
+        return model_class(**cfg)
 
 
 def build_from_dir(directory: Path, quick_gelu: bool | None = None) -> nn.Module:
@@ -89,8 +123,11 @@ def build_from_dir(directory: Path, quick_gelu: bool | None = None) -> nn.Module
     """
     import open_clip
 
+    from neuronscope.models.download import HF_CONFIG
+
     overrides = {} if quick_gelu is None else {"quick_gelu": quick_gelu}
-    with quiet_open_clip():
+    config = json.loads((directory / HF_CONFIG).read_text()).get("model_cfg", {})
+    with quiet_open_clip(), hf_text_tower(str(directory), config.get("text_cfg", {})):
         return open_clip.create_model(f"local-dir:{directory}", load_weights=False, device="cpu", **overrides)
 
 
