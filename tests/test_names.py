@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from neuronscope.activations import LayerRef, resolve_layer, resolve_layers, split_layer_list
 from neuronscope.errors import LayerNotFoundError
@@ -79,3 +81,80 @@ def test_a_loaded_model_brings_its_module_aliases_and_key(tiny_rn):
     assert resolve_layer(tiny_rn, "image_block_4/1/Add_6") == "visual.layer4.1.act3:input"
     with pytest.raises(LayerNotFoundError, match=f"unknown layer 'nuerons' in {tiny_rn.key}"):
         resolve_layers(tiny_rn, "nuerons")
+
+
+class TimmTower(nn.Module):
+    """open_clip's ``TimmModel`` in miniature: a timm model as ``visual.trunk``."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+class TimmClip(nn.Module):
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.visual = TimmTower(trunk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+def timm_trunks() -> dict[str, nn.Module]:
+    """Tiny random timm trunks of the kinds open_clip wraps (SigLIP-like ViT, EVA02, Swin, ConvNeXt, FastViT)."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.eva import Eva
+    from timm.models.fastvit import FastVit
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return {
+        "vit": VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0,
+                                 class_token=False, global_pool="map"),
+        "eva": Eva(img_size=16, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0, swiglu_mlp=True,
+                   scale_mlp=True, mlp_ratio=2),
+        "swin": SwinTransformer(img_size=32, patch_size=4, window_size=2, embed_dim=8, depths=(1, 2),
+                                num_heads=(1, 1), num_classes=0),
+        "convnext": ConvNeXt(depths=(1, 1, 1, 2), dims=(8, 8, 8, 16), kernel_sizes=3, num_classes=0),
+        "fastvit": FastVit(layers=(1, 1), embed_dims=(8, 16), mlp_ratios=(2, 2), downsamples=(False, True),
+                           token_mixers=("repmixer", "repmixer"), num_classes=0),
+    }
+
+
+def test_timm_trunks_have_neurons_where_the_paper_would_look():
+    """`neurons`, every command's default layer, was missing on every timm tower (SigLIP, EVA02, ConvNeXt)."""
+    trunks = timm_trunks()
+    expected = {
+        "vit": "visual.trunk.blocks.1.mlp.act",  # the last block's GELU, as on open_clip's ViTs
+        "eva": "visual.trunk.blocks.1.mlp.norm:input",  # SwiGLU: the gated product, before its LayerNorm
+        "swin": "visual.trunk.layers.1.blocks.1.mlp.act",
+        "convnext": "visual.trunk.stages.3.blocks.1",  # the last residual sum (no activation after it)
+    }
+    for kind, layer in expected.items():
+        assert structural_aliases(TimmClip(trunks[kind]))["neurons"] == layer, kind
+    assert "neurons" not in structural_aliases(TimmClip(trunks["fastvit"]))
+
+
+def test_a_swiglu_neurons_capture_is_the_gated_product():
+    from neuronscope.activations import record
+    from neuronscope.models import Preprocess, load_model
+
+    model = load_model(TimmClip(timm_trunks()["eva"]), preprocess=Preprocess(image_size=(16, 16)))
+    mlp = model.module.visual.trunk.blocks[1].mlp
+    pixels = torch.randn(2, 3, 16, 16)
+    mlp_in = record(model, pixels, "visual.trunk.blocks.1.mlp:input")["visual.trunk.blocks.1.mlp:input"]
+    product = mlp.act(mlp.fc1_g(mlp_in)) * mlp.fc1_x(mlp_in)  # [B, T, hidden]
+    torch.testing.assert_close(record(model, pixels, "neurons")["visual.trunk.blocks.1.mlp.norm:input"], product)
+
+
+def test_neurons_on_a_tower_without_it_says_why_and_names_a_layer():
+    clip = TimmClip(timm_trunks()["fastvit"])
+    with pytest.raises(LayerNotFoundError) as refused:
+        resolve_layers(clip, "neurons", structural_aliases(clip), model_key="fastvit@random")
+    message = str(refused.value)
+    assert message.startswith("fastvit@random has no 'neurons' alias") and "\n" not in message
+    assert "--layer visual.trunk.stages.1.blocks.0" in message

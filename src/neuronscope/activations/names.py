@@ -99,6 +99,20 @@ def _module_and_aliases(
     return model.module, dict(model.layer_aliases if aliases is None else aliases), model_key or model.key
 
 
+NEURONS = "neurons"
+"""The alias of the paper's layer, every command's default layer (:mod:`neuronscope.models.aliases`)."""
+
+
+def no_neurons_message(module: nn.Module, model_key: str = "") -> str:
+    """The one-line error for ``neurons`` on a model without that alias: why, and a layer to name instead."""
+    from neuronscope.models.aliases import neurons_candidate  # models imports activations
+
+    candidate = neurons_candidate(module)
+    instead = f"name a layer instead, e.g. --layer {candidate}" if candidate else "name a layer instead with --layer"
+    return (f"{model_key or 'this model'} has no 'neurons' alias (it is defined for image towers that are "
+            f"ResNets, ViTs, timm transformer trunks or ConvNeXts); {instead} (`neuronscope layers MODEL` lists them)")
+
+
 def resolve_layers(
     module: nn.Module | LoadedModel, names: str | Sequence[str], aliases: Mapping[str, str] | None = None, *,
     model_key: str = "",
@@ -143,6 +157,8 @@ def resolve_layers(
                 resolved.extend(str(LayerRef(p, ref.port)) for p in matched)
             elif ref.path in known:
                 resolved.append(str(ref))
+            elif ref.path == NEURONS:
+                raise LayerNotFoundError(no_neurons_message(module, model_key))
             else:
                 candidates = [*paths, *aliases] if "." in ref.path else [*aliases, *paths]
                 raise LayerNotFoundError(

@@ -10,9 +10,21 @@ One rule per architecture family, not one table per model:
   (RN50x4: ``visual.layer4.5.act3:input``, 2560 x 9 x 9).
 - every open_clip ``VisionTransformer``: ``neurons`` = the MLP activation of
   the last block, ``transformer.resblocks.N.mlp.gelu``.
+- every timm transformer trunk (SigLIP's and EVA02's ViTs, Swin; a timm model whose blocks carry ``attn`` and
+  ``mlp``): ``neurons`` = the hidden units of the last block's MLP, as for open_clip's ViTs: ``mlp.act`` of a
+  GELU MLP; for a gated MLP (EVA02's SwiGLU, where ``act`` is only the gate's SiLU) the gated product,
+  ``mlp.norm:input`` (EVA02 normalises it with a LayerNorm before ``fc2``, so ``fc2:input`` is not the
+  product; where ``norm`` is an Identity the two are the same).
+- every timm ``ConvNeXt``: ``neurons`` = the last block of the last stage, ``stages.S.blocks.B``. A ConvNeXt
+  block ends with its residual sum and no activation after it, so its output is the point the ResNet alias
+  reads (the pre-ReLU sum of the last block).
+
+Other towers (MobileCLIP's FastViT, ...) have no ``neurons``; :func:`neurons_candidate` names a layer to try.
 """
 
 from __future__ import annotations
+
+import re
 
 from torch import nn
 
@@ -45,6 +57,55 @@ def vit_aliases(path: str, vit: nn.Module) -> dict[str, str]:
     return {"neurons": f"{_prefix(path)}transformer.resblocks.{len(blocks) - 1}.mlp.gelu"}
 
 
+def _transformer_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, block)`` of the blocks in ``module`` that hold both an ``attn`` and an ``mlp`` (timm's ViT, EVA
+    and Swin blocks, open_clip's residual attention blocks), in registration order."""
+    return [(path, child) for path, child in module.named_modules()
+            if isinstance(getattr(child, "attn", None), nn.Module) and isinstance(getattr(child, "mlp", None), nn.Module)]
+
+
+def _is_timm_model(module: nn.Module) -> bool:
+    """A timm image model (its blocks are not): every one has ``forward_features`` and ``forward_head``."""
+    return callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None))
+
+
+def _mlp_hidden(mlp: nn.Module) -> str | None:
+    """Where a timm MLP's hidden units are, relative to the MLP: ``act`` (fc1 -> act -> fc2), or for a gated MLP
+    (SwiGLU's ``fc1_g``/``fc1_x``, GluMlp's chunked ``fc1``) the product, ``norm:input``; None for others."""
+    gated = hasattr(mlp, "fc1_g") or hasattr(mlp, "chunk_dim")
+    if gated and isinstance(getattr(mlp, "norm", None), nn.Module):
+        return "norm:input"
+    if not gated and isinstance(getattr(mlp, "act", None), nn.Module):
+        return "act"
+    return None
+
+
+def timm_aliases(path: str, trunk: nn.Module) -> dict[str, str]:
+    """Aliases of one timm image model found at dot path ``path``: ``neurons`` for transformer trunks and
+    ConvNeXt (module docstring), none for the others."""
+    from timm.models.convnext import ConvNeXt
+
+    prefix = _prefix(path)
+    if isinstance(trunk, ConvNeXt):
+        stage = len(trunk.stages) - 1
+        return {"neurons": f"{prefix}stages.{stage}.blocks.{len(trunk.stages[stage].blocks) - 1}"}
+    blocks = _transformer_blocks(trunk)
+    if not blocks:
+        return {}
+    block_path, block = blocks[-1]
+    hidden = _mlp_hidden(block.mlp)
+    return {"neurons": f"{prefix}{block_path}.mlp.{hidden}"} if hidden else {}
+
+
+def neurons_candidate(module: nn.Module) -> str | None:
+    """A layer to suggest where the model has no ``neurons`` alias: the image tower's (``visual``) last block
+    (a module at ``...blocks.N``, ``...layers.N`` or ``...stages.N``), or None when it has none."""
+    tower, prefix = (module.visual, "visual.") if isinstance(getattr(module, "visual", None), nn.Module) else (module, "")
+    blocks = [path for path, _ in tower.named_modules() if re.search(r"(^|\.)(blocks|resblocks)\.\d+$", path)]
+    blocks = blocks or [path for path, _ in tower.named_modules() if re.search(r"(^|\.)(layers|stages)\.\d+$", path)]
+    return f"{prefix}{blocks[-1]}" if blocks else None
+
+
 def structural_aliases(module: nn.Module) -> dict[str, str]:
     """``{alias: canonical layer}`` for the image towers found inside ``module``.
 
@@ -62,6 +123,8 @@ def structural_aliases(module: nn.Module) -> dict[str, str]:
             found = resnet_aliases(path, child)
         elif isinstance(child, VisionTransformer):
             found = vit_aliases(path, child)
+        elif _is_timm_model(child):
+            found = timm_aliases(path, child)
         else:
             continue
         ambiguous |= found.keys() & aliases.keys()
