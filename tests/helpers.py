@@ -1,5 +1,6 @@
 """Helpers the test modules share, so that no test module imports another: random BatchNorms, hook counts,
-model folders, image files good and broken, the scan tests' layers and settings, a small clipart tree."""
+model folders, image files good and broken, the scan tests' layers and settings, a small clipart tree, tiny
+timm trunks."""
 
 from __future__ import annotations
 
@@ -197,3 +198,48 @@ def channels_last_model() -> LoadedModel:
 
     torch.manual_seed(0)
     return load_model(ChannelsLastBlock(), preprocess=Preprocess(image_size=(12, 16)))
+
+
+# ----------------------------------------------------------------- tiny timm trunks
+
+class TimmTower(nn.Module):
+    """open_clip's ``TimmModel`` in miniature: a timm model as ``visual.trunk``."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+class TimmClip(nn.Module):
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.visual = TimmTower(trunk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+def timm_trunks() -> dict[str, nn.Module]:
+    """Tiny random timm trunks of the kinds open_clip wraps (SigLIP-like ViT, EVA02, Swin, ConvNeXt, FastViT)."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.eva import Eva
+    from timm.models.fastvit import FastVit
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return {
+        "vit": VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0,
+                                 class_token=False, global_pool="map"),
+        "eva": Eva(img_size=16, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0, swiglu_mlp=True,
+                   scale_mlp=True, mlp_ratio=2),
+        "swin": SwinTransformer(img_size=32, patch_size=4, window_size=2, embed_dim=8, depths=(1, 2),
+                                num_heads=(1, 1), num_classes=0),
+        "convnext": ConvNeXt(depths=(1, 1, 1, 2), dims=(8, 8, 8, 16), kernel_sizes=3, num_classes=0),
+        "fastvit": FastVit(layers=(1, 1), embed_dims=(8, 16), mlp_ratios=(2, 2), downsamples=(False, True),
+                           token_mixers=("repmixer", "repmixer"), num_classes=0),
+    }
+

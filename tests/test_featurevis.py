@@ -826,3 +826,14 @@ def test_render_jobs_and_facet_probes_of_two_random_inits_are_kept_apart(tmp_pat
         probes = [facet_probe(model, "drawing", atlas=atlas) for model in inits]
         assert probes[0].key != probes[1].key
         assert len(atlas.artifacts("tiny-rn@random", "visual.layer3.0", "facet-probe")) == 2
+
+
+def test_a_timm_vit_without_probe_layers_is_told_its_own_blocks():
+    """A timm ViT was taken for a conv net and told to register 'visual.layer3.{0,2,4}', a ResNet's names."""
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.models import Preprocess, load_model
+    from tests.helpers import TimmClip, timm_trunks
+
+    model = load_model(TimmClip(timm_trunks()["vit"]), preprocess=Preprocess(image_size=(16, 16)))
+    with pytest.raises(NeuronscopeError, match=r"e\.g\. 'visual\.trunk\.blocks\.\{0,1\}'"):
+        facets.probe_layers(model)

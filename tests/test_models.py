@@ -28,7 +28,7 @@ from neuronscope.models import (
 from neuronscope.models import download
 from neuronscope.models.openclip import module_activation
 from neuronscope.models.tiny import TINY_RN
-from tests.helpers import write_config_dir
+from tests.helpers import TimmClip, timm_trunks, write_config_dir
 
 SHA_KEY = re.compile(r"^[\w.-]+@sha256:[0-9a-f]{12}$")
 
@@ -49,6 +49,19 @@ def test_tiny_models_have_their_contract():
     assert not any(p.requires_grad for p in rn.module.parameters()) and not rn.module.training
     assert image_embedding(rn, torch.randn(2, 3, 64, 64)).shape == (2, 64)
 
+
+
+def test_timm_transformer_trunks_are_vits_and_run_as_vits(monkeypatch):
+    """Every timm trunk was "conv" (its patch embedding is a Conv2d), so a SigLIP, EVA02 or Swin tower got the
+    ResNet recipe under --precision auto (bf16 autocast and channels_last instead of bf16 weights on a CPU)."""
+    from neuronscope import runtime
+
+    families = {kind: load_model(TimmClip(trunk), preprocess=Preprocess(image_size=32)).family
+                for kind, trunk in timm_trunks().items()}
+    assert families == {"vit": "vit", "eva": "vit", "swin": "vit", "convnext": "conv", "fastvit": "conv"}
+    monkeypatch.setattr(runtime, "bf16_support", lambda device: (True, "native bf16 (test)"))
+    plan = runtime.resolve_precision("auto", torch.device("cpu"), families["vit"])
+    assert (plan.name, plan.channels_last) == ("bf16-weights", False)
 
 def test_weights_carry_their_contract_without_building():
     openai = get_architecture("RN50x4").spec("openai")

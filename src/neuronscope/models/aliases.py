@@ -64,6 +64,12 @@ def _transformer_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(getattr(child, "attn", None), nn.Module) and isinstance(getattr(child, "mlp", None), nn.Module)]
 
 
+def transformer_block_paths(module: nn.Module) -> list[str]:
+    """Dot paths of the transformer blocks in ``module`` (pass an image tower: a text tower has them too), in
+    registration order: blocks that hold both an ``attn`` and an ``mlp``."""
+    return [path for path, _ in _transformer_blocks(module)]
+
+
 def _is_timm_model(module: nn.Module) -> bool:
     """A timm image model (its blocks are not): every one has ``forward_features`` and ``forward_head``."""
     return callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None))
@@ -133,7 +139,12 @@ def structural_aliases(module: nn.Module) -> dict[str, str]:
 
 
 def model_family(module: nn.Module) -> str:
-    """``conv`` (ResNets and other conv nets), ``vit`` or ``other``: picks precision defaults."""
+    """``conv`` (ResNets and other conv nets), ``vit`` or ``other``: picks precision defaults (bf16 autocast and
+    channels_last for conv nets, bf16 weights for ViTs on a CPU) and the default facet-probe layers.
+
+    A timm trunk made of transformer blocks (SigLIP's and EVA02's ViTs, Swin) is a ViT although its patch
+    embedding is a Conv2d; a timm trunk without them (ConvNeXt, MobileCLIP's FastViT) is a conv net.
+    """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
@@ -141,6 +152,8 @@ def model_family(module: nn.Module) -> str:
         if isinstance(child, ModifiedResNet):
             return "conv"
         if isinstance(child, VisionTransformer):
+            return "vit"
+        if _is_timm_model(child) and _transformer_blocks(child):
             return "vit"
     if any(isinstance(child, nn.Conv2d) for child in module.modules()):
         return "conv"

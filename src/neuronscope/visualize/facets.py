@@ -37,6 +37,7 @@ from neuronscope.atlas.runs import model_identity
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import content_sha256, list_folder
+from neuronscope.models.aliases import transformer_block_paths
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.visualize.render import StepCallback, render
@@ -110,7 +111,22 @@ def probe_layers(model: LoadedModel) -> list[str]:
     except LayerNotFoundError:
         pass  # a layer the user never named is no help: say what to register instead
     raise NeuronscopeError(f"{model.key} has no facet-probe layers; register them as "
-                           f"ModelSpec.probe_layers (e.g. 'visual.layer3.{{0,2,4}}')")
+                           f"ModelSpec.probe_layers (e.g. {_probe_layers_example(model)})")
+
+
+def _probe_layers_example(model: LoadedModel) -> str:
+    """Probe layers to suggest in the refusal, fit to the tower: the middle third of a ViT's transformer blocks
+    (a timm trunk's ``blocks``, which the default does not read), else a ResNet's ``layer3`` blocks."""
+    if model.family == "vit":
+        tower = model.spec.image_tower
+        blocks = [f"{tower}.{path}" if tower else path for path in transformer_block_paths(model.image_module)]
+        middle = blocks[len(blocks) // 3: 2 * len(blocks) // 3 + 1]
+        parents = {block.rpartition(".")[0] for block in middle}
+        if len(parents) == 1:
+            return f"'{parents.pop()}.{{{','.join(block.rpartition('.')[2] for block in middle)}}}'"
+        if middle:
+            return ", ".join(f"'{block}'" for block in middle)
+    return "'visual.layer3.{0,2,4}'"
 
 
 def check_probe_layers(model: LoadedModel, layer: str, layers: Sequence[str] | None = None) -> None:
