@@ -15,7 +15,7 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from neuronscope.activations import NoClassTokenError, cls_token, layer_geometry, record
+from neuronscope.activations import NoClassTokenError, UnbatchedLayerError, cls_token, layer_geometry, record
 from neuronscope.atlas import Atlas
 from neuronscope.mining import ScanSettings, open_source, scan
 from neuronscope.models import LoadedModel, Preprocess, load_model
@@ -166,3 +166,45 @@ def test_a_trunks_patch_embed_carries_no_prefix_tokens(registers):
     assert result.images.shape[0] == 1
     with pytest.raises(NoClassTokenError, match="patches alone"):  # its first token is patch (0, 0), not a class token
         record(registers, pixels, layer, reduce="cls")
+
+
+@pytest.fixture
+def swin() -> LoadedModel:
+    """A Swin trunk on 32 x 48 px: 8 x 12 patches in stage 0, merged to 4 x 6 in stage 1, in windows of 2 x 2."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    from tests.helpers import TimmClip
+
+    torch.manual_seed(0)
+    trunk = SwinTransformer(img_size=(32, 48), patch_size=4, window_size=2, embed_dim=8, depths=(1, 2),
+                            num_heads=(1, 1), num_classes=0)
+    return load_model(TimmClip(trunk), preprocess=Preprocess(image_size=(32, 48)))
+
+
+def test_a_swin_token_layer_lies_on_its_own_stages_grid(swin):
+    """Swin's token layers after stage 0 failed ("grid (56, 56) does not hold 48 patch tokens"): the model's grid
+    is stage 0's, and stage 1 runs on it merged 2 x 2. Its tokens lie row-major on the 4 x 6 grid of the stage's
+    [B, H, W, C] maps: a block's norm2 input is its input plus the attention branch, flattened."""
+    block = "visual.trunk.layers.1.blocks.1"
+    tokens_layer, first_layer = f"{block}.norm2:input", "visual.trunk.layers.0.blocks.0.mlp.act"
+    geometry = layer_geometry(swin, [first_layer, tokens_layer, "neurons"])
+    assert geometry[first_layer].grid == (8, 12) and geometry[tokens_layer].grid == (4, 6)
+    assert (geometry[tokens_layer].units, geometry[tokens_layer].prefix_tokens) == (16, 0)
+    assert geometry[f"{block}.mlp.act"].grid == (4, 6)  # neurons
+    pixels = torch.randn(2, 3, 32, 48)
+    acts = record(swin, pixels, [tokens_layer, f"{block}:input", f"{block}.drop_path1"])
+    summed = (acts[f"{block}:input"] + acts[f"{block}.drop_path1"]).permute(0, 3, 1, 2)  # [B, 16, 4, 6]
+    torch.testing.assert_close(geometry[tokens_layer].maps(acts[tokens_layer]), summed)
+    torch.testing.assert_close(record(swin, pixels, tokens_layer, reduce="max")[tokens_layer], summed.amax(dim=(2, 3)))
+
+
+def test_swin_has_no_class_token_and_its_window_attention_is_refused(swin):
+    """Swin was taken to have a class token (reduce="cls" read a patch), and its window attention [B x windows,
+    4, C] was read as if dim 0 were the images."""
+    assert (swin.prefix_tokens, swin.has_class_token) == (0, False)
+    with pytest.raises(NoClassTokenError):
+        record(swin, torch.randn(1, 3, 32, 48), "visual.trunk.layers.1.blocks.1.mlp.act", reduce="cls")
+    attention = "visual.trunk.layers.0.blocks.0.attn"
+    for refused in (lambda: layer_geometry(swin, [attention]), lambda: record(swin, torch.randn(2, 3, 32, 48), attention)):
+        with pytest.raises(UnbatchedLayerError, match=r"\[48, 4, 8\] does not hold one row per image|\[24, 4, 8\]"):
+            refused()

@@ -6,7 +6,14 @@
     layer_geometry(model, ["neurons"])         # {"visual.layer4.5.act3:input": LayerGeometry(2560, (9, 9), ...)}
 """
 
-from neuronscope.activations.catalog import LayerInfo, capture_layout, known_layout, layer_layouts, list_layers
+from neuronscope.activations.catalog import (
+    LayerInfo,
+    UnbatchedLayerError,
+    capture_layout,
+    known_layout,
+    layer_layouts,
+    list_layers,
+)
 from neuronscope.activations.edits import Edit, mean_ablate, set_units, zero_units
 from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
@@ -37,7 +44,7 @@ from neuronscope.activations.reduce import (
 
 __all__ = [
     "CHANNELS_FIRST", "CHANNELS_LAST", "INPUT", "REDUCTIONS",
-    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "NoClassTokenError", "Recorder",
+    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "NoClassTokenError", "Recorder", "UnbatchedLayerError",
     "aliases_by_layer", "all_layer_names", "capture_layout", "centre", "cls_token", "known_layout", "layer_geometry",
     "layer_layouts", "list_layers", "map_grid", "mean_ablate", "record",
     "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",

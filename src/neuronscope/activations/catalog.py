@@ -91,3 +91,18 @@ def unknown_layout_message(layer: str, shape: tuple[int, ...]) -> str:
     """The one-line error for reading units of a 4-D ``layer`` (``shape`` with batch) whose layout is unknown."""
     return (f"cannot tell whether layer {layer} {list(shape[1:])} holds its units first or last (no Conv, "
             f"Linear or norm layer fixes it): use a neighbouring Conv, Linear or norm layer")
+
+
+class UnbatchedLayerError(NeuronscopeError, ValueError):
+    """A layer whose first dim is not the images: Swin's window attention (images x windows), or a layer fed by
+    a parameter (an attention pooler's learned queries), which has no batch dim at all."""
+
+
+def check_batched(layer: str, acts: Tensor, images: int) -> None:
+    """Raise :class:`UnbatchedLayerError` when ``acts`` of ``layer``, captured for ``images`` images, do not have
+    one row per image: reading its dim 0 as the images would mix windows or queries with images."""
+    if acts.ndim and acts.shape[0] != images:
+        raise UnbatchedLayerError(
+            f"layer {layer} {list(acts.shape)} does not hold one row per image ({images} in, {acts.shape[0]} "
+            f"out: attention over windows, as in Swin, or a learned parameter): its units have no value per "
+            f"image; pick a block's or stage's output")

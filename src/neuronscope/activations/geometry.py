@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuronscope.activations.catalog import known_layout
+from neuronscope.activations.catalog import check_batched, known_layout
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.recorder import Recorder
 from neuronscope.activations.reduce import carried_prefix_tokens, unit_maps
@@ -52,7 +52,9 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
     """``{canonical layer: LayerGeometry}`` of ``layers`` (names or aliases), in the order they fire.
 
     Raises:
-        NeuronscopeError: a 4-D layer whose layout the model does not fix (its units cannot be told).
+        NeuronscopeError: a 4-D layer whose layout the model does not fix (its units cannot be told);
+            :class:`~neuronscope.activations.catalog.UnbatchedLayerError`: a layer without one row per image
+            (Swin's window attention, a pooler's learned queries).
     """
     height, width = model.preprocess.image_size
     grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
@@ -63,6 +65,7 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
 
 
 def _geometry(model: LoadedModel, layer: str, acts: torch.Tensor) -> LayerGeometry:
+    check_batched(layer, acts, 1)
     layout = known_layout(model, layer, acts)
     prefix_tokens = carried_prefix_tokens(acts, model.token_grid, model.prefix_tokens)
     maps = unit_maps(acts, grid=model.token_grid, layout=layout, prefix_tokens=prefix_tokens)  # [1, C, H, W]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from neuronscope.activations.catalog import layer_layouts
+from neuronscope.activations.catalog import check_batched, layer_layouts
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Images, Recorder
@@ -61,6 +61,10 @@ def record(
 
     Returns:
         Tensors on the model's device, concatenated over batches, in float32.
+
+    Raises:
+        UnbatchedLayerError: a layer without one row per image (Swin's window attention, a learned parameter
+            such as an attention pooler's queries), whose dim 0 is not the images.
     """
     if reduce is not None and reduce not in (*REDUCTIONS, "center"):
         # Checked here, not in the hook: a function passed for its name would fail inside the first forward.
@@ -93,5 +97,6 @@ def record(
     with recorder:
         for batch in _batches(images, batch_size):
             for name, acts in recorder.run(batch, grad=grad).items():
+                check_batched(name, acts, len(batch))
                 pieces.setdefault(name, []).append(acts)
     return {name: torch.cat(parts).float() for name, parts in pieces.items()}

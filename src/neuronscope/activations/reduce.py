@@ -12,7 +12,9 @@ Layouts, batch first:
   ViTs 1, the class token; a SigLIP timm trunk 0), the remaining
   ``T - prefix_tokens`` are patches on a ``grid`` (rows, cols) in row-major
   order (tokens that fill the grid exactly carry none: a timm trunk's
-  ``patch_embed``, before the class token joins). "Spatial" reductions run over the patch tokens only;
+  ``patch_embed``, before the class token joins; tokens without prefix tokens that do not fill it, as in
+  Swin's later stages, lie on it shrunk by an integer factor, :func:`tokens_grid`). "Spatial" reductions run
+  over the patch tokens only;
   :func:`cls_token` takes the class token, and refuses tokens that have none;
 - vectors ``[B, D]``: units are the last dim, one cell.
 
@@ -77,16 +79,31 @@ def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | N
         return acts[:, :, None, None]
     if acts.ndim != 3:
         raise ValueError(f"cannot read units from a tensor of shape {tuple(acts.shape)}")
-    patches = acts[:, carried_prefix_tokens(acts, grid, prefix_tokens):, :]  # [B, H*W, D]
+    prefix = carried_prefix_tokens(acts, grid, prefix_tokens)
+    patches = acts[:, prefix:, :]  # [B, H*W, D]
     count = patches.shape[1]
     if grid is None:
         side = math.isqrt(count)
         if side * side != count:
             raise ValueError(f"{count} patch tokens are not a square grid; pass grid=(rows, cols)")
         grid = (side, side)
-    if grid[0] * grid[1] != count:
+    stage_grid = tokens_grid(count, grid) if prefix == 0 else (grid if grid[0] * grid[1] == count else None)
+    if stage_grid is None:
         raise ValueError(f"grid {grid} does not hold {count} patch tokens")
-    return patches.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], *grid)
+    return patches.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], *stage_grid)
+
+
+def tokens_grid(count: int, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """The (rows, cols) that ``count`` patch tokens lie on: ``grid`` when they fill it, else ``grid`` shrunk by
+    an integer factor that leaves ``count`` cells (a hierarchical ViT's later stage: Swin's 56x56 patches merge to
+    28x28, 14x14, 7x7), else None. Only for tokens without prefix tokens: a class token would be miscounted."""
+    rows, cols = grid
+    if rows * cols == count:
+        return grid
+    factor = math.isqrt(rows * cols // count) if count and (rows * cols) % count == 0 else 0
+    if factor > 1 and factor * factor * count == rows * cols and rows % factor == 0 and cols % factor == 0:
+        return rows // factor, cols // factor
+    return None
 
 
 def spatial_mean(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | None = None,
