@@ -61,7 +61,7 @@ def _transformer_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(path, block)`` of the blocks in ``module`` that hold both an ``attn`` and an ``mlp`` (timm's ViT, EVA
     and Swin blocks, open_clip's residual attention blocks), in registration order."""
     return [(path, child) for path, child in module.named_modules()
-            if isinstance(getattr(child, "attn", None), nn.Module) and isinstance(getattr(child, "mlp", None), nn.Module)]
+            if all(isinstance(getattr(child, part, None), nn.Module) for part in ("attn", "mlp"))]
 
 
 def transformer_block_paths(module: nn.Module) -> list[str]:
@@ -106,7 +106,8 @@ def timm_aliases(path: str, trunk: nn.Module) -> dict[str, str]:
 def neurons_candidate(module: nn.Module) -> str | None:
     """A layer to suggest where the model has no ``neurons`` alias: the image tower's (``visual``) last block
     (a module at ``...blocks.N``, ``...layers.N`` or ``...stages.N``), or None when it has none."""
-    tower, prefix = (module.visual, "visual.") if isinstance(getattr(module, "visual", None), nn.Module) else (module, "")
+    visual = getattr(module, "visual", None)
+    tower, prefix = (visual, "visual.") if isinstance(visual, nn.Module) else (module, "")
     blocks = [path for path, _ in tower.named_modules() if re.search(r"(^|\.)(blocks|resblocks)\.\d+$", path)]
     blocks = blocks or [path for path, _ in tower.named_modules() if re.search(r"(^|\.)(layers|stages)\.\d+$", path)]
     return f"{prefix}{blocks[-1]}" if blocks else None
