@@ -1,26 +1,117 @@
-"""The life of a run in an atlas, shared by every command that writes one.
+"""The life of a run in an atlas, shared by every command that writes one (scan, words, the text side,
+visualize).
 
-A run is recorded ``running`` before its work starts, keyed by a hash of
-what decides its results (its config key). If its command fails or is
-killed, the run is marked ``interrupted``; the same command started again
-finds it by its key and continues it.
+    config_key = "words-" + config_digest(config, 20)
+    opened = open_run(atlas, config_key, start, checkpoint_key=config_key, checkpoint_fits=fits)
+    with marked_interrupted(atlas, opened.run_id):
+        ...                                  # the work, checkpointed as it goes
+    drop_checkpoints(atlas, config_key)
+
+A run is recorded ``running`` before its work starts, keyed by a digest of
+what decides its results (its config key; each caller keeps its own recipe:
+a key must never change, or a killed run could not resume). If its command
+fails or is killed, the run is marked ``interrupted``; a SIGKILL leaves it
+``running``, and either way the same command started again finds it by its
+key and continues it from its checkpoint. A run whose key can never come back
+(its input changed since) is marked ``abandoned`` and its checkpoints dropped.
+
+Pure catalogue and JSON: no torch here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import glob
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from neuronscope.atlas.store import Atlas
     from neuronscope.models.loaded import LoadedModel
+
+#: A checkpoint as the atlas stores it: arrays, and a JSON meta holding the ``run_id`` that wrote it.
+Checkpoint = tuple[dict[str, "np.ndarray"], dict[str, Any]]
+
+#: The statuses of a run that may still resume.
+UNFINISHED = ("running", "interrupted")
+
+
+def config_digest(value: Any, length: int) -> str:
+    """The first ``length`` hex digits of the sha256 of ``value`` as canonical JSON (keys sorted): the part of a
+    config key that names what decides a run's results."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def model_identity(model: LoadedModel) -> str:
     """What tells a model's results apart in a key: its key (``RN50x4@openai`` names its weights), plus the
     state dict's sha256 when the key does not name them (``NAME@random`` is every seed's init)."""
     return model.key if model.weights_sha256 is not None else f"{model.key}#{model.weights_identity()}"
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """The run a job writes into (:func:`open_run`), and the checkpoint it continues from (None: from the start)."""
+
+    run_id: int
+    checkpoint: Checkpoint | None = None
+
+
+def open_run(atlas: Atlas, config_key: str, start: Callable[[], int], *, checkpoint_key: str | None = None,
+             checkpoint_fits: Callable[[dict[str, np.ndarray], dict[str, Any]], bool] = lambda arrays, meta: True,
+             reopen_finished: bool = False) -> OpenedRun:
+    """The run of ``config_key`` to write into, marked ``running``: the latest unfinished one (a killed job),
+    else with ``reopen_finished`` the latest finished one (a job whose units are all stored, asked for more),
+    else a new one recorded by ``start()`` (which returns its id).
+
+    ``checkpoint_key``: the job's checkpoint, restored when it was written by the run resumed and
+    ``checkpoint_fits`` takes it; any other checkpoint there is stale (of a run that finished, was never
+    recorded, or holds another shape of state) and is dropped: the run starts over.
+    """
+    run_id = atlas.unfinished_run(config_key)
+    if run_id is None and reopen_finished:
+        run_id = atlas.finished_run(config_key)
+    checkpoint = None
+    if checkpoint_key is not None:
+        checkpoint = _checkpoint_of(atlas, checkpoint_key, run_id, checkpoint_fits)
+    if run_id is None:
+        return OpenedRun(start())
+    atlas.set_run_status(run_id, "running")
+    return OpenedRun(run_id, checkpoint)
+
+
+def _checkpoint_of(atlas: Atlas, checkpoint_key: str, run_id: int | None,
+                   fits: Callable[[dict[str, np.ndarray], dict[str, Any]], bool]) -> Checkpoint | None:
+    """The checkpoint under ``checkpoint_key`` if run ``run_id`` wrote it and it ``fits``; else None, dropped."""
+    checkpoint = atlas.load_checkpoint(checkpoint_key)
+    if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id and fits(*checkpoint):
+        return checkpoint
+    atlas.drop_checkpoint(checkpoint_key)
+    return None
+
+
+def abandon_stale_runs(atlas: Atlas, config_key: str, same_job: Callable[[dict[str, Any]], bool]) -> list[dict]:
+    """Mark ``abandoned`` the unfinished runs of other keys that ``same_job`` takes for this job over an input
+    changed since (a source relisted, a vocabulary edited): their keys can never come back, so neither can
+    their checkpoints, which are dropped. Returns their records, for the caller to say why."""
+    stale = [run for run in atlas.runs()
+             if run["status"] in UNFINISHED and run["config_key"] != config_key and same_job(run)]
+    for run in stale:
+        drop_checkpoints(atlas, run["config_key"])
+        atlas.set_run_status(run["id"], "abandoned")
+    return stale
+
+
+def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
+    """Remove a run's checkpoints: its key's own and those a backend keeps beside it as ``KEY-SUFFIX`` (the Ray
+    scan's), whichever backend wrote them: a job killed on one backend may finish on the other."""
+    atlas.drop_checkpoint(config_key)
+    for path in atlas.checkpoints_dir.glob(f"{glob.escape(config_key)}-*.npz"):
+        atlas.drop_checkpoint(path.stem)
 
 
 @contextmanager
@@ -34,3 +125,18 @@ def marked_interrupted(atlas: Atlas, run_id: int) -> Iterator[None]:
         if atlas.run(run_id)["status"] != "finished":
             atlas.set_run_status(run_id, "interrupted")
         raise
+
+
+def layer_record(model: LoadedModel, layer: str) -> dict[str, Any]:
+    """A run's record of a canonical ``layer``: ``{"layer", "aliases"}`` (the model's aliases of it)."""
+    from neuronscope.activations.names import aliases_by_layer
+
+    return {"layer": layer, "aliases": aliases_by_layer(model.layer_aliases).get(layer, [])}
+
+
+def start_run(atlas: Atlas, model: LoadedModel, *, command: str, config: Mapping[str, Any], config_key: str,
+              layers: list[str], dataset: Mapping[str, Any] | None) -> int:
+    """Record a new run of ``model`` over canonical ``layers`` (status ``running``); returns its id."""
+    return atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
+                           weights_sha256=model.weights_sha256, layers=[layer_record(model, name) for name in layers],
+                           dataset=dataset, precision=model.precision.name)

@@ -56,14 +56,13 @@ import numpy as np
 import torch
 
 from neuronscope.activations.recorder import Recorder
+from neuronscope.atlas.runs import marked_interrupted
 from neuronscope.atlas.store import Atlas
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining.accumulator import ScanSettings
 from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
-    HASHES_SUFFIX,
-    RAY_SUFFIX,
     ContentKeys,
     LayerGeometry,
     ProgressHook,
@@ -72,8 +71,7 @@ from neuronscope.mining.scanner import (
     ScanState,
     content_key,
     finish_scan,
-    interrupted_on_failure,
-    open_run,
+    open_scan_run,
     prepare_scan,
     scan_range,
     write_checkpoint,
@@ -82,6 +80,12 @@ from neuronscope.mining.sources import Entry, ImageSource, content_sha256, size_
 from neuronscope.models.loaded import LoadedModel
 
 INSTALL_HINT = "pip install 'neuronscope[distributed]'"
+
+#: This backend's checkpoint of a run is ``config_key + RAY_SUFFIX``: each backend reads only its own (both are
+#: dropped when the run finishes, :func:`~neuronscope.atlas.runs.drop_checkpoints`).
+RAY_SUFFIX = "-ray"
+#: Beside it, ``+ HASHES_SUFFIX``: the content keys of the source's size twins, hashed once per run.
+HASHES_SUFFIX = "-hashes"
 
 #: Files hashed on the driver for duplicates, at most; more go to Ray Data tasks of HASH_CHUNK files each.
 HASH_ON_DRIVER = 256
@@ -325,10 +329,10 @@ def scan_ray(
     if started_ray:
         ray.init(address=address, include_dashboard=False)
     try:
-        run_id, meta = open_run(atlas, plan, state, model, command, checkpoint_key=checkpoint_key)
+        run_id, meta = open_scan_run(atlas, plan, state, model, command, checkpoint_key=checkpoint_key)
         done = merge_ranges([tuple(r) for r in meta["done"]]) if meta else []
         resumed_from = sum(stop - start for start, stop in done)
-        with interrupted_on_failure(atlas, run_id, plan.config_key):
+        with marked_interrupted(atlas, run_id):
             replicas, gpus = replica_plan(ray, workers)
             size = shard_size or default_shard_size(len(source), batch_size, replicas)
             ranges = shard_ranges(len(source), done, size)

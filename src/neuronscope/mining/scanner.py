@@ -29,7 +29,6 @@ identical to an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -46,6 +45,8 @@ import torch
 from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
+from neuronscope.atlas.runs import (abandon_stale_runs, config_digest, drop_checkpoints, marked_interrupted,
+                                    open_run, start_run)
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
@@ -250,8 +251,7 @@ def scan_config(model: LoadedModel, layers: Sequence[str], source: ImageSource, 
         "precision": model.precision.name,
         "max_pixels": max_pixels,
     }
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
-    return config, key
+    return config, config_digest(config, 20)
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ def scan(
     started = time.perf_counter()
     plan = prepare_scan(model, source, layers, settings, max_pixels)
     state = ScanState.for_shapes(plan.shapes, settings, model.device, may_repeat=repeat_mask(source))
-    run_id, _ = open_run(atlas, plan, state, model, command, checkpoint_key=plan.config_key)
+    run_id, _ = open_scan_run(atlas, plan, state, model, command, checkpoint_key=plan.config_key)
     resumed_from = state.next_ordinal
 
     def checkpoint() -> None:
@@ -321,7 +321,7 @@ def scan(
         if on_batch is not None:
             on_batch(ScanProgress.of(state, state.next_ordinal, len(source), resumed_from, started))
 
-    with interrupted_on_failure(atlas, run_id, plan.config_key):
+    with marked_interrupted(atlas, run_id):
         with Recorder(model, plan.layers, early_stop=True) as recorder:
             scan_range(model, recorder, source.name, source.entries[resumed_from:], state, settings.seed,
                        first=resumed_from, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
@@ -330,34 +330,10 @@ def scan(
                            max_pixels=max_pixels, workers=workers, started=started, resumed_from=resumed_from)
 
 
-@contextmanager
-def interrupted_on_failure(atlas: Atlas, run_id: int, config_key: str) -> Iterator[None]:
-    """Mark the run ``interrupted`` (resumable) if the block fails or is killed, unless it got as far as
-    finishing (its results are written; only the checkpoints' removal failed)."""
-    try:
-        yield
-    except BaseException:
-        if atlas.finished_run(config_key) != run_id:
-            atlas.set_run_status(run_id, "interrupted")
-        raise
-
-
 def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id: int, **extra: Any) -> None:
     """Save ``state`` (atomically) as the checkpoint of run ``run_id``; ``extra``: the backend's own meta."""
     arrays, meta = state.state_dict()
     atlas.save_checkpoint(checkpoint_key, arrays, {**meta, "run_id": run_id, **extra})
-
-
-#: The Ray backend's checkpoint of a run is ``config_key + RAY_SUFFIX``: each backend reads only its own.
-RAY_SUFFIX = "-ray"
-#: Beside it, ``+ HASHES_SUFFIX``: the content keys of the source's size twins, hashed once per run.
-HASHES_SUFFIX = "-hashes"
-
-
-def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
-    """Remove a run's checkpoints, both backends': either may have written one before a kill and a rerun."""
-    for key in (config_key, config_key + RAY_SUFFIX, config_key + RAY_SUFFIX + HASHES_SUFFIX):
-        atlas.drop_checkpoint(key)
 
 
 def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
@@ -377,62 +353,34 @@ def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: Sc
                        seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
 
 
-def open_run(atlas: Atlas, plan: ScanPlan, state: ScanState, model: LoadedModel, command: str, *,
-             checkpoint_key: str) -> tuple[int, dict | None]:
-    """The run to write into: a killed run of this config (restoring its checkpoint ``checkpoint_key``
-    into ``state``), or a new one. Returns the run id and the restored checkpoint's meta (or None)."""
-    run_id, meta = resume(atlas, state, plan.config_key, checkpoint_key)
-    if run_id is None:
-        abandon_changed_source_runs(atlas, plan.config, plan.config_key)
-        run_id = start_run(atlas, plan, model, command)
-    return run_id, meta
-
-
-def resume(atlas: Atlas, state: ScanState, config_key: str, checkpoint_key: str) -> tuple[int | None, dict | None]:
-    """The unfinished run of this config, marked running again, with its checkpoint restored into ``state``
-    when there is one of that run (else it starts over); ``(None, None)`` when there is no such run.
-
-    ``checkpoint_key`` is the backend's own (``config_key``, or ``config_key + RAY_SUFFIX``): neither backend
-    reads the other's. Returns the run id and the restored checkpoint's meta.
-    """
-    run_id = atlas.unfinished_run(config_key)
-    checkpoint = atlas.load_checkpoint(checkpoint_key)
-    if run_id is not None and checkpoint is not None and checkpoint[1].get("run_id") == run_id:
-        if state.fits(checkpoint[0]):
-            state.load_state_dict(*checkpoint)
-            atlas.set_run_status(run_id, "running")
-            return run_id, checkpoint[1]
+def open_scan_run(atlas: Atlas, plan: ScanPlan, state: ScanState, model: LoadedModel, command: str, *,
+                  checkpoint_key: str) -> tuple[int, dict | None]:
+    """The run to write into (:func:`~neuronscope.atlas.runs.open_run`): a killed run of this config, with its
+    checkpoint ``checkpoint_key`` (the backend's own: neither backend reads the other's) restored into
+    ``state``, or a new one, once the runs of this scan over a source changed since are abandoned. Returns the
+    run id and the restored checkpoint's meta (or None)."""
+    def fits(arrays: dict[str, np.ndarray], meta: dict) -> bool:
+        if state.fits(arrays):
+            return True
         log.warning("run %d's checkpoint holds another number of units than its layers have now (an older "
-                    "neuronscope read a layer another way): it starts over", run_id)
-    atlas.drop_checkpoint(checkpoint_key)  # stale: from a run that finished, was never recorded, or does not fit
-    if run_id is not None:
-        atlas.set_run_status(run_id, "running")  # killed before its first checkpoint: start it over
-    return run_id, None
+                    "neuronscope read a layer another way): it starts over", meta["run_id"])
+        return False
+
+    def start() -> int:
+        abandon_changed_source_runs(atlas, plan.config, plan.config_key)
+        return start_run(atlas, model, command=command, config=plan.config, config_key=plan.config_key,
+                         layers=plan.layers, dataset=plan.config["dataset"])
+
+    opened = open_run(atlas, plan.config_key, start, checkpoint_key=checkpoint_key, checkpoint_fits=fits)
+    if opened.checkpoint is None:
+        return opened.run_id, None
+    state.load_state_dict(*opened.checkpoint)
+    return opened.run_id, opened.checkpoint[1]
 
 
 def abandon_changed_source_runs(atlas: Atlas, config: dict, config_key: str) -> None:
-    """Mark abandoned the unfinished runs that can never resume (:func:`runs_of_a_changed_source`), and drop
-    their checkpoints (both backends')."""
-    for stale in runs_of_a_changed_source(atlas, config, config_key):
-        drop_checkpoints(atlas, stale["config_key"])
-        atlas.set_run_status(stale["id"], "abandoned")
-        log.warning("the source changed since run %d was interrupted (%s entries then, %s now): it cannot "
-                    "resume, so a new run starts; run %d is marked abandoned and its checkpoint dropped",
-                    stale["id"], stale["config"]["dataset"]["entries"], config["dataset"]["entries"], stale["id"])
-
-
-def start_run(atlas: Atlas, plan: ScanPlan, model: LoadedModel, command: str) -> int:
-    """Record a new run of ``plan`` (status ``running``); returns its id."""
-    return atlas.start_run(
-        command=command, config=plan.config, config_key=plan.config_key, model=model.key,
-        weights_sha256=model.weights_sha256,
-        layers=[{"layer": name, "aliases": plan.aliases.get(name, [])} for name in plan.layers],
-        dataset=plan.config["dataset"], precision=model.precision.name)
-
-
-def runs_of_a_changed_source(atlas: Atlas, config: dict, config_key: str) -> list[dict]:
-    """Unfinished runs of this same scan (model, layers, settings, source name) whose source has been
-    listed differently since: their config keys can never come back, so neither can their checkpoints."""
+    """Mark abandoned the unfinished runs of this same scan (model, layers, settings, source name) whose source
+    has been listed differently since, and drop their checkpoints (both backends')."""
     def without_listing(scan_config: dict) -> dict | None:
         dataset = scan_config.get("dataset")
         if not isinstance(dataset, dict):
@@ -440,8 +388,10 @@ def runs_of_a_changed_source(atlas: Atlas, config: dict, config_key: str) -> lis
         return {**scan_config, "dataset": {k: v for k, v in dataset.items() if k not in ("entries", "fingerprint")}}
 
     wanted = without_listing(json.loads(json.dumps(config)))  # as stored: tuples become lists
-    return [run for run in atlas.runs() if run["status"] in ("running", "interrupted")
-            and run["config_key"] != config_key and without_listing(run["config"]) == wanted]
+    for stale in abandon_stale_runs(atlas, config_key, lambda run: without_listing(run["config"]) == wanted):
+        log.warning("the source changed since run %d was interrupted (%s entries then, %s now): it cannot "
+                    "resume, so a new run starts; run %d is marked abandoned and its checkpoint dropped",
+                    stale["id"], stale["config"]["dataset"]["entries"], config["dataset"]["entries"], stale["id"])
 
 
 def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries: Sequence[Entry],

@@ -19,18 +19,14 @@ dropped when it finishes: a rerun after a failure reuses it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
-from neuronscope.mining.scanner import interrupted_on_failure
+from neuronscope.atlas.runs import config_digest, layer_record, marked_interrupted, open_run, start_run
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
 from neuronscope.probing.vocab import VocabularyRecord
@@ -40,8 +36,7 @@ log = logging.getLogger(__name__)
 
 def text_run_key(model: str, layer: str, kind: str, config: Mapping[str, Any]) -> str:
     """The config key of a text-side run (``Atlas.finished_run`` finds an earlier one by it)."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{kind}:{model}:{layer}:{digest}"
+    return f"{kind}:{model}:{layer}:{config_digest(config, 12)}"
 
 
 def vocabulary_run_config(model: LoadedModel, vocabulary: VocabularyRecord, **settings: Any) -> dict[str, Any]:
@@ -63,28 +58,22 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
     ``running`` is taken for a killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no
     process can mark it.
     """
-    aliases = aliases_by_layer(model.layer_aliases).get(basis.layer, [])
     config_key = text_run_key(basis.model, basis.layer, kind, config)
-    run_id = (atlas.unfinished_run(config_key) or atlas.finished_run(config_key)) if resume else None
-    if run_id is not None:
-        atlas.set_run_status(run_id, "running")  # an `interrupted` one runs again
-    else:
+
+    def start() -> int:
         # the sample's description beside the config's own keys ("sample" there is the command's image count)
-        run_id = atlas.start_run(command=command, config={**config, "sample_source": basis.sample,
-                                                          "sample_key": basis.sample_key},
-                                 config_key=config_key, model=basis.model, weights_sha256=model.weights_sha256,
-                                 layers=[{"layer": basis.layer, "aliases": aliases}], dataset=dataset,
-                                 precision=model.precision.name)
-    atlas.register_layer(basis.model, basis.layer, aliases=aliases, units=basis.units, grid=basis.grid, run_id=run_id)
+        return start_run(atlas, model, command=command, config={**config, "sample_source": basis.sample,
+                                                                "sample_key": basis.sample_key},
+                         config_key=config_key, layers=[basis.layer], dataset=dataset)
+
+    run_id = open_run(atlas, config_key, start, reopen_finished=True).run_id if resume else start()
+    atlas.register_layer(basis.model, basis.layer, aliases=layer_record(model, basis.layer)["aliases"],
+                         units=basis.units, grid=basis.grid, run_id=run_id)
     return run_id
 
 
-@contextmanager
-def interrupted_text_run(atlas: Atlas, run_id: int) -> Iterator[None]:
-    """Mark run ``run_id`` ``interrupted`` if the block fails or is killed (Ctrl-C), as a scan's run is,
-    instead of leaving it ``running`` for good; a run the block got to finish stays finished."""
-    with interrupted_on_failure(atlas, run_id, atlas.run(run_id)["config_key"]):
-        yield
+#: ``commands/textside.py``'s name for :func:`~neuronscope.atlas.runs.marked_interrupted`.
+interrupted_text_run = marked_interrupted
 
 
 def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,
@@ -145,7 +134,7 @@ def basis_checkpoint_key(model: LoadedModel, layer: str, sample: ImageSample) ->
     """The checkpoint name of a layer's attribution basis: what it depends on (weights, random ones too,
     precision, sample)."""
     identity = [model.key, model.weights_identity(), model.resolve_layer(layer), model.precision.name, sample.key]
-    return "basis-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return "basis-" + config_digest(identity, 16)
 
 
 def load_basis(atlas: Atlas, key: str) -> AttributionBasis | None:

@@ -13,7 +13,6 @@ after a kill continues from the last checkpoint, as a scan does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shlex
@@ -24,9 +23,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from neuronscope.activations.names import aliases_by_layer
+from neuronscope.atlas.runs import (abandon_stale_runs, config_digest, drop_checkpoints, layer_record,
+                                    marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas, AtlasError
-from neuronscope.mining.scanner import interrupted_on_failure
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
 from neuronscope.probing.vocab import VocabularyRecord, vocabulary_sha256
@@ -55,23 +54,21 @@ def word_run_config(model: LoadedModel, layer: str, vocabulary: VocabularyRecord
               "vocabulary": vocabulary.name, "vocab_sha256": vocabulary.sha256, "words": vocabulary.entries,
               "settings": settings.to_dict(), "reduce": REDUCE, "top_k": top_k, "precision": model.precision.name}
     config = json.loads(json.dumps(config))  # as the atlas stores it: tuples read back as lists
-    return config, "words-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+    return config, "words-" + config_digest(config, 20)
 
 
 def _start_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: VocabularyRecord,
                     config: dict[str, Any], config_key: str, command: str) -> int:
-    """Record a words run (status ``running``) and register its layer, if no scan did; returns its id."""
-    aliases = aliases_by_layer(model.layer_aliases).get(layer, [])
-    return atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
-                           weights_sha256=model.weights_sha256, layers=[{"layer": layer, "aliases": aliases}],
-                           dataset=vocabulary.dataset(), precision=model.precision.name)
+    """Record a words run (status ``running``); returns its id."""
+    return start_run(atlas, model, command=command, config=config, config_key=config_key, layers=[layer],
+                     dataset=vocabulary.dataset())
 
 
 def _write_word_probe(atlas: Atlas, run_id: int, probe: WordProbe, model: LoadedModel, config: dict[str, Any],
                       top_k: int) -> None:
     """Store a finished probe under run ``run_id``: the layer (registered if no scan wrote it), each unit's
     top-k words, the whole score matrix as a ``words`` artifact named after the vocabulary; the run finished."""
-    aliases = aliases_by_layer(model.layer_aliases).get(probe.layer, [])
+    aliases = layer_record(model, probe.layer)["aliases"]
     atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
     atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
     atlas.save_artifact(probe.model, probe.layer, "words", config["vocabulary"], file_bytes=probe.to_npz(),
@@ -135,21 +132,20 @@ class ScoreCheckpoints:
         self.saved, self.saved_at = done, time.monotonic()
 
 
-def resume_word_run(atlas: Atlas, config_key: str, words: int) -> tuple[int | None, torch.Tensor | None]:
-    """The unfinished run of this config, marked running again, with the scores its checkpoint holds (None
-    when it was killed before its first checkpoint: it starts over); ``(None, None)`` when there is none."""
-    run_id = atlas.unfinished_run(config_key)
-    checkpoint = atlas.load_checkpoint(config_key)
-    scored = None
-    if run_id is not None and checkpoint is not None:
-        arrays, meta = checkpoint
-        if meta.get("run_id") == run_id and meta.get("words") == words and len(arrays["scores"]) <= words:
-            scored = torch.from_numpy(arrays["scores"])
-    if scored is None:
-        atlas.drop_checkpoint(config_key)  # stale: of a run that finished, or was never recorded
-    if run_id is not None:
-        atlas.set_run_status(run_id, "running")
-    return run_id, scored
+def open_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: VocabularyRecord, config: dict[str, Any],
+                  config_key: str, command: str, words: int) -> tuple[int, torch.Tensor | None]:
+    """The run of this config (:func:`~neuronscope.atlas.runs.open_run`): a killed one with the scores its
+    checkpoint holds (None when it was killed before its first checkpoint: it starts over), or a new one, once
+    the runs of this probe over an edited vocabulary are abandoned (:func:`abandon_edited_vocabulary_runs`)."""
+    def fits(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+        return meta.get("words") == words and len(arrays["scores"]) <= words
+
+    def start() -> int:
+        abandon_edited_vocabulary_runs(atlas, vocabulary, config, config_key)
+        return _start_word_run(atlas, model, layer, vocabulary, config, config_key, command)
+
+    opened = open_run(atlas, config_key, start, checkpoint_key=config_key, checkpoint_fits=fits)
+    return opened.run_id, None if opened.checkpoint is None else torch.from_numpy(opened.checkpoint[0]["scores"])
 
 
 def abandon_edited_vocabulary_runs(atlas: Atlas, vocabulary: VocabularyRecord, config: dict[str, Any],
@@ -164,15 +160,14 @@ def abandon_edited_vocabulary_runs(atlas: Atlas, vocabulary: VocabularyRecord, c
     def without_words(run_config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in run_config.items() if k not in ("vocab_sha256", "words")}
 
-    for run in atlas.runs():
-        if (run["status"] in ("running", "interrupted") and run["config_key"] != config_key
-                and run["config_key"].startswith("words-") and without_words(run["config"]) == without_words(config)
-                and (run["dataset"] or {}).get("source") == vocabulary.source):
-            atlas.drop_checkpoint(run["config_key"])
-            atlas.set_run_status(run["id"], "abandoned")
-            log.warning("the words of %s changed since run %d was interrupted: it cannot resume, so a new run "
-                        "starts; run %d is marked abandoned and its checkpoint dropped",
-                        vocabulary.source, run["id"], run["id"])
+    def same_probe(run: dict[str, Any]) -> bool:
+        return (run["config_key"].startswith("words-") and without_words(run["config"]) == without_words(config)
+                and (run["dataset"] or {}).get("source") == vocabulary.source)
+
+    for run in abandon_stale_runs(atlas, config_key, same_probe):
+        log.warning("the words of %s changed since run %d was interrupted: it cannot resume, so a new run "
+                    "starts; run %d is marked abandoned and its checkpoint dropped",
+                    vocabulary.source, run["id"], run["id"])
 
 
 def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | Sequence[str], *,
@@ -201,20 +196,17 @@ def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | 
                          "VocabularyRecord.of(name, words)")
     canonical = model.resolve_layer(layer)
     config, config_key = word_run_config(model, canonical, vocabulary, settings, top_k)
-    run_id, scored = resume_word_run(atlas, config_key, len(words))
-    if run_id is None:
-        abandon_edited_vocabulary_runs(atlas, vocabulary, config, config_key)
-        run_id = _start_word_run(atlas, model, canonical, vocabulary, config, config_key,
-                                 command or _default_command(model.key, canonical, vocabulary, top_k))
+    run_id, scored = open_word_run(atlas, model, canonical, vocabulary, config, config_key,
+                                   command or _default_command(model.key, canonical, vocabulary, top_k), len(words))
     if scored is not None and on_resume is not None:
         on_resume(len(scored), len(words))
     checkpoints = ScoreCheckpoints(atlas, config_key, run_id, len(words), scored, every_words=checkpoint_every,
                                    every_seconds=checkpoint_seconds)
-    with interrupted_on_failure(atlas, run_id, config_key):
+    with marked_interrupted(atlas, run_id):
         probe = probe_words(model, canonical, words, settings=settings, batch_size=batch_size, workers=workers,
                             on_batch=on_batch, scored=scored, on_scores=checkpoints)
         _write_word_probe(atlas, run_id, probe, model, config, top_k)
-    atlas.drop_checkpoint(config_key)
+    drop_checkpoints(atlas, config_key)
     return WordRunOutcome(probe, run_id, 0 if scored is None else len(scored))
 
 

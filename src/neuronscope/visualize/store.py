@@ -14,17 +14,14 @@ this module is the one place that turns them into atlas rows, shared by
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neuronscope.activations.geometry import layer_geometry
-from neuronscope.activations.names import aliases_by_layer
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import model_identity
+from neuronscope.atlas.runs import config_digest, layer_record, model_identity, open_run, start_run
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
@@ -124,29 +121,25 @@ class FeatureVisWriter:
     @classmethod
     def start(cls, atlas: Atlas, model: LoadedModel, layer: str, *, kind: str, settings: Mapping[str, Any],
               batch_size: int, command: str) -> "FeatureVisWriter":
-        """Record a run and register the layer.
+        """Record a run (or reopen this job's, ``running`` again) and register the layer.
 
-        ``settings`` are what changes the images (render config, seed, facet...), not the
-        units: a job with the same settings and weights (a random init by its state dict), killed or
-        finished, is continued in its run (``running`` again; wrap the work in
-        :func:`~neuronscope.atlas.runs.marked_interrupted`), and :meth:`missing` tells which units it still owes. ``batch_size`` is part of the job: a render is
+        ``settings`` are what changes the images (render config, seed, facet...), not the units: a job with
+        the same settings and weights (a random init by its state dict), killed or finished, is continued in
+        its run, and :meth:`missing` tells which units it still owes; wrap the work in
+        :func:`~neuronscope.atlas.runs.marked_interrupted`. ``batch_size`` is part of the job: a render is
         reproducible for the same pass composition only (see :func:`neuronscope.visualize.render.render`).
         """
         canonical = model.resolve_layer(layer)
         n_units, grid = layer_shape(model, canonical)
         config = {**settings, "batch_size": batch_size, "kind": kind, "render_version": RENDER_VERSION}
-        config_key = "visualize:" + hashlib.sha256(json.dumps([model_identity(model), canonical, config],
-                                                              sort_keys=True, default=str).encode()).hexdigest()[:16]
-        run_id = atlas.unfinished_run(config_key) or atlas.finished_run(config_key)
-        if run_id is not None:
-            atlas.set_run_status(run_id, "running")  # reopened for more units: not finished until they are
-        else:
-            run_id = atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
-                                     weights_sha256=model.weights_sha256,
-                                     layers=[{"layer": canonical,
-                                              "aliases": aliases_by_layer(model.layer_aliases).get(canonical, [])}],
-                                     dataset=None, precision=model.precision.name)
-        atlas.register_layer(model.key, canonical, aliases=aliases_by_layer(model.layer_aliases).get(canonical, []),
+        config_key = "visualize:" + config_digest([model_identity(model), canonical, config], 16)
+
+        def start() -> int:
+            return start_run(atlas, model, command=command, config=config, config_key=config_key,
+                             layers=[canonical], dataset=None)
+
+        run_id = open_run(atlas, config_key, start, reopen_finished=True).run_id
+        atlas.register_layer(model.key, canonical, aliases=layer_record(model, canonical)["aliases"],
                              units=n_units, grid=grid, run_id=run_id)
         return cls(atlas, model, canonical, kind, run_id, config_key)
 

@@ -1,0 +1,85 @@
+"""The run lifecycle every atlas writer shares (neuronscope.atlas.runs), on an atlas filled by hand: no model.
+
+The commands' own kill-and-resume tests (test_scan, test_scan_ray, test_words, test_textside,
+test_featurevis) cover it end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.runs import abandon_stale_runs, drop_checkpoints, marked_interrupted, open_run
+
+
+def _start(atlas: Atlas, key: str, config: dict | None = None):
+    def start() -> int:
+        return atlas.start_run(command="test", config=config or {}, config_key=key, model="toy@random",
+                               weights_sha256=None, layers=[], dataset=None, precision="fp32")
+    return start
+
+
+def test_the_lifecycle_imports_neither_torch_nor_the_scanner():
+    """Words and the text side record runs without loading the streaming scanner (torch, Recorder, loader)."""
+    code = ("import sys, neuronscope.atlas.runs; assert 'torch' not in sys.modules\n"
+            "import neuronscope.probing.word_store, neuronscope.probing.text_store\n"
+            "assert 'neuronscope.mining.scanner' not in sys.modules, 'the scanner was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_killed_run_resumes_with_its_own_checkpoint_and_a_stale_one_is_dropped(tmp_path: Path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        first = open_run(atlas, "k", _start(atlas, "k"), checkpoint_key="k")
+        assert first.checkpoint is None and atlas.run(first.run_id)["status"] == "running"
+        atlas.save_checkpoint("k", {"x": np.arange(3)}, {"run_id": first.run_id})
+        atlas.set_run_status(first.run_id, "interrupted")
+        resumed = open_run(atlas, "k", _start(atlas, "k"), checkpoint_key="k")
+        assert resumed.run_id == first.run_id and resumed.checkpoint[0]["x"].tolist() == [0, 1, 2]
+        assert atlas.run(first.run_id)["status"] == "running"
+        refused = open_run(atlas, "k", _start(atlas, "k"), checkpoint_key="k",
+                           checkpoint_fits=lambda arrays, meta: len(arrays["x"]) == 4)
+        assert refused.run_id == first.run_id and refused.checkpoint is None  # starts over in its run
+        assert atlas.load_checkpoint("k") is None
+        atlas.finish_run(first.run_id)
+        atlas.save_checkpoint("k", {"x": np.arange(3)}, {"run_id": first.run_id})  # left by a failed clean-up
+        again = open_run(atlas, "k", _start(atlas, "k"), checkpoint_key="k")
+        assert again.run_id != first.run_id and again.checkpoint is None and atlas.load_checkpoint("k") is None
+
+
+def test_a_finished_run_is_reopened_running_only_when_asked(tmp_path: Path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = open_run(atlas, "k", _start(atlas, "k")).run_id
+        atlas.finish_run(run_id)
+        assert open_run(atlas, "k", _start(atlas, "k"), reopen_finished=True).run_id == run_id
+        assert atlas.run(run_id)["status"] == "running"
+        atlas.finish_run(run_id)
+        assert open_run(atlas, "k", _start(atlas, "k")).run_id != run_id
+
+
+def test_stale_runs_of_the_same_job_are_abandoned_with_every_checkpoint(tmp_path: Path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        old = _start(atlas, "old", {"job": "a"})()
+        other = _start(atlas, "other", {"job": "b"})()
+        for key in ("old", "old-ray", "old-ray-hashes", "other"):
+            atlas.save_checkpoint(key, {"x": np.zeros(1)}, {"run_id": old})
+        stale = abandon_stale_runs(atlas, "new", lambda run: run["config"]["job"] == "a")
+        assert [run["id"] for run in stale] == [old]
+        assert [atlas.run(r)["status"] for r in (old, other)] == ["abandoned", "running"]
+        assert sorted(path.stem for path in atlas.checkpoints_dir.glob("*.npz")) == ["other"]
+        drop_checkpoints(atlas, "other")
+        assert not list(atlas.checkpoints_dir.glob("*.npz"))
+
+
+def test_a_failed_block_marks_its_run_interrupted_unless_it_finished(tmp_path: Path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        failed, finished = _start(atlas, "a")(), _start(atlas, "b")()
+        with pytest.raises(KeyboardInterrupt), marked_interrupted(atlas, failed):
+            raise KeyboardInterrupt
+        with pytest.raises(OSError), marked_interrupted(atlas, finished):
+            atlas.finish_run(finished)
+            raise OSError("the clean-up after failed")
+        assert [atlas.run(r)["status"] for r in (failed, finished)] == ["interrupted", "finished"]
