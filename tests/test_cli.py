@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated, Optional
 
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from neuronscope.cli import app
@@ -260,6 +262,43 @@ def test_the_shared_checks_and_report_of_atlas_writing_commands(tmp_path):
     report = fill_report(None, None, "m@w", ["l"], 3, 1.23456, kind="plain")
     assert report == {"atlas": None, "run_id": None, "model": "m@w", "layers": ["l"], "units": 3, "seconds": 1.235,
                       "skipped": {}, "kind": "plain"}
+
+
+def test_a_recorded_command_is_every_option_in_effect_and_no_absolute_path(tmp_path):
+    """Each command built its recorded line by hand, and the copies left out options their runs depend on.
+    The one builder takes the options in effect from the command itself: defaults included, the model's key
+    and the precision it ran at, flags (--no-X too), repeated options; none of ``leave_out``, none None."""
+    from types import SimpleNamespace
+
+    from neuronscope.commands.common import HOW_IT_RUNS, recorded_command
+
+    toy, recorded = typer.Typer(), []
+    loaded = SimpleNamespace(key="m@random", precision=SimpleNamespace(name="fp32"))
+
+    @toy.callback()
+    def root() -> None:
+        """A group, as neuronscope is."""
+
+    @toy.command("fill")
+    def fill(ctx: typer.Context, model: Annotated[str, typer.Option("--model", "-m")] = "m",
+             out: str = "", images: Optional[str] = None, vocab: str = "english-10k", seed: int = 0,
+             lr: float = 0.05, thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails")] = True,
+             drop: Annotated[bool, typer.Option("--drop")] = False,
+             prompt: Annotated[Optional[list[str]], typer.Option("--prompt")] = None, device: str = "auto",
+             precision: str = "auto", batch_size: int = 8) -> None:
+        recorded.append(recorded_command(ctx, loaded, paths=("images", "vocab")))
+
+    photos = tmp_path / "photos"
+    args = ["fill", "--model", "m", "--out", str(tmp_path / "atlas"), "--images", str(photos), "--seed", "3",
+            "--no-thumbnails", "--drop", "--prompt", "a cat", "--prompt", "b", "--device", "cpu"]
+    for given, images in ((args, "photos"), ([*args, "--images", "data/photos", "--vocab", "my words.txt"],
+                                             "data/photos")):
+        assert CliRunner().invoke(toy, given).exit_code == 0
+        vocab = "'my words.txt'" if "--vocab" in given else "english-10k"
+        assert recorded.pop() == (f"neuronscope fill --model m@random --out atlas --images {images} --vocab {vocab} "
+                                  "--seed 3 --lr 0.05 --no-thumbnails --drop --prompt 'a cat' --prompt b "
+                                  "--precision fp32")
+    assert HOW_IT_RUNS >= {"weights", "device", "batch_size", "json_out", "debug"}
 
 
 def test_zeroshot_refuses_a_template_without_braces_before_the_model_loads(monkeypatch, tmp_path):

@@ -656,6 +656,41 @@ def test_text_runs_record_a_command_that_reruns_as_the_same_run(tmp_path, monkey
     assert keys[1] == keys[0] and keys[2] != keys[0]
 
 
+@pytest.mark.parametrize("command", ["attribute", "emotions"])
+def test_attribute_and_emotions_record_every_option_their_run_depends_on(tmp_path, monkeypatch, command):
+    """attribute's recorded command left out --seed, --images and --precision, and emotions' also --sample,
+    although their configs hold the seed and the sample: rerun, it drew another sample with another random
+    init, another run. Re-parsed, it carries every option the config holds; rerun, it is the same run."""
+    import shlex
+
+    import typer.main
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for i in range(5):
+        Image.new("RGB", (40 + 10 * i, 50), (50 * i, 100, 200)).save(tmp_path / "photos" / f"{i}.png")
+    (tmp_path / "words.txt").write_text("\n".join(load_vocabulary("emotions")[:8]))
+    options = ["--model", "tiny-rn", "--weights", "random", "--vocab", "words.txt", "--images", "photos",
+               "--sample", "3", "--seed", "1", "--precision", "fp32", "--out", "atlas", "--json"]
+    first = json.loads(_invoke(command, *options, *(["--units", "0-1"] if command == "attribute" else [])).stdout)
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        run = atlas.run(first["run_id"])
+    recorded = shlex.split(run["command"])
+    assert recorded[:2] == ["neuronscope", command]
+    parsed = typer.main.get_command(app).commands[command].make_context(command, recorded[2:]).params
+    assert {key: parsed[key] for key in ("seed", "sample", "precision")} == {"seed": 1, "sample": 3,
+                                                                              "precision": "fp32"}
+    assert {key: run["config"][key] for key in ("seed", "sample", "precision")} == {"seed": 1, "sample": 3,
+                                                                                     "precision": "fp32"}
+    assert parsed["images"] == "photos" and parsed["model"] == "tiny-rn@random" and parsed["out"] == "atlas"
+    again = json.loads(_invoke(*recorded[1:], "--json").stdout)
+    with Atlas(tmp_path / "atlas", create=False) as atlas:
+        rerun = atlas.run(again["run_id"])
+    assert rerun["config_key"] == run["config_key"]  # the same weights, precision and settings
+    assert rerun["config"]["sample_key"] == run["config"]["sample_key"]  # over the same images
+
+
 # ---------------------------------------------------------------------------- long jobs: progress, kills, reruns
 
 

@@ -1,5 +1,7 @@
 """ViTs whose tokens do not start with exactly one class token: a SigLIP-like timm trunk (no class token,
-attention pooling) and one with four register tokens after its class token.
+attention pooling) and one with four register tokens after its class token; and token layers off the model's
+patch grid: Swin's later stages (a coarser grid), its window attention and CoCa's attention pooler (not per
+image, or not on a grid at all).
 
 Every reader lays the patch tokens on the model's grid after the model's own prefix tokens; before, each
 assumed one class token, so SigLIP's blocks failed ("grid (14, 14) does not hold 195 patch tokens") and
@@ -11,11 +13,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from open_clip.transformer import VisionTransformer as OpenClipViT
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from neuronscope.activations import NoClassTokenError, UnbatchedLayerError, cls_token, layer_geometry, record
+from neuronscope.activations import (
+    NoClassTokenError,
+    OffGridTokensError,
+    UnbatchedLayerError,
+    cls_token,
+    layer_geometry,
+    list_layers,
+    record,
+)
 from neuronscope.atlas import Atlas
 from neuronscope.mining import ScanSettings, open_source, scan
 from neuronscope.models import LoadedModel, Preprocess, load_model
@@ -209,3 +220,48 @@ def test_swin_has_no_class_token_and_its_window_attention_is_refused(swin):
         layer_geometry(swin, [attention])  # 24 windows of 2 x 2 patches for one image
     with pytest.raises(UnbatchedLayerError, match=r"\[48, 4, 8\] does not hold one row per image \(2 in, 48 out"):
         record(swin, torch.randn(2, 3, 32, 48), attention)
+
+
+class PooledClip(nn.Module):
+    """CoCa's image tower in miniature: open_clip's ViT whose tokens go through an attention pooler with 6 learned
+    queries (CoCa: 256) before ``ln_post``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visual = OpenClipViT(image_size=16, patch_size=4, width=8, layers=1, heads=2, mlp_ratio=2,
+                                  attentional_pool=True, attn_pooler_queries=6, attn_pooler_heads=2, output_dim=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+@pytest.fixture
+def coca_like() -> LoadedModel:
+    torch.manual_seed(0)
+    return load_model(PooledClip(), preprocess=Preprocess(image_size=16))
+
+
+def test_an_attention_poolers_queries_are_refused_in_one_line_naming_the_layer(coca_like):
+    """CoCa's ``visual.ln_post`` (256 queries) failed with "grid (7, 7) does not hold 255 patch tokens"."""
+    pixels = torch.randn(2, 3, 16, 16)
+    for refused in (lambda: layer_geometry(coca_like, ["visual.ln_post"]),
+                    lambda: record(coca_like, pixels, "visual.ln_post", reduce="max")):
+        with pytest.raises(OffGridTokensError, match=r"^layer visual\.ln_post: these 6 tokens are not on the "
+                                                     r"model's 4x4 patch grid") as error:
+            refused()
+        assert "\n" not in str(error.value)
+    assert record(coca_like, pixels, "visual.ln_post")["visual.ln_post"].shape == (2, 6, 8)  # full tokens still read
+
+
+def test_a_layer_fed_by_a_parameter_is_listed_without_a_batch_dim_and_refused(coca_like):
+    """The pooler's queries ``ln_q:input`` [6, 8] have no batch dim: they were listed as [8] and recorded as if 6
+    images."""
+    listed = {info.name: info for info in list_layers(coca_like)}
+    queries = listed["visual.attn_pool.ln_q:input"]
+    assert (queries.shape, queries.batched, queries.to_dict()["batched"]) == ((6, 8), False, False)
+    assert (listed["visual.ln_post"].shape, listed["visual.ln_post"].batched) == ((6, 8), True)
+    assert "batched" not in listed["visual.ln_post"].to_dict()
+    with pytest.raises(UnbatchedLayerError, match=r"attn_pool\.ln_q:input \[6, 8\] does not hold one row per image"):
+        layer_geometry(coca_like, ["visual.attn_pool.ln_q:input"])
+    with pytest.raises(UnbatchedLayerError, match=r"\(2 in, 6 out"):
+        record(coca_like, torch.randn(2, 3, 16, 16), "visual.attn_pool.ln_q:input", reduce="mean")

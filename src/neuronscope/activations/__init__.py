@@ -31,6 +31,7 @@ from neuronscope.activations.recorder import Recorder
 from neuronscope.activations.reduce import (
     REDUCTIONS,
     NoClassTokenError,
+    OffGridTokensError,
     centre,
     cls_token,
     map_grid,
@@ -44,7 +45,8 @@ from neuronscope.activations.reduce import (
 
 __all__ = [
     "CHANNELS_FIRST", "CHANNELS_LAST", "INPUT", "REDUCTIONS",
-    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "NoClassTokenError", "Recorder", "UnbatchedLayerError",
+    "Edit", "LayerGeometry", "LayerInfo", "LayerRef", "Layout", "NoClassTokenError", "OffGridTokensError", "Recorder",
+    "UnbatchedLayerError",
     "aliases_by_layer", "all_layer_names", "capture_layout", "centre", "cls_token", "known_layout", "layer_geometry",
     "layer_layouts", "list_layers", "map_grid", "mean_ablate", "record",
     "reduce_units", "resolve_layer", "resolve_layers", "set_units", "spatial_max", "spatial_mean",

@@ -21,15 +21,26 @@ from neuronscope.models.loaded import LoadedModel
 class LayerInfo:
     """One hookable layer: canonical name, its aliases, its shape without the batch dim, and for a 4-D
     layer where its units are (``channels_first``: [C, H, W], ``channels_last``: [H, W, C], None: unknown;
-    see :mod:`neuronscope.activations.layout`)."""
+    see :mod:`neuronscope.activations.layout`).
+
+    ``batched`` is False for a layer without one row per image (Swin's window attention, [images x windows, ...];
+    a layer fed by a parameter, such as CoCa's pooler queries ``visual.attn_pool.ln_q:input``): its ``shape`` is
+    then the whole captured shape for :data:`LISTING_IMAGES` images, since no dim of it is the batch."""
 
     name: str
     aliases: tuple[str, ...]
     shape: tuple[int, ...]
     layout: Layout | None = None
+    batched: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape), "layout": self.layout}
+        """The ``layers --json`` entry; ``"batched": false`` only on the few layers without a batch dim."""
+        entry = {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape), "layout": self.layout}
+        return entry if self.batched else {**entry, "batched": False}
+
+
+LISTING_IMAGES = 2
+"""Images in the listing's forward: two, so that a parameter's leading 1 is not taken for the batch."""
 
 
 def _shape_only(acts: torch.Tensor) -> torch.Tensor:
@@ -39,12 +50,12 @@ def _shape_only(acts: torch.Tensor) -> torch.Tensor:
 def list_layers(model: LoadedModel) -> list[LayerInfo]:
     """All layers that run in the image forward, in execution order, with shapes.
 
-    One dummy forward (a single zero image at the model's input size) with a
+    One dummy forward (:data:`LISTING_IMAGES` zero images at the model's input size) with a
     recorder on every module's input and output. Modules that do not run in
     the image forward (the text tower) or pass no tensor are left out.
     """
     height, width = model.preprocess.image_size
-    pixels = torch.zeros(1, 3, height, width)
+    pixels = torch.zeros(LISTING_IMAGES, 3, height, width)
     # Only shapes are needed: keep a meta tensor, not a copy of every activation.
     recorder = Recorder(model, all_layer_names(model.module), capture_fn=_shape_only)
     with warnings.catch_warnings():
@@ -55,8 +66,14 @@ def list_layers(model: LoadedModel) -> list[LayerInfo]:
     layouts = infer_layouts(((name, model.module.get_submodule(LayerRef.parse(name).path), tuple(captured[name].shape))
                              for name in names), pixels=tuple(pixels.shape))
     by_layer = aliases_by_layer(model.layer_aliases)
-    return [LayerInfo(name, tuple(by_layer.get(name, ())), tuple(captured[name].shape[1:]), layouts.get(name))
+    return [_layer_info(name, tuple(by_layer.get(name, ())), tuple(captured[name].shape), layouts.get(name))
             for name in names]
+
+
+def _layer_info(name: str, aliases: tuple[str, ...], shape: tuple[int, ...], layout: Layout | None) -> LayerInfo:
+    """The listing's entry for a capture of ``shape`` (with its batch of :data:`LISTING_IMAGES`, if it has one)."""
+    batched = bool(shape) and shape[0] == LISTING_IMAGES
+    return LayerInfo(name, aliases, shape[1:] if batched else shape, layout, batched)
 
 
 _LAYOUTS: WeakKeyDictionary[nn.Module, dict[str, Layout | None]] = WeakKeyDictionary()
@@ -66,7 +83,8 @@ def layer_layouts(model: LoadedModel) -> dict[str, Layout | None]:
     """``{layer: layout}`` of every 4-D layer of ``model`` (see :class:`LayerInfo`), from one dummy forward
     per module (cached: a module's layouts do not change)."""
     if model.module not in _LAYOUTS:
-        _LAYOUTS[model.module] = {info.name: info.layout for info in list_layers(model) if len(info.shape) == 3}
+        _LAYOUTS[model.module] = {info.name: info.layout for info in list_layers(model)
+                                  if len(info.shape) == (3 if info.batched else 4)}
     return _LAYOUTS[model.module]
 
 

@@ -24,7 +24,7 @@ import torch
 from neuronscope.activations.catalog import check_batched, known_layout
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.recorder import Recorder
-from neuronscope.activations.reduce import carried_prefix_tokens, unit_maps
+from neuronscope.activations.reduce import carried_prefix_tokens, naming_layer, unit_maps
 from neuronscope.models.loaded import LoadedModel
 
 
@@ -54,7 +54,9 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
     Raises:
         NeuronscopeError: a 4-D layer whose layout the model does not fix (its units cannot be told);
             :class:`~neuronscope.activations.catalog.UnbatchedLayerError`: a layer without one row per image
-            (Swin's window attention, a pooler's learned queries).
+            (Swin's window attention, a pooler's learned queries);
+            :class:`~neuronscope.activations.reduce.OffGridTokensError`: tokens that are not on the patch grid
+            (CoCa's attention pooler: 256 learned queries).
     """
     height, width = model.preprocess.image_size
     grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
@@ -68,5 +70,6 @@ def _geometry(model: LoadedModel, layer: str, acts: torch.Tensor) -> LayerGeomet
     check_batched(layer, acts, 1)
     layout = known_layout(model, layer, acts)
     prefix_tokens = carried_prefix_tokens(acts, model.token_grid, model.prefix_tokens)
-    maps = unit_maps(acts, grid=model.token_grid, layout=layout, prefix_tokens=prefix_tokens)  # [1, C, H, W]
+    with naming_layer(layer):
+        maps = unit_maps(acts, grid=model.token_grid, layout=layout, prefix_tokens=prefix_tokens)  # [1, C, H, W]
     return LayerGeometry(int(maps.shape[1]), (int(maps.shape[2]), int(maps.shape[3])), layout, prefix_tokens)

@@ -12,7 +12,7 @@ from neuronscope.activations.catalog import check_batched, layer_layouts
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Images, Recorder
-from neuronscope.activations.reduce import NO_CLASS_TOKEN, REDUCTIONS, NoClassTokenError, reduce_units
+from neuronscope.activations.reduce import NO_CLASS_TOKEN, REDUCTIONS, NoClassTokenError, naming_layer, reduce_units
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 
@@ -86,8 +86,9 @@ def record(
             if layout is None:
                 raise NeuronscopeError(f"cannot tell whether layer {name} holds its units first or last; "
                                        f"record it with reduce=None and reduce it yourself")
-            return reduce_units(acts, reduce, grid=grid if acts.ndim == 3 else None,  # type: ignore[arg-type]
-                                layout=layout, prefix_tokens=prefix_tokens)
+            with naming_layer(name):
+                return reduce_units(acts, reduce, grid=grid if acts.ndim == 3 else None,  # type: ignore[arg-type]
+                                    layout=layout, prefix_tokens=prefix_tokens)
         return reduce_in_hook
 
     pieces: dict[str, list[Tensor]] = {}

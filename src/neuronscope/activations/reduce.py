@@ -25,6 +25,8 @@ written once.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -36,6 +38,20 @@ from neuronscope.errors import NeuronscopeError
 class NoClassTokenError(NeuronscopeError, ValueError):
     """A class-token reduction of a model with no class token: a ViT that pools its patch tokens (SigLIP), or a
     conv net (a ModifiedResNet), whose layers are maps."""
+
+
+class OffGridTokensError(NeuronscopeError, ValueError):
+    """Tokens that do not lie on the model's patch grid (CoCa's attention pooler: 256 learned queries on a 7x7
+    grid), so their units have no cells to reduce over."""
+
+
+@contextmanager
+def naming_layer(layer: str) -> Iterator[None]:
+    """Name ``layer`` in an :class:`OffGridTokensError` raised inside: :func:`unit_maps` sees only a tensor."""
+    try:
+        yield
+    except OffGridTokensError as error:
+        raise OffGridTokensError(f"layer {layer}: {error}") from None
 
 
 NO_CLASS_TOKEN = ("this model has no class token (a ViT like SigLIP's pools its patch tokens; a conv net's "
@@ -89,7 +105,10 @@ def unit_maps(acts: Tensor, *, prefix_tokens: int = 1, grid: tuple[int, int] | N
         grid = (side, side)
     stage_grid = tokens_grid(count, grid) if prefix == 0 else (grid if grid[0] * grid[1] == count else None)
     if stage_grid is None:
-        raise ValueError(f"grid {grid} does not hold {count} patch tokens")
+        raise OffGridTokensError(f"these {acts.shape[1]} tokens are not on the model's {grid[0]}x{grid[1]} patch "
+                                 f"grid{f' plus {prefix} class or register token(s)' if prefix else ''} (learned queries "
+                                 f"of an attention pooler, say): they have no cells; pick a layer before the "
+                                 f"pooler, e.g. a block's output")
     return patches.transpose(1, 2).reshape(acts.shape[0], acts.shape[2], *stage_grid)
 
 

@@ -15,14 +15,20 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import sys
 import time
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
 from neuronscope.errors import NeuronscopeError
+
+if TYPE_CHECKING:  # torch is imported by the commands that run, not at start-up
+    from neuronscope.models import LoadedModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -270,6 +276,66 @@ def fill_report(atlas: str | os.PathLike | None, run_id: int | None, model: str,
     return {"atlas": None if atlas is None else str(atlas), "run_id": run_id, "model": model,
             "layers": list(layers), "units": units, "seconds": round(seconds, 3), "skipped": dict(skipped or {}),
             **extra}
+
+
+#: Options that change how a command runs, not what it computes (the recorded model key names the weights):
+#: left out of the command line a run records.
+HOW_IT_RUNS = frozenset({"weights", "device", "json_out", "debug", "batch_size", "workers", "checkpoint_every"})
+
+
+def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: Collection[str] = HOW_IT_RUNS,
+                     paths: Collection[str] = (), **values: Any) -> str:
+    """The command line a run records, built from the options in effect (``context``, the running command's),
+    so that running it again reproduces the run: every option but ``leave_out``, with its value as given or
+    defaulted, or as ``values`` replaces it (the canonical layer, say). ``--model`` is the model's key, which
+    names its weights, and ``--precision`` the one it ran at (``auto`` resolves by device). The options are
+    read from the command itself: a new one is recorded without anyone remembering to add it.
+
+    No absolute paths (runs are shown in static exports): ``--out`` is the atlas's folder name, and the
+    options named in ``paths`` are given as :func:`~neuronscope.probing.vocab.recorded_path` gives them.
+    An option whose value is None is left out; a flag is written when set (``--no-X`` when it has one).
+    """
+    from neuronscope.probing.vocab import recorded_path
+
+    options = {param.name: param for param in context.command.params if param.param_type_name == "option"}
+    unknown = set(values) - set(options)
+    if unknown:
+        raise ValueError(f"{context.info_name} has no option {sorted(unknown)}")
+    given = {**context.params, "model": model.key, "precision": model.precision.name, **values}
+    words = ["neuronscope", *_command_words(context)]
+    for name, option in options.items():
+        value = given.get(name)
+        if name in leave_out or value is None:
+            continue
+        if name == "out":
+            value = Path(value).name
+        elif name in paths:
+            value = recorded_path(value)
+        words += _option_words(option, value)
+    return shlex.join(words)
+
+
+def _command_words(context: typer.Context) -> list[str]:
+    """The (sub)command names below the program: ``["scan"]``, ``["reproduce", "words"]``."""
+    names = []
+    while context.parent is not None:
+        names.append(context.info_name or "")
+        context = context.parent
+    return names[::-1]
+
+
+def _option_words(option: Any, value: Any) -> list[str]:
+    """``--flag VALUE`` (repeated for a multiple option), or a flag's ``--flag`` / ``--no-flag`` / nothing."""
+    flag = _long_name(option.opts)
+    if option.is_flag:
+        if value:
+            return [flag]
+        return [_long_name(option.secondary_opts)] if option.secondary_opts else []
+    return [word for item in (value if option.multiple else [value]) for word in (flag, str(item))]
+
+
+def _long_name(opts: list[str]) -> str:
+    return next((opt for opt in opts if opt.startswith("--")), opts[0])
 
 
 def load_cli_model(model: str, weights: str | None, device: str, precision: str):

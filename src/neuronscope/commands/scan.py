@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
+    HOW_IT_RUNS,
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
@@ -24,6 +23,7 @@ from neuronscope.commands.common import (
     fill_report,
     load_cli_model,
     print_json,
+    recorded_command,
     require_model,
 )
 from neuronscope.errors import NeuronscopeError
@@ -31,6 +31,7 @@ from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 
 if TYPE_CHECKING:
     from neuronscope.mining import ScanProgress
+    from neuronscope.models import LoadedModel
 
 
 class ProgressReport:
@@ -47,17 +48,15 @@ class ProgressReport:
         self.bars.close()
 
 
-def _command_line(model_key: str, layers: str, source_name: str, out: str, top_k: int, precision: str, seed: int,
-                  max_pixels: int) -> str:
-    """The command as recorded in the run: the options that matter, the source by name (no absolute paths)."""
-    parts = ["neuronscope", "scan", "--model", model_key, "--layers", layers, "--images", source_name,
-             "--out", Path(out).name, "--top-k", str(top_k), "--precision", precision, "--seed", str(seed)]
-    if max_pixels != PILLOW_MAX_PIXELS:
-        parts += ["--max-pixels", str(max_pixels)]
-    return shlex.join(parts)
+def _recorded_command(ctx: typer.Context, model: LoadedModel, source_name: str) -> str:
+    """The command as a run records it: the source by name (no absolute paths), without the options that
+    change only how the scan runs (same results)."""
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS | {"thumbnails", "backend", "ray_address"},
+                            images=source_name)
 
 
 def scan(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layers: Annotated[str, typer.Option("--layers", "-l", help="Layers: names, aliases (neurons) or wildcards, "
@@ -117,8 +116,7 @@ def scan(
             earlier = _layer_runs(atlas, loaded.key, canonical)
             options = dict(settings=settings, batch_size=batch_size, workers=workers,
                            checkpoint_every=checkpoint_every, max_pixels=max_pixels, thumbnails=thumbnails,
-                           command=_command_line(loaded.key, layers, source.name, out, top_k, precision, seed,
-                                                 max_pixels), on_batch=report)
+                           command=_recorded_command(ctx, loaded, source.name), on_batch=report)
             if backend == "ray":
                 outcome = scan_ray(loaded, source, atlas, canonical, address=ray_address, **options)
             else:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.commands.common import (
+    HOW_IT_RUNS,
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
@@ -28,11 +27,12 @@ from neuronscope.commands.common import (
     fill_report,
     load_cli_model,
     print_json,
+    recorded_command,
     require_model,
     require_out,
 )
 from neuronscope.errors import NeuronscopeError
-from neuronscope.probing.vocab import VocabularyRecord, recorded_path
+from neuronscope.probing.vocab import VocabularyRecord
 
 if TYPE_CHECKING:  # torch is imported by the commands that run, not at start-up
     from neuronscope.models import LoadedModel
@@ -94,6 +94,15 @@ def _atlas_basis(atlas: Atlas, model: LoadedModel, layer: str, sample: ImageSamp
     return basis, key
 
 
+def _recorded_command(ctx: typer.Context, model: LoadedModel, basis: AttributionBasis, *,
+                      leave_out: Collection[str] = HOW_IT_RUNS) -> str:
+    """The command line a text-side run records: every option its texts depend on (the image sample's
+    ``--images``, ``--sample`` and ``--seed`` among them, and ``--seed`` fixes a random init), so that it
+    reruns as the same run; ``--images`` and ``--vocab`` as :func:`~neuronscope.probing.vocab.recorded_path`
+    gives them."""
+    return recorded_command(ctx, model, leave_out=leave_out, paths=("images", "vocab"), layer=basis.layer)
+
+
 def _layer_units(model, layer: str, units: str) -> list[int]:
     """``--units`` parsed against the layer's size (one forward of a grey image): a bad list fails before
     the costly attribution basis."""
@@ -105,6 +114,7 @@ def _layer_units(model, layer: str, units: str) -> list[int]:
 
 
 def attribute(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
@@ -169,9 +179,7 @@ def attribute(
     vocab_name = record.name
     with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: it keeps the basis for a rerun
         basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
-        command = shlex.join(["neuronscope", "attribute", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                              record.source, "--template", template, "--units", units, "--top-k", str(top_k),
-                              "--sample", str(sample), "--out", Path(out).name])
+        command = _recorded_command(ctx, loaded, basis, leave_out=HOW_IT_RUNS | {"prompt", "top"})
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="attribute",
                                 config=vocabulary_run_config(loaded, record, template=template, top_k=top_k,
                                                              seed=seed, sample=sample),
@@ -209,6 +217,7 @@ def _print_prompt_units(payloads: list[dict]) -> None:
 
 
 def textvis(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
@@ -257,12 +266,7 @@ def textvis(
     image_sample = _image_sample(loaded, images, sample, seed)
     with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: each unit is stored as it finishes
         basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
-        command = shlex.join(["neuronscope", "textvis", "--model", loaded.key, "--layer", basis.layer, "--units",
-                              units, "--lengths", lengths, "--restarts", str(restarts), "--steps", str(steps),
-                              "--candidates", str(candidates), "--prior", str(prior), "--top-k", str(top_k),
-                              "--sample", str(sample), "--seed", str(seed),
-                              *(["--images", recorded_path(images)] if images else []),
-                              "--precision", precision, "--out", Path(out).name])
+        command = _recorded_command(ctx, loaded, basis)
         # Everything the texts depend on, units included (as a set: `2,0-1` is `0-2`): only the same
         # command continues a killed run.
         config = {"units": sorted(chosen), "lengths": list(length_values), "restarts": restarts, "steps": steps,
@@ -307,6 +311,7 @@ def _climb_units(atlas: Atlas, run_id: int, model: LoadedModel, basis: Attributi
 
 
 def emotions(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
@@ -351,9 +356,7 @@ def emotions(
         dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
         result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
         png = plot_emotion_atlas(result)
-        command = shlex.join(["neuronscope", "emotions", "--model", loaded.key, "--layer", basis.layer, "--vocab",
-                              record.source, "--max-units", str(max_units),
-                              *(["--drop-lexical"] if drop_lexical else []), "--out", Path(out).name])
+        command = _recorded_command(ctx, loaded, basis)
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
                                 config=vocabulary_run_config(loaded, record, max_units=max_units,
                                                              drop_lexical=drop_lexical, seed=seed, sample=sample),

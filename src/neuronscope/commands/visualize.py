@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -14,6 +13,7 @@ import typer
 from neuronscope.atlas import Atlas, check_atlas_target
 from neuronscope.atlas.runs import marked_interrupted
 from neuronscope.commands.common import (
+    HOW_IT_RUNS,
     DebugOpt,
     DeviceOpt,
     JsonOpt,
@@ -27,12 +27,14 @@ from neuronscope.commands.common import (
     fill_report,
     load_cli_model,
     print_json,
+    recorded_command,
     require_model,
 )
 from neuronscope.errors import NeuronscopeError
 from neuronscope.units import parse_units
 
 if TYPE_CHECKING:
+    from neuronscope.models import LoadedModel
     from neuronscope.visualize import RenderConfig, UnitRender
 
 
@@ -45,34 +47,21 @@ def _png_name(render: UnitRender, multiple: bool) -> str:
     return f"{render.unit}_{facet}_{render.index}.png" if multiple else f"{render.unit}_{facet}.png"
 
 
-def _command(model_key: str, layer: str, config: RenderConfig, *, units: str, batch_size: int, precision: str,
-             out: str | None, facet: str | None, generic: str | None, facet_strengths: int | None,
-             diverse: int) -> str:
-    """The command line a run records: every option that changes the images (folders by name, never a path).
+def _recorded_command(ctx: typer.Context, model: LoadedModel, layer: str, config: RenderConfig, facet: str | None,
+                      generic: str | None, facet_strengths: int | None) -> str:
+    """The command line a run records: every option that changes the images, the batch size among them
+    (other passes, other float rounding), as the render ran them (the faceted render's own learning rate,
+    its number of strengths); facet folders by name, never a path."""
+    def folder_or_name(value: str | None) -> str | None:
+        return Path(value).name if value and Path(value).is_dir() else value
 
-    The model key carries the weights (``RN50x4@openai``, ``NAME@sha256:...``).
-    """
-    def folder_or_name(value: str) -> str:
-        return Path(value).name if Path(value).is_dir() else value
-
-    options = [
-        "--model", model_key, "--layer", layer, "--units", units, "--steps", str(config.steps),
-        "--batch-size", str(batch_size), "--lr", f"{config.lr:g}", "--seed", str(config.seed),
-        "--precision", precision,
-        *(["--size", str(config.size)] if config.size else []),
-        *(["--param-size", str(config.param_size)] if config.param_size else []),
-        *(["--l2", f"{config.l2:g}"] if config.l2 else []),
-        *(["--tv", f"{config.tv:g}"] if config.tv else []),
-        *(["--facet", folder_or_name(facet)] if facet else []),
-        *(["--generic", folder_or_name(generic)] if generic else []),
-        *(["--facet-strengths", str(facet_strengths)] if facet_strengths else []),
-        *(["--diverse", str(diverse)] if diverse else []),
-        *(["--out", Path(out).name] if out else []),
-    ]
-    return shlex.join(["neuronscope", "visualize", *options])
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"png"}, layer=layer,
+                            lr=config.lr, facet=folder_or_name(facet), generic=folder_or_name(generic),
+                            facet_strengths=facet_strengths)
 
 
 def visualize(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
@@ -168,9 +157,8 @@ def visualize(
         # Trained (or read from the atlas) before the run starts: a facet that fails leaves no run behind.
         probe = facet_probe(loaded, facet, generic, atlas, images=facet_images) if facet else None
         if atlas is not None:
-            command = _command(loaded.key, canonical, config, units=units, batch_size=batch_size,
-                               precision=precision, out=out, facet=facet, generic=generic,
-                               facet_strengths=len(strengths) if facet else None, diverse=diverse)
+            command = _recorded_command(ctx, loaded, canonical, config, facet, generic,
+                                        len(strengths) if facet else None)
             settings = {**config.to_dict(), **(facet_settings.job_settings() if facet else {"facet_l2": None}),
                         "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}

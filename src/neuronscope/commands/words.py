@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -24,6 +22,7 @@ from neuronscope.commands.common import (
     fill_report,
     load_cli_model,
     print_json,
+    recorded_command,
     require_model,
     require_out,
 )
@@ -60,6 +59,7 @@ def raster_settings(sizes: str, positions: str, fonts: str):
 
 
 def words(
+    ctx: typer.Context,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
@@ -81,7 +81,7 @@ def words(
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix).
     Resumable: the same command after a kill continues from the last checkpoint."""
-    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name, vocabulary_source
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name
     from neuronscope.probing.word_store import probe_words_into
 
     require_out(out, "words")
@@ -92,10 +92,7 @@ def words(
     loaded = load_cli_model(model, weights, device, precision)
     canonical = loaded.resolve_layer(layer)
     # --vocab as given (the stem `name` keys the probe but names no file: the command would not rerun)
-    command = shlex.join(["neuronscope", "words", "--model", loaded.key, "--layer", canonical,
-                          "--vocab", vocabulary_source(vocab),
-                          "--sizes", sizes, "--positions", positions, "--fonts", fonts, "--top-k", str(top_k),
-                          "--out", Path(out).name, "--precision", precision])
+    command = recorded_command(ctx, loaded, layer=canonical, paths=("vocab",))
     quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
     bars = ProgressBars(quiet=quiet)
     try:
