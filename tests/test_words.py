@@ -318,6 +318,10 @@ def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path, monkey
     assert len(payload["named_units"]) == 109 and all(len(u["ours"]) == 3 for u in payload["named_units"])
     with Atlas(tmp_path / "atlas", create=False) as atlas:  # stored through the resumable word run
         assert [(run["id"], run["status"]) for run in atlas.runs()] == [(payload["run_id"], "finished")]
+        # it recorded `neuronscope words --model RN50x4@random ...` without the raster settings or precision
+        assert atlas.runs()[0]["command"] == (
+            "neuronscope reproduce words --weights random --vocab words16.txt --sizes 0.8 --positions 0.5:0.5 "
+            "--fonts dejavu/DejaVuSans.ttf --top-k 20 --out atlas --precision fp32")
     assert not list((tmp_path / "atlas" / "checkpoints").glob("*.npz"))
 
 

@@ -8,11 +8,12 @@ table, overall and for the 109 units the article names.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from neuronscope.commands.common import (
+    HOW_IT_RUNS,
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
@@ -23,6 +24,7 @@ from neuronscope.commands.common import (
     fill_report,
     load_cli_model,
     print_json,
+    recorded_command,
 )
 from neuronscope.commands.words import (
     FontsOpt,
@@ -35,12 +37,23 @@ from neuronscope.commands.words import (
 )
 from neuronscope.errors import NeuronscopeError, WeightsMismatch
 
+if TYPE_CHECKING:
+    from neuronscope.models import LoadedModel
+
 app = typer.Typer(help="Compare our results with the article's (needs the real weights).", no_args_is_help=True)
+
+
+def _recorded_command(ctx: typer.Context, model: LoadedModel) -> str:
+    """The command line the run records: this one, with ``--weights`` (it has no ``--model``: the model is
+    fixed) and every option that changes the scores; ``--weights`` and ``--vocab`` as
+    :func:`~neuronscope.probing.vocab.recorded_path` gives them."""
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"weights"} | {"top"}, paths=("weights", "vocab"))
 
 
 @app.command("words")
 @cli_command
 def reproduce_words(
+    ctx: typer.Context,
     weights: Annotated[Optional[str], typer.Option(
         "--weights", "-w", help="PATH to OpenAI's RN50x4 (RN50x4.pt or an open_clip state dict); "
                                 "random gives the chance figure.")] = None,
@@ -87,7 +100,8 @@ def reproduce_words(
                 probe, run_id, resumed_from = probe_words_into(
                     atlas, loaded, PAPER_LAYER, vocabulary, vocabulary=VocabularyRecord.of(vocab, vocabulary),
                     settings=settings, top_k=top_k, batch_size=batch_size, workers=workers,
-                    on_resume=None if quiet else say_resumed, on_batch=bars.track("words"))
+                    command=_recorded_command(ctx, loaded), on_resume=None if quiet else say_resumed,
+                    on_batch=bars.track("words"))
         else:
             probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,
                                 workers=workers, on_batch=bars.track("words"))
