@@ -83,3 +83,21 @@ def test_a_failed_block_marks_its_run_interrupted_unless_it_finished(tmp_path: P
             atlas.finish_run(finished)
             raise OSError("the clean-up after failed")
         assert [atlas.run(r)["status"] for r in (failed, finished)] == ["interrupted", "finished"]
+
+
+def test_a_checkpoint_is_due_by_count_by_time_or_at_the_end_whichever_comes_first(monkeypatch):
+    from neuronscope.atlas import runs
+
+    clock = [1000.0]
+    monkeypatch.setattr(runs.time, "monotonic", lambda: clock[0])
+    schedule = runs.CheckpointSchedule(10, 300.0, done=4, total=30)  # resumed from a checkpoint of 4 items
+    assert not schedule.due(13) and schedule.due(14)
+    schedule.saved(14)
+    clock[0] += 299.0
+    assert not schedule.due(15)
+    clock[0] += 1.0
+    assert schedule.due(15)  # few items, but 5 minutes since the last save
+    schedule.saved(15)
+    assert not schedule.due(24) and schedule.due(25)
+    schedule.saved(25)
+    assert not schedule.due(29) and schedule.due(30)  # the last item, 5 after the last save

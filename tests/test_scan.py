@@ -584,3 +584,16 @@ def test_the_scan_key_tells_random_inits_apart_and_keeps_a_weight_files(images, 
     from_file = load_model("tiny-rn", weights=str(tmp_path / "weights.pt"))
     config, _ = scan_config(from_file, LAYERS, source, SETTINGS, 10**8)
     assert config["weights_sha256"] == from_file.weights_sha256 == file_sha256(tmp_path / "weights.pt")
+
+
+def test_a_slow_scan_checkpoints_by_time_between_its_checkpoint_counts(tiny_rn, images, tmp_path):
+    """A scan checkpoints every --checkpoint-every files or every `checkpoint_seconds`: on a CPU a large model
+    could otherwise go hours without one. Here every batch is past the time (0 s) and none reaches the count."""
+    def kill_after_two(progress) -> None:
+        if progress.done == 8:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=10**6, checkpoint_seconds=0.0,
+                 on_batch=kill_after_two)
+    assert run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4).resumed_from == 8

@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ Checkpoint = tuple[dict[str, "np.ndarray"], dict[str, Any]]
 
 #: The statuses of a run that may still resume.
 UNFINISHED = ("running", "interrupted")
+
+#: A long job checkpoints at least this often, whatever its item count (:class:`CheckpointSchedule`).
+CHECKPOINT_SECONDS = 300.0
 
 
 def config_digest(value: Any, length: int) -> str:
@@ -112,6 +116,30 @@ def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
     atlas.drop_checkpoint(config_key)
     for path in atlas.checkpoints_dir.glob(f"{glob.escape(config_key)}-*.npz"):
         atlas.drop_checkpoint(path.stem)
+
+
+class CheckpointSchedule:
+    """When a long job saves its checkpoint: once ``every_items`` more items (files, words) are done since the
+    last save, or ``every_seconds`` have passed, whichever comes first, and after the last of ``total`` items.
+
+    A count alone can leave hours between checkpoints when items are slow (a large model on a CPU); a clock
+    alone would write a scan's state (tens of MB) every few seconds on a GPU.
+    """
+
+    def __init__(self, every_items: int, every_seconds: float = CHECKPOINT_SECONDS, *, done: int = 0,
+                 total: int | None = None) -> None:
+        """``done``: the items already in the checkpoint the job resumed from (0 for a fresh job)."""
+        self.every_items, self.every_seconds, self.total = every_items, every_seconds, total
+        self.saved(done)
+
+    def due(self, done: int) -> bool:
+        """Whether a job with ``done`` items done should save its checkpoint now."""
+        return (done == self.total or done - self.saved_items >= self.every_items
+                or time.monotonic() - self.saved_at >= self.every_seconds)
+
+    def saved(self, done: int) -> None:
+        """Count from a checkpoint of ``done`` items, just written."""
+        self.saved_items, self.saved_at = done, time.monotonic()
 
 
 @contextmanager

@@ -70,7 +70,7 @@ def scan(
                                                                   "ray: model replicas (0: one per GPU, or per CPU "
                                                                   "without GPUs).")] = 2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1,
-                                                  help="Files between checkpoints.")] = 2048,
+                                                  help="Files between checkpoints (also every 5 minutes).")] = 2048,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1,
                                             help="Skip larger images (read from the header).")] = PILLOW_MAX_PIXELS,
     thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from neuronscope.activations.recorder import Recorder
-from neuronscope.atlas.runs import marked_interrupted
+from neuronscope.atlas.runs import CHECKPOINT_SECONDS, CheckpointSchedule, marked_interrupted
 from neuronscope.atlas.store import Atlas
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS
@@ -296,6 +296,7 @@ def scan_ray(
     workers: int = 0,
     shard_size: int | None = None,
     checkpoint_every: int = 2048,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     max_pixels: int = PILLOW_MAX_PIXELS,
     thumbnails: bool = True,
     command: str = "scan",
@@ -307,7 +308,8 @@ def scan_ray(
     Args:
         workers: model replicas (Ray actors); 0: one per GPU of the cluster, or one per CPU without GPUs.
         shard_size: entries per shard, a multiple of ``batch_size`` (default: about four shards per replica).
-        checkpoint_every: entries merged between checkpoints (a checkpoint is written after a whole shard).
+        checkpoint_every, checkpoint_seconds: entries merged, or seconds, between checkpoints, whichever comes
+            first (a checkpoint is written after a whole shard).
         address: the Ray cluster (``ray.init(address=...)``); None: ``RAY_ADDRESS`` if set, else a local
             Ray started here and shut down at the end. A Ray already initialised in this process is used as is.
         on_batch: called after every merged shard.
@@ -343,16 +345,15 @@ def scan_ray(
                                   ranges) if ranges else {}
             partials = _run_shards(ray, shipped, source, plan, settings, ranges, earlier, replicas=replicas,
                                    gpus=gpus, batch_size=batch_size, max_pixels=max_pixels)
-            since_checkpoint = 0
+            schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds, done=resumed_from, total=len(source))
             with contextlib.closing(partials):  # a kill or error stops the Ray pipeline before Ray is shut down
                 for start, stop, partial in partials:
                     state.merge(partial)
                     done = merge_ranges([*done, (start, stop)])
-                    since_checkpoint += stop - start
                     finished = sum(b - a for a, b in done)
-                    if since_checkpoint >= checkpoint_every or finished == len(source):
+                    if schedule.due(finished):
                         write_checkpoint(atlas, checkpoint_key, state, run_id, backend="ray", done=done)
-                        since_checkpoint = 0
+                        schedule.saved(finished)
                     if on_batch is not None:
                         on_batch(ScanProgress.of(state, finished, len(source), resumed_from, started))
             return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,

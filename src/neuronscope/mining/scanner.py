@@ -15,7 +15,8 @@ How a scan runs:
    content) are skipped as ``duplicate`` (only files whose listed size another
    file shares can be: only their content keys are kept); one forward records
    every layer; each layer's :class:`LayerAccumulator` merges the batch.
-4. Every ``checkpoint_every`` entries the whole state (a few arrays, bounded
+4. Every ``checkpoint_every`` entries or ``checkpoint_seconds`` (5 minutes),
+   whichever comes first, the whole state (a few arrays, bounded
    by units x k, plus those content keys) is written atomically into the atlas.
 5. At the end, thumbnails of the top examples are drawn and everything is
    written to the catalogue in one transaction; the checkpoint is removed.
@@ -45,8 +46,8 @@ import torch
 from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
-from neuronscope.atlas.runs import (abandon_stale_runs, config_digest, drop_checkpoints, marked_interrupted,
-                                    open_run, start_run)
+from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
+                                    drop_checkpoints, marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
@@ -287,6 +288,7 @@ def scan(
     batch_size: int = 32,
     workers: int = 0,
     checkpoint_every: int = 2048,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     max_pixels: int = PILLOW_MAX_PIXELS,
     thumbnails: bool = True,
     command: str = "scan",
@@ -300,6 +302,8 @@ def scan(
         batch_size: images per forward (results do not depend on it).
         workers: decoding processes (0: decode in this process).
         checkpoint_every: entries between checkpoints (state saved atomically in the atlas).
+        checkpoint_seconds: seconds between checkpoints, whichever of the two comes first: a slow scan (a
+            large model on a CPU) still checkpoints every few minutes.
         max_pixels: larger images (by their header) are skipped as ``too_many_pixels``.
         thumbnails: draw the top examples' thumbnails with the firing cell marked.
         command: recorded in the run (the CLI passes its command line).
@@ -325,7 +329,9 @@ def scan(
         with Recorder(model, plan.layers, early_stop=True) as recorder:
             scan_range(model, recorder, source.name, source.entries[resumed_from:], state, settings.seed,
                        first=resumed_from, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                       checkpoint_every=checkpoint_every, on_checkpoint=checkpoint, on_batch=progress)
+                       schedule=CheckpointSchedule(checkpoint_every, checkpoint_seconds, done=resumed_from,
+                                                   total=len(source)),
+                       on_checkpoint=checkpoint, on_batch=progress)
         return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,
                            max_pixels=max_pixels, workers=workers, started=started, resumed_from=resumed_from)
 
@@ -396,17 +402,16 @@ def abandon_changed_source_runs(atlas: Atlas, config: dict, config_key: str) -> 
 
 def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries: Sequence[Entry],
                state: ScanState, seed: int, *, first: int, batch_size: int, workers: int, max_pixels: int,
-               checkpoint_every: int = 0, on_checkpoint: Callable[[], None] | None = None,
+               schedule: CheckpointSchedule | None = None, on_checkpoint: Callable[[], None] | None = None,
                on_batch: Callable[[], None] | None = None) -> None:
     """Scan consecutive ``entries`` (ordinals ``first..``) into ``state``, in batches counted from ``first``.
 
     Both backends' loop: the local scan over the whole source (from where it
     resumes), a Ray replica over one shard. ``on_checkpoint`` is called with
-    every merge done once ``checkpoint_every`` more entries are in, and after
-    the last batch; ``on_batch`` after every batch.
+    every merge done whenever ``schedule`` says a checkpoint is due (counting
+    entries by the next ordinal); ``on_batch`` after every batch.
     """
-    since_checkpoint = 0
-    state.next_ordinal, stop = first, first + len(entries)
+    state.next_ordinal = first
     batches = iter_batches(entries, model.preprocess, batch_size=batch_size, workers=workers, first=first,
                            max_pixels=max_pixels)
     # The merges of batch i (NumPy, on the CPU) run in a thread while batch i + 1 is decoded and sent
@@ -419,14 +424,13 @@ def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries
             if pending is not None:
                 pending.result()
             pending = merger.submit(state.merge_batch, update) if update is not None else None
-            since_checkpoint += batch.last_ordinal + 1 - state.next_ordinal
             state.next_ordinal = batch.last_ordinal + 1
-            if on_checkpoint is not None and (since_checkpoint >= checkpoint_every or state.next_ordinal == stop):
+            if on_checkpoint is not None and schedule is not None and schedule.due(state.next_ordinal):
                 if pending is not None:
                     pending.result()
                     pending = None
                 on_checkpoint()
-                since_checkpoint = 0
+                schedule.saved(state.next_ordinal)
             if on_batch is not None:
                 on_batch()
         if pending is not None:

@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from neuronscope.atlas.runs import (abandon_stale_runs, config_digest, drop_checkpoints, layer_record,
-                                    marked_interrupted, open_run, start_run)
+from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
+                                    drop_checkpoints, layer_record, marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 #: Checkpoint after this many words, or after CHECKPOINT_SECONDS, whichever comes first: english-10k on
 #: RN50x4 on a CPU is ~6 hours (9 images a word at ~4 a second), where 1,000 words take ~40 minutes.
 CHECKPOINT_WORDS = 1000
-CHECKPOINT_SECONDS = 300.0
 REDUCE = "spatial mean; max over positions, mean over sizes and fonts"
 
 
@@ -114,22 +112,20 @@ class ScoreCheckpoints:
     def __init__(self, atlas: Atlas, config_key: str, run_id: int, total: int, scored: torch.Tensor | None, *,
                  every_words: int, every_seconds: float) -> None:
         self.atlas, self.config_key, self.run_id, self.total = atlas, config_key, run_id, total
-        self.every_words, self.every_seconds = every_words, every_seconds
         self.chunks = [] if scored is None else [scored]
-        self.saved = 0 if scored is None else len(scored)
-        self.saved_at = time.monotonic()
+        self.schedule = CheckpointSchedule(every_words, every_seconds, done=0 if scored is None else len(scored),
+                                           total=total)
 
     def __call__(self, done: int, scores: torch.Tensor) -> None:
         self.chunks.append(scores)
-        if (done == self.total or done - self.saved >= self.every_words
-                or time.monotonic() - self.saved_at >= self.every_seconds):
+        if self.schedule.due(done):
             self.save(done)
 
     def save(self, done: int) -> None:
         self.chunks = [torch.cat(self.chunks)]  # one tensor kept, not one per batch
         self.atlas.save_checkpoint(self.config_key, {"scores": self.chunks[0].numpy()},
                                    {"run_id": self.run_id, "words_done": done, "words": self.total})
-        self.saved, self.saved_at = done, time.monotonic()
+        self.schedule.saved(done)
 
 
 def open_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: VocabularyRecord, config: dict[str, Any],
