@@ -239,3 +239,36 @@ def test_ray_is_imported_only_inside_functions():
     for path in package.rglob("*.py"):
         loaded = imports_at_load_time(ast.parse(path.read_text()))
         assert not [name for name in loaded if name == "ray" or name.startswith("ray.")], path
+
+
+def test_a_ray_scan_gives_ray_datas_progress_bars_back_as_it_found_them():
+    """The shards run without Ray Data's bars (the scan reports its own progress), and the process's setting is
+    the user's again after the scan, run to the end or stopped early: their own Ray Data jobs keep their bars."""
+    from types import SimpleNamespace
+
+    context = SimpleNamespace(enable_progress_bars=True)
+    during = []
+
+    class Dataset:
+        def map_batches(self, *args, **kwargs):
+            return self
+
+        def iter_rows(self):
+            during.append(context.enable_progress_bars)
+            yield from ({"partial": pickle.dumps(n)} for n in range(2))
+
+    ray = SimpleNamespace(data=SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: context),
+                                               from_items=lambda *args, **kwargs: Dataset(),
+                                               ActorPoolStrategy=lambda size: None))
+    source = SimpleNamespace(entries=list(range(8)), name="images")
+    plan = SimpleNamespace(layers=[], shapes={})
+
+    def shards():
+        return ray_backend._run_shards(ray, None, source, plan, None, [(0, 4), (4, 8)], {0: frozenset(), 4: frozenset()},
+                                       replicas=1, gpus=0, batch_size=4, max_pixels=1)
+
+    assert list(shards()) == [0, 1] and during == [False] and context.enable_progress_bars is True
+    stopped = shards()
+    assert next(stopped) == 0 and context.enable_progress_bars is False
+    stopped.close()
+    assert during == [False, False] and context.enable_progress_bars is True

@@ -386,9 +386,6 @@ def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, plan: ScanPla
     """
     if not ranges:
         return
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the scan reports its own progress
-
     shards = [{"shard": pickle.dumps(Shard(start, source.entries[start:stop], earlier[start]))}
               for start, stop in ranges]
     dataset = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
@@ -396,9 +393,16 @@ def _run_shards(ray: Any, model: LoadedModel, source: ImageSource, plan: ScanPla
         num_gpus=gpus, num_cpus=1,  # a CPU decodes for each replica, on GPU nodes too
         fn_constructor_kwargs={"model": model, "layers": plan.layers, "shapes": plan.shapes, "settings": settings,
                                "batch_size": batch_size, "max_pixels": max_pixels, "source_name": source.name})
-    rows = iter(dataset.iter_rows())
+    # The scan reports its own progress. The setting is the process's: a Ray already running here (scan_ray
+    # reuses it) goes on with the user's own after the scan.
+    context = ray.data.DataContext.get_current()
+    shown, context.enable_progress_bars = context.enable_progress_bars, False
     try:
-        for row in rows:
-            yield pickle.loads(row["partial"])
+        rows = iter(dataset.iter_rows())
+        try:
+            for row in rows:
+                yield pickle.loads(row["partial"])
+        finally:
+            rows.close()  # on an early exit, stop the pipeline and free its actors now, not at garbage collection
     finally:
-        rows.close()  # on an early exit, stop the pipeline and free its actors now, not at garbage collection
+        context.enable_progress_bars = shown
