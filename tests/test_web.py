@@ -333,6 +333,33 @@ def test_the_app_opens_and_closes_its_atlas_through_lifespan(tmp_path):
         app.state.reader.atlas.db.execute("SELECT 1")
 
 
+def test_an_app_made_but_never_served_holds_no_connection_to_its_atlas(tmp_path):
+    """create_app opened the atlas's SQLite connection, and only the lifespan closed it: an app made and never
+    served (a test, or a failure before uvicorn started) kept it open. It now opens at the first read."""
+    import os
+    from pathlib import Path
+
+    descriptors = Path("/proc/self/fd")
+    if not descriptors.is_dir():
+        pytest.skip("lists open files through /proc/self/fd (Linux)")
+    folder = str(build_hub_atlas(tmp_path / "atlas").resolve())
+
+    def open_atlas_files() -> list[str]:
+        targets = []
+        for descriptor in descriptors.iterdir():
+            try:
+                targets.append(os.readlink(descriptor))
+            except OSError:  # closed since listed (the listing's own descriptor)
+                pass
+        return [target for target in targets if target.startswith(folder + os.sep)]
+
+    app = create_app(folder, warm=False)
+    assert open_atlas_files() == []
+    with TestClient(app) as browser:
+        assert browser.get("/").status_code == 200 and open_atlas_files() != []
+    assert open_atlas_files() == []
+
+
 def test_a_model_the_atlas_only_labels_is_refused_and_the_atlas_closed(tmp_path, monkeypatch):
     """A model with labels but no layer passed the 'held' check, then PromptAttributor raised and the
     reader's connection stayed open."""

@@ -7,6 +7,9 @@ unit's plots are cached until the catalogue changes: ``PRAGMA data_version``
 moves whenever another connection (a scan still writing) commits. An atlas
 opened ``immutable`` (a folder the server cannot write) sees no commit at all:
 there the files' stamp is watched instead, and the atlas reopened when it moves.
+
+The atlas is opened at the first read, not when the reader is made: an app that is made but never
+served (a test, a failure before the server starts) then holds no connection that nothing would close.
 """
 
 from __future__ import annotations
@@ -32,19 +35,40 @@ class AtlasReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self._path = path
-        self.atlas = Atlas(path, create=False, read_only=True)
-        self._stamp = self.atlas.catalogue_stamp()
         self.root = Path(path).resolve()
         self.lock = threading.Lock()
+        self._open_lock = threading.Lock()  # taken after ``lock`` when both are held
+        self._atlas: Atlas | None = None
+        self._closed = False
+        self._stamp: Any = None
         self._version: int | None = None
         self._generation = 0  # moves whenever the caches are cleared (data_version restarts on a reopen)
         self._memo: dict[tuple, Any] = {}  # memo: grids and the home page
         self._plots: OrderedDict[tuple, bytes] = OrderedDict()
         self._plot_lock = threading.Lock()
 
+    @property
+    def atlas(self) -> Atlas:
+        """The atlas, opened read-only on first use (:class:`~neuronscope.atlas.AtlasError` when it is none).
+
+        After :meth:`close`, the closed one: reading it raises :class:`sqlite3.ProgrammingError`.
+        """
+        if self._atlas is None:
+            with self._open_lock:
+                if self._atlas is None:
+                    if self._closed:
+                        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                    atlas = Atlas(self._path, create=False, read_only=True)
+                    self._stamp = atlas.catalogue_stamp()
+                    self._atlas = atlas
+        return self._atlas
+
     def close(self) -> None:
-        with self.lock:
-            self.atlas.close()
+        """Close the atlas for good (when the server stops): later reads raise, they do not reopen it."""
+        with self.lock, self._open_lock:
+            self._closed = True
+            if self._atlas is not None:
+                self._atlas.close()
 
     def read(self, function: Callable[[Atlas], T]) -> T:
         """Run ``function(atlas)`` holding the lock (after dropping caches if the atlas changed)."""
@@ -69,7 +93,7 @@ class AtlasReader:
             return
         reopened = Atlas(self._path, create=False, read_only=True)
         self.atlas.close()
-        self.atlas, self._stamp = reopened, stamp
+        self._atlas, self._stamp = reopened, stamp
         self._version = None  # data_version counts per connection: the new one's says nothing of the old
         self._clear_caches()
 
