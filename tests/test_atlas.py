@@ -628,3 +628,43 @@ def test_a_rescan_of_thumbnails_another_user_drew_reuses_them_and_keeps_what_it_
     drawn_paths = {atlas.thumbnail_relpath(path.name) for path in drawn}
     assert drawn_paths & shown and drawn_paths - shown  # some reused untouched, some replaced
     assert all(path.exists() for path in drawn)  # the replaced ones it may not delete stay
+
+
+def test_checkpoints_are_saved_loaded_listed_by_key_prefix_and_dropped(tmp_path):
+    """The checkpoint files moved into CheckpointStore keep their layout (``KEY.npz``, the meta as the JSON
+    array ``__meta__``), and a backend's ``KEY-SUFFIX`` files are found by the key's prefix."""
+    from neuronscope.atlas import CheckpointStore
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert isinstance(atlas.checkpoints, CheckpointStore) and atlas.checkpoints_dir == atlas.checkpoints.folder
+        atlas.save_checkpoint("k1", {"x": np.arange(3)}, {"run_id": 4})
+        atlas.checkpoints.save("k1-ray", {"y": np.zeros(2)}, {})
+        atlas.checkpoints.save("k2", {}, {})
+        with np.load(atlas.checkpoints_dir / "k1.npz") as data:
+            assert sorted(data.files) == ["__meta__", "x"] and json.loads(str(data["__meta__"])) == {"run_id": 4}
+        arrays, meta = atlas.load_checkpoint("k1")
+        assert arrays["x"].tolist() == [0, 1, 2] and meta == {"run_id": 4}
+        assert [path.name for path in atlas.checkpoints.files("k1")] == ["k1-ray.npz", "k1.npz"]
+        assert [path.name for path in atlas.checkpoints.files("k1-")] == ["k1-ray.npz"]
+        atlas.drop_checkpoint("k1")
+        assert atlas.load_checkpoint("k1") is None and len(atlas.checkpoints.files()) == 2
+
+
+def test_a_histogram_file_reads_back_trimmed_to_its_occupied_bins(tmp_path):
+    """The histogram codec: image ids stored once as indices, -1 for an empty reservoir slot, and read back
+    as plot-ready edges (2**exponent wide from ``first``) over the occupied bins only."""
+    from neuronscope.atlas.histograms import read_histogram_file, trimmed_histogram, write_histogram_file
+    from neuronscope.mining.results import HistogramArrays
+
+    samples = np.full((2, 4, 2), None, dtype=object)
+    samples[0, 1] = ["b", None]
+    samples[0, 2] = ["a", "b"]
+    histogram = HistogramArrays(exponent=np.array([-1, 0]), first=np.array([2, 0]),
+                                counts=np.array([[0, 3, 5, 0], [0, 0, 0, 0]]), samples=samples,
+                                nonfinite=np.zeros(2, np.int64), seed=7)
+    write_histogram_file(tmp_path / "h.npz", histogram)
+    arrays = read_histogram_file(tmp_path / "h.npz")
+    assert arrays["sample_ids"].tolist() == ["a", "b"] and arrays["samples"][0, 1].tolist() == [1, -1]
+    assert trimmed_histogram(arrays, 0) == {"edges": [1.5, 2.0, 2.5], "counts": [3, 5],
+                                            "samples": [["b"], ["a", "b"]], "seed": 7, "reservoir": 2}
+    assert trimmed_histogram(arrays, 1)["edges"] == [] and read_histogram_file(tmp_path / "missing.npz") is None

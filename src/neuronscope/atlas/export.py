@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronscope.atlas.store import Atlas, atomic_write_bytes, atomic_write_npz
+from neuronscope.atlas.files import atomic_write_bytes, atomic_write_npz
+from neuronscope.atlas.store import Atlas
 
 
 def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.ndarray]:

@@ -20,7 +20,6 @@ Pure catalogue and JSON: no torch here.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import time
@@ -113,9 +112,9 @@ def abandon_stale_runs(atlas: Atlas, config_key: str, same_job: Callable[[dict[s
 def drop_checkpoints(atlas: Atlas, config_key: str) -> None:
     """Remove a run's checkpoints: its key's own and those a backend keeps beside it as ``KEY-SUFFIX`` (the Ray
     scan's), whichever backend wrote them: a job killed on one backend may finish on the other."""
-    atlas.drop_checkpoint(config_key)
-    for path in atlas.checkpoints_dir.glob(f"{glob.escape(config_key)}-*.npz"):
-        atlas.drop_checkpoint(path.stem)
+    atlas.checkpoints.drop(config_key)
+    for path in atlas.checkpoints.files(f"{config_key}-"):
+        atlas.checkpoints.drop(path.stem)
 
 
 class CheckpointSchedule:

@@ -12,6 +12,10 @@ Every command writes through :class:`Atlas`. Writes are transactional: a
 layer's results, its histogram file and the run's status change together or
 not at all (the file is written first under a fresh name, the catalogue then
 points at it in one transaction, the old file is removed last).
+
+The catalogue is this module's; the files beside it have their own: atomic writes and file-safe names
+(:mod:`~neuronscope.atlas.files`), checkpoints (:class:`~neuronscope.atlas.checkpoints.CheckpointStore`,
+:attr:`Atlas.checkpoints`), histogram files (:mod:`~neuronscope.atlas.histograms`).
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import sqlite3
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from neuronscope.atlas.checkpoints import CheckpointStore
+# Re-exported: these lived here before atlas/files.py, and callers import them from this module.
+from neuronscope.atlas.files import (atomic_write, atomic_write_bytes, atomic_write_npz, from_url_name,  # noqa: F401
+                                     path_slug, url_name)
+from neuronscope.atlas.histograms import (histogram_sample_ids, read_histogram_file, trimmed_histogram,
+                                          write_histogram_file)
 from neuronscope.atlas.schema import ensure_schema
 from neuronscope.errors import NeuronscopeError
 
@@ -103,75 +111,6 @@ def match_model(name: str, known: list[str]) -> str | None:
         if matches:
             return matches[0]
     return None
-
-
-def url_name(name: str) -> str:
-    """A model key or layer alias as one URL segment or folder name: ``/`` is written ``~``
-    (``hf-hub:org/repo@hub`` -> ``hf-hub:org~repo@hub``, ``image_block_4/5/Add_6`` -> ``image_block_4~5~Add_6``).
-
-    Servers decode ``%2F`` before routing (it would split the segment), and an exported folder would nest
-    one level deeper than its links say. :func:`from_url_name` reads it back.
-    """
-    return name.replace("/", "~")
-
-
-def from_url_name(name: str) -> str:
-    """:func:`url_name` read back: ``~`` stands for ``/``."""
-    return name.replace("~", "/")
-
-
-def path_slug(name: str) -> str:
-    """A model, layer, kind or artifact name usable as one file or folder name (``:`` is awkward on some systems)."""
-    return url_name(name).replace(":", "~")
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half.
-
-    ``durable`` also fsyncs before the rename (checkpoints, arrays); files that can be
-    redrawn (thumbnails) skip it: an fsync per thumbnail made them 4x slower than drawing.
-    """
-    atomic_write(path, lambda stream: stream.write(data), durable=durable)
-
-
-def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """``arrays`` as an ``.npz`` file at ``path``, atomically and durably, written straight into the file: a
-    checkpoint of gigabytes (a kept attribution basis) needs no second copy of itself in memory."""
-    atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, durable: bool = True) -> None:
-    """:func:`atomic_write_bytes` of whatever ``write`` writes to the open file it is given."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = _create_temporary(path)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            if durable:
-                stream.flush()
-                os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """A new, empty file beside ``path`` (open for writing): its descriptor and name.
-
-    Not :func:`tempfile.mkstemp`, which creates mode 0600: the renamed file kept it, so an atlas copied to or
-    served by another user answered "permission denied" for every render and artifact. Created here with
-    0666 the kernel applies the umask, as for any file the user creates (reading the umask instead would
-    mean setting it, which is not thread-safe).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}"
-        try:
-            return os.open(temporary, flags, 0o666), str(temporary)
-        except FileExistsError:
-            continue  # a name another writer holds: draw again
-    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager
@@ -268,6 +207,8 @@ class Atlas:
         # Python's lower() for SQL: SQLite's lower() and LIKE fold ASCII only, so search, the layer filter and
         # the static export's script (JavaScript's toLowerCase) would disagree on "Éclair".
         self.db.create_function("pylower", 1, _lower, deterministic=True)
+        #: The checkpoints of jobs in progress (``checkpoints/``).
+        self.checkpoints = CheckpointStore(self.path / "checkpoints")
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
         self._held: tuple[tuple[int, int], dict[str, list[dict[str, Any]]]] | None = None
 
@@ -324,7 +265,7 @@ class Atlas:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.checkpoints.folder
 
     # ------------------------------------------------------------------ runs
 
@@ -372,24 +313,19 @@ class Atlas:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint_path(self, config_key: str) -> Path:
-        return self.checkpoints_dir / f"{config_key}.npz"
+    # :attr:`checkpoints` under their earlier names, which commands and users call.
 
     def save_checkpoint(self, config_key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        """Atomically replace the checkpoint of a scan in progress (arrays plus a JSON ``meta``)."""
-        atomic_write_npz(self._checkpoint_path(config_key), {**arrays, "__meta__": np.array(json.dumps(meta))})
+        """Atomically replace the checkpoint of a job in progress (:meth:`CheckpointStore.save`)."""
+        self.checkpoints.save(config_key, arrays, meta)
 
     def load_checkpoint(self, config_key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        path = self._checkpoint_path(config_key)
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files if name != "__meta__"}
-            meta = json.loads(str(data["__meta__"]))
-        return arrays, meta
+        """A job's checkpoint ``(arrays, meta)``, or None (:meth:`CheckpointStore.load`)."""
+        return self.checkpoints.load(config_key)
 
     def drop_checkpoint(self, config_key: str) -> None:
-        self._checkpoint_path(config_key).unlink(missing_ok=True)
+        """Remove a job's checkpoint (:meth:`CheckpointStore.drop`)."""
+        self.checkpoints.drop(config_key)
 
     # ------------------------------------------------------------------ thumbnails
 
@@ -482,8 +418,7 @@ class Atlas:
         db.execute("DELETE FROM named_images")
         for row in db.execute("SELECT path FROM histograms").fetchall():
             try:
-                with np.load(self.path / row["path"]) as data:
-                    sample_ids = data["sample_ids"].tolist()
+                sample_ids = histogram_sample_ids(self.path / row["path"])
             except (OSError, KeyError, ValueError):
                 return  # a histogram file we cannot read: keep every row rather than guess what it names
             db.executemany("INSERT OR IGNORE INTO named_images (id) VALUES (?)", ((i,) for i in sample_ids))
@@ -518,16 +453,9 @@ class Atlas:
                 path.unlink(missing_ok=True)
 
     def _write_histogram_file(self, run_id: int, scan: LayerScan) -> str:
-        histogram = scan.histogram
-        sample_ids = sorted({i for i in histogram.samples.reshape(-1) if i is not None})
-        index = {image: position for position, image in enumerate(sample_ids)}
-        samples = np.vectorize(lambda i: -1 if i is None else index[i], otypes=[np.int32])(histogram.samples) \
-            if histogram.samples.size else np.zeros(histogram.samples.shape, np.int32)
+        """Write ``scan``'s histogram file under a name of its own run; returns its atlas-relative path."""
         relative = f"arrays/{path_slug(scan.model)}/{path_slug(scan.layer)}.run{run_id}.npz"
-        atomic_write_npz(self.path / relative, {
-            "exponent": histogram.exponent, "first": histogram.first, "counts": histogram.counts,
-            "samples": samples, "sample_ids": np.array(sample_ids, dtype=str), "nonfinite": histogram.nonfinite,
-            "seed": np.array(histogram.seed)})
+        write_histogram_file(self.path / relative, scan.histogram)
         return relative
 
     def _write_layer_rows(self, db: sqlite3.Connection, run_id: int, scan: LayerScan, images: Mapping[str, ImageRecord],
@@ -866,23 +794,8 @@ class Atlas:
         return self._histogram(*self._key(model, layer), unit)
 
     def _histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
-        data = self._histogram_arrays(model, layer)
-        if data is None:
-            return None
-        counts = data["counts"][unit]
-        occupied = np.flatnonzero(counts)
-        reservoir = int(data["samples"].shape[-1])
-        if occupied.size == 0:
-            return {"edges": [], "counts": [], "samples": [], "seed": int(data["seed"]), "reservoir": reservoir}
-        low, high = int(occupied[0]), int(occupied[-1]) + 1
-        width = float(np.ldexp(1.0, int(data["exponent"][unit])))
-        first = int(data["first"][unit])
-        sample_ids = data["sample_ids"]
-        samples = [[str(sample_ids[i]) for i in bin_samples if i >= 0]
-                   for bin_samples in data["samples"][unit][low:high]]
-        return {"edges": [(first + i) * width for i in range(low, high + 1)],
-                "counts": [int(c) for c in counts[low:high]], "samples": samples, "seed": int(data["seed"]),
-                "reservoir": reservoir}
+        arrays = self._histogram_arrays(model, layer)
+        return None if arrays is None else trimmed_histogram(arrays, unit)
 
     def scan_runs(self, model: str) -> dict[str, int]:
         """``{layer: run id}`` of the scans whose results the atlas holds for ``model``.
@@ -910,10 +823,8 @@ class Atlas:
             return None
         relative = row["path"]
         if relative not in self._histogram_cache:
-            try:
-                with np.load(self.path / relative, allow_pickle=False) as data:
-                    arrays = {name: data[name] for name in data.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            arrays = read_histogram_file(self.path / relative)
+            if arrays is None:
                 return None
             self._histogram_cache = {relative: arrays}  # keep one layer
         return self._histogram_cache[relative]

@@ -168,7 +168,7 @@ def _unfinished_runs_beside(atlas: Atlas, run_id: int) -> list[str]:
             continue
         if _scan_identity(run["config"]) != this:
             continue
-        files = sorted(str(path) for path in atlas.checkpoints_dir.glob(f"{run['config_key']}*.npz"))
+        files = [str(path) for path in atlas.checkpoints.files(run["config_key"])]
         kept = (f"; its checkpoint stays in {', '.join(files)}: delete it, or finish the run with its settings "
                 f"(recorded: `{run['command']}`; its results would replace these)") if files else ""
         lines.append(f"note: run {run['id']} of these layers and images, with other settings, is unfinished "
