@@ -211,6 +211,24 @@ def test_a_checkpoint_of_another_unit_count_starts_the_run_over(tiny_rn, images,
     assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "atlas", "neurons", units))
 
 
+def test_a_checkpoint_of_an_older_format_starts_the_run_over(tiny_rn, images, tmp_path, caplog):
+    """A checkpoint says which format it is; one without (an older neuronscope's, whose layout the scanner no
+    longer reads) is not read: the run starts over from the first file, and says why."""
+    from neuronscope.mining.scanner import CHECKPOINT_FORMAT
+
+    run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
+    key, arrays, meta = killed_with_checkpoint(tiny_rn, images, tmp_path / "atlas", after=8, checkpoint_every=8)
+    assert meta["format"] == CHECKPOINT_FORMAT
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.save_checkpoint(key, arrays, {name: value for name, value in meta.items() if name != "format"})
+    with caplog.at_level("WARNING", logger="neuronscope.mining.scanner"):
+        outcome = run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4)
+    assert "older neuronscope" in caplog.text and "starts over" in caplog.text
+    assert outcome.resumed_from == 0 and outcome.run_id == 1
+    units = range(0, 512, 7)
+    assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "atlas", "neurons", units))
+
+
 def test_duplicates_are_tracked_by_content_key_only_for_files_whose_size_repeats(tiny_rn, images, tmp_path):
     # The scan kept (and re-sorted into every checkpoint) the content key of every image it saw.
     from neuronscope.mining.sources import size_twins

@@ -81,7 +81,6 @@ class StreamingMoments:
                 f"{prefix}min": self.min, f"{prefix}max": self.max, f"{prefix}map_sum": self.map_sum}
 
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str) -> None:
-        # A checkpoint written before counts were per unit holds one count for all: broadcast it.
-        self.count = np.broadcast_to(state[f"{prefix}count"], self.mean.shape).astype(np.int64)
+        self.count = state[f"{prefix}count"].astype(np.int64)
         for name in ("mean", "m2", "min", "max", "map_sum"):
             setattr(self, name, state[f"{prefix}{name}"].copy())

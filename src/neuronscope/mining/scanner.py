@@ -62,6 +62,12 @@ from neuronscope.models.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
+#: ``format`` in a scan checkpoint's meta (:func:`write_checkpoint`). A checkpoint of another format is not
+#: read: its run starts over (a checkpoint only lives while its run is unfinished, so no old layout is kept
+#: readable). Bump it when the arrays or meta change. 2: records as UTF-8 JSON rows, sorted content keys, a
+#: count per unit; checkpoints without ``format`` are older.
+CHECKPOINT_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class ScanProgress:
@@ -113,10 +119,6 @@ class ContentKeys:
     def add(self, key: int) -> None:
         self._recent.add(key)
 
-    def update(self, other: ContentKeys) -> None:
-        """Add another scan's keys (a Ray shard's partial state)."""
-        self._sorted = np.union1d(self.array(), other.array())
-
     def __len__(self) -> int:
         return len(self.array())
 
@@ -164,13 +166,18 @@ class ScanState:
 
     def merge(self, other: ScanState) -> None:
         """Fold in the state of a scan of other entries (same layers and settings): every statistic, the
-        image records, counts and skip reasons. Order-free, like the statistics it merges."""
+        image records, counts and skip reasons. Order-free, like the statistics it merges.
+
+        ``other`` holds no content keys: a Ray shard settles its duplicates before it scans and sends none back
+        (:meth:`~neuronscope.mining.ray_backend.ShardScanner.scan_shard`), so there are none to merge."""
         if other.accumulators.keys() != self.accumulators.keys():
             raise ValueError(f"cannot merge a scan of {list(other.accumulators)} into {list(self.accumulators)}")
+        if len(other.seen):
+            raise ValueError("cannot merge a scan state that holds content keys: clear its `seen` first, as a Ray "
+                             "shard does once its duplicates are settled")
         for name, accumulator in self.accumulators.items():
             accumulator.merge(other.accumulators[name])
         self.records.update(other.records)
-        self.seen.update(other.seen)
         self.images += other.images
         self.skipped.update(other.skipped)
         self.prune_records()
@@ -218,12 +225,9 @@ class ScanState:
         for index, accumulator in enumerate(self.accumulators.values()):
             prefix = f"L{index}."
             accumulator.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-        if "records.utf8" in arrays:
-            records = [ImageRecord(*row) for row in json.loads(arrays["records.utf8"].tobytes())]
-        else:  # a checkpoint written before: one string of JSON objects
-            records = [ImageRecord(**r) for r in json.loads(str(arrays["records.json"]))]
+        records = [ImageRecord(*row) for row in json.loads(arrays["records.utf8"].tobytes())]
         self.records = dict(zip(arrays["records.ordinal"].tolist(), records))
-        self.seen = ContentKeys(arrays["seen"])  # sorted since this session; any order before
+        self.seen = ContentKeys(arrays["seen"])
         self.next_ordinal, self.images = int(meta["next_ordinal"]), int(meta["images"])
         self.skipped = Counter(meta["skipped"])
 
@@ -339,7 +343,7 @@ def scan(
 def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id: int, **extra: Any) -> None:
     """Save ``state`` (atomically) as the checkpoint of run ``run_id``; ``extra``: the backend's own meta."""
     arrays, meta = state.state_dict()
-    atlas.save_checkpoint(checkpoint_key, arrays, {**meta, "run_id": run_id, **extra})
+    atlas.save_checkpoint(checkpoint_key, arrays, {**meta, "format": CHECKPOINT_FORMAT, "run_id": run_id, **extra})
 
 
 def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
@@ -366,6 +370,11 @@ def open_scan_run(atlas: Atlas, plan: ScanPlan, state: ScanState, model: LoadedM
     ``state``, or a new one, once the runs of this scan over a source changed since are abandoned. Returns the
     run id and the restored checkpoint's meta (or None)."""
     def fits(arrays: dict[str, np.ndarray], meta: dict) -> bool:
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            log.warning("run %d's checkpoint was written by an older neuronscope (checkpoint format %s, this one "
+                        "reads %d): it starts over from the first file", meta["run_id"], meta.get("format", 1),
+                        CHECKPOINT_FORMAT)
+            return False
         if state.fits(arrays):
             return True
         log.warning("run %d's checkpoint holds another number of units than its layers have now (an older "
