@@ -45,7 +45,6 @@ entry points refuse a sample of another size rather than resize it silently.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +61,7 @@ from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_texts, logit_scale, text_list
 from neuronscope.units import parse_units
+from neuronscope.world.split import bundled_split
 
 #: A progress callback: ``(done, total)`` backward passes, as the commands' ProgressBars take it.
 OnStep = Callable[[int, int], None]
@@ -100,15 +100,6 @@ class ImageSample:
         return f"ImageSample({self.source!r}, {len(self.pixels)} images of {height}x{width} px)"
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled_split():
-    """The bundled split, decoded once per process (3,612 PNGs: about a second) and kept for its life (about
-    44 MB of pixels; the README says so, as a notebook holds it until its kernel restarts)."""
-    from neuronscope.world.split import load_test_split
-
-    return load_test_split()
-
-
 def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, *,
                          preprocess: Preprocess | None = None) -> ImageSample:
     """``n`` images of the mini CLIP's bundled test split, drawn without replacement, in split order.
@@ -117,7 +108,7 @@ def default_image_sample(n: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, *,
     split's own 64 px, the mini CLIP's input. The split is decoded on the first call and kept for the
     life of the process (about 44 MB), so later samples decode nothing.
     """
-    split = _bundled_split()
+    split = bundled_split()
     total = len(split.entries)
     chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
     pixels = split.pixels(chosen)

@@ -184,12 +184,12 @@ def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: 
     and reading images. At most ``per_class`` of each, a seeded draw. Images are
     brought to the model's input size by its own preprocessing.
     """
-    from neuronscope.world.split import load_test_split
+    from neuronscope.world.split import bundled_split
 
     if name not in BUILTIN_FACETS:
         raise NeuronscopeError(f"no built-in facet {name!r}: built-in facets are {', '.join(BUILTIN_FACETS)}; "
                                f"or pass a folder of facet images with --facet DIR --generic DIR")
-    split = load_test_split()
+    split = bundled_split()
     text = np.concatenate([split.indices("word"), split.indices("reading")])
     drawings = split.indices("drawing")
     facet_idx, generic_idx = (text, drawings) if name == "text" else (drawings, text)
