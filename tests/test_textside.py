@@ -570,6 +570,16 @@ def test_a_single_string_is_one_text_not_its_characters(mini, few_images):
     assert encode_texts(mini, "a star").shape == (1, mini.module.text_projection.shape[1])
 
 
+def test_attribution_embeds_the_sample_with_zeroshots_encoder_left_unnormalised(mini, few_images):
+    """attribute_texts reads the image embeddings through encode_pixels(normalize=False): the same forward
+    zeroshot runs, with the norms kept (the retrieval weights normalise them themselves)."""
+    from neuronscope.probing.zeroshot import encode_pixels
+
+    raw = encode_pixels(mini, few_images.pixels, batch_size=3, normalize=False)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(raw)))
+    assert torch.equal(torch.nn.functional.normalize(raw, dim=-1), encode_pixels(mini, few_images.pixels, 3))
+
+
 def test_empty_texts_are_refused_in_the_librarys_words_not_the_clis(mini, few_images):
     with pytest.raises(NeuronscopeError, match=r"^no texts given: attribute at least one prompt$"):
         attribute_texts(mini, "neurons", [], few_images)

@@ -59,7 +59,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
-from neuronscope.probing.zeroshot import encode_texts, logit_scale, text_list
+from neuronscope.probing.zeroshot import encode_pixels, encode_texts, logit_scale, text_list
 from neuronscope.units import parse_units
 from neuronscope.world.split import bundled_split
 
@@ -397,10 +397,9 @@ def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], 
     sample = _sample_for(model, sample)
     canonical = model.resolve_layer(layer)
     text_features = encode_texts(model, texts)  # [P, D]
-    # The weights need the embeddings, which need a forward: one cheap no-grad pass first.
-    with torch.no_grad():  # encode_images autocasts
-        embeddings = torch.cat([model.encode_images(model.preprocess.normalize(sample.pixels[rows].to(model.device)))
-                                .float() for rows in _batches(len(sample.pixels), batch_size)])
+    # The weights need the embeddings, which need a forward: one cheap no-grad pass first. Unnormalised, as
+    # the basis keeps them: retrieval_weights normalises (one place for it).
+    embeddings = encode_pixels(model, sample.pixels, batch_size, normalize=False)  # [N, D]
     weights = retrieval_weights(embeddings, text_features, logit_scale(model))  # [N, P]
     directions = [weights[:, p, None] * text_features[p] for p in range(len(texts))]  # P x [N, D]
     gxa, _, _ = _backward_gxa(model, canonical, sample.pixels, directions, batch_size)  # [P, N, U]

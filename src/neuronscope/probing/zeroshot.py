@@ -43,12 +43,15 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
 
 
 @torch.no_grad()
-def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised image embeddings [N, D] of ``pixels`` [N, 3, H, W] in [0, 1] (fp32 out)."""
+def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 256, *,
+                  normalize: bool = True) -> torch.Tensor:
+    """Image embeddings [N, D] of ``pixels`` [N, 3, H, W] in [0, 1] (fp32 out), L2-normalised unless
+    ``normalize=False`` (attribution needs their norms: its retrieval weights take the raw embeddings)."""
     chunks = []
     for start in range(0, len(pixels), batch_size):
         inputs = model.preprocess.normalize(pixels[start:start + batch_size].to(model.device))
-        chunks.append(torch.nn.functional.normalize(model.encode_images(inputs).float(), dim=-1))
+        features = model.encode_images(inputs).float()
+        chunks.append(torch.nn.functional.normalize(features, dim=-1) if normalize else features)
     return torch.cat(chunks)
 
 
