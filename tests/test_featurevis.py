@@ -761,6 +761,39 @@ def test_facet_folders_are_read_like_a_scan_and_a_bad_file_is_named(tiny_rn, tmp
         facets.folder_images(tmp_path / "empty", tiny_rn)
 
 
+def test_a_facet_reads_a_tar_shard_or_a_list_like_a_folder_and_names_a_bad_member(tiny_rn, tmp_path: Path):
+    """Any source --images takes is a facet source: the same images give the same pixels and content hashes
+    (the probe cache key), in listing order; a bad tar member is named with its shard."""
+    import tarfile
+
+    from neuronscope.errors import NeuronscopeError
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (80, 48), (200 - 50 * index, 40, 40)).save(folder / f"{index}.png")
+    with tarfile.open(tmp_path / "faces.tar", "w") as tar:
+        for index in (2, 0, 1):  # stored out of order: read in name order
+            tar.add(folder / f"{index}.png", arcname=f"{index}.png")
+    (tmp_path / "faces.txt").write_text("faces/1.png\nfaces/0.png\nfaces/2.png\n")
+    pixels, hashes = facets.source_images(folder, tiny_rn)
+    for source in ("faces.tar", "faces.txt"):
+        from_source, source_hashes = facets.source_images(tmp_path / source, tiny_rn)
+        assert source_hashes == hashes and torch.equal(from_source, pixels)
+    assert facets.source_images(tmp_path / "faces.tar", tiny_rn, limit=2)[1] == hashes[:2]
+    images = facets.facet_from_folders(tmp_path / "faces.tar", folder, tiny_rn)
+    assert images.name == "faces.tar" and images.facet_hashes == hashes
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.add(folder / "0.png", arcname="0.png")
+        info = tarfile.TarInfo("9.png")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"\x89PNG!"))
+    with pytest.raises(NeuronscopeError, match=r"bad\.tar::9\.png: cannot read it as an image"):
+        facets.source_images(tmp_path / "bad.tar", tiny_rn)
+    with pytest.raises(NeuronscopeError, match="no such folder or file"):
+        facets.source_images(tmp_path / "nowhere.tar", tiny_rn)
+
+
 def test_swapped_facet_folders_are_another_probe_named_after_the_facet(tiny_rn, tmp_path: Path):
     """--facet A --generic B and --facet B --generic A are opposite probes: the atlas caches both."""
     from neuronscope.atlas import Atlas

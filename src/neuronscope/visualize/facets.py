@@ -36,7 +36,7 @@ from neuronscope.activations.geometry import layer_geometry
 from neuronscope.atlas.runs import model_identity
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
-from neuronscope.mining.sources import content_sha256, list_folder
+from neuronscope.mining.sources import Entry, content_sha256, open_source
 from neuronscope.models.aliases import transformer_block_paths
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.objectives import Context, Objective, channel, l2
@@ -206,32 +206,46 @@ def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: 
     return FacetImages(name, prepared(facet_idx), prepared(generic_idx), hashes(facet_idx), hashes(generic_idx))
 
 
-def folder_images(folder: str | Path, model: LoadedModel, *, limit: int = 2000) -> tuple[Tensor, list[str]]:
-    """Images of a folder (recursive, sorted) as [N, 3, H, W] in [0, 1] at the model's size, and their sha256.
+def source_images(source: str | Path, model: LoadedModel, *, limit: int = 2000) -> tuple[Tensor, list[str]]:
+    """The first ``limit`` images of a folder (recursive), ``.tar`` shard or ``.txt`` list, in listing order
+    (sorted by name), as [N, 3, H, W] in [0, 1] at the model's size, and their content sha256.
 
-    Listed and decoded the way a scan reads a folder (same suffixes, EXIF rotation, modes, pixel limit).
+    Listed by :func:`~neuronscope.mining.sources.open_source` and decoded the way a scan reads them (same
+    suffixes, EXIF rotation, modes, pixel limit), so any ``--images`` source is a facet source too.
+    Unlike a scan, an unreadable file is an error naming it: a facet's images are chosen by hand.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise NeuronscopeError(f"{folder}: not a folder of images")
-    entries = list_folder(root).entries[:limit]
+    if not Path(source).expanduser().exists():
+        raise NeuronscopeError(f"{source}: no such folder or file; give a folder, a .tar shard or a .txt list "
+                               "of images")
+    entries = open_source(source).entries[:limit]
     if not entries:
-        raise NeuronscopeError(f"{folder}: no images found (looked for {' '.join(IMAGE_SUFFIXES)})")
+        raise NeuronscopeError(f"{source}: no images found (looked for {' '.join(IMAGE_SUFFIXES)})")
     images, hashes = [], []
     for entry in entries:
+        where = _entry_location(entry)
         try:
             data = entry.read()
-            images.append(decode_image_bytes(data, entry.path))
-        except (OSError, SkippedFile) as err:  # a facet's images are chosen by hand: say which one is bad
-            raise NeuronscopeError(f"{entry.path}: cannot read it as an image ({err})") from None
+            images.append(decode_image_bytes(data, where))
+        except (OSError, SkippedFile) as err:
+            raise NeuronscopeError(f"{where}: cannot read it as an image ({err}); replace or remove it") from None
         hashes.append(content_sha256(data))
     return model.preprocess.to_pixels(images), hashes
 
 
+#: The old name, from when only folders were read; kept so existing code keeps working.
+folder_images = source_images
+
+
+def _entry_location(entry: Entry) -> str:
+    """Where a user finds an entry: its file, or ``/path/to/SHARD.tar::member`` for a tar member."""
+    return entry.path if entry.offset is None else str(Path(entry.path).with_name(entry.name))
+
+
 def facet_from_folders(facet_dir: str | Path, generic_dir: str | Path, model: LoadedModel) -> FacetImages:
-    """A user's facet: a folder of facet images against a folder of generic ones."""
-    facet, facet_hashes = folder_images(facet_dir, model)
-    generic, generic_hashes = folder_images(generic_dir, model)
+    """A user's facet: facet images against generic ones, each side a folder, ``.tar`` shard or ``.txt``
+    list (:func:`source_images`); the facet is named after ``facet_dir``'s file or folder name."""
+    facet, facet_hashes = source_images(facet_dir, model)
+    generic, generic_hashes = source_images(generic_dir, model)
     return FacetImages(Path(facet_dir).name, facet, generic, facet_hashes, generic_hashes)
 
 
