@@ -615,3 +615,18 @@ def test_a_slow_scan_checkpoints_by_time_between_its_checkpoint_counts(tiny_rn, 
         run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4, checkpoint_every=10**6, checkpoint_seconds=0.0,
                  on_batch=kill_after_two)
     assert run_scan(tiny_rn, images, tmp_path / "atlas", batch_size=4).resumed_from == 8
+
+
+def test_the_scans_progress_hook_has_a_name_of_its_own_and_the_old_one_still_imports():
+    """mining.scanner.ProgressHook (one ScanProgress a call) and probing.words.ProgressHook ((done, total))
+    were two different things under one name: the scan's is ScanProgressHook, the old name an alias."""
+    import typing
+
+    from neuronscope.mining import ScanProgress, ScanProgressHook
+    from neuronscope.mining.scanner import ProgressHook
+    from neuronscope.probing.words import ProgressHook as WordsProgressHook
+
+    assert ProgressHook is ScanProgressHook
+    assert typing.get_args(ScanProgressHook) == ([ScanProgress], None)
+    assert typing.get_args(WordsProgressHook) == ([int, int], None)
+    assert typing.get_type_hints(scan)["on_batch"] == ScanProgressHook | None

@@ -16,13 +16,13 @@ from neuronscope.mining.loader import iter_batches
 from neuronscope.mining.moments import StreamingMoments
 from neuronscope.mining.ray_backend import scan_ray  # imports Ray only when a Ray scan starts
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
-from neuronscope.mining.scanner import ScanProgress, scan, scan_config
+from neuronscope.mining.scanner import ScanProgress, ScanProgressHook, scan, scan_config
 from neuronscope.mining.sources import Entry, ImageSource, image_folder, image_id, open_source
 from neuronscope.mining.topk import StreamingTopK
 
 __all__ = [
     "Entry", "Examples", "HistogramArrays", "ImageRecord", "ImageSource", "LayerAccumulator", "LayerScan",
-    "ScanOutcome", "ScanProgress", "ScanSettings", "StreamingHistogram", "StreamingMoments", "StreamingTopK",
+    "ScanOutcome", "ScanProgress", "ScanProgressHook", "ScanSettings", "StreamingHistogram", "StreamingMoments", "StreamingTopK",
     "image_folder", "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config", "scan_ray",
     "uniform_buckets",
 ]

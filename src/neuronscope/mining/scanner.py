@@ -88,7 +88,11 @@ class ScanProgress:
                    time.perf_counter() - started)
 
 
-ProgressHook = Callable[[ScanProgress], None]
+#: A scan's progress callback (``scan``'s and ``scan_ray``'s ``on_batch``): one :class:`ScanProgress` a call.
+ScanProgressHook = Callable[[ScanProgress], None]
+#: The old name of :data:`ScanProgressHook`, kept so imports keep working; not to be confused with
+#: :data:`neuronscope.probing.words.ProgressHook`, which takes ``(done, total)``.
+ProgressHook = ScanProgressHook
 
 
 def content_key(sha256: str) -> int:
@@ -296,7 +300,7 @@ def scan(
     max_pixels: int = PILLOW_MAX_PIXELS,
     thumbnails: bool = True,
     command: str = "scan",
-    on_batch: ProgressHook | None = None,
+    on_batch: ScanProgressHook | None = None,
 ) -> ScanOutcome:
     """Scan ``source`` through ``model`` and store every unit of ``layers`` in ``atlas``.
 
@@ -311,7 +315,8 @@ def scan(
         max_pixels: larger images (by their header) are skipped as ``too_many_pixels``.
         thumbnails: draw the top examples' thumbnails with the firing cell marked.
         command: recorded in the run (the CLI passes its command line).
-        on_batch: called after every batch (progress bars; tests raise in it to simulate a kill).
+        on_batch: called after every batch with a :class:`ScanProgress` (entries done of total, images,
+            skipped, resumed from, seconds) for progress bars; tests raise in it to simulate a kill.
 
     Returns:
         A :class:`ScanOutcome`; the results are in ``atlas`` (``Atlas.unit``).

@@ -104,6 +104,8 @@ class WordProbe:
         return buffer.getvalue()
 
 
+#: Called after every batch with (words done, words total); a scan's hook takes a ScanProgress instead
+#: (:data:`neuronscope.mining.scanner.ScanProgressHook`).
 ProgressHook = Callable[[int, int], None]
 #: Called after every batch with (words done, that batch's scores float32 [words in batch, units]).
 ScoresHook = Callable[[int, torch.Tensor], None]

@@ -425,6 +425,8 @@ def render_faceted(
     Args:
         config: steps, size, seed...; its lr is ``settings``' (the paper's by default).
         settings: the faceted lr and squared-L2 penalty (the paper's by default).
+        on_step: called with (steps done, total steps) over all passes, after every step (progress bars).
+        on_pass: called with each pass's :class:`UnitRender` s as soon as it is rendered (to store them).
 
     Returns:
         :class:`UnitRender` s of kind ``facet:NAME``, index = the strength's position.
