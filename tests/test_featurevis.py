@@ -685,8 +685,10 @@ def test_cli_facet_lr_and_l2_reach_the_render(tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--facet", "nosuch"), "--facet nosuch: no such folder; built-in facets are text, drawing"),
-    (("--facet", "facez/", "--generic", "."), "--facet facez/: no such folder; built-in facets are text, drawing"),
+    (("--facet", "nosuch"), "--facet nosuch: no such folder or file; built-in facets are text, drawing"),
+    (("--facet", "facez/", "--generic", "."), "--facet facez/: no such folder or file; built-in facets are"),
+    (("--facet", "."), "give the contrast images with --generic"),
+    (("--facet", ".", "--generic", "nosuch.tar"), "--generic nosuch.tar: no such folder or file"),
     (("--facet", "text", "--generic", "."), "the built-in facet 'text' brings its own"),
     (("--generic", "."), "--generic goes with --facet"),
     (("--facet-strengths", "3"), "--facet-strengths goes with --facet"),
@@ -870,3 +872,13 @@ def test_a_timm_vit_without_probe_layers_is_told_its_own_blocks():
     model = load_model(TimmClip(timm_trunks()["vit"]), preprocess=Preprocess(image_size=(16, 16)))
     with pytest.raises(NeuronscopeError, match=r"e\.g\. 'visual\.trunk\.blocks\.\{0,1\}'"):
         facets.probe_layers(model)
+
+
+def test_a_facet_of_your_own_may_be_a_tar_shard_or_a_list_and_is_named_by_it(tmp_path: Path):
+    """--facet and --generic took folders only, although facets read shards and lists since source_images."""
+    from neuronscope.visualize.store import facet_name
+
+    shard, listing = tmp_path / "faces.tar", tmp_path / "generic.txt"
+    shard.write_bytes(b""), listing.write_text("")
+    assert facet_name(str(shard), str(listing)) == "faces"
+    assert facet_name(str(tmp_path), str(shard)) == tmp_path.name

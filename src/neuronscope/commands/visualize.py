@@ -51,9 +51,9 @@ def _recorded_command(ctx: typer.Context, model: LoadedModel, layer: str, config
                       generic: str | None, facet_strengths: int | None) -> str:
     """The command line a run records: every option that changes the images, the batch size among them
     (other passes, other float rounding), as the render ran them (the faceted render's own learning rate,
-    its number of strengths); facet folders by name, never a path."""
+    its number of strengths); facet sources (folders, shards, lists) by name, never a path."""
     def folder_or_name(value: str | None) -> str | None:
-        return Path(value).name if value and Path(value).is_dir() else value
+        return Path(value).name if value and Path(value).exists() else value
 
     return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"png"}, layer=layer,
                             lr=config.lr, facet=folder_or_name(facet), generic=folder_or_name(generic),
@@ -79,10 +79,11 @@ def visualize(
                                                            "distance from grey; a faceted render also has the "
                                                            "paper's own 10 x mean square).")] = 0.0,
     tv: Annotated[float, typer.Option("--tv", min=0.0, help="Weight of a total-variation penalty.")] = 0.0,
-    facet: Annotated[Optional[str], typer.Option("--facet", help="Faceted render: a built-in facet "
-                                                               "(text, drawing) or a folder of facet images.")] = None,
-    generic: Annotated[Optional[str], typer.Option("--generic", help="Folder of generic images (with --facet DIR).")
-                       ] = None,
+    facet: Annotated[Optional[str], typer.Option(
+        "--facet", help="Faceted render: a built-in facet (text, drawing) or a folder, .tar shard or .txt list "
+                        "of facet images.")] = None,
+    generic: Annotated[Optional[str], typer.Option(
+        "--generic", help="Folder, .tar shard or .txt list of generic images (with --facet SRC).")] = None,
     facet_strengths: Annotated[Optional[int], typer.Option("--facet-strengths", min=1,
                                                            help="Images per unit, facet strength ramped 0.1 to 5 "
                                                                 "(default 1: strength 5 only).")] = None,

@@ -42,33 +42,38 @@ def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
 
 
 def facet_name(facet: str, generic: str | None = None) -> str:
-    """The name of the facet ``--facet facet [--generic generic]`` asks for: a built-in's, or the facet folder's.
+    """The name of the facet ``--facet facet [--generic generic]`` asks for: a built-in's, or the facet
+    source's (a folder's name, a ``.tar`` shard's or ``.txt`` list's stem).
 
     Checks the pair without reading an image, so a command can refuse it before it starts any work.
 
     Raises:
-        NeuronscopeError: a facet that is neither a folder nor built in; a folder without ``generic``
-            (or with one that is not a folder); a built-in facet with ``generic``.
+        NeuronscopeError: a facet that is neither an image source on disk nor built in; a source without
+            ``generic`` (or with one that does not exist); a built-in facet with ``generic``.
     """
-    if Path(facet).is_dir():
+    source = Path(facet)
+    if source.exists():
         if not generic:
-            raise NeuronscopeError(f"--facet {facet} is a folder: give the contrast images with --generic DIR")
-        if not Path(generic).is_dir():
-            raise NeuronscopeError(f"--generic {generic}: no such folder; give a folder of generic images")
-        return Path(facet).name
+            raise NeuronscopeError(f"--facet {facet} is your own facet: give the contrast images with --generic "
+                                   f"(a folder, .tar shard or .txt list of generic images)")
+        if not Path(generic).exists():
+            raise NeuronscopeError(f"--generic {generic}: no such folder or file; give a folder, .tar shard or "
+                                   f".txt list of generic images")
+        return source.name if source.is_dir() else source.stem
     if facet not in facets.BUILTIN_FACETS:
-        raise NeuronscopeError(f"--facet {facet}: no such folder; built-in facets are "
+        raise NeuronscopeError(f"--facet {facet}: no such folder or file; built-in facets are "
                                f"{', '.join(facets.BUILTIN_FACETS)}")
     if generic:
-        raise NeuronscopeError(f"--generic goes with a facet folder; the built-in facet {facet!r} brings its own")
+        raise NeuronscopeError(f"--generic goes with your own facet images; the built-in facet {facet!r} brings "
+                               f"its own")
     return facet
 
 
 def load_facet_images(model: LoadedModel, facet: str, generic: str | None = None) -> facets.FacetImages:
-    """A built-in facet's images, or ``facet`` (a folder) vs ``generic`` (a folder), at the model's input:
-    where a bad facet fails (no such facet, no readable images)."""
+    """A built-in facet's images, or ``facet`` vs ``generic`` (each a folder, ``.tar`` shard or ``.txt``
+    list), at the model's input: where a bad facet fails (no such facet, no readable images)."""
     facet_name(facet, generic)
-    if Path(facet).is_dir():
+    if Path(facet).exists():
         return facets.facet_from_folders(facet, generic, model)  # type: ignore[arg-type]  # checked above
     return facets.builtin_facet(facet, model)
 
