@@ -570,7 +570,7 @@ def test_atlas_files_are_written_with_the_users_umask_not_0600(tmp_path):
     were unreadable to any other user, and a copy served by one answered 500 for every image."""
     import os
 
-    from neuronscope.atlas.store import atomic_write_bytes
+    from neuronscope.atlas.files import atomic_write_bytes
 
     old_umask = os.umask(0o022)
     try:

@@ -760,7 +760,7 @@ def test_facet_folders_are_read_like_a_scan_and_a_bad_file_is_named(tiny_rn, tmp
         facets.facet_from_folders(tmp_path / "faces", tmp_path / "generic", tiny_rn)
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuronscopeError, match="no images found"):
-        facets.folder_images(tmp_path / "empty", tiny_rn)
+        facets.source_images(tmp_path / "empty", tiny_rn)
 
 
 def test_a_facet_reads_a_tar_shard_or_a_list_like_a_folder_and_names_a_bad_member(tiny_rn, tmp_path: Path):

@@ -33,9 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from neuronscope.atlas.checkpoints import CheckpointStore
-# Re-exported: these lived here before atlas/files.py, and callers import them from this module.
-from neuronscope.atlas.files import (atomic_write, atomic_write_bytes, atomic_write_npz, from_url_name,  # noqa: F401
-                                     path_slug, url_name)
+from neuronscope.atlas.files import atomic_write_bytes, from_url_name, path_slug
 from neuronscope.atlas.histograms import (histogram_sample_ids, read_histogram_file, trimmed_histogram,
                                           write_histogram_file)
 from neuronscope.atlas.schema import ensure_schema
@@ -256,6 +254,7 @@ class Atlas:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._held = None  # read inside the transaction: it may hold what the rollback undid
             raise
         self.db.execute("COMMIT")
 

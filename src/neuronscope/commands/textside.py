@@ -170,8 +170,8 @@ def attribute(
             else:
                 _print_prompt_units(payloads)
             return
-    from neuronscope.probing.text_store import (interrupted_text_run, merge_unit_texts, start_text_run,
-                                                 vocabulary_run_config)
+    from neuronscope.atlas.runs import marked_interrupted
+    from neuronscope.probing.text_store import merge_unit_texts, start_text_run, vocabulary_run_config
     from neuronscope.probing.zeroshot import encode_texts
 
     texts = [template.format(entry) for entry in entries]
@@ -184,7 +184,7 @@ def attribute(
                                 config=vocabulary_run_config(loaded, record, template=template, top_k=top_k,
                                                              seed=seed, sample=sample),
                                 dataset=record.dataset())
-        with interrupted_text_run(atlas, run_id):
+        with marked_interrupted(atlas, run_id):
             scored = basis.top_texts(texts, encode_texts(loaded, texts), chosen, top_k)
             merge_unit_texts(atlas, run_id, basis.model, basis.layer, scored)
             atlas.finish_run(run_id, images=len(image_sample.pixels))
@@ -244,7 +244,8 @@ def textvis(
     store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
     stored as it finishes: the same command run again goes on in its run with the units left (after a kill),
     or climbs none (after it finished)."""
-    from neuronscope.probing.text_store import interrupted_text_run, start_text_run
+    from neuronscope.atlas.runs import marked_interrupted
+    from neuronscope.probing.text_store import start_text_run
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
     from neuronscope.runtime import seed_everything
 
@@ -274,7 +275,7 @@ def textvis(
                   "sample_key": basis.sample_key, "precision": loaded.precision.name,
                   "weights_sha256": loaded.weights_identity()}
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="textvis", config=config, resume=True)
-        with interrupted_text_run(atlas, run_id):
+        with marked_interrupted(atlas, run_id):
             results, kept = _climb_units(atlas, run_id, loaded, basis, chosen, settings, bars)
             atlas.finish_run(run_id, images=len(basis.image_embeddings))
         atlas.drop_checkpoint(basis_key)
@@ -337,7 +338,8 @@ def emotions(
     PNG of the map."""
     from neuronscope.analysis.emotion_plot import plot_emotion_atlas
     from neuronscope.analysis.emotions import ATLAS_FACTORS, check_emotion_words, emotion_atlas, text_lexical_units
-    from neuronscope.probing.text_store import interrupted_text_run, start_text_run, vocabulary_run_config
+    from neuronscope.atlas.runs import marked_interrupted
+    from neuronscope.probing.text_store import start_text_run, vocabulary_run_config
     from neuronscope.probing.vocab import load_vocabulary
     from neuronscope.runtime import seed_everything
 
@@ -361,7 +363,7 @@ def emotions(
                                 config=vocabulary_run_config(loaded, record, max_units=max_units,
                                                              drop_lexical=drop_lexical, seed=seed, sample=sample),
                                 dataset=record.dataset())
-        with interrupted_text_run(atlas, run_id):
+        with marked_interrupted(atlas, run_id):
             codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
                                         run_id=run_id)
             plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png,

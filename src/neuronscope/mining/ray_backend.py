@@ -65,9 +65,9 @@ from neuronscope.mining.results import ScanOutcome
 from neuronscope.mining.scanner import (
     ContentKeys,
     LayerGeometry,
-    ProgressHook,
     ScanPlan,
     ScanProgress,
+    ScanProgressHook,
     ScanState,
     content_key,
     finish_scan,
@@ -301,7 +301,7 @@ def scan_ray(
     thumbnails: bool = True,
     command: str = "scan",
     address: str | None = None,
-    on_batch: ProgressHook | None = None,
+    on_batch: ScanProgressHook | None = None,
 ) -> ScanOutcome:
     """:func:`neuronscope.mining.scan` on Ray: same arguments, same results, same atlas writes.
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import config_digest, layer_record, marked_interrupted, open_run, start_run
+from neuronscope.atlas.runs import config_digest, layer_record, open_run, start_run
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
 from neuronscope.probing.vocab import VocabularyRecord
@@ -71,9 +71,6 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
                          units=basis.units, grid=basis.grid, run_id=run_id)
     return run_id
 
-
-#: ``commands/textside.py``'s name for :func:`~neuronscope.atlas.runs.marked_interrupted`.
-interrupted_text_run = marked_interrupted
 
 
 def merge_unit_texts(atlas: Atlas, run_id: int, model: str, layer: str,

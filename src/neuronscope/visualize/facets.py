@@ -232,10 +232,6 @@ def source_images(source: str | Path, model: LoadedModel, *, limit: int = 2000) 
     return model.preprocess.to_pixels(images), hashes
 
 
-#: The old name, from when only folders were read; kept so existing code keeps working.
-folder_images = source_images
-
-
 def _entry_location(entry: Entry) -> str:
     """Where a user finds an entry: its file, or ``/path/to/SHARD.tar::member`` for a tar member."""
     return entry.path if entry.offset is None else str(Path(entry.path).with_name(entry.name))

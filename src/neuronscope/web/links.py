@@ -22,7 +22,8 @@ import posixpath
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from neuronscope.atlas.store import bare_name, from_url_name, url_name
+from neuronscope.atlas.files import from_url_name, url_name
+from neuronscope.atlas.store import bare_name
 from neuronscope.web.files import media_type
 
 #: Characters kept as they are in a URL segment (``:`` and ``@`` are legal in a path segment).
