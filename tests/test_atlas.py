@@ -668,3 +668,17 @@ def test_a_histogram_file_reads_back_trimmed_to_its_occupied_bins(tmp_path):
     assert trimmed_histogram(arrays, 0) == {"edges": [1.5, 2.0, 2.5], "counts": [3, 5],
                                             "samples": [["b"], ["a", "b"]], "seed": 7, "reservoir": 2}
     assert trimmed_histogram(arrays, 1)["edges"] == [] and read_histogram_file(tmp_path / "missing.npz") is None
+
+
+def test_a_rolled_back_write_leaves_no_layer_behind_in_what_the_atlas_reads(tmp_path):
+    """The catalogue read inside a transaction was cached past its rollback: the layer it undid was still
+    listed, and set_label by an alias wrote under it."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", "visual.layer4", aliases=["neurons"], units=2, grid=(1, 1))
+        with pytest.raises(RuntimeError):
+            with atlas.transaction():
+                atlas.db.execute("INSERT INTO layers (model, layer, aliases, units, grid_rows, grid_cols) "
+                                 "VALUES ('m@x', 'visual.layer3', '[\"mid\"]', 2, 1, 1)")
+                assert [entry["layer"] for entry in atlas.layers("m@x")] == ["visual.layer3", "visual.layer4"]
+                raise RuntimeError("the write fails")
+        assert [entry["layer"] for entry in atlas.layers("m@x")] == ["visual.layer4"]
