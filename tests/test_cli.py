@@ -273,7 +273,8 @@ def test_a_recorded_command_is_every_option_in_effect_and_no_absolute_path(tmp_p
     from neuronscope.commands.common import HOW_IT_RUNS, recorded_command
 
     toy, recorded = typer.Typer(), []
-    loaded = SimpleNamespace(key="m@random", precision=SimpleNamespace(name="fp32"))
+    loaded = SimpleNamespace(key="m@random", spec=SimpleNamespace(name="m", weights="random"),
+                             precision=SimpleNamespace(name="fp32"))
 
     @toy.callback()
     def root() -> None:
@@ -281,7 +282,7 @@ def test_a_recorded_command_is_every_option_in_effect_and_no_absolute_path(tmp_p
 
     @toy.command("fill")
     def fill(ctx: typer.Context, model: Annotated[str, typer.Option("--model", "-m")] = "m",
-             out: str = "", images: Optional[str] = None, vocab: str = "english-10k", seed: int = 0,
+             weights: Optional[str] = None, out: str = "", images: Optional[str] = None, vocab: str = "english-10k", seed: int = 0,
              lr: float = 0.05, thumbnails: Annotated[bool, typer.Option("--thumbnails/--no-thumbnails")] = True,
              drop: Annotated[bool, typer.Option("--drop")] = False,
              prompt: Annotated[Optional[list[str]], typer.Option("--prompt")] = None, device: str = "auto",
@@ -298,7 +299,13 @@ def test_a_recorded_command_is_every_option_in_effect_and_no_absolute_path(tmp_p
         assert recorded.pop() == (f"neuronscope fill --model m@random --out atlas --images {images} --vocab {vocab} "
                                   "--seed 3 --lr 0.05 --no-thumbnails --drop --prompt 'a cat' --prompt b "
                                   "--precision fp32")
-    assert HOW_IT_RUNS >= {"weights", "device", "batch_size", "json_out", "debug"}
+    assert HOW_IT_RUNS >= {"device", "batch_size", "json_out", "debug"}
+    # weights from a file: a NAME@sha256:... key cannot be loaded, so the architecture and the file as given
+    loaded.key, loaded.spec.weights = "m@sha256:0123456789ab", "sha256:0123456789ab"
+    assert CliRunner().invoke(toy, ["fill", "--model", "m", "--weights", str(tmp_path / "w.pt")]).exit_code == 0
+    assert recorded.pop().startswith("neuronscope fill --model m --weights w.pt --out '' --vocab english-10k")
+    assert CliRunner().invoke(toy, ["fill", "--model", "ckpt/run"]).exit_code == 0  # a checkpoint folder
+    assert recorded.pop().startswith("neuronscope fill --model ckpt/run --out '' --vocab english-10k")
 
 
 def test_zeroshot_refuses_a_template_without_braces_before_the_model_loads(monkeypatch, tmp_path):

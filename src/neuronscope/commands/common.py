@@ -278,9 +278,8 @@ def fill_report(atlas: str | os.PathLike | None, run_id: int | None, model: str,
             **extra}
 
 
-#: Options that change how a command runs, not what it computes (the recorded model key names the weights):
-#: left out of the command line a run records.
-HOW_IT_RUNS = frozenset({"weights", "device", "json_out", "debug", "batch_size", "workers", "checkpoint_every"})
+#: Options that change how a command runs, not what it computes: left out of the command line a run records.
+HOW_IT_RUNS = frozenset({"device", "json_out", "debug", "batch_size", "workers", "checkpoint_every"})
 
 
 def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: Collection[str] = HOW_IT_RUNS,
@@ -288,8 +287,10 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
     """The command line a run records, built from the options in effect (``context``, the running command's),
     so that running it again reproduces the run: every option but ``leave_out``, with its value as given or
     defaulted, or as ``values`` replaces it (the canonical layer, say). ``--model`` is the model's key, which
-    names its weights, and ``--precision`` the one it ran at (``auto`` resolves by device). The options are
-    read from the command itself: a new one is recorded without anyone remembering to add it.
+    names its weights (weights from a local file: the architecture and ``--weights`` as given, since a
+    ``NAME@sha256:...`` key cannot be loaded by itself), and ``--precision`` the one it ran at (``auto``
+    resolves by device). The options are read from the command itself: a new one is recorded without anyone
+    remembering to add it.
 
     No absolute paths (runs are shown in static exports): ``--out`` is the atlas's folder name, and the
     options named in ``paths`` are given as :func:`~neuronscope.probing.vocab.recorded_path` gives them.
@@ -301,7 +302,8 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
     unknown = set(values) - set(options)
     if unknown:
         raise ValueError(f"{context.info_name} has no option {sorted(unknown)}")
-    given = {**context.params, "model": model.key, "precision": model.precision.name, **values}
+    given = {**context.params, **_recorded_model(context.params, model), "precision": model.precision.name,
+             **values}
     words = ["neuronscope", *_command_words(context)]
     for name, option in options.items():
         value = given.get(name)
@@ -313,6 +315,18 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
             value = recorded_path(value)
         words += _option_words(option, value)
     return shlex.join(words)
+
+
+def _recorded_model(params: dict[str, Any], model: LoadedModel) -> dict[str, Any]:
+    """``--model`` and ``--weights`` as a run records them: the key alone for registry, bundled and random
+    weights; for a local file, the architecture and the file as given (a path given as ``--model``: itself)."""
+    from neuronscope.probing.vocab import recorded_path
+
+    if not model.spec.weights.startswith("sha256:"):  # a tag, bundled or random: the key loads them
+        return {"model": model.key, "weights": None}
+    if params.get("weights"):
+        return {"model": model.spec.name, "weights": recorded_path(params["weights"])}
+    return {"model": recorded_path(params["model"]), "weights": None}
 
 
 def _command_words(context: typer.Context) -> list[str]:
