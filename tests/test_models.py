@@ -735,3 +735,10 @@ def test_a_hugging_face_text_tower_is_built_offline_or_refused_in_one_line(monke
             assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # no request can leave while it builds
             raise OSError("We couldn't connect to 'https://huggingface.co'")
     assert huggingface_hub.constants.HF_HUB_OFFLINE == before
+    monkeypatch.setenv("NEURONSCOPE_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with hf_text_tower("roberta-ViT-B-32", {"hf_model_name": "roberta-base"}, may_download=True):
+        assert huggingface_hub.constants.HF_HUB_OFFLINE == before  # a downloading tag was named: its config may come
+    monkeypatch.setenv("NEURONSCOPE_OFFLINE", "1")
+    with hf_text_tower("roberta-ViT-B-32", {"hf_model_name": "roberta-base"}, may_download=True):
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True

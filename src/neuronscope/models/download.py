@@ -32,6 +32,14 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def offline_requested() -> str | None:
+    """Which of :data:`OFFLINE_ENV` forbids downloads (``"NEURONSCOPE_OFFLINE=1 is set"``), or None."""
+    for name in OFFLINE_ENV:
+        if _truthy(os.environ.get(name)):
+            return f"{name}=1 is set"
+    return None
+
+
 def _hf_repo_and_files(hf_hub: str) -> tuple[str, tuple[str, ...]]:
     """open_clip writes ``org/repo/`` (default file names) or ``org/repo/file.bin``."""
     if hf_hub.endswith("/"):
@@ -92,9 +100,8 @@ def unreachable_reason(url: str, timeout: float = PROBE_SECONDS) -> str | None:
     variables. The probe runs in a daemon thread so that a hanging DNS lookup
     or TLS handshake cannot hold the caller past ``timeout``.
     """
-    for name in OFFLINE_ENV:
-        if _truthy(os.environ.get(name)):
-            return f"{name}=1 is set"
+    if reason := offline_requested():
+        return reason
     if not url:
         return "no download location is known"
     outcome: list[str | None] = []

@@ -472,7 +472,8 @@ def _module_tokenizer(module: nn.Module) -> TokenizerSpec:
 def build(spec: ModelSpec) -> nn.Module:
     """A random-init module of ``spec``'s architecture, on the CPU in fp32."""
     if spec.source == "open_clip":
-        return openclip.build_named(spec.name, quick_gelu=spec.quick_gelu)
+        downloading_tag = spec.weights != RANDOM and not spec.weights.startswith("sha256:")
+        return openclip.build_named(spec.name, quick_gelu=spec.quick_gelu, may_download=downloading_tag)
     if spec.source == "config" and spec.model_cfg is not None:
         return openclip.build_from_cfg(spec.model_cfg, quick_gelu=spec.quick_gelu)
     raise WeightsError(f"cannot build {spec.key} from its spec (source {spec.source!r}); load it from its file")

@@ -61,21 +61,26 @@ def pretrained_tags(name: str) -> dict[str, dict[str, Any]]:
     return {tag: dict(open_clip.get_pretrained_cfg(name, tag)) for tag in open_clip.list_pretrained_tags_by_model(name)}
 
 
-def build_named(name: str, quick_gelu: bool) -> nn.Module:
-    """A random-init open_clip model of a built-in architecture, on the CPU in fp32."""
+def build_named(name: str, quick_gelu: bool, *, may_download: bool = False) -> nn.Module:
+    """A random-init open_clip model of a built-in architecture, on the CPU in fp32.
+
+    ``may_download``: the weights named are a tag that downloads, so a Hugging Face text tower's config may
+    be fetched too (see :func:`hf_text_tower`)."""
     import open_clip
 
-    with quiet_open_clip(), hf_text_tower(name, (model_config(name) or {}).get("text_cfg", {})):
+    text_cfg = (model_config(name) or {}).get("text_cfg", {})
+    with quiet_open_clip(), hf_text_tower(name, text_cfg, may_download=may_download):
         return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
 
 
 @contextlib.contextmanager
-def hf_text_tower(name: str, text_cfg: Mapping[str, Any]) -> Iterator[None]:
-    """Build a model whose text tower is a Hugging Face model (roberta, xlm-roberta, mt5...) offline.
+def hf_text_tower(name: str, text_cfg: Mapping[str, Any], *, may_download: bool = False) -> Iterator[None]:
+    """Build a model whose text tower is a Hugging Face model (roberta, xlm-roberta, mt5...).
 
-    open_clip reads that model's config from the hub even for random weights: here it is read from the
-    local cache only (random weights never touch the network), and a missing ``transformers`` or config
-    is one line that says how to get it, not transformers' error after its retries.
+    open_clip reads that model's config from the hub even for random weights: unless ``may_download`` (a
+    downloading tag was named, and no ``NEURONSCOPE_OFFLINE``/``HF_HUB_OFFLINE``) it is read from the local
+    cache only (random weights and local files never touch the network), and a missing ``transformers`` or
+    config is one line that says how to get it, not transformers' error after its retries.
     """
     hf_name = text_cfg.get("hf_model_name")
     if not hf_name:
@@ -90,8 +95,11 @@ def hf_text_tower(name: str, text_cfg: Mapping[str, Any]) -> Iterator[None]:
         raise NeuronscopeError(f"{needs}, which needs the transformers package: pip install transformers")
     import huggingface_hub.constants
 
+    from neuronscope.models.download import offline_requested
+
     offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    huggingface_hub.constants.HF_HUB_OFFLINE = True  # transformers asks this constant before any request
+    # transformers asks this constant before any request
+    huggingface_hub.constants.HF_HUB_OFFLINE = bool(offline or not may_download or offline_requested())
     try:
         yield
     except OSError as err:  # transformers: not in the cache (with the hub switched off)
