@@ -113,7 +113,7 @@ def visualize(
     if facet and diverse:
         raise NeuronscopeError("--facet and --diverse are separate renders; run them one at a time")
     if not facet and (generic or facet_strengths is not None):
-        raise NeuronscopeError(f"{'--generic' if generic else '--facet-strengths'} goes with --facet NAME|DIR; "
+        raise NeuronscopeError(f"{'--generic' if generic else '--facet-strengths'} goes with --facet NAME|SRC; "
                                f"add --facet or leave it out")
     if diverse == 1:
         raise NeuronscopeError("--diverse needs at least 2 images per unit (or 0 for a plain render)")

@@ -188,7 +188,8 @@ def builtin_facet(name: str, model: LoadedModel, *, per_class: int = 200, seed: 
 
     if name not in BUILTIN_FACETS:
         raise NeuronscopeError(f"no built-in facet {name!r}: built-in facets are {', '.join(BUILTIN_FACETS)}; "
-                               f"or pass a folder of facet images with --facet DIR --generic DIR")
+                               "or pass your own facet images with --facet SRC --generic SRC (folders, .tar shards "
+                               "or .txt lists)")
     split = bundled_split()
     text = np.concatenate([split.indices("word"), split.indices("reading")])
     drawings = split.indices("drawing")
