@@ -47,7 +47,10 @@ def _recorded_command(ctx: typer.Context, model: LoadedModel) -> str:
     """The command line the run records: this one, with ``--weights`` (it has no ``--model``: the model is
     fixed) and every option that changes the scores; ``--weights`` and ``--vocab`` as
     :func:`~neuronscope.probing.vocab.recorded_path` gives them."""
-    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS | {"top"}, paths=("vocab",))
+    from neuronscope.probing.vocab import recorded_path
+
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS | {"top"}, paths=("vocab",),
+                            weights=recorded_path(ctx.params["weights"]))  # no --model: always the weights
 
 
 @app.command("words")
