@@ -154,16 +154,10 @@ def marked_interrupted(atlas: Atlas, run_id: int) -> Iterator[None]:
         raise
 
 
-def layer_record(model: LoadedModel, layer: str) -> dict[str, Any]:
-    """A run's record of a canonical ``layer``: ``{"layer", "aliases"}`` (the model's aliases of it)."""
-    from neuronscope.activations.names import aliases_by_layer
-
-    return {"layer": layer, "aliases": aliases_by_layer(model.layer_aliases).get(layer, [])}
-
-
 def start_run(atlas: Atlas, model: LoadedModel, *, command: str, config: Mapping[str, Any], config_key: str,
               layers: list[str], dataset: Mapping[str, Any] | None) -> int:
     """Record a new run of ``model`` over canonical ``layers`` (status ``running``); returns its id."""
+    records = [{"layer": name, "aliases": model.aliases_of(name)} for name in layers]
     return atlas.start_run(command=command, config=config, config_key=config_key, model=model.key,
-                           weights_sha256=model.weights_sha256, layers=[layer_record(model, name) for name in layers],
-                           dataset=dataset, precision=model.precision.name)
+                           weights_sha256=model.weights_sha256, layers=records, dataset=dataset,
+                           precision=model.precision.name)

@@ -84,6 +84,12 @@ class LoadedModel:
 
         return resolve_layer(self.module, name, self.layer_aliases, model_key=self.key)
 
+    def aliases_of(self, layer: str) -> list[str]:
+        """The aliases of a canonical ``layer`` (``neurons`` first), as an atlas registers them."""
+        from neuronscope.activations.names import aliases_by_layer
+
+        return aliases_by_layer(self.layer_aliases).get(layer, [])
+
     @cached_property
     def weights_sha256(self) -> str | None:
         """Full sha256 of the weights' file (or of the state dict for in-memory modules); None for random.

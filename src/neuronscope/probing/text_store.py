@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import config_digest, layer_record, open_run, start_run
+from neuronscope.atlas.runs import config_digest, open_run, start_run
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
 from neuronscope.probing.vocab import VocabularyRecord
@@ -67,7 +67,7 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
                          config_key=config_key, layers=[basis.layer], dataset=dataset)
 
     run_id = open_run(atlas, config_key, start, reopen_finished=True).run_id if resume else start()
-    atlas.register_layer(basis.model, basis.layer, aliases=layer_record(model, basis.layer)["aliases"],
+    atlas.register_layer(basis.model, basis.layer, aliases=model.aliases_of(basis.layer),
                          units=basis.units, grid=basis.grid, run_id=run_id)
     return run_id
 

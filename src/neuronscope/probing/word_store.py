@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
-                                    drop_checkpoints, layer_record, marked_interrupted, open_run, start_run)
+                                    drop_checkpoints, marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
@@ -55,19 +55,11 @@ def word_run_config(model: LoadedModel, layer: str, vocabulary: VocabularyRecord
     return config, "words-" + config_digest(config, 20)
 
 
-def _start_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: VocabularyRecord,
-                    config: dict[str, Any], config_key: str, command: str) -> int:
-    """Record a words run (status ``running``); returns its id."""
-    return start_run(atlas, model, command=command, config=config, config_key=config_key, layers=[layer],
-                     dataset=vocabulary.dataset())
-
-
 def _write_word_probe(atlas: Atlas, run_id: int, probe: WordProbe, model: LoadedModel, config: dict[str, Any],
                       top_k: int) -> None:
     """Store a finished probe under run ``run_id``: the layer (registered if no scan wrote it), each unit's
     top-k words, the whole score matrix as a ``words`` artifact named after the vocabulary; the run finished."""
-    aliases = layer_record(model, probe.layer)["aliases"]
-    atlas.register_layer(probe.model, probe.layer, aliases=aliases, units=probe.units, grid=probe.grid, run_id=run_id)
+    atlas.register_layer(probe.model, probe.layer, aliases=model.aliases_of(probe.layer), units=probe.units, grid=probe.grid, run_id=run_id)
     atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
     atlas.save_artifact(probe.model, probe.layer, "words", config["vocabulary"], file_bytes=probe.to_npz(),
                         suffix=".npz", data=config, run_id=run_id)
@@ -89,8 +81,8 @@ def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocab
     """
     record = vocabulary if isinstance(vocabulary, VocabularyRecord) else VocabularyRecord.of(vocabulary, probe.words)
     config, config_key = word_run_config(model, probe.layer, record, probe.settings, top_k)
-    run_id = _start_word_run(atlas, model, probe.layer, record, config, config_key,
-                             command or _default_command(probe.model, probe.layer, record, top_k))
+    run_id = start_run(atlas, model, command=command or _default_command(probe.model, probe.layer, record, top_k),
+                       config=config, config_key=config_key, layers=[probe.layer], dataset=record.dataset())
     _write_word_probe(atlas, run_id, probe, model, config, top_k)
     return run_id
 
@@ -138,7 +130,8 @@ def open_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: Voca
 
     def start() -> int:
         abandon_edited_vocabulary_runs(atlas, vocabulary, config, config_key)
-        return _start_word_run(atlas, model, layer, vocabulary, config, config_key, command)
+        return start_run(atlas, model, command=command, config=config, config_key=config_key, layers=[layer],
+                         dataset=vocabulary.dataset())
 
     opened = open_run(atlas, config_key, start, checkpoint_key=config_key, checkpoint_fits=fits)
     return opened.run_id, None if opened.checkpoint is None else torch.from_numpy(opened.checkpoint[0]["scores"])

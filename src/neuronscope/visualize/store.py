@@ -21,7 +21,7 @@ from typing import Any
 
 from neuronscope.activations.geometry import layer_geometry
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import config_digest, layer_record, model_identity, open_run, start_run
+from neuronscope.atlas.runs import config_digest, model_identity, open_run, start_run
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
@@ -144,7 +144,7 @@ class FeatureVisWriter:
                              layers=[canonical], dataset=None)
 
         run_id = open_run(atlas, config_key, start, reopen_finished=True).run_id
-        atlas.register_layer(model.key, canonical, aliases=layer_record(model, canonical)["aliases"],
+        atlas.register_layer(model.key, canonical, aliases=model.aliases_of(canonical),
                              units=n_units, grid=grid, run_id=run_id)
         return cls(atlas, model, canonical, kind, run_id, config_key)
 
