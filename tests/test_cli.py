@@ -428,3 +428,20 @@ print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.mod
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["calls"] > 20 and report["heavy"] == []
+
+
+def test_the_command_list_wraps_each_commands_first_sentence_evenly():
+    """Rich --help kept docstrings' line breaks in the command list, so rows broke where the source did
+    ("stats" alone, then "and a histogram"); each entry is now the command's first sentence, wrapped
+    greedily (no row could have taken the next row's first word), and the command's own --help keeps the rest."""
+    rows = runner.invoke(app, ["--help"]).output.splitlines()
+    panel = rows[next(i for i, row in enumerate(rows) if "Commands" in row) + 1:]
+    panel = [row[1:-1] for row in panel[:next(i for i, row in enumerate(panel) if row.startswith("╰"))]]
+    column = panel[0].index("List architectures")  # where descriptions start
+    width = len(panel[0]) - column - 1
+    for previous, row in zip(panel, panel[1:]):
+        if row[:column].strip():
+            continue  # a new command
+        assert len(previous[column:].rstrip()) + 1 + len(row[column:].split()[0]) > width, (previous, row)
+    assert not any("A killed scan" in row for row in panel)
+    assert "A killed scan, started again" in " ".join(runner.invoke(app, ["scan", "--help"]).output.split())

@@ -10,6 +10,8 @@ without them (tests/test_cli.py checks it).
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -62,6 +64,24 @@ for _name in COMMAND_MODULES:
 from neuronscope.world.cli import app as world_app  # noqa: E402 - mounted after the core commands
 
 app.add_typer(world_app, name="world")
+
+
+def _listing_summaries(typer_app: typer.Typer) -> None:
+    """Give each command a one-sentence summary for the command lists of ``--help``.
+
+    Rich --help keeps a docstring's line breaks in the command list (it rewraps only a command's own page),
+    so a wrapped docstring showed there as ragged lines; the summary is its first sentence on one line, and
+    the command's own ``--help`` keeps the whole text.
+    """
+    for info in typer_app.registered_commands:
+        if info.short_help is None and info.callback is not None:
+            text = " ".join((inspect.getdoc(info.callback) or "").split())
+            info.short_help = re.split(r"(?<=[.])\s+(?=[A-Z`-])", text, maxsplit=1)[0] or None
+    for group in typer_app.registered_groups:
+        _listing_summaries(group.typer_instance)
+
+
+_listing_summaries(app)
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ def scan(
 ) -> None:
     """Scan images through a model: per unit the top-k images (with the cell that fired), bottom-k, stats
     and a histogram, stored in an atlas. A killed scan, started again with the same command, resumes.
-    ``--backend ray`` runs it on Ray (pip install 'neuronscope\\[distributed]')."""
+    `--backend ray` runs it on Ray (pip install 'neuronscope\\[distributed]')."""
     # The docstring's "\\[" keeps Rich's --help from reading [distributed] as markup and dropping it.
     from neuronscope.activations.names import resolve_layers, split_layer_list
     from neuronscope.mining import ScanSettings, open_source, scan as run_scan
