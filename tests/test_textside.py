@@ -340,6 +340,19 @@ def test_sparse_codes_skip_only_fits_that_must_be_empty(monkeypatch):
     assert skipping.strengths == every_point.strengths
 
 
+def test_sparse_codes_fitted_in_parallel_processes_equal_one_process_and_report_each_class():
+    """liblinear's generator is process-wide: processes (not threads) keep the codes independent of timing."""
+    generator = np.random.default_rng(5)
+    labels = np.repeat(np.arange(8), 3)
+    features = generator.normal(size=(8, 50))[labels] + 0.3 * generator.normal(size=(24, 50))
+    names = [f"class{c}" for c in range(8)]
+    steps: list[tuple[int, int]] = []
+    alone = fit_sparse_codes(features, labels, names, max_units=3, jobs=1)
+    parallel = fit_sparse_codes(features, labels, names, max_units=3, jobs=2, on_step=lambda *step: steps.append(step))
+    assert np.array_equal(alone.coefficients, parallel.coefficients) and alone.strengths == parallel.strengths
+    assert steps == [(done, 8) for done in range(1, 9)]
+
+
 def test_nmf_recovers_planted_groups():
     generator = np.random.default_rng(1)
     profiles = np.zeros((14, 20))
@@ -718,8 +731,8 @@ TEXTVIS = ["textvis", "--model", "tiny-rn", "--weights", "random", "--layer", "n
 
 
 def test_text_commands_report_progress_on_stderr_and_keep_it_off_stdout_and_json(tmp_path):
-    """textvis, emotions and attribute --out were silent for their whole run; progress goes to stderr, and
-    --json (stderr not a terminal) stays quiet."""
+    """textvis, emotions and attribute --out were silent for their whole run (emotions also through its
+    codes' fits); progress goes to stderr, and --json (stderr not a terminal) stays quiet."""
     plain = _invoke(*TEXTVIS, "--units", "0-1", "--out", str(tmp_path / "a"))
     assert "attribution basis (backward passes): " in plain.stderr and "textvis (units): 2/2" in plain.stderr
     assert "backward passes" not in plain.stdout
@@ -728,6 +741,10 @@ def test_text_commands_report_progress_on_stderr_and_keep_it_off_stdout_and_json
     filled = _invoke("attribute", "--model", "tiny-rn", "--weights", "random", "--sample", "4", "--vocab",
                      str(vocab), "--units", "0", "--out", str(tmp_path / "a"))
     assert "attribution basis (backward passes): " in filled.stderr
+    vocab.write_text("\n".join(load_vocabulary("emotions")[:8]))
+    coded = _invoke("emotions", "--model", "tiny-rn", "--weights", "random", "--sample", "4", "--vocab", str(vocab),
+                    "--out", str(tmp_path / "a"))
+    assert "emotion codes (emotions): 8/8" in coded.stderr  # the fits of 100+ emotions take minutes
     quiet = _invoke(*TEXTVIS, "--units", "2", "--out", str(tmp_path / "a"), "--json")
     assert quiet.stderr == "" and json.loads(quiet.stdout)["units"] == 1
 

@@ -19,7 +19,7 @@ tests use it on the mini CLIP's concepts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,7 +63,8 @@ class WordCodes:
 
 
 def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str], templates: Sequence[str], *,
-               max_units: int = 5, drop_units: dict[int, str] | Sequence[int] = ()) -> WordCodes:
+               max_units: int = 5, drop_units: dict[int, str] | Sequence[int] = (),
+               on_step: Callable[[int, int], None] | None = None) -> WordCodes:
     """Code each word as a few units: its prompts' attributions → one-vs-rest L1 logistic regression.
 
     Args:
@@ -72,6 +73,8 @@ def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str]
         templates: prompts with ``{}`` for the word; each is one sample of the word.
         max_units: the most units a code may use.
         drop_units: units to leave out (``{unit: reason}`` or a list).
+        on_step: called ``(words coded, words)`` (for a progress bar: 100+ words over thousands of units
+            take minutes).
     """
     if len(templates) < 1 or any("{}" not in template for template in templates):
         raise ValueError(f"templates need a '{{}}' for the word: {list(templates)}")
@@ -80,7 +83,7 @@ def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str]
     prompts = [template.format(word) for word in words for template in templates]
     scores = basis.scores(encode_texts(model, prompts))[:, kept].numpy()  # [words * templates, kept]
     labels = np.repeat(np.arange(len(words)), len(templates))
-    codes = fit_sparse_codes(scores, labels, list(words), units=kept, max_units=max_units)
+    codes = fit_sparse_codes(scores, labels, list(words), units=kept, max_units=max_units, on_step=on_step)
     profiles = scores.reshape(len(words), len(templates), len(kept)).mean(axis=1)
     return WordCodes(list(words), list(templates), codes, profiles, kept, dropped)
 
@@ -139,7 +142,8 @@ def check_emotion_words(emotions: Sequence[str]) -> None:
 
 def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequence[str] | None = None, *,
                   prompts: Sequence[str] = EMOTION_PROMPTS, max_units: int = 5,
-                  drop_units: dict[int, str] | Sequence[int] = (), seed: int = 0) -> EmotionAtlas:
+                  drop_units: dict[int, str] | Sequence[int] = (), seed: int = 0,
+                  on_step: Callable[[int, int], None] | None = None) -> EmotionAtlas:
     """Sparse codes of the emotions and NMF atlases with 2 and 7 factors.
 
     Args:
@@ -147,13 +151,15 @@ def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequenc
         prompts: templates (default: the paper's three).
         max_units: the most units an emotion's code may use.
         drop_units: units to leave out, e.g. :func:`text_lexical_units`.
+        on_step: called ``(emotions coded, emotions)``.
     """
     if emotions is None:
         from neuronscope.probing.vocab import load_vocabulary
 
         emotions = load_vocabulary("emotions")
     check_emotion_words(emotions)
-    coded = word_codes(model, basis, emotions, prompts, max_units=max_units, drop_units=drop_units)
+    coded = word_codes(model, basis, emotions, prompts, max_units=max_units, drop_units=drop_units,
+                       on_step=on_step)
     map_factors, group_factors = ATLAS_FACTORS
     map2 = nmf_factors(coded.profiles, map_factors, columns=coded.kept_units, seed=seed)
     groups7 = nmf_factors(coded.profiles, group_factors, columns=coded.kept_units, seed=seed)

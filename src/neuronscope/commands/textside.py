@@ -356,7 +356,8 @@ def emotions(
     with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: it keeps the basis for a rerun
         basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
         dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
-        result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed)
+        result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed,
+                               on_step=bars.track("emotion codes (emotions)"))
         png = plot_emotion_atlas(result)
         command = _recorded_command(ctx, loaded, basis)
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
