@@ -18,7 +18,6 @@ map and 7 for groups.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -133,8 +132,9 @@ def fit_sparse_codes(features: np.ndarray, labels: Sequence[int], classes: Seque
         units: the unit index of each column (default ``range(features)``).
         max_units: the most units a code may use.
         grid: ``C`` values tried (ascending).
-        jobs: processes fitting classes side by side (None: one per core, for problems of at least
-            :data:`PARALLEL_MIN_WORK` classes x features; 1: in this process). The codes do not depend on it.
+        jobs: processes fitting classes side by side, as joblib's ``n_jobs`` (-1: one per usable core; 1: in
+            this process; None: -1 for problems of at least :data:`PARALLEL_MIN_WORK` classes x features, else
+            1). The codes do not depend on it.
         on_step: called ``(classes done, classes)`` as each class's code is fitted (for a progress bar).
 
     Returns:
@@ -151,14 +151,14 @@ def fit_sparse_codes(features: np.ndarray, labels: Sequence[int], classes: Seque
         if target.min() == target.max():
             raise ValueError(f"class {name!r} has no samples, or no other class has any")
     if jobs is None:
-        jobs = (os.cpu_count() or 1) if len(classes) * features.shape[1] >= PARALLEL_MIN_WORK else 1
+        jobs = -1 if len(classes) * features.shape[1] >= PARALLEL_MIN_WORK else 1
     fit = partial(_sparsest_within_budget, standardized, max_units=max_units, grid=grid)
-    if jobs > 1:
+    if jobs != 1:
         # Processes, not threads: liblinear draws from one process-wide generator, reseeded by every fit,
         # so threads would interleave their draws and the codes would depend on the timing.
         from joblib import Parallel, delayed
 
-        done = Parallel(n_jobs=min(jobs, len(classes)), return_as="generator")(
+        done = Parallel(n_jobs=jobs, return_as="generator")(  # -1: joblib's count of usable cores
             delayed(fit)(target) for target in targets)  # in class order, each as soon as it is fitted
     else:
         done = (fit(target) for target in targets)
