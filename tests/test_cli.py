@@ -430,18 +430,29 @@ print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.mod
     assert report["calls"] > 20 and report["heavy"] == []
 
 
-def test_the_command_list_wraps_each_commands_first_sentence_evenly():
-    """Rich --help kept docstrings' line breaks in the command list, so rows broke where the source did
-    ("stats" alone, then "and a histogram"); each entry is now the command's first sentence, wrapped
-    greedily (no row could have taken the next row's first word), and the command's own --help keeps the rest."""
+def _assert_wrapped_evenly(rows: list[str], width: int) -> None:
+    """No row of a paragraph could have taken the next row's first word (Rich wrapped it, not the source)."""
+    for previous, row in zip(rows, rows[1:]):
+        if previous.strip() and row.strip():
+            assert len(previous.rstrip()) + 1 + len(row.split()[0]) > width, (previous, row)
+
+
+def test_help_wraps_each_paragraph_evenly_and_lists_each_commands_first_sentence():
+    """Rich --help kept docstrings' line breaks in the command list and in a page's later paragraphs, so rows
+    broke where the source did ("stats" alone, then "and a histogram"); each paragraph is now one line that
+    Rich wraps, the list shows each command's first sentence, and the command's own --help keeps the rest."""
     rows = runner.invoke(app, ["--help"]).output.splitlines()
     panel = rows[next(i for i, row in enumerate(rows) if "Commands" in row) + 1:]
     panel = [row[1:-1] for row in panel[:next(i for i, row in enumerate(panel) if row.startswith("╰"))]]
     column = panel[0].index("List architectures")  # where descriptions start
-    width = len(panel[0]) - column - 1
-    for previous, row in zip(panel, panel[1:]):
-        if row[:column].strip():
-            continue  # a new command
-        assert len(previous[column:].rstrip()) + 1 + len(row[column:].split()[0]) > width, (previous, row)
+    for start, row in enumerate(panel):
+        if row[:column].strip():  # a command's first row: check its entry
+            entry = [row[column:]]
+            entry += [r[column:] for r in panel[start + 1:][:next((i for i, r in enumerate(panel[start + 1:])
+                                                                   if r[:column].strip()), None)]]
+            _assert_wrapped_evenly(entry, len(panel[0]) - column - 1)
     assert not any("A killed scan" in row for row in panel)
     assert "A killed scan, started again" in " ".join(runner.invoke(app, ["scan", "--help"]).output.split())
+    page = runner.invoke(app, ["demo", "--help"]).output.splitlines()
+    prose = page[page.index(next(row for row in page if "Started again" in row)):]
+    _assert_wrapped_evenly([row[1:] for row in prose[:prose.index("")]], len(page[0]) - 2)

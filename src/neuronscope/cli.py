@@ -66,22 +66,24 @@ from neuronscope.world.cli import app as world_app  # noqa: E402 - mounted after
 app.add_typer(world_app, name="world")
 
 
-def _listing_summaries(typer_app: typer.Typer) -> None:
-    """Give each command a one-sentence summary for the command lists of ``--help``.
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Give each command its docstring with every paragraph on one line, and its first sentence as the
+    summary that command lists show.
 
-    Rich --help keeps a docstring's line breaks in the command list (it rewraps only a command's own page),
-    so a wrapped docstring showed there as ragged lines; the summary is its first sentence on one line, and
-    the command's own ``--help`` keeps the whole text.
+    Rich --help keeps a docstring's single line breaks (in the command list, and in every paragraph of a
+    command's page after the first), so help wrapped for the source showed as ragged rows; Rich wraps
+    one-line paragraphs to the terminal.
     """
     for info in typer_app.registered_commands:
-        if info.short_help is None and info.callback is not None:
-            text = " ".join((inspect.getdoc(info.callback) or "").split())
-            info.short_help = re.split(r"(?<=[.])\s+(?=[A-Z`-])", text, maxsplit=1)[0] or None
+        if info.help is None and info.callback is not None:
+            paragraphs = (inspect.getdoc(info.callback) or "").split("\n\n")
+            info.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+            info.short_help = re.split(r"(?<=[.])\s+(?=[A-Z`-])", info.help.split("\n\n")[0], maxsplit=1)[0]
     for group in typer_app.registered_groups:
-        _listing_summaries(group.typer_instance)
+        _reflow_help(group.typer_instance)
 
 
-_listing_summaries(app)
+_reflow_help(app)
 
 
 def main() -> None:
