@@ -427,6 +427,19 @@ def test_one_grey_forward_gives_units_grid_and_firing_order(tiny_rn):
     assert layer_shape(tiny_rn, "neurons") == (geometry[neurons].units, geometry[neurons].grid)
 
 
+def test_the_readmes_maps_line_reads_one_layer_of_records_dict(tiny_rn):
+    """README: ``layer_geometry(model, [layer])[layer].maps(acts[layer])`` after ``acts = record(...)`` (the
+    snippet passed the whole dict and was not imported: AttributeError 'dict' has no 'ndim')."""
+    from neuronscope.activations import layer_geometry, record
+
+    acts = record(tiny_rn, torch.zeros(2, 3, 64, 64), ["neurons", "visual.layer3.0"])
+    layer = tiny_rn.resolve_layer("neurons")
+    maps = layer_geometry(tiny_rn, [layer])[layer].maps(acts[layer])
+    assert torch.equal(maps, acts[layer])  # a channels-first map layer reads as itself
+    with pytest.raises(TypeError, match=r"pass acts\[layer\]"):
+        layer_geometry(tiny_rn, [layer])[layer].maps(acts)
+
+
 def test_a_channels_last_layer_has_its_channels_as_units_on_its_grid():
     """fc1 runs on [B, H, W, C] = [B, 3, 4, 12]: 12 units on 3x4 (rows read as units gave 3 on 4x12)."""
     from neuronscope.activations import layer_geometry

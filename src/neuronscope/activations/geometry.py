@@ -16,7 +16,7 @@ grid, after the ``prefix_tokens`` class and register tokens the model puts first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +43,13 @@ class LayerGeometry:
     prefix_tokens: int = 0
 
     def maps(self, acts: torch.Tensor) -> torch.Tensor:
-        """This layer's activations (any batch) -> maps [B, C, H, W] on :attr:`grid`, as every reduction reads them."""
+        """This layer's activations (any batch) -> maps [B, C, H, W] on :attr:`grid`, as every reduction reads them.
+
+        Raises:
+            TypeError: ``acts`` is a dict of layers (``record()``'s); a geometry knows its layout, not its name.
+        """
+        if isinstance(acts, Mapping):
+            raise TypeError(f"maps() takes one layer's tensor, not a dict of {len(acts)} layers: pass acts[layer]")
         return unit_maps(acts, grid=self.grid, layout=self.layout, prefix_tokens=self.prefix_tokens)
 
 
