@@ -282,6 +282,38 @@ def test_mean_and_set_edits(tiny_rn):
     assert torch.all(reference["visual.layer4.1.act3:input"][:, units] == 0.25)
 
 
+@pytest.mark.parametrize("layer", ["visual.layer4.1.act3:input", "visual.layer4.0"])  # a pre-hook, a forward hook
+@pytest.mark.parametrize("capture_outside", [True, False])
+def test_a_capture_shows_another_recorders_edit_whichever_with_opened_first(tiny_rn, layer, capture_outside):
+    """The notebook pattern: one capturing Recorder around ablations. Its capture showed the values before
+    the inner recorder's edit (hooks ran in registration order), while the forward went on edited."""
+    pixels = torch.randn(2, 3, 64, 64)
+    capture, edit = Recorder(tiny_rn, layer), Recorder(tiny_rn, edits=[zero_units(layer, "0-3")])
+    outer, inner = (capture, edit) if capture_outside else (edit, capture)
+    with outer, inner:
+        embedded = embed(tiny_rn, pixels)
+    assert torch.all(capture[layer][:, :4] == 0) and torch.any(capture[layer][:, 4:] != 0)
+    torch.testing.assert_close(embedded, embed_edited(tiny_rn, pixels, [zero_units(layer, "0-3")]))
+    assert hook_count(tiny_rn.module) == 0
+
+
+def test_edits_of_two_recorders_on_one_layer_run_the_last_attached_first(tiny_rn):
+    """Within one recorder edits run in the order given; across recorders, the one attached last edits first
+    and an outer recorder's edit applies to its result (what the README documents)."""
+    pixels, layer = torch.randn(2, 3, 64, 64), "visual.layer4.0"
+    in_order = record(tiny_rn, pixels, layer, edits=[set_units(layer, [3], 1.0), set_units(layer, [3], 2.0)])[layer]
+    assert torch.all(in_order[:, 3] == 2.0)
+    with Recorder(tiny_rn, layer) as capture, Recorder(tiny_rn, edits=[set_units(layer, [3], 5.0)]):
+        with Recorder(tiny_rn, edits=[set_units(layer, [3], 7.0), mean_ablate(layer, [4], means=[0.5])]):
+            embed(tiny_rn, pixels)
+    assert torch.all(capture[layer][:, 3] == 5.0) and torch.all(capture[layer][:, 4] == 0.5)
+
+
+def embed_edited(model, pixels, edits):
+    with Recorder(model, edits=edits):
+        return embed(model, pixels)
+
+
 def test_edit_only_recorder_on_a_vit(tiny_vit):
     pixels = torch.randn(1, 3, 64, 64)
     baseline = embed(tiny_vit, pixels)

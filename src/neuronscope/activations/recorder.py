@@ -18,6 +18,9 @@ Guarantees:
   tensor was changed in place afterwards);
 - with ``early_stop`` the forward is abandoned (a private exception, caught
   by :meth:`Recorder.run`) as soon as every requested layer is captured;
+- edits run before every capture of their layer, this recorder's or another's
+  (their hooks are prepended), so a capture shows what flowed downstream
+  whichever ``with`` was opened first;
 - a hooked module that runs twice within one call of its top-level
   submodule (of the root, for a top-level layer) triggers a warning, and the
   first call is kept (as early stop would).
@@ -37,7 +40,7 @@ from torch.utils.hooks import RemovableHandle
 
 from neuronscope.activations.edits import Edit
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
-from neuronscope.activations.names import INPUT, LayerRef, resolve_layer, resolve_layers
+from neuronscope.activations.names import LayerRef, resolve_layer, resolve_layers
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.models.aliases import structural_aliases
 from neuronscope.models.loaded import LoadedModel
@@ -168,24 +171,30 @@ class Recorder:
             from neuronscope.activations.catalog import layer_layouts
 
             self._edit_layouts = layer_layouts(self.model)
-        wanted = [*self.layers, *(name for name in self.edits if name not in self.layers)]
-        refs = [LayerRef.parse(name) for name in wanted]
         try:
             # Boundaries first: hooks of one module run in registration order, and a
             # boundary must reset the call counts before this call's capture.
-            self._attach_boundaries(refs)
-            for path in dict.fromkeys(ref.path for ref in refs):
-                module = self.root.get_submodule(path)
-                ports = {ref.port for ref in refs if ref.path == path}
-                if "input" in ports:
-                    hook = partial(self._on_input, path + INPUT)
-                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-                if "output" in ports:
-                    self._handles.append(module.register_forward_hook(partial(self._on_output, path)))
+            self._attach_boundaries([LayerRef.parse(name) for name in [*self.layers, *self.edits]])
+            for name in self.edits:
+                # Prepended: every recorder's edits run before any capture, whichever `with` opened
+                # first (an outer capture shows an inner edit). The recorder attached last edits first.
+                self._hook(name, self._edit, prepend=True)
+            for name in self.layers:
+                self._hook(name, self._capture_if_recorded, prepend=False)
         except BaseException:
             self.remove()
             raise
         self._reset()
+
+    def _hook(self, name: str, act: Callable[[str, Tensor], Tensor], *, prepend: bool) -> None:
+        """Hook layer ``name`` (an output, or an ``:input`` with a pre-hook) with ``act``: edit or capture."""
+        ref = LayerRef.parse(name)
+        module = self.root.get_submodule(ref.path)
+        if ref.port == "input":
+            hook = partial(self._on_input, name, act)
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend))
+        else:
+            self._handles.append(module.register_forward_hook(partial(self._on_output, name, act), prepend=prepend))
 
     def _attach_boundaries(self, refs: Sequence[LayerRef]) -> None:
         """Pre-hooks that mark where one forward of each hooked layer starts.
@@ -241,7 +250,8 @@ class Recorder:
     def _leave_root(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._root_depth = max(self._root_depth - 1, 0)
 
-    def _on_input(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    def _on_input(self, name: str, act: Callable[[str, Tensor], Tensor], module: nn.Module, args: tuple,
+                  kwargs: dict) -> tuple | None:
         if args:
             tensor, _ = _first_tensor(args[0])
             key = None
@@ -250,7 +260,7 @@ class Recorder:
             tensor = kwargs[key] if key is not None else None
         if tensor is None:
             return None
-        edited = self._edit_and_capture(name, tensor)
+        edited = act(name, tensor)
         if edited is tensor:
             return None
         if key is None and not isinstance(args[0], Tensor):
@@ -261,18 +271,18 @@ class Recorder:
         return (tuple(edited if arg is tensor else arg for arg in args),
                 {name_: edited if value is tensor else value for name_, value in kwargs.items()})
 
-    def _edit_and_capture(self, name: str, tensor: Tensor) -> Tensor:
-        """Apply this layer's edits, then capture what the model will see (edited values)."""
-        edited = self._edit(name, tensor)
+    def _capture_if_recorded(self, name: str, tensor: Tensor) -> Tensor:
+        """Capture what the model goes on with (every edit's hook ran before); the tensor is left as it is."""
         if name in self._calls:
-            self._capture(name, edited)
-        return edited
+            self._capture(name, tensor)
+        return tensor
 
-    def _on_output(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
+    def _on_output(self, name: str, act: Callable[[str, Tensor], Tensor], module: nn.Module, args: tuple,
+                   output: Any) -> Any:
         tensor, index = _first_tensor(output)
         if tensor is None:
             return None
-        edited = self._edit_and_capture(name, tensor)
+        edited = act(name, tensor)
         if edited is tensor:
             return None
         if index is None:
