@@ -444,6 +444,40 @@ def test_any_module_with_a_preprocessing_spec():
     assert repr(model) == f"LoadedModel({model.key}, cpu, fp32)"  # not the whole module
 
 
+def test_a_plain_module_where_a_loaded_model_is_needed_is_one_line_saying_to_wrap_it(tiny_rn):
+    """A plain open_clip module passed to list_layers, render_units, zero-shot, attribution or the word probe
+    failed deep inside (AttributeError 'CLIP' object has no attribute 'preprocess' / 'device' / 'precision')."""
+    from neuronscope.activations import layer_geometry, list_layers, record, resolve_layers
+    from neuronscope.errors import ModelNotLoadedError
+    from neuronscope.probing.attribution import attribute_texts
+    from neuronscope.probing.words import probe_words
+    from neuronscope.probing.zeroshot import ZeroShotClassifier, encode_texts
+    from neuronscope.visualize import render_units
+
+    clip = tiny_rn.module
+    calls = {
+        "list_layers": lambda: list_layers(clip),
+        "layer_geometry": lambda: layer_geometry(clip, ["neurons"]),
+        "render_units": lambda: render_units(clip, "neurons", [1]),
+        "ZeroShotClassifier.build": lambda: ZeroShotClassifier.build(clip, ["a", "b"]),
+        "encode_texts": lambda: encode_texts(clip, ["a"]),
+        "attribute_texts": lambda: attribute_texts(clip, "neurons", ["a star"]),
+        "probe_words": lambda: probe_words(clip, "neurons", ["star"]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ModelNotLoadedError) as raised:
+            call()
+        message = str(raised.value)
+        assert message.startswith(f"{name} needs a LoadedModel, not a plain CLIP module") and "\n" not in message
+        assert "wrap it with load_model(module)" in message
+    with pytest.raises(ModelNotLoadedError, match=r"load it with load_model\('tiny-rn'\)"):
+        list_layers("tiny-rn")
+    # The plain module's aliases are the ones record() uses: resolve_layers said it had no 'neurons' alias.
+    neurons = tiny_rn.resolve_layer("neurons")
+    assert resolve_layers(clip, ["neurons"]) == [neurons]
+    assert list(record(clip, torch.zeros(1, 3, 64, 64), ["neurons"])) == [neurons]
+
+
 def test_a_module_reports_the_activation_it_runs():
     gelu_net = nn.Sequential(nn.Linear(4, 4), nn.GELU())
     contract = Preprocess(image_size=32)

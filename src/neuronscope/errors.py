@@ -36,6 +36,10 @@ class BundledModelMissing(WeightsError):
     """The bundled mini CLIP's files are not (yet) in the package."""
 
 
+class ModelNotLoadedError(NeuronscopeError, TypeError):
+    """A plain module (or a name) where a function needs a LoadedModel's contract: wrap it with load_model."""
+
+
 class LayerNotFoundError(NeuronscopeError, LookupError):
     """A layer name, alias or wildcard that matches nothing in the model."""
 

@@ -14,7 +14,7 @@ from neuronscope.activations.layout import CHANNELS_FIRST, Layout, infer_layouts
 from neuronscope.activations.names import LayerRef, aliases_by_layer, all_layer_names
 from neuronscope.activations.recorder import Recorder
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def list_layers(model: LoadedModel) -> list[LayerInfo]:
     recorder on every module's input and output. Modules that do not run in
     the image forward (the text tower) or pass no tensor are left out.
     """
+    require_loaded(model, "list_layers")
     height, width = model.preprocess.image_size
     pixels = torch.zeros(LISTING_IMAGES, 3, height, width)
     # Only shapes are needed: keep a meta tensor, not a copy of every activation.
@@ -82,6 +83,7 @@ _LAYOUTS: WeakKeyDictionary[nn.Module, dict[str, Layout | None]] = WeakKeyDictio
 def layer_layouts(model: LoadedModel) -> dict[str, Layout | None]:
     """``{layer: layout}`` of every 4-D layer of ``model`` (see :class:`LayerInfo`), from one dummy forward
     per module (cached: a module's layouts do not change)."""
+    require_loaded(model, "layer_layouts")
     if model.module not in _LAYOUTS:
         _LAYOUTS[model.module] = {info.name: info.layout for info in list_layers(model)
                                   if len(info.shape) == (3 if info.batched else 4)}

@@ -25,7 +25,7 @@ from neuronscope.activations.catalog import check_batched, known_layout
 from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.recorder import Recorder
 from neuronscope.activations.reduce import carried_prefix_tokens, naming_layer, unit_maps
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, Layer
             :class:`~neuronscope.activations.reduce.OffGridTokensError`: tokens that are not on the patch grid
             (CoCa's attention pooler: 256 learned queries).
     """
+    require_loaded(model, "layer_geometry")
     height, width = model.preprocess.image_size
     grey = model.preprocess.normalize(torch.full((1, 3, height, width), 0.5))
     recorder = Recorder(model, [model.resolve_layer(layer) for layer in layers], early_stop=True)

@@ -93,9 +93,17 @@ def _suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:
 def _module_and_aliases(
     model: nn.Module | LoadedModel, aliases: Mapping[str, str] | None, model_key: str
 ) -> tuple[nn.Module, dict[str, str], str]:
-    """A LoadedModel brings its module, aliases and key; explicit ``aliases``/``model_key`` still win."""
+    """A LoadedModel brings its module, aliases and key; explicit ``aliases``/``model_key`` still win.
+
+    A plain module's aliases are those its structure gives (``neurons`` on an open_clip tower), as
+    ``record()`` and the Recorder find them, so a name resolves the same way here and there.
+    """
     if isinstance(model, nn.Module):
-        return model, dict(aliases or {}), model_key
+        if aliases is None:
+            from neuronscope.models.aliases import structural_aliases  # models imports activations
+
+            aliases = structural_aliases(model)
+        return model, dict(aliases), model_key or type(model).__name__
     return model.module, dict(model.layer_aliases if aliases is None else aliases), model_key or model.key
 
 

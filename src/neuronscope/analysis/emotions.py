@@ -26,7 +26,7 @@ import numpy as np
 
 from neuronscope.analysis.sparse_codes import NMFFactors, SparseCodes, fit_sparse_codes, nmf_factors
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.probing.attribution import AttributionBasis
 from neuronscope.probing.zeroshot import encode_texts
 
@@ -153,6 +153,7 @@ def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequenc
         drop_units: units to leave out, e.g. :func:`text_lexical_units`.
         on_step: called ``(emotions coded, emotions)``.
     """
+    require_loaded(model, "emotion_atlas")
     if emotions is None:
         from neuronscope.probing.vocab import load_vocabulary
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import ModelNotLoadedError, NeuronscopeError
 from neuronscope.models.aliases import model_family, structural_aliases
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.models.spec import DEFAULT_CONTEXT_LENGTH, ModelSpec, TokenizerSpec
@@ -209,6 +209,27 @@ class LoadedModel:
         """JSON-ready summary of the model, its contract and how it runs."""
         return {**self.spec.to_dict(), "device": str(self.device), "precision": self.precision.name,
                 "precision_reason": self.precision.reason}
+
+
+def require_loaded(model: object, what: str) -> LoadedModel:
+    """``model`` itself when it is a :class:`LoadedModel`, else a one-line error saying how to get one.
+
+    The entry points that preprocess images, tokenise texts or pick a device read the contract a
+    LoadedModel carries; a plain open_clip module would fail deep inside with an AttributeError
+    (``record`` and ``Recorder`` take a plain module fed tensors and need no check).
+
+    Raises:
+        ModelNotLoadedError: ``model`` is a plain module, a name or anything else.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        raise ModelNotLoadedError(f"{what} needs a LoadedModel, not a plain {type(model).__name__} module: wrap it "
+                                  f"with load_model(module), which reads the module's preprocessing")
+    if isinstance(model, (str, os.PathLike)):
+        raise ModelNotLoadedError(f"{what} needs a LoadedModel, not the name {os.fspath(model)!r}: load it with "
+                                  f"load_model({os.fspath(model)!r})")
+    raise ModelNotLoadedError(f"{what} needs a LoadedModel, not a {type(model).__name__}: make one with load_model")
 
 
 _PIXELS_HINT = ("pass PIL images (resized and normalised by the model's contract), or "

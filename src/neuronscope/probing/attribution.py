@@ -56,7 +56,7 @@ from torch import Tensor
 
 from neuronscope.activations import Layout, Recorder, known_layout, map_grid, unit_axis
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_pixels, encode_texts, logit_scale, text_list
@@ -391,6 +391,7 @@ def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], 
         A :class:`TextAttribution` with ``scores`` [P, U]; equal to
         ``compute_basis(...).scores(...)`` on the same sample.
     """
+    require_loaded(model, "attribute_texts")
     texts = text_list(texts)
     if not texts:
         raise NeuronscopeError("no texts given: attribute at least one prompt")
@@ -415,6 +416,7 @@ def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = N
     Memory: ``M`` holds N × U × D float32 values (256 × 512 × 128 on the
     mini CLIP: 67 MB; RN50x4 with 64 images: 420 MB).
     """
+    require_loaded(model, "compute_basis")
     sample = _sample_for(model, sample)
     canonical = model.resolve_layer(layer)
     gxa, embeddings, grid = _backward_gxa(model, canonical, sample.pixels, None, batch_size,

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.probing.attribution import AttributionBasis
 
 FREQUENCY_FLOOR = 1e-8
@@ -236,6 +236,7 @@ def optimize_text(model: LoadedModel, basis: AttributionBasis, unit: int,
     Returns:
         A :class:`TextVisResult` with the best distinct texts found.
     """
+    require_loaded(model, "optimize_text")
     settings = settings or TextVisSettings()
     space = _TokenSpace(model, settings.prior_weight)
     generator = torch.Generator().manual_seed(settings.seed)

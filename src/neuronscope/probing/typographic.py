@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.zeroshot import ZeroShotClassifier, encode_pixels
 from neuronscope.world.render import fit_font
@@ -159,6 +159,7 @@ def typographic_attack(model: LoadedModel, images: Iterable[Image.Image], classi
     Raises:
         ValueError: no images, an empty text, or a target that is not a class.
     """
+    require_loaded(model, "typographic_attack")
     target = text if target is None else target
     if not text.strip():
         raise ValueError("the attack text is empty: give the word to write, e.g. \"iPod\"")

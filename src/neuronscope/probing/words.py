@@ -24,7 +24,7 @@ import torch
 
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
-from ..models.loaded import LoadedModel
+from ..models.loaded import LoadedModel, require_loaded
 from ..units import parse_units
 from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
@@ -142,6 +142,7 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
     Returns:
         A :class:`WordProbe` with scores float32 [len(words), units]; ``seconds`` counts this call only.
     """
+    require_loaded(model, "probe_words")
     words = text_list(words)
     if not words:
         raise ValueError("probe_words needs at least one word")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.loader import LoadedModel
+from ..models.loaded import require_loaded
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -33,6 +34,7 @@ def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 512) -> torch.Tensor:
     """L2-normalised text embeddings [N, D], in fp32 (a single string is one text: [1, D])."""
+    require_loaded(model, "encode_texts")
     texts = text_list(texts)
     chunks = []
     for start in range(0, len(texts), batch_size):
@@ -47,6 +49,7 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 25
                   normalize: bool = True) -> torch.Tensor:
     """Image embeddings [N, D] of ``pixels`` [N, 3, H, W] in [0, 1] (fp32 out), L2-normalised unless
     ``normalize=False`` (attribution needs their norms: its retrieval weights take the raw embeddings)."""
+    require_loaded(model, "encode_pixels")
     chunks = []
     for start in range(0, len(pixels), batch_size):
         inputs = model.preprocess.normalize(pixels[start:start + batch_size].to(model.device))
@@ -82,6 +85,7 @@ class ZeroShotClassifier:
     def build(cls, model: LoadedModel, classes: str | Sequence[str],
               template: str = DEFAULT_TEMPLATE) -> "ZeroShotClassifier":
         """The classifier of ``classes`` (a single string is one class) with prompts ``template.format(name)``."""
+        require_loaded(model, "ZeroShotClassifier.build")
         classes = text_list(classes)
         if not classes:
             raise ValueError("no classes given: give at least one class name")

@@ -38,7 +38,7 @@ from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import Entry, content_sha256, open_source
 from neuronscope.models.aliases import transformer_block_paths
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
@@ -329,6 +329,7 @@ def train_facet_probe(model: LoadedModel, images: FacetImages, *, layers: Sequen
         layers: probe layers (default: :func:`probe_layers` of the model).
         C: inverse L2 strength of the logistic regression (scikit-learn's).
     """
+    require_loaded(model, "train_facet_probe")
     from sklearn.linear_model import LogisticRegression
 
     layers = list(layers) if layers is not None else probe_layers(model)
@@ -431,6 +432,7 @@ def render_faceted(
     Raises:
         NeuronscopeError: the probe is another model's, or a probe layer runs after ``layer``.
     """
+    require_loaded(model, "render_faceted")
     if probe.model != model.key:
         raise NeuronscopeError(f"facet probe {probe.name!r} was trained on {probe.model}, not {model.key}")
     check_probe_layers(model, layer, probe.layers)

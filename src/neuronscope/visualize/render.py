@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from neuronscope.activations.catalog import layer_layouts
 from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Recorder
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
 from neuronscope.visualize.param import make_param
 from neuronscope.visualize.relu import redirect_relus, redirected_relu
@@ -117,6 +117,7 @@ def render(
     Returns:
         A :class:`RenderResult` with the images, their final scores, per-step objective curves and the config.
     """
+    require_loaded(model, "render")
     keys = list(range(batch)) if keys is None else list(keys)
     if len(keys) != batch:
         raise ValueError(f"{len(keys)} keys for {batch} images: give one per image")

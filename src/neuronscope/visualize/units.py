@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import channel, diversity
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
@@ -54,6 +54,7 @@ def render_units(
     Returns:
         One :class:`UnitRender` (kind ``plain``) per unit, in order.
     """
+    require_loaded(model, "render_units")
     def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
         return [UnitRender(layer, unit, "plain", 0, result.images[i], float(result.final[i]), result.curve[:, i],
@@ -117,6 +118,7 @@ def render_diverse(
     Returns:
         ``count`` :class:`UnitRender` s of kind ``diverse``, index 0..count-1.
     """
+    require_loaded(model, "render_diverse")
     if count < 2:
         raise ValueError("a diverse render needs at least 2 images; use render_units for one")
     objective = channel(layer, unit) + weight * diversity(diversity_layer or layer)

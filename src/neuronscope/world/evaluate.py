@@ -27,6 +27,7 @@ from ..activations import record
 from ..analysis import auroc_per_class
 from ..errors import WorldMismatch
 from ..models.loader import LoadedModel, build
+from ..models.loaded import require_loaded
 from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
 from .build import RENDERS_PER_HELDOUT_DRAWING, stream_rng
 from .concepts import ZEROSHOT_TEMPLATE
@@ -258,6 +259,7 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
                    layers: tuple[str, ...] = STAGES, world_dir: str | Path | None = None) -> dict:
     """The full evaluation, as ``world eval --json`` prints it; with ``world_dir``, also
     :func:`generalization_scores` (the training drawings are in the world, not in the split)."""
+    require_loaded(model, "evaluate_world")
     side = split.meta["image_size"]
     if tuple(model.preprocess.image_size) != (side, side):
         raise WorldMismatch(f"the split's images are {side} px but {model.key} takes {model.preprocess.image_size}: "
