@@ -682,3 +682,60 @@ def test_a_rolled_back_write_leaves_no_layer_behind_in_what_the_atlas_reads(tmp_
                 assert [entry["layer"] for entry in atlas.layers("m@x")] == ["visual.layer3", "visual.layer4"]
                 raise RuntimeError("the write fails")
         assert [entry["layer"] for entry in atlas.layers("m@x")] == ["visual.layer4"]
+
+
+@pytest.mark.parametrize("register", ["scan", "register_layer"])
+def test_a_label_under_a_bare_name_and_an_alias_before_the_layer_is_registered_is_found_after(
+        tiny_rn, tmp_path, register):
+    """A label written as ("tiny-rn", "neurons") before any scan stayed under those names: once a scan (or a
+    render or word probe, through register_layer) registered tiny-rn@random's canonical layer, every read
+    resolved to it and found no label, and `show` said the atlas held two models (tiny-rn, tiny-rn@random)."""
+    layer = "visual.layer4.1.act3:input"
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.set_label("tiny-rn", "neurons", 5, "my star unit")
+        atlas.set_label("tiny-rn", "visual.layer3.0", 1, "a layer not registered yet")
+        if register == "scan":
+            make_images(tmp_path / "images", count=4)
+            scan(tiny_rn, open_source(tmp_path / "images"), atlas, ["neurons"], settings=ScanSettings(top_k=2),
+                 batch_size=4, thumbnails=False)
+        else:
+            atlas.register_layer(tiny_rn.key, layer, aliases=tiny_rn.aliases_of(layer), units=512, grid=(2, 2))
+        assert atlas.models() == [tiny_rn.key]
+        assert atlas.unit(tiny_rn.key, "neurons", 5)["label"] == "my star unit"
+        assert atlas.label(tiny_rn.key, "visual.layer3.0", 1) == "a layer not registered yet"
+        assert {tuple(row) for row in atlas.db.execute("SELECT model, layer FROM labels")} == {
+            (tiny_rn.key, layer), (tiny_rn.key, "visual.layer3.0")}
+    result = runner.invoke(app, ["show", str(tmp_path / "atlas"), "--layer", "neurons", "--unit", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] == "my star unit"
+
+
+def test_renders_labels_and_words_under_an_alias_are_rekeyed_when_the_layer_is_registered(tmp_path):
+    """A render and a label written as (key, "neurons") before the layer was registered stayed under the alias:
+    after save_word_probe registered it, Atlas.unit and `show` listed the words but no render and no label.
+    Where both names hold a unit's label (or its renders of one kind), the newest write is kept."""
+    key, layer = "tiny-rn@random", "visual.layer4.1.act3:input"
+    path = tmp_path / "atlas"
+    with Atlas(path) as atlas:
+        render = {"unit": 3, "kind": "plain", "png": b"under the alias", "objective": 1.0}
+        (alias_render,) = atlas.write_featurevis(None, key, "neurons", [render])
+        (old_render,) = atlas.write_featurevis(None, key, "neurons", [{**render, "unit": 2}])
+        (new_render,) = atlas.write_featurevis(None, key, layer, [{**render, "unit": 2, "png": b"newer"}])
+        atlas.set_label(key, "neurons", 3, "star")
+        atlas.set_label(key, layer, 2, "older, canonical")
+        atlas.set_label(key, "image_block_4~1~Add_6", 2, "newer, by alias")
+        atlas.register_layer(key, layer, aliases=["neurons", "image_block_4/1/Add_6"], units=8, grid=(2, 2))
+        atlas.write_unit_texts("words", None, key, layer, {3: [("dug", 0.5)]})
+        record, two = atlas.unit(key, "neurons", 3), atlas.unit("tiny-rn", layer, 2)
+        assert {tuple(row) for table in ("labels", "featurevis", "layers") for row in atlas.db.execute(
+            f"SELECT model, layer FROM {table}")} == {(key, layer)}
+    assert record["label"] == "star" and record["words"] == [{"word": "dug", "score": 0.5}]
+    # the render keeps its file (its path names the alias); the older render of unit 2 goes with its file
+    assert [r["path"] for r in record["featurevis"]] == [alias_render]
+    assert (path / alias_render).read_bytes() == b"under the alias"
+    assert two["label"] == "newer, by alias" and [r["path"] for r in two["featurevis"]] == [new_render]
+    assert not (path / old_render).exists() and (path / new_render).read_bytes() == b"newer"
+    result = runner.invoke(app, ["show", str(path), "--layer", "neurons", "--unit", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["label"], [r["path"] for r in shown["featurevis"]]) == ("star", [alias_render])

@@ -45,6 +45,12 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
 DB_NAME = "atlas.sqlite"
 #: SQL order of a unit's renders, everywhere they are listed: plain, diverse, then facets by name.
 RENDER_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END, kind, path"
+#: The tables the Atlas API writes by the names a user types (scans write only keys and canonical layers), each
+#: with the columns that key one set its writer replaces whole: a unit's label, words or texts, a unit's renders
+#: of one kind, one artifact. :meth:`Atlas._adopt_names` moves them to the canonical names set by set.
+_NAMED_TABLES: dict[str, tuple[str, ...]] = {"labels": ("unit",), "words": ("unit",), "texts": ("unit",),
+                                             "families": ("unit",), "featurevis": ("unit", "kind"),
+                                             "artifacts": ("kind", "name")}
 
 
 class AtlasError(NeuronscopeError, LookupError):
@@ -392,6 +398,8 @@ class Atlas:
                         "SELECT DISTINCT thumb FROM examples WHERE model = ? AND layer = ? AND thumb IS NOT NULL",
                         (scan.model, scan.layer)))
                     self._write_layer_rows(db, run_id, scan, images, thumbs, histogram_file)
+                dropped = [path for model in dict.fromkeys(scan.model for scan in layer_scans)
+                           for path in self._adopt_names(db, model)]
                 if old_files:
                     self._drop_unnamed_images(db)
                 # (a first scan replaced nothing: it skips reading every example's thumbnail)
@@ -405,7 +413,7 @@ class Atlas:
                 if name not in old_files:
                     (self.path / name).unlink(missing_ok=True)
             raise
-        for name in old_files:
+        for name in [*old_files, *dropped]:
             (self.path / name).unlink(missing_ok=True)
         self._drop_thumbnails(orphans, untouched_since=datetime.fromisoformat(started["started_at"]).timestamp()
                               if started else 0.0)
@@ -492,8 +500,8 @@ class Atlas:
         """Set (or replace) a unit's label; ``source`` says who wrote it (user, world-card, auto:...).
 
         A label may be written before any scan (``world eval``): names the atlas does not hold yet are
-        stored as given (see :meth:`_key`). Raises :class:`AtlasError` when a bare name matches several
-        stored models.
+        stored as given (see :meth:`_key`), and moved when the layer is registered. Raises :class:`AtlasError`
+        when a bare name matches several stored models.
         """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
@@ -509,12 +517,84 @@ class Atlas:
         """Make a layer known before (or without) a scan, so its renders and words can be read.
 
         A scan of the same layer later replaces this row with its own; an existing row is kept (also one
-        that ``layer`` names by alias).
+        that ``layer`` names by alias). Rows written before under the model's bare name or the layer's aliases
+        are moved to its key and canonical name (:meth:`_adopt_names`).
         """
         model, layer = self._key(model, layer)
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO layers (model, layer, aliases, units, grid_rows, grid_cols, run_id) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (model, layer, json.dumps(aliases), int(units), *grid, run_id))
+            dropped = self._adopt_names(db, model)
+        for path in dropped:  # after the commit, as write_featurevis removes the renders it replaced
+            (self.path / path).unlink(missing_ok=True)
+
+    def _adopt_names(self, db: sqlite3.Connection, model: str) -> list[str]:
+        """Move the rows written under names that now resolve to ``model`` (a key) and its registered layers,
+        inside the registering transaction; returns the files of the rows that lost to newer ones.
+
+        A writer stores names the atlas does not hold as given (``mini-clip``, ``neurons`` before any scan,
+        :meth:`_key`), but once the layer is registered every read resolves those names to the key and the
+        canonical layer: without this move the rows would be found by no read, and the bare name would show as
+        a second model. A bare name that also names another registered key is left alone (it is ambiguous).
+        The name cache (:meth:`_held_layers`) sees these writes through ``total_changes``.
+        """
+        registered = [row["model"] for row in db.execute("SELECT DISTINCT model FROM layers")]
+        moves = []
+        for name in sorted(self._stored_names(db, "model") - {model}):
+            try:
+                owner = match_model(name, [key for key in registered if key != name])
+            except AtlasError:  # a bare name of several keys
+                continue
+            if owner == model:
+                moves += [((name, layer), (model, layer)) for layer in self._stored_names(db, "layer", name)]
+        dropped = [path for source, target in moves for path in self._move_rows(db, source, target)]
+        entries = [(row["layer"], json.loads(row["aliases"]))
+                   for row in db.execute("SELECT layer, aliases FROM layers WHERE model = ?", (model,))]
+        for name in sorted(self._stored_names(db, "layer", model)):
+            wanted = from_url_name(name) if ":" not in name else name
+            canonical = next((layer for layer, aliases in entries if name in aliases or wanted in aliases), name)
+            if canonical != name:
+                dropped += self._move_rows(db, (model, name), (model, canonical))
+        named = {row["path"] for table in ("featurevis", "artifacts")
+                 for row in db.execute(f"SELECT path FROM {table} WHERE path IS NOT NULL")}
+        return [path for path in dropped if path not in named]
+
+    @staticmethod
+    def _stored_names(db: sqlite3.Connection, column: str, model: str | None = None) -> set[str]:
+        """The model names (``column="model"``) or one model's layer names (``"layer"``) that rows are stored
+        under, in ``layers`` and every table the API writes by name."""
+        where, arguments = ("", ()) if model is None else (" WHERE model = ?", (model,))
+        return {row[0] for table in ("layers", *_NAMED_TABLES)
+                for row in db.execute(f"SELECT DISTINCT {column} FROM {table}{where}", arguments)}
+
+    @staticmethod
+    def _move_rows(db: sqlite3.Connection, source: tuple[str, str], target: tuple[str, str]) -> list[str]:
+        """Re-key the rows of ``(model, layer)`` ``source`` to ``target``; returns the files of rows dropped.
+
+        Where both hold a set (a unit's label, words or texts, a unit's renders of one kind, an artifact: see
+        :data:`_NAMED_TABLES`), the newest write is kept: the set with the greater rowid, which every insert
+        takes anew (``created_at`` has whole seconds). Rows keep their files, whose paths may name the alias; a
+        later rewrite replaces them. A layer row under ``source`` gives way to a registered ``target``.
+        """
+        dropped: list[str] = []
+        for table, columns in _NAMED_TABLES.items():
+            group, match = ", ".join(columns), " AND ".join(f"{column} = ?" for column in columns)
+            newest = [{tuple(row[:-1]): row[-1] for row in db.execute(
+                f"SELECT {group}, MAX(rowid) FROM {table} WHERE model = ? AND layer = ? GROUP BY {group}", key)}
+                for key in (source, target)]
+            for values in newest[0].keys() & newest[1].keys():
+                older = target if newest[0][values] > newest[1][values] else source
+                if table in ("featurevis", "artifacts"):
+                    dropped += [row[0] for row in db.execute(
+                        f"SELECT path FROM {table} WHERE model = ? AND layer = ? AND {match} AND path IS NOT NULL",
+                        (*older, *values))]
+                db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND {match}", (*older, *values))
+            db.execute(f"UPDATE {table} SET model = ?, layer = ? WHERE model = ? AND layer = ?", (*target, *source))
+        if db.execute("SELECT 1 FROM layers WHERE model = ? AND layer = ?", target).fetchone():
+            db.execute("DELETE FROM layers WHERE model = ? AND layer = ?", source)
+        else:
+            db.execute("UPDATE layers SET model = ?, layer = ? WHERE model = ? AND layer = ?", (*target, *source))
+        return dropped
 
     def finish_run(self, run_id: int, *, images: int | None = None, skipped: Mapping[str, int] | None = None) -> None:
         """Mark a run finished (commands other than scan call this after their last write)."""
@@ -679,7 +759,8 @@ class Atlas:
         """``(model key, canonical layer)`` of the names a user types, resolved once per public call.
 
         A name the atlas does not hold is kept as given: a label or render of a layer no scan has registered
-        yet (``world eval`` labels before any scan) is stored, and found, under the names it was given.
+        yet (``world eval`` labels before any scan) is stored, and found, under the names it was given, until
+        the layer is registered and its rows move to the canonical names (:meth:`_adopt_names`).
         """
         model = self._model_key(model)
         try:
