@@ -739,3 +739,22 @@ def test_renders_labels_and_words_under_an_alias_are_rekeyed_when_the_layer_is_r
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert (shown["label"], [r["path"] for r in shown["featurevis"]]) == ("star", [alias_render])
+
+
+def test_writers_refuse_a_unit_outside_a_registered_layer_as_unit_does(tmp_path):
+    """set_label(key, "neurons", 600, ...) was stored on a 4-unit layer that unit() then refused to show."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        writes = [lambda: atlas.set_label("m", "neurons", 4, "z"),
+                  lambda: atlas.write_featurevis(None, "m", "neurons", [
+                      {"unit": 4, "kind": "plain", "png": b"x", "objective": 1.0}]),
+                  lambda: atlas.write_unit_texts("words", None, "m", "neurons", {4: [("cat", 1.0)]}),
+                  lambda: atlas.unit("m", "neurons", 4)]
+        for write in writes:
+            with pytest.raises(AtlasError, match=r"unit 4 is out of range: visual.layer4 of m@x has 4 units \(0-3\)"):
+                write()
+        assert [atlas.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("labels", "featurevis", "words")] == [0, 0, 0]
+        assert not (tmp_path / "atlas" / "featurevis").exists()
+        atlas.set_label("m", "visual.layer3", 600, "a layer not registered yet takes any unit")
+        assert atlas.label("m", "visual.layer3", 600) == "a layer not registered yet takes any unit"

@@ -154,13 +154,14 @@ def test_search_and_the_layer_filter_fold_every_script_and_read_only_units_the_a
     script found it. Labels of units no layer page shows (a unit past the layer's end, a layer never scanned)
     were found, and linked to a 404. The layer filter saw only each card's top three words."""
     with Atlas(tmp_path / "atlas") as atlas:
+        # written before the layer is registered (a writer refuses unit 9 after): registering keeps them
+        for model, layer, unit in ((MODEL, LAYER, 9), (MODEL, "visual.layer3", 0), ("mini-clip@bundled", LAYER, 0)):
+            atlas.set_label(model, layer, unit, "Éclair")
+            atlas.write_unit_texts("words", None, model, layer, {unit: [("œuvre", 1.0)]})
         atlas.register_layer(MODEL, LAYER, aliases=["neurons"], units=4, grid=(1, 1))
         atlas.set_label(MODEL, LAYER, 1, "Éclair")
         atlas.write_unit_texts("words", None, MODEL, LAYER, {2: [("first", 5.0), ("second", 4.0), ("third", 3.0),
                                                                  ("fourth", 2.0), ("Œuvre", 1.0)]})
-        for model, layer, unit in ((MODEL, LAYER, 9), (MODEL, "visual.layer3", 0), ("mini-clip@bundled", LAYER, 0)):
-            atlas.set_label(model, layer, unit, "Éclair")
-            atlas.write_unit_texts("words", None, model, layer, {unit: [("œuvre", 1.0)]})
     with TestClient(create_app(tmp_path / "atlas", warm=False)) as client:
         for spelling, unit in (("éclair", 1), ("ÉCLAIR", 1), ("Éclair", 1), ("œuvre", 2), ("ŒUVRE", 2)):
             hits = client.get("/api/search", params={"q": spelling}).json()["hits"]

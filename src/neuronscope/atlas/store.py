@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -501,11 +501,11 @@ class Atlas:
 
         A label may be written before any scan (``world eval``): names the atlas does not hold yet are
         stored as given (see :meth:`_key`), and moved when the layer is registered. Raises :class:`AtlasError`
-        when a bare name matches several stored models.
+        when a bare name matches several stored models, or ``unit`` is not a unit of a registered layer.
         """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
-        model, layer = self._key(model, layer)
+        model, layer = self._unit_key(model, layer, [unit])
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
@@ -617,7 +617,7 @@ class Atlas:
                 (unit, kind) are its whole set: they replace every earlier render of that unit and kind,
                 rows and files (4 diverse renders, then 2, leaves 2, not the old third and fourth).
         """
-        model, layer = self._key(model, layer)
+        model, layer = self._unit_key(model, layer, [render["unit"] for render in renders])
         paths = []
         for render in renders:
             relative = _featurevis_relpath(model, layer, int(render["unit"]), render["kind"],
@@ -667,7 +667,7 @@ class Atlas:
         if table not in ("words", "texts"):
             raise ValueError(f"table must be 'words' or 'texts', not {table!r}")
         column = table[:-1]
-        model, layer = self._key(model, layer)
+        model, layer = self._unit_key(model, layer, scored)
         with self.transaction() as db:
             for unit, entries in scored.items():
                 db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND unit = ?", (model, layer, int(unit)))
@@ -762,11 +762,26 @@ class Atlas:
         yet (``world eval`` labels before any scan) is stored, and found, under the names it was given, until
         the layer is registered and its rows move to the canonical names (:meth:`_adopt_names`).
         """
+        model, entry = self._lookup(model, layer)
+        return model, layer if entry is None else entry["layer"]
+
+    def _unit_key(self, model: str, layer: str, units: Iterable[int]) -> tuple[str, str]:
+        """:meth:`_key` for a writer of ``units``: raises :class:`AtlasError` (as :meth:`unit` does) for a unit
+        outside a registered layer, which no read would show. A layer not registered yet takes any unit."""
+        model, entry = self._lookup(model, layer)
+        if entry is None:
+            return model, layer
+        for unit in units:
+            self.check_unit(model, entry, int(unit))
+        return model, entry["layer"]
+
+    def _lookup(self, model: str, layer: str) -> tuple[str, dict[str, Any] | None]:
+        """The model key and the stored layer's cached entry (None when the atlas does not hold the layer)."""
         model = self._model_key(model)
         try:
-            return model, self._resolve_layer(model, layer)["layer"]
+            return model, self._resolve_layer(model, layer)
         except AtlasError:
-            return model, layer
+            return model, None
 
     def resolve_model(self, model: str | None) -> str:
         """A model key from a key, a bare name (``mini-clip``) or None when the atlas holds one model.
