@@ -1,6 +1,6 @@
 """Helpers the test modules share, so that no test module imports another: random BatchNorms, hook counts,
 model folders, image files good and broken, the scan tests' layers and settings, a small clipart tree, tiny
-timm trunks."""
+timm trunks, the caller's train mode and random states."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +245,19 @@ def timm_trunks() -> dict[str, nn.Module]:
                            token_mixers=("repmixer", "repmixer"), num_classes=0),
     }
 
+
+
+@contextmanager
+def training(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in train mode for the block, and check at its end that whatever ran inside (a library
+    entry point) changed no buffer (BatchNorm running statistics) and gave every submodule its train mode
+    back; the module leaves in eval mode, as the fixtures hand it out."""
+    module.train()
+    buffers = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    try:
+        yield
+        changed = [name for name, buffer in module.named_buffers() if not torch.equal(buffers[name], buffer)]
+        assert not changed, f"buffers changed in train mode: {changed[:3]}"
+        assert all(child.training for child in module.modules()), "the caller's train mode was not restored"
+    finally:
+        module.eval()

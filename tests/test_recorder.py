@@ -13,7 +13,8 @@ from torch import nn
 from neuronscope.activations import Recorder, mean_ablate, record, set_units, spatial_mean, zero_units
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError, UnitsError
 from neuronscope.models import Preprocess, load_model
-from tests.helpers import hook_count
+from neuronscope.models.loaded import evaluating
+from tests.helpers import hook_count, training
 
 
 def bottleneck_by_hand(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -352,3 +353,49 @@ def test_gradients_flow_to_the_input_when_asked(tiny_rn):
     acts = record(tiny_rn, pixels, "neurons", grad=True, reduce="mean")
     acts["visual.layer4.1.act3:input"][0, 5].backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------- the caller's train mode
+
+
+def test_evaluating_gives_every_submodule_its_own_mode_back():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout())
+    net.train()
+    net[1].eval()  # a caller's mix: a BatchNorm frozen inside a training model
+    with evaluating(net):
+        assert not any(module.training for module in net.modules())
+    assert [module.training for module in net.modules()] == [True, True, False, True]
+
+
+def test_record_runs_a_training_model_in_eval_mode_and_gives_its_mode_back(tiny_rn):
+    pixels = torch.randn(3, 3, *tiny_rn.preprocess.image_size, generator=torch.Generator().manual_seed(0))
+    expected = record(tiny_rn, pixels, "neurons")  # eval mode, as loaded
+    with training(tiny_rn.module):  # as a freshly built open_clip model is
+        batch = record(tiny_rn, pixels, "neurons", edits=[zero_units("visual.layer3.0", [0])])
+        alone = record(tiny_rn, pixels[:1], "neurons")
+        with Recorder(tiny_rn, "neurons") as recorder:
+            ran = recorder.run(pixels)
+    layer = tiny_rn.resolve_layer("neurons")
+    assert torch.allclose(alone[layer], expected[layer][:1], atol=1e-5)  # not normalised by its batch's statistics
+    assert torch.allclose(ran[layer], expected[layer], atol=1e-5)
+    assert not torch.allclose(batch[layer], expected[layer], atol=1e-5)  # the edit applied, in eval mode too
+
+
+def test_record_runs_a_plain_module_in_eval_mode():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    pixels = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with training(net):
+        batch, alone = record(net, pixels, ["1"])["1"], record(net, pixels[:1], ["1"])["1"]
+    assert torch.allclose(batch[:1], alone, atol=1e-6)
+
+
+def test_a_forward_of_your_own_inside_a_recorder_runs_in_your_mode(tiny_rn):
+    bn = tiny_rn.module.visual.bn1
+    before = bn.running_mean.clone()
+    tiny_rn.module.train()
+    try:
+        with Recorder(tiny_rn, "neurons"):
+            tiny_rn.encode_images(torch.randn(2, 3, *tiny_rn.preprocess.image_size))
+    finally:
+        tiny_rn.module.eval()
+    assert not torch.equal(bn.running_mean, before)  # your forward, your mode: train mode updates BatchNorms

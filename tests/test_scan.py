@@ -21,7 +21,7 @@ from neuronscope.cli import app
 from neuronscope.imagefiles import file_sha256, open_image
 from neuronscope.mining import open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
-from tests.helpers import LAYERS, NEURONS, SETTINGS, broken_files, dump, make_images, noise, unusual_files
+from tests.helpers import LAYERS, NEURONS, SETTINGS, broken_files, dump, make_images, noise, training, unusual_files
 
 
 @pytest.fixture
@@ -630,3 +630,11 @@ def test_the_scans_progress_hook_has_a_name_of_its_own_and_the_old_one_still_imp
     assert typing.get_args(ScanProgressHook) == ([ScanProgress], None)
     assert typing.get_args(WordsProgressHook) == ([int, int], None)
     assert typing.get_type_hints(scan)["on_batch"] == ScanProgressHook | None
+
+
+def test_a_scan_runs_a_training_model_in_eval_mode(tiny_rn, images, tmp_path):
+    run_scan(tiny_rn, images, tmp_path / "eval")
+    with training(tiny_rn.module):
+        run_scan(tiny_rn, images, tmp_path / "train", batch_size=24)  # other batches: other batch statistics
+    units = range(0, 64, 7)
+    assert_same_units(dump(tmp_path / "eval", NEURONS, units), dump(tmp_path / "train", NEURONS, units))

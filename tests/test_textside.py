@@ -37,7 +37,7 @@ from neuronscope.probing.vocab import load_vocabulary
 from neuronscope.probing.zeroshot import ZeroShotClassifier, encode_texts
 from neuronscope.world.concepts import CAPTION_TEMPLATES, concept_names
 from neuronscope.world.split import load_test_split
-from tests.helpers import hook_count
+from tests.helpers import hook_count, training
 
 runner = CliRunner()
 
@@ -900,3 +900,20 @@ def test_textvis_records_a_command_that_continues_its_run_on_the_same_images(tmp
     assert "--images photos" in run["command"] and "--precision fp32" in run["command"]
     rerun = json.loads(_invoke(*shlex.split(run["command"])[1:], "--json").stdout)
     assert rerun["run_id"] == run["id"] and rerun["already_stored"] == 1
+
+
+def test_text_side_entry_points_run_a_training_model_in_eval_mode(tiny_rn):
+    sample = ImageSample(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)), [], "noise")
+    prompts = ["a photo of a spider", "a diagram"]
+
+    def results(batch_size: int) -> list[torch.Tensor]:
+        classifier = ZeroShotClassifier.build(tiny_rn, prompts, "{}")
+        return [attribute_texts(tiny_rn, "neurons", prompts, sample, batch_size=batch_size).scores,
+                compute_basis(tiny_rn, "neurons", sample, batch_size=batch_size).scores(encode_texts(tiny_rn, prompts)),
+                classifier.probabilities(sample.pixels)]
+
+    expected = results(4)
+    with training(tiny_rn.module):
+        alone = results(1)  # one image a forward: in train mode each would be normalised by itself
+    for got, want in zip(alone, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

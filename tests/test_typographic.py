@@ -15,6 +15,7 @@ from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.typographic import EIGHT_POSITIONS, AttackSettings, stamp_label, typographic_attack
 from neuronscope.probing.zeroshot import ZeroShotClassifier
 from neuronscope.world.concepts import ZEROSHOT_TEMPLATE, concept_names
+from tests.helpers import training
 
 #: The default label: 15% of the height, at least 20 px, so 20 px (31%) on the mini CLIP's 64 px, about its world's
 #: attack labels (24-34%); 15% alone would be a 10 px label, too small for it to read.
@@ -122,3 +123,12 @@ def test_attack_cli_prints_the_json_and_refuses_bad_input_in_one_line(tmp_path, 
         assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output
     refused = runner.invoke(app, ["attack", str(folder), "--text", "star", "--min-pixels", "-1"])
     assert refused.exit_code == 2 and "--min-pixels" in refused.output  # typer's own range check
+
+
+def test_the_attack_runs_a_training_model_in_eval_mode(mini_clip_fp32, other_drawings):
+    classifier = ZeroShotClassifier.build(mini_clip_fp32, concept_names(), ZEROSHOT_TEMPLATE)
+    expected = typographic_attack(mini_clip_fp32, other_drawings[:6], classifier, "star", settings=MINI_CLIP_ATTACK)
+    with training(mini_clip_fp32.module):
+        result = typographic_attack(mini_clip_fp32, other_drawings[:6], classifier, "star", batch_size=8,
+                                    settings=MINI_CLIP_ATTACK)
+    assert (result.clean, result.attacked) == (expected.clean, expected.attacked)

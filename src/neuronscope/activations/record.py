@@ -14,7 +14,7 @@ from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Images, Recorder
 from neuronscope.activations.reduce import NO_CLASS_TOKEN, REDUCTIONS, NoClassTokenError, naming_layer, reduce_units
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, runs_in_eval
 
 
 def _batches(images: Images, batch_size: int | None) -> list[Tensor | list[Image.Image]]:
@@ -31,6 +31,7 @@ def _batches(images: Images, batch_size: int | None) -> list[Tensor | list[Image
     return [listed[i:i + batch_size] for i in range(0, len(listed), batch_size)]
 
 
+@runs_in_eval
 def record(
     model: LoadedModel | nn.Module,
     images: Images,

@@ -43,7 +43,7 @@ from neuronscope.activations.layout import CHANNELS_FIRST, Layout
 from neuronscope.activations.names import LayerRef, resolve_layer, resolve_layers
 from neuronscope.errors import LayerNotFoundError, NeuronscopeError
 from neuronscope.models.aliases import structural_aliases
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, evaluating
 
 Images = Tensor | Image.Image | Sequence[Image.Image]
 
@@ -353,7 +353,9 @@ class Recorder:
             require_all: raise if a requested layer did not run (e.g. a
                 text-tower layer in an image forward).
 
-        Attaches for the duration of the call when not already inside ``with``.
+        Attaches for the duration of the call when not already inside ``with``. The forward runs in eval
+        mode (:func:`~neuronscope.models.loaded.evaluating`); a forward of your own inside ``with`` runs in
+        the mode you left the model in.
         """
         pixels = self._prepare(images)
         attached_here = not self.attached
@@ -364,7 +366,7 @@ class Recorder:
         self._reset()
         self._armed = self.early_stop and bool(self.layers)
         try:
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad), evaluating(self.root):
                 try:
                     self._forward(pixels)
                 except _StopForward:

@@ -58,7 +58,7 @@ from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, L
 from neuronscope.mining.sources import Entry, ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
-from neuronscope.models.loaded import LoadedModel
+from neuronscope.models.loaded import LoadedModel, runs_in_eval
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ def prepare_scan(model: LoadedModel, source: ImageSource, layers: str | Sequence
     return ScanPlan(canonical, aliases_by_layer(model.layer_aliases), config, config_key, shapes)
 
 
+@runs_in_eval
 def scan(
     model: LoadedModel,
     source: ImageSource,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Concatenate, Iterable, Iterator, ParamSpec, TypeVar
 
 import torch
 from PIL import Image
@@ -209,6 +211,46 @@ class LoadedModel:
         """JSON-ready summary of the model, its contract and how it runs."""
         return {**self.spec.to_dict(), "device": str(self.device), "precision": self.precision.name,
                 "precision_reason": self.precision.reason}
+
+
+@contextlib.contextmanager
+def evaluating(model: LoadedModel | nn.Module) -> Iterator[None]:
+    """Eval mode within the block; afterwards every submodule is back in the mode the caller left it in.
+
+    Every forward neuronscope runs for the user goes through this: in train mode a BatchNorm normalises
+    by the batch's own statistics (an image's activations would depend on which images share its batch)
+    and overwrites its running statistics, and dropout draws noise. A freshly built open_clip model is in
+    train mode. Modes are restored module by module, so a caller's mix (BatchNorms frozen in eval inside
+    a training model) survives. Nesting is cheap: an inner block finds nothing to switch.
+    """
+    module = model.module if isinstance(model, LoadedModel) else model
+    training = [child for child in module.modules() if child.training]
+    for child in training:
+        child.training = False  # not .eval(): that recurses, and this list already holds every module
+    try:
+        yield
+    finally:
+        for child in training:
+            child.training = True
+
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+_Model = TypeVar("_Model", bound="LoadedModel | nn.Module")
+
+
+def runs_in_eval(
+    function: Callable[Concatenate[_Model, _Params], _Result],
+) -> Callable[Concatenate[_Model, _Params], _Result]:
+    """Decorator for an entry point ``function(model, ...)`` that runs ``model`` for the user: the whole call
+    runs under :func:`evaluating`, one switch for all its forwards."""
+
+    @functools.wraps(function)
+    def in_eval(model: _Model, /, *args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        with evaluating(model):
+            return function(model, *args, **kwargs)
+
+    return in_eval
 
 
 def require_loaded(model: object, what: str) -> LoadedModel:

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from neuronscope.activations import Layout, Recorder, known_layout, map_grid, unit_axis
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel, require_loaded
+from neuronscope.models.loaded import LoadedModel, require_loaded, runs_in_eval
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.probing.ranking import top_k
 from neuronscope.probing.zeroshot import encode_pixels, encode_texts, logit_scale, text_list
@@ -376,6 +376,7 @@ class AttributionBasis:
 # ---------------------------------------------------------------------------- entry points
 
 
+@runs_in_eval
 def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], sample: ImageSample | None = None,
                     *, batch_size: int = 64) -> TextAttribution:
     """Unit attributions of a few ``texts`` at ``layer``: one backward pass per text (and image batch).
@@ -407,6 +408,7 @@ def attribute_texts(model: LoadedModel, layer: str, texts: str | Sequence[str], 
     return TextAttribution(model.key, canonical, texts, gxa.sum(dim=1).cpu(), sample.source)
 
 
+@runs_in_eval
 def compute_basis(model: LoadedModel, layer: str, sample: ImageSample | None = None,
                   *, batch_size: int = 64, on_step: OnStep | None = None) -> AttributionBasis:
     """The :class:`AttributionBasis` of ``layer`` over ``sample``: D backward passes per image batch.

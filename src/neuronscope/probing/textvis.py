@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.models.loaded import LoadedModel, require_loaded
+from neuronscope.models.loaded import LoadedModel, require_loaded, runs_in_eval
 from neuronscope.probing.attribution import AttributionBasis
 
 FREQUENCY_FLOOR = 1e-8
@@ -225,6 +225,7 @@ def _proposals(model: LoadedModel, basis: AttributionBasis, space: _TokenSpace, 
     return rows
 
 
+@runs_in_eval
 def optimize_text(model: LoadedModel, basis: AttributionBasis, unit: int,
                   settings: TextVisSettings | None = None) -> TextVisResult:
     """Hill-climb short texts that maximize ``unit``'s text-side weight (see the module docstring).

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neuronscope.models.loaded import LoadedModel, require_loaded
+from neuronscope.models.loaded import LoadedModel, require_loaded, runs_in_eval
 from neuronscope.probing.raster import resolve_font
 from neuronscope.probing.zeroshot import ZeroShotClassifier, encode_pixels
 from neuronscope.world.render import fit_font
@@ -137,6 +137,7 @@ class AttackResult:
                 f"{len(self.counted)} of {len(self.images)} images, pixel cover {self.pixel_cover:.1%})")
 
 
+@runs_in_eval
 def typographic_attack(model: LoadedModel, images: Iterable[Image.Image], classifier: ZeroShotClassifier,
                        text: str, *, target: str | None = None, settings: AttackSettings = AttackSettings(),
                        batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> AttackResult:

@@ -24,7 +24,7 @@ import torch
 
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
-from ..models.loaded import LoadedModel, require_loaded
+from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..units import parse_units
 from .ranking import top_k
 from .raster import RasterSettings, iter_word_batches
@@ -118,6 +118,7 @@ def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch
     return per_variant.amax(dim=3).mean(dim=(1, 2))
 
 
+@runs_in_eval
 @torch.no_grad()
 def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
                 settings: RasterSettings = RasterSettings(), batch_size: int = 64, workers: int = 0,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.loaded import require_loaded, runs_in_eval
 from ..models.loader import LoadedModel
-from ..models.loaded import require_loaded
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -31,6 +31,7 @@ def tokenize(model: LoadedModel, texts: list[str]) -> torch.Tensor:
     return model.tokenizer(texts).to(model.device)
 
 
+@runs_in_eval
 @torch.no_grad()
 def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 512) -> torch.Tensor:
     """L2-normalised text embeddings [N, D], in fp32 (a single string is one text: [1, D])."""
@@ -44,6 +45,7 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
     return torch.cat(chunks)
 
 
+@runs_in_eval
 @torch.no_grad()
 def encode_pixels(model: LoadedModel, pixels: torch.Tensor, batch_size: int = 256, *,
                   normalize: bool = True) -> torch.Tensor:

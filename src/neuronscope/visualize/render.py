@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from neuronscope.activations.catalog import layer_layouts
 from neuronscope.activations.layout import CHANNELS_FIRST
 from neuronscope.activations.recorder import Recorder
-from neuronscope.models.loaded import LoadedModel, require_loaded
+from neuronscope.models.loaded import LoadedModel, evaluating, require_loaded
 from neuronscope.objectives import Context, Objective, as_objective, l2, total_variation
 from neuronscope.visualize.param import make_param
 from neuronscope.visualize.relu import redirect_relus, redirected_relu
@@ -48,18 +48,17 @@ StepCallback = Callable[[int, int], None]
 
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients within the block; the module's own settings come back after."""
-    was_training = module.training
+    """Eval mode (:func:`evaluating`) and no weight gradients within the block; the module's own settings come
+    back after."""
     trainable = [p for p in module.parameters() if p.requires_grad]
-    module.eval()
     for parameter in trainable:
         parameter.requires_grad_(False)
     try:
-        yield
+        with evaluating(module):
+            yield
     finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
-        module.train(was_training)
 
 
 def _canonical(model: LoadedModel, names: tuple[str, ...]) -> dict[str, str]:

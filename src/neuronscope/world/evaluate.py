@@ -26,6 +26,7 @@ import torch
 from ..activations import record
 from ..analysis import auroc_per_class
 from ..errors import WorldMismatch
+from ..models.loaded import runs_in_eval
 from ..models.loader import LoadedModel, build
 from ..models.loaded import require_loaded
 from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
@@ -255,6 +256,7 @@ def generalization_scores(model: LoadedModel, split: TestSplit, world_dir: str |
             "train_images": len(labels)}
 
 
+@runs_in_eval
 def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[int, ...] = (0, 1, 2),
                    layers: tuple[str, ...] = STAGES, world_dir: str | Path | None = None) -> dict:
     """The full evaluation, as ``world eval --json`` prints it; with ``world_dir``, also
