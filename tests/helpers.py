@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import struct
 import zlib
 from collections.abc import Iterator
@@ -245,6 +246,18 @@ def timm_trunks() -> dict[str, nn.Module]:
                            token_mixers=("repmixer", "repmixer"), num_classes=0),
     }
 
+
+
+def rng_states() -> tuple:
+    """The caller's global random states (torch, NumPy, Python), for :func:`same_rng` to compare."""
+    return torch.random.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def same_rng(before: tuple) -> bool:
+    """Whether the global random states are still those :func:`rng_states` saw."""
+    torch_state, numpy_state, python_state = rng_states()
+    return (torch.equal(before[0], torch_state) and np.array_equal(before[1], numpy_state)
+            and before[2] == python_state)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from neuronscope.world.evaluate import (
     untrained_model,
     zeroshot_scores,
 )
+from tests.helpers import rng_states, same_rng
 
 CARD = "mini_clip_card.json"
 
@@ -71,6 +72,17 @@ def test_untrained_control_finds_at_most_one_concept(mini_clip, split, card) -> 
     live = float((torch.cat([responses.drawings, responses.words]).std(dim=0) > 1e-6).float().mean())
     assert live >= 0.9
     assert concepts_with_units(responses, len(split.concepts), 0.9) <= 1
+
+
+def test_untrained_control_is_the_same_for_a_seed_and_leaves_the_callers_rng(mini_clip, split) -> None:
+    torch.manual_seed(1)
+    before = rng_states()
+    control = untrained_model(mini_clip, split, seed=0, n_images=4)
+    assert same_rng(before)  # the init draws under fork_rng: the caller's stream is not re-seeded
+    torch.manual_seed(2)
+    again = untrained_model(mini_clip, split, seed=0, n_images=4)
+    for (name, value), other in zip(control.module.state_dict().items(), again.module.state_dict().values()):
+        assert torch.equal(value, other), name
 
 
 def test_world_concepts_prints_the_caption_names(split) -> None:

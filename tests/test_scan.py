@@ -21,7 +21,8 @@ from neuronscope.cli import app
 from neuronscope.imagefiles import file_sha256, open_image
 from neuronscope.mining import open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
-from tests.helpers import LAYERS, NEURONS, SETTINGS, broken_files, dump, make_images, noise, training, unusual_files
+from tests.helpers import (LAYERS, NEURONS, SETTINGS, broken_files, dump, make_images, noise, rng_states,
+                           same_rng, training, unusual_files)
 
 
 @pytest.fixture
@@ -630,6 +631,12 @@ def test_the_scans_progress_hook_has_a_name_of_its_own_and_the_old_one_still_imp
     assert typing.get_args(ScanProgressHook) == ([ScanProgress], None)
     assert typing.get_args(WordsProgressHook) == ([int, int], None)
     assert typing.get_type_hints(scan)["on_batch"] == ScanProgressHook | None
+
+
+def test_a_scan_leaves_the_callers_rng(tiny_rn, images, tmp_path):
+    before = rng_states()
+    run_scan(tiny_rn, images, tmp_path / "a", thumbnails=True)
+    assert same_rng(before)  # its DataLoaders (decoding, thumbnails) draw from their own generator
 
 
 def test_a_scan_runs_a_training_model_in_eval_mode(tiny_rn, images, tmp_path):

@@ -31,7 +31,7 @@ from neuronscope.probing.words import WordProbe, _reduce_word_images, probe_word
 from neuronscope.world.concepts import concept_names
 from neuronscope.world.evaluate import untrained_model
 from neuronscope.world.split import load_test_split
-from tests.helpers import training
+from tests.helpers import rng_states, same_rng, training
 
 runner = CliRunner()
 #: One size and one position keep the mini CLIP's 10k-word probe near 30 s a network here.
@@ -627,6 +627,12 @@ def test_a_probe_that_failed_while_storing_resumes_at_its_last_word(tmp_path: Pa
         assert resumed == [(5, 5)] and outcome.probe.scores.shape == (5, 512)
         assert [r["status"] for r in atlas.runs()] == ["finished"]
     assert _stored_words(tmp_path / "atlas")[0] == words
+
+
+def test_probe_words_leaves_the_callers_rng(tiny_rn) -> None:
+    before = rng_states()
+    probe_words(tiny_rn, "neurons", ["star", "fish"], settings=QUICK)
+    assert same_rng(before)  # its DataLoader draws from its own generator
 
 
 def test_probe_words_runs_a_training_model_in_eval_mode(tiny_rn) -> None:

@@ -157,6 +157,13 @@ def resolve_precision(requested: str, device: torch.device, family: Family = "ot
 # --------------------------------------------------------------------------- seed
 
 
+def loader_generator(seed: int = 0) -> torch.Generator:
+    """A DataLoader's own generator. Without one, every iteration of a DataLoader draws its workers' base
+    seed from the global torch RNG (with ``num_workers=0`` too), so a scan or a word probe would move the
+    caller's random stream; nothing neuronscope's loaders decode is random, so any fixed seed serves."""
+    return torch.Generator().manual_seed(seed)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy (if present) and torch on every device."""
     random.seed(seed)

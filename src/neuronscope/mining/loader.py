@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
 from neuronscope.mining.sources import Entry, content_sha256, image_id, list_inputs
 from neuronscope.models.preprocess import Preprocess
+from neuronscope.runtime import loader_generator
 
 
 @dataclass
@@ -154,5 +155,6 @@ def iter_batches(entries: Sequence[Entry], preprocess: Preprocess, *, batch_size
     if len(dataset) <= 0:
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+                        prefetch_factor=4 if workers else None, persistent_workers=False,
+                        generator=loader_generator())
     yield from loader

@@ -18,6 +18,7 @@ from neuronscope.imagefiles import PILLOW_MAX_PIXELS
 from neuronscope.mining.loader import decode_entry
 from neuronscope.mining.sources import Entry
 from neuronscope.models.preprocess import Preprocess
+from neuronscope.runtime import loader_generator
 
 Cell = tuple[int, int, int, int]  # grid rows, grid cols, row, col
 
@@ -58,7 +59,8 @@ def render_thumbnails(jobs: list[ThumbnailJob], preprocess: Preprocess, *, worke
     """Yield ``(sha256, cell, file name, PNG bytes)`` for every job's cells, drawn by ``workers`` processes."""
     if not jobs:
         return
-    loader = DataLoader(_Jobs(jobs, preprocess, max_pixels), batch_size=None, shuffle=False, num_workers=workers)
+    loader = DataLoader(_Jobs(jobs, preprocess, max_pixels), batch_size=None, shuffle=False, num_workers=workers,
+                        generator=loader_generator())
     for job, drawn in zip(jobs, loader):
         for cell, name, png in drawn:
             yield job.sha256, cell, name, png

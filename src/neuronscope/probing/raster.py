@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import NeuronscopeError
 from ..world.render import FONT_DIRS, font_path, render_word_positions
+from ..runtime import loader_generator
 
 DEFAULT_FONTS = ("dejavu/DejaVuSans.ttf",)
 DEFAULT_SIZES = (0.5, 0.7, 0.9)
@@ -122,4 +123,5 @@ def iter_word_batches(words: Sequence[str], settings: RasterSettings, size: int,
     """Batches of consecutive words' images, uint8 [words, variants, 3, size, size], rendered by ``workers``
     processes (0: in this one). Order is the vocabulary's."""
     return DataLoader(WordImages(words, settings, size), batch_size=words_per_batch, shuffle=False,
-                      num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
+                      num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False,
+                      generator=loader_generator())

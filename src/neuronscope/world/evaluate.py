@@ -147,10 +147,12 @@ def untrained_model(model: LoadedModel, split: TestSplit, seed: int, n_images: i
     open_clip zero-initialises each block's last BatchNorm, which silences
     the residual branches; those weights are set to 1, and every BatchNorm's
     running statistics are re-estimated on ``n_images`` of the split (train
-    mode, no gradients, cumulative averages).
+    mode, no gradients, cumulative averages). The init draws from the global torch RNG seeded with
+    ``seed``, inside ``fork_rng``: the caller's own stream is left where it was.
     """
-    torch.manual_seed(seed)
-    module = build(model.spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build(model.spec)
     visual = module.visual
     for name, child in visual.named_modules():
         if name.startswith("layer") and name.endswith(".bn3"):  # residual blocks only, not the stem
