@@ -14,10 +14,11 @@ from torch import nn
 from PIL import Image
 from typer.testing import CliRunner
 
-from neuronscope.activations import record, spatial_max
+from neuronscope.activations import Recorder, record, spatial_max, zero_units
 from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
 from neuronscope.cli import app
+from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import file_sha256, open_image
 from neuronscope.mining import open_source, scan
 from neuronscope.mining.histogram import MIN_EXPONENT
@@ -645,3 +646,10 @@ def test_a_scan_runs_a_training_model_in_eval_mode(tiny_rn, images, tmp_path):
         run_scan(tiny_rn, images, tmp_path / "train", batch_size=24)  # other batches: other batch statistics
     units = range(0, 64, 7)
     assert_same_units(dump(tmp_path / "eval", NEURONS, units), dump(tmp_path / "train", NEURONS, units))
+
+
+def test_a_scan_under_a_recorders_edits_is_refused_naming_them(tiny_rn, images, tmp_path):
+    with Recorder(tiny_rn, edits=[zero_units("neurons", "0-9")]):
+        with pytest.raises(NeuronscopeError, match=r"edits \(neurons: zero\) are attached to tiny-rn.*outside"):
+            run_scan(tiny_rn, images, tmp_path / "edited")
+    run_scan(tiny_rn, images, tmp_path / "plain")  # the block closed: the model is its own again

@@ -29,6 +29,7 @@ Guarantees:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -46,6 +47,19 @@ from neuronscope.models.aliases import structural_aliases
 from neuronscope.models.loaded import LoadedModel, evaluating
 
 Images = Tensor | Image.Image | Sequence[Image.Image]
+
+
+_EDITING: weakref.WeakSet[Recorder] = weakref.WeakSet()
+"""The recorders attached now that carry edits (see :func:`attached_edits`)."""
+
+
+def attached_edits(module: nn.Module) -> list[Edit]:
+    """The edits of every Recorder attached now to ``module`` or one of its submodules: a forward of
+    ``module`` runs edited. Hooks are invisible from outside, so whoever stores activations as the
+    model's own (a scan) asks here first."""
+    inside = set(module.modules())
+    return [edit for recorder in list(_EDITING) if recorder.root in inside
+            for edits in recorder.edits.values() for edit in edits]
 
 
 class _StopForward(Exception):
@@ -184,6 +198,8 @@ class Recorder:
         except BaseException:
             self.remove()
             raise
+        if self.edits:
+            _EDITING.add(self)
         self._reset()
 
     def _hook(self, name: str, act: Callable[[str, Tensor], Tensor], *, prepend: bool) -> None:
@@ -223,6 +239,7 @@ class Recorder:
         """Remove exactly the hooks this recorder added."""
         while self._handles:
             self._handles.pop().remove()
+        _EDITING.discard(self)
         self._armed = False
         self._root_depth = 0
 

@@ -45,7 +45,7 @@ import torch
 
 from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
-from neuronscope.activations.recorder import Recorder
+from neuronscope.activations.recorder import Recorder, attached_edits
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
                                     drop_checkpoints, marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas
@@ -58,6 +58,7 @@ from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, L
 from neuronscope.mining.sources import Entry, ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
+from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel, runs_in_eval
 
 log = logging.getLogger(__name__)
@@ -278,12 +279,23 @@ class ScanPlan:
 def prepare_scan(model: LoadedModel, source: ImageSource, layers: str | Sequence[str], settings: ScanSettings,
                  max_pixels: int) -> ScanPlan:
     """Resolve ``layers``, key the run's config and read each layer's geometry (one grey forward)."""
+    refuse_edited(model)
     canonical = resolve_layers(model.module, layers, model.layer_aliases, model_key=model.key)
     config, config_key = scan_config(model, canonical, source, settings, max_pixels)
     geometry = layer_geometry(model, canonical)
     # In the order the layers were asked for, not fired: a checkpoint numbers its layers in this order.
     shapes = {name: geometry[name] for name in canonical}
     return ScanPlan(canonical, aliases_by_layer(model.layer_aliases), config, config_key, shapes)
+
+
+def refuse_edited(model: LoadedModel) -> None:
+    """Raise while a Recorder's edits are attached to ``model``: an atlas holds the model's own activations,
+    and a run's config could not tell edited ones apart (a later plain scan would replace them as a rescan)."""
+    edits = attached_edits(model.module)
+    if edits:
+        named = ", ".join(f"{edit.layer}: {edit.mode}" for edit in edits)
+        raise NeuronscopeError(f"edits ({named}) are attached to {model.key} by an open Recorder; an atlas stores "
+                               f"the model's own activations: run the scan outside that `with` block")
 
 
 @runs_in_eval
@@ -321,6 +333,10 @@ def scan(
 
     Returns:
         A :class:`ScanOutcome`; the results are in ``atlas`` (``Atlas.unit``).
+
+    Raises:
+        NeuronscopeError: a Recorder's edits are attached to ``model`` (an atlas stores the model's own
+            activations).
     """
     started = time.perf_counter()
     plan = prepare_scan(model, source, layers, settings, max_pixels)
