@@ -399,3 +399,10 @@ def test_a_forward_of_your_own_inside_a_recorder_runs_in_your_mode(tiny_rn):
     finally:
         tiny_rn.module.eval()
     assert not torch.equal(bn.running_mean, before)  # your forward, your mode: train mode updates BatchNorms
+
+
+def test_record_takes_its_model_by_name_too(tiny_rn):
+    pixels = torch.randn(1, 3, *tiny_rn.preprocess.image_size, generator=torch.Generator().manual_seed(0))
+    layer = tiny_rn.resolve_layer("neurons")
+    assert torch.equal(record(model=tiny_rn, images=pixels, layers="neurons")[layer],
+                       record(tiny_rn, pixels, "neurons")[layer])

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Concatenate, Iterable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import torch
 from PIL import Image
@@ -236,19 +236,16 @@ def evaluating(model: LoadedModel | nn.Module) -> Iterator[None]:
 
 _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
-_Model = TypeVar("_Model", bound="LoadedModel | nn.Module")
 
 
-def runs_in_eval(
-    function: Callable[Concatenate[_Model, _Params], _Result],
-) -> Callable[Concatenate[_Model, _Params], _Result]:
+def runs_in_eval(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
     """Decorator for an entry point ``function(model, ...)`` that runs ``model`` for the user: the whole call
-    runs under :func:`evaluating`, one switch for all its forwards."""
+    runs under :func:`evaluating`, one switch for all its forwards. ``model`` may be passed by name too."""
 
     @functools.wraps(function)
-    def in_eval(model: _Model, /, *args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
-        with evaluating(model):
-            return function(model, *args, **kwargs)
+    def in_eval(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        with evaluating(args[0] if args else kwargs["model"]):
+            return function(*args, **kwargs)
 
     return in_eval
 
