@@ -24,6 +24,7 @@ from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
     LAYER,
     MODEL,
     build_hub_atlas,
+    png,
     running_server,
     web_atlas,
 )
@@ -681,3 +682,42 @@ def test_a_server_on_an_atlas_it_cannot_write_sees_its_owners_later_writes(tmp_p
         assert label() == "fish"
     finally:
         reader.close()
+
+
+def test_unit_page_shows_bottom_examples_every_top_example_image_names_and_what_scores_mean(client, monkeypatch):
+    """The bottom examples were stored but shown nowhere, only 24 of 48 top examples were shown, thumbnails were
+    no links and the image id was in a tooltip only; word and text scores had no caption."""
+    from neuronscope.web import pages
+
+    record = client.get(f"/api{LAYER_URL}/u/2").json()
+    html = client.get(f"{LAYER_URL}/u/2").text
+    assert "Bottom dataset examples" in html and html.count("<tr><td>") == len(record["bottom"]) == 2
+    for example in record["top"] + record["bottom"]:
+        name = example["image"].rsplit("#", 1)[0]
+        assert f">{name}<" in html  # visible, not only in a title
+    for example in record["top"]:
+        assert f'<a href="/files/{example["thumb"]}"><img src="/files/{example["thumb"]}"' in html
+    assert "the word rastered as an image" in html and "attribution to the unit through the text tower" in html
+    monkeypatch.setattr(pages, "TOP_EXAMPLES", 3)
+    html = client.get(f"{LAYER_URL}/u/2").text
+    assert "1 more top examples</summary>" in html and html.count('src="/files/thumbs/') == 4
+
+
+def test_plots_sit_side_by_side_and_a_card_says_its_image_is_a_facet_render(web_atlas, tmp_path):
+    copy = tmp_path / "atlas"
+    shutil.copytree(web_atlas, copy)
+    with Atlas(copy) as atlas:
+        run_id = atlas.start_run(command="visualize", config={"steps": 4}, config_key="facet-only", model=MODEL,
+                                 weights_sha256=None, layers=[{"layer": LAYER, "aliases": ["neurons"]}],
+                                 dataset=None, precision="fp32")
+        atlas.write_featurevis(run_id, MODEL, LAYER, [{"unit": 7, "kind": "facet:drawing", "index": 0,
+                                                       "png": png(7), "objective": 0.5, "description": "facet"}])
+        atlas.finish_run(run_id)
+    with TestClient(create_app(copy, warm=False)) as browser:
+        grid = browser.get(LAYER_URL).text
+        card = grid[grid.index('data-unit="7"'):grid.index('data-unit="8"')]
+        assert "facet: drawing render" in card
+        assert "render</span>" not in grid[grid.index('data-unit="2"'):grid.index('data-unit="3"')]  # a plain one
+        unit = browser.get(f"{LAYER_URL}/u/2").text
+        figures = unit[unit.index('<div class="figures">'):]
+        assert figures.index("histogram.svg") < figures.index("conditional.svg") < figures.index("</div>")

@@ -55,12 +55,15 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
 
     Returns:
         ``[{"unit", "max", "mean", "label", "words": [str] (best first, at most GRID_WORDS),
-        "featurevis": path | None, "thumb": path | None}]``; paths are relative to the atlas.
+        "featurevis": path | None, "featurevis_kind": "plain" | "diverse" | "facet:NAME" | None,
+        "thumb": path | None}]``; paths are relative to the atlas. ``featurevis`` is the unit's first render by
+        :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet render where it has no plain one, which its card
+        says).
     """
     entry = atlas.resolve_layer(model, layer)
     key = (entry["model"], entry["layer"])
-    cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None, "thumb": None}
-             for unit in range(entry["units"])]
+    cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None,
+              "featurevis_kind": None, "thumb": None} for unit in range(entry["units"])]
 
     def rows(sql: str):
         return ((row, cards[row["unit"]]) for row in atlas.db.execute(sql, key) if 0 <= row["unit"] < len(cards))
@@ -75,10 +78,10 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
                           f"ORDER BY score DESC, word) AS position FROM words WHERE model = ? AND layer = ?) "
                           f"WHERE position <= {GRID_WORDS} ORDER BY unit, position"):
         card["words"].append(row["word"])
-    for row, card in rows(f"SELECT unit, path FROM (SELECT unit, path, row_number() OVER (PARTITION BY unit "
-                          f"ORDER BY {RENDER_ORDER}) AS position FROM featurevis "
+    for row, card in rows(f"SELECT unit, path, kind FROM (SELECT unit, path, kind, row_number() OVER (PARTITION "
+                          f"BY unit ORDER BY {RENDER_ORDER}) AS position FROM featurevis "
                           f"WHERE model = ? AND layer = ?) WHERE position = 1"):
-        card["featurevis"] = row["path"]
+        card["featurevis"], card["featurevis_kind"] = row["path"], row["kind"]
     for row, card in rows("SELECT unit, thumb FROM examples WHERE model = ? AND layer = ? AND kind = 'top' "
                           "AND rank = 0"):
         card["thumb"] = row["thumb"]

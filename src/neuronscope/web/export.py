@@ -213,7 +213,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
         unit_folder = site.page_folder(model, layer, unit)
         for render in record["featurevis"]:
             site.copy(render["path"])
-        for example in record["top"][:data["top_examples"]]:
+        for example in record["top"] + record["bottom"]:  # the page shows every stored example
             site.copy(example["thumb"])
         has_plots = plots and data["activations"] == "plottable"
         if has_plots:

@@ -90,6 +90,8 @@ class Links:
     """The server's links: paths from the site's root."""
 
     static_site = False
+    #: Images are inlined (a notebook card): nothing to link to, and every image shown is read and encoded.
+    inline = False
 
     def __init__(self, known_models: list[str]) -> None:
         self.known_models = known_models
@@ -189,6 +191,8 @@ def static_page_path(*parts: str) -> str:
 class InlineLinks(Links):
     """Links for a notebook card: images inline as data URIs, pages not linked (a notebook has no server:
     templates leave out a link that is None)."""
+
+    inline = True
 
     def __init__(self, known_models: list[str], atlas_path: Path) -> None:
         super().__init__(known_models)

@@ -162,11 +162,19 @@ def environment():
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
                              auto_reload=False)  # templates ship with the package: no stat per include
     env.filters["num"] = _number
+    env.filters["image_name"] = image_name
     return env
 
 
 def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
+
+
+def image_name(image_id: str) -> str:
+    """What a caption shows of an image id (``test_split.tar::00915_drawing.png#a161b78e3904`` ->
+    ``00915_drawing.png``; ``cats/001.jpg#...`` -> ``cats/001.jpg``): its path in the source, whose folder is
+    its category; the whole id stays in the caption's tooltip."""
+    return image_id.rsplit("#", 1)[0].split("::", 1)[-1]
 
 
 def render(template: str, links: Links, **context: Any) -> str:
