@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from neuronscope.cli import app
 from neuronscope.commands import layers as layers_command
+from tests.web_atlas import web_atlas  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 
@@ -397,19 +398,24 @@ def test_demo_json_off_a_terminal_writes_the_json_alone(tmp_path):
     assert result.stderr.startswith(f"building {tmp_path / 'atlas'} from tiny-rn")  # without --json: as before
 
 
-def test_help_and_the_commands_that_read_an_atlas_start_without_torch(tmp_path):
+def test_help_and_the_commands_that_read_an_atlas_start_without_torch(tmp_path, web_atlas):
     """Every ``--help``, ``show`` and ``export`` import neither torch nor open_clip (3-4 s of start-up before
-    anything is printed): the commands import what they run when they run."""
+    anything is printed): the commands import what they run when they run. So does the microscope serving a
+    scanned unit's page and conditional plot, and an export with plots (the plot's bucketing imported torch
+    through ``neuronscope.mining``'s ``__init__``: 3-5 s and 500 MB on the first plot)."""
     import subprocess
     import sys
 
-    from tests.web_atlas import HUB_MODEL, build_hub_atlas
+    from tests.web_atlas import HUB_MODEL, LAYER, build_hub_atlas
 
     atlas = build_hub_atlas(tmp_path / "atlas")
+    unit_url = f"/m/tiny-rn/l/{LAYER}/u/2"
     script = f"""
 import json, sys
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 from neuronscope.cli import app
+from neuronscope.web import create_app
 
 runner = CliRunner()
 commands = [[command.name] for command in app.registered_commands]
@@ -417,10 +423,14 @@ commands += [[group.name, command.name or command.callback.__name__] for group i
              for command in group.typer_instance.registered_commands]
 calls = [["--help"], *[[*command, "--help"] for command in commands],
          ["show", {str(atlas)!r}, "--model", {HUB_MODEL!r}, "--layer", "neurons", "--unit", "1", "--json"],
-         ["export", {str(atlas)!r}, "--site", {str(tmp_path / "site")!r}]]
+         ["export", {str(atlas)!r}, "--site", {str(tmp_path / "site")!r}],
+         ["export", {str(web_atlas)!r}, "--site", {str(tmp_path / "plots")!r}]]
 for args in calls:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
+with TestClient(create_app({str(web_atlas)!r})) as client:
+    for url in ({unit_url!r}, {unit_url + "/conditional.svg"!r}):
+        assert client.get(url).status_code == 200, url
 print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.modules
                                                         if name.split(".")[0] in ("torch", "open_clip"))}}))
 """
@@ -428,6 +438,7 @@ print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.mod
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["calls"] > 20 and report["heavy"] == []
+    assert "<svg" in next((tmp_path / "plots").rglob("conditional.svg")).read_text()
 
 
 def _assert_wrapped_evenly(rows: list[str], width: int) -> None:

@@ -937,9 +937,9 @@ def _featurevis_relpath(model: str, layer: str, unit: int, kind: str, index: int
 def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10) -> list[dict]:
     """Uniform buckets in SDs from zero with sample images, from a unit's :meth:`Atlas.unit` record.
 
-    See :func:`neuronscope.mining.histogram.uniform_buckets`; ``[]`` for a unit without a histogram or SD.
+    See :func:`neuronscope.mining.buckets.uniform_buckets`; ``[]`` for a unit without a histogram or SD.
     """
-    from neuronscope.mining.histogram import uniform_buckets
+    from neuronscope.mining.buckets import uniform_buckets
 
     histogram, stats = record["histogram"], record["stats"]
     if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)

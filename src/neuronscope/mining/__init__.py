@@ -8,21 +8,38 @@
         atlas.unit(model.key, "neurons", 7)["top"]   # [{"image", "activation", "cell"}, ...]
 
 ``scan_ray`` (same arguments, plus ``workers``/``address``) runs the same scan on Ray.
+
+The names load lazily (PEP 562), as in :mod:`neuronscope`: the microscope (``serve``, ``export``) imports
+:mod:`neuronscope.mining.buckets` for its conditional plots, and running this package's ``__init__`` must not
+import torch (the accumulator's) for it.
 """
 
-from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings, reduce_batch
-from neuronscope.mining.histogram import StreamingHistogram, sample_hash, uniform_buckets
-from neuronscope.mining.loader import iter_batches
-from neuronscope.mining.moments import StreamingMoments
-from neuronscope.mining.ray_backend import scan_ray  # imports Ray only when a Ray scan starts
-from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
-from neuronscope.mining.scanner import ScanProgress, ScanProgressHook, scan, scan_config
-from neuronscope.mining.sources import Entry, ImageSource, image_folder, image_id, open_source
-from neuronscope.mining.topk import StreamingTopK
+from __future__ import annotations
 
-__all__ = [
-    "Entry", "Examples", "HistogramArrays", "ImageRecord", "ImageSource", "LayerAccumulator", "LayerScan",
-    "ScanOutcome", "ScanProgress", "ScanProgressHook", "ScanSettings", "StreamingHistogram", "StreamingMoments", "StreamingTopK",
-    "image_folder", "image_id", "iter_batches", "open_source", "reduce_batch", "sample_hash", "scan", "scan_config", "scan_ray",
-    "uniform_buckets",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module that owns it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("LayerAccumulator", "ScanSettings", "reduce_batch"), "neuronscope.mining.accumulator"),
+    **dict.fromkeys(("sample_hash", "uniform_buckets"), "neuronscope.mining.buckets"),
+    "StreamingHistogram": "neuronscope.mining.histogram",
+    "iter_batches": "neuronscope.mining.loader",
+    "StreamingMoments": "neuronscope.mining.moments",
+    "scan_ray": "neuronscope.mining.ray_backend",  # imports Ray only when a Ray scan starts
+    **dict.fromkeys(("Examples", "HistogramArrays", "ImageRecord", "LayerScan", "ScanOutcome"),
+                    "neuronscope.mining.results"),
+    **dict.fromkeys(("ScanProgress", "ScanProgressHook", "scan", "scan_config"), "neuronscope.mining.scanner"),
+    **dict.fromkeys(("Entry", "ImageSource", "image_folder", "image_id", "open_source"), "neuronscope.mining.sources"),
+    "StreamingTopK": "neuronscope.mining.topk",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value

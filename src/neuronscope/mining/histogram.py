@@ -24,24 +24,15 @@ Memory: units x n_bins x (1 + 2 x reservoir) int64.
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
-
 import numpy as np
 
-from neuronscope.mining.sources import image_folder
+from neuronscope.mining.buckets import TOP_FOLDER, sample_hash, uniform_buckets  # noqa: F401 (their old home)
 from neuronscope.mining.topk import EMPTY
 
 #: Finest bin width is 2**MIN_EXPONENT (~6e-8): a constant unit keeps one bin there.
 MIN_EXPONENT = -24
 #: Grid indices stay below 2**INDEX_BITS in magnitude, so they and their differences fit in int64.
 INDEX_BITS = 61
-
-
-def sample_hash(image_id: str, seed: int) -> int:
-    """A 63-bit hash of ``(seed, image id)``: reservoir samples keep the smallest."""
-    digest = hashlib.blake2b(f"{seed}\0{image_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def _cell_hash_order(cells: np.ndarray, hashes: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
@@ -268,67 +259,3 @@ class StreamingHistogram:
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str) -> None:
         for name in ("exponent", "first", "counts", "sample_hashes", "sample_ordinals", "lo", "hi", "nonfinite"):
             setattr(self, name, state[f"{prefix}{name}"].copy())
-
-
-#: The category of the images at the top of a source whose other images sit in folders.
-TOP_FOLDER = "(top)"
-
-
-def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
-                    std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
-    """Uniform buckets from min to max, in SDs from zero, for conditional-probability plots.
-
-    The paper's plots: activations in standard deviations from zero, uniform
-    buckets between the smallest and largest, a fixed number of images per
-    bucket. Buckets are unions of the dyadic bins (each bin goes to the bucket
-    holding its centre, the upper one on a tie; bucket edges are exact to one bin width); a
-    bucket's sample is the ``per_bucket`` images with the smallest
-    ``hash(id, seed)`` among its bins' reservoirs, which is exactly the
-    reservoir the union would have kept.
-
-    Args:
-        edges, counts, samples, seed, reservoir: a unit's histogram as ``Atlas.histogram`` returns it
-            (``reservoir``: the samples a bin keeps at most; a bin holding fewer held all its images).
-        std: the unit's standard deviation (``stats["std"]``); 0 gives one bucket.
-        per_bucket: images per bucket (at most, and by default, the reservoir size).
-
-    A bucket's ``categories`` are the paper's y axis, with the folder an image sits in
-    (:func:`~neuronscope.mining.sources.image_folder`) standing in for its blind labels: the share of the
-    bucket's images in each folder, estimated from every sample of its bins, each weighing its bin's count
-    over the bin's samples (a sparse bin keeps as many samples as a full one). ``{}`` when no sample sits in
-    a folder.
-
-    Returns:
-        ``[{"from_sd", "to_sd", "count", "samples": [image ids], "categories": {folder: share}}]``, low to high.
-    """
-    if not counts:
-        return []
-    # More than a bin's reservoir per bucket would not be the union's smallest hashes any more. (The
-    # fullest bin's sample count is no stand-in: when every bin holds fewer images than the reservoir,
-    # a bucket of several bins can show more.)
-    per_bucket = min(per_bucket or reservoir, reservoir)
-    scale = std if std > 0 else 1.0
-    low, high = edges[0] / scale, edges[-1] / scale
-    if std <= 0 or n_buckets == 1 or high <= low:
-        n_buckets = 1
-    width = (high - low) / n_buckets
-    buckets = [{"from_sd": low + i * width, "to_sd": low + (i + 1) * width, "count": 0, "samples": []}
-               for i in range(n_buckets)]
-    pooled: list[list[str]] = [[] for _ in range(n_buckets)]
-    weights: list[Counter[str | None]] = [Counter() for _ in range(n_buckets)]
-    for index, count in enumerate(counts):
-        # Bins are equal in width, so the bucket of a bin's centre is integer arithmetic (no rounding at
-        # bucket edges): centre (index + 1/2) of len(counts) bins, in units of a bucket.
-        bucket = (2 * index + 1) * n_buckets // (2 * len(counts))
-        buckets[bucket]["count"] += count
-        pooled[bucket].extend(samples[index])
-        for image in samples[index]:
-            weights[bucket][image_folder(image)] += count / len(samples[index])
-    in_folders = any(folder is not None for weight in weights for folder in weight)
-    for bucket, ids, weight in zip(buckets, pooled, weights):
-        bucket["samples"] = sorted(ids, key=lambda image: (sample_hash(image, seed), image))[:per_bucket]
-        total = sum(weight.values())
-        bucket["categories"] = {TOP_FOLDER if folder is None else folder: share / total
-                                for folder, share in sorted(weight.items(), key=lambda item: item[0] or "")
-                                } if in_folders else {}
-    return buckets
