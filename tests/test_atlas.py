@@ -290,8 +290,9 @@ def test_a_version_1_atlas_is_migrated_to_hold_artifacts(tmp_path):
     db.executescript(SCHEMA_V1 + "INSERT INTO meta VALUES ('schema_version', '1');")
     db.close()
     with Atlas(path.parent) as atlas:
-        assert schema_version(atlas.db) == SCHEMA_VERSION == 2
+        assert schema_version(atlas.db) == SCHEMA_VERSION == 3
         assert atlas.artifacts("m", "l") == []
+        assert "category" in [row[1] for row in atlas.db.execute("PRAGMA table_info(images)")]  # v3
 
 
 def test_models_that_crop_differently_keep_their_own_thumbnails(tiny_rn, tmp_path):

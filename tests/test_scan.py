@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -413,6 +414,49 @@ def test_conditional_buckets_hold_the_smallest_hashes_of_their_images(tiny_rn, i
                         members.append(image)
                 assert len(members) == bucket["count"]
                 assert bucket["samples"] == sorted(members, key=lambda i: sample_hash(i, 0))[:SETTINGS.reservoir]
+
+
+def test_conditional_buckets_take_each_images_category_from_its_sources_index_json(tiny_rn, images, tmp_path):
+    """A flat tar shard (the mini CLIP's split) has no folders for the conditional plot's categories: they came
+    out ``{}`` for every bucket. Its ``index.json`` (``{"images": [{"file", "concept", ...}]}``) now gives them,
+    and an image it lists without one is ``(none)``; a folder keeps its folders, and an ``index.json`` at its
+    top wins over them."""
+    paths = sorted(images.rglob("*.png"))
+    concept = {f"{index:02d}.png": ("star" if index < 16 else "bug") for index in range(len(paths))}
+    index = {"images": [{"file": name, "kind": "drawing", "concept": concept[name]} for name in concept][:-1]
+             + [{"file": "23.png", "kind": "reading", "word": "zap"}]}
+    shard = tmp_path / "flat.tar"
+    with tarfile.open(shard, "w") as tar:
+        for position, path in enumerate(paths):
+            tar.add(path, arcname=f"{position:02d}.png")
+        data = json.dumps(index).encode()
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    expected = {**{name: concept[name] for name in list(concept)[:-1]}, "23.png": "(none)"}
+
+    def shares(atlas_dir: Path, unit: int) -> list[dict]:
+        with Atlas(atlas_dir) as atlas:
+            buckets = atlas.conditional_buckets(None, "neurons", unit, n_buckets=4)
+        for bucket in buckets:  # every sample counted under its own category, the shares summing to one
+            assert set(bucket["categories"]) >= {expected[image.split("::")[1].split("#")[0]]
+                                                 for image in bucket["samples"]}
+            if bucket["count"]:
+                assert sum(bucket["categories"].values()) == pytest.approx(1.0)
+        return [bucket["categories"] for bucket in buckets]
+
+    run_scan(tiny_rn, shard, tmp_path / "tar")
+    for unit in (1, 3, 10):
+        categories = shares(tmp_path / "tar", unit)
+        assert set().union(*categories) <= {"star", "bug", "(none)"} and any(categories)
+    run_scan(tiny_rn, images, tmp_path / "folders")  # no index: the folders a and b
+    with Atlas(tmp_path / "folders") as atlas:
+        assert set().union(*(b["categories"] for b in atlas.conditional_buckets(None, "neurons", 1))) == {"a", "b"}
+    (images / "index.json").write_text(json.dumps([{"file": p.relative_to(images).as_posix(), "category": "x"}
+                                                   for p in paths]))
+    run_scan(tiny_rn, images, tmp_path / "indexed")
+    with Atlas(tmp_path / "indexed") as atlas:
+        assert set().union(*(b["categories"] for b in atlas.conditional_buckets(None, "neurons", 1))) == {"x"}
 
 
 def test_vit_tokens_and_pooled_vectors_scan(tiny_vit, images, tmp_path):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from neuronscope.errors import NeuronscopeError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -155,6 +155,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
+SCHEMA_V3 = """
+-- v3: an image's category, from its source's index.json (a flat tar shard has no folders to stand in for
+-- it): the conditional-probability plots count it. NULL: the image's folder stands in.
+ALTER TABLE images ADD COLUMN category TEXT;
+"""
+
+
 def _statements(script: str) -> list[str]:
     """A SQL script's statements, split where SQLite says one is complete (a ``;`` in a string or comment stays)."""
     statements, pending = [], ""
@@ -172,8 +179,13 @@ def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def _migrate_2_to_3(connection: sqlite3.Connection) -> None:
+    for statement in _statements(SCHEMA_V3):
+        connection.execute(statement)
+
+
 #: ``MIGRATIONS[v]`` upgrades a version-``v`` atlas to ``v + 1`` inside the open transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def schema_version(connection: sqlite3.Connection) -> int:

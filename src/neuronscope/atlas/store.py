@@ -365,7 +365,8 @@ class Atlas:
 
     def write_scan(self, run_id: int, layer_scans: list[LayerScan], images: Mapping[str, ImageRecord],
                    skipped: Mapping[str, int], image_count: int,
-                   thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None) -> None:
+                   thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None,
+                   categories: Mapping[str, str] | None = None) -> None:
         """Store a finished scan: every layer's units, examples and histogram, its images, and the run's end.
 
         A rescan of the same (model, layer) replaces that layer's rows; images are
@@ -378,17 +379,22 @@ class Atlas:
             layer_scans: :class:`neuronscope.mining.results.LayerScan` s.
             images: ``{image id: ImageRecord}`` for every image the results name.
             thumbs: ``{(sha256, rows, cols, row, col): relative path}`` of marked thumbnails.
+            categories: ``{image id: category}`` from the source's ``index.json``, for the conditional
+                plots (:meth:`sample_categories`); an image scanned again keeps the one it has when this
+                scan gives none.
         """
-        thumbs = thumbs or {}
+        thumbs, categories = thumbs or {}, categories or {}
         old_files, new_files = [], []
         replaced_thumbs: set[str] = set()
         try:
             for scan in layer_scans:
                 new_files.append(self._write_histogram_file(run_id, scan))
             with self.transaction() as db:
-                db.executemany("INSERT OR IGNORE INTO images (id, source, name, sha256, width, height) "
-                               "VALUES (?, ?, ?, ?, ?, ?)",
-                               [(r.id, r.source, r.name, r.sha256, r.width, r.height) for r in images.values()])
+                db.executemany("INSERT INTO images (id, source, name, sha256, width, height, category) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (id) DO UPDATE SET category = coalesce(excluded.category, category)",
+                               [(r.id, r.source, r.name, r.sha256, r.width, r.height, categories.get(r.id))
+                                for r in images.values()])
                 for scan, histogram_file in zip(layer_scans, new_files):
                     old = db.execute("SELECT path FROM histograms WHERE model = ? AND layer = ?",
                                      (scan.model, scan.layer)).fetchone()
@@ -926,7 +932,20 @@ class Atlas:
 
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
         """:func:`conditional_buckets` of a unit read from the atlas."""
-        return conditional_buckets(self.unit(model, layer, unit), n_buckets)
+        record = self.unit(model, layer, unit)
+        return conditional_buckets(record, n_buckets, self.sample_categories(record))
+
+    def sample_categories(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """``{image id: category}`` of the histogram samples of a unit's :meth:`unit` record that a scan stored
+        a category for (their source's ``index.json``): the conditional plot's y axis where no folder is."""
+        ids = sorted({image for images in (record["histogram"] or {}).get("samples", []) for image in images})
+        categories: dict[str, str] = {}
+        for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            categories.update((row["id"], row["category"]) for row in self.db.execute(
+                f"SELECT id, category FROM images WHERE category IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return categories
 
 
 def _featurevis_relpath(model: str, layer: str, unit: int, kind: str, index: int) -> str:
@@ -934,10 +953,12 @@ def _featurevis_relpath(model: str, layer: str, unit: int, kind: str, index: int
     return f"featurevis/{path_slug(model)}/{path_slug(layer)}/{unit}_{path_slug(kind)}_{index}.png"
 
 
-def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10) -> list[dict]:
+def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10,
+                        categories: Mapping[str, str] | None = None) -> list[dict]:
     """Uniform buckets in SDs from zero with sample images, from a unit's :meth:`Atlas.unit` record.
 
-    See :func:`neuronscope.mining.buckets.uniform_buckets`; ``[]`` for a unit without a histogram or SD.
+    See :func:`neuronscope.mining.buckets.uniform_buckets` (``categories``: :meth:`Atlas.sample_categories`);
+    ``[]`` for a unit without a histogram or SD.
     """
     from neuronscope.mining.buckets import uniform_buckets
 
@@ -945,4 +966,5 @@ def conditional_buckets(record: Mapping[str, Any], n_buckets: int = 10) -> list[
     if not histogram or not stats or stats["std"] is None:  # None: an older scan's NaN (see StreamingMoments)
         return []
     return uniform_buckets(histogram["edges"], histogram["counts"], histogram["samples"], histogram["seed"],
-                           std=stats["std"], reservoir=histogram["reservoir"], n_buckets=n_buckets)
+                           std=stats["std"], reservoir=histogram["reservoir"], n_buckets=n_buckets,
+                           categories=categories)

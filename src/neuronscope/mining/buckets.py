@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Mapping
 
 from neuronscope.mining.sources import image_folder
 
@@ -18,12 +19,13 @@ def sample_hash(image_id: str, seed: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-#: The category of the images at the top of a source whose other images sit in folders.
+#: The category of the images with neither a category nor a folder, in a source where others have one.
 TOP_FOLDER = "(top)"
 
 
 def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
-                    std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None) -> list[dict]:
+                    std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None,
+                    categories: Mapping[str, str] | None = None) -> list[dict]:
     """Uniform buckets from min to max, in SDs from zero, for conditional-probability plots.
 
     The paper's plots: activations in standard deviations from zero, uniform
@@ -40,11 +42,12 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
         std: the unit's standard deviation (``stats["std"]``); 0 gives one bucket.
         per_bucket: images per bucket (at most, and by default, the reservoir size).
 
-    A bucket's ``categories`` are the paper's y axis, with the folder an image sits in
-    (:func:`~neuronscope.mining.sources.image_folder`) standing in for its blind labels: the share of the
-    bucket's images in each folder, estimated from every sample of its bins, each weighing its bin's count
-    over the bin's samples (a sparse bin keeps as many samples as a full one). ``{}`` when no sample sits in
-    a folder.
+    A bucket's ``categories`` are the paper's y axis: an image's category is ``categories[image id]`` (what
+    its source's ``index.json`` says, :func:`~neuronscope.mining.sources.index_categories`), else the
+    folder it sits in (:func:`~neuronscope.mining.sources.image_folder`), standing in for its blind labels:
+    the share of the bucket's images in each category, estimated from every sample of its bins, each
+    weighing its bin's count over the bin's samples (a sparse bin keeps as many samples as a full one).
+    ``{}`` when no sample has a category.
 
     Returns:
         ``[{"from_sd", "to_sd", "count", "samples": [image ids], "categories": {category: share}}]``, low to high.
@@ -64,6 +67,11 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
                for i in range(n_buckets)]
     pooled: list[list[str]] = [[] for _ in range(n_buckets)]
     weights: list[Counter[str | None]] = [Counter() for _ in range(n_buckets)]
+    known = categories or {}
+
+    def category_of(image: str) -> str | None:
+        return known.get(image) or image_folder(image)
+
     for index, count in enumerate(counts):
         # Bins are equal in width, so the bucket of a bin's centre is integer arithmetic (no rounding at
         # bucket edges): centre (index + 1/2) of len(counts) bins, in units of a bucket.
@@ -71,7 +79,7 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
         buckets[bucket]["count"] += count
         pooled[bucket].extend(samples[index])
         for image in samples[index]:
-            weights[bucket][image_folder(image)] += count / len(samples[index])
+            weights[bucket][category_of(image)] += count / len(samples[index])
     categorised = any(category is not None for weight in weights for category in weight)
     for bucket, ids, weight in zip(buckets, pooled, weights):
         bucket["samples"] = sorted(ids, key=lambda image: (sample_hash(image, seed), image))[:per_bucket]

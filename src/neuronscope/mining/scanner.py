@@ -379,7 +379,9 @@ def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: Sc
               if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
     skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
-    atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs)
+    categories = {record.id: source.categories[record.name] for record in image_records.values()
+                  if record.name in source.categories}
+    atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs, categories)
     drop_checkpoints(atlas, plan.config_key)
     return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
                        seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)

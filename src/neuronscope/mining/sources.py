@@ -15,11 +15,12 @@ they are the path relative to the source plus 12 hex of the content's sha256,
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,17 @@ def content_sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A listed source: its kind, a display name (no absolute path) and its entries in ordinal order."""
+    """A listed source: its kind, a display name (no absolute path) and its entries in ordinal order.
+
+    ``categories``: ``{entry name: category}`` from the source's ``index.json`` (:func:`index_categories`),
+    which a scan stores with its images for the conditional-probability plots; empty without one.
+    """
 
     kind: str  # folder | tar | list
     name: str
     root: str
     entries: tuple[Entry, ...]
+    categories: Mapping[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """A hash of the listing (names and sizes): a resumed scan checks the source did not change."""
@@ -103,6 +109,33 @@ def size_twins(entries: Sequence[Entry]) -> np.ndarray:
     known = np.flatnonzero(sizes >= 0)
     _, inverse, counts = np.unique(sizes[known], return_inverse=True, return_counts=True)
     return known[counts[inverse] > 1]
+
+
+#: The member of a tar shard, or the file at a folder's top, that lists its images with their categories.
+INDEX_FILE = "index.json"
+#: The fields of an ``index.json`` entry that name its category, the first one present winning.
+CATEGORY_FIELDS = ("category", "concept", "class", "label")
+#: The category of an image its ``index.json`` lists without one (the split's ``reading`` images).
+NO_CATEGORY = "(none)"
+
+
+def index_categories(index: bytes, prefix: str = "") -> dict[str, str]:
+    """``{prefix + file: category}`` from an ``index.json``: ``{"images": [{"file", "concept", ...}]}`` (the
+    bundled test split's shape) or a plain list of such entries; the category is the entry's first field of
+    :data:`CATEGORY_FIELDS` (:data:`NO_CATEGORY` when it has none). A flat shard (the mini CLIP's split) has no folders to stand in for its images'
+    labels, so this is where its conditional plots get theirs. An index that is not this JSON gives none
+    (it is the source's own file, and the scan needs no categories)."""
+    try:
+        listing = json.loads(index)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    images = listing.get("images") if isinstance(listing, dict) else listing
+    categories = {}
+    for entry in images if isinstance(images, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            category = next((entry[name] for name in CATEGORY_FIELDS if entry.get(name) is not None), NO_CATEGORY)
+            categories[prefix + entry["file"]] = str(category)
+    return categories
 
 
 #: Text files of image paths, one a line, that :func:`open_source` reads as a source.
@@ -137,7 +170,9 @@ def list_folder(root: Path) -> ImageSource:
                 path = os.path.join(dirpath, filename)
                 entries.append(Entry(prefix + filename, path, None, _size(path)))
     entries.sort(key=lambda entry: entry.name)
-    return ImageSource("folder", root.name, top, tuple(entries))
+    index = root / INDEX_FILE
+    categories = index_categories(index.read_bytes()) if index.is_file() else {}
+    return ImageSource("folder", root.name, top, tuple(entries), categories)
 
 
 def list_tar(shard: Path) -> ImageSource:
@@ -148,12 +183,14 @@ def list_tar(shard: Path) -> ImageSource:
     try:
         with tarfile.open(shard, "r:") as tar:
             members = [m for m in tar.getmembers() if m.isfile() and _has_image_suffix(m.name)]
+            index = next((m for m in tar.getmembers() if m.isfile() and m.name == INDEX_FILE), None)
+            categories = index_categories(tar.extractfile(index).read(), f"{shard.name}::") if index else {}
     except tarfile.ReadError as error:
         raise NeuronscopeError(f"{shard} is not an uncompressed tar shard ({error}); "
                                f"unpack it or give a folder") from None
     entries = [Entry(f"{shard.name}::{m.name}", str(shard), m.offset_data, m.size) for m in members]
     entries.sort(key=lambda entry: entry.name)
-    return ImageSource("tar", shard.name, str(shard), tuple(entries))
+    return ImageSource("tar", shard.name, str(shard), tuple(entries), categories)
 
 
 def list_paths_file(listing: Path) -> ImageSource:

@@ -219,7 +219,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
         if has_plots:
             site.write(f"{unit_folder}/histogram.svg", histogram_svg(record))
             site.write(f"{unit_folder}/conditional.svg",
-                       conditional_svg(conditional_buckets(record)))
+                       conditional_svg(conditional_buckets(record, categories=store.sample_categories(record))))
         site.page(f"{unit_folder}/index.html", "unit.html", plots=has_plots, **data)
         done += 1
         if progress is not None:
