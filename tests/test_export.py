@@ -156,3 +156,12 @@ def test_a_site_whose_parent_is_not_writable_is_refused_in_one_line(web_atlas, t
     result = CliRunner().invoke(cli_app, ["export", str(web_atlas), "--site", str(tmp_path / "site")])
     assert result.exit_code == 1 and "give a site folder whose parent you can write to" in result.output
     assert "\n" not in result.output.strip() and "Permission denied" in result.output
+
+
+def test_a_unit_page_links_to_the_grid_page_that_shows_it_and_to_its_neighbours_in_its_head(site):
+    layer = site / "m" / "tiny-rn" / "l" / LAYER
+    unit = (layer / "u" / "300" / "index.html").read_text()
+    assert 'href="../../page-3.html#u300"' in unit
+    assert '<link rel="prev" href="../299/index.html">' in unit and '<link rel="next" href="../301/index.html">' in unit
+    grid = (layer / "page-3.html").read_text()
+    assert 'href="./u/300/index.html" id="u300"' in grid  # the anchor it lands on; a static card carries no query

@@ -721,3 +721,43 @@ def test_plots_sit_side_by_side_and_a_card_says_its_image_is_a_facet_render(web_
         unit = browser.get(f"{LAYER_URL}/u/2").text
         figures = unit[unit.index('<div class="figures">'):]
         assert figures.index("histogram.svg") < figures.index("conditional.svg") < figures.index("</div>")
+
+
+def test_labelled_units_can_be_listed_and_a_unit_number_goes_to_that_unit(client):
+    """The home page's label count was plain text and no filter listed the labelled units; a unit's number typed
+    in the layer filter or the search found nothing."""
+    assert f'href="{LAYER_URL}?labelled=1"' in client.get("/").text
+    labelled = client.get(f"/api{LAYER_URL}", params={"labelled": "1"}).json()
+    assert [card["unit"] for card in labelled["cards"]] == [0, 3] and labelled["labelled"] is True
+    page = client.get(LAYER_URL, params={"labelled": "1"}).text
+    assert 'name="labelled" value="1" checked' in page and f'href="{LAYER_URL}/u/3?labelled=1"' in page
+    assert client.get(LAYER_URL, params={"labelled": "yes"}).status_code == 400
+    jump = client.get(LAYER_URL, params={"q": "473", "sort": "max"}, follow_redirects=False)
+    assert jump.status_code == 302 and jump.headers["location"] == f"{LAYER_URL}/u/473?sort=max"
+    assert [card["unit"] for card in client.get(f"/api{LAYER_URL}", params={"q": "473"}).json()["cards"]] == [473]
+    assert client.get(f"/api{LAYER_URL}", params={"q": "512"}).json()["total"] == 0  # past the last unit
+    found = client.get("/search", params={"q": "473"}, follow_redirects=False)
+    assert found.status_code == 302 and found.headers["location"] == f"{LAYER_URL}/u/473"
+    hit = client.get("/api/search", params={"q": "#473"}).json()["hits"][0]
+    assert (hit["unit"], hit["match"], hit["layer"]) == (473, "unit", LAYER)
+
+
+def test_a_unit_page_links_back_to_the_grid_page_and_list_it_came_from(client):
+    """The crumb went to the grid's first page and dropped the filter and sort; the neighbour links walk the list
+    the visitor came from (a card's link carries it), index order otherwise."""
+    def crumbs(url: str, **params: str) -> str:
+        html = client.get(url, params=params).text
+        return html[html.index('<nav class="crumbs">'):html.index("</nav>")]
+
+    plain = crumbs(f"{LAYER_URL}/u/300")
+    assert f'href="{LAYER_URL}?page=3#u300"' in plain and f'href="{LAYER_URL}/u/299" rel="prev"' in plain
+    assert 'id="u300"' in client.get(LAYER_URL, params={"page": "3"}).text  # the anchor it lands on
+    assert f'href="{LAYER_URL}?per_page=50&amp;page=7#u300"' in crumbs(f"{LAYER_URL}/u/300", per_page="50")
+    html = client.get(f"{LAYER_URL}/u/3", params={"labelled": "1"}).text
+    assert f'<link rel="prev" href="{LAYER_URL}/u/0?labelled=1">' in html and 'rel="next"' not in html
+    assert f'href="{LAYER_URL}?labelled=1#u3"' in html
+    ranked = [card["unit"] for card in client.get(f"/api{LAYER_URL}", params={"q": "star", "sort": "max"}).json()["cards"]]
+    first = crumbs(f"{LAYER_URL}/u/{ranked[0]}", q="star", sort="max")
+    assert f'href="{LAYER_URL}/u/{ranked[1]}?q=star&amp;sort=max" rel="next"' in first and 'rel="prev"' not in first
+    outside = crumbs(f"{LAYER_URL}/u/100", q="star")  # not in that list: the plain grid's neighbours and page
+    assert f'href="{LAYER_URL}#u100"' in outside and f'href="{LAYER_URL}/u/101" rel="next"' in outside

@@ -110,16 +110,17 @@ class Links:
         return f"{base}?{urlencode({'q': query})}" if query else base
 
     def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str:
-        # Defaults are left out, so that one page has one URL.
-        params = {key: value for key, value in query.items() if value not in (None, "") and
-                  not (key == "sort" and value == "unit")}
+        """A page of a layer's grid; ``query``: the list's parameters (``q``, ``sort``, ``labelled``,
+        ``per_page``; :attr:`~neuronscope.web.pages.LayerQuery.params`)."""
+        params = dict(query)
         if page > 1:
             params["page"] = page
-        base = self._page(url_path(*page_segments(self.slug(model), layer)))
-        return f"{base}?{urlencode(params)}" if params else base
+        return _with_query(self._page(url_path(*page_segments(self.slug(model), layer))), params)
 
-    def unit(self, model: str, layer: str, unit: int) -> str:
-        return self._page(url_path(*page_segments(self.slug(model), layer, unit)))
+    def unit(self, model: str, layer: str, unit: int, **query: object) -> str:
+        """A unit's page; ``query``: the layer list it is seen in (as :meth:`layer` takes it), which its
+        neighbour links walk."""
+        return _with_query(self._page(url_path(*page_segments(self.slug(model), layer, unit))), query)
 
     def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
         return f"{self.unit(model, layer, unit)}/{kind}.svg"
@@ -164,6 +165,9 @@ class StaticLinks(Links):
         name = "index.html" if page <= 1 else f"page-{page}.html"
         return self._relative(url_path(*page_segments(self.slug(model), layer), name))
 
+    def unit(self, model: str, layer: str, unit: int, **query: object) -> str:
+        return self._page(url_path(*page_segments(self.slug(model), layer, unit)))  # one page: no list to carry
+
     def plot(self, model: str, layer: str, unit: int, kind: str) -> str:
         return self._relative(url_path(*page_segments(self.slug(model), layer, unit), f"{kind}.svg"))
 
@@ -178,6 +182,13 @@ class StaticLinks(Links):
 
     def api_artifact(self, model: str, layer: str, kind: str, name: str) -> str | None:
         return None
+
+
+def _with_query(base: str, params: dict[str, object]) -> str:
+    """``base`` with the parameters that are set; defaults are left out, so that one page has one URL."""
+    params = {key: value for key, value in params.items()
+              if value not in (None, "") and not (key == "sort" and value == "unit")}
+    return f"{base}?{urlencode(params)}" if params else base
 
 
 def static_page_path(*parts: str) -> str:
@@ -209,7 +220,7 @@ class InlineLinks(Links):
     def layer(self, model: str, layer: str, *, page: int = 1, **query: object) -> str | None:
         return None
 
-    def unit(self, model: str, layer: str, unit: int) -> str | None:
+    def unit(self, model: str, layer: str, unit: int, **query: object) -> str | None:
         return None
 
     def plot(self, model: str, layer: str, unit: int, kind: str) -> str | None:

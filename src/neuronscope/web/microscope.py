@@ -79,10 +79,15 @@ class Microscope:
             return self.redirect(model_key, canonical, f"/u/{index}{rest}")
         return model_key, canonical, index
 
+    def layer_query(self) -> LayerQuery:
+        """The request's layer list parameters (``q``, ``sort``, ``page``, ``per_page``, ``labelled``)."""
+        params = self.request.query_params
+        return LayerQuery.parse(params.get("q"), params.get("sort"), params.get("page"), params.get("per_page"),
+                                params.get("labelled"))
+
     def layer_context(self, model: str, layer: str) -> dict[str, Any] | Response:
         """What a layer's page and JSON show (one page of its grid, as the query asks), or the 301."""
-        params = self.request.query_params
-        query = LayerQuery.parse(params.get("q"), params.get("sort"), params.get("page"), params.get("per_page"))
+        query = self.layer_query()
         model_key, canonical, ok = self.resolve(model, layer)
         if not ok:
             return self.redirect(model_key, canonical)

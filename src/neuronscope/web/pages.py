@@ -31,26 +31,49 @@ SEARCH_HITS = 200
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
+#: A layer list's parameters as an omitted one means them (links leave these out: one list, one URL).
+_DEFAULT_PARAMS = {"q": "", "sort": "unit", "labelled": 0, "per_page": PER_PAGE}
+
+
 class BadRequest(ValueError):
     """A malformed parameter (answered 400)."""
 
 
 @dataclass(frozen=True)
 class LayerQuery:
-    """A layer page's filter, sort and page, validated."""
+    """A layer page's filter, sort and page, validated.
+
+    A unit page takes the same parameters (its page ignored): the list its visitor came from, which its
+    neighbour links walk and its link back to the layer returns to.
+    """
 
     q: str = ""
     sort: str = "unit"
     page: int = 1
     per_page: int = PER_PAGE
+    labelled: bool = False
 
     @classmethod
-    def parse(cls, q: str | None, sort: str | None, page: str | None, per_page: str | None) -> "LayerQuery":
+    def parse(cls, q: str | None, sort: str | None, page: str | None, per_page: str | None,
+              labelled: str | None = None) -> "LayerQuery":
         sort = sort or "unit"
         if sort not in SORTS:
             raise BadRequest(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        if labelled not in (None, "", "0", "1"):
+            raise BadRequest(f"labelled must be 1 (labelled units only) or 0, not {labelled!r}")
         return cls(q=(q or "").strip()[:200], sort=sort, page=_positive(page, "page", 1, None),
-                   per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE))
+                   per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE), labelled=labelled == "1")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What links carry of this query (its page aside): the parameters that differ from the defaults."""
+        values = {"q": self.q, "sort": self.sort, "labelled": int(self.labelled), "per_page": self.per_page}
+        return {key: value for key, value in values.items() if value != _DEFAULT_PARAMS[key]}
+
+    @property
+    def is_default(self) -> bool:
+        """Whether the query lists every unit in index order (a page of the plain grid, or no query at all)."""
+        return not self.params or self.params.keys() == {"per_page"}
 
 
 def _positive(value: str | None, name: str, default: int, largest: int | None) -> int:
@@ -69,6 +92,13 @@ def parse_unit(value: str) -> int:
     return int(value)
 
 
+def unit_number(query: str, units: int) -> int | None:
+    """The unit a filter or search query names by its number (``473``, ``#473``) when the layer has it, else
+    None: typing a unit's number goes to that unit."""
+    text = query.strip().removeprefix("#")
+    return int(text) if _WHOLE_NUMBER.fullmatch(text) and int(text) < units else None
+
+
 # ---------------------------------------------------------------------------- page data
 
 def home_data(atlas: Atlas) -> dict[str, Any]:
@@ -79,27 +109,49 @@ def home_data(atlas: Atlas) -> dict[str, Any]:
     return {"models": [{"model": model, "layers": layers} for model, layers in models.items()]}
 
 
+def listed_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[int] | None = None
+                 ) -> list[dict[str, Any]]:
+    """``cards`` (from :func:`layer_grid`) as ``query`` lists them, on all its pages: filtered and sorted.
+
+    Args:
+        matching: the units :func:`matching_units` finds for ``query.q`` (None: no filter).
+    """
+    chosen = cards if matching is None else [card for card in cards if card["unit"] in matching]
+    if query.labelled:
+        chosen = [card for card in chosen if card["label"]]
+    if query.sort == "max":
+        # Units without a scan have no max: they go last.
+        chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
+    return chosen
+
+
+def matching_units(atlas: Atlas, model: str, layer: str, q: str, units: int) -> set[int] | None:
+    """The units a filter ``q`` keeps (None: no filter): a word or label that contains it (:func:`filter_units`),
+    and the unit it names by number (:func:`unit_number`)."""
+    if not q:
+        return None
+    number = unit_number(q, units)
+    return filter_units(atlas, model, layer, q) | (set() if number is None else {number})
+
+
 def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[int] | None = None) -> dict[str, Any]:
     """A layer page's slice of ``cards`` (from :func:`layer_grid`): filtered, sorted and paged.
 
     Args:
-        matching: the units :func:`filter_units` finds for ``query.q`` (None: no filter).
+        matching: the units :func:`matching_units` finds for ``query.q`` (None: no filter).
 
     Returns:
-        ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort"}``.
+        ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort", "labelled",
+        "params"}``; ``params``: what links to other pages of the same list carry (:attr:`LayerQuery.params`).
     """
-    chosen = cards if matching is None else [card for card in cards if card["unit"] in matching]
-    if query.sort == "max":
-        # Units without a scan have no max: they go last.
-        chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
+    chosen = listed_cards(cards, query, matching)
     pages = max(1, math.ceil(len(chosen) / query.per_page))
     if query.page > pages:  # as ?page=0: a page that does not exist is a bad request, not an empty "page 99 of 5"
         raise BadRequest(f"page must be a whole number from 1 to {pages} (the last page), not {query.page}")
     start = (query.page - 1) * query.per_page
     return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
             "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort,
-            # what the pager's links carry: a page size other than the default
-            "per_page_param": query.per_page if query.per_page != PER_PAGE else None}
+            "labelled": query.labelled, "params": query.params}
 
 
 def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
@@ -111,11 +163,11 @@ def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
     entry = atlas.resolve_layer(model, layer)
     cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
     # The filter reads every stored word in SQL: a card holds only its top GRID_WORDS.
-    matching = filter_units(atlas, model, entry["layer"], query.q) if query.q else None
+    matching = matching_units(atlas, model, entry["layer"], query.q, entry["units"])
     artifacts = [{**artifact, "image": bool(artifact["path"]) and is_image(artifact["path"])}
                  for artifact in atlas.artifacts(model, entry["layer"])]
     return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query, matching),
-            "artifacts": artifacts}
+            "artifacts": artifacts, "unit_named": unit_number(query.q, entry["units"])}
 
 
 def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,26 +180,79 @@ def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for kind, group in groups.items()]
 
 
-def unit_data(atlas: Atlas, model: str, layer: str, unit: int) -> dict[str, Any]:
-    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, whether it has plots, neighbours and
-    provenance."""
+def unit_data(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery = LayerQuery(),
+              cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, whether it has plots, its place in a layer
+    list and provenance.
+
+    ``query``: the layer list the visitor came from (a card's link carries it); ``cards`` as for
+    :func:`layer_data`, read only for a query other than the plain grid.
+    """
     record = atlas.unit(model, layer, unit)
-    units = atlas.resolve_layer(record["model"], record["layer"])["units"]
     histogram = record["histogram"]
     return {"model": record["model"], "layer": record["layer"], "unit": unit, "record": record,
             # "unscanned" (no histogram), "empty" (scanned, but no finite activation) or "plottable"
             "activations": "unscanned" if histogram is None else "plottable" if histogram["counts"] else "empty",
             "featurevis_groups": _featurevis_groups(record["featurevis"]),
-            "previous": unit - 1 if unit > 0 else None, "next": unit + 1 if unit + 1 < units else None,
+            **unit_place(atlas, record["model"], record["layer"], unit, query, cards),
             "runs": unit_runs(atlas, record["model"], record["layer"], unit),
             "top_examples": TOP_EXAMPLES, "top_words": TOP_WORDS}
 
 
+def unit_place(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery,
+               cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Where a unit sits in the layer list ``query`` makes: ``{"previous", "next"}`` (its neighbours there, None
+    at an end), ``"layer_page"`` (the grid page that shows it) and ``"params"`` (what the neighbour and layer
+    links carry to stay in that list).
+
+    A list that leaves the unit out (a filter it does not match) is not the visitor's: the plain grid (units in
+    index order) is used instead.
+    """
+    units = atlas.resolve_layer(model, layer)["units"]
+    if not query.is_default:
+        cards = layer_grid(atlas, model, layer) if cards is None else cards
+        listed = [card["unit"] for card in listed_cards(cards, query, matching_units(atlas, model, layer, query.q,
+                                                                                     units))]
+        if unit in listed:
+            return _place(listed.index(unit), listed, query)
+    plain = LayerQuery(per_page=query.per_page)
+    return _place(unit, range(units), plain)
+
+
+def _place(position: int, listed: "list[int] | range", query: LayerQuery) -> dict[str, Any]:
+    return {"previous": listed[position - 1] if position > 0 else None,
+            "next": listed[position + 1] if position + 1 < len(listed) else None,
+            "layer_page": position // query.per_page + 1, "params": query.params}
+
+
 def search_data(atlas: Atlas, query: str, *, limit: int = SEARCH_HITS) -> dict[str, Any]:
-    """The search page: ``{"q", "hits", "total"}``: the first ``limit`` of :func:`search_units`'s hits (one a
-    unit, best first) and how many units match in all."""
-    hits = search_units(atlas, query)
+    """The search page: ``{"q", "hits", "total"}``: the first ``limit`` of the hits (one a unit, best first: a
+    unit named by its number, then :func:`search_units`'s) and how many units match in all."""
+    numbered = unit_number_hits(atlas, query)
+    named = {(hit["model"], hit["layer"], hit["unit"]): hit for hit in numbered}
+    hits = list(numbered)
+    for hit in search_units(atlas, query):
+        same = named.get((hit["model"], hit["layer"], hit["unit"]))
+        if same is None:
+            hits.append(hit)
+        else:  # the unit is listed once, first, with what else of it matched
+            same["matches"] += hit["matches"]
+            same["more"] += hit["more"]
     return {"q": query.strip(), "hits": hits[:limit], "total": len(hits)}
+
+
+def unit_number_hits(atlas: Atlas, query: str) -> list[dict[str, Any]]:
+    """Search hits for a query that is a unit's number (:func:`unit_number`): that unit of every stored layer
+    that has it, listed first (as :func:`search_units`' hits, matched as ``"unit"``)."""
+    hits = []
+    for model in atlas.models():
+        for entry in atlas.layers(model):
+            number = unit_number(query, entry["units"])
+            if number is not None:
+                match = {"match": "unit", "text": str(number), "score": None, "exact": True}
+                hits.append({"model": model, "layer": entry["layer"], "unit": number, **match,
+                             "matches": [match], "more": 0})
+    return hits
 
 
 # ---------------------------------------------------------------------------- templates

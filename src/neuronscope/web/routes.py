@@ -61,7 +61,13 @@ def model_page(view: View, model: str) -> Response:
 @page("/m/{model}/l/{layer}", response_class=HTMLResponse)
 def layer_page(view: View, model: str, layer: str) -> Response:
     context = view.layer_context(model, layer)
-    return context if isinstance(context, Response) else view.page("layer.html", **context)
+    if isinstance(context, Response):
+        return context
+    if context["unit_named"] is not None:  # a unit's number typed in the filter: go to that unit
+        params = {key: value for key, value in context["params"].items() if key != "q"}
+        return RedirectResponse(view.links().unit(context["model"], context["layer"], context["unit_named"],
+                                                  **params), status_code=302)
+    return view.page("layer.html", **context)
 
 
 @page("/m/{model}/l/{layer}/u/{unit}", response_class=HTMLResponse)
@@ -69,7 +75,11 @@ def unit_page(view: View, model: str, layer: str, unit: str) -> Response:
     target = view.unit_target(model, layer, unit)
     if isinstance(target, Response):
         return target
-    return view.page("unit.html", **view.reader.read(lambda atlas: pages.unit_data(atlas, *target)))
+    query = view.layer_query()  # the list the visitor came from: its neighbour and layer links stay in it
+    reader = view.reader
+    return view.page("unit.html", **reader.read(
+        lambda atlas: pages.unit_data(atlas, *target, query=query,
+                                 cards=None if query.is_default else reader.layer_cards(*target[:2]))))
 
 
 @page("/m/{model}/l/{layer}/u/{unit}/{plot}")
@@ -94,7 +104,12 @@ def unit_plot(view: View, model: str, layer: str, unit: str, plot: str) -> Respo
 
 @page("/search", response_class=HTMLResponse)
 def search_page(view: View, q: str = "") -> Response:
-    return view.page("search.html", search_q=q, prompts=view.prompts is not None, **view.search(q))
+    found = view.search(q)
+    numbered = [hit for hit in found["hits"] if hit["match"] == "unit"]
+    if len(numbered) == 1 and not found["attribution"]:  # a unit's number, held by one layer: go to that unit
+        return RedirectResponse(view.links().unit(numbered[0]["model"], numbered[0]["layer"], numbered[0]["unit"]),
+                                status_code=302)
+    return view.page("search.html", search_q=q, prompts=view.prompts is not None, **found)
 
 
 @page("/files/{path:path}")
@@ -121,7 +136,7 @@ def api_layer(view: View, model: str, layer: str) -> Response:
     if isinstance(context, Response):
         return context
     return JSONResponse({key: context[key] for key in ("model", "layer", "total", "page", "pages", "per_page",
-                                                       "q", "sort", "cards")}
+                                                       "q", "sort", "labelled", "cards")}
                         | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"],
                            "artifacts": listed_artifacts(view.links(), context["model"], context["layer"],
                                                          context["artifacts"])})
