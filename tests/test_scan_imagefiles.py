@@ -70,3 +70,24 @@ def test_iter_decoded_counts_a_directory_in_a_path_list_as_unreadable(tmp_path):
     assert isinstance(outcomes["imgs/ok.png"], Image.Image)
     assert {name: item.reason for name, item in outcomes.items() if isinstance(item, SkippedFile)} == \
         {"d.png": "unreadable", "gone.png": "missing"}
+
+
+@pytest.mark.timeout(30)  # before the fix, reading the FIFO blocked forever
+def test_a_fifo_named_like_an_image_is_unreadable_and_never_blocks(tmp_path):
+    """A pipe (or device node, socket) with an image suffix in a folder is a skip with its name, not a hang."""
+    import os
+
+    from neuronscope.imagefiles import NotRegularFile, file_sha256
+    from neuronscope.mining.loader import iter_decoded
+
+    noise().save(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    outcomes = dict(iter_decoded([str(tmp_path)]))
+    name = os.path.join(str(tmp_path), "pipe.png")
+    assert isinstance(outcomes[os.path.join(str(tmp_path), "ok.png")], Image.Image)
+    assert isinstance(outcomes[name], SkippedFile) and outcomes[name].reason == "unreadable"
+    with pytest.raises(SkippedFile) as caught:
+        open_image(tmp_path / "pipe.png")
+    assert caught.value.reason == "unreadable"
+    with pytest.raises(NotRegularFile, match="pipe.png: not a regular file"):
+        file_sha256(tmp_path / "pipe.png")

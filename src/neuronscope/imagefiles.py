@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,10 +54,32 @@ class SkipCounts:
         return {reason: int(self.counts.get(reason, 0)) for reason in SKIP_REASONS}
 
 
+class NotRegularFile(OSError):
+    """A path that is no regular file: a FIFO, device node or socket named like an image, or a directory."""
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """Open a regular file for reading, or raise :class:`NotRegularFile` (an ``OSError``) without blocking.
+
+    A plain ``open`` of a FIFO waits for a writer forever, and a device node may never end: one such file
+    with an image name in a collection would hang a scan with no word of which file. Opened non-blocking,
+    its type is checked on the open descriptor (no race with a rename); the flag changes nothing for the
+    regular file that is then read.
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotRegularFile(f"{path}: not a regular file (a pipe, device, socket or folder)")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks: image ids and the weights' provenance both use it."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -82,6 +106,8 @@ def open_image(path: str | os.PathLike, max_pixels: int = PILLOW_MAX_PIXELS, kee
     path = Path(path)
     if not path.exists():
         raise SkippedFile("missing", path)
+    if not path.is_file():  # a FIFO would block the decoder; a device node or socket has no image either
+        raise SkippedFile("unreadable", path, "not a regular file")
     if path.stat().st_size == 0:
         raise SkippedFile("zero_byte", path)
     return _decode(path, path, max_pixels, keep_alpha)

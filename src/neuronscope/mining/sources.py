@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.imagefiles import IMAGE_SUFFIXES
+from neuronscope.imagefiles import IMAGE_SUFFIXES, open_regular_file
 
 #: Hex digits of the content sha256 kept in an image id.
 ID_HASH_CHARS = 12
@@ -49,8 +49,9 @@ class Entry:
     size: int | None = None
 
     def read(self) -> bytes:
-        """The entry's bytes (raises OSError / FileNotFoundError for the loader to classify)."""
-        with open(self.path, "rb") as handle:
+        """The entry's bytes (raises OSError / FileNotFoundError for the loader to classify; a FIFO or device
+        node named like an image raises :class:`~neuronscope.imagefiles.NotRegularFile` instead of blocking)."""
+        with open_regular_file(self.path) as handle:
             if self.offset is None:
                 return handle.read()
             handle.seek(self.offset)
