@@ -339,6 +339,31 @@ def test_path_list_names_never_climb_out_of_or_spell_an_absolute_path(tmp_path):
     assert [entry.name for entry in open_source(alone).entries] == ["a.png"]
 
 
+def test_a_missing_path_in_a_list_decides_no_names_and_none_spells_an_absolute_path(tmp_path):
+    """A stale line (a file gone, even outside the list's folder) named every image by its absolute path."""
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "imgs" / name).write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text("imgs/a.png\nimgs/b.png\nimgs/gone.png\n/nonexistent/abs.png\n")
+    source = open_source(listing)
+    assert [entry.name for entry in source.entries] == ["imgs/a.png", "imgs/b.png", "imgs/gone.png", "list.txt:4"]
+    assert source.root == str(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "c.png").write_bytes(b"x")
+    spread = tmp_path / "other" / "spread.txt"  # the files that exist share only "/": refused, not named by it
+    spread.write_text(f"c.png\n{Path(shutil.__file__).resolve()}\n")
+    with pytest.raises(NeuronscopeError, match="share no folder but /.*list images under one folder"):
+        open_source(spread)
+
+
+def test_a_path_list_that_is_not_utf8_is_refused_in_one_line_naming_it(tmp_path):
+    listing = tmp_path / "binary.txt"
+    listing.write_bytes(b"\xff\xfeimgs/a.png\n")
+    with pytest.raises(NeuronscopeError, match=r"binary.txt: not UTF-8 text .*one path a line, UTF-8"):
+        open_source(listing)
+
+
 KILLED_SCAN = """
 import sys, time
 import torch

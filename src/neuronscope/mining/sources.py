@@ -195,33 +195,48 @@ def list_tar(shard: Path) -> ImageSource:
 
 
 def list_paths_file(listing: Path) -> ImageSource:
-    """A text file with one image path a line (``#`` comments, blanks ignored).
+    """A text file with one image path a line, UTF-8 (``#`` comments, blanks ignored).
 
-    Relative paths are read relative to the list's folder. Names in ids are relative to the list's
-    folder when it holds every listed path, else to the deepest folder that does (:func:`_names_root`):
-    never ``../`` and never an absolute path (ids end up in static exports).
+    Relative paths are read relative to the list's folder. Names in ids are relative to the folder the
+    listed files that exist share (:func:`_names_root`): never ``../`` and never an absolute path (ids end up
+    in static exports). A listed path that is missing (counted ``missing`` when read) decides nothing; one
+    outside that folder is named by its line, ``LIST:N``.
     """
     base = str(listing.parent.resolve())
-    paths = []
-    for line in listing.read_text().splitlines():
+    paths = {}  # path -> its first line number
+    for number, line in enumerate(_list_lines(listing), 1):
         text = line.strip()
         if text and not text.startswith("#"):
-            paths.append(os.path.normpath(os.path.join(base, text)))  # join keeps an absolute path as it is
-    root = _names_root(paths, base)
-    inside = len(root.rstrip(os.sep)) + 1  # a name is what follows "root/"
-    entries = {}
-    for path in paths:
-        name = path[inside:].replace(os.sep, "/")
-        entries[name] = Entry(name, path, None, _size(path))  # a path listed twice is one entry
-    return ImageSource("list", listing.name, root, tuple(sorted(entries.values(), key=lambda e: e.name)))
+            # join keeps an absolute path as it is; a path listed twice is one entry
+            paths.setdefault(os.path.normpath(os.path.join(base, text)), number)
+    root = _names_root(listing, [path for path in paths if os.path.lexists(path)], base)
+    inside = root.rstrip(os.sep) + os.sep  # a name is what follows "root/"
+    entries = [Entry(path[len(inside):].replace(os.sep, "/") if path.startswith(inside)
+                     else f"{listing.name}:{number}", path, None, _size(path)) for path, number in paths.items()]
+    return ImageSource("list", listing.name, root, tuple(sorted(entries, key=lambda e: e.name)))
 
 
-def _names_root(paths: list[str], base: str) -> str:
-    """The folder a list's image names are relative to (normalised absolute paths): ``base`` (the list's
-    folder) when it holds every path, else the common folder of the paths' folders."""
-    if all(path.startswith(base.rstrip(os.sep) + os.sep) for path in paths):
+def _list_lines(listing: Path) -> list[str]:
+    """The lines of a path list, refused in one line when they are not UTF-8 text."""
+    try:
+        return listing.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise NeuronscopeError(f"--images {listing}: not UTF-8 text (byte {error.start}); a path list holds one "
+                               f"path a line, UTF-8") from None
+
+
+def _names_root(listing: Path, existing: list[str], base: str) -> str:
+    """The folder a list's image names are relative to (normalised absolute paths of the listed files that
+    exist): ``base`` (the list's folder) when it holds them all, else their files' common folder, which must
+    be more than a file system's root (names under ``/`` would spell the absolute paths)."""
+    if all(path.startswith(base.rstrip(os.sep) + os.sep) for path in existing):
         return base
-    return os.path.commonpath([os.path.dirname(path) for path in paths])
+    root = os.path.commonpath([os.path.dirname(path) for path in existing])
+    if os.path.dirname(root) == root:
+        raise NeuronscopeError(f"--images {listing}: its images share no folder but {root} ({existing[0]}, "
+                               f"{existing[-1]}), so their ids would spell their absolute paths: list images "
+                               f"under one folder, or scan each folder on its own")
+    return root
 
 
 def open_source(source: str | os.PathLike) -> ImageSource:
