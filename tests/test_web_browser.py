@@ -72,8 +72,8 @@ def test_browse_home_layer_unit_and_search(browser, web_atlas, tmp_path):
         cards = browser.find_elements(By.CSS_SELECTOR, ".grid .card")
         assert [card.get_attribute("data-unit") for card in cards] == ["0", "3"]
 
-        cards[0].click()
-        WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/u/0"))
+        cards[0].click()  # the card carries its list: the unit page's neighbours and way back stay in it
+        WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/u/0?q=star"))
         assert "star (drawn or written)" in browser.find_element(By.TAG_NAME, "h1").text
         shown = browser.find_elements(By.CSS_SELECTOR, ".featurevis img, .examples img, .plots img")
         assert len(shown) == 4 + 4 + 2  # renders, top examples, histogram and conditional plot
@@ -130,3 +130,26 @@ def test_static_search_takes_a_bare_percent_and_says_when_it_cuts(browser, web_a
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hits li")) == 500
     assert browser.find_element(By.ID, "count").text == "501 units match “dog” (the first 500 shown)"
+
+
+def test_arrow_and_j_k_keys_step_through_units_served_and_exported(browser, web_atlas, tmp_path):
+    """No key moved between units: the ‹ prev / next › links were six Tab presses away."""
+    from selenium.webdriver.common.keys import Keys
+
+    def press(key: str, expected: str, into: str = "body") -> None:
+        browser.find_element(By.CSS_SELECTOR, into).send_keys(key)
+        WebDriverWait(browser, 20).until(lambda d: d.current_url.split("?")[0].rstrip("/").endswith(expected))
+
+    with running_server(create_app(web_atlas)) as base:
+        browser.get(f"{base}/m/tiny-rn/l/{LAYER}/u/2")
+        press(Keys.ARROW_RIGHT, "/u/3")
+        press("k", "/u/2")
+        browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]").send_keys("j")  # typed: no move
+        press(Keys.ARROW_LEFT, "/u/1")  # from 2, not from 3
+        browser.get(f"{base}/m/tiny-rn/l/{LAYER}/u/3?labelled=1")  # from the labelled list: its neighbour is 0
+        press(Keys.ARROW_LEFT, "/u/0")
+    site = tmp_path / "site"
+    export_site(web_atlas, site, plots=False)
+    browser.get((site / "m" / "tiny-rn" / "l" / LAYER / "u" / "2" / "index.html").as_uri())
+    press(Keys.ARROW_LEFT, "/u/1/index.html")
+    press("j", "/u/2/index.html")

@@ -60,3 +60,18 @@
   count.hidden = hits.length === 0;
   document.getElementById("nohits").hidden = hits.length > 0;
 })();
+
+// Keyboard, on a unit page: ← / → (and k / j) open the previous / next unit, the <link rel="prev|next"> of
+// its head (the list the visitor came from). Keys typed into a field, or with a modifier, are left alone.
+(function () {
+  "use strict";
+  var KEYS = {ArrowLeft: "prev", k: "prev", ArrowRight: "next", j: "next"};
+  document.addEventListener("keydown", function (event) {
+    var rel = KEYS[event.key];
+    var target = event.target;
+    if (!rel || event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) { return; }
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) { return; }
+    var link = document.querySelector('head link[rel="' + rel + '"]');
+    if (link) { window.location.href = link.href; }
+  });
+})();
