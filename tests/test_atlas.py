@@ -759,3 +759,22 @@ def test_writers_refuse_a_unit_outside_a_registered_layer_as_unit_does(tmp_path)
         assert not (tmp_path / "atlas" / "featurevis").exists()
         atlas.set_label("m", "visual.layer3", 600, "a layer not registered yet takes any unit")
         assert atlas.label("m", "visual.layer3", 600) == "a layer not registered yet takes any unit"
+
+
+def test_unit_readers_take_numpy_and_torch_integers_and_answer_plain_ints(scanned):
+    """atlas.unit(..., np.int64(7)) returned a dict json.dumps refused (the int64 unit); a torch scalar failed
+    binding the SQL parameter; a float was truncated. Readers read the unit as parse_units does."""
+    import torch
+
+    from neuronscope.errors import UnitsError
+
+    with Atlas(scanned, create=False) as atlas:
+        atlas.set_label("tiny-rn", "neurons", 7, "seven", source="test")
+        for unit in (np.int64(7), torch.tensor(7), "7"):
+            record = atlas.unit(None, "neurons", unit)
+            assert type(record["unit"]) is int and json.loads(json.dumps(record))["label"] == "seven"
+            assert atlas.label("tiny-rn", "neurons", unit) == "seven"
+            assert atlas.histogram("tiny-rn", "neurons", unit) == record["histogram"]
+            assert atlas.unit_texts("tiny-rn", "neurons", unit) == []
+        with pytest.raises(UnitsError, match="7.0 is not an integer unit index"):
+            atlas.unit(None, "neurons", 7.0)

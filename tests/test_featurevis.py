@@ -895,3 +895,26 @@ def test_a_facet_of_your_own_may_be_a_tar_shard_or_a_list_and_is_named_by_it(tmp
     shard.write_bytes(b""), listing.write_text("")
     assert facet_name(str(shard), str(listing)) == "faces"
     assert facet_name(str(tmp_path), str(shard)) == tmp_path.name
+
+
+def test_unit_arguments_of_the_render_functions_are_read_by_parse_units_into_plain_ints(tiny_rn):
+    """render_units(model, layer, torch.tensor([1, 2])) / "1-2" / np.int64(3) failed with TypeErrors, and
+    render_diverse kept a NumPy unit, which the atlas writer's entries then carried into JSON."""
+    import numpy as np
+
+    from neuronscope.errors import UnitsError
+    from neuronscope.visualize import render_diverse
+
+    config = RenderConfig(steps=1)
+    for units, expected in ((torch.tensor([1, 2]), [1, 2]), ("1-2", [1, 2]), (np.int64(3), [3]),
+                            (np.array([4]), [4])):
+        renders = render_units(tiny_rn, "neurons", units, config=config)
+        assert [r.unit for r in renders] == expected and all(type(r.unit) is int for r in renders)
+    diverse = render_diverse(tiny_rn, "neurons", np.int64(3), 2, config=config)
+    assert [type(r.unit) for r in diverse] == [int, int] and diverse[0].unit == 3
+    (faceted,) = facets.render_faceted(tiny_rn, "neurons", torch.tensor([5]), _tiny_probe(tiny_rn), config=config)
+    assert type(faceted.unit) is int and faceted.unit == 5
+    with pytest.raises(UnitsError, match="unit 600 is out of range: the layer has 512 units"):
+        render_units(tiny_rn, "neurons", [600], config=config)
+    with pytest.raises(UnitsError, match="names 2 units where one is wanted"):
+        render_diverse(tiny_rn, "neurons", "1-2", 2, config=config)

@@ -79,9 +79,11 @@ def test_units_may_be_numpy_or_torch_integers():
 def test_a_unit_the_layer_lacks_is_named_with_the_layers_size(tiny_rn):
     """Not an index error deep in the gather (on a GPU a device-side assert): one line, before any step."""
     ctx = _context(torch.randn(2, 3, 2, 2))
-    for objective in (channel("x", [1, 3]), channel("x", 3), neuron("x", -1)):
-        with pytest.raises(NeuronscopeError, match=r"^unit (3|-1) of x: the layer has 3 units \(0 to 2\)$"):
+    for objective in (channel("x", [1, 3]), channel("x", 3), neuron("x", [0, 3])):
+        with pytest.raises(NeuronscopeError, match=r"^unit 3 of x: the layer has 3 units \(0 to 2\)$"):
             objective(ctx)
+    with pytest.raises(NeuronscopeError, match="unit indices start at 0"):
+        neuron("x", -1)  # refused as it is written, by parse_units
     with pytest.raises(NeuronscopeError, match="unit 600 of neurons: the layer has 512 units"):
         render(tiny_rn, channel("neurons", [1, 600]), batch=2, config=RenderConfig(steps=1))
 
@@ -281,3 +283,18 @@ def test_a_channels_last_layer_renders_its_own_units():
     torch.testing.assert_close(result.final, means[torch.arange(2), torch.tensor([0, 11])])
     with pytest.raises(NeuronscopeError, match=r"^unit 12 of fc1: the layer has 12 units"):
         render(model, channel("fc1", 12), config=RenderConfig(steps=1))
+
+
+def test_unit_arguments_are_read_by_parse_units_and_a_float_is_refused_clearly():
+    """channel("neurons", 3.0) failed with "'float' object is not iterable"; unit strings were not read."""
+    from neuronscope.errors import UnitsError
+
+    acts = torch.randn(3, 4, 2, 2)
+    ctx = _context(acts)
+    assert torch.equal(channel("x", "2")(ctx), channel("x", 2)(ctx)) and str(channel("x", "2")) == "Channel [x, 2]"
+    assert torch.equal(channel("x", "1-3")(ctx), channel("x", [1, 2, 3])(ctx))
+    assert torch.equal(neuron("x", torch.tensor([3, 3, 0]))(ctx), acts[torch.arange(3), torch.tensor([3, 3, 0]), 1, 1])
+    for bad in (3.0, [1, 2.5], np.float64(1.0)):
+        for objective in (channel, neuron):
+            with pytest.raises(UnitsError, match="is not an integer unit index"):
+                objective("x", bad)

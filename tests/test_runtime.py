@@ -124,3 +124,19 @@ def test_explicit_precisions():
     assert resolve_precision("fp32", cpu, "conv").autocast_dtype is None
     with pytest.raises(DeviceError, match="auto, fp32"):
         resolve_precision("int8", cpu)
+
+
+def test_parse_units_keeps_repeats_on_request_and_parse_unit_wants_exactly_one():
+    """Per-image unit lists (objectives, attribution columns) may name a unit twice; single-unit arguments
+    (render_diverse, the atlas readers) take one, and every result is a plain int (JSON, SQLite)."""
+    from neuronscope.units import parse_unit
+
+    assert parse_units([3, 3, np.int64(5)], repeats=True) == [3, 3, 5]
+    assert parse_units("3,3", repeats=True) == [3, 3] and parse_units("3,3") == [3]
+    assert all(type(u) is int for u in parse_units(np.array([1, 2])) + parse_units(torch.tensor([4])))
+    assert parse_unit(np.int64(7)) == parse_unit(torch.tensor(7)) == parse_unit("7") == 7
+    assert type(parse_unit(np.int64(7))) is int
+    with pytest.raises(UnitsError, match="names 2 units where one is wanted"):
+        parse_unit("1-2")
+    with pytest.raises(UnitsError, match="3.0 is not an integer unit index"):
+        parse_unit(3.0)

@@ -917,3 +917,14 @@ def test_text_side_entry_points_run_a_training_model_in_eval_mode(tiny_rn):
         alone = results(1)  # one image a forward: in train mode each would be normalised by itself
     for got, want in zip(alone, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_basis_top_texts_reads_units_as_parse_units_does():
+    """top_texts(units="473,65") failed inside range(); the dict's keys are plain ints whatever was passed."""
+    basis = AttributionBasis("m", "x", torch.randn(4, 6, 3), torch.randn(4, 3), 10.0)
+    features = torch.nn.functional.normalize(torch.randn(2, 3), dim=-1)
+    expected = basis.top_texts(["a", "b"], features, units=[5, 0], k=1)
+    for units in ("5,0", np.array([5, 0]), torch.tensor([5, 0])):
+        top = basis.top_texts(["a", "b"], features, units=units, k=1)
+        assert top == expected and all(type(unit) is int for unit in top)
+    assert list(basis.top_texts(["a", "b"], features, units="all", k=1)) == list(range(6))

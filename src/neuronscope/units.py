@@ -24,7 +24,7 @@ def _unit_index(value: Any, units: Any) -> int:
         raise UnitsError(f"bad unit list {units!r}: {value!r} is not an integer unit index") from None
 
 
-def parse_units(units: str | int | Iterable[int], n_units: int | None = None) -> list[int]:
+def parse_units(units: str | int | Iterable[int], n_units: int | None = None, *, repeats: bool = False) -> list[int]:
     """Parse a unit list: ``"0-31,550"`` (inclusive ranges, commas) or ``"all"``.
 
     Args:
@@ -33,14 +33,16 @@ def parse_units(units: str | int | Iterable[int], n_units: int | None = None) ->
             not truncated.
         n_units: the layer's number of units (channels). Needed for ``"all"``;
             when given, every index is checked against it.
+        repeats: keep a unit written twice (one unit per image, where two images may share one).
 
     Returns:
-        The indices in the order written, duplicates dropped.
+        The indices as plain ints (they go on into JSON and SQLite), in the order written, duplicates
+        dropped unless ``repeats``.
     """
     if isinstance(units, bool):
         raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550' or 'all'")
-    if getattr(units, "ndim", None) == 0 or (hasattr(units, "__index__") and not hasattr(units, "__iter__")):
-        indices = [_unit_index(units, units)]  # one index: int, np.int64, a 0-d tensor or array
+    if getattr(units, "ndim", None) == 0 or not isinstance(units, (str, Iterable)):
+        indices = [_unit_index(units, units)]  # one index: int, np.int64, a 0-d tensor or array; a float is refused
     elif isinstance(units, str):
         text = units.strip()
         if text.lower() == "all":
@@ -61,16 +63,23 @@ def parse_units(units: str | int | Iterable[int], n_units: int | None = None) ->
             if n_units is not None and last >= n_units:  # before the range is built: "0-5500000000" is 22 GB
                 raise UnitsError(f"unit {last} is out of range: the layer has {n_units} units (0-{n_units - 1})")
             indices.extend(range(first, last + 1))
-    elif isinstance(units, Iterable):
-        indices = [_unit_index(u, units) for u in units]
     else:
-        raise UnitsError(f"bad unit list {units!r}: write indices like '0-31,550', a list of ints, or 'all'")
+        indices = [_unit_index(u, units) for u in units]
 
     if any(u < 0 for u in indices):
         raise UnitsError(f"bad unit list {units!r}: unit indices start at 0")
     if n_units is not None and indices and max(indices) >= n_units:
         raise UnitsError(f"unit {max(indices)} is out of range: the layer has {n_units} units (0-{n_units - 1})")
-    return list(dict.fromkeys(indices))
+    return indices if repeats else list(dict.fromkeys(indices))
+
+
+def parse_unit(unit: str | int, n_units: int | None = None) -> int:
+    """Exactly one unit index as a plain int, read as :func:`parse_units` reads it (an int, a NumPy / torch
+    integer, ``"473"``); a float, or text naming several units, is an error."""
+    units = parse_units(unit, n_units)
+    if len(units) != 1:
+        raise UnitsError(f"{unit!r} names {len(units)} units where one is wanted: give one unit index")
+    return units[0]
 
 
 def format_units(units: Sequence[int]) -> str:

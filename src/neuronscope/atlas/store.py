@@ -38,6 +38,7 @@ from neuronscope.atlas.histograms import (histogram_sample_ids, read_histogram_f
                                           write_histogram_file)
 from neuronscope.atlas.schema import ensure_schema
 from neuronscope.errors import NeuronscopeError
+from neuronscope.units import parse_unit
 
 if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imports the scanner at run time
     from neuronscope.mining.results import ImageRecord, LayerScan
@@ -729,7 +730,7 @@ class Atlas:
 
     def label(self, model: str, layer: str, unit: int) -> str | None:
         """A unit's label, or None (no scan of the layer needed)."""
-        return self._label((*self._key(model, layer), int(unit)))
+        return self._label((*self._key(model, layer), parse_unit(unit)))
 
     def _label(self, key: tuple[str, str, int]) -> str | None:
         row = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?",
@@ -834,6 +835,7 @@ class Atlas:
         ``top`` and ``bottom`` are sorted best first (ties by image id), each
         ``{"image", "activation", "cell": [row, col], "thumb"}``; parts not computed are ``[]``/``None``.
         """
+        unit = parse_unit(unit)  # a NumPy / torch integer as a plain int: the record goes on into JSON
         model = self.resolve_model(model)
         entry = self._resolve_layer(model, layer)
         canonical = entry["layer"]
@@ -870,7 +872,7 @@ class Atlas:
     def unit_texts(self, model: str, layer: str, unit: int) -> list[dict[str, Any]]:
         """One unit's stored texts, ``[{"text", "score"}]`` best first: :meth:`unit`'s ``texts`` without the
         rest of the record."""
-        return self._unit_texts((*self._key(model, layer), int(unit)))
+        return self._unit_texts((*self._key(model, layer), parse_unit(unit)))
 
     def _unit_texts(self, key: tuple[str, str, int]) -> list[dict[str, Any]]:
         return [dict(row) for row in self.db.execute(
@@ -892,7 +894,7 @@ class Atlas:
         reservoir's image ids for bin ``i``, smallest ``hash(id, seed)`` first;
         ``reservoir``: how many a bin keeps at most.
         """
-        return self._histogram(*self._key(model, layer), unit)
+        return self._histogram(*self._key(model, layer), parse_unit(unit))
 
     def _histogram(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
         arrays = self._histogram_arrays(model, layer)

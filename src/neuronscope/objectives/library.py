@@ -2,8 +2,9 @@
 
 Every function returns an :class:`Objective` whose value is one number per
 image [B]. ``unit`` arguments take one index (every image is scored by it; an
-``int`` or a NumPy / torch integer scalar) or one index per image (image ``i``
-by ``unit[i]``): the latter is how one batch renders many units. ``batch`` restricts an objective to some images (the
+``int``, a NumPy / torch integer scalar or a string like ``"473"``) or one index per image (image ``i``
+by ``unit[i]``; a list, an integer array or a string like ``"3,5,8"``): the latter is how one batch renders
+many units. Both are read by :func:`~neuronscope.units.parse_units`, so a float is an error, never truncated. ``batch`` restricts an objective to some images (the
 others score 0).
 """
 
@@ -18,8 +19,9 @@ from torch import Tensor
 
 from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.objectives.base import Context, Objective
+from neuronscope.units import parse_units
 
-Units = int | Sequence[int]
+Units = int | Sequence[int] | str
 Batch = int | Sequence[int] | None
 
 
@@ -32,6 +34,15 @@ def _one_index(units: Units | Batch) -> int | None:
         return operator.index(units)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _as_units(units: Units | str) -> int | list[int]:
+    """``units`` read by :func:`~neuronscope.units.parse_units`: one plain int for every image (an int, a NumPy /
+    torch integer, a string naming one unit) or a list of them, one per image (repeats kept: two images may
+    render one unit). A float is refused, never truncated."""
+    listed = parse_units(units, repeats=True)
+    one = _one_index(units) is not None or (isinstance(units, str) and len(listed) == 1)
+    return listed[0] if one else listed
 
 
 def _check_units(listed: Sequence[int], layer: str, count: int) -> None:
@@ -83,6 +94,8 @@ def channel(layer: str, unit: Units, *, relu: bool = False, batch: Batch = None)
     ``relu``: the spatial mean of ``max(0, activation)`` instead, as OpenAI's faceted recipe reads its unit
     (only the cells where it fires count); its gradient is redirected while the render's ReLUs are.
     """
+    unit = _as_units(unit)
+
     def value(ctx: Context) -> Tensor:
         maps = ctx.maps(layer)
         means = (ctx.relu(maps) if relu else maps).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, in its layout
@@ -116,6 +129,7 @@ def neuron(layer: str, unit: Units, *, cell: tuple[int, int] | None = None, batc
         cell = tuple(operator.index(i) for i in cell)
         if len(cell) != 2 or min(cell) < 0:
             raise ValueError(f"cell {cell} of {layer}: give (row, col), each from 0 (the top left cell is (0, 0))")
+    unit = _as_units(unit)
 
     def value(ctx: Context) -> Tensor:
         maps = ctx.maps(layer)  # [B, C, H, W]

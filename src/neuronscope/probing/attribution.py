@@ -346,18 +346,18 @@ class AttributionBasis:
             parts.append(torch.bmm(mixed, text_features[rows].unsqueeze(-1)).squeeze(-1))  # [p, units]
         return torch.cat(parts) if parts else text_features.new_zeros(0, count)
 
-    def _check_units(self, units: Sequence[int]) -> list[int]:
-        """``units`` as a list of ints in their order, each checked against the layer: a negative unit would
-        wrap, a large one fail inside torch without naming the layer's size."""
-        parse_units(units, self.units)  # raises UnitsError naming the layer's range
-        return [operator.index(unit) for unit in units]
+    def _check_units(self, units: str | int | Sequence[int]) -> list[int]:
+        """``units`` read by :func:`~neuronscope.units.parse_units` (``"473,65"``, ``"all"``, NumPy / torch
+        integers) as plain ints in their order, each checked against the layer: a negative unit would wrap, a
+        large one fail inside torch without naming the layer's size (UnitsError naming its range)."""
+        return parse_units(units, self.units, repeats=True)
 
     def attribute(self, model: LoadedModel, texts: str | Sequence[str]) -> TextAttribution:
         """Encode ``texts`` with the text tower and attribute them (a single string is one text)."""
         texts = text_list(texts)
         return TextAttribution(self.model, self.layer, texts, self.scores(encode_texts(model, texts)), self.sample)
 
-    def top_texts(self, texts: str | Sequence[str], text_features: Tensor, units: Sequence[int],
+    def top_texts(self, texts: str | Sequence[str], text_features: Tensor, units: str | int | Sequence[int],
                   k: int = 20) -> dict[int, list[tuple[str, float]]]:
         """Unit → texts: for each unit, the ``k`` texts that put the most weight on it, best first.
 
@@ -367,9 +367,10 @@ class AttributionBasis:
         if len(texts) != len(text_features):
             raise ValueError(f"{len(texts)} texts but {len(text_features)} text embeddings: give the embeddings "
                              "of these texts, encode_texts(model, texts)")
+        units = self._check_units(units)
         chosen = self.scores(text_features, units)  # [P, len(units)]
         values, rows = top_k(chosen, k)  # [k, len(units)], ties in the texts' order
-        return {int(unit): [(texts[int(r)], float(v)) for v, r in zip(values[:, j], rows[:, j])]
+        return {unit: [(texts[int(r)], float(v)) for v, r in zip(values[:, j], rows[:, j])]
                 for j, unit in enumerate(units)}
 
 

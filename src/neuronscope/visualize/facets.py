@@ -40,9 +40,10 @@ from neuronscope.mining.sources import Entry, content_sha256, open_source
 from neuronscope.models.aliases import transformer_block_paths
 from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import Context, Objective, channel, l2
+from neuronscope.units import parse_units
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
-from neuronscope.visualize.units import chunks, render_passes
+from neuronscope.visualize.units import chunks, layer_size, render_passes
 
 BUILTIN_FACETS = ("text", "drawing")
 
@@ -404,7 +405,7 @@ def facet_strengths(count: int, low: float = FACET_STRENGTHS[0], high: float = F
 def render_faceted(
     model: LoadedModel,
     layer: str,
-    units: Sequence[int],
+    units: str | int | Sequence[int],
     probe: FacetProbe,
     *,
     strengths: Sequence[float] = (FACET_STRENGTHS[1],),
@@ -421,6 +422,8 @@ def render_faceted(
     images share their init and transforms (they are keyed by the unit): only the strength differs.
 
     Args:
+        units: unit indices, read by :func:`~neuronscope.units.parse_units` (``"0-31"``, ``"all"``, NumPy / torch
+            integers).
         config: steps, size, seed...; its lr is ``settings``' (the paper's by default).
         settings: the faceted lr and squared-L2 penalty (the paper's by default).
         on_step: called with (steps done, total steps) over all passes, after every step (progress bars).
@@ -436,6 +439,7 @@ def render_faceted(
     if probe.model != model.key:
         raise NeuronscopeError(f"facet probe {probe.name!r} was trained on {probe.model}, not {model.key}")
     check_probe_layers(model, layer, probe.layers)
+    units = parse_units(units, layer_size(model, layer))
     probe = probe.to(model.device)
     strengths = [float(s) for s in strengths]
     config = settings.apply(config)
@@ -458,5 +462,5 @@ def render_faceted(
                            {"strength": s}) for i, (unit, k, s) in enumerate(chosen)]
 
     units_per_pass = max(1, batch_size // len(strengths))
-    return render_passes(chunks(list(units), units_per_pass), render_pass, steps=config.steps, on_step=on_step,
+    return render_passes(chunks(units, units_per_pass), render_pass, steps=config.steps, on_step=on_step,
                          on_pass=on_pass)

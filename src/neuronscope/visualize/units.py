@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
+from neuronscope.activations.geometry import layer_geometry
 from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import channel, diversity
+from neuronscope.units import parse_unit, parse_units
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
 
@@ -33,10 +35,17 @@ def chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+def layer_size(model: LoadedModel, layer: str) -> int:
+    """How many units ``layer`` (a name or alias) has: what unit arguments are parsed and checked against
+    (:func:`~neuronscope.units.parse_units`, as plain ints, before any render starts)."""
+    (geometry,) = layer_geometry(model, [layer]).values()
+    return geometry.units
+
+
 def render_units(
     model: LoadedModel,
     layer: str,
-    units: Iterable[int],
+    units: str | int | Iterable[int],
     *,
     batch_size: int = 16,
     config: RenderConfig = RenderConfig(),
@@ -47,7 +56,8 @@ def render_units(
 
     Args:
         layer: a layer name or alias (``neurons``).
-        units: unit indices; rendered in this order.
+        units: unit indices, read by :func:`~neuronscope.units.parse_units` (``"0-31"``, ``"all"``, an int, a
+            list, NumPy / torch integers); rendered in this order.
         on_step: called with (steps done, total) over all passes.
         on_pass: called with each pass's renders as soon as it finishes (to store them).
 
@@ -55,12 +65,14 @@ def render_units(
         One :class:`UnitRender` (kind ``plain``) per unit, in order.
     """
     require_loaded(model, "render_units")
+    units = parse_units(units, layer_size(model, layer))
+
     def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
         return [UnitRender(layer, unit, "plain", 0, result.images[i], float(result.final[i]), result.curve[:, i],
                            f"Channel [{layer}, {unit}]") for i, unit in enumerate(piece)]
 
-    return render_passes(chunks(list(units), batch_size), render_pass, steps=config.steps, on_step=on_step,
+    return render_passes(chunks(units, batch_size), render_pass, steps=config.steps, on_step=on_step,
                          on_pass=on_pass)
 
 
@@ -98,7 +110,7 @@ def render_passes(
 def render_diverse(
     model: LoadedModel,
     layer: str,
-    unit: int,
+    unit: int | str,
     count: int,
     *,
     weight: float = 1.0,
@@ -113,6 +125,7 @@ def render_diverse(
             activation. Lucid averaged the channel over the batch, so its weight w is w * (count - 1)
             here (its 1e2: 100 * (count - 1)), on activations of another scale; the curve's channel
             part tells how much it cost.
+        unit: one unit (an int, a NumPy / torch integer, ``"473"``).
         diversity_layer: where Gram matrices are compared (default: ``layer``).
 
     Returns:
@@ -121,6 +134,7 @@ def render_diverse(
     require_loaded(model, "render_diverse")
     if count < 2:
         raise ValueError("a diverse render needs at least 2 images; use render_units for one")
+    unit = parse_unit(unit, layer_size(model, layer))
     objective = channel(layer, unit) + weight * diversity(diversity_layer or layer)
     result = render(model, objective, batch=count, config=config, on_step=on_step, score=channel(layer, unit))
     return [UnitRender(layer, unit, "diverse", k, result.images[k], float(result.final[k]), result.curve[:, k],
