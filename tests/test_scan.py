@@ -324,6 +324,30 @@ def test_tar_shard_and_path_list_sources(tiny_rn, images, tmp_path):
         assert [e["activation"] for e in top] == [e["activation"] for e in tops[0]]
 
 
+def test_a_tar_shard_cut_mid_member_lists_its_complete_members_and_counts_the_cut_one_truncated(tmp_path, caplog):
+    """An interrupted download stopped the scan with 'not an uncompressed tar shard ... unpack it'."""
+    from neuronscope.mining.loader import iter_decoded
+
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w") as tar:
+        for index in range(3):
+            data = io.BytesIO()
+            noise(seed=index).save(data, "PNG")
+            member = tarfile.TarInfo(f"img{index}.png")
+            member.size = len(data.getvalue())
+            tar.addfile(member, io.BytesIO(data.getvalue()))
+    with tarfile.open(shard) as tar:
+        cut = tar.getmember("img1.png").offset_data + 100  # inside the second member's bytes
+    cut_shard = tmp_path / "cut.tar"
+    cut_shard.write_bytes(shard.read_bytes()[:cut])
+    outcomes = {name: getattr(item, "reason", "image") for name, item in iter_decoded([str(cut_shard)])}
+    assert outcomes == {"cut.tar::img0.png": "image", "cut.tar::img1.png": "truncated"}
+    assert "cut.tar ends inside member img1.png" in caplog.text and "re-fetch the shard" in caplog.text
+    (tmp_path / "header.tar").write_bytes(shard.read_bytes()[:300])  # cut inside the first header
+    with pytest.raises(NeuronscopeError, match="header.tar is cut short .*re-fetch it"):
+        open_source(tmp_path / "header.tar")
+
+
 def test_path_list_names_never_climb_out_of_or_spell_an_absolute_path(tmp_path):
     (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
     (tmp_path / "lists").mkdir()

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkippedFile, decode_image_bytes
-from neuronscope.mining.sources import Entry, content_sha256, image_id, list_inputs
+from neuronscope.mining.sources import Entry, ShortRead, content_sha256, image_id, list_inputs
 from neuronscope.models.preprocess import Preprocess
 from neuronscope.runtime import loader_generator
 
@@ -61,11 +61,14 @@ class Batch:
 
 def read_and_decode(entry: Entry, max_pixels: int = PILLOW_MAX_PIXELS) -> tuple[bytes, Image.Image] | SkippedFile:
     """An entry's bytes and RGB image, or the :class:`SkippedFile` saying why not (never raises for a bad
-    file: a missing one is ``missing``, a directory or a file that cannot be read ``unreadable``)."""
+    file: a missing one is ``missing``, a tar member cut short ``truncated``, a directory or a file that cannot
+    be read ``unreadable``)."""
     try:
         data = entry.read()
     except FileNotFoundError:
         return SkippedFile("missing", entry.name)
+    except ShortRead:  # a tar member its shard holds only the start of
+        return SkippedFile("truncated", entry.name, "the shard ends inside it")
     except OSError as error:  # a directory, no permission, an I/O error
         return SkippedFile("unreadable", entry.name, type(error).__name__)
     try:

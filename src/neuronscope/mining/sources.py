@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import os
 import tarfile
@@ -28,8 +29,13 @@ import numpy as np
 from neuronscope.errors import NeuronscopeError
 from neuronscope.imagefiles import IMAGE_SUFFIXES, open_regular_file
 
+log = logging.getLogger(__name__)
 #: Hex digits of the content sha256 kept in an image id.
 ID_HASH_CHARS = 12
+
+
+class ShortRead(OSError):
+    """A tar member whose bytes its shard does not hold in full (a download cut short): counted ``truncated``."""
 
 
 @dataclass(frozen=True, slots=True)  # one per file of a listing that may hold millions
@@ -55,7 +61,10 @@ class Entry:
             if self.offset is None:
                 return handle.read()
             handle.seek(self.offset)
-            return handle.read(self.size)
+            data = handle.read(self.size)
+        if self.size is not None and len(data) < self.size:
+            raise ShortRead(f"{self.name}: {len(data)} of its {self.size} bytes are in {self.path}")
+        return data
 
 
 def image_id(name: str, sha256_hex: str) -> str:
@@ -179,19 +188,46 @@ def list_folder(root: Path) -> ImageSource:
 def list_tar(shard: Path) -> ImageSource:
     """The image members of an uncompressed tar shard, sorted by member name.
 
-    Members are read by offset, so workers never reopen the tar index.
+    Members are read by offset, so workers never reopen the tar index. A shard cut short (an interrupted
+    download) lists the members before the cut: the one it cuts is counted ``truncated`` when read
+    (:class:`ShortRead`), with a warning to re-fetch the shard for the members after it.
     """
     try:
         with tarfile.open(shard, "r:") as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and _has_image_suffix(m.name)]
-            index = next((m for m in tar.getmembers() if m.isfile() and m.name == INDEX_FILE), None)
-            categories = index_categories(tar.extractfile(index).read(), f"{shard.name}::") if index else {}
+            listed = _members_before_any_cut(tar, shard)
+            members = [m for m in listed if m.isfile() and _has_image_suffix(m.name)]
+            index = next((m for m in listed if m.isfile() and m.name == INDEX_FILE), None)
+            whole = index is not None and index.offset_data + index.size <= shard.stat().st_size
+            categories = index_categories(tar.extractfile(index).read(), f"{shard.name}::") if whole else {}
     except tarfile.ReadError as error:
-        raise NeuronscopeError(f"{shard} is not an uncompressed tar shard ({error}); "
-                               f"unpack it or give a folder") from None
+        cut = "end of data" in str(error) or "truncated" in str(error)
+        raise NeuronscopeError(f"{shard} is cut short ({error}): re-fetch it" if cut else
+                               f"{shard} is not an uncompressed tar shard ({error}); unpack it or give a folder"
+                               ) from None
     entries = [Entry(f"{shard.name}::{m.name}", str(shard), m.offset_data, m.size) for m in members]
     entries.sort(key=lambda entry: entry.name)
     return ImageSource("tar", shard.name, str(shard), tuple(entries), categories)
+
+
+def _members_before_any_cut(tar: tarfile.TarFile, shard: Path) -> list[tarfile.TarInfo]:
+    """Every member ``tar`` lists, or those before the point where the shard's bytes stop (tarfile reads the
+    headers one by one: ``getmembers`` would raise for the whole shard). Raises ``tarfile.ReadError`` for a
+    shard that yields no member at all."""
+    members: list[tarfile.TarInfo] = []
+    try:
+        for member in iter(tar.next, None):
+            members.append(member)
+    except tarfile.ReadError as error:
+        if not members:
+            raise
+        last = members[-1]
+        if last.offset_data + last.size > shard.stat().st_size:
+            where = f"ends inside member {last.name} (counted truncated)"
+        else:
+            where = f"stops after member {last.name} ({error})"
+        log.warning("%s %s: the members before are scanned, any after it are not (an interrupted download?): "
+                    "re-fetch the shard to scan them all", shard.name, where)
+    return members
 
 
 def list_paths_file(listing: Path) -> ImageSource:
