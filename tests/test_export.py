@@ -92,6 +92,9 @@ def test_search_index_has_words_and_labels_and_says_what_it_searches(site):
     by_unit = {entry["unit"]: entry for entry in index["units"]}
     assert set(by_unit) == {0, 1, 2, 3}
     assert by_unit[0]["label"] == "star (drawn or written)" and by_unit[0]["words"][0] == "star"
+    # Each word's score as its dense rank over the atlas's word scores (3.0 2.5 2.2 2.0 1.9 1.5 1.1 1.0 0.4): the
+    # browser ranks word matches by it as the server ranks them by score.
+    assert [by_unit[unit]["ranks"] for unit in range(4)] == [[0, 1, 7], [3, 5], [2, 6], [4, 8]]
     assert (site / by_unit[0]["href"]).resolve() == (site / "m/tiny-rn/l" / LAYER / "u/0/index.html").resolve()
     assert "searches the units' top words and labels only" in (site / "search.html").read_text()
 

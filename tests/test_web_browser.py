@@ -123,13 +123,39 @@ def test_static_search_takes_a_bare_percent_and_says_when_it_cuts(browser, web_a
     browser.get((site / "search.html").as_uri() + "#%")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "nohits").is_displayed())
     assert browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]").get_attribute("value") == "%"
-    units = [{"model": "m", "layer": "l", "unit": unit, "label": None, "words": ["dog"], "href": "#"}
+    units = [{"model": "m", "layer": "l", "unit": unit, "label": None, "words": ["dog"], "ranks": [0], "href": "#"}
              for unit in range(501)]
     (site / "static" / "search-index.js").write_text(f"window.NEURONSCOPE_INDEX = {json.dumps({'units': units})};")
     browser.get((site / "search.html").as_uri() + "?q=dog")
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hits li")) == 500
     assert browser.find_element(By.ID, "count").text == "501 units match “dog” (the first 500 shown)"
+
+
+def test_static_search_lists_the_units_the_server_does_in_the_servers_order(browser, web_atlas, tmp_path):
+    """The export's search ranked word matches by unit index (its index had no scores), the server by the
+    word's score: "star" listed 473, 10, 33, ... statically and 473, 491 (start 1.68), 486, ... served. The
+    index now carries each word's score rank, and app.js ranks as search_units does."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.atlas.browse import search_units
+    from tests.web_atlas import MODEL
+
+    atlas_dir = tmp_path / "atlas"
+    shutil.copytree(web_atlas, atlas_dir)
+    with Atlas(atlas_dir) as atlas:
+        atlas.write_unit_texts("words", None, MODEL, LAYER, {
+            4: [("zebra", 0.5), ("start", 5.0)], 5: [("zebras", 2.0)], 6: [("zebu", 1.0), ("Zeb", 0.05)],
+            7: [("zeb", 0.1)], 8: [("zebu", 1.0)], 9: [("starting", 9.0)]})
+    site = tmp_path / "site"
+    export_site(atlas_dir, site)
+    with Atlas(atlas_dir, read_only=True) as atlas:
+        served = {query: [str(hit["unit"]) for hit in search_units(atlas, query)] for query in ("zeb", "sta", "e")}
+    assert served["zeb"] == ["7", "6", "5", "8", "4"]  # exact (by score), then partial by score, a tie by unit
+    for query, units in served.items():
+        browser.get((site / "search.html").as_uri() + f"?q={query}")
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li"))
+        listed = [link.text.rsplit(" ", 1)[-1] for link in browser.find_elements(By.CSS_SELECTOR, "#hits li a")]
+        assert listed == units, query
 
 
 def test_arrow_and_j_k_keys_step_through_units_served_and_exported(browser, web_atlas, tmp_path):

@@ -1,7 +1,9 @@
 // The microscope's only script. On a static export's search page it searches the
 // units' words and labels in the browser (search-index.js sets NEURONSCOPE_INDEX),
-// ranking as the server does: each unit once, exact matches first, then label
-// matches before word matches; the server's pages need no script.
+// ranking as the server does (atlas/browse.py search_units): each unit once, by its
+// match: exact matches first, then label matches before word matches, then by the
+// word's score (its rank among the atlas's word scores), then index order (model,
+// layer, unit); the server's pages need no script.
 (function () {
   "use strict";
   // Units listed: a one-letter query can match most of an atlas, and the page says when it cuts.
@@ -17,15 +19,18 @@
     try { return decodeURIComponent(raw); } catch (err) { return raw; }
   }
 
-  // A unit's match: its label, else its best (first) matching word, an exact one preferred.
+  // A unit's match: its label, else its best (first) matching word, an exact one preferred. A label has
+  // no score (rank 0: labels tie, and fall to index order).
   function unitMatch(unit, needle) {
     var label = unit.label && unit.label.toLowerCase();
-    if (label === needle) { return {text: "label: " + unit.label, exact: true, label: true}; }
-    var found = label && label.indexOf(needle) >= 0 ? {text: "label: " + unit.label, exact: false, label: true} : null;
+    if (label === needle) { return {text: "label: " + unit.label, exact: true, label: true, rank: 0}; }
+    var found = label && label.indexOf(needle) >= 0 ?
+      {text: "label: " + unit.label, exact: false, label: true, rank: 0} : null;
     for (var i = 0; i < unit.words.length; i++) {
       var word = unit.words[i].toLowerCase();
-      if (word === needle) { return {text: "word: " + unit.words[i], exact: true, label: false}; }
-      if (!found && word.indexOf(needle) >= 0) { found = {text: "word: " + unit.words[i], exact: false, label: false}; }
+      var match = {text: "word: " + unit.words[i], exact: word === needle, label: false, rank: unit.ranks[i]};
+      if (match.exact) { return match; }
+      if (!found && word.indexOf(needle) >= 0) { found = match; }
     }
     return found;
   }
@@ -42,7 +47,8 @@
     if (match) { hits.push({unit: unit, match: match, order: hits.length}); }
   });
   hits.sort(function (a, b) {
-    return (b.match.exact - a.match.exact) || (b.match.label - a.match.label) || (a.order - b.order);
+    return (b.match.exact - a.match.exact) || (b.match.label - a.match.label) ||
+      (a.match.rank - b.match.rank) || (a.order - b.order);
   });
   hits.slice(0, SHOWN).forEach(function (hit) {
     var item = document.createElement("li");
