@@ -208,3 +208,9 @@ def test_generalization_probe_reads_what_the_training_drawings_teach(tmp_path, m
     other = _world_of_heldout_drawings(tmp_path / "other", split, split.concepts[::-1])
     with pytest.raises(ValueError, match="other concepts"):
         generalization_scores(mini_clip, split, other)
+
+
+def test_the_test_splits_repr_is_one_short_line(split) -> None:
+    """The dataclass repr printed every index entry and then the whole uint8 image array (445k characters)."""
+    assert repr(split) == f"TestSplit({len(split.entries)} images of {len(split.concepts)} concepts, 64x64 px)"
+    assert len(split.entries) > 1000 and len(split.concepts) > 10

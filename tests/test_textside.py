@@ -928,3 +928,23 @@ def test_basis_top_texts_reads_units_as_parse_units_does():
         top = basis.top_texts(["a", "b"], features, units=units, k=1)
         assert top == expected and all(type(unit) is int for unit in top)
     assert list(basis.top_texts(["a", "b"], features, units="all", k=1)) == list(range(6))
+
+
+def test_emotion_results_have_short_reprs():
+    """The dataclass reprs printed every word, unit index, coefficient and loading (37k characters for the
+    mini CLIP's emotion atlas)."""
+    from neuronscope.analysis.emotions import EmotionAtlas, WordCodes
+    from neuronscope.analysis.sparse_codes import NMFFactors, SparseCodes
+
+    words, units, rng = [f"feeling {i}" for i in range(120)], list(range(512)), np.random.default_rng(0)
+    coefficients = np.zeros((120, 512))
+    coefficients[[0, 1, 1], [3, 4, 5]] = 0.5
+    codes = SparseCodes(words, units, coefficients, [1.0] * 120)
+    coded = WordCodes(words, ["a {}", "I feel {}", "{}"], codes, rng.random((120, 511)), units[:-1], {511: "lexical"})
+    map2 = NMFFactors(rng.random((120, 2)), rng.random((2, 511)), units[:-1])
+    groups7 = NMFFactors(rng.random((120, 7)), rng.random((7, 511)), units[:-1])
+    atlas = EmotionAtlas("mini-clip@bundled", "visual.x", coded, map2, groups7)
+    assert repr(codes) == "SparseCodes(120 classes over 512 units, 3 non-zero weights)"
+    assert repr(coded) == "WordCodes(120 words x 3 templates, 511 units kept, 1 dropped)"
+    assert repr(map2) == "NMFFactors(2 factors of 120 rows x 511 columns)"
+    assert repr(atlas) == "EmotionAtlas(mini-clip@bundled visual.x, 120 emotions over 511 units, 7 groups)"

@@ -61,6 +61,10 @@ class WordCodes:
     kept_units: list[int]
     dropped_units: dict[int, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the dataclass's printed every word, unit and profile value
+        return (f"WordCodes({len(self.words)} words x {len(self.templates)} templates, {len(self.kept_units)} units "
+                f"kept, {len(self.dropped_units)} dropped)")
+
 
 def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str], templates: Sequence[str], *,
                max_units: int = 5, drop_units: dict[int, str] | Sequence[int] = (),
@@ -112,6 +116,10 @@ class EmotionAtlas:
     coded: WordCodes
     map2: NMFFactors
     groups7: NMFFactors
+
+    def __repr__(self) -> str:  # the dataclass's printed the codes' and factors' arrays (37k characters)
+        return (f"EmotionAtlas({self.model} {self.layer}, {len(self.emotions)} emotions over "
+                f"{len(self.coded.kept_units)} units, {self.groups7.loadings.shape[1]} groups)")
 
     @property
     def emotions(self) -> list[str]:

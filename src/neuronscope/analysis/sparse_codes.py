@@ -50,6 +50,10 @@ class SparseCodes:
     coefficients: np.ndarray
     strengths: list[float]
 
+    def __repr__(self) -> str:  # the dataclass's printed every unit index and coefficient
+        weights = int(np.count_nonzero(self.coefficients))
+        return f"SparseCodes({len(self.classes)} classes over {len(self.units)} units, {weights} non-zero weights)"
+
     def code(self, name: str, positive_only: bool = False) -> list[tuple[int, float]]:
         """A class's code ``[(unit, weight)]``, largest weight first (non-zero weights only)."""
         row = self.coefficients[self.classes.index(name)]
@@ -185,6 +189,10 @@ class NMFFactors:
     loadings: np.ndarray
     components: np.ndarray
     columns: list[int]
+
+    def __repr__(self) -> str:  # the dataclass's printed both matrices
+        rows, k = self.loadings.shape
+        return f"NMFFactors({k} factors of {rows} rows x {len(self.columns)} columns)"
 
     @property
     def groups(self) -> np.ndarray:

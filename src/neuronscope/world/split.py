@@ -42,6 +42,10 @@ class TestSplit:
 
     __test__ = False  # not a pytest class
 
+    def __repr__(self) -> str:  # the dataclass's printed every entry and the whole uint8 array (445k characters)
+        height, width = self.images.shape[1:3]
+        return f"TestSplit({len(self.entries)} images of {len(self.concepts)} concepts, {height}x{width} px)"
+
     @property
     def concepts(self) -> list[str]:
         return self.meta["concepts"]
