@@ -948,3 +948,18 @@ def test_emotion_results_have_short_reprs():
     assert repr(coded) == "WordCodes(120 words x 3 templates, 511 units kept, 1 dropped)"
     assert repr(map2) == "NMFFactors(2 factors of 120 rows x 511 columns)"
     assert repr(atlas) == "EmotionAtlas(mini-clip@bundled visual.x, 120 emotions over 511 units, 7 groups)"
+
+
+def test_a_text_tower_layer_in_attribute_texts_is_named_as_not_an_image_tower_layer(tiny_rn):
+    """It raised "'transformer.resblocks.0' has no capture: recorded layers are transformer.resblocks.0", which
+    contradicts itself; record and probe_words say the layer did not run in the image forward."""
+    from neuronscope.errors import LayerNotFoundError
+
+    sample = default_image_sample(2, preprocess=tiny_rn.preprocess)
+    expected = (r"^layer\(s\) transformer.resblocks.0 did not run in the image forward of tiny-rn@random "
+                r"\(text-tower layers need a text forward\): name an image-tower layer$")
+    for call in (lambda: attribute_texts(tiny_rn, "transformer.resblocks.0", ["a"], sample),
+                 lambda: compute_basis(tiny_rn, "transformer.resblocks.0", sample)):
+        with pytest.raises(LayerNotFoundError, match=expected):
+            call()
+    assert hook_count(tiny_rn.module) == 0

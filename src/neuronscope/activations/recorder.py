@@ -393,13 +393,24 @@ class Recorder:
             if attached_here:
                 self.remove()
         self._check_unchanged()
+        if require_all:
+            self.check_image_forward()
+        return {name: self.activations[name] for name in self.layers if name in self.activations}
+
+    def check_image_forward(self) -> None:
+        """After an image forward (:meth:`run`, or ``model.encode_images`` inside ``with``): raise when a
+        recorded layer did not run in it, saying why (a text-tower layer needs a text forward) rather than
+        leaving a caller to find no capture.
+
+        Raises:
+            LayerNotFoundError: one or more recorded layers were not captured.
+        """
         missing = [name for name in self.layers if name not in self.activations]
-        if missing and require_all:
+        if missing:
             raise LayerNotFoundError(
                 f"layer(s) {', '.join(missing)} did not run in the image forward of {self._key} "
-                f"(text-tower layers need a text forward)"
+                f"(text-tower layers need a text forward): name an image-tower layer"
             )
-        return {name: self.activations[name] for name in self.layers if name in self.activations}
 
     def _check_unchanged(self) -> None:
         """With ``clone=False``: raise when the forward changed a kept tensor in place after its capture.

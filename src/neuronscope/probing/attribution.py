@@ -206,6 +206,7 @@ def _backward_gxa(model: LoadedModel, layer: str, pixels: Tensor,
         inputs = model.preprocess.normalize(pixels[rows].to(model.device)).requires_grad_(True)
         with Recorder(model, layer, detach=False) as recorder, torch.enable_grad():
             embeddings = model.encode_images(inputs).float()  # [B, D]; encode_images autocasts
+            recorder.check_image_forward()  # a text-tower layer: say so, not "has no capture"
             capture = recorder[layer]
         edge = _layer_gradient_edge(capture)
         acts = capture.detach().float()
