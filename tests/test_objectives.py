@@ -298,3 +298,20 @@ def test_unit_arguments_are_read_by_parse_units_and_a_float_is_refused_clearly()
         for objective in (channel, neuron):
             with pytest.raises(UnitsError, match="is not an integer unit index"):
                 objective("x", bad)
+
+
+def test_a_per_image_weight_must_fit_the_batch_and_may_be_a_numpy_array():
+    """A weight of the wrong length raised torch's "The size of tensor a (2) must match ..."; a NumPy weight made
+    NumPy build an object array of objectives, refused later as "write 'layer:unit'"."""
+    ctx = _context(torch.randn(2, 4, 2, 2))
+    unit = channel("x", 1)
+    with pytest.raises(ValueError, match=r"^a per-image weight \[0.1,2.55,5\] has 3 values for a batch of 2 "
+                                         r"images: give one value, or one per image$"):
+        (torch.linspace(0.1, 5, 3) * unit)(ctx)
+    for weighted in (np.array([1.0, 3.0]) * unit, unit * np.array([1, 3])):
+        assert isinstance(weighted, Objective) and str(weighted) == "[1,3] * Channel [x, 1]"
+        torch.testing.assert_close(weighted(ctx), unit(ctx) * torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close((unit / np.array([2.0, 4.0]))(ctx), unit(ctx) / torch.tensor([2.0, 4.0]))
+    assert str(np.float64(0.5) * unit) == "0.5 * Channel [x, 1]" and str(np.array(2.0) * unit) == "2 * Channel [x, 1]"
+    with pytest.raises(ValueError, match="3 values for a batch of 2 images"):
+        (np.array([1.0, 2.0, 3.0]) * unit)(ctx)

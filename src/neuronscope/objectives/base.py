@@ -9,7 +9,7 @@ forward, with autograd on) to one value **per image** [B]. Keeping the batch
 axis is what lets one batch render many units: image ``i`` can be scored by
 unit ``i`` and the images never mix. Objectives are **maximized**; write a
 penalty with a minus sign (``channel(...) - 0.1 * l2()``). A weight may be a
-tensor, one value or one per image (``torch.tensor([0.1, 5.0]) * obj``).
+tensor or a NumPy array, one value or one per image (``torch.tensor([0.1, 5.0]) * obj``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -116,7 +117,9 @@ def _number(value: Number) -> str:
 
 
 def _weight(value: object) -> "Tensor | Number | None":
-    """A number, or a tensor of one weight [] or one per image [B]; None for anything else."""
+    """A number, or a tensor (or NumPy array) of one weight [] or one per image [B]; None for anything else."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.asarray(value, dtype=np.float64))
     if isinstance(value, Tensor):
         if value.ndim > 1:
             raise ValueError(f"a tensor weight of shape {tuple(value.shape)}: give one value or one per image [B]")
@@ -135,8 +138,15 @@ def _weight_text(value: "Tensor | Number") -> str:
 
 
 def _scaled(values: Tensor, weight: "Tensor | Number", op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``op(values, weight)`` with a tensor weight brought to the values' device and dtype."""
+    """``op(values, weight)`` with a tensor weight brought to the values' device and dtype.
+
+    Raises:
+        ValueError: a per-image weight whose length is not the batch's (torch would name neither).
+    """
     if isinstance(weight, Tensor):
+        if weight.ndim == 1 and len(weight) != len(values):
+            raise ValueError(f"a per-image weight {_weight_text(weight)} has {len(weight)} values for a batch of "
+                             f"{len(values)} images: give one value, or one per image")
         weight = weight.to(values.device, values.dtype)
     return op(values, weight)
 
@@ -152,6 +162,10 @@ class Objective:
             (not a clone), for objectives that differentiate *with respect to*
             a layer (faceted visualization). Never an in-place module's input.
     """
+
+    #: NumPy defers to the objective's own operators: ``np.array([1., 2.]) * obj`` is a per-image weight,
+    #: not an object array of objectives.
+    __array_ufunc__ = None
 
     def __init__(self, fn: Callable[[Context], Tensor], layers: Sequence[str] = (), description: str = "",
                  live_layers: Sequence[str] = ()) -> None:
