@@ -7,6 +7,7 @@ import http.client
 import json
 import shutil
 import sqlite3
+from contextlib import closing
 from urllib.parse import urlsplit
 
 import httpx
@@ -756,8 +757,28 @@ def test_a_unit_page_links_back_to_the_grid_page_and_list_it_came_from(client):
     html = client.get(f"{LAYER_URL}/u/3", params={"labelled": "1"}).text
     assert f'<link rel="prev" href="{LAYER_URL}/u/0?labelled=1">' in html and 'rel="next"' not in html
     assert f'href="{LAYER_URL}?labelled=1#u3"' in html
-    ranked = [card["unit"] for card in client.get(f"/api{LAYER_URL}", params={"q": "star", "sort": "max"}).json()["cards"]]
+    listed = client.get(f"/api{LAYER_URL}", params={"q": "star", "sort": "max"}).json()["cards"]
+    ranked = [card["unit"] for card in listed]
     first = crumbs(f"{LAYER_URL}/u/{ranked[0]}", q="star", sort="max")
     assert f'href="{LAYER_URL}/u/{ranked[1]}?q=star&amp;sort=max" rel="next"' in first and 'rel="prev"' not in first
     outside = crumbs(f"{LAYER_URL}/u/100", q="star")  # not in that list: the plain grid's neighbours and page
     assert f'href="{LAYER_URL}#u100"' in outside and f'href="{LAYER_URL}/u/101" rel="next"' in outside
+
+
+def test_example_captions_show_each_images_category(web_atlas, tmp_path):
+    """The demo's examples sit in one flat tar: nothing on the page said which concept an example was. A caption
+    shows the category a scan stored (index.json), else the image's folder: the one the conditional plot counts."""
+    import sqlite3 as sqlite
+
+    copy = tmp_path / "atlas"
+    shutil.copytree(web_atlas, copy)
+    with Atlas(copy, create=False, read_only=True) as atlas:
+        record = atlas.unit(MODEL, LAYER, 2)
+    first, other = record["top"][0]["image"], record["top"][1]["image"]
+    with closing(sqlite.connect(copy / "atlas.sqlite")) as db, db:
+        db.execute("UPDATE images SET category = 'star' WHERE id = ?", (first,))
+    with TestClient(create_app(copy, warm=False)) as browser:
+        html = browser.get(f"{LAYER_URL}/u/2").text
+    folder = other.split("#")[0].split("::")[-1].rsplit("/", 1)[0]
+    assert f'<span class="category">star</span><span class="image-name" title="{first}">' in html
+    assert f'<span class="category">{folder}</span><span class="image-name" title="{other}">' in html

@@ -203,3 +203,20 @@ def unit_runs(atlas: Atlas, model: str, layer: str, unit: int) -> list[dict[str,
             continue  # a row naming a run that is gone: show the parts without provenance
         runs.append({**record, "parts": sorted(wrote[run_id])})
     return runs
+
+
+def image_categories(atlas: Atlas, images: list[str]) -> dict[str, str]:
+    """``{image id: category}`` of ``images``: the category a scan stored (its source's ``index.json``), else the
+    folder it sits in within its source; an image with neither is left out. What a unit page's example captions
+    show: the same category the conditional plot counts the image under."""
+    # Imported here: a plain-Python helper of the scanner's sources (neuronscope.mining loads lazily: no torch).
+    from neuronscope.mining.sources import image_folder
+
+    ids = sorted(set(images))
+    stored: dict[str, str] = {}
+    for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
+        chunk = ids[start:start + 500]
+        stored.update((row["id"], row["category"]) for row in atlas.db.execute(
+            f"SELECT id, category FROM images WHERE category IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
+            chunk))
+    return {image: category for image in ids if (category := stored.get(image) or image_folder(image))}

@@ -14,7 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.browse import filter_units, layer_counts, layer_grid, search_units, unit_runs
+from neuronscope.atlas.browse import (filter_units, image_categories, layer_counts, layer_grid, search_units,
+                                      unit_runs)
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
@@ -196,6 +197,7 @@ def unit_data(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery
             "featurevis_groups": _featurevis_groups(record["featurevis"]),
             **unit_place(atlas, record["model"], record["layer"], unit, query, cards),
             "runs": unit_runs(atlas, record["model"], record["layer"], unit),
+            "categories": image_categories(atlas, [example["image"] for example in record["top"] + record["bottom"]]),
             "top_examples": TOP_EXAMPLES, "top_words": TOP_WORDS}
 
 
