@@ -470,8 +470,9 @@ def test_a_plain_module_where_a_loaded_model_is_needed_is_one_line_saying_to_wra
         message = str(raised.value)
         assert message.startswith(f"{name} needs a LoadedModel, not a plain CLIP module") and "\n" not in message
         assert "wrap it with load_model(module)" in message
-    with pytest.raises(ModelNotLoadedError, match=r"load it with load_model\('tiny-rn'\)"):
-        list_layers("tiny-rn")
+    for call in (list_layers, lambda name: encode_texts(name, ["a"])):  # encode_texts runs in eval mode first
+        with pytest.raises(ModelNotLoadedError, match=r"load it with load_model\('tiny-rn'\)"):
+            call("tiny-rn")
     # The plain module's aliases are the ones record() uses: resolve_layers said it had no 'neurons' alias.
     neurons = tiny_rn.resolve_layer("neurons")
     assert resolve_layers(clip, ["neurons"]) == [neurons]

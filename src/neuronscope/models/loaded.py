@@ -224,6 +224,9 @@ def evaluating(model: LoadedModel | nn.Module) -> Iterator[None]:
     a training model) survives. Nesting is cheap: an inner block finds nothing to switch.
     """
     module = model.module if isinstance(model, LoadedModel) else model
+    if not isinstance(module, nn.Module):  # a model's name, say: the entry point's own check says what to pass
+        yield
+        return
     training = [child for child in module.modules() if child.training]
     for child in training:
         child.training = False  # not .eval(): that recurses, and this list already holds every module
