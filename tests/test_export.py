@@ -29,8 +29,12 @@ class _Links(HTMLParser):
 
 
 def page_links(page: Path) -> list[str]:
+    return page_links_of(page.read_text(encoding="utf-8"))
+
+
+def page_links_of(html: str) -> list[str]:
     parser = _Links()
-    parser.feed(page.read_text(encoding="utf-8"))
+    parser.feed(html)
     return parser.links
 
 
@@ -168,3 +172,33 @@ def test_a_unit_page_links_to_the_grid_page_that_shows_it_and_to_its_neighbours_
     assert '<link rel="prev" href="../299/index.html">' in unit and '<link rel="next" href="../301/index.html">' in unit
     grid = (layer / "page-3.html").read_text()
     assert 'href="./u/300/index.html" id="u300"' in grid  # the anchor it lands on; a static card carries no query
+
+
+def test_every_layer_result_links_its_json_served_and_exported(web_atlas, tmp_path):
+    """"Layer results" entries without an image (a word probe's summary) showed a caption with nothing to open
+    (its JSON was at /api/.../artifacts/words/NAME, unlinked). Each entry now links its JSON: the /api URL when
+    served, a JSON file the export writes beside the layer's pages, holding what /api answers."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from neuronscope.atlas import Atlas
+    from neuronscope.web import create_app
+    from tests.web_atlas import MODEL
+
+    atlas_dir = tmp_path / "atlas"
+    shutil.copytree(web_atlas, atlas_dir)
+    with Atlas(atlas_dir) as atlas:
+        atlas.save_artifact(MODEL, LAYER, "words", "words/300", data={"vocabulary": "words300", "words": 300})
+    site = tmp_path / "site"
+    export_site(atlas_dir, site)
+    layer_page = site / "m" / "tiny-rn" / "l" / LAYER / "index.html"
+    exported = [link for link in page_links(layer_page) if link.endswith(".json")]
+    with TestClient(create_app(atlas_dir)) as client:
+        served = [link for link in page_links_of(client.get(f"/m/tiny-rn/l/{LAYER}").text)
+                  if link.startswith("/api/")]
+        assert len(served) == len(exported) == 2  # emotions · codes (an image too), words · words/300
+        for api, file in zip(served, exported):
+            target = layer_page.parent / unquote(file)
+            assert json.loads(target.read_text()) == client.get(api).json()
+    assert json.loads(target.read_text())["data"] == {"vocabulary": "words300", "words": 300}

@@ -29,7 +29,7 @@ from neuronscope.atlas.browse import layer_grid, search_index
 from neuronscope.atlas.store import conditional_buckets
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file
-from neuronscope.web.links import StaticLinks, model_slug, page_segments, static_page_path
+from neuronscope.web.links import StaticLinks, artifact_json_segments, model_slug, page_segments, static_page_path
 from neuronscope.web.plots import conditional_svg, histogram_svg
 
 #: Written at the site's root; a non-empty folder without it is not overwritten.
@@ -205,6 +205,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
     for artifact in first["artifacts"]:
         if artifact["image"]:
             site.copy(artifact["path"])
+    _export_artifacts(store, site, model, layer)
     for card in cards:
         site.copy(card["featurevis"] or card["thumb"])
     for unit in range(len(cards)):
@@ -225,6 +226,15 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
         if progress is not None:
             progress(done, total)
     return done
+
+
+def _export_artifacts(store: Atlas, site: _Site, model: str, layer: str) -> None:
+    """Each layer artifact's JSON, as the server's ``/api`` answers it, where the layer page links it: an
+    artifact without an image (words, facet probes) has nothing else to open."""
+    slug = model_slug(model, site.known)
+    for artifact in store.artifacts(model, layer):
+        site.write("/".join(artifact_json_segments(slug, layer, artifact["kind"], artifact["name"])),
+                   json.dumps({"model": model, "layer": layer} | artifact, separators=(",", ":")))
 
 
 def _export_search(store: Atlas, site: _Site) -> None:

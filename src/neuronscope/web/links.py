@@ -81,6 +81,12 @@ def page_segments(slug: str, layer: str, unit: int | None = None) -> tuple[str, 
     return parts if unit is None else (*parts, "u", str(unit))
 
 
+def artifact_json_segments(slug: str, layer: str, kind: str, name: str) -> tuple[str, ...]:
+    """Where the static export writes a layer artifact's JSON (what the server's ``/api`` URL answers):
+    beside the layer's pages, ``/`` in a kind or name written ``~`` so that each artifact is one file."""
+    return (*page_segments(slug, layer), "artifacts", url_name(kind), f"{url_name(name)}.json")
+
+
 def url_path(*parts: str) -> str:
     """Segments joined into a percent-encoded relative URL path."""
     return "/".join(segment(part) for part in parts)
@@ -181,7 +187,8 @@ class StaticLinks(Links):
         return None  # a static site has no API
 
     def api_artifact(self, model: str, layer: str, kind: str, name: str) -> str | None:
-        return None
+        """The JSON file the export writes for an artifact (:func:`artifact_json_segments`)."""
+        return self._relative(url_path(*artifact_json_segments(self.slug(model), layer, kind, name)))
 
 
 def _with_query(base: str, params: dict[str, object]) -> str:
