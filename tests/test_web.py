@@ -722,6 +722,7 @@ def test_plots_sit_side_by_side_and_a_card_says_its_image_is_a_facet_render(web_
         unit = browser.get(f"{LAYER_URL}/u/2").text
         figures = unit[unit.index('<div class="figures">'):]
         assert figures.index("histogram.svg") < figures.index("conditional.svg") < figures.index("</div>")
+        assert "each category (from the source's index.json, else the image's folder" in figures  # not "folder" only
 
 
 def test_labelled_units_can_be_listed_and_a_unit_number_goes_to_that_unit(client):
