@@ -213,10 +213,5 @@ def image_categories(atlas: Atlas, images: list[str]) -> dict[str, str]:
     from neuronscope.mining.sources import image_folder
 
     ids = sorted(set(images))
-    stored: dict[str, str] = {}
-    for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
-        chunk = ids[start:start + 500]
-        stored.update((row["id"], row["category"]) for row in atlas.db.execute(
-            f"SELECT id, category FROM images WHERE category IS NOT NULL AND id IN ({','.join('?' * len(chunk))})",
-            chunk))
+    stored = atlas.stored_categories(ids)
     return {image: category for image in ids if (category := stored.get(image) or image_folder(image))}

@@ -940,7 +940,13 @@ class Atlas:
     def sample_categories(self, record: Mapping[str, Any]) -> dict[str, str]:
         """``{image id: category}`` of the histogram samples of a unit's :meth:`unit` record that a scan stored
         a category for (their source's ``index.json``): the conditional plot's y axis where no folder is."""
-        ids = sorted({image for images in (record["histogram"] or {}).get("samples", []) for image in images})
+        return self.stored_categories(image for images in (record["histogram"] or {}).get("samples", [])
+                                      for image in images)
+
+    def stored_categories(self, images: Iterable[str]) -> dict[str, str]:
+        """``{image id: category}`` of those ``images`` that a scan stored a category for (their source's
+        ``index.json``, :meth:`write_scan`); the others are left out."""
+        ids = sorted(set(images))
         categories: dict[str, str] = {}
         for start in range(0, len(ids), 500):  # below SQLite's limit on bound parameters
             chunk = ids[start:start + 500]
