@@ -299,8 +299,13 @@ def test_salted_folder_counts_every_reason_and_scans_unusual_modes(tiny_rn, imag
     assert outcome.skipped == {"zero_byte": 1, "truncated": 1, "not_image": 1, "too_many_pixels": 1,
                                "unreadable": 1, "missing": 1, "duplicate": 2}  # img00 and img01 copies
     assert outcome.images == 24 + len(unusual_files())
+    named = {"broken/empty.png": "zero_byte", "broken/half.png": "truncated", "broken/notes.png": "not_image",
+             "broken/huge.png": "duplicate", "b/img01_copy.png": "duplicate", "broken/bomb.png": "too_many_pixels",
+             "broken/garbled.tif": "unreadable", "broken/gone.jpg": "missing"}
+    assert outcome.skip_counts.files() == named  # which files, not only how many (the run was nameless)
     with Atlas(tmp_path / "atlas") as atlas:
         assert atlas.run(outcome.run_id)["skipped"] == outcome.skipped
+        assert atlas.run(outcome.run_id)["dataset"]["skipped_files"] == named
         assert atlas.unit(None, "neurons", 0)["stats"]["count"] == outcome.images
 
 
@@ -645,6 +650,44 @@ def test_a_rescan_says_whose_results_it_replaced(images, tmp_path):
     assert report["run_id"] == 3 and report["replaced"] == [2]
     first = json.loads(_scan_cli(images, tmp_path / "other", "--json").stdout)
     assert "replaced" not in first  # nothing to replace: the report's usual keys
+
+
+def test_scan_names_a_few_skipped_files_per_reason_on_stderr_and_in_its_report(images, tmp_path):
+    """`skipped: zero_byte 7` named no file: a researcher could neither fix nor re-fetch them."""
+    for index in range(7):
+        (images / f"empty{index}.png").write_bytes(b"")
+    (images / "notes.png").write_bytes(b"not an image")
+    text = _scan_cli(images, tmp_path / "atlas")
+    assert text.exit_code == 0, text.output
+    assert "skipped: zero_byte 7, not_image 1" in text.stdout
+    lines = [line for line in text.stderr.splitlines() if line.startswith(("skipped ", "... "))]
+    assert lines == [*(f"skipped empty{index}.png: zero_byte" for index in range(5)), "... and 2 more zero_byte",
+                     "skipped notes.png: not_image"]
+    report = json.loads(_scan_cli(images, tmp_path / "other", "--json").stdout)
+    assert report["skipped_files"] == {**{f"empty{index}.png": "zero_byte" for index in range(5)},
+                                       "notes.png": "not_image"}  # {file: reason}, as attack's
+
+
+def test_a_checkpoint_keeps_the_skipped_files_names_and_parts_merge_them_in_any_order():
+    from neuronscope.imagefiles import SkipCounts
+    from neuronscope.mining.scanner import ScanState
+
+    state = ScanState({})
+    for name in ("c.png", "a.png"):
+        state.skipped.count("truncated", name)
+    restored = ScanState({})
+    restored.load_state_dict(*state.state_dict())
+    assert restored.skipped.files() == {"c.png": "truncated", "a.png": "truncated"}
+    parts = [SkipCounts(), SkipCounts()]
+    for index in range(12):
+        parts[index % 2].count("missing", f"m{index:02d}.png")
+    forward, backward = SkipCounts(), SkipCounts()
+    for part in parts:
+        forward.merge(part)
+    for part in reversed(parts):
+        backward.merge(part)
+    assert forward.files() == backward.files() == {f"m{index:02d}.png": "missing" for index in range(5)}
+    assert forward.as_dict()["missing"] == 12
 
 
 def test_an_unfinished_scan_with_other_settings_is_pointed_out_by_the_one_that_finishes(tiny_rn, images, tmp_path):

@@ -37,21 +37,56 @@ class SkippedFile(Exception):
         super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
 
 
+#: Example paths :class:`SkipCounts` keeps per reason: enough to find and fix the bad files, bounded however many.
+SKIP_EXAMPLES = 5
+
+
 @dataclass
 class SkipCounts:
-    """Counts of skipped files by reason, plus a few example paths per reason."""
+    """Counts of skipped files by reason, plus a few example paths per reason (the first ones counted)."""
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, skipped: SkippedFile) -> None:
-        self.counts[skipped.reason] += 1
-        examples = self.examples.setdefault(skipped.reason, [])
-        if len(examples) < 5:
-            examples.append(skipped.path)
+        self.count(skipped.reason, skipped.path)
+
+    def count(self, reason: str, path: str) -> None:
+        """One more file skipped for ``reason``; ``path`` is kept while the reason has few examples."""
+        self.counts[reason] += 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < SKIP_EXAMPLES:
+            examples.append(path)
+
+    def merge(self, other: SkipCounts) -> None:
+        """Fold in another part's counts; each reason keeps the first examples by path, whatever the order the
+        parts come in (a scan's parts list their files sorted by path, so these are the ones it counted first)."""
+        self.counts.update(other.counts)
+        for reason, paths in other.examples.items():
+            self.examples[reason] = sorted({*self.examples.get(reason, []), *paths})[:SKIP_EXAMPLES]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
     def as_dict(self) -> dict[str, int]:
         return {reason: int(self.counts.get(reason, 0)) for reason in SKIP_REASONS}
+
+    def files(self) -> dict[str, str]:
+        """``{path: reason}`` of the example files, by reason (in :data:`SKIP_REASONS` order), then path: the
+        ``skipped_files`` of a JSON report, as ``attack``'s."""
+        return {path: reason for reason in SKIP_REASONS for path in self.examples.get(reason, [])}
+
+    def lines(self) -> list[str]:
+        """``skipped PATH: reason`` for every example, and ``... and N more REASON`` where there are more: what a
+        command prints on stderr, so that bad files can be found and fixed."""
+        lines = []
+        for reason in SKIP_REASONS:
+            examples = self.examples.get(reason, [])
+            lines += [f"skipped {path}: {reason}" for path in examples]
+            if self.counts.get(reason, 0) > len(examples):
+                lines.append(f"... and {self.counts[reason] - len(examples)} more {reason}")
+        return lines
 
 
 class NotRegularFile(OSError):

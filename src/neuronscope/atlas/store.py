@@ -367,7 +367,8 @@ class Atlas:
     def write_scan(self, run_id: int, layer_scans: list[LayerScan], images: Mapping[str, ImageRecord],
                    skipped: Mapping[str, int], image_count: int,
                    thumbs: Mapping[tuple[str, int, int, int, int], str] | None = None,
-                   categories: Mapping[str, str] | None = None) -> None:
+                   categories: Mapping[str, str] | None = None, skipped_files: Mapping[str, str] | None = None
+                   ) -> None:
         """Store a finished scan: every layer's units, examples and histogram, its images, and the run's end.
 
         A rescan of the same (model, layer) replaces that layer's rows; images are
@@ -383,6 +384,9 @@ class Atlas:
             categories: ``{image id: category}`` from the source's ``index.json``, for the conditional
                 plots (:meth:`sample_categories`); an image scanned again keeps the one it has when this
                 scan gives none.
+            skipped_files: ``{name in the source: reason}`` of a few skipped files per reason, kept in the
+                run's ``dataset`` as ``"skipped_files"`` (beside ``skipped``'s counts), so that a run's bad
+                files can be found and fixed.
         """
         thumbs, categories = thumbs or {}, categories or {}
         old_files, new_files = [], []
@@ -415,6 +419,11 @@ class Atlas:
                 started = db.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
                 db.execute("UPDATE runs SET status = 'finished', finished_at = ?, skipped = ?, images = ? WHERE id = ?",
                            (_now(), json.dumps(dict(skipped)), image_count, run_id))
+                if skipped_files:
+                    dataset = json.loads(db.execute("SELECT dataset FROM runs WHERE id = ?",
+                                                    (run_id,)).fetchone()["dataset"] or "{}")
+                    db.execute("UPDATE runs SET dataset = ? WHERE id = ?",
+                               (json.dumps({**dataset, "skipped_files": dict(skipped_files)}), run_id))
         except BaseException:
             for name in new_files:
                 if name not in old_files:

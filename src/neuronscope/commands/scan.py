@@ -109,7 +109,8 @@ def scan(
     loaded = load_cli_model(model, weights, device, precision)
     # An unknown layer fails here, before the atlas is opened: a refused scan leaves no empty atlas behind.
     canonical = resolve_layers(loaded.module, split_layer_list(layers), loaded.layer_aliases, model_key=loaded.key)
-    report = ProgressReport(quiet=json_out and not sys.stderr.isatty())
+    quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
+    report = ProgressReport(quiet=quiet)
     settings = ScanSettings(top_k=top_k, bottom_k=top_k, seed=seed)
     try:
         with Atlas(out) as atlas:
@@ -127,9 +128,14 @@ def scan(
     finally:
         report.close()
     units = sum(layer.units for layer in outcome.layers)
+    if not quiet:  # the names of a few skipped files per reason (with --json, also in the report)
+        for line in outcome.skip_counts.lines():
+            typer.echo(line, err=True)
     if json_out:
-        # "replaced" only when the scan replaced something: a first scan's report keeps its documented keys
+        # "replaced" and "skipped_files" only when there are some: a clean scan's report keeps its documented keys
         extra = {"replaced": sorted(replaced)} if replaced else {}
+        if outcome.skip_counts.total:
+            extra["skipped_files"] = outcome.skip_counts.files()
         print_json(fill_report(out, outcome.run_id, outcome.model, [layer.layer for layer in outcome.layers], units,
                                outcome.seconds, outcome.skipped, **extra))
         return

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neuronscope.imagefiles import SkipCounts
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -82,3 +84,5 @@ class ScanOutcome:
     seconds: float
     resumed_from: int = 0
     image_records: dict[str, ImageRecord] = field(default_factory=dict, repr=False)
+    #: the counts of ``skipped`` with the first few files' names per reason (``.files()``, ``.lines()``)
+    skip_counts: SkipCounts = field(default_factory=SkipCounts, repr=False)

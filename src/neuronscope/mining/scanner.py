@@ -50,7 +50,7 @@ from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, aban
                                     drop_checkpoints, marked_interrupted, open_run, start_run)
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
-from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SKIP_REASONS
+from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkipCounts
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
 from neuronscope.mining.histogram import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
@@ -85,7 +85,7 @@ class ScanProgress:
     def of(cls, state: ScanState, done: int, total: int, resumed_from: int, started: float) -> ScanProgress:
         """The progress of a scan whose merged ``state`` covers ``done`` entries, started at ``started``
         (``time.perf_counter()``)."""
-        return cls(done, total, state.images, sum(state.skipped.values()), resumed_from,
+        return cls(done, total, state.images, state.skipped.total, resumed_from,
                    time.perf_counter() - started)
 
 
@@ -157,7 +157,7 @@ class ScanState:
         self.may_repeat = may_repeat
         self.next_ordinal = 0
         self.images = 0
-        self.skipped: Counter[str] = Counter()
+        self.skipped = SkipCounts()  # by reason, with the first few files' names (entry names: no absolute path)
         self.seen = ContentKeys()  # of the entries that may repeat, for duplicates
         self.records: dict[int, ImageRecord] = {}  # ordinal -> image, for ordinals some unit still holds
 
@@ -184,7 +184,7 @@ class ScanState:
             accumulator.merge(other.accumulators[name])
         self.records.update(other.records)
         self.images += other.images
-        self.skipped.update(other.skipped)
+        self.skipped.merge(other.skipped)
         self.prune_records()
 
     def merge_batch(self, update: BatchUpdate) -> None:
@@ -217,7 +217,8 @@ class ScanState:
         rows = [[r.id, r.source, r.name, r.sha256, r.width, r.height] for r in records]
         arrays["records.utf8"] = np.frombuffer(json.dumps(rows).encode(), np.uint8)
         arrays["seen"] = self.seen.array()
-        meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped)}
+        meta = {"next_ordinal": self.next_ordinal, "images": self.images, "skipped": dict(self.skipped.counts),
+                "skipped_examples": self.skipped.examples}
         return arrays, meta
 
     def fits(self, arrays: dict[str, np.ndarray]) -> bool:
@@ -234,7 +235,8 @@ class ScanState:
         self.records = dict(zip(arrays["records.ordinal"].tolist(), records))
         self.seen = ContentKeys(arrays["seen"])
         self.next_ordinal, self.images = int(meta["next_ordinal"]), int(meta["images"])
-        self.skipped = Counter(meta["skipped"])
+        # (a checkpoint of an earlier neuronscope kept no examples: those it counted stay unnamed)
+        self.skipped = SkipCounts(Counter(meta["skipped"]), meta.get("skipped_examples", {}))
 
 
 def repeat_mask(source: ImageSource) -> np.ndarray:
@@ -378,13 +380,15 @@ def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: Sc
     thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers)
               if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
-    skipped = {reason: int(state.skipped.get(reason, 0)) for reason in SKIP_REASONS}
+    skipped = state.skipped.as_dict()
     categories = {record.id: source.categories[record.name] for record in image_records.values()
                   if record.name in source.categories}
-    atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs, categories)
+    atlas.write_scan(run_id, layer_scans, image_records, skipped, state.images, thumbs, categories,
+                     skipped_files=state.skipped.files())
     drop_checkpoints(atlas, plan.config_key)
     return ScanOutcome(run_id=run_id, model=model.key, layers=layer_scans, images=state.images, skipped=skipped,
-                       seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records)
+                       seconds=time.perf_counter() - started, resumed_from=resumed_from, image_records=image_records,
+                       skip_counts=state.skipped)
 
 
 def open_scan_run(atlas: Atlas, plan: ScanPlan, state: ScanState, model: LoadedModel, command: str, *,
@@ -514,14 +518,14 @@ def _merge_stream(update: BatchUpdate) -> Iterator[None]:
 def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, state: ScanState, batch: Batch,
                   seed: int) -> BatchUpdate | None:
     """Count the batch's skipped files, drop duplicates and run one forward; None when nothing is left."""
-    for _ordinal, _name, reason in batch.skipped:
-        state.skipped[reason] += 1
+    for _ordinal, name, reason in batch.skipped:
+        state.skipped.count(reason, name)
     keep = []
     for position, sha256 in enumerate(batch.sha256s):
         if state.may_repeat is None or state.may_repeat[batch.ordinals[position]]:
             key = content_key(sha256)
             if key in state.seen:
-                state.skipped["duplicate"] += 1
+                state.skipped.count("duplicate", batch.names[position])
                 continue
             state.seen.add(key)
         keep.append(position)
