@@ -513,6 +513,18 @@ def test_conditional_buckets_take_each_images_category_from_its_sources_index_js
         assert set().union(*(b["categories"] for b in atlas.conditional_buckets(None, "neurons", 1))) == {"x"}
 
 
+def test_the_bundled_splits_source_gives_every_image_its_concept():
+    """The demo scans the bundled split (a flat tar): its listing carries each image's concept from the split's
+    index.json, which the scan stores for the conditional plot (a reading image has none: ``(none)``)."""
+    from neuronscope.world.split import bundled_test_split_path, load_test_split
+
+    source = open_source(bundled_test_split_path())
+    split = load_test_split()
+    assert len(source.categories) == len(source) == len(split.entries)
+    assert {f"{source.name}::{entry['file']}": entry.get("concept", "(none)") for entry in split.entries} \
+        == dict(source.categories)
+
+
 def test_vit_tokens_and_pooled_vectors_scan(tiny_vit, images, tmp_path):
     with Atlas(tmp_path / "atlas") as atlas:
         outcome = scan(tiny_vit, open_source(images), atlas, ["neurons", "visual"], settings=SETTINGS, batch_size=8,
