@@ -179,3 +179,13 @@ def test_arrow_and_j_k_keys_step_through_units_served_and_exported(browser, web_
     browser.get((site / "m" / "tiny-rn" / "l" / LAYER / "u" / "2" / "index.html").as_uri())
     press(Keys.ARROW_LEFT, "/u/1/index.html")
     press("j", "/u/2/index.html")
+
+
+def test_static_search_goes_to_the_unit_a_number_names(browser, web_atlas, tmp_path):
+    """`473` in the static search found nothing: its index held words and labels only."""
+    site = tmp_path / "site"
+    export_site(web_atlas, site, plots=False)
+    browser.get((site / "search.html").as_uri() + "?q=300")
+    WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/u/300/index.html"))
+    browser.get((site / "search.html").as_uri() + "?q=512")  # past the last unit: no unit matches
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "nohits").is_displayed())

@@ -241,7 +241,12 @@ def _export_search(store: Atlas, site: _Site) -> None:
     links = site.links("search.html")
     units = [{**entry, "href": links.unit(entry["model"], entry["layer"], entry["unit"])}
              for entry in search_index(store)]
-    index = json.dumps({"units": units}, separators=(",", ":"))
+    # Every layer, for a query that is a unit's number (app.js goes to that unit): a unit's page is
+    # "<href><unit>/index.html".
+    layers = [{"model": model, "layer": entry["layer"], "units": entry["units"],
+               "href": links.unit(model, entry["layer"], 0).removesuffix("0/index.html")}
+              for model in store.models() for entry in store.layers(model)]
+    index = json.dumps({"units": units, "layers": layers}, separators=(",", ":"))
     site.write("static/search-index.js", f"window.NEURONSCOPE_INDEX = {index};\n")
     site.page(static_page_path("search"), "search.html", q="", hits=[])
 

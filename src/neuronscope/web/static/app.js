@@ -3,7 +3,8 @@
 // ranking as the server does (atlas/browse.py search_units): each unit once, by its
 // match: exact matches first, then label matches before word matches, then by the
 // word's score (its rank among the atlas's word scores), then index order (model,
-// layer, unit); the server's pages need no script.
+// layer, unit). A unit's number ("473", "#473") goes to that unit, or lists it first where several layers
+// have it, as the server's search does.
 (function () {
   "use strict";
   // Units listed: a one-letter query can match most of an atlas, and the page says when it cuts.
@@ -35,6 +36,17 @@
     return found;
   }
 
+  // The unit a number names in each layer that has it (index.layers: {model, layer, units, href}).
+  function numberedHits(query) {
+    var text = query.replace(/^#/, "");
+    if (!/^[0-9]{1,9}$/.test(text)) { return []; }
+    var number = parseInt(text, 10);
+    return (index.layers || []).filter(function (layer) { return number < layer.units; }).map(function (layer) {
+      return {unit: {model: layer.model, layer: layer.layer, unit: number, href: layer.href + number + "/index.html"},
+              match: {text: "unit: " + number}};
+    });
+  }
+
   var params = new URLSearchParams(window.location.search);
   var query = (params.get("q") || hashQuery() || "").trim();
   var box = document.querySelector("form.search input[name=q]");
@@ -50,6 +62,14 @@
     return (b.match.exact - a.match.exact) || (b.match.label - a.match.label) ||
       (a.match.rank - b.match.rank) || (a.order - b.order);
   });
+  var numbered = numberedHits(query);
+  if (numbered.length === 1) { window.location.replace(numbered[0].unit.href); return; }
+  hits = numbered.concat(hits.filter(function (hit) {
+    return !numbered.some(function (first) {  // listed once, first
+      return first.unit.model === hit.unit.model && first.unit.layer === hit.unit.layer &&
+        first.unit.unit === hit.unit.unit;
+    });
+  }));
   hits.slice(0, SHOWN).forEach(function (hit) {
     var item = document.createElement("li");
     var link = document.createElement("a");
