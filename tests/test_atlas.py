@@ -183,6 +183,86 @@ def test_show_errors_are_one_line(scanned, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
+def _old_atlas(folder):
+    """An atlas of schema version 1 (no scan: milliseconds)."""
+    from neuronscope.atlas.schema import SCHEMA_V1
+
+    folder.mkdir()
+    db = sqlite3.connect(folder / "atlas.sqlite")
+    db.executescript(SCHEMA_V1 + "INSERT INTO meta VALUES ('schema_version', '1');")
+    db.close()
+    return folder
+
+
+_INVOKE_ALL = """
+import json, sys
+from typer.testing import CliRunner
+from neuronscope.cli import app
+results = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[1])]
+print(json.dumps([[result.exit_code, result.output] for result in results]))
+"""
+
+
+def _on_read_only_mounts(folders, *commands):
+    """Run neuronscope ``commands`` where ``folders`` are read-only bind mounts (a lab's read-only export), in a
+    user and mount namespace of their own (root writes through mode bits); ``[(exit code, output)]``. Skips
+    where such namespaces are not allowed."""
+    import shutil
+    import subprocess
+    import sys
+
+    mounts = " && ".join(f'mount --bind "{f}" "{f}" && mount -o remount,ro,bind "{f}"' for f in folders)
+    script = f'{mounts} && exec "$0" -c "$1" "$2"'
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "sh", "-c", f"{mounts} && true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespaces here to make a read-only mount in")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, sys.executable, _INVOKE_ALL,
+                           json.dumps([[str(arg) for arg in command] for command in commands])],
+                          capture_output=True, text=True, check=True)
+    return [tuple(result) for result in json.loads(done.stdout)]
+
+
+def test_show_reads_an_atlas_on_a_read_only_mount_and_writers_say_to_copy_it(scanned, tmp_path):
+    """On a read-only mount show (a reader) and label failed with "OperationalError: unable to open database
+    file", and an older atlas with "attempt to write a readonly database". show now opens read-only; a writer
+    says in one line that the atlas cannot be written and to copy it; an older atlas, that the copy migrates."""
+    old = _old_atlas(tmp_path / "old")
+    shown, labelled, old_shown, old_labelled = _on_read_only_mounts(
+        [scanned, old], ["show", scanned, "--unit", "3", "--json"], ["label", scanned, "x", "--unit", "3"],
+        ["show", old], ["label", old, "x", "--unit", "3"])
+    assert shown[0] == 0 and json.loads(shown[1])["unit"] == 3, shown
+    assert labelled == (1, f"error: {scanned} cannot be written (a read-only mount, or another user's atlas): "
+                           "copy the atlas to a folder you can write and run the command on the copy\n")
+    assert old_shown == (1, f"error: {old} has atlas schema version 1, this neuronscope reads {SCHEMA_VERSION}: "
+                            "copy it to a folder you can write and open the copy once with `neuronscope show` to "
+                            "migrate it\n")
+    assert old_labelled[0] == 1 and "cannot be written" in old_labelled[1], old_labelled
+
+
+def test_show_migrates_an_older_atlas_it_can_write(tmp_path):
+    """show opens read-only, but stays the migration the read-only error names."""
+    old = _old_atlas(tmp_path / "old")
+    assert "holds no scanned layers" in runner.invoke(app, ["show", str(old)]).stderr
+    with Atlas(old, create=False, read_only=True) as atlas:
+        assert schema_version(atlas.db) == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("args", [["show", "{atlas}"], ["label", "{atlas}", "x", "--unit", "3"],
+                                  ["export", "{atlas}", "--site", "{atlas}/../site"]])
+def test_a_damaged_catalogue_names_its_file_and_how_to_recover_it(scanned, args):
+    """A truncated atlas.sqlite gave "error: DatabaseError: database disk image is malformed (run with --debug
+    ...)": neither the file nor what to do."""
+    database = scanned / "atlas.sqlite"
+    with Atlas(scanned, create=False):
+        pass  # the WAL checkpointed into the file
+    database.write_bytes(database.read_bytes()[:database.stat().st_size // 2])
+    result = runner.invoke(app, [arg.format(atlas=scanned) for arg in args])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {database} is damaged (database disk image is malformed): restore the atlas "
+                             f"from a copy, or recover what it holds with `sqlite3 {database} .recover > dump.sql`"
+                             "\n"), result.stderr
+
+
 def test_scan_command_json(tmp_path):
     make_images(tmp_path / "images", count=8)
     args = ["scan", "--model", "tiny-rn", "--weights", "random", "--layers", "neurons,visual.layer3.0",
@@ -562,7 +642,7 @@ def test_a_read_only_open_of_a_folder_it_cannot_write_creates_nothing_there(tmp_
 def test_an_unreadable_catalogue_is_a_one_line_atlas_error(tmp_path):
     (tmp_path / "atlas").mkdir()
     (tmp_path / "atlas" / "atlas.sqlite").write_bytes(b"not a database, " * 100)
-    with pytest.raises(AtlasError, match="cannot read .*atlas.sqlite: file is not a database"):
+    with pytest.raises(AtlasError, match="atlas.sqlite is damaged .file is not a database.: restore the atlas"):
         Atlas(tmp_path / "atlas", create=False, read_only=True)
 
 

@@ -58,6 +58,10 @@ class AtlasError(NeuronscopeError, LookupError):
     """An atlas that is missing, or asked for a model, layer or unit it does not hold."""
 
 
+class OlderSchemaError(AtlasError):
+    """An atlas of an older schema opened read-only, which cannot migrate it (:func:`open_reader` can)."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -129,6 +133,18 @@ def reading(atlas: Atlas | str | os.PathLike) -> Iterator[Atlas]:
         yield opened
 
 
+def open_reader(path: str | os.PathLike) -> Atlas:
+    """The atlas at ``path`` opened to read (``neuronscope show``): read-only, so that an atlas on a read-only
+    mount or of another user reads; but one of an older schema that this user can write is opened to write,
+    which migrates it (``show`` is the migration the read-only error names)."""
+    try:
+        return Atlas(path, create=False, read_only=True)
+    except OlderSchemaError:
+        if not _writable(Path(path)):
+            raise
+        return Atlas(path, create=False)
+
+
 def _open_read_only(folder: Path) -> tuple[sqlite3.Connection, bool]:
     """The catalogue of the atlas at ``folder``, opened so that nothing can write it, and whether it was
     opened ``immutable``.
@@ -158,8 +174,31 @@ def _open_read_only(folder: Path) -> tuple[sqlite3.Connection, bool]:
             raise AtlasError(f"cannot read {folder}: its {wal.name} holds commits and you cannot write the folder; "
                              "have its owner open it once (e.g. `neuronscope show`) after any scan ends, or copy "
                              "the atlas to a folder you can write") from None
-        raise AtlasError(f"cannot read {database}: {err}") from None
+        raise catalogue_error(folder, err) from None
     return db, immutable
+
+
+def catalogue_error(folder: Path, err: sqlite3.DatabaseError) -> AtlasError:
+    """The one line for an error opening the catalogue of the atlas at ``folder``, saying what to do.
+
+    A read-only mount or a folder of another user fails with "unable to open database file" (the WAL's
+    ``-shm`` cannot be made) or "attempt to write a readonly database" (a migration); a damaged file with
+    "database disk image is malformed" or "file is not a database"."""
+    database = folder / DB_NAME
+    message = str(err)
+    if "malformed" in message or "not a database" in message:
+        return AtlasError(f"{database} is damaged ({message}): restore the atlas from a copy, or recover what "
+                          f"it holds with `sqlite3 {database} .recover > dump.sql`")
+    if "readonly" in message or not _writable(folder):
+        return AtlasError(f"{folder} cannot be written (a read-only mount, or another user's atlas): copy the "
+                          "atlas to a folder you can write and run the command on the copy")
+    return AtlasError(f"cannot open {database}: {message}")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this user can change the atlas at ``folder`` (False on a read-only mount too: EROFS)."""
+    database = folder / DB_NAME
+    return os.access(folder, os.W_OK) and (not database.exists() or os.access(database, os.W_OK))
 
 
 def check_atlas_target(path: str | Path) -> None:
@@ -202,13 +241,7 @@ class Atlas:
             self.db, self.immutable = _open_read_only(self.path)
             self._check_readable_schema()
         else:
-            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
-            self.db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            ensure_schema(self.db)
+            self.db = self._open_writable()
         # Python's lower() for SQL: SQLite's lower() and LIKE fold ASCII only, so search, the layer filter and
         # the static export's script (JavaScript's toLowerCase) would disagree on "Éclair".
         self.db.create_function("pylower", 1, _lower, deterministic=True)
@@ -217,6 +250,22 @@ class Atlas:
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
         self._held: tuple[tuple[int, int], dict[str, list[dict[str, Any]]]] | None = None
 
+    def _open_writable(self) -> sqlite3.Connection:
+        """The catalogue opened to write, migrated to this schema; an atlas that cannot be written (a read-only
+        mount) or is damaged is an :class:`AtlasError` saying what to do."""
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit.
+        db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            ensure_schema(db)
+        except sqlite3.DatabaseError as err:
+            db.close()
+            raise catalogue_error(self.path, err) from None
+        return db
+
     def _check_readable_schema(self) -> None:
         """A read-only atlas cannot be migrated: refuse an older or newer schema with what to do."""
         from neuronscope.atlas.schema import SCHEMA_VERSION, schema_version
@@ -224,10 +273,14 @@ class Atlas:
         found = schema_version(self.db)
         if found != SCHEMA_VERSION:
             self.db.close()
+            if found > SCHEMA_VERSION:
+                raise AtlasError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
+                                 f"{SCHEMA_VERSION}: upgrade neuronscope to read it")
             action = ("open it once with a writing command (e.g. `neuronscope show`) to migrate it"
-                      if found < SCHEMA_VERSION else "upgrade neuronscope to read it")
-            raise AtlasError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
-                             f"{SCHEMA_VERSION}: {action}")
+                      if _writable(self.path) else
+                      "copy it to a folder you can write and open the copy once with `neuronscope show` to migrate it")
+            raise OlderSchemaError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
+                                   f"{SCHEMA_VERSION}: {action}")
 
     # ------------------------------------------------------------------ basics
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.store import open_reader
 from neuronscope.atlas.export import EXPORTERS, export_layer
 from neuronscope.commands.common import AtlasArg, DebugOpt, JsonOpt, LayerOpt, ModelOpt, cli_command, print_json
 from neuronscope.units import parse_units
@@ -32,7 +33,7 @@ def show(
     if export is not None and export.suffix.lower() not in EXPORTERS:
         raise typer.BadParameter(f"name a .npz (NumPy) or .parquet (Parquet) file, not {export.name!r}",
                                  param_hint="--export")
-    with Atlas(atlas, create=False) as store:
+    with open_reader(atlas) as store:  # read-only: a shared atlas on a read-only mount shows
         model_key = store.resolve_model(model)
         entry = store.resolve_layer(model_key, layer)
         if export is not None:
