@@ -101,3 +101,46 @@ def test_a_checkpoint_is_due_by_count_by_time_or_at_the_end_whichever_comes_firs
     assert not schedule.due(24) and schedule.due(25)
     schedule.saved(25)
     assert not schedule.due(29) and schedule.due(30)  # the last item, 5 after the last save
+
+
+_HOLD_RUN = """
+import sys
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.runs import open_run
+with Atlas(sys.argv[1]) as atlas:
+    run_id = open_run(atlas, "k", lambda: atlas.start_run(command="test", config={}, config_key="k",
+                      model="toy@random", weights_sha256=None, layers=[], dataset=None, precision="fp32")).run_id
+    print(run_id, flush=True)
+    sys.stdin.read()  # works on the run until killed
+"""
+
+
+def test_a_run_another_live_process_works_on_is_refused_and_freed_when_that_process_dies(tmp_path: Path):
+    """Two identical scans into one atlas at once both took the run and did the whole scan, the second saying it
+    "resumed" from the first one's live checkpoint. The second is refused, naming who holds the run; once that
+    process is killed (SIGKILL: nothing cleans up) the run resumes."""
+    from neuronscope.atlas.runs import RunBusyError
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(tmp_path / "atlas")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = int(holder.stdout.readline())
+        with Atlas(tmp_path / "atlas") as atlas:
+            with pytest.raises(RunBusyError, match=f"^run {run_id} is being written by process {holder.pid} on "
+                                                   ".* since .*: wait for it to end, or stop it"):
+                open_run(atlas, "k", _start(atlas, "k"))
+            assert len(atlas.runs()) == 1
+            assert open_run(atlas, "other", _start(atlas, "other")).run_id != run_id  # another job is free
+    finally:
+        holder.kill()
+        holder.wait()
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert open_run(atlas, "k", _start(atlas, "k")).run_id == run_id  # killed: resumed, no stale lock
+        assert open_run(atlas, "k", _start(atlas, "k")).run_id == run_id  # this atlas holds it already
+
+
+def test_closing_the_atlas_frees_its_runs_for_the_next_command_in_the_process(tmp_path: Path):
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = open_run(atlas, "k", _start(atlas, "k")).run_id
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert open_run(atlas, "k", _start(atlas, "k")).run_id == run_id

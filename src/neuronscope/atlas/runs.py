@@ -14,19 +14,28 @@ fails or is killed, the run is marked ``interrupted``; a SIGKILL leaves it
 ``running``, and either way the same command started again finds it by its
 key and continues it from its checkpoint. A run whose key can never come back
 (its input changed since) is marked ``abandoned`` and its checkpoints dropped.
+While a process works on a run it holds the run's lock (:func:`claim_run`): the
+same command started meanwhile is refused instead of doing the work twice.
 
 Pure catalogue and JSON: no torch here.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Any
+
+from neuronscope.atlas.files import path_slug
+from neuronscope.errors import NeuronscopeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,6 +84,7 @@ def open_run(atlas: Atlas, config_key: str, start: Callable[[], int], *, checkpo
     ``checkpoint_fits`` takes it; any other checkpoint there is stale (of a run that finished, was never
     recorded, or holds another shape of state) and is dropped: the run starts over.
     """
+    claim_run(atlas, config_key)
     run_id = atlas.unfinished_run(config_key)
     if run_id is None and reopen_finished:
         run_id = atlas.finished_run(config_key)
@@ -82,9 +92,60 @@ def open_run(atlas: Atlas, config_key: str, start: Callable[[], int], *, checkpo
     if checkpoint_key is not None:
         checkpoint = _checkpoint_of(atlas, checkpoint_key, run_id, checkpoint_fits)
     if run_id is None:
-        return OpenedRun(start())
-    atlas.set_run_status(run_id, "running")
+        run_id = start()
+    else:
+        atlas.set_run_status(run_id, "running")
+    _record_owner(atlas.run_locks[config_key], run_id)
     return OpenedRun(run_id, checkpoint)
+
+
+class RunBusyError(NeuronscopeError):
+    """A run another live process is working on (:func:`claim_run`)."""
+
+
+def claim_run(atlas: Atlas, config_key: str) -> None:
+    """Hold the lock of ``config_key``'s runs (``ATLAS/runs/KEY.lock``) until the atlas is closed, or refuse.
+
+    Two processes running the same command into one atlas would otherwise both take the same run (the second
+    "resuming" the first one's live checkpoint) and do the whole work twice. The lock is an ``flock``, which
+    the system drops when its process dies (a SIGKILL, a lost machine), so a killed run never stays locked;
+    the file says who holds it. A lock held by this very atlas object (a job reopening its run) is kept.
+    """
+    if config_key in atlas.run_locks:
+        return
+    path = atlas.path / "runs" / f"{path_slug(config_key)}.lock"  # a text run's key holds its model's name
+    path.parent.mkdir(exist_ok=True)
+    lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until the atlas closes
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip()
+        lock.close()
+        raise RunBusyError(f"{_owner_words(owner)} into {atlas.path}: wait for it to end, or stop it, then run "
+                           "this command again") from None
+    atlas.run_locks[config_key] = lock
+
+
+def _record_owner(lock: IO[str], run_id: int) -> None:
+    """Write into a held run lock who holds it: the run, process, host and since when (for :func:`claim_run`'s
+    refusal)."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                           "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    lock.flush()
+
+
+def _owner_words(owner: str) -> str:
+    """"run 3 is being written by process 123 on HOST since TIME" from a lock's owner record (which a process
+    that has just taken the lock may not have written yet)."""
+    try:
+        record = json.loads(owner)
+        return (f"run {record['run_id']} is being written by process {record['pid']} on {record['host']} "
+                f"since {record['since']}")
+    except (ValueError, KeyError, TypeError):
+        return "this run is being written by another process"
 
 
 def _checkpoint_of(atlas: Atlas, checkpoint_key: str, run_id: int | None,

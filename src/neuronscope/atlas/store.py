@@ -7,6 +7,7 @@
       featurevis/           feature visualizations per model and layer (PNG)
       artifacts/            per-layer results that are not per unit (facet probes, emotion plots)
       checkpoints/          state of scans in progress (deleted when a scan finishes)
+      runs/                 a lock per run config, held by the process working on it (atlas.runs.claim_run)
 
 Every command writes through :class:`Atlas`. Writes are transactional: a
 layer's results, its histogram file and the run's status change together or
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -249,6 +250,9 @@ class Atlas:
         self.checkpoints = CheckpointStore(self.path / "checkpoints")
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
         self._held: tuple[tuple[int, int], dict[str, list[dict[str, Any]]]] | None = None
+        #: Locks this process holds on runs it works on (:func:`~neuronscope.atlas.runs.claim_run`), by config
+        #: key: released on :meth:`close` (and by the system when the process dies).
+        self.run_locks: dict[str, IO[str]] = {}
 
     def _open_writable(self) -> sqlite3.Connection:
         """The catalogue opened to write, migrated to this schema; an atlas that cannot be written (a read-only
@@ -285,6 +289,9 @@ class Atlas:
     # ------------------------------------------------------------------ basics
 
     def close(self) -> None:
+        for lock in self.run_locks.values():
+            lock.close()
+        self.run_locks.clear()
         self.db.close()
 
     def catalogue_stamp(self) -> tuple:
