@@ -387,6 +387,27 @@ def test_a_full_atlas_database_and_a_wrapped_write_failure_are_read_as_a_full_di
     assert disk_full_message(OSError(13, "Permission denied")) is None
 
 
+@pytest.mark.parametrize(("command", "line"), [
+    ("scan", "interrupted: run the same command again to resume (scan resumes from its last checkpoint)"),
+    ("emotions", "interrupted: run the same command again to resume (emotions reuses the attribution basis it "
+                 "kept)"),
+    ("label", "interrupted"),  # nothing to resume
+])
+def test_ctrl_c_says_to_run_the_command_again_where_that_resumes(capsys, command, line):
+    """Ctrl-C printed only "interrupted": not the one thing a user then needs, that the same command resumes."""
+    import typer
+
+    from neuronscope.commands.common import cli_command
+
+    def stopped(debug: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    stopped.__name__ = command
+    with pytest.raises(typer.Exit) as raised:
+        cli_command(stopped)()
+    assert raised.value.exit_code == 130 and capsys.readouterr().err == line + "\n"
+
+
 def test_demo_json_off_a_terminal_writes_the_json_alone(tmp_path):
     """The README's rule for --json with a non-tty stderr: it wrote "building ... from ..." there."""
     args = ["demo", "--out", str(tmp_path / "atlas"), "--model", "tiny-rn", "--weights", "random", "--device", "cpu",

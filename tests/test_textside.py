@@ -779,6 +779,27 @@ def test_a_killed_textvis_keeps_its_units_and_basis_and_a_rerun_does_the_rest(tm
     assert not list((out / "checkpoints").glob("*"))  # dropped once the run finished
 
 
+def test_emotions_stopped_in_its_codes_leaves_its_run_interrupted(tmp_path, monkeypatch):
+    """emotions recorded its run only after the codes were fitted (minutes): a Ctrl-C there left no run, where
+    the README says a stopped text command leaves its run `interrupted`."""
+    import neuronscope.analysis.emotions as emotions
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(emotions, "emotion_atlas", stopped)
+    vocab = tmp_path / "emotions.txt"
+    vocab.write_text("\n".join(load_vocabulary("emotions")[:8]))
+    out = tmp_path / "atlas"
+    killed = runner.invoke(app, ["emotions", "--model", "tiny-rn", "--weights", "random", "--sample", "4",
+                                 "--vocab", str(vocab), "--out", str(out)])
+    assert killed.exit_code == 130 and "run the same command again" in killed.stderr, killed.output
+    with Atlas(out, create=False) as atlas:
+        (run,) = atlas.runs()
+        assert run["status"] == "interrupted" and run["config_key"].startswith("emotions:")
+        assert list((out / "checkpoints").glob("basis-*.npz"))  # the basis, kept for the rerun
+
+
 @pytest.mark.parametrize("command", ["attribute", "emotions"])
 def test_a_failure_at_the_last_write_keeps_the_basis_for_the_rerun(tmp_path, monkeypatch, command):
     """A full disk at the end of attribute --out or emotions lost the basis, the costly part: it is kept in

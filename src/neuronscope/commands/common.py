@@ -91,7 +91,7 @@ def cli_command(func: F) -> F:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            typer.echo(interrupted_message(func.__name__), err=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:
             _silence_stdout()  # the reader (``| head``) has all it wanted: not a failure
@@ -117,7 +117,15 @@ RERUN_REUSES = {
     "words": "words resumes from its last checkpoint",
     "reproduce_words": "reproduce words --out resumes from its last checkpoint",
     "textvis": "textvis goes on with the units it has not stored",
+    "emotions": "emotions reuses the attribution basis it kept",
 }
+
+
+def interrupted_message(command: str) -> str:
+    """The line for a command stopped by Ctrl-C: that running it again resumes, where it does."""
+    if command in RERUN_REUSES:
+        return f"interrupted: run the same command again to resume ({RERUN_REUSES[command]})"
+    return "interrupted"
 
 
 def disk_full_message(err: BaseException, command: str = "") -> str | None:

@@ -355,16 +355,18 @@ def emotions(
     record = VocabularyRecord.of(vocab, words)
     with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: it keeps the basis for a rerun
         basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
-        dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
-        result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed,
-                               on_step=bars.track("emotion codes (emotions)"))
-        png = plot_emotion_atlas(result)
         command = _recorded_command(ctx, loaded, basis)
+        # Recorded before the codes (minutes on a real model), as the other text commands do: a Ctrl-C there
+        # leaves the run `interrupted`.
         run_id = start_text_run(atlas, loaded, basis, command=command, kind="emotions",
                                 config=vocabulary_run_config(loaded, record, max_units=max_units,
                                                              drop_lexical=drop_lexical, seed=seed, sample=sample),
                                 dataset=record.dataset())
         with marked_interrupted(atlas, run_id):
+            dropped = text_lexical_units(loaded, basis, english) if drop_lexical else {}
+            result = emotion_atlas(loaded, basis, words, max_units=max_units, drop_units=dropped, seed=seed,
+                                   on_step=bars.track("emotion codes (emotions)"))
+            png = plot_emotion_atlas(result)
             codes = atlas.save_artifact(basis.model, basis.layer, "emotions", "codes", data=result.to_json(),
                                         run_id=run_id)
             plot = atlas.save_artifact(basis.model, basis.layer, "emotions", "atlas", file_bytes=png,
