@@ -235,6 +235,34 @@ def test_words_without_its_font_stops_before_the_model_with_the_package_to_insta
     assert not (tmp_path / "a").exists()
 
 
+def test_words_a_font_cannot_draw_are_left_out_named_and_reported(tmp_path, monkeypatch) -> None:
+    """CJK words and emoji were probed as identical .notdef boxes (日本 drew as 本日), scored as if words."""
+    import neuronscope.commands.words as words_command
+    from neuronscope.probing.raster import undrawable_words
+
+    font = resolve_font("dejavu/DejaVuSans.ttf")
+    boxes = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+    assert (render_word_images("日本", boxes, 64, [font]) == render_word_images("本日", boxes, 64, [font])).all()
+    vocab = tmp_path / "odd.txt"
+    vocab.write_text("cat\ncafé\n日本\n🙂\nnaïve résumé\n\tTab\n", encoding="utf-8")
+    assert undrawable_words(load_vocabulary(vocab), [font]) == {"日本": [font], "🙂": [font]}
+    for name in VOCABULARIES:  # the built-in vocabularies are all drawn
+        assert undrawable_words(load_vocabulary(name), [font]) == {}, name
+    args = ["words", "--model", "mini-clip", "--vocab", str(vocab), "--sizes", "0.8", "--positions", "0.5:0.5",
+            "--top-k", "2", "--workers", "0"]
+    text = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert text.exit_code == 0, text.output
+    assert "4 words of odd" in text.stdout and ("warning: 2 of 6 words have characters DejaVuSans.ttf cannot draw, "
+                                                "left out") in text.stderr and "日本, 🙂; pass --fonts" in text.stderr
+    report = json.loads(runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"]).stdout)
+    assert report["words"] == 4 and report["undrawable"] == ["日本", "🙂"]
+    only = tmp_path / "cjk.txt"
+    only.write_text("日本\n中文\n", encoding="utf-8")
+    monkeypatch.setattr(words_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
+    refused = runner.invoke(app, ["words", "--model", "mini-clip", "--vocab", str(only), "--out", str(tmp_path / "c")])
+    assert refused.exit_code == 1 and "none of the 2 words" in refused.stderr and "--fonts" in refused.stderr
+
+
 def test_top_words_all_equals_top_words_on_ties_and_rank_counts_ties_in_a_words_favour() -> None:
     scores = torch.zeros(40, 3)
     scores[[5, 17, 30], 1] = 2.0  # three words tied for unit 1's best

@@ -17,6 +17,8 @@ Rendered images are not redistributed by neuronscope, only scores.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import NeuronscopeError
 from ..world.render import FONT_DIRS, font_path, render_word_positions
 from ..runtime import loader_generator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FONTS = ("dejavu/DejaVuSans.ttf",)
 DEFAULT_SIZES = (0.5, 0.7, 0.9)
@@ -91,6 +95,37 @@ def resolve_font(name: str) -> str:
 def resolve_fonts(settings: RasterSettings) -> list[str]:
     """Every raster font's path: a command calls this before its model and its first stage, to fail fast."""
     return [resolve_font(name) for name in settings.fonts]
+
+
+@functools.cache
+def font_characters(font_file: str) -> frozenset[int] | None:
+    """The code points ``font_file`` (its first face, as Pillow draws it) has a glyph for, from its cmap; None
+    for a font fontTools cannot read (then nothing is known to be missing from it)."""
+    from fontTools.ttLib import TTFont, TTLibError  # a dependency of matplotlib, so always installed
+
+    try:
+        with TTFont(font_file, fontNumber=0, lazy=True) as font:
+            return frozenset(font.getBestCmap() or {})
+    except (TTLibError, OSError, KeyError, ValueError) as error:
+        log.debug("cannot read the cmap of %s (%s): its glyph coverage is not checked", font_file, error)
+        return None
+
+
+def undrawable_words(words: Sequence[str], font_files: Sequence[str]) -> dict[str, list[str]]:
+    """``{word: [font files that lack a glyph of it]}`` for the words some font cannot draw, in vocabulary order.
+
+    Pillow draws a character a font has no glyph for as the font's .notdef box, so such a word's images are
+    boxes: every CJK word (or emoji) probed in a Latin font would score alike, as one "word". Whitespace is
+    not checked (it draws nothing either way).
+    """
+    coverage = {font: font_characters(font) for font in font_files}
+    missing: dict[str, list[str]] = {}
+    for word in words:
+        needed = {ord(char) for char in word if not char.isspace()}
+        lacking = [font for font, known in coverage.items() if known is not None and not needed <= known]
+        if lacking:
+            missing[word] = lacking
+    return missing
 
 
 def render_word_images(word: str, settings: RasterSettings, size: int, font_files: Sequence[str]) -> np.ndarray:
