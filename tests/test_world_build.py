@@ -34,6 +34,16 @@ def test_bad_files_are_skipped_and_counted_by_reason(clipart_tree: Path) -> None
         assert n_test == max(4, round(0.2 * len(concept_drawings)))
 
 
+@pytest.mark.timeout(60)  # hashing the FIFO blocked forever
+def test_a_fifo_named_like_a_drawing_is_unreadable_not_a_hang(clipart_tree: Path) -> None:
+    import os
+
+    cats = next(folder for folder in clipart_tree.rglob("*") if folder.is_dir() and any(folder.glob("*.png")))
+    os.mkfifo(cats / "pipe.png")
+    _, _, skipped = _build(clipart_tree, seed=0)
+    assert skipped.as_dict()["unreadable"] == 1 and skipped.examples["unreadable"] == [str(cats / "pipe.png")]
+
+
 def test_build_is_deterministic_for_a_seed(clipart_tree: Path) -> None:
     first, first_images, _ = _build(clipart_tree, seed=3)
     second, second_images, _ = _build(clipart_tree, seed=3)

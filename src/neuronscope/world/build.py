@@ -90,6 +90,8 @@ def collect_drawings(root: str | Path, concepts: tuple[Concept, ...], seed: int,
         try:
             if not path.exists():
                 raise SkippedFile("missing", path)
+            if not path.is_file():  # a FIFO named like a drawing would block its hashing forever
+                raise SkippedFile("unreadable", path, "not a regular file")
             hashed.append((concept, path, file_sha256(path)))
         except SkippedFile as error:
             skipped.add(error)
