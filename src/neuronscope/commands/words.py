@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -28,6 +28,9 @@ from neuronscope.commands.common import (
     require_out,
 )
 from neuronscope.errors import NeuronscopeError
+
+if TYPE_CHECKING:
+    from neuronscope.probing.raster import RasterSettings
 
 VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, "
                                                        "or a FILE with one word or phrase a line.")]
@@ -59,7 +62,7 @@ def raster_settings(sizes: str, positions: str, fonts: str):
     return settings
 
 
-def drawable_vocabulary(vocab: str, settings, *, quiet: bool) -> tuple[list[str], list[str]]:
+def drawable_vocabulary(vocab: str, settings: RasterSettings, *, quiet: bool) -> tuple[list[str], list[str]]:
     """``--vocab``'s words that every raster font can draw, and the words left out (named in one warning line on
     stderr unless ``quiet``; a JSON report lists them): a character a font lacks is drawn as its .notdef box,
     so such words would be probed as identical boxes. Refuses a vocabulary none of whose words can be drawn."""
