@@ -18,8 +18,7 @@ Everything else lives in its subpackage (``neuronscope.models``,
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from neuronscope._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -47,17 +46,4 @@ _SUBPACKAGES = ("activations", "analysis", "atlas", "mining", "models", "objecti
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBPACKAGES})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS, _SUBPACKAGES)

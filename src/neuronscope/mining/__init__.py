@@ -16,8 +16,7 @@ import torch (the accumulator's) for it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from neuronscope._lazy import lazy_attributes
 
 #: Public name -> the module that owns it.
 _EXPORTS: dict[str, str] = {
@@ -36,10 +35,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuronscope.mining.buckets import TOP_FOLDER, sample_hash, uniform_buckets  # noqa: F401 (their old home)
 from neuronscope.mining.topk import EMPTY
 
 #: Finest bin width is 2**MIN_EXPONENT (~6e-8): a constant unit keeps one bin there.

@@ -52,7 +52,7 @@ from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkipCounts
 from neuronscope.mining.accumulator import LayerAccumulator, ScanSettings
-from neuronscope.mining.histogram import sample_hash
+from neuronscope.mining.buckets import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
 from neuronscope.mining.sources import Entry, ImageSource, size_twins
