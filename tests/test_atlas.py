@@ -858,3 +858,13 @@ def test_unit_readers_take_numpy_and_torch_integers_and_answer_plain_ints(scanne
             assert atlas.unit_texts("tiny-rn", "neurons", unit) == []
         with pytest.raises(UnitsError, match="7.0 is not an integer unit index"):
             atlas.unit(None, "neurons", 7.0)
+
+
+def test_set_label_refuses_a_float_unit_rather_than_truncating_it(tmp_path):
+    from neuronscope.errors import UnitsError
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(UnitsError):
+            atlas.set_label("m@x", "layer", 7.9, "star")
+        atlas.set_label("m@x", "layer", np.int64(7), "star")
+        assert atlas.label("m@x", "layer", 7) == "star"

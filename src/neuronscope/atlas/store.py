@@ -581,10 +581,11 @@ class Atlas:
         """
         if not text.strip():
             raise AtlasError("an empty label: give the label text, e.g. \"cat (drawn or written)\"")
+        unit = parse_unit(unit)  # a float unit is refused, not truncated
         model, layer = self._unit_key(model, layer, [unit])
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, int(unit), text.strip(), source, _now()))
+                       "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, unit, text.strip(), source, _now()))
 
     # ------------------------------------------------------------------ other writers: layers, renders, words
 
