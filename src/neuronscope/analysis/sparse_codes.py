@@ -30,7 +30,7 @@ C_GRID = tuple(float(c) for c in np.logspace(-3, 1, 9))
 
 #: Classes x features from which :func:`fit_sparse_codes` fits classes in parallel processes by default:
 #: below it, starting the workers (about a second) costs more than the fits (126 emotions x 512 units take
-#: about 20 s in one process on a 2-core CPU, x 3,072 units about 100 s).
+#: 15 s in one process on a 2-core CPU, x 3,072 units 57 s; benchmarks/sparse_codes.py).
 PARALLEL_MIN_WORK = 20_000
 
 
