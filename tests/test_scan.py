@@ -353,6 +353,26 @@ def test_a_tar_shard_cut_mid_member_lists_its_complete_members_and_counts_the_cu
         open_source(tmp_path / "header.tar")
 
 
+def test_a_tar_shard_packed_from_dot_keeps_its_index_categories_and_plain_member_names(tmp_path):
+    """``tar -C dir -cf x.tar .`` names its members ``./a.png``: the index (``a.png``) matched none of them,
+    and every image's category was the folder ``.``."""
+    from neuronscope.mining.sources import image_folder
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for index, name in enumerate(("a.png", "b.png")):
+        noise(seed=index).save(folder / name)
+    (folder / "index.json").write_text(json.dumps([{"file": "a.png", "category": "red"},
+                                                   {"file": "b.png", "category": "blue"}]))
+    shard = tmp_path / "dot.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(folder, arcname=".")
+    source = open_source(shard)
+    assert [entry.name for entry in source.entries] == ["dot.tar::a.png", "dot.tar::b.png"]
+    assert source.categories == {"dot.tar::a.png": "red", "dot.tar::b.png": "blue"}
+    assert image_folder(source.entries[0].name + "#0123") is None
+
+
 def test_path_list_names_never_climb_out_of_or_spell_an_absolute_path(tmp_path):
     (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
     (tmp_path / "lists").mkdir()

@@ -186,7 +186,8 @@ def list_folder(root: Path) -> ImageSource:
 
 
 def list_tar(shard: Path) -> ImageSource:
-    """The image members of an uncompressed tar shard, sorted by member name.
+    """The image members of an uncompressed tar shard, sorted by member name (normalised: ``./a.png`` is
+    ``a.png``, the name its ``index.json`` gives).
 
     Members are read by offset, so workers never reopen the tar index. A shard cut short (an interrupted
     download) lists the members before the cut: the one it cuts is counted ``truncated`` when read
@@ -195,6 +196,8 @@ def list_tar(shard: Path) -> ImageSource:
     try:
         with tarfile.open(shard, "r:") as tar:
             listed = _members_before_any_cut(tar, shard)
+            for member in listed:  # ``tar -C dir -cf x.tar .`` names them ``./a.png``: the index lists ``a.png``
+                member.name = posixpath.normpath(member.name)
             members = [m for m in listed if m.isfile() and _has_image_suffix(m.name)]
             index = next((m for m in listed if m.isfile() and m.name == INDEX_FILE), None)
             whole = index is not None and index.offset_data + index.size <= shard.stat().st_size
