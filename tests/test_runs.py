@@ -144,3 +144,19 @@ def test_closing_the_atlas_frees_its_runs_for_the_next_command_in_the_process(tm
         run_id = open_run(atlas, "k", _start(atlas, "k")).run_id
     with Atlas(tmp_path / "atlas") as atlas:
         assert open_run(atlas, "k", _start(atlas, "k")).run_id == run_id
+
+
+@pytest.mark.parametrize("stop", ["finished", "interrupted"])
+def test_a_run_that_stopped_frees_its_lock_while_its_atlas_stays_open(tmp_path: Path, stop: str):
+    """A run's lock was held until its Atlas closed: a notebook holding the atlas open after a finished (or
+    failed) run kept a later CLI rerun of the same config out, with a message naming the dead run."""
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = open_run(atlas, "k", _start(atlas, "k")).run_id
+        if stop == "finished":
+            atlas.finish_run(run_id)
+        else:
+            with pytest.raises(RuntimeError), marked_interrupted(atlas, run_id):
+                raise RuntimeError("the work failed")
+        with Atlas(tmp_path / "atlas") as other:  # another handle: its lock is another process's, to flock
+            opened = open_run(other, "k", _start(other, "k")).run_id
+        assert opened == (run_id if stop == "interrupted" else run_id + 1)

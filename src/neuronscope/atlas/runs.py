@@ -14,8 +14,9 @@ fails or is killed, the run is marked ``interrupted``; a SIGKILL leaves it
 ``running``, and either way the same command started again finds it by its
 key and continues it from its checkpoint. A run whose key can never come back
 (its input changed since) is marked ``abandoned`` and its checkpoints dropped.
-While a process works on a run it holds the run's lock (:func:`claim_run`): the
-same command started meanwhile is refused instead of doing the work twice.
+While a process works on a run it holds the run's lock (:func:`claim_run`), until
+the run stops (finished, interrupted, abandoned): the same command started
+meanwhile is refused instead of doing the work twice.
 
 Pure catalogue and JSON: no torch here.
 """
@@ -104,7 +105,8 @@ class RunBusyError(NeuronscopeError):
 
 
 def claim_run(atlas: Atlas, config_key: str) -> None:
-    """Hold the lock of ``config_key``'s runs (``ATLAS/runs/KEY.lock``) until the atlas is closed, or refuse.
+    """Hold the lock of ``config_key``'s runs (``ATLAS/runs/KEY.lock``) until the run stops
+    (:meth:`~neuronscope.atlas.store.Atlas.release_run_lock`) or the atlas is closed, or refuse.
 
     Two processes running the same command into one atlas would otherwise both take the same run (the second
     "resuming" the first one's live checkpoint) and do the whole work twice. The lock is an ``flock``, which
@@ -115,7 +117,7 @@ def claim_run(atlas: Atlas, config_key: str) -> None:
         return
     path = atlas.path / "runs" / f"{path_slug(config_key)}.lock"  # a text run's key holds its model's name
     path.parent.mkdir(exist_ok=True)
-    lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until the atlas closes
+    lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until the run stops
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -251,7 +251,8 @@ class Atlas:
         self._histogram_cache: dict[str, dict[str, np.ndarray]] = {}
         self._held: tuple[tuple[int, int], dict[str, list[dict[str, Any]]]] | None = None
         #: Locks this process holds on runs it works on (:func:`~neuronscope.atlas.runs.claim_run`), by config
-        #: key: released on :meth:`close` (and by the system when the process dies).
+        #: key: released when the run stops (:meth:`release_run_lock`), on :meth:`close`, and by the system
+        #: when the process dies.
         self.run_locks: dict[str, IO[str]] = {}
 
     def _open_writable(self) -> sqlite3.Connection:
@@ -293,6 +294,16 @@ class Atlas:
             lock.close()
         self.run_locks.clear()
         self.db.close()
+
+    def release_run_lock(self, run_id: int) -> None:
+        """Let go of this handle's lock on run ``run_id``'s config, once the run stopped (finished, interrupted,
+        abandoned): a handle left open (a notebook) must not keep a later run of that config out. The owner
+        record goes with it, so the file no longer names a run as being written."""
+        row = self.db.execute("SELECT config_key FROM runs WHERE id = ?", (run_id,)).fetchone()
+        lock = self.run_locks.pop(row["config_key"], None) if row is not None else None
+        if lock is not None:
+            lock.truncate(0)
+            lock.close()
 
     def catalogue_stamp(self) -> tuple:
         """``(inode, size, mtime_ns)`` of the catalogue and of its ``-wal`` (None when there is none): it moves
@@ -362,6 +373,8 @@ class Atlas:
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+        if status != "running":
+            self.release_run_lock(run_id)
 
     def run(self, run_id: int) -> dict[str, Any]:
         """A run's record with its JSON fields decoded."""
@@ -489,6 +502,7 @@ class Atlas:
                 if name not in old_files:
                     (self.path / name).unlink(missing_ok=True)
             raise
+        self.release_run_lock(run_id)
         for name in [*old_files, *dropped]:
             (self.path / name).unlink(missing_ok=True)
         self._drop_thumbnails(orphans, untouched_since=datetime.fromisoformat(started["started_at"]).timestamp()
@@ -679,6 +693,7 @@ class Atlas:
             db.execute("UPDATE runs SET status = 'finished', finished_at = ?, images = COALESCE(?, images), "
                        "skipped = COALESCE(?, skipped) WHERE id = ?",
                        (_now(), images, json.dumps(dict(skipped)) if skipped is not None else None, run_id))
+        self.release_run_lock(run_id)
 
     def featurevis_relpath(self, model: str, layer: str, unit: int, kind: str, index: int = 0) -> str:
         """Where a render is stored: ``featurevis/<model key>/<canonical layer>/<unit>_<kind>_<index>.png``."""
