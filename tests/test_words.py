@@ -19,6 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.models import DEFAULT, load_model
@@ -198,7 +199,7 @@ def test_masking_lexical_units_keeps_the_embedding_about_meaning() -> None:
 # --------------------------------------------------------------------------- CLI and atlas
 
 
-def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path) -> None:
+def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path, monkeypatch) -> None:
     vocab = tmp_path / "small.txt"
     vocab.write_text("\n".join(concept_names() + ["king", "queen", "walking", "running"]))
     out = tmp_path / "atlas"
@@ -222,6 +223,10 @@ def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path) -> No
     assert payload["centered"] and len(payload["words"]) == 3 and "star" not in [w["word"] for w in payload["words"]]
     missing = runner.invoke(app, ["wordvec", str(out), "--nearest", "zebra"])
     assert missing.exit_code == 1 and "not in the embedding's vocabulary" in missing.output
+
+    # wordvec only reads: it opened the atlas to write, which a read-only mount refuses
+    monkeypatch.setattr(Atlas, "_open_writable", lambda self: pytest.fail("wordvec opened the atlas to write"))
+    assert runner.invoke(app, ["wordvec", str(out), "--cosine", "king,queen", "--json"]).exit_code == 0
 
 
 def test_words_without_its_font_stops_before_the_model_with_the_package_to_install(tmp_path, monkeypatch) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.store import open_reader
 from neuronscope.commands.common import (
     BatchSizeOpt,
     DebugOpt,
@@ -177,7 +178,7 @@ def wordvec(
         raise NeuronscopeError("give one of --nearest WORD, --plus A,B [--minus C] or --cosine A,B")
     if pair and len(pair) != 2:
         raise NeuronscopeError(f"--cosine takes two words A,B, got {cosine!r}")
-    with Atlas(atlas, create=False) as store:
+    with open_reader(atlas) as store:  # read-only, as show: a shared atlas on a read-only mount reads
         model_key, canonical, name, vocabulary, scores = load_word_scores(store, model, layer, vocab)
     masked = lexical_units(vocabulary, scores) if mask_lexical else {}
     embedding = WordEmbedding(vocabulary, scores, center=not raw, mask_units=list(masked))
