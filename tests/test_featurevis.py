@@ -427,6 +427,27 @@ def test_one_grey_forward_gives_units_grid_and_firing_order(tiny_rn):
     assert layer_shape(tiny_rn, "neurons") == (geometry[neurons].units, geometry[neurons].grid)
 
 
+def test_a_layers_shape_costs_one_forward_however_many_ask(tiny_rn, monkeypatch):
+    """``neuronscope visualize`` asked layer_shape, and render_units its own copy layer_size: a grey forward
+    each (the run's writer a third). The one function keeps its answer on the model."""
+    import dataclasses
+
+    from neuronscope.activations.geometry import layer_geometry
+    from neuronscope.visualize import store, units as units_module
+    from neuronscope.visualize.store import layer_shape
+
+    forwards = []
+    for module in (units_module, store):
+        monkeypatch.setattr(module, "layer_geometry",
+                            lambda model, layers: forwards.append(len(layers)) or layer_geometry(model, layers),
+                            raising=False)
+    model = dataclasses.replace(tiny_rn)  # a fresh model: another test may have asked tiny_rn already
+    n_units, grid = layer_shape(model, "neurons")
+    renders = render_units(model, "neurons", [0, n_units - 1], batch_size=2, config=RenderConfig(steps=1))
+    assert [r.unit for r in renders] == [0, n_units - 1] and layer_shape(model, "neurons") == (n_units, grid)
+    assert forwards == [1]
+
+
 def test_the_readmes_maps_line_reads_one_layer_of_records_dict(tiny_rn):
     """README: ``layer_geometry(model, [layer])[layer].maps(acts[layer])`` after ``acts = record(...)`` (the
     snippet passed the whole dict and was not imported: AttributeError 'dict' has no 'ndim')."""

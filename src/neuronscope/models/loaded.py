@@ -47,6 +47,10 @@ class LoadedModel:
     _state_sha256: str | None = field(default=None, repr=False)
     #: weights_identity()'s hash once computed; init=False: a dataclasses.replace (another module) starts anew.
     _identity: str | None = field(default=None, init=False, repr=False, compare=False)
+    #: ``{canonical layer: (units, (rows, cols))}`` read by :func:`neuronscope.visualize.units.layer_shape`:
+    #: the CLI, the run's writer and the render ask the same question, and one grey forward answers it.
+    _layer_shapes: dict[str, tuple[int, tuple[int, int]]] = field(default_factory=dict, init=False, repr=False,
+                                                                 compare=False)
 
     def __repr__(self) -> str:
         # The dataclass's own repr would print the whole nn.Module (163 lines for the mini CLIP).

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronscope.activations.geometry import layer_geometry
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.runs import config_digest, model_identity, open_run, start_run
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
 from neuronscope.visualize.results import UnitRender
+from neuronscope.visualize.units import layer_shape  # re-exported: the CLI and the demo ask here
 
 
 #: Part of every render job's key: raised when the same settings come to give other images, so that a job
@@ -33,12 +33,6 @@ from neuronscope.visualize.results import UnitRender
 #: (it was sqrt(H*W) times larger), each image seeded by its unit, the jitters folded into the resample.
 #: 3: Lucid's transform pixels from 224 px up (they were scaled up with the side: RN50x4's renders change).
 RENDER_VERSION = 3
-
-
-def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
-    """Units and (rows, cols) of a layer (a name or alias), from one forward of a grey image."""
-    (geometry,) = layer_geometry(model, [layer]).values()
-    return geometry.units, geometry.grid
 
 
 def facet_name(facet: str, generic: str | None = None) -> str:
