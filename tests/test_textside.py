@@ -353,6 +353,24 @@ def test_sparse_codes_fitted_in_parallel_processes_equal_one_process_and_report_
     assert steps == [(done, 8) for done in range(1, 9)]
 
 
+def test_sparse_codes_default_to_torchs_thread_count_so_threads_1_fits_in_this_process(monkeypatch):
+    """``neuronscope --threads 1 emotions`` (the advice on shared machines) still fanned out to every core."""
+    import joblib
+    import torch
+
+    from neuronscope.analysis import sparse_codes
+
+    generator = np.random.default_rng(5)
+    labels = np.repeat(np.arange(4), 3)
+    features = generator.normal(size=(4, 20))[labels] + 0.3 * generator.normal(size=(12, 20))
+    monkeypatch.setattr(sparse_codes, "PARALLEL_MIN_WORK", 1)  # a big problem
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(joblib, "Parallel", lambda *args, **kwargs: pytest.fail("fitted in parallel processes"))
+    assert len(fit_sparse_codes(features, labels, list("abcd"), max_units=2).classes) == 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert sparse_codes._default_jobs(1) == 3 and sparse_codes._default_jobs(0) == 1
+
+
 def test_nmf_recovers_planted_groups():
     generator = np.random.default_rng(1)
     profiles = np.zeros((14, 20))
@@ -386,9 +404,15 @@ def test_concept_codes_on_the_mini_clip_point_at_multimodal_units(mini, basis, c
     assert sum(hits.values()) >= 3
 
 
-def test_emotion_atlas_codes_every_emotion_with_few_units(mini, basis):
+def test_emotion_atlas_codes_every_emotion_with_few_units(mini, basis, monkeypatch):
+    from neuronscope.analysis import emotions as emotions_module
+
+    jobs = []
+    fit = emotions_module.fit_sparse_codes
+    monkeypatch.setattr(emotions_module, "fit_sparse_codes", lambda *a, **kw: jobs.append(kw["jobs"]) or fit(*a, **kw))
     emotions = load_vocabulary("emotions")[:21]
-    result = emotion_atlas(mini, basis, emotions, max_units=3, drop_units={0: "-ing"})
+    result = emotion_atlas(mini, basis, emotions, max_units=3, drop_units={0: "-ing"}, jobs=1)
+    assert jobs == [1]  # emotion_atlas -> word_codes -> fit_sparse_codes
     assert result.coded.templates == list(EMOTION_PROMPTS)
     assert result.map2.loadings.shape == (21, 2) and result.groups7.loadings.shape == (21, 7)
     assert 0 not in result.coded.kept_units

@@ -67,7 +67,7 @@ class WordCodes:
 
 
 def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str], templates: Sequence[str], *,
-               max_units: int = 5, drop_units: dict[int, str] | Sequence[int] = (),
+               max_units: int = 5, drop_units: dict[int, str] | Sequence[int] = (), jobs: int | None = None,
                on_step: Callable[[int, int], None] | None = None) -> WordCodes:
     """Code each word as a few units: its prompts' attributions → one-vs-rest L1 logistic regression.
 
@@ -77,6 +77,8 @@ def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str]
         templates: prompts with ``{}`` for the word; each is one sample of the word.
         max_units: the most units a code may use.
         drop_units: units to leave out (``{unit: reason}`` or a list).
+        jobs: processes fitting the words side by side (:func:`~neuronscope.analysis.sparse_codes.fit_sparse_codes`;
+            default: torch's thread count for big problems, else 1). The codes do not depend on it.
         on_step: called ``(words coded, words)`` (for a progress bar: 100+ words over thousands of units
             take minutes).
     """
@@ -87,7 +89,8 @@ def word_codes(model: LoadedModel, basis: AttributionBasis, words: Sequence[str]
     prompts = [template.format(word) for word in words for template in templates]
     scores = basis.scores(encode_texts(model, prompts))[:, kept].numpy()  # [words * templates, kept]
     labels = np.repeat(np.arange(len(words)), len(templates))
-    codes = fit_sparse_codes(scores, labels, list(words), units=kept, max_units=max_units, on_step=on_step)
+    codes = fit_sparse_codes(scores, labels, list(words), units=kept, max_units=max_units, jobs=jobs,
+                             on_step=on_step)
     profiles = scores.reshape(len(words), len(templates), len(kept)).mean(axis=1)
     return WordCodes(list(words), list(templates), codes, profiles, kept, dropped)
 
@@ -150,7 +153,7 @@ def check_emotion_words(emotions: Sequence[str]) -> None:
 
 def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequence[str] | None = None, *,
                   prompts: Sequence[str] = EMOTION_PROMPTS, max_units: int = 5,
-                  drop_units: dict[int, str] | Sequence[int] = (), seed: int = 0,
+                  drop_units: dict[int, str] | Sequence[int] = (), seed: int = 0, jobs: int | None = None,
                   on_step: Callable[[int, int], None] | None = None) -> EmotionAtlas:
     """Sparse codes of the emotions and NMF atlases with 2 and 7 factors.
 
@@ -159,6 +162,7 @@ def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequenc
         prompts: templates (default: the paper's three).
         max_units: the most units an emotion's code may use.
         drop_units: units to leave out, e.g. :func:`text_lexical_units`.
+        jobs: processes fitting the codes (:func:`word_codes`).
         on_step: called ``(emotions coded, emotions)``.
     """
     require_loaded(model, "emotion_atlas")
@@ -167,7 +171,7 @@ def emotion_atlas(model: LoadedModel, basis: AttributionBasis, emotions: Sequenc
 
         emotions = load_vocabulary("emotions")
     check_emotion_words(emotions)
-    coded = word_codes(model, basis, emotions, prompts, max_units=max_units, drop_units=drop_units,
+    coded = word_codes(model, basis, emotions, prompts, max_units=max_units, drop_units=drop_units, jobs=jobs,
                        on_step=on_step)
     map_factors, group_factors = ATLAS_FACTORS
     map2 = nmf_factors(coded.profiles, map_factors, columns=coded.kept_units, seed=seed)

@@ -123,6 +123,16 @@ def _sparsest_within_budget(features: np.ndarray, targets: np.ndarray, *, max_un
     return (chosen if chosen is not None else np.zeros(features.shape[1])), chosen_c
 
 
+def _default_jobs(work: int) -> int:
+    """Processes for ``work`` classes x features: torch's thread count, the one budget ``--threads 1`` (a
+    shared machine's advice) sets for the whole run, so that the fits do not fan out to every core anyway."""
+    if work < PARALLEL_MIN_WORK:
+        return 1
+    import torch
+
+    return torch.get_num_threads()
+
+
 def fit_sparse_codes(features: np.ndarray, labels: Sequence[int], classes: Sequence[str], *,
                      units: Sequence[int] | None = None, max_units: int = 5,
                      grid: Sequence[float] = C_GRID, jobs: int | None = None,
@@ -137,8 +147,9 @@ def fit_sparse_codes(features: np.ndarray, labels: Sequence[int], classes: Seque
         max_units: the most units a code may use.
         grid: ``C`` values tried (ascending).
         jobs: processes fitting classes side by side, as joblib's ``n_jobs`` (-1: one per usable core; 1: in
-            this process; None: -1 for problems of at least :data:`PARALLEL_MIN_WORK` classes x features, else
-            1). The codes do not depend on it.
+            this process; None: as many as torch's intra-op threads, which ``neuronscope --threads N`` sets,
+            for problems of at least :data:`PARALLEL_MIN_WORK` classes x features, else 1). The codes do not
+            depend on it.
         on_step: called ``(classes done, classes)`` as each class's code is fitted (for a progress bar).
 
     Returns:
@@ -155,7 +166,7 @@ def fit_sparse_codes(features: np.ndarray, labels: Sequence[int], classes: Seque
         if target.min() == target.max():
             raise ValueError(f"class {name!r} has no samples, or no other class has any")
     if jobs is None:
-        jobs = -1 if len(classes) * features.shape[1] >= PARALLEL_MIN_WORK else 1
+        jobs = _default_jobs(len(classes) * features.shape[1])
     fit = partial(_sparsest_within_budget, standardized, max_units=max_units, grid=grid)
     if jobs != 1:
         # Processes, not threads: liblinear draws from one process-wide generator, reseeded by every fit,
