@@ -768,6 +768,27 @@ def test_a_unit_page_links_back_to_the_grid_page_and_list_it_came_from(client):
     assert f'href="{LAYER_URL}#u100"' in outside and f'href="{LAYER_URL}/u/101" rel="next"' in outside
 
 
+def test_a_top_level_examples_caption_reads_top_exactly_where_the_plot_counts_it_there():
+    """The conditional plot counted an image at the top of its source under "(top)", while its caption showed
+    no category and the table "–": both now read mining.buckets.category_of."""
+    from neuronscope.atlas.browse import image_categories
+    from neuronscope.mining.buckets import uniform_buckets
+
+    class Stored:  # the atlas's index.json categories: none here
+        def stored_categories(self, images):
+            return {}
+
+    top, folder = "a.png#000000000001", "cats/b.png#000000000002"
+    record = {"top": [{"image": top}], "bottom": [{"image": folder}],
+              "histogram": {"samples": [[top], [folder]]}}
+    buckets = uniform_buckets([0.0, 1.0, 2.0], [1, 1], record["histogram"]["samples"], 0, std=1.0, reservoir=4,
+                              n_buckets=2)
+    assert [bucket["categories"] for bucket in buckets] == [{"(top)": 1.0}, {"cats": 1.0}]
+    assert image_categories(Stored(), record) == {top: "(top)", folder: "cats"}
+    flat = {**record, "top": [{"image": top}], "bottom": [], "histogram": {"samples": [[top]]}}
+    assert image_categories(Stored(), flat) == {}  # no categories in the plot: none in the captions
+
+
 def test_example_captions_show_each_images_category(web_atlas, tmp_path):
     """The demo's examples sit in one flat tar: nothing on the page said which concept an example was. A caption
     shows the category a scan stored (index.json), else the image's folder: the one the conditional plot counts."""

@@ -13,6 +13,7 @@ These functions only read, so they work on an atlas opened ``read_only``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from neuronscope.atlas.store import RENDER_ORDER, Atlas
@@ -205,13 +206,17 @@ def unit_runs(atlas: Atlas, model: str, layer: str, unit: int) -> list[dict[str,
     return runs
 
 
-def image_categories(atlas: Atlas, images: list[str]) -> dict[str, str]:
-    """``{image id: category}`` of ``images``: the category a scan stored (its source's ``index.json``), else the
-    folder it sits in within its source; an image with neither is left out. What a unit page's example captions
-    show: the same category the conditional plot counts the image under."""
-    # Imported here: a plain-Python helper of the scanner's sources (neuronscope.mining loads lazily: no torch).
-    from neuronscope.mining.sources import image_folder
+def image_categories(atlas: Atlas, record: Mapping[str, Any]) -> dict[str, str]:
+    """``{image id: category}`` of a unit's top and bottom examples (its :meth:`Atlas.unit` record): what its
+    page's captions show, the category its conditional plot counts the image under
+    (:func:`~neuronscope.mining.buckets.category_of`): ``(top)`` for an image at the top of its source where
+    the plot's samples have categories, and no entry where they have none (the plot has no categories then)."""
+    # Imported here: plain-Python helpers of the scanner (neuronscope.mining loads lazily: no torch).
+    from neuronscope.mining.buckets import TOP_FOLDER, category_of
 
-    ids = sorted(set(images))
-    stored = atlas.stored_categories(ids)
-    return {image: category for image in ids if (category := stored.get(image) or image_folder(image))}
+    examples = sorted({example["image"] for example in [*record["top"], *record["bottom"]]})
+    samples = [image for images in (record["histogram"] or {}).get("samples", []) for image in images]
+    known = atlas.stored_categories([*examples, *samples])
+    categorised = any(category_of(image, known) is not None for image in samples)
+    return {image: category for image in examples
+            if (category := category_of(image, known) or (TOP_FOLDER if categorised else None))}

@@ -23,6 +23,13 @@ def sample_hash(image_id: str, seed: int) -> int:
 TOP_FOLDER = "(top)"
 
 
+def category_of(image: str, known: Mapping[str, str]) -> str | None:
+    """The category a conditional plot counts ``image`` under: the one a scan stored (``known``, from its
+    source's ``index.json``), else the folder it sits in; None at the top of its source (shown as
+    :data:`TOP_FOLDER` where other images have a category). Unit pages caption examples with it too."""
+    return known.get(image) or image_folder(image)
+
+
 def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[str]], seed: int, *,
                     std: float, reservoir: int, n_buckets: int = 10, per_bucket: int | None = None,
                     categories: Mapping[str, str] | None = None) -> list[dict]:
@@ -68,10 +75,6 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
     pooled: list[list[str]] = [[] for _ in range(n_buckets)]
     weights: list[Counter[str | None]] = [Counter() for _ in range(n_buckets)]
     known = categories or {}
-
-    def category_of(image: str) -> str | None:
-        return known.get(image) or image_folder(image)
-
     for index, count in enumerate(counts):
         # Bins are equal in width, so the bucket of a bin's centre is integer arithmetic (no rounding at
         # bucket edges): centre (index + 1/2) of len(counts) bins, in units of a bucket.
@@ -79,7 +82,7 @@ def uniform_buckets(edges: list[float], counts: list[int], samples: list[list[st
         buckets[bucket]["count"] += count
         pooled[bucket].extend(samples[index])
         for image in samples[index]:
-            weights[bucket][category_of(image)] += count / len(samples[index])
+            weights[bucket][category_of(image, known)] += count / len(samples[index])
     categorised = any(category is not None for weight in weights for category in weight)
     for bucket, ids, weight in zip(buckets, pooled, weights):
         bucket["samples"] = sorted(ids, key=lambda image: (sample_hash(image, seed), image))[:per_bucket]

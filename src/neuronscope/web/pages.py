@@ -197,7 +197,7 @@ def unit_data(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery
             "featurevis_groups": _featurevis_groups(record["featurevis"]),
             **unit_place(atlas, record["model"], record["layer"], unit, query, cards),
             "runs": unit_runs(atlas, record["model"], record["layer"], unit),
-            "categories": image_categories(atlas, [example["image"] for example in record["top"] + record["bottom"]]),
+            "categories": image_categories(atlas, record),
             "top_examples": TOP_EXAMPLES, "top_words": TOP_WORDS}
 
 
