@@ -939,3 +939,26 @@ def test_unit_arguments_of_the_render_functions_are_read_by_parse_units_into_pla
         render_units(tiny_rn, "neurons", [600], config=config)
     with pytest.raises(UnitsError, match="names 2 units where one is wanted"):
         render_diverse(tiny_rn, "neurons", "1-2", 2, config=config)
+
+
+def test_a_render_into_an_atlas_under_a_recorders_edits_is_refused_also_when_it_reopens_its_run(tmp_path: Path):
+    """Only scan refused attached edits: `visualize --out` stored renders of the edited model as the model's
+    own, and a later plain render reopened that run as its own."""
+    from neuronscope.activations import Recorder, zero_units
+    from neuronscope.atlas import Atlas
+    from neuronscope.errors import NeuronscopeError
+    from neuronscope.visualize.store import FeatureVisWriter
+
+    model = load_model("tiny-rn", weights="random")
+    options = dict(kind="plain", settings={"steps": 3}, batch_size=2, command="test")
+    with Atlas(tmp_path / "atlas") as atlas:
+        with Recorder(model, edits=[zero_units("neurons", "0-3")]):
+            with pytest.raises(NeuronscopeError, match=r"edits \(neurons: zero\) are attached to tiny-rn.*outside"):
+                FeatureVisWriter.start(atlas, model, "neurons", **options)
+        assert atlas.runs() == []
+        writer = FeatureVisWriter.start(atlas, model, "neurons", **options)  # the block closed: its own again
+        writer.finish()
+        with Recorder(model, edits=[zero_units("neurons", "0-3")]):
+            with pytest.raises(NeuronscopeError, match="are attached to tiny-rn"):
+                FeatureVisWriter.start(atlas, model, "neurons", **options)  # would reopen the finished run
+        assert [run["status"] for run in atlas.runs()] == ["finished"]

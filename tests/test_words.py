@@ -674,3 +674,18 @@ def test_probe_words_runs_a_training_model_in_eval_mode(tiny_rn) -> None:
     with training(tiny_rn.module):
         alone = probe_words(tiny_rn, "neurons", words, settings=QUICK, batch_size=1)  # one word a forward
     torch.testing.assert_close(torch.as_tensor(alone.scores), torch.as_tensor(expected.scores), rtol=1e-4, atol=1e-5)
+
+
+def test_a_words_run_under_a_recorders_edits_is_refused_and_records_nothing(tmp_path: Path) -> None:
+    """Only scan refused attached edits: a words run stored the ablated scores under the plain model's key,
+    which a later plain `words` run then resumed or replaced as its own."""
+    from neuronscope.activations import Recorder, zero_units
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    with Atlas(tmp_path / "atlas") as atlas, Recorder(model, edits=[zero_units("neurons", "0-31")]):
+        with pytest.raises(NeuronscopeError, match=r"edits \(neurons: zero\) are attached to mini-clip.*outside"):
+            probe_words_into(atlas, model, "neurons", ["red", "blue"], settings=QUICK,
+                             vocabulary=VocabularyRecord.of("v.txt", ["red", "blue"]))
+        assert atlas.runs() == []

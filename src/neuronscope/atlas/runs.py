@@ -217,6 +217,19 @@ def marked_interrupted(atlas: Atlas, run_id: int) -> Iterator[None]:
         raise
 
 
+def refuse_edited(model: LoadedModel) -> None:
+    """Raise while a Recorder's edits are attached to ``model``: an atlas holds the model's own activations,
+    and a run's config could not tell edited ones apart (a later plain run would resume or replace them as
+    its own). Every run starter (scan, words, visualize, the text side) asks first, new run or resumed."""
+    from neuronscope.activations.recorder import attached_edits  # torch: only once a model is in hand
+
+    edits = attached_edits(model.module)
+    if edits:
+        named = ", ".join(f"{edit.layer}: {edit.mode}" for edit in edits)
+        raise NeuronscopeError(f"edits ({named}) are attached to {model.key} by an open Recorder; an atlas stores "
+                               f"the model's own activations: run this outside that `with` block")
+
+
 def start_run(atlas: Atlas, model: LoadedModel, *, command: str, config: Mapping[str, Any], config_key: str,
               layers: list[str], dataset: Mapping[str, Any] | None) -> int:
     """Record a new run of ``model`` over canonical ``layers`` (status ``running``); returns its id."""

@@ -45,9 +45,9 @@ import torch
 
 from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
-from neuronscope.activations.recorder import Recorder, attached_edits
+from neuronscope.activations.recorder import Recorder
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
-                                    drop_checkpoints, marked_interrupted, open_run, start_run)
+                                    drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkipCounts
@@ -58,7 +58,6 @@ from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, L
 from neuronscope.mining.sources import Entry, ImageSource, size_twins
 from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
 from neuronscope.mining.topk import EMPTY
-from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel, runs_in_eval
 
 log = logging.getLogger(__name__)
@@ -288,16 +287,6 @@ def prepare_scan(model: LoadedModel, source: ImageSource, layers: str | Sequence
     # In the order the layers were asked for, not fired: a checkpoint numbers its layers in this order.
     shapes = {name: geometry[name] for name in canonical}
     return ScanPlan(canonical, aliases_by_layer(model.layer_aliases), config, config_key, shapes)
-
-
-def refuse_edited(model: LoadedModel) -> None:
-    """Raise while a Recorder's edits are attached to ``model``: an atlas holds the model's own activations,
-    and a run's config could not tell edited ones apart (a later plain scan would replace them as a rescan)."""
-    edits = attached_edits(model.module)
-    if edits:
-        named = ", ".join(f"{edit.layer}: {edit.mode}" for edit in edits)
-        raise NeuronscopeError(f"edits ({named}) are attached to {model.key} by an open Recorder; an atlas stores "
-                               f"the model's own activations: run the scan outside that `with` block")
 
 
 @runs_in_eval

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import config_digest, open_run, start_run
+from neuronscope.atlas.runs import config_digest, open_run, refuse_edited, start_run
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.attribution import AttributionBasis, ImageSample
 from neuronscope.probing.vocab import VocabularyRecord
@@ -56,8 +56,9 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
     climb, no second run), instead of starting another; ``config`` must then name everything the results
     depend on (units, precision, weights: another command must never continue it). A run still marked
     ``running`` is taken for a killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no
-    process can mark it.
+    process can mark it. Refused while a Recorder's edits are attached to ``model``.
     """
+    refuse_edited(model)
     config_key = text_run_key(basis.model, basis.layer, kind, config)
 
     def start() -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
-                                    drop_checkpoints, marked_interrupted, open_run, start_run)
+                                    drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
 from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
@@ -124,7 +124,10 @@ def open_word_run(atlas: Atlas, model: LoadedModel, layer: str, vocabulary: Voca
                   config_key: str, command: str, words: int) -> tuple[int, torch.Tensor | None]:
     """The run of this config (:func:`~neuronscope.atlas.runs.open_run`): a killed one with the scores its
     checkpoint holds (None when it was killed before its first checkpoint: it starts over), or a new one, once
-    the runs of this probe over an edited vocabulary are abandoned (:func:`abandon_edited_vocabulary_runs`)."""
+    the runs of this probe over an edited vocabulary are abandoned (:func:`abandon_edited_vocabulary_runs`);
+    refused while a Recorder's edits are attached to ``model``."""
+    refuse_edited(model)
+
     def fits(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
         return meta.get("words") == words and len(arrays["scores"]) <= words
 

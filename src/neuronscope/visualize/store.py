@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.runs import config_digest, model_identity, open_run, start_run
+from neuronscope.atlas.runs import config_digest, model_identity, open_run, refuse_edited, start_run
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
@@ -127,7 +127,9 @@ class FeatureVisWriter:
         its run, and :meth:`missing` tells which units it still owes; wrap the work in
         :func:`~neuronscope.atlas.runs.marked_interrupted`. ``batch_size`` is part of the job: a render is
         reproducible for the same pass composition only (see :func:`neuronscope.visualize.render.render`).
+        Refused while a Recorder's edits are attached to ``model``.
         """
+        refuse_edited(model)
         canonical = model.resolve_layer(layer)
         n_units, grid = layer_shape(model, canonical)
         config = {**settings, "batch_size": batch_size, "kind": kind, "render_version": RENDER_VERSION}
