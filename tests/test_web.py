@@ -389,7 +389,8 @@ def test_read_only_atlas_refuses_missing_and_old_atlases(tmp_path):
 
     ensure_schema(db, target=1)
     db.close()
-    with pytest.raises(AtlasError, match="open it once with a writing command"):
+    # show opens read-only too: the remedy is that show migrates an atlas it can write, not "a writing command"
+    with pytest.raises(AtlasError, match=re.escape(f"run `neuronscope show {tmp_path}` once to migrate it") + "$"):
         Atlas(tmp_path, read_only=True)
 
 
@@ -507,6 +508,19 @@ def test_pager_links_keep_the_filter_sort_and_page_size(client):
     html = client.get(LAYER_URL, params={"sort": "max", "per_page": "50", "page": "2"}).text
     assert f'href="{LAYER_URL}?sort=max&amp;per_page=50&amp;page=3"' in html
     assert f'href="{LAYER_URL}?sort=max&amp;per_page=50"' in html  # page 1 has no page parameter
+
+
+def test_a_layer_lists_defaults_are_left_out_of_links_in_one_place():
+    """links._with_query restated two of pages' defaults (and knew nothing of per_page or labelled): the
+    defaults live in LayerQuery.params alone, and links carry what they are given."""
+    from neuronscope.web.links import Links
+    from neuronscope.web.pages import PER_PAGE, LayerQuery
+
+    links = Links([])
+    plain = LayerQuery(q="", sort="unit", per_page=PER_PAGE, labelled=False)
+    assert links.layer("m", "l", **plain.params) == "/m/m/l/l"
+    assert links.unit("m", "l", 3, **LayerQuery(sort="max", labelled=True).params) == "/m/m/l/l/u/3?sort=max&labelled=1"
+    assert links.layer("m", "l", page=2, sort="unit", per_page=None) == "/m/m/l/l?sort=unit&page=2"
 
 
 def test_notebook_views_keep_their_images_after_the_notebook_changes_directory(web_atlas, monkeypatch):

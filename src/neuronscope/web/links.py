@@ -192,9 +192,9 @@ class StaticLinks(Links):
 
 
 def _with_query(base: str, params: dict[str, object]) -> str:
-    """``base`` with the parameters that are set; defaults are left out, so that one page has one URL."""
-    params = {key: value for key, value in params.items()
-              if value not in (None, "") and not (key == "sort" and value == "unit")}
+    """``base`` with the parameters that are set (not None). Callers pass a list's parameters as
+    :attr:`~neuronscope.web.pages.LayerQuery.params` gives them, defaults left out there (one page, one URL)."""
+    params = {key: value for key, value in params.items() if value is not None}
     return f"{base}?{urlencode(params)}" if params else base
 
 
