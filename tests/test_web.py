@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import shutil
 import sqlite3
 from contextlib import closing
@@ -221,6 +222,16 @@ def test_unknown_names_in_the_api_answer_json_404(client):
                                  f"{LAYER_URL}?page=6", f"/api{LAYER_URL}?page=99", f"{LAYER_URL}?q=star&page=2"])
 def test_malformed_parameters_answer_400(client, url):
     assert client.get(url).status_code == 400
+
+
+def test_a_url_unit_segment_is_parsed_apart_from_pythons_parse_unit():
+    """Two ``parse_unit`` functions, with different contracts: the web one, for URL segments, has its own name."""
+    from neuronscope.web import pages
+    from neuronscope.web.pages import BadRequest, parse_unit_segment
+
+    assert parse_unit_segment("7") == 7 and not hasattr(pages, "parse_unit")
+    with pytest.raises(BadRequest, match="a unit is a whole number"):
+        parse_unit_segment("²")
 
 
 def test_images_carry_caching_headers_and_revalidate(client):

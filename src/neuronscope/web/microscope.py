@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from neuronscope.atlas import AtlasError
 from neuronscope.web import pages
 from neuronscope.web.links import Links, default_model_key, segment
-from neuronscope.web.pages import BadRequest, LayerQuery, parse_unit
+from neuronscope.web.pages import BadRequest, LayerQuery, parse_unit_segment
 from neuronscope.web.prompts import PromptAttributor
 from neuronscope.web.reader import AtlasReader
 
@@ -73,7 +73,7 @@ class Microscope:
 
     def unit_target(self, model: str, layer: str, unit: str, rest: str = "") -> tuple[str, str, int] | Response:
         """``(model key, canonical layer, unit)`` of a unit's URL, or the 301 to its one canonical URL."""
-        index = parse_unit(unit)
+        index = parse_unit_segment(unit)
         model_key, canonical, ok = self.resolve(model, layer)
         if not ok or unit != str(index):  # an alias, a model key, or a unit written "01": one page, one URL
             return self.redirect(model_key, canonical, f"/u/{index}{rest}")

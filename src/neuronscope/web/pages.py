@@ -86,8 +86,9 @@ def _positive(value: str | None, name: str, default: int, largest: int | None) -
     return int(value)
 
 
-def parse_unit(value: str) -> int:
-    """A unit index from a URL segment (``7``); anything else is a bad request."""
+def parse_unit_segment(value: str) -> int:
+    """A unit index from a URL segment (``7``); anything else is a bad request (answered 400). Python callers
+    parse theirs with :func:`neuronscope.units.parse_unit` (ints, NumPy / torch integers, a range check)."""
     if not _WHOLE_NUMBER.fullmatch(value):
         raise BadRequest(f"a unit is a whole number such as 7, not {value!r}")
     return int(value)
