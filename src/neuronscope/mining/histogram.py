@@ -170,7 +170,8 @@ class StreamingHistogram:
     # ------------------------------------------------------------------ update
 
     def update(self, values: np.ndarray, ordinals: np.ndarray, hashes: np.ndarray) -> None:
-        """Add one batch: ``values`` [B, C], ``ordinals`` [B] int64, ``hashes`` [B] int64 (:func:`sample_hash`)."""
+        """Add one batch: ``values`` [B, C], ``ordinals`` [B] int64, ``hashes`` [B] int64
+        (:func:`~neuronscope.mining.buckets.sample_hash`)."""
         values = values.astype(np.float64)
         finite = np.isfinite(values)
         all_finite = bool(finite.all())  # the usual case: no masking, and the batch stays [B, C] below

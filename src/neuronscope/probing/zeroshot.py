@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.loaded import require_loaded, runs_in_eval
-from ..models.loader import LoadedModel
+from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 

@@ -26,9 +26,8 @@ import torch
 from ..activations import record
 from ..analysis import auroc_per_class
 from ..errors import WorldMismatch
-from ..models.loaded import runs_in_eval
-from ..models.loader import LoadedModel, build
-from ..models.loaded import require_loaded
+from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
+from ..models.loader import build
 from ..probing.zeroshot import ZeroShotClassifier, encode_pixels, encode_texts
 from .build import RENDERS_PER_HELDOUT_DRAWING, stream_rng
 from .concepts import ZEROSHOT_TEMPLATE
