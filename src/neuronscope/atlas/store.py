@@ -281,8 +281,8 @@ class Atlas:
             if found > SCHEMA_VERSION:
                 raise AtlasError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
                                  f"{SCHEMA_VERSION}: upgrade neuronscope to read it")
-            action = ("open it once with a writing command (e.g. `neuronscope show`) to migrate it"
-                      if _writable(self.path) else
+            # show opens read-only, but migrates an atlas it can write (open_reader)
+            action = (f"run `neuronscope show {self.path}` once to migrate it" if _writable(self.path) else
                       "copy it to a folder you can write and open the copy once with `neuronscope show` to migrate it")
             raise OlderSchemaError(f"{self.path} has atlas schema version {found}, this neuronscope reads "
                                    f"{SCHEMA_VERSION}: {action}")
