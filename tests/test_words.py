@@ -210,6 +210,7 @@ def test_words_command_fills_the_atlas_and_show_lists_them(tmp_path: Path, monke
     summary = json.loads(result.stdout)
     assert summary["layers"] == ["visual.layer4.1.act3:input"] and summary["units"] == 512
     assert summary["words"] == len(concept_names()) + 4 and summary["vocabulary"] == "small"
+    assert "undrawable" not in summary  # only when words were left out, as scan's "replaced"
 
     shown = json.loads(runner.invoke(app, ["show", str(out), "--layer", "neurons", "--unit", "473",
                                            "--json"]).stdout)
@@ -343,6 +344,7 @@ def test_reproduce_words_runs_end_to_end_on_random_rn50x4(tmp_path: Path, monkey
     assert result.exit_code == 0 and result.stderr == "", result.output  # captured streams: the JSON alone
     payload = json.loads(result.stdout)
     assert payload["resumed_from"] == 16  # the last word's checkpoint, written before the store
+    assert "undrawable" not in payload  # every word drawable: no empty extra
     assert payload["model"] == "RN50x4@random" and payload["layer"] == "visual.layer4.5.act3:input"
     # an atlas writer's report (CONVENTIONS) beside the comparison's keys
     assert (payload["atlas"], payload["layers"], payload["units"], payload["skipped"]) == (

@@ -35,6 +35,7 @@ from neuronscope.commands.words import (
     drawable_vocabulary,
     raster_settings,
     say_resumed,
+    undrawable_extra,
 )
 from neuronscope.errors import NeuronscopeError, WeightsMismatch
 
@@ -112,7 +113,7 @@ def reproduce_words(
     finally:
         bars.close()
     comparison = compare_with_paper(probe, k=top_k)
-    payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3), "undrawable": undrawable}
+    payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3), **undrawable_extra(undrawable)}
     if out:  # an atlas writer: CONVENTIONS' keys too, beside the comparison's
         payload = {**fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds),
                    **payload, "resumed_from": resumed_from}

@@ -86,6 +86,12 @@ def drawable_vocabulary(vocab: str, settings: RasterSettings, *, quiet: bool) ->
     return [word for word in words if word not in missing], list(missing)
 
 
+def undrawable_extra(undrawable: list[str]) -> dict[str, list[str]]:
+    """The ``--json`` report's ``"undrawable"`` key, only when words were left out (as ``scan``'s ``"replaced"``
+    and ``"skipped_files"``): a clean run's report keeps its documented keys."""
+    return {"undrawable": undrawable} if undrawable else {}
+
+
 def words(
     ctx: typer.Context,
     model: ModelOpt = None,
@@ -137,7 +143,7 @@ def words(
     if json_out:
         print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
                                vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants,
-                               resumed_from=outcome.resumed_from, undrawable=undrawable))
+                               resumed_from=outcome.resumed_from, **undrawable_extra(undrawable)))
         return
     resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
     typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "
