@@ -202,3 +202,30 @@ def test_every_layer_result_links_its_json_served_and_exported(web_atlas, tmp_pa
             target = layer_page.parent / unquote(file)
             assert json.loads(target.read_text()) == client.get(api).json()
     assert json.loads(target.read_text())["data"] == {"vocabulary": "words300", "words": 300}
+
+
+def test_an_exported_conditional_plot_is_the_servers_with_the_stored_categories(web_atlas, tmp_path):
+    """The export restated Atlas.conditional_buckets beside the server's call; both now read the same method,
+    categories from the scan's index.json included."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    from fastapi.testclient import TestClient
+
+    from neuronscope.atlas import Atlas
+    from neuronscope.web import create_app
+    from tests.web_atlas import MODEL
+
+    atlas_dir = tmp_path / "atlas"
+    shutil.copytree(web_atlas, atlas_dir)
+    with Atlas(atlas_dir, create=False, read_only=True) as atlas:
+        sample = next(image for images in atlas.unit(MODEL, LAYER, 2)["histogram"]["samples"] for image in images)
+    with closing(sqlite3.connect(atlas_dir / "atlas.sqlite")) as db, db:
+        db.execute("UPDATE images SET category = 'star' WHERE id = ?", (sample,))
+    site = tmp_path / "site"
+    export_site(atlas_dir, site)
+    exported = (site / "m" / "tiny-rn" / "l" / LAYER / "u" / "2" / "conditional.svg").read_text()
+    with TestClient(create_app(atlas_dir, warm=False)) as client:
+        served = client.get(f"/m/tiny-rn/l/{LAYER}/u/2/conditional.svg")
+    assert served.status_code == 200 and exported == served.text and "star" in exported

@@ -1019,7 +1019,11 @@ class Atlas:
 
     def conditional_buckets(self, model: str | None, layer: str, unit: int, n_buckets: int = 10) -> list[dict]:
         """:func:`conditional_buckets` of a unit read from the atlas."""
-        record = self.unit(model, layer, unit)
+        return self.record_buckets(self.unit(model, layer, unit), n_buckets)
+
+    def record_buckets(self, record: Mapping[str, Any], n_buckets: int = 10) -> list[dict]:
+        """:func:`conditional_buckets` of a unit's :meth:`unit` record already read (the static export's unit
+        page), with the categories a scan stored for its samples."""
         return conditional_buckets(record, n_buckets, self.sample_categories(record))
 
     def sample_categories(self, record: Mapping[str, Any]) -> dict[str, str]:

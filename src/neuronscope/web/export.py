@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 from neuronscope.atlas import Atlas, AtlasError, reading
 from neuronscope.atlas.browse import layer_grid, search_index
-from neuronscope.atlas.store import conditional_buckets
 from neuronscope.web import pages
 from neuronscope.web.files import atlas_file
 from neuronscope.web.links import StaticLinks, artifact_json_segments, model_slug, page_segments, static_page_path
@@ -205,7 +204,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
     for artifact in first["artifacts"]:
         if artifact["image"]:
             site.copy(artifact["path"])
-    _export_artifacts(store, site, model, layer)
+    _export_artifacts(site, model, layer, first["artifacts"])
     for card in cards:
         site.copy(card["featurevis"] or card["thumb"])
     for unit in range(len(cards)):
@@ -219,8 +218,7 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
         has_plots = plots and data["activations"] == "plottable"
         if has_plots:
             site.write(f"{unit_folder}/histogram.svg", histogram_svg(record))
-            site.write(f"{unit_folder}/conditional.svg",
-                       conditional_svg(conditional_buckets(record, categories=store.sample_categories(record))))
+            site.write(f"{unit_folder}/conditional.svg", conditional_svg(store.record_buckets(record)))
         site.page(f"{unit_folder}/index.html", "unit.html", plots=has_plots, **data)
         done += 1
         if progress is not None:
@@ -228,13 +226,15 @@ def _export_layer(store: Atlas, site: _Site, model: str, layer: str, plots: bool
     return done
 
 
-def _export_artifacts(store: Atlas, site: _Site, model: str, layer: str) -> None:
+def _export_artifacts(site: _Site, model: str, layer: str, artifacts: list[dict[str, Any]]) -> None:
     """Each layer artifact's JSON, as the server's ``/api`` answers it, where the layer page links it: an
-    artifact without an image (words, facet probes) has nothing else to open."""
+    artifact without an image (words, facet probes) has nothing else to open. ``artifacts``: the layer page's
+    (:func:`~neuronscope.web.pages.layer_data`, read once), less the ``image`` flag the page adds."""
     slug = model_slug(model, site.known)
-    for artifact in store.artifacts(model, layer):
+    for artifact in artifacts:
+        stored = {key: value for key, value in artifact.items() if key != "image"}
         site.write("/".join(artifact_json_segments(slug, layer, artifact["kind"], artifact["name"])),
-                   json.dumps({"model": model, "layer": layer} | artifact, separators=(",", ":")))
+                   json.dumps({"model": model, "layer": layer} | stored, separators=(",", ":")))
 
 
 def _export_search(store: Atlas, site: _Site) -> None:
