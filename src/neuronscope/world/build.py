@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import WorldFileMissing, WorldMismatch
-from ..imagefiles import SkipCounts, SkippedFile, file_sha256, open_image
+from ..imagefiles import NotRegularFile, SkipCounts, SkippedFile, file_sha256, open_image
 from .concepts import CLIPART_ROOT, CONCEPTS, Concept
 from .render import DRAWING_BOX, HELDOUT_FONTS, font_path, prepare_drawing, render_drawing, render_labelled, render_word
 
@@ -87,14 +87,12 @@ def collect_drawings(root: str | Path, concepts: tuple[Concept, ...], seed: int,
     root = Path(root)
     hashed: list[tuple[str, Path, str]] = []
     for concept, path in _candidates(root, concepts):
-        try:
-            if not path.exists():
-                raise SkippedFile("missing", path)
-            if not path.is_file():  # a FIFO named like a drawing would block its hashing forever
-                raise SkippedFile("unreadable", path, "not a regular file")
+        try:  # file_sha256 opens regular files only: a FIFO named like a drawing would block its hashing forever
             hashed.append((concept, path, file_sha256(path)))
-        except SkippedFile as error:
-            skipped.add(error)
+        except FileNotFoundError:  # a broken link
+            skipped.add(SkippedFile("missing", path))
+        except NotRegularFile:
+            skipped.add(SkippedFile("unreadable", path, "not a regular file"))
     copies: dict[str, int] = defaultdict(int)
     for _, _, sha in hashed:
         copies[sha] += 1
