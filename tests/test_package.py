@@ -34,3 +34,31 @@ def test_subpackages_are_attributes_and_unknown_names_raise_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'load_modle'"):
         neuronscope.load_modle  # noqa: B018
     assert not hasattr(neuronscope, "__wrapped__")  # inspect/doctest probes must not import anything odd
+
+
+def test_every_package_the_source_imports_is_declared_in_pyproject():
+    """fontTools (probing.raster) and joblib (analysis.sparse_codes) were imported but arrived only through
+    matplotlib and scikit-learn: a release of those that dropped them would break words and emotions."""
+    import ast
+    import importlib.metadata
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    declared = {re.split(r"[\[<>=;! ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+                for requirement in requirements}
+    modules = set()
+    for path in (root / "src" / "neuronscope").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    third_party = {module for module in modules if module not in sys.stdlib_module_names and module != "neuronscope"}
+    undeclared = {module: distributions.get(module) for module in third_party
+                  if not {name.lower().replace("_", "-") for name in distributions.get(module, [module])} & declared}
+    assert undeclared == {}
