@@ -868,3 +868,28 @@ def test_set_label_refuses_a_float_unit_rather_than_truncating_it(tmp_path):
             atlas.set_label("m@x", "layer", 7.9, "star")
         atlas.set_label("m@x", "layer", np.int64(7), "star")
         assert atlas.label("m@x", "layer", 7) == "star"
+
+
+def test_render_and_word_writers_refuse_a_float_unit_and_store_plain_ints(tmp_path):
+    """write_featurevis and write_unit_texts read units with int(): unit 2.7 was stored as unit 2, where
+    set_label and every reader refuse it. They read units as parse_unit does, as set_label does."""
+    import torch
+
+    from neuronscope.errors import UnitsError
+
+    render = {"kind": "plain", "png": b"x", "objective": 1.0}
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer("m@x", "visual.layer4", aliases=["neurons"], units=4, grid=(1, 1))
+        for layer in ("neurons", "visual.layer3"):  # registered or not yet: the float is refused either way
+            with pytest.raises(UnitsError, match="2.7 is not an integer unit index"):
+                atlas.write_featurevis(None, "m@x", layer, [{**render, "unit": 2.7}])
+            with pytest.raises(UnitsError, match="2.7 is not an integer unit index"):
+                atlas.write_unit_texts("words", None, "m@x", layer, {2.7: [("cat", 1.0)]})
+        assert [atlas.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("featurevis", "words")] == [0, 0]
+        atlas.write_featurevis(None, "m@x", "neurons", [{**render, "unit": np.int64(2)}])
+        atlas.write_unit_texts("words", None, "m@x", "neurons", {torch.tensor(2): [("cat", 1.0)]})
+        stored = [row[0] for table in ("featurevis", "words")
+                  for row in atlas.db.execute(f"SELECT unit FROM {table}")]
+        assert stored == [2, 2] and all(type(unit) is int for unit in stored)
+        assert atlas.unit("m@x", "neurons", 2)["words"] == [{"word": "cat", "score": 1.0}]

@@ -709,14 +709,14 @@ class Atlas:
                 (unit, kind) are its whole set: they replace every earlier render of that unit and kind,
                 rows and files (4 diverse renders, then 2, leaves 2, not the old third and fourth).
         """
+        renders = [{**render, "unit": parse_unit(render["unit"])} for render in renders]  # 2.7 is refused
         model, layer = self._unit_key(model, layer, [render["unit"] for render in renders])
         paths = []
         for render in renders:
-            relative = _featurevis_relpath(model, layer, int(render["unit"]), render["kind"],
-                                           int(render.get("index", 0)))
+            relative = _featurevis_relpath(model, layer, render["unit"], render["kind"], int(render.get("index", 0)))
             atomic_write_bytes(self.path / relative, render["png"], durable=False)
             paths.append(relative)
-        sets = sorted({(int(r["unit"]), r["kind"]) for r in renders})
+        sets = sorted({(r["unit"], r["kind"]) for r in renders})
         with self.transaction() as db:
             replaced = {row["path"] for unit, kind in sets for row in db.execute(
                 "SELECT path FROM featurevis WHERE model = ? AND layer = ? AND unit = ? AND kind = ?",
@@ -726,7 +726,7 @@ class Atlas:
             db.executemany(
                 "INSERT OR REPLACE INTO featurevis (model, layer, unit, kind, path, objective, description, run_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(model, layer, int(r["unit"]), r["kind"], path, _finite(r["objective"]), r.get("description"),
+                [(model, layer, r["unit"], r["kind"], path, _finite(r["objective"]), r.get("description"),
                   run_id) for r, path in zip(renders, paths)])
         for stale in replaced - set(paths):  # removed after the commit, as a rescan's old histogram file
             (self.path / stale).unlink(missing_ok=True)
@@ -759,13 +759,14 @@ class Atlas:
         if table not in ("words", "texts"):
             raise ValueError(f"table must be 'words' or 'texts', not {table!r}")
         column = table[:-1]
+        scored = {parse_unit(unit): entries for unit, entries in scored.items()}  # 2.7 is refused, not truncated
         model, layer = self._unit_key(model, layer, scored)
         with self.transaction() as db:
             for unit, entries in scored.items():
-                db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND unit = ?", (model, layer, int(unit)))
+                db.execute(f"DELETE FROM {table} WHERE model = ? AND layer = ? AND unit = ?", (model, layer, unit))
                 db.executemany(f"INSERT OR REPLACE INTO {table} (model, layer, unit, {column}, score, run_id) "
                                "VALUES (?, ?, ?, ?, ?, ?)",
-                               [(model, layer, int(unit), text, float(score), run_id) for text, score in entries])
+                               [(model, layer, unit, text, float(score), run_id) for text, score in entries])
 
     def save_artifact(self, model: str, layer: str, kind: str, name: str, *, data: Any = None,
                       file_bytes: bytes | None = None, suffix: str = ".bin", run_id: int | None = None) -> dict:
@@ -858,13 +859,14 @@ class Atlas:
         return model, layer if entry is None else entry["layer"]
 
     def _unit_key(self, model: str, layer: str, units: Iterable[int]) -> tuple[str, str]:
-        """:meth:`_key` for a writer of ``units``: raises :class:`AtlasError` (as :meth:`unit` does) for a unit
-        outside a registered layer, which no read would show. A layer not registered yet takes any unit."""
+        """:meth:`_key` for a writer of ``units`` (plain ints, read by :func:`parse_unit` as every reader reads
+        them): raises :class:`AtlasError` (as :meth:`unit` does) for a unit outside a registered layer, which no
+        read would show. A layer not registered yet takes any unit."""
         model, entry = self._lookup(model, layer)
         if entry is None:
             return model, layer
         for unit in units:
-            self.check_unit(model, entry, int(unit))
+            self.check_unit(model, entry, unit)
         return model, entry["layer"]
 
     def _lookup(self, model: str, layer: str) -> tuple[str, dict[str, Any] | None]:
