@@ -417,35 +417,33 @@ def test_one_grey_forward_gives_units_grid_and_firing_order(tiny_rn):
     """layer_geometry answers what the CLI (units), the atlas (grid) and the facet check (order) ask."""
     from neuronscope.activations import record
     from neuronscope.activations.geometry import layer_geometry
-    from neuronscope.visualize.store import layer_shape
 
     geometry = layer_geometry(tiny_rn, ["neurons", "visual.layer3.0"])
     neurons = tiny_rn.resolve_layer("neurons")
     assert list(geometry) == ["visual.layer3.0", neurons]  # firing order, not the order asked
     acts = record(tiny_rn, torch.zeros(1, 3, 64, 64), [neurons])[neurons]
     assert (geometry[neurons].units, geometry[neurons].grid) == (acts.shape[1], tuple(acts.shape[2:]))
-    assert layer_shape(tiny_rn, "neurons") == (geometry[neurons].units, geometry[neurons].grid)
+    assert tiny_rn.layer_shape("neurons") == (geometry[neurons].units, geometry[neurons].grid)
 
 
 def test_a_layers_shape_costs_one_forward_however_many_ask(tiny_rn, monkeypatch):
     """``neuronscope visualize`` asked layer_shape, and render_units its own copy layer_size: a grey forward
-    each (the run's writer a third). The one function keeps its answer on the model."""
+    each (the run's writer a third). The answer is the model's: LoadedModel.layer_shape keeps it (a function in
+    visualize wrote the model's private cache before), and a fresh model (dataclasses.replace) asks anew."""
     import dataclasses
 
-    from neuronscope.activations.geometry import layer_geometry
-    from neuronscope.visualize import store, units as units_module
-    from neuronscope.visualize.store import layer_shape
+    from neuronscope.activations import geometry
 
     forwards = []
-    for module in (units_module, store):
-        monkeypatch.setattr(module, "layer_geometry",
-                            lambda model, layers: forwards.append(len(layers)) or layer_geometry(model, layers),
-                            raising=False)
+    layer_geometry = geometry.layer_geometry
+    monkeypatch.setattr(geometry, "layer_geometry",
+                        lambda model, layers: forwards.append(len(layers)) or layer_geometry(model, layers))
     model = dataclasses.replace(tiny_rn)  # a fresh model: another test may have asked tiny_rn already
-    n_units, grid = layer_shape(model, "neurons")
+    n_units, grid = model.layer_shape("neurons")
     renders = render_units(model, "neurons", [0, n_units - 1], batch_size=2, config=RenderConfig(steps=1))
-    assert [r.unit for r in renders] == [0, n_units - 1] and layer_shape(model, "neurons") == (n_units, grid)
-    assert forwards == [1]
+    assert [r.unit for r in renders] == [0, n_units - 1]
+    assert model.layer_shape(model.resolve_layer("neurons")) == (n_units, grid) and forwards == [1]
+    assert dataclasses.replace(model).layer_shape("neurons") == (n_units, grid) and forwards == [1, 1]
 
 
 def test_the_readmes_maps_line_reads_one_layer_of_records_dict(tiny_rn):
@@ -464,14 +462,13 @@ def test_the_readmes_maps_line_reads_one_layer_of_records_dict(tiny_rn):
 def test_a_channels_last_layer_has_its_channels_as_units_on_its_grid():
     """fc1 runs on [B, H, W, C] = [B, 3, 4, 12]: 12 units on 3x4 (rows read as units gave 3 on 4x12)."""
     from neuronscope.activations import layer_geometry
-    from neuronscope.visualize.store import layer_shape
     from tests.helpers import channels_last_model
 
     model = channels_last_model()
     geometry = layer_geometry(model, ["fc1", "conv"])
     assert [(name, g.units, g.grid, g.layout) for name, g in geometry.items()] == [
         ("conv", 6, (3, 4), "channels_first"), ("fc1", 12, (3, 4), "channels_last")]
-    assert layer_shape(model, "fc1") == (12, (3, 4))
+    assert model.layer_shape("fc1") == (12, (3, 4))
 
 
 def test_the_score_is_the_finished_images_and_may_name_a_layer_by_its_alias(tiny_rn):
@@ -491,11 +488,10 @@ def test_convnext_mlp_units_are_its_channels_to_render_and_attribute():
     on 7x7 for the atlas, a render and a text attribution (each read 7 rows as its units)."""
     from neuronscope.errors import UnitsError
     from neuronscope.probing.attribution import attribute_texts, default_image_sample
-    from neuronscope.visualize.store import layer_shape
 
     model = load_model("convnext_tiny", weights="random")
     layer = "visual.trunk.stages.3.blocks.2.mlp.fc1"
-    assert layer_shape(model, layer) == (3072, (7, 7))
+    assert model.layer_shape(layer) == (3072, (7, 7))
     result = render(model, channel(layer, [0, 5]), batch=2, config=RenderConfig(steps=1, transforms="none"))
     means = record(model, model.preprocess.normalize(result.images), [layer], reduce="mean")[layer]  # [2, 3072]
     torch.testing.assert_close(result.final, means[torch.arange(2), torch.tensor([0, 5])])

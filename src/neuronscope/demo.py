@@ -116,12 +116,11 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
     """Build (or complete) the demo atlas of ``model`` at ``atlas_path``; see the module docstring."""
     from neuronscope.probing.raster import RasterSettings, resolve_fonts
     from neuronscope.units import parse_units
-    from neuronscope.visualize.store import layer_shape
 
     if "words" not in settings.skip:
         resolve_fonts(RasterSettings())  # a missing font fails now, not after the scan and the renders
     layer = model.resolve_layer(settings.layer)
-    outcome = DemoOutcome(Path(atlas_path), model.key, layer, layer_shape(model, layer)[0], settings)
+    outcome = DemoOutcome(Path(atlas_path), model.key, layer, model.layer_shape(layer)[0], settings)
     units = parse_units(settings.units, outcome.units)  # a bad --units fails now, not after the scan
     report = progress or (lambda stage, done, total: None)
     steps: dict[str, Callable[[Atlas], tuple[str, str]]] = {

@@ -107,10 +107,8 @@ def _layer_units(model, layer: str, units: str) -> list[int]:
     """``--units`` parsed against the layer's size (one forward of a grey image): a bad list fails before
     the costly attribution basis."""
     from neuronscope.units import parse_units
-    from neuronscope.visualize.store import layer_shape
 
-    canonical = model.resolve_layer(layer)
-    return parse_units(units, layer_shape(model, canonical)[0])
+    return parse_units(units, model.layer_shape(layer)[0])
 
 
 def attribute(

@@ -103,8 +103,8 @@ def visualize(
     from neuronscope.runtime import seed_everything
     from neuronscope.visualize import RenderConfig, render_diverse, render_units
     from neuronscope.visualize import facets
-    from neuronscope.visualize.store import (FeatureVisWriter, facet_name, facet_probe, layer_shape,
-                                             load_facet_images, render_entry)
+    from neuronscope.visualize.store import (FeatureVisWriter, facet_name, facet_probe, load_facet_images,
+                                             render_entry)
 
     if not out and not png:
         raise NeuronscopeError("visualize needs --out ATLAS, --png DIR, or both")
@@ -125,7 +125,7 @@ def visualize(
     seed_everything(seed)
     loaded = load_cli_model(model, weights, device, precision)
     canonical = loaded.resolve_layer(layer)
-    n_units, _ = layer_shape(loaded, canonical)
+    n_units, _ = loaded.layer_shape(canonical)
     chosen = parse_units(units, n_units)
     side = size or max(loaded.preprocess.image_size)
     if param_size is not None and param_size > side:

@@ -47,8 +47,7 @@ class LoadedModel:
     _state_sha256: str | None = field(default=None, repr=False)
     #: weights_identity()'s hash once computed; init=False: a dataclasses.replace (another module) starts anew.
     _identity: str | None = field(default=None, init=False, repr=False, compare=False)
-    #: ``{canonical layer: (units, (rows, cols))}`` read by :func:`neuronscope.visualize.units.layer_shape`:
-    #: the CLI, the run's writer and the render ask the same question, and one grey forward answers it.
+    #: :meth:`layer_shape`'s answers, ``{canonical layer: (units, (rows, cols))}``; init=False as ``_identity``.
     _layer_shapes: dict[str, tuple[int, tuple[int, int]]] = field(default_factory=dict, init=False, repr=False,
                                                                  compare=False)
 
@@ -95,6 +94,22 @@ class LoadedModel:
         from neuronscope.activations.names import aliases_by_layer
 
         return aliases_by_layer(self.layer_aliases).get(layer, [])
+
+    def layer_shape(self, layer: str) -> tuple[int, tuple[int, int]]:
+        """Units and (rows, cols) of a layer (a name or alias): what unit arguments are checked against
+        (:func:`~neuronscope.units.parse_units`, before any work starts) and the grid an atlas registers.
+
+        One forward of a grey image per layer (:func:`~neuronscope.activations.geometry.layer_geometry`), kept
+        here: ``neuronscope visualize`` asks, then its run's writer, then the render, and each forward costs
+        as much as a render step.
+        """
+        canonical = self.resolve_layer(layer)
+        if canonical not in self._layer_shapes:
+            from neuronscope.activations.geometry import layer_geometry  # activations imports this module
+
+            (geometry,) = layer_geometry(self, [canonical]).values()
+            self._layer_shapes[canonical] = geometry.units, geometry.grid
+        return self._layer_shapes[canonical]
 
     @cached_property
     def weights_sha256(self) -> str | None:

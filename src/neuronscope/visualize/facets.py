@@ -43,7 +43,7 @@ from neuronscope.objectives import Context, Objective, channel, l2
 from neuronscope.units import parse_units
 from neuronscope.visualize.render import StepCallback, render
 from neuronscope.visualize.results import RenderConfig, UnitRender
-from neuronscope.visualize.units import chunks, layer_shape, render_passes
+from neuronscope.visualize.units import chunks, render_passes
 
 BUILTIN_FACETS = ("text", "drawing")
 
@@ -439,7 +439,7 @@ def render_faceted(
     if probe.model != model.key:
         raise NeuronscopeError(f"facet probe {probe.name!r} was trained on {probe.model}, not {model.key}")
     check_probe_layers(model, layer, probe.layers)
-    units = parse_units(units, layer_shape(model, layer)[0])
+    units = parse_units(units, model.layer_shape(layer)[0])
     probe = probe.to(model.device)
     strengths = [float(s) for s in strengths]
     config = settings.apply(config)

@@ -25,7 +25,6 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.visualize import facets
 from neuronscope.visualize.results import UnitRender
-from neuronscope.visualize.units import layer_shape  # re-exported: the CLI and the demo ask here
 
 
 #: Part of every render job's key: raised when the same settings come to give other images, so that a job
@@ -131,7 +130,7 @@ class FeatureVisWriter:
         """
         refuse_edited(model)
         canonical = model.resolve_layer(layer)
-        n_units, grid = layer_shape(model, canonical)
+        n_units, grid = model.layer_shape(canonical)
         config = {**settings, "batch_size": batch_size, "kind": kind, "render_version": RENDER_VERSION}
         config_key = "visualize:" + config_digest([model_identity(model), canonical, config], 16)
 

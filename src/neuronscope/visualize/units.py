@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-from neuronscope.activations.geometry import layer_geometry
 from neuronscope.models.loaded import LoadedModel, require_loaded
 from neuronscope.objectives import channel, diversity
 from neuronscope.units import parse_unit, parse_units
@@ -33,20 +32,6 @@ def chunks(items: Sequence[int], size: int) -> list[list[int]]:
     if size < 1:
         raise ValueError(f"batch size must be at least 1, not {size}")
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-def layer_shape(model: LoadedModel, layer: str) -> tuple[int, tuple[int, int]]:
-    """Units and (rows, cols) of a layer (a name or alias): what unit arguments are checked against
-    (:func:`~neuronscope.units.parse_units`, before any render starts) and the grid an atlas registers.
-
-    One forward of a grey image per model and layer, kept on the model: ``neuronscope visualize`` asks
-    here, then its run's writer, then the render, and each forward costs as much as a render step."""
-    canonical = model.resolve_layer(layer)
-    known = model._layer_shapes
-    if canonical not in known:
-        (geometry,) = layer_geometry(model, [canonical]).values()
-        known[canonical] = geometry.units, geometry.grid
-    return known[canonical]
 
 
 def render_units(
@@ -72,7 +57,7 @@ def render_units(
         One :class:`UnitRender` (kind ``plain``) per unit, in order.
     """
     require_loaded(model, "render_units")
-    units = parse_units(units, layer_shape(model, layer)[0])
+    units = parse_units(units, model.layer_shape(layer)[0])
 
     def render_pass(piece: list[int], step_hook: StepCallback | None) -> list[UnitRender]:
         result = render(model, channel(layer, piece), batch=len(piece), config=config, on_step=step_hook, keys=piece)
@@ -141,7 +126,7 @@ def render_diverse(
     require_loaded(model, "render_diverse")
     if count < 2:
         raise ValueError("a diverse render needs at least 2 images; use render_units for one")
-    unit = parse_unit(unit, layer_shape(model, layer)[0])
+    unit = parse_unit(unit, model.layer_shape(layer)[0])
     objective = channel(layer, unit) + weight * diversity(diversity_layer or layer)
     result = render(model, objective, batch=count, config=config, on_step=on_step, score=channel(layer, unit))
     return [UnitRender(layer, unit, "diverse", k, result.images[k], float(result.final[k]), result.curve[:, k],
