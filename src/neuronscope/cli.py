@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.reproduce",
     "neuronscope.commands.microscope",
     "neuronscope.commands.textside",
+    "neuronscope.commands.multimodal",
 )
 
 app = typer.Typer(

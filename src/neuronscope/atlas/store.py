@@ -37,6 +37,7 @@ from neuronscope.atlas.checkpoints import CheckpointStore
 from neuronscope.atlas.files import atomic_write_bytes, from_url_name, path_slug
 from neuronscope.atlas.histograms import (histogram_sample_ids, read_histogram_file, trimmed_histogram,
                                           write_histogram_file)
+from neuronscope.atlas.multimodality import ARTIFACT as MULTIMODALITY, unit_multimodality
 from neuronscope.atlas.schema import ensure_schema
 from neuronscope.errors import NeuronscopeError
 from neuronscope.units import parse_unit
@@ -812,11 +813,33 @@ class Atlas:
         record["data"] = None if row["data"] is None else json.loads(row["data"])
         return record
 
+    def write_multimodality(self, run_id: int | None, model: str, layer: str, scores: Mapping[str, Any]) -> None:
+        """Store a layer's multimodality measurement (``Multimodality.to_dict()``), replacing an earlier one:
+        each unit's record then carries it (:meth:`unit`'s ``multimodality``)."""
+        units = len(scores["concept"])
+        self._unit_key(model, layer, [units - 1])  # a registered layer of fewer units refuses it
+        self.save_artifact(model, layer, *MULTIMODALITY, data=dict(scores), run_id=run_id)
+
+    def multimodality(self, model: str, layer: str) -> dict[str, Any] | None:
+        """A layer's stored multimodality measurement (``Multimodality.to_dict()``'s shape), or None."""
+        return self._multimodality(*self._key(model, layer))
+
+    def _multimodality(self, model: str, layer: str) -> dict[str, Any] | None:
+        stored = self._artifact(model, layer, *MULTIMODALITY)
+        return None if stored is None else stored["data"]
+
     # ------------------------------------------------------------------ reading
 
     def label(self, model: str, layer: str, unit: int) -> str | None:
         """A unit's label, or None (no scan of the layer needed)."""
         return self._label((*self._key(model, layer), parse_unit(unit)))
+
+    def label_source(self, model: str, layer: str, unit: int) -> str | None:
+        """Who wrote a unit's label (``user``, ``world-card``, ``auto:...``), or None when it has none: an automatic
+        labeller replaces only its own labels."""
+        row = self.db.execute("SELECT source FROM labels WHERE model = ? AND layer = ? AND unit = ?",
+                              (*self._key(model, layer), parse_unit(unit))).fetchone()
+        return row["source"] if row else None
 
     def _label(self, key: tuple[str, str, int]) -> str | None:
         row = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?",
@@ -947,7 +970,12 @@ class Atlas:
                 "SELECT word, score FROM words WHERE model = ? AND layer = ? AND unit = ? "
                 "ORDER BY score DESC, word", key)],
             "texts": self._unit_texts(key),
+            "multimodality": self._unit_multimodality(model, canonical, unit),
         }
+
+    def _unit_multimodality(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
+        scores = self._multimodality(model, layer)
+        return None if scores is None else unit_multimodality(scores, unit)
 
     @staticmethod
     def check_unit(model: str, entry: Mapping[str, Any], unit: int) -> None:

@@ -27,7 +27,7 @@ def show(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show units of an atlas: top examples with the firing cell, stats, label, words, texts.
+    """Show units of an atlas: top examples with the firing cell, stats, label, words, texts, multimodality.
 
     With --json: the unit's object (see CONVENTIONS.md); for a list of units, a list of objects."""
     if export is not None and export.suffix.lower() not in EXPORTERS:
@@ -64,6 +64,16 @@ def show(
             typer.echo("  words: " + ", ".join(w["word"] for w in record["words"][:top]))
         if record["texts"]:
             typer.echo("  texts: " + ", ".join(repr(t["text"]) for t in record["texts"][:top]))
+        if record["multimodality"]:
+            typer.echo("  " + multimodality_line(record["multimodality"]))
+
+
+def multimodality_line(scores: dict) -> str:
+    """A unit's stored multimodality in one line: its concept, score and both AUROCs."""
+    verdict = "multimodal" if scores["multimodal"] else f"not multimodal at {scores['threshold']:g}"
+    line = (f"{verdict}: {scores['concept']!r} {scores['score']:.3f} (images {scores['auroc_images']:.3f}, "
+            f"words {scores['auroc_words']:.3f})")
+    return line if scores["word_concept"] == scores["concept"] else f"{line}; words answer most to {scores['word_concept']!r}"
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..activations import record
-from ..analysis import auroc_per_class
+from ..analysis.multimodality import ConceptResponses, Multimodality, multimodality
 from ..errors import WorldMismatch
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..models.loader import build
@@ -87,29 +87,23 @@ def split_responses(model: LoadedModel, split: TestSplit, layers: list[str]) -> 
     return out
 
 
+def scored(responses: SplitResponses, n_concepts: int) -> Multimodality:
+    """The multimodality criterion (:func:`neuronscope.analysis.multimodality`) with the split's drawings as
+    the images; concepts are named by their index."""
+    return multimodality(ConceptResponses(responses.drawings, responses.drawing_labels, responses.words,
+                                          responses.word_labels, tuple(map(str, range(n_concepts)))))
+
+
 def multimodal_units(responses: SplitResponses, n_concepts: int, threshold: float) -> list[dict]:
     """Units that pass the multimodal criterion at ``threshold``: ``[{"concept_index", "unit", "auroc_drawings", "auroc_words"}]``."""
-    auroc_drawings = auroc_per_class(responses.drawings, responses.drawing_labels, n_concepts)  # [C, U]
-    auroc_words = auroc_per_class(responses.words, responses.word_labels, n_concepts)  # [C, U]
-    top_drawings = _class_means(responses.drawings, responses.drawing_labels, n_concepts).argmax(dim=0)  # [U]
-    top_words = _class_means(responses.words, responses.word_labels, n_concepts).argmax(dim=0)  # [U]
-    units = torch.arange(responses.drawings.shape[1])
-    a_d, a_w = auroc_drawings[top_drawings, units], auroc_words[top_drawings, units]
-    passing = (top_drawings == top_words) & (a_d >= threshold) & (a_w >= threshold)
-    return [{"concept_index": int(top_drawings[u]), "unit": int(u), "auroc_drawings": round(float(a_d[u]), 4),
-             "auroc_words": round(float(a_w[u]), 4)} for u in passing.nonzero().flatten()]
-
-
-def _class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean of ``values`` [N, U] per class → [n_classes, U] (-inf for an empty class)."""
-    sums = torch.zeros(n_classes, values.shape[1]).index_add_(0, labels, values)
-    counts = torch.bincount(labels, minlength=n_classes).unsqueeze(1).float()
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf")))
+    scores = scored(responses, n_concepts)
+    return [{"concept_index": int(scores.concept[u]), "unit": int(u), "auroc_drawings": round(float(scores.auroc_images[u]), 4),
+             "auroc_words": round(float(scores.auroc_words[u]), 4)} for u in scores.is_multimodal(threshold).nonzero().flatten()]
 
 
 def concepts_with_units(responses: SplitResponses, n_concepts: int, threshold: float) -> int:
     """How many concepts have at least one multimodal unit at ``threshold``."""
-    return len({u["concept_index"] for u in multimodal_units(responses, n_concepts, threshold)})
+    return scored(responses, n_concepts).concepts_with_units(threshold)
 
 
 def best_unit_per_concept(units: list[dict], concepts: list[str], layer: str) -> list[dict]:

@@ -1,0 +1,156 @@
+"""How multimodal a unit is: does it answer one concept both seen and read?
+
+The paper's multimodal neurons fire for a concept however it is shown: a photo,
+a drawing, the written word. The measure here is the one the mini CLIP's card
+uses, for any labelled images and any layer: a unit's concept is the one with
+its highest mean response among the images; its score is the weaker of two
+AUROCs for that concept against all other concepts, one among the images and
+one among the concept names rendered as words. The unit is multimodal at a
+threshold when the score reaches it and the words' top concept is the same.
+
+AUROC, not mean response, because a unit that fires a little for everything is
+not selective; the weaker of the two, because a unit that only sees (or only
+reads) the concept is not multimodal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..units import parse_unit
+from .selectivity import auroc_per_class
+
+#: The card's threshold on both AUROCs.
+DEFAULT_THRESHOLD = 0.9
+
+
+@dataclass(frozen=True)
+class ConceptResponses:
+    """A layer's unit responses to labelled images and to the concepts' names rendered as words.
+
+    Attributes:
+        images: [N_images, U] one response a unit per image (the spatial mean).
+        image_labels: [N_images] concept index of each image.
+        words: [N_words, U] one response a unit per rendered word.
+        word_labels: [N_words] concept index of each rendered word.
+        concepts: the concept names, indexed by the labels.
+    """
+
+    images: torch.Tensor
+    image_labels: torch.Tensor
+    words: torch.Tensor
+    word_labels: torch.Tensor
+    concepts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Multimodality:
+    """Per unit of one layer: its concept and how selective it is for it among images and among words.
+
+    Attributes:
+        layer: the layer's canonical name.
+        concepts: the concept names.
+        concept: [U] index of the concept with the unit's highest mean response among the images.
+        word_concept: [U] the same among the rendered words.
+        auroc_images: [U] AUROC of ``concept`` against all other concepts among the images.
+        auroc_words: [U] AUROC of ``concept`` (the images' one) among the words.
+    """
+
+    layer: str
+    concepts: tuple[str, ...]
+    concept: torch.Tensor
+    word_concept: torch.Tensor
+    auroc_images: torch.Tensor
+    auroc_words: torch.Tensor
+
+    @property
+    def score(self) -> torch.Tensor:
+        """[U] the weaker of the two AUROCs: the unit's multimodality score, in [0, 1] (0.5 = chance)."""
+        return torch.minimum(self.auroc_images, self.auroc_words)
+
+    @property
+    def agrees(self) -> torch.Tensor:
+        """[U] bool: the words' top concept is the images' one."""
+        return self.concept == self.word_concept
+
+    def is_multimodal(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+        """[U] bool: both AUROCs reach ``threshold`` and images and words agree on the concept."""
+        return self.agrees & (self.score >= threshold)
+
+    def unit(self, unit: Any) -> dict[str, Any]:
+        """One unit's record: ``{"unit", "concept", "score", "auroc_images", "auroc_words", "word_concept"}``."""
+        u = parse_unit(unit)
+        if not 0 <= u < len(self.concept):
+            raise IndexError(f"unit {u} is outside {self.layer} (units 0-{len(self.concept) - 1})")
+        return {"unit": u, "concept": self.concepts[int(self.concept[u])], "score": round(float(self.score[u]), 4),
+                "auroc_images": round(float(self.auroc_images[u]), 4),
+                "auroc_words": round(float(self.auroc_words[u]), 4),
+                "word_concept": self.concepts[int(self.word_concept[u])]}
+
+    def units(self, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+        """The multimodal units at ``threshold`` (:meth:`unit` records), highest score first."""
+        passing = self.is_multimodal(threshold).nonzero().flatten().tolist()
+        return sorted((self.unit(u) for u in passing), key=lambda record: (-record["score"], record["unit"]))
+
+    def best_units(self, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+        """One multimodal unit per concept that has one (the highest score), in concept order."""
+        best: dict[str, dict[str, Any]] = {}
+        for record in self.units(threshold):
+            best.setdefault(record["concept"], record)
+        return [best[c] for c in self.concepts if c in best]
+
+    def concepts_with_units(self, threshold: float = DEFAULT_THRESHOLD) -> int:
+        """How many concepts have at least one multimodal unit at ``threshold``."""
+        return int(self.concept[self.is_multimodal(threshold)].unique().numel())
+
+    def to_dict(self, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+        """JSON-able, as an atlas stores it (:meth:`~neuronscope.atlas.Atlas.write_multimodality`); ``threshold``
+        is the one its readers flag units ``multimodal`` at."""
+        return {"layer": self.layer, "concepts": list(self.concepts), "threshold": threshold,
+                "concept": self.concept.tolist(), "word_concept": self.word_concept.tolist(),
+                "auroc_images": [round(v, 4) for v in self.auroc_images.tolist()],
+                "auroc_words": [round(v, 4) for v in self.auroc_words.tolist()]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Multimodality":
+        """The inverse of :meth:`to_dict` (AUROCs to its 4 decimals)."""
+        return cls(data["layer"], tuple(data["concepts"]), torch.tensor(data["concept"], dtype=torch.long),
+                   torch.tensor(data["word_concept"], dtype=torch.long),
+                   torch.tensor(data["auroc_images"], dtype=torch.float32),
+                   torch.tensor(data["auroc_words"], dtype=torch.float32))
+
+    def __repr__(self) -> str:
+        return (f"Multimodality({self.layer!r}, {len(self.concept)} units, {len(self.concepts)} concepts, "
+                f"{int(self.is_multimodal().sum())} multimodal at {DEFAULT_THRESHOLD})")
+
+
+def class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Mean of ``values`` [N, U] per class -> [n_classes, U] (-inf for a class without samples)."""
+    sums = torch.zeros(n_classes, values.shape[1], dtype=values.dtype).index_add_(0, labels, values)
+    counts = torch.bincount(labels, minlength=n_classes).unsqueeze(1).to(values.dtype)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=values.dtype))
+
+
+def multimodality(responses: ConceptResponses, layer: str = "") -> Multimodality:
+    """Score every unit of ``responses`` (see the module's docstring for the criterion)."""
+    n_concepts = len(responses.concepts)
+    images, words = responses.images.float(), responses.words.float()
+    if images.shape[1] != words.shape[1]:
+        raise ValueError(f"image responses have {images.shape[1]} units but word responses {words.shape[1]}")
+    concept = class_means(images, responses.image_labels, n_concepts).argmax(dim=0)  # [U]
+    word_concept = class_means(words, responses.word_labels, n_concepts).argmax(dim=0)  # [U]
+    units = torch.arange(images.shape[1])
+    auroc_images = auroc_per_class(images, responses.image_labels, n_concepts)[concept, units]  # [U]
+    auroc_words = auroc_per_class(words, responses.word_labels, n_concepts)[concept, units]  # [U]
+    # A concept without words (or images) gives NaN: no evidence is no selectivity.
+    return Multimodality(layer, tuple(responses.concepts), concept, word_concept,
+                         auroc_images.nan_to_num(0.5), auroc_words.nan_to_num(0.5))
+
+
+def concept_labels(names: Sequence[str], concepts: Sequence[str]) -> torch.Tensor:
+    """[N] index in ``concepts`` of each of ``names`` (every name must be a concept)."""
+    position = {c: i for i, c in enumerate(concepts)}
+    return torch.tensor([position[name] for name in names], dtype=torch.long)

@@ -1,0 +1,32 @@
+"""A stored multimodality measurement, read one unit at a time (torch-free: the microscope reads it).
+
+The measurement is :meth:`neuronscope.analysis.multimodality.Multimodality.to_dict`, kept as a layer's
+``multimodality`` artifact: per-unit lists of the concept index (images' and words'), both AUROCs, and the
+concept names and threshold they are read with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: The artifact (kind, name) a layer's latest measurement is stored under.
+ARTIFACT = ("multimodality", "scores")
+
+
+def unit_multimodality(scores: Mapping[str, Any], unit: int) -> dict[str, Any]:
+    """One unit's record: ``{"concept", "score", "auroc_images", "auroc_words", "word_concept", "multimodal",
+    "threshold"}``; ``score`` is the weaker AUROC, ``multimodal`` whether it reaches the threshold with images
+    and words agreeing on the concept."""
+    concepts = scores["concepts"]
+    concept, word_concept = scores["concept"][unit], scores["word_concept"][unit]
+    auroc_images, auroc_words = scores["auroc_images"][unit], scores["auroc_words"][unit]
+    score = min(auroc_images, auroc_words)
+    return {"concept": concepts[concept], "score": score, "auroc_images": auroc_images, "auroc_words": auroc_words,
+            "word_concept": concepts[word_concept], "threshold": scores["threshold"],
+            "multimodal": concept == word_concept and score >= scores["threshold"]}
+
+
+def layer_scores(scores: Mapping[str, Any]) -> list[float]:
+    """Every unit's score (the weaker AUROC), in unit order: for sorting a layer's grid."""
+    return [min(a, b) for a, b in zip(scores["auroc_images"], scores["auroc_words"])]
