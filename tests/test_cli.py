@@ -33,7 +33,9 @@ def test_layers_rn50x4_json_shows_the_papers_layer(monkeypatch, rn50x4):
     result = invoke("layers", "RN50x4", "--json")
     assert result.exit_code == 0, result.output
     assert asked == [("RN50x4", "random")]
-    entries = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    payload = json.loads(result.stdout)  # an object naming the model, as every JSON answer (was a bare list)
+    assert set(payload) == {"model", "layers"} and payload["model"] == "RN50x4@random"
+    entries = {entry["name"]: entry for entry in payload["layers"]}
     pre_relu = entries["visual.layer4.5.act3:input"]
     assert pre_relu["shape"] == [2560, 9, 9]
     assert "image_block_4/5/Add_6" in pre_relu["aliases"] and "neurons" in pre_relu["aliases"]

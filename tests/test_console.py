@@ -29,8 +29,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_console_layers_json():
     done = run("layers", "tiny-rn", "--json")
     assert done.returncode == 0, done.stderr
-    entries = json.loads(done.stdout)
-    neurons = next(entry for entry in entries if "neurons" in entry["aliases"])
+    payload = json.loads(done.stdout)
+    assert payload["model"] == "tiny-rn@random"
+    neurons = next(entry for entry in payload["layers"] if "neurons" in entry["aliases"])
     assert neurons == {"name": "visual.layer4.1.act3:input", "aliases": ["neurons", "image_block_4/1/Add_6"],
                        "shape": [512, 2, 2], "layout": "channels_first"}
 

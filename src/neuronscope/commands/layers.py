@@ -50,8 +50,8 @@ def layers(
     if match:
         infos = [info for info in infos if fnmatch.fnmatchcase(info.name, match)
                  or any(fnmatch.fnmatchcase(alias, match) for alias in info.aliases)]
-    if json_out:
-        print_json([info.to_dict() for info in infos])
+    if json_out:  # an object that names the model, as every JSON answer does (a bare list named none)
+        print_json({"model": loaded.key, "layers": [info.to_dict() for info in infos]})
         return
     height, width = loaded.preprocess.image_size
     typer.echo(f"{loaded.key}: {len(infos)} layers at {height}x{width} (shape without the batch dim)")
