@@ -55,6 +55,7 @@ def test_the_demo_fills_every_part_of_the_atlas(demo_run):
         assert {word["word"] for word in record["words"]} == set(WORDS)
         assert record["texts"] and record["texts"][0]["score"] >= record["texts"][-1]["score"]
     assert card_unit["label"] == "star"
+    assert card_unit["multimodality"]["concept"] == "star" and card_unit["multimodality"]["multimodal"]
     assert {render["kind"] for render in card_unit["featurevis"]} == {"facet:text", "facet:drawing"}
     assert (root / "atlas" / card_unit["featurevis"][0]["path"]).stat().st_size > 0
     index = (root / "site" / "index.html").read_text()
@@ -197,7 +198,7 @@ def test_the_words_stage_reuses_only_a_probe_of_its_precision(mini, tmp_path, mo
 
 
 def test_unknown_stages_are_refused_with_the_list():
-    with pytest.raises(ValueError, match="scan, labels, featurevis"):
+    with pytest.raises(ValueError, match="scan, labels, multimodality, featurevis"):
         DemoSettings(skip=("scna",))
 
 
@@ -207,7 +208,7 @@ def test_the_cards_stages_are_skipped_on_a_model_the_card_does_not_describe(tmp_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     stages = {stage["stage"]: stage for stage in json.loads(result.stdout)["stages"]}
-    for name in ("labels", "facets"):
+    for name in ("labels", "multimodality", "facets"):
         assert stages[name]["status"] == "skipped"
         assert "the card describes mini-clip@bundled" in stages[name]["summary"]
     with Atlas(tmp_path / "atlas") as atlas:

@@ -8,6 +8,7 @@ Stages, in order, each storing its results in the atlas as it goes:
     scan        the bundled test split through the ``neurons`` layer: top examples, histograms
     labels      the model card's multimodal units, labelled with their concepts (only on the model
                 the card describes, the bundled mini CLIP: on other weights its units mean nothing)
+    multimodality  every unit's multimodality score on the card's held-out drawings and words (the same)
     featurevis  a plain feature visualization of every unit
     facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units (as labels)
     words       rastered-word probing over a vocabulary
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 #: ``progress(stage, done, total)``: the command draws bars from it.
 StageProgress = Callable[[str, int, int], None]
 
-STAGES = ("scan", "labels", "featurevis", "facets", "words", "texts")
+STAGES = ("scan", "labels", "multimodality", "featurevis", "facets", "words", "texts")
 
 #: Rastered images per forward in the words stage: small 64 px images, for which a batch of 32 (the renders'
 #: default) runs about 4x slower per word on a 2-core CPU. Scores do not depend on it.
@@ -126,6 +127,7 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
     steps: dict[str, Callable[[Atlas], tuple[str, str]]] = {
         "scan": lambda atlas: _scan(model, atlas, layer, settings, report, outcome),
         "labels": lambda atlas: _labels(model, atlas),
+        "multimodality": lambda atlas: _multimodality(model, atlas, layer),
         "featurevis": lambda atlas: _featurevis(model, atlas, layer, units, settings, report),
         "facets": lambda atlas: _facets(model, atlas, layer, settings, report),
         "words": lambda atlas: _words(model, atlas, layer, settings, report),
@@ -191,6 +193,23 @@ def _labels(model: LoadedModel, atlas: Atlas) -> tuple[str, str]:
     if not written:
         return "reused", f"{len(card['multimodal']['units'])} card units labelled earlier"
     return "built", f"{written} card units labelled with their concepts"
+
+
+def _multimodality(model: LoadedModel, atlas: Atlas, layer: str) -> tuple[str, str]:
+    """Every unit's multimodality score on the card's held-out drawings and words (`neuronscope multimodal`)."""
+    from neuronscope.probing.multimodal_store import measure_multimodality_into, run_config
+    from neuronscope.probing.raster import RasterSettings
+
+    card, why_not = _card_for(model)
+    if card is None:
+        return "skipped", why_not
+    threshold = card["multimodal"]["threshold"]
+    if atlas.finished_run(run_config(model, layer, None, RasterSettings(), threshold)[1]) is not None:
+        return "reused", "multimodality measured earlier"
+    run = measure_multimodality_into(atlas, model, layer, None, threshold=threshold,
+                                     command="neuronscope demo (multimodal)")
+    return "built", (f"{len(run.result.units(threshold))} units multimodal for "
+                     f"{run.result.concepts_with_units(threshold)} concepts")
 
 
 def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], settings: DemoSettings,

@@ -118,6 +118,7 @@ RERUN_REUSES = {
     "reproduce_words": "reproduce words --out resumes from its last checkpoint",
     "textvis": "textvis goes on with the units it has not stored",
     "emotions": "emotions reuses the attribution basis it kept",
+    "multimodal": "multimodal --out resumes from its last checkpoint",
 }
 
 

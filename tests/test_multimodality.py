@@ -1,0 +1,226 @@
+"""Multimodality scores: the criterion, labelled image sources, the measurement on a model, the atlas, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neuronscope.analysis.multimodality import ConceptResponses, Multimodality, multimodality
+from neuronscope.atlas import Atlas
+from neuronscope.cli import app
+from neuronscope.errors import NeuronscopeError
+from neuronscope.probing.multimodal import labelled_images, measure_multimodality
+from neuronscope.probing.multimodal_store import LABEL_SOURCE, measure_multimodality_into
+from neuronscope.probing.raster import RasterSettings
+from tests.helpers import noise
+
+#: The held-out font families of the mini CLIP's world: words it never read in training.
+HELDOUT_FONTS = RasterSettings(fonts=("liberation/LiberationSerif-Regular.ttf", "freefont/FreeSerif.ttf"))
+
+
+def _responses(per_concept: int = 6) -> ConceptResponses:
+    """Unit 0 answers concept 2 seen and read; unit 1 only sees concept 1; unit 2 sees 0 but reads 3."""
+    labels = torch.arange(4).repeat_interleave(per_concept)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(len(labels), 3, generator=generator) * 0.1
+    words = torch.rand(len(labels), 3, generator=generator) * 0.1
+    images[labels == 2, 0] += 1.0
+    words[labels == 2, 0] += 1.0
+    images[labels == 1, 1] += 1.0
+    images[labels == 0, 2] += 1.0
+    words[labels == 3, 2] += 1.0
+    return ConceptResponses(images, labels, words, labels.clone(), ("a", "b", "c", "d"))
+
+
+def test_a_unit_is_multimodal_only_when_it_sees_and_reads_the_same_concept() -> None:
+    result = multimodality(_responses(), "layer")
+    assert result.is_multimodal().tolist() == [True, False, False]
+    assert result.unit(0) == {"unit": 0, "concept": "c", "score": 1.0, "auroc_images": 1.0, "auroc_words": 1.0,
+                              "word_concept": "c"}
+    assert result.unit(1)["auroc_images"] == 1.0 and result.unit(1)["score"] < 0.9  # sees, does not read
+    assert result.unit(2)["concept"] == "a" and result.unit(2)["word_concept"] == "d"
+    assert result.concepts_with_units() == 1
+    assert [r["unit"] for r in result.units()] == [0] and [r["concept"] for r in result.best_units()] == ["c"]
+
+
+def test_a_concept_without_words_gives_chance_not_nan() -> None:
+    responses = _responses()
+    keep = responses.word_labels != 2
+    result = multimodality(ConceptResponses(responses.images, responses.image_labels, responses.words[keep],
+                                            responses.word_labels[keep], responses.concepts))
+    assert result.auroc_words[0] == 0.5 and not result.is_multimodal()[0]
+
+
+def test_scores_round_trip_through_json() -> None:
+    result = multimodality(_responses(), "layer")
+    again = Multimodality.from_dict(json.loads(json.dumps(result.to_dict(0.8))))
+    assert [again.unit(u) for u in range(3)] == [result.unit(u) for u in range(3)]
+
+
+# ---------------------------------------------------------------------------- labelled sources
+
+
+def test_folders_name_the_concepts_and_the_rest_is_counted(tmp_path: Path) -> None:
+    for concept, count in (("cat", 3), ("dog", 2), ("owl", 1)):
+        _images(tmp_path / "animals" / concept, count)
+    noise().save(tmp_path / "top.png")
+    images = labelled_images([str(tmp_path)])
+    assert images.concepts == ("cat", "dog")  # the deepest folder names the concept
+    assert images.labels.tolist() == [0, 0, 0, 1, 1]
+    assert images.left_out == {"no category": 1, "fewer than 2 images in their concept": 1}
+    chosen = labelled_images([str(tmp_path)], ["dog", "owl"])
+    assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the concepts"] == 3
+
+
+def test_a_tar_shard_index_names_the_concepts(tmp_path: Path) -> None:
+    shard = tmp_path / "shard.tar"
+    index = {"images": [{"file": f"{i}.png", "category": "round" if i < 2 else "square"} for i in range(4)]}
+    with tarfile.open(shard, "w") as tar:
+        for name, data in [("index.json", json.dumps(index).encode()),
+                           *((f"{i}.png", _png(i)) for i in range(4))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    images = labelled_images([str(shard)])
+    assert images.concepts == ("round", "square") and images.labels.tolist() == [0, 0, 1, 1]
+
+
+def _images(folder: Path, count: int) -> None:
+    """``count`` noise PNGs right in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        noise(seed=index + 10 * len(folder.name)).save(folder / f"{index}.png")
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    noise(seed=seed).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_one_concept_or_a_missing_one_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    _images(tmp_path / "cat", 3)
+    with pytest.raises(NeuronscopeError, match="folder per concept"):
+        labelled_images([str(tmp_path)])
+    _images(tmp_path / "dog", 3)
+    with pytest.raises(NeuronscopeError, match="no images of fox"):
+        labelled_images([str(tmp_path)], ["cat", "fox"])
+
+
+# ---------------------------------------------------------------------------- on the mini CLIP
+
+
+@pytest.fixture(scope="module")
+def drawings_folder(tmp_path_factory, test_split) -> Path:
+    """The split's held-out drawings (one render each) as a folder per concept: what a user brings."""
+    root = tmp_path_factory.mktemp("drawings")
+    for index in test_split.indices("drawing"):
+        entry = test_split.entries[index]
+        if entry["render"] == 0:
+            (root / entry["concept"]).mkdir(exist_ok=True)
+            test_split.pil(int(index)).save(root / entry["concept"] / entry["file"])
+    return root
+
+
+def test_the_bundled_measurement_finds_the_cards_units(mini_clip_fp32) -> None:
+    card = json.loads((Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json").read_text())
+    result, skipped = measure_multimodality(mini_clip_fp32, card["multimodal"]["layer"], None)
+    assert skipped == {} and result.concepts_with_units(card["multimodal"]["threshold"]) == card["multimodal"]["trained"]
+    for unit in card["multimodal"]["units"]:
+        record = result.unit(unit["unit"])
+        assert record["concept"] == unit["concept"] and record["word_concept"] == unit["concept"]
+        assert abs(record["auroc_images"] - unit["auroc_drawings"]) <= 1e-3
+        assert abs(record["auroc_words"] - unit["auroc_words"]) <= 1e-3
+
+
+def test_drawings_a_user_brings_find_the_cards_units_again(mini_clip_fp32, drawings_folder, test_split) -> None:
+    """From a plain folder per concept and concept names rastered in fonts the model never read: every card
+    unit answers its concept most among the drawings, and most pass the whole criterion (the card's needs
+    both modalities on the split's own renders; one render and unseen fonts are harder)."""
+    card = json.loads((Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json").read_text())
+    images = labelled_images([str(drawings_folder)])
+    assert sorted(images.concepts) == sorted(test_split.concepts)
+    result, _ = measure_multimodality(mini_clip_fp32, "neurons", images, settings=HELDOUT_FONTS, batch_size=64)
+    records = [result.unit(u["unit"]) for u in card["multimodal"]["units"]]
+    assert [r["concept"] for r in records] == [u["concept"] for u in card["multimodal"]["units"]]
+    assert all(r["auroc_images"] >= 0.85 for r in records)
+    assert sum(result.is_multimodal()[u["unit"]].item() for u in card["multimodal"]["units"]) >= 7
+
+
+# ---------------------------------------------------------------------------- the atlas
+
+
+def test_stored_scores_read_back_per_unit_and_label_only_unlabelled_units(tmp_path: Path, mini_clip_fp32) -> None:
+    with Atlas(tmp_path / "atlas") as atlas:
+        layer = mini_clip_fp32.resolve_layer("neurons")
+        atlas.register_layer(mini_clip_fp32.key, layer, aliases=["neurons"], units=512, grid=(2, 2))
+        atlas.set_label(mini_clip_fp32.key, layer, 473, "my star")
+        run = measure_multimodality_into(atlas, mini_clip_fp32, "neurons", None, label=True)
+        assert atlas.run(run.run_id)["status"] == "finished"
+        for unit in (473, 18, 0):
+            stored = atlas.unit(None, "neurons", unit)["multimodality"]
+            expected = run.result.unit(unit)
+            assert {k: stored[k] for k in expected if k != "unit"} == {k: v for k, v in expected.items() if k != "unit"}
+            assert stored["multimodal"] == bool(run.result.is_multimodal()[unit])
+        assert atlas.label(mini_clip_fp32.key, layer, 473) == "my star"  # a user's label is kept
+        assert 473 not in run.labelled and 18 in run.labelled
+        assert atlas.label(mini_clip_fp32.key, layer, 18) == "puzzle"
+        assert atlas.label_source(mini_clip_fp32.key, layer, 18) == LABEL_SOURCE
+        assert set(run.labelled) == {r["unit"] for r in run.result.units()} - {473}
+
+
+def test_a_killed_measurement_resumes_from_its_checkpoint(tmp_path: Path, tiny_rn) -> None:
+    for concept in ("a", "b", "c"):
+        _images(tmp_path / "images" / concept, 4)
+    images = labelled_images([str(tmp_path / "images")])
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(state) -> None:
+        if state.done >= 8:
+            raise Killed
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(Killed):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                       checkpoint_every=4, on_batch=kill_after_two)
+        (interrupted,) = atlas.runs()
+        assert interrupted["status"] == "interrupted"
+        resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
+        assert resumed.run_id == interrupted["id"] and resumed.resumed_from == 8
+    whole, _ = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert torch.equal(resumed.result.concept, whole.concept)
+    assert torch.allclose(resumed.result.auroc_images, whole.auroc_images)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_cli_measures_stores_and_show_prints_it(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "atlas"
+    result = runner.invoke(app, ["multimodal", "--out", str(out), "--label", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["concepts_with_units"] == 11 and report["units"] == 512
+    scores = [u["score"] for u in report["multimodal_units"]]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.9
+    assert set(report["labelled"]) == {u["unit"] for u in report["multimodal_units"]}
+    shown = runner.invoke(app, ["show", str(out), "--unit", "473"])
+    assert "multimodal: 'star'" in shown.stdout and '"star"' in shown.stdout
+
+
+def test_cli_refuses_label_without_an_atlas_and_concepts_without_images() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["multimodal", "--label"])
+    assert result.exit_code != 0 and "--out ATLAS" in result.output
+    result = runner.invoke(app, ["multimodal", "--concepts", "cat,dog"])
+    assert result.exit_code != 0 and "give the images too" in result.output
