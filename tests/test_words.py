@@ -241,9 +241,8 @@ def test_words_without_its_font_stops_before_the_model_with_the_package_to_insta
     assert not (tmp_path / "a").exists()
 
 
-def test_words_a_font_cannot_draw_are_left_out_named_and_reported(tmp_path, monkeypatch) -> None:
+def test_words_a_font_cannot_draw_are_left_out_named_and_reported(tmp_path) -> None:
     """CJK words and emoji were probed as identical .notdef boxes (日本 drew as 本日), scored as if words."""
-    import neuronscope.commands.words as words_command
     from neuronscope.probing.raster import undrawable_words
 
     font = resolve_font("dejavu/DejaVuSans.ttf")
@@ -258,15 +257,32 @@ def test_words_a_font_cannot_draw_are_left_out_named_and_reported(tmp_path, monk
             "--top-k", "2", "--workers", "0"]
     text = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert text.exit_code == 0, text.output
-    assert "4 words of odd" in text.stdout and ("warning: 2 of 6 words have characters DejaVuSans.ttf cannot draw, "
-                                                "left out") in text.stderr and "日本, 🙂; pass --fonts" in text.stderr
+    assert "4 words of odd" in text.stdout and text.stderr.count("cannot draw") == 1  # checked once, by the probe
+    assert ("2 of 6 words have characters DejaVuSans.ttf cannot draw, left out" in text.stderr
+            and "日本, 🙂; give fonts that draw them (--fonts" in text.stderr)
     report = json.loads(runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"]).stdout)
     assert report["words"] == 4 and report["undrawable"] == ["日本", "🙂"]
     only = tmp_path / "cjk.txt"
     only.write_text("日本\n中文\n", encoding="utf-8")
-    monkeypatch.setattr(words_command, "load_cli_model", lambda *a: pytest.fail("the model loaded first"))
     refused = runner.invoke(app, ["words", "--model", "mini-clip", "--vocab", str(only), "--out", str(tmp_path / "c")])
     assert refused.exit_code == 1 and "none of the 2 words" in refused.stderr and "--fonts" in refused.stderr
+    with Atlas(tmp_path / "c", create=False) as atlas:  # refused before its run is recorded
+        assert atlas.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_probe_words_from_python_leaves_out_the_words_a_font_cannot_draw(tiny_rn, caplog) -> None:
+    """The words command checked each font's cmap itself: a Python caller of probe_words got CJK words and emoji
+    probed as identical .notdef boxes. probe_words leaves them out with one warning and names them."""
+    words = ["cat", "日本", "dog", "🙂"]
+    with caplog.at_level("WARNING", logger="neuronscope.probing.words"):
+        probe = probe_words(tiny_rn, "neurons", words, settings=QUICK)
+    assert probe.words == ["cat", "dog"] and probe.undrawable == ["日本", "🙂"] and probe.scores.shape[0] == 2
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "2 of 4 words have characters DejaVuSans.ttf cannot draw"]
+    clean = probe_words(tiny_rn, "neurons", ["cat", "dog"], settings=QUICK)
+    assert clean.undrawable == [] and torch.equal(clean.scores, probe.scores)
+    with pytest.raises(NeuronscopeError, match="none of the 2 words can be drawn in DejaVuSans.ttf"):
+        probe_words(tiny_rn, "neurons", ["日本", "中文"], settings=QUICK)
 
 
 def test_top_words_all_equals_top_words_on_ties_and_rank_counts_ties_in_a_words_favour() -> None:

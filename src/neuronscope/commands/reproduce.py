@@ -32,7 +32,6 @@ from neuronscope.commands.words import (
     SizesOpt,
     VocabOpt,
     WorkersOpt,
-    drawable_vocabulary,
     raster_settings,
     say_resumed,
     undrawable_extra,
@@ -80,7 +79,7 @@ def reproduce_words(
     """Probe RN50x4 image_block_4/5/Add_6 with rastered words and compare with the article's top-3 words."""
     from neuronscope.atlas import Atlas, check_atlas_target
     from neuronscope.probing.paper import PAPER_LAYER, PAPER_MODEL, compare_with_paper
-    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary
     from neuronscope.probing.word_store import probe_words_into
     from neuronscope.probing.words import probe_words
 
@@ -91,7 +90,7 @@ def reproduce_words(
         check_atlas_target(out)
     quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
     settings = raster_settings(sizes, positions, fonts)
-    vocabulary, undrawable = drawable_vocabulary(vocab, settings, quiet=quiet)
+    vocabulary = load_vocabulary(vocab)
     try:
         loaded = load_cli_model(PAPER_MODEL, weights, device, precision)
     except WeightsMismatch as err:  # its advice, "name the architecture", does not apply: this one is fixed
@@ -113,7 +112,7 @@ def reproduce_words(
     finally:
         bars.close()
     comparison = compare_with_paper(probe, k=top_k)
-    payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3), **undrawable_extra(undrawable)}
+    payload = {**comparison.to_dict(), "seconds": round(probe.seconds, 3), **undrawable_extra(probe.undrawable)}
     if out:  # an atlas writer: CONVENTIONS' keys too, beside the comparison's
         payload = {**fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds),
                    **payload, "resumed_from": resumed_from}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -29,9 +28,6 @@ from neuronscope.commands.common import (
     require_out,
 )
 from neuronscope.errors import NeuronscopeError
-
-if TYPE_CHECKING:
-    from neuronscope.probing.raster import RasterSettings
 
 VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, "
                                                        "or a FILE with one word or phrase a line.")]
@@ -63,31 +59,9 @@ def raster_settings(sizes: str, positions: str, fonts: str):
     return settings
 
 
-def drawable_vocabulary(vocab: str, settings: RasterSettings, *, quiet: bool) -> tuple[list[str], list[str]]:
-    """``--vocab``'s words that every raster font can draw, and the words left out (named in one warning line on
-    stderr unless ``quiet``; a JSON report lists them): a character a font lacks is drawn as its .notdef box,
-    so such words would be probed as identical boxes. Refuses a vocabulary none of whose words can be drawn."""
-    from neuronscope.probing.raster import resolve_fonts, undrawable_words
-    from neuronscope.probing.vocab import load_vocabulary
-
-    words = load_vocabulary(vocab)
-    missing = undrawable_words(words, resolve_fonts(settings))
-    if not missing:
-        return words, []
-    fonts = ", ".join(sorted({Path(font).name for lacking in missing.values() for font in lacking}))
-    named = ", ".join(list(missing)[:5]) + (", ..." if len(missing) > 5 else "")
-    if len(missing) == len(words):
-        raise NeuronscopeError(f"none of the {len(words)} words of {vocab} can be drawn in {fonts} ({named}): pass "
-                               f"--fonts with a font that has their characters")
-    if not quiet:
-        typer.echo(f"warning: {len(missing)} of {len(words)} words have characters {fonts} cannot draw, left out "
-                   f"(they would be probed as identical .notdef boxes): {named}; pass --fonts with a font that "
-                   f"draws them", err=True)
-    return [word for word in words if word not in missing], list(missing)
-
-
 def undrawable_extra(undrawable: list[str]) -> dict[str, list[str]]:
-    """The ``--json`` report's ``"undrawable"`` key, only when words were left out (as ``scan``'s ``"replaced"``
+    """The ``--json`` report's ``"undrawable"`` key (the probe's words no font could draw, left out by
+    :func:`~neuronscope.probing.words.probe_words` with one warning), only when words were left out (as ``scan``'s ``"replaced"``
     and ``"skipped_files"``): a clean run's report keeps its documented keys."""
     return {"undrawable": undrawable} if undrawable else {}
 
@@ -115,14 +89,14 @@ def words(
     """Raster every word of a vocabulary as images and store each unit's top words in an atlas
     (`neuronscope show ATLAS --layer L --unit U` lists them; `neuronscope wordvec` uses the whole matrix).
     Resumable: the same command after a kill continues from the last checkpoint."""
-    from neuronscope.probing.vocab import VocabularyRecord, vocabulary_name
+    from neuronscope.probing.vocab import VocabularyRecord, load_vocabulary, vocabulary_name
     from neuronscope.probing.word_store import probe_words_into
 
     require_out(out, "words")
     require_model(model)
     quiet = json_out and not sys.stderr.isatty()  # a script's captured streams hold the JSON alone
     settings = raster_settings(sizes, positions, fonts)
-    vocabulary, undrawable = drawable_vocabulary(vocab, settings, quiet=quiet)
+    vocabulary = load_vocabulary(vocab)
     name = vocabulary_name(vocab)
     loaded = load_cli_model(model, weights, device, precision)
     canonical = loaded.resolve_layer(layer)
@@ -143,7 +117,7 @@ def words(
     if json_out:
         print_json(fill_report(out, run_id, probe.model, [probe.layer], probe.units, probe.seconds,
                                vocabulary=name, words=len(probe.words), images=len(probe.words) * settings.variants,
-                               resumed_from=outcome.resumed_from, **undrawable_extra(undrawable)))
+                               resumed_from=outcome.resumed_from, **undrawable_extra(probe.undrawable)))
         return
     resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
     typer.echo(f"{probe.model}: {len(probe.words)} words of {name} x {settings.variants} images into {out} "

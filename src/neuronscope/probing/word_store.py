@@ -28,7 +28,7 @@ from neuronscope.atlas.store import Atlas, AtlasError
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
 from neuronscope.probing.vocab import VocabularyRecord, vocabulary_sha256
-from neuronscope.probing.words import DEFAULT_TOP_K, ProgressHook, WordProbe, probe_words
+from neuronscope.probing.words import DEFAULT_TOP_K, ProgressHook, WordProbe, drawable_words, probe_words
 from neuronscope.probing.zeroshot import text_list
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ def save_word_probe(atlas: Atlas, probe: WordProbe, model: LoadedModel, *, vocab
 
 
 class WordRunOutcome(NamedTuple):
-    """What :func:`probe_words_into` did: the probe (all the words), its run, and the word it resumed at
-    (0: it started from the first)."""
+    """What :func:`probe_words_into` did: the probe (every word drawn; ``undrawable``: those left out), its run,
+    and the word it resumed at (0: it started from the first)."""
 
     probe: WordProbe
     run_id: int
@@ -176,6 +176,9 @@ def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | 
     after the last checkpoint and, with the same batch size, ends with the same scores as an uninterrupted
     one. The checkpoint is dropped once the probe is stored.
 
+    Words a font cannot draw are left out, as :func:`~neuronscope.probing.words.probe_words` leaves them (the
+    probe's ``undrawable``), before the run is recorded: checkpoints count the words drawn.
+
     Args:
         vocabulary: the record of ``words`` (:meth:`VocabularyRecord.of`): its name names the artifact.
         command: recorded in the run (the CLI passes its command line).
@@ -187,15 +190,17 @@ def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | 
         raise ValueError(f"vocabulary record {vocabulary.name!r} is of other words; make it with "
                          "VocabularyRecord.of(name, words)")
     canonical = model.resolve_layer(layer)
+    drawn = drawable_words(words, settings)  # the fonts are in the key: the same run leaves out the same words
     config, config_key = word_run_config(model, canonical, vocabulary, settings, top_k)
+    total = len(drawn.words)
     run_id, scored = open_word_run(atlas, model, canonical, vocabulary, config, config_key,
-                                   command or _default_command(model.key, canonical, vocabulary, top_k), len(words))
+                                   command or _default_command(model.key, canonical, vocabulary, top_k), total)
     if scored is not None and on_resume is not None:
-        on_resume(len(scored), len(words))
-    checkpoints = ScoreCheckpoints(atlas, config_key, run_id, len(words), scored, every_words=checkpoint_every,
+        on_resume(len(scored), total)
+    checkpoints = ScoreCheckpoints(atlas, config_key, run_id, total, scored, every_words=checkpoint_every,
                                    every_seconds=checkpoint_seconds)
     with marked_interrupted(atlas, run_id):
-        probe = probe_words(model, canonical, words, settings=settings, batch_size=batch_size, workers=workers,
+        probe = probe_words(model, canonical, drawn, settings=settings, batch_size=batch_size, workers=workers,
                             on_batch=on_batch, scored=scored, on_scores=checkpoints)
         _write_word_probe(atlas, run_id, probe, model, config, top_k)
     drop_checkpoints(atlas, config_key)

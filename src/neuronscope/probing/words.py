@@ -15,20 +15,26 @@ positions, then the mean over sizes (and fonts).
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..activations.recorder import Recorder
 from ..activations.geometry import layer_geometry
+from ..errors import NeuronscopeError
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..units import parse_units
 from .ranking import top_k
-from .raster import RasterSettings, iter_word_batches
+from .raster import RasterSettings, iter_word_batches, resolve_fonts, undrawable_words
 from .zeroshot import text_list
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 20
 
@@ -47,6 +53,8 @@ class WordProbe:
         grid: (rows, cols) of the layer's map.
         precision: the precision the forwards ran in.
         seconds: wall time of the probe.
+        undrawable: the words given but left out, in their order: a font of ``settings`` has no glyph for
+            one of their characters (:func:`drawable_words`).
     """
 
     model: str
@@ -57,6 +65,7 @@ class WordProbe:
     grid: tuple[int, int]
     precision: str
     seconds: float = 0.0
+    undrawable: list[str] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # the default one prints every word and the scores
@@ -111,6 +120,37 @@ ProgressHook = Callable[[int, int], None]
 ScoresHook = Callable[[int, torch.Tensor], None]
 
 
+class DrawableWords(NamedTuple):
+    """A vocabulary split by :func:`drawable_words`: the words every raster font draws, in order, and the rest."""
+
+    words: list[str]
+    undrawable: list[str]
+
+
+def drawable_words(words: Sequence[str], settings: RasterSettings) -> DrawableWords:
+    """``words`` split into those every font of ``settings`` can draw and those left out, named in one warning.
+
+    A character a font has no glyph for (its cmap: CJK or emoji in DejaVu) is drawn as the font's .notdef box,
+    so such words would be probed as identical boxes and scored as if words. :func:`probe_words` splits here,
+    so a Python caller and the ``words`` command leave out the same words.
+
+    Raises:
+        NeuronscopeError: none of ``words`` can be drawn.
+    """
+    missing = undrawable_words(words, resolve_fonts(settings))
+    if not missing:
+        return DrawableWords(list(words), [])
+    fonts = ", ".join(sorted({Path(font).name for lacking in missing.values() for font in lacking}))
+    named = ", ".join(list(missing)[:5]) + (", ..." if len(missing) > 5 else "")
+    if len(missing) == len(words):
+        raise NeuronscopeError(f"none of the {len(words)} words can be drawn in {fonts} ({named}): give fonts "
+                               f"that have their characters (--fonts, RasterSettings(fonts=...))")
+    log.warning("%d of %d words have characters %s cannot draw, left out (they would be probed as identical "
+                ".notdef boxes): %s; give fonts that draw them (--fonts, RasterSettings(fonts=...))",
+                len(missing), len(words), fonts, named)
+    return DrawableWords([word for word in words if word not in missing], list(missing))
+
+
 def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
     """[words * variants, units] image responses -> [words, units]: max over positions, mean over sizes and fonts."""
     fonts, sizes, positions = settings.grid
@@ -120,7 +160,7 @@ def _reduce_word_images(values: torch.Tensor, settings: RasterSettings) -> torch
 
 @runs_in_eval
 @torch.no_grad()
-def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
+def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str] | DrawableWords, *,
                 settings: RasterSettings = RasterSettings(), batch_size: int = 64, workers: int = 0,
                 on_batch: ProgressHook | None = None, scored: torch.Tensor | None = None,
                 on_scores: ScoresHook | None = None) -> WordProbe:
@@ -130,6 +170,8 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
         model: a loaded model; its precision decides how the forwards run.
         layer: a layer name or alias (``neurons``).
         words: the vocabulary (see :func:`neuronscope.probing.vocab.load_vocabulary`); a single string is one word.
+            Words a font cannot draw are left out with one warning (:func:`drawable_words`; a vocabulary
+            already split by it is taken as split).
         settings: fonts, sizes (fractions of the input width) and positions.
         batch_size: images per forward (rounded down to whole words, at least one word).
         workers: rendering processes (0: render in this process).
@@ -141,10 +183,12 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
             (:mod:`neuronscope.probing.word_store` checkpoints with it).
 
     Returns:
-        A :class:`WordProbe` with scores float32 [len(words), units]; ``seconds`` counts this call only.
+        A :class:`WordProbe` with scores float32 [words drawn, units], the words left out in ``undrawable``;
+        ``seconds`` counts this call only.
     """
     require_loaded(model, "probe_words")
-    words = text_list(words)
+    drawn = words if isinstance(words, DrawableWords) else drawable_words(text_list(words), settings)
+    words = drawn.words
     if not words:
         raise ValueError("probe_words needs at least one word")
     started = time.perf_counter()
@@ -174,7 +218,7 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str], *,
                 on_batch(done, len(words))
     return WordProbe(model=model.key, layer=canonical, words=words, scores=torch.cat(chunks),
                      settings=settings, grid=geometry.grid, precision=model.precision.name,
-                     seconds=time.perf_counter() - started)
+                     seconds=time.perf_counter() - started, undrawable=drawn.undrawable)
 
 
 def _scored_rows(scored: torch.Tensor | None, words: int, units: int) -> list[torch.Tensor]:
