@@ -229,3 +229,35 @@ def test_an_exported_conditional_plot_is_the_servers_with_the_stored_categories(
     with TestClient(create_app(atlas_dir, warm=False)) as client:
         served = client.get(f"/m/tiny-rn/l/{LAYER}/u/2/conditional.svg")
     assert served.status_code == 200 and exported == served.text and "star" in exported
+
+
+def test_an_export_shows_the_servers_multimodality_and_lists_the_multimodal_units_by_score(tmp_path):
+    """The export cannot filter or sort: its layer page lists the multimodal units, highest score first (the
+    server's ?multimodal=1&sort=multimodality), and its unit pages and cards show what the server's show."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from neuronscope.web import create_app
+    from tests.web_atlas import MM_BARE, MM_LAYER, build_multimodal_atlas
+
+    atlas_dir = build_multimodal_atlas(tmp_path / "atlas")
+    site = tmp_path / "site"
+    export_site(atlas_dir, site)
+    layer = site / "m" / "mm-model" / "l" / MM_LAYER
+    page = (layer / "index.html").read_text()
+    assert "Multimodality: 2 of 4 units multimodal at 0.9, for 2 of 3 concepts." in page  # no link: no filter here
+    listed = re.search(r'<details class="multimodal-list">.*?</details>', page, re.S).group(0)
+    assert re.findall(r'href="\./u/(\d)/index\.html">unit \d</a> <span class="match">(\w+)', listed) \
+        == [("1", "card"), ("0", "star")]
+    assert "2 units, 2 concepts" in (site / "index.html").read_text()
+    assert "multimodal-list" not in (site / "m" / "mm-model" / "l" / MM_BARE / "index.html").read_text()
+    section = re.compile(r'<section class="multimodality">.*?</section>|<span class="multimodal".*?</span>', re.S)
+    with TestClient(create_app(atlas_dir, warm=False)) as client:
+        served = client.get(f"/api/m/mm-model/l/{MM_LAYER}", params={"sort": "multimodality", "multimodal": "1"})
+        assert [card["unit"] for card in served.json()["cards"]] == [1, 0]
+        assert section.findall(page) == section.findall(client.get(f"/m/mm-model/l/{MM_LAYER}").text) != []
+        for unit in range(4):
+            exported = (layer / "u" / str(unit) / "index.html").read_text()
+            assert section.findall(exported) == section.findall(client.get(f"/m/mm-model/l/{MM_LAYER}/u/{unit}").text)
+    assert checked_links(site) > 10

@@ -24,8 +24,11 @@ from neuronscope.web import create_app, export_site, layer_view, unit_view
 from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
     HUB_MODEL,
     LAYER,
+    MM_BARE,
+    MM_LAYER,
     MODEL,
     build_hub_atlas,
+    build_multimodal_atlas,
     png,
     running_server,
     web_atlas,
@@ -831,3 +834,85 @@ def test_example_captions_show_each_images_category(web_atlas, tmp_path):
     folder = other.split("#")[0].split("::")[-1].rsplit("/", 1)[0]
     assert f'<span class="category">star</span><span class="image-name" title="{first}">' in html
     assert f'<span class="category">{folder}</span><span class="image-name" title="{other}">' in html
+
+
+@pytest.fixture(scope="module")
+def mm_client(tmp_path_factory):
+    """A server over :func:`~tests.web_atlas.build_multimodal_atlas`: one layer measured, one not."""
+    with TestClient(create_app(build_multimodal_atlas(tmp_path_factory.mktemp("mm") / "atlas"), warm=False)) as test:
+        yield test
+
+
+MM_URL, MM_BARE_URL = f"/m/mm-model/l/{MM_LAYER}", f"/m/mm-model/l/{MM_BARE}"
+
+
+def _multimodality_block(html: str) -> str | None:
+    found = re.search(r'<section class="multimodality">.*?</section>', html, re.S)
+    return found and found.group(0)
+
+
+def test_a_unit_page_the_api_and_the_notebook_card_show_a_stored_multimodality(mm_client, tmp_path_factory):
+    """The measurement reached show --json only: the unit page and its notebook card say the concept, score,
+    both AUROCs and the verdict (and that the words' top concept differs, where it does)."""
+    record = mm_client.get(f"/api{MM_URL}/u/1").json()["multimodality"]
+    assert record == {"concept": "card", "score": 0.93, "auroc_images": 0.99, "auroc_words": 0.93,
+                      "word_concept": "card", "threshold": 0.9, "multimodal": True}
+    block = _multimodality_block(mm_client.get(f"{MM_URL}/u/1").text)
+    assert "<strong>multimodal</strong> at 0.9: concept “card”, score 0.930 (AUROC among images 0.990, " \
+           "among words 0.930)." in block and "differs" not in block
+    differs = _multimodality_block(mm_client.get(f"{MM_URL}/u/2").text)
+    assert "<strong>not multimodal</strong> at 0.9: concept “hat”, score 0.950" in differs
+    assert "the words' top concept differs: “star”" in differs
+    assert _multimodality_block(mm_client.get(f"{MM_BARE_URL}/u/1").text) is None  # not measured: no block
+    assert mm_client.get(f"/api{MM_BARE_URL}/u/1").json()["multimodality"] is None
+    atlas = mm_client.app.state.reader.root
+    card = unit_view(atlas, None, MM_LAYER, 2)._repr_html_()
+    verdict = re.compile(r'<p class="verdict">.*?</p>', re.S)
+    assert verdict.findall(card) == verdict.findall(differs) != []
+    assert _multimodality_block(unit_view(atlas, None, MM_BARE, 2)._repr_html_()) is None
+
+
+def test_a_layer_grid_sorts_by_multimodality_and_lists_the_multimodal_units(mm_client):
+    def listed(**params) -> list[int]:
+        return [card["unit"] for card in mm_client.get(f"/api{MM_URL}", params=params).json()["cards"]]
+
+    assert listed(sort="multimodality") == [2, 1, 0, 3]  # scores 0.95, 0.93, 0.92, 0.60
+    assert listed(multimodal="1") == [0, 1]  # 2 reaches 0.9, but its words answer most to another concept
+    assert listed(multimodal="1", sort="multimodality") == [1, 0]
+    assert listed(multimodal="1", q="star") == [0]  # with the filter: unit 0 is labelled "Star"
+    bare = mm_client.get(f"/api{MM_BARE_URL}", params={"sort": "multimodality", "multimodal": "1"}).json()
+    assert bare["cards"] == [] and bare["multimodality"] is None
+    assert [card["unit"] for card in mm_client.get(f"/api{MM_BARE_URL}", params={"sort": "multimodality"})
+            .json()["cards"]] == [0, 1, 2, 3]  # unmeasured units keep index order
+    assert mm_client.get(MM_URL, params={"multimodal": "yes"}).status_code == 400
+    page = mm_client.get(MM_URL, params={"sort": "multimodality", "multimodal": "1"}).text
+    assert '<option value="multimodality" selected>' in page and 'name="multimodal" value="1" checked' in page
+    assert "2 units multimodal" in page and f'href="{MM_URL}/u/1?sort=multimodality&amp;multimodal=1"' in page
+    plain = mm_client.get(MM_BARE_URL).text
+    assert 'value="multimodality"' not in plain and 'name="multimodal"' not in plain  # nothing to sort by
+    unit = mm_client.get(f"{MM_URL}/u/1", params={"sort": "multimodality", "multimodal": "1"}).text
+    assert f'<link rel="next" href="{MM_URL}/u/0?sort=multimodality&amp;multimodal=1">' in unit
+    assert "(in the list of units multimodal by multimodality score)" in unit
+
+
+def test_a_multimodal_units_card_shows_its_concept_unless_its_label_says_it(mm_client):
+    cards = dict(re.findall(r'data-unit="(\d)">(.*?)</a>', mm_client.get(MM_URL).text, re.S))
+    assert "multimodal “card” 0.930" in cards["1"]
+    assert ">multimodal 0.920<" in cards["0"]  # labelled "Star" already: the concept is not repeated
+    assert 'class="multimodal"' not in cards["2"] + cards["3"]
+    ranked = dict(re.findall(r'data-unit="(\d)">(.*?)</a>', mm_client.get(MM_URL, params={"sort": "multimodality"})
+                             .text, re.S))
+    assert "multimodality 0.950" in ranked["2"]  # sorted by it: every card says its score
+
+
+def test_the_home_page_and_layer_page_say_how_many_units_are_multimodal(mm_client):
+    layers = {layer["layer"]: layer for layer in mm_client.get("/api/models").json()["models"][0]["layers"]}
+    assert layers[MM_LAYER]["multimodality"] == {"units": 2, "concepts": 2, "threshold": 0.9, "measured_units": 4,
+                                              "measured_concepts": 3}
+    assert layers[MM_BARE]["multimodality"] is None
+    home = mm_client.get("/").text
+    assert f'href="{MM_URL}?sort=multimodality&amp;multimodal=1" title="list the multimodal units, highest score ' \
+           f'first">2 units</a>, 2 concepts' in home
+    layer = mm_client.get(MM_URL).text
+    assert ">2 of 4 units multimodal</a> at 0.9, for 2 of 3 concepts." in layer
+    assert "multimodal</a> at" not in mm_client.get(MM_BARE_URL).text

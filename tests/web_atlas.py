@@ -79,6 +79,27 @@ def build_hub_atlas(path: Path) -> Path:
     return path
 
 
+#: A stored multimodality measurement of :func:`build_multimodal_atlas`'s measured layer (4 units). Scores (the
+#: weaker AUROC) 0.92, 0.93, 0.95, 0.60: units 0 and 1 are multimodal ("star", "card"); unit 2 reaches the
+#: threshold but its words' top concept is "star", not "hat"; unit 3 is below it.
+MULTIMODALITY = {"layer": "visual.layer4", "concepts": ["star", "card", "hat"], "threshold": 0.9,
+                 "concept": [0, 1, 2, 0], "word_concept": [0, 1, 0, 0],
+                 "auroc_images": [0.95, 0.99, 0.97, 0.60], "auroc_words": [0.92, 0.93, 0.95, 0.70]}
+#: :func:`build_multimodal_atlas`'s model and its layers: one measured, one not.
+MM_MODEL, MM_LAYER, MM_BARE = "mm-model@test", "visual.layer4", "visual.layer3"
+
+
+def build_multimodal_atlas(path: Path) -> Path:
+    """An atlas of two 4-unit layers written without a scan: :data:`MULTIMODALITY` stored for ``MM_LAYER``
+    (unit 0 labelled with its concept), nothing for ``MM_BARE``."""
+    with Atlas(path) as atlas:
+        for layer in (MM_LAYER, MM_BARE):
+            atlas.register_layer(MM_MODEL, layer, aliases=[], units=4, grid=(1, 1))
+        atlas.write_multimodality(None, MM_MODEL, MM_LAYER, MULTIMODALITY)
+        atlas.set_label(MM_MODEL, MM_LAYER, 0, "Star", source="test")
+    return path
+
+
 @contextmanager
 def running_server(app) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from neuronscope.atlas.multimodality import layer_multimodality, layer_summary
 from neuronscope.atlas.store import RENDER_ORDER, Atlas
 
 #: Top words kept per unit on a grid card (the unit page shows them all).
@@ -30,7 +31,9 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
 
     Returns:
         ``[{"model", "layer", "aliases", "units", "grid", "scanned", "featurevis", "words", "texts",
-        "labels"}]``: ``scanned`` etc. count units that have that part.
+        "labels", "multimodality"}]``: ``scanned`` etc. count units that have that part; ``multimodality`` is the
+        layer's multimodality measurement summed up (:func:`~neuronscope.atlas.multimodality.layer_summary`),
+        None where it was not measured.
     """
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for part, table in (("scanned", "units"), ("featurevis", "featurevis"), ("words", "words"),
@@ -42,10 +45,12 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
     for model in atlas.models():
         for entry in atlas.layers(model):
             found = counts.get((model, entry["layer"]), {})
+            scores = atlas.multimodality(model, entry["layer"])
             layers.append({"model": model, "layer": entry["layer"], "aliases": entry["aliases"],
                            "units": entry["units"], "grid": [entry["grid_rows"], entry["grid_cols"]],
                            **{part: found.get(part, 0) for part in ("scanned", "featurevis", "words", "texts",
-                                                                     "labels")}})
+                                                                     "labels")},
+                           "multimodality": None if scores is None else layer_summary(scores)})
     return layers
 
 
@@ -57,14 +62,15 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     Returns:
         ``[{"unit", "max", "mean", "label", "words": [str] (best first, at most GRID_WORDS),
         "featurevis": path | None, "featurevis_kind": "plain" | "diverse" | "facet:NAME" | None,
-        "thumb": path | None}]``; paths are relative to the atlas. ``featurevis`` is the unit's first render by
-        :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet render where it has no plain one, which its card
-        says).
+        "thumb": path | None, "multimodality": dict | None}]``; paths are relative to the atlas. ``featurevis`` is
+        the unit's first render by :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet render where it has no
+        plain one, which its card says); ``multimodality`` is :meth:`Atlas.unit`'s (None where the layer was not
+        measured).
     """
     entry = atlas.resolve_layer(model, layer)
     key = (entry["model"], entry["layer"])
     cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None,
-              "featurevis_kind": None, "thumb": None} for unit in range(entry["units"])]
+              "featurevis_kind": None, "thumb": None, "multimodality": None} for unit in range(entry["units"])]
 
     def rows(sql: str):
         return ((row, cards[row["unit"]]) for row in atlas.db.execute(sql, key) if 0 <= row["unit"] < len(cards))
@@ -86,6 +92,9 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     for row, card in rows("SELECT unit, thumb FROM examples WHERE model = ? AND layer = ? AND kind = 'top' "
                           "AND rank = 0"):
         card["thumb"] = row["thumb"]
+    scores = atlas.multimodality(*key)  # one artifact for the whole layer, read once
+    for card, record in zip(cards, [] if scores is None else layer_multimodality(scores)):
+        card["multimodality"] = record
     return cards
 
 

@@ -30,3 +30,18 @@ def unit_multimodality(scores: Mapping[str, Any], unit: int) -> dict[str, Any]:
 def layer_scores(scores: Mapping[str, Any]) -> list[float]:
     """Every unit's score (the weaker AUROC), in unit order: for sorting a layer's grid."""
     return [min(a, b) for a, b in zip(scores["auroc_images"], scores["auroc_words"])]
+
+
+def layer_multimodality(scores: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every unit's record (:func:`unit_multimodality`), in unit order: a layer's grid cards carry them."""
+    return [unit_multimodality(scores, unit) for unit in range(len(scores["concept"]))]
+
+
+def layer_summary(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """What a layer's measurement comes to: ``{"units", "concepts", "threshold", "measured_units",
+    "measured_concepts"}``: how many units are multimodal, for how many distinct concepts, out of the units and
+    concepts measured (the microscope's home and layer pages say it)."""
+    passing = [record for record in layer_multimodality(scores) if record["multimodal"]]
+    return {"units": len(passing), "concepts": len({record["concept"] for record in passing}),
+            "threshold": scores["threshold"], "measured_units": len(scores["concept"]),
+            "measured_concepts": len(scores["concepts"])}

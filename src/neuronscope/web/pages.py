@@ -16,10 +16,12 @@ from typing import Any
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.browse import (filter_units, image_categories, layer_counts, layer_grid, search_units,
                                       unit_runs)
+from neuronscope.atlas.multimodality import layer_summary
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
-SORTS = ("unit", "max")
+#: A layer list's orders: index, max activation, multimodality score (each highest first).
+SORTS = ("unit", "max", "multimodality")
 #: How much of a unit a page shows (the JSON API has everything).
 TOP_EXAMPLES = 24
 TOP_WORDS = 30
@@ -33,7 +35,7 @@ _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 #: A layer list's parameters as an omitted one means them (links leave these out: one list, one URL).
-_DEFAULT_PARAMS = {"q": "", "sort": "unit", "labelled": 0, "per_page": PER_PAGE}
+_DEFAULT_PARAMS = {"q": "", "sort": "unit", "labelled": 0, "multimodal": 0, "per_page": PER_PAGE}
 
 
 class BadRequest(ValueError):
@@ -53,28 +55,38 @@ class LayerQuery:
     page: int = 1
     per_page: int = PER_PAGE
     labelled: bool = False
+    #: Only the units the layer's multimodality measurement finds multimodal.
+    multimodal: bool = False
 
     @classmethod
     def parse(cls, q: str | None, sort: str | None, page: str | None, per_page: str | None,
-              labelled: str | None = None) -> "LayerQuery":
+              labelled: str | None = None, multimodal: str | None = None) -> "LayerQuery":
         sort = sort or "unit"
         if sort not in SORTS:
             raise BadRequest(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-        if labelled not in (None, "", "0", "1"):
-            raise BadRequest(f"labelled must be 1 (labelled units only) or 0, not {labelled!r}")
         return cls(q=(q or "").strip()[:200], sort=sort, page=_positive(page, "page", 1, None),
-                   per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE), labelled=labelled == "1")
+                   per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE),
+                   labelled=_flag(labelled, "labelled", "labelled units only"),
+                   multimodal=_flag(multimodal, "multimodal", "multimodal units only"))
 
     @property
     def params(self) -> dict[str, Any]:
         """What links carry of this query (its page aside): the parameters that differ from the defaults."""
-        values = {"q": self.q, "sort": self.sort, "labelled": int(self.labelled), "per_page": self.per_page}
+        values = {"q": self.q, "sort": self.sort, "labelled": int(self.labelled), "multimodal": int(self.multimodal),
+                  "per_page": self.per_page}
         return {key: value for key, value in values.items() if value != _DEFAULT_PARAMS[key]}
 
     @property
     def is_default(self) -> bool:
         """Whether the query lists every unit in index order (a page of the plain grid, or no query at all)."""
         return not self.params or self.params.keys() == {"per_page"}
+
+
+def _flag(value: str | None, name: str, meaning: str) -> bool:
+    """A checkbox parameter: ``1`` (on), ``0`` or absent (off); anything else is a bad request."""
+    if value not in (None, "", "0", "1"):
+        raise BadRequest(f"{name} must be 1 ({meaning}) or 0, not {value!r}")
+    return value == "1"
 
 
 def _positive(value: str | None, name: str, default: int, largest: int | None) -> int:
@@ -111,6 +123,11 @@ def home_data(atlas: Atlas) -> dict[str, Any]:
     return {"models": [{"model": model, "layers": layers} for model, layers in models.items()]}
 
 
+#: What a sort other than ``unit`` orders a layer's cards by (highest first); None where a unit lacks it.
+_SORT_VALUES = {"max": lambda card: card["max"],
+                "multimodality": lambda card: card["multimodality"] and card["multimodality"]["score"]}
+
+
 def listed_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[int] | None = None
                  ) -> list[dict[str, Any]]:
     """``cards`` (from :func:`layer_grid`) as ``query`` lists them, on all its pages: filtered and sorted.
@@ -121,9 +138,12 @@ def listed_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
     chosen = cards if matching is None else [card for card in cards if card["unit"] in matching]
     if query.labelled:
         chosen = [card for card in chosen if card["label"]]
-    if query.sort == "max":
-        # Units without a scan have no max: they go last.
-        chosen = sorted(chosen, key=lambda card: (card["max"] is None, -(card["max"] or 0.0), card["unit"]))
+    if query.multimodal:
+        chosen = [card for card in chosen if card["multimodality"] and card["multimodality"]["multimodal"]]
+    if query.sort in _SORT_VALUES:
+        # Units without the value (no scan, no measurement) go last.
+        value = _SORT_VALUES[query.sort]
+        chosen = sorted(chosen, key=lambda card: (value(card) is None, -(value(card) or 0.0), card["unit"]))
     return chosen
 
 
@@ -144,7 +164,8 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
 
     Returns:
         ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort", "labelled",
-        "params"}``; ``params``: what links to other pages of the same list carry (:attr:`LayerQuery.params`).
+        "multimodal", "params"}``; ``params``: what links to other pages of the same list carry
+        (:attr:`LayerQuery.params`).
     """
     chosen = listed_cards(cards, query, matching)
     pages = max(1, math.ceil(len(chosen) / query.per_page))
@@ -153,14 +174,21 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
     start = (query.page - 1) * query.per_page
     return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
             "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort,
-            "labelled": query.labelled, "params": query.params}
+            "labelled": query.labelled, "multimodal": query.multimodal, "params": query.params}
+
+
+#: The list of a layer's multimodal units, highest score first.
+MULTIMODAL_LIST = LayerQuery(sort="multimodality", multimodal=True)
 
 
 def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
                cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A layer page: the layer's entry, one page of unit cards and the layer's artifacts.
+    """A layer page: the layer's entry, one page of unit cards, the layer's artifacts and its multimodality.
 
-    ``cards`` may be given when the caller caches :func:`layer_grid` (the server does).
+    ``cards`` may be given when the caller caches :func:`layer_grid` (the server does). ``multimodality`` is
+    :func:`~neuronscope.atlas.multimodality.layer_summary` (None: not measured) and ``multimodal_units`` the
+    multimodal units' cards by score (what the filter and sort list: a static export, which has neither, lists
+    them on the page).
     """
     entry = atlas.resolve_layer(model, layer)
     cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
@@ -168,8 +196,11 @@ def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
     matching = matching_units(atlas, model, entry["layer"], query.q, entry["units"])
     artifacts = [{**artifact, "image": bool(artifact["path"]) and is_image(artifact["path"])}
                  for artifact in atlas.artifacts(model, entry["layer"])]
+    scores = atlas.multimodality(model, entry["layer"])
     return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query, matching),
-            "artifacts": artifacts, "unit_named": unit_number(query.q, entry["units"])}
+            "artifacts": artifacts, "unit_named": unit_number(query.q, entry["units"]),
+            "multimodality": None if scores is None else layer_summary(scores),
+            "multimodal_units": listed_cards(cards, MULTIMODAL_LIST)}
 
 
 def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -136,7 +136,8 @@ def api_layer(view: View, model: str, layer: str) -> Response:
     if isinstance(context, Response):
         return context
     return JSONResponse({key: context[key] for key in ("model", "layer", "total", "page", "pages", "per_page",
-                                                       "q", "sort", "labelled", "cards")}
+                                                       "q", "sort", "labelled", "multimodal", "multimodality",
+                                                       "cards")}
                         | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"],
                            "artifacts": listed_artifacts(view.links(), context["model"], context["layer"],
                                                          context["artifacts"])})
