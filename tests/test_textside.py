@@ -885,10 +885,10 @@ def _kill_textvis_after_one_unit(monkeypatch) -> list[int]:
     return climbed
 
 
-def test_textvis_continues_only_the_same_commands_run(tmp_path, monkeypatch):
-    """The resume key left out --units, precision and the weights: `--units 5 --precision bf16` continued a
-    killed `--units 0-2 --precision fp32` run, marked it finished with units 1-2 never done, and stored bf16
-    texts under the fp32 run. Another command starts its own run and leaves the killed one to its rerun."""
+def test_textvis_continues_only_a_run_of_the_same_settings(tmp_path, monkeypatch):
+    """The resume key left out precision and the weights: `--units 5 --precision bf16` continued a killed
+    `--precision fp32` run and stored bf16 texts under it. Other settings start their own run and leave the
+    killed one to its rerun."""
     _kill_textvis_after_one_unit(monkeypatch)
     out = str(tmp_path / "atlas")
     assert runner.invoke(app, [*TEXTVIS, "--units", "0-2", "--precision", "fp32", "--out", out]).exit_code == 130
@@ -899,11 +899,33 @@ def test_textvis_continues_only_the_same_commands_run(tmp_path, monkeypatch):
         assert other["run_id"] == new["id"] and other["already_stored"] == 0
         assert (killed["status"], new["status"]) == ("interrupted", "finished")
         assert (killed["precision"], new["precision"]) == ("fp32", "bf16")
-        assert killed["config"]["units"] == [0, 1, 2] and new["config"]["units"] == [5]
     # the same units written another way are the same command: it goes on with units 2 and 1
     again = json.loads(_invoke(*TEXTVIS, "--units", "2,0-1", "--precision", "fp32", "--out", out, "--json").stdout)
     assert again["run_id"] == killed["id"] and again["already_stored"] == 1
     assert [t["unit"] for t in again["texts"]] == [2, 1]
+
+
+def test_more_units_extend_a_textvis_run_and_climb_only_the_new_ones(tmp_path, monkeypatch):
+    """The run key held --units: `--units 0-3` after a finished `--units 0-1` started a second run and climbed
+    units 0 and 1 again (minutes a unit on a real model), where visualize renders only the new units. The key
+    holds the settings that change a unit's texts; the units the run stored are skipped."""
+    import neuronscope.probing.textvis as textvis
+
+    real_optimize, climbed = textvis.optimize_text, []
+    out = str(tmp_path / "atlas")
+    first = json.loads(_invoke(*TEXTVIS, "--units", "0-1", "--out", out, "--json").stdout)
+    with Atlas(out, create=False) as atlas:
+        (run,) = atlas.runs()
+        before = {unit: atlas.unit_texts(run["model"], run["layers"][0]["layer"], unit) for unit in (0, 1)}
+    monkeypatch.setattr(textvis, "optimize_text", lambda *args: climbed.append(args[2]) or real_optimize(*args))
+    wider = json.loads(_invoke(*TEXTVIS, "--units", "0-3", "--out", out, "--json").stdout)
+    assert climbed == [2, 3] and wider["run_id"] == first["run_id"] and wider["already_stored"] == 2
+    assert [t["unit"] for t in wider["texts"]] == [2, 3] and wider["units"] == 4
+    with Atlas(out, create=False) as atlas:
+        (run,) = atlas.runs()
+        layer = run["layers"][0]["layer"]
+        assert run["status"] == "finished" and all(atlas.unit_texts(run["model"], layer, u) for u in range(4))
+        assert {unit: atlas.unit_texts(run["model"], layer, unit) for unit in (0, 1)} == before
 
 
 def test_a_rerun_of_a_finished_textvis_climbs_no_unit_and_keeps_its_run(tmp_path, monkeypatch):

@@ -241,7 +241,7 @@ def textvis(
     """Text feature visualization: hill-climb short BPE texts that put the most weight on each unit, and
     store them in the atlas's texts (`neuronscope show` lists them under "texts"). Each unit's texts are
     stored as it finishes: the same command run again goes on in its run with the units left (after a kill),
-    or climbs none (after it finished)."""
+    or climbs none (after it finished); more --units climb only the new ones."""
     from neuronscope.atlas.runs import marked_interrupted
     from neuronscope.probing.text_store import start_text_run
     from neuronscope.probing.textvis import TextVisSettings, require_clip_bpe
@@ -266,9 +266,9 @@ def textvis(
     with _progress(json_out) as bars, Atlas(out) as atlas:  # opened first: each unit is stored as it finishes
         basis, basis_key = _atlas_basis(atlas, loaded, layer, image_sample, batch_size, bars)
         command = _recorded_command(ctx, loaded, basis)
-        # Everything the texts depend on, units included (as a set: `2,0-1` is `0-2`): only the same
-        # command continues a killed run.
-        config = {"units": sorted(chosen), "lengths": list(length_values), "restarts": restarts, "steps": steps,
+        # Everything a unit's texts depend on, not which units (each climb is seeded alike, whatever units
+        # share the command): as visualize's, a run goes on with whatever units it has not stored yet.
+        config = {"lengths": list(length_values), "restarts": restarts, "steps": steps,
                   "candidates": candidates, "prior": prior, "top_k": top_k, "seed": seed, "sample": sample,
                   "sample_key": basis.sample_key, "precision": loaded.precision.name,
                   "weights_sha256": loaded.weights_identity()}

@@ -52,9 +52,10 @@ def start_text_run(atlas: Atlas, model: LoadedModel, basis: AttributionBasis, *,
     """Record a text-side run and make its layer known to the atlas; returns the run id.
 
     ``resume``: continue the latest unfinished run of the same key (a killed ``textvis``), or else reopen
-    the latest finished one (a rerun of a finished ``textvis``, whose units are then all stored: nothing to
-    climb, no second run), instead of starting another; ``config`` must then name everything the results
-    depend on (units, precision, weights: another command must never continue it). A run still marked
+    the latest finished one (a rerun of a finished ``textvis``, or one with more units), instead of starting
+    another; the caller skips the units the run has stored (:func:`units_with_texts`). ``config`` must then
+    name everything a unit's texts depend on (precision, weights: a run of other texts is never continued)
+    but not which units, as ``visualize`` keys its renders: more units extend the run. A run still marked
     ``running`` is taken for a killed one, as ``words`` and ``scan`` take it: a SIGKILL leaves it so, and no
     process can mark it. Refused while a Recorder's edits are attached to ``model``.
     """
