@@ -56,6 +56,8 @@ def test_the_demo_fills_every_part_of_the_atlas(demo_run):
         assert record["texts"] and record["texts"][0]["score"] >= record["texts"][-1]["score"]
     assert card_unit["label"] == "star"
     assert card_unit["multimodality"]["concept"] == "star" and card_unit["multimodality"]["multimodal"]
+    with Atlas(root / "atlas") as atlas:  # five words hold no family's 10: none scored, no unit lexical
+        assert atlas.artifact("mini-clip", "neurons", "families", "auto:words")["data"]["family_words"] == {}
     assert {render["kind"] for render in card_unit["featurevis"]} == {"facet:text", "facet:drawing"}
     assert (root / "atlas" / card_unit["featurevis"][0]["path"]).stat().st_size > 0
     index = (root / "site" / "index.html").read_text()
@@ -198,7 +200,7 @@ def test_the_words_stage_reuses_only_a_probe_of_its_precision(mini, tmp_path, mo
 
 
 def test_unknown_stages_are_refused_with_the_list():
-    with pytest.raises(ValueError, match="scan, labels, multimodality, featurevis"):
+    with pytest.raises(ValueError, match="scan, labels, multimodality, featurevis, facets, words, families"):
         DemoSettings(skip=("scna",))
 
 

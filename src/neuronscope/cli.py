@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "neuronscope.commands.microscope",
     "neuronscope.commands.textside",
     "neuronscope.commands.multimodal",
+    "neuronscope.commands.families",
 )
 
 app = typer.Typer(

@@ -12,6 +12,7 @@ Stages, in order, each storing its results in the atlas as it goes:
     featurevis  a plain feature visualization of every unit
     facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units (as labels)
     words       rastered-word probing over a vocabulary
+    families    region, emotion, colour and lexical units, from the words
     texts       each unit's top texts by text-side attribution
 
 A stage whose results are already in the atlas (from the same settings) is
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 #: ``progress(stage, done, total)``: the command draws bars from it.
 StageProgress = Callable[[str, int, int], None]
 
-STAGES = ("scan", "labels", "multimodality", "featurevis", "facets", "words", "texts")
+STAGES = ("scan", "labels", "multimodality", "featurevis", "facets", "words", "families", "texts")
 
 #: Rastered images per forward in the words stage: small 64 px images, for which a batch of 32 (the renders'
 #: default) runs about 4x slower per word on a 2-core CPU. Scores do not depend on it.
@@ -131,6 +132,7 @@ def build_demo_atlas(model: LoadedModel, atlas_path: str | Path, settings: DemoS
         "featurevis": lambda atlas: _featurevis(model, atlas, layer, units, settings, report),
         "facets": lambda atlas: _facets(model, atlas, layer, settings, report),
         "words": lambda atlas: _words(model, atlas, layer, settings, report),
+        "families": lambda atlas: _families(model, atlas, layer, settings),
         "texts": lambda atlas: _texts(model, atlas, layer, settings, report),
     }
     with Atlas(atlas_path) as atlas:
@@ -288,6 +290,28 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
         on_batch=lambda done, total: report("words", done, total))
     resumed = f", resumed at word {outcome.resumed_from}" if outcome.resumed_from else ""
     return "built", f"{len(words)} words of {name} rastered, {raster.variants} images each{resumed}"
+
+
+def _families(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings) -> tuple[str, str]:
+    """Each unit's family from the words stage's probe (`neuronscope families`); reused when made from that
+    very probe (not older than it)."""
+    from neuronscope.analysis.families import word_families
+    from neuronscope.commands.families import SOURCE, family_records
+    from neuronscope.probing.vocab import vocabulary_name
+    from neuronscope.probing.word_store import load_word_scores
+
+    name = vocabulary_name(settings.vocabulary)
+    probe = atlas.artifact(model.key, layer, "words", name)
+    if probe is None:
+        return "skipped", "no word probe (the words stage was skipped)"
+    earlier = atlas.artifact(model.key, layer, "families", SOURCE)
+    if earlier is not None and earlier["data"]["vocabulary"] == name and earlier["created_at"] >= probe["created_at"]:
+        return "reused", f"families from the {name} probe found earlier"
+    _, canonical, _, words, scores = load_word_scores(atlas, model.key, layer, name)
+    found = word_families(words, scores, canonical)
+    atlas.write_families(model.key, canonical, family_records(found), source=SOURCE, about=found.about(name))
+    sizes = ", ".join(f"{family} {len(units)}" for family, units in found.members().items()) or "none"
+    return "built", f"families from the {name} probe: {sizes}"
 
 
 def _texts(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,

@@ -820,6 +820,22 @@ class Atlas:
         self._unit_key(model, layer, [units - 1])  # a registered layer of fewer units refuses it
         self.save_artifact(model, layer, *MULTIMODALITY, data=dict(scores), run_id=run_id)
 
+    def write_families(self, model: str, layer: str, families: Mapping[int, Mapping[str, Any]], *, source: str,
+                       about: Mapping[str, Any] | None = None) -> None:
+        """Replace the families ``source`` gave a layer's units with ``families`` (``{unit: {"family",
+        "score"}}``); a unit's family from another source (a user's) is kept. ``about`` (JSON: the probe and
+        settings they came from) is kept as the layer's ``families`` artifact named ``source``."""
+        units = [parse_unit(unit) for unit in families]
+        model, layer = self._unit_key(model, layer, units)
+        with self.transaction() as db:
+            db.execute("DELETE FROM families WHERE model = ? AND layer = ? AND source = ?", (model, layer, source))
+            db.executemany("INSERT INTO families (model, layer, unit, family, score, source) VALUES (?, ?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING",
+                           [(model, layer, unit, record["family"], record.get("score"), source)
+                            for unit, record in zip(units, families.values())])
+        if about is not None:
+            self.save_artifact(model, layer, "families", source, data=dict(about))
+
     def multimodality(self, model: str, layer: str) -> dict[str, Any] | None:
         """A layer's stored multimodality measurement (``Multimodality.to_dict()``'s shape), or None."""
         return self._multimodality(*self._key(model, layer))
@@ -971,7 +987,13 @@ class Atlas:
                 "ORDER BY score DESC, word", key)],
             "texts": self._unit_texts(key),
             "multimodality": self._unit_multimodality(model, canonical, unit),
+            "family": self._family(key),
         }
+
+    def _family(self, key: tuple[str, str, int]) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT family, score, source FROM families WHERE model = ? AND layer = ? AND unit = ?",
+                              key).fetchone()
+        return None if row is None else dict(row)
 
     def _unit_multimodality(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
         scores = self._multimodality(model, layer)

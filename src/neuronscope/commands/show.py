@@ -27,7 +27,8 @@ def show(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show units of an atlas: top examples with the firing cell, stats, label, words, texts, multimodality.
+    """Show units of an atlas: top examples with the firing cell, stats, label, words, texts, multimodality,
+    family.
 
     With --json: the unit's object (see CONVENTIONS.md); for a list of units, a list of objects."""
     if export is not None and export.suffix.lower() not in EXPORTERS:
@@ -66,6 +67,10 @@ def show(
             typer.echo("  texts: " + ", ".join(repr(t["text"]) for t in record["texts"][:top]))
         if record["multimodality"]:
             typer.echo("  " + multimodality_line(record["multimodality"]))
+        if record["family"]:
+            family = record["family"]
+            score = "" if family["score"] is None else f" {family['score']:.3f}"
+            typer.echo(f"  family: {family['family']}{score} ({family['source']})")
 
 
 def multimodality_line(scores: dict) -> str:

@@ -1,0 +1,92 @@
+"""Unit families from a word probe: the length control, the lexical family, the atlas and the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from neuronscope.analysis.families import builtin_families, stratified_auroc, word_families
+from neuronscope.atlas import Atlas
+from neuronscope.cli import app
+from neuronscope.probing.vocab import english_words
+from neuronscope.probing.word_store import save_word_probe
+from neuronscope.probing.words import WordProbe
+from neuronscope.probing.raster import RasterSettings
+
+
+def _probe_scores() -> tuple[list[str], torch.Tensor]:
+    """english-10k with four units: 0 answers colour words, 1 short words, 2 nothing, 3 words in -ing."""
+    words = english_words()
+    colours = {w.lower() for w in builtin_families()["colour"]}
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(len(words), 4, generator=generator) * 0.1
+    scores[:, 0] += torch.tensor([w.lower() in colours for w in words], dtype=torch.float32)
+    scores[:, 1] -= torch.tensor([len(w) for w in words], dtype=torch.float32)
+    scores[:, 3] += torch.tensor([w.endswith("ing") for w in words], dtype=torch.float32) * 3
+    return words, scores
+
+
+def test_a_colour_unit_is_found_and_a_short_word_unit_is_not_taken_for_one() -> None:
+    words, scores = _probe_scores()
+    found = word_families(words, scores, "layer")
+    assert found.family(0) == {"family": "colour", "score": 1.0}
+    assert found.family(1) is None and found.family(2) is None
+    colours = {c.lower() for c in builtin_families()["colour"]}
+    colour = torch.tensor([w.lower() in colours for w in words])
+    # without the length control the short-word unit would look like a colour unit (colour words are short)
+    assert stratified_auroc(scores, colour, torch.zeros(len(words), dtype=torch.long))[1] > 0.75
+    assert found.affinity[found.names.index("colour"), 1] < 0.7
+    assert found.family(3) == {"family": "lexical", "score": None, "affix": "-ing"}
+    assert found.members() == {"colour": [0], "lexical": [3]}
+
+
+def test_families_with_too_few_words_in_the_probe_are_not_scored() -> None:
+    words = ["red", "blue", "green", "house", "table", "chair"]
+    found = word_families(words, torch.rand(len(words), 2), "layer")
+    assert found.names == () and found.family(0) is None
+
+
+def _atlas_with_probe(tmp_path: Path, tiny_rn) -> Path:
+    words, scores = _probe_scores()
+    layer = tiny_rn.resolve_layer("neurons")
+    units = tiny_rn.layer_shape(layer)[0]
+    full = torch.zeros(len(words), units)
+    full[:, :4] = scores
+    probe = WordProbe(model=tiny_rn.key, layer=layer, words=words, scores=full, settings=RasterSettings(),
+                      grid=(1, 1), precision="fp32", seconds=0.0)
+    with Atlas(tmp_path / "atlas") as atlas:
+        save_word_probe(atlas, probe, tiny_rn, vocabulary="english-10k")
+        atlas.set_label(tiny_rn.key, layer, 0, "mine")
+    return tmp_path / "atlas"
+
+
+def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path, tiny_rn) -> None:
+    atlas_dir = _atlas_with_probe(tmp_path, tiny_rn)
+    layer = tiny_rn.resolve_layer("neurons")
+    with Atlas(atlas_dir) as atlas:
+        atlas.write_families(tiny_rn.key, layer, {3: {"family": "suffix -ing", "score": None}}, source="user")
+    runner = CliRunner()
+    result = runner.invoke(app, ["families", str(atlas_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["family_words"] == {"region": 131, "emotion": 76, "colour": 20}
+    assert report["families"]["colour"] == [{"unit": 0, "score": 1.0}]
+    with Atlas(atlas_dir) as atlas:
+        assert atlas.unit(None, "neurons", 0)["family"] == {"family": "colour", "score": 1.0, "source": "auto:words"}
+        assert atlas.unit(None, "neurons", 3)["family"]["source"] == "user"  # a family set elsewhere is kept
+        assert atlas.unit(None, "neurons", 2)["family"] is None
+    assert "family: colour 1.000 (auto:words)" in runner.invoke(app, ["show", str(atlas_dir), "--unit", "0"]).stdout
+    again = runner.invoke(app, ["families", str(atlas_dir), "--threshold", "1.0", "--json"])  # replaces its own
+    assert again.exit_code == 0, again.output
+    with Atlas(atlas_dir) as atlas:
+        assert atlas.unit(None, "neurons", 0)["family"]["family"] == "colour"
+
+
+def test_an_atlas_without_a_word_probe_says_how_to_make_one(tmp_path: Path, tiny_rn) -> None:
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer(tiny_rn.key, tiny_rn.resolve_layer("neurons"), aliases=["neurons"], units=8, grid=(1, 1))
+    result = CliRunner().invoke(app, ["families", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and "neuronscope words" in result.output
