@@ -297,6 +297,27 @@ def test_numpy_export_matches_show(scanned, tmp_path):
     assert data["top_ids"][9].tolist() == [e["image"] for e in record["top"]]
     np.testing.assert_allclose(data["top_values"][9], [e["activation"] for e in record["top"]], rtol=1e-6)
     assert data["mean"][9] == pytest.approx(record["stats"]["mean"])
+    assert data["label"].tolist() == [""] * 512 and "multimodality" not in data.files  # none written, none measured
+
+
+def test_the_export_carries_labels_families_and_multimodality(scanned, tmp_path):
+    with Atlas(scanned) as atlas:
+        model = atlas.resolve_model(None)
+        layer = atlas.resolve_layer(model, "neurons")["layer"]
+        atlas.set_label(model, layer, 3, "star")
+        atlas.write_families(model, layer, {3: {"family": "colour", "score": 0.9}, 4: {"family": "lexical"}},
+                             source="auto:words")
+        atlas.write_multimodality(None, model, layer, {
+            "layer": layer, "concepts": ["star", "hat"], "threshold": 0.9, "concept": [0] * 256 + [1] * 256,
+            "word_concept": [0] * 512, "auroc_images": [0.95] * 512, "auroc_words": [0.92] * 511 + [0.5]})
+    result = runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--export", str(tmp_path / "n.npz")])
+    assert result.exit_code == 0, result.output
+    data = np.load(tmp_path / "n.npz")
+    assert data["label"][3] == "star" and data["family"][3] == "colour" and data["family_score"][3] == 0.9
+    assert data["family"][4] == "lexical" and np.isnan(data["family_score"][4]) and data["family"][5] == ""
+    assert data["concept"][0] == "star" and data["concept"][300] == "hat" and data["word_concept"][300] == "star"
+    assert data["multimodality"][0] == 0.92 and data["multimodality"][511] == 0.5
+    assert data["multimodal"][0] and not data["multimodal"][300] and not data["multimodal"][511]
 
 
 def test_parquet_export_has_one_row_per_unit_equal_to_the_npz(scanned, tmp_path):

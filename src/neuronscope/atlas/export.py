@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronscope.atlas.files import atomic_write_bytes, atomic_write_npz
+from neuronscope.atlas.multimodality import unit_multimodality
 from neuronscope.atlas.store import Atlas
 
 
@@ -33,7 +34,11 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
         ``{kind}_values`` [C, k] float32 (NaN where empty), ``{kind}_cells`` [C, k, 2] int16 (row, col);
         ``histogram_counts`` [C, n_bins], ``histogram_exponent`` / ``histogram_first`` [C]
         (bin i of unit c covers [(first + i) * 2**exponent, (first + i + 1) * 2**exponent)); these three
-        are left out when the layer's histogram file is missing (see :meth:`Atlas.histogram_arrays`).
+        are left out when the layer's histogram file is missing (see :meth:`Atlas.histogram_arrays`);
+        ``label``, ``family`` [C] str (``""`` where none), ``family_score`` [C] float64 (NaN where none);
+        when the layer's multimodality was measured (``neuronscope multimodal``): ``concept``,
+        ``word_concept`` [C] str, ``multimodality``, ``auroc_images``, ``auroc_words`` [C] float64 and
+        ``multimodal`` [C] bool.
     """
     model_key = atlas.resolve_model(model)
     entry = atlas.resolve_layer(model_key, layer)
@@ -67,7 +72,29 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
     if histogram is not None:
         for name in ("counts", "exponent", "first"):
             arrays[f"histogram_{name}"] = histogram[name]
+    arrays.update(_descriptions(atlas, key, units))
     return arrays
+
+
+def _descriptions(atlas: Atlas, key: tuple[str, str], units: int) -> dict[str, np.ndarray]:
+    """What the units were found to be: labels, families and the multimodality measurement, one entry a unit."""
+    arrays = {"label": np.full(units, "", dtype=object), "family": np.full(units, "", dtype=object),
+              "family_score": np.full(units, np.nan)}
+    for row in atlas.db.execute("SELECT unit, text FROM labels WHERE model = ? AND layer = ?", key):
+        arrays["label"][row["unit"]] = row["text"]
+    for row in atlas.db.execute("SELECT unit, family, score FROM families WHERE model = ? AND layer = ?", key):
+        arrays["family"][row["unit"]] = row["family"]
+        arrays["family_score"][row["unit"]] = np.nan if row["score"] is None else row["score"]
+    scores = atlas.multimodality(*key)
+    if scores is not None:
+        records = [unit_multimodality(scores, unit) for unit in range(units)]
+        for name in ("concept", "word_concept"):
+            arrays[name] = np.array([r[name] for r in records], dtype=object)
+        arrays["multimodality"] = np.array([r["score"] for r in records], np.float64)
+        for name in ("auroc_images", "auroc_words"):
+            arrays[name] = np.array([r[name] for r in records], np.float64)
+        arrays["multimodal"] = np.array([r["multimodal"] for r in records], bool)
+    return {name: values.astype(str) if values.dtype == object else values for name, values in arrays.items()}
 
 
 def export_numpy(atlas: Atlas, model: str | None, layer: str, path: str | os.PathLike) -> Path:
