@@ -27,11 +27,6 @@ def unit_multimodality(scores: Mapping[str, Any], unit: int) -> dict[str, Any]:
             "multimodal": concept == word_concept and score >= scores["threshold"]}
 
 
-def layer_scores(scores: Mapping[str, Any]) -> list[float]:
-    """Every unit's score (the weaker AUROC), in unit order: for sorting a layer's grid."""
-    return [min(a, b) for a, b in zip(scores["auroc_images"], scores["auroc_words"])]
-
-
 def layer_multimodality(scores: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every unit's record (:func:`unit_multimodality`), in unit order: a layer's grid cards carry them."""
     return [unit_multimodality(scores, unit) for unit in range(len(scores["concept"]))]
