@@ -1,8 +1,8 @@
 """``neuronscope demo``: the main job (``make demo``).
 
 Builds (or completes) an atlas of the bundled mini CLIP over its bundled test
-split: scan, labels, feature visualization of every unit of ``neurons``,
-faceted renders, rastered words and text-side texts; then serves it in the
+split: scan, labels, multimodality scores, feature visualization of every unit of ``neurons``,
+faceted renders, rastered words, families and text-side texts; then serves it in the
 microscope (``--no-serve`` only builds; ``--site DIR`` also writes a static site).
 """
 
@@ -57,10 +57,11 @@ def demo(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Build an atlas of the bundled mini CLIP (scan, labels, feature vis, facets, words, texts) and browse it.
+    """Build an atlas of the bundled mini CLIP (scan, labels, multimodality, feature vis, facets, words, families,
+    texts) and browse it.
 
-    Started again, it reuses what the atlas already holds and goes on where it stopped. The labels and facets
-    stages need the bundled card's model (mini-clip@bundled); on another --model they are skipped."""
+    Started again, it reuses what the atlas already holds and goes on where it stopped. The labels, multimodality and
+    facets stages need the bundled card's model (mini-clip@bundled); on another --model they are skipped."""
     from neuronscope.runtime import seed_everything
 
     # a missing web extra fails now, not after the build (a static --site alone needs only jinja2)

@@ -53,7 +53,7 @@ def concept_list(concepts: str | None) -> list[str] | None:
 def multimodal(
     ctx: typer.Context,
     images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[IMAGES]...", help="Folders (one subfolder per concept), tar shards or lists whose index.json "
+        metavar="IMAGES", help="Folders (one subfolder per concept), tar shards or lists whose index.json "
                                     "or folders name each image's concept. None: the bundled mini CLIP's "
                                     "held-out drawings and words (its card's measurement).")] = None,
     model: ModelOpt = "mini-clip",
