@@ -78,6 +78,23 @@ def test_folders_name_the_concepts_and_the_rest_is_counted(tmp_path: Path) -> No
     assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the concepts"] == 3
 
 
+def test_names_turn_category_ids_into_words(tmp_path: Path) -> None:
+    for synset in ("n01440764", "n02102040", "n03000134"):
+        _images(tmp_path / "val" / synset, 2)
+    names = tmp_path / "names.tsv"
+    names.write_text("# ImageNet\nn01440764\ttench\nn02102040\tEnglish springer\n")
+    images = labelled_images([str(tmp_path / "val")], names={"n01440764": "tench", "n02102040": "English springer"})
+    assert images.concepts == ("English springer", "n03000134", "tench")
+    result = CliRunner().invoke(app, ["multimodal", "--model", "tiny-rn", "--weights", "random", "--names", str(names),
+                                      "--concepts", "tench,English springer", "--sizes", "0.8", "--positions",
+                                      "0.5:0.5", "--json", str(tmp_path / "val")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["concepts"] == ["tench", "English springer"]
+    names.write_text("n01440764 tench\n")
+    bad = CliRunner().invoke(app, ["multimodal", "--model", "tiny-rn", "--names", str(names), str(tmp_path / "val")])
+    assert bad.exit_code == 1 and "line 1" in bad.output and "category<TAB>name" in bad.output
+
+
 def test_a_tar_shard_index_names_the_concepts(tmp_path: Path) -> None:
     shard = tmp_path / "shard.tar"
     index = {"images": [{"file": f"{i}.png", "category": "round" if i < 2 else "square"} for i in range(4)]}
@@ -222,5 +239,6 @@ def test_cli_refuses_label_without_an_atlas_and_concepts_without_images() -> Non
     runner = CliRunner()
     result = runner.invoke(app, ["multimodal", "--label"])
     assert result.exit_code != 0 and "--out ATLAS" in result.output
-    result = runner.invoke(app, ["multimodal", "--concepts", "cat,dog"])
-    assert result.exit_code != 0 and "give the images too" in result.output
+    for option in ("--concepts", "--names"):
+        result = runner.invoke(app, ["multimodal", option, "cat,dog"])
+        assert result.exit_code != 0 and "give the images too" in result.output

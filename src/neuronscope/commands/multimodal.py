@@ -31,7 +31,8 @@ from neuronscope.errors import NeuronscopeError
 
 ConceptsOpt = Annotated[Optional[str], typer.Option(
     "--concepts", help="The concepts to compare, comma-separated or a FILE with one a line, spelled as the "
-                       "folders (or index.json categories) name them. Default: every category with 2+ images.")]
+                       "folders (or index.json categories, or --names) name them. Default: every category with "
+                       "2+ images.")]
 
 
 def concept_list(concepts: str | None) -> list[str] | None:
@@ -50,6 +51,30 @@ def concept_list(concepts: str | None) -> list[str] | None:
     return names
 
 
+NamesOpt = Annotated[Optional[Path], typer.Option(
+    "--names", help="A FILE of 'category<TAB>name' lines naming categories that are not words (ImageNet's "
+                    "n01440764 folders: tench); the names are what gets rastered and reported.")]
+
+
+def category_names(path: Path | None) -> dict[str, str] | None:
+    """``--names``: ``{category: name}`` from tab-separated lines (blank lines and ``#`` comments skipped)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise NeuronscopeError(f"--names {path}: cannot be read as UTF-8 text ({err.__class__.__name__})") from None
+    names = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        category, tab, name = line.partition("\t")
+        if not tab or not category.strip() or not name.strip():
+            raise NeuronscopeError(f"--names {path}: line {number} ({line!r}) is not 'category<TAB>name'")
+        names[category.strip()] = name.strip()
+    return names
+
+
 def multimodal(
     ctx: typer.Context,
     images: Annotated[Optional[list[str]], typer.Argument(
@@ -60,6 +85,7 @@ def multimodal(
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
     concepts: ConceptsOpt = None,
+    names: NamesOpt = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0, help="Both AUROCs must reach it "
                                              "for a unit to count as multimodal.")] = 0.9,
     sizes: SizesOpt = "0.5,0.7,0.9",
@@ -91,9 +117,9 @@ def multimodal(
     if out:
         check_atlas_target(out)
     settings = raster_settings(sizes, positions, fonts)
-    labelled = labelled_images(images, concept_list(concepts)) if images else None
-    if labelled is None and concepts is not None:
-        raise NeuronscopeError("--concepts chooses among the categories of IMAGES: give the images too")
+    if not images and (concepts is not None or names is not None):
+        raise NeuronscopeError("--concepts and --names are about the categories of IMAGES: give the images too")
+    labelled = labelled_images(images, concept_list(concepts), names=category_names(names)) if images else None
     quiet = json_out and not sys.stderr.isatty()
     started = time.perf_counter()
     loaded = load_cli_model(model, weights, device, precision)
@@ -106,7 +132,7 @@ def multimodal(
                 run = measure_multimodality_into(atlas, loaded, canonical, labelled, settings=settings,
                                                  threshold=threshold, label=label,
                                                  command=recorded_command(ctx, loaded, layer=canonical,
-                                                                          paths=("images", "concepts")),
+                                                                          paths=("images", "concepts", "names")),
                                                  batch_size=batch_size, workers=workers, on_batch=on_batch)
         else:
             result, skipped = measure_multimodality(loaded, canonical, labelled, settings=settings,

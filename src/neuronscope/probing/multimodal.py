@@ -71,18 +71,21 @@ def entry_category(name: str, categories: Mapping[str, str]) -> str | None:
 
 
 def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None, *,
-                    min_images: int = MIN_IMAGES) -> LabelledImages:
+                    names: Mapping[str, str] | None = None, min_images: int = MIN_IMAGES) -> LabelledImages:
     """List ``inputs`` (folders, ``.tar`` shards, ``.txt`` lists) with the concept of each image.
 
-    ``concepts``: the concepts to keep, in this order (their names as the categories spell them); None keeps
-    every category with at least ``min_images`` images, sorted.
+    ``names``: ``{category: concept name}`` where the categories are not words (ImageNet's ``n01440764``
+    folders -> ``tench``): the name is what gets rastered; categories it does not hold keep their own.
+    ``concepts``: the concepts to keep, in this order (as named); None keeps every concept with at least
+    ``min_images`` images, sorted.
 
     Raises:
         NeuronscopeError: fewer than two concepts have images, or a concept asked for has none.
     """
     listed = [open_source(source) for source in inputs]
-    named = [(entry, entry_category(entry.name, source.categories))
-             for source in listed for entry in source.entries]
+    names = names or {}
+    named = [(entry, names.get(category, category) if (category := entry_category(entry.name, source.categories))
+              else None) for source in listed for entry in source.entries]
     left_out: Counter[str] = Counter()
     left_out["no category"] = sum(category is None for _, category in named)
     counts = Counter(category for _, category in named if category is not None)
