@@ -429,10 +429,12 @@ def test_help_and_the_commands_that_read_an_atlas_start_without_torch(tmp_path, 
     import subprocess
     import sys
 
-    from tests.web_atlas import HUB_MODEL, LAYER, build_hub_atlas
+    from tests.web_atlas import FAM_LAYER, HUB_MODEL, LAYER, build_family_atlas, build_hub_atlas
 
     atlas = build_hub_atlas(tmp_path / "atlas")
+    families = build_family_atlas(tmp_path / "families")  # the family filter, tags and unit block: atlas reads only
     unit_url = f"/m/tiny-rn/l/{LAYER}/u/2"
+    family_url = f"/m/fam-model/l/{FAM_LAYER}"
     script = f"""
 import json, sys
 from fastapi.testclient import TestClient
@@ -447,13 +449,17 @@ commands += [[group.name, command.name or command.callback.__name__] for group i
 calls = [["--help"], *[[*command, "--help"] for command in commands],
          ["show", {str(atlas)!r}, "--model", {HUB_MODEL!r}, "--layer", "neurons", "--unit", "1", "--json"],
          ["export", {str(atlas)!r}, "--site", {str(tmp_path / "site")!r}],
-         ["export", {str(web_atlas)!r}, "--site", {str(tmp_path / "plots")!r}]]
+         ["export", {str(web_atlas)!r}, "--site", {str(tmp_path / "plots")!r}],
+         ["export", {str(families)!r}, "--site", {str(tmp_path / "families-site")!r}]]
 for args in calls:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
 with TestClient(create_app({str(web_atlas)!r})) as client:
     for url in ({unit_url!r}, {unit_url + "/conditional.svg"!r}):
         assert client.get(url).status_code == 200, url
+with TestClient(create_app({str(families)!r})) as client:
+    for url in ("/", {family_url + "?family=lexical"!r}, {family_url + "/u/1?family=lexical"!r}):
+        assert "lexical" in client.get(url).text, url
 print(json.dumps({{"calls": len(calls), "heavy": sorted(name for name in sys.modules
                                                         if name.split(".")[0] in ("torch", "open_clip"))}}))
 """

@@ -261,3 +261,40 @@ def test_an_export_shows_the_servers_multimodality_and_lists_the_multimodal_unit
             exported = (layer / "u" / str(unit) / "index.html").read_text()
             assert section.findall(exported) == section.findall(client.get(f"/m/mm-model/l/{MM_LAYER}/u/{unit}").text)
     assert checked_links(site) > 10
+
+
+def test_an_export_shows_the_servers_families_and_lists_each_familys_units(tmp_path):
+    """The export cannot filter: its layer page lists each family's units (the server's ?family=NAME, in unit
+    order, with the score or affix its cards show), and its unit pages and cards show the server's families."""
+    from fastapi.testclient import TestClient
+
+    from neuronscope.web import create_app
+    from tests.web_atlas import FAM_EMPTY, FAM_LAYER, build_family_atlas
+
+    atlas_dir = build_family_atlas(tmp_path / "atlas")
+    site = tmp_path / "site"
+    export_site(atlas_dir, site)
+    layer = site / "m" / "fam-model" / "l" / FAM_LAYER
+    page = (layer / "index.html").read_text()
+    assert '<p class="meta families">Families: colour 2, lexical 2, person 1, region 1.</p>' in page  # no links
+    lists = dict(re.findall(r'<details class="family-list"><summary>The \d+ (\w+) units?</summary>(.*?)</details>',
+                            page, re.S))
+    listed = {name: re.findall(r'href="\./u/(\d)/index\.html">unit \d</a>(?: <span class="\w+">([^<]+)</span>)?</li>',
+                               body) for name, body in lists.items()}
+    assert listed == {"colour": [("0", "0.910"), ("2", "0.880")], "lexical": [("1", "-ing"), ("4", "un-")],
+                      "person": [("5", "")], "region": [("3", "0.950")]}  # a user's family: no score, no affix
+    home = (site / "index.html").read_text()
+    assert re.findall(r'<td class="families">(.*?)</td>', home)[1:] == ["none",
+                                                                      "colour 2, lexical 2, person 1, region 1"]
+    empty = (site / "m" / "fam-model" / "l" / FAM_EMPTY / "index.html").read_text()
+    assert "Families: no unit has one." in empty and "family-list" not in empty
+    tags = re.compile(r'<section class="family">.*?</section>|<span class="family".*?</span>', re.S)
+    with TestClient(create_app(atlas_dir, warm=False)) as client:
+        for name, units in listed.items():
+            served = client.get(f"/api/m/fam-model/l/{FAM_LAYER}", params={"family": name}).json()["cards"]
+            assert [str(card["unit"]) for card in served] == [unit for unit, _ in units]
+        assert tags.findall(page) == tags.findall(client.get(f"/m/fam-model/l/{FAM_LAYER}").text) != []
+        for unit in range(6):
+            exported = (layer / "u" / str(unit) / "index.html").read_text()
+            assert tags.findall(exported) == tags.findall(client.get(f"/m/fam-model/l/{FAM_LAYER}/u/{unit}").text)
+    assert checked_links(site) > 10

@@ -22,11 +22,15 @@ from neuronscope.cli import app as cli_app
 from neuronscope.errors import NeuronscopeError
 from neuronscope.web import create_app, export_site, layer_view, unit_view
 from tests.web_atlas import (  # noqa: F401 - web_atlas is a fixture
+    FAM_BARE,
+    FAM_EMPTY,
+    FAM_LAYER,
     HUB_MODEL,
     LAYER,
     MM_BARE,
     MM_LAYER,
     MODEL,
+    build_family_atlas,
     build_hub_atlas,
     build_multimodal_atlas,
     png,
@@ -916,3 +920,95 @@ def test_the_home_page_and_layer_page_say_how_many_units_are_multimodal(mm_clien
     layer = mm_client.get(MM_URL).text
     assert ">2 of 4 units multimodal</a> at 0.9, for 2 of 3 concepts." in layer
     assert "multimodal</a> at" not in mm_client.get(MM_BARE_URL).text
+
+
+@pytest.fixture(scope="module")
+def family_client(tmp_path_factory):
+    """A server over :func:`~tests.web_atlas.build_family_atlas`: families stored, computed with none, never."""
+    with TestClient(create_app(build_family_atlas(tmp_path_factory.mktemp("fam") / "atlas"), warm=False)) as test:
+        yield test
+
+
+FAM_URL, FAM_EMPTY_URL, FAM_BARE_URL = (f"/m/fam-model/l/{layer}" for layer in (FAM_LAYER, FAM_EMPTY, FAM_BARE))
+
+
+def _family_block(html: str) -> str | None:
+    found = re.search(r'<section class="family">.*?</section>', html, re.S)
+    return found and found.group(0)
+
+
+def test_a_unit_page_and_its_notebook_card_show_the_units_family(family_client):
+    """The family reached show --json only: the unit page and its notebook card say it, its score and threshold,
+    a lexical unit's affix (from the families artifact), its source and probe."""
+    assert family_client.get(f"/api{FAM_URL}/u/0").json()["family"] == {"family": "colour", "score": 0.91,
+                                                                         "source": "auto:words"}
+    colour = _family_block(family_client.get(f"{FAM_URL}/u/0").text)
+    assert "<strong>colour</strong>, score 0.910 (threshold 0.85) · source auto:words, from the english-10k word " \
+           "probe." in colour and "length-matched AUROC" in colour
+    lexical = _family_block(family_client.get(f"{FAM_URL}/u/4").text)
+    assert "<strong>lexical</strong>: its top words share “un-” · source auto:words" in lexical
+    person = _family_block(family_client.get(f"{FAM_URL}/u/5").text)
+    assert "<strong>person</strong> · source user." in person and "AUROC" not in person  # a user's: no note
+    for url in (f"{FAM_EMPTY_URL}/u/1", f"{FAM_BARE_URL}/u/1"):
+        assert _family_block(family_client.get(url).text) is None  # no family: no block
+    atlas = family_client.app.state.reader.root
+    card = unit_view(atlas, None, FAM_LAYER, 4)._repr_html_()
+    assert _family_block(card) == lexical
+    assert _family_block(unit_view(atlas, None, FAM_BARE, 4)._repr_html_()) is None
+
+
+def test_a_layer_grid_filters_by_family_and_its_links_keep_the_filter(family_client):
+    def listed(url: str = FAM_URL, **params) -> list[int]:
+        return [card["unit"] for card in family_client.get(f"/api{url}", params=params).json()["cards"]]
+
+    assert listed(family="colour") == [0, 2] and listed(family="lexical") == [1, 4] and listed(family="person") == [5]
+    assert listed(family="colour", q="red") == [2]  # with the word / label filter: unit 2 is labelled "Red"
+    assert listed(family="") == list(range(6))
+    for url, params in ((FAM_URL, {"family": "colr"}), (f"/api{FAM_URL}", {"family": "colr"}),
+                        (FAM_EMPTY_URL, {"family": "colour"}), (f"{FAM_URL}/u/0", {"family": "colr"})):
+        assert family_client.get(url, params=params).status_code == 400, url
+    assert "one of this layer's families (colour, lexical, person, region), not 'colr'" in \
+        family_client.get(f"/api{FAM_URL}", params={"family": "colr"}).json()["detail"]
+    page = family_client.get(FAM_URL, params={"family": "lexical"}).text
+    assert re.findall(r'<option value="(\w*)"( selected)?>', re.search(r'<select name="family">.*?</select>', page,
+                                                                       re.S).group(0)) \
+        == [("", ""), ("colour", ""), ("lexical", " selected"), ("person", ""), ("region", "")]
+    assert "2 units in family “lexical”" in page and f'href="{FAM_URL}/u/4?family=lexical"' in page
+    for url in (FAM_EMPTY_URL, FAM_BARE_URL):
+        assert 'name="family"' not in family_client.get(url).text  # nothing to filter by
+    unit = family_client.get(f"{FAM_URL}/u/1", params={"family": "lexical"}).text
+    assert f'<link rel="next" href="{FAM_URL}/u/4?family=lexical">' in unit and 'rel="prev"' not in unit
+    assert "(in the list of units in family “lexical”)" in unit
+    assert f'href="{FAM_URL}?family=lexical#u1"' in unit  # back to the filtered grid
+
+
+def test_a_grid_card_tags_the_units_family(family_client):
+    cards = dict(re.findall(r'data-unit="(\d)">(.*?)</a>', family_client.get(FAM_URL).text, re.S))
+    tag = re.compile(r'<span class="family"[^>]*>(.*?)</span>')
+    assert {unit: tag.findall(card) for unit, card in cards.items()} == {
+        "0": ["colour 0.910"], "1": ["lexical -ing"], "2": ["colour 0.880"], "3": ["region 0.950"],
+        "4": ["lexical un-"], "5": ["person"]}
+    assert family_client.get(f"/api{FAM_URL}").json()["cards"][1]["family"] == {
+        "family": "lexical", "score": None, "source": "auto:words", "affix": "-ing"}
+    assert 'class="family"' not in family_client.get(FAM_BARE_URL).text
+    layer_card = layer_view(family_client.app.state.reader.root, None, FAM_LAYER)._repr_html_()
+    assert tag.findall(layer_card) == ["colour 0.910", "lexical -ing", "colour 0.880", "region 0.950", "lexical un-",
+                                       "person"]
+
+
+def test_the_home_page_and_layer_page_give_the_families_sizes(family_client):
+    layers = {layer["layer"]: layer for layer in family_client.get("/api/models").json()["models"][0]["layers"]}
+    assert list(layers[FAM_LAYER]["families"].items()) == [("colour", 2), ("lexical", 2), ("person", 1),
+                                                            ("region", 1)]  # largest first, ties by name
+    assert layers[FAM_EMPTY]["families"] == {} and layers[FAM_BARE]["families"] is None
+    assert family_client.get(f"/api{FAM_URL}").json()["families"] == layers[FAM_LAYER]["families"]
+    home = family_client.get("/").text
+    cells = re.findall(r'<td class="families">(.*?)</td>', home)
+    assert f'<a href="{FAM_URL}?family=colour" title="list the colour units">colour 2</a>, ' in cells[2]
+    assert cells[1] == "none" and "not computed: neuronscope families ATLAS --layer visual.layer2" in cells[0]
+    summary = re.compile(r'<p class="meta families">(.*?)</p>')
+    line = summary.findall(family_client.get(FAM_URL).text)[0]
+    assert re.sub(r"<[^>]+>", "", line) == "Families: colour 2, lexical 2, person 1, region 1."
+    assert f'href="{FAM_URL}?family=region"' in line
+    assert summary.findall(family_client.get(FAM_EMPTY_URL).text) == ["Families: no unit has one."]
+    assert summary.findall(family_client.get(FAM_BARE_URL).text) == []

@@ -100,6 +100,34 @@ def build_multimodal_atlas(path: Path) -> Path:
     return path
 
 
+#: :func:`build_family_atlas`'s model and its layers: families stored, families computed and none found, none.
+FAM_MODEL, FAM_LAYER, FAM_EMPTY, FAM_BARE = "fam-model@test", "visual.layer4", "visual.layer3", "visual.layer2"
+#: What the ``auto:words`` families of FAM_LAYER came from (``Families.about``'s shape).
+FAMILY_ABOUT = {"vocabulary": "english-10k", "threshold": 0.85, "family_words": {"region": 131, "emotion": 76,
+                                                                                 "colour": 20},
+                "lexical": {"1": "-ing", "4": "un-"}}
+
+
+def build_family_atlas(path: Path) -> Path:
+    """An atlas of three 6-unit layers written without a scan. FAM_LAYER: units 0 and 2 colour (0.91, 0.88), 1
+    and 4 lexical ("-ing", "un-"), 3 region (0.95) from ``auto:words``; 5 a user's "person"; unit 2 labelled
+    "Red". FAM_EMPTY: families computed, none found. FAM_BARE: never computed."""
+    with Atlas(path) as atlas:
+        for layer in (FAM_LAYER, FAM_EMPTY, FAM_BARE):
+            atlas.register_layer(FAM_MODEL, layer, aliases=[], units=6, grid=(1, 1))
+        atlas.write_families(FAM_MODEL, FAM_LAYER, {5: {"family": "person", "score": None}}, source="user")
+        atlas.write_families(FAM_MODEL, FAM_LAYER, {0: {"family": "colour", "score": 0.91},
+                                                    1: {"family": "lexical", "score": None},
+                                                    2: {"family": "colour", "score": 0.88},
+                                                    3: {"family": "region", "score": 0.95},
+                                                    4: {"family": "lexical", "score": None}},
+                             source="auto:words", about=FAMILY_ABOUT)
+        atlas.write_families(FAM_MODEL, FAM_EMPTY, {}, source="auto:words",
+                             about={**FAMILY_ABOUT, "lexical": {}})
+        atlas.set_label(FAM_MODEL, FAM_LAYER, 2, "Red", source="test")
+    return path
+
+
 @contextmanager
 def running_server(app) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""

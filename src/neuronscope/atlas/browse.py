@@ -13,14 +13,18 @@ These functions only read, so they work on an atlas opened ``read_only``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from neuronscope.atlas.multimodality import layer_multimodality, layer_summary
-from neuronscope.atlas.store import RENDER_ORDER, Atlas
+from neuronscope.atlas.store import FAMILIES_ARTIFACT, RENDER_ORDER, Atlas
 
 #: Top words kept per unit on a grid card (the unit page shows them all).
 GRID_WORDS = 3
+#: The family of a unit whose top words share an affix (:data:`neuronscope.analysis.families.LEXICAL`, which
+#: imports torch: the microscope reads the atlas only).
+LEXICAL = "lexical"
 #: Keeps a per-unit table's rows to units of a layer the atlas holds: a label may be written before any
 #: scan (``world eval --out``), and a unit no layer page shows must not be found (its link would be a 404).
 _HELD = "JOIN layers USING (model, layer) WHERE unit >= 0 AND unit < units"
@@ -31,9 +35,10 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
 
     Returns:
         ``[{"model", "layer", "aliases", "units", "grid", "scanned", "featurevis", "words", "texts",
-        "labels", "multimodality"}]``: ``scanned`` etc. count units that have that part; ``multimodality`` is the
-        layer's multimodality measurement summed up (:func:`~neuronscope.atlas.multimodality.layer_summary`),
-        None where it was not measured.
+        "labels", "multimodality", "families"}]``: ``scanned`` etc. count units that have that part;
+        ``multimodality`` is the layer's multimodality measurement summed up
+        (:func:`~neuronscope.atlas.multimodality.layer_summary`), None where it was not measured; ``families``
+        is :func:`family_sizes` (``{}``: families were computed and no unit has one; None: never computed).
     """
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for part, table in (("scanned", "units"), ("featurevis", "featurevis"), ("words", "words"),
@@ -41,6 +46,7 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
         for row in atlas.db.execute(f"SELECT model, layer, count(DISTINCT unit) AS n FROM {table} "
                                     "GROUP BY model, layer"):
             counts.setdefault((row["model"], row["layer"]), {})[part] = row["n"]
+    families = _stored_family_sizes(atlas)
     layers = []
     for model in atlas.models():
         for entry in atlas.layers(model):
@@ -50,8 +56,47 @@ def layer_counts(atlas: Atlas) -> list[dict[str, Any]]:
                            "units": entry["units"], "grid": [entry["grid_rows"], entry["grid_cols"]],
                            **{part: found.get(part, 0) for part in ("scanned", "featurevis", "words", "texts",
                                                                      "labels")},
-                           "multimodality": None if scores is None else layer_summary(scores)})
+                           "multimodality": None if scores is None else layer_summary(scores),
+                           "families": families.get((model, entry["layer"]))})
     return layers
+
+
+def _stored_family_sizes(atlas: Atlas) -> dict[tuple[str, str], dict[str, int]]:
+    """:func:`family_sizes` of every layer that has families or a families artifact (read in two queries)."""
+    sizes: dict[tuple[str, str], dict[str, int]] = {
+        (row["model"], row["layer"]): {} for row in atlas.db.execute(
+            "SELECT DISTINCT model, layer FROM artifacts WHERE kind = ?", (FAMILIES_ARTIFACT,))}
+    for row in atlas.db.execute(f"SELECT model, layer, family, count(*) AS n FROM families {_HELD} "
+                                "GROUP BY model, layer, family"):
+        sizes.setdefault((row["model"], row["layer"]), {})[row["family"]] = row["n"]
+    return {key: family_sizes(counts) for key, counts in sizes.items()}
+
+
+def family_sizes(counts: Mapping[str, int] | Iterable[str]) -> dict[str, int]:
+    """``{family: units}``, largest family first (ties by name), from counts or from each unit's family name:
+    one order for the home page, the layer page and the layer's family filter."""
+    if not isinstance(counts, Mapping):
+        counts = Counter(counts)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def family_sources(atlas: Atlas, model: str, layer: str) -> dict[str, dict[str, Any]]:
+    """``{source: about}``: what each source of a layer's families stored of where they came from
+    (:meth:`Atlas.write_families`' ``about``; for ``auto:words``: ``{"vocabulary", "threshold",
+    "family_words", "lexical": {unit: affix}}``)."""
+    return {artifact["name"]: artifact["data"] or {} for artifact in atlas.artifacts(model, layer, FAMILIES_ARTIFACT)}
+
+
+def described_family(family: Mapping[str, Any] | None, unit: int, sources: Mapping[str, Mapping[str, Any]]
+                     ) -> dict[str, Any] | None:
+    """A unit's family (:meth:`Atlas.unit`'s ``{"family", "score", "source"}``) with, for a lexical unit, the
+    ``"affix"`` its top words share (its source's ``lexical`` map keeps it; None where the source kept none)."""
+    if family is None:
+        return None
+    if family["family"] != LEXICAL:
+        return dict(family)
+    affixes = sources.get(family["source"], {}).get("lexical", {})
+    return {**family, "affix": affixes.get(str(unit))}
 
 
 def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
@@ -62,15 +107,16 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     Returns:
         ``[{"unit", "max", "mean", "label", "words": [str] (best first, at most GRID_WORDS),
         "featurevis": path | None, "featurevis_kind": "plain" | "diverse" | "facet:NAME" | None,
-        "thumb": path | None, "multimodality": dict | None}]``; paths are relative to the atlas. ``featurevis`` is
-        the unit's first render by :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet render where it has no
-        plain one, which its card says); ``multimodality`` is :meth:`Atlas.unit`'s (None where the layer was not
-        measured).
+        "thumb": path | None, "multimodality": dict | None, "family": dict | None}]``; paths are relative to the
+        atlas. ``featurevis`` is the unit's first render by :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet
+        render where it has no plain one, which its card says); ``multimodality`` is :meth:`Atlas.unit`'s (None
+        where the layer was not measured), ``family`` its family as :func:`described_family` gives it.
     """
     entry = atlas.resolve_layer(model, layer)
     key = (entry["model"], entry["layer"])
     cards = [{"unit": unit, "max": None, "mean": None, "label": None, "words": [], "featurevis": None,
-              "featurevis_kind": None, "thumb": None, "multimodality": None} for unit in range(entry["units"])]
+              "featurevis_kind": None, "thumb": None, "multimodality": None, "family": None}
+             for unit in range(entry["units"])]
 
     def rows(sql: str):
         return ((row, cards[row["unit"]]) for row in atlas.db.execute(sql, key) if 0 <= row["unit"] < len(cards))
@@ -95,6 +141,10 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     scores = atlas.multimodality(*key)  # one artifact for the whole layer, read once
     for card, record in zip(cards, [] if scores is None else layer_multimodality(scores)):
         card["multimodality"] = record
+    sources = family_sources(atlas, *key)
+    for row, card in rows("SELECT unit, family, score, source FROM families WHERE model = ? AND layer = ?"):
+        family = {column: row[column] for column in ("family", "score", "source")}
+        card["family"] = described_family(family, row["unit"], sources)
     return cards
 
 

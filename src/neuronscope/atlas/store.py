@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
 DB_NAME = "atlas.sqlite"
 #: SQL order of a unit's renders, everywhere they are listed: plain, diverse, then facets by name.
 RENDER_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END, kind, path"
+#: The kind of the artifact that says where a source's families came from (one per source, named by it).
+FAMILIES_ARTIFACT = "families"
 #: The tables the Atlas API writes by the names a user types (scans write only keys and canonical layers), each
 #: with the columns that key one set its writer replaces whole: a unit's label, words or texts, a unit's renders
 #: of one kind, one artifact. :meth:`Atlas._adopt_names` moves them to the canonical names set by set.
@@ -834,7 +836,7 @@ class Atlas:
                            [(model, layer, unit, record["family"], record.get("score"), source)
                             for unit, record in zip(units, families.values())])
         if about is not None:
-            self.save_artifact(model, layer, "families", source, data=dict(about))
+            self.save_artifact(model, layer, FAMILIES_ARTIFACT, source, data=dict(about))
 
     def multimodality(self, model: str, layer: str) -> dict[str, Any] | None:
         """A layer's stored multimodality measurement (``Multimodality.to_dict()``'s shape), or None."""

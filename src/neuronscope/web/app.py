@@ -8,8 +8,8 @@ Pages (``{model}`` a registry name such as ``mini-clip``, ``{layer}`` a canonica
 dot path or any alias, ``~`` for ``/``; a non-canonical name answers 301):
 
     /                                     models and layers with counts
-    /m/{model}/l/{layer}?q=&sort=&page=   unit grid: filter by word or label (or labelled=1, multimodal=1),
-                                          sort by unit, max or multimodality
+    /m/{model}/l/{layer}?q=&sort=&page=   unit grid: filter by word or label (or labelled=1, multimodal=1,
+                                          family=NAME), sort by unit, max or multimodality
     /m/{model}/l/{layer}/u/{unit}         one unit (plots at .../histogram.svg, .../conditional.svg)
     /search?q=                            units whose words, labels or texts match
     /files/{path}                         the atlas's images (thumbnails, renders, artifacts)

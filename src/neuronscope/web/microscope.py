@@ -81,10 +81,10 @@ class Microscope:
 
     def layer_query(self) -> LayerQuery:
         """The request's layer list parameters (``q``, ``sort``, ``page``, ``per_page``, ``labelled``,
-        ``multimodal``)."""
+        ``multimodal``, ``family``)."""
         params = self.request.query_params
         return LayerQuery.parse(params.get("q"), params.get("sort"), params.get("page"), params.get("per_page"),
-                                params.get("labelled"), params.get("multimodal"))
+                                params.get("labelled"), params.get("multimodal"), params.get("family"))
 
     def layer_context(self, model: str, layer: str) -> dict[str, Any] | Response:
         """What a layer's page and JSON show (one page of its grid, as the query asks), or the 301."""

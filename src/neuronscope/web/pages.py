@@ -14,9 +14,10 @@ from functools import lru_cache
 from typing import Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.browse import (filter_units, image_categories, layer_counts, layer_grid, search_units,
-                                      unit_runs)
+from neuronscope.atlas.browse import (described_family, family_sizes, family_sources, filter_units, image_categories,
+                                      layer_counts, layer_grid, search_units, unit_runs)
 from neuronscope.atlas.multimodality import layer_summary
+from neuronscope.atlas.store import FAMILIES_ARTIFACT
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
@@ -35,7 +36,7 @@ _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 #: A layer list's parameters as an omitted one means them (links leave these out: one list, one URL).
-_DEFAULT_PARAMS = {"q": "", "sort": "unit", "labelled": 0, "multimodal": 0, "per_page": PER_PAGE}
+_DEFAULT_PARAMS = {"q": "", "sort": "unit", "labelled": 0, "multimodal": 0, "family": "", "per_page": PER_PAGE}
 
 
 class BadRequest(ValueError):
@@ -57,23 +58,28 @@ class LayerQuery:
     labelled: bool = False
     #: Only the units the layer's multimodality measurement finds multimodal.
     multimodal: bool = False
+    #: Only the units of this family (``neuronscope families``); "" for any. Checked against the layer's
+    #: families when the list is made (:func:`listed_cards`).
+    family: str = ""
 
     @classmethod
     def parse(cls, q: str | None, sort: str | None, page: str | None, per_page: str | None,
-              labelled: str | None = None, multimodal: str | None = None) -> "LayerQuery":
+              labelled: str | None = None, multimodal: str | None = None, family: str | None = None
+              ) -> "LayerQuery":
         sort = sort or "unit"
         if sort not in SORTS:
             raise BadRequest(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
         return cls(q=(q or "").strip()[:200], sort=sort, page=_positive(page, "page", 1, None),
                    per_page=_positive(per_page, "per_page", PER_PAGE, MAX_PER_PAGE),
                    labelled=_flag(labelled, "labelled", "labelled units only"),
-                   multimodal=_flag(multimodal, "multimodal", "multimodal units only"))
+                   multimodal=_flag(multimodal, "multimodal", "multimodal units only"),
+                   family=(family or "").strip())
 
     @property
     def params(self) -> dict[str, Any]:
         """What links carry of this query (its page aside): the parameters that differ from the defaults."""
         values = {"q": self.q, "sort": self.sort, "labelled": int(self.labelled), "multimodal": int(self.multimodal),
-                  "per_page": self.per_page}
+                  "family": self.family, "per_page": self.per_page}
         return {key: value for key, value in values.items() if value != _DEFAULT_PARAMS[key]}
 
     @property
@@ -140,11 +146,29 @@ def listed_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
         chosen = [card for card in chosen if card["label"]]
     if query.multimodal:
         chosen = [card for card in chosen if card["multimodality"] and card["multimodality"]["multimodal"]]
+    if query.family:
+        _check_family(query.family, cards)
+        chosen = [card for card in chosen if card["family"] and card["family"]["family"] == query.family]
     if query.sort in _SORT_VALUES:
         # Units without the value (no scan, no measurement) go last.
         value = _SORT_VALUES[query.sort]
         chosen = sorted(chosen, key=lambda card: (value(card) is None, -(value(card) or 0.0), card["unit"]))
     return chosen
+
+
+def layer_family_sizes(cards: list[dict[str, Any]]) -> dict[str, int]:
+    """:func:`~neuronscope.atlas.browse.family_sizes` of a layer's cards: the families its filter offers."""
+    return family_sizes(card["family"]["family"] for card in cards if card["family"])
+
+
+def _check_family(family: str, cards: list[dict[str, Any]]) -> None:
+    """A family filter names one of the layer's families; anything else is a bad request."""
+    present = layer_family_sizes(cards)
+    if family not in present:
+        if not present:
+            raise BadRequest(f"this layer's units have no family (neuronscope families ATLAS --layer LAYER gives "
+                             f"them): leave out family={family!r}")
+        raise BadRequest(f"family must be one of this layer's families ({', '.join(present)}), not {family!r}")
 
 
 def matching_units(atlas: Atlas, model: str, layer: str, q: str, units: int) -> set[int] | None:
@@ -164,7 +188,7 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
 
     Returns:
         ``{"cards", "total" (units after the filter), "page", "pages", "per_page", "q", "sort", "labelled",
-        "multimodal", "params"}``; ``params``: what links to other pages of the same list carry
+        "multimodal", "family", "params"}``; ``params``: what links to other pages of the same list carry
         (:attr:`LayerQuery.params`).
     """
     chosen = listed_cards(cards, query, matching)
@@ -174,7 +198,8 @@ def filter_cards(cards: list[dict[str, Any]], query: LayerQuery, matching: set[i
     start = (query.page - 1) * query.per_page
     return {"cards": chosen[start:start + query.per_page], "total": len(chosen), "page": query.page,
             "pages": pages, "per_page": query.per_page, "q": query.q, "sort": query.sort,
-            "labelled": query.labelled, "multimodal": query.multimodal, "params": query.params}
+            "labelled": query.labelled, "multimodal": query.multimodal, "family": query.family,
+            "params": query.params}
 
 
 #: The list of a layer's multimodal units, highest score first.
@@ -183,12 +208,15 @@ MULTIMODAL_LIST = LayerQuery(sort="multimodality", multimodal=True)
 
 def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
                cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A layer page: the layer's entry, one page of unit cards, the layer's artifacts and its multimodality.
+    """A layer page: the layer's entry, one page of unit cards, the layer's artifacts, its multimodality and
+    its families.
 
     ``cards`` may be given when the caller caches :func:`layer_grid` (the server does). ``multimodality`` is
     :func:`~neuronscope.atlas.multimodality.layer_summary` (None: not measured) and ``multimodal_units`` the
     multimodal units' cards by score (what the filter and sort list: a static export, which has neither, lists
-    them on the page).
+    them on the page). ``families`` is ``{family: units}`` (largest first; ``{}`` where families were computed
+    and no unit has one, None where they never were) and ``family_units`` each family's cards in unit order
+    (what ``?family=NAME`` lists; the export lists them on the page).
     """
     entry = atlas.resolve_layer(model, layer)
     cards = layer_grid(atlas, model, entry["layer"]) if cards is None else cards
@@ -197,10 +225,14 @@ def layer_data(atlas: Atlas, model: str, layer: str, query: LayerQuery,
     artifacts = [{**artifact, "image": bool(artifact["path"]) and is_image(artifact["path"])}
                  for artifact in atlas.artifacts(model, entry["layer"])]
     scores = atlas.multimodality(model, entry["layer"])
+    families = layer_family_sizes(cards)
+    computed = families or any(artifact["kind"] == FAMILIES_ARTIFACT for artifact in artifacts)
     return {"model": model, "layer": entry["layer"], "entry": entry, **filter_cards(cards, query, matching),
             "artifacts": artifacts, "unit_named": unit_number(query.q, entry["units"]),
             "multimodality": None if scores is None else layer_summary(scores),
-            "multimodal_units": listed_cards(cards, MULTIMODAL_LIST)}
+            "multimodal_units": listed_cards(cards, MULTIMODAL_LIST),
+            "families": families if computed else None,
+            "family_units": {family: listed_cards(cards, LayerQuery(family=family)) for family in families}}
 
 
 def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -215,15 +247,20 @@ def _featurevis_groups(renders: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def unit_data(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery = LayerQuery(),
               cards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, whether it has plots, its place in a layer
-    list and provenance.
+    """A unit page: :meth:`Atlas.unit`'s record plus grouped renders, whether it has plots, its family (with a
+    lexical unit's affix) and what its source stored of it (``family_about``: vocabulary, threshold; None for a
+    source that kept nothing), its place in a layer list and provenance.
 
     ``query``: the layer list the visitor came from (a card's link carries it); ``cards`` as for
     :func:`layer_data`, read only for a query other than the plain grid.
     """
     record = atlas.unit(model, layer, unit)
     histogram = record["histogram"]
+    sources = family_sources(atlas, record["model"], record["layer"]) if record["family"] else {}
     return {"model": record["model"], "layer": record["layer"], "unit": unit, "record": record,
+            # the record's family with its affix (lexical), and what its source says of where it came from
+            "family": described_family(record["family"], unit, sources),
+            "family_about": sources.get(record["family"]["source"]) if record["family"] else None,
             # "unscanned" (no histogram), "empty" (scanned, but no finite activation) or "plottable"
             "activations": "unscanned" if histogram is None else "plottable" if histogram["counts"] else "empty",
             "featurevis_groups": _featurevis_groups(record["featurevis"]),

@@ -137,7 +137,7 @@ def api_layer(view: View, model: str, layer: str) -> Response:
         return context
     return JSONResponse({key: context[key] for key in ("model", "layer", "total", "page", "pages", "per_page",
                                                        "q", "sort", "labelled", "multimodal", "multimodality",
-                                                       "cards")}
+                                                       "family", "families", "cards")}
                         | {"units": context["entry"]["units"], "aliases": context["entry"]["aliases"],
                            "artifacts": listed_artifacts(view.links(), context["model"], context["layer"],
                                                          context["artifacts"])})
