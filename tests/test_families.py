@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from neuronscope.analysis.families import builtin_families, stratified_auroc, word_families
+from neuronscope.analysis.family_store import families_into, plan_families
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.probing.vocab import english_words
@@ -74,6 +75,19 @@ def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path
     report = json.loads(result.stdout)
     assert report["family_words"] == {"region": 131, "emotion": 76, "colour": 20}
     assert report["families"]["colour"] == [{"unit": 0, "score": 1.0}]
+    # the fill report (CONVENTIONS), then the command's own keys
+    assert list(report)[:7] == ["atlas", "run_id", "model", "layers", "units", "seconds", "skipped"]
+    assert report["layers"] == [layer] and report["layer"] == layer and report["units"] == tiny_rn.layer_shape(layer)[0]
+    with Atlas(atlas_dir) as atlas:  # a run, with its provenance, and the artifact under it
+        run = atlas.run(report["run_id"])
+        probe_run = atlas.artifact(tiny_rn.key, layer, "words", "english-10k")["run_id"]
+        assert run["status"] == "finished" and run["config_key"].startswith("families-")
+        assert run["command"].startswith("neuronscope families atlas --model")
+        assert run["config"]["probe_run"] == probe_run and run["config"]["threshold"] == 0.85
+        assert {"families_sha256", "lexical_rule"} <= set(run["config"])
+        assert run["weights_sha256"] == atlas.run(probe_run)["weights_sha256"]
+        about = atlas.artifact(tiny_rn.key, layer, "families", "auto:words")
+        assert about["run_id"] == report["run_id"]
     with Atlas(atlas_dir) as atlas:
         assert atlas.unit(None, "neurons", 0)["family"] == {"family": "colour", "score": 1.0, "source": "auto:words"}
         assert atlas.unit(None, "neurons", 3)["family"]["source"] == "user"  # a family set elsewhere is kept
@@ -83,6 +97,22 @@ def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path
     assert again.exit_code == 0, again.output
     with Atlas(atlas_dir) as atlas:
         assert atlas.unit(None, "neurons", 0)["family"]["family"] == "colour"
+        assert json.loads(again.stdout)["run_id"] == report["run_id"] + 1  # another config: another run
+        assert atlas.run(report["run_id"] + 1)["config"]["threshold"] == 1.0
+
+
+def test_families_into_records_a_run_that_reruns_of_its_config_find(tmp_path: Path, tiny_rn) -> None:
+    """The demo's reuse: the stored families are those of the latest finished run of this config."""
+    atlas_dir = _atlas_with_probe(tmp_path, tiny_rn)
+    with Atlas(atlas_dir) as atlas:
+        plan = plan_families(atlas, None, "neurons")
+        done = families_into(atlas, plan, command="neuronscope demo (families)")
+        assert atlas.finished_run(plan.config_key) == done.run_id
+        assert atlas.run(done.run_id)["command"] == "neuronscope demo (families)"
+        assert done.found.records() == {0: {"family": "colour", "score": 1.0},
+                                        3: {"family": "lexical", "score": None, "affix": "-ing"}}
+        assert plan_families(atlas, None, "neurons").config_key == plan.config_key  # a key never changes
+        assert plan_families(atlas, None, "neurons", threshold=0.9).config_key != plan.config_key
 
 
 def test_an_atlas_without_a_word_probe_says_how_to_make_one(tmp_path: Path, tiny_rn) -> None:

@@ -293,23 +293,19 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 
 
 def _families(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings) -> tuple[str, str]:
-    """Each unit's family from the words stage's probe (`neuronscope families`); reused when made from that
-    very probe (not older than it)."""
-    from neuronscope.analysis.families import word_families
-    from neuronscope.commands.families import SOURCE, family_records
+    """Each unit's family from the words stage's probe (`neuronscope families`), recorded as a run; reused when
+    the stored families are those of a finished run of this very config (the same probe run, lists, null)."""
+    from neuronscope.analysis.family_store import SOURCE, families_into, plan_families
     from neuronscope.probing.vocab import vocabulary_name
-    from neuronscope.probing.word_store import load_word_scores
 
     name = vocabulary_name(settings.vocabulary)
-    probe = atlas.artifact(model.key, layer, "words", name)
-    if probe is None:
+    if atlas.artifact(model.key, layer, "words", name) is None:
         return "skipped", "no word probe (the words stage was skipped)"
+    plan = plan_families(atlas, model.key, layer, name)
     earlier = atlas.artifact(model.key, layer, "families", SOURCE)
-    if earlier is not None and earlier["data"]["vocabulary"] == name and earlier["created_at"] >= probe["created_at"]:
+    if earlier is not None and earlier["run_id"] is not None and earlier["run_id"] == atlas.finished_run(plan.config_key):
         return "reused", f"families from the {name} probe found earlier"
-    _, canonical, _, words, scores = load_word_scores(atlas, model.key, layer, name)
-    found = word_families(words, scores, canonical)
-    atlas.write_families(model.key, canonical, family_records(found), source=SOURCE, about=found.about(name))
+    found = families_into(atlas, plan, command=f"neuronscope demo (families --vocab {shlex.quote(name)})").found
     sizes = ", ".join(f"{family} {len(units)}" for family, units in found.members().items()) or "none"
     return "built", f"families from the {name} probe: {sizes}"
 

@@ -75,13 +75,15 @@ class Families:
             return {"family": LEXICAL, "score": None, "affix": self.lexical[u]}
         return None
 
+    def records(self) -> dict[int, dict[str, Any]]:
+        """``{unit: {"family", "score"[, "affix"]}}`` of the units with a family, as the atlas stores them."""
+        return {unit: record for unit in range(self.affinity.shape[1]) if (record := self.family(unit)) is not None}
+
     def members(self) -> dict[str, list[int]]:
         """``{family: [units]}`` of every family with members."""
         found: dict[str, list[int]] = {}
-        for unit in range(self.affinity.shape[1]):
-            record = self.family(unit)
-            if record is not None:
-                found.setdefault(record["family"], []).append(unit)
+        for unit, record in self.records().items():
+            found.setdefault(record["family"], []).append(unit)
         return found
 
     def about(self, vocabulary: str) -> dict[str, Any]:

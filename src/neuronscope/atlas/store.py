@@ -823,10 +823,11 @@ class Atlas:
         self.save_artifact(model, layer, *MULTIMODALITY, data=dict(scores), run_id=run_id)
 
     def write_families(self, model: str, layer: str, families: Mapping[int, Mapping[str, Any]], *, source: str,
-                       about: Mapping[str, Any] | None = None) -> None:
+                       about: Mapping[str, Any] | None = None, run_id: int | None = None) -> None:
         """Replace the families ``source`` gave a layer's units with ``families`` (``{unit: {"family",
         "score"}}``); a unit's family from another source (a user's) is kept. ``about`` (JSON: the probe and
-        settings they came from) is kept as the layer's ``families`` artifact named ``source``."""
+        settings they came from) is kept as the layer's ``families`` artifact named ``source``, under the run
+        ``run_id`` that computed them."""
         units = [parse_unit(unit) for unit in families]
         model, layer = self._unit_key(model, layer, units)
         with self.transaction() as db:
@@ -836,7 +837,7 @@ class Atlas:
                            [(model, layer, unit, record["family"], record.get("score"), source)
                             for unit, record in zip(units, families.values())])
         if about is not None:
-            self.save_artifact(model, layer, FAMILIES_ARTIFACT, source, data=dict(about))
+            self.save_artifact(model, layer, FAMILIES_ARTIFACT, source, data=dict(about), run_id=run_id)
 
     def multimodality(self, model: str, layer: str) -> dict[str, Any] | None:
         """A layer's stored multimodality measurement (``Multimodality.to_dict()``'s shape), or None."""
