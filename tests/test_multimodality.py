@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from neuronscope.analysis.multimodality import ConceptResponses, Multimodality, multimodality
+from neuronscope.analysis.multimodality import NO_CONCEPT, ConceptResponses, Multimodality, multimodality
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.errors import NeuronscopeError
@@ -67,45 +67,60 @@ def test_scores_round_trip_through_json() -> None:
 
 
 def test_folders_name_the_concepts_and_the_rest_is_counted(tmp_path: Path) -> None:
-    for concept, count in (("cat", 3), ("dog", 2), ("owl", 1)):
+    for concept, count in (("cat", 5), ("dog", 4), ("owl", 1)):
         _images(tmp_path / "animals" / concept, count)
     noise().save(tmp_path / "top.png")
     images = labelled_images([str(tmp_path)])
-    assert images.concepts == ("cat", "dog")  # the deepest folder names the concept
-    assert images.labels.tolist() == [0, 0, 0, 1, 1]
-    assert images.left_out == {"no category": 1, "fewer than 2 images in their concept": 1}
+    assert images.concepts == ("cat", "dog")  # the folder's last name names the concept
+    assert images.labels.tolist() == [0] * 5 + [1] * 4
+    assert images.left_out == {"no category": 1, "fewer than 4 images in their concept": 1}
     chosen = labelled_images([str(tmp_path)], ["dog", "owl"])
-    assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the concepts"] == 3
+    assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the classes"] == 5
+
+
+def test_two_folders_that_would_share_a_name_are_refused(tmp_path: Path) -> None:
+    for thing in ("star", "clock"):
+        for place in ("indoor", "outdoor"):
+            _images(tmp_path / thing / place, 4)
+    with pytest.raises(NeuronscopeError, match="clock/indoor, star/indoor"):
+        labelled_images([str(tmp_path)])
+    names = {"star/indoor": "star inside", "clock/indoor": "clock inside", "star/outdoor": "star outside",
+             "clock/outdoor": "clock outside"}
+    assert labelled_images([str(tmp_path)], names=names).concepts == ("clock inside", "clock outside",
+                                                                      "star inside", "star outside")
+    with pytest.raises(NeuronscopeError, match="pool"):  # two categories named alike by --names
+        labelled_images([str(tmp_path)], names={**names, "clock/indoor": "star inside"})
 
 
 def test_names_turn_category_ids_into_words(tmp_path: Path) -> None:
     for synset in ("n01440764", "n02102040", "n03000134"):
-        _images(tmp_path / "val" / synset, 2)
+        _images(tmp_path / "val" / synset, 4)
     names = tmp_path / "names.tsv"
     names.write_text("# ImageNet\nn01440764\ttench\nn02102040\tEnglish springer\n")
     images = labelled_images([str(tmp_path / "val")], names={"n01440764": "tench", "n02102040": "English springer"})
     assert images.concepts == ("English springer", "n03000134", "tench")
     result = CliRunner().invoke(app, ["multimodal", "--model", "tiny-rn", "--weights", "random", "--names", str(names),
-                                      "--concepts", "tench,English springer", "--sizes", "0.8", "--positions",
-                                      "0.5:0.5", "--json", str(tmp_path / "val")])
+                                      "--classes", "tench,English springer", "--sizes", "0.8", "--positions",
+                                      "0.5:0.5", "--json", "--images", str(tmp_path / "val")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["concepts"] == ["tench", "English springer"]
     names.write_text("n01440764 tench\n")
-    bad = CliRunner().invoke(app, ["multimodal", "--model", "tiny-rn", "--names", str(names), str(tmp_path / "val")])
+    bad = CliRunner().invoke(app, ["multimodal", "--model", "tiny-rn", "--names", str(names), "--images",
+                                   str(tmp_path / "val")])
     assert bad.exit_code == 1 and "line 1" in bad.output and "category<TAB>name" in bad.output
 
 
 def test_a_tar_shard_index_names_the_concepts(tmp_path: Path) -> None:
     shard = tmp_path / "shard.tar"
-    index = {"images": [{"file": f"{i}.png", "category": "round" if i < 2 else "square"} for i in range(4)]}
+    index = {"images": [{"file": f"{i}.png", "category": "round" if i < 4 else "square"} for i in range(8)]}
     with tarfile.open(shard, "w") as tar:
         for name, data in [("index.json", json.dumps(index).encode()),
-                           *((f"{i}.png", _png(i)) for i in range(4))]:
+                           *((f"{i}.png", _png(i)) for i in range(8))]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     images = labelled_images([str(shard)])
-    assert images.concepts == ("round", "square") and images.labels.tolist() == [0, 0, 1, 1]
+    assert images.concepts == ("round", "square") and images.labels.tolist() == [0] * 4 + [1] * 4
 
 
 def _images(folder: Path, count: int) -> None:
@@ -147,8 +162,11 @@ def drawings_folder(tmp_path_factory, test_split) -> Path:
 
 def test_the_bundled_measurement_finds_the_cards_units(mini_clip_fp32) -> None:
     card = json.loads((Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json").read_text())
-    result, skipped = measure_multimodality(mini_clip_fp32, card["multimodal"]["layer"], None)
-    assert skipped == {} and result.concepts_with_units(card["multimodal"]["threshold"]) == card["multimodal"]["trained"]
+    measured = measure_multimodality(mini_clip_fp32, card["multimodal"]["layer"], None)
+    result, threshold = measured.scores, card["multimodal"]["threshold"]
+    assert measured.skipped == {} and result.concepts_with_units(threshold) == card["multimodal"]["trained"]
+    # the label-shuffle control is the card's own derangement control: the same seeds, the same counts
+    assert result.chance(threshold)["concepts"] == card["multimodal"]["shuffled_seeds"]
     for unit in card["multimodal"]["units"]:
         record = result.unit(unit["unit"])
         assert record["concept"] == unit["concept"] and record["word_concept"] == unit["concept"]
@@ -163,7 +181,7 @@ def test_drawings_a_user_brings_find_the_cards_units_again(mini_clip_fp32, drawi
     card = json.loads((Path(__file__).parents[1] / "src/neuronscope/data/mini_clip/mini_clip_card.json").read_text())
     images = labelled_images([str(drawings_folder)])
     assert sorted(images.concepts) == sorted(test_split.concepts)
-    result, _ = measure_multimodality(mini_clip_fp32, "neurons", images, settings=HELDOUT_FONTS, batch_size=64)
+    result = measure_multimodality(mini_clip_fp32, "neurons", images, settings=HELDOUT_FONTS, batch_size=64).scores
     records = [result.unit(u["unit"]) for u in card["multimodal"]["units"]]
     assert [r["concept"] for r in records] == [u["concept"] for u in card["multimodal"]["units"]]
     assert all(r["auroc_images"] >= 0.85 for r in records)
@@ -213,7 +231,7 @@ def test_a_killed_measurement_resumes_from_its_checkpoint(tmp_path: Path, tiny_r
         assert interrupted["status"] == "interrupted"
         resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
         assert resumed.run_id == interrupted["id"] and resumed.resumed_from == 8
-    whole, _ = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
     assert torch.equal(resumed.result.concept, whole.concept)
     assert torch.allclose(resumed.result.auroc_images, whole.auroc_images)
 
@@ -239,6 +257,109 @@ def test_cli_refuses_label_without_an_atlas_and_concepts_without_images() -> Non
     runner = CliRunner()
     result = runner.invoke(app, ["multimodal", "--label"])
     assert result.exit_code != 0 and "--out ATLAS" in result.output
-    for option in ("--concepts", "--names"):
+    for option in ("--classes", "--names"):
         result = runner.invoke(app, ["multimodal", option, "cat,dog"])
         assert result.exit_code != 0 and "give the images too" in result.output
+
+
+# ---------------------------------------------------------------------------- review findings
+
+
+def test_a_unit_that_answers_every_concept_alike_has_no_concept() -> None:
+    responses = _responses()
+    images = responses.images.clone()
+    images[:, 1] = 0.0  # dead
+    result = multimodality(ConceptResponses(images, responses.image_labels, responses.words, responses.word_labels,
+                                            responses.concepts))
+    assert int(result.concept[1]) == NO_CONCEPT and result.unit(1)["concept"] is None
+    assert result.score[1] == 0.5 and not result.is_multimodal()[1]
+    assert result.to_dict()["concept"][1] == -1
+
+
+def test_with_few_images_chance_passes_units_and_the_control_says_how_many() -> None:
+    """Noise units, 10 concepts of 2 images: the concept is chosen and scored on the same images, so some pass;
+    the label-shuffle control passes about as many, which is what the command prints beside the count."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(2)
+    word_labels = torch.arange(10).repeat_interleave(9)
+    word_effect = torch.randn(10, 2560, generator=generator)[word_labels]  # a word's renders share its effect
+    responses = ConceptResponses(torch.randn(20, 2560, generator=generator), labels,
+                                 word_effect + 0.1 * torch.randn(90, 2560, generator=generator), word_labels,
+                                 tuple("abcdefghij"))
+    result = multimodality(responses)
+    found, chance = int(result.is_multimodal().sum()), result.chance()["units"]
+    assert found > 10 and len(chance) == 3 and min(chance) > found / 4
+
+
+def _folders(root: Path, concepts: dict[str, int]) -> Path:
+    for concept, count in concepts.items():
+        _images(root / concept, count)
+    return root
+
+
+def test_concept_names_the_fonts_cannot_draw_are_refused_before_any_image_is_read(tmp_path: Path, tiny_rn) -> None:
+    images = labelled_images([str(_folders(tmp_path / "cjk", {"星": 4, "flower": 4, "planet": 4}))])
+    with Atlas(tmp_path / "atlas") as atlas, pytest.raises(NeuronscopeError, match="cannot be drawn.*--names"):
+        measure_multimodality_into(atlas, tiny_rn, "neurons", images)
+    with Atlas(tmp_path / "atlas") as atlas:
+        assert atlas.runs() == []
+
+
+def test_a_concept_without_readable_images_is_left_out(tmp_path: Path, tiny_rn) -> None:
+    root = _folders(tmp_path / "images", {"cat": 4, "dog": 4, "owl": 4})
+    (root / "ghost").mkdir()
+    for index in range(4):
+        (root / "ghost" / f"{index}.png").write_bytes(b"")
+    measured = measure_multimodality(tiny_rn, "neurons", labelled_images([str(root)]),
+                                     settings=RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),)))
+    assert measured.dropped == ("ghost",) and measured.scores.concepts == ("cat", "dog", "owl")
+    assert measured.skipped and sum(measured.skipped.values()) == 4
+
+
+def test_a_rerun_at_a_stricter_threshold_leaves_no_stale_labels(tmp_path: Path, mini_clip_fp32) -> None:
+    with Atlas(tmp_path / "atlas") as atlas:
+        first = measure_multimodality_into(atlas, mini_clip_fp32, "neurons", None, label=True)
+        second = measure_multimodality_into(atlas, mini_clip_fp32, "neurons", None, label=True, threshold=0.97)
+        layer = mini_clip_fp32.resolve_layer("neurons")
+        labelled = {unit for unit in range(512) if atlas.label(mini_clip_fp32.key, layer, unit) is not None}
+    assert second.run_id != first.run_id and len(second.labelled) < len(first.labelled)
+    assert labelled == set(second.labelled) == {r["unit"] for r in second.result.units(0.97)}
+
+
+def test_a_changed_source_abandons_the_interrupted_run_and_its_checkpoint(tmp_path: Path, tiny_rn) -> None:
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+
+    def kill(state) -> None:
+        if state.done >= 8:
+            raise KeyboardInterrupt
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(KeyboardInterrupt):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", labelled_images([str(root)]), settings=settings,
+                                       batch_size=4, checkpoint_every=4, on_batch=kill)
+        assert atlas.checkpoints.files("multimodality-")
+        noise(seed=99).save(root / "a" / "new.png")  # a source with one file more
+        run = measure_multimodality_into(atlas, tiny_rn, "neurons", labelled_images([str(root)]), settings=settings,
+                                         batch_size=4)
+        statuses = [r["status"] for r in atlas.runs()]
+        assert run.resumed_from == 0 and statuses == ["abandoned", "finished"]
+        assert atlas.checkpoints.files("multimodality-") == []
+
+
+def test_the_recorded_command_names_the_images_and_reruns_the_same_run(tmp_path: Path) -> None:
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4})
+    args = ["multimodal", "--model", "tiny-rn", "--weights", "random", "--images", str(root), "--sizes", "0.8",
+            "--positions", "0.5:0.5", "--out", str(tmp_path / "atlas")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    with Atlas(tmp_path / "atlas") as atlas:
+        (run,) = atlas.runs()
+    # an absolute path by its name, as every recorded command (an atlas holds no absolute paths)
+    assert "--images images " in run["command"] and "--top" not in run["command"]
+
+
+def test_the_card_measurement_refuses_what_it_would_ignore() -> None:
+    runner = CliRunner()
+    for extra, message in ((["--sizes", "0.5"], "--sizes"), (["--precision", "bf16"], "fp32")):
+        result = runner.invoke(app, ["multimodal", *extra])
+        assert result.exit_code == 1 and message in result.output

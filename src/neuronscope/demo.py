@@ -206,7 +206,7 @@ def _multimodality(model: LoadedModel, atlas: Atlas, layer: str) -> tuple[str, s
     if card is None:
         return "skipped", why_not
     threshold = card["multimodal"]["threshold"]
-    if atlas.finished_run(run_config(model, layer, None, RasterSettings(), threshold)[1]) is not None:
+    if atlas.finished_run(run_config(model, layer, None, RasterSettings())[1]) is not None:
         return "reused", "multimodality measured earlier"
     run = measure_multimodality_into(atlas, model, layer, None, threshold=threshold,
                                      command="neuronscope demo (multimodal)")

@@ -11,13 +11,22 @@ threshold when the score reaches it and the words' top concept is the same.
 AUROC, not mean response, because a unit that fires a little for everything is
 not selective; the weaker of the two, because a unit that only sees (or only
 reads) the concept is not multimodal.
+
+The concept is chosen and scored on the same images, so with few images a
+concept, units that answer nothing in particular pass by chance. The control
+says how often: the same measurement with the images' concept labels deranged
+(the words keep theirs), as the card's ``shuffled`` control; the chosen concept
+passes through the same selection, so the control counts exactly what chance
+gives this source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..units import parse_unit
@@ -25,6 +34,12 @@ from .selectivity import auroc_per_class
 
 #: The card's threshold on both AUROCs.
 DEFAULT_THRESHOLD = 0.9
+#: Seeds of the label-shuffle control (three, as the card's).
+CONTROL_SEEDS = (0, 1, 2)
+#: Units whose AUROCs are computed at once: the ranks take about 20 times the responses' memory.
+UNIT_BLOCK = 256
+#: The concept index of a unit that answers every concept alike (a dead or constant unit): it has none.
+NO_CONCEPT = -1
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,14 @@ class Multimodality:
     Attributes:
         layer: the layer's canonical name.
         concepts: the concept names.
-        concept: [U] index of the concept with the unit's highest mean response among the images.
+        concept: [U] index of the concept with the unit's highest mean response among the images
+            (:data:`NO_CONCEPT` for a unit whose mean is the same for every concept: a dead or constant unit).
         word_concept: [U] the same among the rendered words.
-        auroc_images: [U] AUROC of ``concept`` against all other concepts among the images.
+        auroc_images: [U] AUROC of ``concept`` against all other concepts among the images (0.5 without one).
         auroc_words: [U] AUROC of ``concept`` (the images' one) among the words.
+        images_per_concept, words_per_concept: how many samples each concept had.
+        shuffled: the same measurement with the images' labels deranged, one per control seed
+            (:meth:`chance`); empty when not computed.
     """
 
     layer: str
@@ -65,6 +84,9 @@ class Multimodality:
     word_concept: torch.Tensor
     auroc_images: torch.Tensor
     auroc_words: torch.Tensor
+    images_per_concept: tuple[int, ...] = ()
+    words_per_concept: tuple[int, ...] = ()
+    shuffled: tuple["Multimodality", ...] = ()
 
     @property
     def score(self) -> torch.Tensor:
@@ -78,17 +100,26 @@ class Multimodality:
 
     def is_multimodal(self, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
         """[U] bool: both AUROCs reach ``threshold`` and images and words agree on the concept."""
-        return self.agrees & (self.score >= threshold)
+        return self.agrees & (self.concept != NO_CONCEPT) & (self.score >= threshold)
+
+    def chance(self, threshold: float = DEFAULT_THRESHOLD) -> dict[str, list[int]]:
+        """What the label-shuffle control passes at ``threshold``: ``{"units": [...], "concepts": [...]}``, one
+        count per seed (empty lists when the control was not computed)."""
+        return {"units": [int(s.is_multimodal(threshold).sum()) for s in self.shuffled],
+                "concepts": [s.concepts_with_units(threshold) for s in self.shuffled]}
 
     def unit(self, unit: Any) -> dict[str, Any]:
         """One unit's record: ``{"unit", "concept", "score", "auroc_images", "auroc_words", "word_concept"}``."""
         u = parse_unit(unit)
         if not 0 <= u < len(self.concept):
             raise IndexError(f"unit {u} is outside {self.layer} (units 0-{len(self.concept) - 1})")
-        return {"unit": u, "concept": self.concepts[int(self.concept[u])], "score": round(float(self.score[u]), 4),
+        return {"unit": u, "concept": self._name(self.concept[u]), "score": round(float(self.score[u]), 4),
                 "auroc_images": round(float(self.auroc_images[u]), 4),
                 "auroc_words": round(float(self.auroc_words[u]), 4),
-                "word_concept": self.concepts[int(self.word_concept[u])]}
+                "word_concept": self._name(self.word_concept[u])}
+
+    def _name(self, index: torch.Tensor) -> str | None:
+        return None if int(index) == NO_CONCEPT else self.concepts[int(index)]
 
     def units(self, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
         """The multimodal units at ``threshold`` (:meth:`unit` records), highest score first."""
@@ -106,25 +137,35 @@ class Multimodality:
         """How many concepts have at least one multimodal unit at ``threshold``."""
         return int(self.concept[self.is_multimodal(threshold)].unique().numel())
 
+    def with_control(self, responses: "ConceptResponses", seeds: tuple[int, ...] = CONTROL_SEEDS) -> "Multimodality":
+        """This measurement with its label-shuffle control computed from the ``responses`` it came from."""
+        shuffled = tuple(multimodality(deranged(responses, seed), self.layer, control=()) for seed in seeds)
+        return dataclasses.replace(self, shuffled=shuffled)
+
     def to_dict(self, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
         """JSON-able, as an atlas stores it (:meth:`~neuronscope.atlas.Atlas.write_multimodality`); ``threshold``
-        is the one its readers flag units ``multimodal`` at."""
+        is the one its readers flag units ``multimodal`` at, and ``chance`` the control's counts at it (the
+        control's own scores are not kept). A unit without a concept has index -1."""
         return {"layer": self.layer, "concepts": list(self.concepts), "threshold": threshold,
                 "concept": self.concept.tolist(), "word_concept": self.word_concept.tolist(),
                 "auroc_images": [round(v, 4) for v in self.auroc_images.tolist()],
-                "auroc_words": [round(v, 4) for v in self.auroc_words.tolist()]}
+                "auroc_words": [round(v, 4) for v in self.auroc_words.tolist()],
+                "images_per_concept": list(self.images_per_concept), "words_per_concept": list(self.words_per_concept),
+                "chance": self.chance(threshold)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Multimodality":
-        """The inverse of :meth:`to_dict` (AUROCs to its 4 decimals)."""
+        """The inverse of :meth:`to_dict` (AUROCs to its 4 decimals; without the control's scores)."""
         return cls(data["layer"], tuple(data["concepts"]), torch.tensor(data["concept"], dtype=torch.long),
                    torch.tensor(data["word_concept"], dtype=torch.long),
                    torch.tensor(data["auroc_images"], dtype=torch.float32),
-                   torch.tensor(data["auroc_words"], dtype=torch.float32))
+                   torch.tensor(data["auroc_words"], dtype=torch.float32),
+                   tuple(data.get("images_per_concept", ())), tuple(data.get("words_per_concept", ())))
 
     def __repr__(self) -> str:
+        chance = f", chance {self.chance()['units']}" if self.shuffled else ""
         return (f"Multimodality({self.layer!r}, {len(self.concept)} units, {len(self.concepts)} concepts, "
-                f"{int(self.is_multimodal().sum())} multimodal at {DEFAULT_THRESHOLD})")
+                f"{int(self.is_multimodal().sum())} multimodal at {DEFAULT_THRESHOLD}{chance})")
 
 
 def class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -134,20 +175,51 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> t
     return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=values.dtype))
 
 
-def multimodality(responses: ConceptResponses, layer: str = "") -> Multimodality:
-    """Score every unit of ``responses`` (see the module's docstring for the criterion)."""
+def multimodality(responses: ConceptResponses, layer: str = "", *,
+                  control: tuple[int, ...] = CONTROL_SEEDS) -> Multimodality:
+    """Score every unit of ``responses`` (see the module's docstring for the criterion), with the label-shuffle
+    control for each seed of ``control`` (``()``: none)."""
     n_concepts = len(responses.concepts)
     images, words = responses.images.float(), responses.words.float()
     if images.shape[1] != words.shape[1]:
         raise ValueError(f"image responses have {images.shape[1]} units but word responses {words.shape[1]}")
-    concept = class_means(images, responses.image_labels, n_concepts).argmax(dim=0)  # [U]
+    image_means = class_means(images, responses.image_labels, n_concepts)  # [C, U]
+    concept = image_means.argmax(dim=0)  # [U]
+    answers_alike = (image_means == image_means.max(dim=0).values).all(dim=0)  # [U] a dead or constant unit
+    concept[answers_alike] = NO_CONCEPT
     word_concept = class_means(words, responses.word_labels, n_concepts).argmax(dim=0)  # [U]
-    units = torch.arange(images.shape[1])
-    auroc_images = auroc_per_class(images, responses.image_labels, n_concepts)[concept, units]  # [U]
-    auroc_words = auroc_per_class(words, responses.word_labels, n_concepts)[concept, units]  # [U]
-    # A concept without words (or images) gives NaN: no evidence is no selectivity.
-    return Multimodality(layer, tuple(responses.concepts), concept, word_concept,
-                         auroc_images.nan_to_num(0.5), auroc_words.nan_to_num(0.5))
+    auroc_images, auroc_words = torch.full((images.shape[1],), 0.5), torch.full((images.shape[1],), 0.5)
+    for start in range(0, images.shape[1], UNIT_BLOCK):  # [C, block] at a time: the ranks are [N, block] float64
+        block = slice(start, start + UNIT_BLOCK)
+        chosen = concept[block].clamp(min=0)
+        columns = torch.arange(len(chosen))
+        auroc_images[block] = auroc_per_class(images[:, block], responses.image_labels, n_concepts)[chosen, columns]
+        auroc_words[block] = auroc_per_class(words[:, block], responses.word_labels, n_concepts)[chosen, columns]
+    # A concept without words (or images) gives NaN: no evidence is no selectivity; nor has a unit without a concept.
+    auroc_images = torch.where(concept == NO_CONCEPT, 0.5, auroc_images.nan_to_num(0.5))
+    auroc_words = torch.where(concept == NO_CONCEPT, 0.5, auroc_words.nan_to_num(0.5))
+    result = Multimodality(layer, tuple(responses.concepts), concept, word_concept, auroc_images, auroc_words,
+                           _counts(responses.image_labels, n_concepts), _counts(responses.word_labels, n_concepts))
+    return result.with_control(responses, control) if control else result
+
+
+def _counts(labels: torch.Tensor, n_concepts: int) -> tuple[int, ...]:
+    return tuple(torch.bincount(labels, minlength=n_concepts).tolist())
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation of ``range(n)`` with no fixed point."""
+    rng = np.random.default_rng(seed)
+    while True:
+        permutation = rng.permutation(n)
+        if not (permutation == np.arange(n)).any():
+            return torch.from_numpy(permutation)
+
+
+def deranged(responses: ConceptResponses, seed: int) -> ConceptResponses:
+    """The same responses with the images' concept labels deranged (the words keep theirs)."""
+    permutation = derangement(len(responses.concepts), seed)
+    return dataclasses.replace(responses, image_labels=permutation[responses.image_labels])
 
 
 def concept_labels(names: Sequence[str], concepts: Sequence[str]) -> torch.Tensor:

@@ -22,9 +22,9 @@ def unit_multimodality(scores: Mapping[str, Any], unit: int) -> dict[str, Any]:
     concept, word_concept = scores["concept"][unit], scores["word_concept"][unit]
     auroc_images, auroc_words = scores["auroc_images"][unit], scores["auroc_words"][unit]
     score = min(auroc_images, auroc_words)
-    return {"concept": concepts[concept], "score": score, "auroc_images": auroc_images, "auroc_words": auroc_words,
-            "word_concept": concepts[word_concept], "threshold": scores["threshold"],
-            "multimodal": concept == word_concept and score >= scores["threshold"]}
+    return {"concept": concepts[concept] if concept >= 0 else None, "score": score, "auroc_images": auroc_images,
+            "auroc_words": auroc_words, "word_concept": concepts[word_concept], "threshold": scores["threshold"],
+            "multimodal": 0 <= concept == word_concept and score >= scores["threshold"]}
 
 
 def layer_multimodality(scores: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -34,9 +34,10 @@ def layer_multimodality(scores: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def layer_summary(scores: Mapping[str, Any]) -> dict[str, Any]:
     """What a layer's measurement comes to: ``{"units", "concepts", "threshold", "measured_units",
-    "measured_concepts"}``: how many units are multimodal, for how many distinct concepts, out of the units and
-    concepts measured (the microscope's home and layer pages say it)."""
+    "measured_concepts", "chance"}``: how many units are multimodal, for how many distinct concepts, out of the
+    units and concepts measured, and how many units the label-shuffle control passed, one count per seed (``[]``
+    for a measurement stored without it) (the microscope's home and layer pages say it)."""
     passing = [record for record in layer_multimodality(scores) if record["multimodal"]]
     return {"units": len(passing), "concepts": len({record["concept"] for record in passing}),
             "threshold": scores["threshold"], "measured_units": len(scores["concept"]),
-            "measured_concepts": len(scores["concepts"])}
+            "measured_concepts": len(scores["concepts"]), "chance": (scores.get("chance") or {}).get("units", [])}

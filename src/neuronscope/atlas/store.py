@@ -604,6 +604,23 @@ class Atlas:
             db.execute("INSERT OR REPLACE INTO labels (model, layer, unit, text, source, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (model, layer, unit, text.strip(), source, _now()))
 
+    def replace_labels(self, model: str, layer: str, labels: Mapping[int, str], *, source: str) -> list[int]:
+        """An automatic labeller's labels, in one transaction: ``labels`` (``{unit: text}``) set where a unit has no
+        label or one of this ``source``, and this source's labels on other units removed (a rerun that finds
+        fewer units leaves none stale). A label from another source (a user's) is kept. Returns the units
+        labelled."""
+        units = [parse_unit(unit) for unit in labels]
+        model, layer = self._unit_key(model, layer, units)
+        now = _now()
+        with self.transaction() as db:
+            db.execute("DELETE FROM labels WHERE model = ? AND layer = ? AND source = ?", (model, layer, source))
+            taken = {row["unit"] for row in db.execute("SELECT unit FROM labels WHERE model = ? AND layer = ?",
+                                                       (model, layer))}
+            written = [unit for unit in units if unit not in taken]
+            db.executemany("INSERT INTO labels (model, layer, unit, text, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(model, layer, unit, labels[unit].strip(), source, now) for unit in written])
+        return written
+
     # ------------------------------------------------------------------ other writers: layers, renders, words
 
     def register_layer(self, model: str, layer: str, *, aliases: list[str], units: int, grid: tuple[int, int],

@@ -321,7 +321,7 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
         if name == "out":
             value = Path(value).name
         elif name in paths:
-            value = recorded_path(value)
+            value = [recorded_path(v) for v in value] if option.multiple else recorded_path(value)
         words += _option_words(option, value)
     return shlex.join(words)
 

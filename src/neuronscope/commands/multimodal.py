@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from neuronscope.commands.common import (
+    HOW_IT_RUNS,
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
@@ -27,29 +28,18 @@ from neuronscope.commands.common import (
     require_model,
 )
 from neuronscope.commands.words import FontsOpt, PositionsOpt, SizesOpt, WorkersOpt, raster_settings
+from neuronscope.commands.zeroshot import ClassesFileOpt, ClassesOpt, read_classes
 from neuronscope.errors import NeuronscopeError
 
-ConceptsOpt = Annotated[Optional[str], typer.Option(
-    "--concepts", help="The concepts to compare, comma-separated or a FILE with one a line, spelled as the "
-                       "folders (or index.json categories, or --names) name them. Default: every category with "
-                       "2+ images.")]
+if TYPE_CHECKING:  # the command imports torch only once it runs
+    from neuronscope.models import LoadedModel
+    from neuronscope.probing.multimodal import LabelledImages, MultimodalMeasurement, ResponsesHook
+    from neuronscope.probing.raster import RasterSettings
 
-
-def concept_list(concepts: str | None) -> list[str] | None:
-    """``--concepts`` as a list: a file's lines, or a comma-separated list."""
-    if concepts is None:
-        return None
-    path = Path(concepts).expanduser()
-    if path.is_file():
-        from neuronscope.probing.vocab import read_vocabulary_file
-
-        names = read_vocabulary_file(path)
-    else:
-        names = [name.strip() for name in concepts.split(",") if name.strip()]
-    if len(names) < 2:
-        raise NeuronscopeError(f"--concepts {concepts!r}: give at least two concepts, e.g. --concepts cat,dog,car")
-    return names
-
+#: The raster flags' defaults (the `words` command's): without --images they have nothing to raster.
+RASTER_DEFAULTS = {"sizes": "0.5,0.7,0.9", "positions": "0.1:0.1,0.5:0.5,0.9:0.9", "fonts": "dejavu/DejaVuSans.ttf"}
+#: Below this many images, a concept's AUROCs are noisy: the command says so beside the control.
+FEW_IMAGES = 10
 
 NamesOpt = Annotated[Optional[Path], typer.Option(
     "--names", help="A FILE of 'category<TAB>name' lines naming categories that are not words (ImageNet's "
@@ -77,20 +67,21 @@ def category_names(path: Path | None) -> dict[str, str] | None:
 
 def multimodal(
     ctx: typer.Context,
-    images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="IMAGES", help="Folders (one subfolder per concept), tar shards or lists whose index.json "
-                                    "or folders name each image's concept. None: the bundled mini CLIP's "
-                                    "held-out drawings and words (its card's measurement).")] = None,
+    images: Annotated[Optional[list[str]], typer.Option(
+        "--images", "-i", help="Labelled images: a folder (a subfolder per concept), .tar shard or .txt list whose "
+                               "index.json or folders name each image's concept; repeat for several. None: the "
+                               "bundled mini CLIP's held-out drawings and words (its card's measurement, fp32).")] = None,
     model: ModelOpt = "mini-clip",
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
-    concepts: ConceptsOpt = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     names: NamesOpt = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0, help="Both AUROCs must reach it "
                                              "for a unit to count as multimodal.")] = 0.9,
-    sizes: SizesOpt = "0.5,0.7,0.9",
-    positions: PositionsOpt = "0.1:0.1,0.5:0.5,0.9:0.9",
-    fonts: FontsOpt = "dejavu/DejaVuSans.ttf",
+    sizes: SizesOpt = RASTER_DEFAULTS["sizes"],
+    positions: PositionsOpt = RASTER_DEFAULTS["positions"],
+    fonts: FontsOpt = RASTER_DEFAULTS["fonts"],
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Store the scores in this atlas (unit pages "
                                                "and `show` then give each unit's concept and score).")] = None,
     label: Annotated[bool, typer.Option("--label", help="With --out: label each multimodal unit with its "
@@ -106,20 +97,23 @@ def multimodal(
     """Score how multimodal every unit of a layer is: its concept is the one it answers most among labelled
     images; its score is the weaker of two AUROCs for that concept against the others, among the images and
     among the concept names rastered as words. A unit is multimodal when both reach --threshold and the words'
-    top concept is the same. Resumable with --out: the same command after a kill continues."""
-    from neuronscope.atlas import Atlas, check_atlas_target
-    from neuronscope.probing.multimodal import labelled_images, measure_multimodality
-    from neuronscope.probing.multimodal_store import MultimodalRun, measure_multimodality_into
+    top concept is the same. The same measurement with the images' labels shuffled says how many pass by
+    chance. Resumable with --out: the same command after a kill continues."""
+    from neuronscope.atlas import check_atlas_target
+    from neuronscope.probing.multimodal import labelled_images
 
     require_model(model)
     if label and not out:
         raise NeuronscopeError("--label writes labels into an atlas: give --out ATLAS too")
     if out:
-        check_atlas_target(out)
+        check_atlas_target(out)  # before the model loads
+    chosen = read_classes(classes, classes_file)
     settings = raster_settings(sizes, positions, fonts)
-    if not images and (concepts is not None or names is not None):
-        raise NeuronscopeError("--concepts and --names are about the categories of IMAGES: give the images too")
-    labelled = labelled_images(images, concept_list(concepts), names=category_names(names)) if images else None
+    if images:
+        labelled = labelled_images(images, chosen or None, names=category_names(names))
+    else:
+        _check_bundled(chosen, names, precision, {"sizes": sizes, "positions": positions, "fonts": fonts})
+        labelled, precision = None, "fp32"  # the card's measurement ran in fp32
     quiet = json_out and not sys.stderr.isatty()
     started = time.perf_counter()
     loaded = load_cli_model(model, weights, device, precision)
@@ -127,41 +121,86 @@ def multimodal(
     bars = ProgressBars(quiet=quiet)
     on_batch = None if labelled is None else (lambda state: bars("images", state.done, len(labelled)))
     try:
-        if out:
-            with Atlas(out) as atlas:
-                run = measure_multimodality_into(atlas, loaded, canonical, labelled, settings=settings,
-                                                 threshold=threshold, label=label,
-                                                 command=recorded_command(ctx, loaded, layer=canonical,
-                                                                          paths=("images", "concepts", "names")),
-                                                 batch_size=batch_size, workers=workers, on_batch=on_batch)
-        else:
-            result, skipped = measure_multimodality(loaded, canonical, labelled, settings=settings,
-                                                    batch_size=batch_size, workers=workers, on_batch=on_batch)
-            run = MultimodalRun(result, None, skipped=skipped)
+        run_id, resumed_from, measured, labelled_units = _measure(
+            ctx, loaded, canonical, labelled, settings, threshold, label, out, batch_size, workers, on_batch)
     finally:
         bars.close()
-    result = run.result
+    result = measured.scores
     units = result.units(threshold)
-    report = {"threshold": threshold, "concepts": list(result.concepts),
-              "images": len(labelled) if labelled is not None else None,
-              "concepts_with_units": result.concepts_with_units(threshold), "multimodal_units": units,
-              "best_per_concept": result.best_units(threshold)}
+    chance = result.chance(threshold)
+    few = sorted(c for c, n in zip(result.concepts, result.images_per_concept) if n < FEW_IMAGES)
     if json_out:
-        extra = {"labelled": list(run.labelled)} if label else {}
-        print_json(fill_report(out, run.run_id, loaded.key, [canonical], len(result.concept),
-                               time.perf_counter() - started, run.skipped, **report, **extra))
+        extra = {"labelled": list(labelled_units)} if label else {}
+        if measured.dropped:
+            extra["dropped_concepts"] = list(measured.dropped)
+        print_json(fill_report(out, run_id, loaded.key, [canonical], len(result.concept), time.perf_counter() - started,
+                               measured.skipped, threshold=threshold, concepts=list(result.concepts),
+                               images_per_concept=list(result.images_per_concept),
+                               images=len(labelled) if labelled is not None else None,
+                               concepts_with_units=result.concepts_with_units(threshold), multimodal_units=units,
+                               best_per_concept=result.best_units(threshold), chance=chance,
+                               resumed_from=resumed_from, **extra))
         return
     typer.echo(f"{loaded.key} {canonical}: {len(units)} of {len(result.concept)} units multimodal at {threshold:g}, "
-               f"for {report['concepts_with_units']} of {len(result.concepts)} concepts"
-               + (f" (stored in {out}, run {run.run_id})" if out else ""))
+               f"for {result.concepts_with_units(threshold)} of {len(result.concepts)} concepts"
+               + (f" (stored in {out}, run {run_id})" if out else ""))
+    typer.echo(f"  with the images' labels shuffled: {', '.join(map(str, chance['units']))} units "
+               f"(for {', '.join(map(str, chance['concepts']))} concepts): what chance gives on these images")
     for record in units[:top]:
         typer.echo(f"  unit {record['unit']:>5}  {record['concept']:<20} {record['score']:.3f}  "
                    f"(images {record['auroc_images']:.3f}, words {record['auroc_words']:.3f})")
-    if run.skipped:
-        typer.echo("skipped files: " + ", ".join(f"{n} {reason}" for reason, n in run.skipped.items()), err=True)
+    _report_left_out(labelled, measured, few)
+
+
+def _check_bundled(classes: list[str], names: Path | None, precision: str, raster: dict[str, str]) -> None:
+    """Without --images the card's measurement runs as the card's did: refuse what it would ignore or change."""
+    if classes or names is not None:
+        raise NeuronscopeError("--classes and --names are about the categories of --images: give the images too")
+    changed = [f"--{flag}" for flag, value in raster.items() if value != RASTER_DEFAULTS[flag]]
+    if changed:
+        raise NeuronscopeError(f"{', '.join(changed)} raster the concept names of --images; without --images the "
+                               "card's held-out-font words are used: give --images, or leave them out")
+    if precision not in ("auto", "fp32"):
+        raise NeuronscopeError(f"without --images the card's measurement runs in fp32 (its units are found in fp32), "
+                               f"not --precision {precision}: leave --precision out, or give --images")
+
+
+def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: LabelledImages | None,
+             settings: RasterSettings, threshold: float, label: bool, out: str | None, batch_size: int, workers: int,
+             on_batch: ResponsesHook | None) -> tuple[int | None, int, MultimodalMeasurement, tuple[int, ...]]:
+    """Measure, into the atlas with --out (resumable), else in memory: ``(run id, resumed from, measurement,
+    labelled units)``."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.multimodal import MultimodalMeasurement, measure_multimodality
+    from neuronscope.probing.multimodal_store import measure_multimodality_into
+
+    if not out:
+        measured = measure_multimodality(loaded, layer, labelled, settings=settings, batch_size=batch_size,
+                                         workers=workers, on_batch=on_batch)
+        return None, 0, measured, ()
+    # --top and --label change what is printed or labelled, not the scores: a rerun with another is the same run
+    command = recorded_command(ctx, loaded, layer=layer, paths=("images", "classes_file", "names"),
+                               leave_out=HOW_IT_RUNS | {"top"})
+    with Atlas(out) as atlas:
+        run = measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
+                                         label=label, command=command, batch_size=batch_size, workers=workers,
+                                         on_batch=on_batch)
+    return run.run_id, run.resumed_from, MultimodalMeasurement(run.result, run.skipped, run.dropped), run.labelled
+
+
+def _report_left_out(labelled: LabelledImages | None, measured: MultimodalMeasurement, few: list[str]) -> None:
+    """On stderr: unreadable files, images and concepts left out, concepts with few images."""
+    if measured.skipped:
+        typer.echo("skipped files: " + ", ".join(f"{n} {reason}" for reason, n in measured.skipped.items()), err=True)
     if labelled is not None and labelled.left_out:
         typer.echo("images left out: " + ", ".join(f"{n} ({reason})" for reason, n in labelled.left_out.items()),
                    err=True)
+    if measured.dropped:
+        typer.echo(f"concepts left out (no readable image): {', '.join(measured.dropped)}", err=True)
+    if few and labelled is not None:
+        typer.echo(f"{len(few)} concept(s) have fewer than {FEW_IMAGES} images ({', '.join(few[:5])}"
+                   f"{', ...' if len(few) > 5 else ''}): their AUROCs are noisy; compare the units found with the "
+                   "shuffled-label count above", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -28,10 +28,11 @@ from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
 from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
-from .raster import RasterSettings, iter_word_batches
+from .raster import RasterSettings, iter_word_batches, resolve_fonts, undrawable_words
 
-#: A concept needs this many images for its AUROC to mean anything (fewer are left out and counted).
-MIN_IMAGES = 2
+#: A concept needs this many images (fewer are left out and counted). Few images a concept let units pass by
+#: chance (the concept is chosen and scored on them): the label-shuffle control says how many.
+MIN_IMAGES = 4
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,17 @@ class LabelledImages:
 
 
 def entry_category(name: str, categories: Mapping[str, str]) -> str | None:
-    """An entry's concept: its ``index.json`` category, else the name of the folder it sits in (``animals/cat``
-    -> ``cat``: the deepest folder names the concept); None at a source's top or for an index's ``(none)``."""
-    category = categories.get(name)
-    if category is None:
-        folder = image_folder(name)
-        category = posixpath.basename(folder) if folder else None
+    """An entry's category, as the conditional plots count it: its ``index.json`` category, else the folder it
+    sits in within its source (``animals/cat``); None at a source's top or for an index's ``(none)``."""
+    category = categories.get(name) or image_folder(name)
     return None if category in (None, "", NO_CATEGORY) else category
+
+
+def concept_name(category: str, names: Mapping[str, str]) -> str:
+    """The word a category is rastered and reported as: ``names``' (by the category or its last folder), else
+    the category's last folder (``animals/cat`` -> ``cat``)."""
+    leaf = posixpath.basename(category)
+    return names.get(category) or names.get(leaf) or leaf
 
 
 def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None, *,
@@ -75,17 +80,21 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
     """List ``inputs`` (folders, ``.tar`` shards, ``.txt`` lists) with the concept of each image.
 
     ``names``: ``{category: concept name}`` where the categories are not words (ImageNet's ``n01440764``
-    folders -> ``tench``): the name is what gets rastered; categories it does not hold keep their own.
+    folders -> ``tench``): the name is what gets rastered; other categories are named by their last folder.
     ``concepts``: the concepts to keep, in this order (as named); None keeps every concept with at least
     ``min_images`` images, sorted.
 
     Raises:
-        NeuronscopeError: fewer than two concepts have images, or a concept asked for has none.
+        NeuronscopeError: two categories would share a name (``star/indoor`` and ``clock/indoor``, or two
+            categories ``names`` gives one name: their images would be pooled), fewer than two concepts have
+            images, or a concept asked for has none.
     """
     listed = [open_source(source) for source in inputs]
     names = names or {}
-    named = [(entry, names.get(category, category) if (category := entry_category(entry.name, source.categories))
-              else None) for source in listed for entry in source.entries]
+    categories = [(entry, entry_category(entry.name, source.categories))
+                  for source in listed for entry in source.entries]
+    _refuse_shared_names({category for _, category in categories if category is not None}, names)
+    named = [(entry, None if category is None else concept_name(category, names)) for entry, category in categories]
     left_out: Counter[str] = Counter()
     left_out["no category"] = sum(category is None for _, category in named)
     counts = Counter(category for _, category in named if category is not None)
@@ -99,8 +108,9 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
         if missing:
             found = ", ".join(sorted(counts)[:8]) + (", ..." if len(counts) > 8 else "")
             raise NeuronscopeError(f"no images of {', '.join(missing)} in {', '.join(map(str, inputs))} (its "
-                                   f"categories: {found or 'none'}): name concepts as the folders or index.json do")
-        left_out["not one of the concepts"] = sum(n for c, n in counts.items() if c not in set(kept))
+                                   f"concepts: {found or 'none'}): name classes as the folders, index.json or "
+                                   "--names do")
+        left_out["not one of the classes"] = sum(n for c, n in counts.items() if c not in set(kept))
     if len(kept) < 2:
         raise NeuronscopeError(f"{', '.join(map(str, inputs))}: {len(kept)} concept(s) with at least {min_images} "
                                "images; multimodality compares concepts: give images in a folder per concept "
@@ -112,13 +122,27 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
                           {reason: n for reason, n in left_out.items() if n})
 
 
+def _refuse_shared_names(categories: set[str], names: Mapping[str, str]) -> None:
+    """Raise when two categories get one concept name: their images would be pooled as one concept."""
+    by_name: dict[str, list[str]] = {}
+    for category in sorted(categories):
+        by_name.setdefault(concept_name(category, names), []).append(category)
+    shared = {name: found for name, found in by_name.items() if len(found) > 1}
+    if shared:
+        name, found = next(iter(shared.items()))
+        raise NeuronscopeError(f"{len(shared)} concept name(s) would pool different categories ({name!r}: "
+                               f"{', '.join(found[:4])}): give each category its own name (--names FILE, "
+                               "category<TAB>name) or an index.json category per image")
+
+
 @dataclass
 class ImageResponses:
     """The responses collected so far: the state a long measurement checkpoints and resumes from.
 
     Attributes:
         done: entries read (decoded or skipped), from the first.
-        values: [n, U] float32 responses of the images decoded.
+        values: [n, U] float32 responses of the images decoded (a view of the measurement's buffer while it
+            runs: copy it to keep it).
         labels: [n] int64 their concepts.
         skipped: ``{reason: count}`` of unreadable files.
     """
@@ -133,11 +157,11 @@ class ImageResponses:
 ResponsesHook = Callable[[ImageResponses], None]
 
 
-def _unit_means(model: LoadedModel, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A capture function: a layer's activations -> [B, U] spatial means, on the layer's geometry (so a ViT's
-    tokens and a ResNet's maps reduce alike; the maps are never kept)."""
+def _unit_means(model: LoadedModel, layer: str) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """The layer's units, and a capture function: its activations -> [B, U] spatial means, on the layer's
+    geometry (so a ViT's tokens and a ResNet's maps reduce alike; the maps are never kept)."""
     geometry = layer_geometry(model, [layer])[layer]
-    return lambda acts: geometry.maps(acts).mean(dim=(2, 3))
+    return geometry.units, lambda acts: geometry.maps(acts).mean(dim=(2, 3))
 
 
 @runs_in_eval
@@ -145,31 +169,35 @@ def _unit_means(model: LoadedModel, layer: str) -> Callable[[torch.Tensor], torc
 def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, batch_size: int = 32,
                     workers: int = 0, resume: ImageResponses | None = None,
                     on_batch: ResponsesHook | None = None) -> ImageResponses:
-    """Every unit's spatial-mean response of ``layer`` to each image of ``images``, streamed in batches.
+    """Every unit's spatial-mean response of ``layer`` to each image of ``images``, streamed in batches into one
+    preallocated [len(images), U] float32 buffer (the memory this takes: 4 bytes an image and unit).
 
     ``resume``: the state of an interrupted measurement (its entries are not read again). Unreadable files
     are skipped and counted, never raised.
     """
     require_loaded(model, "image_responses")
     canonical = model.resolve_layer(layer)
-    state = resume or ImageResponses(0, torch.empty(0, 0), torch.empty(0, dtype=torch.long))
-    values, labels = [state.values] if len(state.values) else [], [state.labels]
-    skipped = Counter(state.skipped)
-    done = state.done
-    with Recorder(model, canonical, early_stop=True, capture_fn=_unit_means(model, canonical)) as recorder:
+    units, capture = _unit_means(model, canonical)
+    values = torch.empty(len(images), units)
+    labels = torch.empty(len(images), dtype=torch.long)
+    filled, done, skipped = 0, 0, Counter()
+    if resume is not None:
+        filled, done, skipped = len(resume.values), resume.done, Counter(resume.skipped)
+        values[:filled], labels[:filled] = resume.values, resume.labels
+    with Recorder(model, canonical, early_stop=True, capture_fn=capture) as recorder:
         for batch in iter_batches(images.entries[done:], model.preprocess, batch_size=batch_size,
                                   workers=workers, first=done):
             skipped.update(reason for _, _, reason in batch.skipped)
             if batch.pixels is not None:
                 pixels = batch.pixels.to(model.device).float().div_(255.0)
-                values.append(recorder.run(model.preprocess.normalize(pixels))[canonical].float().cpu())
-                labels.append(torch.from_numpy(images.labels[batch.ordinals]))
+                rows = recorder.run(model.preprocess.normalize(pixels))[canonical].float().cpu()
+                values[filled:filled + len(rows)] = rows
+                labels[filled:filled + len(rows)] = torch.from_numpy(images.labels[batch.ordinals])
+                filled += len(rows)
             done = batch.last_ordinal + 1
-            state = ImageResponses(done, torch.cat(values) if values else torch.empty(0, 0), torch.cat(labels),
-                                   dict(skipped))
             if on_batch is not None:
-                on_batch(state)
-    return state
+                on_batch(ImageResponses(done, values[:filled], labels[:filled], dict(skipped)))
+    return ImageResponses(done, values[:filled], labels[:filled], dict(skipped))
 
 
 @runs_in_eval
@@ -189,7 +217,7 @@ def word_responses(model: LoadedModel, layer: str, concepts: Sequence[str], *,
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
     chunks = []
     words_per_batch = max(1, batch_size // settings.variants)
-    with Recorder(model, canonical, early_stop=True, capture_fn=_unit_means(model, canonical)) as recorder:
+    with Recorder(model, canonical, early_stop=True, capture_fn=_unit_means(model, canonical)[1]) as recorder:
         for batch in iter_word_batches(list(concepts), settings, width, words_per_batch=words_per_batch,
                                        workers=workers):
             pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
@@ -198,32 +226,65 @@ def word_responses(model: LoadedModel, layer: str, concepts: Sequence[str], *,
     return torch.cat(chunks), labels
 
 
+@dataclass(frozen=True)
+class MultimodalMeasurement:
+    """What :func:`measure_multimodality` found: the scores, and what it could not use.
+
+    Attributes:
+        scores: the :class:`~neuronscope.analysis.multimodality.Multimodality` (with its label-shuffle control).
+        skipped: ``{reason: count}`` of unreadable files.
+        dropped: concepts none of whose images could be read (measured without them).
+    """
+
+    scores: Multimodality
+    skipped: dict[str, int] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+
+
+def check_words(model: LoadedModel, concepts: Sequence[str], settings: RasterSettings) -> None:
+    """Refuse, before any image is read, what would fail or mislead only after the image pass: a model whose
+    input is not square (rastered words are), or concept names a font cannot draw (they would be rastered as
+    identical .notdef boxes)."""
+    height, width = model.preprocess.image_size
+    if height != width:
+        raise NeuronscopeError(f"{model.key} takes {width}x{height} images; rastered words are square, so "
+                               "multimodality needs a model with a square input")
+    missing = undrawable_words(list(concepts), resolve_fonts(settings))
+    if missing:
+        named = ", ".join(list(missing)[:5])
+        raise NeuronscopeError(f"{len(missing)} concept name(s) cannot be drawn in the raster fonts ({named}): "
+                               "give them drawable names (--names FILE) or fonts that have their characters (--fonts)")
+
+
 def measure_multimodality(model: LoadedModel, layer: str, images: LabelledImages | None, *,
                           settings: RasterSettings = RasterSettings(), batch_size: int = 32, workers: int = 0,
                           resume: ImageResponses | None = None,
-                          on_batch: ResponsesHook | None = None) -> tuple[Multimodality, dict[str, int]]:
+                          on_batch: ResponsesHook | None = None) -> MultimodalMeasurement:
     """Score every unit of ``layer`` on ``images`` and their concepts' rastered names (``images=None``: the
-    bundled mini CLIP's card measurement, :func:`bundled_concept_responses`).
+    bundled mini CLIP's card measurement, :func:`bundled_concept_responses`), with the label-shuffle control.
 
-    Returns the :class:`~neuronscope.analysis.multimodality.Multimodality` and ``{reason: count}`` of the
-    unreadable files skipped.
+    A concept none of whose images can be read is left out (``dropped``).
 
     Raises:
-        NeuronscopeError: no image of some concept could be read (its AUROC would mean nothing).
+        NeuronscopeError: a non-square model, an undrawable concept name (both before any image is read), or
+            fewer than two concepts with readable images.
     """
     canonical = model.resolve_layer(layer)
     if images is None:
-        return multimodality(bundled_concept_responses(model, canonical), canonical), {}
+        return MultimodalMeasurement(multimodality(bundled_concept_responses(model, canonical), canonical))
+    check_words(model, images.concepts, settings)
     seen = image_responses(model, canonical, images, batch_size=batch_size, workers=workers, resume=resume,
                            on_batch=on_batch)
-    present = torch.bincount(seen.labels, minlength=len(images.concepts))
-    if (present == 0).any():
-        lost = [c for c, n in zip(images.concepts, present.tolist()) if n == 0]
-        raise NeuronscopeError(f"no readable image of {', '.join(lost)}: give readable images of every concept")
-    words, word_labels = word_responses(model, canonical, images.concepts, settings=settings,
-                                        batch_size=batch_size, workers=workers)
-    responses = ConceptResponses(seen.values, seen.labels, words, word_labels, images.concepts)
-    return multimodality(responses, canonical), seen.skipped
+    present = torch.bincount(seen.labels, minlength=len(images.concepts)) > 0
+    kept = [c for c, here in zip(images.concepts, present.tolist()) if here]
+    if len(kept) < 2:
+        raise NeuronscopeError(f"readable images of {len(kept)} concept(s) only: give readable images of two or more")
+    renumber = torch.cumsum(present.long(), 0) - 1  # old concept index -> index among the kept ones
+    words, word_labels = word_responses(model, canonical, kept, settings=settings, batch_size=batch_size,
+                                        workers=workers)
+    responses = ConceptResponses(seen.values, renumber[seen.labels], words, word_labels, tuple(kept))
+    return MultimodalMeasurement(multimodality(responses, canonical), seen.skipped,
+                                 tuple(c for c in images.concepts if c not in set(kept)))
 
 
 def bundled_concept_responses(model: LoadedModel, layer: str) -> ConceptResponses:

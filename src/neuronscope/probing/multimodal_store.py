@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,14 @@ import torch
 from ..activations import layer_geometry
 from ..analysis.multimodality import DEFAULT_THRESHOLD, Multimodality
 from ..atlas import Atlas
-from ..atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, config_digest, drop_checkpoints,
-                          marked_interrupted, open_run, refuse_edited, start_run)
+from ..atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
+                          drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
 from ..models.loaded import LoadedModel
-from .multimodal import ImageResponses, LabelledImages, ResponsesHook, measure_multimodality
+from .multimodal import (ImageResponses, LabelledImages, MultimodalMeasurement, ResponsesHook, check_words,
+                         measure_multimodality)
 from .raster import RasterSettings
+
+log = logging.getLogger(__name__)
 
 #: The label source of the concepts ``label=True`` writes.
 LABEL_SOURCE = "auto:multimodality"
@@ -39,14 +43,16 @@ BUNDLED = "mini-clip test split (held-out drawings, held-out-font words)"
 
 @dataclass(frozen=True)
 class MultimodalRun:
-    """What :func:`measure_multimodality_into` did: the measurement, its run (None: not stored), the entry it
-    resumed at (0: from the first), the unreadable files skipped, and the units it labelled."""
+    """What :func:`measure_multimodality_into` did: the measurement, its run, the entry it resumed at (0: from
+    the first), the unreadable files skipped, the units it labelled, and the concepts left out because none of
+    their images could be read."""
 
     result: Multimodality
-    run_id: int | None
+    run_id: int
     resumed_from: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     labelled: tuple[int, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 def images_fingerprint(images: LabelledImages) -> str:
@@ -57,11 +63,12 @@ def images_fingerprint(images: LabelledImages) -> str:
     return digest.hexdigest()
 
 
-def run_config(model: LoadedModel, layer: str, images: LabelledImages | None, settings: RasterSettings,
-               threshold: float) -> tuple[dict[str, Any], str]:
-    """The run's config (what decides its results) and key; batch size and workers are not in it."""
+def run_config(model: LoadedModel, layer: str, images: LabelledImages | None,
+               settings: RasterSettings) -> tuple[dict[str, Any], str]:
+    """The run's config (what decides its scores) and key. Not in it: batch size and workers, nor the threshold,
+    which only decides which units a reader calls multimodal (a new threshold is a new run of the same key)."""
     config: dict[str, Any] = {"model": model.key, "weights_sha256": model.weights_identity(), "layer": layer,
-                              "precision": model.precision.name, "threshold": threshold}
+                              "precision": model.precision.name}
     if images is None:
         config["images"] = BUNDLED
     else:
@@ -72,30 +79,65 @@ def run_config(model: LoadedModel, layer: str, images: LabelledImages | None, se
 
 
 class ResponseCheckpoints:
-    """The ``on_batch`` hook that saves the image responses so far as the run's checkpoint."""
+    """The ``on_batch`` hook that checkpoints the image responses: each save appends the rows new since the last
+    as a part (``KEY-partNNNNNN``) and rewrites the small ``KEY`` record of how far the job got, so a long
+    measurement writes its responses once, not once per checkpoint."""
 
-    def __init__(self, atlas: Atlas, config_key: str, run_id: int, total: int, done: int, *, every_images: int,
-                 every_seconds: float, then: ResponsesHook | None) -> None:
+    def __init__(self, atlas: Atlas, config_key: str, run_id: int, total: int, resumed: ImageResponses | None, *,
+                 every_images: int, every_seconds: float, then: ResponsesHook | None) -> None:
         self.atlas, self.config_key, self.run_id, self.total, self.then = atlas, config_key, run_id, total, then
-        self.schedule = CheckpointSchedule(every_images, every_seconds, done=done, total=total)
+        self.rows = 0 if resumed is None else len(resumed.values)
+        self.parts = len(_part_files(atlas, config_key))
+        self.schedule = CheckpointSchedule(every_images, every_seconds, done=0 if resumed is None else resumed.done,
+                                           total=total)
 
     def __call__(self, state: ImageResponses) -> None:
         if self.schedule.due(state.done):
-            self.atlas.save_checkpoint(self.config_key,
-                                       {"values": state.values.numpy(), "labels": state.labels.numpy()},
+            if len(state.values) > self.rows:
+                self.atlas.save_checkpoint(f"{self.config_key}-part{self.parts:06d}",
+                                           {"values": state.values[self.rows:].numpy(),
+                                            "labels": state.labels[self.rows:].numpy()}, {"run_id": self.run_id})
+                self.parts, self.rows = self.parts + 1, len(state.values)
+            self.atlas.save_checkpoint(self.config_key, {"rows": np.array([self.rows])},
                                        {"run_id": self.run_id, "done": state.done, "entries": self.total,
-                                        "skipped": state.skipped})
+                                        "rows": self.rows, "parts": self.parts, "skipped": state.skipped})
             self.schedule.saved(state.done)
         if self.then is not None:
             self.then(state)
 
 
-def _resumed(checkpoint: tuple[dict[str, np.ndarray], dict[str, Any]] | None) -> ImageResponses | None:
+def _part_files(atlas: Atlas, config_key: str) -> list:
+    return sorted(atlas.checkpoints.files(f"{config_key}-part"))
+
+
+def _resumed(atlas: Atlas, config_key: str, checkpoint: tuple[dict[str, np.ndarray], dict[str, Any]] | None
+             ) -> ImageResponses | None:
+    """The responses a checkpoint's parts hold, or None (no checkpoint, or parts missing: start over)."""
     if checkpoint is None:
         return None
-    arrays, meta = checkpoint
-    return ImageResponses(int(meta["done"]), torch.from_numpy(arrays["values"]), torch.from_numpy(arrays["labels"]),
+    meta = checkpoint[1]
+    parts = [atlas.load_checkpoint(path.stem) for path in _part_files(atlas, config_key)[:meta["parts"]]]
+    if len(parts) != meta["parts"] or any(part is None for part in parts):
+        return None
+    values = np.concatenate([part[0]["values"] for part in parts]) if parts else np.empty((0, 0), np.float32)
+    labels = np.concatenate([part[0]["labels"] for part in parts]) if parts else np.empty(0, np.int64)
+    if len(values) != meta["rows"]:
+        return None
+    return ImageResponses(int(meta["done"]), torch.from_numpy(values), torch.from_numpy(labels),
                           dict(meta.get("skipped") or {}))
+
+
+def _abandon_changed_sources(atlas: Atlas, config: dict[str, Any], config_key: str) -> None:
+    """Mark abandoned, and drop the checkpoints of, the unfinished runs of this measurement over the same sources
+    as they were before a change (files added, removed or relabelled): their key can never come back."""
+    def same_measurement(run: dict[str, Any]) -> bool:
+        return run["config_key"].startswith("multimodality-") and all(
+            run["config"].get(key) == config.get(key) for key in ("model", "weights_sha256", "layer", "images"))
+
+    for run in abandon_stale_runs(atlas, config_key, same_measurement):
+        log.warning("the images of %s changed since run %d was interrupted: it cannot resume, so a new run starts; "
+                    "run %d is marked abandoned and its checkpoint dropped",
+                    ", ".join(config["images"]), run["id"], run["id"])
 
 
 def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, images: LabelledImages | None, *,
@@ -107,47 +149,52 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
     """Measure ``layer``'s multimodality (:func:`~neuronscope.probing.multimodal.measure_multimodality`, or the
     bundled card's with ``images=None``) and store it in ``atlas``, resumably; see the module's docstring."""
     canonical = model.resolve_layer(layer)
-    config, config_key = run_config(model, canonical, images, settings, threshold)
+    config, config_key = run_config(model, canonical, images, settings)
     total = 0 if images is None else len(images)
     refuse_edited(model)
+    if images is not None:
+        check_words(model, images.concepts, settings)  # before a run is recorded: it could never finish
 
     def fits(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
-        return meta.get("entries") == total and len(arrays["values"]) == len(arrays["labels"])
+        return meta.get("entries") == total and "parts" in meta
 
     def start() -> int:
+        _abandon_changed_sources(atlas, config, config_key)
         dataset = {"kind": "labelled images", "name": ", ".join(images.sources) if images else BUNDLED,
-                   "entries": total}
+                   "entries": total if images else None}
         return start_run(atlas, model, command=command or _default_command(model.key, canonical), config=config,
                          config_key=config_key, layers=[canonical], dataset=dataset)
 
     opened = open_run(atlas, config_key, start, checkpoint_key=config_key, checkpoint_fits=fits)
-    resume = _resumed(opened.checkpoint)
+    resume = _resumed(atlas, config_key, opened.checkpoint)
+    if resume is None:
+        drop_checkpoints(atlas, config_key)  # parts of an attempt that cannot be continued
     with marked_interrupted(atlas, opened.run_id):
-        checkpoints = ResponseCheckpoints(atlas, config_key, opened.run_id, total,
-                                          0 if resume is None else resume.done, every_images=checkpoint_every,
-                                          every_seconds=checkpoint_seconds, then=on_batch)
-        result, skipped = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
-                                                workers=workers, resume=resume, on_batch=checkpoints)
-        labelled = _store(atlas, opened.run_id, model, result, threshold, label=label, images=total, skipped=skipped)
+        checkpoints = ResponseCheckpoints(atlas, config_key, opened.run_id, total, resume,
+                                          every_images=checkpoint_every, every_seconds=checkpoint_seconds,
+                                          then=on_batch)
+        measured = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
+                                         workers=workers, resume=resume, on_batch=checkpoints)
+        labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label, images=total)
     drop_checkpoints(atlas, config_key)
-    return MultimodalRun(result, opened.run_id, 0 if resume is None else resume.done, skipped, labelled)
+    return MultimodalRun(measured.scores, opened.run_id, 0 if resume is None else resume.done, measured.skipped,
+                         labelled, measured.dropped)
 
 
-def _store(atlas: Atlas, run_id: int, model: LoadedModel, result: Multimodality, threshold: float, *, label: bool,
-           images: int, skipped: dict[str, int]) -> tuple[int, ...]:
-    """Register the layer, store the scores (and the concepts as labels), finish the run; the labelled units."""
+def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMeasurement, threshold: float, *,
+           label: bool, images: int) -> tuple[int, ...]:
+    """Register the layer, store the scores (and with ``label`` the concepts of the multimodal units as labels,
+    in place of this source's earlier ones), finish the run; the labelled units."""
+    result = measured.scores
     layer = result.layer
     atlas.register_layer(model.key, layer, aliases=model.aliases_of(layer), units=len(result.concept),
                          grid=_grid(model, layer), run_id=run_id)
     atlas.write_multimodality(run_id, model.key, layer, result.to_dict(threshold))
-    labelled = []
+    labelled: list[int] = []
     if label:
-        for record in result.units(threshold):
-            source = atlas.label_source(model.key, layer, record["unit"])
-            if source in (None, LABEL_SOURCE):
-                atlas.set_label(model.key, layer, record["unit"], record["concept"], source=LABEL_SOURCE)
-                labelled.append(record["unit"])
-    atlas.finish_run(run_id, images=images, skipped=skipped)
+        labels = {record["unit"]: record["concept"] for record in result.units(threshold)}
+        labelled = atlas.replace_labels(model.key, layer, labels, source=LABEL_SOURCE)
+    atlas.finish_run(run_id, images=images, skipped=measured.skipped)
     return tuple(sorted(labelled))
 
 

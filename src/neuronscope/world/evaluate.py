@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..activations import record
-from ..analysis.multimodality import ConceptResponses, Multimodality, multimodality
+from ..analysis.multimodality import ConceptResponses, Multimodality, derangement, multimodality
 from ..errors import WorldMismatch
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..models.loader import build
@@ -91,7 +91,7 @@ def scored(responses: SplitResponses, n_concepts: int) -> Multimodality:
     """The multimodality criterion (:func:`neuronscope.analysis.multimodality`) with the split's drawings as
     the images; concepts are named by their index."""
     return multimodality(ConceptResponses(responses.drawings, responses.drawing_labels, responses.words,
-                                          responses.word_labels, tuple(map(str, range(n_concepts)))))
+                                          responses.word_labels, tuple(map(str, range(n_concepts)))), control=())
 
 
 def multimodal_units(responses: SplitResponses, n_concepts: int, threshold: float) -> list[dict]:
@@ -116,15 +116,6 @@ def best_unit_per_concept(units: list[dict], concepts: list[str], layer: str) ->
             best[unit["concept_index"]] = unit
     return [{"concept": concepts[c], "unit": u["unit"], "layer": layer, "auroc_drawings": u["auroc_drawings"],
              "auroc_words": u["auroc_words"]} for c, u in sorted(best.items())]
-
-
-def derangement(n: int, seed: int) -> torch.Tensor:
-    """A seeded permutation of ``range(n)`` with no fixed point."""
-    rng = np.random.default_rng(seed)
-    while True:
-        permutation = rng.permutation(n)
-        if not (permutation == np.arange(n)).any():
-            return torch.from_numpy(permutation)
 
 
 def deranged(responses: SplitResponses, n_concepts: int, seed: int) -> SplitResponses:
