@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from neuronscope.analysis.families import builtin_families, stratified_auroc, word_families
+from neuronscope.analysis.families import builtin_families, null_lists, stratified_auroc, word_families
 from neuronscope.analysis.family_store import families_into, plan_families
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
@@ -44,6 +44,37 @@ def test_a_colour_unit_is_found_and_a_short_word_unit_is_not_taken_for_one() -> 
     assert found.members() == {"colour": [0], "lexical": [3]}
 
 
+def test_a_small_family_needs_its_null_as_well_as_the_threshold() -> None:
+    """Noise units reach a high affinity for 20 colour words by chance: a threshold that lets them into the
+    family is not enough; each family's null (random lists of its lengths) keeps them out, not a real unit."""
+    words, scores = _probe_scores()
+    noise = torch.randn(len(words), 200, generator=torch.Generator().manual_seed(1))
+    scores = torch.cat([scores, noise], dim=1)
+    colour = ("region", "emotion", "colour").index("colour")
+    found = word_families(words, scores, "layer", threshold=0.6)
+    assert found.null_draws == 20 and len(found.null) == 3
+    assert found.affinity[colour, 4:].max() >= 0.6  # a noise unit reaches the threshold...
+    assert found.null[colour] > 0.6
+    assert found.family(0) == {"family": "colour", "score": 1.0}  # ...the colour unit is still found
+    assert found.members().get("colour") == [0]  # ...and no noise unit joins the family
+    assert word_families(words, scores, "layer", threshold=0.6, null_draws=0).members()["colour"][1:]  # without it
+    assert found.about("english-10k")["null"] == {name: round(v, 4) for name, v in zip(found.names, found.null)}
+    assert found.null[colour] > found.null[found.names.index("region")]  # a 20-word list reaches higher than 131
+
+
+def test_the_null_lists_have_the_family_lengths_and_none_of_its_words() -> None:
+    words = ["red", "tan", "blue", "pink", "cat", "dog", "sun", "tree", "home", "bird", "wolf", "yellow"]
+    positive = torch.tensor([w in {"red", "tan", "blue", "pink"} for w in words])
+    strata = torch.tensor([len(w) for w in words])
+    lists = null_lists(positive, strata, 50, seed=0)
+    assert lists.shape == (50, len(words)) and not (lists & positive).any()
+    assert (lists.long() @ (strata == 3).long()).eq(2).all() and (lists.long() @ (strata == 4).long()).eq(2).all()
+    assert torch.equal(lists, null_lists(positive, strata, 50, seed=0)) and len(lists.unique(dim=0)) > 1
+    several = torch.stack([positive, lists[0]])  # several sets at once give each set's own AUROC
+    scores = torch.rand(len(words), 3)
+    assert torch.allclose(stratified_auroc(scores, several, strata)[1], stratified_auroc(scores, lists[0], strata))
+
+
 def test_families_with_too_few_words_in_the_probe_are_not_scored() -> None:
     words = ["red", "blue", "green", "house", "table", "chair"]
     found = word_families(words, torch.rand(len(words), 2), "layer")
@@ -75,6 +106,7 @@ def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path
     report = json.loads(result.stdout)
     assert report["family_words"] == {"region": 131, "emotion": 76, "colour": 20}
     assert report["families"]["colour"] == [{"unit": 0, "score": 1.0}]
+    assert set(report["null"]) == {"region", "emotion", "colour"}
     # the fill report (CONVENTIONS), then the command's own keys
     assert list(report)[:7] == ["atlas", "run_id", "model", "layers", "units", "seconds", "skipped"]
     assert report["layers"] == [layer] and report["layer"] == layer and report["units"] == tiny_rn.layer_shape(layer)[0]
@@ -84,10 +116,10 @@ def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path
         assert run["status"] == "finished" and run["config_key"].startswith("families-")
         assert run["command"].startswith("neuronscope families atlas --model")
         assert run["config"]["probe_run"] == probe_run and run["config"]["threshold"] == 0.85
-        assert {"families_sha256", "lexical_rule"} <= set(run["config"])
+        assert {"families_sha256", "lexical_rule", "null"} <= set(run["config"])
         assert run["weights_sha256"] == atlas.run(probe_run)["weights_sha256"]
         about = atlas.artifact(tiny_rn.key, layer, "families", "auto:words")
-        assert about["run_id"] == report["run_id"]
+        assert about["run_id"] == report["run_id"] and about["data"]["null"] == report["null"]
     with Atlas(atlas_dir) as atlas:
         assert atlas.unit(None, "neurons", 0)["family"] == {"family": "colour", "score": 1.0, "source": "auto:words"}
         assert atlas.unit(None, "neurons", 3)["family"]["source"] == "user"  # a family set elsewhere is kept
@@ -120,3 +152,4 @@ def test_an_atlas_without_a_word_probe_says_how_to_make_one(tmp_path: Path, tiny
         atlas.register_layer(tiny_rn.key, tiny_rn.resolve_layer("neurons"), aliases=["neurons"], units=8, grid=(1, 1))
     result = CliRunner().invoke(app, ["families", str(tmp_path / "atlas")])
     assert result.exit_code == 1 and "neuronscope words" in result.output
+

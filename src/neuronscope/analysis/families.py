@@ -8,9 +8,21 @@ family's words score higher for the unit than the probe's other words? A
 rastered word's response depends on its length (a unit that likes short words
 would look like a colour unit: colour words are short), so the AUROC is taken
 within each word length and averaged, weighted by the family's words of that
-length. A unit belongs to the family with the highest affinity when it
-reaches the threshold; otherwise, when its top words share a prefix or suffix
-(the paper's "-ing" and "un-" units), to the ``lexical`` family.
+length.
+
+One threshold cannot serve every family: a list of 20 words reaches a high
+affinity by chance far more easily than one of 131, and a wide layer has more
+units to reach it. So each family gets a null: ``NULL_DRAWS`` lists of the
+same lengths drawn (seeded) from the probe's other words, and the highest
+affinity any unit reaches for any of them. A unit belongs to the family with
+the highest affinity among those where it reaches both the threshold and
+that null; otherwise, when its top words share a prefix or suffix (the
+paper's "-ing" and "un-" units), to the ``lexical`` family.
+
+The word lists are the built-in vocabularies as they are, not curated for
+this: a few entries have other common meanings (emotion's "content", "free",
+"busy"; region's "jordan", "charlotte", "phoenix", "kennedy"), so a unit that
+answers such a word for its other sense counts it as a family word.
 """
 
 from __future__ import annotations
@@ -26,12 +38,15 @@ from ..probing.embedding import LexicalRule, lexical_units
 from ..units import parse_unit
 from .selectivity import average_ranks
 
-#: The affinity a family needs (length-stratified AUROC).
+#: The affinity a family needs (length-stratified AUROC), besides its null.
 DEFAULT_THRESHOLD = 0.85
 #: A family is scored only when the probe holds this many of its words.
 MIN_FAMILY_WORDS = 10
 #: The family of a unit whose top words share an affix.
 LEXICAL = "lexical"
+#: Random word lists per family for its null, and their seed.
+NULL_DRAWS = 20
+NULL_SEED = 0
 
 
 @functools.cache
@@ -53,6 +68,9 @@ class Families:
         words_found: how many of each family's words the probe holds.
         lexical: ``{unit: affix}`` of the units whose top words share a prefix or suffix.
         threshold: the affinity a family needs.
+        null: each family's null (:func:`family_null`): the affinity a unit must also reach (empty: none drawn).
+        null_draws: how many random lists each null was drawn from (0: none).
+        seed: their seed.
     """
 
     layer: str
@@ -61,16 +79,25 @@ class Families:
     words_found: tuple[int, ...]
     lexical: dict[int, str]
     threshold: float = DEFAULT_THRESHOLD
+    null: tuple[float, ...] = ()
+    null_draws: int = 0
+    seed: int = NULL_SEED
+
+    def bars(self) -> torch.Tensor:
+        """[F] the affinity each family needs: the threshold, or its null where that is higher."""
+        null = torch.tensor(self.null, dtype=torch.float32) if self.null else torch.zeros(len(self.names))
+        return null.clamp(min=self.threshold)
 
     def family(self, unit: Any) -> dict[str, Any] | None:
-        """``{"family", "score"}`` of a unit (``score``: its affinity; for ``lexical``, the affix as ``"affix"``
-        and no score), or None."""
+        """``{"family", "score"}`` of a unit (``score``: its affinity, the highest among the families whose bar
+        it reaches; for ``lexical``, the affix as ``"affix"`` and no score), or None."""
         u = parse_unit(unit)
         if self.names:
-            best = int(self.affinity[:, u].argmax())
-            score = float(self.affinity[best, u])
-            if score >= self.threshold:
-                return {"family": self.names[best], "score": round(score, 4)}
+            scores = self.affinity[:, u]
+            passed = scores >= self.bars()
+            if bool(passed.any()):
+                best = int(torch.where(passed, scores, torch.tensor(-1.0)).argmax())
+                return {"family": self.names[best], "score": round(float(scores[best]), 4)}
         if u in self.lexical:
             return {"family": LEXICAL, "score": None, "affix": self.lexical[u]}
         return None
@@ -88,9 +115,11 @@ class Families:
 
     def about(self, vocabulary: str) -> dict[str, Any]:
         """JSON of what the families came from: the probe's vocabulary, the threshold, each scored family's
-        words in it, the lexical units' affixes (an atlas keeps it beside the families)."""
+        words in it and null, the lexical units' affixes (an atlas keeps it beside the families)."""
         return {"vocabulary": vocabulary, "threshold": self.threshold,
                 "family_words": dict(zip(self.names, self.words_found)),
+                "null": dict(zip(self.names, (round(value, 4) for value in self.null))),
+                "null_draws": self.null_draws, "seed": self.seed,
                 "lexical": {str(unit): affix for unit, affix in self.lexical.items()}}
 
     def __repr__(self) -> str:
@@ -102,40 +131,75 @@ def stratified_auroc(scores: torch.Tensor, positive: torch.Tensor, strata: torch
     """AUROC of the ``positive`` rows against the others, within each stratum, averaged with the weight of
     the stratum's positives; strata without positives or without negatives are left out.
 
-    scores: [N, U]; positive: [N] bool; strata: [N] int. Returns [U] (0.5 when no stratum has both).
+    scores: [N, U]; positive: [N] bool, or [S, N] for S sets at once (each stratum is ranked once for all of
+    them); strata: [N] int. Returns [U], or [S, U] (0.5 where no stratum has both).
     """
-    total = torch.zeros(scores.shape[1], dtype=torch.float64)
-    weight = 0
-    for stratum in strata[positive].unique().tolist():
+    sets = positive.reshape(-1, positive.shape[-1])  # [S, N]
+    total = torch.zeros(len(sets), scores.shape[1], dtype=torch.float64)
+    weight = torch.zeros(len(sets), 1, dtype=torch.float64)
+    for stratum in strata[sets.any(dim=0)].unique().tolist():
         rows = strata == stratum
-        n_pos, n_neg = int((positive & rows).sum()), int((~positive & rows).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = average_ranks(scores[rows].double())  # [n_rows, U]
-        rank_sum = ranks[positive[rows]].sum(dim=0)
-        total += (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) * n_pos
-        weight += n_pos
-    return (total / weight).float() if weight else torch.full((scores.shape[1],), 0.5)
+        in_stratum = sets[:, rows].double()  # [S, n_rows]
+        n_pos = in_stratum.sum(dim=1, keepdim=True)  # [S, 1]
+        n_neg = int(rows.sum()) - n_pos
+        both = (n_pos > 0) & (n_neg > 0)
+        rank_sum = in_stratum @ average_ranks(scores[rows].double())  # [S, U]
+        total += torch.where(both, (rank_sum - n_pos * (n_pos + 1) / 2) / n_neg.clamp(min=1), 0.0)
+        weight += torch.where(both, n_pos, 0.0)
+    auroc = torch.where(weight > 0, total / weight.clamp(min=1), 0.5).float()
+    return auroc.reshape(*positive.shape[:-1], scores.shape[1])
+
+
+def null_lists(positive: torch.Tensor, strata: torch.Tensor, draws: int, seed: int) -> torch.Tensor:
+    """[draws, N] bool: random word lists with the lengths of the ``positive`` [N] words, each drawn (seeded,
+    without replacement) from the other words of the same length (all of them where there are fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    lists = torch.zeros(draws, len(positive), dtype=torch.bool)
+    for stratum in strata[positive].unique().tolist():
+        wanted = int((positive & (strata == stratum)).sum())
+        others = torch.nonzero(~positive & (strata == stratum)).flatten()
+        picks = torch.rand(draws, len(others), generator=generator).argsort(dim=1)[:, :wanted]  # [draws, k]
+        lists.scatter_(1, others[picks], True)
+    return lists
+
+
+def family_null(affinities: torch.Tensor) -> float:
+    """The null of a family from its random lists' affinities [draws, U]: the highest any unit reaches for any
+    list.
+
+    Why the maximum, not a percentile: were the family's words no more to the layer than a random list, its
+    best unit would be one more draw of a list's best unit, and would beat the maximum of ``draws`` of them with
+    a chance of 1 / (draws + 1) (under 5% at 20 draws): a family-wise bound, per family and layer, that holds
+    whatever the family's size and the layer's width. A percentile over unit-draws (the 99.9th) would let about
+    one unit in a thousand through by chance: 2-3 false members per family on a 2,560-unit layer.
+    """
+    return float(affinities.max())
 
 
 def word_families(words: Sequence[str], scores: torch.Tensor, layer: str = "", *,
                   families: Mapping[str, Sequence[str]] | None = None, threshold: float = DEFAULT_THRESHOLD,
-                  lexical_rule: LexicalRule = LexicalRule(),
+                  lexical_rule: LexicalRule = LexicalRule(), null_draws: int = NULL_DRAWS, seed: int = NULL_SEED,
                   length: Callable[[str], int] = len) -> Families:
     """Families of every unit from a word probe: ``scores`` [len(words), U] (``WordProbe.scores``, or the
     matrix an atlas keeps), ``families`` ``{name: words}`` (default: :func:`builtin_families`); words match
-    case-insensitively."""
+    case-insensitively. Each family's null comes from ``null_draws`` random lists of its lengths (0: none, the
+    threshold alone decides), drawn with ``seed`` (the same for every family, so a family's null does not
+    depend on which others are scored)."""
     families = builtin_families() if families is None else families
     lowered = [w.lower() for w in words]
     strata = torch.tensor([length(w) for w in words])
-    names, affinities, found = [], [], []
+    names, sets = [], []
     for name, family_words in families.items():
         members = {w.lower() for w in family_words}
-        positive = torch.tensor([w in members for w in lowered])
-        if int(positive.sum()) < MIN_FAMILY_WORDS:
-            continue
-        names.append(name)
-        found.append(int(positive.sum()))
-        affinities.append(stratified_auroc(scores.float(), positive, strata))
-    affinity = torch.stack(affinities) if affinities else torch.empty(0, scores.shape[1])
-    return Families(layer, tuple(names), affinity, tuple(found), lexical_units(words, scores, lexical_rule), threshold)
+        positive = torch.tensor([w in members for w in lowered], dtype=torch.bool)
+        if int(positive.sum()) >= MIN_FAMILY_WORDS:
+            names.append(name)
+            sets.append(torch.cat([positive[None], null_lists(positive, strata, null_draws, seed)]))
+    if not names:
+        affinity = torch.empty(0, scores.shape[1])
+        return Families(layer, (), affinity, (), lexical_units(words, scores, lexical_rule), threshold,
+                        null_draws=null_draws, seed=seed)
+    scored = stratified_auroc(scores.float(), torch.stack(sets), strata)  # [F, 1 + draws, U]: each stratum ranked once
+    null = tuple(family_null(scored[f, 1:]) for f in range(len(names))) if null_draws else ()
+    return Families(layer, tuple(names), scored[:, 0], tuple(int(s[0].sum()) for s in sets),
+                    lexical_units(words, scores, lexical_rule), threshold, null, null_draws, seed)

@@ -6,7 +6,7 @@
 
 The families come from a stored word probe and need no model, yet they are a run, as every atlas writer's
 results are (CONVENTIONS: each run records its provenance): its config names the probe's run, the threshold,
-the family lists (their hash), the lexical rule, and its key ``families-...`` tells the demo
+the family lists (their hash), the lexical rule and the null, and its key ``families-...`` tells the demo
 whether the families of this very config are stored already. The ``families`` artifact carries the run id.
 """
 
@@ -25,7 +25,7 @@ from ..atlas import Atlas
 from ..atlas.runs import config_digest, marked_interrupted, open_run
 from ..probing.embedding import LexicalRule
 from ..probing.word_store import load_word_scores
-from .families import DEFAULT_THRESHOLD, MIN_FAMILY_WORDS, Families, builtin_families, word_families
+from .families import DEFAULT_THRESHOLD, MIN_FAMILY_WORDS, NULL_DRAWS, NULL_SEED, Families, builtin_families, word_families
 
 #: The ``source`` of the families computed here (a family set from elsewhere is kept).
 SOURCE = "auto:words"
@@ -56,14 +56,14 @@ class FamiliesRun:
 def plan_families(atlas: Atlas, model: str | None, layer: str, vocabulary: str | None = None, *,
                   threshold: float = DEFAULT_THRESHOLD) -> FamilyPlan:
     """The stored probe of ``layer`` (``vocabulary`` may be omitted when it has one) and the config of its
-    families: the probe's run, the threshold, the family lists' hash and the lexical rule (what decides the
-    results)."""
+    families: the probe's run, the threshold, the family lists' hash, the lexical rule and the null settings
+    (what decides the results)."""
     model_key, canonical, name, words, scores = load_word_scores(atlas, model, layer, vocabulary)
     lists = {family: sorted({w.lower() for w in found}) for family, found in builtin_families().items()}
     config = {"model": model_key, "layer": canonical, "vocabulary": name,
               "probe_run": atlas.artifact(model_key, canonical, "words", name)["run_id"], "threshold": threshold,
               "families_sha256": config_digest(lists, 64), "min_family_words": MIN_FAMILY_WORDS,
-              "lexical_rule": dataclasses.asdict(LexicalRule())}
+              "lexical_rule": dataclasses.asdict(LexicalRule()), "null": {"draws": NULL_DRAWS, "seed": NULL_SEED}}
     return FamilyPlan(model_key, canonical, name, words, scores, config, "families-" + config_digest(config, 20))
 
 

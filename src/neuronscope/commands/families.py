@@ -16,14 +16,15 @@ def families(
     model: ModelOpt = None,
     vocab: Annotated[Optional[str], typer.Option("--vocab", help="Which stored probe (omit when one).")] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0,
-                                             help="The length-matched AUROC a family needs.")] = 0.85,
+                                             help="The length-matched AUROC a family needs (and its null).")] = 0.85,
     top: Annotated[int, typer.Option("--top", min=1, help="Units printed per family.")] = 10,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Give the units of a layer their family (region, emotion, colour, or lexical) from the atlas's word probe:
     a unit joins the family whose words it answers more than the probe's other words of the same length
-    (AUROC >= --threshold), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run
+    (AUROC >= --threshold, and >= the family's null: the highest any unit reaches for 20 random lists of the
+    same lengths), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run
     (`show` and the microscope give each unit's family); needs no model."""
     from neuronscope.analysis.family_store import families_into, plan_families
 
@@ -36,11 +37,13 @@ def families(
         print_json(fill_report(atlas, done.run_id, plan.model, [plan.layer], found.affinity.shape[1], done.seconds,
                                layer=plan.layer, vocabulary=plan.vocabulary, threshold=threshold,
                                family_words=dict(zip(found.names, found.words_found)),
+                               null=found.about(plan.vocabulary)["null"],
                                families={name: [{"unit": u, "score": records[u]["score"],
                                                  **({"affix": records[u]["affix"]} if "affix" in records[u] else {})}
                                                 for u in units] for name, units in members.items()}))
         return
-    scored = ", ".join(f"{name} ({n} words)" for name, n in zip(found.names, found.words_found)) or "none"
+    scored = ", ".join(f"{name} ({n} words, null {null:.2f})"
+                       for name, n, null in zip(found.names, found.words_found, found.null)) or "none"
     typer.echo(f"{plan.model} {plan.layer}: families from the {plan.vocabulary} probe (scored: {scored}) into "
                f"{atlas} (run {done.run_id})")
     for name, units in members.items():
@@ -48,7 +51,7 @@ def families(
                           for u in units[:top])
         typer.echo(f"  {name:<8} {len(units):>5} units  {shown}")
     if not members:
-        typer.echo("  no unit reaches --threshold in any family")
+        typer.echo("  no unit reaches --threshold and its family's null in any family")
 
 
 def register(app: typer.Typer) -> None:
