@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -153,3 +156,21 @@ def test_an_atlas_without_a_word_probe_says_how_to_make_one(tmp_path: Path, tiny
     result = CliRunner().invoke(app, ["families", str(tmp_path / "atlas")])
     assert result.exit_code == 1 and "neuronscope words" in result.output
 
+
+def test_a_families_run_records_open_clips_version_without_importing_it(tmp_path: Path, tiny_rn) -> None:
+    """The run record's versions cost no open_clip import (seconds) to a command that loads no model."""
+    atlas_dir = _atlas_with_probe(tmp_path, tiny_rn)
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from neuronscope.cli import app
+result = CliRunner().invoke(app, ["families", {str(atlas_dir)!r}, "--json"])
+assert result.exit_code == 0, result.output
+print(json.dumps({{"run_id": json.loads(result.stdout)["run_id"], "open_clip": "open_clip" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["open_clip"] is False
+    with Atlas(atlas_dir) as atlas:
+        assert atlas.run(report["run_id"])["versions"]["open_clip"] == version("open_clip_torch")

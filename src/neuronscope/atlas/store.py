@@ -71,7 +71,8 @@ def _now() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded with every run."""
+    """Versions recorded with every run (open_clip's from its package's metadata: importing it takes seconds,
+    which a run that loads no model, as `families`, would otherwise spend on its record)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import PIL
@@ -82,10 +83,8 @@ def library_versions() -> dict[str, str]:
     except PackageNotFoundError:
         neuronscope_version = "unknown"
     try:
-        import open_clip
-
-        open_clip_version = open_clip.__version__
-    except ImportError:
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:
         open_clip_version = "missing"
     return {"torch": torch.__version__, "open_clip": open_clip_version, "pillow": PIL.__version__,
             "numpy": np.__version__, "neuronscope": neuronscope_version, "python": platform.python_version()}
