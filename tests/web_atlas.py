@@ -105,6 +105,7 @@ FAM_MODEL, FAM_LAYER, FAM_EMPTY, FAM_BARE = "fam-model@test", "visual.layer4", "
 #: What the ``auto:words`` families of FAM_LAYER came from (``Families.about``'s shape).
 FAMILY_ABOUT = {"vocabulary": "english-10k", "threshold": 0.85, "family_words": {"region": 131, "emotion": 76,
                                                                                  "colour": 20},
+                "null": {"region": 0.5871, "emotion": 0.6093, "colour": 0.6983}, "null_draws": 20, "seed": 0,
                 "lexical": {"1": "-ing", "4": "un-"}}
 
 
