@@ -246,7 +246,8 @@ def test_an_export_shows_the_servers_multimodality_and_lists_the_multimodal_unit
     export_site(atlas_dir, site)
     layer = site / "m" / "mm-model" / "l" / MM_LAYER
     page = (layer / "index.html").read_text()
-    assert "Multimodality: 2 of 4 units multimodal at 0.9, for 2 of 3 concepts." in page  # no link: no filter here
+    assert ("Multimodality: 2 of 4 units multimodal at 0.9, for 2 of 3 concepts; with the images' labels shuffled, "
+            "1, 0, 2 units pass (what chance gives).") in page  # no link: no filter here
     listed = re.search(r'<details class="multimodal-list">.*?</details>', page, re.S).group(0)
     assert re.findall(r'href="\./u/(\d)/index\.html">unit \d</a> <span class="match">(\w+)', listed) \
         == [("1", "card"), ("0", "star")]

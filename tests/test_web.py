@@ -912,13 +912,14 @@ def test_a_multimodal_units_card_shows_its_concept_unless_its_label_says_it(mm_c
 def test_the_home_page_and_layer_page_say_how_many_units_are_multimodal(mm_client):
     layers = {layer["layer"]: layer for layer in mm_client.get("/api/models").json()["models"][0]["layers"]}
     assert layers[MM_LAYER]["multimodality"] == {"units": 2, "concepts": 2, "threshold": 0.9, "measured_units": 4,
-                                              "measured_concepts": 3}
+                                              "measured_concepts": 3, "chance": [1, 0, 2]}
     assert layers[MM_BARE]["multimodality"] is None
     home = mm_client.get("/").text
     assert f'href="{MM_URL}?sort=multimodality&amp;multimodal=1" title="list the multimodal units, highest score ' \
            f'first">2 units</a>, 2 concepts' in home
     layer = mm_client.get(MM_URL).text
-    assert ">2 of 4 units multimodal</a> at 0.9, for 2 of 3 concepts." in layer
+    assert (">2 of 4 units multimodal</a> at 0.9, for 2 of 3 concepts; with the images' labels shuffled, 1, 0, 2 "
+            "units pass (what chance gives).") in layer
     assert "multimodal</a> at" not in mm_client.get(MM_BARE_URL).text
 
 

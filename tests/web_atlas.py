@@ -84,7 +84,8 @@ def build_hub_atlas(path: Path) -> Path:
 #: threshold but its words' top concept is "star", not "hat"; unit 3 is below it.
 MULTIMODALITY = {"layer": "visual.layer4", "concepts": ["star", "card", "hat"], "threshold": 0.9,
                  "concept": [0, 1, 2, 0], "word_concept": [0, 1, 0, 0],
-                 "auroc_images": [0.95, 0.99, 0.97, 0.60], "auroc_words": [0.92, 0.93, 0.95, 0.70]}
+                 "auroc_images": [0.95, 0.99, 0.97, 0.60], "auroc_words": [0.92, 0.93, 0.95, 0.70],
+                 "chance": {"units": [1, 0, 2], "concepts": [1, 0, 1]}}
 #: :func:`build_multimodal_atlas`'s model and its layers: one measured, one not.
 MM_MODEL, MM_LAYER, MM_BARE = "mm-model@test", "visual.layer4", "visual.layer3"
 
