@@ -78,13 +78,15 @@ def test_split():
 @pytest.fixture(scope="session")
 def card_layer_multimodal(mini_clip_fp32, test_split) -> list[dict]:
     """Every multimodal unit (both AUROCs >= the card's threshold) at the card's layer, recomputed over the test
-    split through the recorder: ``multimodal_units``' dicts. The split's forward is the costly part: once."""
+    split through the recorder, as the card lists its units (``card_units``). The split's forward is the costly
+    part: once."""
+    from neuronscope.analysis.multimodality import multimodality
     from neuronscope.models.bundled import bundled_dir
-    from neuronscope.world.evaluate import multimodal_units, split_responses
+    from neuronscope.world.evaluate import card_units, split_responses
 
     card = json.loads((bundled_dir() / "mini_clip_card.json").read_text())["multimodal"]
     responses = split_responses(mini_clip_fp32, test_split, [card["layer"]])[card["layer"]]
-    return multimodal_units(responses, len(test_split.concepts), card["threshold"])
+    return card_units(multimodality(responses, card["layer"], control=()).units(card["threshold"]), card["layer"])
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from neuronscope.analysis import auroc_per_class, average_ranks
-from neuronscope.world.evaluate import SplitResponses, concepts_with_units, deranged, derangement, multimodal_units
+from neuronscope.analysis.multimodality import ConceptResponses, deranged, derangement, multimodality
 
 
 def _brute_force_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -35,7 +35,7 @@ def test_constant_unit_is_never_selective() -> None:
     assert torch.allclose(auroc_per_class(responses, labels, 4), torch.full((4, 1), 0.5))
 
 
-def _responses(n_concepts: int = 4, per_concept: int = 6) -> SplitResponses:
+def _responses(n_concepts: int = 4, per_concept: int = 6) -> ConceptResponses:
     """Unit 0 answers concept 2 in both drawings and words; unit 1 only to drawings of concept 1."""
     labels = torch.arange(n_concepts).repeat_interleave(per_concept)
     generator = torch.Generator().manual_seed(1)
@@ -44,18 +44,18 @@ def _responses(n_concepts: int = 4, per_concept: int = 6) -> SplitResponses:
     drawings[labels == 2, 0] += 1.0
     words[labels == 2, 0] += 1.0
     drawings[labels == 1, 1] += 1.0
-    return SplitResponses(drawings, labels, words, labels.clone())
+    return ConceptResponses(drawings, labels, words, labels.clone(), tuple(map(str, range(n_concepts))))
 
 
 def test_multimodal_criterion_needs_both_modalities_and_the_same_top_concept() -> None:
-    units = multimodal_units(_responses(), 4, 0.9)
-    assert [(u["unit"], u["concept_index"]) for u in units] == [(0, 2)]
-    assert units[0]["auroc_drawings"] == 1.0 and units[0]["auroc_words"] == 1.0
+    units = multimodality(_responses(), control=()).units(0.9)
+    assert [(u["unit"], u["concept"]) for u in units] == [(0, "2")]
+    assert units[0]["auroc_images"] == 1.0 and units[0]["auroc_words"] == 1.0
 
 
 def test_deranged_labels_break_the_criterion() -> None:
     responses = _responses()
     permutation = derangement(4, seed=0)
     assert not (permutation == torch.arange(4)).any()
-    assert concepts_with_units(responses, 4, 0.9) == 1
-    assert concepts_with_units(deranged(responses, 4, seed=0), 4, 0.9) == 0
+    assert multimodality(responses, control=()).concepts_with_units(0.9) == 1
+    assert multimodality(deranged(responses, seed=0), control=()).concepts_with_units(0.9) == 0

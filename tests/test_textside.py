@@ -393,7 +393,7 @@ def test_concept_codes_on_the_mini_clip_point_at_multimodal_units(mini, basis, c
     names = concept_names()
     units_of: dict[str, set[int]] = {}
     for unit in card_layer_multimodal:  # the card's check (test_mini_clip) holds them to the card
-        units_of.setdefault(names[unit["concept_index"]], set()).add(unit["unit"])
+        units_of.setdefault(unit["concept"], set()).add(unit["unit"])
 
     coded = word_codes(mini, basis, names, CAPTION_TEMPLATES["drawing"], max_units=5)
     hits = {concept: coded.codes.top_unit(concept) in units for concept, units in units_of.items()}

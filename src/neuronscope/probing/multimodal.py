@@ -299,5 +299,4 @@ def bundled_concept_responses(model: LoadedModel, layer: str) -> ConceptResponse
         raise NeuronscopeError(f"the bundled split's images are {side} px but {model.key} takes "
                                f"{model.preprocess.image_size}: give labelled images for this model")
     canonical = model.resolve_layer(layer)
-    r = split_responses(model, split, [canonical])[canonical]
-    return ConceptResponses(r.drawings, r.drawing_labels, r.words, r.word_labels, tuple(split.concepts))
+    return split_responses(model, split, [canonical])[canonical]

@@ -1,7 +1,8 @@
 """``world eval``: how well the mini CLIP sees, reads, and whether it grew multimodal units.
 
 Everything runs on the shipped held-out test split, in fp32, through the
-recorder. The multimodal criterion is exactly this: unit u is multimodal
+recorder. The multimodal criterion is :mod:`neuronscope.analysis.multimodality`'s
+with the drawings as the images, that is: unit u is multimodal
 for concept c when its AUROC for c against all other concepts is at least
 the threshold on held-out drawings (a drawing's response = the unit's
 spatial mean, averaged over the drawing's renders) *and* on held-out-font
@@ -17,14 +18,13 @@ network with the drawings' concept labels deranged.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..activations import record
-from ..analysis.multimodality import ConceptResponses, Multimodality, derangement, multimodality
+from ..analysis.multimodality import DEFAULT_THRESHOLD, ConceptResponses, multimodality
 from ..errors import WorldMismatch
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..models.loader import build
@@ -44,20 +44,6 @@ LIVE_STD = 1e-6
 PROBE_C = 0.1
 
 
-@dataclass
-class SplitResponses:
-    """Unit responses (spatial means) of one layer on the split's drawings and words.
-
-    drawings: [n_drawings, U], averaged over each drawing's renders; drawing_labels: [n_drawings].
-    words: [n_words, U]; word_labels: [n_words].
-    """
-
-    drawings: torch.Tensor
-    drawing_labels: torch.Tensor
-    words: torch.Tensor
-    word_labels: torch.Tensor
-
-
 @torch.no_grad()
 def layer_responses(model: LoadedModel, pixels: torch.Tensor, layers: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Spatial-mean response [N, U] of every unit of ``layers`` to ``pixels`` [N, 3, H, W] in [0, 1]."""
@@ -69,8 +55,9 @@ def layer_responses(model: LoadedModel, pixels: torch.Tensor, layers: list[str],
     return {name: torch.cat(parts) for name, parts in chunks.items()}
 
 
-def split_responses(model: LoadedModel, split: TestSplit, layers: list[str]) -> dict[str, SplitResponses]:
-    """Responses of each layer to the split's drawings (averaged per drawing) and words."""
+def split_responses(model: LoadedModel, split: TestSplit, layers: list[str]) -> dict[str, ConceptResponses]:
+    """Responses of each layer to the split's drawings (averaged per drawing: the images) and words, labelled
+    with the split's concepts."""
     drawing_index, word_index = split.indices("drawing"), split.indices("word")
     responses = layer_responses(model, split.pixels(np.concatenate([drawing_index, word_index])), layers)
     drawing_ids = torch.tensor([split.entries[i]["drawing"] for i in drawing_index])
@@ -83,45 +70,16 @@ def split_responses(model: LoadedModel, split: TestSplit, layers: list[str]) -> 
         drawing_values = values[: len(drawing_index)]
         sums = torch.zeros(len(unique_ids), values.shape[1]).index_add_(0, group, drawing_values)
         counts = torch.bincount(group, minlength=len(unique_ids)).unsqueeze(1)
-        out[name] = SplitResponses(sums / counts, drawing_labels, values[len(drawing_index):], word_labels)
+        out[name] = ConceptResponses(sums / counts, drawing_labels, values[len(drawing_index):], word_labels,
+                                     tuple(split.concepts))
     return out
 
 
-def scored(responses: SplitResponses, n_concepts: int) -> Multimodality:
-    """The multimodality criterion (:func:`neuronscope.analysis.multimodality`) with the split's drawings as
-    the images; concepts are named by their index."""
-    return multimodality(ConceptResponses(responses.drawings, responses.drawing_labels, responses.words,
-                                          responses.word_labels, tuple(map(str, range(n_concepts)))), control=())
-
-
-def multimodal_units(responses: SplitResponses, n_concepts: int, threshold: float) -> list[dict]:
-    """Units that pass the multimodal criterion at ``threshold``: ``[{"concept_index", "unit", "auroc_drawings", "auroc_words"}]``."""
-    scores = scored(responses, n_concepts)
-    return [{"concept_index": int(scores.concept[u]), "unit": int(u), "auroc_drawings": round(float(scores.auroc_images[u]), 4),
-             "auroc_words": round(float(scores.auroc_words[u]), 4)} for u in scores.is_multimodal(threshold).nonzero().flatten()]
-
-
-def concepts_with_units(responses: SplitResponses, n_concepts: int, threshold: float) -> int:
-    """How many concepts have at least one multimodal unit at ``threshold``."""
-    return scored(responses, n_concepts).concepts_with_units(threshold)
-
-
-def best_unit_per_concept(units: list[dict], concepts: list[str], layer: str) -> list[dict]:
-    """One unit per concept: the one whose weaker AUROC is highest."""
-    best: dict[int, dict] = {}
-    for unit in units:
-        score = min(unit["auroc_drawings"], unit["auroc_words"])
-        current = best.get(unit["concept_index"])
-        if current is None or score > min(current["auroc_drawings"], current["auroc_words"]):
-            best[unit["concept_index"]] = unit
-    return [{"concept": concepts[c], "unit": u["unit"], "layer": layer, "auroc_drawings": u["auroc_drawings"],
-             "auroc_words": u["auroc_words"]} for c, u in sorted(best.items())]
-
-
-def deranged(responses: SplitResponses, n_concepts: int, seed: int) -> SplitResponses:
-    """The same responses with the drawings' concept labels deranged (words keep theirs)."""
-    permutation = derangement(n_concepts, seed)
-    return dataclasses.replace(responses, drawing_labels=permutation[responses.drawing_labels])
+def card_units(records: list[dict], layer: str) -> list[dict]:
+    """:meth:`~neuronscope.analysis.multimodality.Multimodality.units` records as the card lists them:
+    ``[{"concept", "unit", "layer", "auroc_drawings", "auroc_words"}]`` (the split's drawings are the images)."""
+    return [{"concept": r["concept"], "unit": r["unit"], "layer": layer, "auroc_drawings": r["auroc_images"],
+             "auroc_words": r["auroc_words"]} for r in records]
 
 
 @torch.no_grad()
@@ -156,9 +114,9 @@ def untrained_model(model: LoadedModel, split: TestSplit, seed: int, n_images: i
     return dataclasses.replace(model, module=module.to(model.device))
 
 
-def live_share(responses: SplitResponses) -> float:
+def live_share(responses: ConceptResponses) -> float:
     """Share of units whose response varies over the split (std > 1e-6)."""
-    values = torch.cat([responses.drawings, responses.words])
+    values = torch.cat([responses.images, responses.words])
     return float((values.std(dim=0) > LIVE_STD).float().mean())
 
 
@@ -252,36 +210,34 @@ def evaluate_world(model: LoadedModel, split: TestSplit, control_seeds: tuple[in
     if tuple(model.preprocess.image_size) != (side, side):
         raise WorldMismatch(f"the split's images are {side} px but {model.key} takes {model.preprocess.image_size}: "
                          "evaluate a model with the split built for it (`world build --size`)")
-    n_concepts = len(split.concepts)
     trained = split_responses(model, split, list(layers))
-    layer_names = list(trained)
-    by_layer = {name: {"trained": {str(t): concepts_with_units(trained[name], n_concepts, t) for t in THRESHOLDS}}
-                for name in layer_names}
-    best_layer = max(layer_names, key=lambda name: (by_layer[name]["trained"]["0.9"], by_layer[name]["trained"]["0.85"]))
+    # One scoring per layer, the label-shuffle control (the drawings' labels deranged) with it.
+    scores = {name: multimodality(responses, name, control=control_seeds) for name, responses in trained.items()}
+    by_layer = {name: {"trained": {str(t): s.concepts_with_units(t) for t in THRESHOLDS}} for name, s in scores.items()}
+    best_layer = max(scores, key=lambda name: (by_layer[name]["trained"]["0.9"], by_layer[name]["trained"]["0.85"]))
 
     untrained_counts, untrained_live = [], []
     for seed in control_seeds:
         control = split_responses(untrained_model(model, split, seed), split, list(layers))
-        for name in layer_names:
-            by_layer[name].setdefault("untrained", []).append(concepts_with_units(control[name], n_concepts, 0.9))
-        untrained_counts.append(concepts_with_units(control[best_layer], n_concepts, 0.9))
+        for name in scores:
+            count = multimodality(control[name], name, control=()).concepts_with_units(DEFAULT_THRESHOLD)
+            by_layer[name].setdefault("untrained", []).append(count)
+        untrained_counts.append(by_layer[best_layer]["untrained"][-1])
         untrained_live.append(round(live_share(control[best_layer]), 4))
-    shuffled_counts = []
-    for seed in control_seeds:
-        for name in layer_names:
-            count = concepts_with_units(deranged(trained[name], n_concepts, seed), n_concepts, 0.9)
-            by_layer[name].setdefault("shuffled", []).append(count)
-        shuffled_counts.append(by_layer[best_layer]["shuffled"][-1])
+    for name, s in scores.items():
+        if s.shuffled:
+            by_layer[name]["shuffled"] = s.chance(DEFAULT_THRESHOLD)["concepts"]
+    shuffled_counts = by_layer[best_layer].get("shuffled", [])
 
-    units = best_unit_per_concept(multimodal_units(trained[best_layer], n_concepts, 0.9), split.concepts, best_layer)
+    units = card_units(scores[best_layer].best_units(DEFAULT_THRESHOLD), best_layer)
     report = {
         "model": model.key,
         "zeroshot": zeroshot_scores(model, split),
         "reading": reading_scores(model, split),
         "multimodal": {
-            "threshold": 0.9,
+            "threshold": DEFAULT_THRESHOLD,
             "layer": best_layer,
-            "trained": by_layer[best_layer]["trained"]["0.9"],
+            "trained": by_layer[best_layer]["trained"][str(DEFAULT_THRESHOLD)],
             "untrained": untrained_counts,
             "untrained_live": untrained_live,
             "shuffled": max(shuffled_counts, default=0),
