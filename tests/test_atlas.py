@@ -306,7 +306,7 @@ def test_the_export_carries_labels_families_and_multimodality(scanned, tmp_path)
         layer = atlas.resolve_layer(model, "neurons")["layer"]
         atlas.set_label(model, layer, 3, "star")
         atlas.write_families(model, layer, {3: {"family": "colour", "score": 0.9}, 4: {"family": "lexical"}},
-                             source="auto:words")
+                             source="auto:words", about={"lexical": {"4": "-ing"}})
         atlas.write_multimodality(None, model, layer, {
             "layer": layer, "concepts": ["star", "hat"], "threshold": 0.9, "concept": [0] * 256 + [1] * 256,
             "word_concept": [0] * 512, "auroc_images": [0.95] * 512, "auroc_words": [0.92] * 511 + [0.5]})
@@ -314,7 +314,11 @@ def test_the_export_carries_labels_families_and_multimodality(scanned, tmp_path)
     assert result.exit_code == 0, result.output
     data = np.load(tmp_path / "n.npz")
     assert data["label"][3] == "star" and data["family"][3] == "colour" and data["family_score"][3] == 0.9
-    assert data["family"][4] == "lexical" and np.isnan(data["family_score"][4]) and data["family"][5] == ""
+    assert data["family"][4] == "lexical -ing" and np.isnan(data["family_score"][4]) and data["family"][5] == ""
+    shown = runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--unit", "4"])
+    assert "  family: lexical -ing (auto:words)" in shown.output, shown.output  # the affix, as the export says it
+    record = json.loads(runner.invoke(app, ["show", str(scanned), "--layer", "neurons", "--unit", "4", "--json"]).output)
+    assert record["family"] == {"family": "lexical", "score": None, "source": "auto:words", "affix": "-ing"}
     assert data["concept"][0] == "star" and data["concept"][300] == "hat" and data["word_concept"][300] == "star"
     assert data["multimodality"][0] == 0.92 and data["multimodality"][511] == 0.5
     assert data["multimodal"][0] and not data["multimodal"][300] and not data["multimodal"][511]

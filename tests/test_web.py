@@ -943,6 +943,9 @@ def test_a_unit_page_and_its_notebook_card_show_the_units_family(family_client):
     a lexical unit's affix (from the families artifact), its source and probe."""
     assert family_client.get(f"/api{FAM_URL}/u/0").json()["family"] == {"family": "colour", "score": 0.91,
                                                                          "source": "auto:words"}
+    lexical_card = family_client.get(f"/api{FAM_URL}").json()["cards"][4]["family"]
+    assert family_client.get(f"/api{FAM_URL}/u/4").json()["family"] == lexical_card == {
+        "family": "lexical", "score": None, "source": "auto:words", "affix": "un-"}  # one unit object everywhere
     colour = _family_block(family_client.get(f"{FAM_URL}/u/0").text)
     assert "<strong>colour</strong>, score 0.910 (threshold 0.85; random word lists reach 0.6983) · source " \
            "auto:words, from the english-10k word probe." in colour and "length-matched AUROC" in colour

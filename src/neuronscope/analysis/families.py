@@ -34,19 +34,13 @@ from typing import Any
 
 import torch
 
+from ..atlas.families import DEFAULT_THRESHOLD, LEXICAL, NULL_DRAWS, NULL_SEED
 from ..probing.embedding import LexicalRule, lexical_units
 from ..units import parse_unit
 from .selectivity import average_ranks
 
-#: The affinity a family needs (length-stratified AUROC), besides its null.
-DEFAULT_THRESHOLD = 0.85
 #: A family is scored only when the probe holds this many of its words.
 MIN_FAMILY_WORDS = 10
-#: The family of a unit whose top words share an affix.
-LEXICAL = "lexical"
-#: Random word lists per family for its null, and their seed.
-NULL_DRAWS = 20
-NULL_SEED = 0
 
 
 @functools.cache

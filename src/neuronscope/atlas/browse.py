@@ -17,14 +17,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT, family_sources, unit_family
 from neuronscope.atlas.multimodality import layer_multimodality, layer_summary
-from neuronscope.atlas.store import FAMILIES_ARTIFACT, RENDER_ORDER, Atlas
+from neuronscope.atlas.store import RENDER_ORDER, Atlas
 
 #: Top words kept per unit on a grid card (the unit page shows them all).
 GRID_WORDS = 3
-#: The family of a unit whose top words share an affix (:data:`neuronscope.analysis.families.LEXICAL`, which
-#: imports torch: the microscope reads the atlas only).
-LEXICAL = "lexical"
 #: Keeps a per-unit table's rows to units of a layer the atlas holds: a label may be written before any
 #: scan (``world eval --out``), and a unit no layer page shows must not be found (its link would be a 404).
 _HELD = "JOIN layers USING (model, layer) WHERE unit >= 0 AND unit < units"
@@ -80,25 +78,6 @@ def family_sizes(counts: Mapping[str, int] | Iterable[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def family_sources(atlas: Atlas, model: str, layer: str) -> dict[str, dict[str, Any]]:
-    """``{source: about}``: what each source of a layer's families stored of where they came from
-    (:meth:`Atlas.write_families`' ``about``; for ``auto:words``: ``{"vocabulary", "threshold",
-    "family_words", "lexical": {unit: affix}}``)."""
-    return {artifact["name"]: artifact["data"] or {} for artifact in atlas.artifacts(model, layer, FAMILIES_ARTIFACT)}
-
-
-def described_family(family: Mapping[str, Any] | None, unit: int, sources: Mapping[str, Mapping[str, Any]]
-                     ) -> dict[str, Any] | None:
-    """A unit's family (:meth:`Atlas.unit`'s ``{"family", "score", "source"}``) with, for a lexical unit, the
-    ``"affix"`` its top words share (its source's ``lexical`` map keeps it; None where the source kept none)."""
-    if family is None:
-        return None
-    if family["family"] != LEXICAL:
-        return dict(family)
-    affixes = sources.get(family["source"], {}).get("lexical", {})
-    return {**family, "affix": affixes.get(str(unit))}
-
-
 def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
     """One card per unit of a stored layer, in unit order, read with one query per table.
 
@@ -110,7 +89,7 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
         "thumb": path | None, "multimodality": dict | None, "family": dict | None}]``; paths are relative to the
         atlas. ``featurevis`` is the unit's first render by :data:`~neuronscope.atlas.store.RENDER_ORDER` (a facet
         render where it has no plain one, which its card says); ``multimodality`` is :meth:`Atlas.unit`'s (None
-        where the layer was not measured), ``family`` its family as :func:`described_family` gives it.
+        where the layer was not measured), ``family`` its family as :meth:`Atlas.unit` gives it.
     """
     entry = atlas.resolve_layer(model, layer)
     key = (entry["model"], entry["layer"])
@@ -143,8 +122,7 @@ def layer_grid(atlas: Atlas, model: str, layer: str) -> list[dict[str, Any]]:
         card["multimodality"] = record
     sources = family_sources(atlas, *key)
     for row, card in rows("SELECT unit, family, score, source FROM families WHERE model = ? AND layer = ?"):
-        family = {column: row[column] for column in ("family", "score", "source")}
-        card["family"] = described_family(family, row["unit"], sources)
+        card["family"] = unit_family(row, row["unit"], sources)
     return cards
 
 

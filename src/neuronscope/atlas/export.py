@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuronscope.atlas.families import family_sources, family_text, unit_family
 from neuronscope.atlas.files import atomic_write_bytes, atomic_write_npz
 from neuronscope.atlas.multimodality import unit_multimodality
 from neuronscope.atlas.store import Atlas
@@ -35,7 +36,8 @@ def layer_arrays(atlas: Atlas, model: str | None, layer: str) -> dict[str, np.nd
         ``histogram_counts`` [C, n_bins], ``histogram_exponent`` / ``histogram_first`` [C]
         (bin i of unit c covers [(first + i) * 2**exponent, (first + i + 1) * 2**exponent)); these three
         are left out when the layer's histogram file is missing (see :meth:`Atlas.histogram_arrays`);
-        ``label``, ``family`` [C] str (``""`` where none), ``family_score`` [C] float64 (NaN where none);
+        ``label``, ``family`` [C] str (``""`` where none; a lexical unit's with its affix, ``lexical -ing``),
+        ``family_score`` [C] float64 (NaN where none);
         when the layer's multimodality was measured (``neuronscope multimodal``): ``concept``,
         ``word_concept`` [C] str, ``multimodality``, ``auroc_images``, ``auroc_words`` [C] float64 and
         ``multimodal`` [C] bool.
@@ -82,8 +84,9 @@ def _descriptions(atlas: Atlas, key: tuple[str, str], units: int) -> dict[str, n
               "family_score": np.full(units, np.nan)}
     for row in atlas.db.execute("SELECT unit, text FROM labels WHERE model = ? AND layer = ?", key):
         arrays["label"][row["unit"]] = row["text"]
-    for row in atlas.db.execute("SELECT unit, family, score FROM families WHERE model = ? AND layer = ?", key):
-        arrays["family"][row["unit"]] = row["family"]
+    sources = family_sources(atlas, *key)
+    for row in atlas.db.execute("SELECT unit, family, score, source FROM families WHERE model = ? AND layer = ?", key):
+        arrays["family"][row["unit"]] = family_text(unit_family(row, row["unit"], sources))
         arrays["family_score"][row["unit"]] = np.nan if row["score"] is None else row["score"]
     scores = atlas.multimodality(*key)
     if scores is not None:

@@ -37,6 +37,7 @@ from neuronscope.atlas.checkpoints import CheckpointStore
 from neuronscope.atlas.files import atomic_write_bytes, from_url_name, path_slug
 from neuronscope.atlas.histograms import (histogram_sample_ids, read_histogram_file, trimmed_histogram,
                                           write_histogram_file)
+from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT, family_sources, unit_family
 from neuronscope.atlas.multimodality import ARTIFACT as MULTIMODALITY, unit_multimodality
 from neuronscope.atlas.schema import ensure_schema
 from neuronscope.errors import NeuronscopeError
@@ -48,8 +49,6 @@ if TYPE_CHECKING:  # the atlas stores the scanner's result objects; it never imp
 DB_NAME = "atlas.sqlite"
 #: SQL order of a unit's renders, everywhere they are listed: plain, diverse, then facets by name.
 RENDER_ORDER = "CASE kind WHEN 'plain' THEN 0 WHEN 'diverse' THEN 1 ELSE 2 END, kind, path"
-#: The kind of the artifact that says where a source's families came from (one per source, named by it).
-FAMILIES_ARTIFACT = "families"
 #: The tables the Atlas API writes by the names a user types (scans write only keys and canonical layers), each
 #: with the columns that key one set its writer replaces whole: a unit's label, words or texts, a unit's renders
 #: of one kind, one artifact. :meth:`Atlas._adopt_names` moves them to the canonical names set by set.
@@ -841,9 +840,10 @@ class Atlas:
     def write_families(self, model: str, layer: str, families: Mapping[int, Mapping[str, Any]], *, source: str,
                        about: Mapping[str, Any] | None = None, run_id: int | None = None) -> None:
         """Replace the families ``source`` gave a layer's units with ``families`` (``{unit: {"family",
-        "score"}}``); a unit's family from another source (a user's) is kept. ``about`` (JSON: the probe and
-        settings they came from) is kept as the layer's ``families`` artifact named ``source``, under the run
-        ``run_id`` that computed them."""
+        "score"}}``; a record's other keys, a lexical unit's ``"affix"``, are not rows: ``about`` keeps the
+        affixes, and :func:`~neuronscope.atlas.families.unit_family` joins them back); a unit's family from another
+        source (a user's) is kept. ``about`` (JSON: the probe and settings they came from) is kept as the layer's
+        ``families`` artifact named ``source``, under the run ``run_id`` that computed them."""
         units = [parse_unit(unit) for unit in families]
         model, layer = self._unit_key(model, layer, units)
         with self.transaction() as db:
@@ -1012,7 +1012,7 @@ class Atlas:
     def _family(self, key: tuple[str, str, int]) -> dict[str, Any] | None:
         row = self.db.execute("SELECT family, score, source FROM families WHERE model = ? AND layer = ? AND unit = ?",
                               key).fetchone()
-        return None if row is None else dict(row)
+        return unit_family(row, key[2], family_sources(self, *key[:2]) if row else {})
 
     def _unit_multimodality(self, model: str, layer: str, unit: int) -> dict[str, Any] | None:
         scores = self._multimodality(model, layer)

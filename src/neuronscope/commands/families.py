@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.families import DEFAULT_THRESHOLD, NULL_DRAWS
 from neuronscope.commands.common import DebugOpt, JsonOpt, LayerOpt, ModelOpt, cli_command, fill_report, print_json
 
 
@@ -16,15 +17,16 @@ def families(
     model: ModelOpt = None,
     vocab: Annotated[Optional[str], typer.Option("--vocab", help="Which stored probe (omit when one).")] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0,
-                                             help="The length-matched AUROC a family needs (and its null).")] = 0.85,
+                                             help=f"The length-matched AUROC a family needs (and its null: the highest any unit "
+                                                  f"reaches for {NULL_DRAWS} random word lists).")] = DEFAULT_THRESHOLD,
     top: Annotated[int, typer.Option("--top", min=1, help="Units printed per family.")] = 10,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Give the units of a layer their family (region, emotion, colour, or lexical) from the atlas's word probe:
     a unit joins the family whose words it answers more than the probe's other words of the same length
-    (AUROC >= --threshold, and >= the family's null: the highest any unit reaches for 20 random lists of the
-    same lengths), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run
+    (AUROC >= --threshold, and >= the family's null: the highest any unit reaches for random lists of the same
+    lengths), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run
     (`show` and the microscope give each unit's family); needs no model."""
     from neuronscope.analysis.family_store import families_into, plan_families
 

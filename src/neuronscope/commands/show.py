@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.families import family_text
 from neuronscope.atlas.store import open_reader
 from neuronscope.atlas.export import EXPORTERS, export_layer
 from neuronscope.commands.common import AtlasArg, DebugOpt, JsonOpt, LayerOpt, ModelOpt, cli_command, print_json
@@ -70,7 +71,7 @@ def show(
         if record["family"]:
             family = record["family"]
             score = "" if family["score"] is None else f" {family['score']:.3f}"
-            typer.echo(f"  family: {family['family']}{score} ({family['source']})")
+            typer.echo(f"  family: {family_text(family)}{score} ({family['source']})")
 
 
 def multimodality_line(scores: dict) -> str:

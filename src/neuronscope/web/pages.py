@@ -14,10 +14,10 @@ from functools import lru_cache
 from typing import Any
 
 from neuronscope.atlas import Atlas
-from neuronscope.atlas.browse import (described_family, family_sizes, family_sources, filter_units, image_categories,
-                                      layer_counts, layer_grid, search_units, unit_runs)
+from neuronscope.atlas.browse import (family_sizes, filter_units, image_categories, layer_counts, layer_grid,
+                                      search_units, unit_runs)
+from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT, family_sources
 from neuronscope.atlas.multimodality import layer_summary
-from neuronscope.atlas.store import FAMILIES_ARTIFACT
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
@@ -258,8 +258,8 @@ def unit_data(atlas: Atlas, model: str, layer: str, unit: int, query: LayerQuery
     histogram = record["histogram"]
     sources = family_sources(atlas, record["model"], record["layer"]) if record["family"] else {}
     return {"model": record["model"], "layer": record["layer"], "unit": unit, "record": record,
-            # the record's family with its affix (lexical), and what its source says of where it came from
-            "family": described_family(record["family"], unit, sources),
+            # the record's family (a lexical unit's with its affix), and what its source says of where it came from
+            "family": record["family"],
             "family_about": sources.get(record["family"]["source"]) if record["family"] else None,
             # "unscanned" (no histogram), "empty" (scanned, but no finite activation) or "plottable"
             "activations": "unscanned" if histogram is None else "plottable" if histogram["counts"] else "empty",
