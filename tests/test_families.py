@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from neuronscope.analysis.families import builtin_families, null_lists, stratified_auroc, word_families
-from neuronscope.analysis.family_store import families_into, plan_families
+from neuronscope.probing.family_store import families_into, plan_families
 from neuronscope.atlas import Atlas
 from neuronscope.cli import app
 from neuronscope.probing.vocab import english_words

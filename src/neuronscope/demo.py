@@ -295,7 +295,7 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
 def _families(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings) -> tuple[str, str]:
     """Each unit's family from the words stage's probe (`neuronscope families`), recorded as a run; reused when
     the stored families are those of a finished run of this very config (the same probe run, lists, null)."""
-    from neuronscope.analysis.family_store import SOURCE, families_into, plan_families
+    from neuronscope.probing.family_store import SOURCE, families_into, plan_families
     from neuronscope.probing.vocab import vocabulary_name
 
     name = vocabulary_name(settings.vocabulary)

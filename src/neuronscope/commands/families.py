@@ -28,7 +28,7 @@ def families(
     (AUROC >= --threshold, and >= the family's null: the highest any unit reaches for random lists of the same
     lengths), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run
     (`show` and the microscope give each unit's family); needs no model."""
-    from neuronscope.analysis.family_store import families_into, plan_families
+    from neuronscope.probing.family_store import families_into, plan_families
 
     with Atlas(atlas, create=False) as store:
         plan = plan_families(store, model, layer, vocab, threshold=threshold)

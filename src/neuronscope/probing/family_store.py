@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
+from ..analysis.families import (DEFAULT_THRESHOLD, MIN_FAMILY_WORDS, NULL_DRAWS, NULL_SEED, Families,
+                                  builtin_families, word_families)
 from ..atlas import Atlas
 from ..atlas.runs import config_digest, marked_interrupted, open_run
-from ..probing.embedding import LexicalRule
-from ..probing.word_store import load_word_scores
-from .families import DEFAULT_THRESHOLD, MIN_FAMILY_WORDS, NULL_DRAWS, NULL_SEED, Families, builtin_families, word_families
+from .embedding import LexicalRule
+from .word_store import load_word_scores
 
 #: The ``source`` of the families computed here (a family set from elsewhere is kept).
 SOURCE = "auto:words"
