@@ -42,7 +42,10 @@ def test_a_unit_is_multimodal_only_when_it_sees_and_reads_the_same_concept() -> 
     result = multimodality(_responses(), "layer")
     assert result.is_multimodal().tolist() == [True, False, False]
     assert result.unit(0) == {"unit": 0, "concept": "c", "score": 1.0, "auroc_images": 1.0, "auroc_words": 1.0,
-                              "word_concept": "c"}
+                              "word_concept": "c", "threshold": 0.9, "multimodal": True}
+    # the record's verdict (the atlas's, torch-free) and the tensors' agree on every unit and threshold
+    for threshold in (0.5, 0.9, 1.0):
+        assert [result.unit(u, threshold)["multimodal"] for u in range(3)] == result.is_multimodal(threshold).tolist()
     assert result.unit(1)["auroc_images"] == 1.0 and result.unit(1)["score"] < 0.9  # sees, does not read
     assert result.unit(2)["concept"] == "a" and result.unit(2)["word_concept"] == "d"
     assert result.concepts_with_units() == 1
@@ -75,7 +78,7 @@ def test_folders_name_the_concepts_and_the_rest_is_counted(tmp_path: Path) -> No
     assert images.labels.tolist() == [0] * 5 + [1] * 4
     assert images.left_out == {"no category": 1, "fewer than 4 images in their concept": 1}
     chosen = labelled_images([str(tmp_path)], ["dog", "owl"])
-    assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the classes"] == 5
+    assert chosen.concepts == ("dog", "owl") and chosen.left_out["not one of the concepts asked for"] == 5
 
 
 def test_two_folders_that_would_share_a_name_are_refused(tmp_path: Path) -> None:
@@ -200,14 +203,14 @@ def test_stored_scores_read_back_per_unit_and_label_only_unlabelled_units(tmp_pa
         assert atlas.run(run.run_id)["status"] == "finished"
         for unit in (473, 18, 0):
             stored = atlas.unit(None, "neurons", unit)["multimodality"]
-            expected = run.result.unit(unit)
+            expected = run.measurement.scores.unit(unit)
             assert {k: stored[k] for k in expected if k != "unit"} == {k: v for k, v in expected.items() if k != "unit"}
-            assert stored["multimodal"] == bool(run.result.is_multimodal()[unit])
+            assert stored["multimodal"] == bool(run.measurement.scores.is_multimodal()[unit])
         assert atlas.label(mini_clip_fp32.key, layer, 473) == "my star"  # a user's label is kept
         assert 473 not in run.labelled and 18 in run.labelled
         assert atlas.label(mini_clip_fp32.key, layer, 18) == "puzzle"
-        assert atlas.label_source(mini_clip_fp32.key, layer, 18) == LABEL_SOURCE
-        assert set(run.labelled) == {r["unit"] for r in run.result.units()} - {473}
+        assert atlas.db.execute("SELECT source FROM labels WHERE unit = 18").fetchone()["source"] == LABEL_SOURCE
+        assert set(run.labelled) == {r["unit"] for r in run.measurement.scores.units()} - {473}
 
 
 def test_a_killed_measurement_resumes_from_its_checkpoint(tmp_path: Path, tiny_rn) -> None:
@@ -232,8 +235,8 @@ def test_a_killed_measurement_resumes_from_its_checkpoint(tmp_path: Path, tiny_r
         resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
         assert resumed.run_id == interrupted["id"] and resumed.resumed_from == 8
     whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
-    assert torch.equal(resumed.result.concept, whole.concept)
-    assert torch.allclose(resumed.result.auroc_images, whole.auroc_images)
+    assert torch.equal(resumed.measurement.scores.concept, whole.concept)
+    assert torch.allclose(resumed.measurement.scores.auroc_images, whole.auroc_images)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -267,11 +270,13 @@ def test_cli_refuses_label_without_an_atlas_and_concepts_without_images() -> Non
 
 def test_a_unit_that_answers_every_concept_alike_has_no_concept() -> None:
     responses = _responses()
-    images = responses.images.clone()
+    images, words = responses.images.clone(), responses.words.clone()
     images[:, 1] = 0.0  # dead
-    result = multimodality(ConceptResponses(images, responses.image_labels, responses.words, responses.word_labels,
+    words[:, 1] = 0.0
+    result = multimodality(ConceptResponses(images, responses.image_labels, words, responses.word_labels,
                                             responses.concepts))
     assert int(result.concept[1]) == NO_CONCEPT and result.unit(1)["concept"] is None
+    assert result.unit(1)["word_concept"] is None  # not the first concept by a tie
     assert result.score[1] == 0.5 and not result.is_multimodal()[1]
     assert result.to_dict()["concept"][1] == -1
 
@@ -323,7 +328,26 @@ def test_a_rerun_at_a_stricter_threshold_leaves_no_stale_labels(tmp_path: Path, 
         layer = mini_clip_fp32.resolve_layer("neurons")
         labelled = {unit for unit in range(512) if atlas.label(mini_clip_fp32.key, layer, unit) is not None}
     assert second.run_id != first.run_id and len(second.labelled) < len(first.labelled)
-    assert labelled == set(second.labelled) == {r["unit"] for r in second.result.units(0.97)}
+    assert labelled == set(second.labelled) == {r["unit"] for r in second.measurement.scores.units(0.97)}
+
+
+def test_a_checkpoint_taken_before_any_image_was_read_resumes(tmp_path: Path, tiny_rn) -> None:
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4})
+    for index in range(4):  # the listing starts with unreadable files: the first checkpoint holds no rows
+        (root / "a" / f"0{index}.png").write_bytes(b"")
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+
+    def kill(state) -> None:
+        if state.done >= 4:
+            raise KeyboardInterrupt
+
+    images = labelled_images([str(root)])
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(KeyboardInterrupt):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                       checkpoint_every=4, on_batch=kill)
+        run = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert run.resumed_from == 4 and run.measurement.skipped == {"zero_byte": 4}
 
 
 def test_a_changed_source_abandons_the_interrupted_run_and_its_checkpoint(tmp_path: Path, tiny_rn) -> None:

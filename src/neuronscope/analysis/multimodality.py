@@ -12,8 +12,8 @@ AUROC, not mean response, because a unit that fires a little for everything is
 not selective; the weaker of the two, because a unit that only sees (or only
 reads) the concept is not multimodal.
 
-The concept is chosen and scored on the same images, so with few images a
-concept, units that answer nothing in particular pass by chance. The control
+The concept is chosen and scored on the same images, so where a concept has
+few images, units that answer nothing in particular can pass by chance. The control
 says how often: the same measurement with the images' concept labels deranged
 (the words keep theirs), as the card's ``shuffled`` control; the chosen concept
 passes through the same selection, so the control counts exactly what chance
@@ -29,17 +29,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..atlas.multimodality import DEFAULT_THRESHOLD, NO_CONCEPT, multimodality_record
 from ..units import parse_unit
 from .selectivity import auroc_per_class
 
-#: The card's threshold on both AUROCs.
-DEFAULT_THRESHOLD = 0.9
 #: Seeds of the label-shuffle control (three, as the card's).
 CONTROL_SEEDS = (0, 1, 2)
 #: Units whose AUROCs are computed at once: the ranks take about 20 times the responses' memory.
 UNIT_BLOCK = 256
-#: The concept index of a unit that answers every concept alike (a dead or constant unit): it has none.
-NO_CONCEPT = -1
 
 
 @dataclass(frozen=True)
@@ -108,23 +105,21 @@ class Multimodality:
         return {"units": [int(s.is_multimodal(threshold).sum()) for s in self.shuffled],
                 "concepts": [s.concepts_with_units(threshold) for s in self.shuffled]}
 
-    def unit(self, unit: Any) -> dict[str, Any]:
-        """One unit's record: ``{"unit", "concept", "score", "auroc_images", "auroc_words", "word_concept"}``."""
+    def unit(self, unit: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+        """One unit's record, the one an atlas gives (:func:`~neuronscope.atlas.multimodality.multimodality_record`,
+        AUROCs to 4 decimals) with its ``"unit"``."""
         u = parse_unit(unit)
         if not 0 <= u < len(self.concept):
             raise IndexError(f"unit {u} is outside {self.layer} (units 0-{len(self.concept) - 1})")
-        return {"unit": u, "concept": self._name(self.concept[u]), "score": round(float(self.score[u]), 4),
-                "auroc_images": round(float(self.auroc_images[u]), 4),
-                "auroc_words": round(float(self.auroc_words[u]), 4),
-                "word_concept": self._name(self.word_concept[u])}
-
-    def _name(self, index: torch.Tensor) -> str | None:
-        return None if int(index) == NO_CONCEPT else self.concepts[int(index)]
+        record = multimodality_record(self.concepts, int(self.concept[u]), int(self.word_concept[u]),
+                                      round(float(self.auroc_images[u]), 4), round(float(self.auroc_words[u]), 4),
+                                      threshold)
+        return {"unit": u, **record}
 
     def units(self, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
         """The multimodal units at ``threshold`` (:meth:`unit` records), highest score first."""
         passing = self.is_multimodal(threshold).nonzero().flatten().tolist()
-        return sorted((self.unit(u) for u in passing), key=lambda record: (-record["score"], record["unit"]))
+        return sorted((self.unit(u, threshold) for u in passing), key=lambda record: (-record["score"], record["unit"]))
 
     def best_units(self, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
         """One multimodal unit per concept that has one (the highest score), in concept order."""
@@ -183,11 +178,8 @@ def multimodality(responses: ConceptResponses, layer: str = "", *,
     images, words = responses.images.float(), responses.words.float()
     if images.shape[1] != words.shape[1]:
         raise ValueError(f"image responses have {images.shape[1]} units but word responses {words.shape[1]}")
-    image_means = class_means(images, responses.image_labels, n_concepts)  # [C, U]
-    concept = image_means.argmax(dim=0)  # [U]
-    answers_alike = (image_means == image_means.max(dim=0).values).all(dim=0)  # [U] a dead or constant unit
-    concept[answers_alike] = NO_CONCEPT
-    word_concept = class_means(words, responses.word_labels, n_concepts).argmax(dim=0)  # [U]
+    concept = _top_concept(class_means(images, responses.image_labels, n_concepts))  # [U]
+    word_concept = _top_concept(class_means(words, responses.word_labels, n_concepts))  # [U]
     auroc_images, auroc_words = torch.full((images.shape[1],), 0.5), torch.full((images.shape[1],), 0.5)
     for start in range(0, images.shape[1], UNIT_BLOCK):  # [C, block] at a time: the ranks are [N, block] float64
         block = slice(start, start + UNIT_BLOCK)
@@ -201,6 +193,15 @@ def multimodality(responses: ConceptResponses, layer: str = "", *,
     result = Multimodality(layer, tuple(responses.concepts), concept, word_concept, auroc_images, auroc_words,
                            _counts(responses.image_labels, n_concepts), _counts(responses.word_labels, n_concepts))
     return result.with_control(responses, control) if control else result
+
+
+def _top_concept(means: torch.Tensor) -> torch.Tensor:
+    """[U] the concept of each unit's highest mean ``means`` [C, U] (concepts without samples at -inf), or
+    :data:`NO_CONCEPT` where every concept's mean is the same (a dead or constant unit answers none)."""
+    top = means.argmax(dim=0)
+    present = means[torch.isfinite(means[:, 0])] if len(means) else means
+    alike = (present == present.max(dim=0).values).all(dim=0)
+    return torch.where(alike, NO_CONCEPT, top)
 
 
 def _counts(labels: torch.Tensor, n_concepts: int) -> tuple[int, ...]:

@@ -91,8 +91,8 @@ def _descriptions(atlas: Atlas, key: tuple[str, str], units: int) -> dict[str, n
     scores = atlas.multimodality(*key)
     if scores is not None:
         records = [unit_multimodality(scores, unit) for unit in range(units)]
-        for name in ("concept", "word_concept"):
-            arrays[name] = np.array([r[name] for r in records], dtype=object)
+        for name in ("concept", "word_concept"):  # "" for a unit without one, as the other string columns
+            arrays[name] = np.array([r[name] or "" for r in records], dtype=object)
         arrays["multimodality"] = np.array([r["score"] for r in records], np.float64)
         for name in ("auroc_images", "auroc_words"):
             arrays[name] = np.array([r[name] for r in records], np.float64)

@@ -7,24 +7,33 @@ concept names and threshold they are read with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: The artifact (kind, name) a layer's latest measurement is stored under.
 ARTIFACT = ("multimodality", "scores")
+#: The mini CLIP card's threshold on both AUROCs.
+DEFAULT_THRESHOLD = 0.9
+#: The concept index of a unit that answers every concept alike (a dead or constant unit): it has none.
+NO_CONCEPT = -1
+
+
+def multimodality_record(concepts: Sequence[str], concept: int, word_concept: int, auroc_images: float,
+                         auroc_words: float, threshold: float) -> dict[str, Any]:
+    """The criterion, once, for one unit: ``{"concept", "score", "auroc_images", "auroc_words", "word_concept",
+    "threshold", "multimodal"}``; ``score`` is the weaker AUROC, ``multimodal`` whether it reaches the threshold
+    with images and words agreeing on the concept; a concept index :data:`NO_CONCEPT` reads None."""
+    score = min(auroc_images, auroc_words)
+    return {"concept": None if concept == NO_CONCEPT else concepts[concept], "score": score,
+            "auroc_images": auroc_images, "auroc_words": auroc_words,
+            "word_concept": None if word_concept == NO_CONCEPT else concepts[word_concept], "threshold": threshold,
+            "multimodal": concept != NO_CONCEPT and concept == word_concept and score >= threshold}
 
 
 def unit_multimodality(scores: Mapping[str, Any], unit: int) -> dict[str, Any]:
-    """One unit's record: ``{"concept", "score", "auroc_images", "auroc_words", "word_concept", "multimodal",
-    "threshold"}``; ``score`` is the weaker AUROC, ``multimodal`` whether it reaches the threshold with images
-    and words agreeing on the concept."""
-    concepts = scores["concepts"]
-    concept, word_concept = scores["concept"][unit], scores["word_concept"][unit]
-    auroc_images, auroc_words = scores["auroc_images"][unit], scores["auroc_words"][unit]
-    score = min(auroc_images, auroc_words)
-    return {"concept": concepts[concept] if concept >= 0 else None, "score": score, "auroc_images": auroc_images,
-            "auroc_words": auroc_words, "word_concept": concepts[word_concept], "threshold": scores["threshold"],
-            "multimodal": 0 <= concept == word_concept and score >= scores["threshold"]}
+    """One unit's record (:func:`multimodality_record`) from a stored measurement."""
+    return multimodality_record(scores["concepts"], scores["concept"][unit], scores["word_concept"][unit],
+                                scores["auroc_images"][unit], scores["auroc_words"][unit], scores["threshold"])
 
 
 def layer_multimodality(scores: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -869,13 +869,6 @@ class Atlas:
         """A unit's label, or None (no scan of the layer needed)."""
         return self._label((*self._key(model, layer), parse_unit(unit)))
 
-    def label_source(self, model: str, layer: str, unit: int) -> str | None:
-        """Who wrote a unit's label (``user``, ``world-card``, ``auto:...``), or None when it has none: an automatic
-        labeller replaces only its own labels."""
-        row = self.db.execute("SELECT source FROM labels WHERE model = ? AND layer = ? AND unit = ?",
-                              (*self._key(model, layer), parse_unit(unit))).fetchone()
-        return row["source"] if row else None
-
     def _label(self, key: tuple[str, str, int]) -> str | None:
         row = self.db.execute("SELECT text FROM labels WHERE model = ? AND layer = ? AND unit = ?",
                               key).fetchone()

@@ -27,17 +27,17 @@ from neuronscope.commands.common import (
     recorded_command,
     require_model,
 )
-from neuronscope.commands.words import FontsOpt, PositionsOpt, SizesOpt, WorkersOpt, raster_settings
+from neuronscope.commands.words import (DEFAULT_FONTS, DEFAULT_POSITIONS, DEFAULT_SIZES, FontsOpt, PositionsOpt,
+                                        SizesOpt, WorkersOpt, raster_settings)
 from neuronscope.commands.zeroshot import ClassesFileOpt, ClassesOpt, read_classes
 from neuronscope.errors import NeuronscopeError
 
 if TYPE_CHECKING:  # the command imports torch only once it runs
     from neuronscope.models import LoadedModel
     from neuronscope.probing.multimodal import LabelledImages, MultimodalMeasurement, ResponsesHook
+    from neuronscope.probing.multimodal_store import MultimodalRun
     from neuronscope.probing.raster import RasterSettings
 
-#: The raster flags' defaults (the `words` command's): without --images they have nothing to raster.
-RASTER_DEFAULTS = {"sizes": "0.5,0.7,0.9", "positions": "0.1:0.1,0.5:0.5,0.9:0.9", "fonts": "dejavu/DejaVuSans.ttf"}
 #: Below this many images, a concept's AUROCs are noisy: the command says so beside the control.
 FEW_IMAGES = 10
 
@@ -79,9 +79,9 @@ def multimodal(
     names: NamesOpt = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0, help="Both AUROCs must reach it "
                                              "for a unit to count as multimodal.")] = 0.9,
-    sizes: SizesOpt = RASTER_DEFAULTS["sizes"],
-    positions: PositionsOpt = RASTER_DEFAULTS["positions"],
-    fonts: FontsOpt = RASTER_DEFAULTS["fonts"],
+    sizes: SizesOpt = DEFAULT_SIZES,
+    positions: PositionsOpt = DEFAULT_POSITIONS,
+    fonts: FontsOpt = DEFAULT_FONTS,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Store the scores in this atlas (unit pages "
                                                "and `show` then give each unit's concept and score).")] = None,
     label: Annotated[bool, typer.Option("--label", help="With --out: label each multimodal unit with its "
@@ -112,7 +112,7 @@ def multimodal(
     if images:
         labelled = labelled_images(images, chosen or None, names=category_names(names))
     else:
-        _check_bundled(chosen, names, precision, {"sizes": sizes, "positions": positions, "fonts": fonts})
+        _check_bundled(chosen, names, precision, settings)
         labelled, precision = None, "fp32"  # the card's measurement ran in fp32
     quiet = json_out and not sys.stderr.isatty()
     started = time.perf_counter()
@@ -121,29 +121,30 @@ def multimodal(
     bars = ProgressBars(quiet=quiet)
     on_batch = None if labelled is None else (lambda state: bars("images", state.done, len(labelled)))
     try:
-        run_id, resumed_from, measured, labelled_units = _measure(
-            ctx, loaded, canonical, labelled, settings, threshold, label, out, batch_size, workers, on_batch)
+        run = _measure(ctx, loaded, canonical, labelled, settings, threshold, label, out, batch_size, workers,
+                       on_batch)
     finally:
         bars.close()
+    measured = run.measurement
     result = measured.scores
     units = result.units(threshold)
     chance = result.chance(threshold)
     few = sorted(c for c, n in zip(result.concepts, result.images_per_concept) if n < FEW_IMAGES)
     if json_out:
-        extra = {"labelled": list(labelled_units)} if label else {}
+        extra = {"labelled": list(run.labelled)} if label else {}
         if measured.dropped:
             extra["dropped_concepts"] = list(measured.dropped)
-        print_json(fill_report(out, run_id, loaded.key, [canonical], len(result.concept), time.perf_counter() - started,
+        print_json(fill_report(out, run.run_id, loaded.key, [canonical], len(result.concept), time.perf_counter() - started,
                                measured.skipped, threshold=threshold, concepts=list(result.concepts),
                                images_per_concept=list(result.images_per_concept),
                                images=len(labelled) if labelled is not None else None,
                                concepts_with_units=result.concepts_with_units(threshold), multimodal_units=units,
                                best_per_concept=result.best_units(threshold), chance=chance,
-                               resumed_from=resumed_from, **extra))
+                               resumed_from=run.resumed_from, **extra))
         return
     typer.echo(f"{loaded.key} {canonical}: {len(units)} of {len(result.concept)} units multimodal at {threshold:g}, "
                f"for {result.concepts_with_units(threshold)} of {len(result.concepts)} concepts"
-               + (f" (stored in {out}, run {run_id})" if out else ""))
+               + (f" (stored in {out}, run {run.run_id})" if out else ""))
     typer.echo(f"  with the images' labels shuffled: {', '.join(map(str, chance['units']))} units "
                f"(for {', '.join(map(str, chance['concepts']))} concepts): what chance gives on these images")
     for record in units[:top]:
@@ -152,14 +153,15 @@ def multimodal(
     _report_left_out(labelled, measured, few)
 
 
-def _check_bundled(classes: list[str], names: Path | None, precision: str, raster: dict[str, str]) -> None:
+def _check_bundled(classes: list[str], names: Path | None, precision: str, settings: RasterSettings) -> None:
     """Without --images the card's measurement runs as the card's did: refuse what it would ignore or change."""
+    from neuronscope.probing.raster import RasterSettings
+
     if classes or names is not None:
         raise NeuronscopeError("--classes and --names are about the categories of --images: give the images too")
-    changed = [f"--{flag}" for flag, value in raster.items() if value != RASTER_DEFAULTS[flag]]
-    if changed:
-        raise NeuronscopeError(f"{', '.join(changed)} raster the concept names of --images; without --images the "
-                               "card's held-out-font words are used: give --images, or leave them out")
+    if settings != RasterSettings():
+        raise NeuronscopeError("--sizes, --positions and --fonts raster the concept names of --images; without "
+                               "--images the card's held-out-font words are used: give --images, or leave them out")
     if precision not in ("auto", "fp32"):
         raise NeuronscopeError(f"without --images the card's measurement runs in fp32 (its units are found in fp32), "
                                f"not --precision {precision}: leave --precision out, or give --images")
@@ -167,25 +169,22 @@ def _check_bundled(classes: list[str], names: Path | None, precision: str, raste
 
 def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: LabelledImages | None,
              settings: RasterSettings, threshold: float, label: bool, out: str | None, batch_size: int, workers: int,
-             on_batch: ResponsesHook | None) -> tuple[int | None, int, MultimodalMeasurement, tuple[int, ...]]:
-    """Measure, into the atlas with --out (resumable), else in memory: ``(run id, resumed from, measurement,
-    labelled units)``."""
+             on_batch: ResponsesHook | None) -> MultimodalRun:
+    """Measure, into the atlas with --out (resumable), else in memory (a run without an id)."""
     from neuronscope.atlas import Atlas
-    from neuronscope.probing.multimodal import MultimodalMeasurement, measure_multimodality
-    from neuronscope.probing.multimodal_store import measure_multimodality_into
+    from neuronscope.probing.multimodal import measure_multimodality
+    from neuronscope.probing.multimodal_store import MultimodalRun, measure_multimodality_into
 
     if not out:
-        measured = measure_multimodality(loaded, layer, labelled, settings=settings, batch_size=batch_size,
-                                         workers=workers, on_batch=on_batch)
-        return None, 0, measured, ()
-    # --top and --label change what is printed or labelled, not the scores: a rerun with another is the same run
+        return MultimodalRun(measure_multimodality(loaded, layer, labelled, settings=settings, batch_size=batch_size,
+                                                   workers=workers, on_batch=on_batch))
+    # --top changes what is printed, not what is stored: left out of the command the run records
     command = recorded_command(ctx, loaded, layer=layer, paths=("images", "classes_file", "names"),
                                leave_out=HOW_IT_RUNS | {"top"})
     with Atlas(out) as atlas:
-        run = measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
-                                         label=label, command=command, batch_size=batch_size, workers=workers,
-                                         on_batch=on_batch)
-    return run.run_id, run.resumed_from, MultimodalMeasurement(run.result, run.skipped, run.dropped), run.labelled
+        return measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
+                                          label=label, command=command, batch_size=batch_size, workers=workers,
+                                          on_batch=on_batch)
 
 
 def _report_left_out(labelled: LabelledImages | None, measured: MultimodalMeasurement, few: list[str]) -> None:

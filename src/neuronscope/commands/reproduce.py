@@ -27,6 +27,9 @@ from neuronscope.commands.common import (
     recorded_command,
 )
 from neuronscope.commands.words import (
+    DEFAULT_FONTS,
+    DEFAULT_POSITIONS,
+    DEFAULT_SIZES,
     FontsOpt,
     PositionsOpt,
     SizesOpt,
@@ -62,9 +65,9 @@ def reproduce_words(
         "--weights", "-w", help="PATH to OpenAI's RN50x4 (RN50x4.pt or an open_clip state dict); "
                                 "random gives the chance figure.")] = None,
     vocab: VocabOpt = "english-10k",
-    sizes: SizesOpt = "0.5,0.7,0.9",
-    positions: PositionsOpt = "0.1:0.1,0.5:0.5,0.9:0.9",
-    fonts: FontsOpt = "dejavu/DejaVuSans.ttf",
+    sizes: SizesOpt = DEFAULT_SIZES,
+    positions: PositionsOpt = DEFAULT_POSITIONS,
+    fonts: FontsOpt = DEFAULT_FONTS,
     top_k: Annotated[int, typer.Option("--top-k", min=3, help="Our top words kept per unit (the paper "
                                                               "top-1 is looked for among them).")] = 20,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Also store the top words in this atlas.")] = None,

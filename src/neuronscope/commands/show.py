@@ -77,9 +77,13 @@ def show(
 def multimodality_line(scores: dict) -> str:
     """A unit's stored multimodality in one line: its concept, score and both AUROCs."""
     verdict = "multimodal" if scores["multimodal"] else f"not multimodal at {scores['threshold']:g}"
+    if scores["concept"] is None:
+        return f"{verdict}: no concept (answers every concept alike among the images)"
     line = (f"{verdict}: {scores['concept']!r} {scores['score']:.3f} (images {scores['auroc_images']:.3f}, "
             f"words {scores['auroc_words']:.3f})")
-    return line if scores["word_concept"] == scores["concept"] else f"{line}; words answer most to {scores['word_concept']!r}"
+    if scores["word_concept"] in (None, scores["concept"]):
+        return line
+    return f"{line}; words answer most to {scores['word_concept']!r}"
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:

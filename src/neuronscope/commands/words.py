@@ -38,6 +38,8 @@ PositionsOpt = Annotated[str, typer.Option("--positions", help="Text positions x
 FontsOpt = Annotated[str, typer.Option("--fonts", help="Font files (family_dir/file.ttf under "
                                                        "/usr/share/fonts/truetype, or paths), comma-separated.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Rendering processes (0: in the main one).")]
+#: The raster flags' defaults, as typed (``RasterSettings()``'s: 3 sizes x 3 positions in DejaVu Sans).
+DEFAULT_SIZES, DEFAULT_POSITIONS, DEFAULT_FONTS = "0.5,0.7,0.9", "0.1:0.1,0.5:0.5,0.9:0.9", "dejavu/DejaVuSans.ttf"
 
 
 def raster_settings(sizes: str, positions: str, fonts: str):
@@ -72,9 +74,9 @@ def words(
     weights: WeightsOpt = None,
     layer: LayerOpt = "neurons",
     vocab: VocabOpt = "english-10k",
-    sizes: SizesOpt = "0.5,0.7,0.9",
-    positions: PositionsOpt = "0.1:0.1,0.5:0.5,0.9:0.9",
-    fonts: FontsOpt = "dejavu/DejaVuSans.ttf",
+    sizes: SizesOpt = DEFAULT_SIZES,
+    positions: PositionsOpt = DEFAULT_POSITIONS,
+    fonts: FontsOpt = DEFAULT_FONTS,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Top words stored per unit.")] = 20,
     out: Annotated[str, typer.Option("--out", "-o", help="The atlas directory (created, or added to).")] = "",
     batch_size: BatchSizeOpt = 64,

@@ -108,9 +108,9 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
         if missing:
             found = ", ".join(sorted(counts)[:8]) + (", ..." if len(counts) > 8 else "")
             raise NeuronscopeError(f"no images of {', '.join(missing)} in {', '.join(map(str, inputs))} (its "
-                                   f"concepts: {found or 'none'}): name classes as the folders, index.json or "
-                                   "--names do")
-        left_out["not one of the classes"] = sum(n for c, n in counts.items() if c not in set(kept))
+                                   f"concepts: {found or 'none'}): name concepts as their folders (or index.json "
+                                   "categories) are named, or map categories to names with --names")
+        left_out["not one of the concepts asked for"] = sum(n for c, n in counts.items() if c not in set(kept))
     if len(kept) < 2:
         raise NeuronscopeError(f"{', '.join(map(str, inputs))}: {len(kept)} concept(s) with at least {min_images} "
                                "images; multimodality compares concepts: give images in a folder per concept "
@@ -183,7 +183,8 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     filled, done, skipped = 0, 0, Counter()
     if resume is not None:
         filled, done, skipped = len(resume.values), resume.done, Counter(resume.skipped)
-        values[:filled], labels[:filled] = resume.values, resume.labels
+        if filled:  # a checkpoint written before any image was decoded holds no rows (nor their width)
+            values[:filled], labels[:filled] = resume.values, resume.labels
     with Recorder(model, canonical, early_stop=True, capture_fn=capture) as recorder:
         for batch in iter_batches(images.entries[done:], model.preprocess, batch_size=batch_size,
                                   workers=workers, first=done):
@@ -211,10 +212,9 @@ def word_responses(model: LoadedModel, layer: str, concepts: Sequence[str], *,
         ``(values [len(concepts) * settings.variants, U], labels [same] concept index)``.
     """
     require_loaded(model, "word_responses")
+    check_words(model, concepts, settings)
     canonical = model.resolve_layer(layer)
-    height, width = model.preprocess.image_size
-    if height != width:
-        raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
+    width = model.preprocess.image_size[1]
     chunks = []
     words_per_batch = max(1, batch_size // settings.variants)
     with Recorder(model, canonical, early_stop=True, capture_fn=_unit_means(model, canonical)[1]) as recorder:

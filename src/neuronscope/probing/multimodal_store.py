@@ -1,6 +1,7 @@
 """Multimodality into an atlas: a recorded run, checkpoints while the images stream, the scores stored.
 
     run = measure_multimodality_into(atlas, model, "neurons", labelled_images(["photos/"]))
+    run.measurement.scores                                 # a Multimodality
     atlas.unit(model.key, "neurons", 7)["multimodality"]   # {"concept", "score", ...}
 
 The same call after a kill continues from the last checkpoint of image responses. With ``images=None`` the
@@ -15,14 +16,13 @@ import hashlib
 import json
 import logging
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..activations import layer_geometry
-from ..analysis.multimodality import DEFAULT_THRESHOLD, Multimodality
+from ..analysis.multimodality import DEFAULT_THRESHOLD
 from ..atlas import Atlas
 from ..atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
                           drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
@@ -43,16 +43,13 @@ BUNDLED = "mini-clip test split (held-out drawings, held-out-font words)"
 
 @dataclass(frozen=True)
 class MultimodalRun:
-    """What :func:`measure_multimodality_into` did: the measurement, its run, the entry it resumed at (0: from
-    the first), the unreadable files skipped, the units it labelled, and the concepts left out because none of
-    their images could be read."""
+    """What :func:`measure_multimodality_into` did: the measurement (its scores, unreadable files and concepts
+    left out), its run (None: not stored), the entry it resumed at (0: from the first), the units it labelled."""
 
-    result: Multimodality
-    run_id: int
+    measurement: MultimodalMeasurement
+    run_id: int | None = None
     resumed_from: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
     labelled: tuple[int, ...] = ()
-    dropped: tuple[str, ...] = ()
 
 
 def images_fingerprint(images: LabelledImages) -> str:
@@ -177,8 +174,7 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
                                          workers=workers, resume=resume, on_batch=checkpoints)
         labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label, images=total)
     drop_checkpoints(atlas, config_key)
-    return MultimodalRun(measured.scores, opened.run_id, 0 if resume is None else resume.done, measured.skipped,
-                         labelled, measured.dropped)
+    return MultimodalRun(measured, opened.run_id, 0 if resume is None else resume.done, labelled)
 
 
 def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMeasurement, threshold: float, *,
@@ -188,7 +184,7 @@ def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMe
     result = measured.scores
     layer = result.layer
     atlas.register_layer(model.key, layer, aliases=model.aliases_of(layer), units=len(result.concept),
-                         grid=_grid(model, layer), run_id=run_id)
+                         grid=model.layer_shape(layer)[1], run_id=run_id)
     atlas.write_multimodality(run_id, model.key, layer, result.to_dict(threshold))
     labelled: list[int] = []
     if label:
@@ -196,10 +192,6 @@ def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMe
         labelled = atlas.replace_labels(model.key, layer, labels, source=LABEL_SOURCE)
     atlas.finish_run(run_id, images=images, skipped=measured.skipped)
     return tuple(sorted(labelled))
-
-
-def _grid(model: LoadedModel, layer: str) -> tuple[int, int]:
-    return layer_geometry(model, [layer])[layer].grid
 
 
 def _default_command(model: str, layer: str) -> str:
