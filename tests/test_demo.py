@@ -241,3 +241,30 @@ def test_a_missing_web_extra_stops_the_demo_before_it_builds(tmp_path, monkeypat
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "atlas"), *where])
     assert result.exit_code == 1 and "web extra" in result.output and asked == [needs]
     assert not (tmp_path / "atlas").exists()
+
+
+def test_the_multimodality_stage_reuses_only_the_measurement_its_run_stored(mini, tmp_path, monkeypatch):
+    """It reused whenever a run of its config had finished, though another measurement (`multimodal --out` on
+    other images) had replaced the stored one since: as the families stage, it now reuses only the artifact that
+    run wrote."""
+    import neuronscope.demo as demo
+    import neuronscope.probing.multimodal_store as multimodal_store
+    from neuronscope.probing.raster import RasterSettings
+
+    def measure(*_, **__):
+        raise _Stop
+
+    layer = "visual.layer4.1.act3:input"
+    config, key = multimodal_store.run_config(mini, layer, None, RasterSettings())
+    scores = {"layer": layer, "concepts": ["star"], "threshold": 0.9, "concept": [0], "word_concept": [0],
+              "auroc_images": [0.5], "auroc_words": [0.5]}
+    monkeypatch.setattr(multimodal_store, "measure_multimodality_into", measure)
+    with Atlas(tmp_path / "atlas") as atlas:
+        run_id = atlas.start_run(command="demo", config=config, config_key=key, model=mini.key, weights_sha256=None,
+                                 layers=[], dataset=None, precision="fp32")
+        atlas.write_multimodality(run_id, mini.key, layer, scores)
+        atlas.finish_run(run_id)
+        assert demo._multimodality(mini, atlas, layer)[0] == "reused"
+        atlas.write_multimodality(None, mini.key, layer, scores)  # another measurement replaced the demo's
+        with pytest.raises(_Stop):
+            demo._multimodality(mini, atlas, layer)

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuronscope.atlas import Atlas
+from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT
+from neuronscope.atlas.multimodality import ARTIFACT as MULTIMODALITY_ARTIFACT
 
 if TYPE_CHECKING:
     from neuronscope.models import LoadedModel
@@ -206,12 +208,22 @@ def _multimodality(model: LoadedModel, atlas: Atlas, layer: str) -> tuple[str, s
     if card is None:
         return "skipped", why_not
     threshold = card["multimodal"]["threshold"]
-    if atlas.finished_run(run_config(model, layer, None, RasterSettings())[1]) is not None:
+    config_key = run_config(model, layer, None, RasterSettings())[1]
+    if _stored_by_finished_run(atlas, model.key, layer, *MULTIMODALITY_ARTIFACT, config_key):
         return "reused", "multimodality measured earlier"
     run = measure_multimodality_into(atlas, model, layer, None, threshold=threshold,
                                      command="neuronscope demo (multimodal)")
     return "built", (f"{len(run.result.units(threshold))} units multimodal for "
                      f"{run.result.concepts_with_units(threshold)} concepts")
+
+
+def _stored_by_finished_run(atlas: Atlas, model: str, layer: str, kind: str, name: str, config_key: str) -> bool:
+    """Whether the layer's stored artifact ``(kind, name)`` was written by a finished run of ``config_key``: a
+    stage that stores its results as one artifact is reused only then, since a later run of another config (a
+    `multimodal --out` on other images, `families --threshold`) replaces the artifact, and the atlas would no longer
+    hold this stage's results though its run finished."""
+    stored = atlas.artifact(model, layer, kind, name)
+    return stored is not None and stored["run_id"] is not None and stored["run_id"] == atlas.finished_run(config_key)
 
 
 def _featurevis(model: LoadedModel, atlas: Atlas, layer: str, units: list[int], settings: DemoSettings,
@@ -302,8 +314,7 @@ def _families(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettin
     if atlas.artifact(model.key, layer, "words", name) is None:
         return "skipped", "no word probe (the words stage was skipped)"
     plan = plan_families(atlas, model.key, layer, name)
-    earlier = atlas.artifact(model.key, layer, "families", SOURCE)
-    if earlier is not None and earlier["run_id"] is not None and earlier["run_id"] == atlas.finished_run(plan.config_key):
+    if _stored_by_finished_run(atlas, model.key, layer, FAMILIES_ARTIFACT, SOURCE, plan.config_key):
         return "reused", f"families from the {name} probe found earlier"
     found = families_into(atlas, plan, command=f"neuronscope demo (families --vocab {shlex.quote(name)})").found
     sizes = ", ".join(f"{family} {len(units)}" for family, units in found.members().items()) or "none"
