@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -55,14 +56,16 @@ def test_a_small_family_needs_its_null_as_well_as_the_threshold() -> None:
     scores = torch.cat([scores, noise], dim=1)
     colour = ("region", "emotion", "colour").index("colour")
     found = word_families(words, scores, "layer", threshold=0.6)
-    assert found.null_draws == 20 and len(found.null) == 3
+    assert found.null_draws == 20 and len(found.null_max) == 3
     assert found.affinity[colour, 4:].max() >= 0.6  # a noise unit reaches the threshold...
-    assert found.null[colour] > 0.6
+    assert found.null_max[colour] > 0.6
     assert found.family(0) == {"family": "colour", "score": 1.0}  # ...the colour unit is still found
     assert found.members().get("colour") == [0]  # ...and no noise unit joins the family
     assert word_families(words, scores, "layer", threshold=0.6, null_draws=0).members()["colour"][1:]  # without it
-    assert found.about("english-10k")["null"] == {name: round(v, 4) for name, v in zip(found.names, found.null)}
-    assert found.null[colour] > found.null[found.names.index("region")]  # a 20-word list reaches higher than 131
+    assert found.about("english-10k")["null"] == found.null_by_family() == {
+        name: round(v, 4) for name, v in zip(found.names, found.null_max)}
+    assert found.required_affinity().tolist() == pytest.approx([max(found.threshold, v) for v in found.null_max])
+    assert found.null_max[colour] > found.null_max[found.names.index("region")]  # a 20-word list reaches higher than 131
 
 
 def test_the_null_lists_have_the_family_lengths_and_none_of_its_words() -> None:

@@ -62,7 +62,8 @@ class Families:
         words_found: how many of each family's words the probe holds.
         lexical: ``{unit: affix}`` of the units whose top words share a prefix or suffix.
         threshold: the affinity a family needs.
-        null: each family's null (:func:`family_null`): the affinity a unit must also reach (empty: none drawn).
+        null_max: each family's null (:func:`family_null`): the highest affinity any unit reaches for a random
+            list of the family's lengths, which a member must also reach (empty: none drawn).
         null_draws: how many random lists each null was drawn from (0: none).
         seed: their seed.
     """
@@ -73,14 +74,18 @@ class Families:
     words_found: tuple[int, ...]
     lexical: dict[int, str]
     threshold: float = DEFAULT_THRESHOLD
-    null: tuple[float, ...] = ()
+    null_max: tuple[float, ...] = ()
     null_draws: int = 0
     seed: int = NULL_SEED
 
-    def bars(self) -> torch.Tensor:
+    def required_affinity(self) -> torch.Tensor:
         """[F] the affinity each family needs: the threshold, or its null where that is higher."""
-        null = torch.tensor(self.null, dtype=torch.float32) if self.null else torch.zeros(len(self.names))
+        null = torch.tensor(self.null_max, dtype=torch.float32) if self.null_max else torch.zeros(len(self.names))
         return null.clamp(min=self.threshold)
+
+    def null_by_family(self) -> dict[str, float]:
+        """``{family: null}``, rounded to 4 places, as the ``families`` artifact and ``--json`` give it."""
+        return {name: round(value, 4) for name, value in zip(self.names, self.null_max)}
 
     def family(self, unit: Any) -> dict[str, Any] | None:
         """``{"family", "score"}`` of a unit (``score``: its affinity, the highest among the families whose bar
@@ -88,7 +93,7 @@ class Families:
         u = parse_unit(unit)
         if self.names:
             scores = self.affinity[:, u]
-            passed = scores >= self.bars()
+            passed = scores >= self.required_affinity()
             if bool(passed.any()):
                 best = int(torch.where(passed, scores, torch.tensor(-1.0)).argmax())
                 return {"family": self.names[best], "score": round(float(scores[best]), 4)}
@@ -112,7 +117,7 @@ class Families:
         words in it and null, the lexical units' affixes (an atlas keeps it beside the families)."""
         return {"vocabulary": vocabulary, "threshold": self.threshold,
                 "family_words": dict(zip(self.names, self.words_found)),
-                "null": dict(zip(self.names, (round(value, 4) for value in self.null))),
+                "null": self.null_by_family(),
                 "null_draws": self.null_draws, "seed": self.seed,
                 "lexical": {str(unit): affix for unit, affix in self.lexical.items()}}
 

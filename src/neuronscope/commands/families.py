@@ -39,13 +39,13 @@ def families(
         print_json(fill_report(atlas, done.run_id, plan.model, [plan.layer], found.affinity.shape[1], done.seconds,
                                layer=plan.layer, vocabulary=plan.vocabulary, threshold=threshold,
                                family_words=dict(zip(found.names, found.words_found)),
-                               null=found.about(plan.vocabulary)["null"],
+                               null=found.null_by_family(),
                                families={name: [{"unit": u, "score": records[u]["score"],
                                                  **({"affix": records[u]["affix"]} if "affix" in records[u] else {})}
                                                 for u in units] for name, units in members.items()}))
         return
     scored = ", ".join(f"{name} ({n} words, null {null:.2f})"
-                       for name, n, null in zip(found.names, found.words_found, found.null)) or "none"
+                       for name, n, null in zip(found.names, found.words_found, found.null_max)) or "none"
     typer.echo(f"{plan.model} {plan.layer}: families from the {plan.vocabulary} probe (scored: {scored}) into "
                f"{atlas} (run {done.run_id})")
     for name, units in members.items():
