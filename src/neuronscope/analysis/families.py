@@ -130,8 +130,9 @@ def stratified_auroc(scores: torch.Tensor, positive: torch.Tensor, strata: torch
     """AUROC of the ``positive`` rows against the others, within each stratum, averaged with the weight of
     the stratum's positives; strata without positives or without negatives are left out.
 
-    scores: [N, U]; positive: [N] bool, or [S, N] for S sets at once (each stratum is ranked once for all of
-    them); strata: [N] int. Returns [U], or [S, U] (0.5 where no stratum has both).
+    scores: [N, U]; positive: [..., N] bool: one set, or any batch of sets at once (``word_families`` passes
+    [F, 1 + draws, N]; each stratum is ranked once for all of them); strata: [N] int. Returns [..., U] (0.5 where
+    no stratum has both).
     """
     sets = positive.reshape(-1, positive.shape[-1])  # [S, N]
     total = torch.zeros(len(sets), scores.shape[1], dtype=torch.float64)
