@@ -213,8 +213,8 @@ def _multimodality(model: LoadedModel, atlas: Atlas, layer: str) -> tuple[str, s
         return "reused", "multimodality measured earlier"
     run = measure_multimodality_into(atlas, model, layer, None, threshold=threshold,
                                      command="neuronscope demo (multimodal)")
-    return "built", (f"{len(run.result.units(threshold))} units multimodal for "
-                     f"{run.result.concepts_with_units(threshold)} concepts")
+    return "built", (f"{len(run.measurement.scores.units(threshold))} units multimodal for "
+                     f"{run.measurement.scores.concepts_with_units(threshold)} concepts")
 
 
 def _stored_by_finished_run(atlas: Atlas, model: str, layer: str, kind: str, name: str, config_key: str) -> bool:
