@@ -52,6 +52,12 @@ class LayerGeometry:
             raise TypeError(f"maps() takes one layer's tensor, not a dict of {len(acts)} layers: pass acts[layer]")
         return unit_maps(acts, grid=self.grid, layout=self.layout, prefix_tokens=self.prefix_tokens)
 
+    def spatial_mean(self, acts: torch.Tensor) -> torch.Tensor:
+        """This layer's activations -> [B, C], each unit's mean over its map (the feature-vis objective,
+        :func:`~neuronscope.activations.reduce.spatial_mean`, on this geometry): a capture function that keeps
+        no maps."""
+        return self.maps(acts).mean(dim=(2, 3))
+
 
 @torch.no_grad()
 def layer_geometry(model: LoadedModel, layers: Sequence[str]) -> dict[str, LayerGeometry]:

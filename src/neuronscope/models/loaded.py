@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import torch
 from PIL import Image
@@ -21,6 +21,9 @@ from neuronscope.models.preprocess import Preprocess
 from neuronscope.models.spec import DEFAULT_CONTEXT_LENGTH, ModelSpec, TokenizerSpec
 from neuronscope.imagefiles import file_sha256
 from neuronscope.runtime import Precision
+
+if TYPE_CHECKING:  # activations imports this module
+    from neuronscope.activations.geometry import LayerGeometry
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 """An open_clip tokenizer: texts -> token ids [N, context_length]."""
@@ -47,9 +50,8 @@ class LoadedModel:
     _state_sha256: str | None = field(default=None, repr=False)
     #: weights_identity()'s hash once computed; init=False: a dataclasses.replace (another module) starts anew.
     _identity: str | None = field(default=None, init=False, repr=False, compare=False)
-    #: :meth:`layer_shape`'s answers, ``{canonical layer: (units, (rows, cols))}``; init=False as ``_identity``.
-    _layer_shapes: dict[str, tuple[int, tuple[int, int]]] = field(default_factory=dict, init=False, repr=False,
-                                                                 compare=False)
+    #: :meth:`geometry`'s answers, ``{canonical layer: LayerGeometry}``; init=False as ``_identity``.
+    _geometries: dict[str, LayerGeometry] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # The dataclass's own repr would print the whole nn.Module (163 lines for the mini CLIP).
@@ -95,21 +97,26 @@ class LoadedModel:
 
         return aliases_by_layer(self.layer_aliases).get(layer, [])
 
-    def layer_shape(self, layer: str) -> tuple[int, tuple[int, int]]:
-        """Units and (rows, cols) of a layer (a name or alias): what unit arguments are checked against
-        (:func:`~neuronscope.units.parse_units`, before any work starts) and the grid an atlas registers.
+    def geometry(self, layer: str) -> LayerGeometry:
+        """Where a layer's (a name or alias) units lie: their number, grid, layout and prefix tokens.
 
         One forward of a grey image per layer (:func:`~neuronscope.activations.geometry.layer_geometry`), kept
         here: ``neuronscope visualize`` asks, then its run's writer, then the render, and each forward costs
-        as much as a render step.
+        as much as a render step; a word probe or a multimodality measurement asks for its capture too.
         """
         canonical = self.resolve_layer(layer)
-        if canonical not in self._layer_shapes:
+        if canonical not in self._geometries:
             from neuronscope.activations.geometry import layer_geometry  # activations imports this module
 
-            (geometry,) = layer_geometry(self, [canonical]).values()
-            self._layer_shapes[canonical] = geometry.units, geometry.grid
-        return self._layer_shapes[canonical]
+            (self._geometries[canonical],) = layer_geometry(self, [canonical]).values()
+        return self._geometries[canonical]
+
+    def layer_shape(self, layer: str) -> tuple[int, tuple[int, int]]:
+        """Units and (rows, cols) of a layer (a name or alias): what unit arguments are checked against
+        (:func:`~neuronscope.units.parse_units`, before any work starts) and the grid an atlas registers
+        (:meth:`geometry`'s, kept)."""
+        geometry = self.geometry(layer)
+        return geometry.units, geometry.grid
 
     @cached_property
     def weights_sha256(self) -> str | None:

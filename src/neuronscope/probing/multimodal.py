@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..activations import Recorder, layer_geometry
+from ..activations import Recorder
 from ..analysis.multimodality import ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
 from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
-from .raster import RasterSettings, iter_word_batches, resolve_fonts, undrawable_words
+from .raster import RasterSettings, resolve_fonts, undrawable_words
+from .words import iter_word_responses
 
 #: A concept needs this many images (fewer are left out and counted). Few images a concept let units pass by
 #: chance (the concept is chosen and scored on them): the label-shuffle control says how many.
@@ -157,13 +158,6 @@ class ImageResponses:
 ResponsesHook = Callable[[ImageResponses], None]
 
 
-def _unit_means(model: LoadedModel, layer: str) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
-    """The layer's units, and a capture function: its activations -> [B, U] spatial means, on the layer's
-    geometry (so a ViT's tokens and a ResNet's maps reduce alike; the maps are never kept)."""
-    geometry = layer_geometry(model, [layer])[layer]
-    return geometry.units, lambda acts: geometry.maps(acts).mean(dim=(2, 3))
-
-
 @runs_in_eval
 @torch.no_grad()
 def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, batch_size: int = 32,
@@ -177,15 +171,15 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     """
     require_loaded(model, "image_responses")
     canonical = model.resolve_layer(layer)
-    units, capture = _unit_means(model, canonical)
-    values = torch.empty(len(images), units)
+    geometry = model.geometry(canonical)
+    values = torch.empty(len(images), geometry.units)
     labels = torch.empty(len(images), dtype=torch.long)
     filled, done, skipped = 0, 0, Counter()
     if resume is not None:
         filled, done, skipped = len(resume.values), resume.done, Counter(resume.skipped)
         if filled:  # a checkpoint written before any image was decoded holds no rows (nor their width)
             values[:filled], labels[:filled] = resume.values, resume.labels
-    with Recorder(model, canonical, early_stop=True, capture_fn=capture) as recorder:
+    with Recorder(model, canonical, early_stop=True, capture_fn=geometry.spatial_mean) as recorder:
         for batch in iter_batches(images.entries[done:], model.preprocess, batch_size=batch_size,
                                   workers=workers, first=done):
             skipped.update(reason for _, _, reason in batch.skipped)
@@ -214,14 +208,8 @@ def word_responses(model: LoadedModel, layer: str, concepts: Sequence[str], *,
     require_loaded(model, "word_responses")
     check_words(model, concepts, settings)
     canonical = model.resolve_layer(layer)
-    width = model.preprocess.image_size[1]
-    chunks = []
-    words_per_batch = max(1, batch_size // settings.variants)
-    with Recorder(model, canonical, early_stop=True, capture_fn=_unit_means(model, canonical)[1]) as recorder:
-        for batch in iter_word_batches(list(concepts), settings, width, words_per_batch=words_per_batch,
-                                       workers=workers):
-            pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
-            chunks.append(recorder.run(model.preprocess.normalize(pixels))[canonical].float().cpu())
+    chunks = [values.cpu() for _, values in iter_word_responses(model, canonical, list(concepts), settings,
+                                                                batch_size=batch_size, workers=workers)]
     labels = torch.arange(len(concepts)).repeat_interleave(settings.variants)
     return torch.cat(chunks), labels
 
@@ -284,7 +272,7 @@ def measure_multimodality(model: LoadedModel, layer: str, images: LabelledImages
                                         workers=workers)
     responses = ConceptResponses(seen.values, renumber[seen.labels], words, word_labels, tuple(kept))
     return MultimodalMeasurement(multimodality(responses, canonical), seen.skipped,
-                                 tuple(c for c in images.concepts if c not in set(kept)))
+                                 tuple(c for c, here in zip(images.concepts, present.tolist()) if not here))
 
 
 def bundled_concept_responses(model: LoadedModel, layer: str) -> ConceptResponses:

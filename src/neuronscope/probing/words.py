@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ..activations.recorder import Recorder
-from ..activations.geometry import layer_geometry
 from ..errors import NeuronscopeError
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..units import parse_units
@@ -196,29 +195,34 @@ def probe_words(model: LoadedModel, layer: str, words: str | Sequence[str] | Dra
     height, width = model.preprocess.image_size
     if height != width:
         raise ValueError(f"{model.key} takes {width}x{height} images; rastered words are square")
-    geometry = layer_geometry(model, [canonical])[canonical]  # where the units lie, the grid, the prefix tokens
+    geometry = model.geometry(canonical)  # where the units lie, the grid, the prefix tokens
     chunks = _scored_rows(scored, len(words), geometry.units)
-
-    def unit_means(acts: torch.Tensor) -> torch.Tensor:  # inside the hook: maps are never kept
-        return geometry.maps(acts).mean(dim=(2, 3))  # [B, C]: reduce.spatial_mean, on the layer's geometry
-
-    words_per_batch = max(1, batch_size // settings.variants)
     done = sum(len(chunk) for chunk in chunks)
-    with Recorder(model, canonical, early_stop=True, capture_fn=unit_means) as recorder:
-        for batch in iter_word_batches(words[done:], settings, width, words_per_batch=words_per_batch,
-                                       workers=workers):
-            n_words = batch.shape[0]
-            pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
-            values = recorder.run(model.preprocess.normalize(pixels))[canonical].float()  # [words * variants, U]
-            chunks.append(_reduce_word_images(values, settings).cpu())
-            done += n_words
-            if on_scores is not None:
-                on_scores(done, chunks[-1])
-            if on_batch is not None:
-                on_batch(done, len(words))
+    for n_words, values in iter_word_responses(model, canonical, words[done:], settings, batch_size=batch_size,
+                                               workers=workers):
+        chunks.append(_reduce_word_images(values, settings).cpu())
+        done += n_words
+        if on_scores is not None:
+            on_scores(done, chunks[-1])
+        if on_batch is not None:
+            on_batch(done, len(words))
     return WordProbe(model=model.key, layer=canonical, words=words, scores=torch.cat(chunks),
                      settings=settings, grid=geometry.grid, precision=model.precision.name,
                      seconds=time.perf_counter() - started, undrawable=drawn.undrawable)
+
+
+def iter_word_responses(model: LoadedModel, layer: str, words: Sequence[str], settings: RasterSettings, *,
+                        batch_size: int, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each batch of ``words`` rastered (every variant of ``settings``) and run to the canonical ``layer``:
+    ``(words in the batch, float32 [words * variants, U] spatial means on the model's device)``, in vocabulary
+    order. A batch holds ``batch_size`` images rounded down to whole words (at least one word); ``workers``
+    processes render them (0: this one). The model's input must be square (the caller checks, in its words)."""
+    width = model.preprocess.image_size[1]
+    words_per_batch = max(1, batch_size // settings.variants)
+    with Recorder(model, layer, early_stop=True, capture_fn=model.geometry(layer).spatial_mean) as recorder:
+        for batch in iter_word_batches(words, settings, width, words_per_batch=words_per_batch, workers=workers):
+            pixels = batch.flatten(0, 1).to(model.device).float().div_(255.0)  # [words * variants, 3, H, W]
+            yield batch.shape[0], recorder.run(model.preprocess.normalize(pixels))[layer].float()
 
 
 def _scored_rows(scored: torch.Tensor | None, words: int, units: int) -> list[torch.Tensor]:
