@@ -5,6 +5,7 @@ test_featurevis) cover it end to end."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,36 @@ def test_a_run_that_stopped_frees_its_lock_while_its_atlas_stays_open(tmp_path: 
         with Atlas(tmp_path / "atlas") as other:  # another handle: its lock is another process's, to flock
             opened = open_run(other, "k", _start(other, "k")).run_id
         assert opened == (run_id if stop == "interrupted" else run_id + 1)
+
+
+_WITHOUT_FCNTL = """
+import subprocess, sys, types  # subprocess first: it takes a module named msvcrt for Windows
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
+held = set()
+def locking(fd, mode, nbytes):  # msvcrt's semantics for one byte: a second non-blocking lock of it fails
+    import os
+    key = (os.fstat(fd).st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+    if key in held:
+        raise OSError(36, "Resource deadlock avoided")
+    held.add(key)
+sys.modules["msvcrt"] = types.SimpleNamespace(locking=locking, LK_NBLCK=2)
+from neuronscope.atlas import Atlas
+from neuronscope.atlas.runs import RunBusyError, WINDOWS_LOCK_OFFSET, open_run
+start = lambda atlas: lambda: atlas.start_run(command="test", config={}, config_key="k", model="toy@random",
+                                              weights_sha256=None, layers=[], dataset=None, precision="fp32")
+with Atlas(sys.argv[1]) as atlas, Atlas(sys.argv[1]) as other:
+    run_id = open_run(atlas, "k", start(atlas)).run_id
+    try:
+        open_run(other, "k", start(other))
+    except RunBusyError as refused:
+        print(refused)
+    assert [offset for _, offset in held] == [WINDOWS_LOCK_OFFSET]
+"""
+
+
+def test_runs_are_locked_where_the_system_has_no_fcntl(tmp_path: Path):
+    """``fcntl`` does not exist on Windows: importing the atlas failed there, so no command could run. Without it
+    a run's lock is ``msvcrt.locking`` of one byte past the owner record, which the refused process reads."""
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_FCNTL, str(tmp_path / "atlas")], capture_output=True,
+                          text=True, check=True)
+    assert re.match(r"run 1 is being written by process \d+ on .* since .*: wait for it to end", done.stdout), done

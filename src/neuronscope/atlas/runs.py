@@ -23,7 +23,6 @@ Pure catalogue and JSON: no torch here.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +36,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 from neuronscope.atlas.files import path_slug
 from neuronscope.errors import NeuronscopeError
+
+try:
+    import fcntl
+except ImportError:  # Windows: its own byte-range locks, which the system also drops when the process dies
+    fcntl = None
+    import msvcrt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,15 +123,35 @@ def claim_run(atlas: Atlas, config_key: str) -> None:
     path = atlas.path / "runs" / f"{path_slug(config_key)}.lock"  # a text run's key holds its model's name
     path.parent.mkdir(exist_ok=True)
     lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until the run stops
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _try_lock(lock):
         lock.seek(0)
         owner = lock.read().strip()
         lock.close()
         raise RunBusyError(f"{_owner_words(owner)} into {atlas.path}: wait for it to end, or stop it, then run "
                            "this command again") from None
     atlas.run_locks[config_key] = lock
+
+
+#: Where a run lock's one locked byte lies on Windows: past anything written, since a byte locked there cannot
+#: be read by another process, which must read the owner record at the start of the file.
+WINDOWS_LOCK_OFFSET = 1 << 20
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    """Take ``lock``'s exclusive lock without waiting: False when another process (or another open handle)
+    holds it. An ``flock`` on POSIX; on Windows, which has no ``fcntl``, ``msvcrt.locking`` of one byte."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    os.lseek(lock.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)  # msvcrt locks from the descriptor's position
+    try:
+        msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _record_owner(lock: IO[str], run_id: int) -> None:
