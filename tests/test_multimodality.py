@@ -260,8 +260,8 @@ def test_cli_refuses_label_without_an_atlas_and_concepts_without_images() -> Non
     runner = CliRunner()
     result = runner.invoke(app, ["multimodal", "--label"])
     assert result.exit_code != 0 and "--out ATLAS" in result.output
-    for option in ("--classes", "--names"):
-        result = runner.invoke(app, ["multimodal", option, "cat,dog"])
+    for option in ("--classes", "--names", "--per-concept"):
+        result = runner.invoke(app, ["multimodal", option, "cat,dog" if option != "--per-concept" else "8"])
         assert result.exit_code != 0 and "give the images too" in result.output
 
 
@@ -387,3 +387,54 @@ def test_the_card_measurement_refuses_what_it_would_ignore() -> None:
     for extra, message in ((["--sizes", "0.5"], "--sizes"), (["--precision", "bf16"], "fp32")):
         result = runner.invoke(app, ["multimodal", *extra])
         assert result.exit_code == 1 and message in result.output
+
+
+# ---------------------------------------------------------------------------- scale
+
+
+def test_a_sample_per_concept_is_seeded_and_counts_what_it_leaves(tmp_path: Path) -> None:
+    """A collection too large to hold in memory is measured on a sample: at most N images of each concept, the
+    same for the same seed, listing order kept, the rest counted."""
+    root = _folders(tmp_path / "images", {"cat": 9, "dog": 5, "owl": 4})
+    sample = labelled_images([str(root)], per_concept=5, seed=3)
+    assert torch.bincount(torch.from_numpy(sample.labels)).tolist() == [5, 5, 4]
+    assert sample.left_out == {"beyond 5 images of their concept": 4}
+    names = [entry.name for entry in sample.entries]
+    assert names == sorted(names, key=[e.name for e in labelled_images([str(root)]).entries].index)
+    assert names == [e.name for e in labelled_images([str(root)], per_concept=5, seed=3).entries]
+    cats = {tuple(e.name for e in labelled_images([str(root)], per_concept=5, seed=seed).entries[:5])
+            for seed in range(4)}
+    assert len(cats) > 1  # another seed, another sample
+    with pytest.raises(NeuronscopeError, match="too few: keep at least 4"):
+        labelled_images([str(root)], per_concept=2)
+
+
+def test_a_measurement_that_would_not_fit_in_memory_is_refused_before_any_image_is_read(
+        tmp_path: Path, tiny_rn, monkeypatch) -> None:
+    import neuronscope.probing.multimodal as measuring
+    from neuronscope.analysis.multimodality import RANK_MEMORY
+
+    root = _folders(tmp_path / "images", {"cat": 8, "dog": 8})
+    units = tiny_rn.geometry(tiny_rn.resolve_layer("neurons")).units
+    monkeypatch.setattr(measuring, "available_memory", lambda: RANK_MEMORY + 4 * units * 2 * 5)  # 5 images a concept
+    with Atlas(tmp_path / "atlas") as atlas, pytest.raises(NeuronscopeError, match=(
+            r"16 images x .* units need .* GiB for their responses, more than the .* GiB free here: measure a "
+            r"sample of at most 5 images a concept \(--per-concept 5")):
+        measure_multimodality_into(atlas, tiny_rn, "neurons", labelled_images([str(root)]))
+    measured = measure_multimodality(tiny_rn, "neurons", labelled_images([str(root)], per_concept=5),
+                                     settings=RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),)))
+    assert measured.scores.images_per_concept == (5, 5)
+
+
+def test_auroc_blocks_follow_the_sample_count_and_give_the_same_scores(monkeypatch) -> None:
+    import neuronscope.analysis.multimodality as scoring
+    from neuronscope.analysis.selectivity import auroc_per_class as auroc
+
+    assert scoring.units_per_block(1_000_000) == 10 and scoring.units_per_block(10**12) == 1
+    whole = multimodality(_responses(), control=())
+    calls = []
+    monkeypatch.setattr(scoring, "units_per_block", lambda samples: 1)
+    monkeypatch.setattr(scoring, "auroc_per_class", lambda *args: calls.append(args[0].shape) or auroc(*args))
+    blocked = multimodality(_responses(), control=())
+    assert calls == [(24, 1), (24, 1)] * 3  # images and words of each of the 3 units, one unit at a time
+    assert torch.equal(whole.auroc_images, blocked.auroc_images) and torch.equal(whole.auroc_words, blocked.auroc_words)

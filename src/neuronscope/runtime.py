@@ -20,6 +20,22 @@ from neuronscope.units import format_units, parse_units  # noqa: F401 - re-expor
 
 log = logging.getLogger(__name__)
 
+# --------------------------------------------------------------------------- memory
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give without swapping (Linux's ``MemAvailable``), or None where
+    that cannot be read (other systems): callers then check nothing."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # --------------------------------------------------------------------------- device
 
 

@@ -35,8 +35,11 @@ from .selectivity import auroc_per_class
 
 #: Seeds of the label-shuffle control (three, as the card's).
 CONTROL_SEEDS = (0, 1, 2)
-#: Units whose AUROCs are computed at once: the ranks take about 20 times the responses' memory.
-UNIT_BLOCK = 256
+#: The memory the AUROCs' ranks may take at once: units are scored in blocks that fit it (:func:`units_per_block`).
+RANK_MEMORY = 1 << 30
+#: Bytes a sample and unit take while ranked (sorts, group ids and ranks in float64: about 20 times the
+#: float32 response).
+RANK_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,9 @@ def multimodality(responses: ConceptResponses, layer: str = "", *,
     concept = _top_concept(class_means(images, responses.image_labels, n_concepts))  # [U]
     word_concept = _top_concept(class_means(words, responses.word_labels, n_concepts))  # [U]
     auroc_images, auroc_words = torch.full((images.shape[1],), 0.5), torch.full((images.shape[1],), 0.5)
-    for start in range(0, images.shape[1], UNIT_BLOCK):  # [C, block] at a time: the ranks are [N, block] float64
-        block = slice(start, start + UNIT_BLOCK)
+    step = units_per_block(max(len(images), len(words)))
+    for start in range(0, images.shape[1], step):  # [C, block] at a time: the ranks are [N, block] float64
+        block = slice(start, start + step)
         chosen = concept[block].clamp(min=0)
         columns = torch.arange(len(chosen))
         auroc_images[block] = auroc_per_class(images[:, block], responses.image_labels, n_concepts)[chosen, columns]
@@ -193,6 +197,12 @@ def multimodality(responses: ConceptResponses, layer: str = "", *,
     result = Multimodality(layer, tuple(responses.concepts), concept, word_concept, auroc_images, auroc_words,
                            _counts(responses.image_labels, n_concepts), _counts(responses.word_labels, n_concepts))
     return result.with_control(responses, control) if control else result
+
+
+def units_per_block(samples: int, memory: int = RANK_MEMORY) -> int:
+    """How many units' AUROCs to compute at once over ``samples`` responses, so that their ranks fit ``memory``
+    bytes (at least one unit: a million images take 100 MB a unit)."""
+    return max(1, memory // (max(samples, 1) * RANK_BYTES))
 
 
 def _top_concept(means: torch.Tensor) -> torch.Tensor:

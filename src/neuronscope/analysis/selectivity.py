@@ -34,9 +34,10 @@ def auroc_per_class(responses: torch.Tensor, labels: torch.Tensor, n_classes: in
     Returns [n_classes, U] (NaN for a class without samples or without negatives).
     """
     ranks = average_ranks(responses.double())  # [N, U]
-    one_hot = torch.nn.functional.one_hot(labels.long(), n_classes).double()  # [N, C]
-    positives = one_hot.sum(dim=0)  # [C]
+    labels = labels.long()
+    # summed per class in place: a one-hot [N, C] matrix would take more memory than the ranks with many classes
+    rank_sums = torch.zeros(n_classes, ranks.shape[1], dtype=torch.float64).index_add_(0, labels, ranks)  # [C, U]
+    positives = torch.bincount(labels, minlength=n_classes).double()  # [C]
     negatives = labels.numel() - positives
-    rank_sums = one_hot.T @ ranks  # [C, U]
     auroc = (rank_sums - (positives * (positives + 1) / 2).unsqueeze(1)) / (positives * negatives).unsqueeze(1)
     return auroc.float()

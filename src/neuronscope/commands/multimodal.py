@@ -19,6 +19,7 @@ from neuronscope.commands.common import (
     ModelOpt,
     PrecisionOpt,
     ProgressBars,
+    SeedOpt,
     WeightsOpt,
     cli_command,
     fill_report,
@@ -77,6 +78,10 @@ def multimodal(
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     names: NamesOpt = None,
+    per_concept: Annotated[Optional[int], typer.Option(
+        "--per-concept", min=1, help="Measure a sample of at most N images a concept, drawn with --seed (the "
+                                     "responses take 4 bytes an image and unit in memory).")] = None,
+    seed: SeedOpt = 0,
     threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0, help="Both AUROCs must reach it "
                                              "for a unit to count as multimodal.")] = 0.9,
     sizes: SizesOpt = DEFAULT_SIZES,
@@ -110,9 +115,10 @@ def multimodal(
     chosen = read_classes(classes, classes_file)
     settings = raster_settings(sizes, positions, fonts)
     if images:
-        labelled = labelled_images(images, chosen or None, names=category_names(names))
+        labelled = labelled_images(images, chosen or None, names=category_names(names), per_concept=per_concept,
+                                   seed=seed)
     else:
-        _check_bundled(chosen, names, precision, settings)
+        _check_bundled(chosen, names, per_concept, precision, settings)
         labelled, precision = None, "fp32"  # the card's measurement ran in fp32
     quiet = json_out and not sys.stderr.isatty()
     started = time.perf_counter()
@@ -153,12 +159,14 @@ def multimodal(
     _report_left_out(labelled, measured, few)
 
 
-def _check_bundled(classes: list[str], names: Path | None, precision: str, settings: RasterSettings) -> None:
+def _check_bundled(classes: list[str], names: Path | None, per_concept: int | None, precision: str,
+                   settings: RasterSettings) -> None:
     """Without --images the card's measurement runs as the card's did: refuse what it would ignore or change."""
     from neuronscope.probing.raster import RasterSettings
 
-    if classes or names is not None:
-        raise NeuronscopeError("--classes and --names are about the categories of --images: give the images too")
+    if classes or names is not None or per_concept is not None:
+        raise NeuronscopeError("--classes, --names and --per-concept are about the categories of --images: give "
+                               "the images too")
     if settings != RasterSettings():
         raise NeuronscopeError("--sizes, --positions and --fonts raster the concept names of --images; without "
                                "--images the card's held-out-font words are used: give --images, or leave them out")

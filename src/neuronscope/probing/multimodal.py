@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from ..activations import Recorder
-from ..analysis.multimodality import ConceptResponses, Multimodality, multimodality
+from ..analysis.multimodality import RANK_MEMORY, ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
 from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
+from ..runtime import available_memory
 from .raster import RasterSettings, resolve_fonts, undrawable_words
 from .words import iter_word_responses
 
@@ -77,13 +78,16 @@ def concept_name(category: str, names: Mapping[str, str]) -> str:
 
 
 def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None, *,
-                    names: Mapping[str, str] | None = None, min_images: int = MIN_IMAGES) -> LabelledImages:
+                    names: Mapping[str, str] | None = None, min_images: int = MIN_IMAGES,
+                    per_concept: int | None = None, seed: int = 0) -> LabelledImages:
     """List ``inputs`` (folders, ``.tar`` shards, ``.txt`` lists) with the concept of each image.
 
     ``names``: ``{category: concept name}`` where the categories are not words (ImageNet's ``n01440764``
     folders -> ``tench``): the name is what gets rastered; other categories are named by their last folder.
     ``concepts``: the concepts to keep, in this order (as named); None keeps every concept with at least
-    ``min_images`` images, sorted.
+    ``min_images`` images, sorted. ``per_concept``: keep a sample of at most this many images of each concept,
+    drawn with ``seed`` (listing order kept): the measurement holds 4 bytes an image and unit in memory, so a
+    large collection is measured on a sample of it.
 
     Raises:
         NeuronscopeError: two categories would share a name (``star/indoor`` and ``clock/indoor``, or two
@@ -118,9 +122,23 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
                                "(or an index.json with a category per image)")
     position = {c: i for i, c in enumerate(kept)}
     chosen = [(entry, position[category]) for entry, category in named if category in position]
+    if per_concept is not None:
+        sampled = _sample_per_concept(np.array([i for _, i in chosen], dtype=np.int64), per_concept, seed)
+        left_out[f"beyond {per_concept} images of their concept"] = len(chosen) - len(sampled)
+        chosen = [chosen[i] for i in sampled]
     return LabelledImages(tuple(entry for entry, _ in chosen), np.array([i for _, i in chosen], dtype=np.int64),
                           tuple(kept), tuple(source.name for source in listed),
                           {reason: n for reason, n in left_out.items() if n})
+
+
+def _sample_per_concept(labels: np.ndarray, per_concept: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most ``per_concept`` of each label's entries."""
+    if per_concept < MIN_IMAGES:
+        raise NeuronscopeError(f"a sample of {per_concept} images a concept is too few: keep at least {MIN_IMAGES}")
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(where, per_concept, replace=False) if len(where) > per_concept else where
+            for where in (np.flatnonzero(labels == label) for label in np.unique(labels))]
+    return np.sort(np.concatenate(kept))
 
 
 def _refuse_shared_names(categories: set[str], names: Mapping[str, str]) -> None:
@@ -172,6 +190,7 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     require_loaded(model, "image_responses")
     canonical = model.resolve_layer(layer)
     geometry = model.geometry(canonical)
+    _require_memory(images, geometry.units)
     values = torch.empty(len(images), geometry.units)
     labels = torch.empty(len(images), dtype=torch.long)
     filled, done, skipped = 0, 0, Counter()
@@ -193,6 +212,20 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
             if on_batch is not None:
                 on_batch(ImageResponses(done, values[:filled], labels[:filled], dict(skipped)))
     return ImageResponses(done, values[:filled], labels[:filled], dict(skipped))
+
+
+def _require_memory(images: LabelledImages, units: int) -> None:
+    """Refuse, before any image is read, a measurement whose responses (4 bytes an image and unit) and ranks
+    would not fit the memory this machine has free: the system would kill it part way."""
+    free = available_memory()
+    needed = 4 * len(images) * units + RANK_MEMORY
+    if free is None or needed <= free:
+        return
+    fits = (free - RANK_MEMORY) // (4 * units * len(images.concepts))
+    advice = (f"measure a sample of at most {fits} images a concept (--per-concept {fits}, or "
+              f"labelled_images(per_concept={fits}))" if fits >= MIN_IMAGES else "give fewer concepts")
+    raise NeuronscopeError(f"{len(images):,} images x {units:,} units need {needed / 2**30:.1f} GiB for their "
+                           f"responses, more than the {free / 2**30:.1f} GiB free here: {advice}")
 
 
 @runs_in_eval
