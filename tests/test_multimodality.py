@@ -372,14 +372,16 @@ def test_a_changed_source_abandons_the_interrupted_run_and_its_checkpoint(tmp_pa
 
 
 def test_the_recorded_command_names_the_images_and_reruns_the_same_run(tmp_path: Path) -> None:
-    root = _folders(tmp_path / "images", {"a": 4, "b": 4})
+    root = _folders(tmp_path / "images", {"a": 6, "b": 4})
     args = ["multimodal", "--model", "tiny-rn", "--weights", "random", "--images", str(root), "--sizes", "0.8",
-            "--positions", "0.5:0.5", "--out", str(tmp_path / "atlas")]
-    assert CliRunner().invoke(app, args).exit_code == 0
+            "--positions", "0.5:0.5", "--per-concept", "5", "--out", str(tmp_path / "atlas"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and json.loads(result.stdout)["images_per_concept"] == [5, 4]
     with Atlas(tmp_path / "atlas") as atlas:
         (run,) = atlas.runs()
     # an absolute path by its name, as every recorded command (an atlas holds no absolute paths)
     assert "--images images " in run["command"] and "--top" not in run["command"]
+    assert "--per-concept 5" in run["command"]
 
 
 def test_the_card_measurement_refuses_what_it_would_ignore() -> None:
