@@ -25,7 +25,8 @@ from neuronscope.errors import NeuronscopeError, UnitsError
 from neuronscope.models import DEFAULT, load_model
 from neuronscope.models.bundled import bundled_dir
 from neuronscope.probing.embedding import LexicalRule, WordEmbedding, lexical_units, shared_affix
-from neuronscope.probing.paper import PAPER_UNITS, compare_with_paper, paper_named_units, paper_top_words
+from neuronscope.probing.paper import (PAPER_UNITS, compare_with_paper, paper_named_units, paper_top1_words,
+                                       paper_top_words)
 from neuronscope.probing.raster import RasterSettings, render_word_images, resolve_font
 from neuronscope.probing.vocab import VOCABULARIES, VocabularyError, load_vocabulary
 from neuronscope.probing.words import WordProbe, _reduce_word_images, probe_words
@@ -324,6 +325,11 @@ def test_compare_with_paper_scores_a_perfect_and_a_shuffled_probe() -> None:
     perfect = WordProbe("RN50x4@test", "visual.layer4.5.act3:input", words, scores, QUICK, (9, 9), "fp32")
     result = compare_with_paper(perfect)
     assert result.overall.top3_overlap == 1.0 and result.named.units == 109 and result.named.any_top3 == 1.0
+    # 39 top-1 cells of the table are blank ("", nature, mature): the word after one is the article's second,
+    # not its top-1, so those units are left out of the top-1 share
+    assert result.overall.top1_units == 2521 and result.overall.paper_top1_in_top_k == 1.0
+    assert result.named.top1_units == 109
+    assert 40 not in paper_top1_words() and table[40] == ["nature", "mature"] and paper_top1_words()[107] == "followed"
     shuffled = WordProbe("RN50x4@test", "visual.layer4.5.act3:input", words, scores[:, torch.randperm(PAPER_UNITS,
                          generator=torch.Generator().manual_seed(0))], QUICK, (9, 9), "fp32")
     assert compare_with_paper(shuffled).overall.top3_overlap < 0.05

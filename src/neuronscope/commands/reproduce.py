@@ -124,7 +124,8 @@ def reproduce_words(
         return
     for name, stats in (("all units", comparison.overall), ("named units", comparison.named)):
         typer.echo(f"{name} ({stats.units}): top-3 overlap {stats.top3_overlap:.3f}, at least one shared "
-                   f"{stats.any_top3:.3f}, paper's top-1 in our top {stats.k} {stats.paper_top1_in_top_k:.3f}")
+                   f"{stats.any_top3:.3f}, paper's top-1 in our top {stats.k} {stats.paper_top1_in_top_k:.3f} "
+                   f"(of {stats.top1_units} units with a top-1 word)")
     typer.echo(f"(vocabulary {len(probe.words)} words, holding {comparison.paper_words_in_vocabulary:.1%} of the "
                f"article's; {probe.seconds:.0f} s)")
     for entry in comparison.named_units[:top]:
