@@ -750,6 +750,20 @@ def test_cli_diverse_writes_unit_k_pngs(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["4_0.png", "4_1.png", "4_2.png"]
 
 
+def test_cli_diversity_weight_reaches_the_render_and_needs_diverse(tmp_path: Path, monkeypatch):
+    import neuronscope.visualize as visualize
+
+    weights = []
+    original = visualize.render_diverse
+    monkeypatch.setattr(visualize, "render_diverse", lambda *a, **k: weights.append(k["weight"]) or original(*a, **k))
+    result = _invoke("--units", "4", "--diverse", "2", "--diversity-weight", "0.25", "--steps", "2", "--png",
+                     str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert weights == [0.25]
+    refused = _invoke("--units", "4", "--diversity-weight", "0.25", "--png", str(tmp_path))
+    assert refused.exit_code == 1 and "add --diverse" in refused.output
+
+
 def test_cli_facet_probe_is_cached_in_the_atlas(tmp_path: Path, monkeypatch):
     atlas = tmp_path / "atlas"
     args = ("--units", "1", "--facet", "drawing", "--out", str(atlas), "--json")

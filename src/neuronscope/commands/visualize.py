@@ -89,6 +89,9 @@ def visualize(
                                                                 "(default 1: strength 5 only).")] = None,
     diverse: Annotated[int, typer.Option("--diverse", min=0, help="N different images per unit (Lucid's "
                                                                   "diversity objective); 0: off.")] = 0,
+    diversity_weight: Annotated[float, typer.Option(
+        "--diversity-weight", min=0.0, help="With --diverse: the diversity term's weight against the unit's "
+                                            "(Lucid's 1e2 is 100 x (N - 1) here).")] = 1.0,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Atlas directory to store renders in.")] = None,
     png: Annotated[Optional[str], typer.Option("--png", help="Folder for <unit>.png files (no atlas needed).")
                    ] = None,
@@ -117,6 +120,8 @@ def visualize(
                                f"add --facet or leave it out")
     if diverse == 1:
         raise NeuronscopeError("--diverse needs at least 2 images per unit (or 0 for a plain render)")
+    if diversity_weight != 1.0 and not diverse:
+        raise NeuronscopeError("--diversity-weight weighs the diversity of --diverse N renders: add --diverse")
     kind = f"facet:{facet_name(facet, generic)}" if facet else ("diverse" if diverse else "plain")
     strengths = facets.facet_strengths(facet_strengths or 1)
     require_model(model)
@@ -163,6 +168,8 @@ def visualize(
             settings = {**config.to_dict(), **(facet_settings.job_settings() if facet else {"facet_l2": None}),
                         "facet_strengths": len(strengths) if facet else None,
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
+            if diversity_weight != 1.0:  # only then: the runs of the default weight keep their keys (and resume)
+                settings["diversity_weight"] = diversity_weight
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings,
                                             batch_size=batch_size, command=command)
             if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
@@ -188,7 +195,8 @@ def visualize(
                 for number, unit in enumerate(chosen):
                     def step_hook(done: int, total: int, n: int = number) -> None:
                         progress(n * total + done, len(chosen) * total)
-                    store(render_diverse(loaded, canonical, unit, diverse, config=config, on_step=step_hook))
+                    store(render_diverse(loaded, canonical, unit, diverse, weight=diversity_weight, config=config,
+                                         on_step=step_hook))
             else:
                 render_units(loaded, canonical, chosen, batch_size=batch_size, config=config, on_step=progress,
                              on_pass=store)
