@@ -48,15 +48,29 @@ def test_a_colour_unit_is_found_and_a_short_word_unit_is_not_taken_for_one() -> 
     assert found.members() == {"colour": [0], "lexical": [3]}
 
 
+@pytest.mark.parametrize("family", ["time", "art"])
+def test_time_and_art_style_units_are_found_among_noise(family: str) -> None:
+    """The paper's season/holiday and art-style neurons: a unit that answers the family's words (months, seasons,
+    holidays; painting, sketch, anime) joins it; noise units do not."""
+    words = english_words()
+    members = set(builtin_families()[family])
+    scores = torch.randn(len(words), 50, generator=torch.Generator().manual_seed(2)) * 0.1
+    scores[:, 0] += torch.tensor([w in members for w in words], dtype=torch.float32)
+    found = word_families(words, scores, "layer")
+    assert found.family(0) == {"family": family, "score": 1.0}
+    assert set(found.members()) <= {family, "lexical"} and found.members()[family] == [0]
+
+
 def test_a_small_family_needs_its_null_as_well_as_the_threshold() -> None:
     """Noise units reach a high affinity for 20 colour words by chance: a threshold that lets them into the
     family is not enough; each family's null (random lists of its lengths) keeps them out, not a real unit."""
     words, scores = _probe_scores()
     noise = torch.randn(len(words), 200, generator=torch.Generator().manual_seed(1))
     scores = torch.cat([scores, noise], dim=1)
-    colour = ("region", "emotion", "colour").index("colour")
     found = word_families(words, scores, "layer", threshold=0.6)
-    assert found.null_draws == 20 and len(found.null_max) == 3
+    colour = found.names.index("colour")
+    assert found.null_draws == 20 and found.names == ("region", "emotion", "colour", "time", "art")
+    assert len(found.null_max) == 5
     assert found.affinity[colour, 4:].max() >= 0.6  # a noise unit reaches the threshold...
     assert found.null_max[colour] > 0.6
     assert found.family(0) == {"family": "colour", "score": 1.0}  # ...the colour unit is still found
@@ -110,9 +124,9 @@ def test_the_command_stores_families_and_keeps_ones_set_elsewhere(tmp_path: Path
     result = runner.invoke(app, ["families", str(atlas_dir), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["family_words"] == {"region": 131, "emotion": 76, "colour": 20}
+    assert report["family_words"] == {"region": 131, "emotion": 76, "colour": 20, "time": 49, "art": 20}
     assert report["families"]["colour"] == [{"unit": 0, "score": 1.0}]
-    assert set(report["null"]) == {"region", "emotion", "colour"}
+    assert set(report["null"]) == {"region", "emotion", "colour", "time", "art"}
     # the fill report (CONVENTIONS), then the command's own keys
     assert list(report)[:7] == ["atlas", "run_id", "model", "layers", "units", "seconds", "skipped"]
     assert report["layers"] == [layer] and report["layer"] == layer and report["units"] == tiny_rn.layer_shape(layer)[0]

@@ -54,7 +54,7 @@ def test_builtin_vocabularies_load_offline() -> None:
     assert emotions[:7] == ["happy", "sad", "disgusted", "angry", "fearful", "bad", "surprised"]
     assert {"lonely", "out of control", "awe"} <= set(emotions) and len(emotions) == len(set(emotions))
     assert {"red", "yellow", "blue"} <= set(load_vocabulary("colours"))
-    assert set(VOCABULARIES) == {"english-10k", "countries", "cities", "emotions", "colours"}
+    assert set(VOCABULARIES) == {"english-10k", "countries", "cities", "emotions", "colours", "time", "art"}
 
 
 def test_vocabulary_file(tmp_path: Path) -> None:

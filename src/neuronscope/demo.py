@@ -12,7 +12,7 @@ Stages, in order, each storing its results in the atlas as it goes:
     featurevis  a plain feature visualization of every unit
     facets      faceted renders (built-in ``text`` and ``drawing`` facets) of the card's units (as labels)
     words       rastered-word probing over a vocabulary
-    families    region, emotion, colour and lexical units, from the words
+    families    region, emotion, colour, time, art and lexical units, from the words
     texts       each unit's top texts by text-side attribution
 
 A stage whose results are already in the atlas (from the same settings) is

@@ -1,8 +1,9 @@
-"""Unit families from rastered words: region, emotion, colour units, and lexical ones.
+"""Unit families from rastered words: region, emotion, colour, time and art-style units, and lexical ones.
 
-The paper grouped neurons into families (region, emotion, colour, ...) by
-what they answer to. Here a family is a list of words (the built-in
-vocabularies: countries and cities, the feeling wheel's emotions, colours),
+The paper grouped neurons into families (region, emotion, colour, seasons and
+holidays, art style, ...) by what they answer to. Here a family is a list of
+words (the built-in vocabularies: countries and cities, the feeling wheel's
+emotions, colours, time words, art styles),
 and a unit's affinity for it is an AUROC over a stored word probe: do the
 family's words score higher for the unit than the probe's other words? A
 rastered word's response depends on its length (a unit that likes short words
@@ -21,7 +22,8 @@ paper's "-ing" and "un-" units), to the ``lexical`` family.
 
 The word lists are the built-in vocabularies as they are, not curated for
 this: a few entries have other common meanings (emotion's "content", "free",
-"busy"; region's "jordan", "charlotte", "phoenix", "kennedy"), so a unit that
+"busy"; region's "jordan", "charlotte", "phoenix", "kennedy"; time's "may",
+"march", "fall"; art's "oil", "ink"), so a unit that
 answers such a word for its other sense counts it as a family word.
 """
 
@@ -46,9 +48,10 @@ MIN_FAMILY_WORDS = 10
 @functools.cache
 def builtin_families() -> dict[str, tuple[str, ...]]:
     """The families' word lists, from the built-in vocabularies (read once: the cities' file is large)."""
-    from ..probing.vocab import cities, colours, countries, emotion_words
+    from ..probing.vocab import art_styles, cities, colours, countries, emotion_words, time_words
 
-    return {"region": (*countries(), *cities()), "emotion": tuple(emotion_words()), "colour": tuple(colours())}
+    return {"region": (*countries(), *cities()), "emotion": tuple(emotion_words()), "colour": tuple(colours()),
+            "time": tuple(time_words()), "art": tuple(art_styles())}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``neuronscope families``: region, emotion, colour and lexical units, from a stored word probe."""
+"""``neuronscope families``: region, emotion, colour, time, art and lexical units, from a stored word probe."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def families(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Give the units of a layer their family (region, emotion, colour, or lexical) from the atlas's word probe:
+    """Give the units of a layer their family (region, emotion, colour, time, art, or lexical) from the atlas's word probe:
     a unit joins the family whose words it answers more than the probe's other words of the same length
     (AUROC >= --threshold, and >= the family's null: the highest any unit reaches for random lists of the same
     lengths), or `lexical` when its top words share a prefix or suffix. Stored in the atlas as a run

@@ -122,7 +122,7 @@ def attribute(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Store each unit's top texts of --vocab "
                                                                    "in this atlas.")] = None,
     vocab: Annotated[str, typer.Option("--vocab", help="Texts scored for --out: english-10k, countries, cities, "
-                                                       "emotions, colours or a FILE.")] = "english-10k",
+                                                       "emotions, colours, time, art or a FILE.")] = "english-10k",
     template: Annotated[str, typer.Option("--template", help="Prompt around each vocabulary entry, "
                                                              "with {} for it.")] = "{}",
     units: Annotated[str, typer.Option("--units", help="Units whose texts are stored (0-31,550 or all).")] = "all",

@@ -29,7 +29,7 @@ from neuronscope.commands.common import (
 )
 from neuronscope.errors import NeuronscopeError
 
-VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, "
+VocabOpt = Annotated[str, typer.Option("--vocab", help="english-10k, countries, cities, emotions, colours, time, art, "
                                                        "or a FILE with one word or phrase a line.")]
 SizesOpt = Annotated[str, typer.Option("--sizes", help="Text widths as fractions of the input width, "
                                                        "comma-separated (mean over sizes).")]

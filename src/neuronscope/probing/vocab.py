@@ -105,6 +105,29 @@ COLOURS: tuple[str, ...] = (
     "gold", "silver", "olive", "lime", "lavender", "crimson", "scarlet", "amber", "ivory",
 )
 
+#: Words of time, for the paper's season, holiday and time neurons: the calendar's months and weekdays (in
+#: English, whatever the locale), the seasons, holidays, times of day. Closed lists, so written out here.
+TIME_WORDS: tuple[str, ...] = (
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+    "november", "december",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend",
+    "spring", "summer", "autumn", "fall", "winter",
+    "christmas", "easter", "halloween", "thanksgiving", "hanukkah", "ramadan", "diwali", "valentine", "birthday",
+    "holiday", "holidays", "vacation", "carnival", "anniversary",
+    "morning", "afternoon", "evening", "night", "midnight", "noon", "dawn", "dusk", "sunrise", "sunset",
+    "today", "tonight", "tomorrow", "yesterday",
+)
+
+#: Words of art styles and media, for the paper's art-style neurons.
+ART_STYLES: tuple[str, ...] = (
+    "art", "artwork", "painting", "drawing", "sketch", "doodle", "illustration", "cartoon", "comic", "comics",
+    "anime", "manga", "graffiti", "mural", "mosaic", "collage", "sculpture", "portrait", "watercolor",
+    "watercolour", "oil", "acrylic", "pastel", "charcoal", "pencil", "ink", "pixel", "engraving", "etching",
+    "woodcut", "lithograph", "calligraphy", "tattoo", "origami", "embroidery", "abstract", "realism",
+    "impressionism", "expressionism", "surrealism", "cubism", "minimalism", "baroque", "renaissance", "gothic",
+    "rococo", "psychedelic", "vintage", "retro",
+)
+
 
 def _dedupe(words: list[str]) -> list[str]:
     """Strip, drop empties and repeats, keep the first occurrence's order."""
@@ -158,6 +181,16 @@ def colours() -> list[str]:
     return list(COLOURS)
 
 
+def time_words() -> list[str]:
+    """Months, weekdays, seasons, holidays and times of day."""
+    return list(TIME_WORDS)
+
+
+def art_styles() -> list[str]:
+    """Art styles and media."""
+    return list(ART_STYLES)
+
+
 #: Built-in vocabularies by name.
 VOCABULARIES = {
     "english-10k": english_words,
@@ -165,6 +198,8 @@ VOCABULARIES = {
     "cities": cities,
     "emotions": emotion_words,
     "colours": colours,
+    "time": time_words,
+    "art": art_styles,
 }
 
 
