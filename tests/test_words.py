@@ -138,6 +138,41 @@ def test_card_units_rank_their_concept_word_in_the_top_2_percent(mini_clip_probe
     assert untrained_share > 0.1  # an untrained network does not read: its figure is near chance (50%)
 
 
+def test_a_concept_word_finds_its_card_unit_among_the_layers_units(mini_clip_probes, record_property) -> None:
+    """The other way round (``wordvec --units WORD``): the units a concept's rastered word stands out for, by
+    z-score. The card unit's place among the 512 for its own concept word, median over the card's units, is in
+    the top 5%; an untrained network's is not.
+
+    Measured: places 1, 3, 12, 15, 42, 11, 8, 64, 17, 4, 8 (median 11, 2.1% of 512); untrained 177, 242, 123, 124,
+    380, 142, 85, 345, 109, 25, 361 (median 142, 28%).
+    """
+    card, trained, untrained = mini_clip_probes
+    units = card["multimodal"]["units"]
+
+    def place(probe: WordProbe, unit: dict) -> int:
+        ranked = WordEmbedding.from_probe(probe).top_units(unit["concept"], probe.units)
+        return [entry["unit"] for entry in ranked].index(unit["unit"]) + 1
+
+    trained_places = [place(trained, u) for u in units]
+    untrained_places = [place(untrained, u) for u in units]
+    record_property("concept_word_unit_places", trained_places)
+    print(f"the card unit's place among 512 units for its concept word: trained {trained_places}, "
+          f"untrained {untrained_places}")
+    assert statistics.median(trained_places) <= 0.05 * trained.units
+    assert statistics.median(untrained_places) > 0.15 * untrained.units
+
+
+def test_top_units_rank_by_z_score_not_by_raw_response() -> None:
+    responses = torch.tensor([[9.0, 1.0, 0.0], [10.0, 0.0, 0.0], [11.0, 0.0, 0.0], [10.5, 3.0, 0.0]])
+    words = ["a", "b", "c", "spider"]
+    top = WordEmbedding(words, responses).top_units("spider", 3)
+    # unit 0 answers "spider" the most in absolute terms, but it is unit 1's top word by far
+    assert [entry["unit"] for entry in top] == [1, 0, 2]
+    assert top[0]["rank"] == 1 and top[1]["rank"] == 2 and top[2]["z"] == 0.0  # a constant unit: z 0
+    masked = WordEmbedding(words, responses, mask_units=[1]).top_units("spider", 3)
+    assert [entry["unit"] for entry in masked] == [0, 2]
+
+
 def test_mean_subtraction_lowers_spurious_cosines(mini_clip_probes) -> None:
     _, trained, _ = mini_clip_probes
     raw = WordEmbedding.from_probe(trained, center=False)

@@ -141,23 +141,27 @@ def wordvec(
     plus: Annotated[str, typer.Option("--plus", help="Word arithmetic: words to add, comma-separated.")] = "",
     minus: Annotated[str, typer.Option("--minus", help="Word arithmetic: words to subtract.")] = "",
     cosine: Annotated[str, typer.Option("--cosine", help="Two words A,B: their cosine.")] = "",
+    units_of: Annotated[Optional[str], typer.Option(
+        "--units", help="The units that answer this word most (its z-score among each unit's responses to the "
+                        "vocabulary).")] = None,
     mask_lexical: Annotated[bool, typer.Option("--mask-lexical", help="Leave out units whose top words share "
                                                                       "a prefix or suffix (-ing, un-).")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Do not subtract the vocabulary's mean.")] = False,
-    top: Annotated[int, typer.Option("--top", min=1, help="Words printed.")] = 10,
+    top: Annotated[int, typer.Option("--top", min=1, help="Words (or units) printed.")] = 10,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Image-based word embeddings from a stored word probe: nearest words, word arithmetic, cosines
-    (the layer's response to a rastered word minus the mean over the vocabulary)."""
+    (the layer's response to a rastered word minus the mean over the vocabulary), and the units a word
+    stands out for."""
     from neuronscope.probing.embedding import WordEmbedding, lexical_units
     from neuronscope.probing.word_store import load_word_scores
 
     plus_words = [w.strip() for w in plus.split(",") if w.strip()]
     minus_words = [w.strip() for w in minus.split(",") if w.strip()]
     pair = [w.strip() for w in cosine.split(",") if w.strip()]
-    if sum([nearest is not None, bool(plus_words or minus_words), bool(pair)]) != 1:
-        raise NeuronscopeError("give one of --nearest WORD, --plus A,B [--minus C] or --cosine A,B")
+    if sum([nearest is not None, bool(plus_words or minus_words), bool(pair), units_of is not None]) != 1:
+        raise NeuronscopeError("give one of --nearest WORD, --plus A,B [--minus C], --cosine A,B or --units WORD")
     if pair and len(pair) != 2:
         raise NeuronscopeError(f"--cosine takes two words A,B, got {cosine!r}")
     with open_reader(atlas) as store:  # read-only, as show: a shared atlas on a read-only mount reads
@@ -170,6 +174,9 @@ def wordvec(
             result = {"cosine": {"a": pair[0], "b": pair[1], "value": round(value, 4)}}
         elif nearest is not None:
             result = {"query": {"nearest": nearest}, "words": embedding.nearest(nearest, top)}
+        elif units_of is not None:
+            result = {"query": {"units": units_of},
+                      "units": [{**u, "z": round(u["z"], 4)} for u in embedding.top_units(units_of, top)]}
         else:
             result = {"query": {"plus": plus_words, "minus": minus_words},
                       "words": embedding.arithmetic(plus_words, minus_words, top)}
@@ -184,6 +191,10 @@ def wordvec(
         return
     if pair:
         typer.echo(f"cos({pair[0]}, {pair[1]}) = {payload['cosine']['value']:.4f}")
+        return
+    if "units" in payload:
+        for entry in payload["units"]:
+            typer.echo(f"{entry['z']:8.2f} SD  unit {entry['unit']:<6d} (its word no. {entry['rank']})")
         return
     for entry in payload["words"]:
         typer.echo(f"{entry['score']:8.4f}  {entry['word']}")

@@ -121,6 +121,25 @@ class WordEmbedding:
         order = torch.argsort(-similarity, stable=True)[:k]
         return [(self.words[i], float(similarity[i])) for i in order if similarity[i] > float("-inf")]
 
+    def top_units(self, word: str, k: int = 10) -> list[dict[str, float | int]]:
+        """The ``k`` (kept) units that answer the rastered ``word`` most for them, best first: how the paper found
+        its Spider-Man unit from the word "spider".
+
+        A unit's score is the word's z-score among the unit's responses to the whole vocabulary (a unit that
+        fires strongly for every word does not outrank one for which this word stands out); ``rank`` is the
+        word's place among the unit's words (1: its top word).
+
+        Returns:
+            ``[{"unit", "z", "rank"}, ...]``.
+        """
+        row = self.vector(word)  # [kept], centred or not: the z-score is the same
+        centred = self.vectors - self.vectors.mean(dim=0)
+        spread = centred.std(dim=0).clamp(min=1e-12)  # a constant unit's z is 0, not inf
+        z = (row - self.vectors.mean(dim=0)) / spread
+        order = torch.argsort(-z, stable=True)[:k]
+        ranks = (self.vectors[:, order] > row[order]).sum(dim=0) + 1
+        return [{"unit": int(self.units[i]), "z": float(z[i]), "rank": int(r)} for i, r in zip(order, ranks)]
+
     def arithmetic(self, plus: Sequence[str], minus: Sequence[str] = (), k: int = 10) -> list[tuple[str, float]]:
         """Nearest words to sum(plus) - sum(minus), leaving the input words out."""
         if not plus:
