@@ -133,8 +133,7 @@ class WordEmbedding:
             ``[{"unit", "z", "rank"}, ...]``.
         """
         row = self.vector(word)  # [kept], centred or not: the z-score is the same
-        centred = self.vectors - self.vectors.mean(dim=0)
-        spread = centred.std(dim=0).clamp(min=1e-12)  # a constant unit's z is 0, not inf
+        spread = self.vectors.std(dim=0).clamp(min=1e-12)  # a constant unit's z is 0, not inf
         z = (row - self.vectors.mean(dim=0)) / spread
         order = torch.argsort(-z, stable=True)[:k]
         ranks = (self.vectors[:, order] > row[order]).sum(dim=0) + 1
