@@ -1016,3 +1016,31 @@ def test_the_home_page_and_layer_page_give_the_families_sizes(family_client):
     assert f'href="{FAM_URL}?family=region"' in line
     assert summary.findall(family_client.get(FAM_EMPTY_URL).text) == ["Families: no unit has one."]
     assert summary.findall(family_client.get(FAM_BARE_URL).text) == []
+
+
+def test_search_lists_the_units_a_probed_word_stands_out_for(tmp_path):
+    """The paper found its Spider-Man unit from the rastered word "spider": a search for a word of a stored probe
+    lists the units it stands out for (its z-score among each unit's words), not only units whose top words
+    hold it. Unit 0 answers every word strongly, "spider" most; unit 1 answers "spider" far above its other
+    words: unit 1 comes first."""
+    import io
+
+    import numpy as np
+
+    words = ["spider", "web", "cat", "dog", "Paris", "tree"]
+    scores = np.array([[10.5, 3.0, 0.0], [10.4, 0.1, 0.0], [10.0, 0.0, 0.0], [10.1, 0.2, 0.0], [10.2, 0.1, 0.0],
+                       [10.3, 0.0, 0.0]], dtype=np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, scores=scores, words=np.array(words))
+    with Atlas(tmp_path / "atlas") as atlas:
+        atlas.register_layer(MODEL, LAYER, aliases=["neurons"], units=3, grid=(1, 1))
+        atlas.save_artifact(MODEL, LAYER, "words", "mine", file_bytes=buffer.getvalue(), suffix=".npz", data={})
+    with TestClient(create_app(tmp_path / "atlas", warm=False)) as client:
+        (probe,) = client.get("/api/search", params={"q": "SPIDER"}).json()["word_units"]  # else in lower case
+        assert (probe["layer"], probe["vocabulary"], probe["word"]) == (LAYER, "mine", "spider")
+        assert [(u["unit"], u["rank"]) for u in probe["units"]] == [(1, 1), (0, 1), (2, 1)]
+        assert probe["units"][0]["z"] > probe["units"][1]["z"] > 0.0 == probe["units"][2]["z"]
+        assert client.get("/api/search", params={"q": "Paris"}).json()["word_units"][0]["word"] == "Paris"
+        assert client.get("/api/search", params={"q": "zebra"}).json()["word_units"] == []
+        page = client.get("/search", params={"q": "spider"}).text
+        assert "Units the rastered word stands out for" in page and f'href="{LAYER_URL}/u/1"' in page

@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from ..atlas.words import WordMatrix
 from .ranking import top_k
 from .words import WordProbe
 
@@ -86,7 +88,11 @@ class WordEmbedding:
         vectors = responses.float()[:, keep]
         self.mean = vectors.mean(dim=0) if center else torch.zeros(vectors.shape[1])
         self.vectors = vectors - self.mean  # [words, kept]
-        self._unit = torch.nn.functional.normalize(self.vectors, dim=1)  # rows of unit length, for cosines
+
+    @cached_property
+    def _unit(self) -> torch.Tensor:
+        """Rows of unit length, for cosines (made on first use: unit rankings need no second copy)."""
+        return torch.nn.functional.normalize(self.vectors, dim=1)
 
     @classmethod
     def from_probe(cls, probe: WordProbe, *, center: bool = True, mask_lexical: bool = False,
@@ -122,22 +128,16 @@ class WordEmbedding:
         return [(self.words[i], float(similarity[i])) for i in order if similarity[i] > float("-inf")]
 
     def top_units(self, word: str, k: int = 10) -> list[dict[str, float | int]]:
-        """The ``k`` (kept) units that answer the rastered ``word`` most for them, best first: how the paper found
-        its Spider-Man unit from the word "spider".
+        """The ``k`` (kept) units the rastered ``word`` stands out for, best first: ``[{"unit", "z", "rank"},
+        ...]`` (:meth:`~neuronscope.atlas.words.WordMatrix.top_units`: the word's z-score among each unit's
+        responses to the vocabulary, and its place among the unit's words). How the paper found its Spider-Man
+        unit from the word "spider"."""
+        self.vector(word)  # a word outside the vocabulary: the embedding's KeyError
+        return self._matrix.top_units(word, k)
 
-        A unit's score is the word's z-score among the unit's responses to the whole vocabulary (a unit that
-        fires strongly for every word does not outrank one for which this word stands out); ``rank`` is the
-        word's place among the unit's words (1: its top word).
-
-        Returns:
-            ``[{"unit", "z", "rank"}, ...]``.
-        """
-        row = self.vector(word)  # [kept], centred or not: the z-score is the same
-        spread = self.vectors.std(dim=0).clamp(min=1e-12)  # a constant unit's z is 0, not inf
-        z = (row - self.vectors.mean(dim=0)) / spread
-        order = torch.argsort(-z, stable=True)[:k]
-        ranks = (self.vectors[:, order] > row[order]).sum(dim=0) + 1
-        return [{"unit": int(self.units[i]), "z": float(z[i]), "rank": int(r)} for i, r in zip(order, ranks)]
+    @cached_property
+    def _matrix(self) -> WordMatrix:
+        return WordMatrix(self.words, self.vectors.numpy(), self.units.numpy())  # centred or not: the same z
 
     def arithmetic(self, plus: Sequence[str], minus: Sequence[str] = (), k: int = 10) -> list[tuple[str, float]]:
         """Nearest words to sum(plus) - sum(minus), leaving the input words out."""

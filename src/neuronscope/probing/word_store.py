@@ -25,6 +25,7 @@ import torch
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
                                     drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
 from neuronscope.atlas.store import Atlas, AtlasError
+from neuronscope.atlas.words import ARTIFACT, WordMatrix, stored_probes
 from neuronscope.models.loaded import LoadedModel
 from neuronscope.probing.raster import RasterSettings
 from neuronscope.probing.vocab import VocabularyRecord, vocabulary_sha256
@@ -61,7 +62,7 @@ def _write_word_probe(atlas: Atlas, run_id: int, probe: WordProbe, model: Loaded
     top-k words, the whole score matrix as a ``words`` artifact named after the vocabulary; the run finished."""
     atlas.register_layer(probe.model, probe.layer, aliases=model.aliases_of(probe.layer), units=probe.units, grid=probe.grid, run_id=run_id)
     atlas.write_unit_texts("words", run_id, probe.model, probe.layer, probe.top_words_all(top_k))
-    atlas.save_artifact(probe.model, probe.layer, "words", config["vocabulary"], file_bytes=probe.to_npz(),
+    atlas.save_artifact(probe.model, probe.layer, ARTIFACT, config["vocabulary"], file_bytes=probe.to_npz(),
                         suffix=".npz", data=config, run_id=run_id)
     atlas.finish_run(run_id, images=len(probe.words) * probe.settings.variants)
 
@@ -215,7 +216,7 @@ def load_word_scores(atlas: Atlas, model: str | None, layer: str,
     """
     model_key = atlas.resolve_model(model)
     canonical = atlas.resolve_layer(model_key, layer)["layer"]
-    stored = {a["name"]: a for a in atlas.artifacts(model_key, canonical, "words") if a["path"]}
+    stored = stored_probes(atlas, model_key, canonical)
     if not stored:
         raise AtlasError(f"{atlas.path} has no word probe of {model_key} {canonical}; "
                          f"run `neuronscope words --model {model_key} --layer {canonical} --out {atlas.path}`")
@@ -227,7 +228,5 @@ def load_word_scores(atlas: Atlas, model: str | None, layer: str,
     if vocabulary not in stored:
         raise AtlasError(f"no word probe of vocabulary {vocabulary!r} for {canonical}; "
                          f"stored: {', '.join(sorted(stored))}")
-    with np.load(atlas.path / stored[vocabulary]["path"]) as arrays:
-        words = [str(w) for w in arrays["words"]]
-        scores = torch.from_numpy(arrays["scores"].astype(np.float32))
-    return model_key, canonical, vocabulary, words, scores
+    matrix = WordMatrix.read(atlas, stored[vocabulary])
+    return model_key, canonical, vocabulary, matrix.words, torch.from_numpy(matrix.responses)

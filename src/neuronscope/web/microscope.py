@@ -96,8 +96,10 @@ class Microscope:
                                                                cards=self.reader.layer_cards(model_key, canonical)))
 
     def search(self, q: str) -> dict[str, Any]:
-        """Units matching ``q``, and its attribution when a model is loaded."""
+        """Units matching ``q``, the units it stands out for as a rastered word of a stored probe, and its
+        attribution when a model is loaded."""
         found = self.reader.read(lambda atlas: pages.search_data(atlas, q))
+        found["word_units"] = self.reader.read(lambda atlas: pages.word_unit_hits(atlas, q, self.reader.memo))
         # ``null``: no model loaded (the atlas alone cannot attribute a new prompt).
         found["attribution"] = self.prompts.attribute(q) if self.prompts is not None and q.strip() else None
         return found

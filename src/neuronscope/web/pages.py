@@ -11,13 +11,14 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.browse import (family_sizes, filter_units, image_categories, layer_counts, layer_grid,
                                       search_units, unit_runs)
 from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT, family_sources
 from neuronscope.atlas.multimodality import layer_summary
+from neuronscope.atlas.words import WordMatrix, stored_probes
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
@@ -310,6 +311,36 @@ def search_data(atlas: Atlas, query: str, *, limit: int = SEARCH_HITS) -> dict[s
             same["matches"] += hit["matches"]
             same["more"] += hit["more"]
     return {"q": query.strip(), "hits": hits[:limit], "total": len(hits)}
+
+
+T = TypeVar("T")
+#: Units listed for a word of a stored word probe (the search page).
+WORD_UNITS = 10
+
+
+def word_unit_hits(atlas: Atlas, query: str, memo: Callable[[tuple, Callable[[], T]], T] | None = None,
+                   k: int = WORD_UNITS) -> list[dict[str, Any]]:
+    """For every stored word probe whose vocabulary holds ``query`` (as typed, else in lower case): the ``k`` units
+    the rastered word stands out for (:meth:`~neuronscope.atlas.words.WordMatrix.top_units`), as
+    ``[{"model", "layer", "vocabulary", "word", "units": [{"unit", "z", "rank"}, ...]}, ...]``.
+
+    ``memo(key, compute)``: keeps the matrices between searches (the server's reader); by default each is read.
+    """
+    typed = query.strip()
+    if not typed:
+        return []
+    keep = memo or (lambda key, compute: compute())
+    hits = []
+    for model in atlas.models():
+        for entry in atlas.layers(model):
+            for vocabulary, artifact in sorted(stored_probes(atlas, model, entry["layer"]).items()):
+                matrix = keep(("word matrix", model, entry["layer"], vocabulary),
+                              lambda artifact=artifact: WordMatrix.read(atlas, artifact))
+                word = next((w for w in (typed, typed.lower()) if w in matrix.index), None)
+                if word is not None:
+                    hits.append({"model": model, "layer": entry["layer"], "vocabulary": vocabulary, "word": word,
+                                 "units": matrix.top_units(word, k)})
+    return hits
 
 
 def unit_number_hits(atlas: Atlas, query: str) -> list[dict[str, Any]]:
