@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -85,8 +87,9 @@ def test_two_folders_that_would_share_a_name_are_refused(tmp_path: Path) -> None
     for thing in ("star", "clock"):
         for place in ("indoor", "outdoor"):
             _images(tmp_path / thing / place, 4)
-    with pytest.raises(NeuronscopeError, match="clock/indoor, star/indoor"):
-        labelled_images([str(tmp_path)])
+    with pytest.raises(NeuronscopeError, match=r"2 concept name\(s\) would pool different categories \('indoor': "
+                                               r"clock/indoor, star/indoor; 'outdoor': clock/outdoor, star/outdoor\)"):
+        labelled_images([str(tmp_path)])  # every collision, so that one --names file mends them all
     names = {"star/indoor": "star inside", "clock/indoor": "clock inside", "star/outdoor": "star outside",
              "clock/outdoor": "clock outside"}
     assert labelled_images([str(tmp_path)], names=names).concepts == ("clock inside", "clock outside",
@@ -127,10 +130,10 @@ def test_a_tar_shard_index_names_the_concepts(tmp_path: Path) -> None:
 
 
 def _images(folder: Path, count: int) -> None:
-    """``count`` noise PNGs right in ``folder``."""
+    """``count`` noise PNGs right in ``folder``, none the same as another folder's (a copy is a duplicate)."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        noise(seed=index + 10 * len(folder.name)).save(folder / f"{index}.png")
+        noise(seed=index + 100 * zlib.crc32(folder.name.encode())).save(folder / f"{index}.png")
 
 
 def _png(seed: int) -> bytes:
@@ -232,8 +235,11 @@ def test_a_killed_measurement_resumes_from_its_checkpoint(tmp_path: Path, tiny_r
                                        checkpoint_every=4, on_batch=kill_after_two)
         (interrupted,) = atlas.runs()
         assert interrupted["status"] == "interrupted"
-        resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
-        assert resumed.run_id == interrupted["id"] and resumed.resumed_from == 8
+        said = []
+        resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                             on_resume=lambda done, total: said.append((done, total)))
+        assert resumed.run_id == interrupted["id"] and resumed.resumed_from == 8 and said == [(8, 12)]
+        assert atlas.run(resumed.run_id)["images"] == 12  # the images measured
     whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
     assert torch.equal(resumed.measurement.scores.concept, whole.concept)
     assert torch.allclose(resumed.measurement.scores.auroc_images, whole.auroc_images)
@@ -372,11 +378,16 @@ def test_a_changed_source_abandons_the_interrupted_run_and_its_checkpoint(tmp_pa
 
 
 def test_the_recorded_command_names_the_images_and_reruns_the_same_run(tmp_path: Path) -> None:
-    root = _folders(tmp_path / "images", {"a": 6, "b": 4})
+    root = _folders(tmp_path / "images", {"a": 6, "b_c": 4})
+    (root / "a" / "broken.png").write_bytes(b"")
     args = ["multimodal", "--model", "tiny-rn", "--weights", "random", "--images", str(root), "--sizes", "0.8",
-            "--positions", "0.5:0.5", "--per-concept", "5", "--out", str(tmp_path / "atlas"), "--json"]
+            "--positions", "0.5:0.5", "--per-concept", "5", "--seed", "1", "--out", str(tmp_path / "atlas"), "--json"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0 and json.loads(result.stdout)["images_per_concept"] == [5, 4]
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # the images measured, not the entries listed (one of the five sampled "a" files may be the broken one)
+    assert report["images"] == sum(report["images_per_concept"]) == 9 - report["skipped"].get("zero_byte", 0)
+    assert "1 concept name(s) read as folder names, not words (b_c)" in result.stderr
     with Atlas(tmp_path / "atlas") as atlas:
         (run,) = atlas.runs()
     # an absolute path by its name, as every recorded command (an atlas holds no absolute paths)
@@ -440,3 +451,29 @@ def test_auroc_blocks_follow_the_sample_count_and_give_the_same_scores(monkeypat
     blocked = multimodality(_responses(), control=())
     assert calls == [(24, 1), (24, 1)] * 3  # images and words of each of the 3 units, one unit at a time
     assert torch.equal(whole.auroc_images, blocked.auroc_images) and torch.equal(whole.auroc_words, blocked.auroc_words)
+
+
+def test_a_file_filed_under_two_concepts_is_measured_once_also_after_a_resume(tmp_path: Path, tiny_rn) -> None:
+    """A collection's symlinks and copies (openclipart files a drawing under two categories) made one image a
+    positive of one concept and a negative of another in the same AUROC. As the scan does, a file whose content
+    an earlier entry had is skipped as ``duplicate``: measured once, with the first listing's concept; a resumed
+    run still knows the contents measured before its checkpoint."""
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
+    shutil.copy(root / "a" / "0.png", root / "c" / "9.png")  # listed last: after the checkpoint below
+    (root / "b" / "8.png").symlink_to(root / "a" / "1.png")
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+    images = labelled_images([str(root)])
+    whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert whole.skipped == {"duplicate": 2} and whole.scores.images_per_concept == (4, 4, 4)
+
+    def kill(state) -> None:
+        if state.done >= 8:
+            raise KeyboardInterrupt
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(KeyboardInterrupt):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                       checkpoint_every=4, on_batch=kill)
+        resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert resumed.resumed_from == 8 and resumed.measurement.skipped == {"duplicate": 2}
+    assert torch.equal(resumed.measurement.scores.auroc_images, whole.scores.auroc_images)

@@ -105,7 +105,7 @@ def multimodal(
     top concept is the same. The same measurement with the images' labels shuffled says how many pass by
     chance. Resumable with --out: the same command after a kill continues."""
     from neuronscope.atlas import check_atlas_target
-    from neuronscope.probing.multimodal import labelled_images
+    from neuronscope.probing.multimodal import folder_like_names, labelled_images
 
     require_model(model)
     if label and not out:
@@ -117,6 +117,11 @@ def multimodal(
     if images:
         labelled = labelled_images(images, chosen or None, names=category_names(names), per_concept=per_concept,
                                    seed=seed)
+        folders = folder_like_names(labelled.concepts)
+        if folders:
+            typer.echo(f"{len(folders)} concept name(s) read as folder names, not words ({', '.join(folders[:6])}"
+                       f"{', ...' if len(folders) > 6 else ''}): they are rastered as written; give them words with "
+                       "--names FILE", err=True)
     else:
         _check_bundled(chosen, names, per_concept, precision, settings)
         labelled, precision = None, "fp32"  # the card's measurement ran in fp32
@@ -128,7 +133,7 @@ def multimodal(
     on_batch = None if labelled is None else (lambda state: bars("images", state.done, len(labelled)))
     try:
         run = _measure(ctx, loaded, canonical, labelled, settings, threshold, label, out, batch_size, workers,
-                       on_batch)
+                       on_batch, quiet)
     finally:
         bars.close()
     measured = run.measurement
@@ -143,7 +148,7 @@ def multimodal(
         print_json(fill_report(out, run.run_id, loaded.key, [canonical], len(result.concept), time.perf_counter() - started,
                                measured.skipped, threshold=threshold, concepts=list(result.concepts),
                                images_per_concept=list(result.images_per_concept),
-                               images=len(labelled) if labelled is not None else None,
+                               images=sum(result.images_per_concept) if labelled is not None else None,
                                concepts_with_units=result.concepts_with_units(threshold), multimodal_units=units,
                                best_per_concept=result.best_units(threshold), chance=chance,
                                resumed_from=run.resumed_from, **extra))
@@ -177,7 +182,7 @@ def _check_bundled(classes: list[str], names: Path | None, per_concept: int | No
 
 def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: LabelledImages | None,
              settings: RasterSettings, threshold: float, label: bool, out: str | None, batch_size: int, workers: int,
-             on_batch: ResponsesHook | None) -> MultimodalRun:
+             on_batch: ResponsesHook | None, quiet: bool) -> MultimodalRun:
     """Measure, into the atlas with --out (resumable), else in memory (a run without an id)."""
     from neuronscope.atlas import Atlas
     from neuronscope.probing.multimodal import measure_multimodality
@@ -192,7 +197,12 @@ def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: Labe
     with Atlas(out) as atlas:
         return measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
                                           label=label, command=command, batch_size=batch_size, workers=workers,
-                                          on_batch=on_batch)
+                                          on_batch=on_batch, on_resume=None if quiet else say_resumed)
+
+
+def say_resumed(done: int, total: int) -> None:
+    """On stderr, before the first batch: the images a killed run got through are not read again."""
+    typer.echo(f"resumed at image {done} of {total}", err=True)
 
 
 def _report_left_out(labelled: LabelledImages | None, measured: MultimodalMeasurement, few: list[str]) -> None:

@@ -26,7 +26,8 @@ from ..activations import Recorder
 from ..analysis.multimodality import RANK_MEMORY, ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
-from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source
+from ..mining.scanner import ContentKeys, content_key
+from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source, size_twins
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..runtime import available_memory
 from .raster import RasterSettings, resolve_fonts, undrawable_words
@@ -131,6 +132,12 @@ def labelled_images(inputs: Sequence[str], concepts: Sequence[str] | None = None
                           {reason: n for reason, n in left_out.items() if n})
 
 
+def folder_like_names(concepts: Sequence[str]) -> list[str]:
+    """The concept names that read as folder names rather than words (``breads_and_carbs``, ``flat-theme``):
+    rastered as written, they test a unit's reading of strings no one writes."""
+    return [concept for concept in concepts if "_" in concept or "-" in concept]
+
+
 def _sample_per_concept(labels: np.ndarray, per_concept: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded sample of at most ``per_concept`` of each label's entries."""
     if per_concept < MIN_IMAGES:
@@ -147,11 +154,11 @@ def _refuse_shared_names(categories: set[str], names: Mapping[str, str]) -> None
     for category in sorted(categories):
         by_name.setdefault(concept_name(category, names), []).append(category)
     shared = {name: found for name, found in by_name.items() if len(found) > 1}
-    if shared:
-        name, found = next(iter(shared.items()))
-        raise NeuronscopeError(f"{len(shared)} concept name(s) would pool different categories ({name!r}: "
-                               f"{', '.join(found[:4])}): give each category its own name (--names FILE, "
-                               "category<TAB>name) or an index.json category per image")
+    if shared:  # every one, so that one --names file mends them all
+        pooled = "; ".join(f"{name!r}: {', '.join(found)}" for name, found in shared.items())
+        raise NeuronscopeError(f"{len(shared)} concept name(s) would pool different categories ({pooled}): give "
+                               "each category its own name (--names FILE, category<TAB>name) or an index.json "
+                               "category per image")
 
 
 @dataclass
@@ -163,13 +170,17 @@ class ImageResponses:
         values: [n, U] float32 responses of the images decoded (a view of the measurement's buffer while it
             runs: copy it to keep it).
         labels: [n] int64 their concepts.
-        skipped: ``{reason: count}`` of unreadable files.
+        skipped: ``{reason: count}`` of files not measured: unreadable ones, and ``duplicate``s (a file whose
+            content an earlier entry had: measured once, with the earlier entry's concept).
+        keys: [n] uint64 the content keys of the images that could repeat (their size is another entry's),
+            0 for the others: what tells a duplicate after a resume.
     """
 
     done: int
     values: torch.Tensor
     labels: torch.Tensor
     skipped: dict[str, int] = field(default_factory=dict)
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
 
 #: Called after every batch with the responses so far (checkpoints, progress bars).
@@ -193,25 +204,52 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     _require_memory(images, geometry.units)
     values = torch.empty(len(images), geometry.units)
     labels = torch.empty(len(images), dtype=torch.long)
-    filled, done, skipped = 0, 0, Counter()
+    keys = np.zeros(len(images), np.uint64)
+    may_repeat = np.zeros(len(images), bool)
+    may_repeat[size_twins(images.entries)] = True
+    filled, done, skipped, seen = 0, 0, Counter(), ContentKeys()
     if resume is not None:
         filled, done, skipped = len(resume.values), resume.done, Counter(resume.skipped)
         if filled:  # a checkpoint written before any image was decoded holds no rows (nor their width)
-            values[:filled], labels[:filled] = resume.values, resume.labels
+            values[:filled], labels[:filled], keys[:filled] = resume.values, resume.labels, resume.keys
+        seen = ContentKeys(key for key in resume.keys.tolist() if key)
     with Recorder(model, canonical, early_stop=True, capture_fn=geometry.spatial_mean) as recorder:
         for batch in iter_batches(images.entries[done:], model.preprocess, batch_size=batch_size,
                                   workers=workers, first=done):
             skipped.update(reason for _, _, reason in batch.skipped)
-            if batch.pixels is not None:
-                pixels = batch.pixels.to(model.device).float().div_(255.0)
+            kept, kept_keys = _first_copies(batch.ordinals, batch.sha256s, may_repeat, seen)
+            skipped["duplicate"] += len(batch.ordinals) - len(kept)
+            if kept:
+                pixels = batch.pixels if len(kept) == len(batch.ordinals) else batch.pixels[kept]
+                pixels = pixels.to(model.device).float().div_(255.0)
                 rows = recorder.run(model.preprocess.normalize(pixels))[canonical].float().cpu()
+                ordinals = [batch.ordinals[position] for position in kept]
                 values[filled:filled + len(rows)] = rows
-                labels[filled:filled + len(rows)] = torch.from_numpy(images.labels[batch.ordinals])
+                labels[filled:filled + len(rows)] = torch.from_numpy(images.labels[ordinals])
+                keys[filled:filled + len(rows)] = kept_keys
                 filled += len(rows)
             done = batch.last_ordinal + 1
             if on_batch is not None:
-                on_batch(ImageResponses(done, values[:filled], labels[:filled], dict(skipped)))
-    return ImageResponses(done, values[:filled], labels[:filled], dict(skipped))
+                on_batch(ImageResponses(done, values[:filled], labels[:filled], +skipped, keys[:filled]))
+    return ImageResponses(done, values[:filled], labels[:filled], +skipped, keys[:filled])
+
+
+def _first_copies(ordinals: Sequence[int], sha256s: Sequence[str], may_repeat: np.ndarray, seen: ContentKeys
+                  ) -> tuple[list[int], list[int]]:
+    """The positions in a batch of the images whose content no earlier entry had (the scan's duplicate rule:
+    a file filed under two concepts would be a positive and a negative of the same AUROC), and their content
+    keys (0 for an image no other entry's size matches); ``seen`` takes the new keys."""
+    kept, keys = [], []
+    for position, (ordinal, sha256) in enumerate(zip(ordinals, sha256s)):
+        key = 0
+        if may_repeat[ordinal]:
+            key = content_key(sha256)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(position)
+        keys.append(key)
+    return kept, keys
 
 
 def _require_memory(images: LabelledImages, units: int) -> None:

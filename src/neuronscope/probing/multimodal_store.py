@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,8 @@ class ResponseCheckpoints:
             if len(state.values) > self.rows:
                 self.atlas.save_checkpoint(f"{self.config_key}-part{self.parts:06d}",
                                            {"values": state.values[self.rows:].numpy(),
-                                            "labels": state.labels[self.rows:].numpy()}, {"run_id": self.run_id})
+                                            "labels": state.labels[self.rows:].numpy(),
+                                            "keys": state.keys[self.rows:]}, {"run_id": self.run_id})
                 self.parts, self.rows = self.parts + 1, len(state.values)
             self.atlas.save_checkpoint(self.config_key, {"rows": np.array([self.rows])},
                                        {"run_id": self.run_id, "done": state.done, "entries": self.total,
@@ -118,10 +120,13 @@ def _resumed(atlas: Atlas, config_key: str, checkpoint: tuple[dict[str, np.ndarr
         return None
     values = np.concatenate([part[0]["values"] for part in parts]) if parts else np.empty((0, 0), np.float32)
     labels = np.concatenate([part[0]["labels"] for part in parts]) if parts else np.empty(0, np.int64)
+    # parts written before duplicates were told apart hold no keys: their rows cannot be matched again
+    keys = np.concatenate([part[0].get("keys", np.zeros(len(part[0]["labels"]), np.uint64)) for part in parts]
+                          ) if parts else np.empty(0, np.uint64)
     if len(values) != meta["rows"]:
         return None
     return ImageResponses(int(meta["done"]), torch.from_numpy(values), torch.from_numpy(labels),
-                          dict(meta.get("skipped") or {}))
+                          dict(meta.get("skipped") or {}), keys.astype(np.uint64))
 
 
 def _abandon_changed_sources(atlas: Atlas, config: dict[str, Any], config_key: str) -> None:
@@ -142,9 +147,14 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
                                label: bool = False, command: str | None = None, batch_size: int = 32,
                                workers: int = 0, checkpoint_every: int = CHECKPOINT_IMAGES,
                                checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                               on_batch: ResponsesHook | None = None) -> MultimodalRun:
+                               on_batch: ResponsesHook | None = None,
+                               on_resume: Callable[[int, int], None] | None = None) -> MultimodalRun:
     """Measure ``layer``'s multimodality (:func:`~neuronscope.probing.multimodal.measure_multimodality`, or the
-    bundled card's with ``images=None``) and store it in ``atlas``, resumably; see the module's docstring."""
+    bundled card's with ``images=None``) and store it in ``atlas``, resumably; see the module's docstring.
+
+    ``on_resume``: called with (entry resumed at, entries in all) when a checkpoint is restored, before the first
+    batch.
+    """
     canonical = model.resolve_layer(layer)
     config, config_key = run_config(model, canonical, images, settings)
     total = 0 if images is None else len(images)
@@ -166,13 +176,16 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
     resume = _resumed(atlas, config_key, opened.checkpoint)
     if resume is None:
         drop_checkpoints(atlas, config_key)  # parts of an attempt that cannot be continued
+    elif on_resume is not None:
+        on_resume(resume.done, total)
     with marked_interrupted(atlas, opened.run_id):
         checkpoints = ResponseCheckpoints(atlas, config_key, opened.run_id, total, resume,
                                           every_images=checkpoint_every, every_seconds=checkpoint_seconds,
                                           then=on_batch)
         measured = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
                                          workers=workers, resume=resume, on_batch=checkpoints)
-        labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label, images=total)
+        labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label,
+                          images=sum(measured.scores.images_per_concept))
     drop_checkpoints(atlas, config_key)
     return MultimodalRun(measured, opened.run_id, 0 if resume is None else resume.done, labelled)
 
@@ -180,7 +193,7 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
 def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMeasurement, threshold: float, *,
            label: bool, images: int) -> tuple[int, ...]:
     """Register the layer, store the scores (and with ``label`` the concepts of the multimodal units as labels,
-    in place of this source's earlier ones), finish the run; the labelled units."""
+    in place of this source's earlier ones), finish the run (``images``: those measured); the labelled units."""
     result = measured.scores
     layer = result.layer
     atlas.register_layer(model.key, layer, aliases=model.aliases_of(layer), units=len(result.concept),
