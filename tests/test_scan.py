@@ -802,6 +802,36 @@ def test_the_scans_progress_hook_has_a_name_of_its_own_and_the_old_one_still_imp
     assert typing.get_type_hints(scan)["on_batch"] == ScanProgressHook | None
 
 
+def test_a_scan_reports_its_thumbnails_progress_and_a_rerun_that_reuses_them_has_none_to_draw(
+        tiny_rn, images, tmp_path, capsys):
+    """Drawing the thumbnails from the originals comes after the last batch (minutes for a large model): it
+    reports its own progress, rather than a silence after ``scan (files): N/N, ETA 0 s``."""
+    from neuronscope.commands.scan import ProgressReport
+
+    def heard(report: ProgressReport, calls: list[tuple[int, int]]):
+        def hook(done: int, total: int) -> None:
+            calls.append((done, total))
+            report.thumbnails(done, total)
+        return hook
+
+    first, report = [], ProgressReport(every_s=0.0)
+    run_scan(tiny_rn, images, tmp_path / "atlas", thumbnails=True, on_batch=report,
+             on_thumbnails=heard(report, first))
+    drawn = len(list((tmp_path / "atlas" / "thumbs").iterdir()))
+    assert drawn > 0 and first[0] == (0, drawn) and first[-1] == (drawn, drawn)
+    assert all(total == drawn for _, total in first) and [done for done, _ in first] == sorted(d for d, _ in first)
+    assert f"thumbnails: {drawn}/{drawn}" in capsys.readouterr().err
+
+    again, report = [], ProgressReport(every_s=0.0)
+    run_scan(tiny_rn, images, tmp_path / "atlas", thumbnails=True, on_thumbnails=heard(report, again))
+    assert again == [(0, 0)]  # every thumbnail reused: none to draw, said once
+    assert "thumbnails: 0/0" in capsys.readouterr().err
+
+    without = []
+    run_scan(tiny_rn, images, tmp_path / "none", thumbnails=False, on_thumbnails=heard(report, without))
+    assert without == []
+
+
 def test_a_scan_leaves_the_callers_rng(tiny_rn, images, tmp_path):
     before = rng_states()
     run_scan(tiny_rn, images, tmp_path / "a", thumbnails=True)

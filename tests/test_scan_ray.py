@@ -122,8 +122,10 @@ def test_scan_command_on_ray_resumes_and_equals_the_local_backend(ray_session, s
         raise AssertionError("a resumed Ray scan read its size twins again (the first run hashed them)")
 
     reports: list[ScanProgress] = []
+    thumbnails: list[tuple[int, int]] = []
     with monkeypatch.context() as patch:
         patch.setattr(ProgressReport, "__call__", lambda report, progress: reports.append(progress))
+        patch.setattr(ProgressReport, "thumbnails", lambda report, done, total: thumbnails.append((done, total)))
         patch.setattr(ray_backend, "content_keys", rehash)
         resumed = run("ray", 2)
     assert resumed.exit_code == 0, resumed.output
@@ -139,6 +141,8 @@ def test_scan_command_on_ray_resumes_and_equals_the_local_backend(ray_session, s
     assert_same_scan(tmp_path / "local", tmp_path / "ray")
     assert sorted(path.name for path in (tmp_path / "ray" / "thumbs").iterdir()) == \
         sorted(path.name for path in (tmp_path / "local" / "thumbs").iterdir())
+    drawn = len(list((tmp_path / "ray" / "thumbs").iterdir()))  # the driver's thumbnail phase reports too
+    assert thumbnails[0] == (0, drawn) and thumbnails[-1] == (drawn, drawn) and drawn > 0
     with Atlas(tmp_path / "ray") as atlas:
         assert [record["status"] for record in atlas.runs()] == ["finished"]  # the killed run, completed
         assert atlas.runs()[0]["skipped"] == local_json["skipped"]

@@ -171,7 +171,8 @@ def _scan(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings, 
         return "reused", f"{len(source)} images scanned earlier"
     scanned = scan(model, source, atlas, [layer], settings=scan_settings, batch_size=settings.batch_size,
                    workers=1, command=f"neuronscope demo (scan of {source.name})",
-                   on_batch=lambda p: report("scan", p.done, p.total))
+                   on_batch=lambda p: report("scan", p.done, p.total),
+                   on_thumbnails=lambda done, total: report("scan thumbnails", done, total))
     outcome.scan_run, outcome.skipped = scanned.run_id, dict(scanned.skipped)
     return "built", f"{scanned.images} images, {scanned.layers[0].units} units"
 

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 
 class ProgressReport:
-    """The scan's progress (files done, images, skipped) as the shared :class:`ProgressBars` shows it."""
+    """The scan's progress (files done, images, skipped; then the thumbnails drawn from the originals, a
+    phase of its own that would otherwise look like a hang after ``ETA 0 s``) as the shared
+    :class:`ProgressBars` shows it."""
 
     def __init__(self, *, quiet: bool = False, every_s: float = 10.0) -> None:
         self.bars = ProgressBars(quiet=quiet, every_s=every_s)
@@ -43,6 +45,10 @@ class ProgressReport:
     def __call__(self, progress: ScanProgress) -> None:
         self.bars("scan (files)", progress.done, progress.total,
                   detail=f"{progress.images} images, {progress.skipped} skipped")
+
+    def thumbnails(self, done: int, total: int) -> None:
+        """The thumbnails drawn of those to draw (the reused ones left out)."""
+        self.bars("thumbnails", done, total)
 
     def close(self) -> None:
         self.bars.close()
@@ -117,7 +123,8 @@ def scan(
             earlier = _layer_runs(atlas, loaded.key, canonical)
             options = dict(settings=settings, batch_size=batch_size, workers=workers,
                            checkpoint_every=checkpoint_every, max_pixels=max_pixels, thumbnails=thumbnails,
-                           command=_recorded_command(ctx, loaded, source.name), on_batch=report)
+                           command=_recorded_command(ctx, loaded, source.name), on_batch=report,
+                           on_thumbnails=report.thumbnails)
             if backend == "ray":
                 outcome = scan_ray(loaded, source, atlas, canonical, address=ray_address, **options)
             else:

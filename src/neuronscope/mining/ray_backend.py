@@ -77,6 +77,7 @@ from neuronscope.mining.scanner import (
     write_checkpoint,
 )
 from neuronscope.mining.sources import Entry, ImageSource, content_sha256, size_twins
+from neuronscope.mining.thumbnails import ThumbnailProgressHook
 from neuronscope.models.loaded import LoadedModel
 
 INSTALL_HINT = "pip install 'neuronscope[distributed]'"
@@ -302,6 +303,7 @@ def scan_ray(
     command: str = "scan",
     address: str | None = None,
     on_batch: ScanProgressHook | None = None,
+    on_thumbnails: ThumbnailProgressHook | None = None,
 ) -> ScanOutcome:
     """:func:`neuronscope.mining.scan` on Ray: same arguments, same results, same atlas writes.
 
@@ -313,6 +315,7 @@ def scan_ray(
         address: the Ray cluster (``ray.init(address=...)``); None: ``RAY_ADDRESS`` if set, else a local
             Ray started here and shut down at the end. A Ray already initialised in this process is used as is.
         on_batch: called after every merged shard.
+        on_thumbnails: the thumbnails drawn by the driver after the last shard, as ``scan``'s.
 
     Every worker node must have ``neuronscope`` installed and read the
     source's paths; the driver reads them too (hashing, thumbnails).
@@ -358,7 +361,7 @@ def scan_ray(
                         on_batch(ScanProgress.of(state, finished, len(source), resumed_from, started))
             return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,
                                max_pixels=max_pixels, workers=min(workers, os.cpu_count() or 1), started=started,
-                               resumed_from=resumed_from)
+                               resumed_from=resumed_from, on_thumbnails=on_thumbnails)
     finally:
         if started_ray:
             ray.shutdown()

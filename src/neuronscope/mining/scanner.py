@@ -56,7 +56,7 @@ from neuronscope.mining.buckets import sample_hash
 from neuronscope.mining.loader import Batch, iter_batches
 from neuronscope.mining.results import Examples, HistogramArrays, ImageRecord, LayerScan, ScanOutcome
 from neuronscope.mining.sources import Entry, ImageSource, size_twins
-from neuronscope.mining.thumbnails import ThumbnailJob, render_thumbnails
+from neuronscope.mining.thumbnails import ThumbnailJob, ThumbnailProgressHook, render_thumbnails
 from neuronscope.mining.topk import EMPTY
 from neuronscope.models.loaded import LoadedModel, runs_in_eval
 
@@ -305,6 +305,7 @@ def scan(
     thumbnails: bool = True,
     command: str = "scan",
     on_batch: ScanProgressHook | None = None,
+    on_thumbnails: ThumbnailProgressHook | None = None,
 ) -> ScanOutcome:
     """Scan ``source`` through ``model`` and store every unit of ``layers`` in ``atlas``.
 
@@ -321,6 +322,9 @@ def scan(
         command: recorded in the run (the CLI passes its command line).
         on_batch: called after every batch with a :class:`ScanProgress` (entries done of total, images,
             skipped, resumed from, seconds) for progress bars; tests raise in it to simulate a kill.
+        on_thumbnails: called with ``(done, total)`` while the thumbnails are drawn after the last batch
+            (``total``: those not reused from an earlier scan; ``(0, 0)`` when every one is), so a progress
+            bar does not fall silent for that phase; not called with ``thumbnails=False``.
 
     Returns:
         A :class:`ScanOutcome`; the results are in ``atlas`` (``Atlas.unit``).
@@ -350,7 +354,8 @@ def scan(
                                                    total=len(source)),
                        on_checkpoint=checkpoint, on_batch=progress)
         return finish_scan(model, source, atlas, state, run_id, plan, settings.seed, thumbnails=thumbnails,
-                           max_pixels=max_pixels, workers=workers, started=started, resumed_from=resumed_from)
+                           max_pixels=max_pixels, workers=workers, started=started, resumed_from=resumed_from,
+                           on_thumbnails=on_thumbnails)
 
 
 def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id: int, **extra: Any) -> None:
@@ -361,12 +366,13 @@ def write_checkpoint(atlas: Atlas, checkpoint_key: str, state: ScanState, run_id
 
 def finish_scan(model: LoadedModel, source: ImageSource, atlas: Atlas, state: ScanState, run_id: int,
                 plan: ScanPlan, seed: int, *, thumbnails: bool, max_pixels: int, workers: int, started: float,
-                resumed_from: int) -> ScanOutcome:
-    """Turn a complete state into results: thumbnails, one ``Atlas.write_scan`` transaction, checkpoints removed."""
+                resumed_from: int, on_thumbnails: ThumbnailProgressHook | None = None) -> ScanOutcome:
+    """Turn a complete state into results: thumbnails (their progress to ``on_thumbnails``), one
+    ``Atlas.write_scan`` transaction, checkpoints removed."""
     state.prune_records()
     layer_scans = [_layer_scan(model.key, name, plan.aliases.get(name, []), accumulator, state.records, seed)
                    for name, accumulator in state.accumulators.items()]
-    thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers)
+    thumbs = (_draw_thumbnails(model, source, atlas, layer_scans, state.records, max_pixels, workers, on_thumbnails)
               if thumbnails else {})
     image_records = {record.id: record for record in state.records.values()}
     skipped = state.skipped.as_dict()
@@ -565,8 +571,10 @@ def _layer_scan(model_key: str, layer: str, aliases: list[str], accumulator: Lay
 
 
 def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, layer_scans: list[LayerScan],
-                     records: dict[int, ImageRecord], max_pixels: int, workers: int) -> dict[tuple, str]:
-    """One marked PNG per (image, grid, cell) among the top examples; returns ``{(sha256, *cell): path}``."""
+                     records: dict[int, ImageRecord], max_pixels: int, workers: int,
+                     on_drawn: ThumbnailProgressHook | None) -> dict[tuple, str]:
+    """One marked PNG per (image, grid, cell) among the top examples; returns ``{(sha256, *cell): path}``.
+    ``on_drawn`` counts only the PNGs drawn now, not those reused."""
     ordinal_of = {record.id: ordinal for ordinal, record in records.items()}
     wanted: dict[int, set[tuple[int, int, int, int]]] = {}
     for layer_scan in layer_scans:
@@ -588,6 +596,7 @@ def _draw_thumbnails(model: LoadedModel, source: ImageSource, atlas: Atlas, laye
                 missing.append(cell)
         if missing:
             jobs.append(ThumbnailJob(source.entries[ordinal], ordinal, sha256, tuple(missing)))
-    for sha256, cell, name, png in render_thumbnails(jobs, model.preprocess, workers=workers, max_pixels=max_pixels):
+    for sha256, cell, name, png in render_thumbnails(jobs, model.preprocess, workers=workers, max_pixels=max_pixels,
+                                                     on_drawn=on_drawn):
         thumbs[(sha256, *cell)] = atlas.save_thumbnail(name, png)
     return thumbs

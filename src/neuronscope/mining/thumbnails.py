@@ -8,7 +8,7 @@ atlas writes them to disk.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, Dataset
@@ -21,6 +21,10 @@ from neuronscope.models.preprocess import Preprocess
 from neuronscope.runtime import loader_generator
 
 Cell = tuple[int, int, int, int]  # grid rows, grid cols, row, col
+#: The thumbnail phase's progress callback: ``(thumbnails done, thumbnails to draw)``. A scan's last phase
+#: decodes the full-size originals again, minutes for a large model's top-k: without it the scan falls
+#: silent right after its files reached ``ETA 0 s``.
+ThumbnailProgressHook = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,24 @@ class _Jobs(Dataset):
 
 
 def render_thumbnails(jobs: list[ThumbnailJob], preprocess: Preprocess, *, workers: int = 0,
-                      max_pixels: int = PILLOW_MAX_PIXELS) -> Iterator[tuple[str, Cell, str, bytes]]:
-    """Yield ``(sha256, cell, file name, PNG bytes)`` for every job's cells, drawn by ``workers`` processes."""
+                      max_pixels: int = PILLOW_MAX_PIXELS,
+                      on_drawn: ThumbnailProgressHook | None = None) -> Iterator[tuple[str, Cell, str, bytes]]:
+    """Yield ``(sha256, cell, file name, PNG bytes)`` for every job's cells, drawn by ``workers`` processes.
+
+    ``on_drawn`` hears ``(0, total)`` first (``(0, 0)``: nothing to draw) and then, after each image, the
+    cells done so far, a gone or changed image's cells included, so the count always reaches its total.
+    """
+    total = sum(len(job.cells) for job in jobs)
+    if on_drawn is not None:
+        on_drawn(0, total)
     if not jobs:
         return
     loader = DataLoader(_Jobs(jobs, preprocess, max_pixels), batch_size=None, shuffle=False, num_workers=workers,
                         generator=loader_generator())
+    done = 0
     for job, drawn in zip(jobs, loader):
         for cell, name, png in drawn:
             yield job.sha256, cell, name, png
+        done += len(job.cells)
+        if on_drawn is not None:
+            on_drawn(done, total)
