@@ -142,6 +142,24 @@ class ContentKeys:
         return iter(self.array().tolist())
 
 
+def first_copies(ordinals: Sequence[int], sha256s: Sequence[str], may_repeat: np.ndarray | None, seen: ContentKeys
+                 ) -> tuple[list[int], list[int]]:
+    """The positions in a batch of the images whose content no earlier entry had, and their content keys (0 for
+    an image that cannot repeat: ``may_repeat`` [entries] False at its ordinal; None: any may); ``seen`` takes
+    the new keys. The one duplicate rule: a scan and a multimodality measurement skip the others."""
+    kept, keys = [], []
+    for position, (ordinal, sha256) in enumerate(zip(ordinals, sha256s)):
+        key = 0
+        if may_repeat is None or may_repeat[ordinal]:
+            key = content_key(sha256)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(position)
+        keys.append(key)
+    return kept, keys
+
+
 class ScanState:
     """Everything a scan carries between batches, and its checkpoint form.
 
@@ -515,15 +533,9 @@ def forward_batch(model: LoadedModel, recorder: Recorder, source_name: str, stat
     """Count the batch's skipped files, drop duplicates and run one forward; None when nothing is left."""
     for _ordinal, name, reason in batch.skipped:
         state.skipped.count(reason, name)
-    keep = []
-    for position, sha256 in enumerate(batch.sha256s):
-        if state.may_repeat is None or state.may_repeat[batch.ordinals[position]]:
-            key = content_key(sha256)
-            if key in state.seen:
-                state.skipped.count("duplicate", batch.names[position])
-                continue
-            state.seen.add(key)
-        keep.append(position)
+    keep, _ = first_copies(batch.ordinals, batch.sha256s, state.may_repeat, state.seen)
+    for position in sorted(set(range(len(batch.ordinals))).difference(keep)):
+        state.skipped.count("duplicate", batch.names[position])
     if not keep:
         return None
     ordinals = np.array([batch.ordinals[p] for p in keep], np.int64)

@@ -26,7 +26,7 @@ from ..activations import Recorder
 from ..analysis.multimodality import RANK_MEMORY, ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
-from ..mining.scanner import ContentKeys, content_key
+from ..mining.scanner import ContentKeys, first_copies
 from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source, size_twins
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..runtime import available_memory
@@ -217,7 +217,8 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
         for batch in iter_batches(images.entries[done:], model.preprocess, batch_size=batch_size,
                                   workers=workers, first=done):
             skipped.update(reason for _, _, reason in batch.skipped)
-            kept, kept_keys = _first_copies(batch.ordinals, batch.sha256s, may_repeat, seen)
+            # a file filed under two concepts (a copy, a symlink) would be a positive and a negative of one AUROC
+            kept, kept_keys = first_copies(batch.ordinals, batch.sha256s, may_repeat, seen)
             skipped["duplicate"] += len(batch.ordinals) - len(kept)
             if kept:
                 pixels = batch.pixels if len(kept) == len(batch.ordinals) else batch.pixels[kept]
@@ -232,24 +233,6 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
             if on_batch is not None:
                 on_batch(ImageResponses(done, values[:filled], labels[:filled], +skipped, keys[:filled]))
     return ImageResponses(done, values[:filled], labels[:filled], +skipped, keys[:filled])
-
-
-def _first_copies(ordinals: Sequence[int], sha256s: Sequence[str], may_repeat: np.ndarray, seen: ContentKeys
-                  ) -> tuple[list[int], list[int]]:
-    """The positions in a batch of the images whose content no earlier entry had (the scan's duplicate rule:
-    a file filed under two concepts would be a positive and a negative of the same AUROC), and their content
-    keys (0 for an image no other entry's size matches); ``seen`` takes the new keys."""
-    kept, keys = [], []
-    for position, (ordinal, sha256) in enumerate(zip(ordinals, sha256s)):
-        key = 0
-        if may_repeat[ordinal]:
-            key = content_key(sha256)
-            if key in seen:
-                continue
-            seen.add(key)
-        kept.append(position)
-        keys.append(key)
-    return kept, keys
 
 
 def _require_memory(images: LabelledImages, units: int) -> None:
