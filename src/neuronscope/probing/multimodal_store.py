@@ -184,16 +184,15 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
                                           then=on_batch)
         measured = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
                                          workers=workers, resume=resume, on_batch=checkpoints)
-        labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label,
-                          images=sum(measured.scores.images_per_concept))
+        labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label)
     drop_checkpoints(atlas, config_key)
     return MultimodalRun(measured, opened.run_id, 0 if resume is None else resume.done, labelled)
 
 
 def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMeasurement, threshold: float, *,
-           label: bool, images: int) -> tuple[int, ...]:
+           label: bool) -> tuple[int, ...]:
     """Register the layer, store the scores (and with ``label`` the concepts of the multimodal units as labels,
-    in place of this source's earlier ones), finish the run (``images``: those measured); the labelled units."""
+    in place of this source's earlier ones), finish the run (with the images measured); the labelled units."""
     result = measured.scores
     layer = result.layer
     atlas.register_layer(model.key, layer, aliases=model.aliases_of(layer), units=len(result.concept),
@@ -203,7 +202,7 @@ def _store(atlas: Atlas, run_id: int, model: LoadedModel, measured: MultimodalMe
     if label:
         labels = {record["unit"]: record["concept"] for record in result.units(threshold)}
         labelled = atlas.replace_labels(model.key, layer, labels, source=LABEL_SOURCE)
-    atlas.finish_run(run_id, images=images, skipped=measured.skipped)
+    atlas.finish_run(run_id, images=sum(result.images_per_concept), skipped=measured.skipped)
     return tuple(sorted(labelled))
 
 
