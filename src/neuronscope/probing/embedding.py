@@ -131,8 +131,11 @@ class WordEmbedding:
         """The ``k`` (kept) units the rastered ``word`` stands out for, best first: ``[{"unit", "z", "rank"},
         ...]`` (:meth:`~neuronscope.atlas.words.WordMatrix.top_units`: the word's z-score among each unit's
         responses to the vocabulary, and its place among the unit's words). How the paper found its Spider-Man
-        unit from the word "spider"."""
-        self.vector(word)  # a word outside the vocabulary: the embedding's KeyError
+        unit from the word "spider".
+
+        Raises:
+            KeyError: a word the vocabulary does not hold.
+        """
         return self._matrix.top_units(word, k)
 
     @cached_property

@@ -22,6 +22,8 @@ from neuronscope.atlas.words import WordMatrix, stored_probes
 from neuronscope.web.files import is_image
 from neuronscope.web.links import Links
 
+T = TypeVar("T")
+
 #: A layer list's orders: index, max activation, multimodality score (each highest first).
 SORTS = ("unit", "max", "multimodality")
 #: How much of a unit a page shows (the JSON API has everything).
@@ -313,7 +315,6 @@ def search_data(atlas: Atlas, query: str, *, limit: int = SEARCH_HITS) -> dict[s
     return {"q": query.strip(), "hits": hits[:limit], "total": len(hits)}
 
 
-T = TypeVar("T")
 #: Units listed for a word of a stored word probe (the search page).
 WORD_UNITS = 10
 
