@@ -199,6 +199,35 @@ def test_killed_scan_resumes_and_ends_identical(tiny_rn, images, tmp_path):
     assert not list((tmp_path / "killed" / "checkpoints").glob("*.npz"))
 
 
+def test_a_ctrl_c_keeps_every_batch_scanned_before_it(tiny_rn, images, tmp_path, monkeypatch):
+    """Checkpoints are minutes apart (every 2,048 files or 5 minutes): a Ctrl-C threw away what was scanned
+    since the last one (a review's rerun started over at file 0 after a minute). The Ctrl-C is held until the
+    batch at hand is in the state, the state is saved, and the same command goes on from there."""
+    import os
+    import signal
+
+    from neuronscope.mining import scanner
+
+    run_scan(tiny_rn, images, tmp_path / "whole", batch_size=4)
+    forward, calls = scanner.forward_batch, []
+
+    def interrupted_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # a Ctrl-C in the middle of the third batch
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(scanner, "forward_batch", interrupted_forward)
+    with pytest.raises(KeyboardInterrupt):
+        run_scan(tiny_rn, images, tmp_path / "stopped", batch_size=4, checkpoint_every=1000)
+    monkeypatch.setattr(scanner, "forward_batch", forward)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outcome = run_scan(tiny_rn, images, tmp_path / "stopped", batch_size=4)
+    assert outcome.resumed_from == 12 and outcome.images == 24  # the third batch included
+    units = range(0, 512, 5)
+    assert_same_units(dump(tmp_path / "whole", "neurons", units), dump(tmp_path / "stopped", "neurons", units))
+
+
 def test_a_checkpoint_of_another_unit_count_starts_the_run_over(tiny_rn, images, tmp_path, caplog):
     """A checkpoint from an older neuronscope that read a layer another way (a channels-last layer's rows as
     units) has the same config key but other shapes: the run starts over instead of failing on every rerun."""

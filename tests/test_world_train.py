@@ -91,11 +91,11 @@ def test_a_ctrl_c_during_the_parameter_update_is_raised_once_the_update_is_done(
     import os
     import signal
 
-    from neuronscope.world.train import _ctrl_c_held
+    from neuronscope.atlas.runs import ctrl_c_held
 
     updated = []
     with pytest.raises(KeyboardInterrupt):
-        with _ctrl_c_held():
+        with ctrl_c_held():
             os.kill(os.getpid(), signal.SIGINT)
             updated.append("the rest of the update")
     assert updated == ["the rest of the update"]

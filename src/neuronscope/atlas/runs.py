@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -227,6 +229,29 @@ class CheckpointSchedule:
     def saved(self, done: int) -> None:
         """Count from a checkpoint of ``done`` items, just written."""
         self.saved_items, self.saved_at = done, time.monotonic()
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives in the block until the block is done, then raise it.
+
+    Python raises KeyboardInterrupt between any two bytecodes: a Ctrl-C during the backward (in C++) is
+    raised as soon as it returns (a real one hit inside the optimizer's per-parameter loop of `world train`). Only on
+    the main thread, and only while SIGINT raises KeyboardInterrupt (the default): elsewhere the block runs
+    as it is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextmanager

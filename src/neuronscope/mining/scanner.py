@@ -47,7 +47,8 @@ from neuronscope.activations.geometry import LayerGeometry, layer_geometry
 from neuronscope.activations.names import aliases_by_layer, resolve_layers
 from neuronscope.activations.recorder import Recorder
 from neuronscope.atlas.runs import (CHECKPOINT_SECONDS, CheckpointSchedule, abandon_stale_runs, config_digest,
-                                    drop_checkpoints, marked_interrupted, open_run, refuse_edited, start_run)
+                                    ctrl_c_held, drop_checkpoints, marked_interrupted, open_run, refuse_edited,
+                                    start_run)
 from neuronscope.atlas.store import Atlas
 from neuronscope.atlas.thumbnails import thumbnail_name
 from neuronscope.imagefiles import PILLOW_MAX_PIXELS, SkipCounts
@@ -459,7 +460,9 @@ def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries
     Both backends' loop: the local scan over the whole source (from where it
     resumes), a Ray replica over one shard. ``on_checkpoint`` is called with
     every merge done whenever ``schedule`` says a checkpoint is due (counting
-    entries by the next ordinal); ``on_batch`` after every batch.
+    entries by the next ordinal), and once more on a Ctrl-C, which is held
+    until the batch at hand is in the state: checkpoints are minutes apart, and
+    a Ctrl-C is a stop, not a crash. ``on_batch`` after every batch.
     """
     state.next_ordinal = first
     batches = iter_batches(entries, model.preprocess, batch_size=batch_size, workers=workers, first=first,
@@ -469,20 +472,29 @@ def scan_range(model: LoadedModel, recorder: Recorder, source_name: str, entries
     # at a time and in order, so the results are those of a sequential scan.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-merge") as merger:
         pending: Future | None = None
-        for batch in batches:
-            update = forward_batch(model, recorder, source_name, state, batch, seed)
+        try:
+            for batch in batches:
+                with ctrl_c_held():  # the state moves one whole batch at a time
+                    update = forward_batch(model, recorder, source_name, state, batch, seed)
+                    if pending is not None:
+                        pending.result()
+                    pending = merger.submit(state.merge_batch, update) if update is not None else None
+                    state.next_ordinal = batch.last_ordinal + 1
+                if on_checkpoint is not None and schedule is not None and schedule.due(state.next_ordinal):
+                    if pending is not None:
+                        pending.result()
+                        pending = None
+                    on_checkpoint()
+                    schedule.saved(state.next_ordinal)
+                if on_batch is not None:
+                    on_batch()
+        except KeyboardInterrupt:
             if pending is not None:
                 pending.result()
-            pending = merger.submit(state.merge_batch, update) if update is not None else None
-            state.next_ordinal = batch.last_ordinal + 1
-            if on_checkpoint is not None and schedule is not None and schedule.due(state.next_ordinal):
-                if pending is not None:
-                    pending.result()
-                    pending = None
-                on_checkpoint()
-                schedule.saved(state.next_ordinal)
-            if on_batch is not None:
-                on_batch()
+                pending = None
+            if on_checkpoint is not None and schedule is not None and state.next_ordinal > schedule.saved_items:
+                on_checkpoint()  # what was scanned since the last checkpoint is kept
+            raise
         if pending is not None:
             pending.result()
 

@@ -19,17 +19,15 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..atlas.runs import ctrl_c_held
 from ..errors import WorldFileMissing, WorldMismatch
 from ..models.preprocess import Preprocess
 from .recipe import TrainConfig
@@ -192,7 +190,7 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
                 group["lr"] = learning_rate(config, step)
             batch = [t.to(device, non_blocking=True) for t in (images, tokens, keys)]
             loss = _loss_and_gradients(model, optimizer, batch, preprocess, config.precision == "bf16")
-            with _ctrl_c_held():  # a Ctrl-C here would leave the parameters half-updated, and save them
+            with ctrl_c_held():  # a Ctrl-C here would leave the parameters half-updated, and save them
                 optimizer.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
@@ -215,27 +213,6 @@ def train(world_dir: str | Path, out_dir: str | Path, config: TrainConfig,
     return checkpoint_path
 
 
-@contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives in the block until the block is done, then raise it.
-
-    Python raises KeyboardInterrupt between any two bytecodes: a Ctrl-C during the backward (in C++) is
-    raised as soon as it returns, which a real one hit inside the optimizer's per-parameter loop. Only on
-    the main thread, and only while SIGINT raises KeyboardInterrupt (the default): elsewhere the block runs
-    as it is.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _loss_and_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
