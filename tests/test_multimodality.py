@@ -477,3 +477,22 @@ def test_a_file_filed_under_two_concepts_is_measured_once_also_after_a_resume(tm
         resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
     assert resumed.resumed_from == 8 and resumed.measurement.skipped == {"duplicate": 2}
     assert torch.equal(resumed.measurement.scores.auroc_images, whole.scores.auroc_images)
+
+
+def test_a_ctrl_c_keeps_the_images_read_since_the_last_checkpoint(tmp_path: Path, tiny_rn) -> None:
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+    images = labelled_images([str(root)])
+
+    def ctrl_c(state) -> None:
+        if state.done >= 8:
+            raise KeyboardInterrupt
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(KeyboardInterrupt):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                       checkpoint_every=1000, on_batch=ctrl_c)
+        resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert resumed.resumed_from == 8  # no checkpoint was due: the Ctrl-C saved one
+    whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
+    assert torch.equal(resumed.measurement.scores.auroc_images, whole.auroc_images)

@@ -583,6 +583,31 @@ def test_a_killed_words_probe_resumes_at_its_checkpoint_and_ends_as_an_uninterru
         probe_words(model, "neurons", words, settings=QUICK, scored=torch.zeros(4, 7))
 
 
+def test_a_ctrl_c_keeps_the_words_scored_since_the_last_checkpoint(tmp_path: Path) -> None:
+    """Checkpoints are minutes apart: a Ctrl-C sent a review's rerun back to word 1,001 of about 2,000 done.
+    On a Ctrl-C the scores so far are saved; a crash (SIGKILL) still goes back to the last checkpoint."""
+    from neuronscope.atlas import Atlas
+    from neuronscope.probing.vocab import VocabularyRecord
+    from neuronscope.probing.word_store import probe_words_into
+
+    model = load_model("mini-clip", weights=DEFAULT, precision="fp32")
+    words = load_vocabulary("colours")
+    options = dict(vocabulary=VocabularyRecord.of("colours", words), settings=QUICK, batch_size=4,
+                   checkpoint_every=1000, checkpoint_seconds=1e9)
+
+    def ctrl_c_after_two_batches(done: int, total: int) -> None:
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(KeyboardInterrupt):
+            probe_words_into(atlas, model, "neurons", words, on_batch=ctrl_c_after_two_batches, **options)
+        again = probe_words_into(atlas, model, "neurons", words, **options)
+    assert again.resumed_from == 8
+    with Atlas(tmp_path / "whole") as atlas:
+        assert torch.equal(again.probe.scores, probe_words_into(atlas, model, "neurons", words, **options).probe.scores)
+
+
 def test_an_edited_vocabulary_abandons_the_killed_run_of_its_old_words(tmp_path: Path) -> None:
     """Its key (the words' sha256) never comes back, so its checkpoint would lie in the atlas for good."""
     from neuronscope.atlas import Atlas

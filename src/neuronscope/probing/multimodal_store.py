@@ -86,23 +86,35 @@ class ResponseCheckpoints:
         self.atlas, self.config_key, self.run_id, self.total, self.then = atlas, config_key, run_id, total, then
         self.rows = 0 if resumed is None else len(resumed.values)
         self.parts = len(_part_files(atlas, config_key))
+        self.last: ImageResponses | None = None  # the latest state reported: whole at any time
         self.schedule = CheckpointSchedule(every_images, every_seconds, done=0 if resumed is None else resumed.done,
                                            total=total)
 
     def __call__(self, state: ImageResponses) -> None:
+        self.last = state
         if self.schedule.due(state.done):
-            if len(state.values) > self.rows:
-                self.atlas.save_checkpoint(f"{self.config_key}-part{self.parts:06d}",
-                                           {"values": state.values[self.rows:].numpy(),
-                                            "labels": state.labels[self.rows:].numpy(),
-                                            "keys": state.keys[self.rows:]}, {"run_id": self.run_id})
-                self.parts, self.rows = self.parts + 1, len(state.values)
-            self.atlas.save_checkpoint(self.config_key, {"rows": np.array([self.rows])},
-                                       {"run_id": self.run_id, "done": state.done, "entries": self.total,
-                                        "rows": self.rows, "parts": self.parts, "skipped": state.skipped})
-            self.schedule.saved(state.done)
+            self.save(state)
         if self.then is not None:
             self.then(state)
+
+    def keep(self) -> None:
+        """Save the responses collected since the last checkpoint (on a Ctrl-C: checkpoints are minutes apart);
+        the last state the measurement reported is whole, whatever a Ctrl-C cut after it."""
+        if self.last is not None and self.last.done > self.schedule.saved_items:
+            self.save(self.last)
+
+    def save(self, state: ImageResponses) -> None:
+        """Append the rows new since the last save as a part, then record how far the job got."""
+        if len(state.values) > self.rows:
+            self.atlas.save_checkpoint(f"{self.config_key}-part{self.parts:06d}",
+                                       {"values": state.values[self.rows:].numpy(),
+                                        "labels": state.labels[self.rows:].numpy(),
+                                        "keys": state.keys[self.rows:]}, {"run_id": self.run_id})
+            self.parts, self.rows = self.parts + 1, len(state.values)
+        self.atlas.save_checkpoint(self.config_key, {"rows": np.array([self.rows])},
+                                   {"run_id": self.run_id, "done": state.done, "entries": self.total,
+                                    "rows": self.rows, "parts": self.parts, "skipped": state.skipped})
+        self.schedule.saved(state.done)
 
 
 def _part_files(atlas: Atlas, config_key: str) -> list:
@@ -182,8 +194,12 @@ def measure_multimodality_into(atlas: Atlas, model: LoadedModel, layer: str, ima
         checkpoints = ResponseCheckpoints(atlas, config_key, opened.run_id, total, resume,
                                           every_images=checkpoint_every, every_seconds=checkpoint_seconds,
                                           then=on_batch)
-        measured = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
-                                         workers=workers, resume=resume, on_batch=checkpoints)
+        try:
+            measured = measure_multimodality(model, canonical, images, settings=settings, batch_size=batch_size,
+                                             workers=workers, resume=resume, on_batch=checkpoints)
+        except KeyboardInterrupt:
+            checkpoints.keep()
+            raise
         labelled = _store(atlas, opened.run_id, model, measured, threshold, label=label)
     drop_checkpoints(atlas, config_key)
     return MultimodalRun(measured, opened.run_id, 0 if resume is None else resume.done, labelled)

@@ -114,6 +114,12 @@ class ScoreCheckpoints:
         if self.schedule.due(done):
             self.save(done)
 
+    def keep(self) -> None:
+        """Save the words scored since the last checkpoint (on a Ctrl-C: checkpoints are minutes apart)."""
+        done = sum(len(chunk) for chunk in self.chunks)  # a row a word: what the chunks hold, whatever was cut
+        if done > self.schedule.saved_items:
+            self.save(done)
+
     def save(self, done: int) -> None:
         self.chunks = [torch.cat(self.chunks)]  # one tensor kept, not one per batch
         self.atlas.save_checkpoint(self.config_key, {"scores": self.chunks[0].numpy()},
@@ -201,8 +207,12 @@ def probe_words_into(atlas: Atlas, model: LoadedModel, layer: str, words: str | 
     checkpoints = ScoreCheckpoints(atlas, config_key, run_id, total, scored, every_words=checkpoint_every,
                                    every_seconds=checkpoint_seconds)
     with marked_interrupted(atlas, run_id):
-        probe = probe_words(model, canonical, drawn, settings=settings, batch_size=batch_size, workers=workers,
-                            on_batch=on_batch, scored=scored, on_scores=checkpoints)
+        try:
+            probe = probe_words(model, canonical, drawn, settings=settings, batch_size=batch_size, workers=workers,
+                                on_batch=on_batch, scored=scored, on_scores=checkpoints)
+        except KeyboardInterrupt:
+            checkpoints.keep()
+            raise
         _write_word_probe(atlas, run_id, probe, model, config, top_k)
     drop_checkpoints(atlas, config_key)
     return WordRunOutcome(probe, run_id, 0 if scored is None else len(scored))
