@@ -280,6 +280,8 @@ def test_scan_command_json(tmp_path):
     assert text.exit_code == 0 and "scanned 8 images" in text.stdout and "scan (files): 8/8" in text.stderr
     with Atlas(tmp_path / "atlas") as atlas:
         assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
+        # the batch size is recorded: another one rounds the forward differently, which can swap near ties
+        assert all("--batch-size 4" in run["command"] for run in atlas.runs())
     missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
     assert missing.exit_code == 1 and "no such folder" in missing.stderr
     unknown = runner.invoke(app, [*args[:-1], "--backend", "spark"])  # --backend ray: tests/test_scan_ray.py

@@ -395,6 +395,14 @@ def test_the_recorded_command_names_the_images_and_reruns_the_same_run(tmp_path:
     assert "--per-concept 5" in run["command"]
 
 
+def test_the_card_measurement_records_no_raster_flags_it_did_not_use(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["multimodal", "--out", str(tmp_path / "atlas")])
+    assert result.exit_code == 0, result.output
+    with Atlas(tmp_path / "atlas") as atlas:
+        (run,) = atlas.runs()
+    assert not {"--sizes", "--positions", "--fonts"} & set(run["command"].split()), run["command"]
+
+
 def test_the_card_measurement_refuses_what_it_would_ignore() -> None:
     runner = CliRunner()
     for extra, message in ((["--sizes", "0.5"], "--sizes"), (["--precision", "bf16"], "fp32")):

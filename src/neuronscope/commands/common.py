@@ -292,7 +292,7 @@ HOW_IT_RUNS = frozenset({"device", "json_out", "debug", "batch_size", "workers",
 
 
 def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: Collection[str] = HOW_IT_RUNS,
-                     paths: Collection[str] = (), **values: Any) -> str:
+                     paths: Collection[str] = (), threads: bool = False, **values: Any) -> str:
     """The command line a run records, built from the options in effect (``context``, the running command's),
     so that running it again reproduces the run: every option but ``leave_out``, with its value as given or
     defaulted, or as ``values`` replaces it (the canonical layer, say). ``--model`` is the model's key, which
@@ -304,6 +304,8 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
     No absolute paths (runs are shown in static exports): ``--out`` is the atlas's folder name, and the
     options named in ``paths`` are given as :func:`~neuronscope.probing.vocab.recorded_path` gives them.
     An option whose value is None is left out; a flag is written when set (``--no-X`` when it has one).
+    ``threads``: also torch's intra-op thread count (``--threads N``) when the model runs on the CPU, for results
+    that an optimiser amplifies from float rounding (a render), which that count changes.
     """
     from neuronscope.probing.vocab import recorded_path
 
@@ -313,7 +315,12 @@ def recorded_command(context: typer.Context, model: LoadedModel, *, leave_out: C
         raise ValueError(f"{context.info_name} has no option {sorted(unknown)}")
     given = {**context.params, **_recorded_model(context.params, model), "precision": model.precision.name,
              **values}
-    words = ["neuronscope", *_command_words(context)]
+    words = ["neuronscope"]
+    if threads and model.device.type == "cpu":
+        import torch
+
+        words += ["--threads", str(torch.get_num_threads())]
+    words += _command_words(context)
     for name, option in options.items():
         value = given.get(name)
         if name in leave_out or value is None:

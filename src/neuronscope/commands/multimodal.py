@@ -192,8 +192,10 @@ def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: Labe
         return MultimodalRun(measure_multimodality(loaded, layer, labelled, settings=settings, batch_size=batch_size,
                                                    workers=workers, on_batch=on_batch))
     # --top changes what is printed, not what is stored: left out of the command the run records
+    # without --images the card's own words are rastered: the raster flags (refused if given) are not in effect
+    raster = {"sizes", "positions", "fonts"} if labelled is None else set()
     command = recorded_command(ctx, loaded, layer=layer, paths=("images", "classes_file", "names"),
-                               leave_out=HOW_IT_RUNS | {"top"})
+                               leave_out=HOW_IT_RUNS | {"top"} | raster)
     with Atlas(out) as atlas:
         return measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
                                           label=label, command=command, batch_size=batch_size, workers=workers,

@@ -56,8 +56,11 @@ class ProgressReport:
 
 def _recorded_command(ctx: typer.Context, model: LoadedModel, source_name: str) -> str:
     """The command as a run records it: the source by name (no absolute paths), without the options that
-    change only how the scan runs (same results)."""
-    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS | {"thumbnails", "backend", "ray_address"},
+    change only how the scan runs (same results). The batch size is kept: a model's forward rounds floats
+    differently at another batch size (up to ~1e-5 relative on CPU), which can swap images tied that closely,
+    and the recorded command must give back the stored run exactly."""
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"thumbnails", "backend",
+                                                                                  "ray_address"},
                             images=source_name)
 
 

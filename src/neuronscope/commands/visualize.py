@@ -49,14 +49,15 @@ def _png_name(render: UnitRender, multiple: bool) -> str:
 
 def _recorded_command(ctx: typer.Context, model: LoadedModel, layer: str, config: RenderConfig, facet: str | None,
                       generic: str | None, facet_strengths: int | None) -> str:
-    """The command line a run records: every option that changes the images, the batch size among them
-    (other passes, other float rounding), as the render ran them (the faceted render's own learning rate,
+    """The command line a run records: every option that changes the images, the batch size and (on a CPU)
+    torch's thread count among them (other passes or kernels, other float rounding, which 512 steps amplify
+    into another image), as the render ran them (the faceted render's own learning rate,
     its number of strengths); facet sources (folders, shards, lists) by name, never a path."""
     def folder_or_name(value: str | None) -> str | None:
         return Path(value).name if value and Path(value).exists() else value
 
-    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"png"}, layer=layer,
-                            lr=config.lr, facet=folder_or_name(facet), generic=folder_or_name(generic),
+    return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"png"}, threads=True,
+                            layer=layer, lr=config.lr, facet=folder_or_name(facet), generic=folder_or_name(generic),
                             facet_strengths=facet_strengths)
 
 
