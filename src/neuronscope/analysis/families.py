@@ -191,13 +191,18 @@ def word_families(words: Sequence[str], scores: torch.Tensor, layer: str = "", *
     families = builtin_families() if families is None else families
     lowered = [w.lower() for w in words]
     strata = torch.tensor([length(w) for w in words])
+    # the null lists are drawn over the words in sorted order: the same words in another order (a vocabulary
+    # file's lines) give the same nulls
+    order = torch.tensor(sorted(range(len(words)), key=lambda i: (lowered[i], words[i])), dtype=torch.long)
     names, sets = [], []
     for name, family_words in families.items():
         members = {w.lower() for w in family_words}
         positive = torch.tensor([w in members for w in lowered], dtype=torch.bool)
         if int(positive.sum()) >= MIN_FAMILY_WORDS:
             names.append(name)
-            sets.append(torch.cat([positive[None], null_lists(positive, strata, null_draws, seed)]))
+            nulls = torch.zeros(null_draws, len(words), dtype=torch.bool)
+            nulls[:, order] = null_lists(positive[order], strata[order], null_draws, seed)
+            sets.append(torch.cat([positive[None], nulls]))
     if not names:
         affinity = torch.empty(0, scores.shape[1])
         return Families(layer, (), affinity, (), lexical_units(words, scores, lexical_rule), threshold,
