@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 from PIL import Image
 from typer.testing import CliRunner
 
+import neuronscope
 from neuronscope.activations import Recorder, record, spatial_max, zero_units
 from neuronscope.atlas import THUMB_SIZE, Atlas
 from neuronscope.atlas.thumbnails import MARK_COLOUR
@@ -124,6 +126,12 @@ def test_scan_equals_brute_force_over_all_activations(tiny_rn, images, tmp_path)
         run = atlas.run(outcome.run_id)
     assert run["status"] == "finished" and run["images"] == 24 and run["precision"] == "fp32"
     assert set(run["versions"]) >= {"torch", "open_clip", "pillow", "neuronscope"}
+    # from a checkout (an editable install: version 0.1.0 at every commit) the code is named by its commit
+    package = Path(neuronscope.__file__).parent
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:
+        assert run["versions"]["neuronscope_source"].removesuffix("+modified") == head.stdout.strip()
     assert run["layers"][0] == {"layer": NEURONS, "aliases": ["neurons", "image_block_4/1/Add_6"]}
     assert "/" not in run["dataset"]["name"] and str(tmp_path) not in str(run)  # no absolute paths
 

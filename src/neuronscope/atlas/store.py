@@ -21,10 +21,12 @@ The catalogue is this module's; the files beside it have their own: atomic write
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import sqlite3
+import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -71,7 +73,8 @@ def _now() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions recorded with every run (open_clip's from its package's metadata: importing it takes seconds,
-    which a run that loads no model, as `families`, would otherwise spend on its record)."""
+    which a run that loads no model, as `families`, would otherwise spend on its record), and the commit of a
+    checkout neuronscope runs from (:func:`source_revision`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import PIL
@@ -85,8 +88,28 @@ def library_versions() -> dict[str, str]:
         open_clip_version = version("open_clip_torch")
     except PackageNotFoundError:
         open_clip_version = "missing"
-    return {"torch": torch.__version__, "open_clip": open_clip_version, "pillow": PIL.__version__,
-            "numpy": np.__version__, "neuronscope": neuronscope_version, "python": platform.python_version()}
+    versions = {"torch": torch.__version__, "open_clip": open_clip_version, "pillow": PIL.__version__,
+                "numpy": np.__version__, "neuronscope": neuronscope_version, "python": platform.python_version()}
+    revision = source_revision()
+    return versions if revision is None else {**versions, "neuronscope_source": revision}
+
+
+@functools.cache
+def source_revision() -> str | None:
+    """The git commit neuronscope runs from, with ``+modified`` when its sources differ from it, where it runs
+    from a checkout (an editable install, whose version number stays the same from commit to commit); None
+    for an installed package (its version says which code it is) or where git cannot tell."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no",
+                                  "--", "."], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+modified" if changed.stdout.strip() else "")
 
 
 def _finite(value: float) -> float | None:
