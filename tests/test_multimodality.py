@@ -433,18 +433,29 @@ def test_a_sample_per_concept_is_seeded_and_counts_what_it_leaves(tmp_path: Path
 def test_a_measurement_that_would_not_fit_in_memory_is_refused_before_any_image_is_read(
         tmp_path: Path, tiny_rn, monkeypatch) -> None:
     import neuronscope.probing.multimodal as measuring
-    from neuronscope.analysis.multimodality import RANK_MEMORY
+    from neuronscope.analysis.multimodality import RANK_BYTES, RANK_MEMORY
 
     root = _folders(tmp_path / "images", {"cat": 8, "dog": 8})
     units = tiny_rn.geometry(tiny_rn.resolve_layer("neurons")).units
-    monkeypatch.setattr(measuring, "available_memory", lambda: RANK_MEMORY + 4 * units * 2 * 5)  # 5 images a concept
+    monkeypatch.setattr(measuring, "available_memory", lambda: 10 * units * (4 + RANK_BYTES))  # 5 images a concept
     with Atlas(tmp_path / "atlas") as atlas, pytest.raises(NeuronscopeError, match=(
-            r"16 images x .* units need .* GiB for their responses, more than the .* GiB free here: measure a "
-            r"sample of at most 5 images a concept \(--per-concept 5")):
+            r"16 images x .* units need .* GiB for their responses and ranks, more than the .* GiB free here: "
+            r"measure a sample of at most 5 images a concept \(--per-concept 5")):
         measure_multimodality_into(atlas, tiny_rn, "neurons", labelled_images([str(root)]))
     measured = measure_multimodality(tiny_rn, "neurons", labelled_images([str(root)], per_concept=5),
                                      settings=RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),)))
     assert measured.scores.images_per_concept == (5, 5)
+    # the ranks take at most RANK_MEMORY at once (blocks of units): past that, the responses decide
+    class Million:  # a million images of two concepts, as listed
+        concepts = ("cat", "dog")
+
+        def __len__(self) -> int:
+            return 10**6
+
+    assert measuring._measurement_memory(10**6, units) == 4 * 10**6 * units + RANK_MEMORY
+    monkeypatch.setattr(measuring, "available_memory", lambda: RANK_MEMORY + 4 * units * 2 * 50_000)
+    with pytest.raises(NeuronscopeError, match=r"at most 50000 images a concept"):
+        measuring._require_memory(Million(), units)
 
 
 def test_auroc_blocks_follow_the_sample_count_and_give_the_same_scores(monkeypatch) -> None:
@@ -504,3 +515,26 @@ def test_a_ctrl_c_keeps_the_images_read_since_the_last_checkpoint(tmp_path: Path
     assert resumed.resumed_from == 8  # no checkpoint was due: the Ctrl-C saved one
     whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
     assert torch.equal(resumed.measurement.scores.auroc_images, whole.auroc_images)
+
+
+def test_a_checkpoint_from_before_duplicates_were_told_apart_starts_over(tmp_path: Path, tiny_rn, caplog) -> None:
+    """Its parts hold no content keys: resumed, the duplicates on either side of it would be measured twice
+    under the same run (a review's resumed run had 4, 5, 5 images a concept instead of 4, 4, 4)."""
+    root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
+    settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
+    images = labelled_images([str(root)])
+
+    def kill(state) -> None:
+        if state.done >= 8:
+            raise RuntimeError("killed")
+
+    with Atlas(tmp_path / "atlas") as atlas:
+        with pytest.raises(RuntimeError):
+            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
+                                       checkpoint_every=4, on_batch=kill)
+        for path in atlas.checkpoints.files():  # as an older neuronscope wrote them
+            arrays, meta = atlas.load_checkpoint(path.stem)
+            atlas.save_checkpoint(path.stem, {k: v for k, v in arrays.items() if k != "keys"}, meta)
+        with caplog.at_level("WARNING", logger="neuronscope.probing.multimodal_store"):
+            run = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
+    assert run.resumed_from == 0 and "starts over" in caplog.text

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..activations import Recorder
-from ..analysis.multimodality import RANK_MEMORY, ConceptResponses, Multimodality, multimodality
+from ..analysis.multimodality import RANK_BYTES, RANK_MEMORY, ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
 from ..mining.scanner import ContentKeys, first_copies
@@ -235,18 +235,27 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     return ImageResponses(done, values[:filled], labels[:filled], +skipped, keys[:filled])
 
 
+def _measurement_memory(images: int, units: int) -> int:
+    """Bytes a measurement of ``images`` x ``units`` holds at once: the responses (4 bytes each), and the ranks
+    of the AUROCs' largest block of units (at most ``RANK_MEMORY``)."""
+    return 4 * images * units + min(RANK_MEMORY, images * units * RANK_BYTES)
+
+
 def _require_memory(images: LabelledImages, units: int) -> None:
-    """Refuse, before any image is read, a measurement whose responses (4 bytes an image and unit) and ranks
-    would not fit the memory this machine has free: the system would kill it part way."""
+    """Refuse, before any image is read, a measurement whose responses and ranks would not fit the memory this
+    machine has free: the system would kill it part way."""
     free = available_memory()
-    needed = 4 * len(images) * units + RANK_MEMORY
+    needed = _measurement_memory(len(images), units)
     if free is None or needed <= free:
         return
-    fits = (free - RANK_MEMORY) // (4 * units * len(images.concepts))
+    most = free // (units * (4 + RANK_BYTES))  # images that fit while their ranks are one block
+    if _measurement_memory(most, units) > free or most * units * RANK_BYTES >= RANK_MEMORY:
+        most = (free - RANK_MEMORY) // (4 * units)  # more images, ranked in blocks of RANK_MEMORY
+    fits = max(0, most) // len(images.concepts)
     advice = (f"measure a sample of at most {fits} images a concept (--per-concept {fits}, or "
               f"labelled_images(per_concept={fits}))" if fits >= MIN_IMAGES else "give fewer concepts")
-    raise NeuronscopeError(f"{len(images):,} images x {units:,} units need {needed / 2**30:.1f} GiB for their "
-                           f"responses, more than the {free / 2**30:.1f} GiB free here: {advice}")
+    raise NeuronscopeError(f"{len(images):,} images x {units:,} units need {needed / 2**30:.2f} GiB for their "
+                           f"responses and ranks, more than the {free / 2**30:.2f} GiB free here: {advice}")
 
 
 @runs_in_eval

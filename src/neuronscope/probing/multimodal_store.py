@@ -132,9 +132,11 @@ def _resumed(atlas: Atlas, config_key: str, checkpoint: tuple[dict[str, np.ndarr
         return None
     values = np.concatenate([part[0]["values"] for part in parts]) if parts else np.empty((0, 0), np.float32)
     labels = np.concatenate([part[0]["labels"] for part in parts]) if parts else np.empty(0, np.int64)
-    # parts written before duplicates were told apart hold no keys: their rows cannot be matched again
-    keys = np.concatenate([part[0].get("keys", np.zeros(len(part[0]["labels"]), np.uint64)) for part in parts]
-                          ) if parts else np.empty(0, np.uint64)
+    if any("keys" not in part[0] for part in parts):
+        log.warning("the checkpoint of %s was written before duplicate files were measured once: the "
+                    "measurement starts over", config_key)
+        return None
+    keys = np.concatenate([part[0]["keys"] for part in parts]) if parts else np.empty(0, np.uint64)
     if len(values) != meta["rows"]:
         return None
     return ImageResponses(int(meta["done"]), torch.from_numpy(values), torch.from_numpy(labels),
