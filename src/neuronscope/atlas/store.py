@@ -100,14 +100,22 @@ def source_revision() -> str | None:
     from a checkout (an editable install, whose version number stays the same from commit to commit); None
     for an installed package (its version says which code it is) or where git cannot tell."""
     package = Path(__file__).resolve().parents[1]
+    # the repository that encloses the package, not one a git hook or the shell points at
+    env = {key: value for key, value in os.environ.items() if key not in ("GIT_DIR", "GIT_WORK_TREE")}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
+                              env=env)
+
     try:
-        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
+        # a package installed inside another project's work tree (its .venv) is no checkout of neuronscope
+        if git("ls-files", "--error-unmatch", "--", "__init__.py").returncode != 0:
             return None
-        changed = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no",
-                                  "--", "."], capture_output=True, text=True, timeout=10)
+        head = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+modified" if changed.stdout.strip() else "")
 
