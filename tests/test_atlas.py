@@ -264,6 +264,8 @@ def test_a_damaged_catalogue_names_its_file_and_how_to_recover_it(scanned, args)
 
 
 def test_scan_command_json(tmp_path):
+    import torch
+
     make_images(tmp_path / "images", count=8)
     args = ["scan", "--model", "tiny-rn", "--weights", "random", "--layers", "neurons,visual.layer3.0",
             "--images", str(tmp_path / "images"), "--out", str(tmp_path / "atlas"), "--top-k", "3",
@@ -279,8 +281,10 @@ def test_scan_command_json(tmp_path):
     text = runner.invoke(app, args[:-1])  # again, plain output: a second run, plain progress lines on stderr
     assert text.exit_code == 0 and "scanned 8 images" in text.stdout and "scan (files): 8/8" in text.stderr
     with Atlas(tmp_path / "atlas") as atlas:
-        assert [run["command"].split()[:2] for run in atlas.runs()] == [["neuronscope", "scan"]] * 2
-        # the batch size is recorded: another one rounds the forward differently, which can swap near ties
+        # the batch size and the CPU thread count are recorded: another one rounds the forward differently
+        threads = str(torch.get_num_threads())
+        assert [run["command"].split()[:4] for run in atlas.runs()] == [["neuronscope", "--threads", threads,
+                                                                          "scan"]] * 2
         assert all("--batch-size 4" in run["command"] for run in atlas.runs())
     missing = runner.invoke(app, ["scan", "--model", "tiny-rn", "--images", str(tmp_path / "nope"), "--out", "x"])
     assert missing.exit_code == 1 and "no such folder" in missing.stderr

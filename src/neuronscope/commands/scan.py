@@ -56,12 +56,12 @@ class ProgressReport:
 
 def _recorded_command(ctx: typer.Context, model: LoadedModel, source_name: str) -> str:
     """The command as a run records it: the source by name (no absolute paths), without the options that
-    change only how the scan runs (same results). The batch size is kept: a model's forward rounds floats
-    differently at another batch size (up to ~1e-5 relative on CPU), which can swap images tied that closely,
-    and the recorded command must give back the stored run exactly."""
+    change only how the scan runs (same results). The batch size and (on a CPU) torch's thread count are kept:
+    a model's forward rounds floats differently with another of either (up to ~1e-5 relative on a CPU), which
+    can swap images tied that closely, and the recorded command must give back the stored run exactly."""
     return recorded_command(ctx, model, leave_out=HOW_IT_RUNS - {"batch_size"} | {"thumbnails", "backend",
                                                                                   "ray_address"},
-                            images=source_name)
+                            threads=True, images=source_name)
 
 
 def scan(

@@ -104,6 +104,8 @@ def visualize(
 ) -> None:
     """Render feature visualizations: images optimised to make each unit fire (Lucid's recipe), one image per
     unit, many units per pass. --diverse N: N different images per unit. --facet: steered towards a facet."""
+    import torch
+
     from neuronscope.runtime import seed_everything
     from neuronscope.visualize import RenderConfig, render_diverse, render_units
     from neuronscope.visualize import facets
@@ -171,6 +173,8 @@ def visualize(
                         "facet_probe": probe.key if probe else None, "diverse": diverse}
             if diversity_weight != 1.0:  # only then: the runs of the default weight keep their keys (and resume)
                 settings["diversity_weight"] = diversity_weight
+            if loaded.device.type == "cpu":  # another thread count renders other images: another run, as the
+                settings["threads"] = torch.get_num_threads()  # batch size makes one (and the command says it)
             writer = FeatureVisWriter.start(atlas, loaded, canonical, kind=kind, settings=settings,
                                             batch_size=batch_size, command=command)
             if png_dir is None:  # atlas only: units this job rendered before (killed or finished) are kept
