@@ -690,7 +690,9 @@ def test_cli_records_every_option_that_changes_the_images(tmp_path: Path):
     from neuronscope.atlas import Atlas
 
     with Atlas(atlas, create=False) as store:
-        command = store.run(json.loads(result.stdout)["run_id"])["command"]
+        run = store.run(json.loads(result.stdout)["run_id"])
+    command = run["command"]
+    assert run["config"]["threads"] == torch.get_num_threads()  # in the key: another count is another run
     for option in ("--model tiny-rn@random", "--steps 3", "--size 48", "--param-size 24", "--lr 0.03", "--l2 0.5",
                    "--tv 0.25", "--facet drawing", "--facet-strengths 2", "--out atlas"):
         assert option in command, (option, command)
