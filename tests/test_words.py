@@ -171,6 +171,12 @@ def test_top_units_rank_by_z_score_not_by_raw_response() -> None:
     assert top[0]["rank"] == 1 and top[1]["rank"] == 2 and top[2]["z"] == 0.0  # a constant unit: z 0
     masked = WordEmbedding(words, responses, mask_units=[1]).top_units("spider", 3)
     assert [entry["unit"] for entry in masked] == [0, 2]
+    assert WordEmbedding(words, responses).top_units("SPIDER", 1)[0]["unit"] == 1  # else in lower case
+    constant = torch.full((2000, 2), 3.3)  # float32 rounding leaves its mean a spread of ~1e-7: still z 0
+    constant[:, 1] = torch.rand(2000, generator=torch.Generator().manual_seed(0))
+    vocabulary = [f"w{i}" for i in range(2000)]
+    assert WordEmbedding(vocabulary, constant, center=False).top_units("w7", 2)[1] == {"unit": 0, "z": 0.0,
+                                                                                     "rank": 1}
 
 
 def test_mean_subtraction_lowers_spurious_cosines(mini_clip_probes) -> None:

@@ -52,24 +52,33 @@ class WordMatrix:
 
     @cached_property
     def _moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each column's mean and spread over the vocabulary (a constant column's spread is 1: its z is 0)."""
-        spread = self.responses.std(axis=0, ddof=1) if len(self.words) > 1 else np.zeros(self.responses.shape[1])
-        return self.responses.mean(axis=0), np.where(spread > 1e-12, spread, 1.0)
+        """Each column's mean and spread over the vocabulary, summed in float64 (float32 sums of 10,000 words
+        are off by ~1e-5 relative); a constant column's spread is infinite, so its z is 0."""
+        mean = self.responses.mean(axis=0, dtype=np.float64)
+        spread = (self.responses.std(axis=0, ddof=1, dtype=np.float64) if len(self.words) > 1
+                  else np.zeros(self.responses.shape[1]))
+        return mean, np.where(spread > 1e-9 * np.maximum(np.abs(mean), 1e-9), spread, np.inf)
+
+    def lookup(self, word: str) -> str | None:
+        """The vocabulary's spelling of ``word``: as given, else in lower case (vocabularies are mostly lower
+        case); None when it holds neither."""
+        return next((w for w in (word, word.lower()) if w in self.index), None)
 
     def top_units(self, word: str, k: int = 10) -> list[dict[str, float | int]]:
         """The ``k`` units the rastered ``word`` stands out for, best first: ``[{"unit", "z", "rank"}, ...]``.
 
         A unit's score is the word's z-score among the unit's responses to the whole vocabulary, so a unit that
         fires strongly for every word does not outrank one for which this word is exceptional; ``rank`` is the
-        word's place among the unit's own words (1: its top word).
+        word's place among the unit's own words (1: its top word). ``word`` as :meth:`lookup` finds it.
 
         Raises:
             KeyError: a word the vocabulary does not hold.
         """
-        if word not in self.index:
+        spelled = self.lookup(word)
+        if spelled is None:
             raise KeyError(f"{word!r} is not in the probe's vocabulary ({len(self.words)} words); "
                            "probe a vocabulary that contains it")
-        row = self.responses[self.index[word]]
+        row = self.responses[self.index[spelled]]
         mean, spread = self._moments
         z = (row - mean) / spread
         order = np.argsort(-z, kind="stable")[:k]

@@ -337,7 +337,7 @@ def word_unit_hits(atlas: Atlas, query: str, memo: Callable[[tuple, Callable[[],
             for vocabulary, artifact in sorted(stored_probes(atlas, model, entry["layer"]).items()):
                 matrix = keep(("word matrix", model, entry["layer"], vocabulary),
                               lambda artifact=artifact: WordMatrix.read(atlas, artifact))
-                word = next((w for w in (typed, typed.lower()) if w in matrix.index), None)
+                word = matrix.lookup(typed)
                 if word is not None:
                     hits.append({"model": model, "layer": entry["layer"], "vocabulary": vocabulary, "word": word,
                                  "units": matrix.top_units(word, k)})
