@@ -472,6 +472,18 @@ def test_auroc_blocks_follow_the_sample_count_and_give_the_same_scores(monkeypat
     assert torch.equal(whole.auroc_images, blocked.auroc_images) and torch.equal(whole.auroc_words, blocked.auroc_words)
 
 
+def _stopped(atlas: Atlas, model, images, settings: RasterSettings, *, at: int, error: type[BaseException],
+             checkpoint_every: int) -> None:
+    """A measurement into ``atlas`` (batches of 4) that ``error`` stops once ``at`` entries are read."""
+    def stop(state) -> None:
+        if state.done >= at:
+            raise error("stopped")
+
+    with pytest.raises(error):
+        measure_multimodality_into(atlas, model, "neurons", images, settings=settings, batch_size=4,
+                                   checkpoint_every=checkpoint_every, on_batch=stop)
+
+
 def test_a_file_filed_under_two_concepts_is_measured_once_also_after_a_resume(tmp_path: Path, tiny_rn) -> None:
     """A collection's symlinks and copies (openclipart files a drawing under two categories) made one image a
     positive of one concept and a negative of another in the same AUROC. As the scan does, a file whose content
@@ -484,15 +496,8 @@ def test_a_file_filed_under_two_concepts_is_measured_once_also_after_a_resume(tm
     images = labelled_images([str(root)])
     whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4)
     assert whole.skipped == {"duplicate": 2} and whole.scores.images_per_concept == (4, 4, 4)
-
-    def kill(state) -> None:
-        if state.done >= 8:
-            raise KeyboardInterrupt
-
     with Atlas(tmp_path / "atlas") as atlas:
-        with pytest.raises(KeyboardInterrupt):
-            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
-                                       checkpoint_every=4, on_batch=kill)
+        _stopped(atlas, tiny_rn, images, settings, at=8, error=RuntimeError, checkpoint_every=4)
         resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
     assert resumed.resumed_from == 8 and resumed.measurement.skipped == {"duplicate": 2}
     assert torch.equal(resumed.measurement.scores.auroc_images, whole.scores.auroc_images)
@@ -502,15 +507,8 @@ def test_a_ctrl_c_keeps_the_images_read_since_the_last_checkpoint(tmp_path: Path
     root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
     settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
     images = labelled_images([str(root)])
-
-    def ctrl_c(state) -> None:
-        if state.done >= 8:
-            raise KeyboardInterrupt
-
     with Atlas(tmp_path / "atlas") as atlas:
-        with pytest.raises(KeyboardInterrupt):
-            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
-                                       checkpoint_every=1000, on_batch=ctrl_c)
+        _stopped(atlas, tiny_rn, images, settings, at=8, error=KeyboardInterrupt, checkpoint_every=1000)
         resumed = measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4)
     assert resumed.resumed_from == 8  # no checkpoint was due: the Ctrl-C saved one
     whole = measure_multimodality(tiny_rn, "neurons", images, settings=settings, batch_size=4).scores
@@ -523,15 +521,8 @@ def test_a_checkpoint_from_before_duplicates_were_told_apart_starts_over(tmp_pat
     root = _folders(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
     settings = RasterSettings(sizes=(0.8,), positions=((0.5, 0.5),))
     images = labelled_images([str(root)])
-
-    def kill(state) -> None:
-        if state.done >= 8:
-            raise RuntimeError("killed")
-
     with Atlas(tmp_path / "atlas") as atlas:
-        with pytest.raises(RuntimeError):
-            measure_multimodality_into(atlas, tiny_rn, "neurons", images, settings=settings, batch_size=4,
-                                       checkpoint_every=4, on_batch=kill)
+        _stopped(atlas, tiny_rn, images, settings, at=8, error=RuntimeError, checkpoint_every=4)
         for path in atlas.checkpoints.files():  # as an older neuronscope wrote them
             arrays, meta = atlas.load_checkpoint(path.stem)
             atlas.save_checkpoint(path.stem, {k: v for k, v in arrays.items() if k != "keys"}, meta)
