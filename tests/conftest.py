@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import open_clip  # noqa: F401 - pay its import (seconds) once, outside any timed test
@@ -30,6 +32,15 @@ torch.set_num_threads(int(os.environ.get("NEURONSCOPE_TEST_THREADS", "1")))
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test downloads: every test runs offline unless it says otherwise."""
     monkeypatch.setenv("NEURONSCOPE_OFFLINE", "1")
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[Callable[[], None]]:
+    """Send this process a Ctrl-C (SIGINT) that raises KeyboardInterrupt, as in a terminal: a test run started
+    in the background of a shell without job control inherits SIGINT ignored, and a signal would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield lambda: os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

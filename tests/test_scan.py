@@ -207,11 +207,10 @@ def test_killed_scan_resumes_and_ends_identical(tiny_rn, images, tmp_path):
     assert not list((tmp_path / "killed" / "checkpoints").glob("*.npz"))
 
 
-def test_a_ctrl_c_keeps_every_batch_scanned_before_it(tiny_rn, images, tmp_path, monkeypatch):
+def test_a_ctrl_c_keeps_every_batch_scanned_before_it(tiny_rn, images, tmp_path, monkeypatch, ctrl_c):
     """Checkpoints are minutes apart (every 2,048 files or 5 minutes): a Ctrl-C threw away what was scanned
     since the last one (a review's rerun started over at file 0 after a minute). The Ctrl-C is held until the
     batch at hand is in the state, the state is saved, and the same command goes on from there."""
-    import os
     import signal
 
     from neuronscope.mining import scanner
@@ -222,7 +221,7 @@ def test_a_ctrl_c_keeps_every_batch_scanned_before_it(tiny_rn, images, tmp_path,
     def interrupted_forward(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # a Ctrl-C in the middle of the third batch
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c()
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(scanner, "forward_batch", interrupted_forward)

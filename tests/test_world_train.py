@@ -85,10 +85,9 @@ def test_ctrl_c_saves_the_steps_done_and_the_run_resumes_from_there(tmp_path, sm
         assert torch.allclose(tensor.float(), resumed["model"][name].float(), atol=1e-6), name
 
 
-def test_a_ctrl_c_during_the_parameter_update_is_raised_once_the_update_is_done() -> None:
+def test_a_ctrl_c_during_the_parameter_update_is_raised_once_the_update_is_done(ctrl_c) -> None:
     """A real Ctrl-C landed inside AdamW's per-parameter loop: saved then, the checkpoint would hold a model
     half a step on."""
-    import os
     import signal
 
     from neuronscope.atlas.runs import ctrl_c_held
@@ -96,7 +95,7 @@ def test_a_ctrl_c_during_the_parameter_update_is_raised_once_the_update_is_done(
     updated = []
     with pytest.raises(KeyboardInterrupt):
         with ctrl_c_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c()
             updated.append("the rest of the update")
     assert updated == ["the rest of the update"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
