@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from neuronscope.atlas import Atlas
 from neuronscope.atlas.families import ARTIFACT as FAMILIES_ARTIFACT
 from neuronscope.atlas.multimodality import ARTIFACT as MULTIMODALITY_ARTIFACT
+from neuronscope.atlas.words import ARTIFACT as WORDS_ARTIFACT
 
 if TYPE_CHECKING:
     from neuronscope.models import LoadedModel
@@ -289,7 +290,7 @@ def _words(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettings,
     raster = RasterSettings()
     words = load_vocabulary(settings.vocabulary)
     record = VocabularyRecord.of(settings.vocabulary, words)
-    stored = (atlas.artifact(model.key, layer, "words", name) or {}).get("data") or {}
+    stored = (atlas.artifact(model.key, layer, WORDS_ARTIFACT, name) or {}).get("data") or {}
     wanted = word_run_config(model, model.resolve_layer(layer), record, raster, DEFAULT_TOP_K)[0]
     # reused only when the probe this stage would run wrote it: the same weights, precision, raster settings and
     # words (a `words` run with other fonts is not this, nor one of the file before it was edited). Its --top-k
@@ -312,7 +313,7 @@ def _families(model: LoadedModel, atlas: Atlas, layer: str, settings: DemoSettin
     from neuronscope.probing.vocab import vocabulary_name
 
     name = vocabulary_name(settings.vocabulary)
-    if atlas.artifact(model.key, layer, "words", name) is None:
+    if atlas.artifact(model.key, layer, WORDS_ARTIFACT, name) is None:
         return "skipped", "no word probe (the words stage was skipped)"
     plan = plan_families(atlas, model.key, layer, name)
     if _stored_by_finished_run(atlas, model.key, layer, FAMILIES_ARTIFACT, SOURCE, plan.config_key):

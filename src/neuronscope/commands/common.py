@@ -181,6 +181,12 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def resumed_note(noun: str) -> Callable[[int, int], None]:
+    """A job's ``on_resume`` hook: ``resumed at NOUN N of M`` on stderr, before the first batch, so the user
+    sees that what a killed run got through is not done again."""
+    return lambda done, total: typer.echo(f"resumed at {noun} {done} of {total}", err=True)
+
+
 #: Below this many seconds since a label's first report, a progress line gives no rate or ETA.
 MIN_RATE_SECONDS = 0.5
 

@@ -27,6 +27,7 @@ from neuronscope.commands.common import (
     print_json,
     recorded_command,
     require_model,
+    resumed_note,
 )
 from neuronscope.commands.words import (DEFAULT_FONTS, DEFAULT_POSITIONS, DEFAULT_SIZES, FontsOpt, PositionsOpt,
                                         SizesOpt, WorkersOpt, raster_settings)
@@ -199,12 +200,7 @@ def _measure(ctx: typer.Context, loaded: LoadedModel, layer: str, labelled: Labe
     with Atlas(out) as atlas:
         return measure_multimodality_into(atlas, loaded, layer, labelled, settings=settings, threshold=threshold,
                                           label=label, command=command, batch_size=batch_size, workers=workers,
-                                          on_batch=on_batch, on_resume=None if quiet else say_resumed)
-
-
-def say_resumed(done: int, total: int) -> None:
-    """On stderr, before the first batch: the images a killed run got through are not read again."""
-    typer.echo(f"resumed at image {done} of {total}", err=True)
+                                          on_batch=on_batch, on_resume=None if quiet else resumed_note("image"))
 
 
 def _report_left_out(labelled: LabelledImages | None, measured: MultimodalMeasurement, few: list[str]) -> None:

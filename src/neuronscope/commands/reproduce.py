@@ -25,6 +25,7 @@ from neuronscope.commands.common import (
     load_cli_model,
     print_json,
     recorded_command,
+    resumed_note,
 )
 from neuronscope.commands.words import (
     DEFAULT_FONTS,
@@ -36,7 +37,6 @@ from neuronscope.commands.words import (
     VocabOpt,
     WorkersOpt,
     raster_settings,
-    say_resumed,
     undrawable_extra,
 )
 from neuronscope.errors import NeuronscopeError, WeightsMismatch
@@ -107,7 +107,7 @@ def reproduce_words(
                 probe, run_id, resumed_from = probe_words_into(
                     atlas, loaded, PAPER_LAYER, vocabulary, vocabulary=VocabularyRecord.of(vocab, vocabulary),
                     settings=settings, top_k=top_k, batch_size=batch_size, workers=workers,
-                    command=_recorded_command(ctx, loaded), on_resume=None if quiet else say_resumed,
+                    command=_recorded_command(ctx, loaded), on_resume=None if quiet else resumed_note("word"),
                     on_batch=bars.track("words"))
         else:
             probe = probe_words(loaded, PAPER_LAYER, vocabulary, settings=settings, batch_size=batch_size,

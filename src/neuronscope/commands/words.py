@@ -26,6 +26,7 @@ from neuronscope.commands.common import (
     recorded_command,
     require_model,
     require_out,
+    resumed_note,
 )
 from neuronscope.errors import NeuronscopeError
 
@@ -111,7 +112,8 @@ def words(
             outcome = probe_words_into(atlas, loaded, canonical, vocabulary,
                                        vocabulary=VocabularyRecord.of(vocab, vocabulary), settings=settings,
                                        top_k=top_k, command=command, batch_size=batch_size, workers=workers,
-                                       checkpoint_every=checkpoint_every, on_resume=None if quiet else say_resumed,
+                                       checkpoint_every=checkpoint_every,
+                                       on_resume=None if quiet else resumed_note("word"),
                                        on_batch=bars.track("words"))
     finally:
         bars.close()
@@ -126,10 +128,6 @@ def words(
                f"(run {run_id}{resumed}), top {top_k} words of {probe.units} units of {probe.layer} "
                f"in {probe.seconds:.1f} s")
 
-
-def say_resumed(done: int, total: int) -> None:
-    """On stderr, before the first batch: the words a killed run got through are not probed again."""
-    typer.echo(f"resumed at word {done} of {total}", err=True)
 
 
 def wordvec(

@@ -257,10 +257,10 @@ class ScanState:
         self.skipped = SkipCounts(Counter(meta["skipped"]), meta.get("skipped_examples", {}))
 
 
-def repeat_mask(source: ImageSource) -> np.ndarray:
+def repeat_mask(entries: Sequence[Entry]) -> np.ndarray:
     """[entries] bool: True for the entries that may be duplicates (their size is another's)."""
-    mask = np.zeros(len(source), bool)
-    mask[size_twins(source.entries)] = True
+    mask = np.zeros(len(entries), bool)
+    mask[size_twins(entries)] = True
     return mask
 
 
@@ -354,7 +354,7 @@ def scan(
     """
     started = time.perf_counter()
     plan = prepare_scan(model, source, layers, settings, max_pixels)
-    state = ScanState.for_shapes(plan.shapes, settings, model.device, may_repeat=repeat_mask(source))
+    state = ScanState.for_shapes(plan.shapes, settings, model.device, may_repeat=repeat_mask(source.entries))
     run_id, _ = open_scan_run(atlas, plan, state, model, command, checkpoint_key=plan.config_key)
     resumed_from = state.next_ordinal
 

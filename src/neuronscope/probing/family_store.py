@@ -25,6 +25,7 @@ from ..analysis.families import (DEFAULT_THRESHOLD, MIN_FAMILY_WORDS, NULL_DRAWS
                                   builtin_families, word_families)
 from ..atlas import Atlas
 from ..atlas.runs import config_digest, marked_interrupted, open_run
+from ..atlas.words import ARTIFACT as WORDS_ARTIFACT
 from .embedding import LexicalRule
 from .word_store import load_word_scores
 
@@ -62,7 +63,7 @@ def plan_families(atlas: Atlas, model: str | None, layer: str, vocabulary: str |
     model_key, canonical, name, words, scores = load_word_scores(atlas, model, layer, vocabulary)
     lists = {family: sorted({w.lower() for w in found}) for family, found in builtin_families().items()}
     config = {"model": model_key, "layer": canonical, "vocabulary": name,
-              "probe_run": atlas.artifact(model_key, canonical, "words", name)["run_id"], "threshold": threshold,
+              "probe_run": atlas.artifact(model_key, canonical, WORDS_ARTIFACT, name)["run_id"], "threshold": threshold,
               "families_sha256": config_digest(lists, 64), "min_family_words": MIN_FAMILY_WORDS,
               "lexical_rule": dataclasses.asdict(LexicalRule()), "null": {"draws": NULL_DRAWS, "seed": NULL_SEED}}
     return FamilyPlan(model_key, canonical, name, words, scores, config, "families-" + config_digest(config, 20))

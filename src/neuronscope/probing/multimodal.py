@@ -26,8 +26,8 @@ from ..activations import Recorder
 from ..analysis.multimodality import RANK_BYTES, RANK_MEMORY, ConceptResponses, Multimodality, multimodality
 from ..errors import NeuronscopeError
 from ..mining.loader import iter_batches
-from ..mining.scanner import ContentKeys, first_copies
-from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source, size_twins
+from ..mining.scanner import ContentKeys, first_copies, repeat_mask
+from ..mining.sources import NO_CATEGORY, Entry, image_folder, open_source
 from ..models.loaded import LoadedModel, require_loaded, runs_in_eval
 from ..runtime import available_memory
 from .raster import RasterSettings, resolve_fonts, undrawable_words
@@ -205,8 +205,7 @@ def image_responses(model: LoadedModel, layer: str, images: LabelledImages, *, b
     values = torch.empty(len(images), geometry.units)
     labels = torch.empty(len(images), dtype=torch.long)
     keys = np.zeros(len(images), np.uint64)
-    may_repeat = np.zeros(len(images), bool)
-    may_repeat[size_twins(images.entries)] = True
+    may_repeat = repeat_mask(images.entries)
     filled, done, skipped, seen = 0, 0, Counter(), ContentKeys()
     if resume is not None:
         filled, done, skipped = len(resume.values), resume.done, Counter(resume.skipped)
@@ -283,7 +282,7 @@ class MultimodalMeasurement:
 
     Attributes:
         scores: the :class:`~neuronscope.analysis.multimodality.Multimodality` (with its label-shuffle control).
-        skipped: ``{reason: count}`` of unreadable files.
+        skipped: ``{reason: count}`` of files not measured: unreadable ones and ``duplicate``s.
         dropped: concepts none of whose images could be read (measured without them).
     """
 
